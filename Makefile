@@ -1,0 +1,50 @@
+# make run / make test work on a fresh Debian machine as root (see README.md).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+APT_TOOLS := swaks postfix curl
+export DEBIAN_FRONTEND := noninteractive
+
+.PHONY: run test test-fast lint bench tools venv clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]' --config-settings editable_mode=compat
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The external clients the interop tests and benchmarks drive; installed only when missing.
+tools:
+	@missing=""; \
+	command -v swaks >/dev/null || missing="$$missing swaks"; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
+	[ -x /usr/sbin/postfix ] || missing="$$missing postfix"; \
+	command -v smtp-source >/dev/null || [ -x /usr/sbin/smtp-source ] || missing="$$missing postfix"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+run: $(STAMP)
+	$(VENV)/bin/twistd -n mailserver $(if $(CONFIG),--config $(CONFIG),)
+
+test: $(STAMP) tools
+	$(VENV)/bin/ruff check mailserver tests twisted bench
+	$(VENV)/bin/mypy mailserver
+	$(VENV)/bin/pytest
+
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -x -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check mailserver tests twisted bench
+	$(VENV)/bin/mypy mailserver
+
+bench: $(STAMP) tools
+	$(PY) bench/smtp_accept.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

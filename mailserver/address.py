@@ -1,0 +1,53 @@
+"""Mail addresses as values: the local part kept as given, the domain normalised.
+
+RFC 5321 2.4: the local part is case-sensitive on the wire, but every mailbox we host is
+looked up case-insensitively (as Postfix and Dovecot do), via `key`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Address:
+    """`localpart@domain`; the null reverse-path `<>` is Address("", "")."""
+
+    localpart: str
+    domain: str
+
+    @classmethod
+    def null(cls) -> Address:
+        return cls("", "")
+
+    @classmethod
+    def parse_simple(cls, text: str) -> Address:
+        """Split `local@domain` at the last `@` (admin input, config; not SMTP paths)."""
+        local, sep, domain = text.strip().rpartition("@")
+        if not sep or not local or not domain:
+            raise ValueError(f"not an address: {text!r}")
+        return cls(local, domain_key(domain))
+
+    @property
+    def is_null(self) -> bool:
+        return not self.localpart and not self.domain
+
+    @property
+    def key(self) -> str:
+        """Lookup form: lower-cased local part and domain."""
+        return f"{self.localpart.lower()}@{self.domain}" if not self.is_null else ""
+
+    @property
+    def is_ascii(self) -> bool:
+        return str(self).isascii()
+
+    def __str__(self) -> str:
+        return "" if self.is_null else f"{self.localpart}@{self.domain}"
+
+    def bracketed(self) -> str:
+        return f"<{self}>"
+
+
+def domain_key(domain: str) -> str:
+    """Lower-case, without a trailing dot; IDNA A-labels are left as they are."""
+    return domain.strip().rstrip(".").lower()

@@ -1,0 +1,1 @@
+"""The `mailserver` admin command: users, aliases, queue, check-config."""

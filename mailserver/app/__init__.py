@@ -1,0 +1,1 @@
+"""Builds the running server: listeners, TLS, connection limits, services."""

@@ -1,0 +1,1 @@
+"""Users, aliases, password schemes and the twisted.cred checker every protocol shares."""

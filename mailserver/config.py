@@ -1,0 +1,396 @@
+"""The configuration: one TOML file read into frozen dataclasses.
+
+Every operator mistake is collected, not just the first: `load_config` raises one
+ConfigError whose `problems` each name the file and the key path (`limits.message_size:
+expected an integer, got "big"`). The field docs below also generate etc/mailserver.toml
+(`render_example`), so the example can never drift from what the code accepts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mailserver.address import domain_key
+from mailserver.errors import ConfigError
+
+
+def doc(text: str, **kwargs: Any) -> Any:
+    """A dataclass field carrying its own documentation (rendered into the example file)."""
+    return field(metadata={"doc": text}, **kwargs)
+
+
+SERVICES = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps")
+
+#: Where each service listens in the embedded default (no config file): loopback only.
+DEFAULT_LISTEN = {
+    "smtp": "tcp:2525:interface=127.0.0.1",
+    "submission": "tcp:2587:interface=127.0.0.1",
+    "submissions": "tcp:2465:interface=127.0.0.1",
+    "pop3": "tcp:2110:interface=127.0.0.1",
+    "pop3s": "tcp:2995:interface=127.0.0.1",
+    "imap": "tcp:2143:interface=127.0.0.1",
+    "imaps": "tcp:2993:interface=127.0.0.1",
+}
+
+
+@dataclass(frozen=True)
+class DomainsConfig:
+    local: tuple[str, ...] = doc(
+        "Domains whose mail is delivered to Maildirs here; every other domain is remote.",
+        default=(),
+    )
+
+
+@dataclass(frozen=True)
+class ListenConfig:
+    """Twisted endpoint descriptions ("tcp:25", "tcp:587:interface=192.0.2.1").
+
+    A missing key turns that service off.
+    """
+
+    smtp: str | None = doc("MX: inbound mail for the local domains; never relays.", default=None)
+    submission: str | None = doc("Mail from our users: STARTTLS, then AUTH.", default=None)
+    submissions: str | None = doc("Submission with implicit TLS (RFC 8314).", default=None)
+    pop3: str | None = doc("POP3 with STLS.", default=None)
+    pop3s: str | None = doc("POP3 with implicit TLS.", default=None)
+    imap: str | None = doc("IMAP4 with STARTTLS.", default=None)
+    imaps: str | None = doc("IMAP4 with implicit TLS.", default=None)
+
+    def enabled(self) -> dict[str, str]:
+        return {name: getattr(self, name) for name in SERVICES if getattr(self, name)}
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    certificate: Path | None = doc(
+        "PEM certificate chain; omitted: a self-signed one made under data_dir/tls.",
+        default=None,
+    )
+    private_key: Path | None = doc("PEM private key for `certificate`.", default=None)
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    users_file: Path | None = doc(
+        "Users in Dovecot passwd-file form (user@domain:{SCHEME}hash); default data_dir/users.",
+        default=None,
+    )
+    aliases_file: Path | None = doc(
+        "Aliases (address: target, target; `@domain` is a catch-all); default data_dir/aliases.",
+        default=None,
+    )
+    allow_plaintext_without_tls: bool = doc(
+        "Accept passwords on connections without TLS. Only for loopback tests.", default=False
+    )
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    message_size: int = doc("Largest message accepted, in bytes (advertised as SIZE).",
+                            default=36_700_160)
+    recipients_per_message: int = doc("RCPT commands accepted per transaction (RFC 5321 "
+                                      "4.5.3.1.8 asks for at least 100).", default=100)
+    connections: int = doc("Connections served at once, all services together.", default=1000)
+    connections_per_ip: int = doc("Connections served at once from one client address.",
+                                  default=50)
+    command_timeout: int = doc("Seconds a session may stay silent (RFC 5321 4.5.3.2: 5 min).",
+                               default=300)
+    errors_per_session: int = doc("Protocol errors after which a session is closed.",
+                                  default=20)
+    strict_8bitmime: bool = doc(
+        "Refuse 8-bit message data sent without BODY=8BITMIME or SMTPUTF8 (RFC 6152).",
+        default=True,
+    )
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    nameservers: tuple[str, ...] = doc(
+        'Resolvers for MX lookups ("127.0.0.1:5353"); empty: the system resolver.', default=()
+    )
+    port: int = doc("Destination port of outbound SMTP (tests change it).", default=25)
+    smarthost: str = doc('"host:port" that takes all remote mail; empty: MX routing.',
+                         default="")
+
+
+@dataclass(frozen=True)
+class Config:
+    hostname: str = doc("Name in the banner, EHLO reply and Received headers.",
+                        default_factory=socket.getfqdn)
+    data_dir: Path = doc("Maildirs, queue and state; created if missing.",
+                         default=Path("/var/lib/mailserver"))
+    domains: DomainsConfig = field(default_factory=DomainsConfig)
+    listen: ListenConfig = field(default_factory=ListenConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    #: The file this came from (None: the embedded default). Not a config key.
+    source: Path | None = field(default=None, metadata={"internal": True})
+
+    @property
+    def users_file(self) -> Path:
+        return self.auth.users_file or self.data_dir / "users"
+
+    @property
+    def aliases_file(self) -> Path:
+        return self.auth.aliases_file or self.data_dir / "aliases"
+
+    @property
+    def mail_dir(self) -> Path:
+        return self.data_dir / "mail"
+
+    @property
+    def queue_dir(self) -> Path:
+        return self.data_dir / "queue"
+
+    def is_local_domain(self, domain: str) -> bool:
+        return domain_key(domain) in self.domains.local
+
+
+def default_config() -> Config:
+    """The embedded default of CONTRACT.md: loopback listeners, ./var, domain localhost."""
+    return Config(
+        data_dir=Path("var").absolute(),
+        domains=DomainsConfig(local=("localhost",)),
+        listen=ListenConfig(**DEFAULT_LISTEN),
+    )
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """`path`, else $MAILSERVER_CONFIG, else the embedded default. Raises ConfigError."""
+    if path is None:
+        path = os.environ.get("MAILSERVER_CONFIG") or None
+    if path is None:
+        return default_config()
+    file = Path(path)
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{file}: no such config file"]) from None
+    except OSError as e:
+        raise ConfigError([f"{file}: cannot read: {e.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{file}: not UTF-8 text"]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"{file}: not valid TOML: {e}"]) from None
+    return config_from_dict(raw, source=file)
+
+
+def config_from_dict(raw: dict[str, Any], source: Path | None = None) -> Config:
+    """Build and validate a Config from parsed TOML; every problem is reported at once."""
+    problems: list[str] = []
+    base = source.parent.absolute() if source else Path.cwd()
+    values = _build(Config, raw, "", problems, base)
+    _check_semantics(values, problems)
+    if problems:
+        where = f"{source}: " if source else ""
+        raise ConfigError([where + p for p in problems])
+    return dataclasses.replace(values, source=source)
+
+
+def _build(cls: type, raw: Any, path: str, problems: list[str], base: Path) -> Any:
+    if not isinstance(raw, dict):
+        problems.append(f"{path or 'top level'}: expected a table")
+        return cls()
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    for key in raw:
+        if key not in fields:
+            problems.append(f"{_join(path, key)}: unknown key")
+    kwargs: dict[str, Any] = {}
+    for name in fields:
+        if name not in raw:
+            continue
+        kwargs[name] = _convert(hints[name], raw[name], _join(path, name), problems, base)
+    try:
+        return cls(**{k: v for k, v in kwargs.items() if v is not _INVALID})
+    except TypeError as e:  # pragma: no cover - defensive: a field without default
+        problems.append(f"{path}: {e}")
+        return None
+
+
+_INVALID = object()
+
+
+def _convert(hint: Any, value: Any, path: str, problems: list[str], base: Path) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path, problems, base)  # type: ignore[arg-type]
+    if origin in (types.UnionType, typing.Union):
+        inner = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _convert(inner[0], value, path, problems, base)
+    if origin is tuple:
+        if not isinstance(value, list):
+            problems.append(f"{path}: expected a list, got {_show(value)}")
+            return _INVALID
+        item = typing.get_args(hint)[0]
+        items = [_convert(item, v, f"{path}[{i}]", problems, base) for i, v in enumerate(value)]
+        return tuple(items)
+    if hint is bool:
+        if not isinstance(value, bool):
+            problems.append(f"{path}: expected true or false, got {_show(value)}")
+            return _INVALID
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            problems.append(f"{path}: expected an integer, got {_show(value)}")
+            return _INVALID
+        if value < 0:
+            problems.append(f"{path}: must not be negative, got {value}")
+            return _INVALID
+        return value
+    if hint is str:
+        if not isinstance(value, str):
+            problems.append(f"{path}: expected a string, got {_show(value)}")
+            return _INVALID
+        return value
+    if hint is Path:
+        if not isinstance(value, str) or not value:
+            problems.append(f"{path}: expected a path string, got {_show(value)}")
+            return _INVALID
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else base / p
+    raise AssertionError(f"unsupported config type {hint!r} at {path}")  # pragma: no cover
+
+
+def _check_semantics(config: Config, problems: list[str]) -> None:
+    if not config.hostname or any(c.isspace() for c in config.hostname):
+        problems.append(f"hostname: not a host name: {config.hostname!r}")
+    for i, d in enumerate(config.domains.local):
+        if not _is_domain(d):
+            problems.append(f"domains.local[{i}]: not a domain name: {d!r}")
+    # Normalised domains (lower case, no trailing dot) so lookups need not care.
+    object.__setattr__(
+        config.domains, "local", tuple(domain_key(d) for d in config.domains.local)
+    )
+    for name, desc in config.listen.enabled().items():
+        error = _endpoint_problem(desc)
+        if error:
+            problems.append(f"listen.{name}: {error}")
+    tls = config.tls
+    if (tls.certificate is None) != (tls.private_key is None):
+        problems.append("tls: certificate and private_key go together; set both or neither")
+    for key in ("certificate", "private_key"):
+        p = getattr(tls, key)
+        if p is not None and not os.access(p, os.R_OK):
+            problems.append(f"tls.{key}: cannot read {p}")
+    limits = config.limits
+    for key in ("message_size", "recipients_per_message", "connections", "connections_per_ip",
+                "command_timeout", "errors_per_session"):
+        if getattr(limits, key) == 0:
+            problems.append(f"limits.{key}: must be at least 1")
+    if not 0 < config.relay.port < 65536:
+        problems.append(f"relay.port: not a port number: {config.relay.port}")
+    for i, ns in enumerate(config.relay.nameservers):
+        host, _, port = ns.rpartition(":") if ns.count(":") == 1 else (ns, "", "53")
+        if not host or not port.isdigit():
+            problems.append(f"relay.nameservers[{i}]: expected \"address[:port]\", got {ns!r}")
+    if config.relay.smarthost:
+        host, sep, port = config.relay.smarthost.rpartition(":")
+        if not sep or not host or not port.isdigit():
+            problems.append(f"relay.smarthost: expected \"host:port\", got "
+                            f"{config.relay.smarthost!r}")
+
+
+def _endpoint_problem(desc: str) -> str | None:
+    from twisted.internet import endpoints, reactor
+
+    try:
+        endpoints.serverFromString(reactor, desc)
+    except Exception as e:  # the parser raises a variety of ValueErrors/KeyErrors
+        return f"not a Twisted endpoint description: {desc!r} ({e})"
+    return None
+
+
+def _is_domain(text: str) -> bool:
+    labels = text.rstrip(".").split(".")
+    return bool(text) and all(
+        0 < len(label) < 64 and all(c.isalnum() or c == "-" for c in label)
+        and not label.startswith("-") and not label.endswith("-")
+        for label in labels
+    )
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return repr(value)
+
+
+def render_example() -> str:
+    """The commented example config (etc/mailserver.toml) generated from the dataclasses."""
+    example = {
+        "hostname": '"mail.example.org"',
+        "data_dir": '"/var/lib/mailserver"',
+        "domains.local": '["example.org", "example.net"]',
+        "listen.smtp": '"tcp:25"', "listen.submission": '"tcp:587"',
+        "listen.submissions": '"tcp:465"', "listen.pop3": '"tcp:110"',
+        "listen.pop3s": '"tcp:995"', "listen.imap": '"tcp:143"', "listen.imaps": '"tcp:993"',
+        "tls.certificate": '"/etc/letsencrypt/live/mail.example.org/fullchain.pem"',
+        "tls.private_key": '"/etc/letsencrypt/live/mail.example.org/privkey.pem"',
+        "auth.users_file": '"/var/lib/mailserver/users"',
+        "auth.aliases_file": '"/var/lib/mailserver/aliases"',
+    }
+    out = ["# mailserver configuration (generated from mailserver/config.py: "
+           "`python -m mailserver.config > etc/mailserver.toml`).",
+           "# Every key is optional; the value shown is an example or the default.", ""]
+
+    def emit(cls: type, prefix: str) -> None:
+        for f in dataclasses.fields(cls):
+            if f.metadata.get("internal"):
+                continue
+            key = _join(prefix, f.name)
+            if dataclasses.is_dataclass(f.type) or (
+                isinstance(f.type, str) and f.type.endswith("Config")
+            ):
+                sub = typing.get_type_hints(cls)[f.name]
+                out.append(f"[{key}]")
+                if sub.__doc__ and not sub.__doc__.startswith(sub.__name__ + "("):
+                    out.extend("# " + line.strip() for line in sub.__doc__.strip().splitlines()
+                               if line.strip())
+                emit(sub, key)
+                out.append("")
+                continue
+            out.append(f"# {f.metadata.get('doc', '')}")
+            out.append(f"{f.name} = {example.get(key) or _toml_default(f)}")
+
+    emit(Config, "")
+    first_table = next(i for i, line in enumerate(out) if line.startswith("["))
+    out.insert(first_table, "")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _toml_default(f: dataclasses.Field[Any]) -> str:
+    value = f.default
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"{value:_}" if value >= 10_000 else str(value)
+    if isinstance(value, tuple):
+        return "[]"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return '""'
+
+
+if __name__ == "__main__":
+    print(render_example(), end="")

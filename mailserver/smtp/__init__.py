@@ -1,0 +1,1 @@
+"""ESMTP: the pure grammar, the DATA/BDAT receivers, and the server session."""

@@ -1,0 +1,1 @@
+"""The Maildir store: durable two-phase delivery, folders, unique names."""
