@@ -234,7 +234,7 @@ def _convert(hint: Any, value: Any, path: str, problems: list[str], base: Path) 
             return _INVALID
         item = typing.get_args(hint)[0]
         items = [_convert(item, v, f"{path}[{i}]", problems, base) for i, v in enumerate(value)]
-        return tuple(items)
+        return tuple(i for i in items if i is not _INVALID)
     if hint is bool:
         if not isinstance(value, bool):
             problems.append(f"{path}: expected true or false, got {_show(value)}")

@@ -1,0 +1,85 @@
+"""Listening on configured endpoints, with operator-readable failures.
+
+A port in use or a permission problem is one line naming the config key
+(`listen.smtp: cannot listen on tcp:25: address already in use`), not a traceback.
+Where each service really listens is written to data_dir/run/listeners.json, so tests
+and scripts can use port 0 and still find the server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from twisted.application import service
+from twisted.internet import endpoints, reactor
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+log = Logger()
+
+
+class ListenError(Exception):
+    """One line for the operator."""
+
+
+class ListenerService(service.Service):
+    """Listens in privilegedStartService (so ports < 1024 work before dropping root)."""
+
+    def __init__(self, name: str, description: str, factory: IProtocolFactory,
+                 registry: ListenerRegistry) -> None:
+        self.setName(name)
+        self.service_name = name
+        self.description = description
+        self.factory = factory
+        self.registry = registry
+        self.port: IListeningPort | None = None
+
+    def privilegedStartService(self) -> None:
+        endpoint = endpoints.serverFromString(reactor, self.description)
+        outcome: list[object] = []
+        endpoint.listen(self.factory).addBoth(outcome.append)
+        if not outcome:  # pragma: no cover - stream endpoints we support listen at once
+            raise ListenError(f"listen.{self.service_name}: {self.description} did not listen at once")
+        result = outcome[0]
+        if isinstance(result, Failure):
+            reason = result.value
+            if isinstance(reason, CannotListenError) and reason.socketError is not None:
+                why = getattr(reason.socketError, "strerror", None) or str(reason.socketError)
+            else:
+                why = str(reason)
+            raise ListenError(f"listen.{self.service_name}: cannot listen on {self.description}: "
+                              f"{why.lower()}")
+        self.port = result  # type: ignore[assignment]
+        host = self.port.getHost()  # type: ignore[union-attr]
+        self.registry.add(self.service_name, getattr(host, "host", "?"), getattr(host, "port", 0))
+        log.info("{service} listening on {host}:{port}", service=self.service_name,
+                 host=getattr(host, "host", "?"), port=getattr(host, "port", 0))
+        service.Service.privilegedStartService(self)
+
+    def stopService(self) -> object:
+        service.Service.stopService(self)
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+        return None
+
+
+class ListenerRegistry:
+    """Writes data_dir/run/listeners.json: {"smtp": ["127.0.0.1", 2525], ...}."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "listeners.json"
+        self.listeners: dict[str, tuple[str, int]] = {}
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            self.path.unlink()
+
+    def add(self, name: str, host: str, port: int) -> None:
+        self.listeners[name] = (host, port)
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.listeners, indent=1))
+        os.replace(tmp, self.path)

@@ -1,0 +1,114 @@
+"""TLS server options: the operator's certificate chain, or a self-signed one we make.
+
+RFC 8314 4.1 and RFC 8996: TLS 1.2 is the least we speak.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from OpenSSL import crypto
+from twisted.internet import ssl
+from twisted.logger import Logger
+
+from mailserver.config import Config
+from mailserver.errors import ConfigError
+
+log = Logger()
+
+
+def server_tls_options(config: Config) -> ssl.CertificateOptions:
+    """CertificateOptions for every TLS listener; ConfigError names the bad file."""
+    if config.tls.certificate is not None and config.tls.private_key is not None:
+        cert_path, key_path = config.tls.certificate, config.tls.private_key
+        key_name, cert_name = "tls.private_key", "tls.certificate"
+    else:
+        cert_path, key_path = ensure_self_signed(config.data_dir / "tls", config.hostname)
+        key_name = cert_name = f"self-signed certificate in {cert_path.parent}"
+    try:
+        chain_pem = cert_path.read_bytes()
+    except OSError as e:
+        raise ConfigError([f"{cert_name}: cannot read {cert_path}: {e.strerror}"]) from None
+    try:
+        key_pem = key_path.read_bytes()
+    except OSError as e:
+        raise ConfigError([f"{key_name}: cannot read {key_path}: {e.strerror}"]) from None
+    certs = _split_pem_certificates(chain_pem)
+    if not certs:
+        raise ConfigError([f"{cert_name}: no PEM certificate in {cert_path}"])
+    try:
+        leaf = crypto.load_certificate(crypto.FILETYPE_PEM, certs[0])
+        extra = [crypto.load_certificate(crypto.FILETYPE_PEM, c) for c in certs[1:]]
+    except crypto.Error:
+        raise ConfigError([f"{cert_name}: unreadable certificate in {cert_path}"]) from None
+    try:
+        key = crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem)
+    except crypto.Error:
+        raise ConfigError([f"{key_name}: unreadable private key in {key_path}"]) from None
+    try:
+        return ssl.CertificateOptions(
+            privateKey=key,
+            certificate=leaf,
+            extraCertChain=extra,
+            raiseMinimumTo=ssl.TLSVersion.TLSv1_2,
+        )
+    except Exception:
+        raise ConfigError([f"{key_name}: the private key does not match the certificate "
+                           f"{cert_path}"]) from None
+
+
+def _split_pem_certificates(data: bytes) -> list[bytes]:
+    marker = b"-----END CERTIFICATE-----"
+    parts = []
+    for chunk in data.split(marker)[:-1]:
+        start = chunk.find(b"-----BEGIN CERTIFICATE-----")
+        if start >= 0:
+            parts.append(chunk[start:] + marker + b"\n")
+    return parts
+
+
+def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
+    """Make (once) a self-signed P-256 certificate for `hostname`, valid ten years."""
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    if cert_path.exists() and key_path.exists():
+        return cert_path, key_path
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname[:64])])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=3650))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    key_bytes = key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption())
+    _write_atomic(key_path, key_bytes, 0o600)
+    _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    log.info("made a self-signed certificate for {hostname} in {dir}", hostname=hostname,
+             dir=str(directory))
+    return cert_path, key_path
+
+
+def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)

@@ -1,0 +1,554 @@
+"""The inbound ESMTP session (RFC 5321) on the `smtp` listener.
+
+One state machine per connection, one command at a time: while a command waits on a
+Deferred (the fsync behind the 250 after DATA), later pipelined input stays in our
+buffer and is not read until the reply has been sent (RFC 2920 3.1: replies in order).
+That is the defect of twisted.mail's server (twisted#8126) this module exists to avoid.
+
+Everything that parses lives in grammar.py and data.py; who is local lives behind
+IRecipientDirectory; where mail goes lives behind IDeliveryTarget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from twisted.internet import interfaces
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+
+from mailserver.address import Address
+from mailserver.config import Config
+from mailserver.errors import ReplyError
+from mailserver.interfaces import (
+    IDeliveryTarget,
+    IDeliveryTransaction,
+    IRecipientDirectory,
+    MailboxId,
+)
+from mailserver.reply import Reply
+from mailserver.smtp import grammar
+from mailserver.smtp.data import ChunkDecoder, DotDecoder
+from mailserver.smtp.trace import (
+    new_message_id,
+    received_header,
+    return_path_header,
+    with_protocol,
+)
+
+log = Logger()
+
+#: Longest command line we read (RFC 5321 4.5.3.1.4 asks for 512; extensions such as
+#: SMTPUTF8 and AUTH= make real lines longer, so we allow what Postfix allows).
+MAX_COMMAND_LINE = 2048
+#: Pipelined input held while a command is pending before we stop reading the socket.
+MAX_PENDING_INPUT = 256 * 1024
+
+SERVICE_UNAVAILABLE = Reply(421, "4.3.2", "Service shutting down")
+
+
+@dataclass
+class Envelope:
+    """One mail transaction; RSET and the end of DATA replace it, the session stays."""
+
+    sender: Address
+    body_8bit: bool = False
+    smtputf8: bool = False
+    recipients: list[Address] = field(default_factory=list)
+    mailboxes: set[MailboxId] = field(default_factory=set)
+
+
+@dataclass
+class SessionPolicy:
+    """What a listener allows; the MX (port 25) and submission (issue 3) differ here."""
+
+    name: str = "smtp"
+
+
+class SMTPServerFactory(Factory):
+    """Builds one SMTPSession per connection, sharing config, directory and target."""
+
+    def __init__(
+        self,
+        config: Config,
+        directory: IRecipientDirectory,
+        target: IDeliveryTarget,
+        tls_options: interfaces.IOpenSSLServerConnectionCreator | None = None,
+        policy: SessionPolicy | None = None,
+    ) -> None:
+        self.config = config
+        self.directory = directory
+        self.target = target
+        self.tls_options = tls_options
+        self.policy = policy or SessionPolicy()
+        self.sessions_started = 0
+
+    def buildProtocol(self, addr: interfaces.IAddress | None) -> SMTPSession:
+        self.sessions_started += 1
+        session = SMTPSession(self, self.sessions_started)
+        return session
+
+
+class SMTPSession(Protocol, TimeoutMixin):
+    """One ESMTP connection."""
+
+    def __init__(self, factory: SMTPServerFactory, number: int) -> None:
+        self.factory = factory
+        self.config = factory.config
+        self.session_id = f"{factory.policy.name}-{number}"
+        self.peer_ip = "unknown"
+        self.helo: str | None = None
+        self.esmtp = False
+        self.tls_active = False
+        self.envelope: Envelope | None = None
+        self.errors = 0
+        # Input handling
+        self._buffer = bytearray()
+        self._discarding_long_line = False
+        self._busy = False
+        self._processing = False
+        self._closing = False
+        self._paused = False
+        # Message reception
+        self._decoder: DotDecoder | ChunkDecoder | None = None
+        self._receiving = False  # reading DATA lines or a BDAT chunk, not commands
+        self._transaction: IDeliveryTransaction | None = None
+        self._message_id = ""
+        self._bdat_last = False
+        self._bdat_octets = 0  # raw octets of this transaction's chunks, for the replies
+        self._bdat_failed: Reply | None = None
+
+    # -- connection lifecycle ------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        self.peer_ip = getattr(peer, "host", "unknown")
+        self.setTimeout(self.config.limits.command_timeout)
+        log.debug("{session} connect from {peer}", session=self.session_id, peer=self.peer_ip)
+        self._send(Reply(220, None, f"{self.config.hostname} ESMTP mailserver"))
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.setTimeout(None)
+        self._closing = True
+        self._abort_transaction()
+        log.debug("{session} disconnect", session=self.session_id)
+
+    def timeoutConnection(self) -> None:
+        log.info("{session} timeout from {peer}", session=self.session_id, peer=self.peer_ip)
+        self._send(Reply(421, "4.4.2", f"{self.config.hostname} Error: timeout exceeded"))
+        self._close()
+
+    # -- input ---------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self.resetTimeout()
+        self._buffer += data
+        self._process()
+        if self._busy and len(self._buffer) > MAX_PENDING_INPUT and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def _process(self) -> None:
+        """Handle buffered input until it runs out or a command has to wait."""
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            while not self._busy and not self._closing and self._buffer:
+                if self._receiving:
+                    self._feed_message()
+                    continue
+                line = self._next_line()
+                if line is None:
+                    break
+                self._handle_line(line)
+        finally:
+            self._processing = False
+
+    def _next_line(self) -> bytes | None:
+        """One CRLF-terminated line, or None; refuses overlong and bare-LF lines."""
+        end = self._buffer.find(b"\n")
+        if self._discarding_long_line:
+            if end < 0:
+                self._buffer.clear()
+                return None
+            del self._buffer[: end + 1]
+            self._discarding_long_line = False
+            self._error(Reply(500, "5.5.2", "Line too long"))
+            return None
+        if end < 0:
+            if len(self._buffer) > MAX_COMMAND_LINE:
+                # Memory stays bounded: drop what we have and everything up to the next LF.
+                self._buffer.clear()
+                self._discarding_long_line = True
+            return None
+        line = bytes(self._buffer[: end + 1])
+        del self._buffer[: end + 1]
+        if len(line) > MAX_COMMAND_LINE:
+            self._error(Reply(500, "5.5.2", "Line too long"))
+            return None
+        if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
+            # RFC 5321 2.3.8: lines end with CRLF only; bare CR/LF is how smuggling starts.
+            self._error(Reply(500, "5.5.2", "Syntax error: bare CR or LF in command"))
+            return None
+        return line[:-2]
+
+    def _handle_line(self, line: bytes) -> None:
+        try:
+            command = grammar.parse_command(line)
+        except ReplyError as e:
+            self._error(e.reply)
+            return
+        handler = getattr(self, "do_" + type(command).__name__.upper(), None)
+        if handler is None:  # pragma: no cover - grammar and session disagree
+            self._error(Reply(502, "5.5.1", "Command not implemented"))
+            return
+        try:
+            result = handler(command)
+        except ReplyError as e:
+            self._error(e.reply)
+            return
+        if isinstance(result, Deferred):
+            self._wait_for(result)
+
+    def _wait_for(self, d: Deferred[None]) -> None:
+        """Hold all further input until `d` fires (RFC 2920: replies in order)."""
+        self._busy = True
+        self.setTimeout(None)  # our own disk is not the client's fault
+
+        def done(_: object) -> None:
+            self._busy = False
+            if self._closing:
+                return
+            self.setTimeout(self.config.limits.command_timeout)
+            if self._paused:
+                self._paused = False
+                self.transport.resumeProducing()  # type: ignore[union-attr]
+            self._process()
+
+        d.addBoth(done)
+
+    # -- output --------------------------------------------------------------------------
+
+    def _send(self, reply: Reply) -> None:
+        if self.transport is not None:
+            self.transport.write(reply.encode())
+
+    def _error(self, reply: Reply) -> None:
+        """A refused command; too many of them ends the session (like Postfix's
+        smtpd_hard_error_limit), so a flood cannot hold a connection forever."""
+        self._send(reply)
+        if reply.code >= 500:
+            self.errors += 1
+            if self.errors >= self.config.limits.errors_per_session:
+                log.info("{session} too many errors from {peer}", session=self.session_id,
+                         peer=self.peer_ip)
+                self._send(Reply(421, "4.7.0", f"{self.config.hostname} Error: too many "
+                                 "errors"))
+                self._close()
+
+    def _close(self) -> None:
+        self._closing = True
+        self._buffer.clear()
+        self._abort_transaction()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    # -- commands without a transaction ---------------------------------------------------
+
+    def ehlo_keywords(self) -> list[str]:
+        """RFC 5321 4.1.1.1 and each extension's RFC."""
+        keywords = [
+            "PIPELINING",                                    # RFC 2920
+            f"SIZE {self.config.limits.message_size}",       # RFC 1870
+            "8BITMIME",                                      # RFC 6152
+            "SMTPUTF8",                                      # RFC 6531
+            "ENHANCEDSTATUSCODES",                           # RFC 2034
+            "CHUNKING",                                      # RFC 3030
+        ]
+        if self.factory.tls_options is not None and not self.tls_active:
+            keywords.append("STARTTLS")                      # RFC 3207
+        return keywords
+
+    def do_EHLO(self, command: grammar.Ehlo) -> None:
+        self._reset_envelope()  # RFC 5321 4.1.4: EHLO resets the state like RSET
+        self.helo, self.esmtp = command.domain, True
+        lines = [f"{self.config.hostname} Hello {command.domain} [{self.peer_ip}]"]
+        self._send(Reply(250, None, tuple(lines + self.ehlo_keywords())))
+
+    def do_HELO(self, command: grammar.Helo) -> None:
+        self._reset_envelope()
+        self.helo, self.esmtp = command.domain, False
+        self._send(Reply(250, None, f"{self.config.hostname} Hello {command.domain}"))
+
+    def do_NOOP(self, command: grammar.Noop) -> None:
+        self._send(Reply(250, "2.0.0", "Ok"))
+
+    def do_RSET(self, command: grammar.Rset) -> None:
+        self._reset_envelope()
+        self._send(Reply(250, "2.0.0", "Ok"))
+
+    def do_QUIT(self, command: grammar.Quit) -> None:
+        self._send(Reply(221, "2.0.0", f"{self.config.hostname} closing connection"))
+        self._close()
+
+    def do_HELP(self, command: grammar.Help) -> None:
+        self._send(Reply(214, "2.0.0", (
+            "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY STARTTLS",
+            "See RFC 5321",
+        )))
+
+    def do_VRFY(self, command: grammar.Vrfy) -> None:
+        # RFC 5321 3.5.3: 252 when we will not confirm; we never disclose who exists.
+        self._send(Reply(252, "2.5.0", "Cannot VRFY user, but will accept message and "
+                                       "attempt delivery"))
+
+    def do_AUTH(self, command: grammar.Auth) -> None:
+        raise ReplyError(503, "5.5.1", "AUTH not available on this port; use submission")
+
+    def do_STARTTLS(self, command: grammar.StartTls) -> None:
+        if self.tls_active:
+            raise ReplyError(503, "5.5.1", "TLS already active")
+        if self.factory.tls_options is None:
+            raise ReplyError(502, "5.5.1", "STARTTLS not available")
+        self._send(Reply(220, "2.0.0", "Ready to start TLS"))
+        # RFC 3207 4.2 and the STARTTLS injection attacks (CVE-2011-0411): whatever the
+        # client pipelined after STARTTLS in plaintext is thrown away, never executed.
+        self._buffer.clear()
+        self.transport.startTLS(self.factory.tls_options)  # type: ignore[union-attr]
+        self.tls_active = True
+        # RFC 3207 4.2: forget everything learnt before TLS; the client must EHLO again.
+        self.helo, self.esmtp = None, False
+        self._reset_envelope()
+
+    # -- the mail transaction --------------------------------------------------------------
+
+    def do_MAIL(self, command: grammar.Mail) -> None:
+        if self.helo is None:
+            raise ReplyError(503, "5.5.1", "Error: send HELO/EHLO first")
+        if self.envelope is not None:
+            raise ReplyError(503, "5.5.1", "Error: nested MAIL command")
+        if not self.esmtp and (command.size is not None or command.body or command.smtputf8):
+            raise ReplyError(555, "5.5.4", "MAIL parameters need EHLO")
+        limit = self.config.limits.message_size
+        if command.size is not None and command.size > limit:
+            # RFC 1870 6.1
+            raise ReplyError(552, "5.3.4", "Message size exceeds fixed maximum message size")
+        if not command.sender.is_ascii and not command.smtputf8:
+            # RFC 6531 3.5: 550 for MAIL, 553 for RCPT.
+            raise ReplyError(550, "5.6.7", "Non-ASCII sender address needs SMTPUTF8")
+        self.envelope = Envelope(
+            sender=command.sender,
+            body_8bit=command.body == "8BITMIME",
+            smtputf8=command.smtputf8,
+        )
+        self._send(Reply(250, "2.1.0", "Ok"))
+
+    def do_RCPT(self, command: grammar.Rcpt) -> None:
+        envelope = self.envelope
+        if envelope is None:
+            raise ReplyError(503, "5.5.1", "Error: need MAIL command")
+        if len(envelope.recipients) >= self.config.limits.recipients_per_message:
+            # RFC 5321 4.5.3.1.10: 452 tells the client to send the rest later.
+            self._send(Reply(452, "4.5.3", "Error: too many recipients"))
+            return
+        rcpt = command.recipient
+        if not rcpt.is_ascii and not envelope.smtputf8:
+            raise ReplyError(553, "5.6.7", "Non-ASCII recipient address needs SMTPUTF8")
+        resolution = self._resolve(rcpt, command.postmaster)
+        envelope.recipients.append(rcpt)
+        envelope.mailboxes.update(resolution)
+        self._send(Reply(250, "2.1.5", "Ok"))
+
+    def _resolve(self, rcpt: Address, postmaster: bool) -> tuple[MailboxId, ...]:
+        """Local mailboxes for one recipient, or the ReplyError refusing it."""
+        if postmaster:
+            # RFC 5321 4.5.1: <Postmaster> without a domain must be accepted.
+            domains = self.config.domains.local
+            if not domains:
+                raise ReplyError(550, "5.1.1", "Error: no postmaster here")
+            address = f"postmaster@{domains[0]}"
+        else:
+            if not self.config.is_local_domain(rcpt.domain):
+                # This listener never relays, whoever connects (RFC 5321 3.6.1, 7.1).
+                raise ReplyError(550, "5.7.1", "Error: relay access denied")
+            address = str(rcpt)
+        resolution = self.factory.directory.resolve(address)
+        if resolution.remote:
+            # The relay queue (issue 3) will forward these; until then a temporary
+            # failure keeps the sender retrying instead of losing a copy.
+            log.warn("{session} {rcpt} forwards to remote addresses; relay queue missing",
+                     session=self.session_id, rcpt=address)
+            raise ReplyError(451, "4.3.5", "Error: forwarding not available yet")
+        if not resolution.mailboxes:
+            raise ReplyError(550, "5.1.1", "Error: user unknown")
+        return resolution.mailboxes
+
+    def do_DATA(self, command: grammar.Data) -> None:
+        envelope = self._check_ready_for_data()
+        if self._decoder is not None:  # BDAT chunks already under way
+            raise ReplyError(503, "5.5.1", "Error: DATA after BDAT")
+        self._start_message(envelope, DotDecoder(self.config.limits.message_size,
+                                                 self._is_strict_8bit(envelope)))
+        self._receiving = True
+        self._send(Reply(354, None, "End data with <CR><LF>.<CR><LF>"))
+
+    def do_BDAT(self, command: grammar.Bdat) -> None:
+        """RFC 3030: the chunk is read whatever the verdict, so the session stays in sync."""
+        self._bdat_last = command.last
+        if not isinstance(self._decoder, ChunkDecoder):
+            error: Reply | None = None
+            try:
+                envelope = self._check_ready_for_data()
+            except ReplyError as e:
+                error, envelope = e.reply, None
+            strict = self._is_strict_8bit(envelope) if envelope else False
+            decoder = ChunkDecoder(self.config.limits.message_size, strict)
+            if envelope is not None:
+                self._start_message(envelope, decoder)
+            else:
+                self._decoder = decoder
+            self._bdat_failed = error
+        assert isinstance(self._decoder, ChunkDecoder)
+        self._decoder.begin_chunk(command.size)
+        self._bdat_octets += command.size
+        self._receiving = True
+        if command.size == 0:
+            self._feed_message()
+
+    def _check_ready_for_data(self) -> Envelope:
+        if self.envelope is None:
+            raise ReplyError(503, "5.5.1", "Error: need MAIL command")
+        if not self.envelope.mailboxes:
+            # RFC 5321 3.3 / RFC 2920 3.1: no recipient was accepted.
+            raise ReplyError(554, "5.5.1", "Error: no valid recipients")
+        return self.envelope
+
+    def _is_strict_8bit(self, envelope: Envelope) -> bool:
+        return self.config.limits.strict_8bitmime and not (envelope.body_8bit
+                                                           or envelope.smtputf8)
+
+    def _start_message(self, envelope: Envelope, decoder: DotDecoder | ChunkDecoder) -> None:
+        self._decoder = decoder
+        self._message_id = new_message_id()
+        self._transaction = self.factory.target.begin(sorted(envelope.mailboxes))
+        self._transaction.write(return_path_header(envelope.sender))
+        self._transaction.write(self._received(envelope))
+
+    def _received(self, envelope: Envelope) -> bytes:
+        tls_info = None
+        if self.tls_active:
+            tls_info = self._tls_description()
+        return received_header(
+            helo=self.helo or "unknown",
+            peer_ip=self.peer_ip,
+            hostname=self.config.hostname,
+            protocol=with_protocol(esmtp=self.esmtp, tls=self.tls_active,
+                                   authenticated=False, smtputf8=envelope.smtputf8),
+            message_id=self._message_id,
+            recipients=envelope.recipients,
+            tls_info=tls_info,
+        )
+
+    def _tls_description(self) -> str | None:
+        try:
+            connection = self.transport.getHandle()  # type: ignore[union-attr]
+            return (f"using {connection.get_protocol_version_name()} with cipher "
+                    f"{connection.get_cipher_name()}")
+        except Exception:
+            return None
+
+    def _feed_message(self) -> None:
+        """Pass buffered bytes to the DATA/BDAT decoder; finish the message at its end."""
+        decoder = self._decoder
+        assert decoder is not None
+        output, rest = decoder.feed(bytes(self._buffer))
+        self._buffer.clear()
+        if output and self._transaction is not None and not self._message_refused(decoder):
+            self._transaction.write(output)
+        if rest is None:
+            return
+        self._buffer[:0] = rest
+        self._receiving = False
+        if isinstance(decoder, ChunkDecoder) and not self._bdat_last:
+            self._chunk_done(decoder)
+            return
+        if isinstance(decoder, ChunkDecoder):
+            decoder.finish()
+        self._decoder = None
+        self._finish_message(decoder)
+
+    def _chunk_done(self, decoder: ChunkDecoder) -> None:
+        if self._bdat_failed is not None:
+            self._decoder = None
+            self._error(self._bdat_failed)
+            return
+        refusal = self._message_refused(decoder)
+        if refusal is not None:
+            # RFC 3030 2: a failed chunk fails the transaction.
+            self._decoder = None
+            self._abort_transaction()
+            self._reset_envelope()
+            self._error(refusal)
+            return
+        self._send(Reply(250, "2.0.0", f"{self._bdat_octets} octets received"))
+
+    @staticmethod
+    def _message_refused(decoder: DotDecoder | ChunkDecoder) -> Reply | None:
+        """Why the message cannot be accepted, judged on what the decoder has seen."""
+        error = decoder.rejection()
+        return error.reply if error is not None else None
+
+    def _finish_message(self, decoder: DotDecoder | ChunkDecoder) -> None:
+        failed, self._bdat_failed = self._bdat_failed, None
+        if failed is not None:
+            self._error(failed)
+            return
+        refusal = self._message_refused(decoder)
+        envelope, transaction = self.envelope, self._transaction
+        if refusal is not None or envelope is None or transaction is None:
+            self._abort_transaction()
+            self._reset_envelope()
+            self._error(refusal or Reply(503, "5.5.1", "Error: no transaction"))
+            return
+        self._transaction = None
+        self.envelope = None
+        self._bdat_octets = 0
+        message_id = self._message_id
+        d = transaction.commit()
+
+        def stored(_: object) -> None:
+            log.info("{session} {id} from {sender} to {rcpts} ({size} octets) stored",
+                     session=self.session_id, id=message_id, sender=str(envelope.sender),
+                     rcpts=len(envelope.mailboxes), size=decoder.size)
+            self._send(Reply(250, "2.0.0", f"Ok: queued as {message_id}"))
+
+        def failed_commit(failure: Failure) -> None:
+            transaction.abort()
+            if failure.check(ReplyError):
+                reply = failure.value.reply  # type: ignore[union-attr]
+            else:
+                log.failure("{session} {id} delivery failed", failure,
+                            session=self.session_id, id=message_id)
+                reply = Reply(451, "4.3.0", "Error: local delivery failed; try again later")
+            self._send(reply)
+
+        d.addCallbacks(stored, failed_commit)
+        self._wait_for(d)
+
+    def _abort_transaction(self) -> None:
+        if self._transaction is not None:
+            self._transaction.abort()
+            self._transaction = None
+
+    def _reset_envelope(self) -> None:
+        self.envelope = None
+        self._decoder = None
+        self._bdat_octets = 0
+        self._bdat_failed = None
+        self._abort_transaction()

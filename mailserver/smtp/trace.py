@@ -1,0 +1,73 @@
+"""Trace headers added at delivery: Return-Path and Received (RFC 5321 4.4).
+
+Kept apart from the session so the header format has one home and its own tests.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import secrets
+import time
+
+from mailserver.address import Address
+
+_ID_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"
+
+
+def new_message_id() -> str:
+    """A short random id for the log and the 250 reply (like Postfix's queue ids)."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(14))
+
+
+def with_protocol(*, esmtp: bool, tls: bool, authenticated: bool, smtputf8: bool) -> str:
+    """The `with` clause keyword (RFC 3848; RFC 6531 3.7.3 for UTF8SMTP)."""
+    if smtputf8:
+        base = "UTF8SMTP"
+    else:
+        base = "ESMTP" if esmtp else "SMTP"
+    if tls:
+        base += "S"
+    if authenticated:
+        base += "A"
+    return base
+
+
+def received_header(
+    *,
+    helo: str,
+    peer_ip: str,
+    hostname: str,
+    protocol: str,
+    message_id: str,
+    recipients: list[Address],
+    tls_info: str | None = None,
+    now: float | None = None,
+) -> bytes:
+    """`Received:` per RFC 5321 4.4 (From-domain, By-domain, With, ID, For, date-time).
+
+    `for` is given only for a single recipient, as Postfix does, so a message copied to
+    several users does not reveal the others (RFC 5321 7.2 on blind copies).
+    """
+    stamp = email.utils.formatdate(now if now is not None else time.time(), localtime=False)
+    helo_text = _sanitise(helo) or "unknown"
+    lines = [f"Received: from {helo_text} ([{peer_ip}])"]
+    by = f"\tby {hostname} (mailserver) with {protocol} id {message_id}"
+    if tls_info:
+        by += f"\n\t({_sanitise(tls_info)})"
+    lines.append(by)
+    if len(recipients) == 1:
+        lines.append(f"\tfor {recipients[0].bracketed()}; {stamp}")
+    else:
+        lines[-1] += ";"
+        lines.append(f"\t{stamp}")
+    return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def return_path_header(sender: Address) -> bytes:
+    """RFC 5321 4.4: the final delivery adds Return-Path with the reverse-path."""
+    return f"Return-Path: {sender.bracketed()}\n".encode()
+
+
+def _sanitise(text: str) -> str:
+    """Header text from the client: keep it on one line and printable."""
+    return "".join(c if c.isprintable() and c not in "()" else "?" for c in text)[:200]

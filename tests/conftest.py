@@ -1,0 +1,46 @@
+"""Shared fixtures: the real server on loopback, with real users."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from server_harness import RunningServer, make_server  # noqa: E402
+
+USERS = ("alice@example.org", "bob@example.org", "carol@example.net")
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def server_factory(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
+    """make_server(**overrides) for tests that need their own config; all stopped after."""
+    started: list[RunningServer] = []
+
+    def factory(name: str = "server", users: tuple[str, ...] = USERS,
+                **overrides: Any) -> RunningServer:
+        server = make_server(tmp_path / name, start=False, **overrides)
+        for user in users:
+            server.add_user(user, PASSWORD)
+        started.append(server)
+        return server.start()
+
+    yield factory
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """One server per test module with alice, bob and carol; tests must not break it."""
+    running = make_server(tmp_path_factory.mktemp("srv"), start=False)
+    for user in USERS:
+        running.add_user(user, PASSWORD)
+    running.start()
+    yield running
+    running.stop()
