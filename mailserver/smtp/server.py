@@ -127,14 +127,12 @@ class SMTPSession(Protocol, TimeoutMixin):
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self.peer_ip = getattr(peer, "host", "unknown")
         self.setTimeout(self.config.limits.command_timeout)
-        log.debug("{session} connect from {peer}", session=self.session_id, peer=self.peer_ip)
         self._send(Reply(220, None, f"{self.config.hostname} ESMTP mailserver"))
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self.setTimeout(None)
         self._closing = True
         self._abort_transaction()
-        log.debug("{session} disconnect", session=self.session_id)
 
     def timeoutConnection(self) -> None:
         log.info("{session} timeout from {peer}", session=self.session_id, peer=self.peer_ip)

@@ -5,18 +5,20 @@ Kept apart from the session so the header format has one home and its own tests.
 
 from __future__ import annotations
 
+import base64
 import email.utils
-import secrets
+import os
 import time
 
 from mailserver.address import Address
 
-_ID_ALPHABET = "0123456789BCDFGHJKLMNPQRSTVWXYZ"
-
 
 def new_message_id() -> str:
-    """A short random id for the log and the 250 reply (like Postfix's queue ids)."""
-    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(14))
+    """A short random id for the log and the 250 reply (like Postfix's queue ids).
+
+    One urandom call per message (secrets.choice per character cost 14 syscalls).
+    """
+    return base64.b32encode(os.urandom(10)).decode("ascii")
 
 
 def with_protocol(*, esmtp: bool, tls: bool, authenticated: bool, smtputf8: bool) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
@@ -83,6 +84,9 @@ class Session:
         self.protocol: SMTPSession = self.factory.buildProtocol(
             IPv4Address("TCP", "192.0.2.7", 4000))
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 4000))
+        # TimeoutMixin schedules on this clock, never on the global reactor.
+        self.clock = Clock()
+        self.protocol.callLater = self.clock.callLater  # type: ignore[method-assign]
         self.protocol.makeConnection(self.transport)
 
     def replies(self) -> list[str]:
@@ -206,3 +210,28 @@ def test_input_held_while_busy_is_bounded() -> None:
     replies = s.replies()
     assert replies[0].startswith("250 2.0.0 Ok: queued")
     assert replies[1:] == ["250 2.0.0 Ok"] * 100_000
+
+
+def test_idle_session_times_out_with_421() -> None:
+    s = Session(command_timeout=60)
+    s.replies()
+    s.clock.advance(59)
+    assert s.replies() == []
+    s.send(b"NOOP\r\n")
+    s.clock.advance(59)
+    assert not s.transport.disconnecting, "activity resets the timer"
+    s.clock.advance(2)
+    assert s.replies() == ["421 4.4.2 mx.test Error: timeout exceeded"]
+    assert s.transport.disconnecting
+
+
+def test_no_timeout_while_our_disk_is_busy() -> None:
+    s = Session(command_timeout=60)
+    s.replies()
+    s.send(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\nx\r\n.\r\n")
+    s.clock.advance(600)
+    assert not s.transport.disconnecting
+    t = s.target.transactions[0]
+    assert t.commit_deferred is not None
+    t.commit_deferred.callback(None)
+    assert s.replies()[-1].startswith("250 2.0.0 Ok: queued")

@@ -1,0 +1,117 @@
+"""`mailserver [--config PATH] COMMAND`: the operator's tool (see CONTRACT.md).
+
+Exit codes are part of the contract, because scripts and the acceptance checks rely on
+them: 0 done, 1 a refused request (one line on stderr saying why), 2 a usage error
+(argparse). Whatever goes wrong, the operator gets a sentence, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+from twisted.logger import Logger
+
+from mailserver.admin import commands
+from mailserver.admin.checkconfig import check_config
+from mailserver.admin.commands import Admin, Refused
+from mailserver.config import load_config
+from mailserver.errors import ConfigError
+
+log = Logger()
+
+QUEUE_NOT_BUILT = "the relay queue is not built yet"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mailserver",
+        description="Manage the users, aliases and queue of the mail server.",
+        epilog="Config: --config, else $MAILSERVER_CONFIG, else the embedded default. "
+               "Exit status: 0 done, 1 refused (the reason is printed), 2 usage error.",
+    )
+    parser.add_argument("--config", metavar="PATH", help="the TOML config file")
+    top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    user = top.add_parser("user", help="add, delete, list users; change passwords")
+    user_sub = user.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, text in (("add", "add a user (password from stdin, or asked twice)"),
+                       ("del", "delete a user (the Maildir stays on disk)"),
+                       ("passwd", "change a user's password")):
+        user_sub.add_parser(name, help=text).add_argument("address", metavar="ADDRESS")
+    user_sub.add_parser("list", help="list the users")
+
+    alias = top.add_parser("alias", help="add, delete, list aliases")
+    alias_sub = alias.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = alias_sub.add_parser("add", help="ADDRESS (or @DOMAIN for a catch-all) -> targets")
+    add.add_argument("address", metavar="ADDRESS")
+    add.add_argument("targets", metavar="TARGET[,TARGET...]", nargs="+")
+    alias_sub.add_parser("del", help="delete an alias").add_argument("address",
+                                                                      metavar="ADDRESS")
+    alias_sub.add_parser("list", help="list the aliases")
+
+    queue = top.add_parser("queue", help="inspect and manage the relay queue")
+    queue_sub = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
+    queue_sub.add_parser("list", help="list queued messages")
+    queue_sub.add_parser("show", help="show one queued message").add_argument("id",
+                                                                             metavar="ID")
+    queue_sub.add_parser("flush", help="retry every deferred message now")
+    queue_sub.add_parser("delete", help="delete a queued message").add_argument(
+        "id", metavar="ID")
+
+    top.add_parser("check-config", help="check the config, users and aliases files")
+    return parser
+
+
+def _handler(args: argparse.Namespace) -> Callable[[Admin], None]:
+    if args.command == "user":
+        if args.action == "list":
+            return commands.user_list
+        action = {"add": commands.user_add, "del": commands.user_del,
+                  "passwd": commands.user_passwd}[args.action]
+        return lambda admin: action(admin, args.address)
+    if args.action == "add":
+        return lambda admin: commands.alias_add(admin, args.address, args.targets)
+    if args.action == "del":
+        return lambda admin: commands.alias_del(admin, args.address)
+    return commands.alias_list
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one admin command; returns the exit status (see the module docstring)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # usage error (2) or --help (0)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    if args.command == "check-config":
+        return check_config(args.config, sys.stdout, sys.stderr)
+    label = f"{args.command} {args.action}"
+    if args.command == "queue":
+        print(f"{label}: {QUEUE_NOT_BUILT}", file=sys.stderr)
+        return 1
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        return 1
+    admin = Admin(config, sys.stdin, sys.stdout, sys.stderr)
+    try:
+        _handler(args)(admin)
+    except Refused as e:
+        print(f"{label}: {e}", file=sys.stderr)
+        return 1
+    except (EOFError, KeyboardInterrupt):
+        print(f"{label}: interrupted", file=sys.stderr)
+        return 1
+    except OSError as e:
+        where = f" {e.filename}" if e.filename else ""
+        print(f"{label}: cannot use{where}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

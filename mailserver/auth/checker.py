@@ -1,0 +1,124 @@
+"""The password checker and portal every protocol shares (SMTP AUTH, POP3, IMAP).
+
+Why one checker: the same users file, the same address rules and the same defences for
+every protocol, so a guesser gains nothing by switching from IMAP to SMTP AUTH.
+
+- The login name is the full address, case-insensitive; a bare name gets the first
+  local domain (directory.login_key).
+- Verification runs in a thread: Argon2id is slow on purpose (~60 ms), and the reactor
+  must keep serving everyone else meanwhile.
+- An unknown user costs the same hashing as a known one (schemes.dummy_verify), so the
+  answer's timing does not reveal which addresses exist.
+- A failure is answered only after `failure_delay` seconds, so online guessing is slow.
+  Per-client throttling belongs to the protocols (they know the peer); this delay is the
+  floor under all of them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.cred.checkers import ICredentialsChecker
+from twisted.cred.credentials import IUsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import Portal
+from twisted.internet import task, threads
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from mailserver.auth.directory import RecipientDirectory
+from mailserver.auth.realm import MailRealm
+from mailserver.auth.schemes import dummy_verify, verify_password
+from mailserver.config import Config
+
+log = Logger()
+
+#: Seconds before a failed login is answered.
+DEFAULT_FAILURE_DELAY = 0.75
+
+
+@implementer(ICredentialsChecker)
+class PasswordChecker:
+    """Checks IUsernamePassword against the users file; the avatar id is the address.
+
+    `reactor` (IReactorTime + IReactorThreads) and `threadpool` are injectable for
+    tests; by default the global reactor and its thread pool are used.
+    """
+
+    credentialInterfaces = (IUsernamePassword,)
+
+    def __init__(self, directory: RecipientDirectory, *, reactor: Any = None,
+                 threadpool: ThreadPool | None = None,
+                 failure_delay: float = DEFAULT_FAILURE_DELAY) -> None:
+        self.directory = directory
+        self._reactor = reactor
+        self._threadpool = threadpool
+        self.failure_delay = failure_delay
+
+    def _get_reactor(self) -> Any:
+        if self._reactor is None:
+            from twisted.internet import reactor
+
+            self._reactor = reactor
+        return self._reactor
+
+    def requestAvatarId(self, credentials: Any) -> Deferred[Any]:
+        """Fire with the canonical address, or fail with UnauthorizedLogin (delayed).
+
+        The avatar id is a str (`alice@example.org`), although Twisted's annotations say
+        bytes: every protocol wants the address as text, and MailRealm accepts both.
+        """
+        reactor = self._get_reactor()
+        username = _text(credentials.username)
+        password = credentials.password
+        # Look the user up here, on the reactor thread: the directory is not shared
+        # with worker threads; only the hashing goes there.
+        key = self.directory.login_key(username) if username else None
+        stored = self.directory.password_hash(key) if key else None
+        pool = self._threadpool or reactor.getThreadPool()
+        d: Deferred[bool] = threads.deferToThreadPool(reactor, pool, _check, password,
+                                                      stored)
+
+        def decide(ok: bool) -> str | Deferred[str]:
+            if ok and key:
+                log.info("login accepted for {user}", user=key)
+                return key
+            log.info("login refused for {user}", user=key or "(undecodable name)")
+            return task.deferLater(reactor, self.failure_delay, _refuse)
+
+        return d.addCallback(decide)
+
+
+def _check(password: str | bytes, stored: str | None) -> bool:
+    """Runs in a worker thread. An unknown user or an empty hash still costs a hash."""
+    if not stored:
+        return dummy_verify(password)
+    return verify_password(password, stored)
+
+
+def _refuse() -> str:
+    raise UnauthorizedLogin("authentication failed")
+
+
+def _text(value: str | bytes) -> str | None:
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return value
+
+
+def make_portal(config: Config, directory: RecipientDirectory | None = None, *,
+                reactor: Any = None, threadpool: ThreadPool | None = None,
+                failure_delay: float = DEFAULT_FAILURE_DELAY) -> Portal:
+    """The portal all protocols log in through: MailRealm + PasswordChecker.
+
+    Pass the server's one RecipientDirectory so SMTP and the login share its cache.
+    """
+    directory = directory or RecipientDirectory(config)
+    checker = PasswordChecker(directory, reactor=reactor, threadpool=threadpool,
+                              failure_delay=failure_delay)
+    return Portal(MailRealm(directory), [checker])

@@ -1,0 +1,210 @@
+"""The shared cred checker, realm and portal.
+
+Most tests run synchronously: a Clock-based fake reactor whose "thread pool" calls the
+function at once, so the failure delay is observed by advancing the clock. One trial test
+runs the real reactor and a real thread pool end to end.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from twisted.cred.credentials import ICredentials, UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from twisted.trial import unittest
+from zope.interface import Interface
+
+from mailserver.auth import checker as checker_module
+from mailserver.auth.checker import PasswordChecker, make_portal
+from mailserver.auth.directory import RecipientDirectory
+from mailserver.auth.realm import IMailUser, MailRealm, MailUser
+from mailserver.auth.schemes import hash_password
+from mailserver.config import Config, config_from_dict
+from mailserver.interfaces import MailboxId
+
+ALICE_HASH = hash_password("alice's password")
+
+
+class SyncThreadPool:
+    """Runs the 'threaded' call at once; records which thread ran it."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def callInThreadWithCallback(self, on_result: Callable[[bool, Any], None],
+                                 func: Callable[..., Any], *args: Any, **kw: Any) -> None:
+        self.calls += 1
+        try:
+            result = func(*args, **kw)
+        except BaseException:
+            on_result(False, Failure())
+        else:
+            on_result(True, result)
+
+
+class FakeReactor(Clock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.pool = SyncThreadPool()
+
+    def callFromThread(self, f: Callable[..., Any], *args: Any, **kw: Any) -> None:
+        f(*args, **kw)
+
+    def getThreadPool(self) -> SyncThreadPool:
+        return self.pool
+
+
+def make_config(tmp_path: Path) -> Config:
+    cfg = config_from_dict({"hostname": "mail.example.org", "data_dir": str(tmp_path),
+                            "domains": {"local": ["example.org", "example.net"]}})
+    cfg.users_file.write_text(f"alice@example.org:{ALICE_HASH}\n"
+                              "bob@example.net:{PLAIN}bob:1000:1000::/home/bob\n"
+                              "nopw@example.org:\n"
+                              "odd@example.org:{FOO}bar\n")
+    return cfg
+
+
+def outcome(d: Deferred[Any]) -> list[Any]:
+    results: list[Any] = []
+    d.addBoth(results.append)
+    return results
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> tuple[PasswordChecker, FakeReactor]:
+    reactor = FakeReactor()
+    directory = RecipientDirectory(make_config(tmp_path))
+    return PasswordChecker(directory, reactor=reactor, failure_delay=0.75), reactor
+
+
+@pytest.mark.parametrize(("username", "password"), [
+    ("alice@example.org", "alice's password"),
+    ("ALICE@Example.ORG", "alice's password"),
+    (b"alice@example.org", b"alice's password"),
+    ("alice", "alice's password"),  # bare name: the first local domain
+])
+def test_accepts_and_returns_the_canonical_address(setup: tuple[PasswordChecker, FakeReactor],
+                                                   username: Any, password: Any) -> None:
+    checker, reactor = setup
+    result = outcome(checker.requestAvatarId(UsernamePassword(username, password)))
+    assert result == ["alice@example.org"]
+    assert reactor.pool.calls == 1  # hashed in the (fake) thread pool
+
+
+def test_other_schemes_and_domains(setup: tuple[PasswordChecker, FakeReactor]) -> None:
+    checker, _ = setup
+    assert outcome(checker.requestAvatarId(UsernamePassword(b"bob@example.net", b"bob"))) == [
+        "bob@example.net"]
+
+
+@pytest.mark.parametrize(("username", "password"), [
+    ("alice@example.org", "wrong"),
+    ("alice@example.org", ""),
+    ("nobody@example.org", "alice's password"),
+    ("bob", "bob"),  # bare name goes to the first domain, example.org: no such user
+    ("nopw@example.org", ""),  # empty hash: cannot log in
+    ("odd@example.org", "bar"),  # unknown scheme
+    (b"\xff\xfe@example.org", b"x"),  # not UTF-8
+    ("", ""),
+])
+def test_refuses_after_the_delay(setup: tuple[PasswordChecker, FakeReactor],
+                                 username: Any, password: Any) -> None:
+    checker, reactor = setup
+    result = outcome(checker.requestAvatarId(UsernamePassword(username, password)))
+    assert result == []  # not yet: the refusal waits
+    reactor.advance(0.74)
+    assert result == []
+    reactor.advance(0.02)
+    assert len(result) == 1 and isinstance(result[0], Failure)
+    result[0].trap(UnauthorizedLogin)
+
+
+def test_unknown_users_cost_a_hash_too(setup: tuple[PasswordChecker, FakeReactor],
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    checker, reactor = setup
+    dummy_calls: list[object] = []
+    def spy(password: object) -> bool:
+        dummy_calls.append(password)
+        return False
+
+    monkeypatch.setattr(checker_module, "dummy_verify", spy)
+    outcome(checker.requestAvatarId(UsernamePassword(b"nobody@example.org", b"pw")))
+    outcome(checker.requestAvatarId(UsernamePassword(b"nopw@example.org", b"pw")))
+    assert dummy_calls == [b"pw", b"pw"]
+    assert reactor.pool.calls == 2
+
+
+def test_realm_and_portal(tmp_path: Path) -> None:
+    reactor = FakeReactor()
+    config = make_config(tmp_path)
+    portal = make_portal(config, RecipientDirectory(config), reactor=reactor,
+                         failure_delay=0.5)
+    good = cast(ICredentials, UsernamePassword(b"Alice", b"alice's password"))
+    result = outcome(portal.login(good, None, IMailUser))
+    interface, avatar, logout = result[0]
+    assert interface is IMailUser
+    assert avatar == MailUser("alice@example.org", MailboxId("example.org", "alice"))
+    assert IMailUser.providedBy(avatar)
+    logout()
+
+    bad = cast(ICredentials, UsernamePassword(b"alice", b"nope"))
+    refused = outcome(portal.login(bad, None, IMailUser))
+    reactor.advance(0.5)
+    refused[0].trap(UnauthorizedLogin)
+
+
+def test_realm_refuses_other_interfaces(tmp_path: Path) -> None:
+    class IOther(Interface):
+        pass
+
+    realm = MailRealm(RecipientDirectory(make_config(tmp_path)))
+    with pytest.raises(NotImplementedError):
+        realm.requestAvatar("alice@example.org", None, IOther)
+    assert realm.requestAvatar(b"alice@example.org", None, IOther, IMailUser)[1].mailbox == \
+        MailboxId("example.org", "alice")
+
+
+class RealReactorTests(unittest.TestCase):
+    """End to end on the real reactor with a real thread pool."""
+
+    def setUp(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, self.tmp, True)
+        self.pool = ThreadPool(minthreads=1, maxthreads=2, name="test-auth")
+        self.pool.start()
+        self.addCleanup(self.pool.stop)
+        directory = RecipientDirectory(make_config(self.tmp))
+        self.checker = PasswordChecker(directory, threadpool=self.pool, failure_delay=0.05)
+
+    def test_accept_in_a_worker_thread(self) -> Deferred[None]:
+        threads: list[str] = []
+        real = checker_module.verify_password
+
+        def spy(password: Any, stored: str) -> bool:
+            threads.append(threading.current_thread().name)
+            return real(password, stored)
+
+        self.patch(checker_module, "verify_password", spy)
+        d = self.checker.requestAvatarId(UsernamePassword(b"alice@example.org",
+                                                          b"alice's password"))
+
+        def check(avatar_id: str) -> None:
+            self.assertEqual(avatar_id, "alice@example.org")
+            self.assertNotEqual(threads, [threading.main_thread().name])
+            self.assertEqual(len(threads), 1)
+
+        return d.addCallback(check)
+
+    def test_refuse(self) -> Deferred[Any]:
+        d = self.checker.requestAvatarId(UsernamePassword(b"alice@example.org", b"no"))
+        return self.assertFailure(d, UnauthorizedLogin)
