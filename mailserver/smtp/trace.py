@@ -6,6 +6,7 @@ Kept apart from the session so the header format has one home and its own tests.
 from __future__ import annotations
 
 import base64
+import datetime
 import email.utils
 import os
 import time
@@ -50,7 +51,10 @@ def received_header(
     `for` is given only for a single recipient, as Postfix does, so a message copied to
     several users does not reveal the others (RFC 5321 7.2 on blind copies).
     """
-    stamp = email.utils.formatdate(now if now is not None else time.time(), localtime=False)
+    # RFC 5322 3.3: "+0000" is UTC; "-0000" would mean "local zone unknown".
+    moment = datetime.datetime.fromtimestamp(now if now is not None else time.time(),
+                                             datetime.UTC)
+    stamp = email.utils.format_datetime(moment)
     helo_text = _sanitise(helo) or "unknown"
     lines = [f"Received: from {helo_text} ([{peer_ip}])"]
     by = f"\tby {hostname} (mailserver) with {protocol} id {message_id}"
