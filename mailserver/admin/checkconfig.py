@@ -11,13 +11,12 @@ import os
 from pathlib import Path
 from typing import TextIO
 
-from twisted.logger import Logger
-
 from mailserver.auth.directory import RecipientDirectory
 from mailserver.config import Config, load_config
 from mailserver.errors import ConfigError
+from mailserver.logs import logger
 
-log = Logger()
+log = logger(__name__)
 
 
 def check_config(path: str | None, stdout: TextIO, stderr: TextIO) -> int:

@@ -11,15 +11,14 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from twisted.logger import Logger
-
 from mailserver.admin import commands
 from mailserver.admin.checkconfig import check_config
 from mailserver.admin.commands import Admin, Refused
 from mailserver.config import load_config
 from mailserver.errors import ConfigError
+from mailserver.logs import logger
 
-log = Logger()
+log = logger(__name__)
 
 QUEUE_NOT_BUILT = "the relay queue is not built yet"
 

@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
-from twisted.logger import Logger
-
 from mailserver.auth.aliases import parse_key, parse_target, split_targets
 from mailserver.auth.directory import RecipientDirectory
 from mailserver.auth.names import (
@@ -28,8 +26,9 @@ from mailserver.auth.schemes import hash_password
 from mailserver.auth.userfile import EditRefused
 from mailserver.config import Config
 from mailserver.interfaces import MailboxId
+from mailserver.logs import logger
 
-log = Logger()
+log = logger(__name__)
 
 
 class Refused(Exception):

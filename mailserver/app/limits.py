@@ -10,10 +10,11 @@ from collections import Counter
 
 from twisted.internet.interfaces import IAddress
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
-log = Logger()
+from mailserver.logs import logger
+
+log = logger(__name__)
 
 
 class ConnectionCounter:

@@ -16,10 +16,11 @@ from twisted.application import service
 from twisted.internet import endpoints, reactor
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-log = Logger()
+from mailserver.logs import logger
+
+log = logger(__name__)
 
 
 class ListenError(Exception):

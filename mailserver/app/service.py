@@ -5,15 +5,15 @@ from __future__ import annotations
 import os
 
 from twisted.application import service
-from twisted.logger import Logger
 
 from mailserver.app.limits import ConnectionCounter, LimitedFactory
 from mailserver.app.listeners import ListenerRegistry, ListenerService
 from mailserver.app.tls import server_tls_options
 from mailserver.config import Config
 from mailserver.errors import ConfigError
+from mailserver.logs import logger
 
-log = Logger()
+log = logger(__name__)
 
 #: Services whose protocol is not built yet (issues 3-5); configured ones are skipped
 #: with a warning so an operator's complete config file already works.

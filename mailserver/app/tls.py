@@ -15,12 +15,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from OpenSSL import crypto
 from twisted.internet import ssl
-from twisted.logger import Logger
 
 from mailserver.config import Config
 from mailserver.errors import ConfigError
+from mailserver.logs import logger
 
-log = Logger()
+log = logger(__name__)
 
 
 def server_tls_options(config: Config) -> ssl.CertificateOptions:

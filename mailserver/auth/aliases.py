@@ -22,8 +22,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from twisted.logger import Logger
-
 from mailserver.address import domain_key
 from mailserver.auth.names import address_key, split_key
 from mailserver.auth.textfile import (
@@ -34,8 +32,9 @@ from mailserver.auth.textfile import (
     rewrite,
 )
 from mailserver.auth.userfile import EditRefused
+from mailserver.logs import logger
 
-log = Logger()
+log = logger(__name__)
 
 ALIASES_FILE_MODE = 0o644
 

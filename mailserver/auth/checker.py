@@ -24,7 +24,6 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import task, threads
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
@@ -32,8 +31,9 @@ from mailserver.auth.directory import RecipientDirectory
 from mailserver.auth.realm import MailRealm
 from mailserver.auth.schemes import dummy_verify, verify_password
 from mailserver.config import Config
+from mailserver.logs import logger
 
-log = Logger()
+log = logger(__name__)
 
 #: Seconds before a failed login is answered.
 DEFAULT_FAILURE_DELAY = 0.75

@@ -18,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from mailserver.auth.aliases import AliasEntry, AliasesFile, AliasTable
@@ -34,8 +33,9 @@ from mailserver.auth.textfile import LineProblem
 from mailserver.auth.userfile import UserEntry, UsersFile, UsersTable
 from mailserver.config import Config
 from mailserver.interfaces import IRecipientDirectory, MailboxId, Resolution
+from mailserver.logs import logger
 
-log = Logger()
+log = logger(__name__)
 
 #: How deep aliases may point to aliases before expansion stops (Postfix allows 1000;
 #: anything past a handful is a mistake, and the limit bounds the work per RCPT).

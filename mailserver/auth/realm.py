@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.cred.portal import IRealm
-from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
 from mailserver.auth.directory import RecipientDirectory
 from mailserver.interfaces import MailboxId
+from mailserver.logs import logger
 
-log = Logger()
+log = logger(__name__)
 
 
 class IMailUser(Interface):

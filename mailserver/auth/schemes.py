@@ -28,9 +28,10 @@ import argon2
 import bcrypt
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 from argon2.low_level import Type
-from twisted.logger import Logger
 
-log = Logger()
+from mailserver.logs import logger
+
+log = logger(__name__)
 
 #: The scheme every new password is stored with.
 DEFAULT_SCHEME = "ARGON2ID"

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from twisted.logger import Logger
+from mailserver.logs import logger
 
-log = Logger()
+log = logger(__name__)
 
 T = TypeVar("T")
 

@@ -14,8 +14,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from twisted.logger import Logger
-
 from mailserver.auth.names import address_key
 from mailserver.auth.schemes import hash_problem
 from mailserver.auth.textfile import (
@@ -25,8 +23,9 @@ from mailserver.auth.textfile import (
     numbered_lines,
     rewrite,
 )
+from mailserver.logs import logger
 
-log = Logger()
+log = logger(__name__)
 
 #: The users file holds password hashes: readable by its owner only.
 USERS_FILE_MODE = 0o600

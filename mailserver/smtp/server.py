@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from twisted.internet import interfaces
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
@@ -29,6 +28,7 @@ from mailserver.interfaces import (
     IRecipientDirectory,
     MailboxId,
 )
+from mailserver.logs import logger
 from mailserver.reply import Reply
 from mailserver.smtp import grammar
 from mailserver.smtp.data import ChunkDecoder, DotDecoder
@@ -39,7 +39,7 @@ from mailserver.smtp.trace import (
     with_protocol,
 )
 
-log = Logger()
+log = logger(__name__)
 
 #: Longest command line we read (RFC 5321 4.5.3.1.4 asks for 512; extensions such as
 #: SMTPUTF8 and AUTH= make real lines longer, so we allow what Postfix allows).
