@@ -1,0 +1,285 @@
+"""Maildir layout, unique file names and their parser.
+
+Everything here is blocking file-system work or pure string handling: callers on the
+reactor thread run the blocking parts through a disk executor (store/diskio.py).
+
+The layout is the one Dovecot and Courier read, so an operator can point either at our
+data_dir and see the same mail:
+
+    mail_dir/DOMAIN/LOCALPART/            the INBOX: cur/ new/ tmp/
+    mail_dir/DOMAIN/LOCALPART/.Sent/      a Maildir++ folder: cur/ new/ tmp/ maildirfolder
+    mail_dir/DOMAIN/LOCALPART/subscriptions
+
+References: the Maildir spec (https://cr.yp.to/proto/maildir.html), Courier's Maildir++
+(https://www.courier-mta.org/imap/README.maildirquota.html) and Dovecot's Maildir format
+(https://doc.dovecot.org/admin_manual/mailbox_formats/maildir/).
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import re
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mailserver.interfaces import MailboxId
+from mailserver.logs import logger
+
+log = logger(__name__)
+
+#: The Maildir++ folders every new mailbox gets, in the order they are subscribed.
+#: (RFC 6154 SPECIAL-USE names \Sent \Drafts \Trash \Junk map onto these.)
+DEFAULT_FOLDERS: tuple[str, ...] = ("Sent", "Drafts", "Trash", "Junk")
+
+#: Directories are private to the server's user: mail is nobody else's business.
+DIR_MODE = 0o700
+#: Message files likewise.
+FILE_MODE = 0o600
+
+_MAILDIR_SUBDIRS = ("cur", "new", "tmp")
+
+
+# --------------------------------------------------------------------------- paths
+
+
+def check_component(name: str) -> str:
+    """Return `name` if it is safe as one path component, else raise ValueError.
+
+    Defence in depth: auth.directory already validates addresses, but a single bug
+    there must not let a recipient write outside mail_dir (`..`, `/`) or into a
+    Maildir++ folder or hidden file (leading `.`).
+    """
+    if not name or name.startswith(".") or "/" in name or "\0" in name:
+        raise ValueError(f"unsafe mailbox path component: {name!r}")
+    return name
+
+
+def mailbox_path(mail_dir: Path, mailbox: MailboxId) -> Path:
+    """mail_dir/DOMAIN/LOCALPART, refusing any unsafe component (CONTRACT.md, on disk)."""
+    return mail_dir / check_component(mailbox.domain) / check_component(mailbox.localpart)
+
+
+def folder_path(maildir: Path, folder: str) -> Path:
+    """The Maildir++ directory of `folder` ("Sent" -> maildir/.Sent); "INBOX" is the root.
+
+    Maildir++ names nested folders with "." as separator (".Archive.2024"), so `folder`
+    uses "." too; each dot-separated part must itself be a safe component.
+    """
+    if folder.upper() == "INBOX":
+        return maildir
+    for part in folder.split("."):
+        check_component(part)
+    return maildir / ("." + folder)
+
+
+# --------------------------------------------------------------------------- creation
+
+
+def _mkdir(path: Path) -> bool:
+    """Create one directory (mode 0700); True if we made it, False if it already existed.
+
+    exist_ok semantics, safe when several processes race to create the same tree; but an
+    existing non-directory is an error (the caller turns it into a 451).
+    """
+    try:
+        os.mkdir(path, DIR_MODE)
+        return True
+    except FileExistsError:
+        if not path.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory",
+                                     str(path)) from None
+        return False
+
+
+def fsync_dir(path: Path | str) -> None:
+    """fsync a directory, so that entries created or renamed in it survive a crash.
+
+    The Maildir spec's delivery steps (write, fsync, link) leave the directory entry
+    itself to the file system; on Linux only an fsync of the directory makes it durable.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_maildir_dirs(root: Path, created: list[Path], new_last: bool = True) -> None:
+    """cur/ tmp/ (and new/ unless `new_last`) under `root`, recording what we created."""
+    if _mkdir(root):
+        created.append(root)
+    for sub in ("cur", "tmp") if new_last else _MAILDIR_SUBDIRS:
+        if _mkdir(root / sub):
+            created.append(root / sub)
+
+
+def _write_new_file(path: Path, content: bytes) -> bool:
+    """Create `path` with `content` unless it exists (never clobbers); True if we made it.
+
+    Written under a unique temporary name and hard-linked into place: link() refuses an
+    existing target, so a racing process or the user's own edits are never overwritten,
+    and nobody ever reads a half-written file.
+    """
+    if path.exists():
+        return False
+    tmp = path.with_name(f"{path.name}.{unique_name()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
+    try:
+        os.write(fd, content)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+
+
+def create_maildir(mail_dir: Path, mailbox: MailboxId) -> Path:
+    """Create the user's Maildir with the default folders; return its path. Idempotent.
+
+    new/ of the INBOX is created last, so `ensure_maildir`'s fast path (new/ exists)
+    implies that everything else exists too, even if a process died half-way here.
+    Every directory we create is fsync'd into its parent before returning, because the
+    first message is about to be acknowledged with 250 and must survive a crash.
+    """
+    root = mailbox_path(mail_dir, mailbox)
+    created: list[Path] = []
+    if not mail_dir.is_dir():  # data_dir/mail, and data_dir too if need be
+        os.makedirs(mail_dir, DIR_MODE, exist_ok=True)
+        created.append(mail_dir)
+    if _mkdir(mail_dir / mailbox.domain):
+        created.append(mail_dir / mailbox.domain)
+    _make_maildir_dirs(root, created)
+    for folder in DEFAULT_FOLDERS:
+        # Dovecot and Courier mark a Maildir++ folder with an empty `maildirfolder` file.
+        folder_dir = folder_path(root, folder)
+        _make_maildir_dirs(folder_dir, created, new_last=False)
+        marker = folder_dir / "maildirfolder"
+        os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+    # Dovecot's (pre-2.4) subscriptions file: one folder name per line.
+    _write_new_file(root / "subscriptions",
+                    "".join(f + "\n" for f in DEFAULT_FOLDERS).encode("ascii"))
+    if _mkdir(root / "new"):
+        created.append(root / "new")
+    if created:
+        _sync_created(created)
+        log.info("created Maildir for {address}", address=mailbox.address)
+    return root
+
+
+def _sync_created(created: list[Path]) -> None:
+    """fsync every directory that gained an entry: the parents of what we created.
+
+    (A new folder's `maildirfolder` marker lives in a directory that also gained cur/,
+    so the same set covers it.)
+    """
+    for directory in sorted({p.parent for p in created}):
+        fsync_dir(directory)
+
+
+def ensure_maildir(mail_dir: Path, mailbox: MailboxId) -> Path:
+    """The Maildir's path, created first if needed; one stat() on the common path."""
+    root = mailbox_path(mail_dir, mailbox)
+    if os.path.isdir(root / "new"):
+        return root
+    return create_maildir(mail_dir, mailbox)
+
+
+# --------------------------------------------------------------------------- unique names
+
+_counter = itertools.count(1)
+_counter_lock = threading.Lock()
+
+
+def encode_host(host: str) -> str:
+    """The host part of a unique name: '/' -> '\\057' and ':' -> '\\072' (Maildir spec).
+
+    '/' would split the path and ':' starts the info suffix; the spec's octal escapes
+    keep the name readable and reversible.
+    """
+    return host.replace("/", "\\057").replace(":", "\\072")
+
+
+def unique_name(size: int | None = None, crlf_size: int | None = None,
+                host: str | None = None) -> str:
+    """A new unique Maildir base name (no info suffix), in Dovecot's modern form.
+
+    `{secs}.M{usecs}P{pid}Q{counter}R{random}.{host},S={size},W={crlf_size}`
+
+    The Maildir spec makes a name unique by time, pid and a per-process counter
+    (M, P, Q). R adds 64 random bits (os.urandom) because several processes on several
+    hosts may share the directory over NFS, where pids and clocks collide. S= is the
+    stored size and W= the size with CRLF line ends (RFC 1939 and RFC 3501 report
+    that one), so POP3 and IMAP can answer LIST / RFC822.SIZE without reading the file.
+    """
+    now = time.time_ns()
+    secs, usecs = divmod(now // 1000, 1_000_000)
+    with _counter_lock:
+        count = next(_counter)
+    name = (f"{secs}.M{usecs}P{os.getpid()}Q{count}R{os.urandom(8).hex()}."
+            f"{encode_host(host or socket.gethostname())}")
+    if size is not None:
+        name += f",S={size}"
+    if crlf_size is not None:
+        name += f",W={crlf_size}"
+    return name
+
+
+def crlf_size(data: bytes) -> int:
+    """The size `data` (LF line ends) will have on the wire, with CRLF line ends."""
+    return len(data) + data.count(b"\n")
+
+
+@dataclass(frozen=True)
+class MaildirName:
+    """What a Maildir file name tells without opening the file."""
+
+    #: The unique part, without `,S=`/`,W=` fields or the info suffix: stable across
+    #: flag changes, so it is the key UID lists use.
+    base: str
+    #: S=: the size on disk (LF line ends); None if the name does not say.
+    size: int | None
+    #: W=: the size with CRLF line ends (what POP3 LIST and IMAP RFC822.SIZE report).
+    crlf_size: int | None
+    #: The flags of the `:2,` info suffix, sorted (e.g. "FS"); "" when none or no suffix.
+    flags: str
+    #: Whether the name had an info suffix at all (files in cur/ do, new/ usually not).
+    has_info: bool
+
+
+_FIELD = re.compile(r",([A-Z])=([0-9]+)")
+
+
+def parse_name(name: str) -> MaildirName:
+    """Parse a Maildir file name: `base[,S=n][,W=n][:2,FLAGS]`.
+
+    Maildir spec: "info" starts at the colon; "2," introduces the flags, one ASCII letter
+    each in ASCII order (D draft, F flagged, P passed, R replied, S seen, T trashed).
+    Fields other than S= and W= (and unknown info forms such as ":1,") are tolerated.
+    """
+    unique, colon, info = name.partition(":")
+    fields = dict(_FIELD.findall(unique))
+    base = unique.split(",", 1)[0]
+    flags = info[2:] if info.startswith("2,") else ""
+    return MaildirName(
+        base=base,
+        size=int(fields["S"]) if "S" in fields else None,
+        crlf_size=int(fields["W"]) if "W" in fields else None,
+        flags="".join(sorted(set(flags))),
+        has_info=bool(colon),
+    )
+
+
+def with_flags(name: str, flags: str) -> str:
+    """`name` with its info suffix replaced by `:2,FLAGS` (flags sorted, deduplicated)."""
+    unique = name.partition(":")[0]
+    return f"{unique}:2,{''.join(sorted(set(flags)))}"
