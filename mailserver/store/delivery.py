@@ -29,7 +29,13 @@ from mailserver.errors import ReplyError
 from mailserver.interfaces import IDeliveryTarget, IDeliveryTransaction, MailboxId
 from mailserver.logs import logger
 from mailserver.store.diskio import DiskExecutor
-from mailserver.store.maildir import FILE_MODE, create_maildir, mailbox_path, unique_name
+from mailserver.store.maildir import (
+    FILE_MODE,
+    create_maildir,
+    mailbox_path,
+    size_fields,
+    unique_name,
+)
 
 log = logger(__name__)
 
@@ -276,6 +282,7 @@ class _MessageFile:
         self.roots = [os.fspath(mailbox_path(mail_dir, m)) for m in mailboxes]
         self.host = host
         self.fd: int | None = None
+        self.base = ""
         self.temp: str | None = None
         self.copy_temps: list[str] = []
         self.visible: list[str] = []
@@ -298,7 +305,8 @@ class _MessageFile:
         it, and usually for every other mailbox under mail_dir too.
         """
         if self.fd is None:
-            self.temp = f"{self._ensure(0)}/tmp/{unique_name(host=self.host)}"
+            self.base = unique_name(host=self.host)
+            self.temp = f"{self._ensure(0)}/tmp/{self.base}"
             self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
         return self.fd
 
@@ -319,22 +327,32 @@ class _MessageFile:
         os.fsync(fd)
         self.fd = None
         os.close(fd)
-        for root in roots:
-            self._place(root, f"{root}/new/{unique_name(size, crlf_size, self.host)}")
-        assert self.temp is not None
-        os.unlink(self.temp)
-        self.temp = None
+        # The Maildir spec keeps the tmp/ name in new/; the sizes are appended. Every
+        # recipient but the last gets a hard link, the last the temp file itself by
+        # rename (one directory operation fewer than link + unlink).
+        name = self.base + size_fields(size, crlf_size)
+        for i, root in enumerate(roots):
+            self._place(root, f"{root}/new/{name}", last=i == len(roots) - 1)
         return [root + "/new" for root in roots]
 
-    def _place(self, root: str, target: str) -> None:
-        """Hard-link the temporary file to `target`; copy when links cannot work."""
-        assert self.temp is not None
+    def _place(self, root: str, target: str, last: bool) -> None:
+        """Link (or, for the last mailbox, rename) the temporary file to `target`;
+        copy when links cannot work."""
+        temp = self.temp
+        assert temp is not None
         try:
-            os.link(self.temp, target)
+            if last:
+                os.rename(temp, target)
+                self.temp = None
+            else:
+                os.link(temp, target)
         except OSError as e:
             if e.errno not in _NO_LINK:
                 raise
             self._copy_to(root, target)
+            if last:
+                self.temp = None
+                os.unlink(temp)
         self.visible.append(target)
 
     def _copy_to(self, root: str, target: str) -> None:

@@ -198,6 +198,16 @@ def ensure_maildir(mail_dir: Path, mailbox: MailboxId) -> Path:
 
 _counter = itertools.count(1)
 _counter_lock = threading.Lock()
+#: getpid() is a syscall on every call; cache it, and refresh it in a forked child.
+_pid = os.getpid()
+
+
+def _refresh_pid() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_refresh_pid)
 
 
 def encode_host(host: str) -> str:
@@ -225,8 +235,14 @@ def unique_name(size: int | None = None, crlf_size: int | None = None,
     secs, usecs = divmod(now // 1000, 1_000_000)
     with _counter_lock:
         count = next(_counter)
-    name = (f"{secs}.M{usecs}P{os.getpid()}Q{count}R{os.urandom(8).hex()}."
+    name = (f"{secs}.M{usecs}P{_pid}Q{count}R{os.urandom(8).hex()}."
             f"{encode_host(host or socket.gethostname())}")
+    return name + size_fields(size, crlf_size)
+
+
+def size_fields(size: int | None, crlf_size: int | None) -> str:
+    """The `,S=...,W=...` part of a name (Dovecot's fields), for the sizes that are known."""
+    name = ""
     if size is not None:
         name += f",S={size}"
     if crlf_size is not None:

@@ -116,7 +116,9 @@ class DeliveryTests(DeliveryCase):
         await self.deliver(MESSAGE, ALICE, BOB, CAROL)
         paths = [p for m in (ALICE, BOB, CAROL) for p in files_in(self.root(m), "new")]
         self.assertEqual(len(paths), 3)
-        self.assertEqual(len({p.name for p in paths}), 3)  # a fresh name per recipient
+        # One message, one unique name (the tmp/ name kept, as the Maildir spec does),
+        # in three different new/ directories.
+        self.assertEqual(len({p.name for p in paths}), 1)
         for p in paths:
             self.assertEqual(p.read_bytes(), MESSAGE)
         self.assertEqual(len({os.stat(p).st_ino for p in paths}), 1)
