@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from twisted.application import service
@@ -31,12 +32,14 @@ class ListenerService(service.Service):
     """Listens in privilegedStartService (so ports < 1024 work before dropping root)."""
 
     def __init__(self, name: str, description: str, factory: IProtocolFactory,
-                 registry: ListenerRegistry) -> None:
+                 registry: ListenerRegistry,
+                 on_stop: Callable[[], None] | None = None) -> None:
         self.setName(name)
         self.service_name = name
         self.description = description
         self.factory = factory
         self.registry = registry
+        self.on_stop = on_stop  # tells open sessions the server is going away
         self.port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
@@ -63,10 +66,13 @@ class ListenerService(service.Service):
 
     def stopService(self) -> object:
         service.Service.stopService(self)
+        result = None
         if self.port is not None:
             port, self.port = self.port, None
-            return port.stopListening()
-        return None
+            result = port.stopListening()
+        if self.on_stop is not None:
+            self.on_stop()
+        return result
 
 
 class ListenerRegistry:

@@ -42,7 +42,8 @@ def make_service(config: Config) -> service.MultiService:
             factory = SMTPServerFactory(config, directory, target, tls_options=tls)
             refusal = f"421 4.7.0 {config.hostname} Error: too many connections\r\n"
             limited = LimitedFactory(factory, counter, refusal.encode())
-            ListenerService(name, description, limited, registry).setServiceParent(top)
+            ListenerService(name, description, limited, registry,
+                            on_stop=factory.shut_down).setServiceParent(top)
         elif name in NOT_BUILT_YET:
             log.warn("listen.{name}: the {name} service is not built yet; not listening",
                      name=name)

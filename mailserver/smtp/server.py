@@ -47,7 +47,7 @@ MAX_COMMAND_LINE = 2048
 #: Pipelined input held while a command is pending before we stop reading the socket.
 MAX_PENDING_INPUT = 256 * 1024
 
-SERVICE_UNAVAILABLE = Reply(421, "4.3.2", "Service shutting down")
+SERVICE_UNAVAILABLE = Reply(421, "4.3.2", "Service shutting down")  # RFC 3463 X.3.2
 
 
 @dataclass
@@ -85,11 +85,20 @@ class SMTPServerFactory(Factory):
         self.tls_options = tls_options
         self.policy = policy or SessionPolicy()
         self.sessions_started = 0
+        self.sessions: set[SMTPSession] = set()
+        self.shutting_down = False
 
     def buildProtocol(self, addr: interfaces.IAddress | None) -> SMTPSession:
         self.sessions_started += 1
         session = SMTPSession(self, self.sessions_started)
         return session
+
+    def shut_down(self) -> None:
+        """Server stopping: every session says 421 (RFC 5321 3.8) and closes; one that is
+        committing a message sends its reply first."""
+        self.shutting_down = True
+        for session in list(self.sessions):
+            session.shut_down()
 
 
 class SMTPSession(Protocol, TimeoutMixin):
@@ -126,6 +135,7 @@ class SMTPSession(Protocol, TimeoutMixin):
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self.peer_ip = getattr(peer, "host", "unknown")
+        self.factory.sessions.add(self)
         self.setTimeout(self.config.limits.command_timeout)
         self._send(Reply(220, None, f"{self.config.hostname} ESMTP mailserver"))
 
@@ -133,6 +143,13 @@ class SMTPSession(Protocol, TimeoutMixin):
         self.setTimeout(None)
         self._closing = True
         self._abort_transaction()
+        self.factory.sessions.discard(self)
+
+    def shut_down(self) -> None:
+        if self._busy:
+            return  # _wait_for's callback sends the reply, then closes
+        self._send(SERVICE_UNAVAILABLE)
+        self._close()
 
     def timeoutConnection(self) -> None:
         log.info("{session} timeout from {peer}", session=self.session_id, peer=self.peer_ip)
@@ -222,6 +239,9 @@ class SMTPSession(Protocol, TimeoutMixin):
         def done(_: object) -> None:
             self._busy = False
             if self._closing:
+                return
+            if self.factory.shutting_down:
+                self.shut_down()
                 return
             self.setTimeout(self.config.limits.command_timeout)
             if self._paused:

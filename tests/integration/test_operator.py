@@ -83,3 +83,17 @@ def test_check_config(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "hostname: expected a string, got 5" in result.stderr
     assert 'limits.connections: expected an integer, got "x"' in result.stderr
+
+
+def test_sigterm_tells_sessions_421(server_factory) -> None:
+    from wire import Wire
+
+    server = server_factory("stopping")
+    wire = Wire(server.address())
+    wire.greet()
+    assert server.proc is not None
+    server.proc.terminate()
+    assert wire.text() == "421 4.3.2 Service shutting down"
+    assert wire.closed()
+    # twistd re-raises the signal that stopped it; systemd counts SIGTERM as clean.
+    assert server.proc.wait(15) in (0, -15)
