@@ -178,7 +178,11 @@ class SMTPSession(Protocol, TimeoutMixin):
                 if self._receiving:
                     self._feed_message()
                     continue
-                line = self._next_line()
+                try:
+                    line = self._next_line()
+                except ReplyError as refused:
+                    self._error(refused.reply)  # that line is consumed; go on
+                    continue
                 if line is None:
                     break
                 self._handle_line(line)
@@ -186,7 +190,10 @@ class SMTPSession(Protocol, TimeoutMixin):
             self._processing = False
 
     def _next_line(self) -> bytes | None:
-        """One CRLF-terminated line, or None; refuses overlong and bare-LF lines."""
+        """One CRLF-terminated line without its CRLF, or None until one has arrived.
+
+        Raises ReplyError for a line that was read but is refused (overlong, bare LF).
+        """
         end = self._buffer.find(b"\n")
         if self._discarding_long_line:
             if end < 0:
@@ -194,8 +201,7 @@ class SMTPSession(Protocol, TimeoutMixin):
                 return None
             del self._buffer[: end + 1]
             self._discarding_long_line = False
-            self._error(Reply(500, "5.5.2", "Line too long"))
-            return None
+            raise ReplyError(500, "5.5.2", "Line too long")
         if end < 0:
             if len(self._buffer) > MAX_COMMAND_LINE:
                 # Memory stays bounded: drop what we have and everything up to the next LF.
@@ -205,12 +211,10 @@ class SMTPSession(Protocol, TimeoutMixin):
         line = bytes(self._buffer[: end + 1])
         del self._buffer[: end + 1]
         if len(line) > MAX_COMMAND_LINE:
-            self._error(Reply(500, "5.5.2", "Line too long"))
-            return None
+            raise ReplyError(500, "5.5.2", "Line too long")
         if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
             # RFC 5321 2.3.8: lines end with CRLF only; bare CR/LF is how smuggling starts.
-            self._error(Reply(500, "5.5.2", "Syntax error: bare CR or LF in command"))
-            return None
+            raise ReplyError(500, "5.5.2", "Syntax error: bare CR or LF in command")
         return line[:-2]
 
     def _handle_line(self, line: bytes) -> None:

@@ -235,3 +235,15 @@ def test_no_timeout_while_our_disk_is_busy() -> None:
     assert t.commit_deferred is not None
     t.commit_deferred.callback(None)
     assert s.replies()[-1].startswith("250 2.0.0 Ok: queued")
+
+
+def test_refused_line_does_not_stall_the_pipeline(session: Session) -> None:
+    """Found by the fuzz test: after a refused line the rest of the packet waited for
+    the next one to arrive."""
+    assert session.send(b"\n.\nNOOP\r\n" + b"x" * 3000 + b"\r\nQUIT\r\n") == [
+        "500 5.5.2 Syntax error: bare CR or LF in command",
+        "500 5.5.2 Syntax error: bare CR or LF in command",
+        "250 2.0.0 Ok",
+        "500 5.5.2 Line too long",
+        "221 2.0.0 mx.test closing connection",
+    ]
