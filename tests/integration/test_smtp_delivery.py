@@ -217,3 +217,42 @@ def test_no_partial_files_left_in_tmp(server: RunningServer) -> None:
         client.sendmail("alice@example.org", ["bob@example.org"], MESSAGE)
     tmp = server.maildir("bob@example.org") / "tmp"
     assert os.listdir(tmp) == []
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_curl_sends(server: RunningServer, tmp_path, tls: bool) -> None:
+    curl = shutil.which("curl")
+    assert curl, "make test installs curl"
+    message = tmp_path / "mail.txt"
+    message.write_bytes(b"From: alice@example.org\r\nSubject: by curl\r\n\r\n.leading dot\r\n")
+    before = len(server.messages("bob@example.org"))
+    host, port = server.address()
+    tls_args = ["--ssl-reqd", "--insecure"] if tls else []
+    result = subprocess.run(
+        [curl, "-sS", f"smtp://{host}:{port}", "--mail-from", "alice@example.org",
+         "--mail-rcpt", "bob@example.org", "--upload-file", str(message), *tls_args],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    stored = server.messages("bob@example.org")
+    assert len(stored) == before + 1
+    assert stored[-1].endswith(b"Subject: by curl\n\n.leading dot\n")
+    assert (b"with ESMTPS id" in stored[-1]) == tls
+
+
+def test_postfix_smtp_source_sessions(server: RunningServer) -> None:
+    """Postfix's own test client: 5 parallel sessions reusing connections, 40 messages."""
+    smtp_source = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
+    assert os.path.exists(smtp_source), "make test installs postfix (smtp-source)"
+    before = len(server.messages("bob@example.org"))
+    host, port = server.address()
+    result = subprocess.run(
+        [smtp_source, "-s", "5", "-m", "40", "-l", "2000", "-d", "-c",
+         "-f", "alice@example.org", "-t", "bob@example.org", "-r", "1",
+         f"{host}:{port}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(server.messages("bob@example.org")) == before + 40
+    newest = server.messages("bob@example.org")[-1]
+    assert newest.startswith(b"Return-Path: <alice@example.org>\n")
