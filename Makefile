@@ -31,7 +31,7 @@ tools:
 	fi
 
 run: $(STAMP)
-	$(VENV)/bin/twistd -n mailserver $(if $(CONFIG),--config $(CONFIG),)
+	$(VENV)/bin/twistd -n --pidfile= mailserver $(if $(CONFIG),--config $(CONFIG),)
 
 test: $(STAMP) tools
 	$(VENV)/bin/ruff check mailserver tests twisted bench

@@ -33,8 +33,23 @@ def check_config(path: str | None, stdout: TextIO, stderr: TextIO) -> int:
         return _fail(errors, stderr)
     for warning in report.warnings:
         print(f"warning: {warning}", file=stderr)
+    for text in _postmaster_warnings(config, directory):
+        print(f"warning: {text}", file=stderr)
     _summary(config, report.users, report.aliases, stdout)
     return 0
+
+
+def _postmaster_warnings(config: Config, directory: RecipientDirectory) -> list[str]:
+    """RFC 5321 4.5.1: every domain must accept mail for postmaster; say where it doesn't.
+
+    A warning, not an error: a fresh install with no users yet is not broken.
+    """
+    return [
+        f"postmaster@{domain} reaches nobody (RFC 5321 4.5.1 requires it): "
+        f"mailserver alias add postmaster@{domain} you@{domain}"
+        for domain in config.domains.local
+        if directory.resolve(f"postmaster@{domain}").is_empty
+    ]
 
 
 def _fail(errors: list[str], stderr: TextIO) -> int:

@@ -267,6 +267,15 @@ def test_check_config_ok(run: Run, config_path: Path, data: Path) -> None:
     run("user", "add", "alice@example.org", stdin="pw\n")
     run("alias", "add", "info@example.org", "alice")
     code, out, err = run("check-config")
+    assert code == 0
+    assert err.splitlines() == [
+        f"warning: postmaster@{domain} reaches nobody (RFC 5321 4.5.1 requires it): "
+        f"mailserver alias add postmaster@{domain} you@{domain}"
+        for domain in ("example.org", "example.net")
+    ]
+    run("alias", "add", "postmaster@example.org", "alice")
+    run("alias", "add", "@example.net", "alice@example.org")
+    code, out, err = run("check-config")
     assert (code, err) == (0, "")
     assert out.splitlines() == [
         f"config:   {config_path}",
@@ -278,7 +287,7 @@ def test_check_config_ok(run: Run, config_path: Path, data: Path) -> None:
         "  imap         tcp:2143:interface=127.0.0.1",
         f"tls:      self-signed, made on first start under {data / 'tls'}",
         f"users:    1 in {data / 'users'}",
-        f"aliases:  1 in {data / 'aliases'}",
+        f"aliases:  3 in {data / 'aliases'}",
         "check-config: ok",
     ]
 
@@ -311,7 +320,8 @@ def test_check_config_reports_file_lines(run: Run, data: Path) -> None:
         "check-config: 4 errors",
     ]
     (data / "users").write_text("alice@example.org:{PLAIN}a\n")
-    (data / "aliases").write_text("list@example.org: ghost\n")
+    (data / "aliases").write_text("list@example.org: ghost\npostmaster@example.org: alice\n"
+                                  "postmaster@example.net: alice@example.org\n")
     code, out, err = run("check-config")
     assert code == 0 and out.endswith("check-config: ok\n")
     assert err == (f"warning: {aliases}:1: list@example.org: target ghost@example.org is "

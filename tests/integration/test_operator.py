@@ -76,6 +76,15 @@ def test_check_config(tmp_path: Path) -> None:
                          "check-config"], capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert "example.org" in ok.stdout
+    assert ("warning: postmaster@example.org reaches nobody (RFC 5321 4.5.1 requires it): "
+            "mailserver alias add postmaster@example.org you@example.org") in ok.stderr
+    server.add_user("alice@example.org", "pw")
+    server.add_alias("postmaster@example.org", "alice@example.org")
+    again = subprocess.run([str(BIN / "mailserver"), "--config", str(server.config_path),
+                            "check-config"], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0
+    assert "postmaster@example.org" not in again.stderr
+    assert "postmaster@example.net reaches nobody" in again.stderr
     bad = tmp_path / "bad.toml"
     bad.write_text('hostname = 5\n[limits]\nconnections = "x"\n')
     result = subprocess.run([str(BIN / "mailserver"), "--config", str(bad), "check-config"],

@@ -291,6 +291,17 @@ def test_connections_per_ip_limit(server_factory) -> None:
     assert fourth.command("NOOP") == "250 2.0.0 Ok"
 
 
+def test_total_connections_limit(server_factory) -> None:
+    srv = server_factory("full", limits={"connections": 3})
+    open_ones = [Wire(srv.address()) for _ in range(3)]
+    assert [w.code() for w in open_ones] == [220, 220, 220]
+    extra = Wire(srv.address())
+    assert extra.text() == "421 4.7.0 mx.test.example Error: too many connections"
+    assert extra.closed()
+    for w in open_ones:
+        w.close()
+
+
 def test_idle_timeout(server_factory) -> None:
     srv = server_factory("impatient", limits={"command_timeout": 1})
     wire = Wire(srv.address())
