@@ -322,8 +322,7 @@ class _MessageFile:
         """
         roots = [self._ensure(i) for i in range(len(self.roots))]
         fd = self._open()
-        for chunk in chunks:
-            _write_all(fd, chunk)
+        _write_chunks(fd, chunks)
         os.fsync(fd)
         self.fd = None
         os.close(fd)
@@ -394,6 +393,21 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def _write_chunks(fd: int, chunks: list[bytes]) -> None:
+    """All chunks with as few syscalls as possible: one writev for a whole small message
+    (trace headers + body), falling back to single writes after a short write."""
+    pending = [c for c in chunks if c]
+    while pending:
+        written = os.writev(fd, pending[:_IOV_MAX])
+        while pending and written >= len(pending[0]):
+            written -= len(pending.pop(0))
+        if pending and written:
+            pending[0] = pending[0][written:]
+
+
+_IOV_MAX = 1024  # POSIX minimum of IOV_MAX is 16; Linux allows 1024
 
 
 def _quietly(fn: Callable[..., object], *args: object) -> None:

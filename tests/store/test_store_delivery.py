@@ -331,3 +331,17 @@ class BatchingFailureTests(FailureTests):
 
 class BatchingAbortTests(AbortTests):
     strategy = "batch"
+
+
+def test_write_chunks_many_and_empty(tmp_path: Path) -> None:
+    """More chunks than one writev takes, empty ones among them: all bytes, in order."""
+    from mailserver.store.delivery import _write_chunks
+
+    chunks = [b"%d," % i if i % 7 else b"" for i in range(3000)]
+    path = tmp_path / "out"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        _write_chunks(fd, chunks)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == b"".join(chunks)
