@@ -127,6 +127,11 @@ class Config:
                         default_factory=socket.getfqdn)
     data_dir: Path = doc("Maildirs, queue and state; created if missing.",
                          default=Path("/var/lib/mailserver"))
+    processes: int = doc(
+        "Server processes sharing the listeners (one Python process uses about one core; "
+        "0 = one per CPU). Limits apply per process.",
+        default=1,
+    )
     domains: DomainsConfig = field(default_factory=DomainsConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
@@ -151,6 +156,11 @@ class Config:
     @property
     def queue_dir(self) -> Path:
         return self.data_dir / "queue"
+
+    @property
+    def process_count(self) -> int:
+        """`processes`, with 0 meaning one per CPU."""
+        return self.processes or os.cpu_count() or 1
 
     def is_local_domain(self, domain: str) -> bool:
         return domain_key(domain) in self.domains.local
@@ -288,6 +298,8 @@ def _check_semantics(config: Config, problems: list[str]) -> None:
                 "command_timeout", "errors_per_session"):
         if getattr(limits, key) == 0:
             problems.append(f"limits.{key}: must be at least 1")
+    if config.processes > 64:
+        problems.append(f"processes: at most 64, got {config.processes}")
     if not 0 < config.relay.port < 65536:
         problems.append(f"relay.port: not a port number: {config.relay.port}")
     for i, ns in enumerate(config.relay.nameservers):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -150,10 +151,16 @@ class RunningServer:
         return base / f".{folder}" if folder else base
 
     def messages(self, address: str, folder: str = "") -> list[bytes]:
-        """Every message in the folder's new/ and cur/, oldest name first."""
+        """Every message in the folder's new/ and cur/, oldest first.
+
+        By the delivery time in the name, as numbers: names do not sort as text (the
+        Maildir spec's microsecond field is not zero-padded) and file times are coarse.
+        """
         root = self.maildir(address, folder)
         files = sorted(
-            p for sub in ("new", "cur") if (root / sub).is_dir() for p in (root / sub).iterdir()
+            (p for sub in ("new", "cur") if (root / sub).is_dir()
+             for p in (root / sub).iterdir()),
+            key=_delivery_order,
         )
         return [p.read_bytes() for p in files]
 
@@ -161,6 +168,12 @@ class RunningServer:
         root = self.maildir(address)
         return [p for sub in ("new", "cur") if (root / sub).is_dir()
                 for p in (root / sub).iterdir()]
+
+
+def _delivery_order(path: Path) -> tuple[int, int, int]:
+    m = re.match(r"(\d+)\.M(\d+)P\d+Q(\d+)", path.name)
+    assert m, f"not one of our Maildir names: {path.name}"
+    return int(m.group(1)), int(m.group(2)), int(m.group(3))
 
 
 def base_config(root: Path) -> dict[str, Any]:

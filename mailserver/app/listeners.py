@@ -90,3 +90,37 @@ class ListenerRegistry:
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.listeners, indent=1))
         os.replace(tmp, self.path)
+
+
+class AdoptedListenerService(service.Service):
+    """A worker's side of a listener: the socket the twistd process made (workers.py)."""
+
+    def __init__(self, name: str, fd: int, factory: IProtocolFactory,
+                 on_stop: Callable[[], None] | None = None) -> None:
+        self.setName(name)
+        self.service_name = name
+        self.fd = fd
+        self.factory = factory
+        self.on_stop = on_stop
+        self.port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        import socket
+
+        probe = socket.socket(fileno=os.dup(self.fd))
+        family = probe.family
+        probe.close()
+        self.port = reactor.adoptStreamPort(self.fd, family, self.factory)  # type: ignore[attr-defined]
+        os.close(self.fd)  # adoptStreamPort keeps its own duplicate
+        log.info("{service} accepting on the inherited socket", service=self.service_name)
+        service.Service.startService(self)
+
+    def stopService(self) -> object:
+        service.Service.stopService(self)
+        result = None
+        if self.port is not None:
+            port, self.port = self.port, None
+            result = port.stopListening()
+        if self.on_stop is not None:
+            self.on_stop()
+        return result

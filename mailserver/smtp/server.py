@@ -78,12 +78,15 @@ class SMTPServerFactory(Factory):
         target: IDeliveryTarget,
         tls_options: interfaces.IOpenSSLServerConnectionCreator | None = None,
         policy: SessionPolicy | None = None,
+        instance: int = 0,
     ) -> None:
         self.config = config
         self.directory = directory
         self.target = target
         self.tls_options = tls_options
         self.policy = policy or SessionPolicy()
+        # Session ids name the process too when there are workers: "smtp-12" / "w2-smtp-12".
+        self.id_prefix = f"w{instance}-{self.policy.name}" if instance else self.policy.name
         self.sessions_started = 0
         self.sessions: set[SMTPSession] = set()
         self.shutting_down = False
@@ -107,7 +110,7 @@ class SMTPSession(Protocol, TimeoutMixin):
     def __init__(self, factory: SMTPServerFactory, number: int) -> None:
         self.factory = factory
         self.config = factory.config
-        self.session_id = f"{factory.policy.name}-{number}"
+        self.session_id = f"{factory.id_prefix}-{number}"
         self.peer_ip = "unknown"
         self.helo: str | None = None
         self.esmtp = False
