@@ -25,6 +25,7 @@ USER = "user"
 CONFIG = """\
 hostname = "bench.local"
 data_dir = "{data}"
+processes = {processes}
 
 [domains]
 local = ["{domain}"]
@@ -84,8 +85,10 @@ def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes
 
 
 class OursInstance:
-    def __init__(self, root: Path, port: int, host: str = "127.0.0.1") -> None:
+    def __init__(self, root: Path, port: int, host: str = "127.0.0.1",
+                 processes: int = 1) -> None:
         self.root = root
+        self.processes = processes
         self.port = port
         self.host = host
         self.config = root / "mailserver.toml"
@@ -102,7 +105,8 @@ class OursInstance:
 
     def write_config(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        text = CONFIG.format(data=self.data, domain=DOMAIN, port=self.port, host=self.host)
+        text = CONFIG.format(data=self.data, domain=DOMAIN, port=self.port, host=self.host,
+                             processes=self.processes)
         if self.limits:
             text += LIMITS
         self.config.write_text(text)

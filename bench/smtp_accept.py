@@ -229,7 +229,17 @@ def median_point(points: list[Point]) -> Point:
 def new_instance(name: str, root: Path, tag: str) -> PostfixInstance | OursInstance:
     if name == "postfix":
         return PostfixInstance(root / f"postfix-{tag}", free_port(22525))
-    return OursInstance(root / f"ours-{tag}", free_port(22526))
+    return OursInstance(root / f"{name}-{tag}", free_port(22526),
+                        processes=ours_processes(name))
+
+
+def ours_name(processes: int) -> str:
+    """`ours` is one process; `ours-2p` runs with `processes = 2` (worker processes)."""
+    return "ours" if processes == 1 else f"ours-{processes}p"
+
+
+def ours_processes(name: str) -> int:
+    return int(name.removeprefix("ours-").removesuffix("p")) if name != "ours" else 1
 
 
 @contextmanager
@@ -477,23 +487,25 @@ def report(
     L.append("")
     by = {(p.server, p.conns, p.size): p for p in points}
     ratios = []
+    ours_names = [n for n in dict.fromkeys(p.server for p in points) if n.startswith("ours")]
     for size in args.sizes:
         for conns in args.connections:
-            o, f = by.get(("ours", conns, size)), by.get(("postfix", conns, size))
-            if o and f and f.accept_rate:
-                d = (
-                    f"{o.delivered_rate / f.delivered_rate:.2f}x"
-                    if o.delivered_rate and f.delivered_rate
-                    else "n/a"
-                )
-                ratios.append(
-                    f"- ours/Postfix, {conns} conns, {size_label(size)}: accept "
-                    f"{o.accept_rate / f.accept_rate:.2f}x, delivered {d}, "
-                    f"p99 {o.p99 / f.p99:.2f}x, CPU/msg {o.cpu_per_1000 / f.cpu_per_1000:.2f}x"
-                    if f.p99 and f.cpu_per_1000
-                    else f"- ours/Postfix, {conns} conns, {size_label(size)}: accept "
-                    f"{o.accept_rate / f.accept_rate:.2f}x, delivered {d}"
-                )
+            for ours in ours_names:
+                o, f = by.get((ours, conns, size)), by.get(("postfix", conns, size))
+                if o and f and f.accept_rate:
+                    d = (
+                        f"{o.delivered_rate / f.delivered_rate:.2f}x"
+                        if o.delivered_rate and f.delivered_rate
+                        else "n/a"
+                    )
+                    ratios.append(
+                        f"- {ours}/Postfix, {conns} conns, {size_label(size)}: accept "
+                        f"{o.accept_rate / f.accept_rate:.2f}x, delivered {d}, "
+                        f"p99 {o.p99 / f.p99:.2f}x, CPU/msg {o.cpu_per_1000 / f.cpu_per_1000:.2f}x"
+                        if f.p99 and f.cpu_per_1000
+                        else f"- {ours}/Postfix, {conns} conns, {size_label(size)}: accept "
+                        f"{o.accept_rate / f.accept_rate:.2f}x, delivered {d}"
+                    )
     if ratios:
         L.append("Ratios (ours / Postfix; above 1 is better for msgs/s, worse for p99 and CPU):")
         L.append("")
@@ -581,6 +593,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--connections", type=int_list, default=[1, 10, 50], help="e.g. 1,10,50")
     ap.add_argument("--sizes", type=int_list, default=[4096, 65536], help="bytes, e.g. 4096,65536")
     ap.add_argument("--only", choices=["ours", "postfix"], help="benchmark one server only")
+    ap.add_argument("--processes", type=int_list, default=[1, 2],
+                    help="our server's `processes` settings to measure, e.g. 1,2")
     ap.add_argument("--repeat", type=int, default=1, help="runs per point; the median is reported")
     ap.add_argument(
         "--no-sink", action="store_true", help="skip the smtp-sink load generator check"
@@ -625,13 +639,14 @@ def main(argv: list[str] | None = None) -> int:
     os.chmod(root, 0o755)  # Postfix's daemons (user postfix) and virtual(8) go through it
     print(f"temp dir {root}", flush=True)
     try:
-        servers = ["postfix", "ours"] if args.only is None else [args.only]
-        if "ours" in servers:
+        ours = [ours_name(n) for n in args.processes]
+        servers = {None: ["postfix", *ours], "ours": ours, "postfix": ["postfix"]}[args.only]
+        if any(s.startswith("ours") for s in servers):
             why = plugin_available()
             if why:
                 print(f"ours: not measured: {why}", flush=True)
                 notes.append(f"ours: not measured: {one_line(OursError(why))}")
-                servers.remove("ours")
+                servers = [s for s in servers if not s.startswith("ours")]
         with contextlib.ExitStack() as stack:
             sink: Sink | None = None
             if args.no_sink:
