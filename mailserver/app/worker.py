@@ -7,27 +7,50 @@ made, as `--listener NAME=FD`, and the config it was given.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from twisted.internet import reactor, stdio
-from twisted.internet.protocol import Protocol
+from twisted.internet import reactor
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import (
     FileLogObserver,
     formatEventAsClassicLogText,
     globalLogBeginner,
 )
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mailserver.config import load_config
 from mailserver.errors import ConfigError
 
 
-class _ParentWatch(Protocol):
-    """Our stdin is a pipe from the twistd process; EOF means it is gone: stop."""
+@implementer(IReadDescriptor)
+class _ParentWatch:
+    """Our stdin is a pipe from the twistd process; EOF means it is gone: stop.
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    A bare reader on fd 0 (not stdio.StandardIO, which would also make fd 1 non-blocking:
+    fd 1 is the log stream we share with the parent, and EAGAIN there loses log lines).
+    """
+
+    def fileno(self) -> int:
+        return 0
+
+    def doRead(self) -> Failure | None:
+        try:
+            data = os.read(0, 4096)
+        except BlockingIOError:
+            return None
+        except OSError:
+            data = b""
+        return None if data else Failure(ConnectionDone("the twistd process is gone"))
+
+    def connectionLost(self, reason: Failure) -> None:
         if reactor.running:  # type: ignore[attr-defined]
             reactor.stop()  # type: ignore[attr-defined]
+
+    def logPrefix(self) -> str:
+        return "parent-pipe"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config")
     parser.add_argument("--listener", action="append", default=[],
                         help="NAME=FD of an inherited listening socket")
+    parser.add_argument("--ready-fd", type=int,
+                        help="a pipe to the parent, told 'ready' once we accept")
     args = parser.parse_args(argv)
     inherited = {}
     for item in args.listener:
@@ -56,9 +81,21 @@ def main(argv: list[str] | None = None) -> int:
         for problem in e.problems:
             print(f"mailserver worker {args.instance}: {problem}", file=sys.stderr)
         return 1
-    stdio.StandardIO(_ParentWatch())
-    top.privilegedStartService()
-    top.startService()
+    try:
+        os.set_blocking(0, False)
+        reactor.addReader(_ParentWatch())  # type: ignore[attr-defined]
+        top.privilegedStartService()
+        top.startService()
+    except Exception as e:
+        # The disk threads are not daemons: a plain exit would wait for them forever.
+        print(f"mailserver worker {args.instance}: cannot start: {e}", file=sys.stderr)
+        os._exit(1)
+    if args.ready_fd is not None:
+        try:
+            os.write(args.ready_fd, b"ready\n")
+            os.close(args.ready_fd)
+        except OSError:
+            pass  # the parent is gone already; _ParentWatch stops us
     reactor.addSystemEventTrigger("before", "shutdown", top.stopService)  # type: ignore[attr-defined]
     reactor.run()  # type: ignore[attr-defined]
     return 0

@@ -34,6 +34,8 @@ log = logger(__name__)
 STOP_GRACE = 20.0
 #: Seconds before a crashed worker is started again.
 RESTART_DELAY = 1.0
+#: Seconds the twistd process waits for its workers before it accepts connections.
+READY_TIMEOUT = 15.0
 
 
 class _Worker(ProcessProtocol):
@@ -45,6 +47,10 @@ class _Worker(ProcessProtocol):
     def connectionMade(self) -> None:
         pid = getattr(self.transport, "pid", None)
         log.info("worker {n} started (pid {pid})", n=self.instance, pid=pid)
+
+    def childDataReceived(self, childFD: int, data: bytes) -> None:
+        if b"ready" in data:
+            self.supervisor.ready(self.instance)
 
     def processEnded(self, reason: Failure) -> None:
         self.ended.callback(None)
@@ -59,6 +65,8 @@ class WorkerSupervisor(service.Service):
         self.listeners = listeners
         self.workers: dict[int, _Worker] = {}
         self.stopping = False
+        self.waiting_for: set[int] = set()
+        self.resume_call: IDelayedCall | None = None
 
     def inherited_fds(self) -> dict[str, int]:
         fds = {}
@@ -69,17 +77,49 @@ class WorkerSupervisor(service.Service):
         return fds
 
     def startService(self) -> None:
+        """Start the workers; accept nothing ourselves until they are ready.
+
+        Were we to accept at once, a burst of long-lived connections arriving while the
+        workers still import their code would all land here, and stay. Meanwhile the
+        kernel queues new connections in the listen backlog.
+        """
         service.Service.startService(self)
-        for instance in range(1, self.config.process_count):
+        self._set_accepting(False)
+        self.waiting_for = set(range(1, self.config.process_count))
+        for instance in sorted(self.waiting_for):
             self._spawn(instance)
+        self.resume_call = reactor.callLater(READY_TIMEOUT, self._resume)  # type: ignore[attr-defined]
+
+    def ready(self, instance: int) -> None:
+        self.waiting_for.discard(instance)
+        if not self.waiting_for:
+            self._resume()
+
+    def _resume(self) -> None:
+        if self.waiting_for:
+            log.warn("workers {ns} not ready after {s} s; accepting anyway",
+                     ns=sorted(self.waiting_for), s=READY_TIMEOUT)
+            self.waiting_for.clear()
+        if self.resume_call is not None and self.resume_call.active():
+            self.resume_call.cancel()
+        self.resume_call = None
+        self._set_accepting(True)
+
+    def _set_accepting(self, on: bool) -> None:
+        for listener in self.listeners:
+            port = getattr(listener, "port", None)
+            if port is not None:
+                port.startReading() if on else port.stopReading()
 
     def _spawn(self, instance: int) -> None:
         fds = self.inherited_fds()
         args = [sys.executable, "-m", "mailserver.app.worker", "--instance", str(instance)]
         if self.config.source is not None:
             args += ["--config", str(self.config.source.absolute())]
+        ready_fd = max([2, *fds.values()]) + 1  # the worker says "ready" on this pipe
         args += [f"--listener={name}={fd}" for name, fd in sorted(fds.items())]
-        child_fds: dict[int, int | str] = {0: "w", 1: 1, 2: 2}
+        args += ["--ready-fd", str(ready_fd)]
+        child_fds: dict[int, int | str] = {0: "w", 1: 1, 2: 2, ready_fd: "r"}
         child_fds.update({fd: fd for fd in fds.values()})
         worker = _Worker(self, instance)
         self.workers[instance] = worker
@@ -102,6 +142,8 @@ class WorkerSupervisor(service.Service):
     def stopService(self) -> defer.Deferred[object]:
         service.Service.stopService(self)
         self.stopping = True
+        if self.resume_call is not None and self.resume_call.active():
+            self.resume_call.cancel()
         waiting = []
         for worker in list(self.workers.values()):
             _signal(worker, "TERM")
