@@ -28,19 +28,38 @@ class ListenError(Exception):
     """One line for the operator."""
 
 
-class ListenerService(service.Service):
+class _PortService(service.Service):
+    """A listening port serving one factory; stopping it stops listening and tells the
+    sessions (`on_stop`) that the server is going away."""
+
+    def __init__(self, name: str, factory: IProtocolFactory,
+                 on_stop: Callable[[], None] | None = None) -> None:
+        self.setName(name)
+        self.service_name = name
+        self.factory = factory
+        self.on_stop = on_stop
+        self.port: IListeningPort | None = None
+
+    def stopService(self) -> object:
+        service.Service.stopService(self)
+        result = None
+        if self.port is not None:
+            port, self.port = self.port, None
+            result = port.stopListening()
+        if self.on_stop is not None:
+            self.on_stop()
+        return result
+
+
+class ListenerService(_PortService):
     """Listens in privilegedStartService (so ports < 1024 work before dropping root)."""
 
     def __init__(self, name: str, description: str, factory: IProtocolFactory,
                  registry: ListenerRegistry,
                  on_stop: Callable[[], None] | None = None) -> None:
-        self.setName(name)
-        self.service_name = name
+        super().__init__(name, factory, on_stop)
         self.description = description
-        self.factory = factory
         self.registry = registry
-        self.on_stop = on_stop  # tells open sessions the server is going away
-        self.port: IListeningPort | None = None
 
     def privilegedStartService(self) -> None:
         endpoint = endpoints.serverFromString(reactor, self.description)
@@ -64,16 +83,6 @@ class ListenerService(service.Service):
                  host=getattr(host, "host", "?"), port=getattr(host, "port", 0))
         service.Service.privilegedStartService(self)
 
-    def stopService(self) -> object:
-        service.Service.stopService(self)
-        result = None
-        if self.port is not None:
-            port, self.port = self.port, None
-            result = port.stopListening()
-        if self.on_stop is not None:
-            self.on_stop()
-        return result
-
 
 class ListenerRegistry:
     """Writes data_dir/run/listeners.json: {"smtp": ["127.0.0.1", 2525], ...}."""
@@ -92,17 +101,13 @@ class ListenerRegistry:
         os.replace(tmp, self.path)
 
 
-class AdoptedListenerService(service.Service):
+class AdoptedListenerService(_PortService):
     """A worker's side of a listener: the socket the twistd process made (workers.py)."""
 
     def __init__(self, name: str, fd: int, factory: IProtocolFactory,
                  on_stop: Callable[[], None] | None = None) -> None:
-        self.setName(name)
-        self.service_name = name
+        super().__init__(name, factory, on_stop)
         self.fd = fd
-        self.factory = factory
-        self.on_stop = on_stop
-        self.port: IListeningPort | None = None
 
     def startService(self) -> None:
         import socket
@@ -114,13 +119,3 @@ class AdoptedListenerService(service.Service):
         os.close(self.fd)  # adoptStreamPort keeps its own duplicate
         log.info("{service} accepting on the inherited socket", service=self.service_name)
         service.Service.startService(self)
-
-    def stopService(self) -> object:
-        service.Service.stopService(self)
-        result = None
-        if self.port is not None:
-            port, self.port = self.port, None
-            result = port.stopListening()
-        if self.on_stop is not None:
-            self.on_stop()
-        return result
