@@ -92,6 +92,8 @@ def _summary(config: Config, users: int, aliases: int, out: TextIO) -> None:
     line(f"config:   {source}")
     line(f"hostname: {config.hostname}")
     line(f"data_dir: {config.data_dir}")
+    if config.process_count > 1:
+        line(f"processes: {config.process_count} (limits count per process)")
     line(f"domains:  {', '.join(config.domains.local) or '(none: every domain is remote)'}")
     enabled = config.listen.enabled()
     line("services:" if enabled else "services: (none)")

@@ -436,3 +436,11 @@ def test_concurrent_admin_processes(config_path: Path, data: Path) -> None:
         assert p.wait(60) == 0
     lines = (data / "aliases").read_text().splitlines()
     assert sorted(lines) == sorted(f"a{i}@example.org: x@example.org" for i in range(6))
+
+
+def test_check_config_shows_processes(run: Run, config_path: Path) -> None:
+    config_path.write_text(config_path.read_text().replace(
+        "[domains]", "processes = 3\n\n[domains]", 1))
+    code, out, _ = run("check-config")
+    assert code == 0
+    assert "processes: 3 (limits count per process)" in out.splitlines()
