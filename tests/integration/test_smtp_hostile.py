@@ -315,3 +315,22 @@ def test_server_survives_everything_above(server: RunningServer) -> None:
     wire = Wire(server.address())
     wire.greet()
     assert wire.command("QUIT").startswith("221")
+
+
+def test_many_open_sessions_cost_little_memory(server_factory) -> None:
+    """A connection flood within the limits: 300 sessions mid-transaction."""
+    srv = server_factory("crowd", limits={"connections_per_ip": 1000})
+    before = rss_kib(srv)
+    crowd = [Wire(srv.address()) for _ in range(300)]
+    for w in crowd:
+        assert w.code() == 220
+    for w in crowd:
+        w.send(b"EHLO x\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<bob@example.org>\r\n")
+    for w in crowd:
+        assert w.code() == 250  # EHLO
+        assert w.text() == "250 2.1.0 Ok"
+        assert w.text() == "250 2.1.5 Ok"
+    grown = rss_kib(srv) - before
+    assert grown < 20 * 1024, f"{grown} KiB for 300 sessions"
+    for w in crowd:
+        w.close()
