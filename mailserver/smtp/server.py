@@ -33,6 +33,7 @@ from mailserver.reply import Reply
 from mailserver.smtp import grammar
 from mailserver.smtp.data import ChunkDecoder, DotDecoder
 from mailserver.smtp.trace import (
+    address_literal,
     new_message_id,
     received_header,
     return_path_header,
@@ -303,7 +304,7 @@ class SMTPSession(Protocol, TimeoutMixin):
     def do_EHLO(self, command: grammar.Ehlo) -> None:
         self._reset_envelope()  # RFC 5321 4.1.4: EHLO resets the state like RSET
         self.helo, self.esmtp = command.domain, True
-        lines = [f"{self.config.hostname} Hello {command.domain} [{self.peer_ip}]"]
+        lines = [f"{self.config.hostname} Hello {command.domain} {address_literal(self.peer_ip)}"]
         self._send(Reply(250, None, tuple(lines + self.ehlo_keywords())))
 
     def do_HELO(self, command: grammar.Helo) -> None:

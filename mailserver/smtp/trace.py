@@ -56,7 +56,7 @@ def received_header(
                                              datetime.UTC)
     stamp = email.utils.format_datetime(moment)
     helo_text = _sanitise(helo) or "unknown"
-    lines = [f"Received: from {helo_text} ([{peer_ip}])"]
+    lines = [f"Received: from {helo_text} ({address_literal(peer_ip)})"]
     by = f"\tby {hostname} (mailserver) with {protocol} id {message_id}"
     if tls_info:
         by += f"\n\t({_sanitise(tls_info)})"
@@ -67,6 +67,11 @@ def received_header(
         lines[-1] += ";"
         lines.append(f"\t{stamp}")
     return ("\n".join(lines) + "\n").encode("utf-8")
+
+
+def address_literal(ip: str) -> str:
+    """RFC 5321 4.1.3: `[192.0.2.1]`, and `[IPv6:2001:db8::1]` for IPv6."""
+    return f"[IPv6:{ip}]" if ":" in ip else f"[{ip}]"
 
 
 def return_path_header(sender: Address) -> bytes:

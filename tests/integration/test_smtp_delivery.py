@@ -256,3 +256,14 @@ def test_postfix_smtp_source_sessions(server: RunningServer) -> None:
     assert len(server.messages("bob@example.org")) == before + 40
     newest = server.messages("bob@example.org")[-1]
     assert newest.startswith(b"Return-Path: <alice@example.org>\n")
+
+
+def test_ipv6_listener_and_address_literal(server_factory) -> None:
+    srv = server_factory("v6", listen={"smtp": "tcp6:0:interface=\\:\\:1"})
+    assert srv.ports["smtp"] > 0
+    with smtplib.SMTP("::1", srv.ports["smtp"]) as client:
+        code, text = client.ehlo("six.test")
+        assert code == 250 and b"Hello six.test [IPv6:::1]" in text
+        client.sendmail("alice@example.org", ["bob@example.org"], MESSAGE)
+    _, received, _ = split_trace(srv.messages("bob@example.org")[-1])
+    assert received.startswith(b"Received: from six.test ([IPv6:::1])\n")
