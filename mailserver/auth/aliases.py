@@ -18,7 +18,7 @@ over with little editing. Lines whose first non-blank character is `#` are comme
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,15 +26,11 @@ from mailserver.address import domain_key
 from mailserver.auth.names import address_key, split_key
 from mailserver.auth.textfile import (
     LineProblem,
-    WatchedFile,
+    TableFile,
     ensure_newline,
     numbered_lines,
-    rewrite,
 )
 from mailserver.auth.userfile import EditRefused
-from mailserver.logs import logger
-
-log = logger(__name__)
 
 ALIASES_FILE_MODE = 0o644
 
@@ -208,23 +204,16 @@ def remove_alias(text: str, key: str) -> str:
     return "".join(line for i, line in enumerate(lines, start=1) if i not in drop)
 
 
-class AliasesFile:
+class AliasesFile(TableFile[AliasTable]):
     """The aliases file, re-read on change, edited atomically (see auth.textfile)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._watched: WatchedFile[AliasTable] = WatchedFile(path, self._load)
+    kind = "aliases"
 
-    def _load(self, text: str) -> AliasTable:
-        table = parse_aliases(text, self.path)
-        for problem in table.problems:
-            log.warn("aliases file: {problem}", problem=str(problem))
-        log.info("loaded {count} aliases from {path}", count=len(table.aliases),
-                 path=str(self.path))
-        return table
+    def parse(self, text: str) -> AliasTable:
+        return parse_aliases(text, self.path)
 
-    def table(self) -> AliasTable:
-        return self._watched.get()
+    def count(self, table: AliasTable) -> int:
+        return len(table.aliases)
 
     def get(self, key: str) -> AliasEntry | None:
         return self.table().aliases.get(key)
@@ -234,7 +223,3 @@ class AliasesFile:
 
     def remove(self, key: str) -> None:
         self._edit(lambda text: remove_alias(text, key))
-
-    def _edit(self, transform: Callable[[str], str]) -> None:
-        rewrite(self.path, transform, mode=None)
-        self._watched.invalidate()

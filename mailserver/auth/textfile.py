@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from mailserver.logs import logger
 
@@ -168,3 +168,51 @@ def _fsync_dir(directory: Path) -> None:
 def ensure_newline(text: str) -> str:
     """`text` ending in a newline unless empty, so an appended line starts its own line."""
     return text if not text or text.endswith("\n") else text + "\n"
+
+
+class _Table(Protocol):
+    """What TableFile needs of a parsed file: its line problems."""
+
+    @property
+    def problems(self) -> tuple[LineProblem, ...]: ...
+
+
+TableT = TypeVar("TableT", bound=_Table)
+
+
+class TableFile(Generic[TableT]):
+    """A users or aliases file: parsed again after every change (its problems logged),
+    edited atomically and serialised with other writers (`rewrite`).
+
+    Subclasses say what the file holds (`kind`, for log lines), how to parse it and how
+    many entries a parsed table has, and add their own lookups and edits.
+    """
+
+    kind = "entries"
+    #: Permissions of the rewritten file; None keeps what the file had.
+    mode: int | None = None
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._watched: WatchedFile[TableT] = WatchedFile(path, self._load)
+
+    def parse(self, text: str) -> TableT:
+        raise NotImplementedError
+
+    def count(self, table: TableT) -> int:
+        raise NotImplementedError
+
+    def table(self) -> TableT:
+        return self._watched.get()
+
+    def _load(self, text: str) -> TableT:
+        table = self.parse(text)
+        for problem in table.problems:
+            log.warn("{kind} file: {problem}", kind=self.kind, problem=str(problem))
+        log.info("loaded {count} {kind} from {path}", count=self.count(table),
+                 kind=self.kind, path=str(self.path))
+        return table
+
+    def _edit(self, transform: Callable[[str], str]) -> None:
+        rewrite(self.path, transform, mode=self.mode)
+        self._watched.invalidate()

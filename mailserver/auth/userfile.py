@@ -10,7 +10,7 @@ and even lines we cannot parse survive every `mailserver user ...` command.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,14 +18,10 @@ from mailserver.auth.names import address_key
 from mailserver.auth.schemes import hash_problem
 from mailserver.auth.textfile import (
     LineProblem,
-    WatchedFile,
+    TableFile,
     ensure_newline,
     numbered_lines,
-    rewrite,
 )
-from mailserver.logs import logger
-
-log = logger(__name__)
 
 #: The users file holds password hashes: readable by its owner only.
 USERS_FILE_MODE = 0o600
@@ -159,27 +155,21 @@ def set_password(text: str, address: str, password: str) -> str:
     return "".join(out)
 
 
-class UsersFile:
+class UsersFile(TableFile[UsersTable]):
     """The users file of a running server or an admin command.
 
     Lookups re-read the file when it changed on disk; edits are atomic and serialised
-    with other writers (see auth.textfile).
+    with other writers (see auth.textfile.TableFile).
     """
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._watched: WatchedFile[UsersTable] = WatchedFile(path, self._load)
+    kind = "users"
+    mode = USERS_FILE_MODE
 
-    def _load(self, text: str) -> UsersTable:
-        table = parse_users(text, self.path)
-        for problem in table.problems:
-            log.warn("users file: {problem}", problem=str(problem))
-        log.info("loaded {count} users from {path}", count=len(table.users),
-                 path=str(self.path))
-        return table
+    def parse(self, text: str) -> UsersTable:
+        return parse_users(text, self.path)
 
-    def table(self) -> UsersTable:
-        return self._watched.get()
+    def count(self, table: UsersTable) -> int:
+        return len(table.users)
 
     def get(self, address: str) -> UserEntry | None:
         return self.table().users.get(address_key(address))
@@ -192,7 +182,3 @@ class UsersFile:
 
     def set_password(self, address: str, password_hash: str) -> None:
         self._edit(lambda text: set_password(text, address, password_hash))
-
-    def _edit(self, transform: Callable[[str], str]) -> None:
-        rewrite(self.path, transform, mode=USERS_FILE_MODE)
-        self._watched.invalidate()
