@@ -8,8 +8,6 @@ the user lands in ROOT/data/mail/bench.test/user/new/, fsync'd before the 250.
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,6 +16,7 @@ import time
 from pathlib import Path
 
 import proctree
+from instance import ServerInstance
 
 DOMAIN = "bench.test"
 USER = "user"
@@ -84,7 +83,7 @@ def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes
     return False
 
 
-class OursInstance:
+class OursInstance(ServerInstance):
     def __init__(self, root: Path, port: int, host: str = "127.0.0.1",
                  processes: int = 1) -> None:
         self.root = root
@@ -184,23 +183,5 @@ class OursInstance:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        for pid in proctree.wait_gone(pids, 5):  # anything it forked, by pid
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        proctree.reap(pids, 5)  # anything it forked (worker processes), by pid
         self.proc = None
-
-    def __enter__(self) -> OursInstance:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def remove(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)

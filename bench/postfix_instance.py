@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import proctree
+from instance import ServerInstance
 
 POSTFIX = "/usr/sbin/postfix"
 DOMAIN = "bench.test"
@@ -113,7 +112,7 @@ def delivery_user() -> tuple[int, int, str]:
     raise PostfixError("no 'nobody' user to deliver as")
 
 
-class PostfixInstance:
+class PostfixInstance(ServerInstance):
     def __init__(self, root: Path, port: int, host: str = "127.0.0.1") -> None:
         self.root = root
         self.port = port
@@ -235,25 +234,5 @@ class PostfixInstance:
                 self._postfix("stop", check=False)
             except (OSError, subprocess.SubprocessError):
                 pass
-        left = proctree.wait_gone(pids, 10)
-        for pid in left:  # only the processes of this instance, by pid
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        proctree.wait_gone(left, 5)
+        proctree.reap(pids, 10)
         self.master_pid = 0
-
-    def __enter__(self) -> PostfixInstance:
-        try:
-            self.start()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def remove(self) -> None:
-        shutil.rmtree(self.root, ignore_errors=True)

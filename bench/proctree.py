@@ -15,6 +15,7 @@ which is fairer to multi-process servers like Postfix).
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -170,3 +171,17 @@ def wait_gone(pids: list[int], timeout: float) -> list[int]:
         time.sleep(0.05)
         alive = [p for p in alive if pid_alive(p)]
     return alive
+
+
+def reap(pids: list[int], timeout: float) -> None:
+    """Give `pids` `timeout` seconds to exit, then SIGKILL what is left and wait for it.
+
+    Only these pids are touched: the processes of one server instance, never others.
+    """
+    left = wait_gone(pids, timeout)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    wait_gone(left, 5)
