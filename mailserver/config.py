@@ -204,7 +204,9 @@ def config_from_dict(raw: dict[str, Any], source: Path | None = None) -> Config:
     if problems:
         where = f"{source}: " if source else ""
         raise ConfigError([where + p for p in problems])
-    return dataclasses.replace(values, source=source)
+    # Domains normalised (lower case, no trailing dot) so lookups need not care.
+    domains = DomainsConfig(local=tuple(domain_key(d) for d in values.domains.local))
+    return dataclasses.replace(values, domains=domains, source=source)
 
 
 def _build(cls: type, raw: Any, path: str, problems: list[str], base: Path) -> Any:
@@ -278,10 +280,6 @@ def _check_semantics(config: Config, problems: list[str]) -> None:
     for i, d in enumerate(config.domains.local):
         if not _is_domain(d):
             problems.append(f"domains.local[{i}]: not a domain name: {d!r}")
-    # Normalised domains (lower case, no trailing dot) so lookups need not care.
-    object.__setattr__(
-        config.domains, "local", tuple(domain_key(d) for d in config.domains.local)
-    )
     for name, desc in config.listen.enabled().items():
         error = _endpoint_problem(desc)
         if error:

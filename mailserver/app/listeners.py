@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -110,8 +111,6 @@ class AdoptedListenerService(_PortService):
         self.fd = fd
 
     def startService(self) -> None:
-        import socket
-
         probe = socket.socket(fileno=os.dup(self.fd))
         family = probe.family
         probe.close()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from twisted.application import service
 from twisted.internet import defer, reactor
@@ -68,13 +69,13 @@ class WorkerSupervisor(service.Service):
         self.waiting_for: set[int] = set()
         self.resume_call: IDelayedCall | None = None
 
+    def _ports(self) -> dict[str, Any]:
+        """The listening ports of this process, by service name."""
+        return {listener.service_name: listener.port  # type: ignore[attr-defined]
+                for listener in self.listeners if getattr(listener, "port", None) is not None}
+
     def inherited_fds(self) -> dict[str, int]:
-        fds = {}
-        for listener in self.listeners:
-            port = getattr(listener, "port", None)
-            if port is not None:
-                fds[listener.service_name] = port.fileno()  # type: ignore[attr-defined]
-        return fds
+        return {name: port.fileno() for name, port in self._ports().items()}
 
     def startService(self) -> None:
         """Start the workers; accept nothing ourselves until they are ready.
@@ -106,10 +107,8 @@ class WorkerSupervisor(service.Service):
         self._set_accepting(True)
 
     def _set_accepting(self, on: bool) -> None:
-        for listener in self.listeners:
-            port = getattr(listener, "port", None)
-            if port is not None:
-                port.startReading() if on else port.stopReading()
+        for port in self._ports().values():
+            port.startReading() if on else port.stopReading()
 
     def _spawn(self, instance: int) -> None:
         fds = self.inherited_fds()
