@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-APT_TOOLS := swaks postfix curl
 export DEBIAN_FRONTEND := noninteractive
 
 .PHONY: run test test-fast lint bench tools venv clean
@@ -25,6 +24,11 @@ tools:
 	command -v curl >/dev/null || missing="$$missing curl"; \
 	[ -x /usr/sbin/postfix ] || missing="$$missing postfix"; \
 	command -v smtp-source >/dev/null || [ -x /usr/sbin/smtp-source ] || missing="$$missing postfix"; \
+	command -v fetchmail >/dev/null || missing="$$missing fetchmail"; \
+	command -v mbsync >/dev/null || missing="$$missing isync"; \
+	[ -x /usr/sbin/dovecot ] || missing="$$missing dovecot-core"; \
+	[ -x /usr/lib/dovecot/imap ] || missing="$$missing dovecot-imapd"; \
+	[ -x /usr/lib/dovecot/pop3 ] || missing="$$missing dovecot-pop3d"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \

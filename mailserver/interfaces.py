@@ -15,11 +15,11 @@ and a failed or aborted transaction leaves nothing visible.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from twisted.internet.defer import Deferred
-from zope.interface import Interface
+from zope.interface import Attribute, Interface
 
 
 @dataclass(frozen=True, order=True)
@@ -93,3 +93,212 @@ class IDeliveryTarget(Interface):
 
     def begin(mailboxes: Sequence[MailboxId]) -> IDeliveryTransaction:
         """Start a transaction whose commit delivers one copy to each mailbox."""
+
+
+# -- the outbound queue (issue 3) ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OutboundEnvelope:
+    """What the queue needs to relay one message (RFC 5321 envelope, remote part only)."""
+
+    #: The envelope sender as given in MAIL FROM, "" for the null sender <>.
+    sender: str
+    #: Remote recipient addresses, each delivered (and failed, and bounced) on its own.
+    recipients: tuple[str, ...]
+    #: MAIL FROM had SMTPUTF8 / BODY=8BITMIME: the relay must only send to peers that
+    #: support it (RFC 6531 3.4; RFC 6152), or bounce.
+    smtputf8: bool = False
+    body_8bit: bool = False
+    #: Who submitted it (the authenticated user), for logs and `queue show`; "" if none.
+    submitter: str = ""
+
+
+class IQueueTransaction(Interface):
+    """One message on its way into the durable queue, in three steps.
+
+    `write` as IDeliveryTransaction (LF line ends, no Return-Path: RFC 5321 4.4 lets
+    only the final delivery add that). `commit` makes message and envelope durable
+    (fsync'd file and directory) but does not yet hand them to the scheduler, so that a
+    session delivering to local mailboxes as well can still take back the queue copy if
+    the local half fails; `release` then hands it over. `abort` after `commit` and
+    before `release` deletes the queued files again.
+    """
+
+    def write(data: bytes) -> None:
+        """As IDeliveryTransaction.write."""
+
+    def abort() -> None:
+        """Drop the message (also after commit, before release); safe at any point."""
+
+    def commit() -> Deferred[str]:
+        """Fires with the queue id once the entry is durable; errbacks with ReplyError
+        (451 4.3.0, 452 4.3.1 when the disk is full) leaving nothing queued."""
+
+    def release() -> None:
+        """Hand the committed entry to the scheduler: a first attempt starts at once
+        (in whichever process runs the scheduler)."""
+
+
+class IOutboundQueue(Interface):
+    """The durable relay queue under data_dir/queue/ (mailserver.queue)."""
+
+    def begin(envelope: OutboundEnvelope) -> IQueueTransaction:
+        """Start queueing one message for `envelope.recipients`."""
+
+
+# -- the IMAP view of a Maildir (issue 5) -----------------------------------------------------
+#
+# Implemented by mailserver.store (folders, UID lists, index, notify); used by
+# mailserver.imap. Folder names are IMAP mailbox names exactly as on the wire after
+# quoting is undone: modified UTF-7 (RFC 3501 5.1.3), "." as the hierarchy delimiter
+# (Maildir++ and Dovecot's default), "INBOX" in any case for the root Maildir. On disk a
+# folder "a.b" is the directory ".a.b" (Maildir++), named in the same modified UTF-7.
+#
+# Every method that touches the disk blocks: the IMAP session calls it in a disk thread
+# (context.disk), one call at a time per session. Implementations are thread-safe
+# across sessions and processes (UID lists are updated under a lock file).
+
+
+class StoreError(Exception):
+    """A refused store operation; `code` is the IMAP response code to send.
+
+    NONEXISTENT, ALREADYEXISTS, CANNOT, TRYCREATE, LIMIT, OVERQUOTA, SERVERBUG, or ""
+    (plain NO). `text` is one human line.
+    """
+
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    """What the index knows of one message without opening it."""
+
+    uid: int
+    #: System flags as "\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft" (this
+    #: case), plus keywords as first stored. Never "\\Recent": see `recent`.
+    flags: frozenset[str]
+    #: RFC822.SIZE: octets as sent to clients (CRLF line ends).
+    size: int
+    #: INTERNALDATE as seconds since the epoch (UTC); the arrival time.
+    internal_date: float
+    #: This session is the one that holds \Recent for it (RFC 3501 2.3.2).
+    recent: bool = False
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    name: str
+    #: RFC 6154 attribute ("\\Sent", "\\Drafts", "\\Trash", "\\Junk") or None.
+    special_use: str | None = None
+    has_children: bool = False
+    #: False for a hierarchy placeholder (\Noselect): "a" when only "a.b" exists.
+    selectable: bool = True
+    subscribed: bool = False
+
+
+@dataclass(frozen=True)
+class FolderStatus:
+    messages: int
+    recent: int
+    unseen: int
+    uid_next: int
+    uid_validity: int
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What changed since the view last synced, in the order to report it."""
+
+    #: Sequence numbers to send as `* n EXPUNGE`, in sending order (each one already
+    #: accounts for those before it).
+    expunged: tuple[int, ...] = ()
+    #: The new EXISTS count, or None if no message was added.
+    exists: int | None = None
+    #: Messages whose flags changed (their new MessageInfo), for `* n FETCH (FLAGS ...)`.
+    flags_changed: tuple[MessageInfo, ...] = ()
+    #: How many of the added messages are \Recent for this view.
+    recent: int = 0
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    """For UIDPLUS's COPYUID/APPENDUID (RFC 4315)."""
+
+    uid_validity: int
+    source_uids: tuple[int, ...]
+    dest_uids: tuple[int, ...]
+
+
+class IMailboxView(Interface):
+    """One session's open (SELECTed or EXAMINEd) folder."""
+
+    uid_validity = Attribute("int")
+    uid_next = Attribute("int: the next UID to be assigned")
+    read_only = Attribute("bool")
+    messages = Attribute(
+        "list[MessageInfo]: the messages as this session knows them, sequence number "
+        "n at index n-1. Changes only in sync() and in this view's own operations.")
+
+    def sync(report_expunges: bool = True) -> Changes:
+        """Look at the disk (new deliveries, other sessions' flag changes and
+        expunges) and bring `messages` up to date. With report_expunges False (during
+        FETCH, STORE, SEARCH: RFC 3501 7.4.1) vanished messages stay in `messages`."""
+
+    def read(uid: int) -> bytes:
+        """The whole message, CRLF line ends (StoreError NONEXISTENT if it is gone)."""
+
+    def header(uid: int) -> bytes:
+        """The header block including the blank line, CRLF; from the index cache when
+        it has it, so header FETCHes on big folders do not open every file."""
+
+    def store(uids: Sequence[int], mode: str, flags: Sequence[str]) -> list[MessageInfo]:
+        """mode "+", "-" or "=". Returns the new MessageInfo of each message whose
+        flags changed, and updates `messages`. Flags compared case-insensitively."""
+
+    def expunge(uids: Sequence[int] | None = None) -> Changes:
+        """Remove the \\Deleted messages (only those among `uids` if given: UID
+        EXPUNGE); returns what to report, `messages` updated."""
+
+    def copy(uids: Sequence[int], dest: str) -> CopyResult:
+        """Copy with flags (StoreError TRYCREATE if dest does not exist)."""
+
+    def move(uids: Sequence[int], dest: str) -> tuple[CopyResult, Changes]:
+        """RFC 6851: copy, then expunge the sources; the Changes report the expunges."""
+
+    def close() -> None:
+        """The session deselects; stop watching."""
+
+
+class IUserStore(Interface):
+    """All folders of one user (data_dir/mail/DOMAIN/LOCALPART/)."""
+
+    def folders() -> list[FolderInfo]:
+        """Every folder, INBOX first, with hierarchy placeholders."""
+
+    def create(name: str) -> None: ...
+
+    def delete(name: str) -> None: ...
+
+    def rename(old: str, new: str) -> None:
+        """Children move too; RENAME INBOX moves its messages into `new` (RFC 3501)."""
+
+    def subscribe(name: str) -> None: ...
+
+    def unsubscribe(name: str) -> None: ...
+
+    def status(name: str) -> FolderStatus: ...
+
+    def select(name: str, read_only: bool = False) -> IMailboxView: ...
+
+    def append(name: str, message: bytes, flags: Sequence[str] = (),
+               internal_date: float | None = None) -> CopyResult:
+        """Store `message` (CRLF as the client sent it) durably; TRYCREATE if missing."""
+
+    def watch(name: str, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` in the reactor thread soon after anything in the folder
+        changes on disk (inotify when available, else a cheap poll); coalesced.
+        Returns a function that stops watching. Does not block."""

@@ -76,6 +76,8 @@ class RunningServer:
     data_dir: Path
     proc: subprocess.Popen[bytes] | None = None
     ports: dict[str, int] = field(default_factory=dict)
+    #: The services start() waits for (when configured); extended as they are built.
+    wait_for: tuple[str, ...] = SERVICES
 
     @property
     def log_path(self) -> Path:
@@ -92,7 +94,8 @@ class RunningServer:
             stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
         )
         log.close()
-        wanted = {k for k in self.config.get("listen", {}) if k == "smtp"}
+        # Every configured service that is built (see app/service.PROTOCOL_MODULES).
+        wanted = set(self.config.get("listen", {})) & set(self.wait_for)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import os
+from typing import Any
 
 from twisted.application import service
 
+from mailserver.app.context import ListenerFactory, ServerContext
 from mailserver.app.limits import ConnectionCounter, LimitedFactory
 from mailserver.app.listeners import (
     AdoptedListenerService,
@@ -20,9 +23,18 @@ from mailserver.logs import logger
 
 log = logger(__name__)
 
-#: Services whose protocol is not built yet (issues 3-5); configured ones are skipped
-#: with a warning so an operator's complete config file already works.
-NOT_BUILT_YET = ("submission", "submissions", "pop3", "pop3s", "imap", "imaps")
+#: Which module builds each listener: `make_listener(context, name) -> ListenerFactory`.
+#: Imported only when the service is configured. A module that does not exist yet is
+#: logged as "not built yet" and skipped, so a complete config file always works.
+PROTOCOL_MODULES = {
+    "smtp": "mailserver.smtp.listener",
+    "submission": "mailserver.smtp.listener",
+    "submissions": "mailserver.smtp.listener",
+    "pop3": "mailserver.pop3.listener",
+    "pop3s": "mailserver.pop3.listener",
+    "imap": "mailserver.imap.listener",
+    "imaps": "mailserver.imap.listener",
+}
 
 
 def make_service(config: Config, inherited: dict[str, int] | None = None,
@@ -32,8 +44,8 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     The twistd process (instance 0) listens on the configured endpoints and starts the
     worker processes; a worker (instance > 0) adopts the sockets in `inherited`.
     """
+    from mailserver.auth.checker import make_portal
     from mailserver.auth.directory import RecipientDirectory
-    from mailserver.smtp.server import SMTPServerFactory
     from mailserver.store.delivery import MaildirDelivery
     from mailserver.store.diskio import make_disk
 
@@ -42,33 +54,33 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     disk = make_disk()
     disk.setServiceParent(top)
     directory = RecipientDirectory(config)
-    target = MaildirDelivery(config.mail_dir, config.hostname, disk)
-    tls = server_tls_options(config)
+    context = ServerContext(
+        config=config, directory=directory, portal=make_portal(config, directory),
+        target=MaildirDelivery(config.mail_dir, config.hostname, disk), disk=disk,
+        tls=server_tls_options(config), instance=instance,
+    )
+    _add_queue(context, top)
     counter = ConnectionCounter(config.limits.connections, config.limits.connections_per_ip)
     registry = ListenerRegistry(config.data_dir / "run") if inherited is None else None
     listeners: list[service.Service] = []
 
     for name, description in config.listen.enabled().items():
-        if name == "smtp":
-            factory = SMTPServerFactory(config, directory, target, tls_options=tls,
-                                        instance=instance)
-            refusal = f"421 4.7.0 {config.hostname} Error: too many connections\r\n"
-            limited = LimitedFactory(factory, counter, refusal.encode())
-            listener: service.Service
-            if inherited is None:
-                assert registry is not None
-                listener = ListenerService(name, description, limited, registry,
-                                           on_stop=factory.shut_down)
-            elif name in inherited:
-                listener = AdoptedListenerService(name, inherited[name], limited,
-                                                  on_stop=factory.shut_down)
-            else:
-                continue
-            listener.setServiceParent(top)
-            listeners.append(listener)
-        elif name in NOT_BUILT_YET and instance == 0:
-            log.warn("listen.{name}: the {name} service is not built yet; not listening",
-                     name=name)
+        built = _build_listener(context, name)
+        if built is None:
+            continue
+        limited = LimitedFactory(built.factory, counter, built.refusal)
+        listener: service.Service
+        if inherited is None:
+            assert registry is not None
+            listener = ListenerService(name, description, limited, registry,
+                                       on_stop=built.on_stop)
+        elif name in inherited:
+            listener = AdoptedListenerService(name, inherited[name], limited,
+                                              on_stop=built.on_stop)
+        else:
+            continue
+        listener.setServiceParent(top)
+        listeners.append(listener)
     if inherited is None and config.process_count > 1:
         # Added last, so it starts after the listeners and is stopped first.
         WorkerSupervisor(config, listeners).setServiceParent(top)
@@ -77,6 +89,34 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
                  cfg=f" --config {config.source}" if config.source else "",
                  domain=(config.domains.local or ("example.org",))[0])
     return top
+
+
+def _build_listener(context: ServerContext, name: str) -> ListenerFactory | None:
+    module_name = PROTOCOL_MODULES.get(name)
+    module = _optional_module(module_name) if module_name else None
+    built: ListenerFactory | None = module.make_listener(context, name) if module else None
+    if built is None and context.instance == 0:
+        log.warn("listen.{name}: the {name} service is not built yet; not listening",
+                 name=name)
+    return built
+
+
+def _add_queue(context: ServerContext, top: service.MultiService) -> None:
+    """The outbound queue: every process can queue; the scheduler runs in instance 0."""
+    module = _optional_module("mailserver.queue.service")
+    if module is not None:
+        module.add_queue(context, top)
+
+
+def _optional_module(name: str) -> Any:
+    """The module, or None while it is not written yet (a missing package, not a
+    broken import inside an existing one, which must fail loudly)."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name and name.startswith(e.name):
+            return None
+        raise
 
 
 def _prepare_data_dir(config: Config) -> None:
