@@ -91,6 +91,51 @@ class RecipientDirectory:
     def user_exists(self, address: str) -> bool:
         return address_key(address) in self._users()
 
+    # -- for submission (RFC 6409): who may use which envelope sender ----------------------
+
+    def may_send_as(self, user: str, address: str) -> bool:
+        """May the authenticated `user` use `address` as envelope sender?
+
+        Yes for the user's own address (any `+extension`, any case) and for an alias,
+        given explicitly in the aliases file, whose expansion includes the user's
+        mailbox (`sales@x: alice@x, bob@x` lets alice and bob send as sales@x). A domain
+        catch-all grants nothing: it would let one user send as every unknown name.
+        """
+        user_key = address_key(user)
+        if user_key not in self._users() or "@" not in address:
+            return False
+        key = address_key(address)
+        local, domain = split_key(key)
+        if not local or not self.config.is_local_domain(domain):
+            return False
+        base = f"{strip_extension(local)}@{domain}"
+        if base == user_key:
+            return True
+        aliases = self.aliases_file.table()
+        user_local, user_domain = split_key(user_key)
+        mailbox = MailboxId(domain=user_domain, localpart=user_local)
+        for candidate in _unique((key, base)):
+            entry = aliases.aliases.get(candidate)
+            if entry is None:
+                continue
+            out = _Expansion()
+            for target in entry.targets:
+                self._expand(target, 1, frozenset({candidate}), self._users(), aliases, out)
+            return mailbox in out.mailboxes
+        return False
+
+    def sender_addresses(self, user: str) -> list[str]:
+        """Every address `user` may send as without a +extension: its own and each alias
+        that reaches it (for logs, the admin tool and error messages)."""
+        user_key = address_key(user)
+        if user_key not in self._users():
+            return []
+        found = [user_key]
+        for entry in self.aliases():
+            if not entry.is_catch_all and self.may_send_as(user_key, entry.key):
+                found.append(entry.key)
+        return found
+
     # -- for the checker, realm and admin tool -------------------------------------------
 
     def mailbox_id(self, address: str) -> MailboxId:

@@ -1,15 +1,54 @@
-"""The SMTP listeners: `smtp` (the MX, port 25) and, later, submission/submissions."""
+"""The SMTP listeners: `smtp` (the MX, port 25), `submission` (587, STARTTLS then AUTH)
+and `submissions` (465, implicit TLS: RFC 8314). One session class; the differences
+are the SessionPolicy of each."""
 
 from __future__ import annotations
 
-from mailserver.app.context import ListenerFactory, ServerContext
-from mailserver.smtp.server import SMTPServerFactory
+from mailserver.app.context import ListenerFactory, ServerContext, implicit_tls
+from mailserver.smtp.server import SessionPolicy, SMTPServerFactory
+from mailserver.smtp.throttle import FailureThrottle
+
+#: Port 25: inbound for local domains only; AUTH refused (503), never relays.
+MX_POLICY = SessionPolicy(name="smtp")
+#: RFC 6409 message submission: AUTH before MAIL, sender checked, headers completed.
+SUBMISSION_POLICY = SessionPolicy(name="submission", offer_auth=True, require_auth=True,
+                                  relay_for_authenticated=True, check_sender=True,
+                                  add_missing_headers=True)
+#: RFC 8314 3.3: the same, with TLS from the first byte.
+SUBMISSIONS_POLICY = SessionPolicy(name="submissions", implicit_tls=True, offer_auth=True,
+                                   require_auth=True, relay_for_authenticated=True,
+                                   check_sender=True, add_missing_headers=True)
+
+POLICIES = {"smtp": MX_POLICY, "submission": SUBMISSION_POLICY,
+            "submissions": SUBMISSIONS_POLICY}
+
+#: One failed-login record per ServerContext (one per process), shared by 587 and 465 so
+#: a guesser gains nothing by switching ports. The context is kept with it, so its id()
+#: cannot be reused while the entry exists.
+_THROTTLES: dict[int, tuple[ServerContext, FailureThrottle]] = {}
+
+
+def auth_throttle(context: ServerContext) -> FailureThrottle:
+    return _THROTTLES.setdefault(id(context), (context, FailureThrottle()))[1]
 
 
 def make_listener(context: ServerContext, name: str) -> ListenerFactory | None:
-    if name != "smtp":
-        return None  # submission and submissions: issue 3
-    factory = SMTPServerFactory(context.config, context.directory, context.target,
-                                tls_options=context.tls, instance=context.instance)
+    policy = POLICIES.get(name)
+    if policy is None:
+        return None
+    factory = SMTPServerFactory(
+        context.config, context.directory, context.target,
+        tls_options=None if policy.implicit_tls else context.tls,
+        policy=policy, instance=context.instance,
+        portal=context.portal if policy.offer_auth else None,
+        queue=context.queue, senders=context.directory,
+        auth_throttle=auth_throttle(context),
+    )
     refusal = f"421 4.7.0 {context.config.hostname} Error: too many connections\r\n"
+    # A refusal on 465 would go out in the clear before the TLS handshake: the client
+    # cannot read it, but it closes the connection all the same.
+    if policy.implicit_tls:
+        return ListenerFactory(implicit_tls(context, factory),
+                               refusal.encode(),
+                               on_stop=factory.shut_down)
     return ListenerFactory(factory, refusal.encode(), on_stop=factory.shut_down)

@@ -1,4 +1,4 @@
-"""The inbound ESMTP session (RFC 5321) on the `smtp` listener.
+"""The ESMTP session (RFC 5321) of the `smtp`, `submission` and `submissions` listeners.
 
 One state machine per connection, one command at a time: while a command waits on a
 Deferred (the fsync behind the 250 after DATA), later pipelined input stays in our
@@ -6,13 +6,18 @@ buffer and is not read until the reply has been sent (RFC 2920 3.1: replies in o
 That is the defect of twisted.mail's server (twisted#8126) this module exists to avoid.
 
 Everything that parses lives in grammar.py and data.py; who is local lives behind
-IRecipientDirectory; where mail goes lives behind IDeliveryTarget.
+IRecipientDirectory; where mail goes lives behind IDeliveryTarget and IOutboundQueue.
+This module holds the state machine and the envelope commands; the message content
+(DATA, BDAT) is reception.py's, AUTH and the sender rule are submission.py's, both
+mixins of SMTPSession. What differs between the ports is a SessionPolicy (listener.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
+from twisted.cred.portal import Portal
 from twisted.internet import interfaces
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
@@ -24,21 +29,20 @@ from mailserver.config import Config
 from mailserver.errors import ReplyError
 from mailserver.interfaces import (
     IDeliveryTarget,
-    IDeliveryTransaction,
+    IOutboundQueue,
     IRecipientDirectory,
     MailboxId,
 )
 from mailserver.logs import logger
 from mailserver.reply import Reply
-from mailserver.smtp import grammar
+from mailserver.smtp import auth, grammar
 from mailserver.smtp.data import ChunkDecoder, DotDecoder
-from mailserver.smtp.trace import (
-    address_literal,
-    new_message_id,
-    received_header,
-    return_path_header,
-    with_protocol,
-)
+from mailserver.smtp.fanout import MessageFanout
+from mailserver.smtp.headers import HeaderInspector
+from mailserver.smtp.reception import MessageReception
+from mailserver.smtp.submission import SenderRules, SubmissionCommands
+from mailserver.smtp.throttle import FailureThrottle
+from mailserver.smtp.trace import address_literal
 
 log = logger(__name__)
 
@@ -60,13 +64,30 @@ class Envelope:
     smtputf8: bool = False
     recipients: list[Address] = field(default_factory=list)
     mailboxes: set[MailboxId] = field(default_factory=set)
+    #: Remote addresses for the outbound queue: recipients in other domains (submission
+    #: only) and remote targets of local aliases (forwarding, every port). Ordered, unique.
+    remote: dict[str, None] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(frozen=True)
 class SessionPolicy:
-    """What a listener allows; the MX (port 25) and submission (issue 3) differ here."""
+    """What a listener allows: the MX (port 25), submission (587) and submissions (465)
+    differ only here (see smtp/listener.py for the three policies)."""
 
     name: str = "smtp"
+    #: TLS is on from the first byte (RFC 8314 implicit TLS); no STARTTLS offered.
+    implicit_tls: bool = False
+    #: AUTH (RFC 4954) is offered; on the MX it is refused with 503.
+    offer_auth: bool = False
+    #: MAIL needs a successful AUTH first (RFC 6409 4.3: 530 5.7.0).
+    require_auth: bool = False
+    #: Authenticated users may send to any domain (RFC 6409 3.3); everyone else, and
+    #: every listener without this, may only send to local domains.
+    relay_for_authenticated: bool = False
+    #: The envelope sender must be the user or one of its aliases (RFC 6409 6.1).
+    check_sender: bool = False
+    #: Add Message-ID and Date when missing (RFC 6409 8.2, 8.3).
+    add_missing_headers: bool = False
 
 
 class SMTPServerFactory(Factory):
@@ -80,12 +101,24 @@ class SMTPServerFactory(Factory):
         tls_options: interfaces.IOpenSSLServerConnectionCreator | None = None,
         policy: SessionPolicy | None = None,
         instance: int = 0,
+        portal: Portal | None = None,
+        queue: IOutboundQueue | None = None,
+        senders: SenderRules | None = None,
+        auth_throttle: FailureThrottle | None = None,
     ) -> None:
         self.config = config
         self.directory = directory
         self.target = target
         self.tls_options = tls_options
         self.policy = policy or SessionPolicy()
+        #: The login portal (AUTH); None: AUTH is never possible.
+        self.portal = portal
+        #: The outbound queue (IOutboundQueue); None until mailserver.queue exists, and
+        #: then remote recipients get 451 4.3.5 so nothing is lost.
+        self.queue = queue
+        self.senders = senders
+        #: Failed AUTHs per client address (shared by the submission listeners).
+        self.auth_throttle = auth_throttle or FailureThrottle()
         # Session ids name the process too when there are workers: "smtp-12" / "w2-smtp-12".
         self.id_prefix = f"w{instance}-{self.policy.name}" if instance else self.policy.name
         self.sessions_started = 0
@@ -105,7 +138,7 @@ class SMTPServerFactory(Factory):
             session.shut_down()
 
 
-class SMTPSession(Protocol, TimeoutMixin):
+class SMTPSession(SubmissionCommands, MessageReception, Protocol, TimeoutMixin):
     """One ESMTP connection."""
 
     def __init__(self, factory: SMTPServerFactory, number: int) -> None:
@@ -115,9 +148,13 @@ class SMTPSession(Protocol, TimeoutMixin):
         self.peer_ip = "unknown"
         self.helo: str | None = None
         self.esmtp = False
-        self.tls_active = False
+        self.tls_active = factory.policy.implicit_tls
         self.envelope: Envelope | None = None
         self.errors = 0
+        #: The authenticated user's address (RFC 4954), None before AUTH.
+        self.user: str | None = None
+        self.auth_failures = 0
+        self._sasl: auth.SASLExchange | None = None
         # Input handling
         self._buffer = bytearray()
         self._discarding_long_line = False
@@ -128,7 +165,8 @@ class SMTPSession(Protocol, TimeoutMixin):
         # Message reception
         self._decoder: DotDecoder | ChunkDecoder | None = None
         self._receiving = False  # reading DATA lines or a BDAT chunk, not commands
-        self._transaction: IDeliveryTransaction | None = None
+        self._transaction: MessageFanout | None = None
+        self._headers: HeaderInspector | None = None
         self._message_id = ""
         self._bdat_last = False
         self._bdat_octets = 0  # raw octets of this transaction's chunks, for the replies
@@ -185,11 +223,15 @@ class SMTPSession(Protocol, TimeoutMixin):
                 try:
                     line = self._next_line()
                 except ReplyError as refused:
+                    self._sasl = None  # an unreadable SASL response ends the exchange
                     self._error(refused.reply)  # that line is consumed; go on
                     continue
                 if line is None:
                     break
-                self._handle_line(line)
+                if self._sasl is not None:
+                    self._sasl_response(line)
+                else:
+                    self._handle_line(line)
         finally:
             self._processing = False
 
@@ -239,7 +281,7 @@ class SMTPSession(Protocol, TimeoutMixin):
         if isinstance(result, Deferred):
             self._wait_for(result)
 
-    def _wait_for(self, d: Deferred[None]) -> None:
+    def _wait_for(self, d: Deferred[Any]) -> None:
         """Hold all further input until `d` fires (RFC 2920: replies in order)."""
         self._busy = True
         self.setTimeout(None)  # our own disk is not the client's fault
@@ -299,6 +341,8 @@ class SMTPSession(Protocol, TimeoutMixin):
         ]
         if self.factory.tls_options is not None and not self.tls_active:
             keywords.append("STARTTLS")                      # RFC 3207
+        if self._auth_possible():
+            keywords.append("AUTH " + " ".join(auth.MECHANISMS))  # RFC 4954
         return keywords
 
     def do_EHLO(self, command: grammar.Ehlo) -> None:
@@ -325,7 +369,8 @@ class SMTPSession(Protocol, TimeoutMixin):
 
     def do_HELP(self, command: grammar.Help) -> None:
         self._send(Reply(214, "2.0.0", (
-            "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY STARTTLS",
+            "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY STARTTLS"
+            + (" AUTH" if self.factory.policy.offer_auth else ""),
             "See RFC 5321",
         )))
 
@@ -333,9 +378,6 @@ class SMTPSession(Protocol, TimeoutMixin):
         # RFC 5321 3.5.3: 252 when we will not confirm; we never disclose who exists.
         self._send(Reply(252, "2.5.0", "Cannot VRFY user, but will accept message and "
                                        "attempt delivery"))
-
-    def do_AUTH(self, command: grammar.Auth) -> None:
-        raise ReplyError(503, "5.5.1", "AUTH not available on this port; use submission")
 
     def do_STARTTLS(self, command: grammar.StartTls) -> None:
         if self.tls_active:
@@ -348,8 +390,9 @@ class SMTPSession(Protocol, TimeoutMixin):
         self._buffer.clear()
         self.transport.startTLS(self.factory.tls_options)  # type: ignore[union-attr]
         self.tls_active = True
-        # RFC 3207 4.2: forget everything learnt before TLS; the client must EHLO again.
-        self.helo, self.esmtp = None, False
+        # RFC 3207 4.2: forget everything learnt before TLS; the client must EHLO again
+        # (and AUTH again, if it had authenticated in the clear where that is allowed).
+        self.helo, self.esmtp, self.user = None, False, None
         self._reset_envelope()
 
     # -- the mail transaction --------------------------------------------------------------
@@ -359,6 +402,10 @@ class SMTPSession(Protocol, TimeoutMixin):
             raise ReplyError(503, "5.5.1", "Error: send HELO/EHLO first")
         if self.envelope is not None:
             raise ReplyError(503, "5.5.1", "Error: nested MAIL command")
+        policy = self.factory.policy
+        if policy.require_auth and self.user is None:
+            # RFC 6409 4.3 / RFC 4954 6: 530 5.7.0.
+            raise ReplyError(530, "5.7.0", "Authentication required")
         if not self.esmtp and (command.size is not None or command.body or command.smtputf8):
             raise ReplyError(555, "5.5.4", "MAIL parameters need EHLO")
         limit = self.config.limits.message_size
@@ -368,6 +415,8 @@ class SMTPSession(Protocol, TimeoutMixin):
         if not command.sender.is_ascii and not command.smtputf8:
             # RFC 6531 3.5: 550 for MAIL, 553 for RCPT.
             raise ReplyError(550, "5.6.7", "Non-ASCII sender address needs SMTPUTF8")
+        if policy.check_sender:
+            self._check_sender(command.sender)
         self.envelope = Envelope(
             sender=command.sender,
             body_8bit=command.body == "8BITMIME",
@@ -386,13 +435,16 @@ class SMTPSession(Protocol, TimeoutMixin):
         rcpt = command.recipient
         if not rcpt.is_ascii and not envelope.smtputf8:
             raise ReplyError(553, "5.6.7", "Non-ASCII recipient address needs SMTPUTF8")
-        resolution = self._resolve(rcpt, command.postmaster)
+        mailboxes, remote = self._resolve(rcpt, command.postmaster)
         envelope.recipients.append(rcpt)
-        envelope.mailboxes.update(resolution)
+        envelope.mailboxes.update(mailboxes)
+        envelope.remote.update(dict.fromkeys(remote))
         self._send(Reply(250, "2.1.5", "Ok"))
 
-    def _resolve(self, rcpt: Address, postmaster: bool) -> tuple[MailboxId, ...]:
-        """Local mailboxes for one recipient, or the ReplyError refusing it."""
+    def _resolve(self, rcpt: Address,
+                 postmaster: bool) -> tuple[tuple[MailboxId, ...], tuple[str, ...]]:
+        """Local mailboxes and remote addresses for one recipient, or the ReplyError
+        refusing it."""
         if postmaster:
             # RFC 5321 4.5.1: <Postmaster> without a domain must be accepted.
             domains = self.config.domains.local
@@ -401,171 +453,29 @@ class SMTPSession(Protocol, TimeoutMixin):
             address = f"postmaster@{domains[0]}"
         else:
             if not self.config.is_local_domain(rcpt.domain):
-                # This listener never relays, whoever connects (RFC 5321 3.6.1, 7.1).
-                raise ReplyError(550, "5.7.1", "Error: relay access denied")
+                if not (self.factory.policy.relay_for_authenticated and self.user):
+                    # Only authenticated submission relays (RFC 5321 3.6.1, 7.1; RFC
+                    # 6409 3.3); the MX never does, whoever connects.
+                    raise ReplyError(550, "5.7.1", "Error: relay access denied")
+                self._need_queue(str(rcpt))
+                return (), (str(rcpt),)
             address = str(rcpt)
         resolution = self.factory.directory.resolve(address)
         if resolution.remote:
-            # The relay queue (issue 3) will forward these; until then a temporary
-            # failure keeps the sender retrying instead of losing a copy.
-            log.warn("{session} {rcpt} forwards to remote addresses; relay queue missing",
-                     session=self.session_id, rcpt=address)
-            raise ReplyError(451, "4.3.5", "Error: forwarding not available yet")
-        if not resolution.mailboxes:
+            # Forwarding: an alias with targets elsewhere. The queue relays them with the
+            # original envelope sender (no SRS rewriting; SPF at the far end may object).
+            self._need_queue(address)
+        if resolution.is_empty:
             raise ReplyError(550, "5.1.1", "Error: user unknown")
-        return resolution.mailboxes
+        return resolution.mailboxes, resolution.remote
 
-    def do_DATA(self, command: grammar.Data) -> None:
-        envelope = self._check_ready_for_data()
-        if self._decoder is not None:  # BDAT chunks already under way
-            raise ReplyError(503, "5.5.1", "Error: DATA after BDAT")
-        self._start_message(envelope, DotDecoder(self.config.limits.message_size,
-                                                 self._is_strict_8bit(envelope)))
-        self._receiving = True
-        self._send(Reply(354, None, "End data with <CR><LF>.<CR><LF>"))
-
-    def do_BDAT(self, command: grammar.Bdat) -> None:
-        """RFC 3030: the chunk is read whatever the verdict, so the session stays in sync."""
-        self._bdat_last = command.last
-        if not isinstance(self._decoder, ChunkDecoder):
-            error: Reply | None = None
-            try:
-                envelope = self._check_ready_for_data()
-            except ReplyError as e:
-                error, envelope = e.reply, None
-            strict = self._is_strict_8bit(envelope) if envelope else False
-            decoder = ChunkDecoder(self.config.limits.message_size, strict)
-            if envelope is not None:
-                self._start_message(envelope, decoder)
-            else:
-                self._decoder = decoder
-            self._bdat_failed = error
-        assert isinstance(self._decoder, ChunkDecoder)
-        self._decoder.begin_chunk(command.size)
-        self._bdat_octets += command.size
-        self._receiving = True
-        if command.size == 0:
-            self._feed_message()
-
-    def _check_ready_for_data(self) -> Envelope:
-        if self.envelope is None:
-            raise ReplyError(503, "5.5.1", "Error: need MAIL command")
-        if not self.envelope.mailboxes:
-            # RFC 5321 3.3 / RFC 2920 3.1: no recipient was accepted.
-            raise ReplyError(554, "5.5.1", "Error: no valid recipients")
-        return self.envelope
-
-    def _is_strict_8bit(self, envelope: Envelope) -> bool:
-        return self.config.limits.strict_8bitmime and not (envelope.body_8bit
-                                                           or envelope.smtputf8)
-
-    def _start_message(self, envelope: Envelope, decoder: DotDecoder | ChunkDecoder) -> None:
-        self._decoder = decoder
-        self._message_id = new_message_id()
-        self._transaction = self.factory.target.begin(sorted(envelope.mailboxes))
-        self._transaction.write(return_path_header(envelope.sender))
-        self._transaction.write(self._received(envelope))
-
-    def _received(self, envelope: Envelope) -> bytes:
-        tls_info = None
-        if self.tls_active:
-            tls_info = self._tls_description()
-        return received_header(
-            helo=self.helo or "unknown",
-            peer_ip=self.peer_ip,
-            hostname=self.config.hostname,
-            protocol=with_protocol(esmtp=self.esmtp, tls=self.tls_active,
-                                   authenticated=False, smtputf8=envelope.smtputf8),
-            message_id=self._message_id,
-            recipients=envelope.recipients,
-            tls_info=tls_info,
-        )
-
-    def _tls_description(self) -> str | None:
-        try:
-            connection = self.transport.getHandle()  # type: ignore[union-attr]
-            return (f"using {connection.get_protocol_version_name()} with cipher "
-                    f"{connection.get_cipher_name()}")
-        except Exception:
-            return None
-
-    def _feed_message(self) -> None:
-        """Pass buffered bytes to the DATA/BDAT decoder; finish the message at its end."""
-        decoder = self._decoder
-        assert decoder is not None
-        output, rest = decoder.feed(bytes(self._buffer))
-        self._buffer.clear()
-        if output and self._transaction is not None and not self._message_refused(decoder):
-            self._transaction.write(output)
-        if rest is None:
-            return
-        self._buffer[:0] = rest
-        self._receiving = False
-        if isinstance(decoder, ChunkDecoder) and not self._bdat_last:
-            self._chunk_done(decoder)
-            return
-        if isinstance(decoder, ChunkDecoder):
-            decoder.finish()
-        self._decoder = None
-        self._finish_message(decoder)
-
-    def _chunk_done(self, decoder: ChunkDecoder) -> None:
-        if self._bdat_failed is not None:
-            self._decoder = None
-            self._error(self._bdat_failed)
-            return
-        refusal = self._message_refused(decoder)
-        if refusal is not None:
-            # RFC 3030 2: a failed chunk fails the transaction.
-            self._decoder = None
-            self._abort_transaction()
-            self._reset_envelope()
-            self._error(refusal)
-            return
-        self._send(Reply(250, "2.0.0", f"{self._bdat_octets} octets received"))
-
-    @staticmethod
-    def _message_refused(decoder: DotDecoder | ChunkDecoder) -> Reply | None:
-        """Why the message cannot be accepted, judged on what the decoder has seen."""
-        error = decoder.rejection()
-        return error.reply if error is not None else None
-
-    def _finish_message(self, decoder: DotDecoder | ChunkDecoder) -> None:
-        failed, self._bdat_failed = self._bdat_failed, None
-        if failed is not None:
-            self._error(failed)
-            return
-        refusal = self._message_refused(decoder)
-        envelope, transaction = self.envelope, self._transaction
-        if refusal is not None or envelope is None or transaction is None:
-            self._abort_transaction()
-            self._reset_envelope()
-            self._error(refusal or Reply(503, "5.5.1", "Error: no transaction"))
-            return
-        self._transaction = None
-        self.envelope = None
-        self._bdat_octets = 0
-        message_id = self._message_id
-        d = transaction.commit()
-
-        def stored(_: object) -> None:
-            log.info("{session} {id} from {sender} to {rcpts} ({size} octets) stored",
-                     session=self.session_id, id=message_id, sender=str(envelope.sender),
-                     rcpts=len(envelope.mailboxes), size=decoder.size)
-            self._send(Reply(250, "2.0.0", f"Ok: queued as {message_id}"))
-
-        def failed_commit(failure: Failure) -> None:
-            transaction.abort()
-            if failure.check(ReplyError):
-                reply = failure.value.reply  # type: ignore[union-attr]
-            else:
-                log.failure("{session} {id} delivery failed", failure,
-                            session=self.session_id, id=message_id)
-                reply = Reply(451, "4.3.0", "Error: local delivery failed; try again later")
-            self._send(reply)
-
-        d.addCallbacks(stored, failed_commit)
-        self._wait_for(d)
+    def _need_queue(self, rcpt: str) -> None:
+        if self.factory.queue is None:
+            # No relay queue in this build: a temporary failure keeps the sender
+            # retrying instead of losing a copy.
+            log.warn("{session} {rcpt} needs the relay queue, which is missing",
+                     session=self.session_id, rcpt=rcpt)
+            raise ReplyError(451, "4.3.5", "Error: relaying not available yet; try later")
 
     def _abort_transaction(self) -> None:
         if self._transaction is not None:
@@ -575,6 +485,7 @@ class SMTPSession(Protocol, TimeoutMixin):
     def _reset_envelope(self) -> None:
         self.envelope = None
         self._decoder = None
+        self._headers = None
         self._bdat_octets = 0
         self._bdat_failed = None
         self._abort_transaction()

@@ -1,0 +1,70 @@
+"""Failed logins per client address, across connections: the guesser who reconnects.
+
+The checker delays every failure (0.75 s) and a session closes after a few failures,
+but a guesser simply opens new connections. This keeps, per client IP, the times of
+its recent failed AUTHs; past LIMIT failures within WINDOW seconds the address gets no
+more password checks until the oldest failure ages out (the session says 421 and
+closes). Only failures count, so a user whose client logs in a thousand times a day is
+never affected; a successful login does not wipe the slate, so one valid account does
+not let a guesser try others indefinitely. Postfix has the blunter
+smtpd_client_auth_rate_limit (every AUTH counts); fail2ban is what most sites add.
+
+Memory is bounded: at most MAX_CLIENTS addresses are tracked (the least recently
+failing one is forgotten first) and at most LIMIT times each.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from typing import Any
+
+#: Failed AUTHs from one address within WINDOW after which it is refused.
+LIMIT = 10
+#: Seconds a failure is remembered.
+WINDOW = 900.0
+#: Addresses tracked at most.
+MAX_CLIENTS = 10_000
+
+
+class FailureThrottle:
+    def __init__(self, limit: int = LIMIT, window: float = WINDOW,
+                 max_clients: int = MAX_CLIENTS, clock: Any = None) -> None:
+        self.limit = limit
+        self.window = window
+        self.max_clients = max_clients
+        self._clock = clock
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def _now(self) -> float:
+        if self._clock is None:
+            from twisted.internet import reactor
+
+            self._clock = reactor
+        return float(self._clock.seconds())
+
+    def _recent(self, ip: str) -> deque[float] | None:
+        times = self._failures.get(ip)
+        if times is None:
+            return None
+        horizon = self._now() - self.window
+        while times and times[0] <= horizon:
+            times.popleft()
+        if not times:
+            del self._failures[ip]
+            return None
+        return times
+
+    def blocked(self, ip: str) -> bool:
+        """True while `ip` has LIMIT or more failures in the window."""
+        times = self._recent(ip)
+        return times is not None and len(times) >= self.limit
+
+    def failed(self, ip: str) -> None:
+        times = self._recent(ip)
+        if times is None:
+            times = self._failures[ip] = deque(maxlen=self.limit)
+            while len(self._failures) > self.max_clients:
+                self._failures.popitem(last=False)
+        else:
+            self._failures.move_to_end(ip)
+        times.append(self._now())
