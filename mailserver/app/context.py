@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.cred.portal import Portal
 from twisted.internet import interfaces
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import Factory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
@@ -42,7 +43,7 @@ class ServerContext:
 class ListenerFactory:
     """What a protocol package hands back for one configured listener."""
 
-    factory: Factory
+    factory: IProtocolFactory
     #: Bytes sent to a connection refused by the connection limits, then closed.
     refusal: bytes
     #: Called when the server stops: tell every session goodbye (421, * BYE, -ERR).

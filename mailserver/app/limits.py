@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from twisted.internet.interfaces import IAddress
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.interfaces import IAddress, IProtocolFactory
+from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
 from mailserver.logs import logger
@@ -52,7 +52,8 @@ class _Refuse(Protocol):
 class LimitedFactory(WrappingFactory):
     """Admits a connection only within the shared limits; else sends `refusal`, closes."""
 
-    def __init__(self, wrapped: Factory, counter: ConnectionCounter, refusal: bytes) -> None:
+    def __init__(self, wrapped: IProtocolFactory, counter: ConnectionCounter,
+                 refusal: bytes) -> None:
         super().__init__(wrapped)
         self.counter = counter
         self.refusal = refusal

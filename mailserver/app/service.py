@@ -7,6 +7,7 @@ import os
 from typing import Any
 
 from twisted.application import service
+from twisted.internet.defer import Deferred
 
 from mailserver.app.context import ListenerFactory, ServerContext
 from mailserver.app.limits import ConnectionCounter, LimitedFactory
@@ -20,6 +21,7 @@ from mailserver.app.workers import WorkerSupervisor
 from mailserver.config import Config
 from mailserver.errors import ConfigError
 from mailserver.logs import logger
+from mailserver.store.diskio import DiskExecutor
 
 log = logger(__name__)
 
@@ -50,9 +52,8 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     from mailserver.store.diskio import make_disk
 
     _prepare_data_dir(config)
-    top = service.MultiService()
     disk = make_disk()
-    disk.setServiceParent(top)
+    top = _ServerRoot(disk)
     directory = RecipientDirectory(config)
     context = ServerContext(
         config=config, directory=directory, portal=make_portal(config, directory),
@@ -89,6 +90,33 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
                  cfg=f" --config {config.source}" if config.source else "",
                  domain=(config.domains.local or ("example.org",))[0])
     return top
+
+
+class _ServerRoot(service.MultiService):
+    """The whole server: every child service, and the disk threads under them all.
+
+    MultiService stops its children all at once; the disk threads must outlive them,
+    because stopping services still use them (the queue finishing a round, a session
+    committing the message it has already received). So the DiskExecutor is started
+    first and stopped only after every child has finished stopping.
+    """
+
+    def __init__(self, disk: DiskExecutor) -> None:
+        super().__init__()
+        self.disk = disk
+
+    def startService(self) -> None:
+        self.disk.startService()
+        super().startService()
+
+    def stopService(self) -> Deferred[None]:
+        stopped: Deferred[None] = super().stopService()
+
+        def stop_disk(result: object) -> object:
+            self.disk.stopService()
+            return result
+
+        return stopped.addBoth(stop_disk)
 
 
 def _build_listener(context: ServerContext, name: str) -> ListenerFactory | None:
