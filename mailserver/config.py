@@ -9,6 +9,7 @@ expected an integer, got "big"`). The field docs below also generate etc/mailser
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import socket
 import tomllib
@@ -119,6 +120,34 @@ class RelayConfig:
     port: int = doc("Destination port of outbound SMTP (tests change it).", default=25)
     smarthost: str = doc('"host:port" that takes all remote mail; empty: MX routing.',
                          default="")
+    smarthost_user: str = doc("User name for AUTH PLAIN at the smarthost (only over TLS); "
+                              "empty: no AUTH.", default="")
+    smarthost_password_file: str = doc(
+        "Absolute path of a file whose first line is the smarthost password (kept out of "
+        "the config file); needed with smarthost_user.", default="")
+    retry_initial: int = doc("Seconds before the first retry of a deferred recipient "
+                             "(Postfix minimal_backoff_time); doubled after each attempt.",
+                             default=300)
+    retry_max: int = doc("Longest wait between two attempts, in seconds "
+                         "(Postfix maximal_backoff_time).", default=4000)
+    queue_lifetime: int = doc("Seconds a message may stay queued before what is left "
+                              "bounces (Postfix maximal_queue_lifetime: 5 days).",
+                              default=432_000)
+    delay_warning: int = doc("Seconds after which the sender is told once that delivery "
+                             "is delayed (RFC 3464 Action: delayed); 0: never.",
+                             default=14_400)
+    connections_total: int = doc("Outbound SMTP connections open at once.", default=50)
+    connections_per_destination: int = doc(
+        "Outbound SMTP connections open at once to one destination domain.", default=10
+    )
+    source_address: str = doc("Local IP address outbound SMTP connects from (Postfix "
+                              "smtp_bind_address); empty: the system chooses.", default="")
+    connect_timeout: int = doc("Seconds to wait for a TCP connection to a remote server.",
+                               default=30)
+    command_timeout: int = doc("Seconds to wait for each remote reply (RFC 5321 4.5.3.2 "
+                               "asks for 5 to 10 minutes).", default=300)
+    dns_timeout: int = doc("Seconds one DNS lookup may take before the attempt is "
+                           "deferred.", default=30)
 
 
 @dataclass(frozen=True)
@@ -309,6 +338,26 @@ def _check_semantics(config: Config, problems: list[str]) -> None:
         if not sep or not host or not port.isdigit():
             problems.append(f"relay.smarthost: expected \"host:port\", got "
                             f"{config.relay.smarthost!r}")
+    relay = config.relay
+    for key in ("retry_initial", "retry_max", "queue_lifetime", "connections_total",
+                "connections_per_destination", "connect_timeout", "command_timeout",
+                "dns_timeout"):
+        if getattr(relay, key) == 0:
+            problems.append(f"relay.{key}: must be at least 1")
+    if relay.retry_max < relay.retry_initial:
+        problems.append(f"relay.retry_max: must be at least retry_initial "
+                        f"({relay.retry_initial}), got {relay.retry_max}")
+    if relay.source_address:
+        try:
+            ipaddress.ip_address(relay.source_address)
+        except ValueError:
+            problems.append(f"relay.source_address: not an IP address: "
+                            f"{relay.source_address!r}")
+    if relay.smarthost_user and not relay.smarthost_password_file:
+        problems.append("relay.smarthost_password_file: needed with smarthost_user")
+    elif relay.smarthost_user and not os.access(relay.smarthost_password_file, os.R_OK):
+        problems.append(f"relay.smarthost_password_file: cannot read "
+                        f"{relay.smarthost_password_file}")
 
 
 def _endpoint_problem(desc: str) -> str | None:

@@ -20,8 +20,6 @@ from mailserver.logs import logger
 
 log = logger(__name__)
 
-QUEUE_NOT_BUILT = "the relay queue is not built yet"
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -64,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _handler(args: argparse.Namespace) -> Callable[[Admin], None]:
+    if args.command == "queue":
+        from mailserver.admin import queue_commands as q
+
+        if args.action in ("show", "delete"):
+            by_id = q.queue_show if args.action == "show" else q.queue_delete
+            return lambda admin: by_id(admin, args.id)
+        return q.queue_list if args.action == "list" else q.queue_flush
     if args.command == "user":
         if args.action == "list":
             return commands.user_list
@@ -87,9 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check-config":
         return check_config(args.config, sys.stdout, sys.stderr)
     label = f"{args.command} {args.action}"
-    if args.command == "queue":
-        print(f"{label}: {QUEUE_NOT_BUILT}", file=sys.stderr)
-        return 1
     try:
         config = load_config(args.config)
     except ConfigError as e:

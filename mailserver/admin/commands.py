@@ -190,8 +190,8 @@ def _target_notes(admin: Admin, targets: Sequence[str]) -> list[str]:
         if not admin.directory.user_exists(f"{base}@{domain}"):
             notes.append(f"{target} is not a user (yet); mail for it is dropped until it is")
     if remote:
-        notes.append(f"forwarding to {', '.join(remote)} needs the relay queue, which is "
-                     "not built yet; until then that copy is not sent")
+        notes.append(f"forwarding to {', '.join(remote)} keeps the original sender (no "
+                     "SRS): receivers that check SPF may refuse those copies")
     return notes
 
 

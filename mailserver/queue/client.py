@@ -1,0 +1,580 @@
+"""The outbound SMTP client: one connection to one remote host, several messages.
+
+A small coroutine per connection instead of twisted.mail's ESMTPSender, which cannot
+tell a 4xx from a 5xx per recipient, has no opportunistic STARTTLS and one message per
+connection. What it does, and where the RFCs say so:
+
+- EHLO, HELO when EHLO is refused (RFC 5321 3.2).
+- STARTTLS whenever offered (RFC 3207), without certificate checks (opportunistic, as
+  RFC 7435 describes and Postfix's `may` level does); if the handshake fails the same
+  host is tried again at once without TLS, as Postfix does.
+- PIPELINING when offered (RFC 2920): MAIL, every RCPT and DATA in one write.
+- SIZE (RFC 1870): our size on MAIL; a message larger than the peer's limit fails
+  with 552 5.3.4 without being sent. SMTPUTF8 (RFC 6531) and BODY=8BITMIME (RFC 6152)
+  only when the peer has them; otherwise the message fails (5.6.7 / 5.6.3), since we
+  do not downgrade.
+- The body is sent with CRLF line ends and dot-stuffing (RFC 5321 4.5.2); no bare CR
+  or LF ever goes out.
+- Every reply is awaited with a timeout (RFC 5321 4.5.3.2).
+- Outcomes per recipient: 2xx delivered, 4xx deferred, 5xx failed; a connection lost
+  before the final reply to the end of data defers every recipient of that message
+  (none is ever counted delivered before that 250).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from twisted.internet import defer, endpoints, error, reactor, threads
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import CertificateOptions
+from twisted.python.failure import Failure
+
+from mailserver.logs import logger
+from mailserver.queue.envelope import DELIVERED, FAILED, PENDING
+from mailserver.queue.routing import Hop
+
+log = logger(__name__)
+
+#: Longest reply line we accept (RFC 5321 4.5.3.1.5 says 512 octets; be lenient).
+MAX_LINE = 4096
+#: Lines in one multi-line reply (EHLO lists a few dozen at most).
+MAX_LINES = 200
+
+_BAD_PATH = re.compile(r"[\x00-\x20<>\x7f]")
+_ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?: |$)")
+
+
+class SMTPClientError(Exception):
+    """The conversation with this host ended; `text` says how, for the log and DSN."""
+
+    def __init__(self, text: str, code: int = 0, status: str = "4.4.2") -> None:
+        super().__init__(text)
+        self.text = text
+        self.code = code
+        self.status = status
+
+    @property
+    def permanent(self) -> bool:
+        return 500 <= self.code < 600
+
+
+@dataclass(frozen=True)
+class SMTPReply:
+    code: int
+    lines: tuple[str, ...]
+
+    @property
+    def enhanced(self) -> str:
+        m = _ENHANCED.match(self.lines[0]) if self.lines else None
+        return ".".join(m.groups()) if m else ""
+
+    @property
+    def text(self) -> str:
+        """The reply as one line for logs and DSNs: "550 5.1.1 No such user"."""
+        return f"{self.code} " + " ".join(line.strip() for line in self.lines)
+
+    def status(self, default_detail: str = "0.0") -> str:
+        """RFC 3463 status: the enhanced code when given, else derived from the code."""
+        return self.enhanced or f"{self.code // 100}.{default_detail}"
+
+
+@dataclass
+class Outcome:
+    """What happened to one recipient in one attempt."""
+
+    state: str  # DELIVERED, FAILED or PENDING (deferred)
+    status: str
+    text: str
+    remote: str = ""
+    #: False when no attempt was made (the server is stopping): nothing to record.
+    attempted: bool = True
+
+
+@dataclass
+class Message:
+    """One message to send over a connection: in memory (`data`) or, for queued mail,
+    the spool file (`path`), streamed in CHUNK-sized reads so that memory per
+    connection stays bounded whatever the message size."""
+
+    sender: str
+    recipients: Sequence[str]
+    data: bytes = b""  # LF line ends, as stored
+    smtputf8: bool = False
+    body_8bit: bool = False
+    path: Path | None = None
+    #: Bytes as stored (LF); with `path`, the caller's stat() of the file.
+    size: int = 0
+    #: Line feeds in the message (for the CRLF size); -1: unknown, estimate.
+    lines: int = -1
+
+    def wire_size(self) -> int:
+        """The size on the wire without dot-stuffing (RFC 1870 SIZE)."""
+        if self.path is None:
+            return len(self.data) + self.data.count(b"\n")
+        return self.size + (self.lines if self.lines >= 0 else self.size // 40)
+
+
+#: Bytes read from a spool file at a time while sending.
+CHUNK = 64 * 1024
+
+
+class BodyEncoder:
+    """Stored LF text -> the DATA payload, chunk by chunk: CRLF line ends and
+    dot-stuffing (RFC 5321 4.5.2), whatever the chunk boundaries."""
+
+    def __init__(self) -> None:
+        self.at_line_start = True
+        self.held_cr = False
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self.held_cr:
+            chunk = b"\r" + chunk
+            self.held_cr = False
+        if chunk.endswith(b"\r"):
+            chunk, self.held_cr = chunk[:-1], True
+        text = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        if not text:
+            return b""
+        if self.at_line_start and text.startswith(b"."):
+            text = b"." + text
+        text = text.replace(b"\n.", b"\n..")
+        self.at_line_start = text.endswith(b"\n")
+        return text.replace(b"\n", b"\r\n")
+
+    def end(self) -> bytes:
+        tail = b"\r\n" if self.held_cr else b""
+        if not self.held_cr and not self.at_line_start:
+            tail = b"\r\n"
+        return tail + b".\r\n"
+
+
+@dataclass
+class ClientSettings:
+    helo_name: str
+    connect_timeout: float = 30
+    command_timeout: float = 300
+    #: Hosts (IP addresses) whose TLS handshake failed: plaintext from now on.
+    tls_broken: set[str] = field(default_factory=set)
+    auth: tuple[str, str] | None = None
+    #: Local address to connect from (relay.source_address); "" lets the system choose.
+    source_address: str = ""
+
+
+def wire_data(message: bytes) -> bytes:
+    """The DATA payload: CRLF line ends, dot-stuffed, ending in CRLF.CRLF (4.5.2)."""
+    encoder = BodyEncoder()
+    return encoder.feed(message) + encoder.end()
+
+
+class ReplyProtocol(Protocol):
+    """Bytes -> SMTPReply objects; `next_reply()` hands them out in order."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._lines: list[str] = []
+        self._replies: deque[SMTPReply] = deque()
+        self._waiters: deque[Deferred[SMTPReply]] = deque()
+        self._lost: Failure | None = None
+        self.connected_d: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
+        self.paused: Deferred[None] | None = None
+        # A streaming producer: the transport says when its send buffer is full.
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self.connected_d.callback(None)
+
+    def pauseProducing(self) -> None:  # noqa: N802 - Twisted's name
+        if self.paused is None:
+            self.paused = Deferred()
+
+    def resumeProducing(self) -> None:  # noqa: N802 - Twisted's name
+        paused, self.paused = self.paused, None
+        if paused is not None:
+            paused.callback(None)
+
+    def stopProducing(self) -> None:  # noqa: N802 - Twisted's name
+        self.resumeProducing()
+
+    def drained(self) -> Deferred[None]:
+        """Fires once the transport wants more data (at once if it does)."""
+        if self._lost is not None:
+            return defer.fail(self._lost)
+        if self.paused is None:
+            return defer.succeed(None)
+        d: Deferred[None] = Deferred()
+        self.paused.addCallback(lambda _: d.callback(None))
+        return d
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        self._buffer += data
+        while b"\n" in self._buffer:
+            raw, self._buffer = self._buffer.split(b"\n", 1)
+            self._line(raw.rstrip(b"\r"))
+            if self._lost is not None:
+                return
+        if len(self._buffer) > MAX_LINE:
+            self._garbage("reply line too long")
+
+    def _line(self, raw: bytes) -> None:
+        line = raw.decode("utf-8", "replace")
+        if len(raw) > MAX_LINE or len(line) < 3 or not line[:3].isdigit() or (
+                len(line) > 3 and line[3] not in " -"):
+            self._garbage(f"malformed reply line {line[:80]!r}")
+            return
+        self._lines.append(line[4:])
+        if len(self._lines) > MAX_LINES:
+            self._garbage("reply too long")
+            return
+        if len(line) == 3 or line[3] == " ":
+            reply = SMTPReply(int(line[:3]), tuple(self._lines))
+            self._lines = []
+            if self._waiters:
+                self._waiters.popleft().callback(reply)
+            else:
+                self._replies.append(reply)
+
+    def _garbage(self, why: str) -> None:
+        self._fail(Failure(SMTPClientError(f"protocol error: {why}")))
+        _abort(self.transport)
+
+    @property
+    def lost(self) -> Failure | None:
+        return self._lost
+
+    def _fail(self, failure: Failure) -> None:
+        if self._lost is None:
+            self._lost = failure
+        while self._waiters:
+            self._waiters.popleft().errback(self._lost)
+
+    def connectionLost(self, reason: Failure = error.ConnectionDone) -> None:  # type: ignore[assignment]  # noqa: N802
+        self._fail(Failure(SMTPClientError("lost connection")))
+        self.resumeProducing()
+
+    def next_reply(self, timeout: float, clock: IReactorTime) -> Deferred[SMTPReply]:
+        if self._replies:
+            return defer.succeed(self._replies.popleft())
+        if self._lost is not None:
+            return defer.fail(self._lost)
+        d: Deferred[SMTPReply] = Deferred()
+        self._waiters.append(d)
+
+        def timed_out(f: Failure) -> Failure:
+            if f.check(defer.TimeoutError, defer.CancelledError):
+                if d in self._waiters:
+                    self._waiters.remove(d)
+                _abort(self.transport)
+                return Failure(SMTPClientError(f"conversation timed out after {timeout:g}s"))
+            return f
+
+        d.addTimeout(timeout, clock)
+        d.addErrback(timed_out)
+        return d
+
+
+class SMTPConnection:
+    """One conversation with one host: open(), send() messages, close()."""
+
+    def __init__(self, hop: Hop, settings: ClientSettings,
+                 clock: IReactorTime | None = None) -> None:
+        self.hop = hop
+        self.settings = settings
+        self.clock: IReactorTime = clock or reactor  # type: ignore[assignment]
+        self.proto: ReplyProtocol | None = None
+        self.extensions: dict[str, str] = {}
+        self.tls = False
+        self.usable = False
+        self._stage = "connecting"
+
+    @property
+    def alive(self) -> bool:
+        """Still connected (an idle cached connection may have been closed by the peer)."""
+        return self.proto is not None and self.proto.lost is None
+
+    # -- the conversation ---------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, greet, STARTTLS, AUTH. SMTPClientError if this host will not do."""
+        use_tls = self.hop.address not in self.settings.tls_broken
+        try:
+            await self._open(use_tls)
+        except _TLSFailed:
+            log.warn("{hop}: TLS handshake failed; trying again without TLS", hop=self.hop)
+            self.settings.tls_broken.add(self.hop.address)
+            await self._open(False)
+        self.usable = True
+
+    async def _open(self, use_tls: bool) -> None:
+        self.extensions, self.tls = {}, False
+        await self._connect()
+        self._stage = "receiving the initial server greeting"
+        greeting = await self._reply()
+        if greeting.code != 220:
+            raise self._refused(greeting)
+        await self._ehlo()
+        if use_tls and "STARTTLS" in self.extensions:
+            self._stage = "sending STARTTLS"
+            reply = await self._command(b"STARTTLS")
+            if reply.code == 220:
+                assert self.proto is not None and self.proto.transport is not None
+                self.proto.transport.startTLS(CertificateOptions())  # type: ignore[attr-defined]
+                self.tls = True
+                try:
+                    await self._ehlo()
+                except SMTPClientError as e:
+                    if e.code == 0:  # the connection died: the handshake failed
+                        self.abort()
+                        raise _TLSFailed() from None
+                    raise
+        if self.settings.auth is not None:
+            await self._auth(*self.settings.auth)
+
+    async def _connect(self) -> None:
+        v6 = ":" in self.hop.address
+        endpoint_type = endpoints.TCP6ClientEndpoint if v6 else endpoints.TCP4ClientEndpoint
+        source = self.settings.source_address
+        bind = (source, 0) if source and (":" in source) == v6 else None
+        endpoint = endpoint_type(reactor, self.hop.address, self.hop.port,
+                                 timeout=self.settings.connect_timeout, bindAddress=bind)
+        proto = ReplyProtocol()
+        factory = Factory.forProtocol(lambda: proto)  # type: ignore[arg-type,return-value]
+        factory.noisy = False  # no "Starting factory" line per connection
+        try:
+            await endpoint.connect(factory)
+        except error.ConnectError as e:
+            raise SMTPClientError(f"connect to {self.hop}: {_connect_reason(e)}") from None
+        self.proto = proto
+
+    async def _ehlo(self) -> None:
+        self._stage = "sending EHLO"
+        name = self.settings.helo_name.encode("ascii", "replace")
+        reply = await self._command(b"EHLO " + name)
+        if reply.code == 250:
+            self.extensions = {}
+            for line in reply.lines[1:]:
+                keyword, _, params = line.strip().partition(" ")
+                self.extensions[keyword.upper()] = params
+            return
+        reply = await self._command(b"HELO " + name)  # RFC 5321 3.2
+        if reply.code != 250:
+            raise self._refused(reply)
+        self.extensions = {}
+
+    async def _auth(self, user: str, password: str) -> None:
+        mechanisms = self.extensions.get("AUTH", "").upper().split()
+        if not self.tls or "PLAIN" not in mechanisms:
+            raise SMTPClientError(f"{self.hop} offers no AUTH PLAIN over TLS; not sending "
+                                  "the smarthost password", status="4.7.0")
+        self._stage = "authenticating"
+        token = base64.b64encode(f"\0{user}\0{password}".encode())
+        reply = await self._command(b"AUTH PLAIN " + token)
+        if reply.code != 235:
+            raise self._refused(reply)
+
+    async def send(self, message: Message) -> dict[str, Outcome]:
+        """One transaction; an Outcome for every recipient (never raises)."""
+        outcomes: dict[str, Outcome] = {}
+        try:
+            await self._transaction(message, outcomes)
+        except SMTPClientError as e:
+            self.usable = False
+            self.abort()
+            text = f"lost connection with {self.hop} while {self._stage}" \
+                if e.code == 0 and e.text == "lost connection" else e.text
+            for rcpt in message.recipients:
+                # Keep only definite answers (a 4xx or 5xx to this RCPT): everything
+                # else is retried, and nothing counts as delivered before the 250 to
+                # the end of data.
+                known = outcomes.get(rcpt)
+                if known is None or known.state == DELIVERED or known.text[:1] not in "45":
+                    outcomes[rcpt] = Outcome(PENDING, e.status, text, str(self.hop))
+        return outcomes
+
+    async def _transaction(self, message: Message, outcomes: dict[str, Outcome]) -> None:
+        refused = self._unsendable(message)
+        if refused is not None:
+            for rcpt in message.recipients:
+                outcomes[rcpt] = refused
+            return
+        remote = str(self.hop)
+        pipelining = "PIPELINING" in self.extensions
+        mail = self._mail_command(message, message.wire_size())
+        rcpts = [b"RCPT TO:<" + r.encode("utf-8") + b">" for r in message.recipients]
+        self._stage = "sending MAIL FROM"
+        if pipelining:  # RFC 2920 3.1: DATA may end a pipelined group
+            self._write(b"".join(c + b"\r\n" for c in [mail, *rcpts, b"DATA"]))
+        else:
+            self._write(mail + b"\r\n")
+        mail_reply = await self._reply()
+        accepted: list[str] = []
+        for rcpt, command in zip(message.recipients, rcpts, strict=True):
+            if not pipelining:
+                if mail_reply.code != 250:
+                    break
+                self._write(command + b"\r\n")
+            self._stage = "sending RCPT TO"
+            reply = await self._reply()
+            if mail_reply.code != 250:
+                continue  # pipelined RCPTs after a refused MAIL: replies to discard
+            if reply.code in (250, 251):
+                accepted.append(rcpt)
+            else:
+                outcomes[rcpt] = _outcome(reply, remote, "1.0")
+        if mail_reply.code != 250:
+            for rcpt in message.recipients:
+                outcomes[rcpt] = _outcome(mail_reply, remote, "0.0")
+        self._stage = "sending DATA"
+        if pipelining:
+            data_reply = await self._reply()
+        elif accepted:
+            self._write(b"DATA\r\n")
+            data_reply = await self._reply()
+        else:
+            await self._rset()
+            return
+        if data_reply.code != 354:
+            for rcpt in accepted:
+                outcomes[rcpt] = _outcome(data_reply, remote, "0.0")
+            await self._rset()
+            return
+        if not accepted:  # 354 with no recipient: a broken peer; never send the body
+            raise SMTPClientError(f"{remote} accepted DATA without recipients")
+        self._stage = "sending message body"
+        await self._send_body(message)
+        self._stage = "sending end of data"
+        final = await self._reply(2 * self.settings.command_timeout)  # 4.5.3.2.6: 10 min
+        for rcpt in accepted:
+            outcomes[rcpt] = _outcome(final, remote, "0.0")
+
+    def _unsendable(self, message: Message) -> Outcome | None:
+        for address in (message.sender, *message.recipients):
+            if _BAD_PATH.search(address):  # never let a stored address inject commands
+                return Outcome(FAILED, "5.1.3", f"bad address syntax: {address!r}")
+        limit = self.extensions.get("SIZE", "")
+        size = message.wire_size()
+        if limit.isdigit() and int(limit) and size > int(limit):
+            return Outcome(FAILED, "5.3.4", f"message size {size} exceeds the limit of "
+                           f"{self.hop.host} ({limit})", str(self.hop))
+        if message.smtputf8 and "SMTPUTF8" not in self.extensions:
+            return Outcome(FAILED, "5.6.7", f"{self.hop.host} does not support SMTPUTF8, "
+                           "needed for this message (RFC 6531)", str(self.hop))
+        if message.body_8bit and "8BITMIME" not in self.extensions:
+            return Outcome(FAILED, "5.6.3", f"{self.hop.host} does not support 8BITMIME "
+                           "and the message is 8-bit (conversion not supported)",
+                           str(self.hop))
+        return None
+
+    async def _send_body(self, message: Message) -> None:
+        """Stream the body, waiting whenever the socket's send buffer is full."""
+        assert self.proto is not None
+        encoder = BodyEncoder()
+        if message.path is None:
+            self._write(encoder.feed(message.data) + encoder.end())
+            return
+        try:
+            f = await threads.deferToThread(open, message.path, "rb")
+        except OSError as e:  # deleted by `mailserver queue delete` meanwhile
+            raise SMTPClientError(f"cannot read the queued message: {e.strerror}") from None
+        try:
+            while True:
+                chunk = await threads.deferToThread(f.read, CHUNK)
+                if not chunk:
+                    break
+                self._write(encoder.feed(chunk))
+                await self.proto.drained()
+        except OSError as e:
+            raise SMTPClientError(f"cannot read the queued message: {e.strerror}") from None
+        finally:
+            threads.deferToThread(f.close)
+        self._write(encoder.end())
+
+    def _mail_command(self, message: Message, size: int) -> bytes:
+        params = ""
+        if "SIZE" in self.extensions:
+            params += f" SIZE={size}"
+        if message.body_8bit:
+            params += " BODY=8BITMIME"
+        if message.smtputf8:
+            params += " SMTPUTF8"
+        return f"MAIL FROM:<{message.sender}>{params}".encode()
+
+    async def _rset(self) -> None:
+        self._stage = "sending RSET"
+        reply = await self._command(b"RSET")
+        if reply.code != 250:
+            self.usable = False
+
+    async def close(self) -> None:
+        """QUIT politely; never raises."""
+        if self.proto is None or self.proto.transport is None:
+            return
+        try:
+            if self.usable:
+                self._stage = "sending QUIT"
+                await self._command(b"QUIT")
+        except SMTPClientError:
+            pass
+        finally:
+            self.proto.transport.loseConnection()
+
+    def abort(self) -> None:
+        if self.proto is not None:
+            _abort(self.proto.transport)
+
+    # -- plumbing -----------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        assert self.proto is not None and self.proto.transport is not None
+        self.proto.transport.write(data)
+
+    async def _command(self, line: bytes) -> SMTPReply:
+        self._write(line + b"\r\n")
+        return await self._reply()
+
+    async def _reply(self, timeout: float | None = None) -> SMTPReply:
+        assert self.proto is not None
+        return await self.proto.next_reply(timeout or self.settings.command_timeout,
+                                           self.clock)
+
+    def _refused(self, reply: SMTPReply) -> SMTPClientError:
+        return SMTPClientError(f"host {self.hop} refused to talk to me: {reply.text}",
+                               reply.code, reply.status("0.0"))
+
+
+class _TLSFailed(Exception):
+    pass
+
+
+def _outcome(reply: SMTPReply, remote: str, detail: str) -> Outcome:
+    if 200 <= reply.code < 300:
+        state = DELIVERED
+    elif 500 <= reply.code < 600:
+        state = FAILED
+    else:
+        state = PENDING
+    status = reply.status(detail)
+    if state == PENDING and not status.startswith("4"):
+        status = "4." + detail
+    return Outcome(state, status, reply.text, remote)
+
+
+def _abort(transport: object) -> None:
+    abort = getattr(transport, "abortConnection", None)
+    if abort is not None:
+        abort()
+
+
+def _connect_reason(e: Exception) -> str:
+    if isinstance(e, error.ConnectionRefusedError):
+        return "Connection refused"
+    if isinstance(e, error.TimeoutError):
+        return "Connection timed out"
+    return str(e.__class__.__name__)

@@ -1,0 +1,200 @@
+"""Sending: per-destination job queues, connection caps, and the local "destination".
+
+Recipients of one message at one domain form one Job (one SMTP transaction). Jobs for a
+domain wait in its Destination; each open connection to that domain takes jobs one
+after another (so a burst of messages to one domain shares a few connections, as
+Postfix's connection cache does). At most `per_destination` connections per domain
+and `total` overall (Postfix's destination concurrency and process limits).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from twisted.internet import defer, reactor, threads
+from twisted.internet.defer import Deferred
+
+from mailserver.logs import logger
+from mailserver.queue.client import (
+    ClientSettings,
+    Message,
+    Outcome,
+    SMTPClientError,
+    SMTPConnection,
+)
+from mailserver.queue.envelope import DELIVERED, FAILED, PENDING
+from mailserver.queue.routing import RouteError, Router
+
+log = logger(__name__)
+
+
+@dataclass
+class Job:
+    queue_id: str
+    message: Message
+    done: Deferred[dict[str, Outcome]] = field(default_factory=Deferred)
+
+    def finish(self, outcomes: dict[str, Outcome]) -> None:
+        if not self.done.called:
+            self.done.callback(outcomes)
+
+    def finish_all(self, state: str, status: str, text: str, remote: str = "") -> None:
+        self.finish({r: Outcome(state, status, text, remote) for r in self.message.recipients})
+
+
+#: Seconds an open connection waits for another message to the same destination
+#: before QUIT (Postfix's smtp_connection_cache_time_limit is 2 s).
+LINGER = 2.0
+
+
+@dataclass
+class Destination:
+    domain: str
+    jobs: deque[Job] = field(default_factory=deque)
+    active: int = 0
+    #: Open connections waiting for a job: fire with True (work) or False (close).
+    idle: list[Deferred[bool]] = field(default_factory=list)
+
+    def wake(self, work: bool) -> bool:
+        if not self.idle:
+            return False
+        self.idle.pop(0).callback(work)
+        return True
+
+
+class Dispatcher:
+    """Owns the destinations and the connection caps."""
+
+    def __init__(self, router: Router, settings: ClientSettings, total: int,
+                 per_destination: int) -> None:
+        self.router = router
+        self.settings = settings
+        self.total = total
+        self.per_destination = per_destination
+        self.active = 0
+        self.destinations: dict[str, Destination] = {}
+        self.connections: set[SMTPConnection] = set()
+        self.stopping = False
+
+    def submit(self, domain: str, job: Job) -> None:
+        dest = self.destinations.setdefault(domain, Destination(domain))
+        dest.jobs.append(job)
+        if not dest.wake(True):  # an idle connection takes it, else maybe a new one
+            self._dispatch()
+
+    def _dispatch(self) -> None:
+        starved = False
+        for dest in list(self.destinations.values()):
+            while (dest.jobs and len(dest.jobs) > dest.active - len(dest.idle)
+                   and not self.stopping and dest.active < self.per_destination):
+                if self.active >= self.total:
+                    starved = True
+                    break
+                dest.active += 1
+                self.active += 1
+                defer.ensureDeferred(self._connection(dest))
+            if not dest.jobs and not dest.active:
+                del self.destinations[dest.domain]
+        if starved:  # idle connections give their slots to destinations with work
+            for dest in list(self.destinations.values()):
+                while not dest.jobs and dest.wake(False):
+                    pass
+
+    async def _connection(self, dest: Destination) -> None:
+        try:
+            await self._serve(dest)
+        except Exception as e:  # a bug: never leave jobs hanging
+            log.failure("queue: delivery to {domain} crashed", domain=dest.domain)
+            for job in _take_all(dest):
+                job.finish_all(PENDING, "4.3.0", f"local error: {e}")
+        finally:
+            dest.active -= 1
+            self.active -= 1
+            self._dispatch()
+
+    async def _serve(self, dest: Destination) -> None:
+        try:
+            hops = await threads.deferToThread(self.router.route, dest.domain)
+        except RouteError as e:
+            state = FAILED if e.permanent else PENDING
+            for job in _take_all(dest):
+                job.finish_all(state, e.status, e.text)
+            return
+        conn: SMTPConnection | None = None
+        last: SMTPClientError | None = None
+        for hop in hops:  # RFC 5321 5.1: every MX, every address, before giving up
+            if self.stopping:
+                break
+            candidate = SMTPConnection(hop, self.settings)
+            self.connections.add(candidate)
+            try:
+                await candidate.open()
+                conn = candidate
+                break
+            except SMTPClientError as e:
+                log.info("queue: {domain}: {error}", domain=dest.domain, error=e.text)
+                last = e
+                candidate.abort()
+                self.connections.discard(candidate)
+        if conn is None:
+            for job in _take_all(dest):
+                if last is None or self.stopping:
+                    job.finish({r: Outcome(PENDING, "4.3.2", "server stopping",
+                                           attempted=False) for r in job.message.recipients})
+                else:  # the greeting's own 4xx status when it gave one
+                    status = last.status if last.status.startswith("4.") and last.code \
+                        else "4.4.1"
+                    job.finish_all(PENDING, status, last.text)
+            return
+        try:
+            while conn.usable and not self.stopping:
+                if not dest.jobs and not await self._linger(dest):
+                    break
+                if not conn.alive:  # the peer closed it while idle: the job stays queued
+                    break
+                if dest.jobs:
+                    job = dest.jobs.popleft()
+                    job.finish(await conn.send(job.message))
+        finally:
+            await conn.close()
+            self.connections.discard(conn)
+
+    async def _linger(self, dest: Destination) -> bool:
+        """Keep an idle connection for LINGER seconds; True if a job came meanwhile."""
+        waiter: Deferred[bool] = Deferred()
+        dest.idle.append(waiter)
+        waiter.addTimeout(LINGER, reactor)
+        try:
+            return await waiter
+        except defer.TimeoutError:
+            return False
+        finally:
+            if waiter in dest.idle:
+                dest.idle.remove(waiter)
+
+    def stop(self) -> None:
+        """Abort open connections (their recipients are retried after the restart) and
+        hand back jobs still waiting, unattempted, so every round can end."""
+        self.stopping = True
+        for dest in list(self.destinations.values()):
+            while dest.wake(False):
+                pass
+        for conn in list(self.connections):
+            conn.abort()
+        for dest in list(self.destinations.values()):
+            for job in _take_all(dest):
+                job.finish({r: Outcome(PENDING, "4.3.2", "server stopping", attempted=False)
+                            for r in job.message.recipients})
+
+
+def _take_all(dest: Destination) -> list[Job]:
+    jobs = list(dest.jobs)
+    dest.jobs.clear()
+    return jobs
+
+
+LocalDeliver = Callable[[str, list[str], bytes], Deferred[dict[str, Outcome]]]
+
+__all__ = ["DELIVERED", "Dispatcher", "Job", "LocalDeliver"]

@@ -1,0 +1,243 @@
+"""Wiring: `add_queue(context, top)` is called by app/service.py in every process.
+
+Every process gets `context.queue` (an OutboundQueue: it only writes files). Process 0
+also runs the QueueService: recovery at start, the Scheduler, and a SpoolWatcher that
+notices entries released by worker processes (inotify on queue/envelopes/, plus a slow
+poll as a safety net) and the flush trigger file of `mailserver queue flush`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from twisted.application.service import MultiService, Service
+from twisted.internet import defer, reactor, task
+from twisted.internet.defer import Deferred
+from twisted.python.filepath import FilePath
+
+from mailserver.app.context import ServerContext
+from mailserver.config import Config
+from mailserver.interfaces import MailboxId
+from mailserver.logs import logger
+from mailserver.queue.client import ClientSettings, Outcome
+from mailserver.queue.destinations import Dispatcher
+from mailserver.queue.envelope import DELIVERED, FAILED, PENDING, is_queue_id
+from mailserver.queue.outbound import OutboundQueue
+from mailserver.queue.routing import Router, Self, make_resolver, self_from
+from mailserver.queue.scheduler import Policy, Scheduler
+from mailserver.queue.spool import Spool
+from mailserver.store.delivery import MaildirDelivery
+
+log = logger(__name__)
+
+#: Seconds between two looks at the spool directory when inotify is there (a safety
+#: net) and when it is not (then this is how fast worker-queued mail is noticed).
+POLL_WITH_INOTIFY = 30.0
+POLL_WITHOUT_INOTIFY = 1.0
+
+
+def add_queue(context: ServerContext, top: MultiService) -> None:
+    spool = Spool(context.config.queue_dir)
+    spool.ensure_dirs()
+    queue = OutboundQueue(spool, context.disk)
+    context.queue = queue
+    if context.instance == 0:
+        QueueService(context, spool, queue).setServiceParent(top)
+
+
+def policy_from(config: Config) -> Policy:
+    r = config.relay
+    return Policy(retry_initial=r.retry_initial, retry_max=r.retry_max,
+                  queue_lifetime=r.queue_lifetime, delay_warning=r.delay_warning)
+
+
+def settings_from(config: Config) -> ClientSettings:
+    r = config.relay
+    auth = None
+    if r.smarthost and r.smarthost_user:
+        password = Path(r.smarthost_password_file).read_text().splitlines()[0]
+        auth = (r.smarthost_user, password)
+    return ClientSettings(helo_name=config.hostname, connect_timeout=r.connect_timeout,
+                          command_timeout=r.command_timeout, auth=auth,
+                          source_address=r.source_address)
+
+
+def whoami_from(config: Config) -> Any:
+    """Self for loop detection: our host name and the addresses in listeners.json."""
+    path = config.data_dir / "run" / "listeners.json"
+    cache: dict[str, tuple[float, Self]] = {}
+
+    def whoami() -> Self:
+        """Re-read only when listeners.json changed (called from resolver threads)."""
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            mtime = -1.0
+        cached = cache.get("me")
+        if cached is not None and cached[0] == mtime:
+            return cached[1]
+        try:
+            hosts = [host for host, _port in json.loads(path.read_text()).values()]
+        except (OSError, ValueError, TypeError):
+            hosts = []
+        me = self_from(config.hostname, hosts)
+        cache["me"] = (mtime, me)
+        return me
+
+    return whoami
+
+
+class QueueService(Service):
+    def __init__(self, context: ServerContext, spool: Spool, queue: OutboundQueue) -> None:
+        config = context.config
+        self.context = context
+        self.spool = spool
+        self.queue = queue
+        router = Router(make_resolver(config.relay.nameservers, config.relay.dns_timeout),
+                        config.relay.port, whoami_from(config), config.relay.smarthost)
+        self.dispatcher = Dispatcher(router, settings_from(config),
+                                     config.relay.connections_total,
+                                     config.relay.connections_per_destination)
+        self.scheduler = Scheduler(
+            spool, context.disk, queue, self.dispatcher, policy_from(config),
+            config.hostname, config.is_local_domain,
+            LocalDeliverer(context).deliver)
+        self.watcher = SpoolWatcher(spool, self.scheduler)
+        queue.notify = self.scheduler.notify
+
+    def startService(self) -> None:  # noqa: N802 - Twisted's name
+        super().startService()
+        d = self.context.disk.run(self.spool.recover)
+        d.addCallback(self.scheduler.start)
+        d.addCallback(lambda _: self.watcher.start())
+        d.addErrback(lambda f: log.failure("queue: cannot start", f))
+
+    def stopService(self) -> Deferred[Any] | None:  # noqa: N802 - Twisted's name
+        super().stopService()
+        self.watcher.stop()
+        self.scheduler.stop()
+        # Rounds end quickly once their connections are aborted; never hang a shutdown.
+        d = self.scheduler.wait_idle()
+        d.addTimeout(5, reactor)
+        return d.addErrback(lambda f: log.warn("queue: stopped with rounds unfinished"))
+
+
+class SpoolWatcher:
+    """Notices entries released by other processes, and the flush trigger."""
+
+    def __init__(self, spool: Spool, scheduler: Scheduler) -> None:
+        self.spool = spool
+        self.scheduler = scheduler
+        self.notifier: Any = None
+        self.poller: task.LoopingCall | None = None
+
+    def start(self) -> None:
+        interval = POLL_WITHOUT_INOTIFY
+        try:
+            from twisted.internet import inotify
+
+            notifier = inotify.INotify()
+            notifier.startReading()
+            notifier.watch(FilePath(os.fspath(self.spool.envelopes)),
+                           mask=inotify.IN_MOVED_TO | inotify.IN_CLOSE_WRITE,
+                           callbacks=[self._changed])
+            notifier.watch(FilePath(os.fspath(self.spool.root)),
+                           mask=inotify.IN_CLOSE_WRITE | inotify.IN_MOVED_TO,
+                           callbacks=[self._changed])
+            self.notifier = notifier
+            interval = POLL_WITH_INOTIFY
+        except Exception as e:  # no inotify on this platform or file system
+            log.info("queue: no inotify ({error}); polling every {n}s", error=str(e),
+                     n=interval)
+        self.poller = task.LoopingCall(self.poll)
+        self.poller.start(interval, now=True).addErrback(
+            lambda f: log.failure("queue: poll failed", f))
+
+    def stop(self) -> None:
+        if self.poller is not None and self.poller.running:
+            self.poller.stop()
+        if self.notifier is not None:
+            self.notifier.loseConnection()
+            self.notifier = None
+
+    def _changed(self, _watch: object, path: FilePath[Any], _mask: int) -> None:
+        name = path.basename()
+        if isinstance(name, bytes):
+            name = name.decode("ascii", "replace")
+        if name == "flush":
+            # Takes the trigger, flushes, and picks up anything missed.
+            self.poll().addErrback(lambda f: log.failure("queue: flush failed", f))
+        elif is_queue_id(name):
+            self.scheduler.notify(name)
+
+    def poll(self) -> Deferred[None]:
+        d = self.scheduler.disk.run(self._look)
+
+        def found(result: tuple[bool, list[str]]) -> None:
+            flush, ids = result
+            if flush:
+                self.scheduler.flush()
+            for queue_id in ids:
+                self.scheduler.notify(queue_id)
+
+        return d.addCallback(found)
+
+    def _look(self) -> tuple[bool, list[str]]:
+        flush = self._take_trigger()
+        return flush, self.spool.ids()
+
+    def _take_trigger(self) -> bool:
+        try:
+            os.unlink(self.spool.flush_trigger)
+            return True
+        except FileNotFoundError:
+            return False
+
+
+class LocalDeliverer:
+    """Queued mail for our own domains (DSNs to local senders, local addresses that
+    reach the queue): straight into the Maildir, as the SMTP session would."""
+
+    def __init__(self, context: ServerContext) -> None:
+        self.directory = context.directory
+        self.target: MaildirDelivery = context.target
+
+    def deliver(self, sender: str, recipients: list[str],
+                data: bytes) -> Deferred[dict[str, Outcome]]:
+        return defer.ensureDeferred(self._deliver(sender, recipients, data))
+
+    async def _deliver(self, sender: str, recipients: list[str],
+                       data: bytes) -> dict[str, Outcome]:
+        outcomes: dict[str, Outcome] = {}
+        mailboxes: list[MailboxId] = []
+        wanted = []
+        for rcpt in recipients:
+            resolution = self.directory.resolve(rcpt)
+            if not resolution.mailboxes:
+                outcomes[rcpt] = Outcome(FAILED, "5.1.1",
+                                         f"550 5.1.1 <{rcpt}>: no such user here", "local")
+                continue
+            mailboxes.extend(resolution.mailboxes)
+            wanted.append(rcpt)
+        if not wanted:
+            return outcomes
+        # RFC 5321 4.4: the final delivery adds Return-Path.
+        txn = self.target.begin(mailboxes)
+        txn.write(f"Return-Path: <{sender}>\n".encode() + data)
+        try:
+            await txn.commit()
+        except Exception as e:
+            with contextlib.suppress(Exception):
+                txn.abort()
+            for rcpt in wanted:
+                outcomes[rcpt] = Outcome(PENDING, "4.3.0", f"local delivery failed: {e}",
+                                         "local")
+            return outcomes
+        for rcpt in wanted:
+            outcomes[rcpt] = Outcome(DELIVERED, "2.0.0", "250 2.0.0 delivered to maildir",
+                                     "local")
+        return outcomes

@@ -1,0 +1,109 @@
+"""A tiny authoritative DNS server (twisted.names) on 127.0.0.1, for the relay tests.
+
+Run as a subprocess so that tests of any kind (plain pytest, trial, integration) can use
+it: `DNSServer(zone).start()` writes the zone to a JSON file, starts
+`python tests/dns_server.py ZONE.json`, and reads the UDP port it prints.
+
+Zone: {"name": {"MX": [[10, "mx.example.net"]], "A": ["127.0.0.3"], "AAAA": [...]}}.
+A name that is not in the zone is NXDOMAIN; a name without records of the asked type
+answers NOERROR with no answer (what dnspython calls NoAnswer). Special keys:
+"SERVFAIL": true answers SERVFAIL; "TIMEOUT": true never answers.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ZONE = dict[str, dict[str, Any]]
+
+
+class DNSServer:
+    def __init__(self, zone: ZONE) -> None:
+        self.zone = zone
+        self.proc: subprocess.Popen[str] | None = None
+        self.port = 0
+        self._dir = tempfile.TemporaryDirectory(prefix="dns-")
+
+    @property
+    def nameserver(self) -> str:
+        """The relay.nameservers entry for this server."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> DNSServer:
+        path = Path(self._dir.name) / "zone.json"
+        path.write_text(json.dumps(self.zone))
+        self.proc = subprocess.Popen([sys.executable, __file__, str(path)],
+                                     stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.strip().isdigit():
+            self.stop()
+            raise AssertionError(f"DNS server did not start: {line!r}")
+        self.port = int(line)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(10)
+            self.proc = None
+        self._dir.cleanup()
+
+    def __enter__(self) -> DNSServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _serve(zone_path: str) -> None:
+    from twisted.internet import defer, reactor
+    from twisted.names import dns, error, server
+    from twisted.python import log
+
+    log.startLogging(open('/dev/null', 'w'), setStdout=False)
+    from twisted.names.common import ResolverBase
+
+    zone: ZONE = {k.lower().rstrip("."): v for k, v in
+                  json.loads(Path(zone_path).read_text()).items()}
+
+    class ZoneResolver(ResolverBase):
+        def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> Any:
+            key = name.decode().lower().rstrip(".")
+            records = zone.get(key)
+            if records is None:
+                return defer.fail(error.AuthoritativeDomainError(name))
+            if records.get("TIMEOUT"):
+                return defer.Deferred()  # never answered
+            if records.get("SERVFAIL"):
+                return defer.fail(RuntimeError("SERVFAIL asked for"))  # -> SERVFAIL
+            answers = []
+            if type in (dns.MX, dns.ALL_RECORDS):
+                for pref, host in records.get("MX", []):
+                    exchange = b"" if host == "." else host.encode()  # "." = the root
+                    answers.append(dns.RRHeader(name, dns.MX, ttl=60, auth=True,
+                                                payload=dns.Record_MX(pref, exchange)))
+            if type in (dns.A, dns.ALL_RECORDS):
+                for a in records.get("A", []):
+                    answers.append(dns.RRHeader(name, dns.A, ttl=60, auth=True,
+                                                payload=dns.Record_A(a)))
+            if type in (dns.AAAA, dns.ALL_RECORDS):
+                for a in records.get("AAAA", []):
+                    answers.append(dns.RRHeader(name, dns.AAAA, ttl=60, auth=True,
+                                                payload=dns.Record_AAAA(a)))
+            return defer.succeed((answers, [], []))
+
+    factory = server.DNSServerFactory(authorities=[ZoneResolver()])
+    protocol = dns.DNSDatagramProtocol(factory)
+    port = reactor.listenUDP(0, protocol, interface="127.0.0.1")  # type: ignore[attr-defined]
+    print(port.getHost().port, flush=True)
+    reactor.run()  # type: ignore[attr-defined]
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1])

@@ -1,0 +1,130 @@
+"""`mailserver queue list|show|flush|delete` in-process, on a real spool on disk.
+
+(The same commands against a running server: tests/integration/test_relay.py.)
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from mailserver.admin.cli import main
+from mailserver.queue.envelope import (
+    DELIVERED,
+    FAILED,
+    QueueEntry,
+    RecipientState,
+    new_queue_id,
+)
+from mailserver.queue.spool import Spool
+
+MESSAGE = (b"From: Alice <alice@example.org>\nTo: bob@example.net\nSubject: quarterly\n"
+           b"X-Secret: not shown\n\nThe body is never printed.\n")
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "mailserver.toml"
+    path.write_text(f'data_dir = "{tmp_path / "data"}"\n')
+    return path
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    s = Spool(tmp_path / "data" / "queue")
+    s.ensure_dirs()
+    return s
+
+
+def queued(spool: Spool) -> QueueEntry:
+    now = time.time()
+    entry = QueueEntry(new_queue_id(), "alice@example.org", [
+        RecipientState("bob@example.net", attempts=2, next_try=now + 600,
+                       last_error="connect to mx.example.net[192.0.2.1]:25: "
+                                  "Connection refused", status="4.4.1"),
+        RecipientState("carol@example.net", DELIVERED, 1, "250 2.0.0 Ok", "2.0.0"),
+        RecipientState("dan@example.net", FAILED, 1, "550 5.1.1 no such user", "5.1.1",
+                       bounced=True),
+    ], created=now - 3725, submitter="alice@example.org", size=len(MESSAGE))
+    tmp = spool.tmp_path(entry.id, "msg")
+    tmp.write_bytes(MESSAGE)
+    spool.commit(entry, tmp)
+    spool.release(entry.id)
+    return entry
+
+
+def run(config: Path, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["--config", str(config), "queue", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_list_empty(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(config, capsys, "list") == (0, "queue list: the queue is empty\n", "")
+
+
+def test_list(config: Path, spool: Spool, capsys: pytest.CaptureFixture[str]) -> None:
+    entry = queued(spool)
+    code, out, err = run(config, capsys, "list")
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert lines[0].split() == ["ID", "AGE", "SIZE", "SENDER"]
+    assert lines[1].split() == [entry.id, "1h", "2m", str(len(MESSAGE)), "<alice@example.org>"]
+    assert lines[2].split()[:2] == ["pending", "<bob@example.net>"]
+    assert "next try in 9m" in lines[2] or "next try in 10m" in lines[2]
+    assert lines[3].strip() == \
+        "(connect to mx.example.net[192.0.2.1]:25: Connection refused)"
+    assert lines[4].split() == ["delivered", "<carol@example.net>"]
+    assert lines[5].split() == ["failed", "<dan@example.net>"]
+    assert lines[6].strip() == "(550 5.1.1 no such user)"
+    assert lines[-1] == "-- 1 messages, 1 recipients pending"
+
+
+def test_show(config: Path, spool: Spool, capsys: pytest.CaptureFixture[str]) -> None:
+    entry = queued(spool)
+    code, out, _ = run(config, capsys, "show", entry.id)
+    assert code == 0
+    assert f"id:        {entry.id}\n" in out
+    assert "sender:    <alice@example.org>\n" in out
+    assert "recipient: <bob@example.net>\n  state:      pending\n  attempts:   2\n" in out
+    assert "  last error: connect to mx.example.net[192.0.2.1]:25: Connection refused " \
+           "[4.4.1]\n" in out
+    assert "  Subject: quarterly\n" in out
+    assert "X-Secret" not in out and "never printed" not in out
+
+
+@pytest.mark.parametrize("args,error", [
+    (("show", "0123456789ABCDEF"), "queue show: 0123456789ABCDEF: no such message in the "
+                                   "queue\n"),
+    (("delete", "../../etc"), "queue delete: '../../ETC' is not a queue id (see "
+                              "`mailserver queue list`)\n"),
+])
+def test_refused(config: Path, spool: Spool, capsys: pytest.CaptureFixture[str],
+                 args: tuple[str, ...], error: str) -> None:
+    assert run(config, capsys, *args) == (1, "", error)
+
+
+def test_usage(config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(config, capsys, "show")[0] == 2
+    assert run(config, capsys, "bogus")[0] == 2
+
+
+def test_delete(config: Path, spool: Spool, capsys: pytest.CaptureFixture[str]) -> None:
+    entry = queued(spool)
+    code, out, _ = run(config, capsys, "delete", entry.id)
+    assert code == 0
+    assert out == (f"queue delete: {entry.id} deleted (from <alice@example.org>, 1 "
+                   "recipients were pending; no bounce is sent)\n")
+    assert spool.ids() == [] and list(spool.messages.iterdir()) == []
+    assert run(config, capsys, "delete", entry.id)[0] == 1
+
+
+def test_flush_creates_the_trigger(config: Path, spool: Spool,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
+    queued(spool)
+    code, out, _ = run(config, capsys, "flush")
+    assert code == 0
+    assert out == "queue flush: asked the running server to retry 1 pending recipients now\n"
+    assert spool.flush_trigger.exists()

@@ -1,0 +1,352 @@
+"""The outbound SMTP client against a scripted SMTP server on loopback (real sockets).
+
+Each test asserts what the remote end received (bytes on the wire) and the outcome per
+recipient: delivered, deferred (retry) or failed (bounce), as RFC 5321 4.2 says.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+from twisted.internet import defer
+from twisted.trial import unittest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from scripted_peer import Script, ScriptedPeer  # noqa: E402
+
+from mailserver.queue.client import (  # noqa: E402
+    BodyEncoder,
+    ClientSettings,
+    Message,
+    Outcome,
+    SMTPClientError,
+    SMTPConnection,
+    wire_data,
+)
+from mailserver.queue.envelope import DELIVERED, FAILED, PENDING  # noqa: E402
+from mailserver.queue.routing import Hop  # noqa: E402
+
+BODY = b"From: alice@example.org\nSubject: t\n\nline one\n.starts with a dot\n..two\n.\nend\n"
+RCPTS = ["a@example.net", "b@example.net", "c@example.net"]
+
+
+class ClientTests(unittest.TestCase):
+    timeout = 20
+
+    def peer(self, **script: object) -> ScriptedPeer:
+        tmp = tempfile.mkdtemp(prefix="peer-")
+        peer = ScriptedPeer(Script(**script), Path(tmp))  # type: ignore[arg-type]
+        self.addCleanup(peer.stop)
+        return peer
+
+    def connection(self, peer: ScriptedPeer, **settings: object) -> SMTPConnection:
+        s = ClientSettings(helo_name="mx.example.org", connect_timeout=5,
+                           command_timeout=5)
+        for k, v in settings.items():
+            setattr(s, k, v)
+        conn = SMTPConnection(Hop("peer.test", "127.0.0.1", peer.port_number), s)
+        self.addCleanup(conn.abort)
+        return conn
+
+    async def send(self, peer: ScriptedPeer, rcpts: list[str] | None = None,
+                   data: bytes = BODY, **message: object) -> dict[str, Outcome]:
+        conn = self.connection(peer)
+        await conn.open()
+        outcomes = await conn.send(Message("alice@example.org", rcpts or RCPTS[:1], data,
+                                           **message))  # type: ignore[arg-type]
+        await conn.close()
+        return outcomes
+
+    @defer.inlineCallbacks
+    def test_delivers_with_crlf_and_dot_stuffing(self) -> object:
+        peer = self.peer()
+        outcomes = yield defer.ensureDeferred(self.send(peer))
+        self.assertEqual(outcomes["a@example.net"].state, DELIVERED)
+        self.assertEqual(outcomes["a@example.net"].text, "250 2.0.0 Ok: queued")
+        [session] = peer.sessions
+        self.assertEqual(session.messages, [
+            b"From: alice@example.org\r\nSubject: t\r\n\r\nline one\r\n"
+            b"..starts with a dot\r\n...two\r\n..\r\nend\r\n"])
+        self.assertEqual(session.lines[0], b"EHLO mx.example.org")
+        self.assertEqual(session.lines[-1], b"QUIT")
+
+    def test_chunked_encoding_equals_whole_encoding(self) -> None:
+        rng = random.Random(7)
+        for _ in range(200):
+            raw = bytes(rng.choice(b".\n\rab") for _ in range(rng.randrange(0, 60)))
+            encoder = BodyEncoder()
+            out, i = b"", 0
+            while i < len(raw):
+                step = rng.randrange(1, 5)
+                out += encoder.feed(raw[i:i + step])
+                i += step
+            self.assertEqual(out + encoder.end(), wire_data(raw), raw)
+
+    @defer.inlineCallbacks
+    def test_large_message_streamed_from_the_spool_file(self) -> object:
+        line = b".dot at the start of a line, then text to fill 64 KiB chunks\n"
+        data = b"Subject: big\n\n" + line * 40000  # ~2.5 MB, lines across chunks
+        path = Path(tempfile.mkdtemp(prefix="big-")) / "msg"
+        path.write_bytes(data)
+        peer = self.peer(extensions=["PIPELINING", "SIZE 100000000"])
+        conn = self.connection(peer)
+        yield defer.ensureDeferred(conn.open())
+        outcomes = yield defer.ensureDeferred(conn.send(Message(
+            "alice@example.org", RCPTS[:1], path=path, size=len(data),
+            lines=data.count(b"\n"))))
+        yield defer.ensureDeferred(conn.close())
+        self.assertEqual(outcomes[RCPTS[0]].state, DELIVERED)
+        self.assertEqual(peer.sessions[0].messages, [wire_data(data)[:-3]])
+        mail = next(x for x in peer.sessions[0].lines if x.startswith(b"MAIL"))
+        self.assertEqual(mail, b"MAIL FROM:<alice@example.org> SIZE=%d"
+                         % (len(data) + data.count(b"\n")))
+
+    def test_wire_data_never_has_bare_cr_or_lf(self) -> None:
+        for raw in (b"a\rb\nc\r\nd", b".", b"", b"x\n.\n", b"\r\r\n\n"):
+            wire = wire_data(raw)
+            self.assertTrue(wire.endswith(b".\r\n"))
+            self.assertNotIn(b"\n", wire.replace(b"\r\n", b""))
+            self.assertNotIn(b"\r", wire.replace(b"\r\n", b""))
+        self.assertEqual(wire_data(b"."), b"..\r\n.\r\n")
+        self.assertEqual(wire_data(b""), b".\r\n")
+
+    @defer.inlineCallbacks
+    def test_starttls_used_when_offered(self) -> object:
+        peer = self.peer(tls=True)
+        conn = self.connection(peer)
+        yield defer.ensureDeferred(conn.open())
+        self.assertTrue(conn.tls)
+        outcomes = yield defer.ensureDeferred(conn.send(Message("alice@example.org",
+                                                                RCPTS[:1], BODY)))
+        yield defer.ensureDeferred(conn.close())
+        self.assertEqual(outcomes[RCPTS[0]].state, DELIVERED)
+        [session] = peer.sessions
+        self.assertTrue(session.tls)
+        ehlos = [line for line in session.lines if line.startswith(b"EHLO")]
+        self.assertEqual(len(ehlos), 2, "EHLO again after STARTTLS (RFC 3207 4.2)")
+
+    @defer.inlineCallbacks
+    def test_broken_tls_falls_back_to_plaintext_on_that_host(self) -> object:
+        peer = self.peer(tls=True, broken_tls=True)
+        conn = self.connection(peer)
+        yield defer.ensureDeferred(conn.open())
+        self.assertFalse(conn.tls)
+        self.assertEqual(conn.settings.tls_broken, {"127.0.0.1"})
+        self.assertEqual(len(peer.sessions), 2)
+        self.assertNotIn(b"STARTTLS", peer.sessions[1].lines)
+
+    @defer.inlineCallbacks
+    def test_pipelining_sends_mail_rcpts_data_in_one_write(self) -> object:
+        peer = self.peer(extensions=["PIPELINING"])
+        outcomes = yield defer.ensureDeferred(self.send(peer, RCPTS))
+        self.assertEqual({o.state for o in outcomes.values()}, {DELIVERED})
+        session = peer.sessions[0]
+        group = next(c for c in session.chunks if c.startswith(b"MAIL FROM"))
+        self.assertEqual(group, b"MAIL FROM:<alice@example.org>\r\n"
+                         b"RCPT TO:<a@example.net>\r\nRCPT TO:<b@example.net>\r\n"
+                         b"RCPT TO:<c@example.net>\r\nDATA\r\n")
+
+    @defer.inlineCallbacks
+    def test_without_pipelining_one_command_at_a_time(self) -> object:
+        peer = self.peer(extensions=[])
+        yield defer.ensureDeferred(self.send(peer, RCPTS))
+        commands = [c for c in peer.sessions[0].chunks if c[:4] in (b"MAIL", b"RCPT", b"DATA")]
+        self.assertEqual(len(commands), 5)
+
+    @defer.inlineCallbacks
+    def test_one_of_three_recipients_refused(self) -> object:
+        peer = self.peer(rcpt_replies={
+            "b@example.net": b"550 5.1.1 <b@example.net>: Recipient address rejected\r\n",
+            "c@example.net": b"450 4.2.1 <c@example.net>: try again later\r\n"})
+        outcomes = yield defer.ensureDeferred(self.send(peer, RCPTS))
+        self.assertEqual(outcomes["a@example.net"].state, DELIVERED)
+        self.assertEqual((outcomes["b@example.net"].state, outcomes["b@example.net"].status),
+                         (FAILED, "5.1.1"))
+        self.assertEqual((outcomes["c@example.net"].state, outcomes["c@example.net"].status),
+                         (PENDING, "4.2.1"))
+        self.assertIn("Recipient address rejected", outcomes["b@example.net"].text)
+        self.assertEqual(len(peer.sessions[0].messages), 1, "sent once, to the accepted one")
+
+    @defer.inlineCallbacks
+    def test_4xx_at_end_of_data_defers_then_250_delivers(self) -> object:
+        peer = self.peer(final_replies=[b"451 4.3.0 Temporary failure\r\n",
+                                        b"250 2.0.0 Ok\r\n"])
+        first = yield defer.ensureDeferred(self.send(peer))
+        self.assertEqual((first[RCPTS[0]].state, first[RCPTS[0]].status), (PENDING, "4.3.0"))
+        second = yield defer.ensureDeferred(self.send(peer))
+        self.assertEqual(second[RCPTS[0]].state, DELIVERED)
+
+    @defer.inlineCallbacks
+    def test_5xx_at_end_of_data_fails_every_recipient(self) -> object:
+        peer = self.peer(final_replies=[b"554 5.7.1 Spam\r\n"])
+        outcomes = yield defer.ensureDeferred(self.send(peer, RCPTS[:2]))
+        self.assertEqual({(o.state, o.status) for o in outcomes.values()},
+                         {(FAILED, "5.7.1")})
+
+    @defer.inlineCallbacks
+    def test_mail_from_refused(self) -> object:
+        peer = self.peer(mail_reply=b"553 5.7.1 Sender rejected\r\n")
+        outcomes = yield defer.ensureDeferred(self.send(peer, RCPTS))
+        self.assertEqual({o.state for o in outcomes.values()}, {FAILED})
+        self.assertEqual(peer.sessions[0].messages, [])
+
+    @defer.inlineCallbacks
+    def test_drop_mid_data_defers_all_never_delivered(self) -> object:
+        peer = self.peer(drop_after_data_bytes=20)
+        outcomes = yield defer.ensureDeferred(self.send(peer, RCPTS[:2]))
+        self.assertEqual({o.state for o in outcomes.values()}, {PENDING})
+        self.assertIn("lost connection with peer.test[127.0.0.1]", outcomes[RCPTS[0]].text)
+        self.assertEqual(peer.sessions[0].messages, [])
+
+    @defer.inlineCallbacks
+    def test_silent_server_times_out(self) -> object:
+        peer = self.peer(silent_on="MAIL", extensions=[])
+        conn = self.connection(peer, command_timeout=0.5)
+        yield defer.ensureDeferred(conn.open())
+        outcomes = yield defer.ensureDeferred(conn.send(Message("alice@example.org",
+                                                                RCPTS[:1], BODY)))
+        self.assertEqual(outcomes[RCPTS[0]].state, PENDING)
+        self.assertIn("timed out", outcomes[RCPTS[0]].text)
+        self.assertFalse(conn.usable)
+
+    @defer.inlineCallbacks
+    def test_silent_server_with_pipelining_times_out_and_retries(self) -> object:
+        peer = self.peer(silent_on="MAIL")  # replies fall out of step, then silence
+        conn = self.connection(peer, command_timeout=0.5)
+        yield defer.ensureDeferred(conn.open())
+        outcomes = yield defer.ensureDeferred(conn.send(Message("alice@example.org",
+                                                                RCPTS[:2], BODY)))
+        self.assertEqual({o.state for o in outcomes.values()}, {PENDING})
+        self.assertIn("timed out", outcomes[RCPTS[0]].text)
+        self.assertEqual(peer.sessions[0].messages, [])
+
+    @defer.inlineCallbacks
+    def test_size_limit_of_the_peer_bounces_without_sending(self) -> object:
+        peer = self.peer(extensions=["SIZE 10"])
+        outcomes = yield defer.ensureDeferred(self.send(peer))
+        self.assertEqual((outcomes[RCPTS[0]].state, outcomes[RCPTS[0]].status),
+                         (FAILED, "5.3.4"))
+        self.assertFalse(any(line.startswith(b"MAIL") for line in peer.sessions[0].lines))
+
+    @defer.inlineCallbacks
+    def test_size_declared_on_mail(self) -> object:
+        peer = self.peer(extensions=["SIZE 1000000"])
+        yield defer.ensureDeferred(self.send(peer))
+        mail = next(line for line in peer.sessions[0].lines if line.startswith(b"MAIL"))
+        self.assertEqual(mail, b"MAIL FROM:<alice@example.org> SIZE=%d"
+                         % (len(BODY) + BODY.count(b"\n")))
+
+    @defer.inlineCallbacks
+    def test_smtputf8_needs_peer_support(self) -> object:
+        peer = self.peer(extensions=["8BITMIME"])
+        outcomes = yield defer.ensureDeferred(self.send(peer, smtputf8=True))
+        self.assertEqual((outcomes[RCPTS[0]].state, outcomes[RCPTS[0]].status),
+                         (FAILED, "5.6.7"))
+        peer2 = self.peer(extensions=["SMTPUTF8", "8BITMIME"])
+        ok = yield defer.ensureDeferred(self.send(peer2, smtputf8=True, body_8bit=True))
+        self.assertEqual(ok[RCPTS[0]].state, DELIVERED)
+        mail = next(line for line in peer2.sessions[0].lines if line.startswith(b"MAIL"))
+        self.assertEqual(mail, b"MAIL FROM:<alice@example.org> BODY=8BITMIME SMTPUTF8")
+
+    @defer.inlineCallbacks
+    def test_8bit_body_needs_8bitmime(self) -> object:
+        peer = self.peer(extensions=[])
+        outcomes = yield defer.ensureDeferred(self.send(peer, body_8bit=True))
+        self.assertEqual((outcomes[RCPTS[0]].state, outcomes[RCPTS[0]].status),
+                         (FAILED, "5.6.3"))
+
+    @defer.inlineCallbacks
+    def test_helo_when_ehlo_is_refused(self) -> object:
+        peer = self.peer(ehlo_refused=True)
+        outcomes = yield defer.ensureDeferred(self.send(peer))
+        self.assertEqual(outcomes[RCPTS[0]].state, DELIVERED)
+        self.assertIn(b"HELO mx.example.org", peer.sessions[0].lines)
+
+    @defer.inlineCallbacks
+    def test_refusing_greeting_is_an_error_for_this_host(self) -> object:
+        peer = self.peer(greeting=b"554 5.3.2 go away\r\n")
+        conn = self.connection(peer)
+        with self.assertRaises(SMTPClientError) as info:
+            yield defer.ensureDeferred(conn.open())
+        self.assertIn("554 5.3.2 go away", info.exception.text)
+
+    @defer.inlineCallbacks
+    def test_connection_refused(self) -> object:
+        peer = self.peer()
+        port = peer.port_number
+        yield peer.stop()
+        conn = SMTPConnection(Hop("peer.test", "127.0.0.1", port),
+                              ClientSettings(helo_name="x", connect_timeout=2))
+        with self.assertRaises(SMTPClientError) as info:
+            yield defer.ensureDeferred(conn.open())
+        self.assertIn("Connection refused", info.exception.text)
+
+    @defer.inlineCallbacks
+    def test_several_messages_over_one_connection(self) -> object:
+        peer = self.peer(rcpt_replies={"b@example.net": b"550 5.1.1 no\r\n"})
+        conn = self.connection(peer)
+        yield defer.ensureDeferred(conn.open())
+        first = yield defer.ensureDeferred(conn.send(Message("a@example.org", ["b@example.net"],
+                                                             BODY)))
+        second = yield defer.ensureDeferred(conn.send(Message("a@example.org", RCPTS[:1],
+                                                              BODY)))
+        yield defer.ensureDeferred(conn.close())
+        self.assertEqual(first["b@example.net"].state, FAILED)
+        self.assertEqual(second[RCPTS[0]].state, DELIVERED)
+        self.assertEqual(len(peer.sessions), 1)
+        self.assertIn(b"RSET", peer.sessions[0].lines)
+
+    @defer.inlineCallbacks
+    def test_malformed_reply_is_a_temporary_failure(self) -> object:
+        peer = self.peer(mail_reply=b"hello there\r\n")
+        outcomes = yield defer.ensureDeferred(self.send(peer))
+        self.assertEqual(outcomes[RCPTS[0]].state, PENDING)
+        self.assertIn("protocol error", outcomes[RCPTS[0]].text)
+
+
+    @defer.inlineCallbacks
+    def test_smarthost_auth_plain_inside_tls(self) -> object:
+        peer = self.peer(tls=True, extensions=["PIPELINING", "AUTH PLAIN LOGIN"])
+        conn = self.connection(peer, auth=("relayuser", "s3cret"))
+        yield defer.ensureDeferred(conn.open())
+        outcomes = yield defer.ensureDeferred(conn.send(Message("alice@example.org",
+                                                                RCPTS[:1], BODY)))
+        self.assertEqual(outcomes[RCPTS[0]].state, DELIVERED)
+        auth = [line for line in peer.sessions[0].lines if line.startswith(b"AUTH")]
+        self.assertEqual(auth, [b"AUTH PLAIN AHJlbGF5dXNlcgBzM2NyZXQ="])
+        self.assertTrue(peer.sessions[0].tls)
+
+    @defer.inlineCallbacks
+    def test_smarthost_password_never_sent_in_plaintext(self) -> object:
+        peer = self.peer(extensions=["AUTH PLAIN"])
+        conn = self.connection(peer, auth=("relayuser", "s3cret"))
+        with self.assertRaises(SMTPClientError) as info:
+            yield defer.ensureDeferred(conn.open())
+        self.assertIn("no AUTH PLAIN over TLS", info.exception.text)
+        self.assertFalse(any(line.startswith(b"AUTH") for line in peer.sessions[0].lines))
+
+    @defer.inlineCallbacks
+    def test_address_with_control_characters_is_refused(self) -> object:
+        peer = self.peer()
+        outcomes = yield defer.ensureDeferred(self.send(peer, ["x@example.net>\r\nRSET"]))
+        [outcome] = outcomes.values()
+        self.assertEqual((outcome.state, outcome.status), (FAILED, "5.1.3"))
+        self.assertFalse(any(line.startswith(b"MAIL") for line in peer.sessions[0].lines))
+
+    @defer.inlineCallbacks
+    def test_endless_reply_line_is_cut_off(self) -> object:
+        peer = self.peer(mail_reply=b"250 " + b"x" * 100_000)  # no line end, ever
+        outcomes = yield defer.ensureDeferred(self.send(peer))
+        self.assertEqual(outcomes[RCPTS[0]].state, PENDING)
+        self.assertIn("reply line too long", outcomes[RCPTS[0]].text)
+
+    @defer.inlineCallbacks
+    def test_endless_multiline_reply_is_cut_off(self) -> object:
+        peer = self.peer(mail_reply=b"250-more\r\n" * 5000 + b"250 ok\r\n")
+        outcomes = yield defer.ensureDeferred(self.send(peer))
+        self.assertEqual(outcomes[RCPTS[0]].state, PENDING)
+        self.assertIn("reply too long", outcomes[RCPTS[0]].text)
