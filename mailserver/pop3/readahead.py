@@ -1,0 +1,121 @@
+"""Read-ahead for RETR: message files read in batches, in a disk thread, ahead of the
+commands that will ask for them.
+
+Why: a download is a stream of RETR commands (pipelined, RFC 2449 6.6, or one by one).
+One disk job per RETR costs a thread hand-off per message, and the reactor would idle
+while the thread reads. Instead the session says which messages are coming (the RETR
+lines already in its input buffer, and, while the client downloads in order, the next
+numbers), and this reads up to BATCH_MESSAGES / BATCH_OCTETS of them in one job; the
+next batch is started while the current one is being sent, so reading and sending
+overlap. Replies are still sent strictly in command order by the session; a message
+read ahead and never asked for is simply dropped with the session.
+
+Memory per session: at most two batches (2 x BATCH_OCTETS, plus one message larger than
+that on its own).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from mailserver.pop3 import maildrop
+
+BATCH_MESSAGES = 128
+BATCH_OCTETS = 4 * 1024 * 1024
+#: Start the next batch when fewer than this many messages are waiting to be sent
+#: (= a batch: the next one is read while the last one is being sent).
+LOW_WATER = BATCH_MESSAGES // 2
+
+#: How to run a blocking job in a disk thread: DiskExecutor.run.
+RunInThread = Callable[..., "Deferred[Any]"]
+
+
+class ReadAhead:
+    """The wire bytes of messages about to be retrieved, by message number."""
+
+    def __init__(self, run: RunInThread, maildir: Path,
+                 messages: list[maildrop.Message]) -> None:
+        self._run = run
+        self._maildir = maildir
+        self._messages = messages
+        #: Read and not yet sent: number -> wire bytes (None: expunged meanwhile).
+        self._ready: dict[int, bytes | None] = {}
+        #: Numbers in the batch being read now, and who waits for which.
+        self._reading: set[int] = set()
+        self._waiters: dict[int, list[Deferred[bytes | None]]] = {}
+        self._closed = False
+        #: The highest message number read or being read (where reading ahead goes on).
+        self.highest = 0
+
+    def take(self, number: int) -> tuple[bool, bytes | None]:
+        """(True, data) when `number` has been read already; it leaves the cache."""
+        if number in self._ready:
+            return True, self._ready.pop(number)
+        return False, None
+
+    def wait(self, number: int, coming: Iterable[int]) -> Deferred[bytes | None]:
+        """The data of `number` once read; starts a batch (with `coming`) if needed."""
+        d: Deferred[bytes | None] = Deferred()
+        self._waiters.setdefault(number, []).append(d)
+        if number not in self._reading:
+            if self._reading:
+                # A batch is running without it: read it alone, beside that batch.
+                self._start([number])
+            else:
+                self._start([number, *coming])
+        return d
+
+    def refill(self, coming: Iterable[int]) -> None:
+        """After a message was sent: start the next batch if the cache runs low."""
+        if self._reading or len(self._ready) >= LOW_WATER or self._closed:
+            return
+        self._start(coming)
+
+    def forget(self, number: int) -> None:
+        """DELE: the message will not be asked for."""
+        self._ready.pop(number, None)
+
+    def close(self) -> None:
+        self._closed = True
+        self._ready.clear()
+
+    def _start(self, numbers: Iterable[int]) -> None:
+        batch: list[int] = []
+        octets = 0
+        for n in numbers:
+            if n in self._ready or n in self._reading or n in batch \
+                    or not 1 <= n <= len(self._messages) or self._messages[n - 1].deleted:
+                continue
+            size = self._messages[n - 1].size
+            if batch and (octets + size > BATCH_OCTETS or len(batch) >= BATCH_MESSAGES):
+                break
+            batch.append(n)
+            octets += size
+        if not batch:
+            return
+        self._reading.update(batch)
+        self.highest = max(self.highest, *batch)
+        d = self._run(maildrop.read_wire, self._maildir,
+                      [self._messages[n - 1] for n in batch])
+        d.addCallbacks(lambda results: self._done(batch, results),
+                       lambda failure: self._failed(batch, failure))
+
+    def _done(self, batch: list[int], results: list[bytes | None]) -> None:
+        self._reading.difference_update(batch)
+        for n, data in zip(batch, results, strict=True):
+            waiters = self._waiters.pop(n, [])
+            if waiters:
+                for d in waiters:
+                    d.callback(data)
+            elif not self._closed:
+                self._ready[n] = data
+
+    def _failed(self, batch: list[int], failure: Any) -> None:
+        self._reading.difference_update(batch)
+        for n in batch:
+            for d in self._waiters.pop(n, []):
+                d.errback(failure)

@@ -1,0 +1,542 @@
+"""The POP3 session (RFC 1939) with CAPA (RFC 2449), STLS (RFC 2595), AUTH (RFC 5034).
+
+One state machine per connection: AUTHORIZATION -> TRANSACTION -> UPDATE (RFC 1939 3).
+One command at a time: while a login or a disk job is pending, later pipelined commands
+wait in our buffer (RFC 2449 6.6 PIPELINING: replies in order), and while the transport's
+write buffer is full (a client slow to read a big RETR) we read no further commands,
+so memory stays bounded by one message plus the socket buffers.
+
+Wire parsing lives in grammar.py, files in maildrop.py (run in disk threads), the
+[IN-USE] lock in lock.py; this module only sequences them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from twisted.cred.credentials import IUsernamePassword, UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.cred.portal import Portal
+from twisted.internet import interfaces
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mailserver.auth.realm import IMailUser
+from mailserver.auth.sasl import SASLError, decode_base64, plain_credentials
+from mailserver.config import Config
+from mailserver.logs import logger
+from mailserver.pop3 import grammar, maildrop, readahead
+from mailserver.pop3.lock import MaildropInUse, MaildropLock
+from mailserver.pop3.transaction import Refused, TransactionCommands
+from mailserver.store.diskio import DiskExecutor
+from mailserver.store.maildir import ensure_maildir
+
+log = logger(__name__)
+
+#: Pipelined input held while a command is pending before we stop reading the socket.
+MAX_PENDING_INPUT = 64 * 1024
+#: RFC 1939 3: the autologout timer "MUST be of at least 10 minutes duration".
+MIN_TRANSACTION_TIMEOUT = 600
+#: Failed logins on one connection before it is closed (Dovecot's default is 3 too);
+#: each failure already costs the client the checker's delay.
+MAX_AUTH_FAILURES = 3
+IMPLEMENTATION = "mailserver"
+
+AUTHORIZATION, TRANSACTION, UPDATE = "AUTHORIZATION", "TRANSACTION", "UPDATE"
+
+#: Which commands each state accepts (RFC 1939 4-6, RFC 2449 5, RFC 2595 4, RFC 5034 4).
+ALLOWED = {
+    AUTHORIZATION: frozenset({"USER", "PASS", "AUTH", "CAPA", "STLS", "QUIT"}),
+    TRANSACTION: frozenset({"STAT", "LIST", "UIDL", "RETR", "DELE", "RSET", "NOOP", "TOP",
+                            "QUIT", "CAPA"}),
+    UPDATE: frozenset(),
+}
+
+
+@dataclass
+class Login:
+    """What a successful login and the maildrop open leave with the session."""
+
+    address: str
+    maildir: Path
+    lock: MaildropLock
+    logout: Callable[[], None]
+
+
+def open_maildrop(mail_dir: Path, mailbox: Any) -> tuple[Path, MaildropLock,
+                                                          list[maildrop.Message]]:
+    """Disk thread: the Maildir (created if new), its lock, and the snapshot."""
+    maildir = ensure_maildir(mail_dir, mailbox)
+    lock = MaildropLock.acquire(maildir)
+    try:
+        return maildir, lock, maildrop.snapshot(maildir)
+    except BaseException:
+        lock.release()
+        raise
+
+
+class POP3Factory(Factory):
+    """Builds one POP3Session per connection; shares config, portal and disk threads."""
+
+    def __init__(self, config: Config, portal: Portal, disk: DiskExecutor,
+                 tls_options: interfaces.IOpenSSLServerConnectionCreator | None = None,
+                 implicit_tls: bool = False, name: str = "pop3", instance: int = 0) -> None:
+        self.config = config
+        self.portal = portal
+        self.disk = disk
+        self.tls_options = tls_options
+        self.implicit_tls = implicit_tls
+        self.id_prefix = f"w{instance}-{name}" if instance else name
+        self.sessions_started = 0
+        self.sessions: set[POP3Session] = set()
+        self.shutting_down = False
+        #: Idle seconds before AUTHORIZATION ends (RFC 1939 leaves it to us) ...
+        self.login_timeout: float = config.limits.command_timeout
+        #: ... and in TRANSACTION (RFC 1939 3: at least 10 minutes).
+        self.transaction_timeout: float = max(config.limits.command_timeout,
+                                              MIN_TRANSACTION_TIMEOUT)
+
+    def buildProtocol(self, addr: interfaces.IAddress | None) -> POP3Session:
+        self.sessions_started += 1
+        return POP3Session(self, self.sessions_started)
+
+    def shut_down(self) -> None:
+        """Server stopping: every session says -ERR [SYS/TEMP] and closes, deleting
+        nothing (a session without QUIT never reaches UPDATE)."""
+        self.shutting_down = True
+        for session in list(self.sessions):
+            session.shut_down()
+
+
+@implementer(interfaces.IPushProducer)
+class POP3Session(TransactionCommands, Protocol, TimeoutMixin):
+    """One POP3 connection."""
+
+    def __init__(self, factory: POP3Factory, number: int) -> None:
+        self.factory = factory
+        self.config = factory.config
+        self.session_id = f"{factory.id_prefix}-{number}"
+        self.peer_ip = "unknown"
+        self.state = AUTHORIZATION
+        self.tls_active = factory.implicit_tls
+        self.user: str | None = None
+        self.login: Login | None = None
+        self.messages: list[maildrop.Message] = []
+        #: Messages sent by RETR (they get the Seen flag when the session ends).
+        self.retrieved: dict[int, maildrop.Message] = {}
+        #: Message files read ahead of the RETR commands (once logged in).
+        self.reader: readahead.ReadAhead | None = None
+        self.errors = 0
+        self.auth_failures = 0
+        self._sasl_pending = False  # AUTH PLAIN sent "+ ", waiting for the response
+        self._buffer = bytearray()
+        self._discarding_long_line = False
+        self._busy = False
+        self._processing = False
+        self._closing = False
+        self._reading_paused = False
+        self._writing_paused = False
+        self._producing = False  # registered with the transport as its producer
+
+    # -- connection lifecycle ------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        self.peer_ip = getattr(peer, "host", "unknown")
+        self.factory.sessions.add(self)
+        # Replies are whole (a message in one writeSequence): Nagle's algorithm would
+        # only hold back the tail of each one until the client's delayed ACK.
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
+        self._producing = True
+        self.setTimeout(self.factory.login_timeout)
+        self._ok(f"{IMPLEMENTATION} POP3 server ready.")
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.setTimeout(None)
+        self._closing = True
+        self._buffer.clear()
+        self.factory.sessions.discard(self)
+        self._end_login()
+
+    def _end_login(self) -> None:
+        """Release the maildrop lock and the avatar (dropped connection: no UPDATE, but
+        what was retrieved still gets its Seen flag, before the lock goes)."""
+        login, self.login = self.login, None
+        if self.reader is not None:
+            self.reader.close()
+        if login is None:
+            return
+        retrieved, self.retrieved = list(self.retrieved.values()), {}
+
+        def release(_: object = None) -> None:
+            login.lock.release()
+            login.logout()
+
+        if not retrieved:
+            release()
+            return
+        d = self.factory.disk.run(maildrop.mark_seen, login.maildir, retrieved)
+        d.addErrback(lambda f: log.failure("{session} marking Seen failed", f,
+                                           session=self.session_id))
+        d.addBoth(release)
+
+    def shut_down(self) -> None:
+        if self._busy:
+            return  # the pending command's callback notices shutting_down
+        self._err("[SYS/TEMP] Server shutting down.")
+        self._close()
+
+    def timeoutConnection(self) -> None:
+        log.info("{session} idle timeout from {peer}", session=self.session_id,
+                 peer=self.peer_ip)
+        self._err("Disconnected for inactivity.")
+        self._close()
+
+    # -- IPushProducer: the transport tells us when its write buffer is full ---------------
+
+    def pauseProducing(self) -> None:
+        self._writing_paused = True
+
+    def resumeProducing(self) -> None:
+        if not self._writing_paused:
+            return
+        self._writing_paused = False
+        self._process()
+
+    def stopProducing(self) -> None:
+        self._closing = True
+
+    # -- input ---------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self.resetTimeout()
+        self._buffer += data
+        self._process()
+        if (self._busy or self._writing_paused) and len(self._buffer) > MAX_PENDING_INPUT \
+                and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def _process(self) -> None:
+        """Handle buffered lines until none is complete or a command has to wait."""
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            while (not self._busy and not self._closing and not self._writing_paused
+                   and self._buffer):
+                try:
+                    line = self._next_line()
+                except Refused as refused:
+                    self._error(str(refused))
+                    continue
+                if line is None:
+                    break
+                self._handle_line(line)
+        finally:
+            self._processing = False
+        if self._reading_paused and not self._busy and not self._writing_paused \
+                and not self._closing:
+            self._reading_paused = False
+            self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def _next_line(self) -> bytes | None:
+        """One line without its CRLF (a bare LF is accepted, as Dovecot does), or None.
+
+        Raises Refused for a line that was read but is too long (RFC 2449 4: 255
+        octets); a line that never ends is discarded as it arrives (bounded memory).
+        """
+        end = self._buffer.find(b"\n")
+        if self._discarding_long_line:
+            if end < 0:
+                self._buffer.clear()
+                return None
+            del self._buffer[: end + 1]
+            self._discarding_long_line = False
+            raise Refused("Line too long.")
+        if 0 <= end < grammar.MAX_COMMAND_LINE:  # the common case: a short, whole line
+            line = bytes(self._buffer[: end + 1])
+            del self._buffer[: end + 1]
+            return line[:-2] if line.endswith(b"\r\n") else line[:-1]
+        limit = grammar.line_limit(bytes(self._buffer[:8]), self._sasl_pending)
+        if end < 0:
+            if len(self._buffer) > limit:
+                self._buffer.clear()
+                self._discarding_long_line = True
+            return None
+        line = bytes(self._buffer[: end + 1])
+        del self._buffer[: end + 1]
+        if len(line) > limit:
+            raise Refused("Line too long.")
+        return line[:-2] if line.endswith(b"\r\n") else line[:-1]
+
+    def _handle_line(self, line: bytes) -> None:
+        if self._sasl_pending:
+            self._sasl_pending = False
+            self._sasl_response(line)
+            return
+        try:
+            command = grammar.parse_command(line)
+            if command.name not in ALLOWED[self.state]:
+                raise Refused(self._not_allowed(command.name))
+            handler = getattr(self, "do_" + command.name)
+            result = handler(command)
+        except (grammar.CommandError, Refused) as e:
+            self._error(str(e))
+            return
+        if isinstance(result, Deferred):
+            self._wait_for(result)
+
+    def _not_allowed(self, name: str) -> str:
+        if self.state == AUTHORIZATION:
+            return "Unknown command or not allowed before login."
+        return f"{name} not allowed after login."
+
+    def _wait_for(self, d: Deferred[Any]) -> None:
+        """Hold all further input until `d` fires (RFC 2449 6.6: replies in order)."""
+        self._busy = True
+
+        def done(result: object) -> None:
+            self._busy = False
+            if isinstance(result, Failure):
+                log.failure("{session} command failed", result, session=self.session_id)
+                self._err("[SYS/TEMP] Internal error; try again later.")
+                if self.state == UPDATE:
+                    self._end_login()
+                    self._close()
+            if self._closing:
+                return
+            if self.factory.shutting_down:
+                self.shut_down()
+                return
+            self._process()
+
+        d.addBoth(done)
+
+    # -- output --------------------------------------------------------------------------
+
+    def _write(self, data: bytes) -> None:
+        if self.transport is not None and not self._closing:
+            self.transport.write(data)
+            self.resetTimeout()  # a long download is activity, not an idle session
+
+    def _ok(self, text: str = "") -> None:
+        self._write(b"+OK " + text.encode("utf-8") + b"\r\n" if text else b"+OK\r\n")
+
+    def _err(self, text: str) -> None:
+        self._write(b"-ERR " + text.encode("utf-8") + b"\r\n")
+
+    def _multiline(self, first: str, lines: list[str]) -> None:
+        """RFC 1939 3: a multi-line response, terminated by a lone dot, in one write."""
+        self._listing(first, "".join([line + "\r\n" for line in lines]))
+
+    def _listing(self, first: str, body: str) -> None:
+        """A multi-line response whose lines are already joined, each ending in CRLF."""
+        status = f"+OK {first}\r\n" if first else "+OK\r\n"
+        self._write(f"{status}{body}.\r\n".encode())
+
+    def _error(self, text: str) -> None:
+        """A refused command; too many end the session, so a flood cannot hold it."""
+        self._err(text)
+        self.errors += 1
+        if self.errors >= self.config.limits.errors_per_session:
+            log.info("{session} too many errors from {peer}", session=self.session_id,
+                     peer=self.peer_ip)
+            self._err("Too many invalid commands, closing.")
+            self._close()
+
+    def _close(self) -> None:
+        self._closing = True
+        self._buffer.clear()
+        if self.transport is not None:
+            # TLS (TLSMemoryBIOProtocol) postpones its close_notify and the close itself
+            # while a producer is registered: unregister first, or the connection stays.
+            if self._producing:
+                self._producing = False
+                self.transport.unregisterProducer()  # type: ignore[attr-defined]
+            self.transport.loseConnection()
+
+    # -- AUTHORIZATION -------------------------------------------------------------------
+
+    def plaintext_allowed(self) -> bool:
+        """RFC 2595 2.2 / RFC 8314: no passwords over a clear channel unless allowed."""
+        return self.tls_active or self.config.auth.allow_plaintext_without_tls
+
+    def capabilities(self) -> list[str]:
+        """RFC 2449 6 (and RFC 2595 4 STLS, RFC 5034 SASL, RFC 3206 AUTH-RESP-CODE)."""
+        caps = ["CAPA", "TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING",
+                "EXPIRE NEVER", "LOGIN-DELAY 0"]
+        if self.state == AUTHORIZATION:
+            if self.plaintext_allowed():
+                caps += ["USER", "SASL PLAIN"]
+            if self.factory.tls_options is not None and not self.tls_active:
+                caps.append("STLS")
+        caps.append(f"IMPLEMENTATION {IMPLEMENTATION}")
+        return caps
+
+    def do_CAPA(self, command: grammar.Command) -> None:
+        self._multiline("Capability list follows", self.capabilities())
+
+    def do_QUIT(self, command: grammar.Command) -> Deferred[None] | None:
+        if self.state == TRANSACTION:
+            return self._update()
+        self._ok("Logging out.")
+        self._close()
+        return None
+
+    def do_STLS(self, command: grammar.Command) -> None:
+        if self.tls_active:
+            raise Refused("TLS is already active.")
+        if self.factory.tls_options is None:
+            raise Refused("TLS not available.")
+        self._ok("Begin TLS negotiation now.")
+        # RFC 2595 4 and the STARTTLS injection attacks (CVE-2011-0411 and the POP3 cases
+        # of 2021): whatever was pipelined after STLS in plaintext is thrown away.
+        self._buffer.clear()
+        self.transport.startTLS(self.factory.tls_options)  # type: ignore[union-attr]
+        self.tls_active = True
+        self.user = None
+
+    def _refuse_plaintext(self) -> None:
+        if not self.plaintext_allowed():
+            raise Refused("[AUTH] Plaintext authentication disallowed on non-secure "
+                          "(SSL/TLS) connections.")
+
+    def do_USER(self, command: grammar.User) -> None:
+        self._refuse_plaintext()
+        self.user = command.user
+        self._ok()
+
+    def do_PASS(self, command: grammar.Pass) -> Deferred[None]:
+        self._refuse_plaintext()
+        if self.user is None:
+            raise Refused("No username given.")
+        user, self.user = self.user, None
+        return self._authenticate(UsernamePassword(user.encode("utf-8"), command.password))
+
+    def do_AUTH(self, command: grammar.Auth) -> Deferred[None] | None:
+        if command.mechanism is None:
+            # Not in RFC 5034; clients (fetchmail) probe with it, Dovecot lists mechanisms.
+            self._multiline("", ["PLAIN"] if self.plaintext_allowed() else [])
+            return None
+        self._refuse_plaintext()
+        if command.mechanism != "PLAIN":
+            raise Refused("Unsupported authentication mechanism.")
+        if command.initial_response is None:
+            self._sasl_pending = True
+            self._write(b"+ \r\n")  # RFC 5034 4: an empty challenge
+            return None
+        return self._plain(command.initial_response)
+
+    def _sasl_response(self, line: bytes) -> None:
+        if line == b"*":
+            self._error("Authentication cancelled.")  # RFC 5034 4
+            return
+        try:
+            d = self._plain(line)
+        except Refused as e:
+            self._error(str(e))
+            return
+        self._wait_for(d)
+
+    def _plain(self, response: bytes) -> Deferred[None]:
+        try:
+            credentials = plain_credentials(decode_base64(response))
+        except SASLError as e:
+            raise Refused(f"Invalid AUTH PLAIN data: {e}.") from None
+        return self._authenticate(credentials)
+
+    def _authenticate(self, credentials: IUsernamePassword) -> Deferred[None]:
+        self.setTimeout(None)  # the checker's delay is not the client's silence
+        d = self.factory.portal.login(credentials, None, IMailUser)
+        d.addCallbacks(self._logged_in, self._login_failed)
+        return d
+
+    def _logged_in(self, result: tuple[Any, Any, Callable[[], None]]) -> Deferred[None] | None:
+        _interface, avatar, logout = result
+        if self._closing:
+            logout()
+            return None
+        address: str = avatar.address
+        d = self.factory.disk.run(open_maildrop, self.config.mail_dir, avatar.mailbox)
+
+        def opened(value: tuple[Path, MaildropLock, list[maildrop.Message]]) -> None:
+            maildir, lock, messages = value
+            if self._closing:
+                lock.release()
+                logout()
+                return
+            self.login = Login(address, maildir, lock, logout)
+            self.messages = messages
+            self.reader = readahead.ReadAhead(self.factory.disk.run, maildir, messages)
+            self.state = TRANSACTION
+            self.setTimeout(self.factory.transaction_timeout)
+            log.info("{session} {user} logged in from {peer}: {count} messages",
+                     session=self.session_id, user=address, peer=self.peer_ip,
+                     count=len(messages))
+            self._ok(f"Logged in, {len(messages)} messages.")
+
+        def not_opened(failure: Failure) -> None:
+            logout()
+            self.setTimeout(self.factory.login_timeout)
+            if failure.check(MaildropInUse):
+                log.info("{session} {user}: maildrop in use", session=self.session_id,
+                         user=address)
+                self._error("[IN-USE] Mailbox is locked by another POP3 session.")
+                return
+            log.failure("{session} cannot open maildrop of {user}", failure,
+                        session=self.session_id, user=address)
+            self._err("[SYS/TEMP] Cannot open the mailbox; try again later.")
+
+        d.addCallbacks(opened, not_opened)
+        return d
+
+    def _login_failed(self, failure: Failure) -> None:
+        self.setTimeout(self.factory.login_timeout)
+        if not failure.check(UnauthorizedLogin):
+            log.failure("{session} login error", failure, session=self.session_id)
+            self._err("[SYS/TEMP] Temporary authentication failure.")
+            return
+        self.auth_failures += 1
+        self._error("[AUTH] Authentication failed.")
+        if self.auth_failures >= MAX_AUTH_FAILURES and not self._closing:
+            log.info("{session} {n} failed logins from {peer}, closing",
+                     session=self.session_id, n=self.auth_failures, peer=self.peer_ip)
+            self._err("[AUTH] Too many authentication failures.")
+            self._close()
+
+    # -- UPDATE ----------------------------------------------------------------------------
+
+    def _update(self) -> Deferred[None]:
+        """RFC 1939 6: QUIT in TRANSACTION removes the messages marked deleted, then
+        releases the maildrop. Only QUIT gets here: a dropped connection deletes nothing."""
+        assert self.login is not None
+        self.state = UPDATE
+        doomed = [m for m in self.messages if m.deleted]
+        retrieved, self.retrieved = list(self.retrieved.values()), {}
+        d = self.factory.disk.run(maildrop.update, self.login.maildir, retrieved, doomed)
+
+        def done(failed: int) -> None:
+            address = self.login.address if self.login else ""
+            self._end_login()  # the lock is free before the client reads +OK
+            if failed:
+                self._err(f"[SYS/TEMP] {failed} messages could not be deleted.")
+            else:
+                self._ok(f"Logging out, messages deleted: {len(doomed)}."
+                         if doomed else "Logging out.")
+            log.info("{session} {user} quit, {n} deleted", session=self.session_id,
+                     user=address, n=len(doomed) - failed)
+            self._close()
+
+        return d.addCallback(done)
