@@ -272,6 +272,22 @@ class IMailboxView(Interface):
     def close() -> None:
         """The session deselects; stop watching."""
 
+    recent_count = Attribute("int: messages \\Recent for this view (SELECT's RECENT)")
+    keywords = Attribute("list[str]: the folder's keywords, for FLAGS and PERMANENTFLAGS")
+    can_create_keywords = Attribute("bool: room for another keyword (26 letters at most)")
+    validity_changed = Attribute(
+        "bool: the UID list was lost and the folder got a new UIDVALIDITY; after sync() "
+        "the session must end (* BYE): its UIDs mean nothing any more")
+
+    def first_unseen() -> int | None:
+        """Sequence number of the first message without \\Seen (SELECT's [UNSEEN n])."""
+
+    def seq_of(uid: int) -> int | None:
+        """The sequence number of `uid` in `messages`, or None."""
+
+    def is_vanished(uid: int) -> bool:
+        """Expunged by someone else, but still in `messages` until reported."""
+
 
 class IUserStore(Interface):
     """All folders of one user (data_dir/mail/DOMAIN/LOCALPART/)."""
@@ -289,6 +305,9 @@ class IUserStore(Interface):
     def subscribe(name: str) -> None: ...
 
     def unsubscribe(name: str) -> None: ...
+
+    def subscriptions() -> list[str]:
+        """Subscribed names, existing or not (LSUB keeps deleted ones: RFC 3501 6.3.9)."""
 
     def status(name: str) -> FolderStatus: ...
 

@@ -11,10 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from server_harness import RunningServer, make_server  # noqa: E402
+from server_harness import PASSWORD, USERS, RunningServer, make_server  # noqa: E402
 
-USERS = ("alice@example.org", "bob@example.org", "carol@example.net")
-PASSWORD = "correct horse battery staple"
+__all__ = ["PASSWORD", "USERS"]
 
 
 @pytest.fixture
@@ -44,3 +43,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     running.start()
     yield running
     running.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reset_store_notifier() -> Iterator[None]:
+    """In-process IMAP session tests that end without a disconnect leave inotify watches
+    behind; trial tests after them would find the reactor unclean."""
+    yield
+    if "mailserver.store.notify" in sys.modules:
+        sys.modules["mailserver.store.notify"].reset_default_notifier()

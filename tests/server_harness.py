@@ -20,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 BIN = Path(sys.executable).parent
+#: The users the shared fixtures create, and their password.
+USERS = ("alice@example.org", "bob@example.org", "carol@example.net")
+PASSWORD = "correct horse battery staple"
 SERVICES = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 from typing import Any
@@ -52,6 +53,11 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     from mailserver.store.diskio import make_disk
 
     _prepare_data_dir(config)
+    # An IMAP folder of 100k messages is 100k long-lived objects per index; with the
+    # default thresholds every young collection walks them (FETCH 1:* over 100k took
+    # 106-195 ms instead of 13 ms). Collect less often; nothing here relies on cycles
+    # being freed promptly.
+    gc.set_threshold(20_000, 20, 100)
     disk = make_disk()
     top = _ServerRoot(disk)
     directory = RecipientDirectory(config)

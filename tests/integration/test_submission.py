@@ -15,8 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import PASSWORD, USERS
-from server_harness import RunningServer, make_server
+from server_harness import PASSWORD, USERS, RunningServer, make_server
 from wire import Wire
 
 LISTEN = {"smtp": "tcp:0:interface=127.0.0.1",

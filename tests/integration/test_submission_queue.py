@@ -18,8 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import PASSWORD
-from server_harness import RunningServer
+from server_harness import PASSWORD, RunningServer
 from wire import Wire
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("mailserver.queue.service") is None,

@@ -1,0 +1,503 @@
+"""IMAP benchmark: our server beside Dovecot's imap, on identical Maildirs, in one run.
+
+Phases, on folders of 1k and 10k messages (and `--big`, 100k: fewer phases):
+
+  login+SELECT     connect, LOGIN, SELECT INBOX (time to the tagged OK), LOGOUT
+  FETCH flags      FETCH 1:* (UID FLAGS RFC822.SIZE INTERNALDATE)
+  FETCH headers    FETCH 1:* BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE MESSAGE-ID)]
+  FETCH ENVELOPE   FETCH 1:* ENVELOPE
+  FETCH BODYSTR.   FETCH 1:* BODYSTRUCTURE
+  FETCH bodies     FETCH 1:* BODY.PEEK[]
+  UID SEARCH       UID SEARCH HEADER SUBJECT "invoice"   (~3% of the messages match)
+  STORE            STORE 1:* +FLAGS (\\Flagged)   (undone, untimed, before the next run)
+
+"cold" is each phase's first run on a freshly started server over a Maildir it has
+never seen (no dovecot.index / no index of ours yet: both build their index and header
+cache then); the page cache is warm for both (the files were just written; dropping it
+would disturb the other people on this machine). "warm" is the median of `--repeat`
+later runs. With C clients, C sessions (users u0..uC-1, each its own hard-linked copy of
+the folder) run the phase at the same moment; the wall time until all are done is
+reported.
+
+Last, RSS: 1,000 sessions (users u0..u9, 100 each) log in, SELECT and IDLE; the growth of
+the server's process-tree RSS (and PSS, which divides shared pages fairly among
+Dovecot's one-process-per-session tree) divided by 1,000.
+
+Messages are realistic: varied senders, subjects, text/plain, multipart/alternative and
+multipart/mixed with a base64 attachment, 1-40 KiB, named as our delivery names them,
+70% already \\Seen. The client is one asyncio process that reads whole responses in big
+chunks (imaplib's per-line reads would be the bottleneck for both servers).
+
+    .venv/bin/python bench/imap.py                       # 1k and 10k, 1 and 10 clients
+    .venv/bin/python bench/imap.py --sizes 1000 --clients 1 --repeat 1 --idle 100 --no-big
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import email.header
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import proctree
+from dovecot_instance import DovecotError, DovecotInstance, free_port
+from ours_instance import OursError, OursInstance
+
+HOST = "127.0.0.1"
+DOMAIN = "bench.test"
+PASSWORD = "pw"
+BENCH_DIR = Path(__file__).resolve().parent
+RESULTS = BENCH_DIR / "results" / "imap.md"
+TIMEOUT = 120  # seconds a single command may take before the run is abandoned
+HEADER_FIELDS = b"BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE MESSAGE-ID)]"
+
+sys.path.insert(0, str(BENCH_DIR.parent))
+from mailserver.store.maildir import crlf_size, unique_name  # noqa: E402
+
+# -- the folders -------------------------------------------------------------------------------
+
+_WORDS = ("meeting report budget draft review lunch travel invoice release notes patch "
+          "question update schedule weekend project launch photos contract minutes plan "
+          "server backup holiday agenda summary feedback").split()
+_NAMES = ("Alice Martin", "Bob Nguyen", "Carol Schmidt", "Dave O'Brien", "Eve Rossi",
+          "Frank Müller", "Grace Hopper", "Heidi Klum", "Ivan Petrov", "Judy Chen")
+
+
+def _text(rng: random.Random, size: int) -> str:
+    lines, total = [], 0
+    while total < size:
+        line = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(6, 14)))
+        lines.append(line)
+        total += len(line) + 1
+    return "\n".join(lines) + "\n"
+
+
+def make_message(rng: random.Random, n: int) -> bytes:
+    name = rng.choice(_NAMES)
+    sender = name.split()[0].lower() + "@example.net"
+    display = f'"{name}"' if "'" in name else name
+    if not display.isascii():  # an RFC 2047 encoded word, as mail clients send it
+        display = email.header.Header(name, "utf-8").encode()
+    subject = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(2, 6)))
+    head = (f"Return-Path: <{sender}>\n"
+            f"Received: from mx.example.net (mx.example.net [192.0.2.{n % 250}])\n"
+            f"\tby bench.local with ESMTPS id {n:08x}; Sun, 22 Nov 2026 12:00:00 +0000\n"
+            f"From: {display} <{sender}>\nTo: User <user@{DOMAIN}>\n"
+            + (f"Cc: team@{DOMAIN}\n" if n % 5 == 0 else "")
+            + f"Subject: {subject} #{n}\n"
+            f"Date: Sun, 22 Nov 2026 {n % 24:02d}:{n % 60:02d}:00 +0000\n"
+            f"Message-ID: <{n}.{rng.randrange(10**9)}@example.net>\n"
+            + (f"In-Reply-To: <{n - 1}.1@example.net>\n" if n % 3 == 0 else "")
+            + "MIME-Version: 1.0\n")
+    kind = n % 10
+    if kind < 7:
+        body = _text(rng, rng.randint(800, 6000))
+        return (head + "Content-Type: text/plain; charset=utf-8\n\n" + body).encode()
+    if kind < 9:
+        text = _text(rng, rng.randint(800, 4000))
+        html = "<html><body><p>" + text.replace("\n", "</p><p>") + "</p></body></html>\n"
+        return (head + 'Content-Type: multipart/alternative; boundary="alt"\n\n'
+                "--alt\nContent-Type: text/plain; charset=utf-8\n\n" + text +
+                "--alt\nContent-Type: text/html; charset=utf-8\n\n" + html +
+                "--alt--\n").encode()
+    blob = base64.encodebytes(rng.randbytes(rng.randint(4000, 30000))).decode()
+    return (head + 'Content-Type: multipart/mixed; boundary="mix"\n\n'
+            "--mix\nContent-Type: text/plain; charset=utf-8\n\n" + _text(rng, 600) +
+            '--mix\nContent-Type: application/pdf; name="doc.pdf"\n'
+            'Content-Disposition: attachment; filename="doc.pdf"\n'
+            "Content-Transfer-Encoding: base64\n\n" + blob + "--mix--\n").encode()
+
+
+def make_master(root: Path, count: int, seed: int = 1) -> list[Path]:
+    """`count` message files in root/, named as our delivery names them."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    distinct = [make_message(rng, i) for i in range(min(count, 1000))]
+    paths = []
+    for i in range(count):
+        data = distinct[i % len(distinct)]
+        flags = "S" if i % 10 < 7 else ""
+        path = root / (unique_name(len(data), crlf_size(data), host="bench.local") + ":2," + flags)
+        path.write_bytes(data)
+        paths.append(path)
+    return paths
+
+
+def link_maildir(files: list[Path], maildir: Path) -> None:
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True, exist_ok=True)
+    for f in files:
+        os.link(f, maildir / "cur" / f.name)
+
+
+# -- the servers -------------------------------------------------------------------------------
+
+
+class OursImap(OursInstance):
+    """Our server with imap on a loopback port, users u0..uN-1, plaintext allowed."""
+
+    def __init__(self, root: Path, users: list[str]) -> None:
+        super().__init__(root, free_port(), HOST, 1)
+        self.users = users
+        self.imap_port = free_port()
+        self.limits = False  # our own [limits] below: room for 1,000 IDLE sessions
+
+    def write_config(self) -> None:
+        super().write_config()
+        text = self.config.read_text()
+        text = text.replace("[listen]\n", f'[listen]\nimap = "tcp:{self.imap_port}:'
+                                          f'interface={HOST}"\n')
+        text += ("\n[auth]\nallow_plaintext_without_tls = true\n"
+                 "\n[limits]\nconnections = 1200\nconnections_per_ip = 1200\n")
+        self.config.write_text(text)
+
+    def add_user(self) -> None:
+        """{PLAIN} passwords, as the Dovecot side has: this measures IMAP, not Argon2id."""
+        self.data.mkdir(parents=True, exist_ok=True)
+        users = self.data / "users"
+        users.write_text("".join(f"{u}@{DOMAIN}:{{PLAIN}}{PASSWORD}\n" for u in self.users))
+        os.chmod(users, 0o600)
+
+    def mail_root(self) -> Path:
+        return self.data / "mail" / DOMAIN
+
+    def login_name(self, user: str) -> str:
+        return f"{user}@{DOMAIN}"
+
+
+class DovecotImap(DovecotInstance):
+    """Dovecot with room for 1,000 sessions of 10 users from one address."""
+
+    def write_config(self) -> None:
+        super().write_config()
+        with open(self.config, "a") as f:
+            f.write("default_client_limit = 2400\ndefault_process_limit = 1200\n"
+                    "service imap {\n  process_limit = 1200\n}\n")
+
+    def login_name(self, user: str) -> str:
+        return user
+
+
+# -- the client --------------------------------------------------------------------------------
+
+
+class ImapError(Exception):
+    pass
+
+
+class Client:
+    """A minimal IMAP client: one command at a time, whole responses read in big chunks.
+
+    A response is complete when the buffer ends with a line that starts with the tag.
+    (A literal whose last line looks like our tag would fool it; the benchmark's
+    messages never contain one.)
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.n = 0
+
+    @classmethod
+    async def connect(cls, port: int, user: str, select: bool = True) -> Client:
+        reader, writer = await asyncio.open_connection(HOST, port, limit=1 << 24)
+        client = cls(reader, writer)
+        greeting = await reader.readuntil(b"\r\n")
+        if not greeting.startswith(b"* OK"):
+            raise ImapError(f"greeting {greeting!r}")
+        await client.command(f"LOGIN {user} {PASSWORD}".encode())
+        if select:
+            await client.command(b"SELECT INBOX")
+        return client
+
+    async def command(self, line: bytes) -> bytes:
+        self.n += 1
+        tag = b"a%d" % self.n
+        self.writer.write(tag + b" " + line + b"\r\n")
+        buf = bytearray()
+        marker = tag + b" "
+        while True:
+            try:
+                chunk = await asyncio.wait_for(self.reader.read(1 << 20), TIMEOUT)
+            except TimeoutError:
+                raise ImapError(f"no complete answer to {line[:60]!r} in {TIMEOUT} s: "
+                                f"{bytes(buf[-300:])!r}") from None
+            if not chunk:
+                raise ImapError(f"connection closed during {line[:60]!r}")
+            buf += chunk
+            if buf.endswith(b"\r\n"):
+                start = buf.rfind(b"\r\n", 0, len(buf) - 2)
+                start = 0 if start < 0 else start + 2
+                if buf.startswith(marker, start):
+                    if not buf.startswith(marker + b"OK", start):
+                        raise ImapError(f"{line[:60]!r}: {bytes(buf[start:])!r}")
+                    return bytes(buf)
+
+    async def idle(self) -> None:
+        self.n += 1
+        self.writer.write(b"a%d IDLE\r\n" % self.n)
+        line = await self.reader.readuntil(b"\r\n")
+        while not line.startswith(b"+"):
+            line = await self.reader.readuntil(b"\r\n")
+
+    async def logout(self) -> None:
+        try:
+            await self.command(b"LOGOUT")
+        except (ImapError, ConnectionError):
+            pass
+        self.writer.close()
+
+
+def fetch_count(response: bytes) -> int:
+    return response.count(b" FETCH (")
+
+
+# -- the phases --------------------------------------------------------------------------------
+
+Phase = Callable[[Client], Awaitable[None]]
+
+
+def phases(count: int) -> list[tuple[str, bytes, Callable[[bytes], bool]]]:
+    """(label, command, check of the response) for the phases run on a selected session."""
+    return [
+        ("FETCH flags", b"FETCH 1:* (UID FLAGS RFC822.SIZE INTERNALDATE)",
+         lambda r: fetch_count(r) == count),
+        ("FETCH headers", b"FETCH 1:* " + HEADER_FIELDS, lambda r: fetch_count(r) == count),
+        ("FETCH ENVELOPE", b"FETCH 1:* ENVELOPE", lambda r: fetch_count(r) == count),
+        ("FETCH BODYSTRUCTURE", b"FETCH 1:* BODYSTRUCTURE", lambda r: fetch_count(r) == count),
+        ("FETCH bodies", b"FETCH 1:* BODY.PEEK[]", lambda r: fetch_count(r) == count),
+        ("UID SEARCH", b'UID SEARCH HEADER SUBJECT "invoice"', lambda r: b"* SEARCH" in r),
+        ("STORE +FLAGS", b"STORE 1:* +FLAGS (\\Flagged)", lambda r: fetch_count(r) >= 1),
+    ]
+
+
+async def timed_select(port: int, user: str) -> float:
+    reader, writer = await asyncio.open_connection(HOST, port, limit=1 << 24)
+    client = Client(reader, writer)
+    t0 = time.perf_counter()
+    await reader.readuntil(b"\r\n")
+    await client.command(f"LOGIN {user} {PASSWORD}".encode())
+    await client.command(b"SELECT INBOX")
+    elapsed = time.perf_counter() - t0
+    await client.logout()
+    return elapsed
+
+
+async def run_select(port: int, users: list[str]) -> float:
+    t0 = time.perf_counter()
+    await asyncio.gather(*(timed_select(port, u) for u in users))
+    return time.perf_counter() - t0
+
+
+async def run_phase(clients: list[Client], command: bytes,
+                    check: Callable[[bytes], bool]) -> float:
+    async def one(c: Client) -> None:
+        response = await c.command(command)
+        if not check(response):
+            raise ImapError(f"{command!r}: unexpected answer {response[:300]!r}...")
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one(c) for c in clients))
+    elapsed = time.perf_counter() - t0
+    if command.startswith(b"STORE"):  # undo, untimed, so every run does the same work
+        await asyncio.gather(*(c.command(b"STORE 1:* -FLAGS.SILENT (\\Flagged)")
+                               for c in clients))
+    return elapsed
+
+
+async def bench_server(port: int, users: list[str], count: int, repeat: int,
+                       label_rows: dict[str, dict[str, float]], prefix: str) -> None:
+    """Cold (first) and warm (median) times of every phase for len(users) clients."""
+    record = label_rows.setdefault
+    times = [await run_select(port, users) for _ in range(repeat + 1)]
+    record(f"{prefix}login+SELECT", {})["cold"] = times[0]
+    record(f"{prefix}login+SELECT", {})["warm"] = statistics.median(times[1:])
+    clients = [await Client.connect(port, u) for u in users]
+    try:
+        for label, command, check in phases(count):
+            runs = [await run_phase(clients, command, check) for _ in range(repeat + 1)]
+            record(prefix + label, {})["cold"] = runs[0]
+            record(prefix + label, {})["warm"] = statistics.median(runs[1:])
+    finally:
+        for c in clients:
+            await c.logout()
+
+
+async def idle_rss(port: int, root_pid: int, logins: list[str], sessions: int) -> tuple[float, float]:
+    """KiB of RSS and PSS per idle IDLE session (growth of the server tree / sessions)."""
+    pids = proctree.descendants(root_pid)
+    rss0, pss0 = proctree.rss_kib(pids), proctree.pss_kib(pids)
+    gate = asyncio.Semaphore(50)
+    clients: list[Client] = []
+
+    async def open_one(i: int) -> None:
+        async with gate:
+            c = await Client.connect(port, logins[i % len(logins)])
+            await c.idle()
+            clients.append(c)
+
+    await asyncio.gather(*(open_one(i) for i in range(sessions)))
+    await asyncio.sleep(2)
+    pids = proctree.descendants(root_pid)
+    rss1, pss1 = proctree.rss_kib(pids), proctree.pss_kib(pids)
+    for c in clients:
+        c.writer.write(b"DONE\r\n")
+        c.writer.close()
+    await asyncio.sleep(1)
+    return (rss1 - rss0) / sessions, (pss1 - pss0) / sessions
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+def ratio(ours: float, theirs: float) -> str:
+    return f"{ours / theirs:.2f}" if theirs > 0 else "-"
+
+
+def bench_size(root: Path, count: int, clients: list[int], repeat: int, idle: int,
+               rows: list[str]) -> None:
+    n_users = max(max(clients), 10 if idle else 1)
+    users = [f"u{i}" for i in range(n_users)]
+    print(f"\n== folder of {count:,} messages, users {users[0]}..{users[-1]}", flush=True)
+    master = make_master(root / "master", count)
+    ours = OursImap(root / "ours", users)
+    dovecot = DovecotImap(root / "dovecot", root / "dovecot-mail",
+                          {u: PASSWORD for u in users}, protocols=("imap",))
+    ours.write_config()
+    for u in users:
+        link_maildir(master, ours.mail_root() / u)
+        link_maildir(master, root / "dovecot-mail" / u)
+    results: dict[str, dict[str, dict[str, float]]] = {"Dovecot": {}, "ours": {}}
+    idle_results: dict[str, tuple[float, float]] = {}
+    with dovecot, ours:
+        servers = (("Dovecot", dovecot, dovecot.ports["imap"]), ("ours", ours, ours.imap_port))
+        for name, inst, port in servers:
+            for c in clients:
+                logins = [inst.login_name(u) for u in users[:c]]
+                t0 = time.perf_counter()
+                asyncio.run(bench_server(port, logins, count, repeat, results[name],
+                                         f"{c}|"))
+                print(f"  {name:8} {c:2} clients: {time.perf_counter() - t0:6.1f} s",
+                      flush=True)
+                for key, v in results[name].items():
+                    if key.startswith(f"{c}|"):
+                        phase = key.split("|", 1)[1]
+                        print(f"    {phase:22}: cold {v['cold'] * 1000:9.1f} ms"
+                              f"  warm {v['warm'] * 1000:9.1f} ms", flush=True)
+            if idle:
+                logins = [inst.login_name(u) for u in users[:10]]
+                idle_results[name] = asyncio.run(idle_rss(port, inst.master_pid, logins, idle))
+                print(f"  {name:8} {idle} IDLE sessions: {idle_results[name][0]:.1f} KiB RSS, "
+                      f"{idle_results[name][1]:.1f} KiB PSS per session", flush=True)
+    for key in results["ours"]:
+        c, label = key.split("|")
+        d, o = results["Dovecot"][key], results["ours"][key]
+        rows.append(f"| {count:,} | {label} | {c} | {d['cold'] * 1000:.0f} / {o['cold'] * 1000:.0f}"
+                    f" | {ratio(o['cold'], d['cold'])} | {d['warm'] * 1000:.1f} / "
+                    f"{o['warm'] * 1000:.1f} | {ratio(o['warm'], d['warm'])} |")
+    if idle_results:
+        d_rss, d_pss = idle_results["Dovecot"]
+        o_rss, o_pss = idle_results["ours"]
+        rows.append(f"| {count:,} | RSS per IDLE session ({idle} sessions), KiB | {idle} | "
+                    f"RSS {d_rss:.0f} / {o_rss:.0f} | {ratio(o_rss, d_rss)} | "
+                    f"PSS {d_pss:.0f} / {o_pss:.0f} | {ratio(o_pss, d_pss)} |")
+
+
+def bench_big(root: Path, count: int, repeat: int, rows: list[str]) -> None:
+    """The big folder: login+SELECT and FETCH flags / headers, one client."""
+    print(f"\n== folder of {count:,} messages, one client", flush=True)
+    master = make_master(root / "master", count)
+    ours = OursImap(root / "ours", ["u0"])
+    dovecot = DovecotImap(root / "dovecot", root / "dovecot-mail", {"u0": PASSWORD},
+                          protocols=("imap",))
+    ours.write_config()
+    link_maildir(master, ours.mail_root() / "u0")
+    link_maildir(master, root / "dovecot-mail" / "u0")
+    got: dict[str, dict[str, tuple[float, float]]] = {}
+    big_phases = [p for p in phases(count) if p[0] in ("FETCH flags", "FETCH headers")]
+
+    async def run(port: int, login: str) -> dict[str, tuple[float, float]]:
+        out: dict[str, tuple[float, float]] = {}
+        sel = [await run_select(port, [login]) for _ in range(repeat + 1)]
+        out["login+SELECT"] = (sel[0], statistics.median(sel[1:]))
+        client = await Client.connect(port, login)
+        for label, command, check in big_phases:
+            runs = [await run_phase([client], command, check) for _ in range(repeat + 1)]
+            out[label] = (runs[0], statistics.median(runs[1:]))
+        await client.logout()
+        return out
+
+    with dovecot, ours:
+        for name, port, login in (("Dovecot", dovecot.ports["imap"], "u0"),
+                                  ("ours", ours.imap_port, f"u0@{DOMAIN}")):
+            got[name] = asyncio.run(run(port, login))
+            for label, (cold, warm) in got[name].items():
+                print(f"  {name:8} {label:14}: cold {cold * 1000:9.1f} ms  warm {warm * 1000:9.1f} ms",
+                      flush=True)
+    for label in got["ours"]:
+        (dc, dw), (oc, ow) = got["Dovecot"][label], got["ours"][label]
+        rows.append(f"| {count:,} | {label} | 1 | {dc * 1000:.0f} / {oc * 1000:.0f} | "
+                    f"{ratio(oc, dc)} | {dw * 1000:.1f} / {ow * 1000:.1f} | {ratio(ow, dw)} |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="1000,10000", help="folder sizes, e.g. 1000,10000")
+    ap.add_argument("--clients", default="1,10", help="parallel clients, e.g. 1,10")
+    ap.add_argument("--repeat", type=int, default=3, help="warm runs per point (median)")
+    ap.add_argument("--idle", type=int, default=1000,
+                    help="IDLE sessions for the RSS point, on the smallest folder (0: skip)")
+    ap.add_argument("--big", type=int, default=100_000, help="the big folder's size")
+    ap.add_argument("--no-big", action="store_true", help="skip the big folder")
+    ap.add_argument("--tmpdir", default=None, help="where the Maildirs go")
+    ap.add_argument("--keep", action="store_true", help="keep the temp dir")
+    ap.add_argument("--output", default=str(RESULTS), help="Markdown file ('' = none)")
+    args = ap.parse_args(argv)
+    sizes = [int(x) for x in args.sizes.split(",")]
+    clients = [int(x) for x in args.clients.split(",")]
+    rows: list[str] = []
+    tmp = Path(tempfile.mkdtemp(prefix="imapbench-", dir=args.tmpdir))
+    try:
+        for i, size in enumerate(sizes):
+            bench_size(tmp / f"n{size}", size, clients, args.repeat,
+                       args.idle if i == 0 else 0, rows)
+            if not args.keep:
+                shutil.rmtree(tmp / f"n{size}", ignore_errors=True)
+        if not args.no_big:
+            bench_big(tmp / "big", args.big, args.repeat, rows)
+    except (OursError, DovecotError, ImapError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"kept {tmp}")
+    version = subprocess.run(["/usr/sbin/dovecot", "--version"], capture_output=True,
+                             text=True).stdout.strip()
+    table = "\n".join([
+        f"IMAP, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} cores "
+        f"(shared, loaded), warm = median of {args.repeat}; Dovecot {version}; "
+        "times in ms, Dovecot / ours; ratio = ours / Dovecot (lower is better)",
+        "",
+        "| messages | phase | clients | cold D / ours | ratio | warm D / ours | ratio |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+    ])
+    print("\n" + table)
+    if args.output:
+        Path(args.output).write_text(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Commands valid in any state and the way into the authenticated state:
+CAPABILITY, NOOP, LOGOUT, ID, STARTTLS, LOGIN, AUTHENTICATE, ENABLE, NAMESPACE."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.cred.credentials import UsernamePassword
+from twisted.cred.error import UnauthorizedLogin
+from twisted.internet.defer import Deferred
+
+from mailserver.auth.realm import IMailUser
+from mailserver.auth.sasl import SASLError, decode_base64, plain_credentials
+from mailserver.imap import grammar
+from mailserver.imap.commands import ANSWERED, State, bad, no
+from mailserver.imap.encode import quoted_or_literal
+from mailserver.logs import logger
+
+if TYPE_CHECKING:
+    from mailserver.imap.server import IMAPSession
+
+log = logger(__name__)
+
+SERVER_NAME = "mailserver"
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(SERVER_NAME)
+    except Exception:
+        return "0"
+
+
+async def capability(session: IMAPSession, command: grammar.Simple) -> str | None:
+    session.send(("* CAPABILITY " + " ".join(session.capabilities()) + "\r\n").encode())
+    return None
+
+
+async def noop(session: IMAPSession, command: grammar.Simple) -> str | None:
+    return None  # the session's sync after the command reports what changed
+
+
+async def logout(session: IMAPSession, command: grammar.Simple) -> str | None:
+    # RFC 3501 6.1.3: BYE first, then the tagged OK, then close.
+    session.send(b"* BYE Logging out\r\n" + f"{command.tag} OK Logout completed\r\n".encode())
+    session.state = State.LOGOUT
+    session.close()
+    return ANSWERED
+
+
+async def id_command(session: IMAPSession, command: grammar.Id) -> str | None:
+    """RFC 2971: we say who we are; what the client says is only logged."""
+    if command.params:
+        log.info("{session} client id {params}", session=session.session_id,
+                 params=", ".join(f"{k}={v}" for k, v in command.params[:6]))
+    fields = (b"name", SERVER_NAME.encode(), b"version", _version().encode())
+    session.send(b"* ID (" + b" ".join(quoted_or_literal(f) for f in fields) + b")\r\n")
+    return None
+
+
+async def enable(session: IMAPSession, command: grammar.Enable) -> str | None:
+    """RFC 5161: nothing we support needs enabling, so ENABLED lists nothing."""
+    session.send(b"* ENABLED\r\n")
+    return None
+
+
+async def namespace(session: IMAPSession, command: grammar.Simple) -> str | None:
+    """RFC 2342: one personal namespace, no prefix, "." as the delimiter."""
+    session.send(b'* NAMESPACE (("" ".")) NIL NIL\r\n')
+    return None
+
+
+async def starttls(session: IMAPSession, command: grammar.Simple) -> str | None:
+    if session.tls_active:
+        raise bad("TLS is already active")
+    if session.factory.tls_options is None:
+        raise bad("STARTTLS not available")
+    session.send(f"{command.tag} OK Begin TLS negotiation now\r\n".encode())
+    # RFC 3501 6.2.1 and the STARTTLS injection attacks (CVE-2011-0411, CVE-2021-33515
+    # in Dovecot): whatever was pipelined after STARTTLS in plaintext is thrown away.
+    session._buffer.clear()
+    session._reset_command()
+    session.transport.startTLS(session.factory.tls_options)  # type: ignore[union-attr]
+    session.tls_active = True
+    return ANSWERED
+
+
+async def login(session: IMAPSession, command: grammar.Login) -> str | None:
+    if not session.plaintext_allowed:
+        # RFC 3501 6.2.3: LOGINDISABLED; RFC 5530 PRIVACYREQUIRED.
+        raise no("Plaintext authentication disallowed without TLS; use STARTTLS",
+                 "PRIVACYREQUIRED")
+    return await _authenticate(session, command.tag, UsernamePassword(command.user, command.password))
+
+
+async def authenticate(session: IMAPSession, command: grammar.Authenticate) -> str | None:
+    if command.mechanism != "PLAIN":
+        raise no(f"Unsupported authentication mechanism {command.mechanism}", "CANNOT")
+    if not session.plaintext_allowed:
+        raise no("Plaintext authentication disallowed without TLS; use STARTTLS",
+                 "PRIVACYREQUIRED")
+    response = command.initial
+    if response is None:
+        # RFC 3501 6.2.2: an empty challenge, then one line of base64 (or "*").
+        session.send(b"+ \r\n")
+        answer: Deferred[bytes] = Deferred()
+        session.expect_continuation(answer.callback)
+        response = (await answer).rstrip(b"\r\n")
+        if response == b"*":
+            raise bad("Authentication cancelled")
+    try:
+        credentials = plain_credentials(decode_base64(response))
+    except SASLError as e:
+        raise bad(f"Invalid SASL response: {e}") from None
+    return await _authenticate(session, command.tag, credentials)
+
+
+async def _authenticate(session: IMAPSession, tag: str, credentials: Any) -> str | None:
+    try:
+        _, user, _logout = await session.factory.portal.login(credentials, None, IMailUser)
+    except UnauthorizedLogin:
+        session.auth_failures += 1
+        log.info("{session} login failed from {peer}", session=session.session_id,
+                 peer=session.peer_ip)
+        refusal = no("Authentication failed", "AUTHENTICATIONFAILED")
+        if session.auth_failures < _max_failures():
+            raise refusal from None
+        session.send(refusal.line(tag) + b"* BYE Too many authentication failures\r\n")
+        session.close()
+        return ANSWERED
+    store = await session.blocking(session.factory.open_store, user.mailbox)
+    session.logged_in(user, store)
+    log.info("{session} {user} logged in from {peer}", session=session.session_id,
+             user=user.address, peer=session.peer_ip)
+    return f"[CAPABILITY {' '.join(session.capabilities())}] Logged in"
+
+
+def _max_failures() -> int:
+    from mailserver.imap.server import MAX_AUTH_FAILURES
+
+    return MAX_AUTH_FAILURES

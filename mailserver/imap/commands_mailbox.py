@@ -1,0 +1,276 @@
+"""Mailbox commands (RFC 3501 6.3): SELECT, EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE,
+UNSUBSCRIBE, LIST, LSUB, STATUS, APPEND; with SPECIAL-USE (RFC 6154), CHILDREN
+(RFC 3348), UIDPLUS's APPENDUID (RFC 4315) and APPENDLIMIT (RFC 7889)."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from mailserver.imap import grammar, mutf7
+from mailserver.imap.commands import State, bad, no
+from mailserver.imap.encode import astring, parse_date_time
+from mailserver.interfaces import FolderInfo
+from mailserver.logs import logger
+
+if TYPE_CHECKING:
+    from mailserver.imap.server import IMAPSession
+
+log = logger(__name__)
+
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+
+
+def checked_name(name: str) -> str:
+    """A mailbox name the store may see, or NO [CANNOT] (RFC 5530) saying why.
+
+    Modified UTF-7 is checked here (RFC 3501 5.1.3); the store checks again."""
+    if name == "INBOX":
+        return name
+    problem = grammar.store_name_problem(name)
+    if problem is None:
+        try:
+            mutf7.decode(name)
+        except ValueError:
+            problem = "mailbox name is not valid modified UTF-7 (RFC 3501 5.1.3)"
+    if problem is not None:
+        raise no(problem, "CANNOT")
+    return name
+
+
+async def select(session: IMAPSession, command: grammar.MailboxCommand) -> str | None:
+    """RFC 3501 6.3.1/6.3.2. A failed SELECT leaves no mailbox selected."""
+    read_only = command.name == "EXAMINE"
+    name = checked_name(command.mailbox)
+    if session.view is not None:
+        await session.deselect()  # RFC 3501 6.3.1: even if this SELECT fails
+    view = await session.blocking(session.store.select, name, read_only)
+    session.view = view
+    session.selected_name = name
+    session.state = State.SELECTED
+    try:
+        session.unwatch = session.store.watch(name, session.folder_changed)
+    except Exception as e:  # IDLE falls back to reporting at the next command
+        log.warn("{session} cannot watch {name}: {e!r}", session=session.session_id,
+                 name=name, e=e)
+    session.send(_select_lines(view))
+    mode = "READ-ONLY" if view.read_only else "READ-WRITE"
+    return f"[{mode}] {command.name.title()} completed"
+
+
+def _select_lines(view: Any) -> bytes:
+    """RFC 3501 6.3.1 untagged data. Keywords: those the folder defines (the store's
+    `keywords`, a Maildir++ folder has 26 letters) and those in use; PERMANENTFLAGS has
+    \\* only while new keywords can still be created (`can_create_keywords`)."""
+    messages = view.messages
+    keywords: set[str] = set(getattr(view, "keywords", ()))
+    recent = 0
+    first_unseen = 0
+    for i, info in enumerate(messages):
+        if info.recent:
+            recent += 1
+        flags = info.flags
+        if not first_unseen and "\\Seen" not in flags:
+            first_unseen = i + 1
+        if flags:
+            keywords.update(f for f in flags if not f.startswith("\\"))
+    flags_text = " ".join([*SYSTEM_FLAGS, *sorted(keywords)])
+    read_only = view.read_only
+    more = ["\\*"] if getattr(view, "can_create_keywords", True) else []
+    permanent = "" if read_only else " ".join([*SYSTEM_FLAGS, *sorted(keywords), *more])
+    lines = [
+        f"* FLAGS ({flags_text})",
+        f"* OK [PERMANENTFLAGS ({permanent})] Flags permitted",
+        f"* {len(messages)} EXISTS",
+        f"* {recent} RECENT",
+    ]
+    if first_unseen:
+        lines.append(f"* OK [UNSEEN {first_unseen}] First unseen")
+    lines.append(f"* OK [UIDVALIDITY {view.uid_validity}] UIDs valid")
+    lines.append(f"* OK [UIDNEXT {view.uid_next}] Predicted next UID")
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
+
+
+async def create(session: IMAPSession, command: grammar.MailboxCommand) -> str | None:
+    name = command.mailbox
+    if name.endswith(grammar.DELIMITER):
+        # RFC 3501 6.3.3: a trailing delimiter says the client means a parent to be.
+        name = name.rstrip(grammar.DELIMITER)
+    if name.upper() == "INBOX":
+        raise no("INBOX always exists", "ALREADYEXISTS")
+    if command.use:
+        raise no("Special-use attributes cannot be set by CREATE here", "USEATTR")
+    await session.blocking(session.store.create, checked_name(name))
+    return None
+
+
+async def delete(session: IMAPSession, command: grammar.MailboxCommand) -> str | None:
+    name = command.mailbox
+    if name == "INBOX":
+        raise no("INBOX cannot be deleted", "CANNOT")  # RFC 3501 6.3.4
+    name = checked_name(name)
+    if session.view is not None and session.selected_name == name:
+        raise no("The selected mailbox cannot be deleted; select another first", "CANNOT")
+    await session.blocking(session.store.delete, name)
+    return None
+
+
+async def rename(session: IMAPSession, command: grammar.Rename) -> str | None:
+    old, new = checked_name(command.old), command.new
+    if new.upper() == "INBOX":
+        raise no("INBOX already exists", "ALREADYEXISTS")
+    await session.blocking(session.store.rename, old, checked_name(new))
+    return None
+
+
+async def subscribe(session: IMAPSession, command: grammar.MailboxCommand) -> str | None:
+    name = checked_name(command.mailbox)
+    method = (session.store.subscribe if command.name == "SUBSCRIBE"
+              else session.store.unsubscribe)
+    await session.blocking(method, name)
+    return None
+
+
+def pattern_regex(reference: str, pattern: str) -> re.Pattern[str]:
+    """RFC 3501 6.3.8: `*` matches anything, `%` anything but the delimiter; the
+    reference is prefixed as is. A leading INBOX matches in any case (5.1)."""
+    full = grammar.mailbox_name((reference + pattern).encode())
+    out = []
+    for ch in full:
+        if ch == "*":
+            out.append(".*")
+        elif ch == "%":
+            out.append("[^.]*")
+        else:
+            out.append(re.escape(ch))
+    return re.compile("".join(out) + r"\Z", re.DOTALL)
+
+
+async def list_command(session: IMAPSession, command: grammar.ListCommand) -> str | None:
+    """LIST (RFC 3501 6.3.8, with RFC 5258 SUBSCRIBED / RFC 6154 SPECIAL-USE selection
+    and CHILDREN / SUBSCRIBED / SPECIAL-USE return options) and LSUB (6.3.9)."""
+    word = command.name
+    if command.pattern == "" and word == "LIST":
+        # RFC 3501 6.3.8: the hierarchy delimiter and the root of the reference.
+        session.send(b'* LIST (\\Noselect) "." ""\r\n')
+        return None
+    for option in command.select:
+        if option not in ("SUBSCRIBED", "SPECIAL-USE", "REMOTE", "RECURSIVEMATCH"):
+            raise bad(f"Unknown LIST selection option {option}")
+    for option in command.returns:
+        if option not in ("SUBSCRIBED", "CHILDREN", "SPECIAL-USE"):
+            raise bad(f"Unknown LIST return option {option}")
+    regex = pattern_regex(command.reference, command.pattern)
+    subscribed_only = word == "LSUB" or "SUBSCRIBED" in command.select
+    folders: list[FolderInfo] = await session.blocking(_listing, session.store,
+                                                       subscribed_only)
+    show_subscribed = "SUBSCRIBED" in command.select or "SUBSCRIBED" in command.returns
+    lines: list[bytes] = []
+    listed: set[str] = set()
+    for folder in folders:
+        if not regex.match(folder.name):
+            continue
+        if subscribed_only and not folder.subscribed:
+            continue
+        if "SPECIAL-USE" in command.select and not folder.special_use:
+            continue
+        lines.append(_list_line(word, folder, show_subscribed))
+        listed.add(folder.name)
+    if word == "LSUB" and "%" in command.pattern:
+        # RFC 3501 6.3.9: a subscribed child under an unsubscribed parent that matches
+        # "%" shows the parent as \Noselect.
+        for folder in folders:
+            if not folder.subscribed:
+                continue
+            parts = folder.name.split(grammar.DELIMITER)
+            for n in range(1, len(parts)):
+                parent = grammar.DELIMITER.join(parts[:n])
+                if parent not in listed and regex.match(parent):
+                    listed.add(parent)
+                    lines.append(b'* LSUB (\\Noselect) "." ' + _wire_name(parent) + b"\r\n")
+    session.send(b"".join(lines))
+    return None
+
+
+def _listing(store: Any, with_subscriptions: bool) -> list[FolderInfo]:
+    """The folders, plus (for LSUB and LIST (SUBSCRIBED)) subscribed names that no
+    longer exist: RFC 3501 6.3.9 keeps them listed. Blocking. Uses the store's
+    `subscriptions()` where it has one (not part of IUserStore)."""
+    folders: list[FolderInfo] = store.folders()
+    subscriptions = getattr(store, "subscriptions", None)
+    if with_subscriptions and subscriptions is not None:
+        known = {f.name for f in folders}
+        folders += [FolderInfo(name, selectable=False, subscribed=True)
+                    for name in subscriptions() if name not in known]
+    return folders
+
+
+def _wire_name(name: str) -> bytes:
+    return astring(name.encode("utf-8"))
+
+
+def _list_line(word: str, folder: FolderInfo, show_subscribed: bool) -> bytes:
+    attributes = []
+    if not folder.selectable:
+        attributes.append("\\Noselect")
+    attributes.append("\\HasChildren" if folder.has_children else "\\HasNoChildren")
+    if folder.special_use:
+        attributes.append(folder.special_use)
+    if show_subscribed and folder.subscribed:
+        attributes.append("\\Subscribed")
+    return (f"* {word} ({' '.join(attributes)}) \".\" ".encode()
+            + _wire_name(folder.name) + b"\r\n")
+
+
+async def status(session: IMAPSession, command: grammar.Status) -> str | None:
+    """RFC 3501 6.3.10. For the selected mailbox too (the RFC discourages, not forbids)."""
+    name = checked_name(command.mailbox)
+    result = await session.blocking(session.store.status, name)
+    values = {
+        "MESSAGES": result.messages,
+        "RECENT": result.recent,
+        "UIDNEXT": result.uid_next,
+        "UIDVALIDITY": result.uid_validity,
+        "UNSEEN": result.unseen,
+    }
+    items = " ".join(f"{item} {values[item]}" for item in command.items)
+    session.send(b"* STATUS " + _wire_name(name) + f" ({items})\r\n".encode())
+    return None
+
+
+async def append(session: IMAPSession, command: grammar.Append) -> str | None:
+    """RFC 3501 6.3.11, APPENDUID (RFC 4315 3), TOOBIG / APPENDLIMIT (RFC 7889)."""
+    name = checked_name(command.mailbox)
+    if len(command.message) > session.config.limits.message_size:
+        raise no("Message too large", "TOOBIG")
+    if not command.message:
+        raise no("Empty messages cannot be stored")
+    date = None
+    if command.date is not None:
+        try:
+            date = parse_date_time(command.date)
+        except ValueError:
+            raise bad("Invalid date-time") from None
+    flags = []
+    for flag in command.flags:
+        if flag.startswith("\\"):
+            system = _system_flag(flag)
+            if system is None:
+                raise bad(f"Invalid system flag {flag}")
+            flags.append(system)
+        else:
+            flags.append(flag)
+    result = await session.blocking(session.store.append, name, command.message,
+                                    tuple(flags), date)
+    uid = result.dest_uids[0] if result.dest_uids else 0
+    if session.view is not None and session.selected_name == name:
+        await session.sync()
+    return f"[APPENDUID {result.uid_validity} {uid}] Append completed"
+
+
+def _system_flag(flag: str) -> str | None:
+    for known in SYSTEM_FLAGS:
+        if flag.lower() == known.lower():
+            return known
+    return None
+

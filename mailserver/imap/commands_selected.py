@@ -1,0 +1,217 @@
+"""Commands of the selected state (RFC 3501 6.4): CHECK, CLOSE, UNSELECT (RFC 3691),
+EXPUNGE and UID EXPUNGE (RFC 4315), SEARCH, FETCH, STORE, COPY, MOVE (RFC 6851); and
+IDLE (RFC 2177), valid once authenticated."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+
+from mailserver.imap import fetch as fetching
+from mailserver.imap import grammar
+from mailserver.imap.commands import (
+    ANSWERED,
+    bad,
+    no,
+    sequence_indexes,
+    uid_set_text,
+)
+from mailserver.imap.commands_mailbox import SYSTEM_FLAGS, checked_name
+from mailserver.imap.encode import flag_list
+from mailserver.imap.search import CHARSETS, run_search
+from mailserver.interfaces import MessageInfo
+
+if TYPE_CHECKING:
+    from mailserver.imap.server import IMAPSession
+
+#: Numbers per line in a SEARCH answer chunk (a 100k-message answer streams).
+SEARCH_CHUNK = 10000
+
+
+def _writable(session: IMAPSession) -> Any:
+    view = session.view
+    if view.read_only:
+        raise no("Mailbox is read-only (EXAMINE)", "CANNOT")
+    return view
+
+
+async def check(session: IMAPSession, command: grammar.Simple) -> str | None:
+    return None  # RFC 3501 6.4.1: every change is already on disk
+
+
+async def close(session: IMAPSession, command: grammar.Simple) -> str | None:
+    """RFC 3501 6.4.2: expunge silently (no EXPUNGE responses), then deselect."""
+    view = session.view
+    if not view.read_only:
+        await session.blocking(view.expunge)
+    await session.deselect()
+    return None
+
+
+async def unselect(session: IMAPSession, command: grammar.Simple) -> str | None:
+    await session.deselect()  # RFC 3691: as CLOSE without the expunge
+    return None
+
+
+async def expunge(session: IMAPSession, command: grammar.Command) -> str | None:
+    view = _writable(session)
+    uids: list[int] | None = None
+    if isinstance(command, grammar.UidExpunge):
+        indexes = sequence_indexes(view.messages, command.sequence, uid=True)
+        uids = [view.messages[i].uid for i in indexes]
+        if not uids:
+            return None
+    changes = await session.blocking(view.expunge, uids)
+    session.report(changes)
+    return None
+
+
+async def search(session: IMAPSession, command: grammar.Search) -> str | None:
+    charset = command.charset
+    if charset is not None and charset not in CHARSETS:
+        # RFC 3501 6.4.4 / 7.1: BADCHARSET lists what we support.
+        raise no(f"Unsupported charset {charset}", f"BADCHARSET ({' '.join(CHARSETS)})")
+    view = session.view
+    found: list[int] = await session.blocking(run_search, view, command.program,
+                                              command.uid)
+    chunks = [b"* SEARCH"]
+    for start in range(0, len(found), SEARCH_CHUNK):
+        chunks.append(b" " + b" ".join(b"%d" % n for n in found[start:start + SEARCH_CHUNK]))
+    session.send(b"".join(chunks) + b"\r\n")
+    return None
+
+
+async def fetch(session: IMAPSession, command: grammar.Fetch) -> str | None:
+    view = session.view
+    indexes = sequence_indexes(view.messages, command.sequence, command.uid)
+    items = list(grammar.flatten(command.items))
+    if command.uid and not any(att.name == "UID" for att in items):
+        items.insert(0, grammar.FetchAtt("UID"))  # RFC 3501 6.4.8
+    changed: frozenset[int] = frozenset()
+    if not view.read_only and any(att.sets_seen for att in items):
+        unseen = [view.messages[i].uid for i in indexes
+                  if "\\Seen" not in view.messages[i].flags]
+        if unseen:
+            infos: list[MessageInfo] = await session.blocking(view.store, unseen, "+",
+                                                              ["\\Seen"])
+            changed = frozenset(info.uid for info in infos)
+    fetch_plan = fetching.plan(items)
+    cache_key = (session.user.address, session.selected_name, view.uid_validity)
+    missing: list[int] = []
+    chunks = fetching.batches(fetch_plan, view.messages, indexes)
+
+    def build(batch: list[int]) -> Any:
+        entries = [(i + 1, view.messages[i]) for i in batch]
+        if fetch_plan.needs_disk:
+            return session.blocking(fetching.build, view, fetch_plan, entries, changed,
+                                    cache_key)
+        return fetching.build(view, fetch_plan, entries, changed)
+
+    with session.write_flow() as flow:
+        # The next batch is built in the disk thread while this one is written: one
+        # store call at a time still, but no idle hop between batches.
+        pending: Any = build(chunks[0]) if chunks else None
+        for n in range(len(chunks)):
+            data, gone = await pending if isinstance(pending, Deferred) else pending
+            pending = build(chunks[n + 1]) if n + 1 < len(chunks) else None
+            missing += gone
+            session.send(data)
+            if flow is not None and flow.paused:
+                await flow.wait()
+            if session._closing:
+                if isinstance(pending, Deferred):
+                    await pending  # let the running store call end before the view closes
+                return ANSWERED
+    if missing:
+        # RFC 5530 EXPUNGEISSUED: another session expunged some of them meanwhile.
+        raise no("Some of the requested messages no longer exist", "EXPUNGEISSUED")
+    return None
+
+
+def normalised_flags(flags: tuple[str, ...]) -> list[str]:
+    """System flags in their canonical case; unknown system flags are refused."""
+    out = []
+    for flag in flags:
+        if flag.startswith("\\"):
+            known = next((f for f in SYSTEM_FLAGS if f.lower() == flag.lower()), None)
+            if known is None:
+                raise bad(f"Invalid system flag {flag}")
+            out.append(known)
+        else:
+            out.append(flag)
+    return out
+
+
+async def store(session: IMAPSession, command: grammar.Store) -> str | None:
+    view = _writable(session)
+    indexes = sequence_indexes(view.messages, command.sequence, command.uid)
+    flags = normalised_flags(command.flags)
+    uids = [view.messages[i].uid for i in indexes]
+    if uids:
+        await session.blocking(view.store, uids, command.mode, flags)
+    if not command.silent:
+        # RFC 3501 6.4.6: the new flags of each message, as an untagged FETCH.
+        lines = []
+        messages = view.messages
+        vanished = getattr(view, "is_vanished", None)  # not in every IMailboxView
+        for i in indexes:
+            info = messages[i]
+            if vanished is not None and vanished(info.uid):
+                continue  # expunged by another session; its EXPUNGE comes later
+            uid = b"UID %d " % info.uid if command.uid else b""
+            lines.append(b"* %d FETCH (%sFLAGS %s)\r\n" % (
+                i + 1, uid, flag_list(sorted(info.flags), info.recent)))
+        session.send(b"".join(lines))
+    return None
+
+
+async def copy(session: IMAPSession, command: grammar.Copy) -> str | None:
+    """COPY (RFC 3501 6.4.7) and MOVE (RFC 6851), with COPYUID (RFC 4315 3)."""
+    view = session.view if command.name == "COPY" else _writable(session)
+    dest = checked_name(command.mailbox)
+    indexes = sequence_indexes(view.messages, command.sequence, command.uid)
+    uids = [view.messages[i].uid for i in indexes]
+    word = command.name.title()
+    if not uids:
+        return f"{word} completed"
+    if command.name == "COPY":
+        result = await session.blocking(view.copy, uids, dest)
+        return f"[{_copyuid(result)}] Copy completed"
+    result, changes = await session.blocking(view.move, uids, dest)
+    # RFC 6851 4.3: COPYUID in an untagged OK before the EXPUNGEs.
+    session.send(f"* OK [{_copyuid(result)}] Moved\r\n".encode())
+    session.report(changes)
+    return "Move completed"
+
+
+def _copyuid(result: Any) -> str:
+    return (f"COPYUID {result.uid_validity} {uid_set_text(result.source_uids)} "
+            f"{uid_set_text(result.dest_uids)}")
+
+
+async def idle(session: IMAPSession, command: grammar.Simple) -> str | None:
+    """RFC 2177: `+ idling`, then changes as they happen, until DONE."""
+    session.idle_tag = command.tag
+    session.send(b"+ idling\r\n")
+    session.expect_continuation(lambda line: _idle_done(session, line))
+    session.folder_changed()  # anything that happened before IDLE began
+    return ANSWERED
+
+
+def _idle_done(session: IMAPSession, line: bytes) -> None:
+    tag, session.idle_tag = session.idle_tag, None
+    assert tag is not None
+    if line.rstrip(b"\r\n").upper() == b"DONE":
+        reply = f"{tag} OK Idle completed\r\n".encode()
+    else:
+        reply = bad("Expected DONE to end IDLE").line(tag)
+        session._count_error()
+    if not session._idle_syncing:
+        session.send(reply)
+        return
+    # A sync is running: answer after it, and read nothing more until then.
+    finished: Deferred[None] = Deferred()
+    session.idle_waiters.append(finished)
+    finished.addCallback(lambda _: session.send(reply))
+    session._wait_for(finished)

@@ -1,0 +1,178 @@
+"""SEARCH (RFC 3501 6.4.4): evaluate a parsed search program over a view's messages.
+
+Runs in a disk thread as a whole: keys on flags, sizes, dates and numbers use the
+MessageInfo in memory; header keys read the cached header block (view.header), and
+only BODY/TEXT open the message. Each message is read at most once, and only if an
+earlier, cheaper key did not already decide it.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from typing import Any
+
+from mailserver.imap.grammar import (
+    SearchAnd,
+    SearchKey,
+    SearchNot,
+    SearchOr,
+    SearchProgram,
+    SequenceSet,
+)
+from mailserver.imap.message import ParsedMessage
+from mailserver.interfaces import MessageInfo, StoreError
+
+#: Charsets we can search in (RFC 3501 6.4.4: US-ASCII must be supported).
+CHARSETS = ("US-ASCII", "UTF-8")
+
+_FLAG_KEYS: dict[str, Callable[[MessageInfo], bool]] = {
+    "ALL": lambda m: True,
+    "ANSWERED": lambda m: "\\Answered" in m.flags,
+    "DELETED": lambda m: "\\Deleted" in m.flags,
+    "DRAFT": lambda m: "\\Draft" in m.flags,
+    "FLAGGED": lambda m: "\\Flagged" in m.flags,
+    "SEEN": lambda m: "\\Seen" in m.flags,
+    "UNANSWERED": lambda m: "\\Answered" not in m.flags,
+    "UNDELETED": lambda m: "\\Deleted" not in m.flags,
+    "UNDRAFT": lambda m: "\\Draft" not in m.flags,
+    "UNFLAGGED": lambda m: "\\Flagged" not in m.flags,
+    "UNSEEN": lambda m: "\\Seen" not in m.flags,
+    "RECENT": lambda m: m.recent,
+    "OLD": lambda m: not m.recent,
+    "NEW": lambda m: m.recent and "\\Seen" not in m.flags,
+}
+_ADDRESS_HEADERS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject",
+                    "TO": "to"}
+
+
+class _Message:
+    """One message during evaluation: reads its header or body once, when needed."""
+
+    __slots__ = ("view", "info", "seq", "_raw_header", "_header", "_full")
+
+    def __init__(self, view: Any, info: MessageInfo, seq: int) -> None:
+        self.view = view
+        self.info = info
+        self.seq = seq
+        self._raw_header: bytes | None = None
+        self._header: ParsedMessage | None = None
+        self._full: ParsedMessage | None = None
+
+    def raw_header(self) -> bytes:
+        if self._raw_header is None:
+            self._raw_header = self.view.header(self.info.uid)
+        return self._raw_header
+
+    def header(self) -> ParsedMessage:
+        if self._full is not None:
+            return self._full
+        if self._header is None:
+            self._header = ParsedMessage.from_header(self.raw_header())
+        return self._header
+
+    def cannot_contain(self, needle: bytes) -> bool:
+        """A cheap test before parsing: an ASCII header without encoded words that does
+        not hold the needle anywhere (case-insensitively) cannot match it in any field.
+        Only for needles without white space, which folding could split."""
+        if not needle or not needle.isascii() or any(c in needle for c in b" \t\r\n"):
+            return False
+        raw = self.raw_header()
+        return raw.isascii() and b"=?" not in raw and needle.lower() not in raw.lower()
+
+    def full(self) -> ParsedMessage:
+        if self._full is None:
+            self._full = ParsedMessage(self.view.read(self.info.uid))
+        return self._full
+
+
+class Evaluator:
+    def __init__(self, view: Any) -> None:
+        messages = view.messages
+        self.view = view
+        self.count = len(messages)
+        self.max_uid = messages[-1].uid if messages else 0
+        self._ranges: dict[int, list[tuple[int, int]]] = {}
+
+    def _in_set(self, key: SearchKey, value: int, largest: int) -> bool:
+        ranges = self._ranges.get(id(key))
+        if ranges is None:
+            sequence: SequenceSet = key.value
+            ranges = self._ranges[id(key)] = sequence.resolve(largest)
+        return any(lo <= value <= hi for lo, hi in ranges)
+
+    def matches(self, program: SearchProgram, m: _Message) -> bool:
+        if isinstance(program, SearchAnd):
+            return all(self.matches(k, m) for k in program.keys)
+        if isinstance(program, SearchOr):
+            return self.matches(program.left, m) or self.matches(program.right, m)
+        if isinstance(program, SearchNot):
+            return not self.matches(program.key, m)
+        return self._key(program, m)
+
+    def _key(self, key: SearchKey, m: _Message) -> bool:
+        op, info = key.op, m.info
+        test = _FLAG_KEYS.get(op)
+        if test is not None:
+            return test(info)
+        if op == "SEQUENCE":
+            return self._in_set(key, m.seq, self.count)
+        if op == "UID":
+            return self._in_set(key, info.uid, self.max_uid)
+        if op == "LARGER":
+            return bool(info.size > key.value)
+        if op == "SMALLER":
+            return bool(info.size < key.value)
+        if op in ("KEYWORD", "UNKEYWORD"):
+            wanted = key.value.lower()
+            present = any(f.lower() == wanted for f in info.flags)
+            return present if op == "KEYWORD" else not present
+        if op in ("BEFORE", "ON", "SINCE"):
+            # RFC 3501 6.4.4: the internal date, time and zone disregarded (we use UTC,
+            # as INTERNALDATE is sent in UTC).
+            day = datetime.datetime.fromtimestamp(info.internal_date, datetime.UTC).date()
+            return _compare_date(op, day, key.value)
+        if op in ("SENTBEFORE", "SENTON", "SENTSINCE"):
+            sent = m.header().sent_date()
+            return sent is not None and _compare_date(op[4:], sent, key.value)
+        if op in _ADDRESS_HEADERS:
+            if m.cannot_contain(key.value):
+                return False
+            return m.header().header_matches(_ADDRESS_HEADERS[op], _text(key.value))
+        if op == "HEADER":
+            name, needle = key.value
+            if m.cannot_contain(needle):
+                return False
+            return m.header().header_matches(name, _text(needle))
+        if op == "BODY":
+            return m.full().body_contains(_text(key.value))
+        if op == "TEXT":
+            return m.full().text_contains(_text(key.value))
+        raise ValueError(f"unknown search key {op}")  # pragma: no cover - grammar checks
+
+
+def _compare_date(op: str, day: datetime.date, wanted: datetime.date) -> bool:
+    if op == "BEFORE":
+        return day < wanted
+    if op == "ON":
+        return day == wanted
+    return day >= wanted  # SINCE
+
+
+def _text(value: bytes) -> str:
+    return value.decode("utf-8", "replace")
+
+
+def run_search(view: Any, program: SearchProgram, uid: bool) -> list[int]:
+    """Sequence numbers (or UIDs) of the matching messages, ascending. Blocking."""
+    evaluator = Evaluator(view)
+    found = []
+    for i, info in enumerate(list(view.messages)):
+        m = _Message(view, info, i + 1)
+        try:
+            hit = evaluator.matches(program, m)
+        except StoreError:
+            continue  # expunged by another session meanwhile: it matches nothing
+        if hit:
+            found.append(info.uid if uid else i + 1)
+    return found

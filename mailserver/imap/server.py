@@ -1,0 +1,620 @@
+"""The IMAP4rev1 session (RFC 3501) on the `imap` and `imaps` listeners.
+
+One state machine per connection, one command at a time. A command that waits for the
+disk (every store call runs in a disk thread) holds all later input in our buffer and,
+past MAX_PENDING_INPUT, pauses the socket: answers go out strictly in the order the
+commands came (RFC 3501 5.5), which twisted.mail's server gets wrong (twisted#9282).
+
+Framing is ours too: a command is a line plus, for each `{n}` / `{n+}` literal at a
+line's end (RFC 3501 4.3, RFC 7888), n octets and another line. Lines and literals are
+bounded before anything is buffered, so neither a 1 GiB line nor `{4294967295}` costs
+memory. grammar.py parses the framed command; commands_*.py carry out each command.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from twisted.internet import interfaces
+from twisted.internet.defer import Deferred, ensureDeferred, succeed
+from twisted.internet.protocol import Factory, Protocol
+from twisted.protocols.policies import TimeoutMixin
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from mailserver.config import Config
+from mailserver.imap import grammar
+from mailserver.imap.commands import (
+    ANSWERED,
+    ANY,
+    AUTH,
+    NOT_AUTH,
+    SELECTED,
+    Refusal,
+    State,
+    bad,
+    index_of_uid,
+)
+from mailserver.imap.encode import flag_list
+from mailserver.interfaces import Changes, StoreError
+from mailserver.logs import logger
+
+log = logger(__name__)
+
+#: Longest command line (without literals). RFC 7162 3 asks for at least 8192 octets;
+#: long UID sets from sync clients need more, so we allow what Dovecot allows.
+MAX_LINE = 64 * 1024
+#: Largest command, literals included, except APPEND's message (APPENDLIMIT).
+MAX_COMMAND = 64 * 1024
+#: Pipelined input held while a command is pending before we stop reading the socket.
+MAX_PENDING_INPUT = 256 * 1024
+#: Failed LOGIN/AUTHENTICATE attempts before the connection is closed.
+MAX_AUTH_FAILURES = 5
+#: RFC 3501 5.4: an authenticated session's autologout timer is at least 30 minutes.
+AUTHENTICATED_TIMEOUT = 31 * 60
+
+Handler = Callable[[Any, Any], Awaitable[str | None]]
+
+
+@implementer(interfaces.IPushProducer)
+class WriteFlow:
+    """Flow control for long answers (FETCH of many bodies): registered with the
+    transport while they are written; `wait()` fires once the client has read enough."""
+
+    def __init__(self) -> None:
+        self.paused = False
+        self.stopped = False
+        self._waiters: list[Deferred[None]] = []
+
+    def pauseProducing(self) -> None:  # noqa: N802 - Twisted's name
+        self.paused = True
+
+    def resumeProducing(self) -> None:  # noqa: N802 - Twisted's name
+        self.paused = False
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
+
+    def stopProducing(self) -> None:  # noqa: N802 - Twisted's name
+        self.stopped = True
+        self.resumeProducing()
+
+    def wait(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        if self.paused and not self.stopped:
+            self._waiters.append(d)
+        else:
+            d.callback(None)
+        return d
+
+
+class IMAPServerFactory(Factory):
+    """Builds one IMAPSession per connection, sharing config, portal, disk and TLS.
+
+    `open_store(config, mailbox)` builds a user's IUserStore (blocking: called in a disk
+    thread); `disk` runs blocking calls (`run(fn, *args) -> Deferred`).
+    """
+
+    def __init__(self, config: Config, portal: Any, disk: Any,
+                 tls_options: interfaces.IOpenSSLServerConnectionCreator | None = None,
+                 implicit_tls: bool = False, name: str = "imap", instance: int = 0,
+                 open_store: Callable[..., Any] | None = None) -> None:
+        self.config = config
+        self.portal = portal
+        self.disk = disk
+        self.tls_options = tls_options
+        self.implicit_tls = implicit_tls
+        self.name = name
+        self.id_prefix = f"w{instance}-{name}" if instance else name
+        self._open_store = open_store
+        self.sessions_started = 0
+        self.sessions: set[IMAPSession] = set()
+        self.shutting_down = False
+
+    def open_store(self, mailbox: Any) -> Any:
+        if self._open_store is None:
+            from mailserver.store.userstore import open_user_store
+
+            self._open_store = open_user_store
+        return self._open_store(self.config, mailbox)
+
+    def buildProtocol(self, addr: interfaces.IAddress | None) -> IMAPSession:
+        self.sessions_started += 1
+        return IMAPSession(self, self.sessions_started)
+
+    def shut_down(self) -> None:
+        """Server stopping: every session gets `* BYE` (RFC 3501 7.1.5) and is closed."""
+        self.shutting_down = True
+        for session in list(self.sessions):
+            session.shut_down()
+
+
+class IMAPSession(Protocol, TimeoutMixin):
+    """One IMAP connection."""
+
+    def __init__(self, factory: IMAPServerFactory, number: int) -> None:
+        self.factory = factory
+        self.config = factory.config
+        self.session_id = f"{factory.id_prefix}-{number}"
+        self.peer_ip = "unknown"
+        self.state = State.NOT_AUTHENTICATED
+        self.tls_active = factory.implicit_tls
+        self.user: Any = None          # IMailUser avatar once authenticated
+        self.store: Any = None         # IUserStore once authenticated
+        self.view: Any = None          # IMailboxView while a mailbox is selected
+        self.selected_name = ""
+        self.unwatch: Callable[[], None] | None = None
+        self.auth_failures = 0
+        self.errors = 0
+        self.flow: WriteFlow | None = None
+        # Input
+        self._buffer = bytearray()
+        self._parts: list[bytes] = []      # the command framed so far
+        self._parts_size = 0
+        self._literal_left = 0             # octets of the current literal still to come
+        self._discarding_line = False
+        self._discard_tag: str | None = None
+        self._busy = False
+        self._processing = False
+        self._closing = False
+        self._lost = False
+        self._paused = False
+        #: While set, the next line is the answer to a continuation (`+`) we sent:
+        #: an AUTHENTICATE response or IDLE's DONE.
+        self._continuation: Callable[[bytes], None] | None = None
+        # IDLE
+        self.idle_tag: str | None = None
+        self._idle_syncing = False
+        self._idle_again = False
+        self.idle_waiters: list[Deferred[None]] = []
+
+    # -- connection lifecycle ------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()  # type: ignore[union-attr]
+        self.peer_ip = getattr(peer, "host", "unknown")
+        self.factory.sessions.add(self)
+        self.setTimeout(self.config.limits.command_timeout)
+        caps = " ".join(self.capabilities())
+        self.send(f"* OK [CAPABILITY {caps}] {self.config.hostname} IMAP4rev1 ready\r\n"
+                  .encode())
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.setTimeout(None)
+        self._closing = True
+        self._lost = True
+        self.factory.sessions.discard(self)
+        if self.flow is not None:
+            self.flow.stopProducing()
+        if not self._busy:  # else the running command's end drops it (one call at a time)
+            self._drop_view()
+
+    def shut_down(self) -> None:
+        self.send(b"* BYE Server shutting down\r\n")
+        self.close()
+
+    def timeoutConnection(self) -> None:
+        log.info("{session} autologout from {peer}", session=self.session_id,
+                 peer=self.peer_ip)
+        self.send(b"* BYE Autologout; idle for too long\r\n")
+        self.close()
+
+    def close(self) -> None:
+        self._closing = True
+        self._buffer.clear()
+        if self.transport is not None:
+            self.transport.loseConnection()
+
+    def _drop_view(self) -> Deferred[None]:
+        """Stop watching and close the view; closing writes the index, so it runs in a
+        disk thread. The Deferred fires once it is closed (errors are logged)."""
+        if self.unwatch is not None:
+            self.unwatch()
+            self.unwatch = None
+        view, self.view = self.view, None
+        if view is None:
+            return succeed(None)
+        d = self.blocking(view.close)
+        d.addErrback(lambda f: log.failure("{session} closing the view failed", f,
+                                           session=self.session_id))
+        return d
+
+    # -- capabilities --------------------------------------------------------------------
+
+    @property
+    def plaintext_allowed(self) -> bool:
+        return self.tls_active or self.config.auth.allow_plaintext_without_tls
+
+    def capabilities(self) -> list[str]:
+        caps = ["IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE"]
+        if self.state is State.NOT_AUTHENTICATED:
+            if not self.tls_active and self.factory.tls_options is not None:
+                caps.append("STARTTLS")                      # RFC 3501 6.2.1
+            # RFC 3501 6.2.3 / 7.2.1: LOGINDISABLED while passwords would go in clear.
+            caps.append("AUTH=PLAIN" if self.plaintext_allowed else "LOGINDISABLED")
+        caps += ["NAMESPACE", "UIDPLUS", "MOVE", "SPECIAL-USE", "CHILDREN", "UNSELECT",
+                 f"APPENDLIMIT={self.config.limits.message_size}"]
+        return caps
+
+    # -- output --------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None and not self._closing:
+            self.transport.write(data)
+
+    def report(self, changes: Changes) -> None:
+        """Untagged updates from a sync (RFC 3501 7.4.1, 7.3.1, 7.3.2, 7.4.2)."""
+        lines = [b"* %d EXPUNGE\r\n" % n for n in changes.expunged]
+        view = self.view
+        if changes.exists is not None:
+            lines.append(b"* %d EXISTS\r\n" % changes.exists)
+            recent: int = 0
+            if view is not None:
+                counted = getattr(view, "recent_count", None)  # not in every IMailboxView
+                recent = (counted if counted is not None
+                          else sum(1 for m in view.messages if m.recent))
+            lines.append(b"* %d RECENT\r\n" % recent)
+        if view is not None:
+            for info in changes.flags_changed:
+                i = index_of_uid(view.messages, info.uid)
+                if i is not None:
+                    lines.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (
+                        i + 1, info.uid, flag_list(sorted(info.flags), info.recent)))
+        if lines:
+            self.send(b"".join(lines))
+
+    async def sync(self, report_expunges: bool = True) -> None:
+        if self.view is None:
+            return
+        changes = await self.blocking(self.view.sync, report_expunges)
+        self.report(changes)
+
+    @contextmanager
+    def write_flow(self) -> Iterator[WriteFlow | None]:
+        """Flow control while a long answer is written: the transport pauses us when
+        its buffer is full (IPushProducer), and the writer waits on `flow.wait()`."""
+        flow = WriteFlow()
+        try:
+            self.transport.registerProducer(flow, True)  # type: ignore[union-attr]
+        except (RuntimeError, AttributeError):
+            yield None  # someone else's producer is registered: write without it
+            return
+        self.flow = flow
+        try:
+            yield flow
+        finally:
+            self.flow = None
+            if self.transport is not None and not flow.stopped:
+                self.transport.unregisterProducer()  # type: ignore[attr-defined]
+
+    def blocking(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Run a blocking store call in a disk thread (never on the reactor)."""
+        d: Deferred[Any] = self.factory.disk.run(fn, *args)
+        return d
+
+    # -- input ---------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self.resetTimeout()
+        self._buffer += data
+        self._process()
+        if self._busy and len(self._buffer) > MAX_PENDING_INPUT and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def _process(self) -> None:
+        """Handle buffered input until it runs out or a command has to wait."""
+        if self._processing:
+            return
+        self._processing = True
+        try:
+            # A command waiting for a continuation answer (AUTHENTICATE) is busy, but
+            # its answer is the one line we must read.
+            while ((not self._busy or self._continuation is not None)
+                   and not self._closing and self._buffer):
+                if self._literal_left:
+                    self._take_literal()
+                    continue
+                try:
+                    line = self._next_line()
+                except Refusal as refused:
+                    self._refuse_framing(refused, self._discard_tag)
+                    continue
+                if line is None:
+                    break
+                if self._continuation is not None:
+                    handler, self._continuation = self._continuation, None
+                    handler(line)
+                    continue
+                self._frame_line(line)
+        finally:
+            self._processing = False
+
+    def _take_literal(self) -> None:
+        take = min(self._literal_left, len(self._buffer))
+        self._parts.append(bytes(self._buffer[:take]))
+        del self._buffer[:take]
+        self._literal_left -= take
+
+    def _next_line(self) -> bytes | None:
+        """One line with CRLF (a bare LF is taken as CRLF), or None until complete.
+
+        Raises Refusal for a line that was read but is refused (overlong, NUL, bare CR).
+        """
+        end = self._buffer.find(b"\n")
+        if self._discarding_line:
+            if end < 0:
+                self._buffer.clear()
+                return None
+            del self._buffer[: end + 1]
+            self._discarding_line = False
+            raise bad("Line too long", "TOOBIG")
+        if end < 0:
+            if len(self._buffer) > MAX_LINE:
+                # Memory stays bounded: drop it all, and everything up to the next LF.
+                self._discard_tag = (grammar.peek_tag(bytes(self._buffer[:100]))
+                                     if not self._parts else self._command_tag())
+                self._reset_command()
+                self._buffer.clear()
+                self._discarding_line = True
+            return None
+        line = bytes(self._buffer[: end + 1])
+        del self._buffer[: end + 1]
+        self._discard_tag = (grammar.peek_tag(line) if not self._parts
+                             else self._command_tag())
+        if len(line) > MAX_LINE:
+            self._reset_command()
+            raise bad("Line too long", "TOOBIG")
+        body = line[:-2] if line.endswith(b"\r\n") else line[:-1]
+        if b"\r" in body:
+            self._reset_command()
+            raise bad("Bare CR in command line")
+        if b"\0" in body:
+            self._reset_command()
+            raise bad("NUL in command line")
+        return body + b"\r\n"
+
+    def _command_tag(self) -> str | None:
+        return grammar.peek_tag(self._parts[0]) if self._parts else None
+
+    def _reset_command(self) -> None:
+        self._parts = []
+        self._parts_size = 0
+        self._literal_left = 0
+
+    def _refuse_framing(self, refused: Refusal, tag: str | None) -> None:
+        self.send(refused.line(tag or "*"))
+        self._count_error()
+
+    def _frame_line(self, line: bytes) -> None:
+        """Add a line to the command; dispatch it when no literal follows."""
+        self._parts.append(line)
+        self._parts_size += len(line)
+        literal = grammar.literal_at_end(line)
+        if literal is None:
+            data = b"".join(self._parts)
+            self._reset_command()
+            self._dispatch(data)
+            return
+        size, non_sync = literal
+        word = grammar.command_word(self._parts[0])
+        tag = self._command_tag() or "*"
+        limit = MAX_COMMAND
+        message_size = self.config.limits.message_size
+        if word == "APPEND":
+            limit += message_size  # RFC 7889: APPENDLIMIT bounds the message literal
+        if (size > grammar.MAX_NUMBER or self._parts_size + size > limit
+                or (word == "APPEND" and size > message_size)):
+            self._reset_command()
+            too_big = (word == "APPEND" and size <= grammar.MAX_NUMBER)
+            if non_sync:
+                # RFC 7888 4: the octets are on their way and we will not read them;
+                # say so and close, rather than execute them as commands.
+                self.send(bad("Literal too large", "TOOBIG").line(tag))
+                self.send(b"* BYE Literal too large\r\n")
+                self.close()
+                return
+            # RFC 7889 4 / RFC 3501 7.5: no "+", so the client never sends the octets.
+            refusal = (Refusal("NO", "Message too large", "TOOBIG") if too_big
+                       else bad("Literal too large", "TOOBIG"))
+            self.send(refusal.line(tag))
+            self._count_error()
+            return
+        if self.state is State.NOT_AUTHENTICATED and word not in ("LOGIN", "AUTHENTICATE"):
+            # Before login, literals only make sense for LOGIN's name and password.
+            if size > 8192:
+                self._reset_command()
+                self.send(bad("Literal too large", "TOOBIG").line(tag))
+                if non_sync:
+                    self.close()
+                return
+        if not non_sync:
+            self.send(b"+ Ready for literal data\r\n")
+        self._parts_size += size
+        self._literal_left = size
+
+    def expect_continuation(self, handler: Callable[[bytes], None]) -> None:
+        """The next input line answers a `+` we sent (it is not a command)."""
+        self._continuation = handler
+
+    # -- commands ------------------------------------------------------------------------
+
+    def _dispatch(self, data: bytes) -> None:
+        try:
+            command = grammar.parse_command(data)
+        except grammar.ParseError as e:
+            tag = e.tag or grammar.peek_tag(data) or "*"
+            self.send(bad(e.text, e.code).line(tag))
+            self._count_error()
+            return
+        entry = HANDLERS.get(command.name)
+        if entry is None:
+            self.send(bad(f"Unknown command {command.name}").line(command.tag))
+            self._count_error()
+            return
+        states, handler = entry
+        if self.state not in states:
+            self.send(bad(_wrong_state(command.name, self.state)).line(command.tag))
+            self._count_error()
+            return
+        d = ensureDeferred(self._run(command, handler))
+        if not d.called:
+            self._wait_for(d)
+
+    async def _run(self, command: grammar.Command, handler: Handler) -> None:
+        try:
+            uid = getattr(command, "uid", False)
+            if self.view is not None and command.name in SYNC_BEFORE:
+                # Current flags and messages before answering from them (another session
+                # may have changed them). Sequence numbers in the command refer to the
+                # client's numbering, so expunges wait, except for UID commands (RFC 3501
+                # 7.4.1: no EXPUNGE during FETCH, STORE, SEARCH; UID forms may have them).
+                await self.sync(report_expunges=uid)
+            text = await handler(self, command)
+            if self.view is not None and command.name in SYNC_AFTER:
+                await self.sync()
+            if text is ANSWERED:
+                return
+            self.send(f"{command.tag} OK {text or command.name.title() + ' completed'}\r\n"
+                      .encode("utf-8", "replace"))
+        except Refusal as refusal:
+            self.send(refusal.line(command.tag))
+            if refusal.status == "BAD":
+                self._count_error()
+        except StoreError as e:
+            self.send(Refusal("NO", e.text, e.code).line(command.tag))
+        except Exception:
+            log.failure("{session} {command} failed", session=self.session_id,
+                        command=command.name)
+            self.send(Refusal("NO", "Internal error", "SERVERBUG").line(command.tag))
+
+    def _wait_for(self, d: Deferred[None]) -> None:
+        """Hold all further input until `d` fires (answers in order, RFC 3501 5.5)."""
+        self._busy = True
+
+        def done(_: object) -> None:
+            self._busy = False
+            if self._closing:
+                if self._lost:
+                    self._drop_view()
+                return
+            if self._paused:
+                self._paused = False
+                self.transport.resumeProducing()  # type: ignore[union-attr]
+            self._process()
+
+        d.addBoth(done)
+
+    def _count_error(self) -> None:
+        """Too many refused commands end the session, so a flood cannot hold it."""
+        self.errors += 1
+        if self.errors >= self.config.limits.errors_per_session:
+            log.info("{session} too many errors from {peer}", session=self.session_id,
+                     peer=self.peer_ip)
+            self.send(b"* BYE Too many invalid commands\r\n")
+            self.close()
+
+    def logged_in(self, user: Any, store: Any) -> None:
+        self.user = user
+        self.store = store
+        self.state = State.AUTHENTICATED
+        self.setTimeout(max(AUTHENTICATED_TIMEOUT, self.config.limits.command_timeout))
+
+    def deselect(self) -> Deferred[None]:
+        """Back to the authenticated state; await the result before the next store call."""
+        self.selected_name = ""
+        if self.state is State.SELECTED:
+            self.state = State.AUTHENTICATED
+        return self._drop_view()
+
+    # -- IDLE (RFC 2177) -------------------------------------------------------------------
+
+    def folder_changed(self) -> None:
+        """The store's watch: something changed in the selected folder. Outside IDLE the
+        next command's sync reports it; during IDLE we report it at once."""
+        if self.idle_tag is None or self._closing:
+            return
+        if self._idle_syncing:
+            self._idle_again = True
+            return
+        self._idle_syncing = True
+        d = ensureDeferred(self._idle_sync())
+        d.addErrback(lambda f: log.failure("{session} IDLE sync failed", f,
+                                           session=self.session_id))
+
+    async def _idle_sync(self) -> None:
+        try:
+            while True:
+                self._idle_again = False
+                if self.idle_tag is not None:
+                    await self.sync()
+                if not self._idle_again:
+                    return
+        finally:
+            self._idle_syncing = False
+            waiters, self.idle_waiters = self.idle_waiters, []
+            for d in waiters:
+                d.callback(None)
+
+
+def _wrong_state(name: str, state: State) -> str:
+    if state is State.NOT_AUTHENTICATED:
+        return f"{name} needs authentication first"
+    if state is State.AUTHENTICATED:
+        return f"{name} needs a selected mailbox" if name in SELECTED_COMMANDS else (
+            f"{name} is only valid before authentication")
+    return f"{name} is not valid in the selected state"
+
+
+from mailserver.imap import (  # noqa: E402 - the handlers import this module's names
+    commands_auth,
+    commands_mailbox,
+    commands_selected,
+)
+
+#: name -> (states where it is valid, handler). RFC 3501 6.1-6.4 and the extensions.
+HANDLERS: dict[str, tuple[frozenset[State], Handler]] = {
+    "CAPABILITY": (ANY, commands_auth.capability),
+    "NOOP": (ANY, commands_auth.noop),
+    "LOGOUT": (ANY, commands_auth.logout),
+    "ID": (ANY, commands_auth.id_command),
+    "STARTTLS": (NOT_AUTH, commands_auth.starttls),
+    "LOGIN": (NOT_AUTH, commands_auth.login),
+    "AUTHENTICATE": (NOT_AUTH, commands_auth.authenticate),
+    "ENABLE": (AUTH, commands_auth.enable),
+    "NAMESPACE": (AUTH, commands_auth.namespace),
+    "IDLE": (AUTH, commands_selected.idle),
+    "SELECT": (AUTH, commands_mailbox.select),
+    "EXAMINE": (AUTH, commands_mailbox.select),
+    "CREATE": (AUTH, commands_mailbox.create),
+    "DELETE": (AUTH, commands_mailbox.delete),
+    "RENAME": (AUTH, commands_mailbox.rename),
+    "SUBSCRIBE": (AUTH, commands_mailbox.subscribe),
+    "UNSUBSCRIBE": (AUTH, commands_mailbox.subscribe),
+    "LIST": (AUTH, commands_mailbox.list_command),
+    "LSUB": (AUTH, commands_mailbox.list_command),
+    "STATUS": (AUTH, commands_mailbox.status),
+    "APPEND": (AUTH, commands_mailbox.append),
+    "CHECK": (SELECTED, commands_selected.check),
+    "CLOSE": (SELECTED, commands_selected.close),
+    "UNSELECT": (SELECTED, commands_selected.unselect),
+    "EXPUNGE": (SELECTED, commands_selected.expunge),
+    "SEARCH": (SELECTED, commands_selected.search),
+    "FETCH": (SELECTED, commands_selected.fetch),
+    "STORE": (SELECTED, commands_selected.store),
+    "COPY": (SELECTED, commands_selected.copy),
+    "MOVE": (SELECTED, commands_selected.copy),
+}
+SELECTED_COMMANDS = frozenset(n for n, (states, _) in HANDLERS.items() if states == SELECTED)
+#: After these, report what changed meanwhile (RFC 3501 7: any command may get
+#: untagged updates; CLOSE/UNSELECT/SELECT leave no view, LOGOUT says BYE).
+#: FETCH, STORE, SEARCH sync before they run instead (and changes that arrive while
+#: they run are reported at the next command).
+SYNC_BEFORE = frozenset({"FETCH", "STORE", "SEARCH", "COPY", "MOVE"})
+SYNC_AFTER = frozenset(HANDLERS) - {"LOGOUT", "CLOSE", "UNSELECT", "SELECT", "EXAMINE",
+                                    "IDLE", "STARTTLS", "LOGIN", "AUTHENTICATE",
+                                    "CAPABILITY", "ID", "FETCH", "STORE", "SEARCH"}

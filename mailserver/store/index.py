@@ -1,0 +1,206 @@
+"""The per-folder cache: header blocks, and sizes/dates of files whose names lack them.
+
+A cache only (CONTRACT.md: deleting it loses nothing): every row is keyed by the
+message's base name, which names one immutable file content for good, so a row can
+never describe the wrong message, whatever happens to UID lists or flags. The Maildir
+is read to fill it, never the other way round.
+
+sqlite3 (stdlib) in WAL mode: readers in other processes never see a torn file,
+writers are serialised by sqlite's own locks, and a damaged database is deleted and
+started again. Writes are batched (a header FETCH of 100k messages is a few hundred
+transactions, not 100k); synchronous=NORMAL, because losing the last batch in a crash
+only means reading those files once more.
+
+Header FETCHes go through `headers(bases)`, which answers a whole run of messages with
+one query, so FETCH 1:* (BODY.PEEK[HEADER.FIELDS ...]) on a warm cache opens no file.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from mailserver.logs import logger
+
+log = logger(__name__)
+
+INDEX_FILE = "mailserver-index.db"
+#: Pending writes are committed in batches of this many.
+_BATCH = 500
+#: Headers larger than this are not cached (a header bomb must not bloat the cache).
+MAX_CACHED_HEADER = 64 * 1024
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS meta(base TEXT PRIMARY KEY, size INTEGER, date REAL)"
+    " WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS headers(base TEXT PRIMARY KEY, header BLOB) WITHOUT ROWID",
+)
+
+
+class FolderIndex:
+    """The cache of one folder; thread-safe (its own lock), opened on first use."""
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / INDEX_FILE
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+        self._broken = False
+        self._pending_meta: list[tuple[str, int, float]] = []
+        self._pending_headers: list[tuple[str, bytes]] = []
+
+    # ----------------------------------------------------------------- connection
+
+    def _connect(self, create: bool) -> sqlite3.Connection | None:
+        if self._db is not None or self._broken:
+            return self._db
+        if not create and not self.path.exists():
+            return None
+        if not self.path.parent.is_dir():
+            return None
+        try:
+            db = sqlite3.connect(self.path, timeout=2.0, check_same_thread=False,
+                                 isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            # Thousands of folders may be open: a small page cache each (256 KiB).
+            db.execute("PRAGMA cache_size=-256")
+            for statement in _SCHEMA:
+                db.execute(statement)
+        except sqlite3.DatabaseError as e:
+            self._drop(e)
+            return None
+        os.chmod(self.path, 0o600)
+        self._db = db
+        return db
+
+    def _drop(self, error: Exception) -> None:
+        """A damaged or unusable cache: delete it; the next use starts a new one."""
+        log.warn("index {path} unusable ({error}): rebuilt from the Maildir",
+                 path=str(self.path), error=str(error))
+        if self._db is not None:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+        self._db = None
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.unlink(f"{self.path}{suffix}")
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._flush()
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+    # ----------------------------------------------------------------- meta
+
+    def meta(self, base: str) -> tuple[int, float] | None:
+        """(CRLF size, internal date) cached for a file whose name lacks them."""
+        if not base.isascii():
+            return None
+        with self._lock:
+            for b, size, date in self._pending_meta:
+                if b == base:
+                    return size, date
+            db = self._connect(create=False)
+            if db is None:
+                return None
+            try:
+                row = db.execute("SELECT size, date FROM meta WHERE base=?", (base,)).fetchone()
+            except sqlite3.DatabaseError as e:
+                self._drop(e)
+                return None
+        return (int(row[0]), float(row[1])) if row else None
+
+    def put_meta(self, base: str, size: int, date: float) -> None:
+        if not base.isascii():
+            return  # a foreign name with undecodable bytes: served, just not cached
+        with self._lock:
+            self._pending_meta.append((base, size, date))
+            if len(self._pending_meta) >= _BATCH:
+                self._flush()
+
+    # ----------------------------------------------------------------- headers
+
+    def headers(self, bases: Sequence[str]) -> dict[str, bytes]:
+        """The cached header blocks of those of `bases` that have one."""
+        bases = [b for b in bases if b.isascii()]
+        with self._lock:
+            found = {b: h for b, h in self._pending_headers if b in set(bases)} \
+                if self._pending_headers else {}
+            db = self._connect(create=False)
+            if db is None:
+                return found
+            try:
+                for start in range(0, len(bases), 900):
+                    chunk = bases[start:start + 900]
+                    marks = ",".join("?" * len(chunk))
+                    for base, header in db.execute(
+                            f"SELECT base, header FROM headers WHERE base IN ({marks})", chunk):
+                        found[base] = bytes(header)
+            except sqlite3.DatabaseError as e:
+                self._drop(e)
+        return found
+
+    def put_header(self, base: str, header: bytes) -> None:
+        if len(header) > MAX_CACHED_HEADER or not base.isascii():
+            return
+        with self._lock:
+            self._pending_headers.append((base, header))
+            if len(self._pending_headers) >= _BATCH:
+                self._flush()
+
+    def forget(self, bases: Sequence[str]) -> None:
+        """Drop rows of expunged messages (keeps the cache the size of the folder)."""
+        bases = [b for b in bases if b.isascii()]
+        if not bases:
+            return
+        with self._lock:
+            self._flush()
+            db = self._connect(create=False)
+            if db is None:
+                return
+            try:
+                db.execute("BEGIN")
+                db.executemany("DELETE FROM headers WHERE base=?", [(b,) for b in bases])
+                db.executemany("DELETE FROM meta WHERE base=?", [(b,) for b in bases])
+                db.execute("COMMIT")
+            except sqlite3.OperationalError:
+                self._rollback()
+            except sqlite3.DatabaseError as e:
+                self._drop(e)
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending_meta and not self._pending_headers:
+            return
+        meta, self._pending_meta = self._pending_meta, []
+        headers, self._pending_headers = self._pending_headers, []
+        db = self._connect(create=True)
+        if db is None:
+            return
+        try:
+            db.execute("BEGIN")
+            db.executemany("INSERT OR REPLACE INTO meta VALUES (?,?,?)", meta)
+            db.executemany("INSERT OR REPLACE INTO headers VALUES (?,?)", headers)
+            db.execute("COMMIT")
+        except sqlite3.OperationalError:
+            self._rollback()  # busy (another process): a cache may skip a write
+        except sqlite3.DatabaseError as e:
+            self._drop(e)
+
+    def _rollback(self) -> None:
+        if self._db is not None:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass

@@ -1,0 +1,114 @@
+"""Putting message files into a folder: APPEND (new file), COPY (hard link), MOVE (rename).
+
+Every file lands in the destination's new/ with a fresh unique base name, its flags in
+the `:2,` info (Dovecot also reads flags of new/ files), so the next session that syncs
+the folder read-write claims it as \\Recent (RFC 3501 2.3.2; 6.3.11 asks for \\Recent on
+appended messages). A fresh base name (never the source's) keeps a message moved away
+and back from getting its old UID again, which would break ascending UIDs.
+
+Durability as for SMTP delivery (docs/decisions/0002): the data is fsync'd before the
+link/rename, and new/ is fsync'd before we answer. COPY hard-links (Maildir files are
+immutable, so the copies share one inode as with Dovecot), falling back to a real copy
+across file systems.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from pathlib import Path
+
+from mailserver.store.maildir import FILE_MODE, fsync_dir, size_fields, unique_name
+
+_NO_LINK = frozenset({errno.EXDEV, errno.EMLINK, errno.EPERM})
+
+
+def fresh_base(size: int | None, crlf_size: int | None, when: float | None = None) -> str:
+    """A new unique name (without info) whose time field is `when` if given.
+
+    The name's leading seconds are what INTERNALDATE reads (and the mtime too), so an
+    APPEND with a date keeps it (RFC 3501 6.3.11).
+    """
+    name = unique_name()
+    if when is not None and name[name.index(".") + 1:].startswith("M"):
+        secs, usecs = divmod(max(0, round(when * 1_000_000)), 1_000_000)
+        name = f"{secs}.M{usecs}{name[name.index('P'):]}"
+    return name + size_fields(size, crlf_size)
+
+
+def info_suffix(letters: str) -> str:
+    return f":2,{letters}" if letters else ""
+
+
+def write_new(folder: Path, data_lf: bytes, letters: str, when: float | None) -> str:
+    """APPEND: write `data_lf` to folder/new durably; returns the file name."""
+    name = fresh_base(len(data_lf), len(data_lf) + data_lf.count(b"\n"), when)
+    tmp = folder / "tmp" / name
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    try:
+        view = memoryview(data_lf)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        os.unlink(tmp)
+        raise
+    os.close(fd)
+    if when is not None:
+        os.utime(tmp, (when, when))
+    final = name + info_suffix(letters)
+    try:
+        os.rename(tmp, folder / "new" / final)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    fsync_dir(folder / "new")
+    return final
+
+
+def link_into(source: Path, folder: Path, size: int | None, crlf_size: int,
+              letters: str, when: float | None) -> str:
+    """COPY: hard-link (or copy) `source` into folder/new; returns the new name.
+
+    Raises FileNotFoundError if the source was renamed or removed meanwhile (the caller
+    relocates it and tries again). The caller fsyncs new/ once for the whole batch.
+    """
+    final = fresh_base(size, crlf_size, when) + info_suffix(letters)
+    target = folder / "new" / final
+    try:
+        os.link(source, target)
+    except OSError as e:
+        if e.errno not in _NO_LINK:
+            raise
+        tmp = folder / "tmp" / final
+        shutil.copyfile(source, tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, target)
+    if when is not None:
+        try:
+            os.utime(target, (when, when))
+        except OSError:
+            pass
+    return final
+
+
+def move_into(source: Path, folder: Path, size: int | None, crlf_size: int,
+              letters: str, when: float | None) -> str:
+    """MOVE: rename `source` into folder/new (atomic: never in both, never in neither)."""
+    final = fresh_base(size, crlf_size, when) + info_suffix(letters)
+    target = folder / "new" / final
+    try:
+        os.rename(source, target)
+    except OSError as e:
+        if e.errno != errno.EXDEV:
+            raise
+        final = link_into(source, folder, size, crlf_size, letters, when)
+        os.unlink(source)
+    return final

@@ -1,0 +1,257 @@
+"""All folders of one user (IUserStore): the entry point of the IMAP side of the store.
+
+    store = open_user_store(config, mailbox)      # in a disk thread: may create the Maildir
+    view = store.select("INBOX")                   # IMailboxView
+    ...
+    view.close()
+
+Every method blocks (file-system work): the IMAP session calls it through the disk
+executor, one call at a time per session. `watch` is the exception: reactor thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from zope.interface import implementer
+
+from mailserver.config import Config
+from mailserver.interfaces import (
+    CopyResult,
+    FolderInfo,
+    FolderStatus,
+    IUserStore,
+    MailboxId,
+    StoreError,
+)
+from mailserver.logs import logger
+from mailserver.store import notify
+from mailserver.store.flags import Keywords
+from mailserver.store.folders import Folders, normalize
+from mailserver.store.folderstate import FolderState, split_name
+from mailserver.store.maildir import ensure_maildir, fsync_dir
+from mailserver.store.registry import acquire_state, release_state
+from mailserver.store.transfer import link_into, move_into, write_new
+from mailserver.store.uidlist import locked
+from mailserver.store.view import MailboxView
+
+log = logger(__name__)
+
+
+def open_user_store(config: Config, mailbox: MailboxId) -> UserStore:
+    """The store of `mailbox` (its Maildir is created if missing). Blocking."""
+    return UserStore(ensure_maildir(config.mail_dir, mailbox))
+
+
+@implementer(IUserStore)
+class UserStore:
+    """The folders of the Maildir at `root`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.tree = Folders(root)
+
+    # ----------------------------------------------------------------- helpers
+
+    def _existing(self, name: str, missing: str = "NONEXISTENT") -> tuple[str, Path]:
+        name = normalize(name)
+        if not self.tree.exists(name):
+            text = ("Mailbox does not exist" if missing == "NONEXISTENT"
+                    else "Mailbox does not exist (create it first)")
+            raise StoreError(missing, text)
+        return name, self.tree.path(name)
+
+    def _state(self, path: Path) -> FolderState:
+        return acquire_state(path, self.root)
+
+    # ----------------------------------------------------------------- folders
+
+    def folders(self) -> list[FolderInfo]:
+        return self.tree.listing()
+
+    def create(self, name: str) -> None:
+        self.tree.create(normalize(name, create=True))
+
+    def delete(self, name: str) -> None:
+        self.tree.delete(normalize(name))
+
+    def rename(self, old: str, new: str) -> None:
+        old, new = normalize(old), normalize(new)
+        if old == "INBOX":
+            self._rename_inbox(new)
+        else:
+            self.tree.rename(old, new)
+
+    def _rename_inbox(self, new: str) -> None:
+        """RFC 3501 6.3.5: INBOX's messages move to `new`; INBOX stays, empty."""
+        if new == "INBOX" or self.tree.exists(new):
+            raise StoreError("ALREADYEXISTS", "Target mailbox already exists")
+        self.tree.create(new)
+        target = self.tree.path(new)
+        for sub in ("new", "cur"):
+            for name in os.listdir(self.root / sub):
+                try:
+                    os.rename(self.root / sub / name, target / sub / name)
+                except FileNotFoundError:
+                    continue  # expunged or claimed meanwhile
+            fsync_dir(target / sub)
+
+    def subscribe(self, name: str) -> None:
+        self.tree.set_subscribed(normalize(name), True)
+
+    def unsubscribe(self, name: str) -> None:
+        self.tree.set_subscribed(normalize(name), False)
+
+    def subscriptions(self) -> list[str]:
+        """Every subscribed name, existing or not (LSUB keeps listing names whose
+        folder is gone: RFC 3501 6.3.9). Not in IUserStore: an addition."""
+        return self.tree.subscriptions()
+
+    def status(self, name: str) -> FolderStatus:
+        _, path = self._existing(name)
+        state = self._state(path)
+        try:
+            with state.lock:
+                state.refresh()
+                return FolderStatus(messages=len(state.uids), recent=state.recent_count(),
+                                    unseen=state.unseen_count(), uid_next=state.uid_next,
+                                    uid_validity=self._validity(state))
+        finally:
+            release_state(state)
+
+    @staticmethod
+    def _validity(state: FolderState) -> int:
+        if not state.validity:
+            state.uidlist.refresh()  # an empty folder never needed its UID list yet
+        return state.validity
+
+    def select(self, name: str, read_only: bool = False) -> MailboxView:
+        name, path = self._existing(name)
+        state = self._state(path)
+        try:
+            with state.lock:
+                self._validity(state)
+            return MailboxView(self, name, state, read_only)
+        except BaseException:
+            release_state(state)
+            raise
+
+    # ----------------------------------------------------------------- writing
+
+    def append(self, name: str, message: bytes, flags: Sequence[str] = (),
+               internal_date: float | None = None) -> CopyResult:
+        _, path = self._existing(name, missing="TRYCREATE")
+        state = self._state(path)
+        try:
+            data = message.replace(b"\r\n", b"\n")
+            with state.lock:
+                letters = self._letters(state, flags)
+            try:
+                final = write_new(path, data, letters, internal_date)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise StoreError("OVERQUOTA", "Not enough disk space") from None
+                raise
+            with state.lock:
+                uids = state.uidlist.assign([split_name(final)[0]])
+                validity = self._validity(state)
+            return CopyResult(uid_validity=validity, source_uids=(),
+                              dest_uids=tuple(uids.values()))
+        finally:
+            release_state(state)
+
+    @staticmethod
+    def _letters(state: FolderState, flags: Sequence[str] | frozenset[str]) -> str:
+        """Info letters for `flags` in the folder of `state` (new keywords defined)."""
+        keywords: Keywords = state.keywords
+        keywords.reload()
+        letters = keywords.letters_of(flags)
+        if letters is None:
+            with locked(state.uidlist.lock_path):
+                keywords.add(flags)
+            letters = keywords.letters_of(flags) or ""
+        return letters
+
+    def transfer(self, view: MailboxView, uids: Sequence[int], dest: str,
+                 move: bool) -> CopyResult:
+        """COPY or MOVE `uids` of `view` into `dest`, keeping flags and dates.
+
+        Holds one folder's lock at a time (never both), so two sessions copying in
+        opposite directions cannot deadlock.
+        """
+        _, dest_path = self._existing(dest, missing="TRYCREATE")
+        source = view.state
+        wanted = set(uids)
+        with source.lock:
+            items = [(e.uid, e) for uid in sorted(wanted)
+                     if (e := source.entries.get(uid)) is not None
+                     and view.seq_of(uid) is not None and not view.is_vanished(uid)]
+        dest_state = self._state(dest_path)
+        try:
+            done: list[tuple[int, str]] = []
+            for uid, entry in items:
+                with dest_state.lock:
+                    letters = self._letters(dest_state, entry.info.flags)
+                name = self._transfer_one(source, uid, entry, dest_path, letters, move)
+                if name is not None:
+                    done.append((uid, name))
+            if done:
+                fsync_dir(dest_path / "new")
+                if move:
+                    fsync_dir(source.path / "cur")
+            with dest_state.lock:
+                assigned = dest_state.uidlist.assign([split_name(n)[0] for _, n in done])
+                validity = self._validity(dest_state)
+            pairs = [(uid, assigned[split_name(n)[0]]) for uid, n in done
+                     if split_name(n)[0] in assigned]
+            if move:
+                with source.lock:
+                    source.index.forget([e.base for u, e in items if u in dict(pairs)])
+            return CopyResult(uid_validity=validity,
+                              source_uids=tuple(u for u, _ in pairs),
+                              dest_uids=tuple(d for _, d in pairs))
+        finally:
+            release_state(dest_state)
+
+    @staticmethod
+    def _transfer_one(source: FolderState, uid: int, entry: object, dest: Path,
+                      letters: str, move: bool) -> str | None:
+        """Link or rename one message; follows renames by others; None if it is gone."""
+        for _ in range(3):
+            with source.lock:
+                current = source.entries.get(uid)
+                if current is None:
+                    return None
+                path = source.path_of(current)
+                info = current.info
+                size_s = _s_field(current.name)
+            try:
+                if move:
+                    return move_into(path, dest, size_s, info.size, letters, info.internal_date)
+                return link_into(path, dest, size_s, info.size, letters, info.internal_date)
+            except FileNotFoundError:
+                with source.lock:
+                    source.locate(uid)
+        return None
+
+    # ----------------------------------------------------------------- notification
+
+    def watch(self, name: str, callback: Callable[[], None]) -> Callable[[], None]:
+        name = normalize(name)
+        return notify.watch(self.tree.path(name), callback)
+
+
+def _s_field(name: str) -> int | None:
+    unique = name.partition(":")[0]
+    at = unique.find(",S=")
+    if at < 0:
+        return None
+    digits = ""
+    for ch in unique[at + 3:]:
+        if not ch.isdigit():
+            break
+        digits += ch
+    return int(digits) if digits else None

@@ -1,0 +1,113 @@
+"""An IMAP session over StringTransport with the real store on a temp Maildir.
+
+Disk calls run inline (or are held for the test to release), logins go through a
+twisted.cred portal with an in-memory checker: fast, deterministic session tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.portal import Portal
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from zope.interface import implementer
+
+from mailserver.auth.realm import IMailUser, MailUser
+from mailserver.config import Config, config_from_dict
+from mailserver.imap.server import IMAPServerFactory, IMAPSession
+from mailserver.interfaces import MailboxId
+
+PASSWORD = "secret"
+
+
+@implementer(IMailUser)
+class _Realm:
+    def requestAvatar(self, avatar_id: Any, mind: object, *interfaces: Any) -> Any:
+        address = avatar_id.decode() if isinstance(avatar_id, bytes) else avatar_id
+        local, _, domain = address.partition("@")
+        return IMailUser, MailUser(address, MailboxId(domain, local)), lambda: None
+
+
+class InlineDisk:
+    """Runs blocking calls at once; with `hold` set, queues them for `release()`."""
+
+    def __init__(self) -> None:
+        self.hold = False
+        self.queued: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        if not self.hold:
+            return maybeDeferred(fn, *args)
+        d: Deferred[Any] = Deferred()
+        self.queued.append((d, fn, args))
+        return d
+
+    def release(self) -> None:
+        self.hold = False
+        queued, self.queued = self.queued, []
+        for d, fn, args in queued:
+            maybeDeferred(fn, *args).chainDeferred(d)
+
+
+def make_config(root: Path, **auth: Any) -> Config:
+    return config_from_dict({
+        "hostname": "imap.test.example",
+        "data_dir": str(root),
+        "domains": {"local": ["example.org"]},
+        "auth": {"allow_plaintext_without_tls": True, **auth},
+        "limits": {"message_size": 100000, "command_timeout": 60},
+    })
+
+
+class Session:
+    """One connection: `send(b"a NOOP")` then read `lines()` / `take()`."""
+
+    def __init__(self, root: Path, config: Config | None = None,
+                 tls: Any = None, transport: StringTransport | None = None) -> None:
+        self.config = config or make_config(root)
+        checker = InMemoryUsernamePasswordDatabaseDontUse()
+        checker.addUser(b"alice@example.org", PASSWORD.encode())
+        checker.addUser(b"bob@example.org", PASSWORD.encode())
+        self.disk = InlineDisk()
+        self.clock = Clock()
+        self.factory = IMAPServerFactory(self.config, Portal(_Realm(), [checker]), self.disk,
+                                         tls_options=tls)
+        self.protocol: IMAPSession = self.factory.buildProtocol(None)
+        self.protocol.callLater = self.clock.callLater  # type: ignore[assignment]
+        self.transport = transport or StringTransport()
+        self.protocol.makeConnection(self.transport)
+
+    def send(self, data: bytes, crlf: bool = True) -> None:
+        self.protocol.dataReceived(data + (b"\r\n" if crlf else b""))
+
+    def take(self) -> bytes:
+        data = self.transport.value()
+        self.transport.clear()
+        return data
+
+    def lines(self) -> list[bytes]:
+        return self.take().split(b"\r\n")[:-1]
+
+    def command(self, data: bytes) -> list[bytes]:
+        self.send(data)
+        return self.lines()
+
+    def login(self, user: bytes = b"alice@example.org") -> None:
+        self.take()
+        reply = self.command(b"l LOGIN " + user + b" " + PASSWORD.encode())
+        assert reply[-1].startswith(b"l OK"), reply
+
+
+class PausingTransport(StringTransport):
+    """A client that reads slowly: every write while a producer is registered fills
+    the (pretend) socket buffer, so the producer is paused until the test resumes it."""
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.producer is not None:
+            self.producer.pauseProducing()

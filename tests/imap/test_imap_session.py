@@ -1,0 +1,401 @@
+"""The IMAP session state machine over StringTransport, with the real store on a temp
+Maildir and disk calls run inline (or held, to test ordering)."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import pytest
+from session_harness import PASSWORD, PausingTransport, Session, make_config
+
+from mailserver.imap import fetch as fetching
+
+MESSAGE = b"From: a@example.org\r\nSubject: %d\r\n\r\nbody %d\r\n"
+
+
+def append(session: Session, count: int, folder: bytes = b"INBOX") -> None:
+    for n in range(count):
+        data = MESSAGE % (n, n)
+        session.send(b"ap APPEND " + folder + b" {%d+}\r\n" % len(data) + data)
+        assert session.lines()[-1].startswith(b"ap OK [APPENDUID"), n
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> Session:
+    return Session(tmp_path)
+
+
+def test_greeting_and_logindisabled_without_tls(tmp_path: Path) -> None:
+    s = Session(tmp_path, make_config(tmp_path, allow_plaintext_without_tls=False),
+                tls=object())
+    greeting = s.take()
+    assert greeting.startswith(b"* OK [CAPABILITY IMAP4rev1 ")
+    assert b" STARTTLS " in greeting and b" LOGINDISABLED " in greeting
+    assert b"AUTH=PLAIN" not in greeting
+    assert s.command(b"a LOGIN alice@example.org secret") == [
+        b"a NO [PRIVACYREQUIRED] Plaintext authentication disallowed without TLS; use "
+        b"STARTTLS"]
+    assert s.command(b"b AUTHENTICATE PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHNlY3JldA==")[0] \
+        .startswith(b"b NO [PRIVACYREQUIRED]")
+    assert s.command(b"c SELECT INBOX") == [b"c BAD SELECT needs authentication first"]
+
+
+def test_state_machine(session: Session) -> None:
+    session.take()
+    assert session.command(b"a FETCH 1 FLAGS") == [b"a BAD FETCH needs authentication first"]
+    session.login()
+    assert session.command(b"b LOGIN x y") == [b"b BAD LOGIN is only valid before "
+                                                b"authentication"]
+    assert session.command(b"c FETCH 1 FLAGS") == [b"c BAD FETCH needs a selected mailbox"]
+    assert session.command(b"d FROB") == [b"d BAD unknown command FROB"]
+    assert session.command(b"e SELECT INBOX")[-1] == b"e OK [READ-WRITE] Select completed"
+    assert session.command(b"f CLOSE") == [b"f OK Close completed"]
+    assert session.command(b"g EXPUNGE") == [b"g BAD EXPUNGE needs a selected mailbox"]
+    assert session.command(b"h LOGOUT") == [b"* BYE Logging out", b"h OK Logout completed"]
+    assert session.transport.disconnecting
+
+
+def test_authenticate_plain_continuation_and_sasl_ir(session: Session) -> None:
+    session.take()
+    assert session.command(b"a AUTHENTICATE PLAIN") == [b"+ "]
+    assert session.command(b"*") == [b"a BAD Authentication cancelled"]
+    assert session.command(b"b AUTHENTICATE PLAIN") == [b"+ "]
+    assert session.command(b"!!notbase64") == [b"b BAD Invalid SASL response: invalid "
+                                               b"base64 data"]
+    assert session.command(b"c AUTHENTICATE CRAM-MD5")[0].startswith(b"c NO [CANNOT]")
+    token = base64.b64encode(b"\0alice@example.org\0" + PASSWORD.encode())
+    reply = session.command(b"d AUTHENTICATE PLAIN " + token)
+    assert reply[-1].startswith(b"d OK [CAPABILITY IMAP4rev1")
+    assert b"AUTH=PLAIN" not in reply[-1] and b"UIDPLUS" in reply[-1]
+
+
+def test_pipelined_commands_wait_for_the_disk(session: Session) -> None:
+    session.login()
+    append(session, 2)
+    session.disk.hold = True
+    session.send(b"a SELECT INBOX\r\nb FETCH 1:* (FLAGS)\r\nc NOOP", crlf=True)
+    assert session.take() == b""  # SELECT waits for its disk call; nothing else ran
+    assert len(session.disk.queued) == 1
+    session.disk.release()
+    lines = session.lines()
+    tags = [line.split(b" ")[0] for line in lines if not line.startswith(b"*")]
+    assert tags == [b"a", b"b", b"c"]
+    assert b"* 2 FETCH (FLAGS (\\Recent))" in lines
+
+
+def test_select_responses(session: Session) -> None:
+    session.login()
+    append(session, 3)
+    session.command(b"s SELECT INBOX")
+    session.command(b"st STORE 1 +FLAGS ($Work \\Seen)")
+    session.command(b"c CLOSE")
+    lines = session.command(b"a SELECT inbox")
+    assert lines[0] == b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Work)"
+    assert lines[1] == (b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen "
+                        b"\\Draft $Work \\*)] Flags permitted")
+    assert lines[2:5] == [b"* 3 EXISTS", b"* 0 RECENT", b"* OK [UNSEEN 2] First unseen"]
+    assert lines[5].startswith(b"* OK [UIDVALIDITY ")
+    assert lines[6] == b"* OK [UIDNEXT 4] Predicted next UID"
+    assert lines[7] == b"a OK [READ-WRITE] Select completed"
+    examine = session.command(b"b EXAMINE INBOX")
+    assert b"* OK [PERMANENTFLAGS ()] Flags permitted" in examine
+    assert examine[-1] == b"b OK [READ-ONLY] Examine completed"
+    assert session.command(b"c STORE 1 +FLAGS \\Deleted") == [
+        b"c NO [CANNOT] Mailbox is read-only (EXAMINE)"]
+    # EXAMINE never sets \Seen
+    fetched = session.command(b"d FETCH 3 BODY[]")
+    assert b"FLAGS" not in fetched[0]
+
+
+def test_fetch_items(session: Session) -> None:
+    session.login()
+    append(session, 2)
+    session.command(b"s SELECT INBOX")
+    lines = session.take_after = session.command(
+        b"a UID FETCH 2 (FLAGS RFC822.SIZE BODY[HEADER.FIELDS (SUBJECT)] BODY.PEEK[TEXT]<2.3>)")
+    head = b"\r\n".join(lines)
+    # the non-PEEK section set \Seen before the answer was built
+    assert head == (b"* 2 FETCH (UID 2 FLAGS (\\Seen \\Recent) RFC822.SIZE 43 "
+                    b"BODY[HEADER.FIELDS (SUBJECT)] {14}\r\nSubject: 1\r\n\r\n "
+                    b"BODY[TEXT]<2> {3}\r\ndy )\r\na OK Fetch completed")
+    # without FLAGS asked for, the changed flags are added (RFC 3501 6.4.5)
+    assert session.command(b"b FETCH 1 RFC822.TEXT") == [
+        b"* 1 FETCH (RFC822.TEXT {8}", b"body 0", b" FLAGS (\\Seen \\Recent))",
+        b"b OK Fetch completed"]
+    assert session.command(b"c FETCH 3 FLAGS") == [b"c BAD [CLIENTBUG] invalid message "
+                                                   b"sequence number"]
+    assert session.command(b"d UID FETCH 9:* FLAGS")[0] == b"* 2 FETCH (UID 2 FLAGS " \
+        b"(\\Seen \\Recent))"
+
+
+def test_store_variants_and_case_insensitive_flags(session: Session) -> None:
+    session.login()
+    append(session, 2)
+    session.command(b"s SELECT INBOX")
+    assert session.command(b"a STORE 1:2 +FLAGS (\\SEEN \\flagged)")[:2] == [
+        b"* 1 FETCH (FLAGS (\\Flagged \\Seen \\Recent))",
+        b"* 2 FETCH (FLAGS (\\Flagged \\Seen \\Recent))"]
+    assert session.command(b"b UID STORE 2 -FLAGS.SILENT (\\Flagged)") == [
+        b"b OK Store completed"]
+    assert session.command(b"c UID STORE 2 FLAGS (\\Draft)") == [
+        b"* 2 FETCH (UID 2 FLAGS (\\Draft \\Recent))", b"c OK Store completed"]
+    assert session.command(b"d STORE 1 +FLAGS (\\Bogus)") == [b"d BAD Invalid system flag "
+                                                              b"\\Bogus"]
+
+
+def test_expunge_close_and_uid_expunge(session: Session) -> None:
+    session.login()
+    append(session, 4)
+    session.command(b"s SELECT INBOX")
+    session.command(b"a STORE 1:4 +FLAGS.SILENT (\\Deleted)")
+    assert session.command(b"b UID EXPUNGE 2:3") == [b"* 2 EXPUNGE", b"* 2 EXPUNGE",
+                                                     b"b OK Expunge completed"]
+    assert session.command(b"c CLOSE") == [b"c OK Close completed"]  # silent
+    assert session.command(b"d STATUS INBOX (MESSAGES)") == [
+        b"* STATUS INBOX (MESSAGES 0)", b"d OK Status completed"]
+
+
+def test_two_sessions_see_each_other(tmp_path: Path) -> None:
+    a, b = Session(tmp_path), Session(tmp_path)
+    a.login()
+    b.login()
+    append(a, 3)
+    a.command(b"s SELECT INBOX")
+    b.command(b"s SELECT INBOX")
+    a.command(b"x STORE 2 +FLAGS.SILENT (\\Deleted \\Seen)")
+    assert b.command(b"n NOOP") == [b"* 2 FETCH (UID 2 FLAGS (\\Deleted \\Seen))",
+                                    b"n OK Noop completed"]
+    a.command(b"e EXPUNGE")
+    # RFC 3501 7.4.1: no EXPUNGE during FETCH; the message is still there for b
+    fetched = b.command(b"f FETCH 2 BODY.PEEK[]")
+    assert fetched[-1] in (b"f NO [EXPUNGEISSUED] Some of the requested messages no longer "
+                           b"exist", b"f OK Fetch completed")
+    assert b"* 2 EXPUNGE" not in fetched
+    assert b.command(b"n NOOP") == [b"* 2 EXPUNGE", b"n OK Noop completed"]
+    append(a, 1)
+    assert b.command(b"n NOOP") == [b"* 3 EXISTS", b"* 0 RECENT", b"n OK Noop completed"]
+
+
+def test_idle(tmp_path: Path) -> None:
+    a, b = Session(tmp_path), Session(tmp_path)
+    a.login()
+    b.login()
+    a.command(b"s SELECT INBOX")
+    assert a.command(b"i IDLE") == [b"+ idling"]
+    append(b, 1)
+    a.protocol.folder_changed()  # what the store's watch calls
+    assert a.lines() == [b"* 1 EXISTS", b"* 1 RECENT"]
+    assert a.command(b"DONE") == [b"i OK Idle completed"]
+    assert a.command(b"j IDLE") == [b"+ idling"]
+    assert a.command(b"k NOOP") == [b"j BAD Expected DONE to end IDLE"]
+    assert a.command(b"l NOOP") == [b"l OK Noop completed"]
+
+
+def test_literal_never_sent_times_out(session: Session) -> None:
+    session.take()
+    assert session.command(b"a LOGIN {5}") == [b"+ Ready for literal data"]
+    session.clock.advance(59)
+    assert session.take() == b""
+    session.clock.advance(2)
+    assert session.lines() == [b"* BYE Autologout; idle for too long"]
+    assert session.transport.disconnecting
+
+
+def test_line_endings(session: Session) -> None:
+    session.take()
+    session.send(b"a NOOP\n", crlf=False)
+    assert session.lines() == [b"a OK Noop completed"]
+    assert session.command(b"b NOOP\rc NOOP") == [b"b BAD Bare CR in command line"]
+
+
+def test_too_many_errors_closes(session: Session) -> None:
+    session.take()
+    for n in range(19):
+        assert session.command(b"x%d FROB" % n)[0].startswith(b"x%d BAD" % n)
+    assert session.command(b"last FROB") == [b"last BAD unknown command FROB",
+                                             b"* BYE Too many invalid commands"]
+    assert session.transport.disconnecting
+
+
+def test_big_fetch_respects_flow_control(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(fetching, "BODY_BATCH", 2)
+    session = Session(tmp_path, transport=PausingTransport())
+    session.login()
+    append(session, 5)
+    session.command(b"s SELECT INBOX")
+    session.send(b"a FETCH 1:* BODY.PEEK[]")
+    producer = session.transport.producer
+    assert producer is not None  # registered for the FETCH, and paused by our client
+    assert session.take().count(b" FETCH (") == 2  # one batch, then it waits
+    producer.resumeProducing()
+    assert session.take().count(b" FETCH (") == 2
+    producer.resumeProducing()
+    assert session.take().count(b" FETCH (") == 1
+    producer.resumeProducing()
+    assert session.take() == b"a OK Fetch completed\r\n"
+    assert session.transport.producer is None
+
+
+def test_list_and_lsub_patterns(session: Session) -> None:
+    session.login()
+    for name in (b"a.b.c", b"a.d", b"x"):
+        assert session.command(b"c CREATE " + name)[-1] == b"c OK Create completed"
+    top = session.command(b'l LIST "" %')
+    assert top[0] == b'* LIST (\\HasNoChildren) "." INBOX'
+    assert b'* LIST (\\HasChildren) "." a' in top and b'* LIST (\\HasNoChildren) "." x' in top
+    assert b'* LIST (\\HasNoChildren \\Sent) "." Sent' in top
+    listed = session.command(b'l LIST "a." %')
+    assert listed == [b'* LIST (\\HasChildren) "." a.b', b'* LIST (\\HasNoChildren) "." a.d',
+                      b"l OK List completed"]
+    session.command(b"s SUBSCRIBE a.b.c")
+    assert session.command(b'm LSUB "" a.%') == [b'* LSUB (\\Noselect) "." a.b',
+                                                 b"m OK Lsub completed"]
+    special = session.command(b'n LIST (SPECIAL-USE) "" *')
+    assert all(b"\\Sent" in x or b"\\Trash" in x or b"\\Drafts" in x or b"\\Junk" in x
+               for x in special[:-1]) and len(special) == 5
+
+
+def test_search_keys(session: Session) -> None:
+    session.login()
+    messages = [
+        b"From: Alice <alice@example.org>\r\nTo: bob@example.org\r\nSubject: Invoice 42\r\n"
+        b"Date: Mon, 2 Mar 2020 10:00:00 +0000\r\nX-Tag: red\r\n\r\nPlease pay.\r\n",
+        b"From: =?utf-8?q?J=C3=BCrgen?= <j@example.net>\r\nSubject: =?utf-8?q?Gr=C3=BC=C3=9Fe?="
+        b"\r\nDate: Tue, 3 Mar 2020 10:00:00 +0000\r\n\r\nHallo Welt\r\n",
+        b"From: carol@example.org\r\nCc: alice@example.org\r\nSubject: lunch\r\n"
+        b"Date: Wed, 4 Mar 2020 10:00:00 +0000\r\n\r\n" + b"x" * 500 + b"\r\n",
+    ]
+    for data in messages:
+        session.send(b"ap APPEND INBOX (\\Seen) \"05-Mar-2020 10:00:00 +0000\" {%d+}\r\n"
+                     % len(data) + data)
+        assert session.lines()[-1].startswith(b"ap OK")
+    session.command(b"s SELECT INBOX")
+    session.command(b"st STORE 3 FLAGS (\\Flagged $Todo)")
+
+    def search(query: bytes) -> bytes:
+        lines = session.command(b"q " + query)
+        assert lines[-1] == b"q OK Search completed", lines
+        return lines[0]
+
+    assert search(b"SEARCH FROM alice") == b"* SEARCH 1"
+    assert search(b"SEARCH CC alice") == b"* SEARCH 3"
+    assert search(b"SEARCH SUBJECT invoice") == b"* SEARCH 1"
+    assert search(b"SEARCH CHARSET UTF-8 SUBJECT {6+}\r\ngr\xc3\xbc\xc3\x9f") == b"* SEARCH 2"
+    assert search(b"SEARCH FROM j\xc3\xbcrgen") == b"* SEARCH 2"
+    assert search(b"SEARCH HEADER X-Tag red") == b"* SEARCH 1"
+    assert search(b'SEARCH HEADER X-Tag ""') == b"* SEARCH 1"
+    assert search(b"SEARCH BODY welt") == b"* SEARCH 2"
+    assert search(b"SEARCH TEXT pay") == b"* SEARCH 1"
+    assert search(b"SEARCH LARGER 400") == b"* SEARCH 3"
+    assert search(b"SEARCH SMALLER 400") == b"* SEARCH 1 2"
+    assert search(b"SEARCH SENTON 3-Mar-2020") == b"* SEARCH 2"
+    assert search(b"SEARCH SENTSINCE 3-Mar-2020 SENTBEFORE 4-Mar-2020") == b"* SEARCH 2"
+    assert search(b"SEARCH ON 5-Mar-2020") == b"* SEARCH 1 2 3"
+    assert search(b"SEARCH BEFORE 5-Mar-2020") == b"* SEARCH"
+    assert search(b"SEARCH FLAGGED KEYWORD $todo") == b"* SEARCH 3"
+    assert search(b"SEARCH UNKEYWORD $Todo") == b"* SEARCH 1 2"
+    assert search(b"SEARCH UNSEEN") == b"* SEARCH 3"
+    assert search(b"SEARCH RECENT") == b"* SEARCH 1 2 3"
+    assert search(b"SEARCH NEW") == b"* SEARCH 3"
+    assert search(b"SEARCH OLD") == b"* SEARCH"
+    assert search(b"SEARCH NOT (OR FROM alice 2:3)") == b"* SEARCH"
+    assert search(b"SEARCH NOT (FROM alice OR 2 3)") == b"* SEARCH 1 2 3"
+    assert search(b"SEARCH OR FROM carol SUBJECT invoice") == b"* SEARCH 1 3"
+    assert search(b"SEARCH 2:*") == b"* SEARCH 2 3"
+    assert search(b"UID SEARCH UID 2,3 DELETED") == b"* SEARCH"
+    assert search(b"UID SEARCH ALL") == b"* SEARCH 1 2 3"
+    assert session.command(b"q SEARCH CHARSET ISO-2022-JP ALL") == [
+        b"q NO [BADCHARSET (US-ASCII UTF-8)] Unsupported charset ISO-2022-JP"]
+
+
+def test_connection_lost_while_a_command_waits(session: Session) -> None:
+    session.login()
+    append(session, 2)
+    session.command(b"s SELECT INBOX")
+    view = session.protocol.view
+    session.disk.hold = True
+    session.send(b"a FETCH 1:* BODY.PEEK[]")
+    session.protocol.connectionLost(None)
+    assert session.protocol.view is view  # not closed under the running call
+    session.disk.release()
+    session.disk.release()
+    assert session.protocol.view is None
+
+
+def test_failed_select_leaves_no_mailbox_selected(session: Session) -> None:
+    session.login()
+    session.command(b"a SELECT INBOX")
+    assert session.command(b"b SELECT Nowhere") == [
+        b"b NO [NONEXISTENT] Mailbox does not exist"]
+    assert session.command(b"c FETCH 1 FLAGS") == [b"c BAD FETCH needs a selected mailbox"]
+
+
+def test_envelope_and_bodystructure_cached_across_sessions(tmp_path: Path) -> None:
+    a, b = Session(tmp_path), Session(tmp_path)
+    a.login()
+    b.login()
+    append(a, 1)
+    a.command(b"s SELECT INBOX")
+    first = a.command(b"f FETCH 1 (ENVELOPE BODYSTRUCTURE)")
+    b.command(b"s SELECT INBOX")
+    view = b.protocol.view
+    reads: list[int] = []
+    original = view.read
+    view.read = lambda uid: reads.append(uid) or original(uid)  # type: ignore[method-assign]
+    second = b.command(b"f FETCH 1 (ENVELOPE BODYSTRUCTURE)")
+    assert second[0] == first[0].replace(b" \\Recent", b"")
+    assert reads == []  # the second session did not open the message
+    assert second[0].startswith(b'* 1 FETCH (ENVELOPE (NIL "0" ((NIL NIL "a" "example.org"))')
+    assert b' BODYSTRUCTURE ("text" "plain"' in second[0]
+
+
+def test_server_shutdown_says_bye(session: Session) -> None:
+    session.login()
+    session.factory.shut_down()
+    assert session.lines() == [b"* BYE Server shutting down"]
+    assert session.transport.disconnecting
+
+
+def test_login_with_literals_and_pipelined_after(session: Session) -> None:
+    session.take()
+    assert session.command(b"a LOGIN {17}") == [b"+ Ready for literal data"]
+    session.send(b"alice@example.org {6+}\r\n" + PASSWORD.encode() + b"\r\nb NOOP")
+    lines = session.lines()
+    assert lines[0].startswith(b"a OK [CAPABILITY IMAP4rev1") and lines[1] == \
+        b"b OK Noop completed"
+
+
+def test_many_small_literals_are_bounded(session: Session) -> None:
+    session.login()
+    chunk = b"x" * 30000
+    session.send(b"a SEARCH TEXT {30000+}\r\n" + chunk + b" TEXT {30000+}\r\n" + chunk
+                 + b" TEXT {30000+}", crlf=True)
+    assert session.lines() == [b"a BAD [TOOBIG] Literal too large", b"* BYE Literal too large"]
+    assert session.transport.disconnecting
+
+
+def test_append_limit(session: Session) -> None:
+    session.login()
+    limit = session.config.limits.message_size
+    assert session.command(b"a APPEND INBOX {%d}" % (limit + 1)) == [
+        b"a NO [TOOBIG] Message too large"]
+    assert session.command(b"b APPEND INBOX {0}") == [b"+ Ready for literal data"]
+    assert session.command(b"") == [b"b NO Empty messages cannot be stored"]
+    assert b"APPENDLIMIT=%d" % limit in session.command(b"c CAPABILITY")[0]
+
+
+def test_keyword_letters_run_out(session: Session) -> None:
+    """A Maildir++ folder has 26 keyword letters: then no \\* in PERMANENTFLAGS, and a
+    new keyword is refused with NO [LIMIT] (RFC 5530)."""
+    session.login()
+    append(session, 1)
+    session.command(b"s SELECT INBOX")
+    keywords = b" ".join(b"$k%d" % i for i in range(26))
+    assert session.command(b"a STORE 1 +FLAGS.SILENT (" + keywords + b")") == [
+        b"a OK Store completed"]
+    selected = session.command(b"s SELECT INBOX")
+    permanent = [line for line in selected if b"PERMANENTFLAGS" in line][0]
+    assert b"$k25" in permanent and b"\\*" not in permanent
+    assert session.command(b"b STORE 1 +FLAGS ($extra)") == [
+        b"b NO [LIMIT] Too many keywords in this mailbox (26 at most)"]
