@@ -11,12 +11,22 @@ deferred recipient at once.
 from __future__ import annotations
 
 import os
+import re
 import time
 from datetime import UTC, datetime
 
 from mailserver.admin.commands import Admin, Refused
 from mailserver.queue.envelope import PENDING, QueueEntry, age_text, is_queue_id
 from mailserver.queue.spool import EntryGone, Spool
+
+#: C0 and C1 controls and DEL. Reply texts come from remote servers and headers from
+#: anyone who sends mail: printed raw, an ESC sequence would drive the operator's
+#: terminal (retitle it, hide lines). Postfix's mailq prints them as "?" likewise.
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    return _CONTROLS.sub("?", text)
 
 
 def _spool(admin: Admin) -> Spool:
@@ -38,6 +48,7 @@ def queue_list(admin: Admin) -> None:
     entries = _entries(_spool(admin))
     if not entries:
         admin.say("queue list: the queue is empty")
+        _say_corrupt(admin, _spool(admin))
         return
     now = time.time()
     admin.say(f"{'ID':<17} {'AGE':>8} {'SIZE':>9}  SENDER")
@@ -50,9 +61,22 @@ def queue_list(admin: Admin) -> None:
                 line += f"  next try in {age_text(r.next_try - now)}"
             admin.say(line)
             if r.last_error and r.state != "delivered":
-                admin.say(f"              ({r.last_error})")
+                admin.say(f"              ({_printable(r.last_error)})")
     total = sum(len(e.pending()) for e, _ in entries)
     admin.say(f"-- {len(entries)} messages, {total} recipients pending")
+    _say_corrupt(admin, _spool(admin))
+
+
+def _say_corrupt(admin: Admin, spool: Spool) -> None:
+    """Envelopes set aside (unreadable, or their message file gone) are never sent:
+    say so, or they would only ever show up in the log."""
+    try:
+        count = len(os.listdir(spool.corrupt))
+    except OSError:
+        return
+    if count:
+        admin.say(f"-- {count} entries set aside in {spool.corrupt} (never sent; "
+                  "see the server log for why)")
 
 
 def queue_show(admin: Admin, queue_id: str) -> None:
@@ -74,9 +98,10 @@ def queue_show(admin: Admin, queue_id: str) -> None:
         admin.say(f"  state:      {r.state}")
         admin.say(f"  attempts:   {r.attempts}")
         if r.last_error:
-            admin.say(f"  last error: {r.last_error}" + (f" [{r.status}]" if r.status else ""))
+            admin.say(f"  last error: {_printable(r.last_error)}"
+                      + (f" [{_printable(r.status)}]" if r.status else ""))
         if r.remote:
-            admin.say(f"  remote:     {r.remote}")
+            admin.say(f"  remote:     {_printable(r.remote)}")
         if r.state == PENDING:
             admin.say(f"  next try:   {_when(r.next_try)}" +
                       (" (now)" if r.next_try <= now else
@@ -130,7 +155,7 @@ def _headers(spool: Spool, queue_id: str) -> list[str]:
         return []
     wanted = ("from:", "to:", "subject:", "date:", "message-id:")
     lines = head.split(b"\n\n", 1)[0].decode("utf-8", "replace").split("\n")
-    return [line[:200] for line in lines if line.lower().startswith(wanted)]
+    return [_printable(line[:200]) for line in lines if line.lower().startswith(wanted)]
 
 
 def _when(t: float) -> str:

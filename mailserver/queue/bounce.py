@@ -67,17 +67,24 @@ def build_dsn(entry: QueueEntry, recipients: Sequence[RecipientState], headers: 
                   "be delivered to one or more recipients. It's attached below.", ""]
     for r in recipients:
         lines.append(f"<{r.address}>: {_one_line(r.last_error) or 'unknown error'}")
+    # RFC 6533 6: with an internationalized address or header the report parts are
+    # their global variants (message/global-delivery-status, message/global-headers),
+    # and a UTF-8 address is typed "utf-8", not "rfc822" (which is ASCII only).
+    global_status = not all(r.address.isascii() for r in recipients)
+    status_type = ("message/global-delivery-status" if global_status
+                   else "message/delivery-status")
     lines += ["", f"--{boundary}", "Content-Description: Delivery report",
-              "Content-Type: message/delivery-status", "",
+              f"Content-Type: {status_type}", "",
               f"Reporting-MTA: dns; {hostname}",
               f"X-Mailserver-Queue-ID: {entry.id}"]
     if entry.sender:
         lines.append(f"X-Mailserver-Sender: rfc822; {entry.sender}")
     lines.append(f"Arrival-Date: {_date(entry.created)}")
     for r in recipients:
-        lines += ["", f"Final-Recipient: rfc822; {r.address}", f"Action: {action}",
-                  f"Status: {_status(r.status, delayed)}"]
-        if r.remote:
+        address_type = "rfc822" if r.address.isascii() else "utf-8"
+        lines += ["", f"Final-Recipient: {address_type}; {r.address}",
+                  f"Action: {action}", f"Status: {_status(r.status, delayed)}"]
+        if r.remote and r.remote != "local":  # "local": our own Maildir, no MTA name
             lines.append(f"Remote-MTA: dns; {r.remote.split('[', 1)[0]}")
         error = _one_line(r.last_error)
         if error:
@@ -86,7 +93,8 @@ def build_dsn(entry: QueueEntry, recipients: Sequence[RecipientState], headers: 
         lines.append(f"Last-Attempt-Date: {_date(now)}")
     eight_bit = not headers.isascii()
     lines += ["", f"--{boundary}", "Content-Description: Undelivered Message Headers",
-              "Content-Type: text/rfc822-headers"]
+              "Content-Type: message/global-headers" if eight_bit
+              else "Content-Type: text/rfc822-headers"]
     if eight_bit:
         lines.append("Content-Transfer-Encoding: 8bit")
     body = "\n".join(lines).encode("utf-8") + b"\n\n" + headers

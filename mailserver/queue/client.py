@@ -47,6 +47,10 @@ log = logger(__name__)
 MAX_LINE = 4096
 #: Lines in one multi-line reply (EHLO lists a few dozen at most).
 MAX_LINES = 200
+#: Bytes of replies received but not yet read by the conversation. Replies are read as
+#: they come (pipelined ones too), so only a peer talking unasked fills this: without a
+#: cap, a hostile peer streaming "250 ok" lines would grow our memory without limit.
+MAX_UNREAD = 256 * 1024
 
 _BAD_PATH = re.compile(r"[\x00-\x20<>\x7f]")
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?: |$)")
@@ -124,6 +128,8 @@ class Message:
 
 #: Bytes read from a spool file at a time while sending.
 CHUNK = 64 * 1024
+#: Seconds to wait for the reply to QUIT before closing anyway.
+QUIT_TIMEOUT = 10.0
 
 
 class BodyEncoder:
@@ -183,6 +189,11 @@ class ReplyProtocol(Protocol):
         self._replies: deque[SMTPReply] = deque()
         self._waiters: deque[Deferred[SMTPReply]] = deque()
         self._lost: Failure | None = None
+        self._unread = 0
+        #: Set while STARTTLS is answered: whatever follows its reply in plaintext is
+        #: dropped (a man in the middle injecting replies, RFC 3207 5 / CVE-2011-0411
+        #: from the client's side): the TLS layer must start from an empty buffer.
+        self.switching_to_tls = False
         self.connected_d: Deferred[None] = Deferred()
 
     def connectionMade(self) -> None:  # noqa: N802 - Twisted's name
@@ -203,14 +214,31 @@ class ReplyProtocol(Protocol):
     def stopProducing(self) -> None:  # noqa: N802 - Twisted's name
         self.resumeProducing()
 
-    def drained(self) -> Deferred[None]:
-        """Fires once the transport wants more data (at once if it does)."""
+    def drained(self, timeout: float, clock: IReactorTime) -> Deferred[None]:
+        """Fires once the transport wants more data (at once if it does). A peer that
+        stops reading for `timeout` seconds is dropped (RFC 5321 4.5.3.2.5: the data
+        block timeout), or a connection slot would hang on it for ever."""
         if self._lost is not None:
             return defer.fail(self._lost)
         if self.paused is None:
             return defer.succeed(None)
         d: Deferred[None] = Deferred()
-        self.paused.addCallback(lambda _: d.callback(None))
+
+        def wake(_: None) -> None:
+            if not d.called:  # it may have timed out already
+                d.callback(None)
+
+        self.paused.addCallback(wake)
+
+        def timed_out(f: Failure) -> Failure:
+            if f.check(defer.TimeoutError, defer.CancelledError):
+                _abort(self.transport)
+                return Failure(SMTPClientError(
+                    f"peer read nothing of the message for {timeout:g}s"))
+            return f
+
+        d.addTimeout(timeout, clock)
+        d.addErrback(timed_out)
         return d
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
@@ -236,10 +264,18 @@ class ReplyProtocol(Protocol):
         if len(line) == 3 or line[3] == " ":
             reply = SMTPReply(int(line[:3]), tuple(self._lines))
             self._lines = []
+            if self.switching_to_tls:
+                self.switching_to_tls = False
+                self._buffer = b""  # plaintext after the reply to STARTTLS: injected
+                self._replies.clear()
+                self._unread = 0
             if self._waiters:
                 self._waiters.popleft().callback(reply)
-            else:
-                self._replies.append(reply)
+                return
+            self._replies.append(reply)
+            self._unread += sum(map(len, reply.lines)) + 4
+            if self._unread > MAX_UNREAD:
+                self._garbage("too many replies nobody asked for")
 
     def _garbage(self, why: str) -> None:
         self._fail(Failure(SMTPClientError(f"protocol error: {why}")))
@@ -261,7 +297,9 @@ class ReplyProtocol(Protocol):
 
     def next_reply(self, timeout: float, clock: IReactorTime) -> Deferred[SMTPReply]:
         if self._replies:
-            return defer.succeed(self._replies.popleft())
+            reply = self._replies.popleft()
+            self._unread -= sum(map(len, reply.lines)) + 4
+            return defer.succeed(reply)
         if self._lost is not None:
             return defer.fail(self._lost)
         d: Deferred[SMTPReply] = Deferred()
@@ -322,7 +360,10 @@ class SMTPConnection:
         await self._ehlo()
         if use_tls and "STARTTLS" in self.extensions:
             self._stage = "sending STARTTLS"
+            assert self.proto is not None
+            self.proto.switching_to_tls = True
             reply = await self._command(b"STARTTLS")
+            self.proto.switching_to_tls = False
             if reply.code == 220:
                 assert self.proto is not None and self.proto.transport is not None
                 self.proto.transport.startTLS(CertificateOptions())  # type: ignore[attr-defined]
@@ -417,8 +458,8 @@ class SMTPConnection:
         accepted: list[str] = []
         for rcpt, command in zip(message.recipients, rcpts, strict=True):
             if not pipelining:
-                if mail_reply.code != 250:
-                    break
+                if mail_reply.code != 250 or not self.usable:
+                    break  # refused, or a 421: no further RCPT
                 self._write(command + b"\r\n")
             self._stage = "sending RCPT TO"
             reply = await self._reply()
@@ -431,6 +472,12 @@ class SMTPConnection:
         if mail_reply.code != 250:
             for rcpt in message.recipients:
                 outcomes[rcpt] = _outcome(mail_reply, remote, "0.0")
+        if not self.usable:  # a 421 (RFC 5321 3.8): nothing more on this connection
+            for rcpt in message.recipients:
+                outcomes.setdefault(rcpt, Outcome(
+                    PENDING, "4.4.2", f"{remote} closed the session (421) before this "
+                    "recipient was tried", remote))
+            return
         self._stage = "sending DATA"
         if pipelining:
             data_reply = await self._reply()
@@ -441,6 +488,11 @@ class SMTPConnection:
             await self._rset()
             return
         if data_reply.code != 354:
+            if data_reply.code < 400:
+                # RFC 5321 4.1.1.4: only 354 opens the data; a 2xx here is a peer out of
+                # step (or lying), and must never count the message as delivered.
+                raise SMTPClientError(f"protocol error: {remote} answered DATA with "
+                                      f"{data_reply.text[:200]}")
             for rcpt in accepted:
                 outcomes[rcpt] = _outcome(data_reply, remote, "0.0")
             await self._rset()
@@ -489,7 +541,7 @@ class SMTPConnection:
                 if not chunk:
                     break
                 self._write(encoder.feed(chunk))
-                await self.proto.drained()
+                await self.proto.drained(self.settings.command_timeout, self.clock)
         except OSError as e:
             raise SMTPClientError(f"cannot read the queued message: {e.strerror}") from None
         finally:
@@ -507,19 +559,26 @@ class SMTPConnection:
         return f"MAIL FROM:<{message.sender}>{params}".encode()
 
     async def _rset(self) -> None:
+        if not self.usable:  # after a 421: the peer is closing; say nothing more
+            return
         self._stage = "sending RSET"
         reply = await self._command(b"RSET")
         if reply.code != 250:
             self.usable = False
 
     async def close(self) -> None:
-        """QUIT politely; never raises."""
+        """QUIT politely; never raises. The reply is awaited QUIT_TIMEOUT at most: every
+        message is settled by now, and a peer that never answers QUIT must not hold a
+        connection slot for the whole command timeout (Postfix does not wait at all:
+        smtp_skip_quit_response = yes)."""
         if self.proto is None or self.proto.transport is None:
             return
         try:
             if self.usable:
                 self._stage = "sending QUIT"
-                await self._command(b"QUIT")
+                self._write(b"QUIT\r\n")
+                await self.proto.next_reply(min(QUIT_TIMEOUT, self.settings.command_timeout),
+                                            self.clock)
         except SMTPClientError:
             pass
         finally:
@@ -541,8 +600,13 @@ class SMTPConnection:
 
     async def _reply(self, timeout: float | None = None) -> SMTPReply:
         assert self.proto is not None
-        return await self.proto.next_reply(timeout or self.settings.command_timeout,
-                                           self.clock)
+        reply = await self.proto.next_reply(timeout or self.settings.command_timeout,
+                                            self.clock)
+        if reply.code == 421:
+            # RFC 5321 3.8: the server is closing the channel. The transaction's
+            # recipients are deferred, and the connection is never used again.
+            self.usable = False
+        return reply
 
     def _refused(self, reply: SMTPReply) -> SMTPClientError:
         return SMTPClientError(f"host {self.hop} refused to talk to me: {reply.text}",

@@ -156,7 +156,15 @@ class Dispatcher:
                     break
                 if dest.jobs:
                     job = dest.jobs.popleft()
-                    job.finish(await conn.send(job.message))
+                    try:
+                        outcomes = await conn.send(job.message)
+                    except Exception as e:
+                        # A bug in the client: this job is out of dest.jobs, so only
+                        # here can it be finished; unfinished, its round (and so its
+                        # queue entry) would wait for ever. Retried like a 4xx.
+                        job.finish_all(PENDING, "4.3.0", f"local error: {e!r}")
+                        raise
+                    job.finish(outcomes)
         finally:
             await conn.close()
             self.connections.discard(conn)

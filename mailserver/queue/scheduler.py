@@ -198,9 +198,12 @@ class Scheduler:
                 self.spool.load_for_delivery, queue_id, INLINE)
         except EntryGone:
             return None  # deleted by the operator, or finished meanwhile
-        except ValueError as e:
-            log.error("queue {id}: unreadable envelope ({error}); left alone",
-                      id=queue_id, error=str(e))
+        except ValueError as e:  # unreadable envelope, or its message file is gone
+            # Set aside now (as start-up would): left in envelopes/ it looked queued to
+            # `mailserver queue list` while nothing would ever try it again.
+            moved = await self.disk.run(self.spool.set_aside, queue_id)
+            log.error("queue {id}: {error}; envelope {where}", id=queue_id, error=str(e),
+                      where="moved to corrupt/" if moved else "gone")
             return None
         now = self.clock.seconds()
         forced = queue_id in self.forced
@@ -262,6 +265,8 @@ class Scheduler:
                                        f" in the queue; last error: {outcome.text}")
             if entry.sender == "" and rcpt.state == FAILED:
                 rcpt.bounced = True  # RFC 3464 2.1: never a DSN about a DSN
+                log.warn("{id}: undeliverable mail from <> to <{to}> dropped; no "
+                         "notification about a notification", id=entry.id, to=address)
             log.info("{id}: to=<{to}>, relay={relay}, delay={delay}, delays={attempt}, "
                      "dsn={status}, status={state} ({text})",
                      id=entry.id, to=address, relay=outcome.remote or "none",

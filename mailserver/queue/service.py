@@ -188,6 +188,7 @@ class SpoolWatcher:
 
     def _look(self) -> tuple[bool, list[str]]:
         flush = self._take_trigger()
+        self.spool.release_stale_held()
         return flush, self.spool.ids()
 
     def _take_trigger(self) -> bool:

@@ -46,10 +46,17 @@ FILE_MODE = 0o600
 #: An orphaned message file (no envelope) younger than this may belong to a commit in
 #: progress in another process; older ones are leftovers of a crash.
 ORPHAN_GRACE = 3600.0
+#: A held entry older than this lost its session's release (see release_stale_held).
+HELD_GRACE = 600.0
 
 
 class EntryGone(Exception):
     """The entry was deleted (by `mailserver queue delete`) while we worked on it."""
+
+
+class MessageMissing(ValueError):
+    """The envelope is there but its message file is not (removed by hand, a broken
+    disk): the entry can never be delivered, so it is set aside, not retried."""
 
 
 class Spool:
@@ -100,12 +107,17 @@ class Spool:
         The envelope goes first: a message without one is an unfinished commit,
         never a live entry.
         """
+        removed = []
         with self.locked():
             for d in (self.envelopes, self.held):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(d / queue_id)
-        # Durable, so that a delivered entry cannot come back after a crash.
-        fsync_dir(self.envelopes)
+                    removed.append(d)
+        # Durable, so that a delivered entry cannot come back after a crash; and an
+        # entry aborted while held (the client got a 4xx) must not come back either,
+        # or start-up would release and send a message the client sends again.
+        for d in removed or [self.envelopes]:
+            fsync_dir(d)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.messages / queue_id)
 
@@ -195,14 +207,46 @@ class Spool:
                     if size <= inline:
                         blocks.append(block)
         except FileNotFoundError:
+            if (self.envelopes / queue_id).exists():
+                raise MessageMissing(f"message file {queue_id} missing") from None
             raise EntryGone(queue_id) from None
         return entry, size, lines, b"".join(blocks) if size <= inline else None
+
+    def set_aside(self, queue_id: str) -> bool:
+        """Move a released envelope that cannot be used to corrupt/ (for the operator);
+        False if it is gone already (deleted meanwhile: nothing to keep)."""
+        with self.locked():
+            try:
+                os.rename(self.envelopes / queue_id, self.corrupt / queue_id)
+            except FileNotFoundError:
+                return False
+        fsync_dir(self.envelopes)
+        return True
 
     def ids(self) -> list[str]:
         return sorted(n for n in _names(self.envelopes) if is_queue_id(n))
 
     def held_ids(self) -> list[str]:
         return sorted(n for n in _names(self.held) if is_queue_id(n))
+
+    def release_stale_held(self, now: float | None = None,
+                           grace: float = HELD_GRACE) -> list[str]:
+        """Release held entries older than `grace`: their session committed and then
+        failed to release them (the rename failed, the worker died). Without this they
+        waited for the next restart; a session releases within milliseconds."""
+        now = time.time() if now is None else now
+        released = []
+        for queue_id in self.held_ids():
+            try:
+                if now - (self.held / queue_id).stat().st_mtime <= grace:
+                    continue
+                self.release(queue_id)
+            except FileNotFoundError:
+                continue  # released or deleted meanwhile
+            log.warn("queue {id}: committed but never released; scheduling it now",
+                     id=queue_id)
+            released.append(queue_id)
+        return released
 
     # -- start-up ---------------------------------------------------------------
 
@@ -230,14 +274,12 @@ class Spool:
             except ValueError as e:
                 log.error("queue {id}: unreadable envelope moved to corrupt/: {error}",
                           id=queue_id, error=str(e))
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(self.envelopes / queue_id, self.corrupt / queue_id)
+                self.set_aside(queue_id)
                 continue
             if not (self.messages / queue_id).exists():
                 log.error("queue {id}: message file missing; envelope moved to corrupt/",
                           id=queue_id)
-                with contextlib.suppress(FileNotFoundError):
-                    os.rename(self.envelopes / queue_id, self.corrupt / queue_id)
+                self.set_aside(queue_id)
                 continue
             entries.append(entry)
         live = {e.id for e in entries} | set(self.held_ids())

@@ -111,14 +111,21 @@ def test_queued_mail_is_relayed_with_starttls_and_a_550_bounces(
     assert "status=sent (250 2.0.0" in log and "status=bounced (550 5.1.1" in log
 
 
-def test_receiver_down_then_up_delivered_after_flush_and_admin_commands(
-        tmp_path: Path, dns: DNSServer, servers: list[RunningServer]) -> None:
+def receiver_down_and_sender(tmp_path: Path, dns: DNSServer, servers: list[RunningServer]
+                             ) -> tuple[RunningServer, RunningServer]:
+    """A receiver configured but not started (its port refuses connections) and a
+    sender whose retries wait ten minutes: only a flush or a restart retries."""
     port = free_port(RECEIVER_IP)
     rx = receiver(tmp_path / "rx", start=False,
                   listen={"smtp": f"tcp:{port}:interface={RECEIVER_IP}"})
     servers.append(rx)
     tx = sender(tmp_path / "tx", dns, port, relay={"retry_initial": 600, "retry_max": 600})
     servers.append(tx)
+    return rx, tx
+
+def test_receiver_down_then_up_delivered_after_flush_and_admin_commands(
+        tmp_path: Path, dns: DNSServer, servers: list[RunningServer]) -> None:
+    rx, tx = receiver_down_and_sender(tmp_path, dns, servers)
     queue_id = inject(tx, "alice@example.org", ["bob@example.net"], message("retry me"))
 
     def deferred() -> bool:
@@ -178,12 +185,7 @@ def test_queue_delete_while_running(tmp_path: Path, dns: DNSServer,
 
 def test_sigkill_with_a_full_queue_delivers_each_exactly_once(
         tmp_path: Path, dns: DNSServer, servers: list[RunningServer]) -> None:
-    port = free_port(RECEIVER_IP)
-    rx = receiver(tmp_path / "rx", start=False,
-                  listen={"smtp": f"tcp:{port}:interface={RECEIVER_IP}"})
-    servers.append(rx)
-    tx = sender(tmp_path / "tx", dns, port, relay={"retry_initial": 600, "retry_max": 600})
-    servers.append(tx)
+    rx, tx = receiver_down_and_sender(tmp_path, dns, servers)
     ids = [inject(tx, "alice@example.org", ["bob@example.net"], message(f"kill {i}"))
            for i in range(10)]
     wait_for(lambda: all(e.recipients[0].attempts for e in queue_entries(tx))

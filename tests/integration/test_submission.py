@@ -4,7 +4,6 @@ smtplib, swaks and curl; and everything a submission or MX port must refuse."""
 from __future__ import annotations
 
 import base64
-import importlib.util
 import re
 import shutil
 import smtplib
@@ -22,7 +21,6 @@ LISTEN = {"smtp": "tcp:0:interface=127.0.0.1",
           "submission": "tcp:0:interface=127.0.0.1",
           "submissions": "tcp:0:interface=127.0.0.1"}
 ALIASES = {"sales@example.org": "alice@example.org,bob@example.org"}
-HAVE_QUEUE = importlib.util.find_spec("mailserver.queue.service") is not None
 MESSAGE = b"From: Alice <alice@example.org>\r\nTo: bob@example.org\r\nSubject: hi\r\n\r\nBody.\r\n"
 
 
@@ -295,15 +293,6 @@ def test_too_many_hops_refused(server: RunningServer, counts: None) -> None:
     assert wire.command(hops + b"Subject: loop\r\n\r\nx\r\n.") == (
         "554 5.4.6 Error: too many hops (mail loop?)")
     wire.close()
-
-
-@pytest.mark.skipif(HAVE_QUEUE, reason="the outbound queue exists")
-def test_remote_recipient_waits_without_a_queue(server: RunningServer, counts: None) -> None:
-    with smtplib.SMTP_SSL(*server.address("submissions"), context=tls_context()) as client:
-        client.login("alice@example.org", PASSWORD)
-        client.mail("alice@example.org")
-        code, text = client.rcpt("friend@remote.test")
-        assert (code, text) == (451, b"4.3.5 Error: relaying not available yet; try later")
 
 
 def test_guesser_reconnecting_is_shut_out(server_factory) -> None:

@@ -8,7 +8,6 @@ taking the remote domain (the message arrives there).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import smtplib
 import socket
@@ -17,12 +16,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 from server_harness import PASSWORD, RunningServer
 from wire import Wire
-
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("mailserver.queue.service") is None,
-                                reason="the outbound queue is not built")
 
 LISTEN = {"smtp": "tcp:0:interface=127.0.0.1", "submissions": "tcp:0:interface=127.0.0.1"}
 MESSAGE = b"From: alice@example.org\r\nTo: friend@remote.test\r\nSubject: out\r\n\r\nHello.\r\n"

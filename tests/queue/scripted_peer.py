@@ -39,6 +39,9 @@ class Script:
     broken_tls: bool = False
     #: Close the connection right after the reply to each end of data (idle timeout).
     close_after_message: bool = False
+    #: Plaintext sent in the same write as the 220 to STARTTLS (a man in the middle
+    #: injecting a reply that the client must not take as the answer to its EHLO).
+    starttls_injection: bytes = b""
 
 
 @dataclass
@@ -130,7 +133,7 @@ class ScriptedSMTP(Protocol):
         elif verb == "HELO":
             self._send(b"250 peer.test\r\n")
         elif verb == "STARTTLS":
-            self._send(b"220 2.0.0 Ready to start TLS\r\n")
+            self._send(b"220 2.0.0 Ready to start TLS\r\n" + s.starttls_injection)
             if s.broken_tls:
                 self._send(b"this is not a TLS record at all\r\n" * 4)
                 self.transport.loseConnection()  # type: ignore[union-attr]

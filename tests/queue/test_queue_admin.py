@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -128,3 +129,32 @@ def test_flush_creates_the_trigger(config: Path, spool: Spool,
     assert code == 0
     assert out == "queue flush: asked the running server to retry 1 pending recipients now\n"
     assert spool.flush_trigger.exists()
+
+
+def test_hostile_reply_and_header_text_cannot_drive_the_terminal(
+        config: Path, spool: Spool, capsys: pytest.CaptureFixture[str]) -> None:
+    # A remote server's reply and any sender's headers are printed to the operator's
+    # terminal: an ESC sequence in them must come out inert.
+    entry = queued(spool)
+    entry.recipients[0].last_error = "451 4.3.0 \x1b]0;owned\x07\x1b[2Jbusy"
+    spool.save(entry)
+    tmp = spool.tmp_path(entry.id, "msg")
+    tmp.write_bytes("Subject: \x1b[31mred\x1b[0m\x9b1m\n\nbody\n".encode())
+    os.replace(tmp, spool.messages / entry.id)
+    for args in (("list",), ("show", entry.id)):
+        code, out, _ = run(config, capsys, *args)
+        assert code == 0
+        assert "\x1b" not in out and "\x07" not in out and "\x9b" not in out
+    assert "451 4.3.0 ?]0;owned??[2Jbusy" in out
+    assert "Subject: ?[31mred?[0m?1m" in out
+
+
+def test_list_says_when_entries_were_set_aside(
+        config: Path, spool: Spool, capsys: pytest.CaptureFixture[str]) -> None:
+    (spool.corrupt / "0123456789ABCDEF").write_bytes(b"\x00not json")
+    code, out, _ = run(config, capsys, "list")
+    assert code == 0
+    assert out.splitlines() == [
+        "queue list: the queue is empty",
+        f"-- 1 entries set aside in {spool.corrupt} (never sent; see the server log for "
+        "why)"]

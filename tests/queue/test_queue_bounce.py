@@ -96,3 +96,32 @@ def test_original_headers_are_bounded() -> None:
     headers = original_headers(huge * 2000 + b"\nbody\n")
     assert len(headers) <= MAX_HEADERS and headers.endswith(b"\n")
     assert original_headers(b"Subject: no body") == b"Subject: no body"
+
+
+def test_internationalized_recipient_and_headers_use_the_global_types() -> None:
+    # RFC 6533 6: a UTF-8 address is "utf-8;" (rfc822 is ASCII only) in a
+    # message/global-delivery-status, and UTF-8 headers return as
+    # message/global-headers, never as 8-bit text/rfc822-headers.
+    e = QueueEntry(id="0123456789ABCDEF", sender="alice@example.org",
+                   created=1_700_000_000, smtputf8=True, recipients=[
+                       RecipientState("jörg@bücher.example", FAILED, 1,
+                                      "550 5.1.1 unknown", "5.1.1",
+                                      "mx.bücher.example[192.0.2.1]:25")])
+    original = "From: alice@example.org\nSubject: Grüße\n\nbody\n".encode()
+    raw = build_dsn(e, e.recipients, original_headers(original), "mx.example.org")
+    msg = parse(raw)
+    assert msg.get_param("report-type") == "delivery-status"
+    _text, status, headers = msg.iter_parts()
+    assert status.get_content_type() == "message/global-delivery-status"
+    assert headers.get_content_type() == "message/global-headers"
+    assert "Final-Recipient: utf-8; jörg@bücher.example".encode() in raw
+    assert b"rfc822; j" not in raw
+
+
+def test_local_failure_names_no_remote_mta() -> None:
+    e = entry()
+    e.recipients[0].remote = "local"
+    raw = build_dsn(e, [e.recipients[0]], original_headers(ORIGINAL), "mx.example.org")
+    assert b"Remote-MTA" not in raw
+    assert b"Final-Recipient: rfc822; bob@example.net" in raw
+    assert b"Content-Type: text/rfc822-headers" in raw

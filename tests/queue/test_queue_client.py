@@ -11,7 +11,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor, task
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.trial import unittest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -19,10 +21,13 @@ sys.path.insert(0, str(Path(__file__).parent))
 from scripted_peer import Script, ScriptedPeer  # noqa: E402
 
 from mailserver.queue.client import (  # noqa: E402
+    MAX_UNREAD,
+    QUIT_TIMEOUT,
     BodyEncoder,
     ClientSettings,
     Message,
     Outcome,
+    ReplyProtocol,
     SMTPClientError,
     SMTPConnection,
     wire_data,
@@ -350,3 +355,115 @@ class ClientTests(unittest.TestCase):
         outcomes = yield defer.ensureDeferred(self.send(peer))
         self.assertEqual(outcomes[RCPTS[0]].state, PENDING)
         self.assertIn("reply too long", outcomes[RCPTS[0]].text)
+
+    @defer.inlineCallbacks
+    def test_replies_injected_after_starttls_are_discarded(self) -> object:
+        # RFC 3207 5: a man in the middle appends "250 ..." to the 220 in plaintext.
+        # Taken as the answer to the EHLO inside TLS, it would replace the real
+        # extension list and put every later reply out of step.
+        peer = self.peer(tls=True, starttls_injection=b"250 injected\r\n",
+                         extensions=["PIPELINING", "SIZE 1000000"])
+        conn = self.connection(peer)
+        yield defer.ensureDeferred(conn.open())
+        self.assertTrue(conn.tls)
+        self.assertIn("PIPELINING", conn.extensions)
+        outcomes = yield defer.ensureDeferred(conn.send(Message("alice@example.org",
+                                                                RCPTS[:1], BODY)))
+        yield defer.ensureDeferred(conn.close())
+        self.assertEqual(outcomes[RCPTS[0]].state, DELIVERED)
+        self.assertEqual(peer.sessions[0].messages, [wire_data(BODY)[:-3]])
+
+    def test_flood_of_unasked_replies_is_cut_off(self) -> None:
+        # Memory stays bounded: a peer streaming "250 ok" lines nobody asked for is
+        # dropped once the unread replies pass MAX_UNREAD (about 2 MB sent here).
+        proto = ReplyProtocol()
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        for _ in range(2000):
+            proto.dataReceived(b"250 2.1.0 ok\r\n" * 100)
+        self.assertTrue(transport.disconnecting or transport.disconnected)
+        assert proto.lost is not None
+        self.assertIn("too many replies nobody asked for", proto.lost.value.text)
+        self.assertLess(len(proto._replies), MAX_UNREAD // 10)
+
+    @defer.inlineCallbacks
+    def test_2xx_to_data_is_never_a_delivery(self) -> object:
+        # A peer out of step answers DATA with 250: the body was never sent, so the
+        # recipient must stay pending (it was counted delivered: a silent loss).
+        peer = self.peer(data_reply=b"250 2.0.0 Ok\r\n")
+        outcomes = yield defer.ensureDeferred(self.send(peer))
+        self.assertEqual(outcomes[RCPTS[0]].state, PENDING)
+        self.assertIn("answered DATA with 250", outcomes[RCPTS[0]].text)
+        self.assertEqual(peer.sessions[0].messages, [])
+
+    def test_peer_that_stops_reading_the_message_times_out(self) -> None:
+        # RFC 5321 4.5.3.2.5: without a data block timeout, a peer that stops reading
+        # while we stream a big message held the connection (and its destination
+        # slot) for ever: drained() waited on resumeProducing with no deadline.
+        proto = ReplyProtocol()
+        transport = StringTransport()
+        proto.makeConnection(transport)
+        proto.pauseProducing()  # the send buffer is full
+        clock = Clock()
+        d = proto.drained(180, clock)
+        clock.advance(179)
+        self.assertNoResult(d)
+        clock.advance(2)
+        failure = self.failureResultOf(d, SMTPClientError)
+        self.assertIn("peer read nothing of the message for 180s", failure.value.text)
+        self.assertTrue(transport.disconnecting or transport.disconnected)
+
+    @defer.inlineCallbacks
+    def test_421_defers_and_nothing_more_is_said(self) -> object:
+        # RFC 5321 3.8: 421 means the server is closing the channel: the recipient
+        # is deferred, no RSET or QUIT follows, and the connection is never reused.
+        peer = self.peer(extensions=[],
+                         mail_reply=b"421 4.3.2 peer.test shutting down\r\n")
+        conn = self.connection(peer)
+        yield defer.ensureDeferred(conn.open())
+        outcomes = yield defer.ensureDeferred(conn.send(Message("alice@example.org",
+                                                                RCPTS[:1], BODY)))
+        self.assertFalse(conn.usable)
+        yield defer.ensureDeferred(conn.close())
+        self.assertEqual((outcomes[RCPTS[0]].state, outcomes[RCPTS[0]].status),
+                         (PENDING, "4.3.2"))
+        self.assertEqual([line.split(b" ")[0] for line in peer.sessions[0].lines],
+                         [b"EHLO", b"MAIL"])
+
+    @defer.inlineCallbacks
+    def test_peer_silent_on_quit_releases_the_connection_soon(self) -> object:
+        # Every message is settled before QUIT: waiting the whole command timeout
+        # (300 s) for its reply kept a destination (and a total) slot busy for nothing.
+        peer = self.peer(silent_on="QUIT")
+        clock = Clock()
+        conn = SMTPConnection(Hop("peer.test", "127.0.0.1", peer.port_number),
+                              ClientSettings("mx.example.org", 5, 300), clock)
+        self.addCleanup(conn.abort)
+        yield defer.ensureDeferred(conn.open())
+        outcomes = yield defer.ensureDeferred(conn.send(Message("alice@example.org",
+                                                                RCPTS[:1], BODY)))
+        self.assertEqual(outcomes[RCPTS[0]].state, DELIVERED)
+        closing = defer.ensureDeferred(conn.close())
+        yield task.deferLater(reactor, 0.1, lambda: None)  # QUIT reaches the peer
+        self.assertNoResult(closing)
+        clock.advance(QUIT_TIMEOUT + 1)
+        self.successResultOf(closing)
+        self.assertEqual(peer.sessions[0].lines[-1], b"QUIT")
+
+    @defer.inlineCallbacks
+    def test_421_to_a_rcpt_ends_the_transaction(self) -> object:
+        # After a 421 to the first RCPT no second RCPT and no DATA is sent: both
+        # recipients are deferred (the 421 one with the peer's own text).
+        peer = self.peer(extensions=[], rcpt_replies={
+            RCPTS[0]: b"421 4.7.0 peer.test too busy, closing\r\n"})
+        conn = self.connection(peer)
+        yield defer.ensureDeferred(conn.open())
+        outcomes = yield defer.ensureDeferred(conn.send(Message("alice@example.org",
+                                                                RCPTS[:2], BODY)))
+        yield defer.ensureDeferred(conn.close())
+        self.assertEqual({o.state for o in outcomes.values()}, {PENDING})
+        self.assertEqual(outcomes[RCPTS[0]].text, "421 4.7.0 peer.test too busy, closing")
+        self.assertIn("closed the session (421)", outcomes[RCPTS[1]].text)
+        self.assertEqual([line.split(b" ")[0] for line in peer.sessions[0].lines],
+                         [b"EHLO", b"MAIL", b"RCPT"])
+        self.assertFalse(conn.usable)

@@ -195,9 +195,15 @@ class SchedulerTests(unittest.TestCase):
     def test_null_sender_never_bounced(self) -> object:
         scheduler, peer = self.build(Script(rcpt_replies={
             "b@example.net": b"550 5.1.1 no\r\n"}))
+        seen: list[dict[str, object]] = []
+        from twisted.logger import globalLogPublisher
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
         yield defer.ensureDeferred(self.queue_message("b@example.net", sender=""))
         yield defer.ensureDeferred(self.until_empty(scheduler))
         self.assertEqual(self.local, [])
+        self.assertTrue(any("undeliverable mail from <> to <{to}> dropped" in
+                            str(e.get("log_format")) for e in seen), "a log line says so")
 
     @defer.inlineCallbacks
     def test_many_messages_share_the_connection_cap(self) -> object:
@@ -275,3 +281,46 @@ class SchedulerTests(unittest.TestCase):
             yield task.deferLater(reactor, 0.02, lambda: None)
         self.assertEqual(list(self.spool.tmp.iterdir()), [])
         self.assertEqual(self.spool.held_ids(), [])
+
+    @defer.inlineCallbacks
+    def test_entry_whose_message_vanished_is_set_aside(self) -> object:
+        # The envelope stayed in envelopes/ ("queued" to `mailserver queue list`) but
+        # nothing ever looked at it again until a restart.
+        scheduler, peer = self.build(Script())
+        scheduler.stop()  # queue it without delivering, then take the message away
+        queue_id = yield defer.ensureDeferred(self.queue_message("bob@example.net"))
+        (self.spool.messages / queue_id).unlink()
+        scheduler.running = True
+        scheduler.schedule(queue_id, 0)
+        for _ in range(200):
+            if (self.spool.corrupt / queue_id).exists() and not scheduler.busy:
+                break
+            yield task.deferLater(reactor, 0.02, lambda: None)
+        self.assertTrue((self.spool.corrupt / queue_id).exists())
+        self.assertEqual(self.spool.ids(), [])
+        self.assertEqual(peer.sessions, [])
+
+    @defer.inlineCallbacks
+    def test_a_bug_in_the_client_defers_instead_of_hanging_the_entry(self) -> object:
+        # send() promises never to raise; if it does anyway, the job it took must still
+        # finish, or the round never ends and the entry is stuck until a restart.
+        from mailserver.queue.client import SMTPConnection
+
+        async def broken(self: SMTPConnection, message: object, outcomes: object) -> None:
+            raise RuntimeError("client bug")
+
+        original = SMTPConnection._transaction
+        SMTPConnection._transaction = broken  # type: ignore[assignment,method-assign]
+        self.addCleanup(setattr, SMTPConnection, "_transaction", original)
+        scheduler, _peer = self.build(Script(), Policy(retry_initial=600, retry_max=600))
+        queue_id = yield defer.ensureDeferred(self.queue_message("bob@example.net"))
+        for _ in range(200):
+            entry = self.spool.load(queue_id)
+            if entry.recipients[0].attempts and not scheduler.busy:
+                break
+            yield task.deferLater(reactor, 0.02, lambda: None)
+        [rcpt] = self.spool.load(queue_id).recipients
+        self.assertEqual((rcpt.state, rcpt.status), (PENDING, "4.3.0"))
+        self.assertIn("client bug", rcpt.last_error)
+        self.assertFalse(scheduler.busy)
+        self.flushLoggedErrors(RuntimeError)

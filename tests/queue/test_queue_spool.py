@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ from mailserver.queue.envelope import (
     is_queue_id,
     new_queue_id,
 )
-from mailserver.queue.spool import ORPHAN_GRACE, EntryGone, Spool
+from mailserver.queue.spool import HELD_GRACE, ORPHAN_GRACE, EntryGone, MessageMissing, Spool
 
 MESSAGE = b"From: alice@example.org\nSubject: hi\n\nbody\n"
 
@@ -199,3 +200,39 @@ def test_envelope_without_message_is_set_aside(spool: Spool) -> None:
 def test_hostile_envelopes_are_refused(raw: bytes) -> None:
     with pytest.raises(ValueError):
         QueueEntry.from_json(raw)
+
+
+def test_discard_of_a_held_entry_syncs_held(spool: Spool,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    # An entry aborted after its commit (the client got a 4xx and sends again) must
+    # not come back from held/ after a crash: start-up would release and send it.
+    import mailserver.queue.spool as spool_module
+
+    e = committed(spool, entry("a@example.net"), release=False)
+    synced: list[Path] = []
+    monkeypatch.setattr(spool_module, "fsync_dir", synced.append)
+    spool.discard(e.id)
+    assert spool.held in synced
+    assert not (spool.held / e.id).exists() and not (spool.messages / e.id).exists()
+
+
+def test_missing_message_at_delivery_time_is_set_aside(spool: Spool) -> None:
+    e = committed(spool, entry("a@example.net"))
+    os.unlink(spool.messages / e.id)
+    with pytest.raises(MessageMissing):
+        spool.load_for_delivery(e.id, 1024)
+    assert spool.set_aside(e.id)
+    assert (spool.corrupt / e.id).exists() and spool.ids() == []
+    assert not spool.set_aside(e.id), "gone already: nothing to move"
+
+
+def test_stale_held_entry_is_released_without_a_restart(spool: Spool) -> None:
+    # The session committed, then its release failed (or its worker died): the entry
+    # waited in held/ for the next restart. The scheduler's poll releases it.
+    stale = committed(spool, entry("a@example.net"), release=False)
+    fresh = committed(spool, entry("b@example.net"), release=False)
+    old = time.time() - HELD_GRACE - 5
+    os.utime(spool.held / stale.id, (old, old))
+    assert spool.release_stale_held() == [stale.id]
+    assert spool.ids() == [stale.id]
+    assert spool.held_ids() == [fresh.id], "a session may still be committing this one"
