@@ -44,12 +44,19 @@ def tls_context() -> ssl.SSLContext:
 def queue_entries(server: RunningServer) -> list[tuple[dict[str, Any], bytes]]:
     """Every queued entry (released or held): its envelope JSON and its message."""
     root = server.data_dir / "queue"
-    found = []
-    for folder in ("envelopes", "held"):
-        for path in sorted((root / folder).glob("*")):
-            found.append((json.loads(path.read_text()),
-                          (root / "messages" / path.name).read_bytes()))
-    return found
+    for _attempt in range(50):
+        found = []
+        try:
+            for folder in ("envelopes", "held"):
+                for path in sorted((root / folder).glob("*")):
+                    found.append((json.loads(path.read_text()),
+                                  (root / "messages" / path.name).read_bytes()))
+        except FileNotFoundError:
+            # Released (held/ -> envelopes/) or rewritten while we looked: look again.
+            time.sleep(0.02)
+            continue
+        return found
+    raise AssertionError("the queue kept changing under the test")
 
 
 def wait_deferred(server: RunningServer) -> dict[str, Any]:

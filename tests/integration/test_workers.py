@@ -39,11 +39,20 @@ def workers_of(server: RunningServer) -> list[int]:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         pids = [p for p in children(server.proc.pid)
-                if b"mailserver.app.worker" in Path(f"/proc/{p}/cmdline").read_bytes()]
+                if b"mailserver.app.worker" in _cmdline(p)]
         if pids:
             return pids
         time.sleep(0.1)
     raise AssertionError("no worker process")
+
+
+def _cmdline(pid: int) -> bytes:
+    """A process's command line; b"" once it has gone (it may exit between the scan of
+    /proc and this read)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def gone(pid: int, timeout: float = 20) -> bool:
