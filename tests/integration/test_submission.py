@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import re
-import shutil
 import smtplib
 import ssl
 import subprocess
@@ -102,7 +101,6 @@ def test_implicit_tls_with_login_mechanism(server: RunningServer) -> None:
     assert stored.endswith(message.replace(b"\r\n", b"\n")), "nothing added or changed"
 
 
-@pytest.mark.skipif(shutil.which("swaks") is None, reason="swaks not installed")
 @pytest.mark.parametrize(("service", "tls", "mechanism"), [
     ("submission", "--tls", "PLAIN"), ("submission", "--tls", "LOGIN"),
     ("submissions", "--tls-on-connect", "PLAIN")])
@@ -122,7 +120,6 @@ def test_swaks(server: RunningServer, service: str, tls: str, mechanism: str) ->
     assert b"with ESMTPSA id" in stored
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
 @pytest.mark.parametrize(("scheme", "service", "options"), [
     ("smtp", "submission", ["--ssl-reqd"]),
     ("smtp", "submission", ["--ssl-reqd", "--login-options", "AUTH=LOGIN"]),
