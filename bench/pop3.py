@@ -30,12 +30,14 @@ without TLS on loopback (ours: allow_plaintext_without_tls; Dovecot: ssl = no).
 
     .venv/bin/python bench/pop3.py                 # 1k and 10k, 1 and 10 clients, 100k
     .venv/bin/python bench/pop3.py --sizes 1000 --clients 1 --no-big --repeat 1
+    .venv/bin/python bench/pop3.py --extra-processes 2   # + rows for `processes = 2`
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import random
 import shutil
@@ -265,24 +267,34 @@ def median(results: list[Result]) -> Result:
 
 
 def bench_size(root: Path, count: int, clients: list[int], repeat: int, uidl_sessions: int,
-               rows: list[str], processes: int = 1) -> None:
+               rows: list[str], processes: int = 1, extra_processes: int = 0) -> None:
     n_users = max(clients)
     users = [f"u{i}" for i in range(n_users)]
     print(f"\n== maildrop of {count} messages, users {users[0]}..{users[-1]}", flush=True)
     master = make_master(root / "master", count)
     ours = OursPop3(root / "ours", users, processes)
+    # --extra-processes N: a second instance of ours with `processes = N`, measured
+    # in the same run on its own hard-linked copy; reported as extra rows.
+    extra = OursPop3(root / "ours-extra", users, extra_processes) if extra_processes \
+        else None
     dovecot = DovecotInstance(root / "dovecot", root / "dovecot-mail",
                               {u: PASSWORD for u in users}, protocols=("pop3",))
     ours.write_config()
+    if extra is not None:
+        extra.write_config()
     for u in users:
         link_maildrop(master, ours.mail_root() / u)
         link_maildrop(master, root / "dovecot-mail" / u)
+        if extra is not None:
+            link_maildrop(master, extra.mail_root() / u)
     servers: list[tuple[str, int, object]] = []
-    with dovecot, ours:
+    with dovecot, ours, (extra if extra is not None else contextlib.nullcontext()):
         servers = [("Dovecot", dovecot.ports["pop3"], dovecot),
                    ("ours", ours.pop3_port, ours)]
+        if extra is not None:
+            servers.append((f"ours-{extra_processes}p", extra.pop3_port, extra))
         if ONLY:
-            servers = [s for s in servers if s[0].lower() == ONLY]
+            servers = [s for s in servers if s[0].lower().startswith(ONLY)]
         for _name, port, _inst in servers:  # warm-up: indexes, page cache
             for u in users:
                 asyncio.run(login_uidl(port, u, count))
@@ -294,6 +306,8 @@ def bench_size(root: Path, count: int, clients: list[int], repeat: int, uidl_ses
             ):
                 got: dict[str, Result] = {}
                 for name, port, inst in servers:
+                    if inst is extra and c != max(clients):
+                        continue  # more processes only matter with many clients
                     pid = inst.master_pid  # type: ignore[attr-defined]
                     got[name] = median([measured(pid, lambda r=runner, p=port: asyncio.run(r(p)))
                                         for _ in range(repeat)])
@@ -301,16 +315,20 @@ def bench_size(root: Path, count: int, clients: list[int], repeat: int, uidl_ses
                     print(f"  {name:8} {label:16} {c:2} clients: {r.seconds:7.3f} s "
                           f"{r.rate:9.1f}/s p50 {r.p50_ms:8.1f} ms {r.mb_s:6.1f} MB/s "
                           f"RSS {r.rss_mib:6.1f} MiB CPU {r.cpu_s:6.2f} s", flush=True)
-                if len(got) < 2:
+                if "Dovecot" not in got:
                     continue
-                ratio = got["ours"].rate / got["Dovecot"].rate
                 unit = "sessions/s" if "UIDL" in label else "msgs/s"
-                rows.append(
-                    f"| {count:,} | {label} | {c} | {got['Dovecot'].rate:.1f} {unit} | "
-                    f"{got['ours'].rate:.1f} {unit} | {ratio:.2f} | "
-                    f"{got['Dovecot'].p50_ms:.1f} / {got['ours'].p50_ms:.1f} | "
-                    f"{got['Dovecot'].rss_mib:.0f} / {got['ours'].rss_mib:.0f} | "
-                    f"{got['Dovecot'].cpu_s:.2f} / {got['ours'].cpu_s:.2f} |")
+                d = got["Dovecot"]
+                for name, o in got.items():
+                    if name == "Dovecot":
+                        continue
+                    what = label if name == "ours" else f"{label} ({name})"
+                    rows.append(
+                        f"| {count:,} | {what} | {c} | {d.rate:.1f} {unit} | "
+                        f"{o.rate:.1f} {unit} | {o.rate / d.rate:.2f} | "
+                        f"{d.p50_ms:.1f} / {o.p50_ms:.1f} | "
+                        f"{d.rss_mib:.0f} / {o.rss_mib:.0f} | "
+                        f"{d.cpu_s:.2f} / {o.cpu_s:.2f} |")
 
 
 def bench_big(root: Path, count: int, repeat: int, rows: list[str]) -> None:
@@ -352,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--processes", type=int, default=1,
                     help="our server's processes (config `processes`; Dovecot forks per "
                          "connection)")
+    ap.add_argument("--extra-processes", type=int, default=0,
+                    help="also run a second instance of ours with this many processes "
+                         "(extra rows, e.g. 2)")
     ap.add_argument("--tmpdir", default=None, help="where the Maildirs go")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     ap.add_argument("--output", default=str(RESULTS), help="Markdown file ('' = none)")
@@ -366,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for size in sizes:
             bench_size(tmp / f"n{size}", size, clients, args.repeat, args.uidl_sessions,
-                       rows, args.processes)
+                       rows, args.processes, args.extra_processes)
             if not args.keep:
                 shutil.rmtree(tmp / f"n{size}", ignore_errors=True)
         if not args.no_big:
@@ -382,7 +403,9 @@ def main(argv: list[str] | None = None) -> int:
     table = "\n".join([
         f"POP3, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} "
         f"cores (shared, loaded), median of {args.repeat}, ours with "
-        f"processes = {args.processes}; Dovecot "
+        f"processes = {args.processes}"
+        f"{f' (rows marked ours-{args.extra_processes}p: processes = {args.extra_processes})' if args.extra_processes else ''}"
+        f"; Dovecot "
         f"{subprocess.run(['/usr/sbin/dovecot', '--version'], capture_output=True, text=True).stdout.strip()}",
         "",
         "| messages | scenario | clients | Dovecot | ours | ours/Dovecot | p50 ms D / ours | "

@@ -31,7 +31,7 @@ from functools import lru_cache
 from operator import attrgetter
 from pathlib import Path
 
-from mailserver.store.maildir import parse_name, with_flags
+from mailserver.store.maildir import with_flags
 
 #: RFC 1939 7 (UIDL): "unique-id ... consists of one to 70 characters in the range of
 #: 0x21 to 0x7E".
@@ -157,6 +157,7 @@ class Finder:
 
     def __init__(self, maildir: Path) -> None:
         self.maildir = maildir
+        self.root = os.fspath(maildir)
         self._where: dict[str, tuple[str, str]] | None = None
 
     def locate(self, message: Message) -> str:
@@ -184,13 +185,42 @@ class Finder:
         return os.path.join(self.maildir, *found)
 
 
+#: The largest single read of a message file; a bigger file is read on in chunks.
+MAX_FIRST_READ = 64 * 1024 * 1024
+#: O_CLOEXEC: a worker process forked meanwhile must not inherit the descriptor.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+
+
+def _read_file(path: str, hint: int) -> bytes:
+    """The whole file, in as few system calls as possible: open, read, close.
+
+    Measured (strace, RETR-all): `open(path, "rb").read()` made 9 system calls per
+    message (fstat twice, an isatty ioctl, two lseeks, a second read for EOF), each
+    one a GIL release that the reactor thread then had to win back. `hint` is the CRLF
+    size from the name, never smaller than the stored LF size, so one read of hint + 1
+    octets that comes back short has reached the end of the (regular) file.
+    """
+    fd = os.open(path, _OPEN_FLAGS)
+    try:
+        # Capped: a foreign name claiming W=10**12 must not make us allocate that.
+        want = min(hint, MAX_FIRST_READ) + 1
+        data = os.read(fd, want)
+        if len(data) < want:
+            return data
+        chunks = [data]  # the name lied about the size (a foreign file): read on
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def _read(finder: Finder, message: Message) -> bytes:
     """The stored bytes; a file renamed meanwhile (flags) is looked up by base name."""
-    path = os.path.join(finder.maildir, message.subdir, message.name)
+    path = f"{finder.root}/{message.subdir}/{message.name}"  # os.path.join: 1 us more
     for attempt in range(3):
         try:
-            with open(path, "rb") as f:
-                return f.read()
+            return _read_file(path, message.size)
         except FileNotFoundError:
             # MessageGone when it is really gone; a second miss lists the dirs again.
             path = finder.relocate(message, fresh=attempt > 0)
@@ -199,21 +229,33 @@ def _read(finder: Finder, message: Message) -> bytes:
 
 def to_wire(data: bytes) -> bytes:
     """Stored bytes -> what RETR/TOP send: CRLF line ends, dot-stuffed (RFC 1939 3),
-    ending in CRLF, followed by the terminating ".CRLF".
+    ending in CRLF, followed by the terminating ".CRLF"."""
+    return wire_body(data) + b".\r\n"
+
+
+def wire_body(data: bytes) -> bytes:
+    """Stored bytes -> CRLF line ends, dot-stuffed (RFC 1939 3), ending in CRLF; the
+    terminating ".CRLF" is the caller's (read_replies joins the status line, this and
+    the terminator into one buffer: one copy, not two).
 
     Whole-message bytes operations, not a loop over lines: this is the hot path of a
-    download (and twisted.mail's line-by-line writes made it 100x slower).
+    download (twisted.mail's line-by-line writes made it 100x slower). Measured on the
+    bench's 5 KiB messages: `replace(b"\n", ...)` is memchr-driven and cheap, while any
+    search for the two-octet b"\n." walks every byte, and `replace` walks twice (it
+    counts first). So the stuffing is done on the LF form (fewer octets) with one
+    split/join pass instead of replace (with no dotted line the join returns `data`
+    itself, and a separate `b"\n." in data` test would cost as much as the split):
+    ~14 -> ~8 us a message.
     """
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n")  # a foreign file with CRLF: normalise first
+    data = b"\n..".join(data.split(b"\n."))  # one part (no dotted line): data itself
+    if data.startswith(b"."):
+        data = b"." + data
     data = data.replace(b"\n", b"\r\n")
     if data and not data.endswith(b"\r\n"):
         data += b"\r\n"
-    if b"\n." in data:
-        data = data.replace(b"\n.", b"\n..")
-    if data.startswith(b"."):
-        data = b"." + data
-    return data + b".\r\n"
+    return data
 
 
 def top_part(data: bytes, lines: int) -> bytes:
@@ -251,6 +293,25 @@ def read_wire(maildir: Path, messages: list[Message]) -> list[bytes | None]:
     return out
 
 
+def read_replies(maildir: Path, messages: list[Message]) -> list[bytes | None]:
+    """RETR, as the read-ahead asks for it: each message's whole reply, status line,
+    wire bytes and terminator in one buffer (None for one expunged meanwhile).
+
+    Built here, in the disk thread, so that the reactor thread, which serialises every
+    session, only hands one ready buffer to one transport.write per RETR.
+    """
+    out: list[bytes | None] = []
+    finder = Finder(maildir)
+    for message in messages:
+        try:
+            body = wire_body(_read(finder, message))
+        except MessageGone:
+            out.append(None)
+            continue
+        out.append(b"".join((b"+OK %d octets\r\n" % message.size, body, b".\r\n")))
+    return out
+
+
 def top(maildir: Path, message: Message, lines: int) -> bytes:
     """TOP: never changes flags (RFC 1939 does not make TOP a retrieval)."""
     return to_wire(top_part(_read(Finder(maildir), message), lines))
@@ -270,23 +331,25 @@ def mark_seen(maildir: Path, messages: Iterable[Message]) -> None:
 
 
 def _add_seen(finder: Finder, message: Message) -> None:
-    """Rename one message into cur/ with S added to its flags."""
-    info = message.name.partition(":")[2]
-    if message.subdir == "cur" and info.startswith("2,") and "S" in info[2:]:
-        return  # already seen when we listed it (no stat: 10,000 of these at QUIT)
+    """Rename one message into cur/ with S added to its flags.
+
+    The rename is tried straight away (no stat first: at QUIT after a download this
+    runs once per message); only a miss looks the file up again by base name.
+    """
     for attempt in range(3):
+        info = message.name.partition(":")[2]
+        flags = info[2:] if info.startswith("2,") else ""
+        if message.subdir == "cur" and "S" in flags:
+            return  # already seen (when we listed it, or renamed so by IMAP meanwhile)
+        new_name = with_flags(message.name, flags + "S")
         try:
-            path = finder.locate(message) if attempt == 0 else finder.relocate(message, True)
-        except MessageGone:
-            return  # expunged meanwhile: nothing to mark
-        parsed = parse_name(message.name)
-        if message.subdir == "cur" and "S" in parsed.flags:
-            return
-        new_name = with_flags(message.name, parsed.flags + "S")
-        target = os.path.join(finder.maildir, "cur", new_name)
-        try:
-            os.rename(path, target)
+            os.rename(f"{finder.root}/{message.subdir}/{message.name}",
+                      f"{finder.root}/cur/{new_name}")
         except FileNotFoundError:
+            try:
+                finder.relocate(message, fresh=attempt > 0)
+            except MessageGone:
+                return  # expunged meanwhile: nothing to mark
             continue
         message.subdir, message.name = "cur", new_name
         return

@@ -35,14 +35,15 @@ RunInThread = Callable[..., "Deferred[Any]"]
 
 
 class ReadAhead:
-    """The wire bytes of messages about to be retrieved, by message number."""
+    """The RETR replies (maildrop.read_replies) of messages about to be retrieved, by
+    message number."""
 
     def __init__(self, run: RunInThread, maildir: Path,
                  messages: list[maildrop.Message]) -> None:
         self._run = run
         self._maildir = maildir
         self._messages = messages
-        #: Read and not yet sent: number -> wire bytes (None: expunged meanwhile).
+        #: Read and not yet sent: number -> whole reply (None: expunged meanwhile).
         self._ready: dict[int, bytes | None] = {}
         #: Numbers in the batch being read now, and who waits for which.
         self._reading: set[int] = set()
@@ -71,9 +72,8 @@ class ReadAhead:
 
     def refill(self, coming: Iterable[int]) -> None:
         """After a message was sent: start the next batch if the cache runs low."""
-        if self._reading or len(self._ready) >= LOW_WATER or self._closed:
-            return
-        self._start(coming)
+        if self.needs_refill():
+            self._start(coming)
 
     def forget(self, number: int) -> None:
         """DELE: the message will not be asked for."""
@@ -83,24 +83,32 @@ class ReadAhead:
         self._closed = True
         self._ready.clear()
 
+    def needs_refill(self) -> bool:
+        """Whether refill() would start a batch (checked before the session builds
+        the list of coming numbers: this runs once per RETR)."""
+        return not self._reading and len(self._ready) < LOW_WATER and not self._closed
+
     def _start(self, numbers: Iterable[int]) -> None:
         batch: list[int] = []
+        chosen: set[int] = set()
         octets = 0
+        messages = self._messages
         for n in numbers:
-            if n in self._ready or n in self._reading or n in batch \
-                    or not 1 <= n <= len(self._messages) or self._messages[n - 1].deleted:
+            if n in self._ready or n in self._reading or n in chosen \
+                    or not 1 <= n <= len(messages) or messages[n - 1].deleted:
                 continue
-            size = self._messages[n - 1].size
+            size = messages[n - 1].size
             if batch and (octets + size > BATCH_OCTETS or len(batch) >= BATCH_MESSAGES):
                 break
             batch.append(n)
+            chosen.add(n)
             octets += size
         if not batch:
             return
         self._reading.update(batch)
         self.highest = max(self.highest, *batch)
-        d = self._run(maildrop.read_wire, self._maildir,
-                      [self._messages[n - 1] for n in batch])
+        d = self._run(maildrop.read_replies, self._maildir,
+                      [messages[n - 1] for n in batch])
         d.addCallbacks(lambda results: self._done(batch, results),
                        lambda failure: self._failed(batch, failure))
 

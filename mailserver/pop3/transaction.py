@@ -78,14 +78,15 @@ class TransactionCommands:
         message = self._message(number)
         self.retrieved[number] = message
         reader = self.reader
-        ready, data = reader.take(number)
+        ready, reply = reader.take(number)
         if ready:
-            self._send_retrieved(message, data)
-            reader.refill(self._coming(number))
+            self._send_retrieved(reply)
+            if reader.needs_refill():
+                reader.refill(self._coming(number))
             return None
 
-        def send(data: bytes | None) -> None:
-            self._send_retrieved(message, data)
+        def send(reply: bytes | None) -> None:
+            self._send_retrieved(reply)
             reader.refill(self._coming(number))
 
         return reader.wait(number, self._coming(number)).addCallback(send)
@@ -114,14 +115,13 @@ class TransactionCommands:
             numbers.append(command.number)
         return numbers
 
-    def _send_retrieved(self, message: maildrop.Message, data: bytes | None) -> None:
-        if data is None:
+    def _send_retrieved(self, reply: bytes | None) -> None:
+        """The whole reply, built in the disk thread (status line, dot-stuffed CRLF
+        bytes, terminator): one write, nothing copied or encoded here."""
+        if reply is None:
             self._err("Message no longer exists (expunged by another session).")
             return
-        # One writeSequence, no concatenation: no copy of a big message.
-        if self.transport is not None and not self._closing:
-            self.transport.writeSequence([f"+OK {message.size} octets\r\n".encode(), data])
-            self.resetTimeout()
+        self._write(reply)
 
     def do_TOP(self, command: grammar.Top) -> Deferred[None]:
         assert self.login is not None

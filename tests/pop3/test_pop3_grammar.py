@@ -20,6 +20,9 @@ from mailserver.pop3.grammar import Auth, Command, CommandError, MessageArg, Pas
     (b"LIST 7", MessageArg("LIST", 7)),
     (b"UIDL 12", MessageArg("UIDL", 12)),
     (b"RETR 1", MessageArg("RETR", 1)),
+    (b"retr 42", MessageArg("RETR", 42)),  # the RETR fast path, case-insensitive
+    (b"Retr 007", MessageArg("RETR", 7)),
+    (b"RETR  1", MessageArg("RETR", 1)),  # not the fast path: the general one agrees
     (b"dele 3", MessageArg("DELE", 3)),
     (b"TOP 2 0", Top("TOP", 2, 0)),
     (b"AUTH", Auth("AUTH", None, None)),
@@ -40,6 +43,8 @@ def test_valid_commands(line: bytes, command: Command) -> None:
     (b"RETR \xd9\xa1", "Invalid message number"),  # ARABIC-INDIC DIGIT ONE is not ASCII
     (b"RETR 12345678901", "Invalid message number"),
     (b"RETR 1 2", "RETR: one message number required"),
+    (b"RETR 1\0", "NUL octet in command"),
+    (b"RETR 99999999999", "Invalid message number"),  # digits, but past the limit
     (b"TOP 1 x", "Invalid line count"),
     (b"NOOP x", "NOOP: no arguments allowed"),
     (b"USER", "USER: one argument required"),
