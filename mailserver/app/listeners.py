@@ -85,6 +85,25 @@ class ListenerService(_PortService):
         service.Service.privilegedStartService(self)
 
 
+def accept_one_at_a_time(port: object) -> None:
+    """Make a listening port accept one connection per wake-up, not a burst.
+
+    With worker processes every process polls the same listening socket. Twisted's
+    Port.doRead accepts up to `numberAccepts` connections at a time (100, growing by
+    20), so a burst of clients all landed in whichever process woke first: 20 of 20
+    POP3 sessions in one worker, the other idle. One accept per wake-up lets a busy
+    process leave the next connection to an idle one. Only used with processes > 1:
+    a lone process loses nothing by accepting in bursts.
+    """
+    read = port.doRead  # type: ignore[attr-defined]
+
+    def do_read() -> object:
+        port.numberAccepts = 1  # type: ignore[attr-defined]
+        return read()
+
+    port.doRead = do_read  # type: ignore[attr-defined]
+
+
 class ListenerRegistry:
     """Writes data_dir/run/listeners.json: {"smtp": ["127.0.0.1", 2525], ...}."""
 
@@ -115,6 +134,7 @@ class AdoptedListenerService(_PortService):
         family = probe.family
         probe.close()
         self.port = reactor.adoptStreamPort(self.fd, family, self.factory)  # type: ignore[attr-defined]
+        accept_one_at_a_time(self.port)
         os.close(self.fd)  # adoptStreamPort keeps its own duplicate
         log.info("{service} accepting on the inherited socket", service=self.service_name)
         service.Service.startService(self)

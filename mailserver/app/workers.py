@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
+from mailserver.app.listeners import accept_one_at_a_time
 from mailserver.config import Config
 from mailserver.logs import logger
 
@@ -85,6 +86,8 @@ class WorkerSupervisor(service.Service):
         kernel queues new connections in the listen backlog.
         """
         service.Service.startService(self)
+        for port in self._ports().values():
+            accept_one_at_a_time(port)
         self._set_accepting(False)
         self.waiting_for = set(range(1, self.config.process_count))
         for instance in sorted(self.waiting_for):
