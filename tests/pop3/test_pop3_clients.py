@@ -153,8 +153,7 @@ def test_second_login_is_in_use_and_imap_style_access_goes_on(
 def test_curl_pop3_stls_and_pop3s(pop_server: RunningServer,
                                   mailbox: Callable[..., Path]) -> None:
     curl = shutil.which("curl")
-    if curl is None:
-        pytest.skip("curl not installed (make tools)")
+    assert curl is not None, "curl is missing: `make tools` installs it"
     maildir = mailbox(message(1), message(2))
     stored = [f.read_bytes() for f in sorted((maildir / "new").iterdir(), key=lambda p: p.name)]
     user = f"{ALICE}:{PASSWORD}"
@@ -204,8 +203,7 @@ def run_fetchmail(tmp_path: Path, server: RunningServer, *options: str) -> Path:
 
 def test_fetchmail_keep_uidl_then_download_and_delete(
         tmp_path: Path, pop_server: RunningServer, mailbox: Callable[..., Path]) -> None:
-    if shutil.which("fetchmail") is None:
-        pytest.skip("fetchmail not installed (make tools)")
+    assert shutil.which("fetchmail"), "fetchmail is missing: `make tools` installs it"
     maildir = mailbox(message(1), message(2, body_lines=50))
     stored = sorted(f.read_bytes() for f in (maildir / "new").iterdir())
     out = run_fetchmail(tmp_path, pop_server, "--keep", "--uidl")
