@@ -462,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     ap.add_argument("--output", default=str(RESULTS), help="Markdown file ('' = none)")
     args = ap.parse_args(argv)
-    sizes = [int(x) for x in args.sizes.split(",")]
+    sizes = [int(x) for x in args.sizes.split(",") if x]  # "": only the big folder
     clients = [int(x) for x in args.clients.split(",")]
     rows: list[str] = []
     tmp = Path(tempfile.mkdtemp(prefix="imapbench-", dir=args.tmpdir))

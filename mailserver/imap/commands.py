@@ -194,7 +194,7 @@ class Append(Command):
     mailbox: str
     flags: tuple[str, ...]
     date: str | None
-    message: bytes
+    message: bytes | bytearray  # bytearray: a big literal collected apart (server.py)
 
 
 @dataclass(frozen=True)

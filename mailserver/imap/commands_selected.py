@@ -67,14 +67,23 @@ async def expunge(session: IMAPSession, command: grammar.Command) -> str | None:
     return None
 
 
+def item_cache_key(session: IMAPSession) -> tuple[Any, ...]:
+    """The selected folder's key in the shared item cache (fetch.CACHE): its entries
+    hold for as long as the UIDVALIDITY does (RFC 3501 2.3.1.1). The Maildir's path is
+    in it too, so a user's Maildir made again from scratch cannot meet old entries."""
+    return (str(getattr(session.store, "root", "")), session.user.address,
+            session.selected_name, session.view.uid_validity)
+
+
 async def search(session: IMAPSession, command: grammar.Search) -> str | None:
     charset = command.charset
     if charset is not None and charset not in CHARSETS:
         # RFC 3501 6.4.4 / 7.1: BADCHARSET lists what we support.
         raise no(f"Unsupported charset {charset}", f"BADCHARSET ({' '.join(CHARSETS)})")
     view = session.view
+    cache_key = item_cache_key(session)
     found: list[int] = await session.blocking(run_search, view, command.program,
-                                              command.uid)
+                                              command.uid, cache_key)
     chunks = [b"* SEARCH"]
     for start in range(0, len(found), SEARCH_CHUNK):
         chunks.append(b" " + b" ".join(b"%d" % n for n in found[start:start + SEARCH_CHUNK]))
@@ -97,7 +106,7 @@ async def fetch(session: IMAPSession, command: grammar.Fetch) -> str | None:
                                                               ["\\Seen"])
             changed = frozenset(info.uid for info in infos)
     fetch_plan = fetching.plan(items)
-    cache_key = (session.user.address, session.selected_name, view.uid_validity)
+    cache_key = item_cache_key(session)
     missing: list[int] = []
     chunks = fetching.batches(fetch_plan, view.messages, indexes)
 
@@ -193,6 +202,7 @@ def _copyuid(result: Any) -> str:
 async def idle(session: IMAPSession, command: grammar.Simple) -> str | None:
     """RFC 2177: `+ idling`, then changes as they happen, until DONE."""
     session.idle_tag = command.tag
+    session.watch_folder()
     session.send(b"+ idling\r\n")
     session.expect_continuation(lambda line: _idle_done(session, line))
     session.folder_changed()  # anything that happened before IDLE began
@@ -202,6 +212,7 @@ async def idle(session: IMAPSession, command: grammar.Simple) -> str | None:
 def _idle_done(session: IMAPSession, line: bytes) -> None:
     tag, session.idle_tag = session.idle_tag, None
     assert tag is not None
+    session.unwatch_folder()
     if line.rstrip(b"\r\n").upper() == b"DONE":
         reply = f"{tag} OK Idle completed\r\n".encode()
     else:

@@ -32,11 +32,17 @@ BODY_BATCH = 200
 BODY_BATCH_OCTETS = 4 * 1024 * 1024
 
 
+#: Items read from the whole message whose answer is small (no body octets in it).
+_STRUCTURE_ITEMS = frozenset({"BODY", "BODYSTRUCTURE"})
+
+
 @dataclass(frozen=True)
 class FetchPlan:
     items: tuple[FetchAtt, ...]
     needs_header: bool
     needs_message: bool
+    #: Some item sends message octets (a section, RFC822...): batches bounded in octets.
+    sends_body: bool = True
 
     @property
     def needs_disk(self) -> bool:
@@ -44,7 +50,7 @@ class FetchPlan:
 
 
 def plan(items: Sequence[FetchAtt]) -> FetchPlan:
-    header = message = False
+    header = message = body = False
     for att in items:
         if att.name in _MEMORY_ITEMS:
             continue
@@ -55,7 +61,8 @@ def plan(items: Sequence[FetchAtt]) -> FetchPlan:
             header = True
         else:
             message = True
-    return FetchPlan(tuple(items), header, message)
+            body = body or att.name not in _STRUCTURE_ITEMS
+    return FetchPlan(tuple(items), header, message, body)
 
 
 def batches(fetch_plan: FetchPlan, infos: Sequence[MessageInfo],
@@ -63,7 +70,10 @@ def batches(fetch_plan: FetchPlan, infos: Sequence[MessageInfo],
     """Split the message indexes into chunks sized for one write each."""
     if not fetch_plan.needs_disk:
         limit, octet_limit = MEMORY_BATCH, None
-    elif not fetch_plan.needs_message:
+    elif not fetch_plan.needs_message or not fetch_plan.sends_body:
+        # BODYSTRUCTURE reads whole messages but answers ~150 octets each (and mostly
+        # from the item cache): batched like headers, not like bodies, which would
+        # cost a thread hop and a flow-control wait per 200 messages.
         limit, octet_limit = HEADER_BATCH, None
     else:
         limit, octet_limit = BODY_BATCH, BODY_BATCH_OCTETS
@@ -236,14 +246,26 @@ def _item(att: FetchAtt, label: bytes, info: MessageInfo, loader: _Loader,
     section = att.section
     assert section is not None
     if not section.part and section.spec.startswith("HEADER"):
-        header = loader.header()
         if section.spec == "HEADER":
-            data = header.header_block
+            data = loader.header().header_block
         else:
-            data = header_fields(header.header_block, section.fields,
-                                 section.spec.endswith(".NOT"))
+            data = _header_fields(section.spec, section.fields, info.uid, loader, cache_key)
     else:
         data = loader.full().section(section.part, section.spec, section.fields)
     if att.partial is not None:
         data = partial(data, att.partial[0], att.partial[1])
     return label + b" " + literal(data)
+
+
+def _header_fields(spec: str, fields: tuple[str, ...], uid: int, loader: _Loader,
+                   cache_key: tuple[Any, ...] | None) -> bytes:
+    """BODY[HEADER.FIELDS (...)] through the shared cache: a client asks for the same
+    few fields of every message each time it opens the folder (as Dovecot's cache file
+    keeps the fields clients asked for). The value never changes under its UID."""
+    key = (cache_key, uid, spec, fields) if cache_key is not None else None
+    data = CACHE.get(key) if key is not None else None
+    if data is None:
+        data = header_fields(loader.header().header_block, fields, spec.endswith(".NOT"))
+        if key is not None:
+            CACHE.put(key, data)
+    return data

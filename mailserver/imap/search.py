@@ -9,9 +9,11 @@ earlier, cheaper key did not already decide it.
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Callable
 from typing import Any
 
+from mailserver.imap.fetch import CACHE
 from mailserver.imap.grammar import (
     SearchAnd,
     SearchKey,
@@ -20,7 +22,7 @@ from mailserver.imap.grammar import (
     SearchProgram,
     SequenceSet,
 )
-from mailserver.imap.message import ParsedMessage
+from mailserver.imap.message import ParsedMessage, header_fields
 from mailserver.interfaces import MessageInfo, StoreError
 
 #: Charsets we can search in (RFC 3501 6.4.4: US-ASCII must be supported).
@@ -42,6 +44,8 @@ _FLAG_KEYS: dict[str, Callable[[MessageInfo], bool]] = {
     "OLD": lambda m: not m.recent,
     "NEW": lambda m: m.recent and "\\Seen" not in m.flags,
 }
+#: A field name (RFC 5322 3.6.8 ftext) that header_fields can pick out.
+_FIELD_NAME = re.compile(r"[!-9;-~]+")
 _ADDRESS_HEADERS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject",
                     "TO": "to"}
 
@@ -49,12 +53,14 @@ _ADDRESS_HEADERS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subjec
 class _Message:
     """One message during evaluation: reads its header or body once, when needed."""
 
-    __slots__ = ("view", "info", "seq", "_raw_header", "_header", "_full")
+    __slots__ = ("view", "info", "seq", "cache_key", "_raw_header", "_header", "_full")
 
-    def __init__(self, view: Any, info: MessageInfo, seq: int) -> None:
+    def __init__(self, view: Any, info: MessageInfo, seq: int,
+                 cache_key: tuple[Any, ...] | None = None) -> None:
         self.view = view
         self.info = info
         self.seq = seq
+        self.cache_key = cache_key
         self._raw_header: bytes | None = None
         self._header: ParsedMessage | None = None
         self._full: ParsedMessage | None = None
@@ -71,14 +77,40 @@ class _Message:
             self._header = ParsedMessage.from_header(self.raw_header())
         return self._header
 
-    def cannot_contain(self, needle: bytes) -> bool:
+    def cannot_contain(self, needle: bytes, raw: bytes | None = None) -> bool:
         """A cheap test before parsing: an ASCII header without encoded words that does
         not hold the needle anywhere (case-insensitively) cannot match it in any field.
         Only for needles without white space, which folding could split."""
         if not needle or not needle.isascii() or any(c in needle for c in b" \t\r\n"):
             return False
-        raw = self.raw_header()
+        if raw is None:
+            raw = self.raw_header()
         return raw.isascii() and b"=?" not in raw and needle.lower() not in raw.lower()
+
+    def field_matches(self, name: str, needle: bytes) -> bool:
+        """SEARCH HEADER/SUBJECT/FROM/...: matched against the lines of that one field,
+        kept in the shared item cache (the same value as FETCH BODY[HEADER.FIELDS
+        (name)]): a client repeating a search, or searching after fetching those fields,
+        does not go through every header block again. The field lines are all the
+        matching reads (RFC 3501 6.4.4 searches the field's value)."""
+        block = self._field_block(name)
+        if block is None:
+            if self.cannot_contain(needle):
+                return False
+            return self.header().header_matches(name, _text(needle))
+        if self.cannot_contain(needle, block):
+            return False
+        return ParsedMessage.from_header(block).header_matches(name, _text(needle))
+
+    def _field_block(self, name: str) -> bytes | None:
+        if self.cache_key is None or _FIELD_NAME.fullmatch(name) is None:
+            return None
+        key = (self.cache_key, self.info.uid, "HEADER.FIELDS", (name.upper(),))
+        block = CACHE.get(key)
+        if block is None:
+            block = header_fields(self.raw_header(), (name,), False)
+            CACHE.put(key, block)
+        return block
 
     def full(self) -> ParsedMessage:
         if self._full is None:
@@ -136,14 +168,10 @@ class Evaluator:
             sent = m.header().sent_date()
             return sent is not None and _compare_date(op[4:], sent, key.value)
         if op in _ADDRESS_HEADERS:
-            if m.cannot_contain(key.value):
-                return False
-            return m.header().header_matches(_ADDRESS_HEADERS[op], _text(key.value))
+            return m.field_matches(_ADDRESS_HEADERS[op], key.value)
         if op == "HEADER":
             name, needle = key.value
-            if m.cannot_contain(needle):
-                return False
-            return m.header().header_matches(name, _text(needle))
+            return m.field_matches(name, needle)
         if op == "BODY":
             return m.full().body_contains(_text(key.value))
         if op == "TEXT":
@@ -163,12 +191,16 @@ def _text(value: bytes) -> str:
     return value.decode("utf-8", "replace")
 
 
-def run_search(view: Any, program: SearchProgram, uid: bool) -> list[int]:
-    """Sequence numbers (or UIDs) of the matching messages, ascending. Blocking."""
+def run_search(view: Any, program: SearchProgram, uid: bool,
+               cache_key: tuple[Any, ...] | None = None) -> list[int]:
+    """Sequence numbers (or UIDs) of the matching messages, ascending. Blocking.
+
+    `cache_key` (user, folder, UIDVALIDITY) lets header searches use the shared
+    item cache (fetch.CACHE)."""
     evaluator = Evaluator(view)
     found = []
     for i, info in enumerate(list(view.messages)):
-        m = _Message(view, info, i + 1)
+        m = _Message(view, info, i + 1, cache_key)
         try:
             hit = evaluator.matches(program, m)
         except StoreError:

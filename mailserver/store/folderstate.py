@@ -152,6 +152,8 @@ class FolderState:
 
     def __init__(self, path: Path, root: Path) -> None:
         self.path = path
+        #: `path` as a str: os.path.join on the read path costs ~1 us, Path / ~20 us.
+        self.path_str = os.fspath(path)
         self.root = root
         self.lock = threading.Lock()
         self.uidlist = UidList(path, root)
@@ -198,8 +200,8 @@ class FolderState:
         """Messages nobody has claimed yet (still in new/): STATUS RECENT."""
         return len(self.names["new"])
 
-    def path_of(self, entry: Entry) -> Path:
-        return self.path / entry.sub / entry.name
+    def path_of(self, entry: Entry) -> str:
+        return f"{self.path_str}/{entry.sub}/{entry.name}"
 
     def position(self, uid: int) -> int | None:
         i = bisect.bisect_left(self.uids, uid)

@@ -132,8 +132,8 @@ class FolderIndex:
         """The cached header blocks of those of `bases` that have one."""
         bases = [b for b in bases if b.isascii()]
         with self._lock:
-            found = {b: h for b, h in self._pending_headers if b in set(bases)} \
-                if self._pending_headers else {}
+            wanted = set(bases)
+            found = {b: h for b, h in self._pending_headers if b in wanted}
             db = self._connect(create=False)
             if db is None:
                 return found

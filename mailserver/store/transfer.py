@@ -41,16 +41,22 @@ def info_suffix(letters: str) -> str:
     return f":2,{letters}" if letters else ""
 
 
-def write_new(folder: Path, data_lf: bytes, letters: str, when: float | None) -> str:
-    """APPEND: write `data_lf` to folder/new durably; returns the file name."""
-    name = fresh_base(len(data_lf), len(data_lf) + data_lf.count(b"\n"), when)
+#: APPEND converts CRLF to LF in pieces of this size, so the message is never in memory
+#: twice (a 35 MiB APPEND would otherwise hold its CRLF and its LF form at once).
+_WRITE_CHUNK = 1 << 20
+
+
+def write_new(folder: Path, message: bytes | bytearray, letters: str,
+              when: float | None) -> str:
+    """APPEND: write `message` (CRLF line ends, as IMAP sends it) to folder/new durably,
+    stored with LF ends like every Maildir file of ours; returns the file name."""
+    crlfs = message.count(b"\r\n")
+    size = len(message) - crlfs                      # S=: the stored (LF) size
+    name = fresh_base(size, size + message.count(b"\n"), when)  # W=: LF count kept
     tmp = folder / "tmp" / name
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
-        view = memoryview(data_lf)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
+        _write_lf(fd, message)
         os.fsync(fd)
     except BaseException:
         os.close(fd)
@@ -69,7 +75,21 @@ def write_new(folder: Path, data_lf: bytes, letters: str, when: float | None) ->
     return final
 
 
-def link_into(source: Path, folder: Path, size: int | None, crlf_size: int,
+def _write_lf(fd: int, message: bytes | bytearray) -> None:
+    """Write `message` with every CRLF as LF, one bounded piece at a time."""
+    view = memoryview(message)
+    start, end = 0, len(message)
+    while start < end:
+        stop = min(start + _WRITE_CHUNK, end)
+        if stop < end and message[stop - 1] == 0x0D and message[stop] == 0x0A:
+            stop += 1  # never split a CRLF between two pieces
+        piece = memoryview(bytes(view[start:stop]).replace(b"\r\n", b"\n"))
+        while piece:
+            piece = piece[os.write(fd, piece):]
+        start = stop
+
+
+def link_into(source: str | Path, folder: Path, size: int | None, crlf_size: int,
               letters: str, when: float | None) -> str:
     """COPY: hard-link (or copy) `source` into folder/new; returns the new name.
 
@@ -99,7 +119,7 @@ def link_into(source: Path, folder: Path, size: int | None, crlf_size: int,
     return final
 
 
-def move_into(source: Path, folder: Path, size: int | None, crlf_size: int,
+def move_into(source: str | Path, folder: Path, size: int | None, crlf_size: int,
               letters: str, when: float | None) -> str:
     """MOVE: rename `source` into folder/new (atomic: never in both, never in neither)."""
     final = fresh_base(size, crlf_size, when) + info_suffix(letters)

@@ -141,16 +141,15 @@ class UserStore:
 
     # ----------------------------------------------------------------- writing
 
-    def append(self, name: str, message: bytes, flags: Sequence[str] = (),
+    def append(self, name: str, message: bytes | bytearray, flags: Sequence[str] = (),
                internal_date: float | None = None) -> CopyResult:
         _, path = self._existing(name, missing="TRYCREATE")
         state = self._state(path)
         try:
-            data = message.replace(b"\r\n", b"\n")
             with state.lock:
                 letters = self._letters(state, flags)
             try:
-                final = write_new(path, data, letters, internal_date)
+                final = write_new(path, message, letters, internal_date)
             except OSError as e:
                 if e.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise StoreError("OVERQUOTA", "Not enough disk space") from None

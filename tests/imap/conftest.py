@@ -13,6 +13,22 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from imap_helpers import Line, RunningServer, connect, start_imap_server  # noqa: E402
+from session_harness import OPEN_SESSIONS  # noqa: E402
+
+from mailserver.store import notify  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _disconnect_sessions() -> Iterator[None]:
+    """Disconnect the test's in-process sessions, and check that doing so released every
+    store watch they held (a leaked watch keeps an inotify descriptor open)."""
+    yield
+    sessions = list(OPEN_SESSIONS)
+    OPEN_SESSIONS.clear()
+    for session in sessions:
+        session.disconnect()
+    if sessions:
+        assert notify.default_notifier().watched_folders == 0
 
 
 @pytest.fixture(scope="package")

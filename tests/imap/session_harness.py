@@ -13,8 +13,10 @@ from typing import Any
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailserver.auth.realm import IMailUser, MailUser
@@ -23,6 +25,10 @@ from mailserver.imap.server import IMAPServerFactory, IMAPSession
 from mailserver.interfaces import MailboxId
 
 PASSWORD = "secret"
+
+#: Every Session made by the running test, disconnected by the autouse fixture in
+#: conftest.py at its end (a selected folder holds a store watch until then).
+OPEN_SESSIONS: list[Session] = []
 
 
 @implementer(IMailUser)
@@ -81,6 +87,13 @@ class Session:
         self.protocol.callLater = self.clock.callLater  # type: ignore[assignment]
         self.transport = transport or StringTransport()
         self.protocol.makeConnection(self.transport)
+        OPEN_SESSIONS.append(self)
+
+    def disconnect(self) -> None:
+        """The client goes away: the session drops its view and its store watch."""
+        if not self.protocol._lost:
+            self.transport.loseConnection()
+            self.protocol.connectionLost(Failure(ConnectionDone()))
 
     def send(self, data: bytes, crlf: bool = True) -> None:
         self.protocol.dataReceived(data + (b"\r\n" if crlf else b""))

@@ -399,3 +399,108 @@ def test_keyword_letters_run_out(session: Session) -> None:
     assert b"$k25" in permanent and b"\\*" not in permanent
     assert session.command(b"b STORE 1 +FLAGS ($extra)") == [
         b"b NO [LIMIT] Too many keywords in this mailbox (26 at most)"]
+
+
+def test_uidvalidity_change_ends_the_session(tmp_path: Path) -> None:
+    """RFC 3501 2.3.1.1: once the UID list is lost the folder gets a new UIDVALIDITY and
+    the UIDs the client holds mean nothing; like Dovecot we say BYE at the next sync."""
+    a, b = Session(tmp_path), Session(tmp_path)
+    a.login()
+    b.login()
+    append(a, 2)
+    a.command(b"s SELECT INBOX")
+    assert b.command(b"s SELECT INBOX")[-1] == b"s OK [READ-WRITE] Select completed"
+    b.command(b"i IDLE")
+    (uidlist,) = tmp_path.rglob("mailserver-uidlist")
+    uidlist.unlink()
+    assert a.command(b"n NOOP") == [
+        b"* BYE UIDVALIDITY changed, mailbox must be selected again"]
+    assert a.transport.disconnecting
+    b.protocol.folder_changed()  # what the store's watch calls during IDLE
+    assert b.lines() == [b"* BYE UIDVALIDITY changed, mailbox must be selected again"]
+    assert b.transport.disconnecting
+    c = Session(tmp_path)
+    c.login()
+    selected = c.command(b"s SELECT INBOX")
+    assert b"* 2 EXISTS" in selected and selected[-1].startswith(b"s OK")
+
+
+def test_big_append_literal_is_stored_from_its_own_buffer(session: Session) -> None:
+    """A literal over server.BIG_LITERAL is collected apart (one copy in memory); the
+    file has LF ends and S=/W= sizes, and FETCH gives back the exact CRLF octets."""
+    session.login()
+    body = b"".join(b"line %05d of a big message\r\n" % i for i in range(3000))
+    message = b"Subject: big\r\nX-Bare-CR: a\rb\r\n\r\n" + body
+    assert len(message) > 64 * 1024
+    session.send(b'a APPEND INBOX (\\Flagged) {%d}' % len(message))
+    assert session.lines() == [b"+ Ready for literal data"]
+    for i in range(0, len(message), 5000):  # as TCP would deliver it
+        session.send(message[i:i + 5000], crlf=False)
+    session.send(b"")
+    assert session.lines()[-1].startswith(b"a OK [APPENDUID ")
+    (stored,) = session.config.mail_dir.rglob("new/*")
+    lf = message.replace(b"\r\n", b"\n")
+    assert stored.read_bytes() == lf
+    assert f",S={len(lf)},W={len(message)}:2,F" in stored.name
+    session.command(b"s SELECT INBOX")
+    fetched = session.command(b"f FETCH 1 BODY.PEEK[]")
+    assert fetched[0] == b"* 1 FETCH (BODY[] {%d}" % len(message)
+    assert b"\r\n".join(fetched[1:-2]) + b"\r\n" == message
+
+
+def test_big_literal_that_is_not_the_message_is_refused(session: Session) -> None:
+    session.login()
+    name = b"n" * 70000
+    session.send(b"a APPEND {%d+}\r\n" % len(name) + name + b" {3+}\r\nabc")
+    assert session.lines() == [b"a BAD [TOOBIG] Literal too large"]
+    assert session.command(b"b NOOP") == [b"b OK Noop completed"]
+    assert not list(session.config.mail_dir.rglob("new/*"))
+
+
+def test_header_search_through_the_field_cache_agrees(session: Session) -> None:
+    """SEARCH HEADER/SUBJECT/FROM match on the field's lines kept in the item cache:
+    the answers stay the same on repeat, after a FETCH of those fields, and for
+    folded lines, encoded words and field names that are no plain token."""
+    session.login()
+    messages = [
+        b"From: Ann <ann@example.org>\r\nSubject: Invoice\r\n 2024\r\n\r\nx\r\n",
+        b"From: bob@example.net\r\nSubject: =?utf-8?q?Rechnung_f=C3=BCr_Invoice?=\r\n"
+        b"X-Odd: invoice\r\n\r\ny\r\n",
+        b"From: carol@example.com\r\nSubject: lunch\r\nX-Note: Invoice 2024\r\n\r\nz\r\n",
+    ]
+    for data in messages:
+        session.send(b"ap APPEND INBOX {%d+}\r\n" % len(data) + data)
+        assert session.lines()[-1].startswith(b"ap OK")
+    session.command(b"s SELECT INBOX")
+    queries = {
+        b'SEARCH SUBJECT "invoice"': b"* SEARCH 1 2",
+        b'SEARCH SUBJECT "invoice 2024"': b"* SEARCH 1",
+        b'SEARCH SUBJECT "f\xc3\xbcr"': b"* SEARCH 2",
+        b'SEARCH HEADER X-Odd ""': b"* SEARCH 2",
+        b'SEARCH HEADER "X Note" "2024"': b"* SEARCH",
+        b'SEARCH HEADER x-note "2024"': b"* SEARCH 3",
+        b'SEARCH FROM "ann@example.org"': b"* SEARCH 1",
+        b'SEARCH OR FROM bob SUBJECT lunch': b"* SEARCH 2 3",
+    }
+    for _ in range(2):
+        for query, expected in queries.items():
+            assert session.command(b"q " + query) == [expected, b"q OK Search completed"]
+        session.command(b"f FETCH 1:* BODY.PEEK[HEADER.FIELDS (SUBJECT FROM)]")
+
+
+def test_folder_is_watched_only_while_idling(session: Session) -> None:
+    """Outside IDLE every command syncs, so the store's watch (inotify) is held only
+    during IDLE: a STORE on 10,000 messages must not queue 20,000 events for itself."""
+    from mailserver.store import notify
+
+    session.login()
+    append(session, 1)
+    session.command(b"s SELECT INBOX")
+    assert notify.default_notifier().watched_folders == 0
+    assert session.command(b"i IDLE") == [b"+ idling"]
+    assert notify.default_notifier().watched_folders == 1
+    assert session.command(b"DONE") == [b"i OK Idle completed"]
+    assert notify.default_notifier().watched_folders == 0
+    assert session.command(b"j IDLE") == [b"+ idling"]
+    session.disconnect()
+    assert notify.default_notifier().watched_folders == 0

@@ -368,3 +368,20 @@ def test_session_learns_that_uidvalidity_changed(root: Path, store: UserStore) -
     view.sync()
     assert view.validity_changed  # the IMAP session ends with BYE: its UIDs are void
     assert store.status("INBOX").uid_validity > view.uid_validity
+
+
+def test_append_converts_crlf_in_pieces_without_splitting_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """write_new turns CRLF into LF a piece at a time (the message is never in memory
+    twice); a CRLF across a piece boundary, a bare CR, or CR CR LF stay exact."""
+    from mailserver.store import transfer
+
+    monkeypatch.setattr(transfer, "_WRITE_CHUNK", 7)
+    for sub in ("tmp", "new", "cur"):
+        (tmp_path / sub).mkdir()
+    message = bytearray(b"Subject: x\r\n\r\nab\r\r\ncd\re\r\n" * 5 + b"end\r")
+    name = transfer.write_new(tmp_path, message, "S", None)
+    expected = bytes(message).replace(b"\r\n", b"\n")
+    assert (tmp_path / "new" / name).read_bytes() == expected
+    crlf_size = len(expected) + expected.count(b"\n")
+    assert f",S={len(expected)},W={crlf_size}:2,S" in name
