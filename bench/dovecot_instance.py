@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import signal
 import socket
 import subprocess
 import time
@@ -232,17 +231,9 @@ class DovecotInstance(ServerInstance):
     def stop(self) -> None:
         if self.proc is None:
             return
-        pids = proctree.descendants(self.proc.pid)
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        proctree.terminate(self.proc)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
-        proctree.reap(pids, 5)  # its login, auth and mail processes, by pid
         self.proc = None
 
 

@@ -8,7 +8,6 @@ the user lands in ROOT/data/mail/bench.test/user/new/, fsync'd before the 250.
 
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
 import sys
@@ -175,13 +174,5 @@ class OursInstance(ServerInstance):
     def stop(self) -> None:
         if self.proc is None:
             return
-        pids = proctree.descendants(self.proc.pid)
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        proctree.reap(pids, 5)  # anything it forked (worker processes), by pid
+        proctree.terminate(self.proc)
         self.proc = None

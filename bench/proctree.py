@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -185,3 +186,17 @@ def reap(pids: list[int], timeout: float) -> None:
         except ProcessLookupError:
             pass
     wait_gone(left, 5)
+
+
+def terminate(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM a server (SIGKILL after 15 s), then reap everything it had forked (worker
+    processes, Dovecot's login/auth/mail processes) by pid."""
+    pids = descendants(proc.pid)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+    reap(pids, 5)
