@@ -31,7 +31,10 @@ from functools import lru_cache
 from operator import attrgetter
 from pathlib import Path
 
+from mailserver.logs import logger
 from mailserver.store.maildir import with_flags
+
+log = logger(__name__)
 
 #: RFC 1939 7 (UIDL): "unique-id ... consists of one to 70 characters in the range of
 #: 0x21 to 0x7E".
@@ -96,10 +99,14 @@ def _measure(path: str) -> int:
     """CRLF size of a file whose name does not carry W=: read it once."""
     size = 0
     newlines = 0
+    last = b""  # the octet before this chunk: a CRLF may straddle two reads
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             size += len(chunk)
             newlines += chunk.count(b"\n") - chunk.count(b"\r\n")
+            if last == b"\r" and chunk.startswith(b"\n"):
+                newlines -= 1
+            last = chunk[-1:]
     return size + newlines
 
 
@@ -293,6 +300,10 @@ def read_wire(maildir: Path, messages: list[Message]) -> list[bytes | None]:
     return out
 
 
+#: The RETR reply for a message file that exists but cannot be read.
+UNREADABLE = b"-ERR [SYS/TEMP] Cannot read this message; try again later.\r\n"
+
+
 def read_replies(maildir: Path, messages: list[Message]) -> list[bytes | None]:
     """RETR, as the read-ahead asks for it: each message's whole reply, status line,
     wire bytes and terminator in one buffer (None for one expunged meanwhile).
@@ -308,13 +319,24 @@ def read_replies(maildir: Path, messages: list[Message]) -> list[bytes | None]:
         except MessageGone:
             out.append(None)
             continue
+        except OSError as e:
+            # EACCES, EISDIR, EIO: this message's RETR fails, not the whole batch (an
+            # exception here would fail every RETR read with it, at each retry).
+            log.warn("POP3 cannot read {name}: {error}", name=message.name,
+                     error=e.strerror)
+            out.append(UNREADABLE)
+            continue
         out.append(b"".join((b"+OK %d octets\r\n" % message.size, body, b".\r\n")))
     return out
 
 
 def top(maildir: Path, message: Message, lines: int) -> bytes:
     """TOP: never changes flags (RFC 1939 does not make TOP a retrieval)."""
-    return to_wire(top_part(_read(Finder(maildir), message), lines))
+    data = _read(Finder(maildir), message)
+    if b"\r" in data:
+        # A foreign file with CRLF: top_part looks for the LF form of the blank line.
+        data = data.replace(b"\r\n", b"\n")
+    return to_wire(top_part(data, lines))
 
 
 def mark_seen(maildir: Path, messages: Iterable[Message]) -> None:
@@ -351,6 +373,12 @@ def _add_seen(finder: Finder, message: Message) -> None:
             except MessageGone:
                 return  # expunged meanwhile: nothing to mark
             continue
+        except OSError as e:
+            # EACCES, EROFS, ENOSPC...: the flag is our extra, not RFC 1939's; it must
+            # not stop the UPDATE's deletions (maildrop.update runs this first).
+            log.warn("POP3 could not set Seen on {name}: {error}", name=message.name,
+                     error=e.strerror)
+            return
         message.subdir, message.name = "cur", new_name
         return
 

@@ -45,6 +45,9 @@ class ReadAhead:
         self._messages = messages
         #: Read and not yet sent: number -> whole reply (None: expunged meanwhile).
         self._ready: dict[int, bytes | None] = {}
+        #: Octets held in _ready: a refill waits while a batch's worth is there, or a
+        #: cache of big messages would grow by a batch per RETR (up to LOW_WATER of them).
+        self._ready_octets = 0
         #: Numbers in the batch being read now, and who waits for which.
         self._reading: set[int] = set()
         self._waiters: dict[int, list[Deferred[bytes | None]]] = {}
@@ -55,7 +58,9 @@ class ReadAhead:
     def take(self, number: int) -> tuple[bool, bytes | None]:
         """(True, data) when `number` has been read already; it leaves the cache."""
         if number in self._ready:
-            return True, self._ready.pop(number)
+            data = self._ready.pop(number)
+            self._ready_octets -= len(data or b"")
+            return True, data
         return False, None
 
     def wait(self, number: int, coming: Iterable[int]) -> Deferred[bytes | None]:
@@ -77,16 +82,18 @@ class ReadAhead:
 
     def forget(self, number: int) -> None:
         """DELE: the message will not be asked for."""
-        self._ready.pop(number, None)
+        self._ready_octets -= len(self._ready.pop(number, None) or b"")
 
     def close(self) -> None:
         self._closed = True
         self._ready.clear()
+        self._ready_octets = 0
 
     def needs_refill(self) -> bool:
         """Whether refill() would start a batch (checked before the session builds
         the list of coming numbers: this runs once per RETR)."""
-        return not self._reading and len(self._ready) < LOW_WATER and not self._closed
+        return (not self._reading and len(self._ready) < LOW_WATER
+                and self._ready_octets < BATCH_OCTETS and not self._closed)
 
     def _start(self, numbers: Iterable[int]) -> None:
         batch: list[int] = []
@@ -121,6 +128,7 @@ class ReadAhead:
                     d.callback(data)
             elif not self._closed:
                 self._ready[n] = data
+                self._ready_octets += len(data or b"")
 
     def _failed(self, batch: list[int], failure: Any) -> None:
         self._reading.difference_update(batch)

@@ -46,6 +46,8 @@ MIN_TRANSACTION_TIMEOUT = 600
 #: Failed logins on one connection before it is closed (Dovecot's default is 3 too);
 #: each failure already costs the client the checker's delay.
 MAX_AUTH_FAILURES = 3
+#: Seconds a closing connection may take to flush its last reply before it is aborted.
+CLOSE_GRACE = 30
 IMPLEMENTATION = "mailserver"
 
 AUTHORIZATION, TRANSACTION, UPDATE = "AUTHORIZATION", "TRANSACTION", "UPDATE"
@@ -165,7 +167,11 @@ class POP3Session(TransactionCommands, Protocol, TimeoutMixin):
         self._closing = True
         self._buffer.clear()
         self.factory.sessions.discard(self)
-        self._end_login()
+        if self.state != UPDATE:
+            # In UPDATE the deletions are running in a disk thread: _update's callback
+            # (or _wait_for's errback) ends the login after them, so the lock keeps the
+            # next session out until they are done (RFC 1939 8).
+            self._end_login()
 
     def _end_login(self) -> None:
         """Release the maildrop lock and the avatar (dropped connection: no UPDATE, but
@@ -196,10 +202,19 @@ class POP3Session(TransactionCommands, Protocol, TimeoutMixin):
         self._close()
 
     def timeoutConnection(self) -> None:
+        if self._closing or self._writing_paused:
+            # The client reads nothing (a stalled download, or our last words after a
+            # QUIT, an error limit or an earlier timeout): loseConnection would wait
+            # for the write buffer to drain, forever, holding the lock and the memory.
+            log.info("{session} {peer} stopped reading, aborting", session=self.session_id,
+                     peer=self.peer_ip)
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
         log.info("{session} idle timeout from {peer}", session=self.session_id,
                  peer=self.peer_ip)
         self._err("Disconnected for inactivity.")
         self._close()
+        self.setTimeout(CLOSE_GRACE)  # ... unless the client never reads this reply
 
     # -- IPushProducer: the transport tells us when its write buffer is full ---------------
 
@@ -239,6 +254,7 @@ class POP3Session(TransactionCommands, Protocol, TimeoutMixin):
                 try:
                     line = self._next_line()
                 except Refused as refused:
+                    self._sasl_pending = False  # RFC 5034 4: a refused response ends AUTH
                     self._error(str(refused))
                     continue
                 if line is None:
@@ -282,12 +298,17 @@ class POP3Session(TransactionCommands, Protocol, TimeoutMixin):
         return line[:-2] if line.endswith(b"\r\n") else line[:-1]
 
     def _handle_line(self, line: bytes) -> None:
+        # RFC 1939 7: PASS only "immediately after a successful USER command"; any
+        # other line in between (CAPA, AUTH, garbage) forgets the name.
+        user, self.user = self.user, None
         if self._sasl_pending:
             self._sasl_pending = False
             self._sasl_response(line)
             return
         try:
             command = grammar.parse_command(line)
+            if command.name == "PASS":
+                self.user = user
             if command.name not in ALLOWED[self.state]:
                 raise Refused(self._not_allowed(command.name))
             handler = getattr(self, "do_" + command.name)

@@ -75,18 +75,17 @@ class TransactionCommands:
     def do_RETR(self, command: grammar.MessageArg) -> Deferred[None] | None:
         assert command.number is not None and self.reader is not None
         number = command.number
-        message = self._message(number)
-        self.retrieved[number] = message
+        self._message(number)  # refused if it does not exist or is deleted
         reader = self.reader
         ready, reply = reader.take(number)
         if ready:
-            self._send_retrieved(reply)
+            self._send_retrieved(number, reply)
             if reader.needs_refill():
                 reader.refill(self._coming(number))
             return None
 
         def send(reply: bytes | None) -> None:
-            self._send_retrieved(reply)
+            self._send_retrieved(number, reply)
             reader.refill(self._coming(number))
 
         return reader.wait(number, self._coming(number)).addCallback(send)
@@ -115,12 +114,16 @@ class TransactionCommands:
             numbers.append(command.number)
         return numbers
 
-    def _send_retrieved(self, reply: bytes | None) -> None:
+    def _send_retrieved(self, number: int, reply: bytes | None) -> None:
         """The whole reply, built in the disk thread (status line, dot-stuffed CRLF
         bytes, terminator): one write, nothing copied or encoded here."""
         if reply is None:
             self._err("Message no longer exists (expunged by another session).")
             return
+        if reply is not maildrop.UNREADABLE and not self._closing:
+            # Seen at the end of the session only for what was sent: not for a RETR
+            # whose read was still pending when the connection dropped.
+            self.retrieved[number] = self.messages[number - 1]
         self._write(reply)
 
     def do_TOP(self, command: grammar.Top) -> Deferred[None]:
