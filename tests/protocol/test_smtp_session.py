@@ -247,3 +247,34 @@ def test_refused_line_does_not_stall_the_pipeline(session: Session) -> None:
         "500 5.5.2 Line too long",
         "221 2.0.0 mx.test closing connection",
     ]
+
+
+def test_a_client_that_reads_no_replies_stops_being_served(session: Session) -> None:
+    """Pipelined commands from a client that reads nothing: once the transport's write
+    buffer is full (pauseProducing), no further command is handled, so our replies
+    cannot pile up without bound; reading stops too once the input backs up."""
+    assert session.transport.producer is session.protocol
+    session.protocol.pauseProducing()
+    assert session.send(b"NOOP\r\n" * 10) == []
+    session.protocol.dataReceived(b"NOOP\r\n" * 50_000)  # 300 KB: past the input bound
+    assert session.transport.producerState == "paused"
+    session.protocol.resumeProducing()
+    replies = session.replies()
+    assert len(replies) == 50_010 and set(replies) == {"250 2.0.0 Ok"}
+    assert session.transport.producerState == "producing"
+
+
+def test_timeout_aborts_a_client_that_does_not_read(session: Session) -> None:
+    session.protocol.pauseProducing()
+    session.clock.advance(301)
+    assert session.transport.disconnecting  # aborted: its buffered replies are dropped
+    assert session.replies() == []
+
+
+def test_timeout_then_a_close_that_never_drains_is_aborted(session: Session) -> None:
+    session.clock.advance(301)
+    assert session.replies() == ["421 4.4.2 mx.test Error: timeout exceeded"]
+    aborted: list[bool] = []
+    session.transport.abortConnection = lambda: aborted.append(True)  # type: ignore[method-assign]
+    session.clock.advance(31)
+    assert aborted == [True]
