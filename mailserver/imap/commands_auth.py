@@ -113,6 +113,10 @@ async def authenticate(session: IMAPSession, command: grammar.Authenticate) -> s
     try:
         credentials = plain_credentials(decode_base64(response))
     except SASLError as e:
+        if "authorization identity" in str(e):
+            # Well-formed, but asks to act as another user: refused credentials are a
+            # NO (RFC 3501 6.2.2), not a syntax error; RFC 5530's code.
+            return _failed(session, command.tag)
         raise bad(f"Invalid SASL response: {e}") from None
     return await _authenticate(session, command.tag, credentials)
 
@@ -121,20 +125,25 @@ async def _authenticate(session: IMAPSession, tag: str, credentials: Any) -> str
     try:
         _, user, _logout = await session.factory.portal.login(credentials, None, IMailUser)
     except UnauthorizedLogin:
-        session.auth_failures += 1
-        log.info("{session} login failed from {peer}", session=session.session_id,
-                 peer=session.peer_ip)
-        refusal = no("Authentication failed", "AUTHENTICATIONFAILED")
-        if session.auth_failures < _max_failures():
-            raise refusal from None
-        session.send(refusal.line(tag) + b"* BYE Too many authentication failures\r\n")
-        session.close()
-        return ANSWERED
+        return _failed(session, tag)
     store = await session.blocking(session.factory.open_store, user.mailbox)
     session.logged_in(user, store)
     log.info("{session} {user} logged in from {peer}", session=session.session_id,
              user=user.address, peer=session.peer_ip)
     return f"[CAPABILITY {' '.join(session.capabilities())}] Logged in"
+
+
+def _failed(session: IMAPSession, tag: str) -> str | None:
+    """A refused login: NO [AUTHENTICATIONFAILED], or BYE after too many."""
+    session.auth_failures += 1
+    log.info("{session} login failed from {peer}", session=session.session_id,
+             peer=session.peer_ip)
+    refusal = no("Authentication failed", "AUTHENTICATIONFAILED")
+    if session.auth_failures < _max_failures():
+        raise refusal
+    session.send(refusal.line(tag) + b"* BYE Too many authentication failures\r\n")
+    session.close()
+    return ANSWERED
 
 
 def _max_failures() -> int:

@@ -49,7 +49,8 @@ async def select(session: IMAPSession, command: grammar.MailboxCommand) -> str |
     session.view = view
     session.selected_name = name
     session.state = State.SELECTED
-    session.send(_select_lines(view))
+    lines, session.announced_keywords = _select_lines(view)
+    session.send(lines)
     mode = "READ-ONLY" if view.read_only else "READ-WRITE"
     return f"[{mode}] {command.name.title()} completed"
 
@@ -58,10 +59,11 @@ _FLAGS_OF = operator.attrgetter("flags")
 _RECENT_OF = operator.attrgetter("recent")
 
 
-def _select_lines(view: Any) -> bytes:
-    """RFC 3501 6.3.1 untagged data. Keywords: those the folder defines (the store's
-    `keywords`, a Maildir++ folder has 26 letters) and those in use; PERMANENTFLAGS has
-    \\* only while new keywords can still be created (`can_create_keywords`)."""
+def _select_lines(view: Any) -> tuple[bytes, set[str]]:
+    """RFC 3501 6.3.1 untagged data, and the keywords its FLAGS named. Keywords: those
+    the folder defines (the store's `keywords`, a Maildir++ folder has 26 letters) and
+    those in use; PERMANENTFLAGS has \\* only while new keywords can still be created
+    (`can_create_keywords`)."""
     messages = view.messages
     keywords: set[str] = set(getattr(view, "keywords", ()))
     # Loops in C over the messages (100k of them on the reactor thread): a folder has a
@@ -74,13 +76,8 @@ def _select_lines(view: Any) -> bytes:
         if unseen_sets else 0
     for flags in distinct:
         keywords.update(f for f in flags if not f.startswith("\\"))
-    flags_text = " ".join([*SYSTEM_FLAGS, *sorted(keywords)])
-    read_only = view.read_only
-    more = ["\\*"] if getattr(view, "can_create_keywords", True) else []
-    permanent = "" if read_only else " ".join([*SYSTEM_FLAGS, *sorted(keywords), *more])
     lines = [
-        f"* FLAGS ({flags_text})",
-        f"* OK [PERMANENTFLAGS ({permanent})] Flags permitted",
+        *flags_lines(view, keywords),
         f"* {len(messages)} EXISTS",
         f"* {recent} RECENT",
     ]
@@ -88,7 +85,18 @@ def _select_lines(view: Any) -> bytes:
         lines.append(f"* OK [UNSEEN {first_unseen}] First unseen")
     lines.append(f"* OK [UIDVALIDITY {view.uid_validity}] UIDs valid")
     lines.append(f"* OK [UIDNEXT {view.uid_next}] Predicted next UID")
-    return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace"), keywords
+
+
+def flags_lines(view: Any, keywords: set[str]) -> list[str]:
+    """The FLAGS and PERMANENTFLAGS lines of SELECT, also sent again when a keyword
+    the client has not been told of appears (RFC 3501 7.2.6: the client records the
+    update; Dovecot sends it the same way)."""
+    flags_text = " ".join([*SYSTEM_FLAGS, *sorted(keywords)])
+    more = ["\\*"] if getattr(view, "can_create_keywords", True) else []
+    permanent = "" if view.read_only else " ".join(
+        [*SYSTEM_FLAGS, *sorted(keywords), *more])
+    return [f"* FLAGS ({flags_text})", f"* OK [PERMANENTFLAGS ({permanent})] Flags permitted"]
 
 
 async def create(session: IMAPSession, command: grammar.MailboxCommand) -> str | None:
@@ -136,6 +144,12 @@ def pattern_regex(reference: str, pattern: str) -> re.Pattern[str]:
     reference is prefixed as is. A leading INBOX matches in any case (5.1)."""
     full = grammar.mailbox_name((reference + pattern).encode())
     out = []
+    # "inbox*", "Inb%": the literal head of the pattern spells the start of INBOX in
+    # another case, so it matches INBOX and INBOX's children too (as Dovecot does).
+    head = re.split(r"[*%]", full, maxsplit=1)[0][:5]
+    if head and head.upper() == "INBOX"[:len(head)] and head != "INBOX"[:len(head)]:
+        out.append(rf"(?:(?=INBOX(?:\.|\Z)){'INBOX'[:len(head)]}|{re.escape(head)})")
+        full = full[len(head):]
     for ch in full:
         if ch == "*":
             out.append(".*")
@@ -226,9 +240,15 @@ async def status(session: IMAPSession, command: grammar.Status) -> str | None:
     """RFC 3501 6.3.10. For the selected mailbox too (the RFC discourages, not forbids)."""
     name = checked_name(command.mailbox)
     result = await session.blocking(session.store.status, name)
+    recent = result.recent  # messages nobody has claimed yet
+    view = session.view
+    if view is not None and session.selected_name == name and not view.read_only:
+        # The selected mailbox: this session's own \Recent messages count too (RFC 3501
+        # 7.3.2; Dovecot does the same). An EXAMINEd view's are the unclaimed ones.
+        recent += view.recent_count
     values = {
         "MESSAGES": result.messages,
-        "RECENT": result.recent,
+        "RECENT": recent,
         "UIDNEXT": result.uid_next,
         "UIDVALIDITY": result.uid_validity,
         "UNSEEN": result.unseen,

@@ -12,6 +12,7 @@ from mailserver.imap import fetch as fetching
 from mailserver.imap import grammar
 from mailserver.imap.commands import (
     ANSWERED,
+    Refusal,
     bad,
     no,
     sequence_indexes,
@@ -159,6 +160,8 @@ async def store(session: IMAPSession, command: grammar.Store) -> str | None:
     uids = [view.messages[i].uid for i in indexes]
     if uids:
         await session.blocking(view.store, uids, command.mode, flags)
+        if command.mode != "-":
+            session.send(session.keyword_lines(flags))  # a keyword new to the client
     if not command.silent:
         # RFC 3501 6.4.6: the new flags of each message, as an untagged FETCH.
         lines = []
@@ -186,12 +189,24 @@ async def copy(session: IMAPSession, command: grammar.Copy) -> str | None:
         return f"{word} completed"
     if command.name == "COPY":
         result = await session.blocking(view.copy, uids, dest)
+        if not result.source_uids:
+            raise _all_vanished()
         return f"[{_copyuid(result)}] Copy completed"
     result, changes = await session.blocking(view.move, uids, dest)
-    # RFC 6851 4.3: COPYUID in an untagged OK before the EXPUNGEs.
-    session.send(f"* OK [{_copyuid(result)}] Moved\r\n".encode())
+    if result.source_uids:
+        # RFC 6851 4.3: COPYUID in an untagged OK before the EXPUNGEs.
+        session.send(f"* OK [{_copyuid(result)}] Moved\r\n".encode())
     session.report(changes)
+    if not result.source_uids:
+        raise _all_vanished()
     return "Move completed"
+
+
+def _all_vanished() -> Refusal:
+    """Every message asked for was expunged by another session meanwhile: nothing was
+    copied, and a COPYUID with empty sets would break RFC 4315's grammar (uid-set is
+    never empty), so refuse as RFC 2180 4.4.1 allows, with RFC 5530's code."""
+    return no("Some of the requested messages no longer exist", "EXPUNGEISSUED")
 
 
 def _copyuid(result: Any) -> str:

@@ -568,7 +568,9 @@ def _fetch_att(r: Reader) -> FetchAtt:
     text = word.decode("ascii", "replace")
     if text not in _FETCH_SIMPLE:
         r.pos = start
-        raise r.fail(f"unknown FETCH item {text or r.data[start:start + 20]!r}")
+        if not text:  # "()", "( FLAGS": RFC 3501 9 has no empty fetch-att
+            raise r.fail("expected a FETCH item")
+        raise r.fail(f"unknown FETCH item {text[:40]}")
     return FetchAtt(text)
 
 

@@ -22,7 +22,7 @@ from mailserver.imap.grammar import (
     SearchProgram,
     SequenceSet,
 )
-from mailserver.imap.message import ParsedMessage, header_fields
+from mailserver.imap.message import ADDRESS_FIELDS, ParsedMessage, header_fields
 from mailserver.interfaces import MessageInfo, StoreError
 
 #: Charsets we can search in (RFC 3501 6.4.4: US-ASCII must be supported).
@@ -77,14 +77,19 @@ class _Message:
             self._header = ParsedMessage.from_header(self.raw_header())
         return self._header
 
-    def cannot_contain(self, needle: bytes, raw: bytes | None = None) -> bool:
+    def cannot_contain(self, needle: bytes, raw: bytes | None = None,
+                       address: bool = False) -> bool:
         """A cheap test before parsing: an ASCII header without encoded words that does
         not hold the needle anywhere (case-insensitively) cannot match it in any field.
-        Only for needles without white space, which folding could split."""
+        Only for needles without white space, which folding could split. An address
+        field with a comment or quoting may still match in its normal form (header_matches
+        finds user@example.org in `<user (comment)@ example.org>`), so it is parsed."""
         if not needle or not needle.isascii() or any(c in needle for c in b" \t\r\n"):
             return False
         if raw is None:
             raw = self.raw_header()
+        if address and (b"(" in raw or b"\\" in raw or b'"' in raw):
+            return False
         return raw.isascii() and b"=?" not in raw and needle.lower() not in raw.lower()
 
     def field_matches(self, name: str, needle: bytes) -> bool:
@@ -94,11 +99,12 @@ class _Message:
         does not go through every header block again. The field lines are all the
         matching reads (RFC 3501 6.4.4 searches the field's value)."""
         block = self._field_block(name)
+        address = name.lower() in ADDRESS_FIELDS
         if block is None:
-            if self.cannot_contain(needle):
+            if self.cannot_contain(needle, address=address):
                 return False
             return self.header().header_matches(name, _text(needle))
-        if self.cannot_contain(needle, block):
+        if self.cannot_contain(needle, block, address):
             return False
         return ParsedMessage.from_header(block).header_matches(name, _text(needle))
 

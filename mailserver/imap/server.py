@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -158,6 +158,8 @@ class IMAPSession(Protocol, TimeoutMixin):
         self.store: Any = None         # IUserStore once authenticated
         self.view: Any = None          # IMailboxView while a mailbox is selected
         self.selected_name = ""
+        #: The keywords the client was told of (FLAGS at SELECT, or since).
+        self.announced_keywords: set[str] = set()
         self.unwatch: Callable[[], None] | None = None
         self.auth_failures = 0
         self.errors = 0
@@ -298,13 +300,33 @@ class IMAPSession(Protocol, TimeoutMixin):
                           else sum(1 for m in view.messages if m.recent))
             lines.append(b"* %d RECENT\r\n" % recent)
         if view is not None:
+            lines.append(self.keyword_lines(f for info in changes.flags_changed
+                                            for f in info.flags))
             for info in changes.flags_changed:
                 i = index_of_uid(view.messages, info.uid)
                 if i is not None:
                     lines.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (
                         i + 1, info.uid, flag_list(sorted(info.flags), info.recent)))
-        if lines:
+        if any(lines):
             self.send(b"".join(lines))
+
+    def keyword_lines(self, flags: Iterable[str] = ()) -> bytes:
+        """FLAGS and PERMANENTFLAGS again if the selected folder has keywords (defined
+        there, or among `flags`) the client was not told of yet; else nothing."""
+        view = self.view
+        if view is None:
+            return b""
+        known = self.announced_keywords
+        told = {k.lower() for k in known}
+        fresh: dict[str, str] = {}  # keywords are case-insensitive (RFC 3501 2.3.2)
+        for f in (*getattr(view, "keywords", ()), *flags):
+            if not f.startswith("\\") and f.lower() not in told:
+                fresh.setdefault(f.lower(), f)
+        if not fresh:
+            return b""
+        known.update(fresh.values())
+        lines = commands_mailbox.flags_lines(view, known)
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
 
     async def sync(self, report_expunges: bool = True) -> None:
         if self.view is None:

@@ -540,6 +540,14 @@ class FolderState:
             self._set_info(entry, make_info(info.uid, flags, info.size, info.internal_date))
         return entry.info
 
+    def unclaimed(self) -> list[int]:
+        """The UIDs still in new/: \\Recent, but nobody's yet. A read-only view (EXAMINE)
+        shows them as \\Recent without claiming them (RFC 3501 6.3.2: EXAMINE returns
+        the same output as SELECT and MUST NOT cause messages to lose \\Recent)."""
+        return [uid for name, uid in self.names["new"].items()
+                if (entry := self.entries.get(uid)) is not None
+                and entry.sub == "new" and entry.name == name]
+
     def claim_new(self) -> list[int]:
         """Move every known file of new/ to cur/: each rename that succeeds is a \\Recent
         claim for the caller (RFC 3501 2.3.2: one session only, across processes too)."""

@@ -8,7 +8,8 @@ number already lowered by those before it (RFC 3501 7.4.1); with report_expunges
 (during FETCH, STORE, SEARCH) vanished messages stay until a later sync reports them.
 
 \\Recent (RFC 3501 2.3.2) belongs to the view whose sync moved the file from new/ to
-cur/; read-only views (EXAMINE) never rename anything, so they claim nothing.
+cur/; read-only views (EXAMINE) never rename anything, so they claim nothing, but show
+the messages still in new/ as \\Recent (RFC 3501 6.3.2: the same output as SELECT).
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ class MailboxView:
         self._closed = False
         with state.lock:
             state.refresh()
-            claimed = [] if read_only else state.claim_new()
+            claimed = state.unclaimed() if read_only else state.claim_new()
             self._recent.update(claimed)
             self.messages = list(state.infos)
             self._uids = list(state.uids)
@@ -128,7 +129,8 @@ class MailboxView:
     def sync(self, report_expunges: bool = True) -> Changes:
         with self.state.lock:
             self.state.refresh()
-            claimed = [] if self.read_only else self.state.claim_new()
+            claimed = (self.state.unclaimed() if self.read_only
+                       else self.state.claim_new())
             return self._catch_up(report_expunges, claimed)
 
     def _catch_up(self, report_expunges: bool, claimed: Sequence[int]) -> Changes:

@@ -392,8 +392,11 @@ def test_keyword_letters_run_out(session: Session) -> None:
     append(session, 1)
     session.command(b"s SELECT INBOX")
     keywords = b" ".join(b"$k%d" % i for i in range(26))
-    assert session.command(b"a STORE 1 +FLAGS.SILENT (" + keywords + b")") == [
-        b"a OK Store completed"]
+    stored = session.command(b"a STORE 1 +FLAGS.SILENT (" + keywords + b")")
+    assert stored[-1] == b"a OK Store completed"
+    # the new keywords are announced at once (RFC 3501 7.2.6), and \* is gone
+    assert stored[0].startswith(b"* FLAGS (") and b"$k25" in stored[0]
+    assert b"$k25" in stored[1] and b"\\*" not in stored[1]
     selected = session.command(b"s SELECT INBOX")
     permanent = [line for line in selected if b"PERMANENTFLAGS" in line][0]
     assert b"$k25" in permanent and b"\\*" not in permanent

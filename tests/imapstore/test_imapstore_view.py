@@ -18,7 +18,8 @@ def test_recent_is_claimed_by_exactly_one_session(root: Path, store: UserStore) 
     deliver(root, "a")
     deliver(root, "b")
     examine = store.select("INBOX", read_only=True)
-    assert examine.recent_count == 0
+    # RFC 3501 6.3.2: EXAMINE shows \Recent like SELECT but takes it from nobody
+    assert examine.recent_count == 2 and [m.recent for m in examine.messages] == [True] * 2
     assert len(files(root, "new")) == 2  # EXAMINE renames nothing
     first = store.select("INBOX")
     second = store.select("INBOX")
