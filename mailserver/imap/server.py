@@ -395,6 +395,12 @@ class IMAPSession(Protocol, TimeoutMixin):
                     line = self._next_line()
                 except Refusal as refused:
                     self._refuse_framing(refused, self._discard_tag)
+                    if self._continuation is not None:
+                        # The refused line was the answer to our `+`: that ends the
+                        # exchange (AUTHENTICATE cancelled, IDLE without DONE), or the
+                        # next command would be taken for the answer.
+                        handler, self._continuation = self._continuation, None
+                        handler(b"*")
                     continue
                 if line is None:
                     break

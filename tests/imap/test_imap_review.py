@@ -173,3 +173,15 @@ def test_authenticate_as_another_user_is_no_not_bad(tmp_path: Path) -> None:
     assert s.protocol.auth_failures == 1
     same = base64.b64encode(b"Alice@example.org\0alice@example.org\0secret")
     assert s.command(b"b AUTHENTICATE PLAIN " + same)[-1].startswith(b"b OK [CAPABILITY")
+
+
+def test_an_overlong_authenticate_response_ends_the_exchange(tmp_path: Path) -> None:
+    """A refused (overlong) line while AUTHENTICATE waits for its `+` answer ends the
+    exchange; the next line is a command again, not taken as the SASL response."""
+    s = Session(tmp_path)
+    s.take()
+    assert s.command(b"a AUTHENTICATE PLAIN") == [b"+ "]
+    s.send(b"A" * (70 * 1024))
+    replies = s.lines()
+    assert replies[-1] == b"a BAD Authentication cancelled", replies
+    assert s.command(b"n NOOP") == [b"n OK Noop completed"]
