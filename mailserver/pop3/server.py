@@ -25,8 +25,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
+from mailserver.app.flow import CLOSE_GRACE, FlowControl
 from mailserver.auth.realm import IMailUser
 from mailserver.auth.sasl import SASLError, decode_base64, plain_credentials
 from mailserver.config import Config
@@ -47,7 +47,6 @@ MIN_TRANSACTION_TIMEOUT = 600
 #: each failure already costs the client the checker's delay.
 MAX_AUTH_FAILURES = 3
 #: Seconds a closing connection may take to flush its last reply before it is aborted.
-CLOSE_GRACE = 30
 IMPLEMENTATION = "mailserver"
 
 AUTHORIZATION, TRANSACTION, UPDATE = "AUTHORIZATION", "TRANSACTION", "UPDATE"
@@ -116,9 +115,10 @@ class POP3Factory(Factory):
             session.shut_down()
 
 
-@implementer(interfaces.IPushProducer)
-class POP3Session(TransactionCommands, Protocol, TimeoutMixin):
+class POP3Session(TransactionCommands, FlowControl, Protocol, TimeoutMixin):
     """One POP3 connection."""
+
+    max_pending_input = MAX_PENDING_INPUT
 
     def __init__(self, factory: POP3Factory, number: int) -> None:
         self.factory = factory
@@ -142,9 +142,7 @@ class POP3Session(TransactionCommands, Protocol, TimeoutMixin):
         self._busy = False
         self._processing = False
         self._closing = False
-        self._reading_paused = False
-        self._writing_paused = False
-        self._producing = False  # registered with the transport as its producer
+        self.init_flow()
 
     # -- connection lifecycle ------------------------------------------------------------
 
@@ -157,8 +155,7 @@ class POP3Session(TransactionCommands, Protocol, TimeoutMixin):
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
-        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
-        self._producing = True
+        self.start_flow()
         self.setTimeout(self.factory.login_timeout)
         self._ok(f"{IMPLEMENTATION} POP3 server ready.")
 
@@ -202,13 +199,7 @@ class POP3Session(TransactionCommands, Protocol, TimeoutMixin):
         self._close()
 
     def timeoutConnection(self) -> None:
-        if self._closing or self._writing_paused:
-            # The client reads nothing (a stalled download, or our last words after a
-            # QUIT, an error limit or an earlier timeout): loseConnection would wait
-            # for the write buffer to drain, forever, holding the lock and the memory.
-            log.info("{session} {peer} stopped reading, aborting", session=self.session_id,
-                     peer=self.peer_ip)
-            self.transport.abortConnection()  # type: ignore[union-attr]
+        if self.abort_if_not_reading():  # the lock and the memory are not held forever
             return
         log.info("{session} idle timeout from {peer}", session=self.session_id,
                  peer=self.peer_ip)
@@ -216,18 +207,7 @@ class POP3Session(TransactionCommands, Protocol, TimeoutMixin):
         self._close()
         self.setTimeout(CLOSE_GRACE)  # ... unless the client never reads this reply
 
-    # -- IPushProducer: the transport tells us when its write buffer is full ---------------
-
-    def pauseProducing(self) -> None:
-        self._writing_paused = True
-
-    def resumeProducing(self) -> None:
-        if not self._writing_paused:
-            return
-        self._writing_paused = False
-        self._process()
-
-    def stopProducing(self) -> None:
+    def stopProducing(self) -> None:  # noqa: N802 - Twisted's name (IPushProducer)
         self._closing = True
 
     # -- input ---------------------------------------------------------------------------
@@ -238,10 +218,7 @@ class POP3Session(TransactionCommands, Protocol, TimeoutMixin):
         self.resetTimeout()
         self._buffer += data
         self._process()
-        if (self._busy or self._writing_paused) and len(self._buffer) > MAX_PENDING_INPUT \
-                and not self._reading_paused:
-            self._reading_paused = True
-            self.transport.pauseProducing()  # type: ignore[union-attr]
+        self.limit_reading()
 
     def _process(self) -> None:
         """Handle buffered lines until none is complete or a command has to wait."""
@@ -249,8 +226,7 @@ class POP3Session(TransactionCommands, Protocol, TimeoutMixin):
             return
         self._processing = True
         try:
-            while (not self._busy and not self._closing and not self._writing_paused
-                   and self._buffer):
+            while not self.held() and self._buffer:
                 try:
                     line = self._next_line()
                 except Refused as refused:
@@ -262,10 +238,7 @@ class POP3Session(TransactionCommands, Protocol, TimeoutMixin):
                 self._handle_line(line)
         finally:
             self._processing = False
-        if self._reading_paused and not self._busy and not self._writing_paused \
-                and not self._closing:
-            self._reading_paused = False
-            self.transport.resumeProducing()  # type: ignore[union-attr]
+        self.resume_reading()
 
     def _next_line(self) -> bytes | None:
         """One line without its CRLF (a bare LF is accepted, as Dovecot does), or None.
@@ -380,13 +353,7 @@ class POP3Session(TransactionCommands, Protocol, TimeoutMixin):
     def _close(self) -> None:
         self._closing = True
         self._buffer.clear()
-        if self.transport is not None:
-            # TLS (TLSMemoryBIOProtocol) postpones its close_notify and the close itself
-            # while a producer is registered: unregister first, or the connection stays.
-            if self._producing:
-                self._producing = False
-                self.transport.unregisterProducer()  # type: ignore[attr-defined]
-            self.transport.loseConnection()
+        self.close_transport()
 
     # -- AUTHORIZATION -------------------------------------------------------------------
 

@@ -23,9 +23,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from mailserver.address import Address
+from mailserver.app.flow import CLOSE_GRACE, FlowControl
 from mailserver.config import Config
 from mailserver.errors import ReplyError
 from mailserver.interfaces import (
@@ -51,9 +51,6 @@ log = logger(__name__)
 #: SMTPUTF8 and AUTH= make real lines longer, so we allow what Postfix allows).
 MAX_COMMAND_LINE = 2048
 #: Pipelined input held while a command is pending before we stop reading the socket.
-MAX_PENDING_INPUT = 256 * 1024
-#: Seconds a closing connection may take to drain its last reply before it is aborted.
-CLOSE_GRACE = 30
 
 SERVICE_UNAVAILABLE = Reply(421, "4.3.2", "Service shutting down")  # RFC 3463 X.3.2
 
@@ -141,8 +138,7 @@ class SMTPServerFactory(Factory):
             session.shut_down()
 
 
-@implementer(interfaces.IPushProducer)
-class SMTPSession(SubmissionCommands, MessageReception, Protocol, TimeoutMixin):
+class SMTPSession(SubmissionCommands, MessageReception, FlowControl, Protocol, TimeoutMixin):
     """One ESMTP connection."""
 
     def __init__(self, factory: SMTPServerFactory, number: int) -> None:
@@ -165,12 +161,7 @@ class SMTPSession(SubmissionCommands, MessageReception, Protocol, TimeoutMixin):
         self._busy = False
         self._processing = False
         self._closing = False
-        self._paused = False  # we paused the transport's reading
-        #: The transport's write buffer is full: the client is not reading our replies.
-        #: No further command is handled until it drains, so a client pipelining
-        #: commands without reading cannot make us buffer replies without bound.
-        self._writing_paused = False
-        self._producing = False  # registered with the transport as its producer
+        self.init_flow()
         # Message reception
         self._decoder: DotDecoder | ChunkDecoder | None = None
         self._receiving = False  # reading DATA lines or a BDAT chunk, not commands
@@ -187,8 +178,7 @@ class SMTPSession(SubmissionCommands, MessageReception, Protocol, TimeoutMixin):
         peer = self.transport.getPeer()  # type: ignore[union-attr]
         self.peer_ip = getattr(peer, "host", "unknown")
         self.factory.sessions.add(self)
-        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
-        self._producing = True
+        self.start_flow()
         self.setTimeout(self.config.limits.command_timeout)
         self._send(Reply(220, None, f"{self.config.hostname} ESMTP mailserver"))
 
@@ -205,32 +195,12 @@ class SMTPSession(SubmissionCommands, MessageReception, Protocol, TimeoutMixin):
         self._close()
 
     def timeoutConnection(self) -> None:
-        if self._closing or self._writing_paused:
-            # The client reads nothing: loseConnection would wait for the write buffer
-            # to drain, forever, holding the session and its buffers.
-            log.info("{session} {peer} stopped reading, aborting", session=self.session_id,
-                     peer=self.peer_ip)
-            self.transport.abortConnection()  # type: ignore[union-attr]
+        if self.abort_if_not_reading():
             return
         log.info("{session} timeout from {peer}", session=self.session_id, peer=self.peer_ip)
         self._send(Reply(421, "4.4.2", f"{self.config.hostname} Error: timeout exceeded"))
         self._close()
         self.setTimeout(CLOSE_GRACE)  # ... unless the client never reads that reply
-
-    # -- IPushProducer: the transport says when its write buffer is full ------------------
-
-    def pauseProducing(self) -> None:
-        self._writing_paused = True
-
-    def resumeProducing(self) -> None:
-        if not self._writing_paused:
-            return
-        self._writing_paused = False
-        self._process()
-        self._resume_reading()
-
-    def stopProducing(self) -> None:
-        self._writing_paused = True
 
     # -- input ---------------------------------------------------------------------------
 
@@ -240,16 +210,7 @@ class SMTPSession(SubmissionCommands, MessageReception, Protocol, TimeoutMixin):
         self.resetTimeout()
         self._buffer += data
         self._process()
-        if (self._busy or self._writing_paused) and len(self._buffer) > MAX_PENDING_INPUT \
-                and not self._paused:
-            self._paused = True
-            self.transport.pauseProducing()  # type: ignore[union-attr]
-
-    def _resume_reading(self) -> None:
-        if self._paused and not self._busy and not self._writing_paused \
-                and not self._closing:
-            self._paused = False
-            self.transport.resumeProducing()  # type: ignore[union-attr]
+        self.limit_reading()
 
     def _process(self) -> None:
         """Handle buffered input until it runs out or a command has to wait."""
@@ -257,8 +218,7 @@ class SMTPSession(SubmissionCommands, MessageReception, Protocol, TimeoutMixin):
             return
         self._processing = True
         try:
-            while (not self._busy and not self._closing and not self._writing_paused
-                   and self._buffer):
+            while not self.held() and self._buffer:
                 if self._receiving:
                     self._feed_message()
                     continue
@@ -337,7 +297,7 @@ class SMTPSession(SubmissionCommands, MessageReception, Protocol, TimeoutMixin):
                 return
             self.setTimeout(self.config.limits.command_timeout)
             self._process()
-            self._resume_reading()
+            self.resume_reading()
 
         d.addBoth(done)
 
@@ -364,11 +324,7 @@ class SMTPSession(SubmissionCommands, MessageReception, Protocol, TimeoutMixin):
         self._closing = True
         self._buffer.clear()
         self._abort_transaction()
-        if self.transport is not None:
-            if self._producing:  # a registered producer keeps TLS from ever closing
-                self._producing = False
-                self.transport.unregisterProducer()  # type: ignore[attr-defined]
-            self.transport.loseConnection()
+        self.close_transport()
 
     # -- commands without a transaction ---------------------------------------------------
 
