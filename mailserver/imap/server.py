@@ -26,6 +26,7 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mailserver.app.flow import CLOSE_GRACE, FlowControl
 from mailserver.config import Config
 from mailserver.imap import grammar
 from mailserver.imap.commands import (
@@ -144,7 +145,8 @@ class SessionEnded(Exception):
     stops without a tagged answer."""
 
 
-class IMAPSession(Protocol, TimeoutMixin):
+class IMAPSession(FlowControl, Protocol, TimeoutMixin):
+    max_pending_input = MAX_PENDING_INPUT
     """One IMAP connection."""
 
     def __init__(self, factory: IMAPServerFactory, number: int) -> None:
@@ -179,7 +181,7 @@ class IMAPSession(Protocol, TimeoutMixin):
         self._processing = False
         self._closing = False
         self._lost = False
-        self._paused = False
+        self.init_flow()
         #: While set, the next line is the answer to a continuation (`+`) we sent:
         #: an AUTHENTICATE response or IDLE's DONE.
         self._continuation: Callable[[bytes], None] | None = None
@@ -204,6 +206,7 @@ class IMAPSession(Protocol, TimeoutMixin):
             except OSError:  # not a TCP socket (tests, UNIX sockets)
                 pass
         self.factory.sessions.add(self)
+        self.start_flow()
         self.setTimeout(self.config.limits.command_timeout)
         caps = " ".join(self.capabilities())
         self.send(f"* OK [CAPABILITY {caps}] {self.config.hostname} IMAP4rev1 ready\r\n"
@@ -224,16 +227,31 @@ class IMAPSession(Protocol, TimeoutMixin):
         self.close()
 
     def timeoutConnection(self) -> None:
+        if self.abort_if_not_reading():
+            return
         log.info("{session} autologout from {peer}", session=self.session_id,
                  peer=self.peer_ip)
         self.send(b"* BYE Autologout; idle for too long\r\n")
         self.close()
+        self.setTimeout(CLOSE_GRACE)  # ... unless the client never reads that line
 
     def close(self) -> None:
         self._closing = True
         self._buffer.clear()
-        if self.transport is not None:
-            self.transport.loseConnection()
+        self.close_transport()
+
+    # The session is the transport's producer (app/flow.py) for its whole life; a long
+    # FETCH answer waits on `self.flow`, which follows the session's pause and resume.
+
+    def pauseProducing(self) -> None:  # noqa: N802 - Twisted's name
+        super().pauseProducing()
+        if self.flow is not None:
+            self.flow.pauseProducing()
+
+    def resumeProducing(self) -> None:  # noqa: N802 - Twisted's name
+        if self.flow is not None:
+            self.flow.resumeProducing()
+        super().resumeProducing()
 
     def watch_folder(self) -> None:
         """Watch the selected folder (IDLE only). Outside IDLE every command syncs, so a
@@ -344,22 +362,16 @@ class IMAPSession(Protocol, TimeoutMixin):
         self.report(changes)
 
     @contextmanager
-    def write_flow(self) -> Iterator[WriteFlow | None]:
-        """Flow control while a long answer is written: the transport pauses us when
-        its buffer is full (IPushProducer), and the writer waits on `flow.wait()`."""
+    def write_flow(self) -> Iterator[WriteFlow]:
+        """Flow control while a long answer is written: the writer waits on
+        `flow.wait()` while the transport's buffer is full (our pauseProducing)."""
         flow = WriteFlow()
-        try:
-            self.transport.registerProducer(flow, True)  # type: ignore[union-attr]
-        except (RuntimeError, AttributeError):
-            yield None  # someone else's producer is registered: write without it
-            return
+        flow.paused = self._writing_paused
         self.flow = flow
         try:
             yield flow
         finally:
             self.flow = None
-            if self.transport is not None and not flow.stopped:
-                self.transport.unregisterProducer()  # type: ignore[attr-defined]
 
     def blocking(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
         """Run a blocking store call in a disk thread (never on the reactor)."""
@@ -374,9 +386,7 @@ class IMAPSession(Protocol, TimeoutMixin):
         self.resetTimeout()
         self._buffer += data
         self._process()
-        if self._busy and len(self._buffer) > MAX_PENDING_INPUT and not self._paused:
-            self._paused = True
-            self.transport.pauseProducing()  # type: ignore[union-attr]
+        self.limit_reading()
 
     def _process(self) -> None:
         """Handle buffered input until it runs out or a command has to wait."""
@@ -387,7 +397,7 @@ class IMAPSession(Protocol, TimeoutMixin):
             # A command waiting for a continuation answer (AUTHENTICATE) is busy, but
             # its answer is the one line we must read.
             while ((not self._busy or self._continuation is not None)
-                   and not self._closing and self._buffer):
+                   and not self._closing and not self._writing_paused and self._buffer):
                 if self._literal_left:
                     self._take_literal()
                     continue
@@ -603,10 +613,8 @@ class IMAPSession(Protocol, TimeoutMixin):
                 if self._lost:
                     self._drop_view()
                 return
-            if self._paused:
-                self._paused = False
-                self.transport.resumeProducing()  # type: ignore[union-attr]
             self._process()
+            self.resume_reading()
 
         d.addBoth(done)
 

@@ -117,10 +117,12 @@ class Session:
 
 
 class PausingTransport(StringTransport):
-    """A client that reads slowly: every write while a producer is registered fills
-    the (pretend) socket buffer, so the producer is paused until the test resumes it."""
+    """A client that reads slowly once `slow` is set: every write fills the (pretend)
+    socket buffer, so the producer (the session) is paused until the test resumes it."""
+
+    slow = False
 
     def write(self, data: bytes) -> None:
         super().write(data)
-        if self.producer is not None:
+        if self.slow and self.producer is not None:
             self.producer.pauseProducing()

@@ -224,9 +224,10 @@ def test_big_fetch_respects_flow_control(tmp_path: Path, monkeypatch) -> None:
     session.login()
     append(session, 5)
     session.command(b"s SELECT INBOX")
-    session.send(b"a FETCH 1:* BODY.PEEK[]")
     producer = session.transport.producer
-    assert producer is not None  # registered for the FETCH, and paused by our client
+    assert producer is session.protocol  # the session is the producer all along
+    session.transport.slow = True
+    session.send(b"a FETCH 1:* BODY.PEEK[]")
     assert session.take().count(b" FETCH (") == 2  # one batch, then it waits
     producer.resumeProducing()
     assert session.take().count(b" FETCH (") == 2
@@ -234,7 +235,22 @@ def test_big_fetch_respects_flow_control(tmp_path: Path, monkeypatch) -> None:
     assert session.take().count(b" FETCH (") == 1
     producer.resumeProducing()
     assert session.take() == b"a OK Fetch completed\r\n"
-    assert session.transport.producer is None
+
+
+def test_a_client_that_reads_no_replies_stops_being_served(tmp_path: Path) -> None:
+    """Pipelined commands from a client that reads nothing: once the write buffer is
+    full no further command is handled (replies cannot pile up), and reading stops
+    once the input backs up; all are answered, in order, when it reads again."""
+    session = Session(tmp_path, transport=PausingTransport())
+    session.login()
+    session.transport.slow = True
+    session.send(b"".join(b"n%d NOOP\r\n" % i for i in range(40_000)), crlf=False)
+    assert session.take().count(b"OK Noop completed") == 1  # then paused
+    assert session.transport.producerState == "paused"  # 400 KB of input: reading stopped
+    session.transport.slow = False
+    session.protocol.resumeProducing()
+    assert session.take().count(b"OK Noop completed") == 39_999
+    assert session.transport.producerState == "producing"
 
 
 def test_list_and_lsub_patterns(session: Session) -> None:
