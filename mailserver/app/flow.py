@@ -10,6 +10,7 @@ reads, aborts the connection instead of waiting for the buffer to drain.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet import interfaces
@@ -29,7 +30,8 @@ CLOSE_GRACE = 30
 class FlowControl:
     """Mixin for a Protocol + TimeoutMixin session that defines `_process()` (handle
     buffered input until `held()`), `_buffer`, `_busy`, `_closing`, `session_id` and
-    `peer_ip`. Call `init_flow()` in __init__ and `start_flow()` in connectionMade."""
+    `peer_ip`. Call `init_flow()` in __init__ and `start_flow()` in connectionMade.
+    Listed before TimeoutMixin among the bases, it provides dataReceived."""
 
     #: Unhandled input held before reading pauses (a class may choose its own).
     max_pending_input = MAX_PENDING_INPUT
@@ -40,9 +42,21 @@ class FlowControl:
     _closing: bool
     session_id: str
     peer_ip: str
+    #: TimeoutMixin's, later among the session's bases (declared, never defined here:
+    #: a definition would shadow it).
+    resetTimeout: Callable[[], None]
 
     def _process(self) -> None:
         raise NotImplementedError
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        """Buffer, handle what can be handled, and stop reading if the rest backs up."""
+        if self._closing:
+            return
+        self.resetTimeout()
+        self._buffer += data
+        self._process()
+        self.limit_reading()
 
     def init_flow(self) -> None:
         self._reading_paused = False  # we paused the transport's reading

@@ -380,14 +380,6 @@ class IMAPSession(FlowControl, Protocol, TimeoutMixin):
 
     # -- input ---------------------------------------------------------------------------
 
-    def dataReceived(self, data: bytes) -> None:
-        if self._closing:
-            return
-        self.resetTimeout()
-        self._buffer += data
-        self._process()
-        self.limit_reading()
-
     def _process(self) -> None:
         """Handle buffered input until it runs out or a command has to wait."""
         if self._processing:

@@ -212,14 +212,6 @@ class POP3Session(TransactionCommands, FlowControl, Protocol, TimeoutMixin):
 
     # -- input ---------------------------------------------------------------------------
 
-    def dataReceived(self, data: bytes) -> None:
-        if self._closing:
-            return
-        self.resetTimeout()
-        self._buffer += data
-        self._process()
-        self.limit_reading()
-
     def _process(self) -> None:
         """Handle buffered lines until none is complete or a command has to wait."""
         if self._processing:

@@ -204,14 +204,6 @@ class SMTPSession(SubmissionCommands, MessageReception, FlowControl, Protocol, T
 
     # -- input ---------------------------------------------------------------------------
 
-    def dataReceived(self, data: bytes) -> None:
-        if self._closing:
-            return
-        self.resetTimeout()
-        self._buffer += data
-        self._process()
-        self.limit_reading()
-
     def _process(self) -> None:
         """Handle buffered input until it runs out or a command has to wait."""
         if self._processing:
