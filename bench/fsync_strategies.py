@@ -3,7 +3,7 @@
 
 Delivers --messages messages of --size bytes through MaildirDelivery (the real code:
 write, fsync, link, fsync new/), --concurrency transactions at a time, into
---mailboxes Maildirs, for each strategy of mailserver.store.diskio and each thread
+--mailboxes Maildirs, for each strategy of mailserver.core.diskio and each thread
 count; prints msgs/s and p50/p99 commit latency. The decision it informed is
 docs/decisions/0002-durable-delivery.md.
 
@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from twisted.internet import defer, task  # noqa: E402
 
+from mailserver.core.diskio import make_disk  # noqa: E402
 from mailserver.interfaces import MailboxId  # noqa: E402
 from mailserver.store.delivery import MaildirDelivery  # noqa: E402
-from mailserver.store.diskio import make_disk  # noqa: E402
 from mailserver.store.maildir import create_maildir  # noqa: E402
 
 STRATEGIES = {

@@ -65,6 +65,10 @@ class IRecipientDirectory(Interface):
     def user_exists(address: str) -> bool:
         """True for a user in the users file (not an alias)."""
 
+    def may_send_as(user: str, address: str) -> bool:
+        """May the authenticated `user` use `address` as a sender (RFC 6409 6.1)? Its
+        own address, any +extension of it, or an alias whose expansion reaches it."""
+
 
 class IDeliveryTransaction(Interface):
     """One message on its way to one or more mailboxes."""

@@ -97,7 +97,7 @@ class RunningServer:
             stdout=log, stderr=subprocess.STDOUT, cwd=self.root,
         )
         log.close()
-        # Every configured service that is built (see app/service.PROTOCOL_MODULES).
+        # Every configured service that is built (see app/service.LISTENER_MAKERS).
         wanted = set(self.config.get("listen", {})) & set(self.wait_for)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import gc
-import importlib
 import os
-from typing import Any
+from collections.abc import Callable
 
 from twisted.application import service
 from twisted.internet.defer import Deferred
 
-from mailserver.app.context import ListenerFactory, ServerContext
 from mailserver.app.limits import ConnectionCounter, LimitedFactory
 from mailserver.app.listeners import (
     AdoptedListenerService,
@@ -19,24 +17,32 @@ from mailserver.app.listeners import (
 )
 from mailserver.app.tls import server_tls_options
 from mailserver.app.workers import WorkerSupervisor
+from mailserver.auth.checker import make_portal
+from mailserver.auth.directory import RecipientDirectory
 from mailserver.config import Config
+from mailserver.core.context import ListenerFactory, ServerContext
+from mailserver.core.diskio import DiskExecutor, make_disk
 from mailserver.errors import ConfigError
+from mailserver.imap import listener as imap_listener
 from mailserver.logs import logger
-from mailserver.store.diskio import DiskExecutor
+from mailserver.pop3 import listener as pop3_listener
+from mailserver.queue.service import QueueService, open_queue
+from mailserver.smtp import listener as smtp_listener
+from mailserver.store.delivery import MaildirDelivery
 
 log = logger(__name__)
 
-#: Which module builds each listener: `make_listener(context, name) -> ListenerFactory`.
-#: Imported only when the service is configured. A module that does not exist yet is
-#: logged as "not built yet" and skipped, so a complete config file always works.
-PROTOCOL_MODULES = {
-    "smtp": "mailserver.smtp.listener",
-    "submission": "mailserver.smtp.listener",
-    "submissions": "mailserver.smtp.listener",
-    "pop3": "mailserver.pop3.listener",
-    "pop3s": "mailserver.pop3.listener",
-    "imap": "mailserver.imap.listener",
-    "imaps": "mailserver.imap.listener",
+ListenerMaker = Callable[[ServerContext, str], ListenerFactory | None]
+
+#: Which protocol package builds each listener: `make_listener(context, name)`.
+LISTENER_MAKERS: dict[str, ListenerMaker] = {
+    "smtp": smtp_listener.make_listener,
+    "submission": smtp_listener.make_listener,
+    "submissions": smtp_listener.make_listener,
+    "pop3": pop3_listener.make_listener,
+    "pop3s": pop3_listener.make_listener,
+    "imap": imap_listener.make_listener,
+    "imaps": imap_listener.make_listener,
 }
 
 
@@ -47,11 +53,6 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     The twistd process (instance 0) listens on the configured endpoints and starts the
     worker processes; a worker (instance > 0) adopts the sockets in `inherited`.
     """
-    from mailserver.auth.checker import make_portal
-    from mailserver.auth.directory import RecipientDirectory
-    from mailserver.store.delivery import MaildirDelivery
-    from mailserver.store.diskio import make_disk
-
     _prepare_data_dir(config)
     # An IMAP folder of 100k messages is 100k long-lived objects per index; with the
     # default thresholds every young collection walks them (FETCH 1:* over 100k took
@@ -61,12 +62,14 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     disk = make_disk()
     top = _ServerRoot(disk)
     directory = RecipientDirectory(config)
+    spool, queue = open_queue(config, disk)
     context = ServerContext(
         config=config, directory=directory, portal=make_portal(config, directory),
         target=MaildirDelivery(config.mail_dir, config.hostname, disk), disk=disk,
-        tls=server_tls_options(config), instance=instance,
+        tls=server_tls_options(config), queue=queue, instance=instance,
     )
-    _add_queue(context, top)
+    if instance == 0:
+        QueueService(context, spool, queue).setServiceParent(top)
     counter = ConnectionCounter(config.limits.connections, config.limits.connections_per_ip)
     registry = ListenerRegistry(config.data_dir / "run") if inherited is None else None
     listeners: list[service.Service] = []
@@ -126,31 +129,11 @@ class _ServerRoot(service.MultiService):
 
 
 def _build_listener(context: ServerContext, name: str) -> ListenerFactory | None:
-    module_name = PROTOCOL_MODULES.get(name)
-    module = _optional_module(module_name) if module_name else None
-    built: ListenerFactory | None = module.make_listener(context, name) if module else None
+    maker = LISTENER_MAKERS.get(name)
+    built = maker(context, name) if maker else None
     if built is None and context.instance == 0:
-        log.warn("listen.{name}: the {name} service is not built yet; not listening",
-                 name=name)
+        log.warn("listen.{name}: there is no {name} service; not listening", name=name)
     return built
-
-
-def _add_queue(context: ServerContext, top: service.MultiService) -> None:
-    """The outbound queue: every process can queue; the scheduler runs in instance 0."""
-    module = _optional_module("mailserver.queue.service")
-    if module is not None:
-        module.add_queue(context, top)
-
-
-def _optional_module(name: str) -> Any:
-    """The module, or None while it is not written yet (a missing package, not a
-    broken import inside an existing one, which must fail loudly)."""
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as e:
-        if e.name and name.startswith(e.name):
-            return None
-        raise
 
 
 def _prepare_data_dir(config: Config) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailserver.app.context import ListenerFactory, ServerContext, implicit_tls
+from mailserver.core.context import ListenerFactory, ServerContext, implicit_tls
 from mailserver.imap.server import IMAPServerFactory
 
 

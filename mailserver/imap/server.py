@@ -26,8 +26,8 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailserver.app.flow import CLOSE_GRACE, FlowControl
 from mailserver.config import Config
+from mailserver.core.flow import CLOSE_GRACE, FlowControl
 from mailserver.imap import grammar
 from mailserver.imap.commands import (
     ANSWERED,
@@ -240,7 +240,7 @@ class IMAPSession(FlowControl, Protocol, TimeoutMixin):
         self._buffer.clear()
         self.close_transport()
 
-    # The session is the transport's producer (app/flow.py) for its whole life; a long
+    # The session is the transport's producer (core/flow.py) for its whole life; a long
     # FETCH answer waits on `self.flow`, which follows the session's pause and resume.
 
     def pauseProducing(self) -> None:  # noqa: N802 - Twisted's name

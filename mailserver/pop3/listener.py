@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailserver.app.context import ListenerFactory, ServerContext, implicit_tls
+from mailserver.core.context import ListenerFactory, ServerContext, implicit_tls
 from mailserver.pop3.server import POP3Factory
 
 

@@ -26,15 +26,15 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
-from mailserver.app.flow import CLOSE_GRACE, FlowControl
 from mailserver.auth.realm import IMailUser
 from mailserver.auth.sasl import SASLError, decode_base64, plain_credentials
 from mailserver.config import Config
+from mailserver.core.diskio import DiskExecutor
+from mailserver.core.flow import CLOSE_GRACE, FlowControl
 from mailserver.logs import logger
 from mailserver.pop3 import grammar, maildrop, readahead
 from mailserver.pop3.lock import MaildropInUse, MaildropLock
 from mailserver.pop3.transaction import Refused, TransactionCommands
-from mailserver.store.diskio import DiskExecutor
 from mailserver.store.maildir import ensure_maildir
 
 log = logger(__name__)

@@ -20,12 +20,12 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mailserver.core.diskio import DiskExecutor
 from mailserver.interfaces import IOutboundQueue, IQueueTransaction, OutboundEnvelope
 from mailserver.logs import logger
 from mailserver.queue.envelope import QueueEntry, RecipientState, new_queue_id
 from mailserver.queue.spool import Spool
 from mailserver.store.delivery import delivery_error
-from mailserver.store.diskio import DiskExecutor
 
 log = logger(__name__)
 

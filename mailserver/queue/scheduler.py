@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from mailserver.address import domain_key
+from mailserver.core.diskio import DiskExecutor
 from mailserver.interfaces import OutboundEnvelope
 from mailserver.logs import logger
 from mailserver.queue.bounce import build_dsn, original_headers
@@ -38,7 +39,6 @@ from mailserver.queue.envelope import (
 )
 from mailserver.queue.outbound import OutboundQueue
 from mailserver.queue.spool import EntryGone, Spool
-from mailserver.store.diskio import DiskExecutor
 
 log = logger(__name__)
 

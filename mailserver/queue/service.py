@@ -1,6 +1,6 @@
-"""Wiring: `add_queue(context, top)` is called by app/service.py in every process.
+"""The queue's services, wired by app/service.py: `open_queue` in every process.
 
-Every process gets `context.queue` (an OutboundQueue: it only writes files). Process 0
+Every process gets an OutboundQueue (it only writes files) for its context. Process 0
 also runs the QueueService: recovery at start, the Scheduler, and a SpoolWatcher that
 notices entries released by worker processes (inotify on queue/envelopes/, plus a slow
 poll as a safety net) and the flush trigger file of `mailserver queue flush`.
@@ -14,13 +14,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-from twisted.application.service import MultiService, Service
+from twisted.application.service import Service
 from twisted.internet import defer, reactor, task
 from twisted.internet.defer import Deferred
 from twisted.python.filepath import FilePath
 
-from mailserver.app.context import ServerContext
 from mailserver.config import Config
+from mailserver.core.context import ServerContext
+from mailserver.core.diskio import DiskExecutor
 from mailserver.interfaces import MailboxId
 from mailserver.logs import logger
 from mailserver.queue.client import ClientSettings, Outcome
@@ -30,7 +31,6 @@ from mailserver.queue.outbound import OutboundQueue
 from mailserver.queue.routing import Router, Self, make_resolver, self_from
 from mailserver.queue.scheduler import Policy, Scheduler
 from mailserver.queue.spool import Spool
-from mailserver.store.delivery import MaildirDelivery
 
 log = logger(__name__)
 
@@ -40,13 +40,11 @@ POLL_WITH_INOTIFY = 30.0
 POLL_WITHOUT_INOTIFY = 1.0
 
 
-def add_queue(context: ServerContext, top: MultiService) -> None:
-    spool = Spool(context.config.queue_dir)
+def open_queue(config: Config, disk: DiskExecutor) -> tuple[Spool, OutboundQueue]:
+    """The spool directories (created if missing) and the queue that writes into them."""
+    spool = Spool(config.queue_dir)
     spool.ensure_dirs()
-    queue = OutboundQueue(spool, context.disk)
-    context.queue = queue
-    if context.instance == 0:
-        QueueService(context, spool, queue).setServiceParent(top)
+    return spool, OutboundQueue(spool, disk)
 
 
 def policy_from(config: Config) -> Policy:
@@ -205,7 +203,7 @@ class LocalDeliverer:
 
     def __init__(self, context: ServerContext) -> None:
         self.directory = context.directory
-        self.target: MaildirDelivery = context.target
+        self.target = context.target
 
     def deliver(self, sender: str, recipients: list[str],
                 data: bytes) -> Deferred[dict[str, Outcome]]:

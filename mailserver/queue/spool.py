@@ -28,13 +28,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from mailserver.core.diskio import DirSyncGroup
 from mailserver.logs import logger
 from mailserver.queue.envelope import QueueEntry, is_queue_id
-from mailserver.store.diskio import DirSyncGroup
 
 log = logger(__name__)
 
-#: Directory fsyncs group-committed across the disk threads (store/diskio.py): many
+#: Directory fsyncs group-committed across the disk threads (core/diskio.py): many
 #: envelopes renamed at once into envelopes/ cost about one fsync, not one each.
 _dir_sync = DirSyncGroup()
 

@@ -4,9 +4,8 @@ are the SessionPolicy of each."""
 
 from __future__ import annotations
 
-from mailserver.app.context import ListenerFactory, ServerContext, implicit_tls
+from mailserver.core.context import ListenerFactory, ServerContext, implicit_tls
 from mailserver.smtp.server import SessionPolicy, SMTPServerFactory
-from mailserver.smtp.throttle import FailureThrottle
 
 #: Port 25: inbound for local domains only; AUTH refused (503), never relays.
 MX_POLICY = SessionPolicy(name="smtp")
@@ -22,16 +21,6 @@ SUBMISSIONS_POLICY = SessionPolicy(name="submissions", implicit_tls=True, offer_
 POLICIES = {"smtp": MX_POLICY, "submission": SUBMISSION_POLICY,
             "submissions": SUBMISSIONS_POLICY}
 
-#: One failed-login record per ServerContext (one per process), shared by 587 and 465 so
-#: a guesser gains nothing by switching ports. The context is kept with it, so its id()
-#: cannot be reused while the entry exists.
-_THROTTLES: dict[int, tuple[ServerContext, FailureThrottle]] = {}
-
-
-def auth_throttle(context: ServerContext) -> FailureThrottle:
-    return _THROTTLES.setdefault(id(context), (context, FailureThrottle()))[1]
-
-
 def make_listener(context: ServerContext, name: str) -> ListenerFactory | None:
     policy = POLICIES.get(name)
     if policy is None:
@@ -42,7 +31,7 @@ def make_listener(context: ServerContext, name: str) -> ListenerFactory | None:
         policy=policy, instance=context.instance,
         portal=context.portal if policy.offer_auth else None,
         queue=context.queue, senders=context.directory,
-        auth_throttle=auth_throttle(context),
+        auth_throttle=context.login_throttle,
     )
     refusal = f"421 4.7.0 {context.config.hostname} Error: too many connections\r\n"
     # A refusal on 465 would go out in the clear before the TLS handshake: the client

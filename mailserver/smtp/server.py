@@ -25,8 +25,9 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
 from mailserver.address import Address
-from mailserver.app.flow import CLOSE_GRACE, FlowControl
 from mailserver.config import Config
+from mailserver.core.flow import CLOSE_GRACE, FlowControl
+from mailserver.core.throttle import FailureThrottle
 from mailserver.errors import ReplyError
 from mailserver.interfaces import (
     IDeliveryTarget,
@@ -41,8 +42,7 @@ from mailserver.smtp.data import ChunkDecoder, DotDecoder
 from mailserver.smtp.fanout import MessageFanout
 from mailserver.smtp.headers import HeaderInspector
 from mailserver.smtp.reception import MessageReception
-from mailserver.smtp.submission import SenderRules, SubmissionCommands
-from mailserver.smtp.throttle import FailureThrottle
+from mailserver.smtp.submission import SubmissionCommands
 from mailserver.smtp.trace import address_literal
 
 log = logger(__name__)
@@ -103,7 +103,7 @@ class SMTPServerFactory(Factory):
         instance: int = 0,
         portal: Portal | None = None,
         queue: IOutboundQueue | None = None,
-        senders: SenderRules | None = None,
+        senders: IRecipientDirectory | None = None,
         auth_throttle: FailureThrottle | None = None,
     ) -> None:
         self.config = config

@@ -10,7 +10,7 @@ Decisions, each as Postfix does it:
 - A wrong password costs the checker's delay (0.75 s) and counts as an error of the
   session; AUTH_FAILURE_LIMIT of them close the connection with 421 (Postfix's
   smtpd_hard_error_limit plays that part there; ours is lower because only AUTH
-  failures count here). Across connections, smtp/throttle.py refuses an address with
+  failures count here). Across connections, core/throttle.py refuses an address with
   too many recent failures (421 4.7.0) before any password is checked.
 - The envelope sender must be the user's own address (any +extension) or an alias that
   reaches the user (directory.may_send_as); the null sender <> is refused too, as
@@ -23,7 +23,6 @@ Decisions, each as Postfix does it:
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-from typing import Protocol as TypingProtocol
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred
@@ -44,12 +43,6 @@ log = logger(__name__)
 
 #: Failed AUTH attempts after which a session is closed (each also counts as an error).
 AUTH_FAILURE_LIMIT = 3
-
-
-class SenderRules(TypingProtocol):
-    """Who may send as whom (auth.directory.RecipientDirectory provides it)."""
-
-    def may_send_as(self, user: str, address: str) -> bool: ...
 
 
 class SubmissionCommands:
@@ -97,7 +90,7 @@ class SubmissionCommands:
                                             "authentication mechanism")
         exchange = auth.SASLExchange(command.mechanism)
         if self.factory.auth_throttle.blocked(self.peer_ip):
-            # Reconnecting does not buy a guesser more tries (smtp/throttle.py).
+            # Reconnecting does not buy a guesser more tries (core/throttle.py).
             log.info("{session} AUTH refused: too many failures from {peer}",
                      session=self.session_id, peer=self.peer_ip)
             self._send(Reply(421, "4.7.0", f"{self.config.hostname} Error: too many failed "

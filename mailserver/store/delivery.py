@@ -25,10 +25,10 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mailserver.core.diskio import DiskExecutor
 from mailserver.errors import ReplyError
 from mailserver.interfaces import IDeliveryTarget, IDeliveryTransaction, MailboxId
 from mailserver.logs import logger
-from mailserver.store.diskio import DiskExecutor
 from mailserver.store.maildir import (
     FILE_MODE,
     create_maildir,

@@ -1,7 +1,7 @@
 """Maildir layout, unique file names and their parser.
 
 Everything here is blocking file-system work or pure string handling: callers on the
-reactor thread run the blocking parts through a disk executor (store/diskio.py).
+reactor thread run the blocking parts through a disk executor (core/diskio.py).
 
 The layout is the one Dovecot and Courier read, so an operator can point either at our
 data_dir and see the same mail:

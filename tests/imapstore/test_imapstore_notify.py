@@ -13,8 +13,8 @@ from imapstore_helpers import ALICE, deliver
 from twisted.internet import reactor, task
 from twisted.trial import unittest
 
+from mailserver.core.diskio import DiskExecutor, started_disk
 from mailserver.store.delivery import MaildirDelivery
-from mailserver.store.diskio import DiskExecutor, started_disk
 from mailserver.store.maildir import create_maildir
 from mailserver.store.notify import Notifier
 from mailserver.store.registry import drop_idle_states

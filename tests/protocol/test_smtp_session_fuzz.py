@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_smtp_session import Session
 
-from mailserver.app.flow import MAX_PENDING_INPUT
+from mailserver.core.flow import MAX_PENDING_INPUT
 from mailserver.smtp.server import MAX_COMMAND_LINE
 
 REPLY = re.compile(r"^[2-5][0-9][0-9][ -]")

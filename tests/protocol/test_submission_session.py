@@ -25,6 +25,7 @@ from zope.interface import implementer
 from mailserver.auth.checker import make_portal
 from mailserver.auth.directory import RecipientDirectory
 from mailserver.config import Config, config_from_dict
+from mailserver.core.throttle import FailureThrottle
 from mailserver.errors import ReplyError
 from mailserver.interfaces import (
     IDeliveryTarget,
@@ -38,7 +39,6 @@ from mailserver.smtp.headers import HOP_LIMIT
 from mailserver.smtp.listener import MX_POLICY, SUBMISSION_POLICY, SUBMISSIONS_POLICY
 from mailserver.smtp.server import SessionPolicy, SMTPServerFactory
 from mailserver.smtp.submission import AUTH_FAILURE_LIMIT
-from mailserver.smtp.throttle import FailureThrottle
 
 USERS = "alice@example.org:{PLAIN}alicepw\nbob@example.org:{PLAIN}bobpw\n"
 ALIASES = ("sales@example.org: alice@example.org, bob@example.org\n"

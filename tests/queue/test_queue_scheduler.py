@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from dns_server import DNSServer  # noqa: E402
 from scripted_peer import Script, ScriptedPeer  # noqa: E402
 
+from mailserver.core.diskio import started_disk  # noqa: E402
 from mailserver.errors import ReplyError  # noqa: E402
 from mailserver.interfaces import IOutboundQueue, IQueueTransaction, OutboundEnvelope  # noqa: E402
 from mailserver.queue.client import ClientSettings, Outcome  # noqa: E402
@@ -28,7 +29,6 @@ from mailserver.queue.outbound import OutboundQueue  # noqa: E402
 from mailserver.queue.routing import Router, Self, make_resolver  # noqa: E402
 from mailserver.queue.scheduler import Policy, Scheduler  # noqa: E402
 from mailserver.queue.spool import Spool  # noqa: E402
-from mailserver.store.diskio import started_disk  # noqa: E402
 
 MESSAGE = b"From: alice@example.org\nSubject: sched\n\nhello\n"
 

@@ -15,10 +15,10 @@ from pathlib import Path
 from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
+from mailserver.core.diskio import DiskExecutor, started_disk
 from mailserver.errors import ReplyError
 from mailserver.interfaces import IDeliveryTarget, IDeliveryTransaction, MailboxId
 from mailserver.store.delivery import MaildirDelivery, MaildirTransaction, delivery_error
-from mailserver.store.diskio import DiskExecutor, started_disk
 from mailserver.store.maildir import create_maildir, mailbox_path, parse_name
 
 ALICE = MailboxId("example.org", "alice")

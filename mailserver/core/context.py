@@ -1,8 +1,10 @@
 """What every protocol's listener factory is built from: the shared parts of the server.
 
-One ServerContext per process. Protocol packages never build their own directory,
-portal or disk executor; they take them from here, so SMTP, POP3 and IMAP share one
-user cache, one login throttle and one pool of disk threads.
+One ServerContext per process, built by app/service.py and nowhere else. Protocol
+packages never build their own directory, portal, throttle or disk executor; they take
+them from here, so SMTP, POP3 and IMAP share one user cache, one login throttle and one
+pool of disk threads. Every field is typed by the seam it offers (interfaces.py, cred,
+Twisted), never by the class app/ happens to plug in, so a protocol cannot reach past it.
 """
 
 from __future__ import annotations
@@ -17,26 +19,29 @@ from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import Factory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
-from mailserver.auth.directory import RecipientDirectory
 from mailserver.config import Config
-from mailserver.store.delivery import MaildirDelivery
-from mailserver.store.diskio import DiskExecutor
+from mailserver.core.diskio import DiskExecutor
+from mailserver.core.throttle import FailureThrottle
+from mailserver.interfaces import IDeliveryTarget, IOutboundQueue, IRecipientDirectory
 
 
 @dataclass
 class ServerContext:
     config: Config
-    directory: RecipientDirectory
+    directory: IRecipientDirectory
     portal: Portal
-    #: Local delivery into users' Maildirs (IDeliveryTarget).
-    target: MaildirDelivery
+    #: Local delivery into users' Maildirs.
+    target: IDeliveryTarget
     disk: DiskExecutor
     tls: interfaces.IOpenSSLServerConnectionCreator
+    #: The outbound queue: every process can queue; only instance 0 delivers.
+    queue: IOutboundQueue | None = None
+    #: Failed logins per client address, shared by every protocol of this process, so a
+    #: guesser gains nothing by switching from IMAP to POP3 to submission.
+    login_throttle: FailureThrottle = field(default_factory=FailureThrottle)
     #: 0 in the twistd process, N in worker process N (only instance 0 runs the queue
     #: scheduler and other singletons).
     instance: int = 0
-    #: The outbound queue (IOutboundQueue), once mailserver.queue is built; None before.
-    queue: Any = None
 
 
 @dataclass

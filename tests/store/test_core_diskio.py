@@ -1,4 +1,4 @@
-"""The disk executors and directory group commit (store/diskio.py), on real threads."""
+"""The disk executors and directory group commit (core/diskio.py), on real threads."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from twisted.application.service import IService
 from twisted.internet import defer
 from twisted.trial import unittest
 
-from mailserver.store.diskio import (
+from mailserver.core.diskio import (
     BatchingDisk,
     DirSyncGroup,
     DiskExecutor,
