@@ -63,3 +63,18 @@ def implicit_tls(context: ServerContext, factory: Factory) -> TLSMemoryBIOFactor
     from the first byte (ISSLTransport.providedBy(transport) is True).
     """
     return TLSMemoryBIOFactory(context.tls, False, factory)
+
+
+def mailbox_listener(context: ServerContext, name: str, ports: tuple[str, str],
+                     factory_class: Callable[..., Any], refusal: bytes,
+                     ) -> ListenerFactory | None:
+    """POP3's and IMAP's pair of listeners: `ports[0]` in the clear (STLS/STARTTLS
+    offered), `ports[1]` with implicit TLS (RFC 8314). None for another name."""
+    if name not in ports:
+        return None
+    secure = name == ports[1]
+    factory = factory_class(context.config, context.portal, context.disk,
+                            tls_options=context.tls, implicit_tls=secure, name=name,
+                            instance=context.instance)
+    wrapped: Any = implicit_tls(context, factory) if secure else factory
+    return ListenerFactory(wrapped, refusal, on_stop=factory.shut_down)

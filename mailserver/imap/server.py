@@ -21,13 +21,13 @@ from typing import Any
 
 from twisted.internet import interfaces
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
-from twisted.internet.protocol import Factory, Protocol
-from twisted.protocols.policies import TimeoutMixin
+from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailserver.config import Config
-from mailserver.core.flow import CLOSE_GRACE, FlowControl
+from mailserver.core.connection import Goodbyes, LineConnection
+from mailserver.core.lines import IMAP_LINES, LineRefused
 from mailserver.imap import grammar
 from mailserver.imap.commands import (
     ANSWERED,
@@ -47,9 +47,8 @@ from mailserver.logs import logger
 
 log = logger(__name__)
 
-#: Longest command line (without literals). RFC 7162 3 asks for at least 8192 octets;
-#: long UID sets from sync clients need more, so we allow what Dovecot allows.
-MAX_LINE = 64 * 1024
+#: Longest command line (without literals); core/lines.py states why (IMAP_LINES).
+MAX_LINE = IMAP_LINES.max_line
 #: Largest command, literals included, except APPEND's message (APPENDLIMIT).
 MAX_COMMAND = 64 * 1024
 #: Pipelined input held while a command is pending before we stop reading the socket.
@@ -145,15 +144,26 @@ class SessionEnded(Exception):
     stops without a tagged answer."""
 
 
-class IMAPSession(FlowControl, Protocol, TimeoutMixin):
+class IMAPSession(LineConnection):
+    """One IMAP connection (the reading, waiting, error limit and timeouts are
+    core/connection.py's, the framing rules core/lines.py's IMAP_LINES)."""
+
+    rules = IMAP_LINES
+    goodbyes = Goodbyes(timeout="* BYE Autologout; idle for too long",
+                        errors="* BYE Too many invalid commands",
+                        shutdown="* BYE Server shutting down")
     max_pending_input = MAX_PENDING_INPUT
-    """One IMAP connection."""
+    # Answers are written in few big chunks, then the tagged line alone: with Nagle
+    # that line waited for the client's delayed ACK (40 ms on Linux) whenever the
+    # chunk before it came from a disk thread, e.g. every warm FETCH of headers.
+    tcp_no_delay = True
+    shut_down_while_busy = True  # `* BYE` may come at any time (RFC 3501 7.1.5)
+    timeout_log = "{session} autologout from {peer}"
 
     def __init__(self, factory: IMAPServerFactory, number: int) -> None:
         self.factory = factory
         self.config = factory.config
         self.session_id = f"{factory.id_prefix}-{number}"
-        self.peer_ip = "unknown"
         self.state = State.NOT_AUTHENTICATED
         self.tls_active = factory.implicit_tls
         self.user: Any = None          # IMailUser avatar once authenticated
@@ -164,10 +174,9 @@ class IMAPSession(FlowControl, Protocol, TimeoutMixin):
         self.announced_keywords: set[str] = set()
         self.unwatch: Callable[[], None] | None = None
         self.auth_failures = 0
-        self.errors = 0
         self.flow: WriteFlow | None = None
-        # Input
-        self._buffer = bytearray()
+        self.init_connection()
+        # Commands with literals
         self._parts: list[bytes] = []      # the command framed so far
         self._parts_size = 0
         self._literal_left = 0             # octets of the current literal still to come
@@ -175,13 +184,6 @@ class IMAPSession(FlowControl, Protocol, TimeoutMixin):
         #: index in _parts where it belongs (a `{0}` stands in for it there).
         self._body: bytearray | None = None
         self._body_at = 0
-        self._discarding_line = False
-        self._discard_tag: str | None = None
-        self._busy = False
-        self._processing = False
-        self._closing = False
-        self._lost = False
-        self.init_flow()
         #: While set, the next line is the answer to a continuation (`+`) we sent:
         #: an AUTHENTICATE response or IDLE's DONE.
         self._continuation: Callable[[bytes], None] | None = None
@@ -193,52 +195,21 @@ class IMAPSession(FlowControl, Protocol, TimeoutMixin):
 
     # -- connection lifecycle ------------------------------------------------------------
 
-    def connectionMade(self) -> None:
-        peer = self.transport.getPeer()  # type: ignore[union-attr]
-        self.peer_ip = getattr(peer, "host", "unknown")
-        # Answers are written in few big chunks, then the tagged line alone: with Nagle
-        # that line waited for the client's delayed ACK (40 ms on Linux) whenever the
-        # chunk before it came from a disk thread, e.g. every warm FETCH of headers.
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            try:
-                set_no_delay(True)
-            except OSError:  # not a TCP socket (tests, UNIX sockets)
-                pass
-        self.factory.sessions.add(self)
-        self.start_flow()
-        self.setTimeout(self.config.limits.command_timeout)
+    def greeting(self) -> None:
         caps = " ".join(self.capabilities())
         self.send(f"* OK [CAPABILITY {caps}] {self.config.hostname} IMAP4rev1 ready\r\n"
                   .encode())
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.setTimeout(None)
-        self._closing = True
-        self._lost = True
-        self.factory.sessions.discard(self)
+        super().connectionLost(reason)
         if self.flow is not None:
             self.flow.stopProducing()
         if not self._busy:  # else the running command's end drops it (one call at a time)
             self._drop_view()
 
-    def shut_down(self) -> None:
-        self.send(b"* BYE Server shutting down\r\n")
-        self.close()
-
-    def timeoutConnection(self) -> None:
-        if self.abort_if_not_reading():
-            return
-        log.info("{session} autologout from {peer}", session=self.session_id,
-                 peer=self.peer_ip)
-        self.send(b"* BYE Autologout; idle for too long\r\n")
-        self.close()
-        self.setTimeout(CLOSE_GRACE)  # ... unless the client never reads that line
-
-    def close(self) -> None:
-        self._closing = True
-        self._buffer.clear()
-        self.close_transport()
+    def closed_while_busy(self) -> None:
+        if self._lost:
+            self._drop_view()
 
     # The session is the transport's producer (core/flow.py) for its whole life; a long
     # FETCH answer waits on `self.flow`, which follows the session's pause and resume.
@@ -304,6 +275,8 @@ class IMAPSession(FlowControl, Protocol, TimeoutMixin):
     def send(self, data: bytes) -> None:
         if self.transport is not None and not self._closing:
             self.transport.write(data)
+
+    emit = send
 
     def report(self, changes: Changes) -> None:
         """Untagged updates from a sync (RFC 3501 7.4.1, 7.3.1, 7.3.2, 7.4.2)."""
@@ -380,41 +353,16 @@ class IMAPSession(FlowControl, Protocol, TimeoutMixin):
 
     # -- input ---------------------------------------------------------------------------
 
-    def _process(self) -> None:
-        """Handle buffered input until it runs out or a command has to wait."""
-        if self._processing:
-            return
-        self._processing = True
-        try:
-            # A command waiting for a continuation answer (AUTHENTICATE) is busy, but
-            # its answer is the one line we must read.
-            while ((not self._busy or self._continuation is not None)
-                   and not self._closing and not self._writing_paused and self._buffer):
-                if self._literal_left:
-                    self._take_literal()
-                    continue
-                try:
-                    line = self._next_line()
-                except Refusal as refused:
-                    self._refuse_framing(refused, self._discard_tag)
-                    if self._continuation is not None:
-                        # The refused line was the answer to our `+`: that ends the
-                        # exchange (AUTHENTICATE cancelled, IDLE without DONE), or the
-                        # next command would be taken for the answer.
-                        handler, self._continuation = self._continuation, None
-                        handler(b"*")
-                    continue
-                if line is None:
-                    break
-                if self._continuation is not None:
-                    handler, self._continuation = self._continuation, None
-                    handler(line)
-                    continue
-                self._frame_line(line)
-        finally:
-            self._processing = False
+    def may_handle_input(self) -> bool:
+        # A command waiting for a continuation answer (AUTHENTICATE) is busy, but
+        # its answer is the one line we must read.
+        return ((not self._busy or self._continuation is not None)
+                and not self._closing and not self._writing_paused)
 
-    def _take_literal(self) -> None:
+    def take_raw(self) -> bool:
+        """The octets of a literal (RFC 3501 4.3) are not lines."""
+        if not self._literal_left:
+            return False
         take = min(self._literal_left, len(self._buffer))
         if self._body is not None and self._body_at == len(self._parts):
             self._body += self._buffer[:take]
@@ -422,44 +370,30 @@ class IMAPSession(FlowControl, Protocol, TimeoutMixin):
             self._parts.append(bytes(self._buffer[:take]))
         del self._buffer[:take]
         self._literal_left -= take
+        return True
 
-    def _next_line(self) -> bytes | None:
-        """One line with CRLF (a bare LF is taken as CRLF), or None until complete.
+    def line_refused(self, refused: LineRefused) -> None:
+        """Overlong, bare CR or NUL: BAD with the command's tag, and the command so far
+        is forgotten."""
+        tag = grammar.peek_tag(refused.head) if not self._parts else self._command_tag()
+        self._reset_command()
+        error = refused.error
+        self.send(Refusal(error.status, error.text, error.code or "").line(tag or "*"))
+        self._count_error()
+        if self._continuation is not None:
+            # The refused line was the answer to our `+`: that ends the exchange
+            # (AUTHENTICATE cancelled, IDLE without DONE), or the next command would be
+            # taken for the answer.
+            handler, self._continuation = self._continuation, None
+            handler(b"*")
 
-        Raises Refusal for a line that was read but is refused (overlong, NUL, bare CR).
-        """
-        end = self._buffer.find(b"\n")
-        if self._discarding_line:
-            if end < 0:
-                self._buffer.clear()
-                return None
-            del self._buffer[: end + 1]
-            self._discarding_line = False
-            raise bad("Line too long", "TOOBIG")
-        if end < 0:
-            if len(self._buffer) > MAX_LINE:
-                # Memory stays bounded: drop it all, and everything up to the next LF.
-                self._discard_tag = (grammar.peek_tag(bytes(self._buffer[:100]))
-                                     if not self._parts else self._command_tag())
-                self._reset_command()
-                self._buffer.clear()
-                self._discarding_line = True
-            return None
-        line = bytes(self._buffer[: end + 1])
-        del self._buffer[: end + 1]
-        self._discard_tag = (grammar.peek_tag(line) if not self._parts
-                             else self._command_tag())
-        if len(line) > MAX_LINE:
-            self._reset_command()
-            raise bad("Line too long", "TOOBIG")
-        body = line[:-2] if line.endswith(b"\r\n") else line[:-1]
-        if b"\r" in body:
-            self._reset_command()
-            raise bad("Bare CR in command line")
-        if b"\0" in body:
-            self._reset_command()
-            raise bad("NUL in command line")
-        return body + b"\r\n"
+    def line_received(self, line: bytes) -> None:
+        line += b"\r\n"  # a bare LF is taken as CRLF (the framing below wants CRLF)
+        if self._continuation is not None:
+            handler, self._continuation = self._continuation, None
+            handler(line)
+            return
+        self._frame_line(line)
 
     def _command_tag(self) -> str | None:
         return grammar.peek_tag(self._parts[0]) if self._parts else None
@@ -469,10 +403,6 @@ class IMAPSession(FlowControl, Protocol, TimeoutMixin):
         self._parts = []
         self._parts_size = 0
         self._literal_left = 0
-
-    def _refuse_framing(self, refused: Refusal, tag: str | None) -> None:
-        self.send(refused.line(tag or "*"))
-        self._count_error()
 
     def _frame_line(self, line: bytes) -> None:
         """Add a line to the command; dispatch it when no literal follows."""
@@ -594,30 +524,6 @@ class IMAPSession(FlowControl, Protocol, TimeoutMixin):
             log.failure("{session} {command} failed", session=self.session_id,
                         command=command.name)
             self.send(Refusal("NO", "Internal error", "SERVERBUG").line(command.tag))
-
-    def _wait_for(self, d: Deferred[None]) -> None:
-        """Hold all further input until `d` fires (answers in order, RFC 3501 5.5)."""
-        self._busy = True
-
-        def done(_: object) -> None:
-            self._busy = False
-            if self._closing:
-                if self._lost:
-                    self._drop_view()
-                return
-            self._process()
-            self.resume_reading()
-
-        d.addBoth(done)
-
-    def _count_error(self) -> None:
-        """Too many refused commands end the session, so a flood cannot hold it."""
-        self.errors += 1
-        if self.errors >= self.config.limits.errors_per_session:
-            log.info("{session} too many errors from {peer}", session=self.session_id,
-                     peer=self.peer_ip)
-            self.send(b"* BYE Too many invalid commands\r\n")
-            self.close()
 
     def logged_in(self, user: Any, store: Any) -> None:
         self.user = user

@@ -22,15 +22,16 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import interfaces
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory, Protocol
-from twisted.protocols.policies import TimeoutMixin
+from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from mailserver.auth.realm import IMailUser
 from mailserver.auth.sasl import SASLError, decode_base64, plain_credentials
 from mailserver.config import Config
+from mailserver.core.connection import Goodbyes, LineConnection
 from mailserver.core.diskio import DiskExecutor
-from mailserver.core.flow import CLOSE_GRACE, FlowControl
+from mailserver.core.flow import CLOSE_GRACE  # noqa: F401 - the tests' name for it
+from mailserver.core.lines import POP3_LINES, LineRefused
 from mailserver.logs import logger
 from mailserver.pop3 import grammar, maildrop, readahead
 from mailserver.pop3.lock import MaildropInUse, MaildropLock
@@ -46,7 +47,6 @@ MIN_TRANSACTION_TIMEOUT = 600
 #: Failed logins on one connection before it is closed (Dovecot's default is 3 too);
 #: each failure already costs the client the checker's delay.
 MAX_AUTH_FAILURES = 3
-#: Seconds a closing connection may take to flush its last reply before it is aborted.
 IMPLEMENTATION = "mailserver"
 
 AUTHORIZATION, TRANSACTION, UPDATE = "AUTHORIZATION", "TRANSACTION", "UPDATE"
@@ -115,16 +115,24 @@ class POP3Factory(Factory):
             session.shut_down()
 
 
-class POP3Session(TransactionCommands, FlowControl, Protocol, TimeoutMixin):
-    """One POP3 connection."""
+class POP3Session(TransactionCommands, LineConnection):
+    """One POP3 connection (the reading, waiting, error limit and timeouts are
+    core/connection.py's, the framing rules core/lines.py's POP3_LINES)."""
 
+    rules = POP3_LINES
+    goodbyes = Goodbyes(timeout="-ERR Disconnected for inactivity.",
+                        errors="-ERR Too many invalid commands, closing.",
+                        shutdown="-ERR [SYS/TEMP] Server shutting down.")
     max_pending_input = MAX_PENDING_INPUT
+    # Replies are whole (a message in one writeSequence): Nagle's algorithm would
+    # only hold back the tail of each one until the client's delayed ACK.
+    tcp_no_delay = True
+    timeout_log = "{session} idle timeout from {peer}"
 
     def __init__(self, factory: POP3Factory, number: int) -> None:
         self.factory = factory
         self.config = factory.config
         self.session_id = f"{factory.id_prefix}-{number}"
-        self.peer_ip = "unknown"
         self.state = AUTHORIZATION
         self.tls_active = factory.implicit_tls
         self.user: str | None = None
@@ -134,36 +142,20 @@ class POP3Session(TransactionCommands, FlowControl, Protocol, TimeoutMixin):
         self.retrieved: dict[int, maildrop.Message] = {}
         #: Message files read ahead of the RETR commands (once logged in).
         self.reader: readahead.ReadAhead | None = None
-        self.errors = 0
         self.auth_failures = 0
         self._sasl_pending = False  # AUTH PLAIN sent "+ ", waiting for the response
-        self._buffer = bytearray()
-        self._discarding_long_line = False
-        self._busy = False
-        self._processing = False
-        self._closing = False
-        self.init_flow()
+        self.init_connection()
 
     # -- connection lifecycle ------------------------------------------------------------
 
-    def connectionMade(self) -> None:
-        peer = self.transport.getPeer()  # type: ignore[union-attr]
-        self.peer_ip = getattr(peer, "host", "unknown")
-        self.factory.sessions.add(self)
-        # Replies are whole (a message in one writeSequence): Nagle's algorithm would
-        # only hold back the tail of each one until the client's delayed ACK.
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            set_no_delay(True)
-        self.start_flow()
-        self.setTimeout(self.factory.login_timeout)
+    def initial_timeout(self) -> float:
+        return self.factory.login_timeout
+
+    def greeting(self) -> None:
         self._ok(f"{IMPLEMENTATION} POP3 server ready.")
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.setTimeout(None)
-        self._closing = True
-        self._buffer.clear()
-        self.factory.sessions.discard(self)
+        super().connectionLost(reason)
         if self.state != UPDATE:
             # In UPDATE the deletions are running in a disk thread: _update's callback
             # (or _wait_for's errback) ends the login after them, so the lock keeps the
@@ -192,75 +184,22 @@ class POP3Session(TransactionCommands, FlowControl, Protocol, TimeoutMixin):
                                            session=self.session_id))
         d.addBoth(release)
 
-    def shut_down(self) -> None:
-        if self._busy:
-            return  # the pending command's callback notices shutting_down
-        self._err("[SYS/TEMP] Server shutting down.")
-        self._close()
-
-    def timeoutConnection(self) -> None:
-        if self.abort_if_not_reading():  # the lock and the memory are not held forever
-            return
-        log.info("{session} idle timeout from {peer}", session=self.session_id,
-                 peer=self.peer_ip)
-        self._err("Disconnected for inactivity.")
-        self._close()
-        self.setTimeout(CLOSE_GRACE)  # ... unless the client never reads this reply
-
     def stopProducing(self) -> None:  # noqa: N802 - Twisted's name (IPushProducer)
         self._closing = True
 
     # -- input ---------------------------------------------------------------------------
 
-    def _process(self) -> None:
-        """Handle buffered lines until none is complete or a command has to wait."""
-        if self._processing:
-            return
-        self._processing = True
-        try:
-            while not self.held() and self._buffer:
-                try:
-                    line = self._next_line()
-                except Refused as refused:
-                    self._sasl_pending = False  # RFC 5034 4: a refused response ends AUTH
-                    self._error(str(refused))
-                    continue
-                if line is None:
-                    break
-                self._handle_line(line)
-        finally:
-            self._processing = False
-        self.resume_reading()
+    def max_line(self) -> int:
+        """RFC 5034 4: AUTH lines and SASL answers may be longer (pop3/grammar.py)."""
+        return grammar.line_limit(bytes(self._buffer[:8]), self._sasl_pending)
 
-    def _next_line(self) -> bytes | None:
-        """One line without its CRLF (a bare LF is accepted, as Dovecot does), or None.
+    def line_refused(self, refused: LineRefused) -> None:
+        self._sasl_pending = False  # RFC 5034 4: a refused response ends AUTH
+        error = refused.error
+        self._error(f"[{error.code}] {error.text}" if error.code else error.text)
 
-        Raises Refused for a line that was read but is too long (RFC 2449 4: 255
-        octets); a line that never ends is discarded as it arrives (bounded memory).
-        """
-        end = self._buffer.find(b"\n")
-        if self._discarding_long_line:
-            if end < 0:
-                self._buffer.clear()
-                return None
-            del self._buffer[: end + 1]
-            self._discarding_long_line = False
-            raise Refused("Line too long.")
-        if 0 <= end < grammar.MAX_COMMAND_LINE:  # the common case: a short, whole line
-            line = bytes(self._buffer[: end + 1])
-            del self._buffer[: end + 1]
-            return line[:-2] if line.endswith(b"\r\n") else line[:-1]
-        limit = grammar.line_limit(bytes(self._buffer[:8]), self._sasl_pending)
-        if end < 0:
-            if len(self._buffer) > limit:
-                self._buffer.clear()
-                self._discarding_long_line = True
-            return None
-        line = bytes(self._buffer[: end + 1])
-        del self._buffer[: end + 1]
-        if len(line) > limit:
-            raise Refused("Line too long.")
-        return line[:-2] if line.endswith(b"\r\n") else line[:-1]
+    def line_received(self, line: bytes) -> None:
+        self._handle_line(line)
 
     def _handle_line(self, line: bytes) -> None:
         # RFC 1939 7: PASS only "immediately after a successful USER command"; any
@@ -289,26 +228,12 @@ class POP3Session(TransactionCommands, FlowControl, Protocol, TimeoutMixin):
             return "Unknown command or not allowed before login."
         return f"{name} not allowed after login."
 
-    def _wait_for(self, d: Deferred[Any]) -> None:
-        """Hold all further input until `d` fires (RFC 2449 6.6: replies in order)."""
-        self._busy = True
-
-        def done(result: object) -> None:
-            self._busy = False
-            if isinstance(result, Failure):
-                log.failure("{session} command failed", result, session=self.session_id)
-                self._err("[SYS/TEMP] Internal error; try again later.")
-                if self.state == UPDATE:
-                    self._end_login()
-                    self._close()
-            if self._closing:
-                return
-            if self.factory.shutting_down:
-                self.shut_down()
-                return
-            self._process()
-
-        d.addBoth(done)
+    def command_failed(self, failure: Failure) -> None:
+        log.failure("{session} command failed", failure, session=self.session_id)
+        self._err("[SYS/TEMP] Internal error; try again later.")
+        if self.state == UPDATE:
+            self._end_login()
+            self._close()
 
     # -- output --------------------------------------------------------------------------
 
@@ -316,6 +241,8 @@ class POP3Session(TransactionCommands, FlowControl, Protocol, TimeoutMixin):
         if self.transport is not None and not self._closing:
             self.transport.write(data)
             self.resetTimeout()  # a long download is activity, not an idle session
+
+    emit = _write
 
     def _ok(self, text: str = "") -> None:
         self._write(b"+OK " + text.encode("utf-8") + b"\r\n" if text else b"+OK\r\n")
@@ -333,19 +260,9 @@ class POP3Session(TransactionCommands, FlowControl, Protocol, TimeoutMixin):
         self._write(f"{status}{body}.\r\n".encode())
 
     def _error(self, text: str) -> None:
-        """A refused command; too many end the session, so a flood cannot hold it."""
+        """A refused command; it counts towards the error limit."""
         self._err(text)
-        self.errors += 1
-        if self.errors >= self.config.limits.errors_per_session:
-            log.info("{session} too many errors from {peer}", session=self.session_id,
-                     peer=self.peer_ip)
-            self._err("Too many invalid commands, closing.")
-            self._close()
-
-    def _close(self) -> None:
-        self._closing = True
-        self._buffer.clear()
-        self.close_transport()
+        self._count_error()
 
     # -- AUTHORIZATION -------------------------------------------------------------------
 
@@ -383,7 +300,7 @@ class POP3Session(TransactionCommands, FlowControl, Protocol, TimeoutMixin):
         self._ok("Begin TLS negotiation now.")
         # RFC 2595 4 and the STARTTLS injection attacks (CVE-2011-0411 and the POP3 cases
         # of 2021): whatever was pipelined after STLS in plaintext is thrown away.
-        self._buffer.clear()
+        self.discard_input()
         self.transport.startTLS(self.factory.tls_options)  # type: ignore[union-attr]
         self.tls_active = True
         self.user = None

@@ -15,18 +15,17 @@ mixins of SMTPSession. What differs between the ports is a SessionPolicy (listen
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from twisted.cred.portal import Portal
 from twisted.internet import interfaces
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory, Protocol
-from twisted.protocols.policies import TimeoutMixin
+from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from mailserver.address import Address
 from mailserver.config import Config
-from mailserver.core.flow import CLOSE_GRACE, FlowControl
+from mailserver.core.connection import Goodbyes, LineConnection
+from mailserver.core.lines import SMTP_LINES, LineRefused
 from mailserver.core.throttle import FailureThrottle
 from mailserver.errors import ReplyError
 from mailserver.interfaces import (
@@ -47,12 +46,13 @@ from mailserver.smtp.trace import address_literal
 
 log = logger(__name__)
 
-#: Longest command line we read (RFC 5321 4.5.3.1.4 asks for 512; extensions such as
-#: SMTPUTF8 and AUTH= make real lines longer, so we allow what Postfix allows).
-MAX_COMMAND_LINE = 2048
-#: Pipelined input held while a command is pending before we stop reading the socket.
+#: Longest command line we read (core/lines.py states why: SMTP_LINES).
+MAX_COMMAND_LINE = SMTP_LINES.max_line
 
-SERVICE_UNAVAILABLE = Reply(421, "4.3.2", "Service shutting down")  # RFC 3463 X.3.2
+#: 421 closes the session (RFC 5321 3.8); RFC 3463 X.4.2 timeout, X.7.0, X.3.2 shutdown.
+GOODBYES = Goodbyes(timeout="421 4.4.2 {hostname} Error: timeout exceeded",
+                    errors="421 4.7.0 {hostname} Error: too many errors",
+                    shutdown="421 4.3.2 Service shutting down")
 
 
 @dataclass
@@ -138,30 +138,27 @@ class SMTPServerFactory(Factory):
             session.shut_down()
 
 
-class SMTPSession(SubmissionCommands, MessageReception, FlowControl, Protocol, TimeoutMixin):
-    """One ESMTP connection."""
+class SMTPSession(SubmissionCommands, MessageReception, LineConnection):
+    """One ESMTP connection (the reading, waiting, error limit and timeouts are
+    core/connection.py's, the framing rules core/lines.py's SMTP_LINES)."""
+
+    rules = SMTP_LINES
+    goodbyes = GOODBYES
+    suspend_timeout_while_waiting = True  # our fsync is not the client's silence
 
     def __init__(self, factory: SMTPServerFactory, number: int) -> None:
         self.factory = factory
         self.config = factory.config
         self.session_id = f"{factory.id_prefix}-{number}"
-        self.peer_ip = "unknown"
         self.helo: str | None = None
         self.esmtp = False
         self.tls_active = factory.policy.implicit_tls
         self.envelope: Envelope | None = None
-        self.errors = 0
         #: The authenticated user's address (RFC 4954), None before AUTH.
         self.user: str | None = None
         self.auth_failures = 0
         self._sasl: auth.SASLExchange | None = None
-        # Input handling
-        self._buffer = bytearray()
-        self._discarding_long_line = False
-        self._busy = False
-        self._processing = False
-        self._closing = False
-        self.init_flow()
+        self.init_connection()
         # Message reception
         self._decoder: DotDecoder | ChunkDecoder | None = None
         self._receiving = False  # reading DATA lines or a BDAT chunk, not commands
@@ -174,88 +171,35 @@ class SMTPSession(SubmissionCommands, MessageReception, FlowControl, Protocol, T
 
     # -- connection lifecycle ------------------------------------------------------------
 
-    def connectionMade(self) -> None:
-        peer = self.transport.getPeer()  # type: ignore[union-attr]
-        self.peer_ip = getattr(peer, "host", "unknown")
-        self.factory.sessions.add(self)
-        self.start_flow()
-        self.setTimeout(self.config.limits.command_timeout)
+    def greeting(self) -> None:
         self._send(Reply(220, None, f"{self.config.hostname} ESMTP mailserver"))
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.setTimeout(None)
-        self._closing = True
+        super().connectionLost(reason)
         self._abort_transaction()
-        self.factory.sessions.discard(self)
 
-    def shut_down(self) -> None:
-        if self._busy:
-            return  # _wait_for's callback sends the reply, then closes
-        self._send(SERVICE_UNAVAILABLE)
-        self._close()
-
-    def timeoutConnection(self) -> None:
-        if self.abort_if_not_reading():
-            return
-        log.info("{session} timeout from {peer}", session=self.session_id, peer=self.peer_ip)
-        self._send(Reply(421, "4.4.2", f"{self.config.hostname} Error: timeout exceeded"))
-        self._close()
-        self.setTimeout(CLOSE_GRACE)  # ... unless the client never reads that reply
+    def on_close(self) -> None:
+        self._abort_transaction()
 
     # -- input ---------------------------------------------------------------------------
 
-    def _process(self) -> None:
-        """Handle buffered input until it runs out or a command has to wait."""
-        if self._processing:
-            return
-        self._processing = True
-        try:
-            while not self.held() and self._buffer:
-                if self._receiving:
-                    self._feed_message()
-                    continue
-                try:
-                    line = self._next_line()
-                except ReplyError as refused:
-                    self._sasl = None  # an unreadable SASL response ends the exchange
-                    self._error(refused.reply)  # that line is consumed; go on
-                    continue
-                if line is None:
-                    break
-                if self._sasl is not None:
-                    self._sasl_response(line)
-                else:
-                    self._handle_line(line)
-        finally:
-            self._processing = False
+    def take_raw(self) -> bool:
+        """DATA lines and BDAT chunks go to the message decoder (reception.py)."""
+        if self._receiving:
+            self._feed_message()
+            return True
+        return False
 
-    def _next_line(self) -> bytes | None:
-        """One CRLF-terminated line without its CRLF, or None until one has arrived.
+    def line_refused(self, refused: LineRefused) -> None:
+        self._sasl = None  # an unreadable SASL response ends the exchange
+        error = refused.error
+        self._error(Reply(int(error.status), error.code, error.text))
 
-        Raises ReplyError for a line that was read but is refused (overlong, bare LF).
-        """
-        end = self._buffer.find(b"\n")
-        if self._discarding_long_line:
-            if end < 0:
-                self._buffer.clear()
-                return None
-            del self._buffer[: end + 1]
-            self._discarding_long_line = False
-            raise ReplyError(500, "5.5.2", "Line too long")
-        if end < 0:
-            if len(self._buffer) > MAX_COMMAND_LINE:
-                # Memory stays bounded: drop what we have and everything up to the next LF.
-                self._buffer.clear()
-                self._discarding_long_line = True
-            return None
-        line = bytes(self._buffer[: end + 1])
-        del self._buffer[: end + 1]
-        if len(line) > MAX_COMMAND_LINE:
-            raise ReplyError(500, "5.5.2", "Line too long")
-        if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
-            # RFC 5321 2.3.8: lines end with CRLF only; bare CR/LF is how smuggling starts.
-            raise ReplyError(500, "5.5.2", "Syntax error: bare CR or LF in command")
-        return line[:-2]
+    def line_received(self, line: bytes) -> None:
+        if self._sasl is not None:
+            self._sasl_response(line)
+        else:
+            self._handle_line(line)
 
     def _handle_line(self, line: bytes) -> None:
         try:
@@ -275,48 +219,20 @@ class SMTPSession(SubmissionCommands, MessageReception, FlowControl, Protocol, T
         if isinstance(result, Deferred):
             self._wait_for(result)
 
-    def _wait_for(self, d: Deferred[Any]) -> None:
-        """Hold all further input until `d` fires (RFC 2920: replies in order)."""
-        self._busy = True
-        self.setTimeout(None)  # our own disk is not the client's fault
-
-        def done(_: object) -> None:
-            self._busy = False
-            if self._closing:
-                return
-            if self.factory.shutting_down:
-                self.shut_down()
-                return
-            self.setTimeout(self.config.limits.command_timeout)
-            self._process()
-            self.resume_reading()
-
-        d.addBoth(done)
-
     # -- output --------------------------------------------------------------------------
 
     def _send(self, reply: Reply) -> None:
+        self.emit(reply.encode())
+
+    def emit(self, data: bytes) -> None:
         if self.transport is not None:
-            self.transport.write(reply.encode())
+            self.transport.write(data)
 
     def _error(self, reply: Reply) -> None:
-        """A refused command; too many of them ends the session (like Postfix's
-        smtpd_hard_error_limit), so a flood cannot hold a connection forever."""
+        """A refused command; 5xx ones count towards the error limit."""
         self._send(reply)
         if reply.code >= 500:
-            self.errors += 1
-            if self.errors >= self.config.limits.errors_per_session:
-                log.info("{session} too many errors from {peer}", session=self.session_id,
-                         peer=self.peer_ip)
-                self._send(Reply(421, "4.7.0", f"{self.config.hostname} Error: too many "
-                                 "errors"))
-                self._close()
-
-    def _close(self) -> None:
-        self._closing = True
-        self._buffer.clear()
-        self._abort_transaction()
-        self.close_transport()
+            self._count_error()
 
     # -- commands without a transaction ---------------------------------------------------
 
@@ -378,7 +294,7 @@ class SMTPSession(SubmissionCommands, MessageReception, FlowControl, Protocol, T
         self._send(Reply(220, "2.0.0", "Ready to start TLS"))
         # RFC 3207 4.2 and the STARTTLS injection attacks (CVE-2011-0411): whatever the
         # client pipelined after STARTTLS in plaintext is thrown away, never executed.
-        self._buffer.clear()
+        self.discard_input()
         self.transport.startTLS(self.factory.tls_options)  # type: ignore[union-attr]
         self.tls_active = True
         # RFC 3207 4.2: forget everything learnt before TLS; the client must EHLO again
