@@ -124,10 +124,13 @@ class HeaderInspector:
             return line  # a folded continuation (RFC 5322 2.2.3)
         if _FIELD.match(line) is None:
             # Not a header field: the header section ended without its empty line. We
-            # add our fields and the empty line, so the line stays in the body.
+            # add our fields and the empty line, so the line stays in the body. On
+            # submission (add_missing) the empty line goes in even when no field is
+            # missing: a lenient reader might otherwise skip the odd line and take a
+            # `From:` after it for a header field, one the From check never saw.
             self._in_header = False
             missing = self._missing_fields()
-            return (missing + b"\n" + line) if missing else line
+            return (missing + b"\n" + line) if self.add_missing else line
         self._note(line)
         return line
 

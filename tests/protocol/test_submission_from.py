@@ -194,3 +194,20 @@ def test_a_forwarding_alias_lets_its_target_send_as_it(tmp_path: Path) -> None:
     head = b"From: Forward <fwd@example.org>\r\n"
     assert_stored(s, send(s, head, sender=b"fwd@example.org"), head)
 
+
+
+def test_from_after_a_line_that_ends_the_header_section_stays_in_the_body(
+        tmp_path: Path) -> None:
+    """`Subject`, then a line that is no header field, then `From: bob`: for us the
+    header section ended at the odd line, so the From is body. The stored message gets
+    the empty line that makes every reader agree."""
+    s = logged_in(tmp_path)
+    head = (b"Message-ID: <m@example.org>\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n"
+            b"this is no header field\r\nFrom: bob@example.org\r\n")
+    assert send(s, head) == []
+    copy = s.target.copies[-1]
+    assert copy.commit_deferred is not None
+    copy.commit_deferred.callback(None)
+    assert s.replies()[0].startswith("250 2.0.0 Ok: queued as ")
+    assert copy.data.endswith(b"+0000\n\nthis is no header field\nFrom: bob@example.org\n"
+                              b"Subject: x\n\nbody\n")

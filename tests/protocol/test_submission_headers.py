@@ -57,6 +57,17 @@ def test_header_section_without_empty_line() -> None:
     assert lines[3:] == [b"", b"this is not a header", b""]
 
 
+def test_header_section_without_empty_line_gets_one_on_submission() -> None:
+    """Even with nothing to add: whatever follows the odd line is body for every reader
+    (a `From:` there was not checked as a header field, so it must not become one)."""
+    message = (b"Message-ID: <a@b>\nDate: Mon, 1 Jan 2024 00:00:00 +0000\nnot a header\n"
+               b"From: bob@example.org\n\nbody\n")
+    out, inspector = run(message, split=3)
+    assert out == message.replace(b"\nnot a header", b"\n\nnot a header")
+    assert inspector.from_fields == []
+    assert run(message, add=False)[0] == message  # the MX changes nothing
+
+
 def test_message_of_headers_only() -> None:
     out, _ = run(b"Subject: x")  # BDAT may end without a final line end
     assert out.startswith(b"Subject: x\nMessage-ID: <abc@mx.test>\nDate: ")
