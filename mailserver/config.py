@@ -151,6 +151,17 @@ class RelayConfig:
 
 
 @dataclass(frozen=True)
+class SubmissionConfig:
+    """Message submission (RFC 6409): the `submission` and `submissions` listeners."""
+
+    check_from_header: bool = doc(
+        "Refuse (550 5.7.1) a message whose From header names an address the user may "
+        "not send as (the rule of the envelope sender).",
+        default=True,
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str = doc("Name in the banner, EHLO reply and Received headers.",
                         default_factory=socket.getfqdn)
@@ -167,6 +178,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     #: The file this came from (None: the embedded default). Not a config key.
     source: Path | None = field(default=None, metadata={"internal": True})
 

@@ -22,7 +22,7 @@ from mailserver.auth.names import (
     split_key,
     strip_extension,
 )
-from mailserver.auth.schemes import hash_password
+from mailserver.auth.schemes import MAX_PASSWORD_OCTETS, hash_password, password_too_long
 from mailserver.auth.userfile import EditRefused
 from mailserver.config import Config
 from mailserver.interfaces import MailboxId
@@ -71,6 +71,9 @@ def read_new_password(admin: Admin) -> str:
         first = line.removesuffix("\n").removesuffix("\r")
     if not first:
         raise Refused("empty password")
+    if password_too_long(first):
+        # No login could ever use it: the checker refuses longer passwords unhashed.
+        raise Refused(f"password longer than {MAX_PASSWORD_OCTETS} octets")
     return first
 
 

@@ -9,9 +9,16 @@ every protocol, so a guesser gains nothing by switching from IMAP to SMTP AUTH.
   must keep serving everyone else meanwhile.
 - An unknown user costs the same hashing as a known one (schemes.dummy_verify), so the
   answer's timing does not reveal which addresses exist.
-- A failure is answered only after `failure_delay` seconds, so online guessing is slow.
+- A failure is answered `failure_delay` seconds after the attempt began (or when the
+  hashing ends, if that takes longer), not that long after the hashing: the answer's
+  timing then tells nothing about the user's scheme (Argon2id ~60 ms, SHA-crypt and
+  bcrypt other times) or whether the user exists. Online guessing is slow either way.
   Per-client throttling belongs to the protocols (they know the peer); this delay is the
   floor under all of them.
+- A password longer than schemes.MAX_PASSWORD_OCTETS is refused as a wrong one (same
+  reply, same delay) without being hashed: SHA-crypt's cost grows with the square of the
+  password's length. Every protocol's login (SMTP AUTH, POP3 USER/PASS and AUTH, IMAP
+  LOGIN and AUTHENTICATE) comes through here, so this is the one place the cap lives.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from zope.interface import implementer
 
 from mailserver.auth.directory import RecipientDirectory
 from mailserver.auth.realm import MailRealm
-from mailserver.auth.schemes import dummy_verify, verify_password
+from mailserver.auth.schemes import dummy_verify, password_too_long, verify_password
 from mailserver.config import Config
 from mailserver.logs import logger
 
@@ -71,11 +78,23 @@ class PasswordChecker:
         bytes: every protocol wants the address as text, and MailRealm accepts both.
         """
         reactor = self._get_reactor()
+        started = reactor.seconds()
         username = _text(credentials.username)
         password = credentials.password
         # Look the user up here, on the reactor thread: the directory is not shared
         # with worker threads; only the hashing goes there.
         key = self.directory.login_key(username) if username else None
+
+        def refuse(why: str) -> Deferred[str]:
+            log.info("login refused for {user}{why}", user=key or "(undecodable name)",
+                     why=why)
+            # Answered at the same moment after the attempt began whatever the scheme,
+            # and whether or not anything was hashed (see the module docstring).
+            wait = max(0.0, started + self.failure_delay - reactor.seconds())
+            return task.deferLater(reactor, wait, _refuse)
+
+        if password_too_long(password):
+            return refuse(": password too long")
         stored = self.directory.password_hash(key) if key else None
         pool = self._threadpool or reactor.getThreadPool()
         d: Deferred[bool] = threads.deferToThreadPool(reactor, pool, _check, password,
@@ -85,8 +104,7 @@ class PasswordChecker:
             if ok and key:
                 log.info("login accepted for {user}", user=key)
                 return key
-            log.info("login refused for {user}", user=key or "(undecodable name)")
-            return task.deferLater(reactor, self.failure_delay, _refuse)
+            return refuse("")
 
         return d.addCallback(decide)
 

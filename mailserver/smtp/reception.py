@@ -64,6 +64,7 @@ class MessageReception:
         def _wait_for(self, d: Deferred[Any]) -> None: ...
         def _abort_transaction(self) -> None: ...
         def _reset_envelope(self) -> None: ...
+        def _from_refusal(self, headers: HeaderInspector) -> Reply | None: ...
 
     def do_DATA(self, command: grammar.Data) -> None:
         envelope = self._check_ready_for_data()
@@ -208,6 +209,10 @@ class MessageReception:
             if headers.too_many_hops:
                 # RFC 5321 6.3: a loop; Postfix says 554 5.4.0 past hopcount_limit = 50.
                 refusal = Reply(554, "5.4.6", "Error: too many hops (mail loop?)")
+            elif (self.factory.policy.check_sender
+                  and self.config.submission.check_from_header):
+                # RFC 6409 6.1 / 8: the From header obeys the envelope sender's rule.
+                refusal = self._from_refusal(headers)
         if refusal is not None or envelope is None or transaction is None:
             self._abort_transaction()
             self._reset_envelope()

@@ -16,6 +16,17 @@ Decisions, each as Postfix does it:
   reaches the user (directory.may_send_as); the null sender <> is refused too, as
   Postfix's reject_sender_login_mismatch does: 553 5.7.1 (RFC 6409 6.1 lets the MSA
   refuse, RFC 3463 X.7.1 "delivery not authorized").
+- The From header is held to the same rule (submission.check_from_header, on by
+  default; mox does the same): every address of it must be one the user may send as,
+  or the message is refused at the end of data with 550 5.7.1 (RFC 3463 X.7.1) and
+  nothing is stored. Otherwise any user could put a colleague's name and address in the
+  field every client shows as the author; the envelope sender alone is seen by nobody.
+  Refused as well, because a receiving client might read them otherwise than we do:
+  two From fields (RFC 5322 3.6 allows one), a From we cannot parse without guessing
+  (smtp/headers.py from_addresses), group syntax, and a header section too long for
+  the HeaderInspector to have seen all of it. A message without From is accepted
+  unchanged: it names no author to forge, and RFC 6409 8.1 only permits (MAY) the MSA
+  to add one. Resent-From and Sender are not checked.
 - The Received header says ESMTPSA (RFC 3848) but does not name the user (Postfix's
   smtpd_sasl_authenticated_header = no): the login name is nobody else's business.
 """
@@ -34,6 +45,7 @@ from mailserver.errors import ReplyError
 from mailserver.logs import logger
 from mailserver.reply import Reply
 from mailserver.smtp import auth, grammar
+from mailserver.smtp.headers import BadFromField, HeaderInspector, from_addresses
 
 if TYPE_CHECKING:
     from mailserver.config import Config
@@ -161,3 +173,31 @@ class SubmissionCommands:
                      user=user or "(none)", sender=str(sender))
             raise ReplyError(553, "5.7.1", f"{sender.bracketed()}: Sender address rejected:"
                                            f" not owned by user {user or '(none)'}")
+
+    def _from_refusal(self, headers: HeaderInspector) -> Reply | None:
+        """At the end of data: why the From header may not be sent by this user, or None
+        (see the module docstring for the rule and the forms refused)."""
+        fields = headers.from_fields
+        user = self.user or "(none)"
+        if headers.gave_up:
+            why = "Error: header section too long to check the From header"
+        elif not fields:
+            return None
+        elif len(fields) > 1:
+            why = f"Error: {len(fields)} From header fields; RFC 5322 3.6 allows one"
+        else:
+            try:
+                addresses = from_addresses(fields[0])
+            except BadFromField as e:
+                why = f"Error: From header {e}"
+            else:
+                senders = self.factory.senders
+                refused = [a for a in addresses if self.user is None or senders is None
+                           or not senders.may_send_as(self.user, a)]
+                if not refused:
+                    return None
+                why = (f"<{refused[0]}>: From header address rejected: not owned by "
+                       f"user {user}")
+        log.info("{session} {user} refused at end of data: {why}", session=self.session_id,
+                 user=user, why=why)
+        return Reply(550, "5.7.1", why)

@@ -207,6 +207,22 @@ def test_user_passwd(run: Run, data: Path) -> None:
     assert run("user", "passwd", "alice@example.org", stdin="") [0] == 1
 
 
+def test_over_long_password_is_not_set(run: Run, data: Path) -> None:
+    """The checker refuses passwords over 1024 octets unhashed, so no login could use
+    one: the admin tool refuses to set it. 1024 octets (512 two-octet characters) is fine."""
+    data.mkdir()
+    (data / "users").write_text("alice@example.org:{PLAIN}old\n")
+    for args in (("add", "bob@example.org"), ("passwd", "alice@example.org")):
+        for password in ("p" * 1025, "\u00e9" * 513):
+            assert run("user", *args, stdin=password + "\n") == (
+                1, "", f"user {args[0]}: password longer than 1024 octets\n")
+    assert users_file(data) == "alice@example.org:{PLAIN}old\n"
+    assert not (data / "mail" / "example.org" / "bob").exists()
+    assert run("user", "passwd", "alice@example.org", stdin="\u00e9" * 512 + "\n")[0] == 0
+    stored = users_file(data).splitlines()[0].split(":")[1]
+    assert verify_password("\u00e9" * 512, stored)
+
+
 def test_user_list(run: Run, data: Path) -> None:
     assert run("user", "list") == (0, "", "")
     data.mkdir()

@@ -379,6 +379,44 @@ def test_pipelined_commands_wait_for_the_login(s465: Session) -> None:
                               "250 2.1.5 Ok"]
 
 
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+@pytest.mark.parametrize("user", [b"alice@example.org", b"nobody@example.org"])
+def test_over_long_password_is_a_wrong_password_and_is_not_hashed(
+        s465: Session, monkeypatch: pytest.MonkeyPatch, mechanism: str, user: bytes) -> None:
+    """A 1025-octet password (the SMTP line allows ~1500) gets the reply and the delay of
+    any wrong password, and costs no hashing (SHA-crypt's cost is quadratic in it)."""
+    from mailserver.auth import checker as checker_module
+
+    hashed: list[object] = []
+    monkeypatch.setattr(checker_module, "verify_password",
+                        lambda p, s: hashed.append(p) or False)
+    monkeypatch.setattr(checker_module, "dummy_verify", lambda p: hashed.append(p) or False)
+    s465.ehlo()
+    password = b"p" * 1025
+    if mechanism == "PLAIN":
+        response = b64(b"\0" + user + b"\0" + password).encode()
+        assert s465.send(b"AUTH PLAIN " + response + b"\r\n") == []
+    else:
+        assert s465.send(b"AUTH LOGIN\r\n") == ["334 VXNlcm5hbWU6"]
+        assert s465.send(b64(user).encode() + b"\r\n") == ["334 UGFzc3dvcmQ6"]
+        assert s465.send(b64(password).encode() + b"\r\n") == []
+    s465.reactor.advance(0.74)
+    assert s465.replies() == []
+    s465.reactor.advance(0.02)
+    assert s465.replies() == ["535 5.7.8 Authentication credentials invalid"]
+    assert hashed == [] and s465.protocol.user is None
+
+
+def test_password_of_300_octets_is_checked(tmp_path: Path) -> None:
+    """Over RFC 4616's 255 but under our 1024: verified, not refused as malformed."""
+    s = Session(tmp_path, SUBMISSIONS_POLICY, tls_options=None)
+    s.config.users_file.write_text("carol@example.org:{PLAIN}" + "c" * 300 + "\n")
+    s.ehlo()
+    response = b64(b"\0carol@example.org\0" + b"c" * 300).encode()
+    assert s.send(b"AUTH PLAIN " + response + b"\r\n") == [
+        "235 2.7.0 Authentication successful"]
+
+
 def test_pipelined_after_a_failed_login_are_refused(s465: Session) -> None:
     s465.ehlo()
     wrong = b64(b"\0alice@example.org\0guess")
