@@ -2,8 +2,9 @@
 to its delivery transaction: a mixin of SMTPSession.
 
 On its way the content passes the HeaderInspector (hop count on every port, Message-ID
-and Date added on submission) and goes to a MessageFanout: local mailboxes, the outbound
-queue, or both (smtp/fanout.py says in which order they commit, and why).
+and Date added on submission) and goes to the one transaction the delivery router gives
+for the envelope (delivery/router.py: local mailboxes, the relay queue, or both, and in
+which order they commit). The session adds Received; the router adds Return-Path.
 """
 
 from __future__ import annotations
@@ -14,17 +15,15 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from mailserver.errors import ReplyError
-from mailserver.interfaces import OutboundEnvelope
+from mailserver.interfaces import DeliveryEnvelope, IDeliveryTransaction
 from mailserver.logs import logger
 from mailserver.reply import Reply
 from mailserver.smtp import grammar
 from mailserver.smtp.data import ChunkDecoder, DotDecoder
-from mailserver.smtp.fanout import MessageFanout
 from mailserver.smtp.headers import HeaderInspector
 from mailserver.smtp.trace import (
     new_message_id,
     received_header,
-    return_path_header,
     with_protocol,
 )
 
@@ -52,7 +51,7 @@ class MessageReception:
         _buffer: bytearray
         _decoder: DotDecoder | ChunkDecoder | None
         _receiving: bool
-        _transaction: MessageFanout | None
+        _transaction: IDeliveryTransaction | None
         _headers: HeaderInspector | None
         _message_id: str
         _bdat_last: bool
@@ -112,18 +111,10 @@ class MessageReception:
     def _start_message(self, envelope: Envelope, decoder: DotDecoder | ChunkDecoder) -> None:
         self._decoder = decoder
         self._message_id = new_message_id()
-        local = (self.factory.target.begin(sorted(envelope.mailboxes))
-                 if envelope.mailboxes else None)
-        queued = None
-        if envelope.remote:
-            assert self.factory.queue is not None  # RCPT refused remote ones without it
-            queued = self.factory.queue.begin(OutboundEnvelope(
-                sender=str(envelope.sender), recipients=tuple(envelope.remote),
-                smtputf8=envelope.smtputf8, body_8bit=envelope.body_8bit,
-                submitter=self.user or ""))
-        self._transaction = MessageFanout(local, queued)
-        # RFC 5321 4.4: Return-Path only in the final delivery, not in the relayed copy.
-        self._transaction.write_local(return_path_header(envelope.sender))
+        self._transaction = self.factory.target.begin(DeliveryEnvelope(
+            sender=str(envelope.sender), mailboxes=tuple(sorted(envelope.mailboxes)),
+            remote=tuple(envelope.remote), smtputf8=envelope.smtputf8,
+            body_8bit=envelope.body_8bit, submitter=self.user or ""))
         self._transaction.write(self._received(envelope))
         self._headers = HeaderInspector(
             add_missing=self.factory.policy.add_missing_headers,
