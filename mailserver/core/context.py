@@ -55,7 +55,7 @@ class ListenerFactory:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def implicit_tls(context: ServerContext, factory: Factory) -> TLSMemoryBIOFactory:
+def implicit_tls(context: ServerContext, factory: Factory[Any]) -> TLSMemoryBIOFactory:
     """Wrap a protocol factory for an implicit-TLS port (RFC 8314: 465, 993, 995).
 
     The session sees an already-encrypted transport; it should treat TLS as active

@@ -9,18 +9,18 @@ which order they commit). The session adds Received; the router adds Return-Path
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from mailserver.errors import ReplyError
-from mailserver.interfaces import DeliveryEnvelope, IDeliveryTransaction
+from mailserver.interfaces import DeliveryEnvelope
 from mailserver.logs import logger
 from mailserver.reply import Reply
 from mailserver.smtp import grammar
 from mailserver.smtp.data import ChunkDecoder, DotDecoder
 from mailserver.smtp.headers import HeaderInspector
+from mailserver.smtp.state import SessionState
 from mailserver.smtp.trace import (
     new_message_id,
     received_header,
@@ -28,41 +28,13 @@ from mailserver.smtp.trace import (
 )
 
 if TYPE_CHECKING:
-    from mailserver.config import Config
     from mailserver.smtp.server import Envelope
 
 log = logger(__name__)
 
 
-class MessageReception:
+class MessageReception(SessionState):
     """DATA and BDAT, for SMTPSession."""
-
-    if TYPE_CHECKING:  # provided by SMTPSession
-        factory: Any  # SMTPServerFactory (typed there; Protocol.factory clashes here)
-        config: Config
-        transport: Any
-        session_id: str
-        peer_ip: str
-        helo: str | None
-        esmtp: bool
-        tls_active: bool
-        envelope: Envelope | None
-        user: str | None
-        _buffer: bytearray
-        _decoder: DotDecoder | ChunkDecoder | None
-        _receiving: bool
-        _transaction: IDeliveryTransaction | None
-        _headers: HeaderInspector | None
-        _message_id: str
-        _bdat_last: bool
-        _bdat_octets: int
-        _bdat_failed: Reply | None
-
-        def _send(self, reply: Reply) -> None: ...
-        def _error(self, reply: Reply) -> None: ...
-        def _wait_for(self, d: Deferred[Any]) -> None: ...
-        def _abort_transaction(self) -> None: ...
-        def _reset_envelope(self) -> None: ...
 
     def do_DATA(self, command: grammar.Data) -> None:
         envelope = self._check_ready_for_data()

@@ -33,7 +33,6 @@ from mailserver.core.throttle import FailureThrottle
 from mailserver.errors import ReplyError
 from mailserver.interfaces import (
     IDeliveryRouter,
-    IDeliveryTransaction,
     IRecipientDirectory,
     MailboxId,
     Resolution,
@@ -41,8 +40,6 @@ from mailserver.interfaces import (
 from mailserver.logs import logger
 from mailserver.reply import Reply
 from mailserver.smtp import auth, grammar
-from mailserver.smtp.data import ChunkDecoder, DotDecoder
-from mailserver.smtp.headers import HeaderInspector
 from mailserver.smtp.reception import MessageReception
 from mailserver.smtp.submission import SubmissionCommands
 from mailserver.smtp.trace import address_literal
@@ -92,7 +89,7 @@ class SessionPolicy:
     add_missing_headers: bool = False
 
 
-class SMTPServerFactory(Factory):
+class SMTPServerFactory(Factory["SMTPSession"]):
     """Builds one SMTPSession per connection, sharing config and delivery target."""
 
     def __init__(
@@ -138,22 +135,22 @@ class SMTPServerFactory(Factory):
 
 
 class SMTPSession(SubmissionCommands, MessageReception, FlowControl, Protocol, TimeoutMixin):
-    """One ESMTP connection."""
+    """One ESMTP connection. Its attributes are declared, with their types, once for it
+    and its mixins in state.py; __init__ gives each its first value."""
 
     def __init__(self, factory: SMTPServerFactory, number: int) -> None:
         self.factory = factory
         self.config = factory.config
         self.session_id = f"{factory.id_prefix}-{number}"
         self.peer_ip = "unknown"
-        self.helo: str | None = None
+        self.helo = None
         self.esmtp = False
         self.tls_active = factory.policy.implicit_tls
-        self.envelope: Envelope | None = None
+        self.envelope = None
         self.errors = 0
-        #: The authenticated user's address (RFC 4954), None before AUTH.
-        self.user: str | None = None
+        self.user = None
         self.auth_failures = 0
-        self._sasl: auth.SASLExchange | None = None
+        self._sasl = None
         # Input handling
         self._buffer = bytearray()
         self._discarding_long_line = False
@@ -162,14 +159,14 @@ class SMTPSession(SubmissionCommands, MessageReception, FlowControl, Protocol, T
         self._closing = False
         self.init_flow()
         # Message reception
-        self._decoder: DotDecoder | ChunkDecoder | None = None
+        self._decoder = None
         self._receiving = False  # reading DATA lines or a BDAT chunk, not commands
-        self._transaction: IDeliveryTransaction | None = None
-        self._headers: HeaderInspector | None = None
+        self._transaction = None
+        self._headers = None
         self._message_id = ""
         self._bdat_last = False
         self._bdat_octets = 0  # raw octets of this transaction's chunks, for the replies
-        self._bdat_failed: Reply | None = None
+        self._bdat_failed = None
 
     # -- connection lifecycle ------------------------------------------------------------
 
