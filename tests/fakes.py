@@ -140,7 +140,7 @@ class FakeThreadPool:
         self.hold = False
         self.held: list[Callable[[], None]] = []
 
-    def callInThreadWithCallback(self, on_result: Callable[[bool, Any], None],  # noqa: N802 - Twisted's name
+    def callInThreadWithCallback(self, on_result: Callable[[bool, Any], None],
                                  func: Callable[..., Any], *args: Any, **kw: Any) -> None:
         self.calls += 1
 
@@ -170,8 +170,8 @@ class FakeReactor(Clock):
         super().__init__()
         self.pool = FakeThreadPool()
 
-    def callFromThread(self, f: Callable[..., Any], *args: Any, **kw: Any) -> None:  # noqa: N802 - Twisted's name
+    def callFromThread(self, f: Callable[..., Any], *args: Any, **kw: Any) -> None:
         f(*args, **kw)
 
-    def getThreadPool(self) -> FakeThreadPool:  # noqa: N802 - Twisted's name
+    def getThreadPool(self) -> FakeThreadPool:
         return self.pool
