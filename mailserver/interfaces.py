@@ -15,7 +15,7 @@ The SMTP session never knows where mail ends: it asks the router whether a recip
 acceptable and hands the message to one IDeliveryTransaction. The router owns the split
 into local mailboxes and remote recipients and commits both halves in the order that
 leaves nothing behind on failure. Nothing a transaction writes is visible before its
-`commit` fires, and a failed or aborted transaction leaves nothing visible.
+`commit` is called; a commit that fails, or an abort before commit, leaves nothing.
 
 The POP3 and IMAP sessions stand on IUserStore / IMailboxView (the bottom of this file).
 """
