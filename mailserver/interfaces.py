@@ -1,16 +1,23 @@
 """The seams of the system, documented: read this file first.
 
-Data flows one way:
+Data flows one way (docs/architecture.md draws the whole picture):
 
-    client bytes -> grammar (pure: bytes -> typed commands)       smtp/grammar.py, smtp/data.py
-                 -> session (one state machine per connection)     smtp/server.py
-                 -> IRecipientDirectory (who is local, aliases)    auth/directory.py
-                 -> IDeliveryTarget (two-phase: write, commit)     store/delivery.py
-                 -> Maildir files                                  store/maildir.py
+    client bytes -> grammar (pure: bytes -> typed commands)        smtp/grammar.py, smtp/data.py
+                 -> session (one state machine per connection)      smtp/server.py
+                 -> IDeliveryRouter.route (is it local? may it be   delivery/router.py,
+                    relayed? aliases via IRecipientDirectory)       auth/directory.py
+                 -> IDeliveryRouter.begin -> IDeliveryTransaction   delivery/router.py
+                    (write, commit, abort: one shape for all mail)
+                 -> ILocalDelivery (Maildir copies)                 store/delivery.py
+                    and/or IOutboundQueue (the relay queue)         queue/outbound.py
 
-The SMTP session never knows where mail ends up: local delivery (and, later, the relay
-queue) are delivery targets. Nothing a target writes is visible before `commit` fires,
-and a failed or aborted transaction leaves nothing visible.
+The SMTP session never knows where mail ends: it asks the router whether a recipient is
+acceptable and hands the message to one IDeliveryTransaction. The router owns the split
+into local mailboxes and remote recipients and commits both halves in the order that
+leaves nothing behind on failure. Nothing a transaction writes is visible before its
+`commit` is called; a commit that fails, or an abort before commit, leaves nothing.
+
+The POP3 and IMAP sessions stand on IUserStore / IMailboxView (the bottom of this file).
 """
 
 from __future__ import annotations
@@ -44,7 +51,8 @@ class Resolution:
 
     #: Local users whose INBOX gets a copy (deduplicated, sorted).
     mailboxes: tuple[MailboxId, ...] = ()
-    #: Remote addresses an alias forwards to (delivered by the relay queue, issue 3).
+    #: Remote addresses: an alias that forwards elsewhere, or a recipient in another
+    #: domain (IDeliveryRouter.route); the relay queue delivers them.
     remote: tuple[str, ...] = field(default=())
 
     @property
@@ -70,15 +78,86 @@ class IRecipientDirectory(Interface):
         own address, any +extension of it, or an alias whose expansion reaches it."""
 
 
+@dataclass(frozen=True)
+class DeliveryEnvelope:
+    """One message's envelope (RFC 5321 2.3.1) as a delivery target takes it: the
+    recipients already split by IDeliveryRouter.route into local and remote."""
+
+    #: The reverse-path as given in MAIL FROM, "" for the null sender <>.
+    sender: str
+    #: Local users whose INBOX gets a copy (each once).
+    mailboxes: tuple[MailboxId, ...] = ()
+    #: Remote addresses for the relay queue, in the order given, each once.
+    remote: tuple[str, ...] = ()
+    #: MAIL FROM had SMTPUTF8 / BODY=8BITMIME (the relay must honour them, see
+    #: OutboundEnvelope).
+    smtputf8: bool = False
+    body_8bit: bool = False
+    #: Who submitted it (the authenticated user), for logs and `queue show`; "" if none.
+    submitter: str = ""
+
+
 class IDeliveryTransaction(Interface):
-    """One message on its way to one or more mailboxes."""
+    """One message on its way to every recipient of its DeliveryEnvelope: the one shape
+    every producer of mail (SMTP sessions, the queue's local delivery) writes to."""
 
     def write(data: bytes) -> None:
-        """Append message bytes, exactly as they are to be stored (LF line ends).
+        """Append message bytes as they are to be stored: LF line ends, trace headers
+        first. Never Return-Path: the target adds it to the local copies only (RFC 5321
+        4.4: the final delivery adds it, a relay must not).
 
-        Called on the reactor thread; never blocks: small messages stay in memory, large
-        ones are spilled to a temporary file by a disk thread.
+        Called on the reactor thread; never blocks and never raises: small messages stay
+        in memory, large ones are spilled to a temporary file by a disk thread, and a
+        failure to do so shows at `commit`.
         """
+
+    def commit() -> Deferred[str | None]:
+        """Make the message durable everywhere, then visible (local copies in new/) and
+        handed over (the queue copy to the scheduler).
+
+        Fires with the queue id when a queue copy was made (the 250 names it), else
+        None. On failure it errbacks with ReplyError (451 4.3.0, or 452 4.3.1 when the
+        disk is full) and no copy is left anywhere: the client retries the whole message.
+        """
+
+    def abort() -> None:
+        """Drop the message; nothing becomes visible. Safe to call at any point, also
+        after a failed commit; after a successful commit it changes nothing."""
+
+
+class IDeliveryTarget(Interface):
+    """Somewhere a message can be delivered, in two phases (write, then commit)."""
+
+    def begin(envelope: DeliveryEnvelope) -> IDeliveryTransaction:
+        """Start a transaction for every recipient of `envelope` (it has at least one).
+
+        Never raises: a target that cannot take the message returns a transaction whose
+        commit fails, so a session in the middle of a BDAT chunk stays in step.
+        """
+
+
+class IDeliveryRouter(IDeliveryTarget):
+    """The delivery target of the server (delivery/router.py): it also says, one
+    recipient at a time, where mail for an address goes, before any byte is sent."""
+
+    def route(address: str, relay: bool) -> Resolution:
+        """Local mailboxes and remote addresses for `localpart@domain`, or ReplyError.
+
+        `relay`: the client may send to other domains (authenticated submission, RFC
+        6409 3.3); the caller decides that, the router only knows which domains are ours.
+        Refusals: 550 5.7.1 (relaying denied), 550 5.1.1 (no such local user), 451 4.3.5
+        (a remote recipient when this server has no relay queue).
+        """
+
+
+# -- the two halves behind the router ----------------------------------------------------------
+
+
+class ILocalTransaction(Interface):
+    """One message on its way to one or more local mailboxes (store/delivery.py)."""
+
+    def write(data: bytes) -> None:
+        """As IDeliveryTransaction.write (the router writes Return-Path here first)."""
 
     def commit() -> Deferred[None]:
         """Make the message durable and visible in each mailbox's new/ directory.
@@ -92,14 +171,11 @@ class IDeliveryTransaction(Interface):
         """Drop the message; nothing becomes visible. Safe to call at any point."""
 
 
-class IDeliveryTarget(Interface):
-    """Somewhere messages can be delivered, in two phases."""
+class ILocalDelivery(Interface):
+    """Local delivery into users' Maildirs, in two phases."""
 
-    def begin(mailboxes: Sequence[MailboxId]) -> IDeliveryTransaction:
+    def begin(mailboxes: Sequence[MailboxId]) -> ILocalTransaction:
         """Start a transaction whose commit delivers one copy to each mailbox."""
-
-
-# -- the outbound queue (issue 3) ------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -119,18 +195,17 @@ class OutboundEnvelope:
 
 
 class IQueueTransaction(Interface):
-    """One message on its way into the durable queue, in three steps.
+    """One message on its way into the durable queue (queue/outbound.py), in three steps.
 
-    `write` as IDeliveryTransaction (LF line ends, no Return-Path: RFC 5321 4.4 lets
-    only the final delivery add that). `commit` makes message and envelope durable
-    (fsync'd file and directory) but does not yet hand them to the scheduler, so that a
-    session delivering to local mailboxes as well can still take back the queue copy if
-    the local half fails; `release` then hands it over. `abort` after `commit` and
-    before `release` deletes the queued files again.
+    `write` as ILocalTransaction, without Return-Path. `commit` makes message and
+    envelope durable (fsync'd file and directory) but holds them back from the
+    scheduler, so that the router, delivering to local mailboxes as well, can still take
+    back the queue copy if the local half fails; `release` then hands it over. `abort`
+    after `commit` and before `release` deletes the queued files again.
     """
 
     def write(data: bytes) -> None:
-        """As IDeliveryTransaction.write."""
+        """As ILocalTransaction.write."""
 
     def abort() -> None:
         """Drop the message (also after commit, before release); safe at any point."""

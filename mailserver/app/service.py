@@ -22,6 +22,7 @@ from mailserver.auth.directory import RecipientDirectory
 from mailserver.config import Config
 from mailserver.core.context import ListenerFactory, ServerContext
 from mailserver.core.diskio import DiskExecutor, make_disk
+from mailserver.delivery.router import DeliveryRouter
 from mailserver.errors import ConfigError
 from mailserver.imap import listener as imap_listener
 from mailserver.logs import logger
@@ -63,10 +64,11 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     top = _ServerRoot(disk)
     directory = RecipientDirectory(config)
     spool, queue = open_queue(config, disk)
+    local = MaildirDelivery(config.mail_dir, config.hostname, disk)
     context = ServerContext(
         config=config, directory=directory, portal=make_portal(config, directory),
-        target=MaildirDelivery(config.mail_dir, config.hostname, disk), disk=disk,
-        tls=server_tls_options(config), queue=queue, instance=instance,
+        target=DeliveryRouter(config, directory, local, queue), disk=disk,
+        tls=server_tls_options(config), instance=instance,
     )
     if instance == 0:
         QueueService(context, spool, queue).setServiceParent(top)

@@ -22,7 +22,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from mailserver.config import Config
 from mailserver.core.diskio import DiskExecutor
 from mailserver.core.throttle import FailureThrottle
-from mailserver.interfaces import IDeliveryTarget, IOutboundQueue, IRecipientDirectory
+from mailserver.interfaces import IDeliveryRouter, IRecipientDirectory
 
 
 @dataclass
@@ -30,12 +30,11 @@ class ServerContext:
     config: Config
     directory: IRecipientDirectory
     portal: Portal
-    #: Local delivery into users' Maildirs.
-    target: IDeliveryTarget
+    #: Where every message goes: local mailboxes and the relay queue behind one target
+    #: (delivery/router.py). Every process can queue; only instance 0 relays.
+    target: IDeliveryRouter
     disk: DiskExecutor
     tls: interfaces.IOpenSSLServerConnectionCreator
-    #: The outbound queue: every process can queue; only instance 0 delivers.
-    queue: IOutboundQueue | None = None
     #: Failed logins per client address, shared by every protocol of this process, so a
     #: guesser gains nothing by switching from IMAP to POP3 to submission.
     login_throttle: FailureThrottle = field(default_factory=FailureThrottle)
@@ -56,7 +55,7 @@ class ListenerFactory:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def implicit_tls(context: ServerContext, factory: Factory) -> TLSMemoryBIOFactory:
+def implicit_tls(context: ServerContext, factory: Factory[Any]) -> TLSMemoryBIOFactory:
     """Wrap a protocol factory for an implicit-TLS port (RFC 8314: 465, 993, 995).
 
     The session sees an already-encrypted transport; it should treat TLS as active

@@ -35,7 +35,6 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from mailserver.logs import logger
-from mailserver.store.maildir import fsync_dir
 
 log = logger(__name__)
 
@@ -47,6 +46,19 @@ CommitStage = Callable[[], Iterable[str | Path]]
 
 #: Threads in the disk pool: enough to overlap fsyncs on an SSD; measured in 0002.
 DEFAULT_THREADS = 8
+
+
+def fsync_dir(path: Path | str) -> None:
+    """fsync a directory, so that entries created or renamed in it survive a crash.
+
+    The Maildir spec's delivery steps (write, fsync, link) leave the directory entry
+    itself to the file system; on Linux only an fsync of the directory makes it durable.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class DiskExecutor(Service):

@@ -26,11 +26,11 @@ def make_listener(context: ServerContext, name: str) -> ListenerFactory | None:
     if policy is None:
         return None
     factory = SMTPServerFactory(
-        context.config, context.directory, context.target,
+        context.config, context.target,
         tls_options=None if policy.implicit_tls else context.tls,
         policy=policy, instance=context.instance,
         portal=context.portal if policy.offer_auth else None,
-        queue=context.queue, senders=context.directory,
+        senders=context.directory,
         auth_throttle=context.login_throttle,
     )
     refusal = f"421 4.7.0 {context.config.hostname} Error: too many connections\r\n"

@@ -5,8 +5,10 @@ Deferred (the fsync behind the 250 after DATA), later pipelined input stays in o
 buffer and is not read until the reply has been sent (RFC 2920 3.1: replies in order).
 That is the defect of twisted.mail's server (twisted#8126) this module exists to avoid.
 
-Everything that parses lives in grammar.py and data.py; who is local lives behind
-IRecipientDirectory; where mail goes lives behind IDeliveryTarget and IOutboundQueue.
+Everything that parses lives in grammar.py and data.py; who is local and where mail
+goes lives behind IDeliveryRouter (delivery/router.py): the session asks it about each
+recipient and hands it the message, never knowing whether that ends in a Maildir, in
+the relay queue, or both.
 This module holds the state machine and the envelope commands; the message content
 (DATA, BDAT) is reception.py's, AUTH and the sender rule are submission.py's, both
 mixins of SMTPSession. What differs between the ports is a SessionPolicy (listener.py).
@@ -29,17 +31,14 @@ from mailserver.core.lines import SMTP_LINES, LineRefused
 from mailserver.core.throttle import FailureThrottle
 from mailserver.errors import ReplyError
 from mailserver.interfaces import (
-    IDeliveryTarget,
-    IOutboundQueue,
+    IDeliveryRouter,
     IRecipientDirectory,
     MailboxId,
+    Resolution,
 )
 from mailserver.logs import logger
 from mailserver.reply import Reply
 from mailserver.smtp import auth, grammar
-from mailserver.smtp.data import ChunkDecoder, DotDecoder
-from mailserver.smtp.fanout import MessageFanout
-from mailserver.smtp.headers import HeaderInspector
 from mailserver.smtp.reception import MessageReception
 from mailserver.smtp.submission import SubmissionCommands
 from mailserver.smtp.trace import address_literal
@@ -90,32 +89,29 @@ class SessionPolicy:
     add_missing_headers: bool = False
 
 
-class SMTPServerFactory(Factory):
-    """Builds one SMTPSession per connection, sharing config, directory and target."""
+class SMTPServerFactory(Factory["SMTPSession"]):
+    """Builds one SMTPSession per connection, sharing config and delivery target."""
 
     def __init__(
         self,
         config: Config,
-        directory: IRecipientDirectory,
-        target: IDeliveryTarget,
+        target: IDeliveryRouter,
         tls_options: interfaces.IOpenSSLServerConnectionCreator | None = None,
         policy: SessionPolicy | None = None,
         instance: int = 0,
         portal: Portal | None = None,
-        queue: IOutboundQueue | None = None,
         senders: IRecipientDirectory | None = None,
         auth_throttle: FailureThrottle | None = None,
     ) -> None:
         self.config = config
-        self.directory = directory
+        #: Where every recipient is routed and every message delivered (local mailboxes,
+        #: the relay queue, or both: the session does not know which).
         self.target = target
         self.tls_options = tls_options
         self.policy = policy or SessionPolicy()
         #: The login portal (AUTH); None: AUTH is never possible.
         self.portal = portal
-        #: The outbound queue (IOutboundQueue); None until mailserver.queue exists, and
-        #: then remote recipients get 451 4.3.5 so nothing is lost.
-        self.queue = queue
+        #: Who may send as whom (RFC 6409 6.1); None: every sender is refused.
         self.senders = senders
         #: Failed AUTHs per client address (shared by the submission listeners).
         self.auth_throttle = auth_throttle or FailureThrottle()
@@ -140,7 +136,9 @@ class SMTPServerFactory(Factory):
 
 class SMTPSession(SubmissionCommands, MessageReception, LineConnection):
     """One ESMTP connection (the reading, waiting, error limit and timeouts are
-    core/connection.py's, the framing rules core/lines.py's SMTP_LINES)."""
+    core/connection.py's, the framing rules core/lines.py's SMTP_LINES). Its attributes
+    are declared, with their types, once for it and its mixins in state.py; __init__
+    gives each its first value."""
 
     rules = SMTP_LINES
     goodbyes = GOODBYES
@@ -150,24 +148,23 @@ class SMTPSession(SubmissionCommands, MessageReception, LineConnection):
         self.factory = factory
         self.config = factory.config
         self.session_id = f"{factory.id_prefix}-{number}"
-        self.helo: str | None = None
+        self.helo = None
         self.esmtp = False
         self.tls_active = factory.policy.implicit_tls
-        self.envelope: Envelope | None = None
-        #: The authenticated user's address (RFC 4954), None before AUTH.
-        self.user: str | None = None
+        self.envelope = None
+        self.user = None
         self.auth_failures = 0
-        self._sasl: auth.SASLExchange | None = None
+        self._sasl = None
         self.init_connection()
         # Message reception
-        self._decoder: DotDecoder | ChunkDecoder | None = None
+        self._decoder = None
         self._receiving = False  # reading DATA lines or a BDAT chunk, not commands
-        self._transaction: MessageFanout | None = None
-        self._headers: HeaderInspector | None = None
+        self._transaction = None
+        self._headers = None
         self._message_id = ""
         self._bdat_last = False
         self._bdat_octets = 0  # raw octets of this transaction's chunks, for the replies
-        self._bdat_failed: Reply | None = None
+        self._bdat_failed = None
 
     # -- connection lifecycle ------------------------------------------------------------
 
@@ -342,16 +339,16 @@ class SMTPSession(SubmissionCommands, MessageReception, LineConnection):
         rcpt = command.recipient
         if not rcpt.is_ascii and not envelope.smtputf8:
             raise ReplyError(553, "5.6.7", "Non-ASCII recipient address needs SMTPUTF8")
-        mailboxes, remote = self._resolve(rcpt, command.postmaster)
+        resolution = self._resolve(rcpt, command.postmaster)
         envelope.recipients.append(rcpt)
-        envelope.mailboxes.update(mailboxes)
-        envelope.remote.update(dict.fromkeys(remote))
+        envelope.mailboxes.update(resolution.mailboxes)
+        envelope.remote.update(dict.fromkeys(resolution.remote))
         self._send(Reply(250, "2.1.5", "Ok"))
 
-    def _resolve(self, rcpt: Address,
-                 postmaster: bool) -> tuple[tuple[MailboxId, ...], tuple[str, ...]]:
+    def _resolve(self, rcpt: Address, postmaster: bool) -> Resolution:
         """Local mailboxes and remote addresses for one recipient, or the ReplyError
-        refusing it."""
+        refusing it. Where an address goes is the router's business; whether this
+        client may relay at all is the port's policy and the AUTH state, ours."""
         if postmaster:
             # RFC 5321 4.5.1: <Postmaster> without a domain must be accepted.
             domains = self.config.domains.local
@@ -359,30 +356,9 @@ class SMTPSession(SubmissionCommands, MessageReception, LineConnection):
                 raise ReplyError(550, "5.1.1", "Error: no postmaster here")
             address = f"postmaster@{domains[0]}"
         else:
-            if not self.config.is_local_domain(rcpt.domain):
-                if not (self.factory.policy.relay_for_authenticated and self.user):
-                    # Only authenticated submission relays (RFC 5321 3.6.1, 7.1; RFC
-                    # 6409 3.3); the MX never does, whoever connects.
-                    raise ReplyError(550, "5.7.1", "Error: relay access denied")
-                self._need_queue(str(rcpt))
-                return (), (str(rcpt),)
             address = str(rcpt)
-        resolution = self.factory.directory.resolve(address)
-        if resolution.remote:
-            # Forwarding: an alias with targets elsewhere. The queue relays them with the
-            # original envelope sender (no SRS rewriting; SPF at the far end may object).
-            self._need_queue(address)
-        if resolution.is_empty:
-            raise ReplyError(550, "5.1.1", "Error: user unknown")
-        return resolution.mailboxes, resolution.remote
-
-    def _need_queue(self, rcpt: str) -> None:
-        if self.factory.queue is None:
-            # No relay queue in this build: a temporary failure keeps the sender
-            # retrying instead of losing a copy.
-            log.warn("{session} {rcpt} needs the relay queue, which is missing",
-                     session=self.session_id, rcpt=rcpt)
-            raise ReplyError(451, "4.3.5", "Error: relaying not available yet; try later")
+        relay = self.factory.policy.relay_for_authenticated and bool(self.user)
+        return self.factory.target.route(address, relay)
 
     def _abort_transaction(self) -> None:
         if self._transaction is not None:

@@ -33,7 +33,7 @@ Decisions, each as Postfix does it:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred
@@ -46,10 +46,7 @@ from mailserver.logs import logger
 from mailserver.reply import Reply
 from mailserver.smtp import auth, grammar
 from mailserver.smtp.headers import BadFromField, HeaderInspector, from_addresses
-
-if TYPE_CHECKING:
-    from mailserver.config import Config
-    from mailserver.smtp.server import Envelope
+from mailserver.smtp.state import SessionState
 
 log = logger(__name__)
 
@@ -57,27 +54,8 @@ log = logger(__name__)
 AUTH_FAILURE_LIMIT = 3
 
 
-class SubmissionCommands:
+class SubmissionCommands(SessionState):
     """AUTH and the sender check, for SMTPSession."""
-
-    if TYPE_CHECKING:  # provided by SMTPSession
-        factory: Any  # SMTPServerFactory (typed there; Protocol.factory clashes here)
-        config: Config
-        transport: Any
-        session_id: str
-        peer_ip: str
-        esmtp: bool
-        tls_active: bool
-        envelope: Envelope | None
-        user: str | None
-        auth_failures: int
-        _sasl: auth.SASLExchange | None
-        _closing: bool
-
-        def _send(self, reply: Reply) -> None: ...
-        def _error(self, reply: Reply) -> None: ...
-        def _close(self) -> None: ...
-        def _wait_for(self, d: Deferred[Any]) -> None: ...
 
     def _auth_possible(self) -> bool:
         """AUTH is offered: a submission port, inside TLS unless the operator allowed

@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from mailserver.core.diskio import DiskExecutor
 from mailserver.errors import ReplyError
-from mailserver.interfaces import IDeliveryTarget, IDeliveryTransaction, MailboxId
+from mailserver.interfaces import ILocalDelivery, ILocalTransaction, MailboxId
 from mailserver.logs import logger
 from mailserver.store.maildir import (
     FILE_MODE,
@@ -66,7 +66,7 @@ def delivery_error(exc: BaseException) -> ReplyError:
     return ReplyError(451, "4.3.0", "Requested action aborted: local error in processing")
 
 
-@implementer(IDeliveryTarget)
+@implementer(ILocalDelivery)
 class MaildirDelivery:
     """Local delivery: each transaction ends as one file in each mailbox's new/."""
 
@@ -90,7 +90,7 @@ class MaildirDelivery:
         return MaildirTransaction(file, self.disk, self.spill_threshold)
 
 
-@implementer(IDeliveryTransaction)
+@implementer(ILocalTransaction)
 class MaildirTransaction:
     """One message on its way; reactor-thread state machine open -> committing -> done.
 
@@ -184,7 +184,7 @@ class MaildirTransaction:
     # ------------------------------------------------------------------ commit
 
     def commit(self) -> Deferred[None]:
-        """Make the message durable and visible in every new/; see IDeliveryTransaction.
+        """Make the message durable and visible in every new/; see ILocalTransaction.
 
         Cancelling the returned Deferred aborts the transaction.
         """

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mailserver.core.diskio import fsync_dir
 from mailserver.interfaces import MailboxId
 from mailserver.logs import logger
 
@@ -94,19 +95,6 @@ def _mkdir(path: Path) -> bool:
             raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory",
                                      str(path)) from None
         return False
-
-
-def fsync_dir(path: Path | str) -> None:
-    """fsync a directory, so that entries created or renamed in it survive a crash.
-
-    The Maildir spec's delivery steps (write, fsync, link) leave the directory entry
-    itself to the file system; on Linux only an fsync of the directory makes it durable.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _make_maildir_dirs(root: Path, created: list[Path], new_last: bool = True) -> None:

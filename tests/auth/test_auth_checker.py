@@ -10,15 +10,14 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from fakes import FakeReactor
 from twisted.cred.credentials import ICredentials, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
@@ -33,35 +32,6 @@ from mailserver.config import Config, config_from_dict
 from mailserver.interfaces import MailboxId
 
 ALICE_HASH = hash_password("alice's password")
-
-
-class SyncThreadPool:
-    """Runs the 'threaded' call at once; records which thread ran it."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def callInThreadWithCallback(self, on_result: Callable[[bool, Any], None],
-                                 func: Callable[..., Any], *args: Any, **kw: Any) -> None:
-        self.calls += 1
-        try:
-            result = func(*args, **kw)
-        except BaseException:
-            on_result(False, Failure())
-        else:
-            on_result(True, result)
-
-
-class FakeReactor(Clock):
-    def __init__(self) -> None:
-        super().__init__()
-        self.pool = SyncThreadPool()
-
-    def callFromThread(self, f: Callable[..., Any], *args: Any, **kw: Any) -> None:
-        f(*args, **kw)
-
-    def getThreadPool(self) -> SyncThreadPool:
-        return self.pool
 
 
 def make_config(tmp_path: Path) -> Config:
