@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 
 from mailserver.admin.commands import Admin, Refused
 from mailserver.app.running import running_server
+from mailserver.core.ownfiles import give_fd, open_nofollow
 from mailserver.queue.envelope import PENDING, QueueEntry, age_text, is_queue_id
 from mailserver.queue.spool import EntryGone, Spool
 
@@ -31,8 +32,8 @@ def _printable(text: str) -> str:
     return _CONTROLS.sub("?", text)
 
 
-def _spool(admin: Admin) -> Spool:
-    return Spool(admin.config.queue_dir)
+def _spool(admin: Admin, writing: bool = False) -> Spool:
+    return Spool(admin.config.queue_dir, admin.writing() if writing else None)
 
 
 def _entries(spool: Spool) -> list[tuple[QueueEntry, str]]:
@@ -116,12 +117,15 @@ def queue_show(admin: Admin, queue_id: str) -> None:
 
 
 def queue_flush(admin: Admin) -> None:
-    spool = _spool(admin)
+    spool = _spool(admin, writing=True)
     if not spool.root.is_dir():
         admin.say("queue flush: the queue is empty")
         return
-    fd = os.open(spool.flush_trigger, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.close(fd)
+    fd = open_nofollow(spool.flush_trigger, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        give_fd(fd, spool.owner)
+    finally:
+        os.close(fd)
     pending = sum(len(e.pending()) for e, _ in _entries(spool))
     run_dir = admin.config.data_dir / "run"
     if running_server(run_dir) is None:
@@ -133,7 +137,7 @@ def queue_flush(admin: Admin) -> None:
 
 
 def queue_delete(admin: Admin, queue_id: str) -> None:
-    spool = _spool(admin)
+    spool = _spool(admin, writing=True)
     entry = _load(spool, queue_id)
     if not spool.delete(entry.id):
         raise Refused(f"{queue_id}: not in the queue (delivered or deleted meanwhile)")
