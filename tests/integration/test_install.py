@@ -85,3 +85,32 @@ def test_pip_install_makes_twistd_mailserver_work(tmp_path: Path) -> None:
     admin = _run([str(python.parent / "mailserver"), "--help"], workdir)
     assert admin.returncode == 0, admin.stderr
     assert admin.stdout.startswith("usage: mailserver [-h] [--config PATH] COMMAND")
+
+
+def _make_tools(tmp_path: Path, swaks_support: str) -> list[str]:
+    """`make tools` with a stand-in swaks printing `swaks_support` for --support, and a
+    stand-in apt-get recording what it was asked to do (nothing is installed)."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    record = tmp_path / "apt-get.calls"
+    (fake / "swaks").write_text(f"#!/bin/sh\nprintf '%s\\n' '{swaks_support}' >&2\n")
+    (fake / "apt-get").write_text(f'#!/bin/sh\necho "$@" >> {record}\n')
+    for tool in fake.iterdir():
+        tool.chmod(0o755)
+    env = {**_clean_env(), "PATH": f"{fake}:{os.environ['PATH']}"}
+    result = subprocess.run(["make", "-s", "-C", str(REPO), "tools"], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return record.read_text().splitlines() if record.exists() else []
+
+
+def test_make_tools_installs_what_a_lean_swaks_lacks_for_tls(tmp_path: Path) -> None:
+    # swaks installed with --no-install-recommends has no Net::SSLeay: the command
+    # exists, but every --tls test would fail.
+    calls = _make_tools(tmp_path, "*** TLS not available: requires Net::SSLeay")
+    assert calls == ["update -qq",
+                     "install -y -qq --no-install-recommends swaks libnet-ssleay-perl"]
+
+
+def test_make_tools_leaves_a_capable_swaks_alone(tmp_path: Path) -> None:
+    assert _make_tools(tmp_path, "=== TLS supported") == []
