@@ -25,7 +25,7 @@ from mailserver.auth.names import (
 from mailserver.auth.schemes import hash_password
 from mailserver.auth.userfile import EditRefused
 from mailserver.config import Config
-from mailserver.core.ownfiles import Owner, data_dir_owner, user_name
+from mailserver.core.ownfiles import NotTheOwner, Owner, data_dir_owner
 from mailserver.interfaces import MailboxId
 from mailserver.logs import logger
 
@@ -55,8 +55,8 @@ class Admin:
         data_dir = self.config.data_dir
         try:
             owner = data_dir_owner(data_dir)
-        except PermissionError:
-            name = user_name(data_dir.stat().st_uid)
+        except NotTheOwner as e:
+            name = e.owner
             how = "root" if name == "root" else \
                 f"{name} (sudo -u {name} mailserver ...) or as root"
             raise Refused(f"{data_dir} belongs to {name}: run this as {how}") from None

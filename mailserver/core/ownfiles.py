@@ -66,11 +66,19 @@ def give_fd(fd: int, owner: Owner | None) -> None:
         os.fchown(fd, owner[0], owner[1])
 
 
+class NotTheOwner(Exception):
+    """Neither root nor data_dir's owner: files we made would be ours, and the server
+    (data_dir's owner) could not read them. `owner` is that user's name."""
+
+    def __init__(self, owner: str) -> None:
+        super().__init__(owner)
+        self.owner = owner
+
+
 def data_dir_owner(data_dir: Path) -> Owner | None:
     """The owner a root admin command must give what it creates: data_dir's, when that
     is another user; None when there is nothing to change (we own data_dir, or it does
-    not exist yet). Raises PermissionError when we are neither root nor that user: files
-    we made would be ours, and the server could not read them."""
+    not exist yet). Raises NotTheOwner when we are neither root nor that user."""
     try:
         st = os.stat(data_dir)
     except FileNotFoundError:
@@ -80,7 +88,7 @@ def data_dir_owner(data_dir: Path) -> Owner | None:
         return None
     if euid == 0:
         return (st.st_uid, st.st_gid)
-    raise PermissionError(errno.EPERM, f"owned by {user_name(st.st_uid)}", os.fspath(data_dir))
+    raise NotTheOwner(user_name(st.st_uid))
 
 
 def user_name(uid: int) -> str:

@@ -41,7 +41,7 @@ def _fresh_install(tmp_path: Path) -> tuple[Path, Path]:
         item = REPO / name
         if item.is_dir():
             shutil.copytree(item, source / name,
-                            ignore=shutil.ignore_patterns("__pycache__", "dropin.cache"))
+                            ignore=shutil.ignore_patterns("__pycache__"))
         else:
             source.mkdir(exist_ok=True)
             shutil.copy2(item, source / name)
