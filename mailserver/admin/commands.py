@@ -25,6 +25,7 @@ from mailserver.auth.names import (
 from mailserver.auth.schemes import MAX_PASSWORD_OCTETS, hash_password, password_too_long
 from mailserver.auth.userfile import EditRefused
 from mailserver.config import Config
+from mailserver.core.ownfiles import NotTheOwner, Owner, data_dir_owner
 from mailserver.interfaces import MailboxId
 from mailserver.logs import logger
 
@@ -46,6 +47,22 @@ class Admin:
 
     def __post_init__(self) -> None:
         self.directory = RecipientDirectory(self.config)
+
+    def writing(self) -> Owner | None:
+        """Call before changing anything: the owner what we create must get (data_dir's,
+        when we run as root and it belongs to the server's user), or Refused when we are
+        neither root nor that user (the server could not read files we made)."""
+        data_dir = self.config.data_dir
+        try:
+            owner = data_dir_owner(data_dir)
+        except NotTheOwner as e:
+            name = e.owner
+            how = "root" if name == "root" else \
+                f"{name} (sudo -u {name} mailserver ...) or as root"
+            raise Refused(f"{data_dir} belongs to {name}: run this as {how}") from None
+        self.directory.users_file.owner = owner
+        self.directory.aliases_file.owner = owner
+        return owner
 
     def say(self, text: str) -> None:
         print(text, file=self.stdout)
@@ -90,12 +107,13 @@ def user_add(admin: Admin, address: str) -> None:
     key = mailbox.address
     if admin.directory.users_file.get(key) is not None:
         raise Refused(f"{key} exists")
+    owner = admin.writing()
     password_hash = hash_password(read_new_password(admin))
     # The Maildir first: the server never sees a user whose Maildir is not there yet.
     from mailserver.store.maildir import create_maildir
 
     admin.config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    root = create_maildir(admin.config.mail_dir, mailbox)
+    root = create_maildir(admin.config.mail_dir, mailbox, owner, nofollow=True)
     try:
         admin.directory.users_file.add(key, password_hash)
     except EditRefused as e:  # another admin command added it meanwhile
@@ -108,6 +126,7 @@ def user_add(admin: Admin, address: str) -> None:
 
 def user_del(admin: Admin, address: str) -> None:
     key = address_key(address)
+    admin.writing()
     try:
         admin.directory.users_file.remove(key)
     except EditRefused as e:
@@ -125,6 +144,7 @@ def user_passwd(admin: Admin, address: str) -> None:
     key = address_key(address)
     if admin.directory.users_file.get(key) is None:
         raise Refused(f"{key}: no such user")
+    admin.writing()
     password_hash = hash_password(read_new_password(admin))
     try:
         admin.directory.users_file.set_password(key, password_hash)
@@ -161,6 +181,7 @@ def alias_add(admin: Admin, address: str, targets_text: Sequence[str]) -> None:
         if target not in targets:
             targets.append(target)
     notes = _target_notes(admin, targets)
+    admin.writing()
     try:
         admin.directory.aliases_file.add(key, targets)
     except EditRefused as e:
@@ -199,6 +220,7 @@ def _target_notes(admin: Admin, targets: Sequence[str]) -> list[str]:
 
 
 def alias_del(admin: Admin, address: str) -> None:
+    admin.writing()
     try:
         key = parse_key(address)
         admin.directory.aliases_file.remove(key)

@@ -66,6 +66,16 @@ def delivery_error(exc: BaseException) -> ReplyError:
     return ReplyError(451, "4.3.0", "Requested action aborted: local error in processing")
 
 
+def describe_error(exc: BaseException) -> str:
+    """The log text of a failed delivery: for an OSError its text and the path(s) it
+    names. (repr() of an OSError drops the path: "PermissionError(13, 'Permission
+    denied')" left the operator guessing which directory to fix.)"""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        paths = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+        return f"{type(exc).__name__}: {paths}: {exc.strerror or exc}"
+    return repr(exc)
+
+
 @implementer(ILocalDelivery)
 class MaildirDelivery:
     """Local delivery: each transaction ends as one file in each mailbox's new/."""
@@ -227,8 +237,8 @@ class MaildirTransaction:
     def _discard_then_fail(self, error: BaseException, logged: bool) -> None:
         """Remove every copy and temporary file, then errback the commit Deferred."""
         if not logged:
-            log.error("delivery to {mailboxes} failed: {error!r}",
-                      mailboxes=self._file.addresses, error=error)
+            log.error("delivery to {mailboxes} failed: {error}",
+                      mailboxes=self._file.addresses, error=describe_error(error))
         self._state = _ABORTED if self._state == _ABORTED else _DONE
         reply = delivery_error(error)
         d = self._disk.run(self._file.rollback)
