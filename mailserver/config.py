@@ -162,6 +162,34 @@ class SubmissionConfig:
 
 
 @dataclass(frozen=True)
+class AcmeConfig:
+    """Certificates from an ACME CA (RFC 8555), e.g. Let's Encrypt; omitted: no ACME.
+
+    Obtained on first start (HTTP-01: needs listen.http reachable on port 80 of every
+    name), kept under data_dir/acme/, renewed at two thirds of their lifetime and served
+    by every TLS listener without a restart. Until the first one exists, the self-signed
+    certificate serves. Excludes [tls] certificate/private_key.
+    """
+
+    directory: str = doc("The CA's directory URL; empty: no ACME.", default="")
+    contact: str = doc('Account contact, "mailto:postmaster@example.org".', default="")
+    names: tuple[str, ...] = doc(
+        "Names on the certificate (hostname, mta-sts.DOMAIN, autoconfig.DOMAIN); "
+        "empty: the hostname.", default=())
+    directory_ca: str = doc("A CA file to trust for the directory's own HTTPS (test "
+                            "servers such as Pebble); empty: the system's CAs.", default="")
+
+    def certificate_names(self, hostname: str) -> tuple[str, ...]:
+        return self.names or (hostname,)
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: str = doc('"text" (twistd\'s lines) or "json" (one object per line: time, '
+                      'level, service, session, client, event, fields).', default="text")
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str = doc("Name in the banner, EHLO reply and Received headers.",
                         default_factory=socket.getfqdn)
@@ -179,6 +207,8 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    acme: AcmeConfig = field(default_factory=AcmeConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     #: The file this came from (None: the embedded default). Not a config key.
     source: Path | None = field(default=None, metadata={"internal": True})
 
@@ -332,6 +362,9 @@ def _check_semantics(config: Config, problems: list[str]) -> None:
         p = getattr(tls, key)
         if p is not None and not os.access(p, os.R_OK):
             problems.append(f"tls.{key}: cannot read {p}")
+    _check_acme(config, problems)
+    if config.log.format not in ("text", "json"):
+        problems.append(f'log.format: expected "text" or "json", got "{config.log.format}"')
     limits = config.limits
     for key in ("message_size", "recipients_per_message", "connections", "connections_per_ip",
                 "command_timeout", "errors_per_session"):
@@ -370,6 +403,24 @@ def _check_semantics(config: Config, problems: list[str]) -> None:
     elif relay.smarthost_user and not os.access(relay.smarthost_password_file, os.R_OK):
         problems.append(f"relay.smarthost_password_file: cannot read "
                         f"{relay.smarthost_password_file}")
+
+
+def _check_acme(config: Config, problems: list[str]) -> None:
+    acme = config.acme
+    if not acme.directory:
+        return  # ACME off; the other keys wait for a directory
+    if not acme.directory.startswith("https://"):
+        problems.append(f"acme.directory: expected an https:// URL, got \"{acme.directory}\"")
+    if acme.contact and not acme.contact.startswith("mailto:"):
+        problems.append(f"acme.contact: expected \"mailto:ADDRESS\", got \"{acme.contact}\"")
+    for i, name in enumerate(acme.names):
+        if not _is_domain(name) or "." not in name:
+            problems.append(f"acme.names[{i}]: not a host name: {name!r}")
+    if acme.directory_ca and not os.access(acme.directory_ca, os.R_OK):
+        problems.append(f"acme.directory_ca: cannot read {acme.directory_ca}")
+    if config.tls.certificate is not None:
+        problems.append("acme: [tls] certificate and [acme] exclude each other; "
+                        "remove one")
 
 
 def _endpoint_problem(desc: str) -> str | None:
@@ -420,6 +471,9 @@ def render_example() -> str:
         "tls.private_key": '"/etc/letsencrypt/live/mail.example.org/privkey.pem"',
         "auth.users_file": '"/var/lib/mailserver/users"',
         "auth.aliases_file": '"/var/lib/mailserver/aliases"',
+        "acme.directory": '""',
+        "acme.contact": '"mailto:postmaster@example.org"',
+        "acme.names": '["mail.example.org", "mta-sts.example.org", "autoconfig.example.org"]',
     }
     out = ["# mailserver configuration (generated from mailserver/config.py: "
            "`python -m mailserver.config > etc/mailserver.toml`).",

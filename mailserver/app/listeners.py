@@ -120,6 +120,13 @@ class ListenerRegistry:
 
     def add(self, name: str, host: str, port: int) -> None:
         self.listeners[name] = (host, port)
+        self._write()
+
+    def remove(self, name: str) -> None:
+        self.listeners.pop(name, None)
+        self._write()
+
+    def _write(self) -> None:
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(self.listeners, indent=1))
         os.replace(tmp, self.path)

@@ -9,13 +9,11 @@ from collections.abc import Callable
 from twisted.application import service
 from twisted.internet.defer import Deferred
 
-from mailserver.app.limits import ConnectionCounter, LimitedFactory
-from mailserver.app.listeners import (
-    AdoptedListenerService,
-    ListenerRegistry,
-    ListenerService,
-)
-from mailserver.app.tls import server_tls_options
+from mailserver.app.limits import ConnectionCounter
+from mailserver.app.listeners import ListenerRegistry
+from mailserver.app.listenerset import ListenerSet
+from mailserver.app.reload import Reloader, ReloadTargets
+from mailserver.app.tls import SwappableTLS, server_tls_options
 from mailserver.app.workers import WorkerSupervisor
 from mailserver.auth.checker import make_portal
 from mailserver.auth.directory import RecipientDirectory
@@ -65,37 +63,37 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     directory = RecipientDirectory(config)
     spool, queue = open_queue(config, disk)
     local = MaildirDelivery(config.mail_dir, config.hostname, disk)
+    tls = SwappableTLS(server_tls_options(config))
+    router = DeliveryRouter(config, directory, local, queue)
     context = ServerContext(
         config=config, directory=directory, portal=make_portal(config, directory),
-        target=DeliveryRouter(config, directory, local, queue), disk=disk,
-        tls=server_tls_options(config), instance=instance,
+        target=router, disk=disk, tls=tls, instance=instance,
     )
     if instance == 0:
         QueueService(context, spool, queue).setServiceParent(top)
     counter = ConnectionCounter(config.limits.connections, config.limits.connections_per_ip)
     registry = ListenerRegistry(config.data_dir / "run") if inherited is None else None
-    listeners: list[service.Service] = []
-
-    for name, description in config.listen.enabled().items():
-        built = _build_listener(context, name)
-        if built is None:
-            continue
-        limited = LimitedFactory(built.factory, counter, built.refusal)
-        listener: service.Service
-        if inherited is None:
-            assert registry is not None
-            listener = ListenerService(name, description, limited, registry,
-                                       on_stop=built.on_stop)
-        elif name in inherited:
-            listener = AdoptedListenerService(name, inherited[name], limited,
-                                              on_stop=built.on_stop)
-        else:
-            continue
-        listener.setServiceParent(top)
-        listeners.append(listener)
+    listeners = ListenerSet(top, lambda name: _build_listener(context, name), counter,
+                            registry, inherited)
+    listeners.start_all(config)
+    targets = ReloadTargets(tls=tls, holders=lambda: [context, router, *listeners.factories],
+                            apply_listeners=listeners.apply)
     if inherited is None and config.process_count > 1:
         # Added last, so it starts after the listeners and is stopped first.
-        WorkerSupervisor(config, listeners).setServiceParent(top)
+        supervisor = WorkerSupervisor(config, listeners.services)
+        supervisor.setServiceParent(top)
+        targets.forward = lambda: supervisor.signal_workers("HUP")
+
+        def apply_listeners(new: Config) -> None:
+            listeners.apply(new)
+            supervisor.listeners = listeners.services  # what a restarted worker inherits
+
+        targets.apply_listeners = apply_listeners
+    Reloader(config, targets, record=instance == 0).setServiceParent(top)
+    if instance == 0 and config.acme.directory:
+        from mailserver.app.acme import AcmeService
+
+        AcmeService(config, reload=targets).setServiceParent(top)
     if instance == 0 and not config.users_file.exists():
         log.info("no users yet: add one with `mailserver{cfg} user add alice@{domain}`",
                  cfg=f" --config {config.source}" if config.source else "",

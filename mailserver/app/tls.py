@@ -1,6 +1,10 @@
-"""TLS server options: the operator's certificate chain, or a self-signed one we make.
+"""TLS server options: the operator's certificate chain, one from ACME, or a self-signed
+one we make; and the swappable holder every TLS listener shares.
 
 RFC 8314 4.1 and RFC 8996: TLS 1.2 is the least we speak.
+
+Which certificate serves: `[tls]` when configured; else, with `[acme]`, the certificate
+ACME obtained (data_dir/acme/fullchain.pem) once it exists; else the self-signed one.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from OpenSSL import crypto
-from twisted.internet import ssl
+from OpenSSL import SSL, crypto
+from twisted.internet import interfaces, ssl
+from zope.interface import implementer
 
 from mailserver.config import Config
 from mailserver.errors import ConfigError
@@ -23,14 +28,65 @@ from mailserver.logs import logger
 log = logger(__name__)
 
 
-def server_tls_options(config: Config) -> ssl.CertificateOptions:
-    """CertificateOptions for every TLS listener; ConfigError names the bad file."""
+#: Under data_dir: where the ACME client (app/acme.py) keeps the certificate it
+#: obtained: the private key and the full chain in one file, replaced by one rename.
+ACME_DIR = "acme"
+ACME_CHAIN = "certificate.pem"
+
+
+@implementer(interfaces.IOpenSSLServerConnectionCreator)
+class SwappableTLS:
+    """The TLS server side of every listener (implicit TLS and STARTTLS alike).
+
+    Each new TLS connection asks for the context current at that moment, so a new
+    certificate (ACME renewal, reload) reaches new connections without a restart, while
+    an established session keeps the SSL.Connection it was made with. Swapping is one
+    attribute assignment on the reactor thread; building the options (disk, parsing) is
+    done beforehand, off it.
+    """
+
+    def __init__(self, options: ssl.CertificateOptions) -> None:
+        self.options = options
+
+    def swap(self, options: ssl.CertificateOptions) -> None:
+        self.options = options
+
+    def getContext(self) -> SSL.Context:  # noqa: N802 - Twisted calls it so
+        return self.options.getContext()
+
+    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:  # noqa: N802, N803
+        return SSL.Connection(self.getContext(), None)
+
+
+def certificate_paths(config: Config) -> tuple[Path, Path, str, str]:
+    """(chain, key, chain's name, key's name) of the certificate that serves now.
+
+    Blocking (stat, and making the self-signed certificate on first use).
+    """
     if config.tls.certificate is not None and config.tls.private_key is not None:
-        cert_path, key_path = config.tls.certificate, config.tls.private_key
-        key_name, cert_name = "tls.private_key", "tls.certificate"
-    else:
-        cert_path, key_path = ensure_self_signed(config.data_dir / "tls", config.hostname)
-        key_name = cert_name = f"self-signed certificate in {cert_path.parent}"
+        return (config.tls.certificate, config.tls.private_key,
+                "tls.certificate", "tls.private_key")
+    acme_dir = config.data_dir / ACME_DIR
+    if config.acme.directory and (acme_dir / ACME_CHAIN).exists():
+        name = f"ACME certificate {acme_dir / ACME_CHAIN}"
+        return acme_dir / ACME_CHAIN, acme_dir / ACME_CHAIN, name, name
+    cert_path, key_path = ensure_self_signed(config.data_dir / "tls", config.hostname)
+    name = f"self-signed certificate in {cert_path.parent}"
+    return cert_path, key_path, name, name
+
+
+def server_tls_options(config: Config) -> ssl.CertificateOptions:
+    """CertificateOptions for every TLS listener; ConfigError names the bad file.
+
+    Blocking (reads files): at start-up, or in a thread on reload.
+    """
+    cert_path, key_path, cert_name, key_name = certificate_paths(config)
+    return load_tls_options(cert_path, key_path, cert_name, key_name)
+
+
+def load_tls_options(cert_path: Path, key_path: Path, cert_name: str,
+                     key_name: str) -> ssl.CertificateOptions:
+    """CertificateOptions from a PEM chain and key; ConfigError naming the bad file."""
     try:
         chain_pem = cert_path.read_bytes()
     except OSError as e:

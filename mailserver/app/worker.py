@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from twisted.internet import reactor
@@ -54,6 +55,9 @@ class _ParentWatch:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # The twistd process forwards SIGHUP (reload) to its workers; until our Reloader
+    # owns it (once the services start), SIGHUP must not end us.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     parser = argparse.ArgumentParser(prog="mailserver-worker")
     parser.add_argument("--instance", type=int, required=True)
     parser.add_argument("--config")

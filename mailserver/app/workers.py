@@ -62,7 +62,7 @@ class _Worker(ProcessProtocol):
 class WorkerSupervisor(service.Service):
     """Starts, restarts and stops the worker processes of the twistd process."""
 
-    def __init__(self, config: Config, listeners: Sequence[service.IService]) -> None:
+    def __init__(self, config: Config, listeners: Sequence[service.Service]) -> None:
         self.config = config
         self.listeners = listeners
         self.workers: dict[int, _Worker] = {}
@@ -140,6 +140,11 @@ class WorkerSupervisor(service.Service):
     def _restart(self, instance: int) -> None:
         if not self.stopping and instance not in self.workers:
             self._spawn(instance)
+
+    def signal_workers(self, name: str) -> None:
+        """Pass a signal on to every worker (SIGHUP: each reloads itself, reload.py)."""
+        for worker in list(self.workers.values()):
+            _signal(worker, name)
 
     def stopService(self) -> defer.Deferred[object]:
         service.Service.stopService(self)
