@@ -58,10 +58,48 @@ def build_parser() -> argparse.ArgumentParser:
         "id", metavar="ID")
 
     top.add_parser("check-config", help="check the config, users and aliases files")
+
+    reload = top.add_parser("reload", help="make the running server re-read its config, "
+                                           "certificates, users and aliases")
+    reload.add_argument("--renew", action="store_true",
+                        help="also renew the ACME certificate now")
+    top.add_parser("status", help="what runs where, the queue, certificates, warnings")
+
+    sendmail = top.add_parser(
+        "sendmail", help="send the message on stdin (as Postfix's sendmail(1))",
+        description="Read a message on stdin and queue it for delivery, as cron and "
+                    "scripts expect from sendmail(1). The sender is the local user.")
+    add_sendmail_arguments(sendmail)
     return parser
 
 
+def add_sendmail_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-f", dest="sender", metavar="SENDER",
+                        help="envelope sender (only root and the server's user may set it)")
+    parser.add_argument("-t", dest="from_headers", action="store_true",
+                        help="recipients from the To, Cc and Bcc headers (Bcc removed)")
+    parser.add_argument("-i", "-oi", dest="ignore_dots", action="store_true",
+                        help="accepted for compatibility: a lone dot never ends the input")
+    parser.add_argument("-F", dest="full_name", metavar="NAME",
+                        help="the sender's full name, for a From header we add")
+    # What cron and other callers pass and Postfix's sendmail ignores as well.
+    for ignored in ("-oem", "-odi", "-odb"):
+        parser.add_argument(ignored, action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("-B", dest="body_type", help=argparse.SUPPRESS)
+    parser.add_argument("recipients", metavar="RCPT", nargs="*")
+
+
 def _handler(args: argparse.Namespace) -> Callable[[Admin], None]:
+    if args.command in ("reload", "status"):
+        from mailserver.admin import server_commands as s
+
+        if args.command == "status":
+            return s.status
+        return lambda admin: s.reload(admin, renew=args.renew)
+    if args.command == "sendmail":
+        from mailserver.admin import sendmail
+
+        return lambda admin: sendmail.sendmail(admin, args)
     if args.command == "queue":
         from mailserver.admin import queue_commands as q
 
@@ -91,12 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     if args.command == "check-config":
         return check_config(args.config, sys.stdout, sys.stderr)
-    label = f"{args.command} {args.action}"
+    label = " ".join(filter(None, (args.command, getattr(args, "action", None))))
     try:
         config = load_config(args.config)
     except ConfigError as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)
+        if args.command == "reload":
+            print("reload: not sent; the running server keeps its config", file=sys.stderr)
         return 1
     admin = Admin(config, sys.stdin, sys.stdout, sys.stderr)
     try:

@@ -92,9 +92,17 @@ class Reloader(service.Service):
         self.previous_handler: Any = None
         self.count = 0
 
+    def privilegedStartService(self) -> None:
+        # Before the listeners listen (this service is added first): once listeners.json
+        # names a port, a SIGHUP must already be ours, not the default that kills.
+        service.Service.privilegedStartService(self)
+        self.previous_handler = signal.signal(signal.SIGHUP, self._on_signal)
+
     def startService(self) -> None:
         service.Service.startService(self)
-        self.previous_handler = signal.signal(signal.SIGHUP, self._on_signal)
+        if self.again:  # asked before we ran
+            self.again = False
+            self.request()
 
     def stopService(self) -> None:
         service.Service.stopService(self)
@@ -110,6 +118,7 @@ class Reloader(service.Service):
     def request(self) -> Deferred[None] | None:
         """Reload now, or once more after the reload that is running."""
         if not self.running:
+            self.again = True
             return None
         if self.targets.forward is not None:
             self.targets.forward()

@@ -12,6 +12,7 @@ from twisted.internet.defer import Deferred
 from mailserver.app.limits import ConnectionCounter
 from mailserver.app.listeners import ListenerRegistry
 from mailserver.app.listenerset import ListenerSet
+from mailserver.app.pickup import PickupService
 from mailserver.app.reload import Reloader, ReloadTargets
 from mailserver.app.tls import SwappableTLS, server_tls_options
 from mailserver.app.workers import WorkerSupervisor
@@ -69,15 +70,20 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
         config=config, directory=directory, portal=make_portal(config, directory),
         target=router, disk=disk, tls=tls, instance=instance,
     )
+    holders: list[object] = [context, router]
     if instance == 0:
         QueueService(context, spool, queue).setServiceParent(top)
+        pickup = PickupService(config, router)  # `mailserver sendmail`'s messages
+        pickup.setServiceParent(top)
+        holders.append(pickup)
     counter = ConnectionCounter(config.limits.connections, config.limits.connections_per_ip)
     registry = ListenerRegistry(config.data_dir / "run") if inherited is None else None
     listeners = ListenerSet(top, lambda name: _build_listener(context, name), counter,
                             registry, inherited)
-    listeners.start_all(config)
-    targets = ReloadTargets(tls=tls, holders=lambda: [context, router, *listeners.factories],
+    targets = ReloadTargets(tls=tls, holders=lambda: [*holders, *listeners.factories],
                             apply_listeners=listeners.apply)
+    Reloader(config, targets, record=instance == 0).setServiceParent(top)
+    listeners.start_all(config)
     if inherited is None and config.process_count > 1:
         # Added last, so it starts after the listeners and is stopped first.
         supervisor = WorkerSupervisor(config, listeners.services)
@@ -89,7 +95,6 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
             supervisor.listeners = listeners.services  # what a restarted worker inherits
 
         targets.apply_listeners = apply_listeners
-    Reloader(config, targets, record=instance == 0).setServiceParent(top)
     if instance == 0 and config.acme.directory:
         from mailserver.app.acme import AcmeService
 

@@ -1,0 +1,262 @@
+"""Reload without restart (app/reload.py): SIGHUP and `mailserver reload` re-read the
+config and certificate; established sessions go on; a broken config is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import smtplib
+import socket
+import ssl
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from server_harness import RunningServer, admin, toml_dumps
+from test_workers import wait_for_log, workers_of
+
+LOOPBACK = "tcp:0:interface=127.0.0.1"
+
+
+def rewrite(server: RunningServer, **changes: Any) -> None:
+    """The server's config file with `changes` (a table replaces the old table; None
+    removes the key)."""
+    server.config = {k: v for k, v in {**server.config, **changes}.items() if v is not None}
+    server.config_path.write_text(toml_dumps(server.config))
+
+
+def reloads(server: RunningServer) -> dict[str, Any]:
+    return json.loads((server.data_dir / "run" / "reload.json").read_text())
+
+
+def wait_reload(server: RunningServer, since: float, timeout: float = 20) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            outcome = reloads(server)
+        except (OSError, ValueError):
+            outcome = {}
+        if outcome.get("time", 0) >= since:
+            return outcome
+        time.sleep(0.05)
+    raise AssertionError(f"no reload reported:\n{server.log()}")
+
+
+def ehlo_size(server: RunningServer) -> int:
+    with smtplib.SMTP(*server.address(), timeout=10) as client:
+        client.ehlo("client.test")
+        return int(client.esmtp_features["size"])
+
+
+def listeners(server: RunningServer) -> dict[str, list[Any]]:
+    return json.loads((server.data_dir / "run" / "listeners.json").read_text())
+
+
+def test_reload_changes_limits_and_listeners_sessions_stay(server_factory) -> None:
+    server = server_factory("r1", limits={"message_size": 100_000})
+    assert ehlo_size(server) == 100_000
+    # A session established before the reload, in the middle of a transaction.
+    old = smtplib.SMTP(*server.address(), timeout=10)
+    old.ehlo("old.test")
+    old.mail("alice@example.org")
+    old.rcpt("bob@example.org")
+    rewrite(server, limits={"message_size": 200_000},
+            listen={"smtp": LOOPBACK, "imap": LOOPBACK})
+    result = admin(server.config_path, "reload")
+    assert result.stdout.startswith("reloaded (pid ")
+    assert ehlo_size(server) == 200_000, "new sessions get the new limits"
+    imap_port = listeners(server)["imap"][1]
+    with socket.create_connection(("127.0.0.1", imap_port), timeout=10) as imap:
+        assert imap.recv(200).startswith(b"* OK")
+    code, _ = old.data(b"Subject: across a reload\r\n\r\nbody\r\n")
+    assert code == 250, "the established session finished its transaction"
+    old.quit()
+    assert b"Subject: across a reload" in server.messages("bob@example.org")[-1]
+
+    # The imap listener removed again: no longer listening, and listeners.json says so.
+    rewrite(server, listen={"smtp": LOOPBACK})
+    admin(server.config_path, "reload")
+    assert "imap" not in listeners(server)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", imap_port), timeout=5).close()
+
+
+def test_broken_config_is_refused_and_the_old_one_stays(server_factory) -> None:
+    server = server_factory("r2", limits={"message_size": 100_000})
+    rewrite(server, colour="blue", limits={"message_size": "big"})
+    asked = time.time()
+    assert server.proc is not None
+    os.kill(server.proc.pid, signal.SIGHUP)
+    outcome = wait_reload(server, asked)
+    assert outcome["ok"] is False
+    assert outcome["problems"] == [
+        f"{server.config_path}: colour: unknown key",
+        f'{server.config_path}: limits.message_size: expected an integer, got "big"',
+    ]
+    wait_for_log(server, "reload refused: the previous config stays in force")
+    log = server.log_path.read_text()
+    assert f"reload refused: {server.config_path}: colour: unknown key" in log
+    assert "Traceback" not in log
+    assert server.is_running()
+    assert ehlo_size(server) == 100_000, "the old config stays in force"
+    # The admin command checks the file first and does not even signal.
+    result = admin(server.config_path, "reload", check=False)
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        f"{server.config_path}: colour: unknown key",
+        f'{server.config_path}: limits.message_size: expected an integer, got "big"',
+        "reload: not sent; the running server keeps its config",
+    ]
+    # A port in use: that listener is refused in the log, the others go on.
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        port = busy.getsockname()[1]
+        rewrite(server, colour=None, limits={"message_size": 100_000},
+                listen={"smtp": LOOPBACK, "pop3": f"tcp:{port}:interface=127.0.0.1"})
+        admin(server.config_path, "reload")
+        wait_for_log(server, f"reload: listen.pop3: cannot listen on tcp:{port}:"
+                             "interface=127.0.0.1: address already in use")
+        assert ehlo_size(server) == 100_000
+    finally:
+        busy.close()
+
+
+def _load(server: RunningServer, clients: int, per_client: int,
+          failures: list[str], stop: threading.Event) -> list[threading.Thread]:
+    def work(n: int) -> None:
+        for i in range(per_client):
+            try:
+                with smtplib.SMTP(*server.address(), timeout=30) as client:
+                    client.sendmail("alice@example.org", ["bob@example.org"],
+                                    b"Subject: load %d-%d\r\n\r\nbody\r\n" % (n, i))
+            except Exception as e:  # any failed transaction fails the test
+                failures.append(f"{n}-{i}: {e!r}")
+
+    pool = [threading.Thread(target=work, args=(n,)) for n in range(clients)]
+    for t in pool:
+        t.start()
+    return pool
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_reload_during_50_connection_load(server_factory, processes: int) -> None:
+    server = server_factory(f"load{processes}", processes=processes,
+                            limits={"connections_per_ip": 200})
+    if processes > 1:
+        workers_of(server)
+        wait_for_log(server, "smtp accepting on the inherited socket")
+    failures: list[str] = []
+    stop = threading.Event()
+    pool = _load(server, 50, 6, failures, stop)
+    assert server.proc is not None
+    sizes = [100_000, 200_000]
+    for i in range(10):  # a reload every 0.2 s while the 50 clients send
+        rewrite(server, limits={"connections_per_ip": 200, "message_size": sizes[i % 2]})
+        os.kill(server.proc.pid, signal.SIGHUP)
+        time.sleep(0.2)
+    for t in pool:
+        t.join(180)
+    assert failures == []
+    subjects = {m.split(b"Subject: ", 1)[1].split(b"\n", 1)[0]
+                for m in server.messages("bob@example.org")}
+    assert len(subjects) == 300, "every transaction delivered once"
+    # After the last reload settles, every process serves its config (200_000).
+    rewrite(server, limits={"connections_per_ip": 200, "message_size": 300_000})
+    admin(server.config_path, "reload")
+    time.sleep(1.0 if processes > 1 else 0)  # the workers reload on the forwarded SIGHUP
+    assert {ehlo_size(server) for _ in range(12)} == {300_000}
+    if processes > 1:
+        assert "worker1 " in server.log_path.read_text()
+        assert server.log_path.read_text().count("reload: config") >= 2
+
+
+def test_sighup_storm(server_factory) -> None:
+    server = server_factory("storm")
+    session = smtplib.SMTP(*server.address(), timeout=10)
+    session.ehlo("storm.test")
+    assert server.proc is not None
+    for _ in range(200):
+        os.kill(server.proc.pid, signal.SIGHUP)
+    time.sleep(1.5)
+    assert server.is_running()
+    count = server.log_path.read_text().count("reload: config")
+    assert 1 <= count < 200, "signals during a reload are folded into one more"
+    session.sendmail("alice@example.org", ["bob@example.org"], b"Subject: storm\r\n\r\nx\r\n")
+    session.quit()
+    assert ehlo_size(server) > 0
+
+
+def _certificate(directory: Path, name: str) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def peer_name(sock: ssl.SSLSocket) -> str:
+    from cryptography import x509
+
+    der = sock.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+
+
+def tls_client() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def test_new_certificate_for_new_connections_only(server_factory, tmp_path: Path) -> None:
+    first = _certificate(tmp_path, "one.test")
+    second = _certificate(tmp_path, "two.test")
+    server = server_factory("certs", listen={"smtp": LOOPBACK, "imaps": LOOPBACK},
+                            tls={"certificate": str(first[0]), "private_key": str(first[1])})
+    server.wait_for = ("smtp", "imaps")
+    port = server.ports["imaps"]
+    old = tls_client().wrap_socket(socket.create_connection(("127.0.0.1", port), 10))
+    assert old.recv(200).startswith(b"* OK")
+    assert peer_name(old) == "CN=one.test"
+    rewrite(server, tls={"certificate": str(second[0]), "private_key": str(second[1])})
+    admin(server.config_path, "reload")
+    with tls_client().wrap_socket(socket.create_connection(("127.0.0.1", port), 10)) as new:
+        assert new.recv(200).startswith(b"* OK")
+        assert peer_name(new) == "CN=two.test"
+    old.sendall(b"a1 NOOP\r\n")
+    assert old.recv(200).startswith(b"a1 OK"), "the open session keeps going"
+    assert peer_name(old) == "CN=one.test"
+    old.close()
+    # A certificate that does not load: refused, the second one keeps serving.
+    second[1].write_text("garbage\n")
+    rewrite(server, tls={"certificate": str(second[0]), "private_key": str(second[1])})
+    asked = time.time()
+    result = admin(server.config_path, "reload", check=False)
+    assert result.returncode == 1
+    assert f"tls.private_key: unreadable private key in {second[1]}" in result.stderr
+    assert wait_reload(server, asked)["ok"] is False
+    with tls_client().wrap_socket(socket.create_connection(("127.0.0.1", port), 10)) as new:
+        assert peer_name(new) == "CN=two.test"
