@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from twisted.application import service
 from twisted.python import usage
@@ -37,16 +38,31 @@ def makeService(options: Options) -> service.IService:
         top = make_service(config)
     except ConfigError as e:
         raise OperatorError(e.problems) from None
-    return _GuardedStart(top, ListenError)
+    return _GuardedStart(top, ListenError, json_logs=config.log.format == "json")
 
 
 class _GuardedStart(service.MultiService):
-    """Turns a failure to listen (port in use) into one line and exit status 1."""
+    """Turns a failure to listen (port in use) into one line and exit status 1; with
+    log.format = "json", gives twistd our JSON observer in place of its text lines."""
 
-    def __init__(self, inner: service.MultiService, error_type: type[Exception]) -> None:
+    def __init__(self, inner: service.MultiService, error_type: type[Exception],
+                 json_logs: bool = False) -> None:
         super().__init__()
         self.error_type = error_type
+        self.json_logs = json_logs
         inner.setServiceParent(self)
+
+    def setServiceParent(self, parent: Any) -> None:  # noqa: N802 - Twisted's name
+        # twistd's AppLogger takes the application's ILogObserver component when there
+        # is one (and no --logger option). JSON goes to standard output: run twistd
+        # with --nodaemon (the systemd unit does), as a daemon's stdout is /dev/null.
+        if self.json_logs and hasattr(parent, "setComponent"):
+            from twisted.logger import ILogObserver
+
+            from mailserver.logs import json_observer
+
+            parent.setComponent(ILogObserver, json_observer(sys.stdout))
+        super().setServiceParent(parent)
 
     def privilegedStartService(self) -> None:
         try:

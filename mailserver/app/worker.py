@@ -24,6 +24,7 @@ from zope.interface import implementer
 
 from mailserver.config import load_config
 from mailserver.errors import ConfigError
+from mailserver.logs import json_observer
 
 
 @implementer(IReadDescriptor)
@@ -72,15 +73,22 @@ def main(argv: list[str] | None = None) -> int:
         inherited[name] = int(fd)
 
     prefix = f"worker{args.instance} "
-    globalLogBeginner.beginLoggingTo(
-        [FileLogObserver(sys.stdout, lambda e: prefix + (formatEventAsClassicLogText(e) or ""))],
-        redirectStandardIO=False,
-    )
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        for problem in e.problems:
+            print(f"mailserver worker {args.instance}: {problem}", file=sys.stderr)
+        return 1
+    if config.log.format == "json":
+        observer = json_observer(sys.stdout, process=f"worker{args.instance}")
+    else:
+        observer = FileLogObserver(
+            sys.stdout, lambda e: prefix + (formatEventAsClassicLogText(e) or ""))
+    globalLogBeginner.beginLoggingTo([observer], redirectStandardIO=False)
     from mailserver.app.service import make_service
 
     try:
-        top = make_service(load_config(args.config), inherited=inherited,
-                           instance=args.instance)
+        top = make_service(config, inherited=inherited, instance=args.instance)
     except ConfigError as e:
         for problem in e.problems:
             print(f"mailserver worker {args.instance}: {problem}", file=sys.stderr)
