@@ -74,9 +74,10 @@ def json_event(event: dict[str, Any]) -> str:
             continue
         fields[key] = value if isinstance(value, str | int | float | bool | None) \
             else repr(value)
+    stamp = event.get("log_time")
     record = {
         "time": datetime.datetime.fromtimestamp(
-            event.get("log_time") or time.time(), datetime.UTC
+            time.time() if stamp is None else stamp, datetime.UTC
         ).isoformat(timespec="milliseconds"),
         "level": getattr(level, "name", "info"),
         "service": str(service),
