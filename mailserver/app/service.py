@@ -70,7 +70,7 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
         config=config, directory=directory, portal=make_portal(config, directory),
         target=router, disk=disk, tls=tls, instance=instance,
     )
-    holders: list[object] = [context, router]
+    holders: list[object] = [context, router, directory]
     if instance == 0:
         QueueService(context, spool, queue).setServiceParent(top)
         pickup = PickupService(config, router)  # `mailserver sendmail`'s messages

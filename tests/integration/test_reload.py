@@ -76,6 +76,19 @@ def test_reload_changes_limits_and_listeners_sessions_stay(server_factory) -> No
     old.quit()
     assert b"Subject: across a reload" in server.messages("bob@example.org")[-1]
 
+    # A domain added by reload is local at once: its postmaster is accepted on port 25.
+    rewrite(server, domains={"local": ["example.org", "example.net", "new.test"]})
+    admin(server.config_path, "reload")
+    with smtplib.SMTP(*server.address(), timeout=10) as client:
+        client.ehlo("client.test")
+        client.mail("someone@sender.test")
+        assert client.rcpt("bob@new.test")[0] == 550, "unknown user of a local domain"
+    server.add_alias("@new.test", "bob@example.org")
+    with smtplib.SMTP(*server.address(), timeout=10) as client:
+        client.sendmail("someone@sender.test", ["anyone@new.test"],
+                        b"Subject: new domain\r\n\r\nx\r\n")
+    assert b"Subject: new domain" in server.messages("bob@example.org")[-1]
+
     # The imap listener removed again: no longer listening, and listeners.json says so.
     rewrite(server, listen={"smtp": LOOPBACK})
     admin(server.config_path, "reload")
