@@ -81,12 +81,14 @@ class ListenerSet:
         """A reload: new limits; listeners added, removed or moved (twistd process)."""
         self.counter.total_limit = config.limits.connections
         self.counter.per_ip_limit = config.limits.connections_per_ip
-        if self.inherited is not None:
-            return  # a worker serves what it inherited; see reload.py
         wanted = config.listen.enabled()
         for name in list(self.by_name):
             if wanted.get(name) != self.descriptions[name]:
                 self._remove(name)
+        if self.inherited is not None:
+            # A worker closes its copy of a removed or moved socket (else the port
+            # would stay open in it) but cannot open new ones: see reload.py.
+            return
         for name, description in wanted.items():
             if name not in self.by_name:
                 self._add(name, description)

@@ -273,3 +273,25 @@ def test_new_certificate_for_new_connections_only(server_factory, tmp_path: Path
     assert wait_reload(server, asked)["ok"] is False
     with tls_client().wrap_socket(socket.create_connection(("127.0.0.1", port), 10)) as new:
         assert peer_name(new) == "CN=two.test"
+
+
+def test_a_removed_listener_closes_in_the_workers_too(server_factory) -> None:
+    server = server_factory("wrm", processes=2, listen={"smtp": LOOPBACK, "pop3": LOOPBACK})
+    server.wait_for = ("smtp", "pop3")
+    workers_of(server)
+    wait_for_log(server, "pop3 accepting on the inherited socket")
+    port = server.ports["pop3"]
+    rewrite(server, listen={"smtp": LOOPBACK})
+    admin(server.config_path, "reload")
+    deadline = time.monotonic() + 10
+    while True:  # the worker handles the forwarded SIGHUP a moment later
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        except ConnectionRefusedError:
+            break
+        assert time.monotonic() < deadline, "a process still accepts on the removed port"
+        time.sleep(0.1)
+    for _ in range(20):
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    assert ehlo_size(server) > 0
