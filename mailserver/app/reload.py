@@ -130,6 +130,7 @@ class Reloader(service.Service):
         d: Deferred[LoadedConfig] = threads.deferToThread(read_config, source)
         self.in_progress = d.addCallbacks(self._apply, self._refused,
                                           callbackArgs=(started,), errbackArgs=(started,))
+        self.in_progress.addErrback(self._broken)
         self.in_progress.addBoth(self._done)
         return self.in_progress
 
@@ -162,6 +163,11 @@ class Reloader(service.Service):
         log.error("reload refused: the previous config stays in force")
         if self.record:
             _write_outcome(self.config, started, problems)
+
+    def _broken(self, failure: Any) -> None:
+        """A bug while applying (not a config problem): logged with its traceback; the
+        server goes on with whatever was applied."""
+        log.failure("reload: failed while applying the new config", failure)
 
     def _done(self, result: object) -> None:
         self.in_progress = None

@@ -187,3 +187,14 @@ def test_status_warns_of_a_certificate_expiring_soon(server_factory, tmp_path: P
     out = admin(server.config_path, "status").stdout
     assert "warning: the certificate expires in 3d " in out
     assert f"({tmp_path / 'c.pem'})" in out
+
+
+def test_reload_refusals(server_factory) -> None:
+    server = server_factory("rr")
+    result = admin(server.config_path, "reload", "--renew", check=False)
+    assert result.returncode == 1
+    assert result.stderr == "reload: --renew: no [acme] in the config\n"
+    server.stop()
+    result = admin(server.config_path, "reload", check=False)
+    assert result.returncode == 1
+    assert result.stderr == f"reload: no server is running on {server.data_dir}\n"
