@@ -64,8 +64,10 @@ def sendmail(admin: Admin, args: argparse.Namespace) -> None:
     if not recipients:
         raise Refused("no recipients (name them, or use -t to take them from the headers)")
     for r in recipients:
-        if any(c.isspace() or c in "<>" for c in r) or r.startswith("@") or r.endswith("@"):
+        if not plausible_address(r):
             raise Refused(f"not an address: {r!r}")
+    if sender and not plausible_address(sender):  # "" is the null sender (-f '')
+        raise Refused(f"-f: not an address: {sender!r}")
     message = add_missing_headers(message, sender, args.full_name, config.hostname)
     envelope = {"sender": sender, "recipients": recipients, "user": login,
                 "uid": os.getuid(), "time": time.time()}
@@ -74,6 +76,14 @@ def sendmail(admin: Admin, args: argparse.Namespace) -> None:
     if running_server(config.data_dir / "run") is None:
         print(f"sendmail: note: no server is running; the message waits in {path} "
               "until it starts", file=admin.stderr)
+
+
+def plausible_address(address: str) -> bool:
+    """local@domain without spaces, controls or angle brackets: the envelope goes into
+    a Return-Path header and SMTP commands, where a line break would forge a header."""
+    local, at, domain = address.rpartition("@")
+    return bool(at and local and domain) and not any(
+        c.isspace() or c in "<>" or ord(c) < 32 or ord(c) == 127 for c in address)
 
 
 def read_message(stream: BinaryIO, limit: int, stop_at_dot: bool) -> bytes:

@@ -222,8 +222,7 @@ class AcmeService(service.Service):
     def _reloaded(self, config: Config) -> None:
         """After a reload: new names, or `--renew`, may make a certificate due now."""
         self.config = config
-        if config.acme.directory:
-            self._check()
+        self._check()
 
     def _cancel(self) -> None:
         if self.timer is not None and self.timer.active():
@@ -235,7 +234,7 @@ class AcmeService(service.Service):
         self.timer = reactor.callLater(min(seconds, LONGEST_WAIT), self._check)  # type: ignore[attr-defined]
 
     def _check(self) -> None:
-        if not self.running or self.busy:
+        if not self.running or self.busy or not self.config.acme.directory:
             return
         self._cancel()
         self.busy = True

@@ -61,6 +61,15 @@ def _read(path: Path, limit: int) -> tuple[dict[str, Any], bytes]:
     if not isinstance(envelope, dict) or not isinstance(envelope.get("recipients"), list) \
             or not isinstance(envelope.get("sender"), str):
         raise ValueError("no envelope line")
+    # The sender becomes a Return-Path header: no line breaks or controls, whoever
+    # wrote the file (admin/sendmail.py checks as well).
+    for address in [envelope["sender"], *envelope["recipients"]]:
+        if not isinstance(address, str) or any(ord(c) < 33 or c in "<>" for c in address):
+            raise ValueError(f"not an address: {address!r}")
+    if not isinstance(envelope.get("uid"), int):
+        envelope["uid"] = "?"
+    if not isinstance(envelope.get("user"), str) or not envelope["user"].isprintable():
+        envelope["user"] = "?"
     return envelope, message
 
 

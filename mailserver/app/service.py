@@ -95,9 +95,10 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
             supervisor.listeners = listeners.services  # what a restarted worker inherits
 
         targets.apply_listeners = apply_listeners
-    if instance == 0 and config.acme.directory:
+    if instance == 0:
         from mailserver.app.acme import AcmeService
 
+        # Always there, idle without [acme]: a reload that adds [acme] starts it.
         AcmeService(config, reload=targets).setServiceParent(top)
     if instance == 0 and not config.users_file.exists():
         log.info("no users yet: add one with `mailserver{cfg} user add alice@{domain}`",

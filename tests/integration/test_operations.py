@@ -114,9 +114,34 @@ def test_sendmail_refusals(server_factory) -> None:
     assert result.stderr.decode() == ("sendmail: the message is larger than "
                                       "limits.message_size (1000 bytes)\n")
     result = sendmail(server, "<bob@example.org>", stdin=b"x\n")
-    assert result.returncode == 1 and b"not an address" in result.stderr
+    assert result.returncode == 1
+    assert result.stderr == b"sendmail: not an address: '<bob@example.org>'\n"
+    # A line break in -f would forge a header after Return-Path.
+    result = sendmail(server, "-f", "a@b.test\nX-Forged: yes", "bob@example.org",
+                      stdin=b"x\n")
+    assert result.returncode == 1
+    assert result.stderr == b"sendmail: -f: not an address: 'a@b.test\\nX-Forged: yes'\n"
     maildrop = server.data_dir / "maildrop"
     assert not maildrop.exists() or list(maildrop.iterdir()) == [], "nothing was dropped"
+
+
+def test_pickup_sets_aside_a_forged_maildrop_file(server_factory) -> None:
+    server = server_factory("smf")
+    maildrop = server.data_dir / "maildrop"
+    maildrop.mkdir(mode=0o700, exist_ok=True)
+    envelope = {"sender": "a@b.test\nX-Forged: yes", "recipients": ["bob@example.org"]}
+    (maildrop / ".f").write_bytes(json.dumps(envelope).encode() + b"\nSubject: f\n\nx\n")
+    (maildrop / ".f").rename(maildrop / "forged")
+    (maildrop / ".g").write_bytes(b"no envelope here\n")
+    (maildrop / ".g").rename(maildrop / "garbage")
+    deadline = time.monotonic() + 10
+    while len(list((maildrop / "refused").glob("*"))) < 2:
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.1)
+    assert sorted(p.name for p in (maildrop / "refused").iterdir()) == ["forged", "garbage"]
+    assert server.messages("bob@example.org") == []
+    assert "pickup: forged: unreadable (not an address: 'a@b.test\\nX-Forged: yes')" \
+        in server.log()
 
 
 def test_sendmail_while_the_server_is_stopped_waits(server_factory) -> None:
