@@ -249,3 +249,19 @@ def test_unreachable_ca_keeps_the_self_signed_certificate(server_factory, tmp_pa
         assert "warning: [acme] is configured but no ACME certificate was obtained yet" in status
     finally:
         garbage.close()
+
+
+def test_acme_added_by_reload(server_factory, pebble) -> None:
+    from test_reload import rewrite
+
+    server = server_factory("server", hostname=NAMES[0],  # the fixture serves its data_dir
+                            listen={"smtp": LOOPBACK, "imaps": LOOPBACK})
+    port = server.ports["imaps"]
+    first = served_certificate(port)
+    assert first.issuer == first.subject, "self-signed until [acme] exists"
+    rewrite(server, acme={"directory": pebble["directory"], "names": [NAMES[0]],
+                          "directory_ca": pebble["ca"]})
+    admin(server.config_path, "reload")
+    cert = wait_for_certificate(server, port, None)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert san.value.get_values_for_type(x509.DNSName) == [NAMES[0]]
