@@ -1,7 +1,9 @@
-"""The `mailserver` admin command: users, aliases, queue, check-config.
+"""The `mailserver` admin command: users, aliases, queue, check-config, reload, status,
+sendmail.
 
 In charge of: what an operator runs by hand beside the server (`mailserver user add`,
-`mailserver queue show`, `mailserver check-config`): offline work on the same files.
+`mailserver queue show`, `mailserver check-config`): offline work on the same files;
+`reload` only signals the running server, `status` and `sendmail` read and write files.
 
 May import: the base modules (address, reply, errors, logs, config, interfaces), core,
 auth, store and queue. Never a protocol package (smtp, pop3, imap) and never app/: the

@@ -2,7 +2,10 @@
 
 In charge of: wiring. app/service.py is the one place that builds the ServerContext
 (directory, portal, delivery router over the Maildir store and the queue, disk
-threads, login throttle) and hands it to each protocol's listener module.
+threads, login throttle) and hands it to each protocol's listener module. Also the
+running server's housekeeping: reload on SIGHUP (reload.py, listenerset.py), the
+certificate (tls.py: the swappable TLS context; acme.py: the ACME client), and the
+pickup of `mailserver sendmail`'s maildrop (pickup.py).
 
 May import: anything in mailserver. It is the only package that imports the protocol
 listener modules (smtp.listener, pop3.listener, imap.listener), and nothing in
