@@ -178,6 +178,9 @@ class AcmeConfig:
         "empty: the hostname.", default=())
     directory_ca: str = doc("A CA file to trust for the directory's own HTTPS (test "
                             "servers such as Pebble); empty: the system's CAs.", default="")
+    challenge: str = doc('"http-01" (answered on listen.http, port 80) or "tls-alpn-01" '
+                         "(RFC 8737: answered by every TLS listener, port 443 must reach "
+                         "one; needs processes = 1).", default="http-01")
 
     def certificate_names(self, hostname: str) -> tuple[str, ...]:
         return self.names or (hostname,)
@@ -421,6 +424,12 @@ def _check_acme(config: Config, problems: list[str]) -> None:
     if config.tls.certificate is not None:
         problems.append("acme: [tls] certificate and [acme] exclude each other; "
                         "remove one")
+    if acme.challenge not in ("http-01", "tls-alpn-01"):
+        problems.append(f'acme.challenge: expected "http-01" or "tls-alpn-01", got '
+                        f'"{acme.challenge}"')
+    elif acme.challenge == "tls-alpn-01" and config.processes != 1:
+        problems.append("acme.challenge: tls-alpn-01 needs processes = 1 (the answer "
+                        "lives in the process that asked)")
 
 
 def _endpoint_problem(desc: str) -> str | None:

@@ -14,8 +14,11 @@ certificate, or when data_dir/acme/renew-now exists (`mailserver reload --renew`
 failure is logged and retried after RETRY_FIRST seconds, doubling up to RETRY_MAX; the
 certificate in use (or the self-signed one) goes on serving meanwhile.
 
-Challenge: HTTP-01 (RFC 8555 8.3) through the ChallengeResponses table that listen.http
-answers from (mailserver/http/challenges.py; on disk too, so any process answers).
+Challenge (`acme.challenge`): HTTP-01 (RFC 8555 8.3) through the ChallengeResponses
+table that listen.http answers from (mailserver/http/challenges.py; on disk too, so any
+process answers), or TLS-ALPN-01 (RFC 8737) through the SwappableTLS every TLS listener
+shares: a validation connection (SNI = the name, ALPN "acme-tls/1") gets a certificate
+made for the challenge, every other connection the usual one.
 
 Every call of the acme library blocks (HTTPS to the CA, polling): it all runs in one
 thread per attempt (deferToThread), never on the reactor; what the thread learns comes
@@ -25,6 +28,7 @@ back as its result and is logged on the reactor.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import os
 import time
 from dataclasses import dataclass
@@ -32,8 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID, ObjectIdentifier
 from twisted.application import service
 from twisted.internet import reactor, threads
 from twisted.internet.interfaces import IDelayedCall
@@ -48,6 +53,8 @@ from mailserver.logs import logger
 log = logger(__name__)
 
 ACCOUNT_KEY = "account.pem"
+#: id-pe-acmeIdentifier (RFC 8737 6.1).
+ACME_IDENTIFIER = ObjectIdentifier("1.3.6.1.5.5.7.1.31")
 RENEW_FLAG = "renew-now"
 #: Seconds before the first retry after a failure; doubled each time up to RETRY_MAX.
 RETRY_FIRST = 60.0
@@ -105,10 +112,35 @@ def seconds_until_due(config: Config) -> float:
     return max(0.0, held.renew_at - time.time())
 
 
-def obtain_certificate(config: Config, challenges: ChallengeResponses) -> Held:
-    """One complete ACME exchange: account, order, HTTP-01, finalize, store. Blocking.
+def alpn_challenge_certificate(name: str, key_authorization: str,
+                               ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """RFC 8737 3: self-signed, the one name as SAN, and the critical acmeIdentifier
+    extension holding the SHA-256 of the key authorization as a DER OCTET STRING."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    digest = hashlib.sha256(key_authorization.encode("ascii")).digest()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name[:64])])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(hours=1))
+        .not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.UnrecognizedExtension(ACME_IDENTIFIER, b"\x04\x20" + digest),
+                       critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
 
-    Raises whatever the acme library or the network raise; the caller logs and retries.
+
+def obtain_certificate(config: Config, challenges: ChallengeResponses,
+                       alpn: dict[str, tuple[x509.Certificate, Any]] | None = None,
+                       ) -> Held:
+    """One complete ACME exchange: account, order, challenge, finalize, store. Blocking.
+
+    HTTP-01 answers go into `challenges`, TLS-ALPN-01 ones into `alpn` (the
+    SwappableTLS table). Raises whatever the acme library or the network raise; the
+    caller logs and retries.
     """
     import josepy
     from acme import challenges as acme_challenges
@@ -138,26 +170,40 @@ def obtain_certificate(config: Config, challenges: ChallengeResponses) -> Held:
                                 serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     order = acme.new_order(crypto_util.make_csr(key_pem, list(names)))
-    tokens = []
+    kind = config.acme.challenge
+    tokens: list[str] = []
+    alpn_names: list[str] = []
+    thumbprint = josepy.b64encode(jwk.thumbprint()).decode("ascii")
     try:
         for authorization in order.authorizations:
             if authorization.body.status == messages.STATUS_VALID:
                 continue  # the CA still knows we control this name
-            http01 = [c for c in authorization.body.challenges
-                      if isinstance(c.chall, acme_challenges.HTTP01)]
-            if not http01:
-                raise RuntimeError(f"the CA offers no HTTP-01 challenge for "
-                                   f"{authorization.body.identifier.value}")
-            response, validation = http01[0].response_and_validation(jwk)
-            token = http01[0].chall.encode("token")
-            challenges.set(token, validation)
-            tokens.append(token)
-            acme.answer_challenge(http01[0], response)
+            offered = [c for c in authorization.body.challenges
+                       if c.chall.to_partial_json().get("type") == kind]
+            name = authorization.body.identifier.value
+            if not offered:
+                raise RuntimeError(f"the CA offers no {kind} challenge for {name}")
+            token = str(offered[0].chall.to_partial_json().get("token", ""))
+            validation = f"{token}.{thumbprint}"  # RFC 8555 8.1
+            if kind == "tls-alpn-01":
+                if alpn is None:  # pragma: no cover - AcmeService always passes it
+                    raise RuntimeError("tls-alpn-01 without a TLS listener table")
+                alpn[name.lower()] = alpn_challenge_certificate(name, validation)
+                alpn_names.append(name.lower())
+            else:
+                challenges.set(token, validation)
+                tokens.append(token)
+            # The response body is {} for every challenge type (RFC 8555 7.5.1).
+            response = acme_challenges.HTTP01Response(key_authorization=validation)
+            acme.answer_challenge(offered[0], response)
         deadline = datetime.datetime.now() + datetime.timedelta(seconds=ORDER_TIMEOUT)
         order = acme.poll_and_finalize(order, deadline)
     finally:
         for token in tokens:
             challenges.remove(token)
+        for name in alpn_names:
+            if alpn is not None:
+                alpn.pop(name, None)
     chain = order.fullchain_pem.encode("ascii")
     _write_private(acme_dir / ACME_CHAIN, key_pem + chain)
     try:
@@ -250,7 +296,8 @@ class AcmeService(service.Service):
         names = wanted_names(self.config)
         log.info("acme: requesting a certificate for {names} from {directory}",
                  names=", ".join(names), directory=self.config.acme.directory)
-        d = threads.deferToThread(obtain_certificate, self.config, self.challenges)
+        d = threads.deferToThread(obtain_certificate, self.config, self.challenges,
+                                  self.reload.tls.alpn_challenges)
         return d.addCallback(self._obtained)
 
     def _obtained(self, held: Held) -> None:

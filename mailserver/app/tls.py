@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import os
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -46,16 +47,51 @@ class SwappableTLS:
     """
 
     def __init__(self, options: ssl.CertificateOptions) -> None:
+        #: TLS-ALPN-01 answers in flight (RFC 8737): host name -> (certificate, key),
+        #: set by the ACME client's thread, read by the ALPN callback (one dict
+        #: assignment each: safe under the GIL).
+        self.alpn_challenges: dict[str, tuple[x509.Certificate, Any]] = {}
         self.options = options
+        self._prepare(options)
 
     def swap(self, options: ssl.CertificateOptions) -> None:
+        self._prepare(options)
         self.options = options
+
+    def _prepare(self, options: ssl.CertificateOptions) -> None:
+        options.getContext().set_alpn_select_callback(self._select_alpn)
+
+    def _select_alpn(self, connection: SSL.Connection, offered: list[bytes]) -> bytes:
+        """RFC 8737 3: a client offering only "acme-tls/1" for a name with a challenge
+        in flight gets the challenge certificate; everyone else the usual one, and no
+        ALPN (we speak no protocol that negotiates it, as before this callback)."""
+        server_name = connection.get_servername()
+        name = server_name.decode("ascii", "replace").lower() if server_name else ""
+        pair = self.alpn_challenges.get(name) if ACME_TLS_ALPN in offered else None
+        if pair is None:
+            return SSL.NO_OVERLAPPING_PROTOCOLS  # type: ignore[return-value]
+        connection.set_context(_challenge_context(*pair))
+        log.info("acme: TLS-ALPN-01 validation connection for {name}", name=name)
+        return ACME_TLS_ALPN
 
     def getContext(self) -> SSL.Context:  # noqa: N802 - Twisted calls it so
         return self.options.getContext()
 
     def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:  # noqa: N802, N803
         return SSL.Connection(self.getContext(), None)
+
+
+#: The ALPN protocol of a TLS-ALPN-01 validation (RFC 8737 6.2).
+ACME_TLS_ALPN = b"acme-tls/1"
+
+
+def _challenge_context(certificate: x509.Certificate, key: Any) -> SSL.Context:
+    context = SSL.Context(SSL.TLS_METHOD)
+    context.set_min_proto_version(SSL.TLS1_2_VERSION)  # RFC 8737 4
+    context.use_certificate(certificate)
+    context.use_privatekey(key)
+    context.set_alpn_select_callback(lambda connection, offered: ACME_TLS_ALPN)
+    return context
 
 
 def certificate_paths(config: Config) -> tuple[Path, Path, str, str]:

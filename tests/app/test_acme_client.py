@@ -167,3 +167,24 @@ def test_json_event_drops_secrets_and_lifts_the_session() -> None:
                       "fields": {"session": "submission-7", "user": "a@b",
                                  "peer": "192.0.2.1"}}
     assert "hunter2" not in line and "secret text" not in line
+
+
+def test_tls_alpn_01_certificate_and_config(tmp_path: Path) -> None:
+    import hashlib
+
+    cert, _key = acme.alpn_challenge_certificate("mail.example.org", "tok.thumb")
+    parsed = cert
+    extension = parsed.extensions.get_extension_for_oid(acme.ACME_IDENTIFIER)
+    assert extension.critical
+    assert extension.value.value == b"\x04\x20" + hashlib.sha256(b"tok.thumb").digest()
+    san = parsed.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert san.value.get_values_for_type(x509.DNSName) == ["mail.example.org"]
+    for challenge, processes, problem in (
+            ("dns-01", 1, 'acme.challenge: expected "http-01" or "tls-alpn-01", got "dns-01"'),
+            ("tls-alpn-01", 2, "acme.challenge: tls-alpn-01 needs processes = 1 (the "
+                               "answer lives in the process that asked)")):
+        with pytest.raises(ConfigError) as info:
+            config_from_dict({"data_dir": str(tmp_path), "processes": processes,
+                              "acme": {"directory": "https://ca.test/dir",
+                                       "challenge": challenge}})
+        assert info.value.problems == [problem]

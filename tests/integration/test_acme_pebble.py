@@ -111,6 +111,12 @@ class ChallengeServer:
 
 @pytest.fixture
 def pebble(tmp_path: Path) -> Iterator[dict[str, object]]:
+    yield from run_pebble(tmp_path, tls_port=free_port())
+
+
+def run_pebble(tmp_path: Path, tls_port: int) -> Iterator[dict[str, object]]:
+    """Pebble on loopback; HTTP-01 fetched from our ChallengeServer, TLS-ALPN-01 from
+    127.0.0.1:tls_port."""
     assert shutil.which("pebble"), "`make tools` installs Debian's pebble"
     ca, cert, key = make_ca(tmp_path)
     data_dir = tmp_path / "server" / "data"
@@ -122,7 +128,7 @@ def pebble(tmp_path: Path) -> Iterator[dict[str, object]]:
         "listenAddress": f"127.0.0.1:{port}",
         "managementListenAddress": f"127.0.0.1:{management}",
         "certificate": str(cert), "privateKey": str(key),
-        "httpPort": challenges.port, "tlsPort": free_port(),
+        "httpPort": challenges.port, "tlsPort": tls_port,
         "ocspResponderURL": "", "externalAccountBindingRequired": False,
     }}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PEBBLE_")}
@@ -265,3 +271,34 @@ def test_acme_added_by_reload(server_factory, pebble) -> None:
     cert = wait_for_certificate(server, port, None)
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     assert san.value.get_values_for_type(x509.DNSName) == [NAMES[0]]
+
+
+def test_tls_alpn_01_answered_by_the_imaps_listener(server_factory, tmp_path: Path) -> None:
+    """RFC 8737: Pebble's tlsPort is our IMAPS port; the validation connection (SNI,
+    ALPN acme-tls/1) gets the challenge certificate, other clients the usual one."""
+    imaps = free_port()
+    runner = run_pebble(tmp_path, tls_port=imaps)
+    pebble = next(runner)
+    try:
+        server = server_factory(
+            "alpn", hostname=NAMES[0],
+            listen={"smtp": LOOPBACK, "imaps": f"tcp:{imaps}:interface=127.0.0.1"},
+            acme={"directory": pebble["directory"], "names": [NAMES[0]],
+                  "directory_ca": pebble["ca"], "challenge": "tls-alpn-01"})
+        cert = wait_for_certificate(server, imaps, None)
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        assert san.value.get_values_for_type(x509.DNSName) == [NAMES[0]]
+        assert f"acme: TLS-ALPN-01 validation connection for {NAMES[0]}" in server.log()
+        # Outside a validation an acme-tls/1 client gets no challenge certificate.
+        context = tls_client()
+        context.set_alpn_protocols(["acme-tls/1"])
+        with context.wrap_socket(socket.create_connection(("127.0.0.1", imaps), 10),
+                                 server_hostname=NAMES[0]) as probe:
+            assert probe.selected_alpn_protocol() is None
+            der = probe.getpeercert(binary_form=True)
+        assert der is not None
+        assert x509.load_der_x509_certificate(der).serial_number == cert.serial_number
+        assert pebble["challenges"].fetched == [], "no HTTP-01 fetch"  # type: ignore[union-attr]
+        assert server.data_dir.joinpath("acme", "certificate.pem").exists()
+    finally:
+        next(runner, None)
