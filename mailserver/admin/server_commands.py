@@ -105,7 +105,7 @@ def status(admin: Admin) -> None:
         admin.say("queue: empty")
     warnings += _certificate(admin)
     outcome = _read_json(run_dir / "reload.json")
-    if isinstance(outcome, dict) and "time" in outcome:
+    if isinstance(outcome, dict) and "time" in outcome and outcome.get("pid") == pid:
         verdict = "in force" if outcome.get("ok") else "refused: " + "; ".join(
             str(p) for p in outcome.get("problems") or [])
         admin.say(f"last reload: {_utc(float(outcome['time']))}, {verdict}")

@@ -185,6 +185,9 @@ def test_status(server_factory) -> None:
     server.stop()
     out = admin(server.config_path, "status").stdout.splitlines()
     assert out[0] == f"server: not running on {server.data_dir}"
+    server.start()  # a reload of the previous run is not this run's
+    out = admin(server.config_path, "status").stdout.splitlines()
+    assert "last reload: none since the server started" in out
 
 
 def test_status_warns_of_a_certificate_expiring_soon(server_factory, tmp_path: Path) -> None:
