@@ -75,11 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_sendmail_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", dest="sender", metavar="SENDER",
-                        help="envelope sender (only root and the server's user may set it)")
+                        help="envelope sender (default: your login@hostname; '' is <>)")
     parser.add_argument("-t", dest="from_headers", action="store_true",
                         help="recipients from the To, Cc and Bcc headers (Bcc removed)")
     parser.add_argument("-i", "-oi", dest="ignore_dots", action="store_true",
-                        help="accepted for compatibility: a lone dot never ends the input")
+                        help="a line holding a single dot is data, not the end of the message")
     parser.add_argument("-F", dest="full_name", metavar="NAME",
                         help="the sender's full name, for a From header we add")
     # What cron and other callers pass and Postfix's sendmail ignores as well.
