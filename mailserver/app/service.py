@@ -84,6 +84,11 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
                             apply_listeners=listeners.apply)
     Reloader(config, targets, record=instance == 0).setServiceParent(top)
     listeners.start_all(config)
+    if instance == 0:
+        from mailserver.app.acme import AcmeService
+
+        # Always there, idle without [acme]: a reload that adds [acme] starts it.
+        AcmeService(config, reload=targets).setServiceParent(top)
     if inherited is None and config.process_count > 1:
         # Added last, so it starts after the listeners and is stopped first.
         supervisor = WorkerSupervisor(config, listeners.services)
@@ -95,11 +100,6 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
             supervisor.listeners = listeners.services  # what a restarted worker inherits
 
         targets.apply_listeners = apply_listeners
-    if instance == 0:
-        from mailserver.app.acme import AcmeService
-
-        # Always there, idle without [acme]: a reload that adds [acme] starts it.
-        AcmeService(config, reload=targets).setServiceParent(top)
     if instance == 0 and not config.users_file.exists():
         log.info("no users yet: add one with `mailserver{cfg} user add alice@{domain}`",
                  cfg=f" --config {config.source}" if config.source else "",
