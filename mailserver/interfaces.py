@@ -73,6 +73,11 @@ class IRecipientDirectory(Interface):
     def user_exists(address: str) -> bool:
         """True for a user in the users file (not an alias)."""
 
+    def unavailable() -> str | None:
+        """Why the directory cannot answer for certain now (a users or aliases file that
+        exists but cannot be read, and no earlier reading of it), else None. An empty
+        Resolution then means "unknown for now", never "no such user"."""
+
     def may_send_as(user: str, address: str) -> bool:
         """May the authenticated `user` use `address` as a sender (RFC 6409 6.1)? Its
         own address, any +extension of it, or an alias whose expansion reaches it."""

@@ -157,6 +157,43 @@ def test_a_permission_error_in_delivery_names_the_path_in_the_log(root: Path) ->
         f"{data}/mail/example.org/alice/cur: Permission denied")
 
 
+def test_an_unreadable_users_file_defers_instead_of_bouncing(root: Path) -> None:
+    """A users file root left 0600 used to make every recipient a permanent 550 5.1.1
+    (user unknown): senders bounced mail for real users. Now a temporary 451, with the
+    path in the log, until the operator fixes the owner."""
+    config = write_config(root, listen={"smtp": "tcp:0:interface=127.0.0.1"})
+    data = root / "data"
+    root_owned_leftovers(data)  # users: root's, 0600
+    log_path = root / "server.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            as_service(str(BIN / "twistd"), "-n", "--pidfile=", "mailserver", "--config",
+                       str(config)),
+            stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env())
+    try:
+        listeners = data / "run" / "listeners.json"
+        deadline = time.monotonic() + 30
+        while not listeners.exists():
+            assert server.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        port = json.loads(listeners.read_text())["smtp"][1]
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.ehlo("client.example")
+            client.mail("bob@example.net")
+            assert client.rcpt("alice@example.org") == (
+                451, b"4.3.0 Error: recipient lookup failed; try later")
+            # Fixed while the server runs: the next RCPT is accepted.
+            os.chown(data / "users", SERVICE, SERVICE)
+            assert client.rcpt("alice@example.org")[0] == 250
+            assert client.rcpt("nobody@example.org") == (550, b"5.1.1 Error: user unknown")
+    finally:
+        server.terminate()
+        server.wait(15)
+    assert f"alice@example.org: cannot read {data}/users: Permission denied" \
+        in log_path.read_text()
+
+
 def test_check_config_beside_the_running_server_does_not_report_its_ports(
         tmp_path: Path) -> None:
     from server_harness import admin, make_server
