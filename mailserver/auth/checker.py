@@ -31,7 +31,7 @@ from mailserver.auth.directory import RecipientDirectory
 from mailserver.auth.realm import MailRealm
 from mailserver.auth.schemes import dummy_verify, verify_password
 from mailserver.config import Config
-from mailserver.logs import logger
+from mailserver.logs import logger, printable
 
 log = logger(__name__)
 
@@ -85,7 +85,9 @@ class PasswordChecker:
             if ok and key:
                 log.info("login accepted for {user}", user=key)
                 return key
-            log.info("login refused for {user}", user=key or "(undecodable name)")
+            # The client chose the name: no CR, LF or ESC reaches the log (logs.printable).
+            log.info("login refused for {user}",
+                     user=printable(key) if key else "(undecodable name)")
             return task.deferLater(reactor, self.failure_delay, _refuse)
 
         return d.addCallback(decide)

@@ -4,6 +4,7 @@ outside the user's Maildir, memory stays bounded, and the server keeps serving."
 from __future__ import annotations
 
 import imaplib
+import re
 import smtplib
 import ssl
 import threading
@@ -13,6 +14,8 @@ from pathlib import Path
 
 from imap_helpers import PASSWORD, Line, connect, no_verify, start_imap_server
 from server_harness import RunningServer
+from session_harness import Session
+from twisted.logger import formatEvent, globalLogPublisher
 
 LOGIN = b"LOGIN alice@example.org \"" + PASSWORD.encode() + b"\""
 
@@ -275,3 +278,23 @@ def test_nested_multipart_bomb_from_port_25(tmp_path: Path) -> None:
         assert grown < 8 * len(message) // 1024, f"{grown} KiB for a {len(message)} B message"
     finally:
         server.stop()
+
+
+def test_client_id_reaches_the_log_cut_and_printable(tmp_path: Path) -> None:
+    """RFC 2971 ID values are the client's own text: CR, LF and ESC in a literal (which
+    may hold anything but NUL) never reach the log raw, nor a value of any length."""
+    events: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        session = Session(tmp_path)
+        session.take()
+        value = b"Evil\r\n\x1b[2J\x1b]0;owned\x07" + b"v" * 5000
+        reply = session.command(b'a ID ("name" {%d+}\r\n' % len(value) + value
+                                + b' "version" "1\x7f")')
+        assert reply[-1] == b"a OK Id completed"
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    [line] = [formatEvent(e) for e in events if "client id" in str(e.get("log_format"))]
+    assert "client id name=Evil???[2J?]0;owned?vvvv" in line
+    assert len(line.encode()) < 1000 and line.endswith("...")
+    assert re.search("[\x00-\x1f\x7f-\x9f]", line) is None
