@@ -13,7 +13,7 @@ def make_listener(context: ServerContext, name: str) -> ListenerFactory | None:
     if name not in ("imap", "imaps"):
         return None
     secure = name == "imaps"
-    factory = IMAPServerFactory(context.config, context.portal, context.disk,
+    factory = IMAPServerFactory(context.config, context.portal, context.disk.reads,
                                 tls_options=context.tls, implicit_tls=secure, name=name,
                                 instance=context.instance)
     wrapped: Any = implicit_tls(context, factory) if secure else factory

@@ -12,7 +12,7 @@ def make_listener(context: ServerContext, name: str) -> ListenerFactory | None:
     if name not in ("pop3", "pop3s"):
         return None
     secure = name == "pop3s"
-    pop3 = POP3Factory(context.config, context.portal, context.disk,
+    pop3 = POP3Factory(context.config, context.portal, context.disk.reads,
                        tls_options=context.tls, implicit_tls=secure, name=name,
                        instance=context.instance)
     factory: Any = implicit_tls(context, pop3) if secure else pop3
