@@ -38,7 +38,7 @@ from mailserver.auth.directory import RecipientDirectory
 from mailserver.auth.realm import MailRealm
 from mailserver.auth.schemes import dummy_verify, password_too_long, verify_password
 from mailserver.config import Config
-from mailserver.logs import logger
+from mailserver.logs import logger, printable
 
 log = logger(__name__)
 
@@ -86,8 +86,9 @@ class PasswordChecker:
         key = self.directory.login_key(username) if username else None
 
         def refuse(why: str) -> Deferred[str]:
-            log.info("login refused for {user}{why}", user=key or "(undecodable name)",
-                     why=why)
+            # The client chose the name: no CR, LF or ESC reaches the log (logs.printable).
+            log.info("login refused for {user}{why}",
+                     user=printable(key) if key else "(undecodable name)", why=why)
             # Answered at the same moment after the attempt began whatever the scheme,
             # and whether or not anything was hashed (see the module docstring).
             wait = max(0.0, started + self.failure_delay - reactor.seconds())

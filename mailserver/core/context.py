@@ -72,7 +72,9 @@ def mailbox_listener(context: ServerContext, name: str, ports: tuple[str, str],
     if name not in ports:
         return None
     secure = name == ports[1]
-    factory = factory_class(context.config, context.portal, context.disk,
+    # Mailbox reads get the disk's read pool: a heavy SEARCH never queues ahead of a
+    # delivery's fsync (decision 0011).
+    factory = factory_class(context.config, context.portal, context.disk.reads,
                             tls_options=context.tls, implicit_tls=secure, name=name,
                             instance=context.instance)
     wrapped: Any = implicit_tls(context, factory) if secure else factory

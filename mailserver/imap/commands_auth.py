@@ -14,7 +14,7 @@ from mailserver.auth.sasl import SASLError, decode_base64, plain_credentials
 from mailserver.imap import grammar
 from mailserver.imap.commands import ANSWERED, State, bad, no
 from mailserver.imap.encode import quoted_or_literal
-from mailserver.logs import logger
+from mailserver.logs import logger, printable
 
 if TYPE_CHECKING:
     from mailserver.imap.server import IMAPSession
@@ -53,8 +53,9 @@ async def logout(session: IMAPSession, command: grammar.Simple) -> str | None:
 async def id_command(session: IMAPSession, command: grammar.Id) -> str | None:
     """RFC 2971: we say who we are; what the client says is only logged."""
     if command.params:
+        # The client's own text: cut and without control characters (logs.printable).
         log.info("{session} client id {params}", session=session.session_id,
-                 params=", ".join(f"{k}={v}" for k, v in command.params[:6]))
+                 params=printable(", ".join(f"{k}={v}" for k, v in command.params[:6])))
     fields = (b"name", SERVER_NAME.encode(), b"version", _version().encode())
     session.send(b"* ID (" + b" ".join(quoted_or_literal(f) for f in fields) + b")\r\n")
     return None

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 
 from mailserver.imap import bodystructure as _bodystructure
 from mailserver.imap import envelope as _envelope
-from mailserver.imap.mime import TEXT_PLAIN, Header, Part, entity, expand, split_header, unfold
+from mailserver.imap.mime import TEXT_PLAIN, Header, Part, body_start, entity, expand, unfold
 
 __all__ = ["ParsedMessage", "header_fields", "partial", "decode_header_value"]
 
@@ -202,7 +202,8 @@ class ParsedMessage:
     # -- slices
 
     def _split(self) -> None:
-        self._header_raw, self._body = split_header(self.raw)
+        # The header alone: the body is sliced out only when asked for (BODY[TEXT]).
+        self._header_raw = self.raw[:body_start(self.raw, 0, len(self.raw))]
 
     @property
     def header_block(self) -> bytes:
@@ -216,8 +217,7 @@ class ParsedMessage:
     def body(self) -> bytes:
         """Everything after the header block (BODY[TEXT])."""
         if self._body is None:
-            self._split()
-        assert self._body is not None
+            self._body = self.raw[len(self.header_block):]
         return self._body
 
     @property
@@ -230,7 +230,10 @@ class ParsedMessage:
     def tree(self) -> Part:
         """The MIME part tree (built on first use)."""
         if self._tree is None:
-            self._tree = expand(entity(self.header, self.body, TEXT_PLAIN, 0))
+            # Offsets into self.raw: the tree never copies the body (mime.Part).
+            raw = self.raw
+            self._tree = expand(entity(self.header, raw, len(self.header_block), len(raw),
+                                       TEXT_PLAIN, 0))
         return self._tree
 
     # -- FETCH items
