@@ -33,7 +33,7 @@ from mailserver.store.flags import Keywords
 from mailserver.store.folders import Folders, normalize
 from mailserver.store.folderstate import FolderState, split_name
 from mailserver.store.maildir import ensure_maildir, fsync_dir
-from mailserver.store.registry import acquire_state, release_state
+from mailserver.store.registry import acquire_state, forget_folders, release_state
 from mailserver.store.transfer import link_into, move_into, write_new
 from mailserver.store.uidlist import locked
 from mailserver.store.view import MailboxView
@@ -76,14 +76,17 @@ class UserStore:
         self.tree.create(normalize(name, create=True))
 
     def delete(self, name: str) -> None:
-        self.tree.delete(normalize(name))
+        name = normalize(name)
+        self.tree.delete(name)
+        forget_folders([self.tree.path(name)])
 
     def rename(self, old: str, new: str) -> None:
         old, new = normalize(old), normalize(new)
         if old == "INBOX":
             self._rename_inbox(new)
         else:
-            self.tree.rename(old, new)
+            moved = self.tree.rename(old, new)
+            forget_folders(path for pair in moved for path in pair)
 
     def _rename_inbox(self, new: str) -> None:
         """RFC 3501 6.3.5: INBOX's messages move to `new`; INBOX stays, empty."""
