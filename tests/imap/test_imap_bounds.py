@@ -4,11 +4,12 @@ with too many keys; and a folder deleted and made again showing its own sizes.""
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Callable, Iterator
 
 import pytest
-from imap_helpers import Line, RunningServer, start_imap_server
+from imap_helpers import PASSWORD, Line, RunningServer, start_imap_server
 
 USER = "alice@example.org"
 MESSAGE_SIZE = 4096
@@ -25,12 +26,13 @@ def bounded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]
 
 
 @pytest.fixture
-def lines(bounded: RunningServer) -> Iterator[Callable[[], Line]]:
+def lines(bounded: RunningServer) -> Iterator[Callable[..., Line]]:
     opened: list[Line] = []
 
-    def make() -> Line:
+    def make(user: str = USER) -> Line:
         client = Line(bounded)
-        client.command(b"l", b'LOGIN %s "correct horse battery staple"' % USER.encode())
+        assert client.command(b"l", b'LOGIN %s "%s"' % (
+            user.encode(), PASSWORD.encode()))[-1].startswith(b"l OK")
         opened.append(client)
         return client
 
@@ -46,7 +48,7 @@ LONG = ["a" * 240, "ab" * 100 + "x", ".".join(["abc"] * 20), "long." + "b" * 200
 
 @pytest.mark.timeout(120)  # a guard only: the regex took hours here (exponential)
 def test_list_with_hundreds_of_wildcards_is_answered_and_others_are_served(
-        bounded: RunningServer, lines: Callable[[], Line]) -> None:
+        bounded: RunningServer, lines: Callable[..., Line]) -> None:
     """`LIST "" "<60 stars>x"` held the reactor 16.9 s (a new SMTP connection waited
     23.6 s for its banner). Each pattern here has hundreds of wildcards, against names
     of up to 240 characters; while the first is on its way, another IMAP session and
@@ -83,7 +85,7 @@ def test_list_with_hundreds_of_wildcards_is_answered_and_others_are_served(
         client.command(b"d", b"DELETE " + name.encode())
 
 
-def test_list_pattern_length_is_capped(lines: Callable[[], Line]) -> None:
+def test_list_pattern_length_is_capped(lines: Callable[..., Line]) -> None:
     client = lines()
     assert client.command(b"a", b'LIST "" ' + b"*" * 1024)[-1] == b"a OK List completed"
     assert client.command(b"b", b'LIST "" ' + b"*" * 1025) == [
@@ -91,3 +93,27 @@ def test_list_pattern_length_is_capped(lines: Callable[[], Line]) -> None:
     assert client.command(b"c", b'LSUB "' + b"x" * 1000 + b'" ' + b"%" * 100) == [
         b"c NO [LIMIT] Mailbox pattern too long (1024 octets at most)"]
     assert client.command(b"d", b"NOOP") == [b"d OK Noop completed"]
+
+
+# -- folders per user --------------------------------------------------------------------
+
+
+def test_folder_limit(bounded: RunningServer, lines: Callable[..., Line]) -> None:
+    """limits.folders_per_user (40 here): CREATE and RENAME past it are NO [LIMIT]
+    (RFC 5530) and make nothing; DELETE makes room again."""
+    client = lines("bob@example.org")
+    for n in range(FOLDERS - 4):  # besides INBOX, a new user has 4 special-use folders
+        assert client.command(b"c", b"CREATE f%d" % n) == [b"c OK Create completed"]
+    before = sorted(os.listdir(bounded.maildir("bob@example.org")))
+    refused = [b"c NO [LIMIT] Too many folders (40 at most)"]
+    assert client.command(b"c", b"CREATE one.more") == refused
+    assert client.command(b"c", b"CREATE f0.child") == refused
+    assert client.command(b"r", b"RENAME f0 new.parent") == [refused[0].replace(b"c", b"r", 1)]
+    assert client.command(b"r", b"RENAME INBOX saved") == [refused[0].replace(b"c", b"r", 1)]
+    assert sorted(os.listdir(bounded.maildir("bob@example.org"))) == before
+    assert client.command(b"c", b"CREATE f0") == [b"c NO [ALREADYEXISTS] Mailbox already exists"]
+    assert client.command(b"r", b"RENAME f0 f1.child") == [b"r OK Rename completed"]
+    assert client.command(b"d", b"DELETE f1.child") == [b"d OK Delete completed"]
+    assert client.command(b"c", b"CREATE last") == [b"c OK Create completed"]
+    listed = client.command(b"l", b'LIST "" *')
+    assert len(listed) == 1 + FOLDERS + 1 and listed[-1] == b"l OK List completed"
