@@ -7,9 +7,10 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
-from imap_helpers import PASSWORD, Line, RunningServer, start_imap_server
+from imap_helpers import PASSWORD, Line, RunningServer, connect, start_imap_server
 
 USER = "alice@example.org"
 MESSAGE_SIZE = 4096
@@ -117,3 +118,72 @@ def test_folder_limit(bounded: RunningServer, lines: Callable[..., Line]) -> Non
     assert client.command(b"c", b"CREATE last") == [b"c OK Create completed"]
     listed = client.command(b"l", b'LIST "" *')
     assert len(listed) == 1 + FOLDERS + 1 and listed[-1] == b"l OK List completed"
+
+
+# -- a folder made again -----------------------------------------------------------------
+
+
+def test_folder_deleted_and_made_again_shows_its_own_sizes(bounded: RunningServer,
+                                                           tmp_path: Path) -> None:
+    """CREATE, APPEND, DELETE the same name three times with messages of different
+    sizes: RFC822.SIZE, INTERNALDATE and SEARCH LARGER/SMALLER are those of the round's
+    message (they stayed at the first round's in 3 runs of 4). What made it depend on
+    timing: whether the new new/ and cur/ got the old inode numbers back (ext4 often
+    does after rmtree + mkdir) and times the server had seen. Here they always do: the
+    first round's directories (emptied) are put back in place of the new ones, with
+    their times set back (os.utime)."""
+    user = "carol@example.net"
+    client = connect(bounded, user)
+    folder = bounded.maildir(user, "Again")
+    saved = tmp_path / "saved"
+    first: dict[str, int] = {}
+    validities = []
+    try:
+        for n, (body, date) in enumerate(((1500, "11-Feb-2020 10:00:00 +0000"),
+                                          (90, "12-Mar-2021 11:00:00 +0000"),
+                                          (700, "13-Apr-2022 12:00:00 +0000"))):
+            assert client.create("Again")[0] == "OK"
+            if first:
+                _put_back_directories(folder, saved)
+            data = b"Subject: round %d\r\n\r\n" % n + b"x" * body + b"\r\n"
+            assert client.append("Again", "", f'"{date}"', data)[0] == "OK"
+            for sub, mtime in first.items():
+                os.utime(folder / sub, ns=(mtime, mtime))
+            typ, answer = client.select("Again")
+            assert typ == "OK" and answer == [b"1"]
+            validities.append(client.response("UIDVALIDITY")[1][0])
+            typ, fetched = client.fetch("1", "(RFC822.SIZE INTERNALDATE BODY.PEEK[])")
+            assert typ == "OK"
+            head, content = fetched[0]
+            assert content == data
+            assert b"RFC822.SIZE %d " % len(data) in head
+            assert b'INTERNALDATE "%s"' % date.encode() in head
+            assert client.search(None, f"LARGER {len(data) - 1}") == ("OK", [b"1"])
+            assert client.search(None, f"SMALLER {len(data) + 1}") == ("OK", [b"1"])
+            assert client.search(None, f"LARGER {len(data)}") == ("OK", [b""])
+            assert client.search(None, f"SMALLER {len(data)}") == ("OK", [b""])
+            assert client.close()[0] == "OK"
+            if not first:
+                first = {sub: os.stat(folder / sub).st_mtime_ns for sub in ("new", "cur")}
+            _set_aside_directories(folder, saved)
+            assert client.delete("Again")[0] == "OK"
+    finally:
+        client.logout()
+    assert len(set(validities)) == 3
+
+
+def _set_aside_directories(folder: Path, saved: Path) -> None:
+    """Keep new/ and cur/ (emptied: same inodes) out of the folder; empty ones stand in."""
+    saved.mkdir(exist_ok=True)
+    for sub in ("new", "cur"):
+        for name in os.listdir(folder / sub):
+            os.unlink(folder / sub / name)
+        os.rename(folder / sub, saved / sub)
+        os.mkdir(folder / sub)
+
+
+def _put_back_directories(folder: Path, saved: Path) -> None:
+    """The folder made again gets the first round's directories (their inodes) back."""
+    for sub in ("new", "cur"):
+        os.rmdir(folder / sub)
+        os.rename(saved / sub, folder / sub)
