@@ -187,3 +187,48 @@ def _put_back_directories(folder: Path, saved: Path) -> None:
     for sub in ("new", "cur"):
         os.rmdir(folder / sub)
         os.rename(saved / sub, folder / sub)
+
+
+# -- APPENDLIMIT -------------------------------------------------------------------------
+
+
+def octets(size: int) -> bytes:
+    """A message of exactly `size` octets as transmitted, CRLF line ends included (RFC
+    7889 counts those; stored with LF ends, the file is smaller)."""
+    head = b"Subject: limit\r\n\r\n"
+    body = (b"y" * 70 + b"\r\n") * ((size - len(head)) // 72)
+    tail = size - len(head) - len(body)
+    data = head + body + (b"y" * (tail - 2) + b"\r\n" if tail >= 2 else b"y" * tail)
+    assert len(data) == size
+    return data
+
+
+def test_appendlimit_counts_octets_as_transmitted(bounded: RunningServer,
+                                                  lines: Callable[..., Line]) -> None:
+    """APPENDLIMIT=4096 (limits.message_size): a literal of exactly 4096 octets is
+    stored, and reported with RFC822.SIZE 4096; 4097 is NO [TOOBIG] without a "+"
+    (RFC 7889 4), or, sent as a non-synchronizing literal, BAD [TOOBIG] and BYE (RFC
+    7888 4: the octets are on their way and are not read)."""
+    client = lines("carol@example.net")
+    assert b"APPENDLIMIT=%d" % MESSAGE_SIZE in client.command(b"c", b"CAPABILITY")[0]
+    assert client.command(b"x", b"CREATE Limit")[-1] == b"x OK Create completed"
+    exact = octets(MESSAGE_SIZE)
+    assert exact.count(b"\r\n") > 50
+    client.send(b"a APPEND Limit {%d}\r\n" % MESSAGE_SIZE)
+    assert client.line() == b"+ Ready for literal data"
+    client.send(exact + b"\r\n")
+    assert client.line().startswith(b"a OK [APPENDUID ")
+    client.send(b"b APPEND Limit {%d+}\r\n" % MESSAGE_SIZE + exact + b"\r\n")
+    assert client.line().startswith(b"b OK [APPENDUID ")
+    assert client.command(b"c", b"APPEND Limit {%d}" % (MESSAGE_SIZE + 1)) == [
+        b"c NO [TOOBIG] Message too large"]
+    assert client.command(b"s", b"SELECT Limit")[-1].startswith(b"s OK")
+    assert client.command(b"f", b"FETCH 1:* RFC822.SIZE") == [
+        b"* 1 FETCH (RFC822.SIZE 4096)", b"* 2 FETCH (RFC822.SIZE 4096)",
+        b"f OK Fetch completed"]
+    stored = bounded.messages("carol@example.net", "Limit")
+    assert stored == [exact.replace(b"\r\n", b"\n")] * 2
+    client.send(b"d APPEND Limit {%d+}\r\n" % (MESSAGE_SIZE + 1) + octets(MESSAGE_SIZE + 1))
+    assert client.line() == b"d BAD [TOOBIG] Literal too large"
+    assert client.line() == b"* BYE Literal too large"
+    assert client.closed()

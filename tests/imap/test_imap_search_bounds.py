@@ -81,3 +81,21 @@ def test_each_body_is_decoded_once_per_search(tmp_path: Path,
         [b"OR BODY lake TEXT nothing", b"NOT BODY xyzzy"] * 5)) == [
         b"* SEARCH 2 3", b"r OK Search completed"]
     assert len(calls) == 4
+
+
+def test_appendlimit_of_a_big_literal_at_and_past_the_limit(tmp_path: Path) -> None:
+    """The session harness's APPENDLIMIT is 100000, past the size (64 KiB) from which
+    the message literal is gathered apart from the command: exactly 100000 octets (CRLF
+    included) are stored, 100001 are refused before the "+" (RFC 7889)."""
+    s = Session(tmp_path)
+    s.login()
+    line = b"z" * 98 + b"\r\n"
+    data = b"Subject: big\r\n\r\n" + line * 999 + b"z" * (100000 - 16 - 100 * 999 - 2) + b"\r\n"
+    assert len(data) == 100000
+    assert b"APPENDLIMIT=100000" in s.command(b"c CAPABILITY")[0]
+    assert s.command(b"a APPEND INBOX {100001}") == [b"a NO [TOOBIG] Message too large"]
+    s.send(b"b APPEND INBOX {100000+}\r\n" + data)
+    assert s.lines()[-1].startswith(b"b OK [APPENDUID ")
+    s.command(b"s SELECT INBOX")
+    assert s.command(b"f FETCH 1 RFC822.SIZE") == [b"* 1 FETCH (RFC822.SIZE 100000)",
+                                                  b"f OK Fetch completed"]
