@@ -215,6 +215,7 @@ class UserStore:
         source = view.state
         wanted = set(uids)
         with source.lock:
+            view.check_uid_space()
             items = [(e.uid, e) for uid in sorted(wanted)
                      if (e := source.entries.get(uid)) is not None
                      and view.seq_of(uid) is not None and not view.is_vanished(uid)]

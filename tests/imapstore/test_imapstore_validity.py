@@ -10,8 +10,10 @@ import os
 import sqlite3
 from pathlib import Path
 
+import pytest
 from imapstore_helpers import deliver
 
+from mailserver.interfaces import StoreError
 from mailserver.store.index import INDEX_FILE
 from mailserver.store.registry import acquire_state, release_state
 from mailserver.store.uidlist import UIDLIST_FILE
@@ -59,9 +61,20 @@ def test_a_session_holding_the_old_folder_does_not_keep_its_sizes(store: UserSto
     result = store.append("Held", second)
     assert result.uid_validity > holder.uid_validity
     assert sizes(store, "Held") == [len(second)]
+    # Until its next sync, the holder must not be served the new UID 1 as its own.
+    for attempt in (lambda: holder.read(1), lambda: holder.header(1),
+                    lambda: holder.store([1], "+", ["\\Flagged"]),
+                    lambda: holder.copy([1], "INBOX")):
+        with pytest.raises(StoreError) as e:
+            attempt()
+        assert e.value.code == "NONEXISTENT"
     holder.sync()
     assert holder.validity_changed  # the session ends with * BYE (server.sync)
     holder.close()
+    view = store.select("Held")
+    assert view.messages[0].flags == frozenset() and view.read(1) == second
+    view.close()
+    assert sizes(store, "INBOX") == []
 
 
 def test_replaced_uid_list_with_the_same_directory_times(root: Path, store: UserStore) -> None:
