@@ -47,6 +47,11 @@ _SCHEMA = (
 )
 
 
+def _stored_validity(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT max(value) FROM validity").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
 class FolderIndex:
     """The cache of one folder; thread-safe (its own lock), opened on first use."""
 
@@ -113,19 +118,20 @@ class FolderIndex:
         before databases recorded it) is emptied first. False if the database belongs
         to a newer UIDVALIDITY than ours: we are the stale one (UIDVALIDITY only grows,
         uidlist.allocate_validity), and must neither read nor write."""
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            row = db.execute("SELECT max(value) FROM validity").fetchone()
-            stored = int(row[0]) if row and row[0] is not None else 0
-            if stored < self.validity:
-                db.execute("DELETE FROM meta")
-                db.execute("DELETE FROM headers")
-                db.execute("DELETE FROM validity")
-                db.execute("INSERT INTO validity VALUES (?)", (self.validity,))
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+        stored = _stored_validity(db)
+        if stored != self.validity:
+            db.execute("BEGIN IMMEDIATE")  # the write lock only when there is work
+            try:
+                stored = _stored_validity(db)
+                if stored < self.validity:
+                    db.execute("DELETE FROM meta")
+                    db.execute("DELETE FROM headers")
+                    db.execute("DELETE FROM validity")
+                    db.execute("INSERT INTO validity VALUES (?)", (self.validity,))
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
         return stored <= self.validity
 
     def _drop(self, error: Exception) -> None:

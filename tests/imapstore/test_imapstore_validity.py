@@ -14,7 +14,7 @@ import pytest
 from imapstore_helpers import deliver
 
 from mailserver.interfaces import StoreError
-from mailserver.store.index import INDEX_FILE
+from mailserver.store.index import INDEX_FILE, FolderIndex
 from mailserver.store.registry import acquire_state, release_state
 from mailserver.store.uidlist import UIDLIST_FILE
 from mailserver.store.userstore import UserStore
@@ -164,3 +164,35 @@ def test_index_of_an_older_uidvalidity_is_emptied(root: Path, store: UserStore) 
         assert db.execute("SELECT value FROM validity").fetchall() == [(view.uid_validity,)]
         assert db.execute("SELECT count(*) FROM headers WHERE header LIKE 'Subject: old%'"
                           ).fetchone() == (0,)
+
+
+def test_index_bound_to_an_older_uidvalidity_reads_and_writes_nothing(root: Path) -> None:
+    """A FolderIndex of the old folder (another process's state, not refreshed yet)
+    must neither read the new folder's rows nor write its old ones among them; an
+    unbound one (UIDVALIDITY not read yet) caches nothing."""
+    folder = root
+    current = FolderIndex(folder)
+    current.bind(200)
+    current.put_header("base1", b"Subject: current\r\n\r\n")
+    current.put_meta("base1", 123, 1.0)
+    current.close()
+    stale = FolderIndex(folder)
+    stale.bind(100)
+    assert stale.headers(["base1"]) == {} and stale.meta("base1") is None
+    stale.put_header("base1", b"Subject: stale\r\n\r\n")
+    stale.put_meta("base2", 9, 2.0)
+    stale.close()
+    unbound = FolderIndex(folder)
+    assert unbound.headers(["base1"]) == {}
+    unbound.put_meta("base3", 1, 3.0)
+    unbound.close()
+    again = FolderIndex(folder)
+    again.bind(200)
+    assert again.headers(["base1"]) == {"base1": b"Subject: current\r\n\r\n"}
+    assert again.meta("base1") == (123, 1.0)
+    assert again.meta("base2") is None and again.meta("base3") is None
+    again.close()
+    newer = FolderIndex(folder)
+    newer.bind(300)
+    assert newer.headers(["base1"]) == {} and newer.meta("base1") is None
+    newer.close()
