@@ -84,8 +84,9 @@ class UserStore:
         exist yet) would take the user past `folder_limit`. Every folder costs a
         directory, a UID list and an index, and LIST answers with all of them.
 
-        Not atomic with the mkdir: two sessions creating at once may pass the limit by
-        one each, which bounds the count just as well."""
+        Not atomic with the mkdir: sessions of the user creating at the same moment
+        may each pass the check, so the count can exceed the limit by what they make
+        at once (a few), never grow without bound."""
         existing = set(self.tree.names())
         fresh = {n for n in names if n != "INBOX" and n not in existing}
         if fresh and len(existing) + len(fresh) > self.folder_limit:
