@@ -31,6 +31,7 @@ tools:
 	fetchmail -V 2>/dev/null | grep -q '+SSL' || missing="$$missing fetchmail"; \
 	command -v mbsync >/dev/null || missing="$$missing isync"; \
 	[ -x /usr/sbin/dovecot ] || missing="$$missing dovecot-core"; \
+	/sbin/ldconfig -p | grep -q 'libunwind\.so\.8 ' || missing="$$missing libunwind8"; \
 	[ -x /usr/lib/dovecot/imap ] || missing="$$missing dovecot-imapd"; \
 	[ -x /usr/lib/dovecot/pop3 ] || missing="$$missing dovecot-pop3d"; \
 	if [ -n "$$missing" ]; then \

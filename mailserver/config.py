@@ -110,6 +110,10 @@ class LimitsConfig:
         "Refuse 8-bit message data sent without BODY=8BITMIME or SMTPUTF8 (RFC 6152).",
         default=True,
     )
+    folders_per_user: int = doc(
+        "IMAP folders one user may have besides INBOX; a CREATE or RENAME that would "
+        "make more is refused with NO [LIMIT] (RFC 5530).", default=1000,
+    )
 
 
 @dataclass(frozen=True)
@@ -334,7 +338,7 @@ def _check_semantics(config: Config, problems: list[str]) -> None:
             problems.append(f"tls.{key}: cannot read {p}")
     limits = config.limits
     for key in ("message_size", "recipients_per_message", "connections", "connections_per_ip",
-                "command_timeout", "errors_per_session"):
+                "command_timeout", "errors_per_session", "folders_per_user"):
         if getattr(limits, key) == 0:
             problems.append(f"limits.{key}: must be at least 1")
     if config.processes > 64:

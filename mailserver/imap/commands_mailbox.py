@@ -5,10 +5,9 @@ UNSUBSCRIBE, LIST, LSUB, STATUS, APPEND; with SPECIAL-USE (RFC 6154), CHILDREN
 from __future__ import annotations
 
 import operator
-import re
 from typing import TYPE_CHECKING, Any
 
-from mailserver.imap import grammar, mutf7
+from mailserver.imap import grammar, listmatch, mutf7
 from mailserver.imap.commands import State, bad, no
 from mailserver.imap.encode import astring, parse_date_time
 from mailserver.interfaces import FolderInfo
@@ -139,27 +138,6 @@ async def subscribe(session: IMAPSession, command: grammar.MailboxCommand) -> st
     return None
 
 
-def pattern_regex(reference: str, pattern: str) -> re.Pattern[str]:
-    """RFC 3501 6.3.8: `*` matches anything, `%` anything but the delimiter; the
-    reference is prefixed as is. A leading INBOX matches in any case (5.1)."""
-    full = grammar.mailbox_name((reference + pattern).encode())
-    out = []
-    # "inbox*", "Inb%": the literal head of the pattern spells the start of INBOX in
-    # another case, so it matches INBOX and INBOX's children too (as Dovecot does).
-    head = re.split(r"[*%]", full, maxsplit=1)[0][:5]
-    if head and head.upper() == "INBOX"[:len(head)] and head != "INBOX"[:len(head)]:
-        out.append(rf"(?:(?=INBOX(?:\.|\Z)){'INBOX'[:len(head)]}|{re.escape(head)})")
-        full = full[len(head):]
-    for ch in full:
-        if ch == "*":
-            out.append(".*")
-        elif ch == "%":
-            out.append("[^.]*")
-        else:
-            out.append(re.escape(ch))
-    return re.compile("".join(out) + r"\Z", re.DOTALL)
-
-
 async def list_command(session: IMAPSession, command: grammar.ListCommand) -> str | None:
     """LIST (RFC 3501 6.3.8, with RFC 5258 SUBSCRIBED / RFC 6154 SPECIAL-USE selection
     and CHILDREN / SUBSCRIBED / SPECIAL-USE return options) and LSUB (6.3.9)."""
@@ -174,19 +152,34 @@ async def list_command(session: IMAPSession, command: grammar.ListCommand) -> st
     for option in command.returns:
         if option not in ("SUBSCRIBED", "CHILDREN", "SPECIAL-USE"):
             raise bad(f"Unknown LIST return option {option}")
-    regex = pattern_regex(command.reference, command.pattern)
+    # RFC 3501 6.3.8: the reference and the pattern are interpreted together.
+    full = grammar.mailbox_name((command.reference + command.pattern).encode())
+    if len(full.encode()) > listmatch.MAX_PATTERN:
+        raise no(f"Mailbox pattern too long ({listmatch.MAX_PATTERN} octets at most)",
+                 "LIMIT")
+    # Listing and matching both in the disk thread: a user with many folders costs
+    # the reactor nothing (the matcher itself is linear in each name: listmatch).
+    lines: list[bytes] = await session.blocking(_list_lines, session.store, command,
+                                                listmatch.MailboxPattern(full))
+    session.send(b"".join(lines))
+    return None
+
+
+def _list_lines(store: Any, command: grammar.ListCommand,
+                pattern: listmatch.MailboxPattern) -> list[bytes]:
+    """The untagged LIST/LSUB responses: the folders that match. Blocking."""
+    word = command.name
     subscribed_only = word == "LSUB" or "SUBSCRIBED" in command.select
-    folders: list[FolderInfo] = await session.blocking(_listing, session.store,
-                                                       subscribed_only)
+    folders = _listing(store, subscribed_only)
     show_subscribed = "SUBSCRIBED" in command.select or "SUBSCRIBED" in command.returns
     lines: list[bytes] = []
     listed: set[str] = set()
     for folder in folders:
-        if not regex.match(folder.name):
-            continue
         if subscribed_only and not folder.subscribed:
             continue
         if "SPECIAL-USE" in command.select and not folder.special_use:
+            continue
+        if not pattern.matches(folder.name):
             continue
         lines.append(_list_line(word, folder, show_subscribed))
         listed.add(folder.name)
@@ -199,11 +192,10 @@ async def list_command(session: IMAPSession, command: grammar.ListCommand) -> st
             parts = folder.name.split(grammar.DELIMITER)
             for n in range(1, len(parts)):
                 parent = grammar.DELIMITER.join(parts[:n])
-                if parent not in listed and regex.match(parent):
+                if parent not in listed and pattern.matches(parent):
                     listed.add(parent)
                     lines.append(b'* LSUB (\\Noselect) "." ' + _wire_name(parent) + b"\r\n")
-    session.send(b"".join(lines))
-    return None
+    return lines
 
 
 def _listing(store: Any, with_subscriptions: bool) -> list[FolderInfo]:

@@ -180,7 +180,8 @@ def decode_transfer(body: bytes, encoding: bytes | None) -> bytes:
 class ParsedMessage:
     """A message for FETCH and SEARCH; parses lazily and caches what it parsed."""
 
-    __slots__ = ("raw", "_header_raw", "_body", "_header", "_tree", "_cache")
+    __slots__ = ("raw", "_header_raw", "_body", "_header", "_tree", "_cache", "_folded_body",
+                 "_folded_header")
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
@@ -189,6 +190,11 @@ class ParsedMessage:
         self._header: Header | None = None
         self._tree: Part | None = None
         self._cache: dict[str, bytes] = {}
+        #: SEARCH BODY/TEXT: the decoded, casefolded texts, made on the first such key
+        #: and kept for the others (a SEARCH with ten TEXT keys decodes once, not ten
+        #: times).
+        self._folded_body: tuple[str, ...] | None = None
+        self._folded_header: str | None = None
 
     @classmethod
     def from_header(cls, header: bytes) -> ParsedMessage:
@@ -344,14 +350,18 @@ class ParsedMessage:
         folded = needle.casefold()
         if not folded:
             return True
-        return any(folded in text.casefold() for text in self._body_texts())
+        if self._folded_body is None:
+            self._folded_body = tuple(text.casefold() for text in self._body_texts())
+        return any(folded in text for text in self._folded_body)
 
     def text_contains(self, needle: str) -> bool:
         """SEARCH TEXT: header or body."""
         folded = needle.casefold()
         if not folded:
             return True
-        if folded in decode_header_value(self.header_block).casefold():
+        if self._folded_header is None:
+            self._folded_header = decode_header_value(self.header_block).casefold()
+        if folded in self._folded_header:
             return True
         return self.body_contains(needle)
 
