@@ -22,6 +22,7 @@ from mailserver.auth.directory import RecipientDirectory
 from mailserver.config import Config
 from mailserver.core.context import ListenerFactory, ServerContext
 from mailserver.core.diskio import DiskExecutor, make_disk
+from mailserver.core.throttle import LoginThrottle
 from mailserver.errors import ConfigError
 from mailserver.imap import listener as imap_listener
 from mailserver.logs import logger
@@ -29,6 +30,7 @@ from mailserver.pop3 import listener as pop3_listener
 from mailserver.queue.service import QueueService, open_queue
 from mailserver.smtp import listener as smtp_listener
 from mailserver.store.delivery import MaildirDelivery
+from mailserver.store.opener import MaildirOpener
 
 log = logger(__name__)
 
@@ -66,7 +68,10 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     context = ServerContext(
         config=config, directory=directory, portal=make_portal(config, directory),
         target=MaildirDelivery(config.mail_dir, config.hostname, disk), disk=disk,
-        tls=server_tls_options(config), queue=queue, instance=instance,
+        tls=server_tls_options(config), mailboxes=MaildirOpener(config.mail_dir),
+        queue=queue, instance=instance,
+        login_throttle=LoginThrottle(config.limits.login_failures_per_ip,
+                                     config.limits.login_failure_window),
     )
     if instance == 0:
         QueueService(context, spool, queue).setServiceParent(top)

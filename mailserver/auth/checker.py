@@ -10,7 +10,9 @@ every protocol, so a guesser gains nothing by switching from IMAP to SMTP AUTH.
 - An unknown user costs the same hashing as a known one (schemes.dummy_verify), so the
   answer's timing does not reveal which addresses exist.
 - A failure is answered only after `failure_delay` seconds, so online guessing is slow.
-  Per-client throttling belongs to the protocols (they know the peer); this delay is the
+  Per-client throttling is core/throttle.py's LoginThrottle, one per process in the
+  ServerContext: every protocol records its failed logins there and refuses a blocked
+  address before asking this checker (the protocols know the peer); this delay is the
   floor under all of them.
 """
 

@@ -21,8 +21,13 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mailserver.config import Config
 from mailserver.core.diskio import DiskExecutor
-from mailserver.core.throttle import FailureThrottle
-from mailserver.interfaces import IDeliveryTarget, IOutboundQueue, IRecipientDirectory
+from mailserver.core.throttle import LoginThrottle
+from mailserver.interfaces import (
+    IDeliveryTarget,
+    IMailboxOpener,
+    IOutboundQueue,
+    IRecipientDirectory,
+)
 
 
 @dataclass
@@ -34,11 +39,13 @@ class ServerContext:
     target: IDeliveryTarget
     disk: DiskExecutor
     tls: interfaces.IOpenSSLServerConnectionCreator
+    #: Users' mail as POP3 (a locked INBOX snapshot) and IMAP (every folder) open it.
+    mailboxes: IMailboxOpener
     #: The outbound queue: every process can queue; only instance 0 delivers.
     queue: IOutboundQueue | None = None
     #: Failed logins per client address, shared by every protocol of this process, so a
     #: guesser gains nothing by switching from IMAP to POP3 to submission.
-    login_throttle: FailureThrottle = field(default_factory=FailureThrottle)
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
     #: 0 in the twistd process, N in worker process N (only instance 0 runs the queue
     #: scheduler and other singletons).
     instance: int = 0

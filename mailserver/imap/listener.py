@@ -14,8 +14,9 @@ def make_listener(context: ServerContext, name: str) -> ListenerFactory | None:
         return None
     secure = name == "imaps"
     factory = IMAPServerFactory(context.config, context.portal, context.disk,
-                                tls_options=context.tls, implicit_tls=secure, name=name,
-                                instance=context.instance)
+                                context.mailboxes, tls_options=context.tls,
+                                implicit_tls=secure, name=name, instance=context.instance,
+                                login_throttle=context.login_throttle)
     wrapped: Any = implicit_tls(context, factory) if secure else factory
     return ListenerFactory(wrapped, b"* BYE Too many connections\r\n",
                            on_stop=factory.shut_down)

@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 from mailserver.address import Address
 from mailserver.config import Config
 from mailserver.core.flow import CLOSE_GRACE, FlowControl
-from mailserver.core.throttle import FailureThrottle
+from mailserver.core.throttle import LoginThrottle
 from mailserver.errors import ReplyError
 from mailserver.interfaces import (
     IDeliveryTarget,
@@ -104,7 +104,7 @@ class SMTPServerFactory(Factory):
         portal: Portal | None = None,
         queue: IOutboundQueue | None = None,
         senders: IRecipientDirectory | None = None,
-        auth_throttle: FailureThrottle | None = None,
+        auth_throttle: LoginThrottle | None = None,
     ) -> None:
         self.config = config
         self.directory = directory
@@ -118,7 +118,7 @@ class SMTPServerFactory(Factory):
         self.queue = queue
         self.senders = senders
         #: Failed AUTHs per client address (shared by the submission listeners).
-        self.auth_throttle = auth_throttle or FailureThrottle()
+        self.auth_throttle = auth_throttle or LoginThrottle()
         # Session ids name the process too when there are workers: "smtp-12" / "w2-smtp-12".
         self.id_prefix = f"w{instance}-{self.policy.name}" if instance else self.policy.name
         self.sessions_started = 0
