@@ -462,7 +462,7 @@ class POP3Session(TransactionCommands, FlowControl, Protocol, TimeoutMixin):
         if self._throttled():
             return None
         self.setTimeout(None)  # the checker's delay is not the client's silence
-        d = self.factory.portal.login(credentials, None, IMailUser)
+        d: Deferred[Any] = self.factory.portal.login(credentials, None, IMailUser)
         d.addCallbacks(self._logged_in, self._login_failed)
         return d
 
@@ -472,7 +472,8 @@ class POP3Session(TransactionCommands, FlowControl, Protocol, TimeoutMixin):
             logout()
             return None
         address: str = avatar.address
-        d = self.factory.disk.run(self.factory.mailboxes.open_maildrop, avatar.mailbox)
+        d: Deferred[Any] = self.factory.disk.run(self.factory.mailboxes.open_maildrop,
+                                                 avatar.mailbox)
 
         def opened(drop: IMaildrop) -> None:
             if self._closing:
@@ -528,7 +529,8 @@ class POP3Session(TransactionCommands, FlowControl, Protocol, TimeoutMixin):
         self.state = UPDATE
         doomed = [n for n, m in enumerate(self.messages, 1) if m.deleted]
         retrieved, self.retrieved = sorted(self.retrieved), set()
-        d = self.factory.disk.run(maildrop.update, self.login.maildrop, retrieved, doomed)
+        d: Deferred[Any] = self.factory.disk.run(maildrop.update, self.login.maildrop,
+                                                 retrieved, doomed)
 
         def done(failed: int) -> None:
             address = self.login.address if self.login else ""

@@ -16,6 +16,9 @@ from twisted.python.failure import Failure
 from mailserver.interfaces import MaildropMessage, MessageGone
 from mailserver.pop3 import grammar, maildrop, readahead
 
+if TYPE_CHECKING:
+    from mailserver.pop3.server import Login
+
 
 class Refused(Exception):
     """A command answered with -ERR; str(e) is the text (with its [CODE] if any)."""
@@ -27,8 +30,8 @@ class TransactionCommands:
     messages: Sequence[MaildropMessage]
     retrieved: set[int]
     reader: readahead.ReadAhead | None
-    login: Any
-    factory: Any
+    login: Login | None
+    factory: Any  # POP3Factory (typed so, it would clash with Protocol.factory)
     transport: Any
     _buffer: bytearray
     _closing: bool
@@ -130,8 +133,8 @@ class TransactionCommands:
     def do_TOP(self, command: grammar.Top) -> Deferred[None]:
         assert self.login is not None
         self._message(command.number)  # refused if it does not exist or is deleted
-        d = self.factory.disk.run(maildrop.top, self.login.maildrop, command.number,
-                                  command.lines)
+        d: Deferred[Any] = self.factory.disk.run(maildrop.top, self.login.maildrop,
+                                                 command.number, command.lines)
 
         def send(data: bytes) -> None:
             self._write(b"+OK\r\n")
