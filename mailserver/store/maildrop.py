@@ -267,7 +267,6 @@ def _expunge(maildir: Path, messages: Iterable[Message]) -> int:
     return failed
 
 
-
 @implementer(IMaildrop)
 class Maildrop:
     """The locked snapshot of one INBOX (IMaildrop).
@@ -300,10 +299,6 @@ class Maildrop:
 
     def close(self) -> None:
         self._lock.release()
-
-    @property
-    def locked(self) -> bool:
-        return self._lock.held
 
 
 def open_maildrop(mail_dir: Path, mailbox: MailboxId) -> Maildrop:
