@@ -106,6 +106,12 @@ class LimitsConfig:
                                default=300)
     errors_per_session: int = doc("Protocol errors after which a session is closed.",
                                   default=20)
+    login_failures_per_ip: int = doc(
+        "Failed logins from one address (SMTP AUTH, POP3, IMAP together) within "
+        "login_failure_window, after which its logins are refused.",
+        default=10)
+    login_failure_window: int = doc("Seconds a failed login counts against its address.",
+                                    default=900)
     strict_8bitmime: bool = doc(
         "Refuse 8-bit message data sent without BODY=8BITMIME or SMTPUTF8 (RFC 6152).",
         default=True,
@@ -338,7 +344,8 @@ def _check_semantics(config: Config, problems: list[str]) -> None:
             problems.append(f"tls.{key}: cannot read {p}")
     limits = config.limits
     for key in ("message_size", "recipients_per_message", "connections", "connections_per_ip",
-                "command_timeout", "errors_per_session", "folders_per_user"):
+                "command_timeout", "errors_per_session", "folders_per_user",
+                "login_failures_per_ip", "login_failure_window"):
         if getattr(limits, key) == 0:
             problems.append(f"limits.{key}: must be at least 1")
     if config.processes > 64:

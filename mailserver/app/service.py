@@ -22,6 +22,7 @@ from mailserver.auth.directory import RecipientDirectory
 from mailserver.config import Config
 from mailserver.core.context import ListenerFactory, ServerContext
 from mailserver.core.diskio import DiskExecutor, make_disk
+from mailserver.core.throttle import LoginThrottle
 from mailserver.delivery.router import DeliveryRouter
 from mailserver.errors import ConfigError
 from mailserver.imap import listener as imap_listener
@@ -30,6 +31,7 @@ from mailserver.pop3 import listener as pop3_listener
 from mailserver.queue.service import QueueService, open_queue
 from mailserver.smtp import listener as smtp_listener
 from mailserver.store.delivery import MaildirDelivery
+from mailserver.store.opener import MaildirOpener
 
 log = logger(__name__)
 
@@ -68,7 +70,11 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     context = ServerContext(
         config=config, directory=directory, portal=make_portal(config, directory),
         target=DeliveryRouter(config, directory, local, queue), disk=disk,
-        tls=server_tls_options(config), instance=instance,
+        tls=server_tls_options(config),
+        mailboxes=MaildirOpener(config.mail_dir, config.limits.folders_per_user),
+        instance=instance,
+        login_throttle=LoginThrottle(config.limits.login_failures_per_ip,
+                                     config.limits.login_failure_window),
     )
     if instance == 0:
         QueueService(context, spool, queue).setServiceParent(top)

@@ -13,7 +13,9 @@ every protocol, so a guesser gains nothing by switching from IMAP to SMTP AUTH.
   hashing ends, if that takes longer), not that long after the hashing: the answer's
   timing then tells nothing about the user's scheme (Argon2id ~60 ms, SHA-crypt and
   bcrypt other times) or whether the user exists. Online guessing is slow either way.
-  Per-client throttling belongs to the protocols (they know the peer); this delay is the
+  Per-client throttling is core/throttle.py's LoginThrottle, one per process in the
+  ServerContext: every protocol records its failed logins there and refuses a blocked
+  address before asking this checker (the protocols know the peer); this delay is the
   floor under all of them.
 - A password longer than schemes.MAX_PASSWORD_OCTETS is refused as a wrong one (same
   reply, same delay) without being hashed: SHA-crypt's cost grows with the square of the

@@ -21,8 +21,8 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mailserver.config import Config
 from mailserver.core.diskio import DiskExecutor
-from mailserver.core.throttle import FailureThrottle
-from mailserver.interfaces import IDeliveryRouter, IRecipientDirectory
+from mailserver.core.throttle import LoginThrottle
+from mailserver.interfaces import IDeliveryRouter, IMailboxOpener, IRecipientDirectory
 
 
 @dataclass
@@ -35,9 +35,11 @@ class ServerContext:
     target: IDeliveryRouter
     disk: DiskExecutor
     tls: interfaces.IOpenSSLServerConnectionCreator
+    #: Users' mail as POP3 (a locked INBOX snapshot) and IMAP (every folder) open it.
+    mailboxes: IMailboxOpener
     #: Failed logins per client address, shared by every protocol of this process, so a
     #: guesser gains nothing by switching from IMAP to POP3 to submission.
-    login_throttle: FailureThrottle = field(default_factory=FailureThrottle)
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
     #: 0 in the twistd process, N in worker process N (only instance 0 runs the queue
     #: scheduler and other singletons).
     instance: int = 0
@@ -75,7 +77,8 @@ def mailbox_listener(context: ServerContext, name: str, ports: tuple[str, str],
     # Mailbox reads get the disk's read pool: a heavy SEARCH never queues ahead of a
     # delivery's fsync (decision 0011).
     factory = factory_class(context.config, context.portal, context.disk.reads,
-                            tls_options=context.tls, implicit_tls=secure, name=name,
-                            instance=context.instance)
+                            context.mailboxes, tls_options=context.tls,
+                            implicit_tls=secure, name=name, instance=context.instance,
+                            login_throttle=context.login_throttle)
     wrapped: Any = implicit_tls(context, factory) if secure else factory
     return ListenerFactory(wrapped, refusal, on_stop=factory.shut_down)

@@ -2,9 +2,12 @@
 
 The checker delays every failure (0.75 s) and a session closes after a few failures,
 but a guesser simply opens new connections. This keeps, per client IP, the times of
-its recent failed AUTHs; past LIMIT failures within WINDOW seconds the address gets no
-more password checks until the oldest failure ages out (the session says 421 and
-closes). Only failures count, so a user whose client logs in a thousand times a day is
+its recent failed logins; past LIMIT failures within WINDOW seconds the address gets no
+more password checks until the oldest failure ages out. One throttle per process (the
+ServerContext's, sized by limits.login_failures_per_ip and login_failure_window) is
+shared by submission, POP3 and IMAP, so failures over one protocol block the others
+too; each refuses in its own words and closes: SMTP 421 4.7.0, POP3 -ERR [SYS/TEMP],
+IMAP NO [UNAVAILABLE]. With `processes = N` each process counts on its own. Only failures count, so a user whose client logs in a thousand times a day is
 never affected; a successful login does not wipe the slate, so one valid account does
 not let a guesser try others indefinitely. Postfix has the blunter
 smtpd_client_auth_rate_limit (every AUTH counts); fail2ban is what most sites add.
@@ -18,7 +21,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from typing import Any
 
-#: Failed AUTHs from one address within WINDOW after which it is refused.
+#: Failed logins from one address within WINDOW after which it is refused.
 LIMIT = 10
 #: Seconds a failure is remembered.
 WINDOW = 900.0
@@ -26,7 +29,10 @@ WINDOW = 900.0
 MAX_CLIENTS = 10_000
 
 
-class FailureThrottle:
+class LoginThrottle:
+    """Failed logins per client address (`failed`), and whether one is refused now
+    (`blocked`)."""
+
     def __init__(self, limit: int = LIMIT, window: float = WINDOW,
                  max_clients: int = MAX_CLIENTS, clock: Any = None) -> None:
         self.limit = limit

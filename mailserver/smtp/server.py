@@ -28,7 +28,7 @@ from mailserver.address import Address
 from mailserver.config import Config
 from mailserver.core.connection import Goodbyes, LineConnection
 from mailserver.core.lines import SMTP_LINES, LineRefused
-from mailserver.core.throttle import FailureThrottle
+from mailserver.core.throttle import LoginThrottle
 from mailserver.errors import ReplyError
 from mailserver.interfaces import (
     IDeliveryRouter,
@@ -101,7 +101,7 @@ class SMTPServerFactory(Factory["SMTPSession"]):
         instance: int = 0,
         portal: Portal | None = None,
         senders: IRecipientDirectory | None = None,
-        auth_throttle: FailureThrottle | None = None,
+        auth_throttle: LoginThrottle | None = None,
     ) -> None:
         self.config = config
         #: Where every recipient is routed and every message delivered (local mailboxes,
@@ -114,7 +114,7 @@ class SMTPServerFactory(Factory["SMTPSession"]):
         #: Who may send as whom (RFC 6409 6.1); None: every sender is refused.
         self.senders = senders
         #: Failed AUTHs per client address (shared by the submission listeners).
-        self.auth_throttle = auth_throttle or FailureThrottle()
+        self.auth_throttle = auth_throttle or LoginThrottle()
         # Session ids name the process too when there are workers: "smtp-12" / "w2-smtp-12".
         self.id_prefix = f"w{instance}-{self.policy.name}" if instance else self.policy.name
         self.sessions_started = 0

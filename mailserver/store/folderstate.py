@@ -26,7 +26,6 @@ from __future__ import annotations
 import bisect
 import gc
 import os
-import re
 import threading
 import time
 from collections.abc import Iterable
@@ -36,6 +35,7 @@ from mailserver.interfaces import MessageInfo
 from mailserver.logs import logger
 from mailserver.store.flags import Keywords
 from mailserver.store.index import FolderIndex
+from mailserver.store.names import COMMON_NAME, base_of, crlf_size_of, name_time, split_name
 from mailserver.store.uidlist import UidList
 
 log = logger(__name__)
@@ -62,11 +62,6 @@ class Entry:
 
 # --------------------------------------------------------------------------- names
 
-#: Names as our delivery and Dovecot write them, parsed in C for a whole listing:
-#: (name, base, secs, usecs, W, info letters). Anything else takes the slow path.
-_COMMON_NAME = re.compile(
-    r"^(((\d{1,11})\.M(\d{1,6})[^,:\n]*)(?:,S=\d+)?,W=(\d+)(?::2,([A-Za-z]*))?)$", re.M)
-
 _new_object = object.__new__
 _info_slots = MessageInfo.__dict__
 _set_uid = _info_slots["uid"].__set__
@@ -86,50 +81,6 @@ def make_info(uid: int, flags: frozenset[str], size: int, date: float) -> Messag
     _set_date(info, date)
     _set_recent(info, False)
     return info
-
-
-def split_name(name: str) -> tuple[str, str]:
-    """(base, info letters) of a Maildir file name; base is the part before `,` or `:`."""
-    unique, _, info = name.partition(":")
-    comma = unique.find(",")
-    base = unique if comma < 0 else unique[:comma]
-    return base, (info[2:] if info.startswith("2,") else "")
-
-
-def base_of(name: str) -> str:
-    unique = name.partition(":")[0]
-    comma = unique.find(",")
-    return unique if comma < 0 else unique[:comma]
-
-
-def name_size(name: str) -> int | None:
-    """W= of a name (the CRLF size), if it has one."""
-    unique = name.partition(":")[0]
-    at = unique.find(",W=")
-    if at < 0:
-        return None
-    end = at + 3
-    while end < len(unique) and unique[end].isdigit():
-        end += 1
-    digits = unique[at + 3:end]
-    return int(digits) if digits else None
-
-
-def name_time(name: str) -> float | None:
-    """The delivery time a name starts with (`secs.Musecs...`), if it does."""
-    dot = name.find(".")
-    secs = name[:dot] if dot > 0 else ""
-    if not secs.isdigit() or len(secs) > 11:
-        return None
-    when = float(secs)
-    if name[dot + 1:dot + 2] == "M":
-        end = dot + 2
-        while end < len(name) and name[end].isdigit():
-            end += 1
-        usecs = name[dot + 2:end]
-        if usecs and len(usecs) <= 6:
-            when += int(usecs) / 1e6
-    return when
 
 
 def crlf_length(data: bytes) -> int:
@@ -387,7 +338,7 @@ class FolderState:
         fresh: list[tuple[str, tuple[str, str, str, str, str, str]]] = []
         for sub, names in (("new", new_names), ("cur", cur_names)):  # cur/ wins a tie
             known = names_of[sub]
-            for match in _COMMON_NAME.findall("\n".join(names)):
+            for match in COMMON_NAME.findall("\n".join(names)):
                 uid = by_base.get(match[1])
                 if uid is not None:
                     known[match[0]] = uid
@@ -484,7 +435,7 @@ class FolderState:
         if not letters.isupper() and self.keywords.missing_letters(letters):
             self.keywords.reload()
         flags = self.keywords.flags_of(letters)
-        size = name_size(name)
+        size = crlf_size_of(name)
         when = name_time(name)
         if size is None or when is None:
             cached = self.index.meta(base)

@@ -31,8 +31,9 @@ from mailserver.logs import logger
 from mailserver.store import notify
 from mailserver.store.flags import Keywords
 from mailserver.store.folders import Folders, normalize, parent_names
-from mailserver.store.folderstate import FolderState, split_name
+from mailserver.store.folderstate import FolderState
 from mailserver.store.maildir import ensure_maildir, fsync_dir
+from mailserver.store.names import split_name, stored_size_of
 from mailserver.store.registry import acquire_state, forget_folders, release_state
 from mailserver.store.transfer import link_into, move_into, write_new
 from mailserver.store.uidlist import locked
@@ -58,6 +59,7 @@ class UserStore:
 
     def __init__(self, root: Path, folder_limit: int = FOLDER_LIMIT) -> None:
         self.root = root
+        self.location = str(root)
         self.tree = Folders(root)
         self.folder_limit = folder_limit
 
@@ -258,7 +260,7 @@ class UserStore:
                     return None
                 path = source.path_of(current)
                 info = current.info
-                size_s = _s_field(current.name)
+                size_s = stored_size_of(current.name)
             try:
                 if move:
                     return move_into(path, dest, size_s, info.size, letters, info.internal_date)
@@ -274,15 +276,3 @@ class UserStore:
         name = normalize(name)
         return notify.watch(self.tree.path(name), callback)
 
-
-def _s_field(name: str) -> int | None:
-    unique = name.partition(":")[0]
-    at = unique.find(",S=")
-    if at < 0:
-        return None
-    digits = ""
-    for ch in unique[at + 3:]:
-        if not ch.isdigit():
-            break
-        digits += ch
-    return int(digits) if digits else None

@@ -27,6 +27,7 @@ from mailserver.interfaces import Changes, CopyResult, IMailboxView, MessageInfo
 from mailserver.logs import logger
 from mailserver.store.flags import apply_mode
 from mailserver.store.folderstate import Entry, FolderState, to_crlf
+from mailserver.store.names import flag_letters, with_flags
 from mailserver.store.registry import release_state
 from mailserver.store.uidlist import locked
 
@@ -327,8 +328,7 @@ class MailboxView:
             if entry is None:
                 return None
             name = entry.name
-            unique, _, info = name.partition(":")
-            old_letters = info[2:] if info.startswith("2,") else ""
+            old_letters = flag_letters(name)
             key = (entry.info.flags, old_letters)
             known = memo.get(key)
             if known is None:
@@ -337,7 +337,7 @@ class MailboxView:
             new_flags, letters = known
             if new_flags == entry.info.flags:
                 return entry.info
-            new_name = f"{unique}:2,{letters}"
+            new_name = with_flags(name, letters)
             try:
                 os.rename(f"{folder}/{entry.sub}/{name}", f"{cur}/{new_name}")
             except FileNotFoundError:

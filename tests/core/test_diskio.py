@@ -174,7 +174,8 @@ class ReadPoolTests(unittest.TestCase):
                                    "domains": {"local": ["example.org"]}})
         context = ServerContext(config=config, directory=cast(Any, None),
                                 portal=cast(Any, None), target=cast(Any, None),
-                                disk=self.disk, tls=cast(Any, None))
+                                disk=self.disk, tls=cast(Any, None),
+                                mailboxes=cast(Any, None))
         imap = imap_listener.make_listener(context, "imap")
         pop3 = pop3_listener.make_listener(context, "pop3")
         assert imap is not None and pop3 is not None
