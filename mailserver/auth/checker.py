@@ -27,6 +27,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from mailserver.abuse.control import AbuseControl
 from mailserver.auth.directory import RecipientDirectory
 from mailserver.auth.realm import MailRealm
 from mailserver.auth.schemes import dummy_verify, verify_password
@@ -51,8 +52,10 @@ class PasswordChecker:
 
     def __init__(self, directory: RecipientDirectory, *, reactor: Any = None,
                  threadpool: ThreadPool | None = None,
-                 failure_delay: float = DEFAULT_FAILURE_DELAY) -> None:
+                 failure_delay: float = DEFAULT_FAILURE_DELAY,
+                 abuse: AbuseControl | None = None) -> None:
         self.directory = directory
+        self.abuse = abuse
         self._reactor = reactor
         self._threadpool = threadpool
         self.failure_delay = failure_delay
@@ -86,7 +89,13 @@ class PasswordChecker:
                 log.info("login accepted for {user}", user=key)
                 return key
             log.info("login refused for {user}", user=key or "(undecodable name)")
-            return task.deferLater(reactor, self.failure_delay, _refuse)
+            delay = self.failure_delay
+            if self.abuse is not None:
+                # Counted under the name as typed, known or not: the delay grows the
+                # same for an account that does not exist.
+                delay = max(delay, self.abuse.account_failure_delay(
+                    key or username or "(undecodable name)"))
+            return task.deferLater(reactor, delay, _refuse)
 
         return d.addCallback(decide)
 
@@ -113,12 +122,13 @@ def _text(value: str | bytes) -> str | None:
 
 def make_portal(config: Config, directory: RecipientDirectory | None = None, *,
                 reactor: Any = None, threadpool: ThreadPool | None = None,
-                failure_delay: float = DEFAULT_FAILURE_DELAY) -> Portal:
+                failure_delay: float = DEFAULT_FAILURE_DELAY,
+                abuse: AbuseControl | None = None) -> Portal:
     """The portal all protocols log in through: MailRealm + PasswordChecker.
 
     Pass the server's one RecipientDirectory so SMTP and the login share its cache.
     """
     directory = directory or RecipientDirectory(config)
     checker = PasswordChecker(directory, reactor=reactor, threadpool=threadpool,
-                              failure_delay=failure_delay)
+                              failure_delay=failure_delay, abuse=abuse)
     return Portal(MailRealm(directory), [checker])

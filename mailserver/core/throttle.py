@@ -11,12 +11,20 @@ smtpd_client_auth_rate_limit (every AUTH counts); fail2ban is what most sites ad
 
 Memory is bounded: at most MAX_CLIENTS addresses are tracked (the least recently
 failing one is forgotten first) and at most LIMIT times each.
+
+In the server the throttle is backed by the abuse control (mailserver/abuse/): one
+count for every service and every worker process, with a timed lock-out and the
+[abuse] settings; the in-process counts below remain for sessions built without one
+(unit tests).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mailserver.abuse.control import AbuseControl
 
 #: Failed AUTHs from one address within WINDOW after which it is refused.
 LIMIT = 10
@@ -28,7 +36,9 @@ MAX_CLIENTS = 10_000
 
 class FailureThrottle:
     def __init__(self, limit: int = LIMIT, window: float = WINDOW,
-                 max_clients: int = MAX_CLIENTS, clock: Any = None) -> None:
+                 max_clients: int = MAX_CLIENTS, clock: Any = None,
+                 control: AbuseControl | None = None) -> None:
+        self.control = control
         self.limit = limit
         self.window = window
         self.max_clients = max_clients
@@ -54,12 +64,22 @@ class FailureThrottle:
             return None
         return times
 
-    def blocked(self, ip: str) -> bool:
-        """True while `ip` has LIMIT or more failures in the window."""
+    def blocked(self, ip: str, service: str = "login", account: str | None = None) -> bool:
+        """True while `ip` is locked out (LIMIT or more failures in the window).
+        With a control, a True answer is logged as one refusal."""
+        if self.control is not None:
+            if not self.control.locked_until(ip):
+                return False
+            self.control.login_refused(service, ip, account)
+            return True
         times = self._recent(ip)
         return times is not None and len(times) >= self.limit
 
-    def failed(self, ip: str) -> None:
+    def failed(self, ip: str, service: str = "login", account: str | None = None) -> None:
+        """One more failed login from `ip` (logged, and counted towards a lock-out)."""
+        if self.control is not None:
+            self.control.login_failed(service, ip, account)
+            return
         times = self._recent(ip)
         if times is None:
             times = self._failures[ip] = deque(maxlen=self.limit)
