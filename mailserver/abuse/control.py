@@ -16,7 +16,6 @@ fail2ban filter (etc/fail2ban/filter.d/mailserver.conf) matches:
 from __future__ import annotations
 
 import ipaddress
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,7 +136,7 @@ class AbuseControl:
             return
         _, failures = self.table.hit(ip_key(LOGIN_IP, ip), s.login_window)
         if failures >= s.login_failures and not self.locked_until(ip):
-            until = int(time.time()) + s.lockout
+            until = int(self.table.now()) + s.lockout
             self.table.set_until(ip_key(LOGIN_IP, ip), until)
             event("lockout", service, ip, "login-failures", account,
                   failures=int(failures), until=until)
@@ -157,7 +156,7 @@ class AbuseControl:
                          BASE_DELAY * 2 ** min(steps, 16)))
 
     def ban(self, ip: str, seconds: int) -> int:
-        until = int(time.time()) + seconds
+        until = int(self.table.now()) + seconds
         self.table.set_until(ip_key(LOGIN_IP, ip), until)
         event("lockout", "admin", ip, "admin-ban", until=until)
         return until
@@ -230,7 +229,7 @@ class AbuseControl:
 
 def lockouts(table: SharedTable) -> list[tuple[str, int, float]]:
     """(address, lock-out end, failures counted) of every locked-out address."""
-    now = int(time.time())
+    now = int(table.now())
     out = []
     for record in table.records(LOGIN_IP):
         if record.until > now:

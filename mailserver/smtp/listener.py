@@ -4,6 +4,7 @@ are the SessionPolicy of each."""
 
 from __future__ import annotations
 
+from mailserver.abuse.quotas import SendingLimits
 from mailserver.core.context import ListenerFactory, ServerContext, implicit_tls
 from mailserver.smtp.server import SessionPolicy, SMTPServerFactory
 
@@ -31,7 +32,8 @@ def make_listener(context: ServerContext, name: str) -> ListenerFactory | None:
         policy=policy, instance=context.instance,
         portal=context.portal if policy.offer_auth else None,
         queue=context.queue, senders=context.directory,
-        auth_throttle=context.login_throttle,
+        auth_throttle=context.login_throttle, abuse=context.abuse,
+        sending_limits=SendingLimits(context.config) if policy.require_auth else None,
     )
     refusal = f"421 4.7.0 {context.config.hostname} Error: too many connections\r\n"
     # A refusal on 465 would go out in the clear before the TLS handshake: the client

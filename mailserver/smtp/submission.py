@@ -89,7 +89,7 @@ class SubmissionCommands:
             raise ReplyError(538, "5.7.11", "Encryption required for requested "
                                             "authentication mechanism")
         exchange = auth.SASLExchange(command.mechanism)
-        if self.factory.auth_throttle.blocked(self.peer_ip):
+        if self.factory.auth_throttle.blocked(self.peer_ip, self.factory.policy.name):
             # Reconnecting does not buy a guesser more tries (core/throttle.py).
             log.info("{session} AUTH refused: too many failures from {peer}",
                      session=self.session_id, peer=self.peer_ip)
@@ -132,7 +132,8 @@ class SubmissionCommands:
         def refused(failure: Failure) -> None:
             if failure.check(UnauthorizedLogin):
                 self.auth_failures += 1
-                self.factory.auth_throttle.failed(self.peer_ip)
+                self.factory.auth_throttle.failed(self.peer_ip, self.factory.policy.name,
+                                                  _login_name(step.credentials))
                 log.info("{session} AUTH {mechanism} failed from {peer}",
                          session=self.session_id, mechanism=mechanism, peer=self.peer_ip)
                 self._error(Reply(535, "5.7.8", "Authentication credentials invalid"))
@@ -161,3 +162,11 @@ class SubmissionCommands:
                      user=user or "(none)", sender=str(sender))
             raise ReplyError(553, "5.7.1", f"{sender.bracketed()}: Sender address rejected:"
                                            f" not owned by user {user or '(none)'}")
+
+
+def _login_name(credentials: Any) -> str | None:
+    """The name a failed AUTH tried (for the log; never the password)."""
+    name = getattr(credentials, "username", None)
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    return name if isinstance(name, str) and name else None

@@ -1,0 +1,142 @@
+"""The SMTP session's side of the abuse defences (mailserver/abuse/): the pregreet
+test and the per-address rates and directory-harvest tarpit on port 25, the sending
+quotas on submission. The counting is the shared abuse control's; this decides the
+replies.
+
+Replies, and why:
+- a client that talks before our banner (port 25, `abuse.pregreet_wait` > 0): 554 5.7.1
+  and close. RFC 5321 4.3.2 allows 554 instead of 220; a real MTA waits for the
+  greeting (RFC 5321 3.1), so this is a bot, and a permanent answer stops its retries
+  (postscreen's `pregreet_action = drop` also just hangs up);
+- too many messages or recipients from one address per hour: 450 4.7.1 (Postfix's
+  smtpd_client_message_rate_limit), the sender retries later;
+- RCPTs to unknown users past `abuse.unknown_recipients` per hour: each 550 waits
+  `tarpit_delay`; past twice that, 421 4.7.0 and close (RFC 5321 3.8);
+- a submission user over its hourly messages: 451 4.7.1 at MAIL (temporary, the
+  client's queue retries); over its recipients per day: 550 5.7.1 at RCPT (a hard cap:
+  that recipient is refused, the client must not keep retrying it). Both are reserved
+  when MAIL/RCPT is accepted, atomically across processes, so parallel sessions of a
+  stolen account cannot together pass the quota; an abandoned transaction still counts.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
+
+from mailserver.abuse.control import AbuseControl, event
+from mailserver.errors import ReplyError
+from mailserver.reply import Reply
+
+
+class SessionDefences:
+    """Mixed into SMTPSession."""
+
+    factory: Any  # the SMTPServerFactory
+    peer_ip: str
+    user: str | None
+    config: Any
+    _pregreet_call: IDelayedCall | None = None
+
+    if TYPE_CHECKING:
+        def _send(self, reply: Reply) -> None: ...
+        def _error(self, reply: Reply) -> None: ...
+        def close(self) -> None: ...
+        def send_banner(self) -> None: ...
+
+    def _abuse(self) -> AbuseControl | None:
+        return self.factory.abuse
+
+    # -- before the banner ---------------------------------------------------------------
+
+    def start_greeting(self) -> None:
+        """The banner now, or after the pregreet wait on port 25."""
+        abuse = self._abuse()
+        wait = abuse.settings.pregreet_wait if abuse is not None else 0
+        if (not wait or self.factory.policy.name != "smtp"
+                or (abuse is not None and abuse.is_trusted(self.peer_ip))):
+            self.send_banner()
+            return
+        reactor = self.factory.reactor
+
+        def greet() -> None:
+            self._pregreet_call = None
+            self.send_banner()
+
+        self._pregreet_call = reactor.callLater(wait, greet)
+
+    def talked_first(self, data: bytes) -> bool:
+        """True if `data` came before our banner: refused (and then ignored)."""
+        call = self._pregreet_call
+        if call is None:
+            return False
+        call.cancel()
+        self._pregreet_call = None
+        event("refused", "smtp", self.peer_ip, "pregreet")
+        self._send(Reply(554, "5.7.1", f"{self.config.hostname} Error: you talked before "
+                                        "my greeting"))
+        self.close()
+        return True
+
+    def cancel_greeting(self) -> None:
+        if self._pregreet_call is not None:
+            self._pregreet_call.cancel()
+            self._pregreet_call = None
+
+    # -- MAIL and RCPT -------------------------------------------------------------------
+
+    def check_mail_limits(self) -> None:
+        """Raise the ReplyError refusing MAIL, or count the message."""
+        abuse = self._abuse()
+        if abuse is None:
+            return
+        policy = self.factory.policy
+        if policy.require_auth and self.user is not None:
+            limits = self.factory.sending_limits
+            per_hour = limits.limits(self.user).messages_per_hour if limits else 0
+            if not abuse.reserve_message(self.user, per_hour):
+                event("refused", policy.name, self.peer_ip, "hourly-quota", self.user)
+                raise ReplyError(451, "4.7.1", "Error: hourly sending limit reached; "
+                                               "try again later")
+        elif policy.name == "smtp" and abuse.smtp_message(self.peer_ip) is not None:
+            raise ReplyError(450, "4.7.1", "Error: too much mail from your address; "
+                                           "try again later")
+
+    def check_recipient_limits(self) -> None:
+        """Raise the ReplyError refusing an (otherwise good) RCPT, or count it."""
+        abuse = self._abuse()
+        if abuse is None:
+            return
+        policy = self.factory.policy
+        if policy.require_auth and self.user is not None:
+            limits = self.factory.sending_limits
+            per_day = limits.limits(self.user).recipients_per_day if limits else 0
+            if not abuse.reserve_recipient(self.user, per_day):
+                event("refused", policy.name, self.peer_ip, "daily-quota", self.user)
+                raise ReplyError(550, "5.7.1", "Error: daily recipient limit reached")
+        elif policy.name == "smtp" and abuse.smtp_recipient(self.peer_ip) is not None:
+            raise ReplyError(450, "4.7.1", "Error: too many recipients from your "
+                                           "address; try again later")
+
+    def unknown_recipient(self, recipient: str, refusal: ReplyError) -> Deferred[None] | None:
+        """A Deferred that answers `refusal` late (the tarpit) or ends the session;
+        None to answer it now."""
+        abuse = self._abuse()
+        if abuse is None or self.factory.policy.name != "smtp":
+            return None
+        delay, end = abuse.unknown_recipient(self.peer_ip, recipient)
+        if not delay and not end:
+            return None
+
+        def answer() -> None:
+            if end:
+                self._send(Reply(421, "4.7.0", f"{self.config.hostname} Error: too many "
+                                               "unknown recipients; closing"))
+                self.close()
+            else:
+                self._error(refusal.reply)
+
+        return task.deferLater(self.factory.reactor, delay, answer)
