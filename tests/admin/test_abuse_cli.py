@@ -8,12 +8,17 @@ import re
 from pathlib import Path
 
 import pytest
-from test_admin_cli import Run, config_path, data, run  # noqa: F401 - fixtures
+import test_admin_cli
+from test_admin_cli import Run
 
 from mailserver.abuse.passwords import weakness
 from mailserver.auth.schemes import verify_password
 
 STRONG = "correct horse battery staple"
+# The admin tests' fixtures: a config in tmp_path, its data_dir, main() in-process.
+config_path = test_admin_cli.config_path
+data = test_admin_cli.data
+run = test_admin_cli.run
 
 
 @pytest.mark.parametrize("password, reason", [
