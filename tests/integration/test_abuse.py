@@ -13,7 +13,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
 from server_harness import PASSWORD, RunningServer, admin
 from wire import Wire
 
