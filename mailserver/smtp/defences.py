@@ -4,6 +4,8 @@ quotas on submission. The counting is the shared abuse control's; this decides t
 replies.
 
 Replies, and why:
+- a client listed by the DNS blocklists at or past `abuse.dnsbl_threshold`: 554 5.7.1
+  instead of the greeting (RFC 5321 3.1), then close (abuse/dnsbl.py);
 - a client that talks before our banner (port 25, `abuse.pregreet_wait` > 0): 554 5.7.1
   and close. RFC 5321 4.3.2 allows 554 instead of 220; a real MTA waits for the
   greeting (RFC 5321 3.1), so this is a bot, and a permanent answer stops its retries
@@ -28,6 +30,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 
 from mailserver.abuse.control import AbuseControl, event
+from mailserver.abuse.dnsbl import Score
 from mailserver.errors import ReplyError
 from mailserver.reply import Reply
 
@@ -39,7 +42,11 @@ class SessionDefences:
     peer_ip: str
     user: str | None
     config: Any
+    _closing: bool
+    _lost: bool
     _pregreet_call: IDelayedCall | None = None
+    #: Checks still holding the banner back (pregreet wait, DNS blocklists).
+    _holding = 0
 
     if TYPE_CHECKING:
         def _send(self, reply: Reply) -> None: ...
@@ -53,28 +60,54 @@ class SessionDefences:
     # -- before the banner ---------------------------------------------------------------
 
     def start_greeting(self) -> None:
-        """The banner now, or after the pregreet wait on port 25."""
+        """The banner now, or on port 25 once the pregreet wait is over and the DNS
+        blocklists have answered (both run at once, like postscreen's)."""
         abuse = self._abuse()
-        wait = abuse.settings.pregreet_wait if abuse is not None else 0
-        if (not wait or self.factory.policy.name != "smtp"
-                or (abuse is not None and abuse.is_trusted(self.peer_ip))):
+        if (abuse is None or self.factory.policy.name != "smtp"
+                or abuse.is_trusted(self.peer_ip)):
             self.send_banner()
             return
-        reactor = self.factory.reactor
-
-        def greet() -> None:
-            self._pregreet_call = None
+        self._holding = 0
+        wait = abuse.settings.pregreet_wait
+        if wait:
+            self._holding += 1
+            self._pregreet_call = self.factory.reactor.callLater(wait, self._pregreet_over)
+        blocklists = self.factory.blocklists
+        if blocklists is not None and blocklists.zones:
+            self._holding += 1
+            blocklists.score(self.peer_ip).addCallback(self._blocklists_answered)
+        if not self._holding:
             self.send_banner()
 
-        self._pregreet_call = reactor.callLater(wait, greet)
+    def _pregreet_over(self) -> None:
+        self._pregreet_call = None
+        self._release_banner()
+
+    def _release_banner(self) -> None:
+        self._holding -= 1
+        if self._holding == 0 and not self._closing:
+            self.send_banner()
+
+    def _blocklists_answered(self, score: Score) -> None:
+        blocklists = self.factory.blocklists
+        if self._closing or self._lost:
+            return
+        if blocklists is not None and blocklists.blocked(score):
+            self.cancel_greeting()
+            zones = ",".join(zone for zone, _ in score.listed)
+            event("refused", "smtp", self.peer_ip, "dnsbl", score=score.total, zones=zones)
+            # RFC 5321 3.1 / 4.3.2: 554 instead of the 220 greeting.
+            self._send(Reply(554, "5.7.1", f"{self.config.hostname} Error: your address "
+                                            f"is listed by {zones}"))
+            self.close()
+            return
+        self._release_banner()
 
     def talked_first(self, data: bytes) -> bool:
         """True if `data` came before our banner: refused (and then ignored)."""
-        call = self._pregreet_call
-        if call is None:
+        if not self._holding:
             return False
-        call.cancel()
-        self._pregreet_call = None
+        self.cancel_greeting()
         event("refused", "smtp", self.peer_ip, "pregreet")
         self._send(Reply(554, "5.7.1", f"{self.config.hostname} Error: you talked before "
                                         "my greeting"))
@@ -82,6 +115,7 @@ class SessionDefences:
         return True
 
     def cancel_greeting(self) -> None:
+        self._holding = 0
         if self._pregreet_call is not None:
             self._pregreet_call.cancel()
             self._pregreet_call = None

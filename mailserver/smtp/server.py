@@ -24,6 +24,7 @@ from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from mailserver.abuse.control import AbuseControl
+from mailserver.abuse.dnsbl import Blocklists
 from mailserver.abuse.quotas import SendingLimits
 from mailserver.address import Address
 from mailserver.config import Config
@@ -111,6 +112,7 @@ class SMTPServerFactory(Factory):
         auth_throttle: FailureThrottle | None = None,
         abuse: AbuseControl | None = None,
         sending_limits: SendingLimits | None = None,
+        blocklists: Blocklists | None = None,
         reactor: Any = None,
     ) -> None:
         self.config = config
@@ -130,6 +132,8 @@ class SMTPServerFactory(Factory):
         #: None: no such checks (unit tests).
         self.abuse = abuse
         self.sending_limits = sending_limits
+        #: DNS blocklists checked before the banner on port 25 (abuse/dnsbl.py).
+        self.blocklists = blocklists
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -192,7 +196,7 @@ class SMTPSession(SessionDefences, SubmissionCommands, MessageReception, LineCon
         self._send(Reply(220, None, f"{self.config.hostname} ESMTP mailserver"))
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
-        if self._pregreet_call is not None and self.talked_first(data):
+        if self._holding and self.talked_first(data):
             return
         super().dataReceived(data)
 

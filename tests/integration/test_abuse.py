@@ -265,3 +265,35 @@ def test_fail2ban_filter_matches_the_real_log(server_factory) -> None:
     found = re.search(r"Lines: (\d+) lines, 0 ignored, (\d+) matched", result.stdout)
     assert found, result.stdout
     assert int(found.group(2)) == expected and int(found.group(1)) > 2 * expected
+
+
+def test_dnsbl_before_the_banner(server_factory) -> None:
+    """A twisted.names server on loopback answers the blocklist queries: listed with
+    enough weight is refused before the banner; under the threshold, NXDOMAIN or
+    SERVFAIL the client is served and its mail delivered; the server stays up."""
+    from dns_server import DNSServer
+
+    zone = {
+        "80.0.0.127.bl.test": {"A": ["127.0.0.2"]},
+        "81.0.0.127.small.test": {"A": ["127.0.0.2"]},
+        "82.0.0.127.bl.test": {"SERVFAIL": True},
+        "83.0.0.127.bl.test": {"A": ["127.255.255.254"]},  # an error code, no listing
+    }
+    with DNSServer(zone) as dns:
+        server = server_factory("dnsbl", relay={"nameservers": [dns.nameserver]},
+                                abuse={"dnsbl_zones": ["bl.test=2", "small.test=1"],
+                                       "dnsbl_threshold": 2})
+        listed = From(server.address(), "127.0.0.80")
+        assert listed.text() == ("554 5.7.1 mx.test.example Error: your address is "
+                                 "listed by bl.test")
+        assert listed.closed()
+        for source in ("127.0.0.81", "127.0.0.82", "127.0.0.83", "127.0.0.84"):
+            wire = From(server.address(), source)
+            wire.greet()
+            assert send(wire, ["bob@example.org"])[-1].startswith("250 2.0.0 Ok: queued")
+            wire.close()
+        assert len(server.messages("bob@example.org")) == 4
+        line = [x for x in abuse_lines(server) if "reason=dnsbl" in x]
+        assert len(line) == 1 and line[0].endswith(
+            "abuse: refused service=smtp ip=127.0.0.80 account=- reason=dnsbl score=2 "
+            "zones=bl.test")
