@@ -168,8 +168,9 @@ class AbuseConfig:
     login_window: int = doc("Seconds a failed login is counted.", default=900)
     lockout: int = doc("Seconds a locked-out address is refused.", default=900)
     login_delay_max: int = doc(
-        "Longest delay before a failed login is answered; the delay doubles with each "
-        "recent failure for the same account, from any address.", default=15)
+        "Longest delay before a failed login is answered; the delay (0.75 s) doubles with "
+        "each recent failure for the same account, from any address; 0: no doubling.",
+        default=15)
     connections_per_minute: int = doc(
         "New connections per minute from one address, all services together.", default=0)
     smtp_messages_per_hour: int = doc("Messages per hour from one address on port 25.",
@@ -185,6 +186,10 @@ class AbuseConfig:
     pregreet_wait: int = doc(
         "Seconds port 25 waits before its banner; a client that talks first is refused "
         "(postscreen's pregreet test; 6 is Postfix's value).", default=0)
+    greylist_delay: int = doc(
+        "Seconds a new (client /24, sender, recipient) must wait before its retry is "
+        "accepted on port 25 (RFC 6647 greylisting; 300 is usual); a passed retry "
+        "allows that client for 35 days. Never for trusted networks.", default=0)
     messages_per_hour: int = doc(
         "Messages one submission user may send per hour (default for every user; "
         "data_dir/sending_limits sets per-domain and per-user values).", default=0)

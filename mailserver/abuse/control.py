@@ -29,9 +29,13 @@ log = logger(__name__)
 
 # Kinds of record in the table.
 LOGIN_IP, LOGIN_ACCOUNT, CONNECTIONS, SMTP_MESSAGES, SMTP_RECIPIENTS, HARVEST, \
-    SEND_MESSAGES, SEND_RECIPIENTS = range(1, 9)
+    SEND_MESSAGES, SEND_RECIPIENTS, GREY_TRIPLET, GREY_CLIENT = range(1, 11)
 
 HOUR, DAY, MINUTE = 3600, 86_400, 60
+#: Greylisting: how long a first attempt is remembered, waiting for its retry (RFC
+#: 6647 4.1: retries come for days), and how long a passed triplet or client stays
+#: allowed after its last use (postgrey's max-age: 35 days).
+GREY_RETRY_WINDOW, GREY_ALLOW = 2 * DAY, 35 * DAY
 #: Seconds before a failed login is answered the first time (auth/checker.py's floor).
 BASE_DELAY = 0.75
 
@@ -203,6 +207,26 @@ class AbuseControl:
         if count > limit:
             return float(self.settings.tarpit_delay), False
         return 0.0, False
+
+    def greylisted(self, ip: str, sender: str, recipient: str) -> bool:
+        """True to defer this RCPT (RFC 6647): the first attempt of a (client network,
+        sender, recipient) triplet, or a retry before `greylist_delay`. A passed retry
+        also allows the client itself; trusted networks are never greylisted."""
+        delay = self.settings.greylist_delay
+        if not delay or self.is_trusted(ip):
+            return False
+        client = ip_key(GREY_CLIENT, ip)
+        if self.table.until(client):
+            return False
+        # Senders' outbound farms retry from other addresses of the same network:
+        # IPv4 per /24 (postgrey's default), IPv6 per /64 (ip_key).
+        net = client.text().rsplit(".", 1)[0] if client.type == 4 else client.text()
+        triplet = name_key(GREY_TRIPLET, f"{net}|{sender}|{recipient}")
+        if self.table.greylist(triplet, delay, GREY_RETRY_WINDOW, GREY_ALLOW):
+            self.table.set_until(client, int(self.table.now()) + GREY_ALLOW)
+            return False
+        event("refused", "smtp", ip, "greylisted", recipient)
+        return True
 
     # -- sending quotas ------------------------------------------------------------------
 

@@ -239,6 +239,27 @@ class SharedTable:
                                 *gauges))
             return True, sum(gauges)
 
+    def greylist(self, key: Key, delay: int, retry_window: int, allow_for: int) -> bool:
+        """One delivery attempt of a greylisting triplet: True to accept it.
+
+        A new (or forgotten) triplet is deferred and remembered for `retry_window`; a
+        retry after `delay` passes, and the triplet is then allowed for `allow_for`
+        seconds from its last use (the `current` count marks it passed).
+        """
+        now = int(self.now())
+        with self._locked():
+            index, fields = self._find(key, now, create=True)  # type: ignore[misc]
+            fresh = fields[4] < now or (fields[5] == 0 and fields[7] == 0)
+            if fresh:
+                self._write(index, (*fields[:4], now + retry_window, now + delay, 0, 0, 0,
+                                    0, *fields[10:]))
+                return False
+            if fields[7] or now >= fields[5]:
+                self._write(index, (*fields[:4], now + allow_for, fields[5], 0, 1, 0, 0,
+                                    *fields[10:]))
+                return True
+            return False
+
     def reset_gauges(self, column: int | None = None) -> None:
         """A process (re)starts: the connections it counted are gone. None: all."""
         with self._locked():

@@ -14,6 +14,7 @@ Replies, and why:
   smtpd_client_message_rate_limit), the sender retries later;
 - RCPTs to unknown users past `abuse.unknown_recipients` per hour: each 550 waits
   `tarpit_delay`; past twice that, 421 4.7.0 and close (RFC 5321 3.8);
+- greylisting (port 25, `abuse.greylist_delay` > 0): 450 4.7.1 at RCPT (RFC 6647);
 - a submission user over its hourly messages: 451 4.7.1 at MAIL (temporary, the
   client's queue retries); over its recipients per day: 550 5.7.1 at RCPT (a hard cap:
   that recipient is refused, the client must not keep retrying it). Both are reserved
@@ -42,6 +43,7 @@ class SessionDefences:
     peer_ip: str
     user: str | None
     config: Any
+    envelope: Any
     _closing: bool
     _lost: bool
     _pregreet_call: IDelayedCall | None = None
@@ -139,7 +141,7 @@ class SessionDefences:
             raise ReplyError(450, "4.7.1", "Error: too much mail from your address; "
                                            "try again later")
 
-    def check_recipient_limits(self) -> None:
+    def check_recipient_limits(self, recipient: str = "") -> None:
         """Raise the ReplyError refusing an (otherwise good) RCPT, or count it."""
         abuse = self._abuse()
         if abuse is None:
@@ -151,9 +153,15 @@ class SessionDefences:
             if not abuse.reserve_recipient(self.user, per_day):
                 event("refused", policy.name, self.peer_ip, "daily-quota", self.user)
                 raise ReplyError(550, "5.7.1", "Error: daily recipient limit reached")
-        elif policy.name == "smtp" and abuse.smtp_recipient(self.peer_ip) is not None:
-            raise ReplyError(450, "4.7.1", "Error: too many recipients from your "
-                                           "address; try again later")
+        elif policy.name == "smtp":
+            if abuse.smtp_recipient(self.peer_ip) is not None:
+                raise ReplyError(450, "4.7.1", "Error: too many recipients from your "
+                                               "address; try again later")
+            sender = str(self.envelope.sender) if self.envelope is not None else ""
+            if abuse.greylisted(self.peer_ip, sender.lower(), recipient.lower()):
+                # RFC 6647 2.1: a temporary refusal the sender's queue will retry.
+                raise ReplyError(450, "4.7.1", "Error: greylisted; please try again "
+                                               "later")
 
     def unknown_recipient(self, recipient: str, refusal: ReplyError) -> Deferred[None] | None:
         """A Deferred that answers `refusal` late (the tarpit) or ends the session;

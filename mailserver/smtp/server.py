@@ -379,7 +379,7 @@ class SMTPSession(SessionDefences, SubmissionCommands, MessageReception, LineCon
             if late is None:
                 raise
             return late
-        self.check_recipient_limits()
+        self.check_recipient_limits(str(rcpt))
         envelope.recipients.append(rcpt)
         envelope.mailboxes.update(mailboxes)
         envelope.remote.update(dict.fromkeys(remote))

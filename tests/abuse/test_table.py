@@ -161,3 +161,23 @@ def test_config_problems_name_the_key(bad: dict[str, object], message: str) -> N
         config_from_dict({"abuse": bad})
     assert any(message in p for p in e.value.problems), e.value.problems
     assert isinstance(Config(), Config)
+
+
+def test_greylisting_triplets(tmp_path: Path) -> None:
+    control, clock = make(tmp_path, greylist_delay=300, trusted_networks=["192.0.2.0/24"])
+    args = ("198.51.100.7", "a@sender.example", "bob@example.org")
+    assert control.greylisted(*args)  # first attempt
+    clock.advance(299)
+    assert control.greylisted(*args)  # too early
+    clock.advance(2)
+    # The retry passes, from another address of the same /24 too.
+    assert not control.greylisted("198.51.100.9", *args[1:])
+    # The client is now allowed: a new triplet from it passes at once.
+    assert not control.greylisted("198.51.100.9", "other@x.example", "carol@example.org")
+    # Another network starts from scratch; trusted networks never wait.
+    assert control.greylisted("203.0.113.1", *args[1:])
+    assert not control.greylisted("192.0.2.1", "new@x.example", "bob@example.org")
+    # A first attempt never retried is forgotten after the retry window.
+    assert control.greylisted("203.0.113.50", "z@z.example", "bob@example.org")
+    clock.advance(3 * 86_400)
+    assert control.greylisted("203.0.113.50", "z@z.example", "bob@example.org")

@@ -297,3 +297,27 @@ def test_dnsbl_before_the_banner(server_factory) -> None:
         assert len(line) == 1 and line[0].endswith(
             "abuse: refused service=smtp ip=127.0.0.80 account=- reason=dnsbl score=2 "
             "zones=bl.test")
+
+
+def test_greylisting_defers_then_accepts_the_retry(server_factory) -> None:
+    server = server_factory("grey", abuse={"greylist_delay": 1})
+    wire = From(server.address(), "127.0.2.1")
+    wire.greet()
+    deferred = "450 4.7.1 Error: greylisted; please try again later"
+    assert send(wire, ["bob@example.org"]) == ["250 2.1.0 Ok", deferred]
+    wire.command("RSET")
+    assert send(wire, ["bob@example.org"]) == ["250 2.1.0 Ok", deferred]  # too soon
+    wire.command("RSET")
+    time.sleep(1.2)
+    assert send(wire, ["bob@example.org"])[-1].startswith("250 2.0.0 Ok: queued")
+    # The client passed once: a new triplet from it is not deferred.
+    answers = send(wire, ["alice@example.org"])
+    assert answers[1] == "250 2.1.5 Ok"
+    assert len(server.messages("bob@example.org")) == 1
+    assert len(server.messages("alice@example.org")) == 1
+    # Another network (127.0.3.0/24) waits its turn; unknown users are still 550.
+    other = From(server.address(), "127.0.3.1")
+    other.greet()
+    other.command("MAIL FROM:<alice@example.org>")
+    assert other.command("RCPT TO:<bob@example.org>") == deferred
+    assert other.command("RCPT TO:<nobody@example.org>") == "550 5.1.1 Error: user unknown"
