@@ -321,3 +321,24 @@ def test_greylisting_defers_then_accepts_the_retry(server_factory) -> None:
     other.command("MAIL FROM:<alice@example.org>")
     assert other.command("RCPT TO:<bob@example.org>") == deferred
     assert other.command("RCPT TO:<nobody@example.org>") == "550 5.1.1 Error: user unknown"
+
+
+def test_spray_from_200_addresses_locks_none_and_spares_the_owner(server_factory) -> None:
+    """One wrong password for alice from each of 200 loopback addresses, over two
+    processes: no address reaches the lock-out, alice's failures are delayed more and
+    more (capped), and alice herself, from another address, logs in at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = server_factory("spray", processes=2, listen=LISTEN, auth=PLAINTEXT,
+                            abuse={"login_failures": 2, "login_delay_max": 1})
+    sources = [f"127.0.{100 + i // 100}.{1 + i % 100}" for i in range(200)]
+    with ThreadPoolExecutor(25) as pool:
+        answers = list(pool.map(lambda s: auth(server, s, "Summer2024!"), sources))
+    assert answers == ["535 5.7.8 Authentication credentials invalid"] * 200
+    assert admin(server.config_path, "ban", "list").stdout == "no address is locked out\n"
+    started = time.monotonic()
+    assert auth(server, "127.0.200.1", PASSWORD) == "235 2.7.0 Authentication successful"
+    assert time.monotonic() - started < 0.7
+    failed = {re.search(r"ip=(\S+)", line).group(1) for line in abuse_lines(server)
+              if "reason=auth-failed" in line}
+    assert failed == set(sources)
