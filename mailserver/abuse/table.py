@@ -102,6 +102,7 @@ class SharedTable:
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
+            _same_owner_as_data_dir(path)
             fcntl.flock(fd, fcntl.LOCK_EX)
             size = HEADER.size + slots * SLOT.size
             head = os.pread(fd, HEADER.size, 0)
@@ -283,6 +284,18 @@ class SharedTable:
             if f[1] and f[0] == kind and (f[4] >= now or f[5] > now):
                 yield Record(Key(f[0], f[1], f[3]), f[4], f[5], f[6], f[7], f[8],
                              list(f[10:]))
+
+
+def _same_owner_as_data_dir(path: Path) -> None:
+    """An admin command run as root must not leave the server (its own user) a table
+    it cannot open: give the file, and data_dir/run, the owner of data_dir."""
+    if os.geteuid() != 0:
+        return
+    owner = os.stat(path.parent.parent)
+    for target in (path.parent, path):
+        st = os.stat(target)
+        if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
+            os.chown(target, owner.st_uid, owner.st_gid)
 
 
 def _roll(fields: tuple[Any, ...], now: float, window: int) -> tuple[int, int, int]:
