@@ -278,6 +278,7 @@ def test_dnsbl_before_the_banner(server_factory) -> None:
         "81.0.0.127.small.test": {"A": ["127.0.0.2"]},
         "82.0.0.127.bl.test": {"SERVFAIL": True},
         "83.0.0.127.bl.test": {"A": ["127.255.255.254"]},  # an error code, no listing
+        "85.0.0.127.bl.test": {"TIMEOUT": True},
     }
     with DNSServer(zone) as dns:
         server = server_factory("dnsbl", relay={"nameservers": [dns.nameserver]},
@@ -292,7 +293,14 @@ def test_dnsbl_before_the_banner(server_factory) -> None:
             wire.greet()
             assert send(wire, ["bob@example.org"])[-1].startswith("250 2.0.0 Ok: queued")
             wire.close()
-        assert len(server.messages("bob@example.org")) == 4
+        # A blocklist that never answers holds the banner for DNSBL_TIMEOUT (5 s), then
+        # counts as "not listed".
+        started = time.monotonic()
+        slow = From(server.address(), "127.0.0.85")
+        slow.greet()
+        assert 4.5 < time.monotonic() - started < 9
+        assert send(slow, ["bob@example.org"])[-1].startswith("250 2.0.0 Ok: queued")
+        assert len(server.messages("bob@example.org")) == 5
         line = [x for x in abuse_lines(server) if "reason=dnsbl" in x]
         assert len(line) == 1 and line[0].endswith(
             "abuse: refused service=smtp ip=127.0.0.80 account=- reason=dnsbl score=2 "
