@@ -18,7 +18,8 @@ those are all taken, the one that expires soonest is reused (an approximate LRU 
 never walks the table). Writes take one flock on the file (microseconds; a process
 that dies holding it releases it), never fsync: the counters are worth keeping across a
 worker crash, not across a power cut. All calls are synchronous and touch memory only:
-the page cache backs the map, so they are safe on the reactor thread.
+the page cache backs the map, so they are safe on the reactor thread, and belong there:
+flock excludes other processes, not other threads of this one.
 """
 
 from __future__ import annotations
