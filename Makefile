@@ -34,6 +34,7 @@ tools:
 	/sbin/ldconfig -p | grep -q 'libunwind\.so\.8 ' || missing="$$missing libunwind8"; \
 	[ -x /usr/lib/dovecot/imap ] || missing="$$missing dovecot-imapd"; \
 	[ -x /usr/lib/dovecot/pop3 ] || missing="$$missing dovecot-pop3d"; \
+	command -v fail2ban-regex >/dev/null || missing="$$missing fail2ban"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \

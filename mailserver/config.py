@@ -106,12 +106,6 @@ class LimitsConfig:
                                default=300)
     errors_per_session: int = doc("Protocol errors after which a session is closed.",
                                   default=20)
-    login_failures_per_ip: int = doc(
-        "Failed logins from one address (SMTP AUTH, POP3, IMAP together) within "
-        "login_failure_window, after which its logins are refused.",
-        default=10)
-    login_failure_window: int = doc("Seconds a failed login counts against its address.",
-                                    default=900)
     strict_8bitmime: bool = doc(
         "Refuse 8-bit message data sent without BODY=8BITMIME or SMTPUTF8 (RFC 6152).",
         default=True,
@@ -172,6 +166,60 @@ class SubmissionConfig:
 
 
 @dataclass(frozen=True)
+class AbuseConfig:
+    """Defences shared by every service and worker process (README "Defences").
+
+    Times are in seconds; a count of 0 turns that check off.
+    """
+
+    trusted_networks: tuple[str, ...] = doc(
+        'Networks exempt from the connection and port-25 checks (never from the login '
+        'lock-out): ["192.0.2.0/24", "2001:db8::/32"].', default=())
+    refused_networks: tuple[str, ...] = doc(
+        "Networks whose connections are refused on every service.", default=())
+    login_failures: int = doc(
+        "Failed logins from one address (IPv6: one /64), all services together, after "
+        "which it is locked out.", default=10)
+    login_window: int = doc("Seconds a failed login is counted.", default=900)
+    lockout: int = doc("Seconds a locked-out address is refused.", default=900)
+    login_delay_max: int = doc(
+        "Longest delay before a failed login is answered; the delay (0.75 s) doubles with "
+        "each recent failure for the same account, from any address; 0: no doubling.",
+        default=15)
+    connections_per_minute: int = doc(
+        "New connections per minute from one address, all services together.", default=0)
+    smtp_messages_per_hour: int = doc("Messages per hour from one address on port 25.",
+                                      default=0)
+    smtp_recipients_per_hour: int = doc("Recipients per hour from one address on port 25.",
+                                        default=0)
+    unknown_recipients: int = doc(
+        "RCPTs to unknown users per hour from one address on port 25 (directory harvest) "
+        "after which each one is delayed (tarpit), and at twice this the session ends "
+        "with 421.", default=10)
+    tarpit_delay: int = doc("Seconds each unknown RCPT waits past `unknown_recipients`.",
+                            default=2)
+    pregreet_wait: int = doc(
+        "Seconds port 25 waits before its banner; a client that talks first is refused "
+        "(postscreen's pregreet test; 6 is Postfix's value).", default=0)
+    greylist_delay: int = doc(
+        "Seconds a new (client /24, sender, recipient) must wait before its retry is "
+        "accepted on port 25 (RFC 6647 greylisting; 300 is usual); a passed retry "
+        "allows that client for 35 days. Never for trusted networks.", default=0)
+    messages_per_hour: int = doc(
+        "Messages one submission user may send per hour (default for every user; "
+        "data_dir/sending_limits sets per-domain and per-user values).", default=0)
+    recipients_per_day: int = doc("Recipients one submission user may send to per day.",
+                                  default=0)
+    tracked_keys: int = doc(
+        "Counters kept (addresses, accounts, users); 72 bytes each, the least recently "
+        "used are forgotten first.", default=262_144)
+    dnsbl_zones: tuple[str, ...] = doc(
+        'DNS blocklists for port 25 as "zone=weight" ("zen.spamhaus.org=2"); none by '
+        "default.", default=())
+    dnsbl_threshold: int = doc("Total weight at which a client is refused.", default=1)
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str = doc("Name in the banner, EHLO reply and Received headers.",
                         default_factory=socket.getfqdn)
@@ -179,7 +227,8 @@ class Config:
                          default=Path("/var/lib/mailserver"))
     processes: int = doc(
         "Server processes sharing the listeners (one Python process uses about one core; "
-        "0 = one per CPU). Limits apply per process.",
+        "0 = one per CPU). limits.connections counts per process; the per-address limits "
+        "and [abuse] count across all of them.",
         default=1,
     )
     domains: DomainsConfig = field(default_factory=DomainsConfig)
@@ -189,6 +238,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    abuse: AbuseConfig = field(default_factory=AbuseConfig)
     #: The file this came from (None: the embedded default). Not a config key.
     source: Path | None = field(default=None, metadata={"internal": True})
 
@@ -344,8 +394,7 @@ def _check_semantics(config: Config, problems: list[str]) -> None:
             problems.append(f"tls.{key}: cannot read {p}")
     limits = config.limits
     for key in ("message_size", "recipients_per_message", "connections", "connections_per_ip",
-                "command_timeout", "errors_per_session", "folders_per_user",
-                "login_failures_per_ip", "login_failure_window"):
+                "command_timeout", "errors_per_session", "folders_per_user"):
         if getattr(limits, key) == 0:
             problems.append(f"limits.{key}: must be at least 1")
     if config.processes > 64:
@@ -376,11 +425,31 @@ def _check_semantics(config: Config, problems: list[str]) -> None:
         except ValueError:
             problems.append(f"relay.source_address: not an IP address: "
                             f"{relay.source_address!r}")
+    _check_abuse(config.abuse, problems)
     if relay.smarthost_user and not relay.smarthost_password_file:
         problems.append("relay.smarthost_password_file: needed with smarthost_user")
     elif relay.smarthost_user and not os.access(relay.smarthost_password_file, os.R_OK):
         problems.append(f"relay.smarthost_password_file: cannot read "
                         f"{relay.smarthost_password_file}")
+
+
+def _check_abuse(abuse: AbuseConfig, problems: list[str]) -> None:
+    for key in ("trusted_networks", "refused_networks"):
+        for i, net in enumerate(getattr(abuse, key)):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                problems.append(f"abuse.{key}[{i}]: not a network: {net!r}")
+    for i, item in enumerate(abuse.dnsbl_zones):
+        zone, _, weight = item.partition("=")
+        if not _is_domain(zone) or (weight and not weight.isdigit()):
+            problems.append(f"abuse.dnsbl_zones[{i}]: expected \"zone\" or "
+                            f"\"zone=weight\", got {item!r}")
+    for key in ("login_window", "lockout", "tracked_keys"):
+        if getattr(abuse, key) == 0:
+            problems.append(f"abuse.{key}: must be at least 1")
+    if abuse.tracked_keys > 16_777_216:
+        problems.append(f"abuse.tracked_keys: at most 16777216, got {abuse.tracked_keys}")
 
 
 def _endpoint_problem(desc: str) -> str | None:

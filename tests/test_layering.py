@@ -5,11 +5,13 @@ function counts as much as one at the top. The rules, bottom up:
 
 - the base modules (address, reply, errors, logs, config, interfaces) import only each
   other;
-- core/ imports only the base modules: no protocol, no app/, no store/;
+- abuse/ (the shared counters of the defences) imports only the base modules;
+- core/ imports only the base modules and abuse/: no protocol, no app/, no store/;
 - auth/, store/, delivery/ import the base modules and core/ (delivery/ not even core);
   queue/ may use store/ as well;
-- the protocols (smtp, pop3, imap) import the base modules, core/, and from auth/ only
-  auth.sasl and auth.realm: never app/, store/, queue/, delivery/ or one another;
+- the protocols (smtp, pop3, imap) import the base modules, core/, abuse/, and from auth/
+  only auth.sasl, auth.realm and auth.sending_limits: never app/, store/, queue/,
+  delivery/ or one another;
 - admin/ (the operator's command) never imports a protocol or app/;
 - nothing imports app/, and only app/ imports the protocol listener modules.
 
@@ -32,17 +34,20 @@ PROTOCOLS = frozenset({"smtp", "pop3", "imap"})
 #: What each layer may import besides itself (a package always imports its own modules).
 ALLOWED: dict[str, frozenset[str]] = {
     **{name: BASE for name in BASE},
-    "core": BASE,
-    "auth": BASE | {"core"},
+    "abuse": BASE,
+    "core": BASE | {"abuse"},
+    "auth": BASE | {"core", "abuse"},
     "store": BASE | {"core"},
     "delivery": BASE,
     "queue": BASE | {"core", "store"},
-    **{name: BASE | {"core", "auth"} for name in PROTOCOLS},
-    "admin": BASE | {"core", "auth", "store", "queue"},
-    "app": BASE | {"core", "auth", "store", "queue", "delivery"} | PROTOCOLS,
+    **{name: BASE | {"core", "auth", "abuse"} for name in PROTOCOLS},
+    "admin": BASE | {"core", "auth", "store", "queue", "abuse"},
+    "app": BASE | {"core", "auth", "store", "queue", "delivery", "abuse"} | PROTOCOLS,
 }
-#: The only modules of auth/ a protocol may import: parsing SASL, and the avatar.
-PROTOCOL_AUTH = frozenset({"mailserver.auth.sasl", "mailserver.auth.realm"})
+#: The only modules of auth/ a protocol may import: parsing SASL, the avatar, and the
+#: users' sending limits (read by the submission session).
+PROTOCOL_AUTH = frozenset({"mailserver.auth.sasl", "mailserver.auth.realm",
+                           "mailserver.auth.sending_limits"})
 LISTENERS = frozenset(f"mailserver.{p}.listener" for p in PROTOCOLS)
 
 #: Known violations, each (importing file, imported module), where the code is not yet

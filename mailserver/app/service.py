@@ -9,6 +9,7 @@ from collections.abc import Callable
 from twisted.application import service
 from twisted.internet.defer import Deferred
 
+from mailserver.abuse.control import AbuseControl, open_table, table_path
 from mailserver.app.limits import ConnectionCounter, LimitedFactory
 from mailserver.app.listeners import (
     AdoptedListenerService,
@@ -67,18 +68,19 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     directory = RecipientDirectory(config)
     spool, queue = open_queue(config, disk)
     local = MaildirDelivery(config.mail_dir, config.hostname, disk)
+    abuse = _open_abuse(config, instance)
     context = ServerContext(
-        config=config, directory=directory, portal=make_portal(config, directory),
+        config=config, directory=directory,
+        portal=make_portal(config, directory, abuse=abuse),
         target=DeliveryRouter(config, directory, local, queue), disk=disk,
         tls=server_tls_options(config),
         mailboxes=MaildirOpener(config.mail_dir, config.limits.folders_per_user),
-        instance=instance,
-        login_throttle=LoginThrottle(config.limits.login_failures_per_ip,
-                                     config.limits.login_failure_window),
+        instance=instance, login_throttle=LoginThrottle(control=abuse), abuse=abuse,
     )
     if instance == 0:
         QueueService(context, spool, queue).setServiceParent(top)
-    counter = ConnectionCounter(config.limits.connections, config.limits.connections_per_ip)
+    counter = ConnectionCounter(config.limits.connections, config.limits.connections_per_ip,
+                                control=abuse)
     registry = ListenerRegistry(config.data_dir / "run") if inherited is None else None
     listeners: list[service.Service] = []
 
@@ -86,7 +88,7 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
         built = _build_listener(context, name)
         if built is None:
             continue
-        limited = LimitedFactory(built.factory, counter, built.refusal)
+        limited = LimitedFactory(built.factory, counter, built.refusal, service=name)
         listener: service.Service
         if inherited is None:
             assert registry is not None
@@ -142,6 +144,19 @@ def _build_listener(context: ServerContext, name: str) -> ListenerFactory | None
     if built is None and context.instance == 0:
         log.warn("listen.{name}: there is no {name} service; not listening", name=name)
     return built
+
+
+def _open_abuse(config: Config, instance: int) -> AbuseControl:
+    """The shared abuse table (docs/decisions/0012). The twistd process starts first,
+    before any worker: no connection is open anywhere, so every gauge is zeroed; a
+    worker (re)starting zeroes its own column (a crashed one's connections are gone)."""
+    try:
+        table = open_table(config)
+    except OSError as e:
+        raise ConfigError([f"data_dir: cannot open {e.filename or table_path(config)}: "
+                           f"{e.strerror}"]) from None
+    table.reset_gauges(None if instance == 0 else instance)
+    return AbuseControl(config, table, instance)
 
 
 def _prepare_data_dir(config: Config) -> None:

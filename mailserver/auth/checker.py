@@ -36,6 +36,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 from zope.interface import implementer
 
+from mailserver.abuse.control import AbuseControl
 from mailserver.auth.directory import RecipientDirectory
 from mailserver.auth.realm import MailRealm
 from mailserver.auth.schemes import dummy_verify, password_too_long, verify_password
@@ -60,8 +61,10 @@ class PasswordChecker:
 
     def __init__(self, directory: RecipientDirectory, *, reactor: Any = None,
                  threadpool: ThreadPool | None = None,
-                 failure_delay: float = DEFAULT_FAILURE_DELAY) -> None:
+                 failure_delay: float = DEFAULT_FAILURE_DELAY,
+                 abuse: AbuseControl | None = None) -> None:
         self.directory = directory
+        self.abuse = abuse
         self._reactor = reactor
         self._threadpool = threadpool
         self.failure_delay = failure_delay
@@ -93,7 +96,13 @@ class PasswordChecker:
                      user=printable(key) if key else "(undecodable name)", why=why)
             # Answered at the same moment after the attempt began whatever the scheme,
             # and whether or not anything was hashed (see the module docstring).
-            wait = max(0.0, started + self.failure_delay - reactor.seconds())
+            delay = self.failure_delay
+            if self.abuse is not None:
+                # Counted under the name as typed, known or not: the delay grows the
+                # same for an account that does not exist.
+                delay = max(delay, self.abuse.account_failure_delay(
+                    key or username or "(undecodable name)"))
+            wait = max(0.0, started + delay - reactor.seconds())
             return task.deferLater(reactor, wait, _refuse)
 
         if password_too_long(password):
@@ -134,12 +143,13 @@ def _text(value: str | bytes) -> str | None:
 
 def make_portal(config: Config, directory: RecipientDirectory | None = None, *,
                 reactor: Any = None, threadpool: ThreadPool | None = None,
-                failure_delay: float = DEFAULT_FAILURE_DELAY) -> Portal:
+                failure_delay: float = DEFAULT_FAILURE_DELAY,
+                abuse: AbuseControl | None = None) -> Portal:
     """The portal all protocols log in through: MailRealm + PasswordChecker.
 
     Pass the server's one RecipientDirectory so SMTP and the login share its cache.
     """
     directory = directory or RecipientDirectory(config)
     checker = PasswordChecker(directory, reactor=reactor, threadpool=threadpool,
-                              failure_delay=failure_delay)
+                              failure_delay=failure_delay, abuse=abuse)
     return Portal(MailRealm(directory), [checker])

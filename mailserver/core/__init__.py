@@ -5,7 +5,7 @@ In charge of: the small shared runtime of the sessions (core/context.py: the typ
 context a listener is built from; flow.py: reading and writing under back-pressure;
 diskio.py: blocking disk work off the reactor; throttle.py: failed logins per address).
 
-May import: the base modules (address, reply, errors, logs, config, interfaces) and
-itself. Never a protocol package, app/, store/, queue/, delivery/ or auth/: they all
+May import: the base modules (address, reply, errors, logs, config, interfaces),
+abuse/ (the shared counters the login throttle stands on) and itself. Never a protocol package, app/, store/, queue/, delivery/ or auth/: they all
 stand on core, not the other way round.
 """

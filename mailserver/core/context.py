@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import Factory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from mailserver.abuse.control import AbuseControl
 from mailserver.config import Config
 from mailserver.core.diskio import DiskExecutor
 from mailserver.core.throttle import LoginThrottle
@@ -40,6 +41,8 @@ class ServerContext:
     #: Failed logins per client address, shared by every protocol of this process, so a
     #: guesser gains nothing by switching from IMAP to POP3 to submission.
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    #: The abuse control (mailserver/abuse/): counters shared by every process.
+    abuse: AbuseControl | None = None
     #: 0 in the twistd process, N in worker process N (only instance 0 runs the queue
     #: scheduler and other singletons).
     instance: int = 0

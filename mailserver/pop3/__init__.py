@@ -4,7 +4,6 @@ In charge of: the POP3 grammar, session and maildrop of the `pop3` and `pop3s`
 listeners.
 
 May import: the base modules (address, reply, errors, logs, config, interfaces), core,
-auth.sasl and auth.realm. Never app/, store/, queue/, delivery/ or another protocol.
-(pop3/server.py and pop3/maildrop.py still use store/maildir.py directly: allowed
-exceptions listed in tests/test_layering.py until they go.)
+abuse, auth.sasl and auth.realm. Never app/, store/, queue/, delivery/ or another
+protocol: the maildrop is reached through interfaces.IMailboxOpener / IMaildrop.
 """

@@ -26,7 +26,7 @@ def start_imap_server(root: Path, users: tuple[str, ...] = USERS,
     # login throttle (10 failures per address, all protocols) one test's wrong
     # passwords would refuse the next test's logins. tests/integration/
     # test_login_throttle.py tests the throttle itself.
-    overrides.setdefault("limits", {"login_failures_per_ip": 1000})
+    overrides.setdefault("abuse", {"login_failures": 1000})
     server = make_server(root, start=False, listen=LISTEN, **overrides)
     for user in users:
         server.add_user(user, PASSWORD)

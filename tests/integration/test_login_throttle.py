@@ -1,6 +1,6 @@
 """One login throttle for every protocol, on the real server over real sockets: failed
 logins from an address over IMAP, POP3 or submission add up, and once they reach
-limits.login_failures_per_ip every protocol refuses that address's logins (even with
+abuse.login_failures every protocol refuses that address's logins (even with
 the right password, which is then never checked): a guesser gains nothing by switching
 protocol (auth/checker.py, core/throttle.py)."""
 
@@ -79,7 +79,7 @@ def plain(password: str) -> str:
 
 
 def start(server_factory: Callable[..., RunningServer]) -> RunningServer:
-    return server_factory(listen=LISTEN, limits={"login_failures_per_ip": LIMIT})
+    return server_factory(listen=LISTEN, abuse={"login_failures": LIMIT, "login_delay_max": 0})
 
 
 def assert_every_protocol_refuses(server: RunningServer) -> None:

@@ -32,7 +32,7 @@ def start_pop3_server(root: Path, plaintext: bool = False, **overrides: Any) -> 
     # login throttle (10 failures per address, all protocols) one test's wrong
     # passwords would refuse the next test's logins. tests/integration/
     # test_login_throttle.py tests the throttle itself.
-    overrides.setdefault("limits", {"login_failures_per_ip": 1000})
+    overrides.setdefault("abuse", {"login_failures": 1000})
     server = make_server(root, start=False,
                          auth={"allow_plaintext_without_tls": plaintext}, **overrides)
     for user in USERS:
