@@ -39,7 +39,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "queue": BASE | {"core", "store"},
     **{name: BASE | {"core", "auth"} for name in PROTOCOLS},
     "admin": BASE | {"core", "auth", "store", "queue"},
-    "app": BASE | {"core", "auth", "store", "queue", "delivery"} | PROTOCOLS,
+    "http": BASE | {"core"},
+    "app": BASE | {"core", "auth", "store", "queue", "delivery", "http"} | PROTOCOLS,
 }
 #: The only modules of auth/ a protocol may import: parsing SASL, and the avatar.
 PROTOCOL_AUTH = frozenset({"mailserver.auth.sasl", "mailserver.auth.realm"})
