@@ -12,6 +12,7 @@ from twisted.internet.interfaces import IAddress, IProtocolFactory
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
+from mailserver.core import metrics
 from mailserver.logs import logger
 
 log = logger(__name__)
@@ -53,10 +54,11 @@ class LimitedFactory(WrappingFactory):
     """Admits a connection only within the shared limits; else sends `refusal`, closes."""
 
     def __init__(self, wrapped: IProtocolFactory, counter: ConnectionCounter,
-                 refusal: bytes) -> None:
+                 refusal: bytes, service: str = "") -> None:
         super().__init__(wrapped)
         self.counter = counter
         self.refusal = refusal
+        self.service = service  # the metrics' label (core/metrics.py)
 
     def buildProtocol(  # type: ignore[override]  # a refusal is no ProtocolWrapper
         self, addr: IAddress | None
@@ -64,14 +66,17 @@ class LimitedFactory(WrappingFactory):
         ip = getattr(addr, "host", "unknown")
         if not self.counter.admit(ip):
             log.info("refused connection from {ip}: too many connections", ip=ip)
+            metrics.connection_refused(self.service)
             return _Refuse(self.refusal)
         protocol = super().buildProtocol(addr)
         if protocol is None:
             self.counter.release(ip)
             return None
         protocol.limit_ip = ip  # type: ignore[attr-defined]
+        metrics.connection_opened(self.service)
         return protocol
 
     def unregisterProtocol(self, p: ProtocolWrapper) -> None:
         super().unregisterProtocol(p)
         self.counter.release(p.limit_ip)  # type: ignore[attr-defined]
+        metrics.connection_closed(self.service)
