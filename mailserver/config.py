@@ -176,9 +176,9 @@ class HTTPConfig:
         'Client networks that may read /metrics ("192.0.2.0/24"); the default is loopback.',
         default=("127.0.0.0/8", "::1/128"),
     )
-    metrics_token_file: Path | None = doc(
-        "File whose first line is a bearer token that also admits /metrics from anywhere "
-        "(Authorization: Bearer TOKEN); omitted: no token.", default=None,
+    metrics_token_file: str = doc(
+        "Absolute path of a file whose first line is a bearer token that also admits "
+        "/metrics from anywhere (Authorization: Bearer TOKEN); empty: no token.", default="",
     )
 
 
@@ -414,7 +414,7 @@ def _check_http(config: Config, problems: list[str]) -> None:
         except ValueError:
             problems.append(f"http.metrics_networks[{i}]: not a network: {net!r}")
     token = config.http.metrics_token_file
-    if token is not None and not os.access(token, os.R_OK):
+    if token and not os.access(token, os.R_OK):
         problems.append(f"http.metrics_token_file: cannot read {token}")
     if config.mta_sts.mode not in ("enforce", "testing", "none"):
         problems.append(f'mta_sts.mode: expected "enforce", "testing" or "none", got '
@@ -470,7 +470,6 @@ def render_example() -> str:
         "listen.pop3s": '"tcp:995"', "listen.imap": '"tcp:143"', "listen.imaps": '"tcp:993"',
         "listen.http": '"tcp:80"', "listen.https": '"tcp:443"',
         "http.metrics_networks": '["127.0.0.0/8", "::1/128"]',
-        "http.metrics_token_file": '"/etc/mailserver/metrics-token"',
         "tls.certificate": '"/etc/letsencrypt/live/mail.example.org/fullchain.pem"',
         "tls.private_key": '"/etc/letsencrypt/live/mail.example.org/privkey.pem"',
         "auth.users_file": '"/var/lib/mailserver/users"',

@@ -25,6 +25,8 @@ from typing import Any, TypeVar
 from OpenSSL import SSL
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from twisted.cred.error import UnauthorizedLogin
+from twisted.python.failure import Failure
 
 T = TypeVar("T")
 
@@ -58,8 +60,9 @@ class _Metrics:
             "mailserver_messages_accepted", "Messages accepted (answered 250), by service.",
             ["service"], **r)
         self.refused = Counter(
-            "mailserver_messages_refused",
-            "MAIL, RCPT and DATA refusals, by service and enhanced status code (RFC 3463).",
+            "mailserver_smtp_refusals",
+            "SMTP 4xx and 5xx replies (a command, recipient or message refused), by "
+            "service and enhanced status code (RFC 3463) as the reason.",
             ["service", "reason"], **r)
         self.deliveries = Counter(
             "mailserver_deliveries", "Queue delivery attempts per recipient, by result.",
@@ -72,7 +75,7 @@ class _Metrics:
             "Age of the oldest message in the outbound queue (0: empty).",
             multiprocess_mode="livemax", **r)
         self.logins = Counter(
-            "mailserver_logins", "Password logins, by protocol and result (ok, failed).",
+            "mailserver_logins", "Password logins, by protocol and result (ok, failed, error).",
             ["protocol", "result"], **r)
         self.tls = Counter(
             "mailserver_tls_handshakes", "TLS handshakes completed, by protocol version.",
@@ -163,11 +166,15 @@ def connection_refused(service: str) -> None:
     _m().refused_connections.labels(service).inc()
 
 
-def message_accepted(service: str) -> None:
-    _m().accepted.labels(service).inc()
+def message_accepted(service: str, commit_seconds: float) -> None:
+    """A message answered 250; `commit_seconds` from the end of its data to the reply."""
+    m = _m()
+    m.accepted.labels(service).inc()
+    m.smtp_commit.labels(service).observe(commit_seconds)
 
 
-def message_refused(service: str, enhanced: str) -> None:
+def smtp_refusal(service: str, enhanced: str) -> None:
+    """Any 4xx or 5xx reply: a command, a recipient or a message refused."""
     _m().refused.labels(service, enhanced if _is_enhanced(enhanced) else "other").inc()
 
 
@@ -183,7 +190,7 @@ def queue_state(size: int, oldest_age: float) -> None:
 
 
 def login(protocol: str, ok: bool) -> None:
-    _m().logins.labels(protocol, "ok" if ok else "failed").inc()
+    _m().logins.labels(protocol, "ok" if ok else "failed").inc()  # "error": the server's
 
 
 def counted_login(protocol: str, d: Any) -> Any:
@@ -192,8 +199,11 @@ def counted_login(protocol: str, d: Any) -> Any:
         login(protocol, True)
         return result
 
-    def failed(failure: T) -> T:
-        login(protocol, False)
+    def failed(failure: Failure) -> Failure:
+        if failure.check(UnauthorizedLogin):
+            login(protocol, False)
+        else:
+            _m().logins.labels(protocol, "error").inc()
         return failure
 
     return d.addCallbacks(ok, failed)
@@ -203,13 +213,20 @@ def tls_handshake(version: str) -> None:
     _m().tls.labels(version if version in TLS_VERSIONS else "other").inc()
 
 
-def smtp_commit(service: str, seconds: float) -> None:
-    _m().smtp_commit.labels(service).observe(seconds)
-
-
 def imap_command(name: str, seconds: float) -> None:
     name = name.upper()
     _m().imap_command.labels(name if name in IMAP_COMMANDS else "other").observe(seconds)
+
+
+def timed_imap_command(name: str, d: Any) -> Any:
+    """Observe how long the command's Deferred `d` takes; returns it unchanged."""
+    started = now()
+
+    def done(result: T) -> T:
+        imap_command(name, now() - started)
+        return result
+
+    return d.addBoth(done)
 
 
 def disk_job(delta: int) -> None:

@@ -33,10 +33,11 @@ def make_listener(context: ServerContext, name: str) -> ListenerFactory | None:
     return ListenerFactory(factory, REFUSAL, extra={"site": root})
 
 
-def read_token(path: Path | None) -> str | None:
+def read_token(name: str) -> str | None:
     """The first line of http.metrics_token_file (read once, at start-up)."""
-    if path is None:
+    if not name:
         return None
+    path = Path(name)
     try:
         token = path.read_text(encoding="utf-8").splitlines()[:1]
     except (OSError, UnicodeDecodeError) as e:

@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from mailserver.auth.realm import IMailUser
 from mailserver.auth.sasl import SASLError, decode_base64, plain_credentials
 from mailserver.config import Config
+from mailserver.core import metrics
 from mailserver.core.connection import Goodbyes, LineConnection
 from mailserver.core.diskio import DiskExecutor
 from mailserver.core.flow import CLOSE_GRACE  # noqa: F401 - the tests' name for it
@@ -356,7 +357,7 @@ class POP3Session(TransactionCommands, LineConnection):
 
     def _authenticate(self, credentials: IUsernamePassword) -> Deferred[None]:
         self.setTimeout(None)  # the checker's delay is not the client's silence
-        d = self.factory.portal.login(credentials, None, IMailUser)
+        d = metrics.counted_login("pop3", self.factory.portal.login(credentials, None, IMailUser))
         d.addCallbacks(self._logged_in, self._login_failed)
         return d
 

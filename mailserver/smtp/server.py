@@ -26,6 +26,7 @@ from twisted.python.failure import Failure
 
 from mailserver.address import Address
 from mailserver.config import Config
+from mailserver.core import metrics
 from mailserver.core.connection import Goodbyes, LineConnection
 from mailserver.core.lines import SMTP_LINES, LineRefused
 from mailserver.core.throttle import FailureThrottle
@@ -219,6 +220,8 @@ class SMTPSession(SubmissionCommands, MessageReception, LineConnection):
     # -- output --------------------------------------------------------------------------
 
     def _send(self, reply: Reply) -> None:
+        if reply.code >= 400:
+            metrics.smtp_refusal(self.factory.policy.name, reply.enhanced or "")
         self.emit(reply.encode())
 
     def emit(self, data: bytes) -> None:
