@@ -296,6 +296,11 @@ class BoundedChannel(http.HTTPChannel):
         super().connectionMade()
         self._arm()
 
+    def lineLengthExceeded(self, line: bytes) -> None:  # noqa: N802 - Twisted's name
+        """A request line or header line past MAX_LENGTH (LineReceiver would just
+        close): RFC 6585 4."""
+        self._refuse(b"431 Request Header Fields Too Large")
+
     def allHeadersReceived(self) -> None:  # noqa: N802 - Twisted's name
         if self.length is not None and self.length > MAX_BODY:
             self._refuse(b"413 Content Too Large")

@@ -1,0 +1,228 @@
+"""ACME HTTP-01 answers, /metrics and its access rules, and hostile HTTP clients, against
+the real server."""
+
+from __future__ import annotations
+
+import imaplib
+import smtplib
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from http_helpers import ALL_LISTENERS, insecure, raw, read_all, request
+from prometheus_client.parser import text_string_to_metric_families
+from server_harness import PASSWORD, RunningServer
+
+from mailserver.http.challenges import ChallengeResponses
+
+TOKEN = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA"
+KEYAUTH = TOKEN + ".9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    from server_harness import USERS, make_server
+
+    root = tmp_path_factory.mktemp("http")
+    (root / "token").write_text("s3cret-Token_value\n")
+    running = make_server(root, start=False, listen=ALL_LISTENERS,
+                          http={"request_timeout": 2, "metrics_networks": ["127.0.0.1/32"],
+                                "metrics_token_file": str(root / "token")})
+    for user in USERS:
+        running.add_user(user, PASSWORD)
+    running.start()
+    yield running
+    running.stop()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of an exposition, parsed by prometheus-client's own parser."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def scrape(server: RunningServer, **kwargs: object) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    status, headers, body = request(server, "GET", "/metrics", **kwargs)  # type: ignore[arg-type]
+    assert status == 200, body
+    assert headers["content-type"].startswith("text/plain; version=")
+    return samples(body.decode())
+
+
+# -- ACME HTTP-01 -----------------------------------------------------------------------
+
+def test_challenge_set_by_another_process_is_answered(server: RunningServer) -> None:
+    """This test process plays the ACME client: it writes the table, the server answers
+    from it (RFC 8555 8.3: the key authorization, exactly)."""
+    table = ChallengeResponses.under(server.data_dir)
+    table.set(TOKEN, KEYAUTH)
+    try:
+        status, headers, body = request(server, "GET", f"/.well-known/acme-challenge/{TOKEN}",
+                                        host="mail.example.org")
+        assert (status, body) == (200, KEYAUTH.encode())
+        assert headers["content-type"] == "application/octet-stream"
+    finally:
+        table.remove(TOKEN)
+    status, _, body = request(server, "GET", f"/.well-known/acme-challenge/{TOKEN}")
+    assert (status, body) == (404, b"not found\n")
+
+
+# -- /metrics -----------------------------------------------------------------------------
+
+def test_metrics_count_what_happened(server: RunningServer) -> None:
+    before = scrape(server)
+    with smtplib.SMTP(*server.address("smtp"), timeout=10) as client:
+        client.sendmail("someone@elsewhere.example", ["alice@example.org"],
+                        b"Subject: counted\r\n\r\nbody\r\n")
+        assert client.mail("x@elsewhere.example")[0] == 250
+        assert client.rcpt("nobody@example.org")[0] == 550
+    imap = imaplib.IMAP4_SSL("127.0.0.1", server.ports["imaps"], ssl_context=insecure())
+    with pytest.raises(imaplib.IMAP4.error):
+        imap.login("alice@example.org", "wrong password")
+    imap.login("alice@example.org", PASSWORD)
+    imap.select("INBOX")
+    imap.logout()
+    after = scrape(server)
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta("mailserver_messages_accepted_total", service="smtp") == 1
+    assert delta("mailserver_smtp_commit_seconds_count", service="smtp") == 1
+    assert delta("mailserver_smtp_refusals_total", service="smtp", reason="5.1.1") == 1
+    assert delta("mailserver_logins_total", protocol="imap", result="failed") == 1
+    assert delta("mailserver_logins_total", protocol="imap", result="ok") == 1
+    assert delta("mailserver_imap_command_seconds_count", command="SELECT") == 1
+    assert delta("mailserver_connections_total", service="smtp") == 1
+    assert delta("mailserver_connections_total", service="imaps") == 1
+    assert delta("mailserver_tls_handshakes_total", version="TLSv1.3") == 1
+    assert after[("mailserver_sessions", (("service", "smtp"),))] == 0
+    assert after[("mailserver_sessions", (("service", "http"),))] == 1  # this scrape
+    deadline = time.monotonic() + 10  # the IMAP logout's index write may still run
+    while scrape(server)[("mailserver_disk_jobs", ())] != 0:
+        assert time.monotonic() < deadline, "disk jobs never drain"
+        time.sleep(0.1)
+    expiry = after[("mailserver_certificate_expiry_timestamp_seconds", ())]
+    assert time.time() + 9 * 365 * 86400 < expiry  # the ten-year self-signed one
+    assert ("mailserver_imap_command_seconds_bucket",
+            (("command", "SELECT"), ("le", "+Inf"))) in after
+
+
+def test_metrics_refused_to_an_untrusted_address(server: RunningServer) -> None:
+    """http.metrics_networks is 127.0.0.1/32 here: 127.0.0.2 is elsewhere."""
+    status, _, body = request(server, "GET", "/metrics", source="127.0.0.2")
+    assert (status, body) == (403, b"forbidden\n")
+    status, _, _ = request(server, "GET", "/metrics", source="127.0.0.2",
+                           headers={"Authorization": "Bearer wrong"})
+    assert status == 403
+    assert scrape(server, source="127.0.0.2",
+                  headers={"Authorization": "Bearer s3cret-Token_value"})
+
+
+def test_metrics_add_up_across_worker_processes(
+        server_factory: Callable[..., RunningServer]) -> None:
+    """processes = 2: whichever process answers /metrics counts the other's messages."""
+    two = server_factory("two", processes=2, listen={
+        "smtp": "tcp:0:interface=127.0.0.1", "http": "tcp:0:interface=127.0.0.1"})
+    sent = 0
+    # New connections spread over both processes (each accepts one per wake-up).
+    for _ in range(6):
+        clients = [smtplib.SMTP(*two.address("smtp"), timeout=20) for _ in range(4)]
+        for client in clients:
+            client.sendmail("x@elsewhere.example", ["bob@example.org"], b"Subject: n\r\n\r\nb\r\n")
+            client.quit()
+            sent += 1
+    pids = {p.name.rsplit("_", 1)[1] for p in (two.data_dir / "run" / "metrics").glob("counter_*.db")}
+    assert len(pids) == 2, pids  # both processes counted something
+    for _ in range(6):  # each scrape may land in either process
+        counted = scrape(two)
+        assert counted[("mailserver_messages_accepted_total", (("service", "smtp"),))] == sent
+    assert len(two.messages("bob@example.org")) == sent
+
+
+# -- hostile clients ----------------------------------------------------------------------
+
+def test_huge_header_line_is_refused(server: RunningServer) -> None:
+    answer = raw(server, b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Junk: " + b"a" * 100_000
+                 + b"\r\n\r\n")
+    assert answer == (b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                      b"Connection: close\r\nContent-Length: 0\r\n\r\n")
+
+
+def test_many_long_headers_are_refused(server: RunningServer) -> None:
+    """Each line under the line limit, together past twisted.web's 16 KiB for all."""
+    headers = b"".join(b"X-%d: %s\r\n" % (i, b"v" * 4000) for i in range(8))
+    answer = raw(server, b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+
+
+def test_too_many_headers_are_refused(server: RunningServer) -> None:
+    headers = b"".join(b"X-%d: y\r\n" % i for i in range(200))
+    answer = raw(server, b"GET /metrics HTTP/1.1\r\nHost: x\r\n" + headers + b"\r\n")
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+
+
+def test_huge_body_is_refused_before_it_is_sent(server: RunningServer) -> None:
+    answer = raw(server, b"POST /autodiscover/autodiscover.xml HTTP/1.1\r\nHost: x\r\n"
+                 b"Content-Length: 1000000000\r\n\r\n")
+    assert answer == (b"HTTP/1.1 413 Content Too Large\r\nConnection: close\r\n"
+                      b"Content-Length: 0\r\n\r\n")
+
+
+def test_huge_chunked_body_is_cut_off(server: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.ports["http"]), timeout=10) as s:
+        s.sendall(b"POST /autodiscover/autodiscover.xml HTTP/1.1\r\nHost: x\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n")
+        chunk = b"4000\r\n" + b"<" * 0x4000 + b"\r\n"
+        try:
+            for _ in range(64):  # 1 MiB, far past the 64 KiB cap
+                s.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed on us: what we want; the 413 is read below
+        answer = read_all(s)
+    assert answer.startswith(b"HTTP/1.1 413 Content Too Large\r\n")
+
+
+def test_slowloris_is_cut_off_and_the_server_serves_on(server: RunningServer) -> None:
+    """A byte a second resets twisted.web's idle timeout; our deadline (2 s here,
+    http.request_timeout) is for the whole request."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", server.ports["http"]), timeout=10) as s:
+        request_bytes = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+        answer = b""
+        for byte in request_bytes:
+            try:
+                s.sendall(bytes([byte]))
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            time.sleep(0.2)
+            s.setblocking(False)
+            try:
+                answer += s.recv(4096)
+            except BlockingIOError:
+                pass
+            finally:
+                s.setblocking(True)
+            if answer:
+                break
+        answer += read_all(s)
+    elapsed = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert 1.5 < elapsed < 6
+    assert request(server, "GET", "/metrics")[0] == 200
+
+
+def test_idle_keepalive_connection_is_closed(server: RunningServer) -> None:
+    with socket.create_connection(("127.0.0.1", server.ports["http"]), timeout=10) as s:
+        s.sendall(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+        started = time.monotonic()
+        answer = read_all(s)
+    assert answer.startswith(b"HTTP/1.1 404 Not Found\r\n")
+    assert b"408 Request Timeout" in answer  # the idle wait after it had its deadline too
+    assert time.monotonic() - started < 6
+
+
+def test_challenge_directory_is_where_the_acme_client_expects(tmp_path: Path) -> None:
+    assert ChallengeResponses.under(tmp_path).directory == tmp_path / "run" / "acme-challenges"
