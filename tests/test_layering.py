@@ -11,7 +11,8 @@ function counts as much as one at the top. The rules, bottom up:
 - the protocols (smtp, pop3, imap) import the base modules, core/, and from auth/ only
   auth.sasl and auth.realm: never app/, store/, queue/, delivery/ or one another;
 - admin/ (the operator's command) never imports a protocol or app/;
-- nothing imports app/, and only app/ imports the protocol listener modules.
+- http/ (the web side) imports the base modules and core/ only;
+- nothing imports app/, and only app/ imports the listener modules (http's too).
 
 Every package's __init__.py says in its docstring what it is in charge of and what it
 may import ("May import:"); this test is what keeps those sentences true.
@@ -145,6 +146,10 @@ def test_allow_list_is_not_stale() -> None:
      "smtp/server.py: only app/ may import mailserver.smtp.listener"),
     ("auth/checker.py", "from mailserver.imap.grammar import parse\n",
      "auth/checker.py: auth may not import mailserver.imap.grammar"),
+    ("http/site.py", "from mailserver.store.maildir import ensure_maildir\n",
+     "http/site.py: http may not import mailserver.store.maildir"),
+    ("smtp/server.py", "from mailserver.http.listener import make_listener\n",
+     "smtp/server.py: only app/ may import mailserver.http.listener"),
 ])
 def test_the_checker_catches(relative: str, source: str, problem: str) -> None:
     """The rules above are not vacuous: each forbidden import is reported."""
