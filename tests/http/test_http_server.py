@@ -226,3 +226,18 @@ def test_idle_keepalive_connection_is_closed(server: RunningServer) -> None:
 
 def test_challenge_directory_is_where_the_acme_client_expects(tmp_path: Path) -> None:
     assert ChallengeResponses.under(tmp_path).directory == tmp_path / "run" / "acme-challenges"
+
+
+def test_connection_limit_refusal_is_http(server_factory: Callable[..., RunningServer]) -> None:
+    """limits.connections_per_ip counts HTTP clients too; the refused one reads a 503,
+    not another protocol's greeting, and the refusal is counted."""
+    limited = server_factory("limited", limits={"connections_per_ip": 1},
+                             listen={"http": "tcp:0:interface=127.0.0.1"})
+    with socket.create_connection(("127.0.0.1", limited.ports["http"]), timeout=10) as first:
+        time.sleep(0.2)  # accepted and counted before the second arrives
+        assert raw(limited, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n") == (
+            b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
+            b"Content-Length: 0\r\n\r\n")
+        first.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        counted = samples(read_all(first).split(b"\r\n\r\n", 1)[1].decode())
+    assert counted[("mailserver_connections_refused_total", (("service", "http"),))] == 1
