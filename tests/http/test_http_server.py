@@ -4,6 +4,8 @@ the real server."""
 from __future__ import annotations
 
 import imaplib
+import os
+import signal
 import smtplib
 import socket
 import time
@@ -241,3 +243,50 @@ def test_connection_limit_refusal_is_http(server_factory: Callable[..., RunningS
         first.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         counted = samples(read_all(first).split(b"\r\n\r\n", 1)[1].decode())
     assert counted[("mailserver_connections_refused_total", (("service", "http"),))] == 1
+
+
+def _server_side_owner(client: socket.socket, candidates: list[int]) -> int | None:
+    """Which of `candidates` (pids) holds the server end of `client`'s connection:
+    /proc/net/tcp gives the socket inode by its ports, /proc/PID/fd who holds it."""
+    local_port = client.getsockname()[1]
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        remote_port = int(fields[2].split(":")[1], 16)
+        if remote_port == local_port and fields[3] == "01":  # ESTABLISHED
+            inode = fields[9]
+    for pid in candidates:
+        try:
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                if str(fd.readlink()) == f"socket:[{inode}]":
+                    return pid
+        except OSError:
+            continue
+    return None
+
+
+def test_a_killed_worker_leaves_no_open_sessions_behind(
+        server_factory: Callable[..., RunningServer]) -> None:
+    """The sessions gauge sums the live processes only: a worker that dies with a
+    session open stops counting it once the supervisor has seen it end."""
+    from integration.test_workers import workers_of
+
+    two = server_factory("killed", processes=2, listen={"http": "tcp:0:interface=127.0.0.1",
+                                                        "smtp": "tcp:0:interface=127.0.0.1"})
+    [worker] = workers_of(two)
+    held = None
+    for _ in range(40):  # until a connection lands in the worker
+        s = socket.create_connection(two.address("smtp"), timeout=10)
+        assert s.recv(1024).startswith(b"220")
+        if _server_side_owner(s, [worker]) == worker:
+            held = s
+            break
+        s.close()
+    assert held is not None, "no connection reached the worker"
+    assert scrape(two)[("mailserver_sessions", (("service", "smtp"),))] == 1
+    os.kill(worker, signal.SIGKILL)
+    deadline = time.monotonic() + 15
+    while scrape(two)[("mailserver_sessions", (("service", "smtp"),))] != 0:
+        assert time.monotonic() < deadline, "the dead worker's session is still counted"
+        time.sleep(0.1)
+    held.close()
