@@ -62,13 +62,20 @@ def _text(parent: ET.Element, tag: str, text: str) -> ET.Element:
 
 
 def thunderbird(domain: str, hostname: str, listening: dict[str, int]) -> bytes:
-    """config-v1.1.xml for `domain`: the username is the whole address (%EMAILADDRESS%)."""
+    """config-v1.1.xml for `domain`: the username is the whole address (%EMAILADDRESS%).
+
+    LookupError without an incoming or without an outgoing server: Thunderbird's
+    readFromXML throws on such a file ("need proper <incomingServer>"), so we have none.
+    """
+    described = endpoints(listening)
+    if {e.protocol == "smtp" for e in described} != {True, False}:
+        raise LookupError("no incoming or no outgoing listener to describe")
     root = ET.Element("clientConfig", version="1.1")
     provider = ET.SubElement(root, "emailProvider", id=domain)
     _text(provider, "domain", domain)
     _text(provider, "displayName", domain)
     _text(provider, "displayShortName", domain)
-    for e in endpoints(listening):
+    for e in described:
         tag = "outgoingServer" if e.protocol == "smtp" else "incomingServer"
         server = ET.SubElement(provider, tag, type=e.protocol)
         _text(server, "hostname", hostname)

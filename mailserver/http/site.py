@@ -145,7 +145,10 @@ class MailSiteResource(resource.Resource):
                 else host
         if not self.config.is_local_domain(domain):
             return _plain(request, http.NOT_FOUND, "not a domain of this server\n")
-        body = clientconfig.thunderbird(domain, self.config.hostname, self.listening())
+        try:
+            body = clientconfig.thunderbird(domain, self.config.hostname, self.listening())
+        except LookupError as e:
+            return _plain(request, http.NOT_FOUND, f"{e}\n")
         return _plain(request, http.OK, body, "application/xml; charset=utf-8")
 
     def _address_for(self, request: server.Request, given: str | None) -> tuple[str, str] | bytes:

@@ -283,3 +283,12 @@ def test_only_configured_listeners_are_described(
     assert thunderbird_view(body)[1] == [
         ("incomingServer", "imap", small.ports["imaps"], "SSL"),
         ("outgoingServer", "smtp", small.ports["submission"], "STARTTLS")]
+
+
+def test_nothing_to_describe_is_404(server_factory: Callable[..., RunningServer]) -> None:
+    """Only an MX and the web listener: no client listener to offer."""
+    mx = server_factory("mx", listen={"smtp": "tcp:0:interface=127.0.0.1",
+                                      "http": "tcp:0:interface=127.0.0.1"})
+    status, _, body = request(mx, "GET", "/mail/config-v1.1.xml",
+                              host="autoconfig.example.org")
+    assert (status, body) == (404, b"no incoming or no outgoing listener to describe\n")

@@ -22,11 +22,22 @@ def test_port_25_is_never_offered_to_clients() -> None:
                          clientconfig.Endpoint("smtp", 587, "STARTTLS")]
 
 
-def test_thunderbird_without_listeners_names_no_server() -> None:
-    root = ET.fromstring(clientconfig.thunderbird("example.org", "mx.example.org", {}))
+@pytest.mark.parametrize("listening", [{}, {"imaps": 993}, {"submission": 587, "smtp": 25}])
+def test_thunderbird_needs_a_way_in_and_a_way_out(listening: dict[str, int]) -> None:
+    """Thunderbird refuses a config-v1.1.xml without both; we serve none (404)."""
+    with pytest.raises(LookupError):
+        clientconfig.thunderbird("example.org", "mx.example.org", listening)
+
+
+def test_thunderbird_minimal() -> None:
+    root = ET.fromstring(clientconfig.thunderbird("example.org", "mx.example.org",
+                                                  {"pop3": 110, "submission": 587}))
     provider = root.find("emailProvider")
     assert provider is not None and provider.get("id") == "example.org"
-    assert provider.findall("incomingServer") == [] == provider.findall("outgoingServer")
+    assert [(s.tag, s.get("type"), s.findtext("port"), s.findtext("socketType"))
+            for s in provider if s.tag.endswith("Server")] == [
+        ("incomingServer", "pop3", "110", "STARTTLS"),
+        ("outgoingServer", "smtp", "587", "STARTTLS")]
 
 
 def test_mobileconfig_falls_back_to_pop3_and_needs_both_directions() -> None:
