@@ -244,7 +244,7 @@ def _plain(request: server.Request, code: int, body: bytes | str,
 
 def _finish(request: server.Request, code: int, body: bytes, content_type: str) -> None:
     if request.finished or request.channel is None:
-        return  # the client went away meanwhile
+        return  # the client went away meanwhile (Request.connectionLost clears channel)
     data = _plain(request, code, body, content_type)
     request.setHeader(b"content-length", str(len(data)).encode())
     if request.method != b"HEAD":

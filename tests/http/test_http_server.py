@@ -312,3 +312,16 @@ def test_a_killed_worker_leaves_no_open_sessions_behind(
         assert time.monotonic() < deadline, "the dead worker's session is still counted"
         time.sleep(0.1)
     held.close()
+
+
+def test_client_gone_before_the_answer(server: RunningServer) -> None:
+    """/metrics and a challenge are answered later (in a thread); a client that has
+    left by then costs nothing and leaves no error in the log."""
+    for path in (b"/metrics", b"/.well-known/acme-challenge/" + b"A" * 43):
+        for _ in range(20):
+            with socket.create_connection(("127.0.0.1", server.ports["http"])) as s:
+                s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    time.sleep(0.5)
+    assert request(server, "GET", "/metrics")[0] == 200
+    assert "Traceback" not in server.log() and "Unhandled" not in server.log()
