@@ -28,7 +28,8 @@ def doc(text: str, **kwargs: Any) -> Any:
     return field(metadata={"doc": text}, **kwargs)
 
 
-SERVICES = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps")
+SERVICES = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps", "http",
+            "https")
 
 #: Where each service listens in the embedded default (no config file): loopback only.
 DEFAULT_LISTEN = {
@@ -64,6 +65,10 @@ class ListenConfig:
     pop3s: str | None = doc("POP3 with implicit TLS.", default=None)
     imap: str | None = doc("IMAP4 with STARTTLS.", default=None)
     imaps: str | None = doc("IMAP4 with implicit TLS.", default=None)
+    http: str | None = doc("HTTP: ACME HTTP-01, client autoconfiguration, /metrics.",
+                           default=None)
+    https: str | None = doc("HTTPS: the same, and the MTA-STS policy (RFC 8461 3.3).",
+                            default=None)
 
     def enabled(self) -> dict[str, str]:
         return {name: getattr(self, name) for name in SERVICES if getattr(self, name)}
@@ -220,6 +225,31 @@ class AbuseConfig:
 
 
 @dataclass(frozen=True)
+class HTTPConfig:
+    """The http and https listeners (listen.http, listen.https)."""
+
+    request_timeout: int = doc("Seconds a client may take to send one whole request "
+                               "(slowloris), and to stay idle between requests.", default=30)
+    metrics_networks: tuple[str, ...] = doc(
+        'Client networks that may read /metrics ("192.0.2.0/24"); the default is loopback.',
+        default=("127.0.0.0/8", "::1/128"),
+    )
+    metrics_token_file: str = doc(
+        "Absolute path of a file whose first line is a bearer token that also admits "
+        "/metrics from anywhere (Authorization: Bearer TOKEN); empty: no token.", default="",
+    )
+
+
+@dataclass(frozen=True)
+class MTASTSConfig:
+    """Our MTA-STS policy (RFC 8461), served at https://mta-sts.DOMAIN/.well-known/mta-sts.txt."""
+
+    mode: str = doc('"enforce", "testing" or "none" (RFC 8461 5).', default="testing")
+    max_age: int = doc("Seconds senders may cache the policy (RFC 8461 3.2: at most "
+                       "31557600).", default=604_800)
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str = doc("Name in the banner, EHLO reply and Received headers.",
                         default_factory=socket.getfqdn)
@@ -239,6 +269,8 @@ class Config:
     relay: RelayConfig = field(default_factory=RelayConfig)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
     abuse: AbuseConfig = field(default_factory=AbuseConfig)
+    http: HTTPConfig = field(default_factory=HTTPConfig)
+    mta_sts: MTASTSConfig = field(default_factory=MTASTSConfig)
     #: The file this came from (None: the embedded default). Not a config key.
     source: Path | None = field(default=None, metadata={"internal": True})
 
@@ -410,6 +442,7 @@ def _check_semantics(config: Config, problems: list[str]) -> None:
         if not sep or not host or not port.isdigit():
             problems.append(f"relay.smarthost: expected \"host:port\", got "
                             f"{config.relay.smarthost!r}")
+    _check_http(config, problems)
     relay = config.relay
     for key in ("retry_initial", "retry_max", "queue_lifetime", "connections_total",
                 "connections_per_destination", "connect_timeout", "command_timeout",
@@ -450,6 +483,25 @@ def _check_abuse(abuse: AbuseConfig, problems: list[str]) -> None:
             problems.append(f"abuse.{key}: must be at least 1")
     if abuse.tracked_keys > 16_777_216:
         problems.append(f"abuse.tracked_keys: at most 16777216, got {abuse.tracked_keys}")
+
+
+def _check_http(config: Config, problems: list[str]) -> None:
+    if config.http.request_timeout == 0:
+        problems.append("http.request_timeout: must be at least 1")
+    for i, net in enumerate(config.http.metrics_networks):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            problems.append(f"http.metrics_networks[{i}]: not a network: {net!r}")
+    token = config.http.metrics_token_file
+    if token and not os.access(token, os.R_OK):
+        problems.append(f"http.metrics_token_file: cannot read {token}")
+    if config.mta_sts.mode not in ("enforce", "testing", "none"):
+        problems.append(f'mta_sts.mode: expected "enforce", "testing" or "none", got '
+                        f"{config.mta_sts.mode!r}")
+    if not 0 < config.mta_sts.max_age <= 31_557_600:
+        problems.append(f"mta_sts.max_age: between 1 and 31557600 seconds (RFC 8461 3.2), "
+                        f"got {config.mta_sts.max_age}")
 
 
 def _endpoint_problem(desc: str) -> str | None:
@@ -496,6 +548,8 @@ def render_example() -> str:
         "listen.smtp": '"tcp:25"', "listen.submission": '"tcp:587"',
         "listen.submissions": '"tcp:465"', "listen.pop3": '"tcp:110"',
         "listen.pop3s": '"tcp:995"', "listen.imap": '"tcp:143"', "listen.imaps": '"tcp:993"',
+        "listen.http": '"tcp:80"', "listen.https": '"tcp:443"',
+        "http.metrics_networks": '["127.0.0.0/8", "::1/128"]',
         "tls.certificate": '"/etc/letsencrypt/live/mail.example.org/fullchain.pem"',
         "tls.private_key": '"/etc/letsencrypt/live/mail.example.org/privkey.pem"',
         "auth.users_file": '"/var/lib/mailserver/users"',

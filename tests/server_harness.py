@@ -23,7 +23,8 @@ BIN = Path(sys.executable).parent
 #: The users the shared fixtures create, and their password.
 USERS = ("alice@example.org", "bob@example.org", "carol@example.net")
 PASSWORD = "correct horse battery staple"
-SERVICES = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps")
+SERVICES = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps", "http",
+            "https")
 
 
 def toml_dumps(data: dict[str, Any]) -> str:

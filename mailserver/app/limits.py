@@ -13,6 +13,7 @@ from twisted.internet.interfaces import IAddress, IProtocolFactory
 from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 
+from mailserver.core import metrics
 from mailserver.logs import logger
 
 if TYPE_CHECKING:
@@ -77,21 +78,24 @@ class LimitedFactory(WrappingFactory):
         super().__init__(wrapped)
         self.counter = counter
         self.refusal = refusal
-        self.service = service
+        self.service = service  # for logs and the metrics' label (core/metrics.py)
 
     def buildProtocol(  # type: ignore[override]  # a refusal is no ProtocolWrapper
         self, addr: IAddress | None
     ) -> Protocol | None:
         ip = getattr(addr, "host", "unknown")
         if not self.counter.admit(ip, self.service):
+            metrics.connection_refused(self.service)
             return _Refuse(self.refusal)
         protocol = super().buildProtocol(addr)
         if protocol is None:
             self.counter.release(ip)
             return None
         protocol.limit_ip = ip  # type: ignore[attr-defined]
+        metrics.connection_opened(self.service)
         return protocol
 
     def unregisterProtocol(self, p: ProtocolWrapper) -> None:
         super().unregisterProtocol(p)
         self.counter.release(p.limit_ip)  # type: ignore[attr-defined]
+        metrics.connection_closed(self.service)

@@ -5,11 +5,13 @@ from __future__ import annotations
 import gc
 import os
 from collections.abc import Callable
+from functools import partial
 
 from twisted.application import service
 from twisted.internet.defer import Deferred
 
 from mailserver.abuse.control import AbuseControl, open_table, table_path
+from mailserver.app.gauges import QueueGauges
 from mailserver.app.limits import ConnectionCounter, LimitedFactory
 from mailserver.app.listeners import (
     AdoptedListenerService,
@@ -21,11 +23,13 @@ from mailserver.app.workers import WorkerSupervisor
 from mailserver.auth.checker import make_portal
 from mailserver.auth.directory import RecipientDirectory
 from mailserver.config import Config
+from mailserver.core import metrics
 from mailserver.core.context import ListenerFactory, ServerContext
 from mailserver.core.diskio import DiskExecutor, make_disk
 from mailserver.core.throttle import LoginThrottle
 from mailserver.delivery.router import DeliveryRouter
 from mailserver.errors import ConfigError
+from mailserver.http import listener as http_listener
 from mailserver.imap import listener as imap_listener
 from mailserver.logs import logger
 from mailserver.pop3 import listener as pop3_listener
@@ -47,6 +51,8 @@ LISTENER_MAKERS: dict[str, ListenerMaker] = {
     "pop3s": pop3_listener.make_listener,
     "imap": imap_listener.make_listener,
     "imaps": imap_listener.make_listener,
+    "http": http_listener.make_listener,
+    "https": http_listener.make_listener,
 }
 
 
@@ -58,6 +64,8 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     worker processes; a worker (instance > 0) adopts the sockets in `inherited`.
     """
     _prepare_data_dir(config)
+    # Before any metric is made: every process counts into run/metrics (core/metrics.py).
+    metrics.configure(config.data_dir / "run" / "metrics", fresh=inherited is None)
     # An IMAP folder of 100k messages is 100k long-lived objects per index; with the
     # default thresholds every young collection walks them (FETCH 1:* over 100k took
     # 106-195 ms instead of 13 ms). Collect less often; nothing here relies on cycles
@@ -77,8 +85,10 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
         mailboxes=MaildirOpener(config.mail_dir, config.limits.folders_per_user),
         instance=instance, login_throttle=LoginThrottle(control=abuse), abuse=abuse,
     )
+    metrics.watch_tls(context.tls)
     if instance == 0:
         QueueService(context, spool, queue).setServiceParent(top)
+        QueueGauges(spool, disk).setServiceParent(top)
     counter = ConnectionCounter(config.limits.connections, config.limits.connections_per_ip,
                                 control=abuse)
     registry = ListenerRegistry(config.data_dir / "run") if inherited is None else None
@@ -101,6 +111,8 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
             continue
         listener.setServiceParent(top)
         listeners.append(listener)
+        if "site" in built.extra:
+            built.extra["site"].listening = partial(_listening_ports, listeners)
     if inherited is None and config.process_count > 1:
         # Added last, so it starts after the listeners and is stopped first.
         WorkerSupervisor(config, listeners).setServiceParent(top)
@@ -136,6 +148,16 @@ class _ServerRoot(service.MultiService):
             return result
 
         return stopped.addBoth(stop_disk)
+
+
+def _listening_ports(listeners: list[service.Service]) -> dict[str, int]:
+    """Service name -> the port it really listens on (for autoconfig)."""
+    found = {}
+    for listener in listeners:
+        port = getattr(listener, "port", None)
+        if port is not None:
+            found[str(listener.name)] = getattr(port.getHost(), "port", 0)
+    return found
 
 
 def _build_listener(context: ServerContext, name: str) -> ListenerFactory | None:

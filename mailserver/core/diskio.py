@@ -39,6 +39,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from mailserver.core import metrics
 from mailserver.logs import logger
 
 log = logger(__name__)
@@ -126,8 +127,9 @@ class DiskExecutor(Service):
         """
         from twisted.internet import reactor
 
+        metrics.disk_job(1)  # the depth of the disk queue, for /metrics
         return threads.deferToThreadPool(reactor, self._pool,  # type: ignore[arg-type]
-                                         fn, *args)
+                                         fn, *args).addBoth(_job_done)
 
     def commit(self, stage: CommitStage) -> Deferred[None]:
         """Run `stage` in a disk thread, then make the directories it returns durable.
@@ -273,6 +275,11 @@ class BatchingDisk(DiskExecutor):
                 done.errback(broken[0])
             else:
                 done.callback(None)
+
+
+def _job_done(result: T) -> T:
+    metrics.disk_job(-1)
+    return result
 
 
 def _listed(stage: CommitStage) -> list[str | Path]:

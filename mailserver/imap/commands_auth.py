@@ -11,6 +11,7 @@ from twisted.internet.defer import Deferred
 
 from mailserver.auth.realm import IMailUser
 from mailserver.auth.sasl import SASLError, decode_base64, plain_credentials
+from mailserver.core import metrics
 from mailserver.imap import grammar
 from mailserver.imap.commands import ANSWERED, Account, State, bad, no
 from mailserver.imap.encode import quoted_or_literal
@@ -149,7 +150,8 @@ def _throttled(session: IMAPSession, tag: str) -> bool:
 async def _authenticate(session: IMAPSession, tag: str,
                         credentials: IUsernamePassword) -> str | None:
     try:
-        _, user, _logout = await session.factory.portal.login(credentials, None, IMailUser)
+        _, user, _logout = await metrics.counted_login(
+            "imap", session.factory.portal.login(credentials, None, IMailUser))
     except UnauthorizedLogin:
         return _failed(session, tag)
     store = await session.blocking(session.factory.open_store, user.mailbox)

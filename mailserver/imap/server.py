@@ -27,6 +27,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailserver.config import Config
+from mailserver.core import metrics
 from mailserver.core.connection import Goodbyes, LineConnection
 from mailserver.core.diskio import DiskExecutor
 from mailserver.core.lines import IMAP_LINES, LineRefused
@@ -510,7 +511,7 @@ class IMAPSession(LineConnection):
             self.send(bad(_wrong_state(command.name, self.state)).line(command.tag))
             self._count_error()
             return
-        d = ensureDeferred(self._run(command, handler))
+        d = metrics.timed_imap_command(command.name, ensureDeferred(self._run(command, handler)))
         if not d.called:
             self._wait_for(d)
 

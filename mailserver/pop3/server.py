@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from mailserver.auth.realm import IMailUser
 from mailserver.auth.sasl import SASLError, decode_base64, plain_credentials
 from mailserver.config import Config
+from mailserver.core import metrics
 from mailserver.core.connection import Goodbyes, LineConnection
 from mailserver.core.diskio import DiskExecutor
 from mailserver.core.flow import CLOSE_GRACE  # noqa: F401 - the tests' name for it
@@ -379,7 +380,8 @@ class POP3Session(TransactionCommands, LineConnection):
         if self._throttled():
             return None
         self.setTimeout(None)  # the checker's delay is not the client's silence
-        d: Deferred[Any] = self.factory.portal.login(credentials, None, IMailUser)
+        d: Deferred[Any] = metrics.counted_login(
+            "pop3", self.factory.portal.login(credentials, None, IMailUser))
         d.addCallbacks(self._logged_in, self._login_failed)
         return d
 

@@ -30,6 +30,7 @@ from mailserver.abuse.dnsbl import Blocklists
 from mailserver.address import Address
 from mailserver.auth.sending_limits import SendingLimits
 from mailserver.config import Config
+from mailserver.core import metrics
 from mailserver.core.connection import Goodbyes, LineConnection
 from mailserver.core.lines import SMTP_LINES, LineRefused
 from mailserver.core.throttle import LoginThrottle
@@ -246,6 +247,8 @@ class SMTPSession(SessionDefences, SubmissionCommands, MessageReception, LineCon
     # -- output --------------------------------------------------------------------------
 
     def _send(self, reply: Reply) -> None:
+        if reply.code >= 400:
+            metrics.smtp_refusal(self.factory.policy.name, reply.enhanced or "")
         self.emit(reply.encode())
 
     def emit(self, data: bytes) -> None:

@@ -41,6 +41,7 @@ from twisted.python.failure import Failure
 
 from mailserver.address import Address
 from mailserver.auth.realm import IMailUser
+from mailserver.core import metrics
 from mailserver.errors import ReplyError
 from mailserver.logs import logger
 from mailserver.reply import Reply
@@ -108,7 +109,8 @@ class SubmissionCommands(SessionState):
             return
         portal = self.factory.portal
         assert portal is not None
-        d: Deferred[Any] = portal.login(step.credentials, None, IMailUser)
+        d: Deferred[Any] = metrics.counted_login(
+            "smtp", portal.login(step.credentials, None, IMailUser))
         mechanism = exchange.mechanism
 
         def accepted(result: tuple[Any, Any, Any]) -> None:
