@@ -4,7 +4,7 @@ Eight "sessions" each run a heavy SEARCH-like job in the disk executor the IMAP
 listener uses (parse and decode a multi-megabyte message, over and over), plus as many
 again queued; meanwhile one local delivery commits through MaildirDelivery, as the
 SMTP session does before its 250. Run with the read pool (today) and without it (all
-in one pool, as before docs/decisions/0009), in one process, on a temp dir:
+in one pool, as before docs/decisions/0011), in one process, on a temp dir:
 
     .venv/bin/python bench/disk_pools.py [--jobs 16] [--job-seconds 2]
 """
