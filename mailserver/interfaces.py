@@ -17,7 +17,8 @@ into local mailboxes and remote recipients and commits both halves in the order 
 leaves nothing behind on failure. Nothing a transaction writes is visible before its
 `commit` is called; a commit that fails, or an abort before commit, leaves nothing.
 
-The POP3 and IMAP sessions stand on IUserStore / IMailboxView (the bottom of this file).
+The IMAP session stands on IUserStore / IMailboxView, the POP3 session on IMaildrop;
+both open a user's mail through IMailboxOpener (the bottom of this file).
 """
 
 from __future__ import annotations
@@ -232,7 +233,7 @@ class IOutboundQueue(Interface):
         """Start queueing one message for `envelope.recipients`."""
 
 
-# -- the IMAP view of a Maildir (issue 5) -----------------------------------------------------
+# -- the IMAP view of a Maildir ---------------------------------------------------------------
 #
 # Implemented by mailserver.store (folders, UID lists, index, notify); used by
 # mailserver.imap. Folder names are IMAP mailbox names exactly as on the wire after

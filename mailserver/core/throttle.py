@@ -7,9 +7,10 @@ more password checks until the oldest failure ages out. One throttle per process
 ServerContext's, sized by limits.login_failures_per_ip and login_failure_window) is
 shared by submission, POP3 and IMAP, so failures over one protocol block the others
 too; each refuses in its own words and closes: SMTP 421 4.7.0, POP3 -ERR [SYS/TEMP],
-IMAP NO [UNAVAILABLE]. With `processes = N` each process counts on its own. Only failures count, so a user whose client logs in a thousand times a day is
-never affected; a successful login does not wipe the slate, so one valid account does
-not let a guesser try others indefinitely. Postfix has the blunter
+IMAP NO [UNAVAILABLE]. With `processes = N` each process counts on its own. Only
+failures count, so a user whose client logs in a thousand times a day is never
+affected; a successful login does not wipe the slate, so one valid account does not let
+a guesser try others indefinitely. Postfix has the blunter
 smtpd_client_auth_rate_limit (every AUTH counts); fail2ban is what most sites add.
 
 Memory is bounded: at most MAX_CLIENTS addresses are tracked (the least recently
