@@ -22,10 +22,13 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from typing import Any
 
-#: Failed logins from one address within WINDOW after which it is refused.
-LIMIT = 10
-#: Seconds a failure is remembered.
-WINDOW = 900.0
+from mailserver.config import LimitsConfig
+
+#: Failed logins from one address within WINDOW after which it is refused (the default
+#: of limits.login_failures_per_ip, which app/service.py passes in).
+LIMIT: int = LimitsConfig.login_failures_per_ip
+#: Seconds a failure is remembered (the default of limits.login_failure_window).
+WINDOW: float = LimitsConfig.login_failure_window
 #: Addresses tracked at most.
 MAX_CLIENTS = 10_000
 

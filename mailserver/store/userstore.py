@@ -18,6 +18,7 @@ from pathlib import Path
 
 from zope.interface import implementer
 
+from mailserver.config import LimitsConfig
 from mailserver.interfaces import (
     CopyResult,
     FolderInfo,
@@ -41,8 +42,8 @@ log = logger(__name__)
 
 
 #: Folders besides INBOX a user may have when the caller names no limit (the default
-#: of limits.folders_per_user).
-FOLDER_LIMIT = 1000
+#: of limits.folders_per_user, defined once in config.py).
+FOLDER_LIMIT: int = LimitsConfig.folders_per_user
 
 
 @implementer(IUserStore)
