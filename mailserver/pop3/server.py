@@ -28,7 +28,6 @@ from mailserver.auth.realm import IMailUser
 from mailserver.auth.sasl import SASLError, decode_base64, plain_credentials
 from mailserver.core.connection import Goodbyes, LineConnection
 from mailserver.core.context import MailboxFactory
-from mailserver.core.flow import CLOSE_GRACE  # noqa: F401 - the tests' name for it
 from mailserver.core.lines import POP3_LINES, LineRefused
 from mailserver.interfaces import IMaildrop, MaildropInUse, MaildropMessage
 from mailserver.logs import logger
