@@ -152,7 +152,8 @@ class IDeliveryRouter(IDeliveryTarget):
 
         `relay`: the client may send to other domains (authenticated submission, RFC
         6409 3.3); the caller decides that, the router only knows which domains are ours.
-        Refusals: 550 5.7.1 (relaying denied), 550 5.1.1 (no such local user), 451 4.3.5
+        Refusals: 550 5.7.1 (relaying denied), 550 5.1.1 (no such local user), 451 4.3.0
+        (the directory cannot answer now: IRecipientDirectory.unavailable), 451 4.3.5
         (a remote recipient when this server has no relay queue).
         """
 
