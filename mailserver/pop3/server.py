@@ -133,7 +133,8 @@ class POP3Session(TransactionCommands, LineConnection):
     # -- connection lifecycle ------------------------------------------------------------
 
     def initial_timeout(self) -> float:
-        return self.factory.login_timeout
+        timeout: float = self.factory.login_timeout
+        return timeout
 
     def greeting(self) -> None:
         self._ok(f"{IMPLEMENTATION} POP3 server ready.")
