@@ -31,6 +31,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from mailserver.config import Config
 from mailserver.core.flow import CLOSE_GRACE, FlowControl
 from mailserver.core.lines import LineReader, LineRefused, LineRules
 from mailserver.logs import logger
@@ -73,7 +74,7 @@ class LineConnection(FlowControl, Protocol, TimeoutMixin):
     timeout_log: ClassVar[str] = "{session} timeout from {peer}"
 
     factory: Any
-    config: Any
+    config: Config
     session_id: str
 
     def init_connection(self) -> None:
@@ -97,7 +98,7 @@ class LineConnection(FlowControl, Protocol, TimeoutMixin):
         raise NotImplementedError
 
     def initial_timeout(self) -> float | None:
-        return self.config.limits.command_timeout  # type: ignore[no-any-return]
+        return self.config.limits.command_timeout
 
     def take_raw(self) -> bool:
         """Consume buffered octets that are not command lines (DATA, a literal); True
