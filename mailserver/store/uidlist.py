@@ -22,6 +22,13 @@ The next UID is max(N, last UID + 1): UIDs are only ever appended in ascending o
 UIDVALIDITY comes from `mailserver-uidvalidity` in the user's root, a counter that is
 max(now, last + 1): time-based as RFC 3501 suggests, but a folder deleted and created
 again within a second still gets a new value.
+
+A folder Dovecot served (a `dovecot-uidlist` and no list of ours) is taken over when
+the list is first created: its UIDVALIDITY, next UID and every UID -> name record are
+written into our list (store/dovecot.py reads and checks Dovecot's file, which stays
+as it is), so IMAP clients see the same UIDs. Files Dovecot never listed get UIDs
+from its next UID on, like any new file. This happens under the lock that guards
+every creation of the list, so one process takes over and the others read its result.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from mailserver.logs import logger
+from mailserver.store.dovecot import DOVECOT_UIDLIST, DovecotFormatError, read_uidlist
 
 log = logger(__name__)
 
@@ -58,15 +66,24 @@ def locked(path: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def allocate_validity(root: Path) -> int:
-    """A fresh UIDVALIDITY for a folder of the user at `root` (never handed out twice)."""
+def allocate_validity(root: Path, floor: int = 0) -> int:
+    """A fresh UIDVALIDITY for a folder of the user at `root` (never handed out twice).
+
+    `floor`: a value in use already (a folder taken over from Dovecot): the counter is
+    raised to it, so no later folder of the user gets it or one below; returns `floor`.
+    """
     path = root / VALIDITY_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         raw = os.pread(fd, 32, 0).strip()
         last = int(raw) if raw.isdigit() else 0
-        value = max(int(time.time()), last + 1) & 0xFFFFFFFF or 1
+        if floor:
+            if last >= floor:
+                return floor
+            value = floor
+        else:
+            value = max(int(time.time()), last + 1) & 0xFFFFFFFF or 1
         data = b"%d\n" % value
         os.pwrite(fd, data, 0)
         os.ftruncate(fd, len(data))
@@ -185,11 +202,34 @@ class UidList:
     # ----------------------------------------------------------------- writing
 
     def _create(self) -> None:
-        """Write a new, empty list with a fresh UIDVALIDITY; caller holds the lock."""
+        """Write a new list (Dovecot's UIDs if it left a list, else empty with a fresh
+        UIDVALIDITY); caller holds the lock."""
+        if self._take_over_dovecot():
+            return
         validity = allocate_validity(self.root)
         self._write_file(validity, 1, [])
         log.info("new UIDVALIDITY {validity} for {path}", validity=validity,
                  path=str(self.folder))
+
+    def _take_over_dovecot(self) -> bool:
+        """Write Dovecot's UIDs as our list if the folder has a usable dovecot-uidlist."""
+        source = self.folder / DOVECOT_UIDLIST
+        try:
+            taken = read_uidlist(source)
+        except DovecotFormatError as e:
+            log.warn("not taking over Dovecot's UIDs: {error}; the folder gets a new "
+                     "UIDVALIDITY (clients download it again)", error=str(e))
+            return False
+        if taken is None:
+            return False
+        for warning in taken.warnings:
+            log.warn("{path}: {warning}", path=str(source), warning=warning)
+        allocate_validity(self.root, floor=taken.validity)
+        self._write_file(taken.validity, taken.next_uid, taken.records)
+        log.info("took over Dovecot's UIDs of {path}: UIDVALIDITY {validity}, {count} "
+                 "UIDs, next UID {next}", path=str(self.folder), validity=taken.validity,
+                 count=len(taken.records), next=taken.next_uid)
+        return True
 
     def _write_file(self, validity: int, next_uid: int,
                     records: Sequence[tuple[int, str]]) -> None:
