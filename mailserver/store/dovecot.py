@@ -173,6 +173,9 @@ def _parse_record(result: DovecotUidList, line: str,
     if not line:
         return None
     uid_text, _, rest = line.partition(" ")
+    if not uid_text.isdigit() or not 0 < int(uid_text) <= MAX_UID:
+        result.warn(f"line {number}: not a UID: {uid_text[:20]!r}")
+        return None
     ext: dict[str, str] = {}
     if result.version == 3:
         head, colon, name = rest.partition(":")
@@ -185,9 +188,6 @@ def _parse_record(result: DovecotUidList, line: str,
         name = rest.rpartition(" ")[2]
     else:
         name = rest
-    if not uid_text.isdigit() or not 0 < int(uid_text) <= MAX_UID:
-        result.warn(f"line {number}: not a UID: {uid_text[:20]!r}")
-        return None
     if not name or any(c in name for c in " /\t\r\x00") or name.startswith("."):
         result.warn(f"line {number}: not a Maildir file name: {name[:60]!r}")
         return None

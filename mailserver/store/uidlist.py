@@ -274,6 +274,30 @@ class UidList:
                 self.refresh(holding_lock=True)
         return {b: self.by_base[b] for b in bases if b in self.by_base}
 
+    def adopt(self, records: Sequence[tuple[int, str]]) -> int:
+        """Add Dovecot's (uid, base) records this list lacks, where the UID is still
+        free (at or above our next UID, ascending): an import run again after Dovecot
+        took more mail keeps that mail's UIDs. The caller checked that the UIDVALIDITY
+        is Dovecot's. Returns how many were added; the rest get new UIDs as usual."""
+        with locked(self.lock_path):
+            self.refresh(holding_lock=True)
+            lines = []
+            uid = self.next_uid
+            for record_uid, base in sorted(records):
+                if base in self.by_base or record_uid < uid or record_uid > MAX_UID:
+                    continue
+                lines.append(b"%d %s\n" % (record_uid, base.encode("utf-8", "surrogateescape")))
+                uid = record_uid + 1
+            if lines:
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+                try:
+                    os.write(fd, b"".join(lines))
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+                self.refresh(holding_lock=True)
+        return len(lines)
+
     def compact(self, live: set[str]) -> None:
         """Rewrite without names that are gone, keeping UIDVALIDITY and the next UID."""
         with locked(self.lock_path):
@@ -283,6 +307,23 @@ class UidList:
             keep = sorted((uid, base) for base, uid in self.by_base.items() if base in live)
             self._write_file(self.validity, self.next_uid, keep)
             self.refresh(holding_lock=True)
+
+
+def read_records(path: Path) -> tuple[int, list[tuple[int, str]]] | None:
+    """(UIDVALIDITY, every (uid, base) record as written, duplicates included) of a
+    list, read without creating or locking anything (`mailserver doctor`); None if
+    there is no list. A damaged header gives UIDVALIDITY 0."""
+    try:
+        text = path.read_text("utf-8", errors="surrogateescape")
+    except FileNotFoundError:
+        return None
+    header, _, body = text.partition("\n")
+    validity = 0
+    if header.startswith(_MAGIC.decode()):
+        for item in header.split()[2:]:
+            if item[:1] == "V" and item[1:].isdigit():
+                validity = int(item[1:])
+    return validity, [(int(uid), base) for uid, base in _RECORD.findall(body)]
 
 
 def _read_all(fd: int, size: int) -> bytes:
