@@ -105,18 +105,69 @@ class UidlFormat:
             if missing:
                 uidlist.assign(missing)
             uids, validity = uidlist.by_base, uidlist.validity
+        template = self.template()
+        if template is not None and needed <= {"u", "v"} and validity:
+            self._apply_numbers(messages, uids, validity, template, fallback)
+            return
         guids = _dovecot_guids(maildir) if "g" in needed else {}
+        need_uid, need_validity = "u" in needed, "v" in needed
         for message in messages:
             uid = uids.get(message.base, 0)
-            if ("u" in needed and not uid) or ("v" in needed and not validity):
+            if (need_uid and not uid) or (need_validity and not validity):
                 continue  # no UID space (a damaged list): keep the base-name UIDL
-            values: dict[str, str | int] = {
-                "u": uid, "v": validity, "g": guids.get(message.base, message.base),
-                "f": message.name.partition(":")[0], "m": ""}
+            values: dict[str, str | int] = {"u": uid, "v": validity}
+            if "g" in needed:
+                values["g"] = guids.get(message.base, message.base)
+            if "f" in needed:
+                values["f"] = message.name.partition(":")[0]
             if "m" in needed:
                 values["m"] = _header_md5(os.path.join(maildir, message.subdir,
                                                        message.name))
-            message.uidl = fallback(self.render(values))
+            text = template.format_map(values) if template is not None \
+                else self.render(values)
+            message.uidl = fallback(text)
+
+    @staticmethod
+    def _apply_numbers(messages: Sequence[UidlMessage], uids: dict[str, int],
+                       validity: int, template: str,
+                       fallback: Callable[[str], str]) -> None:
+        """The common case (Dovecot's default %08Xu%08Xv): numbers only. When the
+        longest UID gives a UIDL RFC 1939 accepts, every UID does (same characters,
+        no longer), so the per-message check is skipped: 100,000 at login in ~0.1 s."""
+        fmt = template.format
+        widest = fmt(u=2**32 - 1, v=validity)
+        checked = fallback(widest) == widest and fallback(fmt(u=1, v=validity)) \
+            == fmt(u=1, v=validity)
+        get = uids.get
+        for message in messages:
+            uid = get(message.base)
+            if uid:
+                text = fmt(u=uid, v=validity)
+                message.uidl = text if checked else fallback(text)
+
+    def template(self) -> str | None:
+        """The format as a str.format template when every field has one (a UID or
+        UIDVALIDITY in hex or decimal, zero-padded; a string cut or zero-padded):
+        100,000 UIDLs at login in C instead of render's Python loop. None otherwise."""
+        out = []
+        for part in self.parts:
+            if isinstance(part, str):
+                out.append(part.replace("{", "{{").replace("}", "}}"))
+                continue
+            numeric = part.var in "uv"
+            if part.modifiers not in ("", "X") or (part.modifiers and not numeric):
+                return None
+            if numeric and part.width and not part.zero:
+                return None  # a cut decimal number: render does it
+            kind = "x" if part.modifiers else ("d" if numeric else "s")
+            if not part.width:
+                spec = kind
+            elif numeric:
+                spec = f"0{part.width}{kind}"
+            else:
+                spec = f"0>{part.width}s" if part.zero else f".{part.width}s"
+            out.append(f"{{{part.var}:{spec}}}")
+        return "".join(out)
 
 
 def parse_uidl_format(text: str) -> UidlFormat | None:
