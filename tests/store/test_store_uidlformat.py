@@ -103,3 +103,10 @@ def test_config_default_and_dovecots() -> None:
     assert config_from_dict({}).pop3.uidl_format == ""
     assert config_from_dict({"pop3": {"uidl_format": "%08Xu%08Xv"}}).pop3.uidl_format \
         == "%08Xu%08Xv"
+
+
+def test_a_numbers_only_format_outside_rfc_1939_is_hashed_too(tmp_path: Path) -> None:
+    root = maildir(tmp_path, f"3 V{V} N9\n1 :{NAMES[0]}\n")
+    assert uidls(root, "%u %v")[0] == uidl_for(f"1 {V}")
+    assert uidls(root, "%u" + "x" * 69)[0] == uidl_for("1" + "x" * 69)  # 70 is fine...
+    assert uidls(root, "%u" + "x" * 69)[2] == uidl_for("10" + "x" * 69)  # ...71 is not
