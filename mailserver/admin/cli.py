@@ -65,10 +65,10 @@ def build_parser() -> argparse.ArgumentParser:
         "dovecot", help="Dovecot Maildirs, with UIDs, flags, keywords, subscriptions")
     dovecot.add_argument("--from", dest="source", metavar="PATH", required=True,
                          help="the user's Maildir (--user), or the DOMAIN/USER tree (--all)")
-    who = dovecot.add_mutually_exclusive_group(required=True)
+    who = dovecot.add_mutually_exclusive_group()
     who.add_argument("--user", metavar="ADDRESS", help="import PATH as this user's mail")
     who.add_argument("--all", action="store_true",
-                     help="import PATH/DOMAIN/LOCALPART for every known user")
+                     help="import PATH/DOMAIN/LOCALPART for every known user (the default)")
     dovecot.add_argument("--dry-run", action="store_true",
                          help="say what would be imported, change nothing")
 
@@ -84,7 +84,7 @@ def _handler(args: argparse.Namespace) -> Callable[[Admin], None]:
         from mailserver.admin.dovecot_import import import_dovecot
 
         return lambda admin: import_dovecot(admin, Path(args.source).absolute(), args.user,
-                                            args.all, args.dry_run)
+                                            args.user is None, args.dry_run)
     if args.command == "queue":
         from mailserver.admin import queue_commands as q
 

@@ -171,8 +171,13 @@ def test_refusals(tmp_path: Path, config_path: Path, capsys: pytest.CaptureFixtu
                str(tmp_path / "link"), "--all")[2] == \
         f"import dovecot: cannot use {tmp_path / 'link'}: is a symbolic link " \
         "(refusing to follow it)\n"
-    # Neither --user nor --all: a usage error (exit 2).
-    assert main(["--config", str(config_path), "import", "dovecot", "--from", "x"]) == 2
+    # Both: a usage error (exit 2); neither: --all (CONTRACT.md's `--from PATH` alone).
+    assert main(["--config", str(config_path), "import", "dovecot", "--from", "x",
+                 "--all", "--user", "bob@example.org"]) == 2
+    assert run(config_path, capsys, monkeypatch, "import", "dovecot", "--from",
+               str(tmp_path / "vmail"))[2] == \
+        f"import dovecot: {tmp_path / 'vmail'}: no DOMAIN/LOCALPART Maildir of a known " \
+        "user below it\n"
 
 
 def test_hostile_uidlist_warned_and_no_uid_reused(
