@@ -82,11 +82,17 @@ def read_uidlist(path: Path) -> DovecotUidList | None:
 
     DovecotFormatError for a file we cannot take UIDs from at all (no UIDVALIDITY, an
     unknown version): the caller starts a new UID space, as Dovecot itself would.
+    PermissionError when it may not be read: the caller must not start a new one.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
     except FileNotFoundError:
         return None
+    except PermissionError:
+        # Not damage: the file is there and its UIDs are good, we may not read them
+        # (Dovecot's vmail owner, mode 0600). Starting a new UID space now could never
+        # be undone; the open fails instead until the owner is fixed.
+        raise
     except OSError as e:
         raise DovecotFormatError(f"{path}: cannot read: {e.strerror}") from None
     try:

@@ -220,6 +220,11 @@ class UidList:
             log.warn("not taking over Dovecot's UIDs: {error}; the folder gets a new "
                      "UIDVALIDITY (clients download it again)", error=str(e))
             return False
+        except PermissionError:
+            log.error("cannot read {path} (permission denied): the folder stays closed "
+                      "until its owner is fixed, so that Dovecot's UIDs are not lost",
+                      path=str(source))
+            raise
         if taken is None:
             return False
         for warning in taken.warnings:

@@ -224,3 +224,26 @@ def test_processes_opening_at_once_agree(root: Path) -> None:
     expected = (V, sorted({NAMES[0]: 1, NAMES[1]: 3, NAMES[2]: 7}.items()))
     assert results == [expected] * 4
     assert os.listdir(root).count(UIDLIST_FILE) == 1
+
+
+def test_unreadable_dovecot_uidlist_keeps_the_folder_closed(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dovecot's file owned by vmail, mode 0600: a new UIDVALIDITY now could never be
+    undone, so the open fails (and works once the owner is fixed)."""
+    (root / UIDLIST_FILE).unlink(missing_ok=True)
+    dovecot_folder(root, V3)
+    import mailserver.store.dovecot as dovecot_module
+
+    real_open = os.open
+
+    def denied(path: object, *args: object, **kwargs: object) -> int:
+        if str(path).endswith("dovecot-uidlist"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+    monkeypatch.setattr(dovecot_module.os, "open", denied)
+    with pytest.raises(PermissionError):
+        UserStore(root).select("INBOX")
+    assert not (root / UIDLIST_FILE).exists()
+    monkeypatch.undo()
+    restart()
+    assert uid_map(UserStore(root))[0] == V
