@@ -8,10 +8,11 @@ import multiprocessing
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from imapstore_helpers import deliver, restart
-from twisted.logger import globalLogPublisher
+from twisted.logger import ILogObserver, LogLevel, formatEvent, globalLogPublisher
 
 from mailserver.store.dovecot import DovecotFormatError, parse_uidlist
 from mailserver.store.uidlist import UIDLIST_FILE, UidList
@@ -26,15 +27,12 @@ NAMES = ["1700000001.M1P10.vm", "1700000002.M1P10.vm", "1700000003.M1P10.vm"]
 def warnings() -> Iterator[list[str]]:
     seen: list[str] = []
 
-    def observe(event: dict[str, object]) -> None:
-        if str(event.get("log_level")) in ("<LogLevel=warn>",) or \
-                getattr(event.get("log_level"), "name", "") == "warn":
-            fmt = str(event.get("log_format", ""))
-            seen.append(fmt.format(**{k: v for k, v in event.items()
-                                      if isinstance(k, str)}))
-    globalLogPublisher.addObserver(observe)
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_level") == LogLevel.warn:
+            seen.append(formatEvent(event))
+    globalLogPublisher.addObserver(cast(ILogObserver, observe))
     yield seen
-    globalLogPublisher.removeObserver(observe)
+    globalLogPublisher.removeObserver(cast(ILogObserver, observe))
 
 
 def dovecot_folder(folder: Path, uidlist: str, flags: dict[str, str] | None = None,
