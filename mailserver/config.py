@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 import types
@@ -170,6 +171,37 @@ class SubmissionConfig:
     )
 
 
+#: One variable of Dovecot's var_expand as pop3_uidl_format uses it (store/uidlformat.py
+#: reads the groups): "%%", or % [0][width][X L U modifiers] and a letter or {name}.
+UIDL_TOKEN = re.compile(r"%(?:(%)|(0?)(\d*)([XLU]*)(?:([uvgmf])|\{([a-z]+)\}))")
+UIDL_LONG_NAMES = {"uid": "u", "uidvalidity": "v", "guid": "g", "md5": "m", "filename": "f"}
+
+
+def uidl_format_problem(text: str) -> str | None:
+    """What is wrong with a pop3.uidl_format (None: fine, or "" = base names)."""
+    if not text:
+        return None
+    pos, variables = 0, 0
+    while (percent := text.find("%", pos)) >= 0:
+        match = UIDL_TOKEN.match(text, percent)
+        if match is None or (match[6] is not None and match[6] not in UIDL_LONG_NAMES):
+            return (f"unknown variable at {text[percent:percent + 12]!r} "
+                    "(known: %u %v %g %m %f, their {long names}, and %%)")
+        variables += match[1] is None
+        pos = match.end()
+    if not variables:
+        return "no variable: every message would get the same UIDL"
+    return None
+
+
+@dataclass(frozen=True)
+class Pop3Config:
+    uidl_format: str = doc(
+        'UIDLs as Dovecot\'s pop3_uidl_format makes them (e.g. "%08Xu%08Xv": UID and '
+        "UIDVALIDITY in hex), so POP3 clients moving from Dovecot keep theirs; empty: "
+        "the Maildir base name.", default="")
+
+
 @dataclass(frozen=True)
 class AbuseConfig:
     """Defences shared by every service and worker process (README "Defences").
@@ -271,6 +303,7 @@ class Config:
     abuse: AbuseConfig = field(default_factory=AbuseConfig)
     http: HTTPConfig = field(default_factory=HTTPConfig)
     mta_sts: MTASTSConfig = field(default_factory=MTASTSConfig)
+    pop3: Pop3Config = field(default_factory=Pop3Config)
     #: The file this came from (None: the embedded default). Not a config key.
     source: Path | None = field(default=None, metadata={"internal": True})
 
@@ -424,6 +457,9 @@ def _check_semantics(config: Config, problems: list[str]) -> None:
         p = getattr(tls, key)
         if p is not None and not os.access(p, os.R_OK):
             problems.append(f"tls.{key}: cannot read {p}")
+    error = uidl_format_problem(config.pop3.uidl_format)
+    if error:
+        problems.append(f"pop3.uidl_format: {error}")
     limits = config.limits
     for key in ("message_size", "recipients_per_message", "connections", "connections_per_ip",
                 "command_timeout", "errors_per_session", "folders_per_user"):

@@ -74,10 +74,33 @@ def build_parser() -> argparse.ArgumentParser:
         "id", metavar="ID")
 
     top.add_parser("check-config", help="check the config, users and aliases files")
+
+    imp = top.add_parser("import", help="copy mail from another server's Maildirs")
+    imp_sub = imp.add_subparsers(dest="action", required=True, metavar="SOURCE")
+    dovecot = imp_sub.add_parser(
+        "dovecot", help="Dovecot Maildirs, with UIDs, flags, keywords, subscriptions")
+    dovecot.add_argument("--from", dest="source", metavar="PATH", required=True,
+                         help="the user's Maildir (--user), or the DOMAIN/USER tree (--all)")
+    who = dovecot.add_mutually_exclusive_group()
+    who.add_argument("--user", metavar="ADDRESS", help="import PATH as this user's mail")
+    who.add_argument("--all", action="store_true",
+                     help="import PATH/DOMAIN/LOCALPART for every known user (the default)")
+    dovecot.add_argument("--dry-run", action="store_true",
+                         help="say what would be imported, change nothing")
+
+    doc = top.add_parser("doctor", help="check the Maildirs against their UID lists")
+    doc.add_argument("--user", metavar="ADDRESS", help="only this user's Maildir")
     return parser
 
 
 def _handler(args: argparse.Namespace) -> Callable[[Admin], None]:
+    if args.command == "import":
+        from pathlib import Path
+
+        from mailserver.admin.dovecot_import import import_dovecot
+
+        return lambda admin: import_dovecot(admin, Path(args.source).absolute(), args.user,
+                                            args.user is None, args.dry_run)
     if args.command == "queue":
         from mailserver.admin import queue_commands as q
 
@@ -119,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     if args.command == "check-config":
         return check_config(args.config, sys.stdout, sys.stderr)
-    label = f"{args.command} {args.action}"
+    label = args.command if args.command == "doctor" else f"{args.command} {args.action}"
     try:
         config = load_config(args.config)
     except ConfigError as e:
@@ -128,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     admin = Admin(config, sys.stdin, sys.stdout, sys.stderr)
     try:
+        if args.command == "doctor":
+            from mailserver.admin.doctor import doctor
+
+            return 0 if doctor(admin, args.user) else 1
         _handler(args)(admin)
     except Refused as e:
         print(f"{label}: {e}", file=sys.stderr)

@@ -82,7 +82,8 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
         portal=make_portal(config, directory, abuse=abuse),
         target=DeliveryRouter(config, directory, local, queue), disk=disk,
         tls=server_tls_options(config),
-        mailboxes=MaildirOpener(config.mail_dir, config.limits.folders_per_user),
+        mailboxes=MaildirOpener(config.mail_dir, config.limits.folders_per_user,
+                                config.pop3.uidl_format),
         instance=instance, login_throttle=LoginThrottle(control=abuse), abuse=abuse,
     )
     metrics.watch_tls(context.tls)

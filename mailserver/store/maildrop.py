@@ -14,6 +14,10 @@ only interfaces.IMaildrop, opened by opener.py).
 - The UIDL is the Maildir base name (before `,S=` and `:2,`): stable when flags change
   and the same in every session, POP3 or IMAP (RFC 1939 7: 1-70 characters in
   0x21-0x7E; a base name that does not fit is replaced by a hash of it, just as stable).
+- With `pop3.uidl_format` set (uidlformat.py: Dovecot's pop3_uidl_format, e.g.
+  "%08Xu%08Xv"), the UIDL is built from the message's IMAP UID and the folder's
+  UIDVALIDITY instead, so clients moving from Dovecot keep the UIDLs they hold; the
+  UID list is read (and new files numbered) in the snapshot, in the disk thread.
 - Files renamed by another session (IMAP changing flags) are found again by base name.
 - Retrieved messages get the Seen flag (a rename into cur/ with `:2,...S`) when the
   session ends, in one batch, as Dovecot does: one rename per RETR in the middle of a
@@ -38,6 +42,7 @@ from mailserver.logs import logger
 from mailserver.store.maildir import ensure_maildir, fsync_dir
 from mailserver.store.maildroplock import MaildropLock
 from mailserver.store.names import base_of, crlf_size_of, flag_letters, order_key, with_flags
+from mailserver.store.uidlformat import UidlFormat
 
 log = logger(__name__)
 
@@ -96,11 +101,11 @@ def _parse_name(name: str) -> tuple[str, int | None, str, int]:
     return base, crlf_size_of(name), uidl_for(base), order_key(base)
 
 
-def snapshot(maildir: Path) -> list[Message]:
+def snapshot(maildir: Path, uidl_format: UidlFormat | None = None) -> list[Message]:
     """The INBOX's messages in delivery order (oldest first = message 1).
 
     Parsing the names is most of the login time on a 100,000-message maildrop, hence
-    the cache of _parse_name.
+    the cache of _parse_name. `uidl_format`: UIDLs in that format (else base names).
     """
     found: list[Message] = []
     for subdir in ("new", "cur"):
@@ -123,6 +128,8 @@ def snapshot(maildir: Path) -> list[Message]:
                     continue  # gone while we looked: not part of the snapshot
             found.append(Message(subdir, name, base, size, uidl, False, order))
     found.sort(key=attrgetter("order"))  # stable: foreign names keep listing order
+    if uidl_format is not None:
+        uidl_format.apply(maildir, found, uidl_for)
     return found
 
 
@@ -297,17 +304,18 @@ class Maildrop:
         self._lock.release()
 
 
-def open_maildrop(mail_dir: Path, mailbox: MailboxId) -> Maildrop:
+def open_maildrop(mail_dir: Path, mailbox: MailboxId,
+                  uidl_format: UidlFormat | None = None) -> Maildrop:
     """The Maildir (created if new), its lock (MaildropInUse), and the snapshot."""
     maildir = ensure_maildir(mail_dir, mailbox)
-    return open_maildir(maildir)
+    return open_maildir(maildir, uidl_format)
 
 
-def open_maildir(maildir: Path) -> Maildrop:
+def open_maildir(maildir: Path, uidl_format: UidlFormat | None = None) -> Maildrop:
     """The lock and the snapshot of an existing Maildir (MaildropInUse if locked)."""
     lock = MaildropLock.acquire(maildir)
     try:
-        return Maildrop(maildir, lock, snapshot(maildir))
+        return Maildrop(maildir, lock, snapshot(maildir, uidl_format))
     except BaseException:
         lock.release()
         raise

@@ -14,6 +14,7 @@ from zope.interface import implementer
 from mailserver.interfaces import IMailboxOpener, MailboxId
 from mailserver.store.maildir import ensure_maildir
 from mailserver.store.maildrop import Maildrop, open_maildrop
+from mailserver.store.uidlformat import parse_uidl_format
 from mailserver.store.userstore import FOLDER_LIMIT, UserStore
 
 
@@ -22,12 +23,15 @@ class MaildirOpener:
     """The Maildirs under `mail_dir` (data_dir/mail), each user with at most
     `folder_limit` folders besides INBOX. Blocking calls: disk thread."""
 
-    def __init__(self, mail_dir: Path, folder_limit: int = FOLDER_LIMIT) -> None:
+    def __init__(self, mail_dir: Path, folder_limit: int = FOLDER_LIMIT,
+                 uidl_format: str = "") -> None:
         self.mail_dir = mail_dir
         self.folder_limit = folder_limit
+        #: pop3.uidl_format, parsed (config checked it); None: base-name UIDLs.
+        self.uidl_format = parse_uidl_format(uidl_format)
 
     def open_maildrop(self, mailbox: MailboxId) -> Maildrop:
-        return open_maildrop(self.mail_dir, mailbox)
+        return open_maildrop(self.mail_dir, mailbox, self.uidl_format)
 
     def open_user_store(self, mailbox: MailboxId) -> UserStore:
         return UserStore(ensure_maildir(self.mail_dir, mailbox),
