@@ -31,10 +31,12 @@ tools:
 	fetchmail -V 2>/dev/null | grep -q '+SSL' || missing="$$missing fetchmail"; \
 	command -v mbsync >/dev/null || missing="$$missing isync"; \
 	[ -x /usr/sbin/dovecot ] || missing="$$missing dovecot-core"; \
+	/sbin/ldconfig -p | grep -q 'libunwind\.so\.8 ' || missing="$$missing libunwind8"; \
 	[ -x /usr/lib/dovecot/imap ] || missing="$$missing dovecot-imapd"; \
 	[ -x /usr/lib/dovecot/pop3 ] || missing="$$missing dovecot-pop3d"; \
 	command -v pebble >/dev/null || missing="$$missing pebble"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v fail2ban-regex >/dev/null || missing="$$missing fail2ban"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \

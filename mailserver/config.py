@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import socket
 import tomllib
 import types
@@ -28,7 +29,8 @@ def doc(text: str, **kwargs: Any) -> Any:
     return field(metadata={"doc": text}, **kwargs)
 
 
-SERVICES = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps")
+SERVICES = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps", "http",
+            "https")
 
 #: Where each service listens in the embedded default (no config file): loopback only.
 DEFAULT_LISTEN = {
@@ -64,6 +66,10 @@ class ListenConfig:
     pop3s: str | None = doc("POP3 with implicit TLS.", default=None)
     imap: str | None = doc("IMAP4 with STARTTLS.", default=None)
     imaps: str | None = doc("IMAP4 with implicit TLS.", default=None)
+    http: str | None = doc("HTTP: ACME HTTP-01, client autoconfiguration, /metrics.",
+                           default=None)
+    https: str | None = doc("HTTPS: the same, and the MTA-STS policy (RFC 8461 3.3).",
+                            default=None)
 
     def enabled(self) -> dict[str, str]:
         return {name: getattr(self, name) for name in SERVICES if getattr(self, name)}
@@ -109,6 +115,10 @@ class LimitsConfig:
     strict_8bitmime: bool = doc(
         "Refuse 8-bit message data sent without BODY=8BITMIME or SMTPUTF8 (RFC 6152).",
         default=True,
+    )
+    folders_per_user: int = doc(
+        "IMAP folders one user may have besides INBOX; a CREATE or RENAME that would "
+        "make more is refused with NO [LIMIT] (RFC 5530).", default=1000,
     )
 
 
@@ -161,6 +171,116 @@ class SubmissionConfig:
     )
 
 
+#: One variable of Dovecot's var_expand as pop3_uidl_format uses it (store/uidlformat.py
+#: reads the groups): "%%", or % [0][width][X L U modifiers] and a letter or {name}.
+UIDL_TOKEN = re.compile(r"%(?:(%)|(0?)(\d*)([XLU]*)(?:([uvgmf])|\{([a-z]+)\}))")
+UIDL_LONG_NAMES = {"uid": "u", "uidvalidity": "v", "guid": "g", "md5": "m", "filename": "f"}
+
+
+def uidl_format_problem(text: str) -> str | None:
+    """What is wrong with a pop3.uidl_format (None: fine, or "" = base names)."""
+    if not text:
+        return None
+    pos, variables = 0, 0
+    while (percent := text.find("%", pos)) >= 0:
+        match = UIDL_TOKEN.match(text, percent)
+        if match is None or (match[6] is not None and match[6] not in UIDL_LONG_NAMES):
+            return (f"unknown variable at {text[percent:percent + 12]!r} "
+                    "(known: %u %v %g %m %f, their {long names}, and %%)")
+        variables += match[1] is None
+        pos = match.end()
+    if not variables:
+        return "no variable: every message would get the same UIDL"
+    return None
+
+
+@dataclass(frozen=True)
+class Pop3Config:
+    uidl_format: str = doc(
+        'UIDLs as Dovecot\'s pop3_uidl_format makes them (e.g. "%08Xu%08Xv": UID and '
+        "UIDVALIDITY in hex), so POP3 clients moving from Dovecot keep theirs; empty: "
+        "the Maildir base name.", default="")
+
+
+@dataclass(frozen=True)
+class AbuseConfig:
+    """Defences shared by every service and worker process (README "Defences").
+
+    Times are in seconds; a count of 0 turns that check off.
+    """
+
+    trusted_networks: tuple[str, ...] = doc(
+        'Networks exempt from the connection and port-25 checks (never from the login '
+        'lock-out): ["192.0.2.0/24", "2001:db8::/32"].', default=())
+    refused_networks: tuple[str, ...] = doc(
+        "Networks whose connections are refused on every service.", default=())
+    login_failures: int = doc(
+        "Failed logins from one address (IPv6: one /64), all services together, after "
+        "which it is locked out.", default=10)
+    login_window: int = doc("Seconds a failed login is counted.", default=900)
+    lockout: int = doc("Seconds a locked-out address is refused.", default=900)
+    login_delay_max: int = doc(
+        "Longest delay before a failed login is answered; the delay (0.75 s) doubles with "
+        "each recent failure for the same account, from any address; 0: no doubling.",
+        default=15)
+    connections_per_minute: int = doc(
+        "New connections per minute from one address, all services together.", default=0)
+    smtp_messages_per_hour: int = doc("Messages per hour from one address on port 25.",
+                                      default=0)
+    smtp_recipients_per_hour: int = doc("Recipients per hour from one address on port 25.",
+                                        default=0)
+    unknown_recipients: int = doc(
+        "RCPTs to unknown users per hour from one address on port 25 (directory harvest) "
+        "after which each one is delayed (tarpit), and at twice this the session ends "
+        "with 421.", default=10)
+    tarpit_delay: int = doc("Seconds each unknown RCPT waits past `unknown_recipients`.",
+                            default=2)
+    pregreet_wait: int = doc(
+        "Seconds port 25 waits before its banner; a client that talks first is refused "
+        "(postscreen's pregreet test; 6 is Postfix's value).", default=0)
+    greylist_delay: int = doc(
+        "Seconds a new (client /24, sender, recipient) must wait before its retry is "
+        "accepted on port 25 (RFC 6647 greylisting; 300 is usual); a passed retry "
+        "allows that client for 35 days. Never for trusted networks.", default=0)
+    messages_per_hour: int = doc(
+        "Messages one submission user may send per hour (default for every user; "
+        "data_dir/sending_limits sets per-domain and per-user values).", default=0)
+    recipients_per_day: int = doc("Recipients one submission user may send to per day.",
+                                  default=0)
+    tracked_keys: int = doc(
+        "Counters kept (addresses, accounts, users); 72 bytes each, the least recently "
+        "used are forgotten first.", default=262_144)
+    dnsbl_zones: tuple[str, ...] = doc(
+        'DNS blocklists for port 25 as "zone=weight" ("zen.spamhaus.org=2"); none by '
+        "default.", default=())
+    dnsbl_threshold: int = doc("Total weight at which a client is refused.", default=1)
+
+
+@dataclass(frozen=True)
+class HTTPConfig:
+    """The http and https listeners (listen.http, listen.https)."""
+
+    request_timeout: int = doc("Seconds a client may take to send one whole request "
+                               "(slowloris), and to stay idle between requests.", default=30)
+    metrics_networks: tuple[str, ...] = doc(
+        'Client networks that may read /metrics ("192.0.2.0/24"); the default is loopback.',
+        default=("127.0.0.0/8", "::1/128"),
+    )
+    metrics_token_file: str = doc(
+        "Absolute path of a file whose first line is a bearer token that also admits "
+        "/metrics from anywhere (Authorization: Bearer TOKEN); empty: no token.", default="",
+    )
+
+
+@dataclass(frozen=True)
+class MTASTSConfig:
+    """Our MTA-STS policy (RFC 8461), served at https://mta-sts.DOMAIN/.well-known/mta-sts.txt."""
+
+    mode: str = doc('"enforce", "testing" or "none" (RFC 8461 5).', default="testing")
+    max_age: int = doc("Seconds senders may cache the policy (RFC 8461 3.2: at most "
+                       "31557600).", default=604_800)
+
+
 @dataclass(frozen=True)
 class AcmeConfig:
     """Certificates from an ACME CA (RFC 8555), e.g. Let's Encrypt; omitted: no ACME.
@@ -200,7 +320,8 @@ class Config:
                          default=Path("/var/lib/mailserver"))
     processes: int = doc(
         "Server processes sharing the listeners (one Python process uses about one core; "
-        "0 = one per CPU). Limits apply per process.",
+        "0 = one per CPU). limits.connections counts per process; the per-address limits "
+        "and [abuse] count across all of them.",
         default=1,
     )
     domains: DomainsConfig = field(default_factory=DomainsConfig)
@@ -210,6 +331,10 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
     submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    abuse: AbuseConfig = field(default_factory=AbuseConfig)
+    http: HTTPConfig = field(default_factory=HTTPConfig)
+    mta_sts: MTASTSConfig = field(default_factory=MTASTSConfig)
+    pop3: Pop3Config = field(default_factory=Pop3Config)
     acme: AcmeConfig = field(default_factory=AcmeConfig)
     log: LogConfig = field(default_factory=LogConfig)
     #: The file this came from (None: the embedded default). Not a config key.
@@ -368,9 +493,12 @@ def _check_semantics(config: Config, problems: list[str]) -> None:
     _check_acme(config, problems)
     if config.log.format not in ("text", "json"):
         problems.append(f'log.format: expected "text" or "json", got "{config.log.format}"')
+    error = uidl_format_problem(config.pop3.uidl_format)
+    if error:
+        problems.append(f"pop3.uidl_format: {error}")
     limits = config.limits
     for key in ("message_size", "recipients_per_message", "connections", "connections_per_ip",
-                "command_timeout", "errors_per_session"):
+                "command_timeout", "errors_per_session", "folders_per_user"):
         if getattr(limits, key) == 0:
             problems.append(f"limits.{key}: must be at least 1")
     if config.processes > 64:
@@ -386,6 +514,7 @@ def _check_semantics(config: Config, problems: list[str]) -> None:
         if not sep or not host or not port.isdigit():
             problems.append(f"relay.smarthost: expected \"host:port\", got "
                             f"{config.relay.smarthost!r}")
+    _check_http(config, problems)
     relay = config.relay
     for key in ("retry_initial", "retry_max", "queue_lifetime", "connections_total",
                 "connections_per_destination", "connect_timeout", "command_timeout",
@@ -401,6 +530,7 @@ def _check_semantics(config: Config, problems: list[str]) -> None:
         except ValueError:
             problems.append(f"relay.source_address: not an IP address: "
                             f"{relay.source_address!r}")
+    _check_abuse(config.abuse, problems)
     if relay.smarthost_user and not relay.smarthost_password_file:
         problems.append("relay.smarthost_password_file: needed with smarthost_user")
     elif relay.smarthost_user and not os.access(relay.smarthost_password_file, os.R_OK):
@@ -430,6 +560,44 @@ def _check_acme(config: Config, problems: list[str]) -> None:
     elif acme.challenge == "tls-alpn-01" and config.processes != 1:
         problems.append("acme.challenge: tls-alpn-01 needs processes = 1 (the answer "
                         "lives in the process that asked)")
+
+
+def _check_abuse(abuse: AbuseConfig, problems: list[str]) -> None:
+    for key in ("trusted_networks", "refused_networks"):
+        for i, net in enumerate(getattr(abuse, key)):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                problems.append(f"abuse.{key}[{i}]: not a network: {net!r}")
+    for i, item in enumerate(abuse.dnsbl_zones):
+        zone, _, weight = item.partition("=")
+        if not _is_domain(zone) or (weight and not weight.isdigit()):
+            problems.append(f"abuse.dnsbl_zones[{i}]: expected \"zone\" or "
+                            f"\"zone=weight\", got {item!r}")
+    for key in ("login_window", "lockout", "tracked_keys"):
+        if getattr(abuse, key) == 0:
+            problems.append(f"abuse.{key}: must be at least 1")
+    if abuse.tracked_keys > 16_777_216:
+        problems.append(f"abuse.tracked_keys: at most 16777216, got {abuse.tracked_keys}")
+
+
+def _check_http(config: Config, problems: list[str]) -> None:
+    if config.http.request_timeout == 0:
+        problems.append("http.request_timeout: must be at least 1")
+    for i, net in enumerate(config.http.metrics_networks):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            problems.append(f"http.metrics_networks[{i}]: not a network: {net!r}")
+    token = config.http.metrics_token_file
+    if token and not os.access(token, os.R_OK):
+        problems.append(f"http.metrics_token_file: cannot read {token}")
+    if config.mta_sts.mode not in ("enforce", "testing", "none"):
+        problems.append(f'mta_sts.mode: expected "enforce", "testing" or "none", got '
+                        f"{config.mta_sts.mode!r}")
+    if not 0 < config.mta_sts.max_age <= 31_557_600:
+        problems.append(f"mta_sts.max_age: between 1 and 31557600 seconds (RFC 8461 3.2), "
+                        f"got {config.mta_sts.max_age}")
 
 
 def _endpoint_problem(desc: str) -> str | None:
@@ -476,6 +644,8 @@ def render_example() -> str:
         "listen.smtp": '"tcp:25"', "listen.submission": '"tcp:587"',
         "listen.submissions": '"tcp:465"', "listen.pop3": '"tcp:110"',
         "listen.pop3s": '"tcp:995"', "listen.imap": '"tcp:143"', "listen.imaps": '"tcp:993"',
+        "listen.http": '"tcp:80"', "listen.https": '"tcp:443"',
+        "http.metrics_networks": '["127.0.0.0/8", "::1/128"]',
         "tls.certificate": '"/etc/letsencrypt/live/mail.example.org/fullchain.pem"',
         "tls.private_key": '"/etc/letsencrypt/live/mail.example.org/privkey.pem"',
         "auth.users_file": '"/var/lib/mailserver/users"',

@@ -17,13 +17,15 @@ into local mailboxes and remote recipients and commits both halves in the order 
 leaves nothing behind on failure. Nothing a transaction writes is visible before its
 `commit` is called; a commit that fails, or an abort before commit, leaves nothing.
 
-The POP3 and IMAP sessions stand on IUserStore / IMailboxView (the bottom of this file).
+The IMAP session stands on IUserStore / IMailboxView, the POP3 session on IMaildrop;
+both open a user's mail through IMailboxOpener (the bottom of this file).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
@@ -72,6 +74,11 @@ class IRecipientDirectory(Interface):
 
     def user_exists(address: str) -> bool:
         """True for a user in the users file (not an alias)."""
+
+    def unavailable() -> str | None:
+        """Why the directory cannot answer for certain now (a users or aliases file that
+        exists but cannot be read, and no earlier reading of it), else None. An empty
+        Resolution then means "unknown for now", never "no such user"."""
 
     def may_send_as(user: str, address: str) -> bool:
         """May the authenticated `user` use `address` as a sender (RFC 6409 6.1)? Its
@@ -145,7 +152,8 @@ class IDeliveryRouter(IDeliveryTarget):
 
         `relay`: the client may send to other domains (authenticated submission, RFC
         6409 3.3); the caller decides that, the router only knows which domains are ours.
-        Refusals: 550 5.7.1 (relaying denied), 550 5.1.1 (no such local user), 451 4.3.5
+        Refusals: 550 5.7.1 (relaying denied), 550 5.1.1 (no such local user), 451 4.3.0
+        (the directory cannot answer now: IRecipientDirectory.unavailable), 451 4.3.5
         (a remote recipient when this server has no relay queue).
         """
 
@@ -226,7 +234,7 @@ class IOutboundQueue(Interface):
         """Start queueing one message for `envelope.recipients`."""
 
 
-# -- the IMAP view of a Maildir (issue 5) -----------------------------------------------------
+# -- the IMAP view of a Maildir ---------------------------------------------------------------
 #
 # Implemented by mailserver.store (folders, UID lists, index, notify); used by
 # mailserver.imap. Folder names are IMAP mailbox names exactly as on the wire after
@@ -352,7 +360,7 @@ class IMailboxView(Interface):
         """The session deselects; stop watching."""
 
     recent_count = Attribute("int: messages \\Recent for this view (SELECT's RECENT)")
-    keywords = Attribute("list[str]: the folder's keywords, for FLAGS and PERMANENTFLAGS")
+    keywords = Attribute("Sequence[str]: the folder's keywords, for FLAGS and PERMANENTFLAGS")
     can_create_keywords = Attribute("bool: room for another keyword (26 letters at most)")
     validity_changed = Attribute(
         "bool: the UID list was lost and the folder got a new UIDVALIDITY; after sync() "
@@ -370,6 +378,10 @@ class IMailboxView(Interface):
 
 class IUserStore(Interface):
     """All folders of one user (data_dir/mail/DOMAIN/LOCALPART/)."""
+
+    location = Attribute(
+        "str: where the folders live (the Maildir's path); in cache keys, so that a "
+        "Maildir made again from scratch never meets entries of the old one")
 
     def folders() -> list[FolderInfo]:
         """Every folder, INBOX first, with hierarchy placeholders."""
@@ -400,3 +412,71 @@ class IUserStore(Interface):
         """Call `callback` in the reactor thread soon after anything in the folder
         changes on disk (inotify when available, else a cheap poll); coalesced.
         Returns a function that stops watching. Does not block."""
+
+
+# -- the POP3 view of a Maildir, and how protocols open a user's mail -------------------------
+#
+# Implemented by mailserver.store (maildrop.py, opener.py); used by mailserver.pop3 and
+# mailserver.imap, which import no store module: they get an IMailboxOpener from the
+# ServerContext. Every method blocks unless it says otherwise (disk thread).
+
+
+class MaildropInUse(Exception):
+    """Another POP3 session holds the maildrop (RFC 1939 8; the reply is [IN-USE])."""
+
+
+class MessageGone(Exception):
+    """The message file no longer exists (expunged by another session)."""
+
+
+class MaildropMessage(Protocol):
+    """One message of a POP3 snapshot, as the session sees it."""
+
+    #: RFC 1939 7 unique-id: 1-70 characters in 0x21-0x7E, the same in every session and
+    #: unchanged by flag changes (the Maildir base name, or a hash of one that does not fit).
+    uidl: str
+    #: Octets with CRLF line ends, before dot-stuffing (what LIST reports and RETR sends).
+    size: int
+    #: DELE's mark (RFC 1939 5); the session's alone: the store never reads it.
+    deleted: bool
+
+
+class IMaildrop(Interface):
+    """One POP3 session's snapshot of a user's INBOX, and the [IN-USE] lock on it.
+
+    The snapshot is taken once, at open: mail delivered meanwhile shows up at the next
+    login (RFC 1939 8). Messages are numbered as in POP3, from 1 in delivery order.
+    Files renamed meanwhile by another session (IMAP flags) are found by base name.
+    The methods of one maildrop may run in several disk threads at once (RETR
+    read-ahead beside a TOP).
+    """
+
+    messages = Attribute("Sequence[MaildropMessage]: message n at index n-1")
+
+    def read(number: int) -> bytes:
+        """The stored bytes of message `number` (LF line ends, or CRLF for a foreign
+        file), in as few system calls as possible. MessageGone if it was expunged
+        meanwhile; OSError if it exists but cannot be read."""
+
+    def mark_seen(numbers: Iterable[int]) -> None:
+        """Give these messages the Seen flag (IMAP shows them read). Best effort: a
+        message gone or a file that cannot be renamed is skipped (and logged)."""
+
+    def expunge(numbers: Iterable[int]) -> int:
+        """RFC 1939 6 UPDATE: remove these messages durably (the directories are
+        fsync'd before it returns); the number that could not be removed. A message
+        already gone counts as removed."""
+
+    def close() -> None:
+        """Release the lock (idempotent). Does not block: callable on the reactor."""
+
+
+class IMailboxOpener(Interface):
+    """Opens a user's mail for a protocol session; the Maildir is created if missing."""
+
+    def open_maildrop(mailbox: MailboxId) -> IMaildrop:
+        """The locked POP3 snapshot of the INBOX; MaildropInUse if another POP3
+        session holds it."""
+
+    def open_user_store(mailbox: MailboxId) -> IUserStore:
+        """Every folder of the user, for IMAP."""

@@ -6,6 +6,6 @@ In charge of: what an operator runs by hand beside the server (`mailserver user 
 `reload` only signals the running server, `status` and `sendmail` read and write files.
 
 May import: the base modules (address, reply, errors, logs, config, interfaces), core,
-auth, store and queue. Never a protocol package (smtp, pop3, imap) and never app/: the
-admin command does not start the server.
+abuse, auth, store and queue. Never a protocol package (smtp, pop3, imap) and never app/:
+the admin command does not start the server.
 """

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
+from mailserver.abuse.passwords import weakness
 from mailserver.auth.aliases import parse_key, parse_target, split_targets
 from mailserver.auth.directory import RecipientDirectory
 from mailserver.auth.names import (
@@ -71,9 +72,10 @@ class Admin:
         print(f"note: {text}", file=self.stdout)
 
 
-def read_new_password(admin: Admin) -> str:
+def read_new_password(admin: Admin, address: str = "", weak_ok: bool = False) -> str:
     """The new password: the first line of stdin when it is not a terminal (scripts),
-    else asked twice without echo. Never echoed, logged or put on a command line."""
+    else asked twice without echo. Never echoed, logged or put on a command line.
+    A weak one (abuse/passwords.py) is refused unless `weak_ok`."""
     stdin = admin.stdin
     if stdin is None:
         raise Refused("no standard input to read the password from")
@@ -91,6 +93,9 @@ def read_new_password(admin: Admin) -> str:
     if password_too_long(first):
         # No login could ever use it: the checker refuses longer passwords unhashed.
         raise Refused(f"password longer than {MAX_PASSWORD_OCTETS} octets")
+    problem = None if weak_ok else weakness(first, address)
+    if problem:
+        raise Refused(f"password too weak: {problem} (--weak-ok to accept it anyway)")
     return first
 
 
@@ -102,13 +107,13 @@ def _mailbox(admin: Admin, address: str) -> MailboxId:
         raise Refused(str(e)) from None
 
 
-def user_add(admin: Admin, address: str) -> None:
+def user_add(admin: Admin, address: str, weak_ok: bool = False) -> None:
     mailbox = _mailbox(admin, address)
     key = mailbox.address
     if admin.directory.users_file.get(key) is not None:
         raise Refused(f"{key} exists")
     owner = admin.writing()
-    password_hash = hash_password(read_new_password(admin))
+    password_hash = hash_password(read_new_password(admin, key, weak_ok))
     # The Maildir first: the server never sees a user whose Maildir is not there yet.
     from mailserver.store.maildir import create_maildir
 
@@ -140,12 +145,12 @@ def user_del(admin: Admin, address: str) -> None:
         admin.note(f"aliases still pointing at {key}: {', '.join(pointing)}")
 
 
-def user_passwd(admin: Admin, address: str) -> None:
+def user_passwd(admin: Admin, address: str, weak_ok: bool = False) -> None:
     key = address_key(address)
     if admin.directory.users_file.get(key) is None:
         raise Refused(f"{key}: no such user")
     admin.writing()
-    password_hash = hash_password(read_new_password(admin))
+    password_hash = hash_password(read_new_password(admin, key, weak_ok))
     try:
         admin.directory.users_file.set_password(key, password_hash)
     except EditRefused as e:

@@ -12,24 +12,21 @@ next start and says so (exit 1: nothing was retried).
 from __future__ import annotations
 
 import os
-import re
 import time
 from datetime import UTC, datetime
 
 from mailserver.admin.commands import Admin, Refused
 from mailserver.core.ownfiles import give_fd, open_nofollow
 from mailserver.core.running import running_server
+from mailserver.logs import CONTROLS
 from mailserver.queue.envelope import PENDING, QueueEntry, age_text, is_queue_id
 from mailserver.queue.spool import EntryGone, Spool
 
-#: C0 and C1 controls and DEL. Reply texts come from remote servers and headers from
-#: anyone who sends mail: printed raw, an ESC sequence would drive the operator's
-#: terminal (retitle it, hide lines). Postfix's mailq prints them as "?" likewise.
-_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
-
 
 def _printable(text: str) -> str:
-    return _CONTROLS.sub("?", text)
+    """Reply texts come from remote servers and headers from anyone who sends mail:
+    control characters become "?" (logs.CONTROLS), whole texts are shown."""
+    return CONTROLS.sub("?", text)
 
 
 def _spool(admin: Admin, writing: bool = False) -> Spool:

@@ -1,4 +1,4 @@
-"""Certificates from an ACME CA (RFC 8555) with the `acme` library (docs/decisions/0011).
+"""Certificates from an ACME CA (RFC 8555) with the `acme` library (docs/decisions/0016).
 
 The twistd process alone runs the client (AcmeService). It keeps in data_dir/acme/:
 

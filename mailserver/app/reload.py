@@ -4,8 +4,9 @@ What a reload changes, for connections accepted from then on (an established ses
 keeps the config, certificate and limits it started with, and is never closed):
 
 - the certificate of every TLS listener (the SwappableTLS all of them share);
-- the config the protocol factories hand to new sessions (limits, domains, hostname,
-  submission rules...), and the connection limits;
+- the protocol factories of the listeners, built anew from the new config (limits,
+  domains, hostname, submission rules, sending limits, blocklists, the web site), the
+  [abuse] policies, and the connection limits (the abuse table and its counts stay);
 - the listeners: a listener added is opened, one removed stops listening (its sessions
   go on), one whose endpoint changed listens on the new one;
 - users and aliases (the directory re-reads its files when they change anyway).
@@ -18,13 +19,16 @@ alone until the next restart.
 
 A new config with errors is refused: every problem is logged, and the old config stays
 in force. Reading and checking the config and certificate is blocking work and runs in
-a thread; applying it is a handful of assignments on the reactor thread. Reloads never
+a thread; applying it, on the reactor thread, is assignments and building the listeners'
+factories (objects; the only file reads are the small ones their start-up does too: the
+metrics token's first line, resolv.conf with DNS blocklists). Reloads never
 overlap: a SIGHUP arriving during one (a storm) is folded into one more reload after it.
 The outcome is written to data_dir/run/reload.json for `mailserver status`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -48,7 +52,7 @@ log = logger(__name__)
 
 #: Keys a reload cannot change in a running process (logged, applied at the restart).
 RESTART_KEYS = ("data_dir", "processes", "auth.users_file", "auth.aliases_file", "relay",
-                "dns", "log")
+                "dns", "log", "abuse.tracked_keys")
 
 
 @dataclass
@@ -136,9 +140,13 @@ class Reloader(service.Service):
 
     def _apply(self, loaded: LoadedConfig, started: float) -> None:
         old, new = self.config, loaded.config
-        for key in _changed_restart_keys(old, new):
+        changed = _changed_restart_keys(old, new)
+        for key in changed:
             log.warn("reload: {key} changed; that takes effect at the next restart",
                      key=key)
+        # Everything rebuilt from `new` (the listeners' factories) sees the values in
+        # force, not ones the process cannot honour yet (a mail_dir under a new data_dir).
+        new = _keep(old, new, changed)
         self.targets.tls.swap(loaded.tls)
         for holder in self.targets.holders():
             holder.config = new
@@ -186,6 +194,17 @@ def _changed_restart_keys(old: Config, new: Config) -> list[str]:
         if a != b:
             changed.append(key)
     return changed
+
+
+def _keep(old: Config, new: Config, keys: list[str]) -> Config:
+    """`new` with the restart-only `keys` as they are in `old`."""
+    for key in keys:
+        section, _, name = key.partition(".")
+        value = getattr(old, section)
+        if name:
+            value = dataclasses.replace(getattr(new, section), **{name: getattr(value, name)})
+        new = dataclasses.replace(new, **{section: value})
+    return new
 
 
 def _write_outcome(config: Config, started: float, problems: list[str]) -> None:

@@ -9,6 +9,8 @@ from collections.abc import Callable
 from twisted.application import service
 from twisted.internet.defer import Deferred
 
+from mailserver.abuse.control import AbuseControl, open_table, table_path
+from mailserver.app.gauges import QueueGauges
 from mailserver.app.limits import ConnectionCounter
 from mailserver.app.listeners import ListenerRegistry
 from mailserver.app.listenerset import ListenerSet
@@ -19,16 +21,20 @@ from mailserver.app.workers import WorkerSupervisor
 from mailserver.auth.checker import make_portal
 from mailserver.auth.directory import RecipientDirectory
 from mailserver.config import Config
+from mailserver.core import metrics
 from mailserver.core.context import ListenerFactory, ServerContext
 from mailserver.core.diskio import DiskExecutor, make_disk
+from mailserver.core.throttle import LoginThrottle
 from mailserver.delivery.router import DeliveryRouter
 from mailserver.errors import ConfigError
+from mailserver.http import listener as http_listener
 from mailserver.imap import listener as imap_listener
 from mailserver.logs import logger
 from mailserver.pop3 import listener as pop3_listener
 from mailserver.queue.service import QueueService, open_queue
 from mailserver.smtp import listener as smtp_listener
 from mailserver.store.delivery import MaildirDelivery
+from mailserver.store.opener import MaildirOpener
 
 log = logger(__name__)
 
@@ -43,6 +49,8 @@ LISTENER_MAKERS: dict[str, ListenerMaker] = {
     "pop3s": pop3_listener.make_listener,
     "imap": imap_listener.make_listener,
     "imaps": imap_listener.make_listener,
+    "http": http_listener.make_listener,
+    "https": http_listener.make_listener,
 }
 
 
@@ -54,6 +62,8 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     worker processes; a worker (instance > 0) adopts the sockets in `inherited`.
     """
     _prepare_data_dir(config)
+    # Before any metric is made: every process counts into run/metrics (core/metrics.py).
+    metrics.configure(config.data_dir / "run" / "metrics", fresh=inherited is None)
     # An IMAP folder of 100k messages is 100k long-lived objects per index; with the
     # default thresholds every young collection walks them (FETCH 1:* over 100k took
     # 106-195 ms instead of 13 ms). Collect less often; nothing here relies on cycles
@@ -64,24 +74,47 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     directory = RecipientDirectory(config)
     spool, queue = open_queue(config, disk)
     local = MaildirDelivery(config.mail_dir, config.hostname, disk)
-    tls = SwappableTLS(server_tls_options(config))
+    # What lives as long as the process, whatever a reload changes: the shared abuse
+    # table, the TLS every listener asks (its certificate is swapped), the router
+    # (pickup and the queue hold it), the portal and the login throttle.
+    abuse = _open_abuse(config, instance)
+    # The certificate-expiry metric follows every certificate put in force.
+    tls = SwappableTLS(server_tls_options(config), watch=metrics.watch_tls)
     router = DeliveryRouter(config, directory, local, queue)
-    context = ServerContext(
-        config=config, directory=directory, portal=make_portal(config, directory),
-        target=router, disk=disk, tls=tls, instance=instance,
-    )
+    portal = make_portal(config, directory, abuse=abuse)
+    login_throttle = LoginThrottle(control=abuse)
+
+    def make_context(config: Config) -> ServerContext:
+        """What the listeners of `config` are built from (again at every reload)."""
+        return ServerContext(
+            config=config, directory=directory, portal=portal, target=router, disk=disk,
+            tls=tls,
+            mailboxes=MaildirOpener(config.mail_dir, config.limits.folders_per_user,
+                                    config.pop3.uidl_format),
+            instance=instance, login_throttle=login_throttle, abuse=abuse,
+        )
+
+    context = make_context(config)
     holders: list[object] = [context, router, directory]
     if instance == 0:
         QueueService(context, spool, queue).setServiceParent(top)
+        QueueGauges(spool, disk).setServiceParent(top)
         pickup = PickupService(config, router)  # `mailserver sendmail`'s messages
         pickup.setServiceParent(top)
         holders.append(pickup)
-    counter = ConnectionCounter(config.limits.connections, config.limits.connections_per_ip)
+    counter = ConnectionCounter(config.limits.connections, config.limits.connections_per_ip,
+                                control=abuse)
     registry = ListenerRegistry(config.data_dir / "run") if inherited is None else None
     listeners = ListenerSet(top, lambda name: _build_listener(context, name), counter,
                             registry, inherited)
-    targets = ReloadTargets(tls=tls, holders=lambda: [*holders, *listeners.factories],
-                            apply_listeners=listeners.apply)
+
+    def apply_listeners(new: Config) -> None:
+        abuse.reconfigure(new)
+        fresh = make_context(new)
+        listeners.apply(new, lambda name: _build_listener(fresh, name))
+
+    targets = ReloadTargets(tls=tls, holders=lambda: holders,
+                            apply_listeners=apply_listeners)
     Reloader(config, targets, record=instance == 0).setServiceParent(top)
     listeners.start_all(config)
     if instance == 0:
@@ -95,11 +128,11 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
         supervisor.setServiceParent(top)
         targets.forward = lambda: supervisor.signal_workers("HUP")
 
-        def apply_listeners(new: Config) -> None:
-            listeners.apply(new)
+        def apply_and_hand_over(new: Config) -> None:
+            apply_listeners(new)
             supervisor.listeners = listeners.services  # what a restarted worker inherits
 
-        targets.apply_listeners = apply_listeners
+        targets.apply_listeners = apply_and_hand_over
     if instance == 0 and not config.users_file.exists():
         log.info("no users yet: add one with `mailserver{cfg} user add alice@{domain}`",
                  cfg=f" --config {config.source}" if config.source else "",
@@ -140,6 +173,19 @@ def _build_listener(context: ServerContext, name: str) -> ListenerFactory | None
     if built is None and context.instance == 0:
         log.warn("listen.{name}: there is no {name} service; not listening", name=name)
     return built
+
+
+def _open_abuse(config: Config, instance: int) -> AbuseControl:
+    """The shared abuse table (docs/decisions/0012). The twistd process starts first,
+    before any worker: no connection is open anywhere, so every gauge is zeroed; a
+    worker (re)starting zeroes its own column (a crashed one's connections are gone)."""
+    try:
+        table = open_table(config)
+    except OSError as e:
+        raise ConfigError([f"data_dir: cannot open {e.filename or table_path(config)}: "
+                           f"{e.strerror}"]) from None
+    table.reset_gauges(None if instance == 0 else instance)
+    return AbuseControl(config, table, instance)
 
 
 def _prepare_data_dir(config: Config) -> None:

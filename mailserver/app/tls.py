@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +47,15 @@ class SwappableTLS:
     done beforehand, off it.
     """
 
-    def __init__(self, options: ssl.CertificateOptions) -> None:
+    def __init__(self, options: ssl.CertificateOptions,
+                 watch: Callable[[ssl.CertificateOptions], None] | None = None) -> None:
         #: TLS-ALPN-01 answers in flight (RFC 8737): host name -> (certificate, key),
         #: set by the ACME client's thread, read by the ALPN callback (one dict
         #: assignment each: safe under the GIL).
         self.alpn_challenges: dict[str, tuple[x509.Certificate, Any]] = {}
+        #: Told of every options that becomes current (metrics.watch_tls: the
+        #: certificate-expiry gauge follows a renewal or reload).
+        self.watch = watch
         self.options = options
         self._prepare(options)
 
@@ -59,6 +64,9 @@ class SwappableTLS:
         self.options = options
 
     def _prepare(self, options: ssl.CertificateOptions) -> None:
+        if self.watch is not None:
+            # Before the ALPN callback: watch_tls sets the info callback only.
+            self.watch(options)
         options.getContext().set_alpn_select_callback(self._select_alpn)
 
     def _select_alpn(self, connection: SSL.Connection, offered: list[bytes]) -> bytes:

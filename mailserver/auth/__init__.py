@@ -4,7 +4,8 @@ In charge of: who exists (the users and aliases files, IRecipientDirectory), how
 password is checked (schemes, the cred checker and realm), and the SASL helpers the
 protocols parse AUTH with.
 
-May import: the base modules (address, reply, errors, logs, config, interfaces) and
-core. Never a protocol package, app/, store/, queue/ or delivery/. Protocols may import
-only auth.sasl and auth.realm from here; the rest reaches them through the context.
+May import: the base modules (address, reply, errors, logs, config, interfaces), core
+and abuse. Never a protocol package, app/, store/, queue/ or delivery/. Protocols may
+import only auth.sasl, auth.realm and auth.sending_limits from here; the rest reaches
+them through the context.
 """

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
+from mailserver.core.diskio import fsync_dir
 from mailserver.core.ownfiles import Owner, give_fd, open_nofollow, refuse_link
 from mailserver.logs import logger
 
@@ -70,7 +71,8 @@ class WatchedFile(Generic[T]):
     `parse(text)` turns the file into a value; it must not raise for bad content (report
     problems in the value instead). A missing file parses as "". When the file exists but
     cannot be read (permissions), the last good value is kept and an error logged, so a
-    transient mistake does not make every user vanish.
+    transient mistake does not make every user vanish; with no good value yet,
+    `read_error` says why, so callers can answer "try later" instead of "no such user".
     """
 
     def __init__(self, path: Path, parse: Callable[[str], T]) -> None:
@@ -79,6 +81,8 @@ class WatchedFile(Generic[T]):
         self._lock = threading.Lock()
         self._signature: Signature | None = None
         self._value: T | None = None
+        #: Why the file could not be read and no earlier reading stands in, else None.
+        self.read_error: str | None = None
 
     def get(self) -> T:
         """The current value: one stat() per call, a re-read only after a change."""
@@ -91,13 +95,15 @@ class WatchedFile(Generic[T]):
             except OSError as e:
                 log.error("cannot read {path}: {error}", path=str(self.path),
                           error=e.strerror)
-                if self._value is None:
+                if self._value is None or self.read_error is not None:
+                    self.read_error = f"cannot read {self.path}: {e.strerror}"
                     self._value = self._parse("")
                 return self._value
             # The signature is the one taken before reading: if the file changed while
             # we read it, the next call sees a mismatch and reads it again.
             self._signature = signature
             self._value = self._parse(text)
+            self.read_error = None
             return self._value
 
     def invalidate(self) -> None:
@@ -169,17 +175,8 @@ def rewrite(path: Path, transform: Callable[[str], str], mode: int | None = None
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)
             raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)  # the rename itself: else a crash can bring back the old file
         return new
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable: without it a crash can bring back the old file."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def ensure_newline(text: str) -> str:
@@ -223,6 +220,11 @@ class TableFile(Generic[TableT]):
 
     def table(self) -> TableT:
         return self._watched.get()
+
+    @property
+    def read_error(self) -> str | None:
+        """Why the file is unreadable, while no good reading of it stands in."""
+        return self._watched.read_error
 
     def _load(self, text: str) -> TableT:
         table = self.parse(text)

@@ -1,6 +1,7 @@
 """What every protocol's listener factory is built from: the shared parts of the server.
 
-One ServerContext per process, built by app/service.py and nowhere else. Protocol
+One ServerContext per process, built by app/service.py and nowhere else (built again
+by a reload, from the new config and the same shared parts). Protocol
 packages never build their own directory, portal, throttle or disk executor; they take
 them from here, so SMTP, POP3 and IMAP share one user cache, one login throttle and one
 pool of disk threads. Every field is typed by the seam it offers (interfaces.py, cred,
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.cred.portal import Portal
 from twisted.internet import interfaces
@@ -19,10 +20,12 @@ from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import Factory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from mailserver.abuse.control import AbuseControl
 from mailserver.config import Config
+from mailserver.core.connection import S, SessionFactory
 from mailserver.core.diskio import DiskExecutor
-from mailserver.core.throttle import FailureThrottle
-from mailserver.interfaces import IDeliveryRouter, IRecipientDirectory
+from mailserver.core.throttle import LoginThrottle
+from mailserver.interfaces import IDeliveryRouter, IMailboxOpener, IRecipientDirectory
 
 
 @dataclass
@@ -35,9 +38,13 @@ class ServerContext:
     target: IDeliveryRouter
     disk: DiskExecutor
     tls: interfaces.IOpenSSLServerConnectionCreator
+    #: Users' mail as POP3 (a locked INBOX snapshot) and IMAP (every folder) open it.
+    mailboxes: IMailboxOpener
     #: Failed logins per client address, shared by every protocol of this process, so a
     #: guesser gains nothing by switching from IMAP to POP3 to submission.
-    login_throttle: FailureThrottle = field(default_factory=FailureThrottle)
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    #: The abuse control (mailserver/abuse/): counters shared by every process.
+    abuse: AbuseControl | None = None
     #: 0 in the twistd process, N in worker process N (only instance 0 runs the queue
     #: scheduler and other singletons).
     instance: int = 0
@@ -64,16 +71,42 @@ def implicit_tls(context: ServerContext, factory: Factory[Any]) -> TLSMemoryBIOF
     return TLSMemoryBIOFactory(context.tls, False, factory)
 
 
+class MailboxFactory(SessionFactory[S]):
+    """The factory of a POP3 or IMAP listener, as mailbox_listener builds it: config,
+    portal, disk threads (the context's read pool), the way to users' mail, TLS and the
+    login throttle, shared by its sessions."""
+
+    #: The listener's name when none is given ("pop3", "imap").
+    default_name: ClassVar[str]
+
+    def __init__(self, config: Config, portal: Portal, disk: DiskExecutor,
+                 mailboxes: IMailboxOpener,
+                 tls_options: interfaces.IOpenSSLServerConnectionCreator | None = None,
+                 implicit_tls: bool = False, name: str | None = None, instance: int = 0,
+                 login_throttle: LoginThrottle | None = None) -> None:
+        super().__init__(name or self.default_name, instance)
+        self.config = config
+        self.portal = portal
+        self.disk = disk
+        self.mailboxes = mailboxes
+        self.login_throttle = login_throttle or LoginThrottle()
+        self.tls_options = tls_options
+        self.implicit_tls = implicit_tls
+
+
 def mailbox_listener(context: ServerContext, name: str, ports: tuple[str, str],
-                     factory_class: Callable[..., Any], refusal: bytes,
+                     factory_class: type[MailboxFactory[Any]], refusal: bytes,
                      ) -> ListenerFactory | None:
     """POP3's and IMAP's pair of listeners: `ports[0]` in the clear (STLS/STARTTLS
     offered), `ports[1]` with implicit TLS (RFC 8314). None for another name."""
     if name not in ports:
         return None
     secure = name == ports[1]
-    factory = factory_class(context.config, context.portal, context.disk,
-                            tls_options=context.tls, implicit_tls=secure, name=name,
-                            instance=context.instance)
+    # Mailbox reads get the disk's read pool: a heavy SEARCH never queues ahead of a
+    # delivery's fsync (decision 0011).
+    factory = factory_class(context.config, context.portal, context.disk.reads,
+                            context.mailboxes, tls_options=context.tls,
+                            implicit_tls=secure, name=name, instance=context.instance,
+                            login_throttle=context.login_throttle)
     wrapped: Any = implicit_tls(context, factory) if secure else factory
     return ListenerFactory(wrapped, refusal, on_stop=factory.shut_down)

@@ -88,6 +88,13 @@ class DeliveryRouter:
             # original envelope sender (no SRS rewriting; SPF at the far end may object).
             self._need_queue(address)
         if resolution.is_empty:
+            problem = self.directory.unavailable()
+            if problem is not None:
+                # A users file the server cannot read (wrong owner after an edit as
+                # root) must not turn every recipient into a permanent 5.1.1 bounce:
+                # RFC 5321 4.2.5, a temporary failure, and the sender retries.
+                log.error("{rcpt}: {problem}", rcpt=address, problem=problem)
+                raise ReplyError(451, "4.3.0", "Error: recipient lookup failed; try later")
             raise ReplyError(550, "5.1.1", "Error: user unknown")
         return resolution
 

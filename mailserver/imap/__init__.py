@@ -4,7 +4,7 @@ In charge of: the IMAP grammar, sessions and response builders of the `imap` and
 `imaps` listeners.
 
 May import: the base modules (address, reply, errors, logs, config, interfaces), core,
-auth.sasl and auth.realm. Never app/, store/, queue/, delivery/ or another protocol:
-folders are reached through IUserStore / IMailboxView. (imap/server.py still opens the
-store itself: an allowed exception listed in tests/test_layering.py until it goes.)
+abuse, auth.sasl and auth.realm. Never app/, store/, queue/, delivery/ or another
+protocol: folders are reached through interfaces.IMailboxOpener, IUserStore and
+IMailboxView.
 """

@@ -21,12 +21,12 @@ from typing import Any
 
 from twisted.internet import interfaces
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
-from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailserver.config import Config
+from mailserver.core import metrics
 from mailserver.core.connection import Goodbyes, LineConnection
+from mailserver.core.context import MailboxFactory
 from mailserver.core.lines import IMAP_LINES, LineRefused
 from mailserver.imap import grammar
 from mailserver.imap.commands import (
@@ -35,8 +35,10 @@ from mailserver.imap.commands import (
     AUTH,
     NOT_AUTH,
     SELECTED,
+    Account,
     Append,
     Refusal,
+    Selected,
     State,
     bad,
     index_of_uid,
@@ -63,7 +65,9 @@ MAX_AUTH_FAILURES = 5
 #: RFC 3501 5.4: an authenticated session's autologout timer is at least 30 minutes.
 AUTHENTICATED_TIMEOUT = 31 * 60
 
-Handler = Callable[[Any, Any], Awaitable[str | None]]
+#: A command handler of commands_*.py: `async def handler(session, command)`. The
+#: command is typed by each handler (grammar's dataclasses), hence Any here.
+Handler = Callable[["IMAPSession", Any], Awaitable[str | None]]
 
 
 @implementer(interfaces.IPushProducer)
@@ -98,45 +102,18 @@ class WriteFlow:
         return d
 
 
-class IMAPServerFactory(Factory):
-    """Builds one IMAPSession per connection, sharing config, portal, disk and TLS.
+class IMAPServerFactory(MailboxFactory["IMAPSession"]):
+    """Builds one IMAPSession per connection, sharing config, portal, disk threads,
+    TLS, the way to users' stores and the login throttle (the context's).
 
-    `open_store(config, mailbox)` builds a user's IUserStore (blocking: called in a disk
-    thread); `disk` runs blocking calls (`run(fn, *args) -> Deferred`).
+    `mailboxes.open_user_store(mailbox)` builds a user's IUserStore (blocking: called
+    in a disk thread); `disk` runs blocking calls (`run(fn, *args) -> Deferred`).
     """
 
-    def __init__(self, config: Config, portal: Any, disk: Any,
-                 tls_options: interfaces.IOpenSSLServerConnectionCreator | None = None,
-                 implicit_tls: bool = False, name: str = "imap", instance: int = 0,
-                 open_store: Callable[..., Any] | None = None) -> None:
-        self.config = config
-        self.portal = portal
-        self.disk = disk
-        self.tls_options = tls_options
-        self.implicit_tls = implicit_tls
-        self.name = name
-        self.id_prefix = f"w{instance}-{name}" if instance else name
-        self._open_store = open_store
-        self.sessions_started = 0
-        self.sessions: set[IMAPSession] = set()
-        self.shutting_down = False
+    default_name = "imap"
 
-    def open_store(self, mailbox: Any) -> Any:
-        if self._open_store is None:
-            from mailserver.store.userstore import open_user_store
-
-            self._open_store = open_user_store
-        return self._open_store(self.config, mailbox)
-
-    def buildProtocol(self, addr: interfaces.IAddress | None) -> IMAPSession:
-        self.sessions_started += 1
-        return IMAPSession(self, self.sessions_started)
-
-    def shut_down(self) -> None:
-        """Server stopping: every session gets `* BYE` (RFC 3501 7.1.5) and is closed."""
-        self.shutting_down = True
-        for session in list(self.sessions):
-            session.shut_down()
+    def new_session(self, number: int) -> IMAPSession:
+        return IMAPSession(self, number)
 
 
 class SessionEnded(Exception):
@@ -166,13 +143,10 @@ class IMAPSession(LineConnection):
         self.session_id = f"{factory.id_prefix}-{number}"
         self.state = State.NOT_AUTHENTICATED
         self.tls_active = factory.implicit_tls
-        self.user: Any = None          # IMailUser avatar once authenticated
-        self.store: Any = None         # IUserStore once authenticated
-        self.view: Any = None          # IMailboxView while a mailbox is selected
-        self.selected_name = ""
-        #: The keywords the client was told of (FLAGS at SELECT, or since).
-        self.announced_keywords: set[str] = set()
-        self.unwatch: Callable[[], None] | None = None
+        #: The user and their store, from login on (states AUTHENTICATED, SELECTED).
+        self.account: Account | None = None
+        #: The selected mailbox, in state SELECTED only.
+        self.selected: Selected | None = None
         self.auth_failures = 0
         self.flow: WriteFlow | None = None
         self.init_connection()
@@ -224,31 +198,46 @@ class IMAPSession(LineConnection):
             self.flow.resumeProducing()
         super().resumeProducing()
 
+    def authenticated(self) -> Account:
+        """The user and their store. HANDLERS run a command that needs them only in
+        the states that have them, so a missing one is a bug, not a client error."""
+        if self.account is None:
+            raise RuntimeError(f"{self.session_id}: not authenticated")
+        return self.account
+
+    def selection(self) -> Selected:
+        """The selected mailbox; as `authenticated`, for SELECTED-state commands."""
+        if self.selected is None:
+            raise RuntimeError(f"{self.session_id}: no mailbox selected")
+        return self.selected
+
     def watch_folder(self) -> None:
         """Watch the selected folder (IDLE only). Outside IDLE every command syncs, so a
         watch would only cost: each rename of our own STORE is an inotify event read on
         the reactor thread (20,000 of them for STORE 1:* on 10,000 messages)."""
-        if self.unwatch is not None or self.store is None or not self.selected_name:
+        selected = self.selected
+        if selected is None or selected.unwatch is not None or self.account is None:
             return
         try:
-            self.unwatch = self.store.watch(self.selected_name, self.folder_changed)
+            selected.unwatch = self.account.store.watch(selected.name, self.folder_changed)
         except Exception as e:  # IDLE falls back to reporting at the next command
             log.warn("{session} cannot watch {name}: {e!r}", session=self.session_id,
-                     name=self.selected_name, e=e)
+                     name=selected.name, e=e)
 
     def unwatch_folder(self) -> None:
-        if self.unwatch is not None:
-            self.unwatch()
-            self.unwatch = None
+        selected = self.selected
+        if selected is not None and selected.unwatch is not None:
+            unwatch, selected.unwatch = selected.unwatch, None
+            unwatch()
 
     def _drop_view(self) -> Deferred[None]:
         """Stop watching and close the view; closing writes the index, so it runs in a
         disk thread. The Deferred fires once it is closed (errors are logged)."""
         self.unwatch_folder()
-        view, self.view = self.view, None
-        if view is None:
+        selected, self.selected = self.selected, None
+        if selected is None:
             return succeed(None)
-        d = self.blocking(view.close)
+        d = self.blocking(selected.view.close)
         d.addErrback(lambda f: log.failure("{session} closing the view failed", f,
                                            session=self.session_id))
         return d
@@ -281,14 +270,10 @@ class IMAPSession(LineConnection):
     def report(self, changes: Changes) -> None:
         """Untagged updates from a sync (RFC 3501 7.4.1, 7.3.1, 7.3.2, 7.4.2)."""
         lines = [b"* %d EXPUNGE\r\n" % n for n in changes.expunged]
-        view = self.view
+        view = self.selected.view if self.selected is not None else None
         if changes.exists is not None:
             lines.append(b"* %d EXISTS\r\n" % changes.exists)
-            recent: int = 0
-            if view is not None:
-                counted = getattr(view, "recent_count", None)  # not in every IMailboxView
-                recent = (counted if counted is not None
-                          else sum(1 for m in view.messages if m.recent))
+            recent: int = view.recent_count if view is not None else 0
             lines.append(b"* %d RECENT\r\n" % recent)
         if view is not None:
             lines.append(self.keyword_lines(f for info in changes.flags_changed
@@ -304,13 +289,15 @@ class IMAPSession(LineConnection):
     def keyword_lines(self, flags: Iterable[str] = ()) -> bytes:
         """FLAGS and PERMANENTFLAGS again if the selected folder has keywords (defined
         there, or among `flags`) the client was not told of yet; else nothing."""
-        view = self.view
-        if view is None:
+        selected = self.selected
+        if selected is None:
             return b""
-        known = self.announced_keywords
+        view = selected.view
+        known = selected.announced_keywords
         told = {k.lower() for k in known}
         fresh: dict[str, str] = {}  # keywords are case-insensitive (RFC 3501 2.3.2)
-        for f in (*getattr(view, "keywords", ()), *flags):
+        keywords: Iterable[str] = view.keywords
+        for f in (*keywords, *flags):
             if not f.startswith("\\") and f.lower() not in told:
                 fresh.setdefault(f.lower(), f)
         if not fresh:
@@ -320,15 +307,16 @@ class IMAPSession(LineConnection):
         return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
 
     async def sync(self, report_expunges: bool = True) -> None:
-        if self.view is None:
+        selected = self.selected
+        if selected is None:
             return
-        changes = await self.blocking(self.view.sync, report_expunges)
-        if getattr(self.view, "validity_changed", False):
+        changes: Changes = await self.blocking(selected.view.sync, report_expunges)
+        if selected.view.validity_changed:
             # RFC 3501 2.3.1.1: a new UIDVALIDITY voids every UID the client holds; with
             # the mailbox selected the only safe answer is to end the session (Dovecot
             # does the same). Nothing else of this command is answered.
             log.info("{session} UIDVALIDITY of {mailbox} changed; disconnecting",
-                     session=self.session_id, mailbox=self.selected_name)
+                     session=self.session_id, mailbox=selected.name)
             self.send(b"* BYE UIDVALIDITY changed, mailbox must be selected again\r\n")
             self.close()
             raise SessionEnded()
@@ -492,21 +480,21 @@ class IMAPSession(LineConnection):
             self.send(bad(_wrong_state(command.name, self.state)).line(command.tag))
             self._count_error()
             return
-        d = ensureDeferred(self._run(command, handler))
+        d = metrics.timed_imap_command(command.name, ensureDeferred(self._run(command, handler)))
         if not d.called:
             self._wait_for(d)
 
     async def _run(self, command: grammar.Command, handler: Handler) -> None:
         try:
             uid = getattr(command, "uid", False)
-            if self.view is not None and command.name in SYNC_BEFORE:
+            if self.selected is not None and command.name in SYNC_BEFORE:
                 # Current flags and messages before answering from them (another session
                 # may have changed them). Sequence numbers in the command refer to the
                 # client's numbering, so expunges wait, except for UID commands (RFC 3501
                 # 7.4.1: no EXPUNGE during FETCH, STORE, SEARCH; UID forms may have them).
                 await self.sync(report_expunges=uid)
             text = await handler(self, command)
-            if self.view is not None and command.name in SYNC_AFTER:
+            if self.selected is not None and command.name in SYNC_AFTER:
                 await self.sync()
             if text is ANSWERED:
                 return
@@ -525,15 +513,13 @@ class IMAPSession(LineConnection):
                         command=command.name)
             self.send(Refusal("NO", "Internal error", "SERVERBUG").line(command.tag))
 
-    def logged_in(self, user: Any, store: Any) -> None:
-        self.user = user
-        self.store = store
+    def logged_in(self, account: Account) -> None:
+        self.account = account
         self.state = State.AUTHENTICATED
         self.setTimeout(max(AUTHENTICATED_TIMEOUT, self.config.limits.command_timeout))
 
     def deselect(self) -> Deferred[None]:
         """Back to the authenticated state; await the result before the next store call."""
-        self.selected_name = ""
         if self.state is State.SELECTED:
             self.state = State.AUTHENTICATED
         return self._drop_view()

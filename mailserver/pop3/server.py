@@ -6,37 +6,34 @@ wait in our buffer (RFC 2449 6.6 PIPELINING: replies in order), and while the tr
 write buffer is full (a client slow to read a big RETR) we read no further commands,
 so memory stays bounded by one message plus the socket buffers.
 
-Wire parsing lives in grammar.py, files in maildrop.py (run in disk threads), the
-[IN-USE] lock in lock.py; this module only sequences them.
+Wire parsing lives in grammar.py, the wire form of messages in maildrop.py, the
+maildrop itself (snapshot, files, the [IN-USE] lock) in the store behind
+interfaces.IMaildrop, opened through the context's IMailboxOpener in a disk thread;
+this module only sequences them. Failed logins count in the context's LoginThrottle,
+shared with IMAP and submission.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.cred.portal import Portal
-from twisted.internet import interfaces
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from mailserver.auth.realm import IMailUser
 from mailserver.auth.sasl import SASLError, decode_base64, plain_credentials
-from mailserver.config import Config
+from mailserver.core import metrics
 from mailserver.core.connection import Goodbyes, LineConnection
-from mailserver.core.diskio import DiskExecutor
-from mailserver.core.flow import CLOSE_GRACE  # noqa: F401 - the tests' name for it
+from mailserver.core.context import MailboxFactory
 from mailserver.core.lines import POP3_LINES, LineRefused
+from mailserver.interfaces import IMaildrop, MaildropInUse, MaildropMessage
 from mailserver.logs import logger
 from mailserver.pop3 import grammar, maildrop, readahead
-from mailserver.pop3.lock import MaildropInUse, MaildropLock
 from mailserver.pop3.transaction import Refused, TransactionCommands
-from mailserver.store.maildir import ensure_maildir
 
 log = logger(__name__)
 
@@ -45,8 +42,19 @@ MAX_PENDING_INPUT = 64 * 1024
 #: RFC 1939 3: the autologout timer "MUST be of at least 10 minutes duration".
 MIN_TRANSACTION_TIMEOUT = 600
 #: Failed logins on one connection before it is closed (Dovecot's default is 3 too);
-#: each failure already costs the client the checker's delay.
+#: each failure already costs the client the checker's delay. Across connections (and
+#: protocols) the context's LoginThrottle counts them per client address.
 MAX_AUTH_FAILURES = 3
+#: The reply to a login from an address the LoginThrottle blocks. RFC 3206 4: SYS/TEMP
+#: is "a problem which is likely to be temporary ... no need to alert the user, unless
+#: the failure persists" (its example: "a central resource which is currently
+#: locked"), so the client retries later. Not [AUTH] (RFC 3206 5), although its list
+#: includes "an attempt to authenticate in violation of policy (such as from an invalid
+#: location)": AUTH is how a client learns to ask the user for new credentials (RFC
+#: 3206 3), and here the right password is refused too (it is never checked), e.g. for
+#: a user behind the same NAT as a guesser. SMTP says 421 4.7.0, IMAP NO [UNAVAILABLE].
+THROTTLED = ("[SYS/TEMP] Too many failed logins from your address; "
+             "try again later.")
 IMPLEMENTATION = "mailserver"
 
 AUTHORIZATION, TRANSACTION, UPDATE = "AUTHORIZATION", "TRANSACTION", "UPDATE"
@@ -65,54 +73,29 @@ class Login:
     """What a successful login and the maildrop open leave with the session."""
 
     address: str
-    maildir: Path
-    lock: MaildropLock
+    #: The locked snapshot; closing it releases the lock.
+    maildrop: IMaildrop
     logout: Callable[[], None]
 
 
-def open_maildrop(mail_dir: Path, mailbox: Any) -> tuple[Path, MaildropLock,
-                                                          list[maildrop.Message]]:
-    """Disk thread: the Maildir (created if new), its lock, and the snapshot."""
-    maildir = ensure_maildir(mail_dir, mailbox)
-    lock = MaildropLock.acquire(maildir)
-    try:
-        return maildir, lock, maildrop.snapshot(maildir)
-    except BaseException:
-        lock.release()
-        raise
+class POP3Factory(MailboxFactory["POP3Session"]):
+    """Builds one POP3Session per connection; shares config, portal, disk threads,
+    the way to users' maildrops and the login throttle (the context's)."""
 
+    default_name = "pop3"
 
-class POP3Factory(Factory):
-    """Builds one POP3Session per connection; shares config, portal and disk threads."""
+    def new_session(self, number: int) -> POP3Session:
+        return POP3Session(self, number)
 
-    def __init__(self, config: Config, portal: Portal, disk: DiskExecutor,
-                 tls_options: interfaces.IOpenSSLServerConnectionCreator | None = None,
-                 implicit_tls: bool = False, name: str = "pop3", instance: int = 0) -> None:
-        self.config = config
-        self.portal = portal
-        self.disk = disk
-        self.tls_options = tls_options
-        self.implicit_tls = implicit_tls
-        self.id_prefix = f"w{instance}-{name}" if instance else name
-        self.sessions_started = 0
-        self.sessions: set[POP3Session] = set()
-        self.shutting_down = False
-        #: Idle seconds before AUTHORIZATION ends (RFC 1939 leaves it to us) ...
-        self.login_timeout: float = config.limits.command_timeout
-        #: ... and in TRANSACTION (RFC 1939 3: at least 10 minutes).
-        self.transaction_timeout: float = max(config.limits.command_timeout,
-                                              MIN_TRANSACTION_TIMEOUT)
+    @property
+    def login_timeout(self) -> float:
+        """Idle seconds before AUTHORIZATION ends (RFC 1939 leaves it to us) ..."""
+        return self.config.limits.command_timeout
 
-    def buildProtocol(self, addr: interfaces.IAddress | None) -> POP3Session:
-        self.sessions_started += 1
-        return POP3Session(self, self.sessions_started)
-
-    def shut_down(self) -> None:
-        """Server stopping: every session says -ERR [SYS/TEMP] and closes, deleting
-        nothing (a session without QUIT never reaches UPDATE)."""
-        self.shutting_down = True
-        for session in list(self.sessions):
-            session.shut_down()
+    @property
+    def transaction_timeout(self) -> float:
+        """... and in TRANSACTION (RFC 1939 3: at least 10 minutes)."""
+        return max(self.config.limits.command_timeout, MIN_TRANSACTION_TIMEOUT)
 
 
 class POP3Session(TransactionCommands, LineConnection):
@@ -120,6 +103,7 @@ class POP3Session(TransactionCommands, LineConnection):
     core/connection.py's, the framing rules core/lines.py's POP3_LINES)."""
 
     rules = POP3_LINES
+    # A session closed by the server's shutdown deletes nothing: only QUIT reaches UPDATE.
     goodbyes = Goodbyes(timeout="-ERR Disconnected for inactivity.",
                         errors="-ERR Too many invalid commands, closing.",
                         shutdown="-ERR [SYS/TEMP] Server shutting down.")
@@ -137,9 +121,10 @@ class POP3Session(TransactionCommands, LineConnection):
         self.tls_active = factory.implicit_tls
         self.user: str | None = None
         self.login: Login | None = None
-        self.messages: list[maildrop.Message] = []
-        #: Messages sent by RETR (they get the Seen flag when the session ends).
-        self.retrieved: dict[int, maildrop.Message] = {}
+        self.messages: Sequence[MaildropMessage] = ()
+        #: Numbers of the messages sent by RETR (they get the Seen flag when the
+        #: session ends).
+        self.retrieved: set[int] = set()
         #: Message files read ahead of the RETR commands (once logged in).
         self.reader: readahead.ReadAhead | None = None
         self.auth_failures = 0
@@ -149,7 +134,8 @@ class POP3Session(TransactionCommands, LineConnection):
     # -- connection lifecycle ------------------------------------------------------------
 
     def initial_timeout(self) -> float:
-        return self.factory.login_timeout
+        timeout: float = self.factory.login_timeout
+        return timeout
 
     def greeting(self) -> None:
         self._ok(f"{IMPLEMENTATION} POP3 server ready.")
@@ -170,16 +156,16 @@ class POP3Session(TransactionCommands, LineConnection):
             self.reader.close()
         if login is None:
             return
-        retrieved, self.retrieved = list(self.retrieved.values()), {}
+        retrieved, self.retrieved = sorted(self.retrieved), set()
 
         def release(_: object = None) -> None:
-            login.lock.release()
+            login.maildrop.close()
             login.logout()
 
         if not retrieved:
             release()
             return
-        d = self.factory.disk.run(maildrop.mark_seen, login.maildir, retrieved)
+        d = self.factory.disk.run(login.maildrop.mark_seen, retrieved)
         d.addErrback(lambda f: log.failure("{session} marking Seen failed", f,
                                            session=self.session_id))
         d.addBoth(release)
@@ -315,7 +301,7 @@ class POP3Session(TransactionCommands, LineConnection):
         self.user = command.user
         self._ok()
 
-    def do_PASS(self, command: grammar.Pass) -> Deferred[None]:
+    def do_PASS(self, command: grammar.Pass) -> Deferred[None] | None:
         self._refuse_plaintext()
         if self.user is None:
             raise Refused("No username given.")
@@ -330,6 +316,8 @@ class POP3Session(TransactionCommands, LineConnection):
         self._refuse_plaintext()
         if command.mechanism != "PLAIN":
             raise Refused("Unsupported authentication mechanism.")
+        if self._throttled():
+            return None
         if command.initial_response is None:
             self._sasl_pending = True
             self._write(b"+ \r\n")  # RFC 5034 4: an empty challenge
@@ -345,18 +333,33 @@ class POP3Session(TransactionCommands, LineConnection):
         except Refused as e:
             self._error(str(e))
             return
-        self._wait_for(d)
+        if d is not None:
+            self._wait_for(d)
 
-    def _plain(self, response: bytes) -> Deferred[None]:
+    def _plain(self, response: bytes) -> Deferred[None] | None:
         try:
             credentials = plain_credentials(decode_base64(response))
         except SASLError as e:
             raise Refused(f"Invalid AUTH PLAIN data: {e}.") from None
         return self._authenticate(credentials)
 
-    def _authenticate(self, credentials: IUsernamePassword) -> Deferred[None]:
+    def _throttled(self) -> bool:
+        """Refuse and close when this address has failed too often, over any protocol
+        (core/throttle.py): reconnecting buys a guesser no more password checks."""
+        if not self.factory.login_throttle.blocked(self.peer_ip):
+            return False
+        log.info("{session} login refused: too many failures from {peer}",
+                 session=self.session_id, peer=self.peer_ip)
+        self._err(THROTTLED)
+        self._close()
+        return True
+
+    def _authenticate(self, credentials: IUsernamePassword) -> Deferred[None] | None:
+        if self._throttled():
+            return None
         self.setTimeout(None)  # the checker's delay is not the client's silence
-        d = self.factory.portal.login(credentials, None, IMailUser)
+        d: Deferred[Any] = metrics.counted_login(
+            "pop3", self.factory.portal.login(credentials, None, IMailUser))
         d.addCallbacks(self._logged_in, self._login_failed)
         return d
 
@@ -366,17 +369,17 @@ class POP3Session(TransactionCommands, LineConnection):
             logout()
             return None
         address: str = avatar.address
-        d = self.factory.disk.run(open_maildrop, self.config.mail_dir, avatar.mailbox)
+        d: Deferred[Any] = self.factory.disk.run(self.factory.mailboxes.open_maildrop,
+                                                 avatar.mailbox)
 
-        def opened(value: tuple[Path, MaildropLock, list[maildrop.Message]]) -> None:
-            maildir, lock, messages = value
+        def opened(drop: IMaildrop) -> None:
             if self._closing:
-                lock.release()
+                drop.close()
                 logout()
                 return
-            self.login = Login(address, maildir, lock, logout)
-            self.messages = messages
-            self.reader = readahead.ReadAhead(self.factory.disk.run, maildir, messages)
+            self.login = Login(address, drop, logout)
+            messages = self.messages = drop.messages
+            self.reader = readahead.ReadAhead(self.factory.disk.run, drop)
             self.state = TRANSACTION
             self.setTimeout(self.factory.transaction_timeout)
             log.info("{session} {user} logged in from {peer}: {count} messages",
@@ -406,6 +409,7 @@ class POP3Session(TransactionCommands, LineConnection):
             self._err("[SYS/TEMP] Temporary authentication failure.")
             return
         self.auth_failures += 1
+        self.factory.login_throttle.failed(self.peer_ip)
         self._error("[AUTH] Authentication failed.")
         if self.auth_failures >= MAX_AUTH_FAILURES and not self._closing:
             log.info("{session} {n} failed logins from {peer}, closing",
@@ -420,9 +424,10 @@ class POP3Session(TransactionCommands, LineConnection):
         releases the maildrop. Only QUIT gets here: a dropped connection deletes nothing."""
         assert self.login is not None
         self.state = UPDATE
-        doomed = [m for m in self.messages if m.deleted]
-        retrieved, self.retrieved = list(self.retrieved.values()), {}
-        d = self.factory.disk.run(maildrop.update, self.login.maildir, retrieved, doomed)
+        doomed = [n for n, m in enumerate(self.messages, 1) if m.deleted]
+        retrieved, self.retrieved = sorted(self.retrieved), set()
+        d: Deferred[Any] = self.factory.disk.run(maildrop.update, self.login.maildrop,
+                                                 retrieved, doomed)
 
         def done(failed: int) -> None:
             address = self.login.address if self.login else ""

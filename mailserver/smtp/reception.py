@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from twisted.python.failure import Failure
 
+from mailserver.core import metrics
 from mailserver.errors import ReplyError
 from mailserver.interfaces import DeliveryEnvelope
 from mailserver.logs import logger
@@ -185,6 +186,7 @@ class MessageReception(SessionState):
         self.envelope = None
         self._bdat_octets = 0
         message_id = self._message_id
+        committing = metrics.now()
         d = transaction.commit()
 
         def stored(queue_id: str | None) -> None:
@@ -193,6 +195,7 @@ class MessageReception(SessionState):
                      id=message_id, sender=str(envelope.sender),
                      rcpts=len(envelope.mailboxes), remote=len(envelope.remote),
                      queue_id=queue_id or "-", size=decoder.size)
+            metrics.message_accepted(self.factory.policy.name, metrics.now() - committing)
             self._send(Reply(250, "2.0.0", f"Ok: queued as {queue_id or message_id}"))
 
         def failed_commit(failure: Failure) -> None:

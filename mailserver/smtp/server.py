@@ -17,18 +17,22 @@ mixins of SMTPSession. What differs between the ports is a SessionPolicy (listen
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from twisted.cred.portal import Portal
 from twisted.internet import interfaces
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
+from mailserver.abuse.control import AbuseControl
+from mailserver.abuse.dnsbl import Blocklists
 from mailserver.address import Address
+from mailserver.auth.sending_limits import SendingLimits
 from mailserver.config import Config
-from mailserver.core.connection import Goodbyes, LineConnection
+from mailserver.core import metrics
+from mailserver.core.connection import Goodbyes, LineConnection, SessionFactory
 from mailserver.core.lines import SMTP_LINES, LineRefused
-from mailserver.core.throttle import FailureThrottle
+from mailserver.core.throttle import LoginThrottle
 from mailserver.errors import ReplyError
 from mailserver.interfaces import (
     IDeliveryRouter,
@@ -39,6 +43,7 @@ from mailserver.interfaces import (
 from mailserver.logs import logger
 from mailserver.reply import Reply
 from mailserver.smtp import auth, grammar
+from mailserver.smtp.defences import SessionDefences
 from mailserver.smtp.reception import MessageReception
 from mailserver.smtp.submission import SubmissionCommands
 from mailserver.smtp.trace import address_literal
@@ -89,7 +94,7 @@ class SessionPolicy:
     add_missing_headers: bool = False
 
 
-class SMTPServerFactory(Factory["SMTPSession"]):
+class SMTPServerFactory(SessionFactory["SMTPSession"]):
     """Builds one SMTPSession per connection, sharing config and delivery target."""
 
     def __init__(
@@ -101,40 +106,40 @@ class SMTPServerFactory(Factory["SMTPSession"]):
         instance: int = 0,
         portal: Portal | None = None,
         senders: IRecipientDirectory | None = None,
-        auth_throttle: FailureThrottle | None = None,
+        auth_throttle: LoginThrottle | None = None,
+        abuse: AbuseControl | None = None,
+        sending_limits: SendingLimits | None = None,
+        blocklists: Blocklists | None = None,
+        reactor: Any = None,
     ) -> None:
+        self.policy = policy or SessionPolicy()
+        super().__init__(self.policy.name, instance)
         self.config = config
         #: Where every recipient is routed and every message delivered (local mailboxes,
         #: the relay queue, or both: the session does not know which).
         self.target = target
         self.tls_options = tls_options
-        self.policy = policy or SessionPolicy()
         #: The login portal (AUTH); None: AUTH is never possible.
         self.portal = portal
         #: Who may send as whom (RFC 6409 6.1); None: every sender is refused.
         self.senders = senders
         #: Failed AUTHs per client address (shared by the submission listeners).
-        self.auth_throttle = auth_throttle or FailureThrottle()
-        # Session ids name the process too when there are workers: "smtp-12" / "w2-smtp-12".
-        self.id_prefix = f"w{instance}-{self.policy.name}" if instance else self.policy.name
-        self.sessions_started = 0
-        self.sessions: set[SMTPSession] = set()
-        self.shutting_down = False
+        self.auth_throttle = auth_throttle or LoginThrottle()
+        #: The shared abuse control and the users' sending limits (smtp/defences.py);
+        #: None: no such checks (unit tests).
+        self.abuse = abuse
+        self.sending_limits = sending_limits
+        #: DNS blocklists checked before the banner on port 25 (abuse/dnsbl.py).
+        self.blocklists = blocklists
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
 
-    def buildProtocol(self, addr: interfaces.IAddress | None) -> SMTPSession:
-        self.sessions_started += 1
-        session = SMTPSession(self, self.sessions_started)
-        return session
-
-    def shut_down(self) -> None:
-        """Server stopping: every session says 421 (RFC 5321 3.8) and closes; one that is
-        committing a message sends its reply first."""
-        self.shutting_down = True
-        for session in list(self.sessions):
-            session.shut_down()
+    def new_session(self, number: int) -> SMTPSession:
+        return SMTPSession(self, number)
 
 
-class SMTPSession(SubmissionCommands, MessageReception, LineConnection):
+class SMTPSession(SessionDefences, SubmissionCommands, MessageReception, LineConnection):
     """One ESMTP connection (the reading, waiting, error limit and timeouts are
     core/connection.py's, the framing rules core/lines.py's SMTP_LINES). Its attributes
     are declared, with their types, once for it and its mixins in state.py; __init__
@@ -169,9 +174,18 @@ class SMTPSession(SubmissionCommands, MessageReception, LineConnection):
     # -- connection lifecycle ------------------------------------------------------------
 
     def greeting(self) -> None:
+        self.start_greeting()  # after the pregreet wait on port 25 (smtp/defences.py)
+
+    def send_banner(self) -> None:
         self._send(Reply(220, None, f"{self.config.hostname} ESMTP mailserver"))
 
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        if self._holding and self.talked_first(data):
+            return
+        super().dataReceived(data)
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.cancel_greeting()
         super().connectionLost(reason)
         self._abort_transaction()
 
@@ -219,6 +233,8 @@ class SMTPSession(SubmissionCommands, MessageReception, LineConnection):
     # -- output --------------------------------------------------------------------------
 
     def _send(self, reply: Reply) -> None:
+        if reply.code >= 400:
+            metrics.smtp_refusal(self.factory.policy.name, reply.enhanced or "")
         self.emit(reply.encode())
 
     def emit(self, data: bytes) -> None:
@@ -321,6 +337,7 @@ class SMTPSession(SubmissionCommands, MessageReception, LineConnection):
             raise ReplyError(550, "5.6.7", "Non-ASCII sender address needs SMTPUTF8")
         if policy.check_sender:
             self._check_sender(command.sender)
+        self.check_mail_limits()
         self.envelope = Envelope(
             sender=command.sender,
             body_8bit=command.body == "8BITMIME",
@@ -328,22 +345,32 @@ class SMTPSession(SubmissionCommands, MessageReception, LineConnection):
         )
         self._send(Reply(250, "2.1.0", "Ok"))
 
-    def do_RCPT(self, command: grammar.Rcpt) -> None:
+    def do_RCPT(self, command: grammar.Rcpt) -> Deferred[None] | None:
         envelope = self.envelope
         if envelope is None:
             raise ReplyError(503, "5.5.1", "Error: need MAIL command")
         if len(envelope.recipients) >= self.config.limits.recipients_per_message:
             # RFC 5321 4.5.3.1.10: 452 tells the client to send the rest later.
             self._send(Reply(452, "4.5.3", "Error: too many recipients"))
-            return
+            return None
         rcpt = command.recipient
         if not rcpt.is_ascii and not envelope.smtputf8:
             raise ReplyError(553, "5.6.7", "Non-ASCII recipient address needs SMTPUTF8")
-        resolution = self._resolve(rcpt, command.postmaster)
+        try:
+            resolution = self._resolve(rcpt, command.postmaster)
+        except ReplyError as e:
+            if e.reply.enhanced != "5.1.1":
+                raise
+            late = self.unknown_recipient(str(rcpt), e)  # the harvest tarpit
+            if late is None:
+                raise
+            return late
+        self.check_recipient_limits(str(rcpt))
         envelope.recipients.append(rcpt)
         envelope.mailboxes.update(resolution.mailboxes)
         envelope.remote.update(dict.fromkeys(resolution.remote))
         self._send(Reply(250, "2.1.5", "Ok"))
+        return None
 
     def _resolve(self, rcpt: Address, postmaster: bool) -> Resolution:
         """Local mailboxes and remote addresses for one recipient, or the ReplyError

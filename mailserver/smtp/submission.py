@@ -41,6 +41,7 @@ from twisted.python.failure import Failure
 
 from mailserver.address import Address
 from mailserver.auth.realm import IMailUser
+from mailserver.core import metrics
 from mailserver.errors import ReplyError
 from mailserver.logs import logger
 from mailserver.reply import Reply
@@ -79,7 +80,7 @@ class SubmissionCommands(SessionState):
             raise ReplyError(538, "5.7.11", "Encryption required for requested "
                                             "authentication mechanism")
         exchange = auth.SASLExchange(command.mechanism)
-        if self.factory.auth_throttle.blocked(self.peer_ip):
+        if self.factory.auth_throttle.blocked(self.peer_ip, self.factory.policy.name):
             # Reconnecting does not buy a guesser more tries (core/throttle.py).
             log.info("{session} AUTH refused: too many failures from {peer}",
                      session=self.session_id, peer=self.peer_ip)
@@ -108,7 +109,8 @@ class SubmissionCommands(SessionState):
             return
         portal = self.factory.portal
         assert portal is not None
-        d: Deferred[Any] = portal.login(step.credentials, None, IMailUser)
+        d: Deferred[Any] = metrics.counted_login(
+            "smtp", portal.login(step.credentials, None, IMailUser))
         mechanism = exchange.mechanism
 
         def accepted(result: tuple[Any, Any, Any]) -> None:
@@ -122,7 +124,8 @@ class SubmissionCommands(SessionState):
         def refused(failure: Failure) -> None:
             if failure.check(UnauthorizedLogin):
                 self.auth_failures += 1
-                self.factory.auth_throttle.failed(self.peer_ip)
+                self.factory.auth_throttle.failed(self.peer_ip, self.factory.policy.name,
+                                                  _login_name(step.credentials))
                 log.info("{session} AUTH {mechanism} failed from {peer}",
                          session=self.session_id, mechanism=mechanism, peer=self.peer_ip)
                 self._error(Reply(535, "5.7.8", "Authentication credentials invalid"))
@@ -179,3 +182,11 @@ class SubmissionCommands(SessionState):
         log.info("{session} {user} refused at end of data: {why}", session=self.session_id,
                  user=user, why=why)
         return Reply(550, "5.7.1", why)
+
+
+def _login_name(credentials: Any) -> str | None:
+    """The name a failed AUTH tried (for the log; never the password)."""
+    name = getattr(credentials, "username", None)
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    return name if isinstance(name, str) and name else None

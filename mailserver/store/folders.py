@@ -30,6 +30,7 @@ from pathlib import Path
 
 from mailserver.interfaces import FolderInfo, StoreError
 from mailserver.logs import logger
+from mailserver.store.dovecot import read_subscriptions
 from mailserver.store.maildir import DIR_MODE, FILE_MODE, fsync_dir
 from mailserver.store.uidlist import locked
 
@@ -282,7 +283,9 @@ class Folders:
             text = (self.root / SUBSCRIPTIONS_FILE).read_text("utf-8", errors="replace")
         except FileNotFoundError:
             return []
-        return [line.strip() for line in text.splitlines() if line.strip()]
+        # Dovecot 2.3's "V\t2" form too (a tree Dovecot served); we write version 1,
+        # which every Dovecot reads.
+        return read_subscriptions(text)
 
     def set_subscribed(self, name: str, on: bool) -> None:
         """SUBSCRIBE/UNSUBSCRIBE (RFC 3501 6.3.6/6.3.7): independent of existence.

@@ -1,4 +1,4 @@
-"""Maildir layout, unique file names and their parser.
+"""Maildir layout and unique file names (their parser is names.py, re-exported here).
 
 Everything here is blocking file-system work or pure string handling: callers on the
 reactor thread run the blocking parts through a disk executor (core/diskio.py).
@@ -20,17 +20,16 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import re
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from mailserver.core.diskio import fsync_dir
 from mailserver.core.ownfiles import Owner, give, give_fd, open_nofollow, refuse_link
 from mailserver.interfaces import MailboxId
 from mailserver.logs import logger
+from mailserver.store.names import MaildirName, parse_name, with_flags  # noqa: F401 - re-exported
 
 log = logger(__name__)
 
@@ -261,49 +260,3 @@ def size_fields(size: int | None, crlf_size: int | None) -> str:
 def crlf_size(data: bytes) -> int:
     """The size `data` (LF line ends) will have on the wire, with CRLF line ends."""
     return len(data) + data.count(b"\n")
-
-
-@dataclass(frozen=True)
-class MaildirName:
-    """What a Maildir file name tells without opening the file."""
-
-    #: The unique part, without `,S=`/`,W=` fields or the info suffix: stable across
-    #: flag changes, so it is the key UID lists use.
-    base: str
-    #: S=: the size on disk (LF line ends); None if the name does not say.
-    size: int | None
-    #: W=: the size with CRLF line ends (what POP3 LIST and IMAP RFC822.SIZE report).
-    crlf_size: int | None
-    #: The flags of the `:2,` info suffix, sorted (e.g. "FS"); "" when none or no suffix.
-    flags: str
-    #: Whether the name had an info suffix at all (files in cur/ do, new/ usually not).
-    has_info: bool
-
-
-_FIELD = re.compile(r",([A-Z])=([0-9]+)")
-
-
-def parse_name(name: str) -> MaildirName:
-    """Parse a Maildir file name: `base[,S=n][,W=n][:2,FLAGS]`.
-
-    Maildir spec: "info" starts at the colon; "2," introduces the flags, one ASCII letter
-    each in ASCII order (D draft, F flagged, P passed, R replied, S seen, T trashed).
-    Fields other than S= and W= (and unknown info forms such as ":1,") are tolerated.
-    """
-    unique, colon, info = name.partition(":")
-    fields = dict(_FIELD.findall(unique))
-    base = unique.split(",", 1)[0]
-    flags = info[2:] if info.startswith("2,") else ""
-    return MaildirName(
-        base=base,
-        size=int(fields["S"]) if "S" in fields else None,
-        crlf_size=int(fields["W"]) if "W" in fields else None,
-        flags="".join(sorted(set(flags))),
-        has_info=bool(colon),
-    )
-
-
-def with_flags(name: str, flags: str) -> str:
-    """`name` with its info suffix replaced by `:2,FLAGS` (flags sorted, deduplicated)."""
-    unique = name.partition(":")[0]
-    return f"{unique}:2,{''.join(sorted(set(flags)))}"

@@ -22,6 +22,13 @@ The next UID is max(N, last UID + 1): UIDs are only ever appended in ascending o
 UIDVALIDITY comes from `mailserver-uidvalidity` in the user's root, a counter that is
 max(now, last + 1): time-based as RFC 3501 suggests, but a folder deleted and created
 again within a second still gets a new value.
+
+A folder Dovecot served (a `dovecot-uidlist` and no list of ours) is taken over when
+the list is first created: its UIDVALIDITY, next UID and every UID -> name record are
+written into our list (store/dovecot.py reads and checks Dovecot's file, which stays
+as it is), so IMAP clients see the same UIDs. Files Dovecot never listed get UIDs
+from its next UID on, like any new file. This happens under the lock that guards
+every creation of the list, so one process takes over and the others read its result.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from mailserver.logs import logger
+from mailserver.store.dovecot import DOVECOT_UIDLIST, DovecotFormatError, read_uidlist
 
 log = logger(__name__)
 
@@ -58,15 +66,24 @@ def locked(path: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def allocate_validity(root: Path) -> int:
-    """A fresh UIDVALIDITY for a folder of the user at `root` (never handed out twice)."""
+def allocate_validity(root: Path, floor: int = 0) -> int:
+    """A fresh UIDVALIDITY for a folder of the user at `root` (never handed out twice).
+
+    `floor`: a value in use already (a folder taken over from Dovecot): the counter is
+    raised to it, so no later folder of the user gets it or one below; returns `floor`.
+    """
     path = root / VALIDITY_FILE
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         raw = os.pread(fd, 32, 0).strip()
         last = int(raw) if raw.isdigit() else 0
-        value = max(int(time.time()), last + 1) & 0xFFFFFFFF or 1
+        if floor:
+            if last >= floor:
+                return floor
+            value = floor
+        else:
+            value = max(int(time.time()), last + 1) & 0xFFFFFFFF or 1
         data = b"%d\n" % value
         os.pwrite(fd, data, 0)
         os.ftruncate(fd, len(data))
@@ -185,11 +202,39 @@ class UidList:
     # ----------------------------------------------------------------- writing
 
     def _create(self) -> None:
-        """Write a new, empty list with a fresh UIDVALIDITY; caller holds the lock."""
+        """Write a new list (Dovecot's UIDs if it left a list, else empty with a fresh
+        UIDVALIDITY); caller holds the lock."""
+        if self._take_over_dovecot():
+            return
         validity = allocate_validity(self.root)
         self._write_file(validity, 1, [])
         log.info("new UIDVALIDITY {validity} for {path}", validity=validity,
                  path=str(self.folder))
+
+    def _take_over_dovecot(self) -> bool:
+        """Write Dovecot's UIDs as our list if the folder has a usable dovecot-uidlist."""
+        source = self.folder / DOVECOT_UIDLIST
+        try:
+            taken = read_uidlist(source)
+        except DovecotFormatError as e:
+            log.warn("not taking over Dovecot's UIDs: {error}; the folder gets a new "
+                     "UIDVALIDITY (clients download it again)", error=str(e))
+            return False
+        except PermissionError:
+            log.error("cannot read {path} (permission denied): the folder stays closed "
+                      "until its owner is fixed, so that Dovecot's UIDs are not lost",
+                      path=str(source))
+            raise
+        if taken is None:
+            return False
+        for warning in taken.warnings:
+            log.warn("{path}: {warning}", path=str(source), warning=warning)
+        allocate_validity(self.root, floor=taken.validity)
+        self._write_file(taken.validity, taken.next_uid, taken.records)
+        log.info("took over Dovecot's UIDs of {path}: UIDVALIDITY {validity}, {count} "
+                 "UIDs, next UID {next}", path=str(self.folder), validity=taken.validity,
+                 count=len(taken.records), next=taken.next_uid)
+        return True
 
     def _write_file(self, validity: int, next_uid: int,
                     records: Sequence[tuple[int, str]]) -> None:
@@ -234,6 +279,30 @@ class UidList:
                 self.refresh(holding_lock=True)
         return {b: self.by_base[b] for b in bases if b in self.by_base}
 
+    def adopt(self, records: Sequence[tuple[int, str]]) -> int:
+        """Add Dovecot's (uid, base) records this list lacks, where the UID is still
+        free (at or above our next UID, ascending): an import run again after Dovecot
+        took more mail keeps that mail's UIDs. The caller checked that the UIDVALIDITY
+        is Dovecot's. Returns how many were added; the rest get new UIDs as usual."""
+        with locked(self.lock_path):
+            self.refresh(holding_lock=True)
+            lines = []
+            uid = self.next_uid
+            for record_uid, base in sorted(records):
+                if base in self.by_base or record_uid < uid or record_uid > MAX_UID:
+                    continue
+                lines.append(b"%d %s\n" % (record_uid, base.encode("utf-8", "surrogateescape")))
+                uid = record_uid + 1
+            if lines:
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+                try:
+                    os.write(fd, b"".join(lines))
+                    os.fdatasync(fd)
+                finally:
+                    os.close(fd)
+                self.refresh(holding_lock=True)
+        return len(lines)
+
     def compact(self, live: set[str]) -> None:
         """Rewrite without names that are gone, keeping UIDVALIDITY and the next UID."""
         with locked(self.lock_path):
@@ -243,6 +312,23 @@ class UidList:
             keep = sorted((uid, base) for base, uid in self.by_base.items() if base in live)
             self._write_file(self.validity, self.next_uid, keep)
             self.refresh(holding_lock=True)
+
+
+def read_records(path: Path) -> tuple[int, list[tuple[int, str]]] | None:
+    """(UIDVALIDITY, every (uid, base) record as written, duplicates included) of a
+    list, read without creating or locking anything (`mailserver doctor`); None if
+    there is no list. A damaged header gives UIDVALIDITY 0."""
+    try:
+        text = path.read_text("utf-8", errors="surrogateescape")
+    except FileNotFoundError:
+        return None
+    header, _, body = text.partition("\n")
+    validity = 0
+    if header.startswith(_MAGIC.decode()):
+        for item in header.split()[2:]:
+            if item[:1] == "V" and item[1:].isdigit():
+                validity = int(item[1:])
+    return validity, [(int(uid), base) for uid, base in _RECORD.findall(body)]
 
 
 def _read_all(fd: int, size: int) -> bytes:

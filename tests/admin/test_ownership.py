@@ -81,7 +81,7 @@ def test_root_user_add_gives_everything_to_the_data_dir_owner(
         config: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     data = config.parent / "data"
-    code, out, err = run(config, capsys, monkeypatch, "user", "add", "alice@example.org",
+    code, out, err = run(config, capsys, monkeypatch, "user", "add", "--weak-ok", "alice@example.org",
                          stdin="pw\n")
     assert (code, err) == (0, "")
     assert run(config, capsys, monkeypatch, "alias", "add", "postmaster@example.org",
@@ -109,7 +109,7 @@ def test_root_keeps_the_owner_and_group_access_of_an_existing_users_file(
     users.write_text("")
     os.chown(users, 0, SERVICE)
     users.chmod(0o640)
-    assert run(config, capsys, monkeypatch, "user", "add", "bob@example.org",
+    assert run(config, capsys, monkeypatch, "user", "add", "--weak-ok", "bob@example.org",
                stdin="pw\n")[0] == 0
     st = users.stat()
     assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, SERVICE, 0o640)
@@ -121,7 +121,7 @@ def test_root_keeps_the_owner_and_group_access_of_an_existing_users_file(
 def test_another_user_is_refused_and_told_whom_to_run_as(config: Path) -> None:
     data = config.parent / "data"
     data.chmod(0o777)  # writable for the stranger: only the owner check stops it
-    result = as_user(STRANGER, config, "user", "add", "alice@example.org", stdin="pw\n")
+    result = as_user(STRANGER, config, "user", "add", "--weak-ok", "alice@example.org", stdin="pw\n")
     assert result.returncode == 1
     assert result.stderr == (f"user add: {data} belongs to nobody: run this as nobody "
                              "(sudo -u nobody mailserver ...) or as root\n")
@@ -132,7 +132,7 @@ def test_another_user_is_refused_and_told_whom_to_run_as(config: Path) -> None:
            "(sudo -u nobody mailserver ...) or as root\n")
     # Reading is fine, and the owner itself may change things.
     assert as_user(STRANGER, config, "user", "list").returncode == 0
-    own = as_user(SERVICE, config, "user", "add", "alice@example.org", stdin="pw\n")
+    own = as_user(SERVICE, config, "user", "add", "--weak-ok", "alice@example.org", stdin="pw\n")
     assert own.returncode == 0, own.stderr
     assert (data / "users").stat().st_uid == SERVICE
 
@@ -154,7 +154,7 @@ def test_a_symlinked_maildir_is_refused(config: Path, outside: Path,
     data = config.parent / "data"
     (data / "mail" / "example.org").mkdir(parents=True)
     (data / "mail" / "example.org" / "alice").symlink_to(outside)
-    code, out, err = run(config, capsys, monkeypatch, "user", "add", "alice@example.org",
+    code, out, err = run(config, capsys, monkeypatch, "user", "add", "--weak-ok", "alice@example.org",
                          stdin="pw\n")
     assert (code, out) == (1, "")
     assert err == (f"user add: cannot use {data}/mail/example.org/alice: is a symbolic "
@@ -170,7 +170,7 @@ def test_a_symlinked_directory_above_the_maildir_is_refused(
     data = config.parent / "data"
     (data / link).parent.mkdir(parents=True, exist_ok=True)
     (data / link).symlink_to(outside)
-    code, _, err = run(config, capsys, monkeypatch, "user", "add", "alice@example.org",
+    code, _, err = run(config, capsys, monkeypatch, "user", "add", "--weak-ok", "alice@example.org",
                        stdin="pw\n")
     assert code == 1
     assert err == (f"user add: cannot use {data / link}: is a symbolic link (refusing to "
@@ -186,7 +186,7 @@ def test_a_symlinked_lock_or_table_file_is_refused(
     target = outside / "created-by-root"
     (data / name).symlink_to(target)
     command = (["alias", "add", "postmaster@example.org", "alice@example.org"]
-               if name.startswith("aliases") else ["user", "add", "alice@example.org"])
+               if name.startswith("aliases") else ["user", "add", "--weak-ok", "alice@example.org"])
     code, _, err = run(config, capsys, monkeypatch, *command, stdin="pw\n")
     assert code == 1
     assert err == (f"{command[0]} add: cannot use {data / name}: is a symbolic link "

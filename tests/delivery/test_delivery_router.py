@@ -42,8 +42,14 @@ class Directory:
              "carol@example.org": Resolution(mailboxes=(CAROL,)),
              "fwd@example.org": Resolution(mailboxes=(BOB,), remote=("friend@remote.test",))}
 
+    #: What unavailable() says: a users file that cannot be read, in one test.
+    problem: str | None = None
+
     def resolve(self, address: str) -> Resolution:
         return self.table.get(address.lower(), Resolution())
+
+    def unavailable(self) -> str | None:
+        return self.problem
 
 
 class Halves:
@@ -96,6 +102,19 @@ def test_route_refusals(address: str, relay: bool, queue: bool, reply: str) -> N
     with pytest.raises(ReplyError) as refused:
         router.route(address, relay)
     assert refused.value.reply.encode().decode().strip() == reply
+
+
+def test_unknown_while_the_users_file_is_unreadable_is_temporary() -> None:
+    """An empty answer from a directory that cannot read its files is "unknown for
+    now": 451, so the sender retries, never 550 5.1.1 (a bounce for a real user)."""
+    router = Halves().router
+    router.directory.problem = "cannot read /data/users: Permission denied"  # type: ignore[attr-defined]
+    with pytest.raises(ReplyError) as refused:
+        router.route("nobody@example.org", relay=False)
+    assert refused.value.reply.encode() == \
+        b"451 4.3.0 Error: recipient lookup failed; try later\r\n"
+    # What the directory does know is still delivered.
+    assert router.route("bob@example.org", relay=False) == Resolution(mailboxes=(BOB,))
 
 
 # -- one message, two halves -------------------------------------------------------------

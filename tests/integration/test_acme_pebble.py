@@ -2,17 +2,14 @@
 
 PEBBLE_VA_ALWAYS_VALID is unset: Pebble really fetches
 http://NAME:PORT/.well-known/acme-challenge/TOKEN, with NAME resolved by our test DNS
-server to 127.0.0.1 and PORT pebble's httpPort. The server keeps the HTTP-01 answers in
-data_dir/run/acme-challenges/ (mailserver/http/challenges.py); listen.http serves them
-in the full server (wt-http's branch). On this branch the test answers from that
-directory itself, with a minimal twisted.web-free HTTP server in a thread: what is
-checked here is the ACME client, the storage and the certificate swap.
+server to 127.0.0.1 and PORT pebble's httpPort, which is the server's own listen.http:
+the answer comes from mailserver/http/ (the ACME client puts it in challenges.py's table
+and data_dir/run/acme-challenges/), as it would for Let's Encrypt on port 80.
 """
 
 from __future__ import annotations
 
 import datetime
-import http.server
 import json
 import os
 import shutil
@@ -74,53 +71,17 @@ def make_ca(directory: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
-class ChallengeServer:
-    """GET /.well-known/acme-challenge/TOKEN from data_dir/run/acme-challenges/TOKEN."""
-
-    def __init__(self, directory: Path) -> None:
-        self.fetched: list[str] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
-                prefix = "/.well-known/acme-challenge/"
-                token = self.path[len(prefix):] if self.path.startswith(prefix) else ""
-                path = directory / token
-                if not token or "/" in token or not path.is_file():
-                    self.send_error(404)
-                    return
-                body = path.read_bytes()
-                outer.fetched.append(token)
-                self.send_response(200)
-                self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.fixture
 def pebble(tmp_path: Path) -> Iterator[dict[str, object]]:
     yield from run_pebble(tmp_path, tls_port=free_port())
 
 
 def run_pebble(tmp_path: Path, tls_port: int) -> Iterator[dict[str, object]]:
-    """Pebble on loopback; HTTP-01 fetched from our ChallengeServer, TLS-ALPN-01 from
-    127.0.0.1:tls_port."""
+    """Pebble on loopback; HTTP-01 fetched from 127.0.0.1 at the yielded "http" port
+    (the test's server listens there: listen.http), TLS-ALPN-01 from 127.0.0.1:tls_port."""
     assert shutil.which("pebble"), "`make tools` installs Debian's pebble"
     ca, cert, key = make_ca(tmp_path)
-    data_dir = tmp_path / "server" / "data"
-    challenges = ChallengeServer(data_dir / "run" / "acme-challenges")
+    http_port = free_port()
     dns = DNSServer({name: {"A": ["127.0.0.1"]} for name in NAMES}).start()
     port, management = free_port(), free_port()
     config = tmp_path / "pebble.json"
@@ -128,7 +89,7 @@ def run_pebble(tmp_path: Path, tls_port: int) -> Iterator[dict[str, object]]:
         "listenAddress": f"127.0.0.1:{port}",
         "managementListenAddress": f"127.0.0.1:{management}",
         "certificate": str(cert), "privateKey": str(key),
-        "httpPort": challenges.port, "tlsPort": tls_port,
+        "httpPort": http_port, "tlsPort": tls_port,
         "ocspResponderURL": "", "externalAccountBindingRequired": False,
     }}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PEBBLE_")}
@@ -145,12 +106,11 @@ def run_pebble(tmp_path: Path, tls_port: int) -> Iterator[dict[str, object]]:
             assert time.monotonic() < deadline, (tmp_path / "pebble.log").read_text()
             time.sleep(0.1)
     yield {"directory": f"https://127.0.0.1:{port}/dir", "ca": str(ca),
-           "challenges": challenges, "log": tmp_path / "pebble.log",
-           "management": management}
+           "http": f"tcp:{http_port}:interface=127.0.0.1", "http_port": http_port,
+           "log": tmp_path / "pebble.log", "management": management}
     proc.terminate()
     proc.wait(10)
     log.close()
-    challenges.close()
     dns.stop()
 
 
@@ -175,7 +135,8 @@ def wait_for_certificate(server: RunningServer, port: int, not_serial: int | Non
 def test_certificate_from_pebble_served_renewed_and_swapped(server_factory, pebble) -> None:
     server = server_factory(
         "server", hostname=NAMES[0],
-        listen={"smtp": LOOPBACK, "imaps": LOOPBACK, "submissions": LOOPBACK},
+        listen={"smtp": LOOPBACK, "imaps": LOOPBACK, "submissions": LOOPBACK,
+                "http": pebble["http"]},
         acme={"directory": pebble["directory"], "contact": "mailto:postmaster@acme.test",
               "names": NAMES, "directory_ca": pebble["ca"]},
     )
@@ -184,7 +145,10 @@ def test_certificate_from_pebble_served_renewed_and_swapped(server_factory, pebb
     san = first.extensions.get_extension_for_class(x509.SubjectAlternativeName)
     assert sorted(san.value.get_values_for_type(x509.DNSName)) == sorted(NAMES)
     assert "Pebble Intermediate" in first.issuer.rfc4514_string()
-    assert pebble["challenges"].fetched, "Pebble fetched the HTTP-01 answer from us"  # type: ignore[union-attr]
+    validations = pebble["log"].read_text()  # type: ignore[attr-defined]
+    for name in NAMES:  # the only thing on that port is our listen.http
+        assert (f"Attempting to validate w/ HTTP: http://{name}:{pebble['http_port']}"
+                f"/.well-known/acme-challenge/") in validations
     assert served_certificate(submissions).serial_number == first.serial_number
     stored = server.data_dir / "acme" / "certificate.pem"
     assert stored.stat().st_mode & 0o777 == 0o600
@@ -265,8 +229,10 @@ def test_acme_added_by_reload(server_factory, pebble) -> None:
     port = server.ports["imaps"]
     first = served_certificate(port)
     assert first.issuer == first.subject, "self-signed until [acme] exists"
-    rewrite(server, acme={"directory": pebble["directory"], "names": [NAMES[0]],
-                          "directory_ca": pebble["ca"]})
+    # The reload opens listen.http and starts the ACME client, which is answered there.
+    rewrite(server, listen={**server.config["listen"], "http": pebble["http"]},
+            acme={"directory": pebble["directory"], "names": [NAMES[0]],
+                  "directory_ca": pebble["ca"]})
     admin(server.config_path, "reload")
     cert = wait_for_certificate(server, port, None)
     san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
@@ -298,7 +264,8 @@ def test_tls_alpn_01_answered_by_the_imaps_listener(server_factory, tmp_path: Pa
             der = probe.getpeercert(binary_form=True)
         assert der is not None
         assert x509.load_der_x509_certificate(der).serial_number == cert.serial_number
-        assert pebble["challenges"].fetched == [], "no HTTP-01 fetch"  # type: ignore[union-attr]
+        assert "validate w/ HTTP" not in pebble["log"].read_text(), \
+            "no HTTP-01 fetch"  # type: ignore[attr-defined]
         assert server.data_dir.joinpath("acme", "certificate.pem").exists()
     finally:
         next(runner, None)

@@ -5,17 +5,21 @@ from __future__ import annotations
 
 import json
 import os
+import poplib
+import re
 import signal
 import smtplib
 import socket
 import ssl
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-from server_harness import RunningServer, admin, toml_dumps
+from server_harness import PASSWORD, RunningServer, admin, toml_dumps
 from test_workers import wait_for_log, workers_of
 
 LOOPBACK = "tcp:0:interface=127.0.0.1"
@@ -95,6 +99,50 @@ def test_reload_changes_limits_and_listeners_sessions_stay(server_factory) -> No
     assert "imap" not in listeners(server)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", imap_port), timeout=5).close()
+
+
+def test_reload_rebuilds_what_the_factories_made_from_the_config(server_factory) -> None:
+    """Each listener's factory is built anew from the new config: POP3's UIDL format,
+    the web side's /metrics networks and the [abuse] networks follow a reload for new
+    connections; a session opened before it goes on."""
+    server = server_factory("r5", listen={"smtp": LOOPBACK, "pop3s": LOOPBACK,
+                                          "http": LOOPBACK})
+    with smtplib.SMTP(*server.address(), timeout=10) as client:
+        client.sendmail("a@sender.test", ["bob@example.org"], b"Subject: x\r\n\r\nx\r\n")
+
+    def uidl() -> bytes:
+        pop = poplib.POP3_SSL(*server.address("pop3s"), context=tls_client(), timeout=10)
+        pop.user("bob@example.org")
+        pop.pass_(PASSWORD)
+        line = pop.uidl(1)
+        pop.quit()
+        return line
+
+    def metrics_status() -> int:
+        try:
+            with urllib.request.urlopen(
+                    f"http://127.0.0.1:{server.ports['http']}/metrics", timeout=10) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    assert re.fullmatch(rb"\+OK 1 \d+\.\S+", uidl()), "the Maildir base name"
+    assert metrics_status() == 200, "loopback may read /metrics by default"
+    old = smtplib.SMTP(*server.address(), timeout=10)
+    old.ehlo("old.test")
+    rewrite(server, pop3={"uidl_format": "%08Xu%08Xv"},
+            http={"metrics_networks": ["192.0.2.0/24"]})
+    admin(server.config_path, "reload")
+    assert re.fullmatch(rb"\+OK 1 00000001[0-9a-f]{8}", uidl()), "Dovecot's UID form"
+    assert metrics_status() == 403
+
+    rewrite(server, abuse={"refused_networks": ["127.0.0.0/8"]})
+    admin(server.config_path, "reload")
+    with server.connect() as refused:
+        reply = refused.recv(200)
+    assert reply.startswith(b"421 4.7.0 ") and reply.endswith(b"too many connections\r\n")
+    assert old.noop()[0] == 250, "the session from before both reloads goes on"
+    old.quit()
 
 
 def test_broken_config_is_refused_and_the_old_one_stays(server_factory) -> None:

@@ -25,6 +25,9 @@ class StaticDirectory:
     users = {"bob@example.org": MailboxId("example.org", "bob"),
              "carol@example.org": MailboxId("example.org", "carol")}
 
+    def unavailable(self) -> str | None:
+        return None
+
     def resolve(self, address: str) -> Resolution:
         box = self.users.get(address.lower())
         return Resolution(mailboxes=(box,)) if box else Resolution()

@@ -24,7 +24,7 @@ from twisted.internet.testing import StringTransport
 from mailserver.auth.checker import make_portal
 from mailserver.auth.directory import RecipientDirectory
 from mailserver.config import Config, config_from_dict
-from mailserver.core.throttle import FailureThrottle
+from mailserver.core.throttle import LoginThrottle
 from mailserver.delivery.router import DeliveryRouter
 from mailserver.errors import ReplyError
 from mailserver.interfaces import MailboxId, OutboundEnvelope
@@ -58,7 +58,7 @@ def make_config(tmp_path: Path, **auth: Any) -> Config:
 class Session:
     def __init__(self, tmp_path: Path, policy: SessionPolicy, *, queue: bool = True,
                  tls_options: object | None = object(), reactor: FakeReactor | None = None,
-                 throttle: FailureThrottle | None = None, **auth: Any) -> None:
+                 throttle: LoginThrottle | None = None, **auth: Any) -> None:
         self.config = make_config(tmp_path, **auth)
         self.reactor = reactor or FakeReactor()
         directory = RecipientDirectory(self.config)
@@ -71,7 +71,7 @@ class Session:
             policy=policy, portal=make_portal(self.config, directory, reactor=self.reactor,
                                               threadpool=self.reactor.pool),  # type: ignore[arg-type]
             senders=directory,
-            auth_throttle=throttle or FailureThrottle(clock=self.reactor))
+            auth_throttle=throttle or LoginThrottle(clock=self.reactor))
         peer = IPv4Address("TCP", "192.0.2.7", 4000)
         self.protocol = self.factory.buildProtocol(peer)
         self.transport = StringTransport(peerAddress=peer)
@@ -504,7 +504,7 @@ def test_mail_auth_parameter_accepted(s465: Session) -> None:
 def test_failures_across_connections_block_the_address(tmp_path: Path) -> None:
     """A guesser who reconnects after each 421 gets no more password checks."""
     reactor = FakeReactor()
-    throttle = FailureThrottle(limit=4, window=600, clock=reactor)
+    throttle = LoginThrottle(limit=4, window=600, clock=reactor)
     wrong = b"AUTH PLAIN " + b64(b"\0alice@example.org\0guess").encode() + b"\r\n"
 
     def connect() -> Session:
@@ -537,7 +537,7 @@ def test_failures_across_connections_block_the_address(tmp_path: Path) -> None:
 
 def test_throttle_memory_is_bounded() -> None:
     clock = Clock()
-    throttle = FailureThrottle(limit=3, window=60, max_clients=100, clock=clock)
+    throttle = LoginThrottle(limit=3, window=60, max_clients=100, clock=clock)
     for i in range(1000):
         throttle.failed(f"192.0.2.{i}")
     assert len(throttle._failures) == 100
