@@ -124,6 +124,7 @@ class OursInstance(ServerInstance):
                 str(self.config),
                 "user",
                 "add",
+                "--weak-ok",  # a throw-away bench password
                 f"{USER}@{DOMAIN}",
             ],
             input="pw\n",
