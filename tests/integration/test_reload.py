@@ -106,7 +106,7 @@ def test_reload_rebuilds_what_the_factories_made_from_the_config(server_factory)
     the web side's /metrics networks and the [abuse] networks follow a reload for new
     connections; a session opened before it goes on."""
     server = server_factory("r5", listen={"smtp": LOOPBACK, "pop3s": LOOPBACK,
-                                          "http": LOOPBACK})
+                                          "submissions": LOOPBACK, "http": LOOPBACK})
     with smtplib.SMTP(*server.address(), timeout=10) as client:
         client.sendmail("a@sender.test", ["bob@example.org"], b"Subject: x\r\n\r\nx\r\n")
 
@@ -135,6 +135,11 @@ def test_reload_rebuilds_what_the_factories_made_from_the_config(server_factory)
     admin(server.config_path, "reload")
     assert re.fullmatch(rb"\+OK 1 00000001[0-9a-f]{8}", uidl()), "Dovecot's UID form"
     assert metrics_status() == 403
+    # The rebuilt site still describes the ports really listened on (autoconfig).
+    with urllib.request.urlopen(
+            f"http://127.0.0.1:{server.ports['http']}/.well-known/autoconfig/mail/"
+            f"config-v1.1.xml?emailaddress=bob@example.org", timeout=10) as r:
+        assert f"<port>{server.ports['pop3s']}</port>".encode() in r.read()
 
     rewrite(server, abuse={"refused_networks": ["127.0.0.0/8"]})
     admin(server.config_path, "reload")
