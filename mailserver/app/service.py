@@ -22,11 +22,13 @@ from mailserver.auth.directory import RecipientDirectory
 from mailserver.config import Config
 from mailserver.core.context import ListenerFactory, ServerContext
 from mailserver.core.diskio import DiskExecutor, make_disk
+from mailserver.core.dns import SharedResolver
 from mailserver.errors import ConfigError
 from mailserver.imap import listener as imap_listener
 from mailserver.logs import logger
 from mailserver.pop3 import listener as pop3_listener
 from mailserver.queue.service import QueueService, open_queue
+from mailserver.senderauth import service as senderauth
 from mailserver.smtp import listener as smtp_listener
 from mailserver.store.delivery import MaildirDelivery
 
@@ -68,6 +70,8 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
         target=MaildirDelivery(config.mail_dir, config.hostname, disk), disk=disk,
         tls=server_tls_options(config), queue=queue, instance=instance,
     )
+    context.resolver = SharedResolver.from_config(config)
+    context.senderauth = senderauth.build(config, context.resolver, disk, instance)
     if instance == 0:
         QueueService(context, spool, queue).setServiceParent(top)
     counter = ConnectionCounter(config.limits.connections, config.limits.connections_per_ip)

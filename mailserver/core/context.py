@@ -42,6 +42,11 @@ class ServerContext:
     #: 0 in the twistd process, N in worker process N (only instance 0 runs the queue
     #: scheduler and other singletons).
     instance: int = 0
+    #: Sender authentication (senderauth/): the shared resolver, inbound checks,
+    #: DKIM signer and the hooks the SMTP listeners wrap messages with.
+    senderauth: Any = None
+    #: The one DNS resolver (core/dns.SharedResolver) every lookup goes through.
+    resolver: Any = None
 
 
 @dataclass

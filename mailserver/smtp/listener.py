@@ -33,6 +33,8 @@ def make_listener(context: ServerContext, name: str) -> ListenerFactory | None:
         queue=context.queue, senders=context.directory,
         auth_throttle=context.login_throttle,
     )
+    if context.senderauth is not None:
+        factory.message_hook = context.senderauth.hook_for(policy.name)
     refusal = f"421 4.7.0 {context.config.hostname} Error: too many connections\r\n"
     # A refusal on 465 would go out in the clear before the TLS handshake: the client
     # cannot read it, but it closes the connection all the same.

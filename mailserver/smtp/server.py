@@ -119,6 +119,9 @@ class SMTPServerFactory(Factory):
         self.senders = senders
         #: Failed AUTHs per client address (shared by the submission listeners).
         self.auth_throttle = auth_throttle or FailureThrottle()
+        #: senderauth's hook (listener.py sets it): wraps each message's transaction
+        #: to check it (smtp) or DKIM-sign it (submission); None: neither.
+        self.message_hook: Any = None
         # Session ids name the process too when there are workers: "smtp-12" / "w2-smtp-12".
         self.id_prefix = f"w{instance}-{self.policy.name}" if instance else self.policy.name
         self.sessions_started = 0

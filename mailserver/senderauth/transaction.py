@@ -1,0 +1,174 @@
+"""The hooks the SMTP session calls: hold a message's content until it is checked
+(inbound, port 25) or signed (submission), then hand it on.
+
+The session builds its MessageFanout as always and lets the listener's hook wrap it
+(smtp/reception.py, two lines). The wrapper passes the trace fields (Return-Path,
+Received) through at once and holds the content; at commit it asks the checker or
+signer (in a thread), writes the Authentication-Results or DKIM-Signature fields and
+the content, and commits the real transaction. A refusal or deferral becomes the
+ReplyError the session already answers end-of-data failures with; a DMARC quarantine
+swaps the local copies for copies in each recipient's Junk folder.
+
+Memory: the held content is at most limits.message_size, once; the checks and the
+signature need the whole message anyway.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Generator
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred, inlineCallbacks
+
+from mailserver.errors import ReplyError
+from mailserver.interfaces import IDeliveryTarget, MailboxId
+from mailserver.logs import logger
+from mailserver.senderauth.checker import EnvelopeChecks, InboundChecker
+from mailserver.senderauth.signing import Signer
+from mailserver.smtp.fanout import MessageFanout
+
+log = logger(__name__)
+
+
+class Session(Protocol):
+    """What a hook reads of the SMTP session."""
+
+    session_id: str
+    peer_ip: str
+    helo: str | None
+
+
+class HeldTransaction(MessageFanout):
+    """A MessageFanout whose content waits for `_prepare` before it goes on."""
+
+    def __init__(self, inner: MessageFanout) -> None:
+        super().__init__(inner.local, inner.queued)
+        self.inner = inner
+        self._held: list[bytes] = []
+        self._holding = False
+        self._aborted = False
+        #: What the local copies got before the content (Return-Path, Received).
+        self.local_trace = bytearray()
+
+    def hold(self) -> None:
+        """Everything written from now on is the message content."""
+        self._holding = True
+
+    def write_local(self, data: bytes) -> None:
+        self.local_trace += data
+        self.inner.write_local(data)
+
+    def write(self, data: bytes) -> None:
+        if self._holding:
+            self._held.append(data)
+        else:
+            self.local_trace += data
+            self.inner.write(data)
+
+    def commit(self) -> Deferred[str | None]:
+        return self._commit_held()
+
+    @inlineCallbacks
+    def _commit_held(self) -> Generator[Deferred[Any], Any, str | None]:
+        message = b"".join(self._held)
+        self._held.clear()
+        try:
+            prefix, message = yield self._prepare(message)
+        except Exception:
+            self.abort()
+            raise
+        if self._aborted:
+            raise ReplyError(451, "4.3.0", "Requested action aborted: transaction aborted")
+        self.inner.write(prefix)
+        self.inner.write(message)
+        queue_id = yield self.inner.commit()
+        return queue_id
+
+    def _prepare(self, message: bytes) -> Deferred[tuple[bytes, bytes]]:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        self._aborted = True
+        self._held.clear()
+        self.inner.abort()
+
+
+class CheckedTransaction(HeldTransaction):
+    """Inbound: SPF and iprev start at once, DKIM/ARC/DMARC at end of data."""
+
+    def __init__(self, inner: MessageFanout, hook: InboundHook, session: Session,
+                 sender: str, mailboxes: list[MailboxId]) -> None:
+        super().__init__(inner)
+        self.hook = hook
+        self.session = session
+        self.sender = sender
+        self.mailboxes = mailboxes
+        self.early: Deferred[EnvelopeChecks] = hook.checker.check_at_envelope(
+            session.peer_ip, session.helo or "", sender)
+
+    @inlineCallbacks
+    def _prepare(self, message: bytes) -> Generator[Deferred[Any], Any, tuple[bytes, bytes]]:
+        early = yield self.early
+        verdict = yield self.hook.checker.check_message(message, early)
+        session = self.session
+        if verdict.reply is not None:
+            # Never silent: every refusal with its code and the client's address.
+            log.info("{session} refused from {ip} sender <{sender}>: {code} {status} "
+                     "{text} [{summary}]", session=session.session_id, ip=session.peer_ip,
+                     sender=self.sender, code=verdict.reply.code,
+                     status=verdict.reply.enhanced, text=verdict.reply.lines()[0],
+                     summary=verdict.summary)
+            raise ReplyError(verdict.reply.code, verdict.reply.enhanced,
+                             verdict.reply.lines()[0])
+        if verdict.action == "junk" and self.inner.local is not None and self.mailboxes:
+            self.inner.local.abort()  # nothing was written to it yet
+            self.inner.local = self.local = self.hook.junk.begin(self.mailboxes)
+            self.inner.local.write(bytes(self.local_trace))
+        log.info("{session} from {ip} sender <{sender}>: {action} [{summary}]",
+                 session=session.session_id, ip=session.peer_ip, sender=self.sender,
+                 action=verdict.action, summary=verdict.summary)
+        return verdict.header, verdict.message
+
+
+class InboundHook:
+    """The smtp listener's hook."""
+
+    def __init__(self, checker: InboundChecker, junk: IDeliveryTarget,
+                 trusted: tuple[str, ...] = ()) -> None:
+        self.checker = checker
+        self.junk = junk
+        self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted]
+
+    def wrap(self, fanout: MessageFanout, session: Session, sender: str,
+             mailboxes: list[MailboxId]) -> HeldTransaction | None:
+        """None (nothing to do) for a client in checks.trusted_networks."""
+        try:
+            ip = ipaddress.ip_address(session.peer_ip)
+        except ValueError:
+            ip = None
+        if ip is not None and any(ip in net for net in self.trusted):
+            return None
+        return CheckedTransaction(fanout, self, session, sender, mailboxes)
+
+
+class SignedTransaction(HeldTransaction):
+    def __init__(self, inner: MessageFanout, signer: Signer) -> None:
+        super().__init__(inner)
+        self.signer = signer
+
+    @inlineCallbacks
+    def _prepare(self, message: bytes) -> Generator[Deferred[Any], Any, tuple[bytes, bytes]]:
+        signature = yield self.signer.sign(message)
+        return signature, message
+
+
+class SigningHook:
+    """The submission listeners' hook: DKIM-sign what our users send."""
+
+    def __init__(self, signer: Signer) -> None:
+        self.signer = signer
+
+    def wrap(self, fanout: MessageFanout, session: Session, sender: str,
+             mailboxes: list[MailboxId]) -> HeldTransaction:
+        return SignedTransaction(fanout, self.signer)
