@@ -1,0 +1,170 @@
+"""The checks and the signer in the real server: submission signs, port 25 checks,
+refuses, junks and marks; `mailserver dns-records` prints what DNS needs and --check
+compares it with what the loopback DNS server answers."""
+
+from __future__ import annotations
+
+import re
+import smtplib
+import ssl
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from dns_server import DNSServer
+from server_harness import PASSWORD, USERS, RunningServer, admin, make_server
+
+pytestmark = pytest.mark.timeout(180)
+
+LISTEN = {"smtp": "tcp:0:interface=127.0.0.1", "submission": "tcp:0:interface=127.0.0.1"}
+
+
+def zone_from_records(text: str) -> dict[str, dict[str, list[Any]]]:
+    """The zone-file lines `dns-records` printed, as tests/dns_server.py zone entries."""
+    zone: dict[str, dict[str, list[Any]]] = {}
+    joined = re.sub(r"\(\s*(.*?)\s*\)", lambda m: " ".join(m.group(1).split()), text,
+                    flags=re.S)
+    for line in joined.splitlines():
+        if not line or line.startswith(";"):
+            continue
+        name, _ttl, _in, rtype, data = line.split(None, 4)
+        entry = zone.setdefault(name.rstrip("."), {})
+        if rtype == "MX":
+            pref, host = data.split()
+            entry.setdefault("MX", []).append([int(pref), host.rstrip(".")])
+        else:
+            entry.setdefault("TXT", []).append(re.findall(r'"([^"]*)"', data))
+    return zone
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("sa")
+    settings: dict[str, Any] = {"listen": LISTEN, "dkim": {"sign": True},
+                                "checks": {"trusted_networks": [], "time_budget": 5}}
+    draft = make_server(root, start=False, **settings,
+                        dns={"nameservers": ["127.0.0.1:9"], "timeout": 2})
+    printed = admin(draft.config_path, "dns-records", "example.org").stdout
+    zone = zone_from_records(printed)
+    zone["example.org"]["TXT"] = [["v=spf1 ip4:127.0.0.1 -all"]]
+    zone.update({
+        "mx.test.example": {"A": ["127.0.0.1"]},
+        "1.0.0.127.in-addr.arpa": {"PTR": ["mx.test.example"]},
+        "soft.test": {"TXT": ["v=spf1 ~all"]},
+        "quar.test": {"TXT": ["v=spf1 -all"]},
+        "_dmarc.quar.test": {"TXT": ["v=DMARC1; p=quarantine"]},
+    })
+    with DNSServer(zone) as dns:
+        server = make_server(root, start=False, **settings,
+                             dns={"nameservers": [dns.nameserver], "timeout": 2})
+        for user in USERS:
+            server.add_user(user, PASSWORD)
+        server.start()
+        yield {"server": server, "printed": printed, "dns": dns}
+        server.stop()
+
+
+def submit(server: RunningServer, message: bytes, to: str = "bob@example.org") -> None:
+    with smtplib.SMTP(*server.address("submission"), timeout=20) as client:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        client.starttls(context=context)
+        client.login("alice@example.org", PASSWORD)
+        client.sendmail("alice@example.org", [to], message)
+
+
+def mx(server: RunningServer, sender: str, message: bytes, to: str = "bob@example.org"
+       ) -> tuple[int, bytes]:
+    with smtplib.SMTP(*server.address("smtp"), timeout=30) as client:
+        client.ehlo("mx.test.example")
+        client.mail(sender)
+        client.rcpt(to)
+        return client.data(message)
+
+
+MESSAGE = (b"From: Alice <alice@example.org>\r\nTo: bob@example.org\r\nSubject: hi\r\n"
+           b"Date: Mon, 07 Dec 2026 06:00:00 +0000\r\nMessage-ID: <x1@example.org>\r\n"
+           b"\r\nBody.\r\n")
+
+
+def test_submitted_mail_is_signed_and_verifies_on_port_25(world: dict[str, Any]) -> None:
+    server: RunningServer = world["server"]
+    before = len(server.messages("bob@example.org"))
+    submit(server, MESSAGE)
+    stored = server.messages("bob@example.org")[before]
+    assert stored.count(b"DKIM-Signature: v=1; a=") == 2
+    assert b"a=ed25519-sha256" in stored and b"a=rsa-sha256" in stored
+    assert b"c=relaxed/relaxed" in stored and b"d=example.org" in stored
+    # Oversigned: From, To, Subject, Date, Message-ID one more time than present.
+    h = re.search(rb"h=([^;]+);", stored.replace(b"\n\t", b"").replace(b"\n ", b""))
+    assert h is not None and h.group(1).replace(b" ", b"").split(b":").count(b"from") == 2
+    # The signed copy, sent on to port 25 as another server would: dkim=pass twice.
+    relayed = stored.split(b"\n", 1)[1].replace(b"\n", b"\r\n")  # without Return-Path
+    code, _ = mx(server, "alice@example.org", relayed, to="carol@example.net")
+    assert code == 250
+    got = server.messages("carol@example.net")[-1]
+    header = got.split(b"\n\n")[0].decode()
+    assert "Authentication-Results: mx.test.example;" in header
+    assert header.count("dkim=pass") == 2, header
+    assert "dmarc=pass (p=quarantine) header.from=example.org" in header
+    assert "spf=pass" in header and "iprev=pass (mx.test.example)" in header
+
+
+def test_forged_from_under_quarantine_lands_in_junk(world: dict[str, Any]) -> None:
+    """example.org publishes the p=quarantine `dns-records` printed: an unsigned
+    message claiming to be from it, from elsewhere, goes to bob's Junk folder."""
+    server: RunningServer = world["server"]
+    inbox = len(server.messages("bob@example.org"))
+    code, _ = mx(server, "x@soft.test", MESSAGE)
+    assert code == 250
+    assert len(server.messages("bob@example.org")) == inbox
+    junk = server.messages("bob@example.org", "Junk")
+    assert junk and b"dmarc=fail (p=quarantine) header.from=example.org" in junk[-1]
+    assert junk[-1].startswith(b"Return-Path: <x@soft.test>\n")
+
+
+def test_ambiguous_from_refused_with_550_and_logged(world: dict[str, Any]) -> None:
+    server: RunningServer = world["server"]
+    message = MESSAGE.replace(b"To: bob", b"From: boss@evil.test\r\nTo: bob")
+    code, text = mx(server, "x@soft.test", message)
+    assert code == 550
+    assert text.startswith(b"5.7.1 Message refused: ambiguous From (2 From header fields)")
+    assert re.search(r"refused from 127\.0\.0\.1 sender <x@soft\.test>: 550 5\.7\.1",
+                     server.log())
+
+
+def test_forged_results_with_our_id_removed(world: dict[str, Any]) -> None:
+    server: RunningServer = world["server"]
+    forged = (b"Authentication-Results: mx.test.example; dkim=pass header.d=quar.test\r\n"
+              + MESSAGE.replace(b"alice@example.org", b"a@quar.test"))
+    code, _ = mx(server, "a@quar.test", forged)
+    assert code == 250
+    got = server.messages("bob@example.org", "Junk")[-1]
+    assert got.count(b"Authentication-Results: mx.test.example;") == 1
+    assert b"dkim=pass header.d=quar.test" not in got
+
+
+def test_dns_records_check(world: dict[str, Any]) -> None:
+    server: RunningServer = world["server"]
+    printed: str = world["printed"]
+    assert 'example.org.\t3600\tIN\tMX\t10 mx.test.example.' in printed
+    assert '"v=DMARC1; p=quarantine; rua=mailto:postmaster@example.org"' in printed
+    rsa = re.search(r'r\._domainkey\.example\.org\.\t3600\tIN\tTXT\t\( (".*?") \)',
+                    printed, re.S)
+    assert rsa is not None
+    assert all(len(s) <= 255 for s in re.findall(r'"([^"]*)"', rsa.group(1)))
+    result = admin(server.config_path, "dns-records", "--check", "example.org", check=False)
+    # SPF differs on purpose (the test zone lists 127.0.0.1 instead of `mx`).
+    assert result.returncode == 1
+    assert re.search(r"^DIFFERENT\tTXT\texample\.org\tfound \"v=spf1 ip4:127.0.0.1 -all\"",
+                     result.stdout, re.M), result.stdout
+    assert re.search(r"^ok\tMX\texample\.org$", result.stdout, re.M)
+    assert len(re.findall(r"^ok\tTXT\t\d{8}[er]\._domainkey\.example\.org$",
+                          result.stdout, re.M)) == 2
+    assert re.search(r"^ok\tTXT\t_dmarc\.example\.org$", result.stdout, re.M)
+    assert re.search(r"^ok\tPTR\tmx\.test\.example$", result.stdout, re.M)
+    missing = admin(server.config_path, "dns-records", "--check", "example.net",
+                    check=False)
+    assert missing.returncode == 1
+    assert re.search(r"^MISSING\tTXT\t_dmarc\.example\.net\tmissing$", missing.stdout, re.M)
+    assert "record(s) missing or different for example.net" in missing.stderr
