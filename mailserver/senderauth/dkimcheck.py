@@ -120,6 +120,11 @@ def _verify_one(d: dkim.DKIM, index: int, tags: dict[bytes, bytes] | None,
     length_problem = _length_problem(d, tags)
     try:
         ok = d.verify(idx=index, dnsfunc=fetcher)
+    except dkim.ValidationError as e:
+        if str(e).startswith("body hash mismatch"):
+            # RFC 6376 6.1.3: the body changed after signing: a failed signature.
+            return _with(base, "fail", "body hash did not verify")
+        return _with(base, "permerror", str(e)[:120])
     except dkim.DKIMException as e:
         return _with(base, "permerror", str(e)[:120])
     except Exception as e:  # dkimpy on input it did not expect: never our crash
