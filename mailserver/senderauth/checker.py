@@ -87,12 +87,14 @@ class InboundChecker:
     def envelope_sync(self, client_ip: str, helo: str, mail_from: str) -> EnvelopeChecks:
         lookups = Lookups(self.resolver, self.checks.time_budget)
         spf_mailfrom, spf_helo = check_spf(lookups, client_ip, helo, mail_from)
-        return EnvelopeChecks(spf_mailfrom, spf_helo, check_iprev(lookups, client_ip),
-                              helo, lookups)
+        iprev = check_iprev(lookups, client_ip)
+        lookups.pause()
+        return EnvelopeChecks(spf_mailfrom, spf_helo, iprev, helo, lookups)
 
     def message_sync(self, message: bytes, early: EnvelopeChecks) -> Verdict:
         message, _removed = results.strip_our_results(message, self.authserv_id)
         lookups = early.lookups
+        lookups.resume()  # what is left of the message's time budget
         dkim_results = verify_dkim(message, lookups, self.checks.max_signatures)
         arc = verify_arc(message, lookups)
         try:

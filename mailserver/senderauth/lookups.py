@@ -32,12 +32,24 @@ class Lookups:
                  max_queries: int = MAX_QUERIES) -> None:
         self.resolver = shared.resolver()
         self.timeout = float(shared.timeout)
+        self.budget = budget
         self.deadline = time.monotonic() + budget
         self.max_queries = max_queries
         self.queries = 0
+        self._paused_with: float | None = None
 
     def remaining(self) -> float:
         return self.deadline - time.monotonic()
+
+    def pause(self) -> None:
+        """Stop the clock (between the envelope checks and the end of the data, which
+        may be minutes later: the client's upload time is not ours to spend)."""
+        self._paused_with = max(self.remaining(), 0.0)
+
+    def resume(self) -> None:
+        if self._paused_with is not None:
+            self.deadline = time.monotonic() + self._paused_with
+            self._paused_with = None
 
     def query(self, name: str, rdtype: str) -> list[dns.rdata.Rdata]:
         """The answer's records; [] for NXDOMAIN or no data; TempFail otherwise."""

@@ -260,3 +260,14 @@ def test_unicode_and_overlong_header_lines(world: dict[str, Any]) -> None:
     verdict = run(check, signed, mail_from="a@none.test")
     assert "dmarc=" in ar(verdict) and verdict.action == "accept"
     assert all(len(line) < 200 for line in verdict.header.split(b"\n"))
+
+
+def test_budget_not_spent_while_the_client_uploads(world: dict[str, Any]) -> None:
+    """The time between the envelope checks and the end of the data is the client's:
+    a slow upload must not leave the DKIM/DMARC lookups without budget."""
+    check = checker(world["dns"].nameserver, budget=2)
+    early = check.envelope_sync(CLIENT, "helo.test", "alice@good.test")
+    time.sleep(2.5)
+    msg = message()
+    verdict = check.message_sync(world["signer"].sign_sync(msg) + msg, early)
+    assert ar(verdict).count("dkim=pass") == 2 and "dmarc=pass" in ar(verdict)
