@@ -10,7 +10,8 @@ Zone: {"name": {"MX": [[10, "mx.example.net"]], "A": ["127.0.0.3"], "AAAA": [...
 a longer string is cut into 255-octet pieces). UDP and TCP on the same port, so
 answers too big for UDP are fetched again over TCP as a resolver does.
 A name that is not in the zone is NXDOMAIN; a name without records of the asked type
-answers NOERROR with no answer (what dnspython calls NoAnswer). Special keys:
+answers NOERROR with no answer (what dnspython calls NoAnswer). "TTL": 5 sets the
+TTL of the name's records (default 60). Special keys:
 "SERVFAIL": true answers SERVFAIL; "TIMEOUT": true never answers.
 """
 
@@ -87,26 +88,27 @@ def _serve(zone_path: str) -> None:
             if records.get("SERVFAIL"):
                 return defer.fail(RuntimeError("SERVFAIL asked for"))  # -> SERVFAIL
             answers = []
+            ttl = records.get("TTL", 60)
             if type in (dns.MX, dns.ALL_RECORDS):
                 for pref, host in records.get("MX", []):
                     exchange = b"" if host == "." else host.encode()  # "." = the root
-                    answers.append(dns.RRHeader(name, dns.MX, ttl=60, auth=True,
+                    answers.append(dns.RRHeader(name, dns.MX, ttl=ttl, auth=True,
                                                 payload=dns.Record_MX(pref, exchange)))
             if type in (dns.A, dns.ALL_RECORDS):
                 for a in records.get("A", []):
-                    answers.append(dns.RRHeader(name, dns.A, ttl=60, auth=True,
+                    answers.append(dns.RRHeader(name, dns.A, ttl=ttl, auth=True,
                                                 payload=dns.Record_A(a)))
             if type in (dns.AAAA, dns.ALL_RECORDS):
                 for a in records.get("AAAA", []):
-                    answers.append(dns.RRHeader(name, dns.AAAA, ttl=60, auth=True,
+                    answers.append(dns.RRHeader(name, dns.AAAA, ttl=ttl, auth=True,
                                                 payload=dns.Record_AAAA(a)))
             if type in (dns.TXT, dns.ALL_RECORDS):
                 for txt in records.get("TXT", []):
-                    answers.append(dns.RRHeader(name, dns.TXT, ttl=60, auth=True,
+                    answers.append(dns.RRHeader(name, dns.TXT, ttl=ttl, auth=True,
                                                 payload=dns.Record_TXT(*_strings(txt))))
             if type in (dns.PTR, dns.ALL_RECORDS):
                 for host in records.get("PTR", []):
-                    answers.append(dns.RRHeader(name, dns.PTR, ttl=60, auth=True,
+                    answers.append(dns.RRHeader(name, dns.PTR, ttl=ttl, auth=True,
                                                 payload=dns.Record_PTR(host.encode())))
             return defer.succeed((answers, [], []))
 

@@ -159,7 +159,9 @@ def _check_ptr(lookups: Lookups, host: str) -> str:
 
 
 def dkim_list(admin: Admin) -> None:
+    """Every domain's selectors; keys not made yet are made now, as at first start."""
     store = KeyStore(admin.config)
+    store.ensure()
     for domain in store.domains():
         if domain in store.external:
             selector, path = store.external[domain]
