@@ -109,6 +109,8 @@ class QueueService(Service):
             spool, context.disk, queue, self.dispatcher, policy_from(config),
             config.hostname, config.is_local_domain,
             LocalDeliverer(context).deliver)
+        if context.senderauth is not None and context.senderauth.signer is not None:
+            self.scheduler.sign_dsn = context.senderauth.signer.sign_dsn
         self.watcher = SpoolWatcher(spool, self.scheduler)
         queue.notify = self.scheduler.notify
 

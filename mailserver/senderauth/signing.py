@@ -14,7 +14,7 @@ import email.utils
 import re
 
 import dkim
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThread
 
 from mailserver.logs import logger
@@ -123,3 +123,20 @@ class Signer:
 
     def sign(self, message: bytes, domain: str | None = None) -> Deferred[bytes]:
         return deferToThread(self.sign_sync, message, domain)
+
+    def dsn_domain(self) -> str | None:
+        """The local domain our bounces are signed for: the one our host name is (or
+        is under), so the signature aligns with MAILER-DAEMON@hostname's domain
+        (relaxed, RFC 7489 3.1.1); None if the host name is under none of them."""
+        host = self.store.config.hostname.lower().rstrip(".")
+        for domain in sorted(self.store.domains(), key=len, reverse=True):
+            if host == domain or host.endswith("." + domain):
+                return domain
+        return None
+
+    def sign_dsn(self, message: bytes) -> Deferred[bytes]:
+        """A bounce or delay notice (queue/bounce.py), signed for dsn_domain()."""
+        domain = self.dsn_domain()
+        if domain is None:
+            return succeed(b"")
+        return self.sign(message, domain)
