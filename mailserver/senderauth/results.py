@@ -64,10 +64,18 @@ def _split_fields(header: bytes) -> list[bytes]:
     return fields
 
 
+#: RFC 2045 5.1 token (RFC 8601 2.2 value): no tspecials ()<>@,;:\"/[]?=
+_TOKEN = re.compile(r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+")
+#: RFC 8601 2.2 pvalue's other form: [local-part] "@" domain-name (dot-atom local part).
+_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]*@[A-Za-z0-9](?:[A-Za-z0-9.-]*"
+                      r"[A-Za-z0-9])?")
+
+
 def _value(text: str) -> str:
-    """A property value: a token if it is one, else a quoted string (RFC 8601 2.2)."""
+    """A property value as RFC 8601 2.2 allows it: a token or an address as it is,
+    anything else quoted (a header.b= of base64 holds "/" and "=")."""
     text = text.replace("\r", "").replace("\n", "")
-    if text and re.fullmatch(r"[A-Za-z0-9!#$%&'*+\-./=?^_`{|}~@]+", text):
+    if text and (_TOKEN.fullmatch(text) or _ADDRESS.fullmatch(text)):
         return text
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 

@@ -50,6 +50,6 @@ def build(config: Config, resolver: SharedResolver, disk: DiskExecutor,
         signer = Signer(store)
     junk = JunkDelivery(config.mail_dir, config.hostname, disk)
     return SenderAuth(checker, signer,
-                      InboundHook(checker, junk, config.checks.trusted_networks)
+                      InboundHook(checker, junk, config.checks.trusted_networks, signer)
                       if checker else None,
                       SigningHook(signer) if signer else None)

@@ -37,6 +37,8 @@ class Session(Protocol):
     session_id: str
     peer_ip: str
     helo: str | None
+    #: The transaction's envelope (smtp/server.py Envelope): its recipients.
+    envelope: Any
 
 
 class HeldTransaction(MessageFanout):
@@ -104,6 +106,10 @@ class CheckedTransaction(HeldTransaction):
         self.session = session
         self.sender = sender
         self.mailboxes = mailboxes
+        #: The local domain a forwarded copy is signed for: the first recipient's
+        #: (an alias to a remote address, RFC 6376 d= of the forwarder).
+        self.forwarder = (_forwarding_domain(session.envelope)
+                          if inner.queued is not None else None)
         self.early: Deferred[EnvelopeChecks] = hook.checker.check_at_envelope(
             session.peer_ip, session.helo or "", sender)
 
@@ -128,16 +134,32 @@ class CheckedTransaction(HeldTransaction):
         log.info("{session} from {ip} sender <{sender}>: {action} [{summary}]",
                  session=session.session_id, ip=session.peer_ip, sender=self.sender,
                  action=verdict.action, summary=verdict.summary)
-        return verdict.header, verdict.message
+        prefix = verdict.header
+        if self.forwarder is not None and self.hook.signer is not None:
+            # The copy we forward carries our verdict and our signature over it.
+            prefix = (yield self.hook.signer.sign(prefix + verdict.message,
+                                                  self.forwarder)) + prefix
+        return prefix, verdict.message
+
+
+def _forwarding_domain(envelope: Any) -> str | None:
+    recipients = getattr(envelope, "recipients", None) or ()
+    for address in recipients:
+        domain = getattr(address, "domain", "")
+        if domain:
+            return str(domain).lower()
+    return None
 
 
 class InboundHook:
     """The smtp listener's hook."""
 
     def __init__(self, checker: InboundChecker, junk: IDeliveryTarget,
-                 trusted: tuple[str, ...] = ()) -> None:
+                 trusted: tuple[str, ...] = (), signer: Signer | None = None) -> None:
         self.checker = checker
         self.junk = junk
+        #: Signs the copies forwarded to remote alias targets; None: unsigned.
+        self.signer = signer
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted]
 
     def wrap(self, fanout: MessageFanout, session: Session, sender: str,

@@ -41,7 +41,9 @@ def zone_from_records(text: str) -> dict[str, dict[str, list[Any]]]:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("sa")
     settings: dict[str, Any] = {"listen": LISTEN, "dkim": {"sign": True},
-                                "checks": {"trusted_networks": [], "time_budget": 5}}
+                                "checks": {"trusted_networks": [], "time_budget": 5},
+                                # Forwarded copies wait in the queue (nothing listens).
+                                "relay": {"smarthost": "127.0.0.1:9"}}
     draft = make_server(root, start=False, **settings,
                         dns={"nameservers": ["127.0.0.1:9"], "timeout": 2})
     printed = admin(draft.config_path, "dns-records", "example.org").stdout
@@ -59,6 +61,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                              dns={"nameservers": [dns.nameserver], "timeout": 2})
         for user in USERS:
             server.add_user(user, PASSWORD)
+        server.add_alias("fwd@example.org", "far@remote.test")
         server.start()
         yield {"server": server, "printed": printed, "dns": dns}
         server.stop()
@@ -168,3 +171,22 @@ def test_dns_records_check(world: dict[str, Any]) -> None:
     assert missing.returncode == 1
     assert re.search(r"^MISSING\tTXT\t_dmarc\.example\.net\tmissing$", missing.stdout, re.M)
     assert "record(s) missing or different for example.net" in missing.stderr
+
+
+def test_forwarded_copy_carries_our_verdict_and_signature(world: dict[str, Any]) -> None:
+    server: RunningServer = world["server"]
+    message = MESSAGE.replace(b"alice@example.org", b"someone@soft.test")
+    code, _ = mx(server, "someone@soft.test", message, to="fwd@example.org")
+    assert code == 250
+    listed = admin(server.config_path, "queue", "list").stdout
+    queue_id = re.search(r"^([0-9A-F]{8,})", listed, re.M)
+    assert queue_id is not None, listed
+    shown = admin(server.config_path, "queue", "show", queue_id.group(1)).stdout
+    queued = (server.data_dir / "queue" / "messages" / queue_id.group(1)).read_bytes()
+    headers = queued.split(b"\n\n", 1)[0].decode()
+    signatures = re.findall(r"DKIM-Signature: v=1; a=(\S+); c=relaxed/relaxed; "
+                            r"d=example\.org;", headers)
+    assert headers.index("DKIM-Signature") < headers.index("Authentication-Results")
+    assert sorted(signatures) == ["ed25519-sha256", "rsa-sha256"]
+    assert "Authentication-Results: mx.test.example;" in headers
+    assert "<far@remote.test>" in shown

@@ -78,7 +78,7 @@ def test_rfc8463_example_verifies(dns: DNSServer) -> None:
     early = check.envelope_sync(CLIENT, "football.example.com", "joe@football.example.com")
     header = check.message_sync(SIGNATURES + MESSAGE, early).header.decode()
     assert ("dkim=pass header.d=football.example.com header.s=brisbane "
-            "header.a=ed25519-sha256 header.b=/gCrinpc") in header
+            "header.a=ed25519-sha256 header.b=\"/gCrinpc\"") in header
     assert ("dkim=pass header.d=football.example.com header.s=test "
             "header.a=rsa-sha256 header.b=F45dVWDf") in header
 
