@@ -1,13 +1,14 @@
 """The inbound checks of one message, and the policy that turns them into an action.
 
-API (both return Deferreds and do their work in threads, never on the reactor):
+API (each returns a Deferred and does its work in a thread, never on the reactor):
 
 - `check_at_envelope(client_ip, helo, mail_from)`: SPF of HELO and MAIL FROM, and
-  iprev of the client; started when the message begins, so it runs while the data
-  is still arriving;
+  iprev of the client;
 - `check_message(message, early)`: DKIM, ARC and DMARC on the whole message, then
   the Verdict: the Authentication-Results field to add, the message without forged
-  results, and the action: accept, junk, refuse (550 5.7.1) or defer (451 4.7.5).
+  results, and the action: accept, junk, refuse (550 5.7.1) or defer (451 4.7.5);
+- `check_all(message, client_ip, helo, mail_from)`: both in one thread job, what the
+  SMTP hook uses (transaction.py says why).
 
 Policy (RFC 7489 6.6.3 / 7.3 and the [checks] config): DMARC p=reject fails are
 refused, p=quarantine fails go to Junk; SPF fail alone only marks (forwarders break
@@ -81,6 +82,14 @@ class InboundChecker:
 
     def check_message(self, message: bytes, early: EnvelopeChecks) -> Deferred[Verdict]:
         return deferToThread(self.message_sync, message, early)
+
+    def check_all(self, message: bytes, client_ip: str, helo: str, mail_from: str
+                  ) -> Deferred[Verdict]:
+        return deferToThread(self.all_sync, message, client_ip, helo, mail_from)
+
+    def all_sync(self, message: bytes, client_ip: str, helo: str, mail_from: str
+                 ) -> Verdict:
+        return self.message_sync(message, self.envelope_sync(client_ip, helo, mail_from))
 
     # ------------------------------------------------------------------ blocking
 
