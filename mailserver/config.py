@@ -198,6 +198,16 @@ class DKIMConfig:
 
 
 @dataclass(frozen=True)
+class SRSConfig:
+    """Forwarding (an alias to a remote address) with the Sender Rewriting Scheme."""
+
+    enabled: bool = doc("Rewrite the envelope sender of forwarded copies (SRS0) and "
+                        "accept bounces to such addresses on port 25.", default=True)
+    domain: str = doc("Our domain in rewritten senders; empty: the first of "
+                      "domains.local.", default="")
+
+
+@dataclass(frozen=True)
 class Config:
     hostname: str = doc("Name in the banner, EHLO reply and Received headers.",
                         default_factory=socket.getfqdn)
@@ -217,6 +227,7 @@ class Config:
     dns: DNSConfig = field(default_factory=DNSConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     dkim: DKIMConfig = field(default_factory=DKIMConfig)
+    srs: SRSConfig = field(default_factory=SRSConfig)
     #: The file this came from (None: the embedded default). Not a config key.
     source: Path | None = field(default=None, metadata={"internal": True})
 
@@ -429,6 +440,8 @@ def _check_senderauth(config: Config, problems: list[str]) -> None:
             problems.append(f"checks.trusted_networks[{i}]: not a network: {net!r}")
     if config.checks.time_budget == 0:
         problems.append("checks.time_budget: must be at least 1")
+    if config.srs.domain and not _is_domain(config.srs.domain):
+        problems.append(f"srs.domain: not a domain name: {config.srs.domain!r}")
     for i, entry in enumerate(config.dkim.external_keys):
         domain, _, rest = entry.partition(":")
         selector, _, path = rest.partition(":")

@@ -13,6 +13,7 @@ from mailserver.senderauth.checker import InboundChecker
 from mailserver.senderauth.junk import JunkDelivery
 from mailserver.senderauth.keys import KeyStore
 from mailserver.senderauth.signing import Signer
+from mailserver.senderauth.srs import SRS, load_secret
 from mailserver.senderauth.transaction import InboundHook, SigningHook
 
 
@@ -22,6 +23,8 @@ class SenderAuth:
     signer: Signer | None
     inbound: InboundHook | None
     signing: SigningHook | None
+    #: Envelope-sender rewriting of forwarded copies; None: off.
+    srs: SRS | None = None
 
     def hook_for(self, listener: str) -> InboundHook | SigningHook | None:
         """Checks on the MX (never on submission: RFC 6409 mail is authenticated by
@@ -49,7 +52,16 @@ def build(config: Config, resolver: SharedResolver, disk: DiskExecutor,
                                    f"{e.strerror}"]) from None
         signer = Signer(store)
     junk = JunkDelivery(config.mail_dir, config.hostname, disk)
+    srs = None
+    srs_domain = config.srs.domain or (config.domains.local or ("",))[0]
+    if config.srs.enabled and srs_domain:
+        path = config.data_dir / "srs_secret"
+        try:
+            srs = SRS(load_secret(path), srs_domain)
+        except OSError as e:
+            raise ConfigError([f"data_dir: cannot make the SRS secret {path}: "
+                               f"{e.strerror}"]) from None
     return SenderAuth(checker, signer,
                       InboundHook(checker, junk, config.checks.trusted_networks, signer)
                       if checker else None,
-                      SigningHook(signer) if signer else None)
+                      SigningHook(signer) if signer else None, srs)

@@ -35,6 +35,13 @@ def make_listener(context: ServerContext, name: str) -> ListenerFactory | None:
     )
     if context.senderauth is not None:
         factory.message_hook = context.senderauth.hook_for(policy.name)
+        if name == "smtp" and context.senderauth.srs is not None:
+            # Forwarded copies leave with an SRS sender; bounces to one come back here.
+            from mailserver.senderauth.srs import SRSDirectory, SRSQueue
+            srs = context.senderauth.srs
+            factory.directory = SRSDirectory(factory.directory, srs)
+            if factory.queue is not None:
+                factory.queue = SRSQueue(factory.queue, srs)
     refusal = f"421 4.7.0 {context.config.hostname} Error: too many connections\r\n"
     # A refusal on 465 would go out in the clear before the TLS handshake: the client
     # cannot read it, but it closes the connection all the same.

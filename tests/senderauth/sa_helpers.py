@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import re
 import sys
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -68,3 +70,21 @@ def message(from_: str = "Alice <alice@good.test>", extra: str = "",
     return (f"From: {from_}\nTo: bob@mx.test\nSubject: hi\n"
             f"Date: Mon, 07 Dec 2026 06:00:00 +0000\nMessage-ID: <1@good.test>\n"
             f"{extra}\n{body}").encode()
+
+
+def zone_from_records(text: str) -> dict[str, dict[str, list[Any]]]:
+    """The zone-file lines `dns-records` printed, as tests/dns_server.py zone entries."""
+    zone: dict[str, dict[str, list[Any]]] = {}
+    joined = re.sub(r"\(\s*(.*?)\s*\)", lambda m: " ".join(m.group(1).split()), text,
+                    flags=re.S)
+    for line in joined.splitlines():
+        if not line or line.startswith(";"):
+            continue
+        name, _ttl, _in, rtype, data = line.split(None, 4)
+        entry = zone.setdefault(name.rstrip("."), {})
+        if rtype == "MX":
+            pref, host = data.split()
+            entry.setdefault("MX", []).append([int(pref), host.rstrip(".")])
+        else:
+            entry.setdefault("TXT", []).append(re.findall(r'"([^"]*)"', data))
+    return zone

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from dns_server import DNSServer
+from sa_helpers import zone_from_records
 from server_harness import PASSWORD, admin, make_server
-from test_server import zone_from_records
 
 from mailserver.config import Config, DNSConfig
 from mailserver.core.dns import SharedResolver

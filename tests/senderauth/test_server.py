@@ -12,29 +12,12 @@ from typing import Any
 
 import pytest
 from dns_server import DNSServer
+from sa_helpers import zone_from_records
 from server_harness import PASSWORD, USERS, RunningServer, admin, make_server
 
 pytestmark = pytest.mark.timeout(180)
 
 LISTEN = {"smtp": "tcp:0:interface=127.0.0.1", "submission": "tcp:0:interface=127.0.0.1"}
-
-
-def zone_from_records(text: str) -> dict[str, dict[str, list[Any]]]:
-    """The zone-file lines `dns-records` printed, as tests/dns_server.py zone entries."""
-    zone: dict[str, dict[str, list[Any]]] = {}
-    joined = re.sub(r"\(\s*(.*?)\s*\)", lambda m: " ".join(m.group(1).split()), text,
-                    flags=re.S)
-    for line in joined.splitlines():
-        if not line or line.startswith(";"):
-            continue
-        name, _ttl, _in, rtype, data = line.split(None, 4)
-        entry = zone.setdefault(name.rstrip("."), {})
-        if rtype == "MX":
-            pref, host = data.split()
-            entry.setdefault("MX", []).append([int(pref), host.rstrip(".")])
-        else:
-            entry.setdefault("TXT", []).append(re.findall(r'"([^"]*)"', data))
-    return zone
 
 
 @pytest.fixture(scope="module")
@@ -190,3 +173,41 @@ def test_forwarded_copy_carries_our_verdict_and_signature(world: dict[str, Any])
     assert sorted(signatures) == ["ed25519-sha256", "rsa-sha256"]
     assert "Authentication-Results: mx.test.example;" in headers
     assert "<far@remote.test>" in shown
+
+
+def _queued_sender(server: RunningServer, recipient: str) -> str:
+    import json
+    for path in (server.data_dir / "queue" / "envelopes").iterdir():
+        entry = json.loads(path.read_text())
+        if any(r.get("address") == recipient for r in entry.get("recipients", [])):
+            return str(entry["sender"])
+    raise AssertionError(f"nothing queued for {recipient}")
+
+
+def test_forwarded_copy_has_an_srs_sender_and_its_bounce_goes_back(
+        world: dict[str, Any]) -> None:
+    server: RunningServer = world["server"]
+    message = MESSAGE.replace(b"alice@example.org", b"orig@soft.test")
+    code, _ = mx(server, "orig@soft.test", message, to="fwd@example.org")
+    assert code == 250
+    srs = [s for s in _all_queued_senders(server)
+           if s.endswith("=soft.test=orig@example.org")]
+    assert len(srs) == 1 and re.fullmatch(
+        r"SRS0=[A-Za-z0-9+/]{4}=[A-Z2-7]{2}=soft\.test=orig@example\.org", srs[0]), srs
+    bounce = (b"From: MAILER-DAEMON@far.test\r\nTo: " + srs[0].encode() +
+              b"\r\nSubject: Undelivered\r\n\r\nNo such user.\r\n")
+    code, text = mx(server, "", bounce, to=srs[0])
+    assert code == 250, text
+    assert _queued_sender(server, "orig@soft.test") == ""  # back to the original sender
+    forged = srs[0][:5] + ("A" if srs[0][5] != "A" else "B") + srs[0][6:]
+    with smtplib.SMTP(*server.address("smtp"), timeout=30) as client:
+        client.ehlo("mx.test.example")
+        client.mail("")
+        code, text = client.rcpt(forged)
+    assert (code, text[:30]) == (550, b"5.7.1 Error: invalid SRS addre")
+
+
+def _all_queued_senders(server: RunningServer) -> list[str]:
+    import json
+    return [json.loads(p.read_text())["sender"]
+            for p in (server.data_dir / "queue" / "envelopes").iterdir()]

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
+from sa_helpers import zone_from_records
 from server_harness import admin
-from test_server import zone_from_records
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "queue"))
 
