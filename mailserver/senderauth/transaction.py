@@ -20,6 +20,7 @@ from collections.abc import Generator
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.threads import deferToThread
 
 from mailserver.errors import ReplyError
 from mailserver.interfaces import IDeliveryTarget, MailboxId
@@ -141,7 +142,11 @@ class CheckedTransaction(HeldTransaction):
                  action=verdict.action, summary=verdict.summary)
         prefix = verdict.header
         if self.forwarder is not None and self.hook.signer is not None:
-            # The copy we forward carries our verdict and our signature over it.
+            # The copy we forward carries our verdict sealed with ARC (RFC 8617), so
+            # the next hop can trust it when forwarding broke SPF or DKIM, and our
+            # DKIM signature over all of it.
+            prefix = (yield self.hook.seal(prefix + verdict.message, self.forwarder)
+                      ) + prefix
             prefix = (yield self.hook.signer.sign(prefix + verdict.message,
                                                   self.forwarder)) + prefix
         return prefix, verdict.message
@@ -166,6 +171,12 @@ class InboundHook:
         #: Signs the copies forwarded to remote alias targets; None: unsigned.
         self.signer = signer
         self.trusted = [ipaddress.ip_network(n, strict=False) for n in trusted]
+
+    def seal(self, message: bytes, domain: str) -> Deferred[bytes]:
+        """The ARC set for a forwarded copy, made in a thread (RSA signing)."""
+        assert self.signer is not None
+        return deferToThread(self.signer.seal_sync, message, domain,
+                             self.checker.authserv_id)
 
     def wrap(self, fanout: MessageFanout, session: Session, sender: str,
              mailboxes: list[MailboxId]) -> HeldTransaction | None:

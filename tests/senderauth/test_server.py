@@ -211,3 +211,26 @@ def _all_queued_senders(server: RunningServer) -> list[str]:
     import json
     return [json.loads(p.read_text())["sender"]
             for p in (server.data_dir / "queue" / "envelopes").iterdir()]
+
+
+def test_forwarded_copy_is_arc_sealed_and_the_seal_validates(world: dict[str, Any]) -> None:
+    """The next hop (here our own checker, with the records dns-records printed)
+    finds arc=pass: our seal over our Authentication-Results holds."""
+    from sa_helpers import checker
+    server: RunningServer = world["server"]
+    message = MESSAGE.replace(b"alice@example.org", b"arc@soft.test")
+    code, _ = mx(server, "arc@soft.test", message, to="fwd@example.org")
+    assert code == 250
+    copies = [p.read_bytes() for p in (server.data_dir / "queue" / "messages").iterdir()]
+    [queued] = [c for c in copies if b"arc@soft.test" in c]
+    head = queued.split(b"\n\n", 1)[0].decode()
+    assert "ARC-Seal: i=1; cv=none; a=rsa-sha256; d=example.org;" in head
+    assert "ARC-Message-Signature: i=1; a=rsa-sha256;" in head
+    assert "ARC-Authentication-Results: i=1; mx.test.example;" in head
+    received_end = queued.index(b"\n", queued.index(b"for <fwd@example.org>"))
+    forwarded = queued[received_end + 1:]  # as the next hop gets it, after our Received
+    check = checker(world["dns"].nameserver)
+    early = check.envelope_sync("127.0.0.1", "mx.test.example", "x@soft.test")
+    next_hop = check.message_sync(forwarded, early).header.decode()
+    assert "arc=pass" in next_hop, next_hop
+    assert next_hop.count("dkim=pass header.d=example.org") == 2
