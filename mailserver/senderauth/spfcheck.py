@@ -79,8 +79,11 @@ def check_spf(lookups: Lookups, client_ip: str, helo: str, mail_from: str
     if not mail_from:
         return (SPFResult(helo_result.result, f"postmaster@{helo}", helo,
                           helo_result.explanation), helo_result)
-    domain = mail_from.rpartition("@")[2]
-    return _one(lookups, client_ip, mail_from, helo, domain), helo_result
+    local, _, domain = mail_from.rpartition("@")
+    # The domain is after the LAST @ (a quoted local part may hold one, RFC 5321
+    # 4.1.2); pyspf splits at the first, so it gets a local part without any.
+    result = _one(lookups, client_ip, local.replace("@", "_") + "@" + domain, helo, domain)
+    return SPFResult(result.result, mail_from, result.domain, result.explanation), helo_result
 
 
 def _one(lookups: Lookups, client_ip: str, sender: str, helo: str,

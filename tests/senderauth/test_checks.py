@@ -3,6 +3,7 @@ Authentication-Results header and policy action they produce."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -271,3 +272,31 @@ def test_budget_not_spent_while_the_client_uploads(world: dict[str, Any]) -> Non
     msg = message()
     verdict = check.message_sync(world["signer"].sign_sync(msg) + msg, early)
     assert ar(verdict).count("dkim=pass") == 2 and "dmarc=pass" in ar(verdict)
+
+
+@pytest.mark.parametrize("extra", [
+    "From : boss@evil.test\n",        # space before the colon: still a From to clients
+    "FROM: boss@evil.test\n",         # any case
+    "From:\n boss@evil.test\n",       # folded
+])
+def test_second_from_in_any_spelling_is_ambiguous(world: dict[str, Any], extra: str) -> None:
+    msg = message(extra=extra)
+    verdict = run(checker(world["dns"].nameserver), world["signer"].sign_sync(msg) + msg)
+    assert verdict.action == "refuse" and "dmarc=pass" not in ar(verdict)
+
+
+def test_identities_smuggled_into_helo_and_mail_from(world: dict[str, Any]) -> None:
+    check = checker(world["dns"].nameserver)
+    # An address literal as HELO has no SPF (RFC 7208 2.3): none, never pass.
+    verdict = run(check, message("a@none.test"), mail_from="a@none.test", helo="[127.0.0.9]")
+    assert "spf=none smtp.helo=[127.0.0.9]" in ar(verdict) or \
+        'spf=none smtp.helo="[127.0.0.9]"' in ar(verdict)
+    # A quoted local part that looks like an address: the domain is the last one.
+    verdict = run(check, message(), mail_from='"alice@good.test"@soft.test')
+    assert "spf=softfail" in ar(verdict) and "dmarc=fail" in ar(verdict)
+    assert 'smtp.mailfrom="\\"alice@good.test\\"@soft.test"' in ar(verdict)
+    assert verdict.action == "refuse"
+    # The null sender with a HELO naming the victim, from an address it does not list.
+    verdict = run(check, message(), mail_from="", helo="quar.test")
+    assert re.search(r"spf=fail \([^)]*\) smtp\.mailfrom=postmaster@quar\.test", ar(verdict))
+    assert "dmarc=fail" in ar(verdict) and verdict.action == "refuse"
