@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.cred.portal import Portal
 from twisted.internet import interfaces
@@ -23,6 +23,10 @@ from mailserver.config import Config
 from mailserver.core.diskio import DiskExecutor
 from mailserver.core.throttle import FailureThrottle
 from mailserver.interfaces import IDeliveryTarget, IOutboundQueue, IRecipientDirectory
+
+if TYPE_CHECKING:
+    from mailserver.core.dns import SharedResolver
+    from mailserver.senderauth.service import SenderAuth
 
 
 @dataclass
@@ -42,11 +46,11 @@ class ServerContext:
     #: 0 in the twistd process, N in worker process N (only instance 0 runs the queue
     #: scheduler and other singletons).
     instance: int = 0
-    #: Sender authentication (senderauth/): the shared resolver, inbound checks,
-    #: DKIM signer and the hooks the SMTP listeners wrap messages with.
-    senderauth: Any = None
-    #: The one DNS resolver (core/dns.SharedResolver) every lookup goes through.
-    resolver: Any = None
+    #: Sender authentication (senderauth/): inbound checks, DKIM signer, SRS and the
+    #: hooks the SMTP listeners wrap messages with.
+    senderauth: SenderAuth | None = None
+    #: The one DNS resolver every lookup goes through ([dns], shared TTL cache).
+    resolver: SharedResolver | None = None
 
 
 @dataclass

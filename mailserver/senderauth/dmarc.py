@@ -119,7 +119,7 @@ def parse_record(text: bytes) -> Policy | None:
         key, sep, val = part.partition("=")
         key, val = key.strip().lower(), val.strip()
         if not sep:
-            return None if i == 0 else None
+            return None  # not a tag-value list (RFC 7489 6.4): no usable record
         if i == 0 and (key != "v" or val != "DMARC1"):
             return None
         tags.setdefault(key, val)  # a repeated tag: the first counts
