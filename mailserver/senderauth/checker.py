@@ -65,6 +65,8 @@ class Verdict:
     summary: str = ""
     dkim: list[DKIMResult] = field(default_factory=list)
     dmarc: dmarc.DMARCResult | None = None
+    #: The client's forward-confirmed host name (iprev pass), else "".
+    iprev_name: str = ""
 
 
 class InboundChecker:
@@ -118,7 +120,8 @@ class InboundChecker:
         entries = self._entries(early, dkim_results, dmarc_result, arc)
         header = results.build_header(self.authserv_id, entries)
         summary = " ".join(e.split(" ", 1)[0] for e in entries)
-        return Verdict(action, header, message, reply, summary, dkim_results, dmarc_result)
+        return Verdict(action, header, message, reply, summary, dkim_results, dmarc_result,
+                       early.iprev.name if early.iprev.result == "pass" else "")
 
     def _decide(self, early: EnvelopeChecks, dkim_results: list[DKIMResult],
                 result: dmarc.DMARCResult) -> tuple[str, Reply | None]:

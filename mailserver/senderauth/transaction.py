@@ -16,6 +16,7 @@ signature need the whole message anyway.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Generator
 from typing import Any, Protocol
 
@@ -28,8 +29,12 @@ from mailserver.logs import logger
 from mailserver.senderauth.checker import InboundChecker
 from mailserver.senderauth.signing import Signer
 from mailserver.smtp.fanout import MessageFanout
+from mailserver.smtp.trace import address_literal
 
 log = logger(__name__)
+
+#: A host name fit for a Received comment (a PTR may hold any octets).
+_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?")
 
 
 class Session(Protocol):
@@ -43,7 +48,9 @@ class Session(Protocol):
 
 
 class HeldTransaction(MessageFanout):
-    """A MessageFanout whose content waits for `_prepare` before it goes on."""
+    """A MessageFanout that holds everything written until `_prepare` has run:
+    the trace fields (Return-Path for the local copies, our Received) and, after
+    `hold()`, the content."""
 
     def __init__(self, inner: MessageFanout) -> None:
         super().__init__(inner.local, inner.queued)
@@ -51,23 +58,21 @@ class HeldTransaction(MessageFanout):
         self._held: list[bytes] = []
         self._holding = False
         self._aborted = False
-        #: What the local copies got before the content (Return-Path, Received).
-        self.local_trace = bytearray()
+        #: Writes before the content, in order: (for the local copies only?, bytes).
+        self._trace: list[tuple[bool, bytes]] = []
 
     def hold(self) -> None:
         """Everything written from now on is the message content."""
         self._holding = True
 
     def write_local(self, data: bytes) -> None:
-        self.local_trace += data
-        self.inner.write_local(data)
+        self._trace.append((True, data))
 
     def write(self, data: bytes) -> None:
         if self._holding:
             self._held.append(data)
         else:
-            self.local_trace += data
-            self.inner.write(data)
+            self._trace.append((False, data))
 
     def commit(self) -> Deferred[str | None]:
         return self._commit_held()
@@ -83,6 +88,12 @@ class HeldTransaction(MessageFanout):
             raise
         if self._aborted:
             raise ReplyError(451, "4.3.0", "Requested action aborted: transaction aborted")
+        for local_only, data in self._trace:
+            data = self._trace_field(data)
+            if local_only:
+                self.inner.write_local(data)
+            else:
+                self.inner.write(data)
         self.inner.write(prefix)
         self.inner.write(message)
         queue_id = yield self.inner.commit()
@@ -90,6 +101,10 @@ class HeldTransaction(MessageFanout):
 
     def _prepare(self, message: bytes) -> Deferred[tuple[bytes, bytes]]:
         raise NotImplementedError
+
+    def _trace_field(self, data: bytes) -> bytes:
+        """A trace field as it is written (CheckedTransaction names the client)."""
+        return data
 
     def abort(self) -> None:
         self._aborted = True
@@ -119,6 +134,19 @@ class CheckedTransaction(HeldTransaction):
         self.forwarder = (_forwarding_domain(session.envelope)
                           if inner.queued is not None else None)
         self.client = (session.peer_ip, session.helo or "", sender)
+        #: The client's forward-confirmed name (iprev pass), "" if it has none.
+        self.client_name = ""
+
+    def _trace_field(self, data: bytes) -> bytes:
+        """Our Received names the client's confirmed host name beside its address, as
+        Postfix does: "from HELO (NAME [IP])" (RFC 5321 4.4 TCP-info)."""
+        ip = self.session.peer_ip
+        literal = f"({address_literal(ip)})".encode("ascii")
+        if not _HOST.fullmatch(self.client_name) or not data.startswith(b"Received: ") \
+                or literal not in data:
+            return data
+        named = f"({self.client_name} {address_literal(ip)})".encode("ascii", "replace")
+        return data.replace(literal, named, 1)
 
     @inlineCallbacks
     def _prepare(self, message: bytes) -> Generator[Deferred[Any], Any, tuple[bytes, bytes]]:
@@ -136,7 +164,7 @@ class CheckedTransaction(HeldTransaction):
         if verdict.action == "junk" and self.inner.local is not None and self.mailboxes:
             self.inner.local.abort()  # nothing was written to it yet
             self.inner.local = self.local = self.hook.junk.begin(self.mailboxes)
-            self.inner.local.write(bytes(self.local_trace))
+        self.client_name = verdict.iprev_name
         log.info("{session} from {ip} sender <{sender}>: {action} [{summary}]",
                  session=session.session_id, ip=session.peer_ip, sender=self.sender,
                  action=verdict.action, summary=verdict.summary)

@@ -94,6 +94,9 @@ def test_submitted_mail_is_signed_and_verifies_on_port_25(world: dict[str, Any])
     assert header.count("dkim=pass") == 2, header
     assert "dmarc=pass (p=quarantine) header.from=example.org" in header
     assert "spf=pass" in header and "iprev=pass (mx.test.example)" in header
+    # Our Received names the forward-confirmed client, as Postfix does.
+    assert got.startswith(b"Return-Path: <alice@example.org>\nReceived: from "
+                          b"mx.test.example (mx.test.example [127.0.0.1])\n\tby ")
 
 
 def test_forged_from_under_quarantine_lands_in_junk(world: dict[str, Any]) -> None:
