@@ -300,3 +300,15 @@ def test_identities_smuggled_into_helo_and_mail_from(world: dict[str, Any]) -> N
     verdict = run(check, message(), mail_from="", helo="quar.test")
     assert re.search(r"spf=fail \([^)]*\) smtp\.mailfrom=postmaster@quar\.test", ar(verdict))
     assert "dmarc=fail" in ar(verdict) and verdict.action == "refuse"
+
+
+def test_forged_results_folded_or_commented_are_removed_too() -> None:
+    from mailserver.senderauth.results import strip_our_results
+    message = (b"Authentication-Results:\n mx.test; dkim=pass header.d=good.test\n"
+               b"authentication-results: (mx.test) mx.test ;\n\tdmarc=pass\n"
+               b"Authentication-Results: mx.test.evil; dkim=pass\n"
+               b"Subject: s\n\nAuthentication-Results: mx.test; in the body stays\n")
+    stripped, removed = strip_our_results(message, "mx.test")
+    assert removed == 2
+    assert stripped == (b"Authentication-Results: mx.test.evil; dkim=pass\n"
+                        b"Subject: s\n\nAuthentication-Results: mx.test; in the body stays\n")
