@@ -180,6 +180,10 @@ class ChecksConfig:
                            default=20)
     max_signatures: int = doc("DKIM signatures verified per message (the rest: "
                               "neutral).", default=5)
+    no_reject_domains: tuple[str, ...] = doc(
+        "Local domains whose recipients get DMARC p=reject failures in Junk instead of "
+        "a 550 (one such recipient is enough: a refusal would refuse them all).",
+        default=())
     trusted_networks: tuple[str, ...] = doc(
         "Client networks whose mail is not checked (Postfix's mynetworks): local "
         "programs handing mail to port 25.", default=("127.0.0.0/8", "::1/128"))

@@ -62,6 +62,7 @@ def build(config: Config, resolver: SharedResolver, disk: DiskExecutor,
             raise ConfigError([f"data_dir: cannot make the SRS secret {path}: "
                                f"{e.strerror}"]) from None
     return SenderAuth(checker, signer,
-                      InboundHook(checker, junk, config.checks.trusted_networks, signer)
+                      InboundHook(checker, junk, config.checks.trusted_networks, signer,
+                                  config.checks.no_reject_domains)
                       if checker else None,
                       SigningHook(signer) if signer else None, srs)

@@ -134,6 +134,8 @@ class CheckedTransaction(HeldTransaction):
         self.forwarder = (_forwarding_domain(session.envelope)
                           if inner.queued is not None else None)
         self.client = (session.peer_ip, session.helo or "", sender)
+        #: A recipient's domain asks DMARC rejects to go to Junk (checks.no_reject_domains).
+        self.no_reject = bool(hook.no_reject & _recipient_domains(session.envelope))
         #: The client's forward-confirmed name (iprev pass), "" if it has none.
         self.client_name = ""
 
@@ -152,6 +154,9 @@ class CheckedTransaction(HeldTransaction):
     def _prepare(self, message: bytes) -> Generator[Deferred[Any], Any, tuple[bytes, bytes]]:
         verdict = yield self.hook.checker.check_all(message, *self.client)
         session = self.session
+        if (self.no_reject and verdict.reply is not None and verdict.reply.code == 550
+                and verdict.dmarc is not None and verdict.dmarc.result == "fail"):
+            verdict.action, verdict.reply = "junk", None
         if verdict.reply is not None:
             # Never silent: every refusal with its code and the client's address.
             log.info("{session} refused from {ip} sender <{sender}>: {code} {status} "
@@ -180,6 +185,11 @@ class CheckedTransaction(HeldTransaction):
         return prefix, verdict.message
 
 
+def _recipient_domains(envelope: Any) -> set[str]:
+    return {str(getattr(a, "domain", "")).lower()
+            for a in getattr(envelope, "recipients", None) or ()}
+
+
 def _forwarding_domain(envelope: Any) -> str | None:
     recipients = getattr(envelope, "recipients", None) or ()
     for address in recipients:
@@ -193,8 +203,10 @@ class InboundHook:
     """The smtp listener's hook."""
 
     def __init__(self, checker: InboundChecker, junk: IDeliveryTarget,
-                 trusted: tuple[str, ...] = (), signer: Signer | None = None) -> None:
+                 trusted: tuple[str, ...] = (), signer: Signer | None = None,
+                 no_reject: tuple[str, ...] = ()) -> None:
         self.checker = checker
+        self.no_reject = {d.lower() for d in no_reject}
         self.junk = junk
         #: Signs the copies forwarded to remote alias targets; None: unsigned.
         self.signer = signer

@@ -24,7 +24,8 @@ LISTEN = {"smtp": "tcp:0:interface=127.0.0.1", "submission": "tcp:0:interface=12
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     root = tmp_path_factory.mktemp("sa")
     settings: dict[str, Any] = {"listen": LISTEN, "dkim": {"sign": True},
-                                "checks": {"trusted_networks": [], "time_budget": 5},
+                                "checks": {"trusted_networks": [], "time_budget": 5,
+                                           "no_reject_domains": ["example.net"]},
                                 # Forwarded copies wait in the queue (nothing listens).
                                 "relay": {"smarthost": "127.0.0.1:9"}}
     draft = make_server(root, start=False, **settings,
@@ -38,6 +39,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         "soft.test": {"TXT": ["v=spf1 ~all"]},
         "quar.test": {"TXT": ["v=spf1 -all"]},
         "_dmarc.quar.test": {"TXT": ["v=DMARC1; p=quarantine"]},
+        "rej.test": {"TXT": ["v=spf1 -all"]},
+        "_dmarc.rej.test": {"TXT": ["v=DMARC1; p=reject"]},
     })
     with DNSServer(zone) as dns:
         server = make_server(root, start=False, **settings,
@@ -237,3 +240,15 @@ def test_forwarded_copy_is_arc_sealed_and_the_seal_validates(world: dict[str, An
     next_hop = check.message_sync(forwarded, early).header.decode()
     assert "arc=pass" in next_hop, next_hop
     assert next_hop.count("dkim=pass header.d=example.org") == 2
+
+
+def test_dmarc_reject_is_550_except_for_a_no_reject_domain(world: dict[str, Any]) -> None:
+    server: RunningServer = world["server"]
+    forged = MESSAGE.replace(b"alice@example.org", b"ceo@rej.test")
+    code, text = mx(server, "ceo@rej.test", forged)
+    assert (code, text[:40]) == (550, b"5.7.1 Message refused: rej.test asks to ")
+    # carol's domain is in checks.no_reject_domains: Junk instead.
+    code, _ = mx(server, "ceo@rej.test", forged, to="carol@example.net")
+    assert code == 250
+    junk = server.messages("carol@example.net", "Junk")
+    assert junk and b"dmarc=fail (p=reject) header.from=rej.test" in junk[-1]
