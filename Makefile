@@ -18,19 +18,25 @@ $(STAMP): setup.cfg pyproject.toml
 venv: $(STAMP)
 
 # The external clients the interop tests and benchmarks drive; installed only when missing.
+# What is checked is what the tests use, not that a command exists: swaks installed
+# without its recommends cannot do TLS ("*** TLS not available: requires Net::SSLeay"),
+# so its own `--support` list must say "TLS supported"; curl must speak imaps and pop3s,
+# fetchmail must be built with SSL. (isync and dovecot link OpenSSL unconditionally.)
 tools:
 	@missing=""; \
-	command -v swaks >/dev/null || missing="$$missing swaks"; \
-	command -v curl >/dev/null || missing="$$missing curl"; \
+	swaks --support 2>&1 | grep -q '^=== TLS supported' || missing="$$missing swaks libnet-ssleay-perl"; \
+	curl -V 2>/dev/null | grep -q '^Protocols:.* imaps .*pop3s' || missing="$$missing curl"; \
 	[ -x /usr/sbin/postfix ] || missing="$$missing postfix"; \
 	command -v smtp-source >/dev/null || [ -x /usr/sbin/smtp-source ] || missing="$$missing postfix"; \
-	command -v fetchmail >/dev/null || missing="$$missing fetchmail"; \
+	fetchmail -V 2>/dev/null | grep -q '+SSL' || missing="$$missing fetchmail"; \
 	command -v mbsync >/dev/null || missing="$$missing isync"; \
 	[ -x /usr/sbin/dovecot ] || missing="$$missing dovecot-core"; \
+	/sbin/ldconfig -p | grep -q 'libunwind\.so\.8 ' || missing="$$missing libunwind8"; \
 	[ -x /usr/lib/dovecot/imap ] || missing="$$missing dovecot-imapd"; \
 	[ -x /usr/lib/dovecot/pop3 ] || missing="$$missing dovecot-pop3d"; \
 	perl -MMail::DKIM::Verifier -e1 2>/dev/null || missing="$$missing libmail-dkim-perl"; \
 	command -v npm >/dev/null || missing="$$missing npm"; \
+	command -v fail2ban-regex >/dev/null || missing="$$missing fail2ban"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \

@@ -460,7 +460,7 @@ def report(
     notes: list[str],
     wall: float,
 ) -> str:
-    L: list[str] = []
+    L: list[str] = []  # noqa: N806 - the report as a list of lines
     L.append("# SMTP acceptance: ours vs Postfix")
     L.append("")
     L.append(

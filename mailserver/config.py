@@ -28,7 +28,8 @@ def doc(text: str, **kwargs: Any) -> Any:
     return field(metadata={"doc": text}, **kwargs)
 
 
-SERVICES = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps")
+SERVICES = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps", "http",
+            "https")
 
 #: Where each service listens in the embedded default (no config file): loopback only.
 DEFAULT_LISTEN = {
@@ -64,6 +65,10 @@ class ListenConfig:
     pop3s: str | None = doc("POP3 with implicit TLS.", default=None)
     imap: str | None = doc("IMAP4 with STARTTLS.", default=None)
     imaps: str | None = doc("IMAP4 with implicit TLS.", default=None)
+    http: str | None = doc("HTTP: ACME HTTP-01, client autoconfiguration, /metrics.",
+                           default=None)
+    https: str | None = doc("HTTPS: the same, and the MTA-STS policy (RFC 8461 3.3).",
+                            default=None)
 
     def enabled(self) -> dict[str, str]:
         return {name: getattr(self, name) for name in SERVICES if getattr(self, name)}
@@ -110,6 +115,10 @@ class LimitsConfig:
         "Refuse 8-bit message data sent without BODY=8BITMIME or SMTPUTF8 (RFC 6152).",
         default=True,
     )
+    folders_per_user: int = doc(
+        "IMAP folders one user may have besides INBOX; a CREATE or RENAME that would "
+        "make more is refused with NO [LIMIT] (RFC 5530).", default=1000,
+    )
 
 
 @dataclass(frozen=True)
@@ -148,6 +157,96 @@ class RelayConfig:
                                "asks for 5 to 10 minutes).", default=300)
     dns_timeout: int = doc("Seconds one DNS lookup may take before the attempt is "
                            "deferred.", default=30)
+
+
+@dataclass(frozen=True)
+class SubmissionConfig:
+    """Message submission (RFC 6409): the `submission` and `submissions` listeners."""
+
+    check_from_header: bool = doc(
+        "Refuse (550 5.7.1) a message whose From header names an address the user may "
+        "not send as (the rule of the envelope sender).",
+        default=True,
+    )
+
+
+@dataclass(frozen=True)
+class AbuseConfig:
+    """Defences shared by every service and worker process (README "Defences").
+
+    Times are in seconds; a count of 0 turns that check off.
+    """
+
+    trusted_networks: tuple[str, ...] = doc(
+        'Networks exempt from the connection and port-25 checks (never from the login '
+        'lock-out): ["192.0.2.0/24", "2001:db8::/32"].', default=())
+    refused_networks: tuple[str, ...] = doc(
+        "Networks whose connections are refused on every service.", default=())
+    login_failures: int = doc(
+        "Failed logins from one address (IPv6: one /64), all services together, after "
+        "which it is locked out.", default=10)
+    login_window: int = doc("Seconds a failed login is counted.", default=900)
+    lockout: int = doc("Seconds a locked-out address is refused.", default=900)
+    login_delay_max: int = doc(
+        "Longest delay before a failed login is answered; the delay (0.75 s) doubles with "
+        "each recent failure for the same account, from any address; 0: no doubling.",
+        default=15)
+    connections_per_minute: int = doc(
+        "New connections per minute from one address, all services together.", default=0)
+    smtp_messages_per_hour: int = doc("Messages per hour from one address on port 25.",
+                                      default=0)
+    smtp_recipients_per_hour: int = doc("Recipients per hour from one address on port 25.",
+                                        default=0)
+    unknown_recipients: int = doc(
+        "RCPTs to unknown users per hour from one address on port 25 (directory harvest) "
+        "after which each one is delayed (tarpit), and at twice this the session ends "
+        "with 421.", default=10)
+    tarpit_delay: int = doc("Seconds each unknown RCPT waits past `unknown_recipients`.",
+                            default=2)
+    pregreet_wait: int = doc(
+        "Seconds port 25 waits before its banner; a client that talks first is refused "
+        "(postscreen's pregreet test; 6 is Postfix's value).", default=0)
+    greylist_delay: int = doc(
+        "Seconds a new (client /24, sender, recipient) must wait before its retry is "
+        "accepted on port 25 (RFC 6647 greylisting; 300 is usual); a passed retry "
+        "allows that client for 35 days. Never for trusted networks.", default=0)
+    messages_per_hour: int = doc(
+        "Messages one submission user may send per hour (default for every user; "
+        "data_dir/sending_limits sets per-domain and per-user values).", default=0)
+    recipients_per_day: int = doc("Recipients one submission user may send to per day.",
+                                  default=0)
+    tracked_keys: int = doc(
+        "Counters kept (addresses, accounts, users); 72 bytes each, the least recently "
+        "used are forgotten first.", default=262_144)
+    dnsbl_zones: tuple[str, ...] = doc(
+        'DNS blocklists for port 25 as "zone=weight" ("zen.spamhaus.org=2"); none by '
+        "default.", default=())
+    dnsbl_threshold: int = doc("Total weight at which a client is refused.", default=1)
+
+
+@dataclass(frozen=True)
+class HTTPConfig:
+    """The http and https listeners (listen.http, listen.https)."""
+
+    request_timeout: int = doc("Seconds a client may take to send one whole request "
+                               "(slowloris), and to stay idle between requests.", default=30)
+    metrics_networks: tuple[str, ...] = doc(
+        'Client networks that may read /metrics ("192.0.2.0/24"); the default is loopback.',
+        default=("127.0.0.0/8", "::1/128"),
+    )
+    metrics_token_file: str = doc(
+        "Absolute path of a file whose first line is a bearer token that also admits "
+        "/metrics from anywhere (Authorization: Bearer TOKEN); empty: no token.", default="",
+    )
+
+
+@dataclass(frozen=True)
+class MTASTSConfig:
+    """Our MTA-STS policy (RFC 8461), served at https://mta-sts.DOMAIN/.well-known/mta-sts.txt."""
+
+    mode: str = doc('"enforce", "testing" or "none" (RFC 8461 5).', default="testing")
+    max_age: int = doc("Seconds senders may cache the policy (RFC 8461 3.2: at most "
+                       "31557600).", default=604_800)
 
 
 @dataclass(frozen=True)
@@ -219,7 +318,8 @@ class Config:
                          default=Path("/var/lib/mailserver"))
     processes: int = doc(
         "Server processes sharing the listeners (one Python process uses about one core; "
-        "0 = one per CPU). Limits apply per process.",
+        "0 = one per CPU). limits.connections counts per process; the per-address limits "
+        "and [abuse] count across all of them.",
         default=1,
     )
     domains: DomainsConfig = field(default_factory=DomainsConfig)
@@ -228,6 +328,10 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     relay: RelayConfig = field(default_factory=RelayConfig)
+    submission: SubmissionConfig = field(default_factory=SubmissionConfig)
+    abuse: AbuseConfig = field(default_factory=AbuseConfig)
+    http: HTTPConfig = field(default_factory=HTTPConfig)
+    mta_sts: MTASTSConfig = field(default_factory=MTASTSConfig)
     dns: DNSConfig = field(default_factory=DNSConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     dkim: DKIMConfig = field(default_factory=DKIMConfig)
@@ -387,7 +491,7 @@ def _check_semantics(config: Config, problems: list[str]) -> None:
             problems.append(f"tls.{key}: cannot read {p}")
     limits = config.limits
     for key in ("message_size", "recipients_per_message", "connections", "connections_per_ip",
-                "command_timeout", "errors_per_session"):
+                "command_timeout", "errors_per_session", "folders_per_user"):
         if getattr(limits, key) == 0:
             problems.append(f"limits.{key}: must be at least 1")
     if config.processes > 64:
@@ -404,6 +508,7 @@ def _check_semantics(config: Config, problems: list[str]) -> None:
         if not sep or not host or not port.isdigit():
             problems.append(f"relay.smarthost: expected \"host:port\", got "
                             f"{config.relay.smarthost!r}")
+    _check_http(config, problems)
     relay = config.relay
     for key in ("retry_initial", "retry_max", "queue_lifetime", "connections_total",
                 "connections_per_destination", "connect_timeout", "command_timeout",
@@ -419,11 +524,50 @@ def _check_semantics(config: Config, problems: list[str]) -> None:
         except ValueError:
             problems.append(f"relay.source_address: not an IP address: "
                             f"{relay.source_address!r}")
+    _check_abuse(config.abuse, problems)
     if relay.smarthost_user and not relay.smarthost_password_file:
         problems.append("relay.smarthost_password_file: needed with smarthost_user")
     elif relay.smarthost_user and not os.access(relay.smarthost_password_file, os.R_OK):
         problems.append(f"relay.smarthost_password_file: cannot read "
                         f"{relay.smarthost_password_file}")
+
+
+def _check_abuse(abuse: AbuseConfig, problems: list[str]) -> None:
+    for key in ("trusted_networks", "refused_networks"):
+        for i, net in enumerate(getattr(abuse, key)):
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                problems.append(f"abuse.{key}[{i}]: not a network: {net!r}")
+    for i, item in enumerate(abuse.dnsbl_zones):
+        zone, _, weight = item.partition("=")
+        if not _is_domain(zone) or (weight and not weight.isdigit()):
+            problems.append(f"abuse.dnsbl_zones[{i}]: expected \"zone\" or "
+                            f"\"zone=weight\", got {item!r}")
+    for key in ("login_window", "lockout", "tracked_keys"):
+        if getattr(abuse, key) == 0:
+            problems.append(f"abuse.{key}: must be at least 1")
+    if abuse.tracked_keys > 16_777_216:
+        problems.append(f"abuse.tracked_keys: at most 16777216, got {abuse.tracked_keys}")
+
+
+def _check_http(config: Config, problems: list[str]) -> None:
+    if config.http.request_timeout == 0:
+        problems.append("http.request_timeout: must be at least 1")
+    for i, net in enumerate(config.http.metrics_networks):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            problems.append(f"http.metrics_networks[{i}]: not a network: {net!r}")
+    token = config.http.metrics_token_file
+    if token and not os.access(token, os.R_OK):
+        problems.append(f"http.metrics_token_file: cannot read {token}")
+    if config.mta_sts.mode not in ("enforce", "testing", "none"):
+        problems.append(f'mta_sts.mode: expected "enforce", "testing" or "none", got '
+                        f"{config.mta_sts.mode!r}")
+    if not 0 < config.mta_sts.max_age <= 31_557_600:
+        problems.append(f"mta_sts.max_age: between 1 and 31557600 seconds (RFC 8461 3.2), "
+                        f"got {config.mta_sts.max_age}")
 
 
 def _check_senderauth(config: Config, problems: list[str]) -> None:
@@ -500,6 +644,8 @@ def render_example() -> str:
         "listen.smtp": '"tcp:25"', "listen.submission": '"tcp:587"',
         "listen.submissions": '"tcp:465"', "listen.pop3": '"tcp:110"',
         "listen.pop3s": '"tcp:995"', "listen.imap": '"tcp:143"', "listen.imaps": '"tcp:993"',
+        "listen.http": '"tcp:80"', "listen.https": '"tcp:443"',
+        "http.metrics_networks": '["127.0.0.0/8", "::1/128"]',
         "tls.certificate": '"/etc/letsencrypt/live/mail.example.org/fullchain.pem"',
         "tls.private_key": '"/etc/letsencrypt/live/mail.example.org/privkey.pem"',
         "auth.users_file": '"/var/lib/mailserver/users"',

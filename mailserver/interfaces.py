@@ -1,22 +1,30 @@
 """The seams of the system, documented: read this file first.
 
-Data flows one way:
+Data flows one way (docs/architecture.md draws the whole picture):
 
-    client bytes -> grammar (pure: bytes -> typed commands)       smtp/grammar.py, smtp/data.py
-                 -> session (one state machine per connection)     smtp/server.py
-                 -> IRecipientDirectory (who is local, aliases)    auth/directory.py
-                 -> IDeliveryTarget (two-phase: write, commit)     store/delivery.py
-                 -> Maildir files                                  store/maildir.py
+    client bytes -> grammar (pure: bytes -> typed commands)        smtp/grammar.py, smtp/data.py
+                 -> session (one state machine per connection)      smtp/server.py
+                 -> IDeliveryRouter.route (is it local? may it be   delivery/router.py,
+                    relayed? aliases via IRecipientDirectory)       auth/directory.py
+                 -> IDeliveryRouter.begin -> IDeliveryTransaction   delivery/router.py
+                    (write, commit, abort: one shape for all mail)
+                 -> ILocalDelivery (Maildir copies)                 store/delivery.py
+                    and/or IOutboundQueue (the relay queue)         queue/outbound.py
 
-The SMTP session never knows where mail ends up: local delivery (and, later, the relay
-queue) are delivery targets. Nothing a target writes is visible before `commit` fires,
-and a failed or aborted transaction leaves nothing visible.
+The SMTP session never knows where mail ends: it asks the router whether a recipient is
+acceptable and hands the message to one IDeliveryTransaction. The router owns the split
+into local mailboxes and remote recipients and commits both halves in the order that
+leaves nothing behind on failure. Nothing a transaction writes is visible before its
+`commit` is called; a commit that fails, or an abort before commit, leaves nothing.
+
+The POP3 and IMAP sessions stand on IUserStore / IMailboxView (the bottom of this file).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
@@ -44,7 +52,8 @@ class Resolution:
 
     #: Local users whose INBOX gets a copy (deduplicated, sorted).
     mailboxes: tuple[MailboxId, ...] = ()
-    #: Remote addresses an alias forwards to (delivered by the relay queue, issue 3).
+    #: Remote addresses: an alias that forwards elsewhere, or a recipient in another
+    #: domain (IDeliveryRouter.route); the relay queue delivers them.
     remote: tuple[str, ...] = field(default=())
 
     @property
@@ -65,20 +74,129 @@ class IRecipientDirectory(Interface):
     def user_exists(address: str) -> bool:
         """True for a user in the users file (not an alias)."""
 
+    def unavailable() -> str | None:
+        """Why the directory cannot answer for certain now (a users or aliases file that
+        exists but cannot be read, and no earlier reading of it), else None. An empty
+        Resolution then means "unknown for now", never "no such user"."""
+
     def may_send_as(user: str, address: str) -> bool:
         """May the authenticated `user` use `address` as a sender (RFC 6409 6.1)? Its
         own address, any +extension of it, or an alias whose expansion reaches it."""
 
 
+@dataclass(frozen=True)
+class DeliveryEnvelope:
+    """One message's envelope (RFC 5321 2.3.1) as a delivery target takes it: the
+    recipients already split by IDeliveryRouter.route into local and remote."""
+
+    #: The reverse-path as given in MAIL FROM, "" for the null sender <>.
+    sender: str
+    #: Local users whose INBOX gets a copy (each once).
+    mailboxes: tuple[MailboxId, ...] = ()
+    #: Remote addresses for the relay queue, in the order given, each once.
+    remote: tuple[str, ...] = ()
+    #: MAIL FROM had SMTPUTF8 / BODY=8BITMIME (the relay must honour them, see
+    #: OutboundEnvelope).
+    smtputf8: bool = False
+    body_8bit: bool = False
+    #: Who submitted it (the authenticated user), for logs and `queue show`; "" if none.
+    submitter: str = ""
+
+
 class IDeliveryTransaction(Interface):
-    """One message on its way to one or more mailboxes."""
+    """One message on its way to every recipient of its DeliveryEnvelope: the one shape
+    every producer of mail (SMTP sessions, the queue's local delivery) writes to."""
 
     def write(data: bytes) -> None:
-        """Append message bytes, exactly as they are to be stored (LF line ends).
+        """Append message bytes as they are to be stored: LF line ends, trace headers
+        first. Never Return-Path: the target adds it to the local copies only (RFC 5321
+        4.4: the final delivery adds it, a relay must not).
 
-        Called on the reactor thread; never blocks: small messages stay in memory, large
-        ones are spilled to a temporary file by a disk thread.
+        Called on the reactor thread; never blocks and never raises: small messages stay
+        in memory, large ones are spilled to a temporary file by a disk thread, and a
+        failure to do so shows at `commit`.
         """
+
+    def commit() -> Deferred[str | None]:
+        """Make the message durable everywhere, then visible (local copies in new/) and
+        handed over (the queue copy to the scheduler).
+
+        Fires with the queue id when a queue copy was made (the 250 names it), else
+        None. On failure it errbacks with ReplyError (451 4.3.0, or 452 4.3.1 when the
+        disk is full) and no copy is left anywhere: the client retries the whole message.
+        """
+
+    def abort() -> None:
+        """Drop the message; nothing becomes visible. Safe to call at any point, also
+        after a failed commit; after a successful commit it changes nothing."""
+
+
+class IDeliveryTarget(Interface):
+    """Somewhere a message can be delivered, in two phases (write, then commit)."""
+
+    def begin(envelope: DeliveryEnvelope) -> IDeliveryTransaction:
+        """Start a transaction for every recipient of `envelope` (it has at least one).
+
+        Never raises: a target that cannot take the message returns a transaction whose
+        commit fails, so a session in the middle of a BDAT chunk stays in step.
+        """
+
+
+class IDeliveryRouter(IDeliveryTarget):
+    """The delivery target of the server (delivery/router.py): it also says, one
+    recipient at a time, where mail for an address goes, before any byte is sent."""
+
+    def route(address: str, relay: bool) -> Resolution:
+        """Local mailboxes and remote addresses for `localpart@domain`, or ReplyError.
+
+        `relay`: the client may send to other domains (authenticated submission, RFC
+        6409 3.3); the caller decides that, the router only knows which domains are ours.
+        Refusals: 550 5.7.1 (relaying denied), 550 5.1.1 (no such local user), 451 4.3.5
+        (a remote recipient when this server has no relay queue).
+        """
+
+
+class IHeldTransaction(IDeliveryTransaction):
+    """An IDeliveryTransaction that holds the message content until its commit, so a
+    hook can look at the whole message (check it, sign it) before any byte reaches the
+    transaction it wraps. What is written before `hold` (the session's trace fields)
+    is kept apart and goes first."""
+
+    def hold() -> None:
+        """Everything written from now on is the content (the header and the body as
+        received); before it only trace fields (Received) were written."""
+
+
+class IMessageHook(Interface):
+    """What a listener may do to each message it receives before it is delivered
+    (senderauth: the sender-authentication checks on port 25, DKIM signing on
+    submission). Set per listener by app/ (ServerContext.message_hooks)."""
+
+    def wrap(transaction: IDeliveryTransaction, session: Any, sender: str,
+             mailboxes: Sequence[MailboxId]) -> IHeldTransaction | None:
+        """The transaction the session writes the message to instead of `transaction`
+        (the router's), or None to leave this message alone (e.g. a trusted client).
+        Called right after IDeliveryRouter.begin, on the reactor thread; never blocks.
+
+        `session` is the SMTP session, read-only; a hook may rely on these attributes
+        only: `session_id` (str, for the log), `peer_ip` (the client's address, str),
+        `helo` (the EHLO/HELO name, str or None) and `envelope` (its `recipients`: the
+        RCPT addresses as given, each with `.domain`). `sender` is the reverse-path
+        ("" for <>), `mailboxes` the local recipients of the message.
+
+        A refusal found at commit is a ReplyError from the held transaction's commit,
+        which the session answers like any other failed delivery.
+        """
+
+
+# -- the two halves behind the router ----------------------------------------------------------
+
+
+class ILocalTransaction(Interface):
+    """One message on its way to one or more local mailboxes (store/delivery.py)."""
+
+    def write(data: bytes) -> None:
+        """As IDeliveryTransaction.write (the router writes Return-Path here first)."""
 
     def commit() -> Deferred[None]:
         """Make the message durable and visible in each mailbox's new/ directory.
@@ -92,14 +210,11 @@ class IDeliveryTransaction(Interface):
         """Drop the message; nothing becomes visible. Safe to call at any point."""
 
 
-class IDeliveryTarget(Interface):
-    """Somewhere messages can be delivered, in two phases."""
+class ILocalDelivery(Interface):
+    """Local delivery into users' Maildirs, in two phases."""
 
-    def begin(mailboxes: Sequence[MailboxId]) -> IDeliveryTransaction:
+    def begin(mailboxes: Sequence[MailboxId]) -> ILocalTransaction:
         """Start a transaction whose commit delivers one copy to each mailbox."""
-
-
-# -- the outbound queue (issue 3) ------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -119,18 +234,17 @@ class OutboundEnvelope:
 
 
 class IQueueTransaction(Interface):
-    """One message on its way into the durable queue, in three steps.
+    """One message on its way into the durable queue (queue/outbound.py), in three steps.
 
-    `write` as IDeliveryTransaction (LF line ends, no Return-Path: RFC 5321 4.4 lets
-    only the final delivery add that). `commit` makes message and envelope durable
-    (fsync'd file and directory) but does not yet hand them to the scheduler, so that a
-    session delivering to local mailboxes as well can still take back the queue copy if
-    the local half fails; `release` then hands it over. `abort` after `commit` and
-    before `release` deletes the queued files again.
+    `write` as ILocalTransaction, without Return-Path. `commit` makes message and
+    envelope durable (fsync'd file and directory) but holds them back from the
+    scheduler, so that the router, delivering to local mailboxes as well, can still take
+    back the queue copy if the local half fails; `release` then hands it over. `abort`
+    after `commit` and before `release` deletes the queued files again.
     """
 
     def write(data: bytes) -> None:
-        """As IDeliveryTransaction.write."""
+        """As ILocalTransaction.write."""
 
     def abort() -> None:
         """Drop the message (also after commit, before release); safe at any point."""
@@ -277,7 +391,7 @@ class IMailboxView(Interface):
         """The session deselects; stop watching."""
 
     recent_count = Attribute("int: messages \\Recent for this view (SELECT's RECENT)")
-    keywords = Attribute("list[str]: the folder's keywords, for FLAGS and PERMANENTFLAGS")
+    keywords = Attribute("Sequence[str]: the folder's keywords, for FLAGS and PERMANENTFLAGS")
     can_create_keywords = Attribute("bool: room for another keyword (26 letters at most)")
     validity_changed = Attribute(
         "bool: the UID list was lost and the folder got a new UIDVALIDITY; after sync() "
@@ -295,6 +409,10 @@ class IMailboxView(Interface):
 
 class IUserStore(Interface):
     """All folders of one user (data_dir/mail/DOMAIN/LOCALPART/)."""
+
+    location = Attribute(
+        "str: where the folders live (the Maildir's path); in cache keys, so that a "
+        "Maildir made again from scratch never meets entries of the old one")
 
     def folders() -> list[FolderInfo]:
         """Every folder, INBOX first, with hierarchy placeholders."""
@@ -325,3 +443,71 @@ class IUserStore(Interface):
         """Call `callback` in the reactor thread soon after anything in the folder
         changes on disk (inotify when available, else a cheap poll); coalesced.
         Returns a function that stops watching. Does not block."""
+
+
+# -- the POP3 view of a Maildir, and how protocols open a user's mail -------------------------
+#
+# Implemented by mailserver.store (maildrop.py, opener.py); used by mailserver.pop3 and
+# mailserver.imap, which import no store module: they get an IMailboxOpener from the
+# ServerContext. Every method blocks unless it says otherwise (disk thread).
+
+
+class MaildropInUse(Exception):
+    """Another POP3 session holds the maildrop (RFC 1939 8; the reply is [IN-USE])."""
+
+
+class MessageGone(Exception):
+    """The message file no longer exists (expunged by another session)."""
+
+
+class MaildropMessage(Protocol):
+    """One message of a POP3 snapshot, as the session sees it."""
+
+    #: RFC 1939 7 unique-id: 1-70 characters in 0x21-0x7E, the same in every session and
+    #: unchanged by flag changes (the Maildir base name, or a hash of one that does not fit).
+    uidl: str
+    #: Octets with CRLF line ends, before dot-stuffing (what LIST reports and RETR sends).
+    size: int
+    #: DELE's mark (RFC 1939 5); the session's alone: the store never reads it.
+    deleted: bool
+
+
+class IMaildrop(Interface):
+    """One POP3 session's snapshot of a user's INBOX, and the [IN-USE] lock on it.
+
+    The snapshot is taken once, at open: mail delivered meanwhile shows up at the next
+    login (RFC 1939 8). Messages are numbered as in POP3, from 1 in delivery order.
+    Files renamed meanwhile by another session (IMAP flags) are found by base name.
+    The methods of one maildrop may run in several disk threads at once (RETR
+    read-ahead beside a TOP).
+    """
+
+    messages = Attribute("Sequence[MaildropMessage]: message n at index n-1")
+
+    def read(number: int) -> bytes:
+        """The stored bytes of message `number` (LF line ends, or CRLF for a foreign
+        file), in as few system calls as possible. MessageGone if it was expunged
+        meanwhile; OSError if it exists but cannot be read."""
+
+    def mark_seen(numbers: Iterable[int]) -> None:
+        """Give these messages the Seen flag (IMAP shows them read). Best effort: a
+        message gone or a file that cannot be renamed is skipped (and logged)."""
+
+    def expunge(numbers: Iterable[int]) -> int:
+        """RFC 1939 6 UPDATE: remove these messages durably (the directories are
+        fsync'd before it returns); the number that could not be removed. A message
+        already gone counts as removed."""
+
+    def close() -> None:
+        """Release the lock (idempotent). Does not block: callable on the reactor."""
+
+
+class IMailboxOpener(Interface):
+    """Opens a user's mail for a protocol session; the Maildir is created if missing."""
+
+    def open_maildrop(mailbox: MailboxId) -> IMaildrop:
+        """The locked POP3 snapshot of the INBOX; MaildropInUse if another POP3
+        session holds it."""
+
+    def open_user_store(mailbox: MailboxId) -> IUserStore:
+        """Every folder of the user, for IMAP."""

@@ -1,1 +1,9 @@
-"""The `mailserver` admin command: users, aliases, queue, check-config."""
+"""The `mailserver` admin command: users, aliases, queue, check-config.
+
+In charge of: what an operator runs by hand beside the server (`mailserver user add`,
+`mailserver queue show`, `mailserver check-config`): offline work on the same files.
+
+May import: the base modules (address, reply, errors, logs, config, interfaces), core,
+abuse, auth, store and queue. Never a protocol package (smtp, pop3, imap) and never app/:
+the admin command does not start the server.
+"""

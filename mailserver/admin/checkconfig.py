@@ -7,12 +7,16 @@ line (`/etc/mailserver/users:7: ...`) so each can be found without reading code.
 
 from __future__ import annotations
 
+import errno
 import os
+import socket
+import stat
 from pathlib import Path
 from typing import TextIO
 
 from mailserver.auth.directory import RecipientDirectory
 from mailserver.config import Config, load_config
+from mailserver.core.ownfiles import user_name
 from mailserver.errors import ConfigError
 from mailserver.logs import logger
 
@@ -29,9 +33,11 @@ def check_config(path: str | None, stdout: TextIO, stderr: TextIO) -> int:
     directory = RecipientDirectory(config)
     report = directory.check()
     errors.extend(str(p) for p in report.errors)
+    listen_errors, listen_warnings = _listen_problems(config)
+    errors.extend(listen_errors)
     if errors:
         return _fail(errors, stderr)
-    for warning in report.warnings:
+    for warning in [*report.warnings, *listen_warnings]:
         print(f"warning: {warning}", file=stderr)
     for text in _postmaster_warnings(config, directory):
         print(f"warning: {text}", file=stderr)
@@ -61,20 +67,131 @@ def _fail(errors: list[str], stderr: TextIO) -> int:
 
 
 def _file_errors(config: Config) -> list[str]:
-    """Files and directories the server will need but cannot use."""
+    """Files and directories the server will need but cannot use, as the user running
+    this (run it as the server's user: `sudo -u mailserver mailserver check-config`,
+    or systemd's ExecStartPre): a root admin command can leave root-owned files behind.
+    (load_config checks that the certificate files can be read.)
+    """
     errors: list[str] = []
     target = _existing_ancestor(config.data_dir)
     if config.data_dir.exists() and not config.data_dir.is_dir():
         errors.append(f"data_dir: {config.data_dir} is not a directory")
-    elif not os.access(target, os.W_OK):
-        verb = "is not writable" if target == config.data_dir else \
-            f"cannot be created ({target} is not writable)"
+    elif not os.access(target, os.W_OK | os.X_OK):
+        verb = f"is not writable {_as_whom(target)}" if target == config.data_dir else \
+            f"cannot be created ({target} is not writable {_as_whom(target)})"
         errors.append(f"data_dir: {config.data_dir} {verb}")
+    elif target == config.data_dir:
+        errors.extend(_data_dir_errors(config))
     for key, file in (("auth.users_file", config.users_file),
                       ("auth.aliases_file", config.aliases_file)):
         if file.exists() and not os.access(file, os.R_OK):
-            errors.append(f"{key}: cannot read {file}")
+            errors.append(f"{key}: cannot read {file} {_as_whom(file)}")
     return errors
+
+
+#: Maildir problems listed one by one; past this, a count (10,000 root-owned Maildirs
+#: are one mistake, not 10,000 lines).
+_MAILDIR_LINES = 10
+
+
+def _data_dir_errors(config: Config) -> list[str]:
+    """data_dir's subdirectories and every Maildir in it: the server writes in each."""
+    errors = [f"data_dir: cannot write in {path} {_as_whom(path)}"
+              for path in (config.data_dir / name for name in ("mail", "queue", "run", "tls"))
+              if path.is_dir() and not os.access(path, os.R_OK | os.W_OK | os.X_OK)]
+    bad = []
+    for maildir in _maildirs(config.mail_dir):
+        for path in (maildir, maildir / "tmp", maildir / "new", maildir / "cur"):
+            if path.is_dir() and not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+                bad.append(path)
+                break
+    errors.extend(f"data_dir: cannot write in Maildir {path} {_as_whom(path)}"
+                  for path in bad[:_MAILDIR_LINES])
+    if len(bad) > _MAILDIR_LINES:
+        errors.append(f"data_dir: and {len(bad) - _MAILDIR_LINES} more Maildirs like these")
+    return errors
+
+
+def _maildirs(mail_dir: Path) -> list[Path]:
+    """mail_dir/DOMAIN/LOCALPART directories we can list (one we cannot is reported)."""
+    found: list[Path] = []
+    for domain in _listdir(mail_dir):
+        found.extend(mail_dir / domain / local for local in _listdir(mail_dir / domain))
+    return found
+
+
+def _listdir(path: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except OSError:
+        return []
+
+
+def _as_whom(path: Path) -> str:
+    """`(owner root, mode 0600; running as mailserver)`: what to chown, and for whom."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return f"(running as {user_name(os.geteuid())})"
+    return (f"(owner {user_name(st.st_uid)}, mode {stat.S_IMODE(st.st_mode):04o}; "
+            f"running as {user_name(os.geteuid())})")
+
+
+def _listen_problems(config: Config) -> tuple[list[str], list[str]]:
+    """Listen addresses already in use, each in the server's own words (app/listeners).
+
+    Skipped while a server runs on this data_dir (its own ports are in use, rightly). A
+    low port refused to a user without CAP_NET_BIND_SERVICE is only a warning: systemd
+    gives the server that capability (etc/mailserver.service), not this command.
+    """
+    from mailserver.core.running import running_server
+
+    errors: list[str] = []
+    warnings: list[str] = []
+    try:
+        running = running_server(config.data_dir / "run")
+    except OSError:
+        running = None
+    if running is not None:
+        return errors, warnings
+    for name, description in config.listen.enabled().items():
+        address = _tcp_address(description)
+        if address is None:
+            continue
+        family, host, port = address
+        probe = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            # As Twisted's tcp.Port does, so TIME_WAIT leftovers are no conflict.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+        except OSError as e:
+            why = (e.strerror or str(e)).lower()
+            line = f"listen.{name}: cannot listen on {description}: {why}"
+            if e.errno in (errno.EACCES, errno.EPERM) and port < 1024:
+                warnings.append(f"{line} (as {user_name(os.geteuid())}; the server needs "
+                                "root or CAP_NET_BIND_SERVICE)")
+            else:
+                errors.append(line)
+        finally:
+            probe.close()
+    return errors, warnings
+
+
+def _tcp_address(description: str) -> tuple[socket.AddressFamily, str, int] | None:
+    """(family, host, port) a TCP (or TLS over TCP) endpoint would bind; None for other
+    endpoint types and for port 0 (any free port)."""
+    from twisted.internet import endpoints, reactor
+
+    try:
+        endpoint = endpoints.serverFromString(reactor, description)
+    except Exception:  # noqa: BLE001 - load_config has reported a bad description
+        return None
+    port = getattr(endpoint, "_port", None)
+    interface = getattr(endpoint, "_interface", None)
+    if not isinstance(port, int) or not isinstance(interface, str) or port == 0:
+        return None
+    six = isinstance(endpoint, endpoints.TCP6ServerEndpoint) or ":" in interface
+    return (socket.AF_INET6 if six else socket.AF_INET), interface, port
 
 
 def _existing_ancestor(path: Path) -> Path:

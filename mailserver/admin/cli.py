@@ -24,7 +24,7 @@ log = logger(__name__)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mailserver",
-        description="Manage the users, aliases and queue of the mail server.",
+        description="Manage the users, aliases, queue and lock-outs of the mail server.",
         epilog="Config: --config, else $MAILSERVER_CONFIG, else the embedded default. "
                "Exit status: 0 done, 1 refused (the reason is printed), 2 usage error.",
     )
@@ -36,8 +36,24 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("add", "add a user (password from stdin, or asked twice)"),
                        ("del", "delete a user (the Maildir stays on disk)"),
                        ("passwd", "change a user's password")):
-        user_sub.add_parser(name, help=text).add_argument("address", metavar="ADDRESS")
+        action = user_sub.add_parser(name, help=text)
+        action.add_argument("address", metavar="ADDRESS")
+        if name != "del":
+            action.add_argument("--weak-ok", action="store_true",
+                                help="accept a password the strength check refuses")
     user_sub.add_parser("list", help="list the users")
+    quota = user_sub.add_parser("quota", help="show (and set) a user's sending limits")
+    quota.add_argument("address", metavar="ADDRESS")
+    quota.add_argument("--messages-per-hour", type=int, metavar="N")
+    quota.add_argument("--recipients-per-day", type=int, metavar="N")
+
+    ban = top.add_parser("ban", help="list, add, delete lock-outs of client addresses")
+    ban_sub = ban.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ban_sub.add_parser("list", help="list locked-out addresses")
+    ban_add = ban_sub.add_parser("add", help="lock an address out")
+    ban_add.add_argument("ip", metavar="ADDRESS")
+    ban_add.add_argument("--seconds", type=int, help="default: abuse.lockout")
+    ban_sub.add_parser("del", help="lift a lock-out").add_argument("ip", metavar="ADDRESS")
 
     alias = top.add_parser("alias", help="add, delete, list aliases")
     alias_sub = alias.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -89,12 +105,24 @@ def _handler(args: argparse.Namespace) -> Callable[[Admin], None]:
             by_id = q.queue_show if args.action == "show" else q.queue_delete
             return lambda admin: by_id(admin, args.id)
         return q.queue_list if args.action == "list" else q.queue_flush
+    if args.command == "ban" or args.action == "quota":
+        from mailserver.admin import abuse_commands as a
+
+        if args.action == "quota":
+            return lambda admin: a.user_quota(admin, args.address, args.messages_per_hour,
+                                              args.recipients_per_day)
+        if args.action == "list":
+            return a.ban_list
+        if args.action == "add":
+            return lambda admin: a.ban_add(admin, args.ip, args.seconds)
+        return lambda admin: a.ban_del(admin, args.ip)
     if args.command == "user":
         if args.action == "list":
             return commands.user_list
-        action = {"add": commands.user_add, "del": commands.user_del,
-                  "passwd": commands.user_passwd}[args.action]
-        return lambda admin: action(admin, args.address)
+        if args.action == "del":
+            return lambda admin: commands.user_del(admin, args.address)
+        action = {"add": commands.user_add, "passwd": commands.user_passwd}[args.action]
+        return lambda admin: action(admin, args.address, weak_ok=args.weak_ok)
     if args.action == "add":
         return lambda admin: commands.alias_add(admin, args.address, args.targets)
     if args.action == "del":

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TextIO
 
+from mailserver.abuse.passwords import weakness
 from mailserver.auth.aliases import parse_key, parse_target, split_targets
 from mailserver.auth.directory import RecipientDirectory
 from mailserver.auth.names import (
@@ -22,9 +23,10 @@ from mailserver.auth.names import (
     split_key,
     strip_extension,
 )
-from mailserver.auth.schemes import hash_password
+from mailserver.auth.schemes import MAX_PASSWORD_OCTETS, hash_password, password_too_long
 from mailserver.auth.userfile import EditRefused
 from mailserver.config import Config
+from mailserver.core.ownfiles import NotTheOwner, Owner, data_dir_owner
 from mailserver.interfaces import MailboxId
 from mailserver.logs import logger
 
@@ -47,6 +49,22 @@ class Admin:
     def __post_init__(self) -> None:
         self.directory = RecipientDirectory(self.config)
 
+    def writing(self) -> Owner | None:
+        """Call before changing anything: the owner what we create must get (data_dir's,
+        when we run as root and it belongs to the server's user), or Refused when we are
+        neither root nor that user (the server could not read files we made)."""
+        data_dir = self.config.data_dir
+        try:
+            owner = data_dir_owner(data_dir)
+        except NotTheOwner as e:
+            name = e.owner
+            how = "root" if name == "root" else \
+                f"{name} (sudo -u {name} mailserver ...) or as root"
+            raise Refused(f"{data_dir} belongs to {name}: run this as {how}") from None
+        self.directory.users_file.owner = owner
+        self.directory.aliases_file.owner = owner
+        return owner
+
     def say(self, text: str) -> None:
         print(text, file=self.stdout)
 
@@ -54,9 +72,10 @@ class Admin:
         print(f"note: {text}", file=self.stdout)
 
 
-def read_new_password(admin: Admin) -> str:
+def read_new_password(admin: Admin, address: str = "", weak_ok: bool = False) -> str:
     """The new password: the first line of stdin when it is not a terminal (scripts),
-    else asked twice without echo. Never echoed, logged or put on a command line."""
+    else asked twice without echo. Never echoed, logged or put on a command line.
+    A weak one (abuse/passwords.py) is refused unless `weak_ok`."""
     stdin = admin.stdin
     if stdin is None:
         raise Refused("no standard input to read the password from")
@@ -71,6 +90,12 @@ def read_new_password(admin: Admin) -> str:
         first = line.removesuffix("\n").removesuffix("\r")
     if not first:
         raise Refused("empty password")
+    if password_too_long(first):
+        # No login could ever use it: the checker refuses longer passwords unhashed.
+        raise Refused(f"password longer than {MAX_PASSWORD_OCTETS} octets")
+    problem = None if weak_ok else weakness(first, address)
+    if problem:
+        raise Refused(f"password too weak: {problem} (--weak-ok to accept it anyway)")
     return first
 
 
@@ -82,17 +107,18 @@ def _mailbox(admin: Admin, address: str) -> MailboxId:
         raise Refused(str(e)) from None
 
 
-def user_add(admin: Admin, address: str) -> None:
+def user_add(admin: Admin, address: str, weak_ok: bool = False) -> None:
     mailbox = _mailbox(admin, address)
     key = mailbox.address
     if admin.directory.users_file.get(key) is not None:
         raise Refused(f"{key} exists")
-    password_hash = hash_password(read_new_password(admin))
+    owner = admin.writing()
+    password_hash = hash_password(read_new_password(admin, key, weak_ok))
     # The Maildir first: the server never sees a user whose Maildir is not there yet.
     from mailserver.store.maildir import create_maildir
 
     admin.config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    root = create_maildir(admin.config.mail_dir, mailbox)
+    root = create_maildir(admin.config.mail_dir, mailbox, owner, nofollow=True)
     try:
         admin.directory.users_file.add(key, password_hash)
     except EditRefused as e:  # another admin command added it meanwhile
@@ -105,6 +131,7 @@ def user_add(admin: Admin, address: str) -> None:
 
 def user_del(admin: Admin, address: str) -> None:
     key = address_key(address)
+    admin.writing()
     try:
         admin.directory.users_file.remove(key)
     except EditRefused as e:
@@ -118,11 +145,12 @@ def user_del(admin: Admin, address: str) -> None:
         admin.note(f"aliases still pointing at {key}: {', '.join(pointing)}")
 
 
-def user_passwd(admin: Admin, address: str) -> None:
+def user_passwd(admin: Admin, address: str, weak_ok: bool = False) -> None:
     key = address_key(address)
     if admin.directory.users_file.get(key) is None:
         raise Refused(f"{key}: no such user")
-    password_hash = hash_password(read_new_password(admin))
+    admin.writing()
+    password_hash = hash_password(read_new_password(admin, key, weak_ok))
     try:
         admin.directory.users_file.set_password(key, password_hash)
     except EditRefused as e:
@@ -158,6 +186,7 @@ def alias_add(admin: Admin, address: str, targets_text: Sequence[str]) -> None:
         if target not in targets:
             targets.append(target)
     notes = _target_notes(admin, targets)
+    admin.writing()
     try:
         admin.directory.aliases_file.add(key, targets)
     except EditRefused as e:
@@ -196,6 +225,7 @@ def _target_notes(admin: Admin, targets: Sequence[str]) -> list[str]:
 
 
 def alias_del(admin: Admin, address: str) -> None:
+    admin.writing()
     try:
         key = parse_key(address)
         admin.directory.aliases_file.remove(key)

@@ -5,32 +5,32 @@ they need no running server and are safe while one runs: `delete` removes the en
 under the spool's lock, which the scheduler also takes before writing an envelope back,
 so a deleted entry never reappears. `flush` creates the trigger file queue/flush; the
 running scheduler sees it (inotify, else within a second), removes it and retries every
-deferred recipient at once.
+deferred recipient at once. With no server running, `flush` leaves the trigger for the
+next start and says so (exit 1: nothing was retried).
 """
 
 from __future__ import annotations
 
 import os
-import re
 import time
 from datetime import UTC, datetime
 
 from mailserver.admin.commands import Admin, Refused
+from mailserver.core.ownfiles import give_fd, open_nofollow
+from mailserver.core.running import running_server
+from mailserver.logs import CONTROLS
 from mailserver.queue.envelope import PENDING, QueueEntry, age_text, is_queue_id
 from mailserver.queue.spool import EntryGone, Spool
 
-#: C0 and C1 controls and DEL. Reply texts come from remote servers and headers from
-#: anyone who sends mail: printed raw, an ESC sequence would drive the operator's
-#: terminal (retitle it, hide lines). Postfix's mailq prints them as "?" likewise.
-_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
-
 
 def _printable(text: str) -> str:
-    return _CONTROLS.sub("?", text)
+    """Reply texts come from remote servers and headers from anyone who sends mail:
+    control characters become "?" (logs.CONTROLS), whole texts are shown."""
+    return CONTROLS.sub("?", text)
 
 
-def _spool(admin: Admin) -> Spool:
-    return Spool(admin.config.queue_dir)
+def _spool(admin: Admin, writing: bool = False) -> Spool:
+    return Spool(admin.config.queue_dir, admin.writing() if writing else None)
 
 
 def _entries(spool: Spool) -> list[tuple[QueueEntry, str]]:
@@ -114,19 +114,27 @@ def queue_show(admin: Admin, queue_id: str) -> None:
 
 
 def queue_flush(admin: Admin) -> None:
-    spool = _spool(admin)
+    spool = _spool(admin, writing=True)
     if not spool.root.is_dir():
         admin.say("queue flush: the queue is empty")
         return
-    fd = os.open(spool.flush_trigger, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.close(fd)
+    fd = open_nofollow(spool.flush_trigger, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        give_fd(fd, spool.owner)
+    finally:
+        os.close(fd)
     pending = sum(len(e.pending()) for e, _ in _entries(spool))
+    run_dir = admin.config.data_dir / "run"
+    if running_server(run_dir) is None:
+        raise Refused(f"no server is running on {admin.config.data_dir}: the trigger "
+                      f"{spool.flush_trigger} stays, and the server retries the {pending} "
+                      "pending recipients when it starts")
     admin.say(f"queue flush: asked the running server to retry {pending} pending "
               "recipients now")
 
 
 def queue_delete(admin: Admin, queue_id: str) -> None:
-    spool = _spool(admin)
+    spool = _spool(admin, writing=True)
     entry = _load(spool, queue_id)
     if not spool.delete(entry.id):
         raise Refused(f"{queue_id}: not in the queue (delivered or deleted meanwhile)")

@@ -20,6 +20,7 @@ from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.python.failure import Failure
 
+from mailserver.core.running import hold_running_lock
 from mailserver.logs import logger
 
 log = logger(__name__)
@@ -105,12 +106,15 @@ def accept_one_at_a_time(port: object) -> None:
 
 
 class ListenerRegistry:
-    """Writes data_dir/run/listeners.json: {"smtp": ["127.0.0.1", 2525], ...}."""
+    """Writes data_dir/run/listeners.json: {"smtp": ["127.0.0.1", 2525], ...}, and
+    holds data_dir/run/server.lock for the process's life (core/running.py: how the
+    admin tool knows a server is running)."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / "listeners.json"
         self.listeners: dict[str, tuple[str, int]] = {}
         run_dir.mkdir(parents=True, exist_ok=True)
+        self.running_lock = hold_running_lock(run_dir)
         if self.path.exists():
             self.path.unlink()
 

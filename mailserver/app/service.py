@@ -5,10 +5,13 @@ from __future__ import annotations
 import gc
 import os
 from collections.abc import Callable
+from functools import partial
 
 from twisted.application import service
 from twisted.internet.defer import Deferred
 
+from mailserver.abuse.control import AbuseControl, open_table, table_path
+from mailserver.app.gauges import QueueGauges
 from mailserver.app.limits import ConnectionCounter, LimitedFactory
 from mailserver.app.listeners import (
     AdoptedListenerService,
@@ -20,17 +23,24 @@ from mailserver.app.workers import WorkerSupervisor
 from mailserver.auth.checker import make_portal
 from mailserver.auth.directory import RecipientDirectory
 from mailserver.config import Config
+from mailserver.core import metrics
 from mailserver.core.context import ListenerFactory, ServerContext
 from mailserver.core.diskio import DiskExecutor, make_disk
 from mailserver.core.dns import SharedResolver
+from mailserver.core.throttle import LoginThrottle
+from mailserver.delivery.router import DeliveryRouter
 from mailserver.errors import ConfigError
+from mailserver.http import listener as http_listener
 from mailserver.imap import listener as imap_listener
 from mailserver.logs import logger
 from mailserver.pop3 import listener as pop3_listener
+from mailserver.queue.outbound import OutboundQueue
 from mailserver.queue.service import QueueService, open_queue
 from mailserver.senderauth import service as senderauth
+from mailserver.senderauth.srs import SRSDirectory, SRSQueue
 from mailserver.smtp import listener as smtp_listener
 from mailserver.store.delivery import MaildirDelivery
+from mailserver.store.opener import MaildirOpener
 
 log = logger(__name__)
 
@@ -45,6 +55,8 @@ LISTENER_MAKERS: dict[str, ListenerMaker] = {
     "pop3s": pop3_listener.make_listener,
     "imap": imap_listener.make_listener,
     "imaps": imap_listener.make_listener,
+    "http": http_listener.make_listener,
+    "https": http_listener.make_listener,
 }
 
 
@@ -56,6 +68,8 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     worker processes; a worker (instance > 0) adopts the sockets in `inherited`.
     """
     _prepare_data_dir(config)
+    # Before any metric is made: every process counts into run/metrics (core/metrics.py).
+    metrics.configure(config.data_dir / "run" / "metrics", fresh=inherited is None)
     # An IMAP folder of 100k messages is 100k long-lived objects per index; with the
     # default thresholds every young collection walks them (FETCH 1:* over 100k took
     # 106-195 ms instead of 13 ms). Collect less often; nothing here relies on cycles
@@ -65,16 +79,27 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     top = _ServerRoot(disk)
     directory = RecipientDirectory(config)
     spool, queue = open_queue(config, disk)
+    local = MaildirDelivery(config.mail_dir, config.hostname, disk)
+    abuse = _open_abuse(config, instance)
     context = ServerContext(
-        config=config, directory=directory, portal=make_portal(config, directory),
-        target=MaildirDelivery(config.mail_dir, config.hostname, disk), disk=disk,
-        tls=server_tls_options(config), queue=queue, instance=instance,
+        config=config, directory=directory,
+        portal=make_portal(config, directory, abuse=abuse),
+        target=DeliveryRouter(config, directory, local, queue), disk=disk,
+        tls=server_tls_options(config),
+        mailboxes=MaildirOpener(config.mail_dir, config.limits.folders_per_user),
+        instance=instance, login_throttle=LoginThrottle(control=abuse), abuse=abuse,
     )
-    context.resolver = SharedResolver.from_config(config)
-    context.senderauth = senderauth.build(config, context.resolver, disk, instance)
+    metrics.watch_tls(context.tls)
+    auth = _sender_auth(context, local, queue)
     if instance == 0:
-        QueueService(context, spool, queue).setServiceParent(top)
-    counter = ConnectionCounter(config.limits.connections, config.limits.connections_per_ip)
+        queue_service = QueueService(context, spool, queue)
+        if auth.signer is not None:
+            # Our DSNs and delay notices leave DKIM-signed (senderauth/signing.py).
+            queue_service.scheduler.sign_dsn = auth.signer.sign_dsn
+        queue_service.setServiceParent(top)
+        QueueGauges(spool, disk).setServiceParent(top)
+    counter = ConnectionCounter(config.limits.connections, config.limits.connections_per_ip,
+                                control=abuse)
     registry = ListenerRegistry(config.data_dir / "run") if inherited is None else None
     listeners: list[service.Service] = []
 
@@ -82,7 +107,7 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
         built = _build_listener(context, name)
         if built is None:
             continue
-        limited = LimitedFactory(built.factory, counter, built.refusal)
+        limited = LimitedFactory(built.factory, counter, built.refusal, service=name)
         listener: service.Service
         if inherited is None:
             assert registry is not None
@@ -95,6 +120,8 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
             continue
         listener.setServiceParent(top)
         listeners.append(listener)
+        if "site" in built.extra:
+            built.extra["site"].listening = partial(_listening_ports, listeners)
     if inherited is None and config.process_count > 1:
         # Added last, so it starts after the listeners and is stopped first.
         WorkerSupervisor(config, listeners).setServiceParent(top)
@@ -103,6 +130,24 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
                  cfg=f" --config {config.source}" if config.source else "",
                  domain=(config.domains.local or ("example.org",))[0])
     return top
+
+
+def _sender_auth(context: ServerContext, local: MaildirDelivery,
+                 queue: OutboundQueue) -> senderauth.SenderAuth:
+    """The shared resolver, sender authentication (senderauth/), the message hooks of
+    the SMTP listeners and, with SRS, port 25's own router: the same local delivery
+    and queue seen through SRSDirectory and SRSQueue (forwarded copies leave with an
+    SRS0 sender; a bounce to one is resolved to the original sender and relayed)."""
+    config = context.config
+    context.resolver = SharedResolver.from_config(config)
+    auth = senderauth.build(config, context.resolver, context.disk, context.instance)
+    context.message_hooks = {name: hook for name in LISTENER_MAKERS
+                             if (hook := auth.hook_for(name)) is not None}
+    if auth.srs is not None:
+        context.mx_target = DeliveryRouter(
+            config, SRSDirectory(context.directory, auth.srs), local,
+            SRSQueue(queue, auth.srs))
+    return auth
 
 
 class _ServerRoot(service.MultiService):
@@ -132,12 +177,35 @@ class _ServerRoot(service.MultiService):
         return stopped.addBoth(stop_disk)
 
 
+def _listening_ports(listeners: list[service.Service]) -> dict[str, int]:
+    """Service name -> the port it really listens on (for autoconfig)."""
+    found = {}
+    for listener in listeners:
+        port = getattr(listener, "port", None)
+        if port is not None:
+            found[str(listener.name)] = getattr(port.getHost(), "port", 0)
+    return found
+
+
 def _build_listener(context: ServerContext, name: str) -> ListenerFactory | None:
     maker = LISTENER_MAKERS.get(name)
     built = maker(context, name) if maker else None
     if built is None and context.instance == 0:
         log.warn("listen.{name}: there is no {name} service; not listening", name=name)
     return built
+
+
+def _open_abuse(config: Config, instance: int) -> AbuseControl:
+    """The shared abuse table (docs/decisions/0012). The twistd process starts first,
+    before any worker: no connection is open anywhere, so every gauge is zeroed; a
+    worker (re)starting zeroes its own column (a crashed one's connections are gone)."""
+    try:
+        table = open_table(config)
+    except OSError as e:
+        raise ConfigError([f"data_dir: cannot open {e.filename or table_path(config)}: "
+                           f"{e.strerror}"]) from None
+    table.reset_gauges(None if instance == 0 else instance)
+    return AbuseControl(config, table, instance)
 
 
 def _prepare_data_dir(config: Config) -> None:

@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 
 from mailserver.app.listeners import accept_one_at_a_time
 from mailserver.config import Config
+from mailserver.core import metrics
 from mailserver.logs import logger
 
 log = logger(__name__)
@@ -45,9 +46,10 @@ class _Worker(ProcessProtocol):
         self.supervisor = supervisor
         self.instance = instance
         self.ended: defer.Deferred[None] = defer.Deferred()
+        self.pid: int | None = None
 
     def connectionMade(self) -> None:
-        pid = getattr(self.transport, "pid", None)
+        self.pid = pid = getattr(self.transport, "pid", None)
         log.info("worker {n} started (pid {pid})", n=self.instance, pid=pid)
 
     def childDataReceived(self, childFD: int, data: bytes) -> None:
@@ -55,6 +57,8 @@ class _Worker(ProcessProtocol):
             self.supervisor.ready(self.instance)
 
     def processEnded(self, reason: Failure) -> None:
+        if self.pid is not None:
+            metrics.process_ended(self.pid)
         self.ended.callback(None)
         self.supervisor.ended(self, reason)
 

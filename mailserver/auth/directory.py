@@ -88,6 +88,11 @@ class RecipientDirectory:
         self._expand(key, 0, frozenset(), self._users(), self.aliases_file.table(), out)
         return Resolution(tuple(sorted(out.mailboxes)), tuple(out.remote))
 
+    def unavailable(self) -> str | None:
+        self._users()
+        self.aliases_file.table()
+        return self.users_file.read_error or self.aliases_file.read_error
+
     def user_exists(self, address: str) -> bool:
         return address_key(address) in self._users()
 

@@ -12,7 +12,10 @@ import binascii
 
 from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 
-#: RFC 4616 4: authzid, authcid and passwd are each at most 255 octets of UTF-8.
+#: RFC 4616 2: a server "MUST accept" authzid, authcid and passwd "up to 255 octets".
+#: That is a floor, not a ceiling; we take names up to it. Passwords may be longer (up to
+#: schemes.MAX_PASSWORD_OCTETS): a longer one goes to the checker, which refuses it as a
+#: wrong password, so the client sees the same reply and delay as for any wrong one.
 MAX_FIELD = 255
 
 
@@ -49,7 +52,7 @@ def plain_credentials(message: bytes) -> IUsernamePassword:
     if len(parts) != 3:
         raise SASLError("PLAIN wants authzid NUL authcid NUL password")
     authzid, authcid, passwd = parts
-    if not authcid or any(len(p) > MAX_FIELD for p in parts):
+    if not authcid or len(authzid) > MAX_FIELD or len(authcid) > MAX_FIELD:
         raise SASLError("PLAIN fields empty or too long")
     try:
         authcid_text = authcid.decode("utf-8")

@@ -36,6 +36,14 @@ log = logger(__name__)
 #: The scheme every new password is stored with.
 DEFAULT_SCHEME = "ARGON2ID"
 
+#: Longest password, in octets of UTF-8, that is ever hashed or verified. Why a cap:
+#: SHA-crypt (Drepper's steps 13-15, and every round after) costs time quadratic in the
+#: password's length, so an 8 KiB password costs ~64 MB of SHA-512 per attempt, before
+#: any login. 1 KiB is far beyond what people and password managers use (bcrypt reads
+#: 72 octets; Dovecot's auth limits a whole request to 8 KiB). The checker refuses a
+#: longer one as a wrong password, and the admin tool will not set one.
+MAX_PASSWORD_OCTETS = 1024
+
 ARGON2_MEMORY_COST = 32768  # KiB
 ARGON2_TIME_COST = 2
 ARGON2_PARALLELISM = 1
@@ -56,6 +64,11 @@ _SCHEME_RE = re.compile(r"\{([A-Za-z0-9._-]+)\}")
 def hash_password(password: str | bytes) -> str:
     """A new `{ARGON2ID}$argon2id$v=19$m=...` value for the users file (random salt)."""
     return "{" + DEFAULT_SCHEME + "}" + _hasher.hash(_to_bytes(password))
+
+
+def password_too_long(password: str | bytes) -> bool:
+    """More than MAX_PASSWORD_OCTETS octets (UTF-8 for str)."""
+    return len(_to_bytes(password)) > MAX_PASSWORD_OCTETS
 
 
 def split_scheme(stored: str) -> tuple[str | None, str]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
+from mailserver.core.ownfiles import Owner, give_fd, open_nofollow, refuse_link
 from mailserver.logs import logger
 
 log = logger(__name__)
@@ -69,7 +70,8 @@ class WatchedFile(Generic[T]):
     `parse(text)` turns the file into a value; it must not raise for bad content (report
     problems in the value instead). A missing file parses as "". When the file exists but
     cannot be read (permissions), the last good value is kept and an error logged, so a
-    transient mistake does not make every user vanish.
+    transient mistake does not make every user vanish; with no good value yet,
+    `read_error` says why, so callers can answer "try later" instead of "no such user".
     """
 
     def __init__(self, path: Path, parse: Callable[[str], T]) -> None:
@@ -78,6 +80,8 @@ class WatchedFile(Generic[T]):
         self._lock = threading.Lock()
         self._signature: Signature | None = None
         self._value: T | None = None
+        #: Why the file could not be read and no earlier reading stands in, else None.
+        self.read_error: str | None = None
 
     def get(self) -> T:
         """The current value: one stat() per call, a re-read only after a change."""
@@ -90,13 +94,15 @@ class WatchedFile(Generic[T]):
             except OSError as e:
                 log.error("cannot read {path}: {error}", path=str(self.path),
                           error=e.strerror)
-                if self._value is None:
+                if self._value is None or self.read_error is not None:
+                    self.read_error = f"cannot read {self.path}: {e.strerror}"
                     self._value = self._parse("")
                 return self._value
             # The signature is the one taken before reading: if the file changed while
             # we read it, the next call sees a mismatch and reads it again.
             self._signature = signature
             self._value = self._parse(text)
+            self.read_error = None
             return self._value
 
     def invalidate(self) -> None:
@@ -107,43 +113,59 @@ class WatchedFile(Generic[T]):
 
 
 @contextlib.contextmanager
-def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive flock on `path`.lock for the duration of a read-modify-write."""
+def locked(path: Path, owner: Owner | None = None) -> Iterator[None]:
+    """Hold an exclusive flock on `path`.lock for the duration of a read-modify-write.
+
+    The lock file is never opened through a symbolic link (as root, that would create
+    a file wherever the link points), and is given `owner` (core/ownfiles.py), so the
+    server's user can still take the lock after root did.
+    """
     lock_path = path.with_name(path.name + ".lock")
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fd = open_nofollow(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
+        give_fd(fd, owner)
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)  # closing releases the lock
 
 
-def rewrite(path: Path, transform: Callable[[str], str], mode: int | None = None) -> str:
+def rewrite(path: Path, transform: Callable[[str], str], mode: int | None = None,
+            owner: Owner | None = None) -> str:
     """Replace the file's text with `transform(old text)`, atomically and under the lock.
 
-    `transform` may raise to abandon the change (nothing is written then). `mode` forces
-    the file mode (the users file holds hashes: 0o600); None keeps an existing file's
-    mode, or 0o644 for a new file. The owner of an existing file is kept when we are
-    allowed to (an admin running as root must not take the file away from the server's
-    user). Returns the new text.
+    `transform` may raise to abandon the change (nothing is written then). `mode` is the
+    file mode (the users file holds hashes: 0o600), plus the group bits an existing file
+    had (root:mailserver 0640 stays readable by the server's group); None keeps an
+    existing file's mode, or 0o644 for a new file. The owner of an existing file is kept
+    when we are allowed to (an admin running as root must not take the file away from
+    the server's user); a new file gets `owner` (core/ownfiles.py). A symbolic link in
+    place of the file is refused: the rename would replace the link, not its target.
+    Returns the new text.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with locked(path):
+    with locked(path, owner):
+        refuse_link(path)
         old = read_text(path)
         new = transform(old)
         try:
-            st: os.stat_result | None = os.stat(path)
+            st: os.stat_result | None = os.lstat(path)
         except FileNotFoundError:
             st = None
-        file_mode = mode if mode is not None else (st.st_mode & 0o7777 if st else 0o644)
+        if mode is None:
+            file_mode = st.st_mode & 0o7777 if st else 0o644
+        else:
+            file_mode = mode | (st.st_mode & 0o070 if st else 0)
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
                                         suffix=".tmp")
         try:
             with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
                 os.fchmod(f.fileno(), file_mode)
-                if st is not None and hasattr(os, "fchown"):
+                if st is not None:
                     with contextlib.suppress(PermissionError):
                         os.fchown(f.fileno(), st.st_uid, st.st_gid)
+                else:
+                    give_fd(f.fileno(), owner)
                 f.write(new)
                 f.flush()
                 os.fsync(f.fileno())
@@ -191,6 +213,8 @@ class TableFile(Generic[TableT]):
     kind = "entries"
     #: Permissions of the rewritten file; None keeps what the file had.
     mode: int | None = None
+    #: Who gets a file this process creates (the admin tool as root sets it).
+    owner: Owner | None = None
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -205,6 +229,11 @@ class TableFile(Generic[TableT]):
     def table(self) -> TableT:
         return self._watched.get()
 
+    @property
+    def read_error(self) -> str | None:
+        """Why the file is unreadable, while no good reading of it stands in."""
+        return self._watched.read_error
+
     def _load(self, text: str) -> TableT:
         table = self.parse(text)
         for problem in table.problems:
@@ -214,5 +243,5 @@ class TableFile(Generic[TableT]):
         return table
 
     def _edit(self, transform: Callable[[str], str]) -> None:
-        rewrite(self.path, transform, mode=self.mode)
+        rewrite(self.path, transform, mode=self.mode, owner=self.owner)
         self._watched.invalidate()

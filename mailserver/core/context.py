@@ -9,9 +9,9 @@ Twisted), never by the class app/ happens to plug in, so a protocol cannot reach
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.cred.portal import Portal
 from twisted.internet import interfaces
@@ -19,14 +19,17 @@ from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.protocol import Factory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
+from mailserver.abuse.control import AbuseControl
 from mailserver.config import Config
 from mailserver.core.diskio import DiskExecutor
-from mailserver.core.throttle import FailureThrottle
-from mailserver.interfaces import IDeliveryTarget, IOutboundQueue, IRecipientDirectory
-
-if TYPE_CHECKING:
-    from mailserver.core.dns import SharedResolver
-    from mailserver.senderauth.service import SenderAuth
+from mailserver.core.dns import SharedResolver
+from mailserver.core.throttle import LoginThrottle
+from mailserver.interfaces import (
+    IDeliveryRouter,
+    IMailboxOpener,
+    IMessageHook,
+    IRecipientDirectory,
+)
 
 
 @dataclass
@@ -34,23 +37,30 @@ class ServerContext:
     config: Config
     directory: IRecipientDirectory
     portal: Portal
-    #: Local delivery into users' Maildirs.
-    target: IDeliveryTarget
+    #: Where every message goes: local mailboxes and the relay queue behind one target
+    #: (delivery/router.py). Every process can queue; only instance 0 relays.
+    target: IDeliveryRouter
     disk: DiskExecutor
     tls: interfaces.IOpenSSLServerConnectionCreator
-    #: The outbound queue: every process can queue; only instance 0 delivers.
-    queue: IOutboundQueue | None = None
+    #: Users' mail as POP3 (a locked INBOX snapshot) and IMAP (every folder) open it.
+    mailboxes: IMailboxOpener
     #: Failed logins per client address, shared by every protocol of this process, so a
     #: guesser gains nothing by switching from IMAP to POP3 to submission.
-    login_throttle: FailureThrottle = field(default_factory=FailureThrottle)
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
+    #: The abuse control (mailserver/abuse/): counters shared by every process.
+    abuse: AbuseControl | None = None
     #: 0 in the twistd process, N in worker process N (only instance 0 runs the queue
     #: scheduler and other singletons).
     instance: int = 0
-    #: Sender authentication (senderauth/): inbound checks, DKIM signer, SRS and the
-    #: hooks the SMTP listeners wrap messages with.
-    senderauth: SenderAuth | None = None
     #: The one DNS resolver every lookup goes through ([dns], shared TTL cache).
     resolver: SharedResolver | None = None
+    #: Listener name -> the hook wrapping each message it receives (senderauth's checks
+    #: on "smtp", DKIM signing on "submission"/"submissions"); absent: none.
+    message_hooks: Mapping[str, IMessageHook] = field(default_factory=dict)
+    #: The `smtp` listener's delivery target when it differs from `target` (SRS: a
+    #: router whose forwarded copies get an SRS0 sender and which resolves bounces to
+    #: SRS0 addresses); None: `target`. Submission always uses `target`.
+    mx_target: IDeliveryRouter | None = None
 
 
 @dataclass
@@ -65,10 +75,28 @@ class ListenerFactory:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def implicit_tls(context: ServerContext, factory: Factory) -> TLSMemoryBIOFactory:
+def implicit_tls(context: ServerContext, factory: Factory[Any]) -> TLSMemoryBIOFactory:
     """Wrap a protocol factory for an implicit-TLS port (RFC 8314: 465, 993, 995).
 
     The session sees an already-encrypted transport; it should treat TLS as active
     from the first byte (ISSLTransport.providedBy(transport) is True).
     """
     return TLSMemoryBIOFactory(context.tls, False, factory)
+
+
+def mailbox_listener(context: ServerContext, name: str, ports: tuple[str, str],
+                     factory_class: Callable[..., Any], refusal: bytes,
+                     ) -> ListenerFactory | None:
+    """POP3's and IMAP's pair of listeners: `ports[0]` in the clear (STLS/STARTTLS
+    offered), `ports[1]` with implicit TLS (RFC 8314). None for another name."""
+    if name not in ports:
+        return None
+    secure = name == ports[1]
+    # Mailbox reads get the disk's read pool: a heavy SEARCH never queues ahead of a
+    # delivery's fsync (decision 0011).
+    factory = factory_class(context.config, context.portal, context.disk.reads,
+                            context.mailboxes, tls_options=context.tls,
+                            implicit_tls=secure, name=name, instance=context.instance,
+                            login_throttle=context.login_throttle)
+    wrapped: Any = implicit_tls(context, factory) if secure else factory
+    return ListenerFactory(wrapped, refusal, on_stop=factory.shut_down)

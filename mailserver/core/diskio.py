@@ -18,6 +18,11 @@ choice in docs/decisions/0002-durable-delivery.md):
   all; arrivals meanwhile wait for the next batch.
 
 `DEFAULT_DISK` names the winner; `make_disk` builds it.
+
+Mailbox sessions (IMAP, POP3) get a pool of their own, `disk.reads`: their work is long
+(one SEARCH reads and decodes a whole folder) and would otherwise hold every thread
+while a delivery's commit, which gates an SMTP 250, waits in the queue behind it
+(docs/decisions/0011-separate-disk-pools.md).
 """
 
 from __future__ import annotations
@@ -34,8 +39,8 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from mailserver.core import metrics
 from mailserver.logs import logger
-from mailserver.store.maildir import fsync_dir
 
 log = logger(__name__)
 
@@ -47,6 +52,22 @@ CommitStage = Callable[[], Iterable[str | Path]]
 
 #: Threads in the disk pool: enough to overlap fsyncs on an SSD; measured in 0002.
 DEFAULT_THREADS = 8
+#: Threads for mailbox sessions' store work (`DiskExecutor.reads`): as many sessions
+#: read at once as before the split, which kept clients fed (0011).
+DEFAULT_READ_THREADS = 8
+
+
+def fsync_dir(path: Path | str) -> None:
+    """fsync a directory, so that entries created or renamed in it survive a crash.
+
+    The Maildir spec's delivery steps (write, fsync, link) leave the directory entry
+    itself to the file system; on Linux only an fsync of the directory makes it durable.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class DiskExecutor(Service):
@@ -62,6 +83,18 @@ class DiskExecutor(Service):
         self.threads = threads
         self.pool_name = name
         self._pool = self._new_pool()
+        self._reads: SessionPool | None = None
+
+    @property
+    def reads(self) -> DiskExecutor:
+        """Where IMAP and POP3 sessions run their store work: a pool of its own (set by
+        make_disk), started and stopped with this one, so a session's long read never
+        queues a commit here; this executor itself when there is none."""
+        return self._reads if self._reads is not None else self
+
+    def add_read_pool(self, threads: int) -> None:
+        """Give mailbox sessions `threads` threads of their own (before startService)."""
+        self._reads = SessionPool(threads, name=self.pool_name + "-reads")
 
     def _new_pool(self) -> ThreadPool:
         return ThreadPool(minthreads=self.threads, maxthreads=self.threads,
@@ -70,9 +103,13 @@ class DiskExecutor(Service):
     def startService(self) -> None:  # noqa: N802 - Twisted's name
         super().startService()
         self._pool.start()
+        if self._reads is not None:
+            self._reads.startService()
 
     def stopService(self) -> Deferred[None] | None:  # noqa: N802 - Twisted's name
         super().stopService()
+        if self._reads is not None:
+            self._reads.stopService()
         # A ThreadPool cannot start again once stopped: keep a fresh one for a restart.
         pool, self._pool = self._pool, self._new_pool()
         pool.stop()  # joins the workers once the queue is empty
@@ -90,8 +127,9 @@ class DiskExecutor(Service):
         """
         from twisted.internet import reactor
 
+        metrics.disk_job(1)  # the depth of the disk queue, for /metrics
         return threads.deferToThreadPool(reactor, self._pool,  # type: ignore[arg-type]
-                                         fn, *args)
+                                         fn, *args).addBoth(_job_done)
 
     def commit(self, stage: CommitStage) -> Deferred[None]:
         """Run `stage` in a disk thread, then make the directories it returns durable.
@@ -99,6 +137,15 @@ class DiskExecutor(Service):
         Fires (on the reactor) once both are done; errbacks with the OSError otherwise.
         """
         raise NotImplementedError
+
+
+class SessionPool(DiskExecutor):
+    """The threads of mailbox sessions (`DiskExecutor.reads`): run() only. Their
+    reads, and the flag and expunge writes that answer the session itself; a delivery
+    commits through the durable pool, never here."""
+
+    def commit(self, stage: CommitStage) -> Deferred[None]:
+        raise NotImplementedError("commits gate a 250: they go to the durable pool")
 
 
 class DirSyncGroup:
@@ -230,6 +277,11 @@ class BatchingDisk(DiskExecutor):
                 done.callback(None)
 
 
+def _job_done(result: T) -> T:
+    metrics.disk_job(-1)
+    return result
+
+
 def _listed(stage: CommitStage) -> list[str | Path]:
     return list(stage())
 
@@ -238,15 +290,22 @@ def _listed(stage: CommitStage) -> list[str | Path]:
 DEFAULT_DISK = "pool"
 
 
-def make_disk(strategy: str = DEFAULT_DISK, threads: int = DEFAULT_THREADS) -> DiskExecutor:
-    """A disk executor by strategy name: "pool", "pool-plain" (no coalescing), "batch"."""
+def make_disk(strategy: str = DEFAULT_DISK, threads: int = DEFAULT_THREADS,
+              read_threads: int = DEFAULT_READ_THREADS) -> DiskExecutor:
+    """A disk executor by strategy name: "pool", "pool-plain" (no coalescing), "batch";
+    with a read pool of `read_threads` for mailbox sessions (0: they share this one)."""
+    disk: DiskExecutor
     if strategy == "pool":
-        return ThreadPoolDisk(threads)
-    if strategy == "pool-plain":
-        return ThreadPoolDisk(threads, coalesce=False)
-    if strategy == "batch":
-        return BatchingDisk(threads)
-    raise ValueError(f"unknown disk strategy {strategy!r}")
+        disk = ThreadPoolDisk(threads)
+    elif strategy == "pool-plain":
+        disk = ThreadPoolDisk(threads, coalesce=False)
+    elif strategy == "batch":
+        disk = BatchingDisk(threads)
+    else:
+        raise ValueError(f"unknown disk strategy {strategy!r}")
+    if read_threads:
+        disk.add_read_pool(read_threads)
+    return disk
 
 
 def started_disk(add_cleanup: Callable[[Callable[[], object]], object],
@@ -256,7 +315,7 @@ def started_disk(add_cleanup: Callable[[Callable[[], object]], object],
     Works with trial's `self.addCleanup` and pytest's `request.addfinalizer`, so tests
     outside the store (SMTP sessions, integration) get real threads in one line.
     """
-    disk = make_disk(strategy, threads)
+    disk = make_disk(strategy, threads, read_threads=threads)
     disk.startService()
     add_cleanup(disk.stopService)
     return disk

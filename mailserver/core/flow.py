@@ -1,6 +1,7 @@
-"""Flow control shared by the line-protocol sessions (SMTP and POP3).
+"""Flow control of the line-protocol sessions: the mixin of core/connection.py's
+LineConnection, the base of the SMTP, POP3 and IMAP sessions.
 
-Both handle one command at a time. Their reading from the socket pauses while a
+Each handles one command at a time. Their reading from the socket pauses while a
 command waits for the disk or a login (so pipelined input cannot pile up), and while
 the client reads none of our replies (the session is the transport's producer: a
 full write buffer pauses it), so a client that pipelines without reading cannot make

@@ -15,12 +15,6 @@ from mailserver.imap.mime import ContentType, Part, parse_disposition
 _NIL = b"NIL"
 
 
-def count_lines(body: bytes) -> int:
-    """body-fld-lines: line breaks in the body (a last line without one does not count,
-    as in Dovecot: the CRLF before a boundary belongs to the delimiter, RFC 2046 5.1.1)."""
-    return body.count(b"\n")
-
-
 def _params(params: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...]) -> bytes:
     """body-fld-param: ("name" "value" ...) or NIL."""
     if not params:
@@ -81,17 +75,17 @@ def body_structure(part: Part, extensible: bool) -> bytes:
         nstring(header.get(b"content-id")),
         nstring(header.get(b"content-description")),
         quoted_or_literal(encoding),
-        len(part.body),
+        part.size,
     )
     if part.is_message and part.message is not None:
         inner_message = part.message
         fields += b" %s %s %d" % (
             envelope(inner_message.header),
             body_structure(inner_message, extensible),
-            count_lines(part.body),
+            part.line_breaks(),
         )
     elif ctype.maintype.lower() == b"text":
-        fields += b" %d" % count_lines(part.body)
+        fields += b" %d" % part.line_breaks()
     if extensible:
         fields += b" " + nstring(header.get(b"content-md5")) + _extension_tail(part)
     return b"(" + fields + b")"

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import bisect
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailserver.interfaces import MessageInfo
+from mailserver.auth.realm import IMailUser
+from mailserver.interfaces import IMailboxView, IUserStore, MessageInfo
 
 #: RFC 3501 9 atom-specials (and CTL), for quoting names in responses.
 ATOM_SPECIALS = frozenset(b'(){ %*"\\]') | frozenset(range(0, 32)) | {127}
@@ -266,6 +267,34 @@ ANY = frozenset(State) - {State.LOGOUT}
 NOT_AUTH = frozenset({State.NOT_AUTHENTICATED})
 AUTH = frozenset({State.AUTHENTICATED, State.SELECTED})
 SELECTED = frozenset({State.SELECTED})
+
+
+@dataclass(frozen=True, eq=False)
+class Account:
+    """What exists once a session is authenticated (RFC 3501 3.2): who, and their
+    folders. Set by LOGIN/AUTHENTICATE, never changed afterwards."""
+
+    user: IMailUser
+    store: IUserStore
+
+
+@dataclass(eq=False)
+class Selected:
+    """What exists only while a mailbox is selected (RFC 3501 3.3): made by a
+    successful SELECT/EXAMINE, gone at CLOSE, UNSELECT, a failed SELECT, or logout."""
+
+    #: The mailbox name as the client gave it (after modified UTF-7 checks).
+    name: str
+    view: IMailboxView
+    #: The keywords the client was told of (FLAGS at SELECT, or since).
+    announced_keywords: set[str] = field(default_factory=set)
+    #: Stops the store's watch on the folder; set only during IDLE.
+    unwatch: Callable[[], None] | None = None
+
+    @property
+    def read_only(self) -> bool:
+        """EXAMINE (RFC 3501 6.3.2): no flag changes, no expunges."""
+        return bool(self.view.read_only)
 
 
 #: A handler's return value when it has sent its tagged completion itself (LOGOUT,

@@ -3,18 +3,19 @@ CAPABILITY, NOOP, LOGOUT, ID, STARTTLS, LOGIN, AUTHENTICATE, ENABLE, NAMESPACE."
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from twisted.cred.credentials import UsernamePassword
+from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred
 
 from mailserver.auth.realm import IMailUser
 from mailserver.auth.sasl import SASLError, decode_base64, plain_credentials
+from mailserver.core import metrics
 from mailserver.imap import grammar
-from mailserver.imap.commands import ANSWERED, State, bad, no
+from mailserver.imap.commands import ANSWERED, Account, State, bad, no
 from mailserver.imap.encode import quoted_or_literal
-from mailserver.logs import logger
+from mailserver.logs import logger, printable
 
 if TYPE_CHECKING:
     from mailserver.imap.server import IMAPSession
@@ -53,8 +54,9 @@ async def logout(session: IMAPSession, command: grammar.Simple) -> str | None:
 async def id_command(session: IMAPSession, command: grammar.Id) -> str | None:
     """RFC 2971: we say who we are; what the client says is only logged."""
     if command.params:
+        # The client's own text: cut and without control characters (logs.printable).
         log.info("{session} client id {params}", session=session.session_id,
-                 params=", ".join(f"{k}={v}" for k, v in command.params[:6]))
+                 params=printable(", ".join(f"{k}={v}" for k, v in command.params[:6])))
     fields = (b"name", SERVER_NAME.encode(), b"version", _version().encode())
     session.send(b"* ID (" + b" ".join(quoted_or_literal(f) for f in fields) + b")\r\n")
     return None
@@ -92,6 +94,8 @@ async def login(session: IMAPSession, command: grammar.Login) -> str | None:
         # RFC 3501 6.2.3: LOGINDISABLED; RFC 5530 PRIVACYREQUIRED.
         raise no("Plaintext authentication disallowed without TLS; use STARTTLS",
                  "PRIVACYREQUIRED")
+    if _throttled(session, command.tag):
+        return ANSWERED
     return await _authenticate(session, command.tag, UsernamePassword(command.user, command.password))
 
 
@@ -101,6 +105,8 @@ async def authenticate(session: IMAPSession, command: grammar.Authenticate) -> s
     if not session.plaintext_allowed:
         raise no("Plaintext authentication disallowed without TLS; use STARTTLS",
                  "PRIVACYREQUIRED")
+    if _throttled(session, command.tag):
+        return ANSWERED
     response = command.initial
     if response is None:
         # RFC 3501 6.2.2: an empty challenge, then one line of base64 (or "*").
@@ -121,13 +127,35 @@ async def authenticate(session: IMAPSession, command: grammar.Authenticate) -> s
     return await _authenticate(session, command.tag, credentials)
 
 
-async def _authenticate(session: IMAPSession, tag: str, credentials: Any) -> str | None:
+#: RFC 5530 3 UNAVAILABLE, "temporary failure because a subsystem is down": the
+#: password is not even checked, so AUTHENTICATIONFAILED (the credentials are wrong)
+#: would mislead; a client should try again later. POP3 says [SYS/TEMP] and SMTP
+#: 421 4.7.0 alike.
+THROTTLED = no("Too many failed logins from your address; try again later", "UNAVAILABLE")
+
+
+def _throttled(session: IMAPSession, tag: str) -> bool:
+    """Refuse (and close) when this address has failed too often over any protocol
+    (core/throttle.py): reconnecting, or switching to POP3 or submission, buys a
+    guesser no more password checks."""
+    if not session.factory.login_throttle.blocked(session.peer_ip):
+        return False
+    log.info("{session} login refused: too many failures from {peer}",
+             session=session.session_id, peer=session.peer_ip)
+    session.send(THROTTLED.line(tag) + b"* BYE Too many failed logins\r\n")
+    session.close()
+    return True
+
+
+async def _authenticate(session: IMAPSession, tag: str,
+                        credentials: IUsernamePassword) -> str | None:
     try:
-        _, user, _logout = await session.factory.portal.login(credentials, None, IMailUser)
+        _, user, _logout = await metrics.counted_login(
+            "imap", session.factory.portal.login(credentials, None, IMailUser))
     except UnauthorizedLogin:
         return _failed(session, tag)
     store = await session.blocking(session.factory.open_store, user.mailbox)
-    session.logged_in(user, store)
+    session.logged_in(Account(user, store))
     log.info("{session} {user} logged in from {peer}", session=session.session_id,
              user=user.address, peer=session.peer_ip)
     return f"[CAPABILITY {' '.join(session.capabilities())}] Logged in"
@@ -136,6 +164,7 @@ async def _authenticate(session: IMAPSession, tag: str, credentials: Any) -> str
 def _failed(session: IMAPSession, tag: str) -> str | None:
     """A refused login: NO [AUTHENTICATIONFAILED], or BYE after too many."""
     session.auth_failures += 1
+    session.factory.login_throttle.failed(session.peer_ip)
     log.info("{session} login failed from {peer}", session=session.session_id,
              peer=session.peer_ip)
     refusal = no("Authentication failed", "AUTHENTICATIONFAILED")

@@ -5,13 +5,12 @@ UNSUBSCRIBE, LIST, LSUB, STATUS, APPEND; with SPECIAL-USE (RFC 6154), CHILDREN
 from __future__ import annotations
 
 import operator
-import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from mailserver.imap import grammar, mutf7
-from mailserver.imap.commands import State, bad, no
+from mailserver.imap import grammar, listmatch, mutf7
+from mailserver.imap.commands import Selected, State, bad, no
 from mailserver.imap.encode import astring, parse_date_time
-from mailserver.interfaces import FolderInfo
+from mailserver.interfaces import CopyResult, FolderInfo, FolderStatus, IMailboxView, IUserStore
 from mailserver.logs import logger
 
 if TYPE_CHECKING:
@@ -43,15 +42,15 @@ async def select(session: IMAPSession, command: grammar.MailboxCommand) -> str |
     """RFC 3501 6.3.1/6.3.2. A failed SELECT leaves no mailbox selected."""
     read_only = command.name == "EXAMINE"
     name = checked_name(command.mailbox)
-    if session.view is not None:
+    store = session.authenticated().store
+    if session.selected is not None:
         await session.deselect()  # RFC 3501 6.3.1: even if this SELECT fails
-    view = await session.blocking(session.store.select, name, read_only)
-    session.view = view
-    session.selected_name = name
+    view: IMailboxView = await session.blocking(store.select, name, read_only)
+    lines, keywords = _select_lines(view)
+    selected = session.selected = Selected(name, view, keywords)
     session.state = State.SELECTED
-    lines, session.announced_keywords = _select_lines(view)
     session.send(lines)
-    mode = "READ-ONLY" if view.read_only else "READ-WRITE"
+    mode = "READ-ONLY" if selected.read_only else "READ-WRITE"
     return f"[{mode}] {command.name.title()} completed"
 
 
@@ -59,13 +58,13 @@ _FLAGS_OF = operator.attrgetter("flags")
 _RECENT_OF = operator.attrgetter("recent")
 
 
-def _select_lines(view: Any) -> tuple[bytes, set[str]]:
+def _select_lines(view: IMailboxView) -> tuple[bytes, set[str]]:
     """RFC 3501 6.3.1 untagged data, and the keywords its FLAGS named. Keywords: those
     the folder defines (the store's `keywords`, a Maildir++ folder has 26 letters) and
     those in use; PERMANENTFLAGS has \\* only while new keywords can still be created
     (`can_create_keywords`)."""
     messages = view.messages
-    keywords: set[str] = set(getattr(view, "keywords", ()))
+    keywords: set[str] = set(view.keywords)
     # Loops in C over the messages (100k of them on the reactor thread): a folder has a
     # handful of distinct flag sets, so the Python-level work is per set.
     all_flags = list(map(_FLAGS_OF, messages))
@@ -88,12 +87,12 @@ def _select_lines(view: Any) -> tuple[bytes, set[str]]:
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace"), keywords
 
 
-def flags_lines(view: Any, keywords: set[str]) -> list[str]:
+def flags_lines(view: IMailboxView, keywords: set[str]) -> list[str]:
     """The FLAGS and PERMANENTFLAGS lines of SELECT, also sent again when a keyword
     the client has not been told of appears (RFC 3501 7.2.6: the client records the
     update; Dovecot sends it the same way)."""
     flags_text = " ".join([*SYSTEM_FLAGS, *sorted(keywords)])
-    more = ["\\*"] if getattr(view, "can_create_keywords", True) else []
+    more = ["\\*"] if view.can_create_keywords else []
     permanent = "" if view.read_only else " ".join(
         [*SYSTEM_FLAGS, *sorted(keywords), *more])
     return [f"* FLAGS ({flags_text})", f"* OK [PERMANENTFLAGS ({permanent})] Flags permitted"]
@@ -108,7 +107,7 @@ async def create(session: IMAPSession, command: grammar.MailboxCommand) -> str |
         raise no("INBOX always exists", "ALREADYEXISTS")
     if command.use:
         raise no("Special-use attributes cannot be set by CREATE here", "USEATTR")
-    await session.blocking(session.store.create, checked_name(name))
+    await session.blocking(session.authenticated().store.create, checked_name(name))
     return None
 
 
@@ -117,9 +116,9 @@ async def delete(session: IMAPSession, command: grammar.MailboxCommand) -> str |
     if name == "INBOX":
         raise no("INBOX cannot be deleted", "CANNOT")  # RFC 3501 6.3.4
     name = checked_name(name)
-    if session.view is not None and session.selected_name == name:
+    if session.selected is not None and session.selected.name == name:
         raise no("The selected mailbox cannot be deleted; select another first", "CANNOT")
-    await session.blocking(session.store.delete, name)
+    await session.blocking(session.authenticated().store.delete, name)
     return None
 
 
@@ -127,37 +126,16 @@ async def rename(session: IMAPSession, command: grammar.Rename) -> str | None:
     old, new = checked_name(command.old), command.new
     if new.upper() == "INBOX":
         raise no("INBOX already exists", "ALREADYEXISTS")
-    await session.blocking(session.store.rename, old, checked_name(new))
+    await session.blocking(session.authenticated().store.rename, old, checked_name(new))
     return None
 
 
 async def subscribe(session: IMAPSession, command: grammar.MailboxCommand) -> str | None:
     name = checked_name(command.mailbox)
-    method = (session.store.subscribe if command.name == "SUBSCRIBE"
-              else session.store.unsubscribe)
+    store = session.authenticated().store
+    method = store.subscribe if command.name == "SUBSCRIBE" else store.unsubscribe
     await session.blocking(method, name)
     return None
-
-
-def pattern_regex(reference: str, pattern: str) -> re.Pattern[str]:
-    """RFC 3501 6.3.8: `*` matches anything, `%` anything but the delimiter; the
-    reference is prefixed as is. A leading INBOX matches in any case (5.1)."""
-    full = grammar.mailbox_name((reference + pattern).encode())
-    out = []
-    # "inbox*", "Inb%": the literal head of the pattern spells the start of INBOX in
-    # another case, so it matches INBOX and INBOX's children too (as Dovecot does).
-    head = re.split(r"[*%]", full, maxsplit=1)[0][:5]
-    if head and head.upper() == "INBOX"[:len(head)] and head != "INBOX"[:len(head)]:
-        out.append(rf"(?:(?=INBOX(?:\.|\Z)){'INBOX'[:len(head)]}|{re.escape(head)})")
-        full = full[len(head):]
-    for ch in full:
-        if ch == "*":
-            out.append(".*")
-        elif ch == "%":
-            out.append("[^.]*")
-        else:
-            out.append(re.escape(ch))
-    return re.compile("".join(out) + r"\Z", re.DOTALL)
 
 
 async def list_command(session: IMAPSession, command: grammar.ListCommand) -> str | None:
@@ -174,19 +152,35 @@ async def list_command(session: IMAPSession, command: grammar.ListCommand) -> st
     for option in command.returns:
         if option not in ("SUBSCRIBED", "CHILDREN", "SPECIAL-USE"):
             raise bad(f"Unknown LIST return option {option}")
-    regex = pattern_regex(command.reference, command.pattern)
+    # RFC 3501 6.3.8: the reference and the pattern are interpreted together.
+    full = grammar.mailbox_name((command.reference + command.pattern).encode())
+    if len(full.encode()) > listmatch.MAX_PATTERN:
+        raise no(f"Mailbox pattern too long ({listmatch.MAX_PATTERN} octets at most)",
+                 "LIMIT")
+    # Listing and matching both in the disk thread: a user with many folders costs
+    # the reactor nothing (the matcher itself is linear in each name: listmatch).
+    lines: list[bytes] = await session.blocking(_list_lines, session.authenticated().store,
+                                                command,
+                                                listmatch.MailboxPattern(full))
+    session.send(b"".join(lines))
+    return None
+
+
+def _list_lines(store: IUserStore, command: grammar.ListCommand,
+                pattern: listmatch.MailboxPattern) -> list[bytes]:
+    """The untagged LIST/LSUB responses: the folders that match. Blocking."""
+    word = command.name
     subscribed_only = word == "LSUB" or "SUBSCRIBED" in command.select
-    folders: list[FolderInfo] = await session.blocking(_listing, session.store,
-                                                       subscribed_only)
+    folders = _listing(store, subscribed_only)
     show_subscribed = "SUBSCRIBED" in command.select or "SUBSCRIBED" in command.returns
     lines: list[bytes] = []
     listed: set[str] = set()
     for folder in folders:
-        if not regex.match(folder.name):
-            continue
         if subscribed_only and not folder.subscribed:
             continue
         if "SPECIAL-USE" in command.select and not folder.special_use:
+            continue
+        if not pattern.matches(folder.name):
             continue
         lines.append(_list_line(word, folder, show_subscribed))
         listed.add(folder.name)
@@ -199,23 +193,20 @@ async def list_command(session: IMAPSession, command: grammar.ListCommand) -> st
             parts = folder.name.split(grammar.DELIMITER)
             for n in range(1, len(parts)):
                 parent = grammar.DELIMITER.join(parts[:n])
-                if parent not in listed and regex.match(parent):
+                if parent not in listed and pattern.matches(parent):
                     listed.add(parent)
                     lines.append(b'* LSUB (\\Noselect) "." ' + _wire_name(parent) + b"\r\n")
-    session.send(b"".join(lines))
-    return None
+    return lines
 
 
-def _listing(store: Any, with_subscriptions: bool) -> list[FolderInfo]:
+def _listing(store: IUserStore, with_subscriptions: bool) -> list[FolderInfo]:
     """The folders, plus (for LSUB and LIST (SUBSCRIBED)) subscribed names that no
-    longer exist: RFC 3501 6.3.9 keeps them listed. Blocking. Uses the store's
-    `subscriptions()` where it has one (not part of IUserStore)."""
+    longer exist: RFC 3501 6.3.9 keeps them listed. Blocking."""
     folders: list[FolderInfo] = store.folders()
-    subscriptions = getattr(store, "subscriptions", None)
-    if with_subscriptions and subscriptions is not None:
+    if with_subscriptions:
         known = {f.name for f in folders}
         folders += [FolderInfo(name, selectable=False, subscribed=True)
-                    for name in subscriptions() if name not in known]
+                    for name in store.subscriptions() if name not in known]
     return folders
 
 
@@ -239,13 +230,13 @@ def _list_line(word: str, folder: FolderInfo, show_subscribed: bool) -> bytes:
 async def status(session: IMAPSession, command: grammar.Status) -> str | None:
     """RFC 3501 6.3.10. For the selected mailbox too (the RFC discourages, not forbids)."""
     name = checked_name(command.mailbox)
-    result = await session.blocking(session.store.status, name)
+    result: FolderStatus = await session.blocking(session.authenticated().store.status, name)
     recent = result.recent  # messages nobody has claimed yet
-    view = session.view
-    if view is not None and session.selected_name == name and not view.read_only:
+    selected = session.selected
+    if selected is not None and selected.name == name and not selected.read_only:
         # The selected mailbox: this session's own \Recent messages count too (RFC 3501
         # 7.3.2; Dovecot does the same). An EXAMINEd view's are the unclaimed ones.
-        recent += view.recent_count
+        recent += selected.view.recent_count
     values = {
         "MESSAGES": result.messages,
         "RECENT": recent,
@@ -280,10 +271,10 @@ async def append(session: IMAPSession, command: grammar.Append) -> str | None:
             flags.append(system)
         else:
             flags.append(flag)
-    result = await session.blocking(session.store.append, name, command.message,
-                                    tuple(flags), date)
+    result: CopyResult = await session.blocking(session.authenticated().store.append, name,
+                                                command.message, tuple(flags), date)
     uid = result.dest_uids[0] if result.dest_uids else 0
-    if session.view is not None and session.selected_name == name:
+    if session.selected is not None and session.selected.name == name:
         await session.sync()
     return f"[APPENDUID {result.uid_validity} {uid}] Append completed"
 

@@ -4,7 +4,7 @@ IDLE (RFC 2177), valid once authenticated."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 
@@ -21,7 +21,7 @@ from mailserver.imap.commands import (
 from mailserver.imap.commands_mailbox import SYSTEM_FLAGS, checked_name
 from mailserver.imap.encode import flag_list
 from mailserver.imap.search import CHARSETS, run_search
-from mailserver.interfaces import MessageInfo
+from mailserver.interfaces import Changes, CopyResult, IMailboxView, MessageInfo
 
 if TYPE_CHECKING:
     from mailserver.imap.server import IMAPSession
@@ -30,11 +30,14 @@ if TYPE_CHECKING:
 SEARCH_CHUNK = 10000
 
 
-def _writable(session: IMAPSession) -> Any:
-    view = session.view
-    if view.read_only:
+#: One FETCH batch as built in a disk thread: its answer bytes and the messages seen.
+BuiltBatch = tuple[bytes, list[int]]
+
+def _writable(session: IMAPSession) -> IMailboxView:
+    selected = session.selection()
+    if selected.read_only:
         raise no("Mailbox is read-only (EXAMINE)", "CANNOT")
-    return view
+    return selected.view
 
 
 async def check(session: IMAPSession, command: grammar.Simple) -> str | None:
@@ -43,9 +46,9 @@ async def check(session: IMAPSession, command: grammar.Simple) -> str | None:
 
 async def close(session: IMAPSession, command: grammar.Simple) -> str | None:
     """RFC 3501 6.4.2: expunge silently (no EXPUNGE responses), then deselect."""
-    view = session.view
-    if not view.read_only:
-        await session.blocking(view.expunge)
+    selected = session.selection()
+    if not selected.read_only:
+        await session.blocking(selected.view.expunge)
     await session.deselect()
     return None
 
@@ -63,17 +66,19 @@ async def expunge(session: IMAPSession, command: grammar.Command) -> str | None:
         uids = [view.messages[i].uid for i in indexes]
         if not uids:
             return None
-    changes = await session.blocking(view.expunge, uids)
+    changes: Changes = await session.blocking(view.expunge, uids)
     session.report(changes)
     return None
 
 
-def item_cache_key(session: IMAPSession) -> tuple[Any, ...]:
+def item_cache_key(session: IMAPSession) -> tuple[str, str, str, int]:
     """The selected folder's key in the shared item cache (fetch.CACHE): its entries
-    hold for as long as the UIDVALIDITY does (RFC 3501 2.3.1.1). The Maildir's path is
-    in it too, so a user's Maildir made again from scratch cannot meet old entries."""
-    return (str(getattr(session.store, "root", "")), session.user.address,
-            session.selected_name, session.view.uid_validity)
+    hold for as long as the UIDVALIDITY does (RFC 3501 2.3.1.1). The store's location
+    (the Maildir's path) is in it too, so a user's Maildir made again from scratch
+    cannot meet old entries."""
+    account, selected = session.authenticated(), session.selection()
+    return (str(account.store.location), str(account.user.address), selected.name,
+            int(selected.view.uid_validity))
 
 
 async def search(session: IMAPSession, command: grammar.Search) -> str | None:
@@ -81,7 +86,7 @@ async def search(session: IMAPSession, command: grammar.Search) -> str | None:
     if charset is not None and charset not in CHARSETS:
         # RFC 3501 6.4.4 / 7.1: BADCHARSET lists what we support.
         raise no(f"Unsupported charset {charset}", f"BADCHARSET ({' '.join(CHARSETS)})")
-    view = session.view
+    view = session.selection().view
     cache_key = item_cache_key(session)
     found: list[int] = await session.blocking(run_search, view, command.program,
                                               command.uid, cache_key)
@@ -93,7 +98,7 @@ async def search(session: IMAPSession, command: grammar.Search) -> str | None:
 
 
 async def fetch(session: IMAPSession, command: grammar.Fetch) -> str | None:
-    view = session.view
+    view = session.selection().view
     indexes = sequence_indexes(view.messages, command.sequence, command.uid)
     items = list(grammar.flatten(command.items))
     if command.uid and not any(att.name == "UID" for att in items):
@@ -111,7 +116,7 @@ async def fetch(session: IMAPSession, command: grammar.Fetch) -> str | None:
     missing: list[int] = []
     chunks = fetching.batches(fetch_plan, view.messages, indexes)
 
-    def build(batch: list[int]) -> Any:
+    def build(batch: list[int]) -> Deferred[BuiltBatch] | BuiltBatch:
         entries = [(i + 1, view.messages[i]) for i in batch]
         if fetch_plan.needs_disk:
             return session.blocking(fetching.build, view, fetch_plan, entries, changed,
@@ -121,8 +126,9 @@ async def fetch(session: IMAPSession, command: grammar.Fetch) -> str | None:
     with session.write_flow() as flow:
         # The next batch is built in the disk thread while this one is written: one
         # store call at a time still, but no idle hop between batches.
-        pending: Any = build(chunks[0]) if chunks else None
+        pending: Deferred[BuiltBatch] | BuiltBatch | None = build(chunks[0]) if chunks else None
         for n in range(len(chunks)):
+            assert pending is not None
             data, gone = await pending if isinstance(pending, Deferred) else pending
             pending = build(chunks[n + 1]) if n + 1 < len(chunks) else None
             missing += gone
@@ -166,10 +172,9 @@ async def store(session: IMAPSession, command: grammar.Store) -> str | None:
         # RFC 3501 6.4.6: the new flags of each message, as an untagged FETCH.
         lines = []
         messages = view.messages
-        vanished = getattr(view, "is_vanished", None)  # not in every IMailboxView
         for i in indexes:
             info = messages[i]
-            if vanished is not None and vanished(info.uid):
+            if view.is_vanished(info.uid):
                 continue  # expunged by another session; its EXPUNGE comes later
             uid = b"UID %d " % info.uid if command.uid else b""
             lines.append(b"* %d FETCH (%sFLAGS %s)\r\n" % (
@@ -180,7 +185,7 @@ async def store(session: IMAPSession, command: grammar.Store) -> str | None:
 
 async def copy(session: IMAPSession, command: grammar.Copy) -> str | None:
     """COPY (RFC 3501 6.4.7) and MOVE (RFC 6851), with COPYUID (RFC 4315 3)."""
-    view = session.view if command.name == "COPY" else _writable(session)
+    view = session.selection().view if command.name == "COPY" else _writable(session)
     dest = checked_name(command.mailbox)
     indexes = sequence_indexes(view.messages, command.sequence, command.uid)
     uids = [view.messages[i].uid for i in indexes]
@@ -188,11 +193,12 @@ async def copy(session: IMAPSession, command: grammar.Copy) -> str | None:
     if not uids:
         return f"{word} completed"
     if command.name == "COPY":
-        result = await session.blocking(view.copy, uids, dest)
-        if not result.source_uids:
+        copied: CopyResult = await session.blocking(view.copy, uids, dest)
+        if not copied.source_uids:
             raise _all_vanished()
-        return f"[{_copyuid(result)}] Copy completed"
-    result, changes = await session.blocking(view.move, uids, dest)
+        return f"[{_copyuid(copied)}] Copy completed"
+    moved: tuple[CopyResult, Changes] = await session.blocking(view.move, uids, dest)
+    result, changes = moved
     if result.source_uids:
         # RFC 6851 4.3: COPYUID in an untagged OK before the EXPUNGEs.
         session.send(f"* OK [{_copyuid(result)}] Moved\r\n".encode())
@@ -209,7 +215,7 @@ def _all_vanished() -> Refusal:
     return no("Some of the requested messages no longer exist", "EXPUNGEISSUED")
 
 
-def _copyuid(result: Any) -> str:
+def _copyuid(result: CopyResult) -> str:
     return (f"COPYUID {result.uid_validity} {uid_set_text(result.source_uids)} "
             f"{uid_set_text(result.dest_uids)}")
 

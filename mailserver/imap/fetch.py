@@ -19,7 +19,7 @@ from typing import Any
 from mailserver.imap.encode import flag_list, internal_date, literal
 from mailserver.imap.grammar import FetchAtt
 from mailserver.imap.message import ParsedMessage, header_fields, partial
-from mailserver.interfaces import MessageInfo, StoreError
+from mailserver.interfaces import IMailboxView, MessageInfo, StoreError
 
 #: Items answered from MessageInfo alone.
 _MEMORY_ITEMS = frozenset({"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"})
@@ -136,7 +136,7 @@ class _Loader:
 
     __slots__ = ("view", "uid", "_header", "_full")
 
-    def __init__(self, view: Any, uid: int) -> None:
+    def __init__(self, view: IMailboxView, uid: int) -> None:
         self.view = view
         self.uid = uid
         self._header: ParsedMessage | None = None
@@ -155,7 +155,7 @@ class _Loader:
         return self._full
 
 
-def build(view: Any, fetch_plan: FetchPlan, entries: Sequence[tuple[int, MessageInfo]],
+def build(view: IMailboxView, fetch_plan: FetchPlan, entries: Sequence[tuple[int, MessageInfo]],
           flags_changed: frozenset[int] = frozenset(),
           cache_key: tuple[Any, ...] | None = None) -> tuple[bytes, list[int]]:
     """`* n FETCH (...)` lines for (sequence number, info) pairs, and the sequence

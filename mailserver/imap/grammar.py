@@ -50,6 +50,12 @@ from mailserver.imap.commands import (  # the typed commands this module produce
 MAX_NUMBER = 4294967295
 #: Deepest parenthesis nesting we parse in SEARCH (each level is a recursion).
 MAX_DEPTH = 32
+#: Most search keys (criteria, not counting NOT, OR and parentheses) in one SEARCH.
+#: Each is evaluated for every message, so the work is keys x messages; clients send a
+#: handful (Thunderbird's quick filter and Roundcube's all-fields search: 4 to 8 per
+#: word), and OR chains are already bounded by MAX_DEPTH, but a balanced tree of ORs
+#: is not: 100 is ten times what a client sends and 1/100 of what a 64 KiB line holds.
+MAX_SEARCH_KEYS = 100
 #: A mailbox name longer than this is refused (Dovecot's limit is similar).
 MAX_MAILBOX_NAME = 1024
 #: The hierarchy delimiter (Maildir++ and Dovecot's default).
@@ -107,6 +113,8 @@ class Reader:
         self.data = data
         self.pos = 0
         self.tag = tag
+        #: Search keys read so far (MAX_SEARCH_KEYS).
+        self.search_keys = 0
 
     def fail(self, text: str, code: str = "") -> ParseError:
         return ParseError(text, self.tag, code)
@@ -711,8 +719,11 @@ def _search_key(r: Reader, depth: int) -> SearchProgram:
         r.expect(b")")
         return keys[0] if len(keys) == 1 else SearchAnd(tuple(keys))
     if c is not None and (0x30 <= c <= 0x39 or c == 0x2A):
+        _count_key(r)
         return SearchKey("SEQUENCE", r.sequence_set())
     op = r.atom().upper()
+    if op not in ("NOT", "OR"):
+        _count_key(r)
     if op in _SEARCH_FLAG_KEYS:
         return SearchKey(op)
     r.sp()
@@ -737,6 +748,12 @@ def _search_key(r: Reader, depth: int) -> SearchProgram:
     if op == "UID":
         return SearchKey(op, r.sequence_set())
     raise r.fail(f"unknown search key {op}")
+
+
+def _count_key(r: Reader) -> None:
+    r.search_keys += 1
+    if r.search_keys > MAX_SEARCH_KEYS:
+        raise r.fail(f"too many search keys ({MAX_SEARCH_KEYS} at most)", "LIMIT")
 
 
 _PARSERS: dict[str, Any] = {

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 
 from mailserver.imap import bodystructure as _bodystructure
 from mailserver.imap import envelope as _envelope
-from mailserver.imap.mime import TEXT_PLAIN, Header, Part, entity, expand, split_header, unfold
+from mailserver.imap.mime import TEXT_PLAIN, Header, Part, body_start, entity, expand, unfold
 
 __all__ = ["ParsedMessage", "header_fields", "partial", "decode_header_value"]
 
@@ -180,7 +180,8 @@ def decode_transfer(body: bytes, encoding: bytes | None) -> bytes:
 class ParsedMessage:
     """A message for FETCH and SEARCH; parses lazily and caches what it parsed."""
 
-    __slots__ = ("raw", "_header_raw", "_body", "_header", "_tree", "_cache")
+    __slots__ = ("raw", "_header_raw", "_body", "_header", "_tree", "_cache", "_folded_body",
+                 "_folded_header")
 
     def __init__(self, raw: bytes) -> None:
         self.raw = raw
@@ -189,6 +190,11 @@ class ParsedMessage:
         self._header: Header | None = None
         self._tree: Part | None = None
         self._cache: dict[str, bytes] = {}
+        #: SEARCH BODY/TEXT: the decoded, casefolded texts, made on the first such key
+        #: and kept for the others (a SEARCH with ten TEXT keys decodes once, not ten
+        #: times).
+        self._folded_body: tuple[str, ...] | None = None
+        self._folded_header: str | None = None
 
     @classmethod
     def from_header(cls, header: bytes) -> ParsedMessage:
@@ -202,7 +208,8 @@ class ParsedMessage:
     # -- slices
 
     def _split(self) -> None:
-        self._header_raw, self._body = split_header(self.raw)
+        # The header alone: the body is sliced out only when asked for (BODY[TEXT]).
+        self._header_raw = self.raw[:body_start(self.raw, 0, len(self.raw))]
 
     @property
     def header_block(self) -> bytes:
@@ -216,8 +223,7 @@ class ParsedMessage:
     def body(self) -> bytes:
         """Everything after the header block (BODY[TEXT])."""
         if self._body is None:
-            self._split()
-        assert self._body is not None
+            self._body = self.raw[len(self.header_block):]
         return self._body
 
     @property
@@ -230,7 +236,10 @@ class ParsedMessage:
     def tree(self) -> Part:
         """The MIME part tree (built on first use)."""
         if self._tree is None:
-            self._tree = expand(entity(self.header, self.body, TEXT_PLAIN, 0))
+            # Offsets into self.raw: the tree never copies the body (mime.Part).
+            raw = self.raw
+            self._tree = expand(entity(self.header, raw, len(self.header_block), len(raw),
+                                       TEXT_PLAIN, 0))
         return self._tree
 
     # -- FETCH items
@@ -341,14 +350,18 @@ class ParsedMessage:
         folded = needle.casefold()
         if not folded:
             return True
-        return any(folded in text.casefold() for text in self._body_texts())
+        if self._folded_body is None:
+            self._folded_body = tuple(text.casefold() for text in self._body_texts())
+        return any(folded in text for text in self._folded_body)
 
     def text_contains(self, needle: str) -> bool:
         """SEARCH TEXT: header or body."""
         folded = needle.casefold()
         if not folded:
             return True
-        if folded in decode_header_value(self.header_block).casefold():
+        if self._folded_header is None:
+            self._folded_header = decode_header_value(self.header_block).casefold()
+        if folded in self._folded_header:
             return True
         return self.body_contains(needle)
 

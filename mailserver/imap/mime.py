@@ -4,14 +4,18 @@ Why not the `email` package: FETCH ENVELOPE/BODYSTRUCTURE/header fields for ever
 message of a big folder is the hot path of IMAP, and email.message_from_bytes builds
 objects, decodes and re-encodes for every part. Here a message is sliced, never
 copied more than once, and only as far as the FETCH needs: the header block alone for
-ENVELOPE and header fields, the whole tree only for BODYSTRUCTURE and BODY[n].
+ENVELOPE and header fields, the whole tree only for BODYSTRUCTURE and BODY[n]. The
+tree holds offsets into the one message buffer, not copies: a part's body is sliced out
+only when it is sent or decoded, so memory for a tree is the message plus its headers
+plus a few hundred bytes per part, however deep the nesting (copying the rest of the
+message at every level cost 100 times its size for 99 nested multiparts).
 
 Input is the message as served (CRLF line ends); bare LF line ends are tolerated
 everywhere (a file copied into the Maildir by another tool).
 
-Hostile input is bounded: nesting stops at MAX_DEPTH (deeper parts are leaves), a
-multipart keeps at most MAX_PARTS children, and no step recurses on the Python stack
-more than MAX_DEPTH deep.
+Hostile input is bounded: nesting stops at MAX_DEPTH (a multipart or message/rfc822
+there is an application/octet-stream leaf), a tree has at most MAX_PARTS parts, and no
+step recurses on the Python stack more than MAX_DEPTH deep.
 """
 
 from __future__ import annotations
@@ -19,10 +23,15 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-#: Deepest multipart / message/rfc822 nesting we descend into; deeper entities are
-#: treated as leaves (their bytes still served). Dovecot's limit is 100 as well.
+#: Deepest multipart / message/rfc822 nesting we descend into; an entity at this depth
+#: is an application/octet-stream leaf (its bytes still served as BODY[1.1...]).
+#: Dovecot's max_nested_mime_parts is 100 too: with the tree sharing one buffer, depth
+#: no longer multiplies memory (only CPU, one boundary scan per level), and the same
+#: limit keeps BODYSTRUCTURE identical to Dovecot's for every message it would parse.
+#: Real mail nests a handful of levels (a forward of a forward of a signed message).
 MAX_DEPTH = 100
-#: Most children of one multipart we list (Dovecot: 10,000 parts per message).
+#: Most parts of one message's tree, all levels together (Dovecot's
+#: max_total_mime_parts is 10,000 as well): bounds a tree's objects at a few MB.
 MAX_PARTS = 10_000
 
 # A header field: name (no SP, CTL or ":"), optional WSP, ":", then the value up to the
@@ -38,14 +47,8 @@ _HEADER_END = re.compile(rb"\n\r?\n")
 
 def split_header(raw: bytes) -> tuple[bytes, bytes]:
     """(header block including the blank line, body). No blank line: all header."""
-    if raw.startswith(b"\r\n"):
-        return raw[:2], raw[2:]
-    if raw.startswith(b"\n"):
-        return raw[:1], raw[1:]
-    m = _HEADER_END.search(raw)
-    if m is None:
-        return raw, b""
-    return raw[:m.end()], raw[m.end():]
+    end = body_start(raw, 0, len(raw))
+    return raw[:end], raw[end:]
 
 
 def unfold(value: bytes) -> bytes:
@@ -267,16 +270,40 @@ def parse_disposition(value: bytes | None) -> tuple[bytes, list[tuple[bytes, byt
 
 @dataclass(slots=True, eq=False)
 class Part:
-    """One MIME entity: its header block and its body, as slices of the message."""
+    """One MIME entity: its header block, and its body as a span of the message.
+
+    The body is `buf[start:end]`, where `buf` is the whole message: every part of a
+    tree shares that one buffer, so the tree costs the headers (which never overlap)
+    plus a few hundred bytes per part, whatever the nesting. Slicing copies the span
+    out only when a FETCH or SEARCH asks for those bytes.
+    """
 
     header: Header
-    body: bytes
+    buf: bytes
+    start: int
+    end: int
     content_type: ContentType
     depth: int
     #: The parts of a multipart (empty for other types).
     children: list[Part] = field(default_factory=list)
     #: The encapsulated message of a message/rfc822 (or global) part.
     message: Part | None = None
+
+    @property
+    def body(self) -> bytes:
+        """The body's bytes (a copy of the span: ask for it only to send or decode it)."""
+        return self.buf[self.start:self.end]
+
+    @property
+    def size(self) -> int:
+        """body-fld-octets: octets of the body as served."""
+        return self.end - self.start
+
+    def line_breaks(self) -> int:
+        """body-fld-lines, counted in place: line breaks in the body (a last line
+        without one does not count, as in Dovecot: the CRLF before a boundary belongs
+        to the delimiter, RFC 2046 5.1.1)."""
+        return self.buf.count(b"\n", self.start, self.end)
 
     @property
     def is_multipart(self) -> bool:
@@ -289,8 +316,14 @@ class Part:
                 and self.depth < MAX_DEPTH)
 
 
-def _boundary_positions(body: bytes, boundary: bytes) -> list[tuple[int, int, bool]]:
-    """Where each boundary line starts and ends, and whether it is the close delimiter.
+# Only linear white space up to the end of a delimiter line (RFC 2046 5.1.1).
+_BLANK = re.compile(rb"[ \t\r\n]*")
+
+
+def _boundary_positions(buf: bytes, start: int, end: int, boundary: bytes,
+                        limit: int) -> list[tuple[int, int, bool]]:
+    """Where each boundary line of buf[start:end] starts and ends (offsets into buf),
+    and whether it is the close delimiter; at most `limit` + 1 of them.
 
     RFC 2046 5.1.1: a delimiter is CRLF "--" boundary at the start of a line, then
     only linear white space up to the line end; the close delimiter adds "--". The CRLF
@@ -299,103 +332,135 @@ def _boundary_positions(body: bytes, boundary: bytes) -> list[tuple[int, int, bo
     """
     marker = b"--" + boundary
     found: list[tuple[int, int, bool]] = []
-    n = len(body)
-    i = 0 if body.startswith(marker) else _next_marker(body, marker, 0)
-    while i >= 0 and len(found) <= MAX_PARTS:
+    i = start if buf.startswith(marker, start, end) else _next_marker(buf, marker, start, end)
+    while i >= 0 and len(found) <= limit:
         after = i + len(marker)
-        eol = body.find(b"\n", after)
-        line_end = n if eol < 0 else eol + 1
-        close = body.startswith(b"--", after)
-        if close or not body[after:line_end].strip(b" \t\r\n"):
+        eol = buf.find(b"\n", after, end)
+        line_end = end if eol < 0 else eol + 1
+        close = buf.startswith(b"--", after, end)
+        if close or _BLANK.match(buf, after, line_end).end() == line_end:  # type: ignore[union-attr]
             found.append((i, line_end, close))
             if close:
                 break
-        i = _next_marker(body, marker, line_end - 1)
+        i = _next_marker(buf, marker, line_end - 1, end)
     return found
 
 
-def _next_marker(body: bytes, marker: bytes, start: int) -> int:
-    """Start of the next line beginning with `marker` at or after `start`, or -1."""
-    i = body.find(b"\n" + marker, start)
+def _next_marker(buf: bytes, marker: bytes, start: int, end: int) -> int:
+    """Start of the next line beginning with `marker` in buf[start:end], or -1."""
+    i = buf.find(b"\n" + marker, start, end)
     return i + 1 if i >= 0 else -1
 
 
-def _strip_eol(body: bytes, end: int) -> int:
+def _strip_eol(buf: bytes, floor: int, end: int) -> int:
     """The part ends before the line break that precedes its delimiter line."""
-    if end > 0 and body[end - 1] == 0x0A:
+    if end > floor and buf[end - 1] == 0x0A:
         end -= 1
-        if end > 0 and body[end - 1] == 0x0D:
+        if end > floor and buf[end - 1] == 0x0D:
             end -= 1
     return end
 
 
+def body_start(buf: bytes, start: int, end: int) -> int:
+    """Where the body of the entity buf[start:end] begins: after the blank line that
+    ends its header; `start` when it begins with one, `end` when it has none."""
+    if buf.startswith(b"\r\n", start, end):
+        return start + 2
+    if buf.startswith(b"\n", start, end):
+        return start + 1
+    m = _HEADER_END.search(buf, start, end)
+    return end if m is None else m.end()
+
+
 def build_part(raw: bytes, default: ContentType, depth: int) -> Part:
     """Parse one entity (header + body) and, iteratively, everything nested in it."""
-    return expand(_make_part(raw, default, depth))
+    return expand(_make_part(raw, 0, len(raw), default, depth))
 
 
-def entity(header: Header, body: bytes, default: ContentType, depth: int) -> Part:
-    """A Part from an already split header and body (children not parsed yet)."""
+def entity(header: Header, buf: bytes, start: int, end: int, default: ContentType,
+           depth: int) -> Part:
+    """A Part whose body is buf[start:end], header already split (children not parsed)."""
     ctype = parse_content_type(header.get(b"content-type"), default)
     if depth >= MAX_DEPTH and ctype.maintype.lower() in (b"multipart", b"message"):
         # Too deep to descend: shown as an opaque leaf. BODYSTRUCTURE cannot show a
         # multipart or message/rfc822 without its contents, so it is octet-stream.
         ctype = OPAQUE
-    return Part(header, body, ctype, depth)
+    return Part(header, buf, start, end, ctype, depth)
 
 
 def expand(root: Part) -> Part:
-    """Parse everything nested in `root`, without recursion on the Python stack."""
+    """Parse everything nested in `root`, without recursion on the Python stack.
+
+    At most MAX_PARTS entities are made for one tree (Dovecot's max_total_mime_parts
+    is 10,000 as well), in document order: a multipart's children past the budget are
+    not listed, and a multipart or message/rfc822 reached once the budget is spent is
+    an opaque leaf, like one nested too deep (its bytes are still served).
+    """
     pending = [root]
+    budget = MAX_PARTS
     while pending:
         part = pending.pop()
-        if part.is_multipart:
-            part.children = _split_multipart(part)
-            pending.extend(part.children)
+        if (part.is_multipart or part.is_message) and budget <= 0:
+            part.content_type = OPAQUE
+        elif part.is_multipart:
+            part.children = _split_multipart(part, budget)
+            budget -= len(part.children)
+            pending.extend(reversed(part.children))
         elif part.is_message:
-            part.message = _make_part(part.body, TEXT_PLAIN, part.depth + 1)
+            part.message = _make_part(part.buf, part.start, part.end, TEXT_PLAIN,
+                                      part.depth + 1)
+            budget -= 1
             pending.append(part.message)
     return root
 
 
-def _make_part(raw: bytes, default: ContentType, depth: int) -> Part:
-    head, body = split_header(raw)
-    return entity(Header(head), body, default, depth)
+def _make_part(buf: bytes, start: int, end: int, default: ContentType, depth: int) -> Part:
+    body = body_start(buf, start, end)
+    return entity(Header(buf[start:body]), buf, body, end, default, depth)
 
 
-def _ends_with_close(child: Part, data: bytes) -> bool:
+def _ends_with_close(child: Part, start: int, end: int) -> bool:
+    """Whether buf[start:end] ends with the child's own close delimiter (trailing
+    blanks aside), looked at in place."""
     boundary = child.content_type.param(b"boundary")
     if not boundary:
         return False
-    return data.rstrip(b" \t").endswith(b"--" + boundary + b"--")
+    buf = child.buf
+    while end > start:  # skip trailing SP / HTAB a window at a time, copying no more
+        window = max(start, end - 4096)
+        kept = len(buf[window:end].rstrip(b" \t"))
+        end = window + kept
+        if kept:
+            break
+    return buf.endswith(b"--" + boundary + b"--", start, end)
 
 
-def _split_multipart(part: Part) -> list[Part]:
+def _split_multipart(part: Part, limit: int) -> list[Part]:
+    """The children of a multipart, at most `limit` (>= 1) of them."""
     boundary = part.content_type.param(b"boundary")
     child_default = (MESSAGE_RFC822 if part.content_type.subtype.lower() == b"digest"
                      else TEXT_PLAIN)
-    body = part.body
+    buf, first, last = part.buf, part.start, part.end
+    depth = part.depth + 1
     children: list[Part] = []
     if boundary:
-        positions = _boundary_positions(body, boundary)
+        positions = _boundary_positions(buf, first, last, boundary, limit)
         followers: list[tuple[int, int, bool] | None] = [*positions[1:], None]
         for (_, start, close), following in zip(positions, followers, strict=False):
-            if close:
+            if close or len(children) >= limit:
                 break
             if following is None:
-                end = len(body)
-                child = _make_part(body[start:], child_default, part.depth + 1)
+                child = _make_part(buf, start, last, child_default, depth)
             else:
-                end = _strip_eol(body, following[0])
-                child = _make_part(body[start:max(start, end)], child_default,
-                                   part.depth + 1)
-                if child.is_multipart and _ends_with_close(child, body[start:end]):
+                end = _strip_eol(buf, first, following[0])
+                child = _make_part(buf, start, max(start, end), child_default, depth)
+                if child.is_multipart and _ends_with_close(child, start, end):
                     # The line break of a nested multipart's close delimiter stays
                     # with it when no epilogue follows (Dovecot's BODY[n] and size).
-                    child.body = body[start + len(child.header.raw):following[0]]
+                    child.end = following[0]
             children.append(child)
     if not children:
         # RFC 3501's body-type-mpart needs at least one body: a multipart without
         # boundary or parts shows one empty text/plain part, as Dovecot does.
-        children.append(Part(Header(b""), b"", TEXT_PLAIN, part.depth + 1))
+        children.append(Part(Header(b""), b"", 0, 0, TEXT_PLAIN, depth))
     return children

@@ -23,7 +23,7 @@ from mailserver.imap.grammar import (
     SequenceSet,
 )
 from mailserver.imap.message import ADDRESS_FIELDS, ParsedMessage, header_fields
-from mailserver.interfaces import MessageInfo, StoreError
+from mailserver.interfaces import IMailboxView, MessageInfo, StoreError
 
 #: Charsets we can search in (RFC 3501 6.4.4: US-ASCII must be supported).
 CHARSETS = ("US-ASCII", "UTF-8")
@@ -55,7 +55,7 @@ class _Message:
 
     __slots__ = ("view", "info", "seq", "cache_key", "_raw_header", "_header", "_full")
 
-    def __init__(self, view: Any, info: MessageInfo, seq: int,
+    def __init__(self, view: IMailboxView, info: MessageInfo, seq: int,
                  cache_key: tuple[Any, ...] | None = None) -> None:
         self.view = view
         self.info = info
@@ -125,7 +125,7 @@ class _Message:
 
 
 class Evaluator:
-    def __init__(self, view: Any) -> None:
+    def __init__(self, view: IMailboxView) -> None:
         messages = view.messages
         self.view = view
         self.count = len(messages)
@@ -197,7 +197,7 @@ def _text(value: bytes) -> str:
     return value.decode("utf-8", "replace")
 
 
-def run_search(view: Any, program: SearchProgram, uid: bool,
+def run_search(view: IMailboxView, program: SearchProgram, uid: bool,
                cache_key: tuple[Any, ...] | None = None) -> list[int]:
     """Sequence numbers (or UIDs) of the matching messages, ascending. Blocking.
 

@@ -19,15 +19,19 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from twisted.cred.portal import Portal
 from twisted.internet import interfaces
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
-from twisted.internet.protocol import Factory, Protocol
-from twisted.protocols.policies import TimeoutMixin
+from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mailserver.config import Config
-from mailserver.core.flow import CLOSE_GRACE, FlowControl
+from mailserver.core import metrics
+from mailserver.core.connection import Goodbyes, LineConnection
+from mailserver.core.diskio import DiskExecutor
+from mailserver.core.lines import IMAP_LINES, LineRefused
+from mailserver.core.throttle import LoginThrottle
 from mailserver.imap import grammar
 from mailserver.imap.commands import (
     ANSWERED,
@@ -35,21 +39,22 @@ from mailserver.imap.commands import (
     AUTH,
     NOT_AUTH,
     SELECTED,
+    Account,
     Append,
     Refusal,
+    Selected,
     State,
     bad,
     index_of_uid,
 )
 from mailserver.imap.encode import flag_list
-from mailserver.interfaces import Changes, StoreError
+from mailserver.interfaces import Changes, IMailboxOpener, IUserStore, MailboxId, StoreError
 from mailserver.logs import logger
 
 log = logger(__name__)
 
-#: Longest command line (without literals). RFC 7162 3 asks for at least 8192 octets;
-#: long UID sets from sync clients need more, so we allow what Dovecot allows.
-MAX_LINE = 64 * 1024
+#: Longest command line (without literals); core/lines.py states why (IMAP_LINES).
+MAX_LINE = IMAP_LINES.max_line
 #: Largest command, literals included, except APPEND's message (APPENDLIMIT).
 MAX_COMMAND = 64 * 1024
 #: Pipelined input held while a command is pending before we stop reading the socket.
@@ -64,7 +69,9 @@ MAX_AUTH_FAILURES = 5
 #: RFC 3501 5.4: an authenticated session's autologout timer is at least 30 minutes.
 AUTHENTICATED_TIMEOUT = 31 * 60
 
-Handler = Callable[[Any, Any], Awaitable[str | None]]
+#: A command handler of commands_*.py: `async def handler(session, command)`. The
+#: command is typed by each handler (grammar's dataclasses), hence Any here.
+Handler = Callable[["IMAPSession", Any], Awaitable[str | None]]
 
 
 @implementer(interfaces.IPushProducer)
@@ -100,34 +107,34 @@ class WriteFlow:
 
 
 class IMAPServerFactory(Factory):
-    """Builds one IMAPSession per connection, sharing config, portal, disk and TLS.
+    """Builds one IMAPSession per connection, sharing config, portal, disk threads,
+    TLS, the way to users' stores and the login throttle (the context's).
 
-    `open_store(config, mailbox)` builds a user's IUserStore (blocking: called in a disk
-    thread); `disk` runs blocking calls (`run(fn, *args) -> Deferred`).
+    `mailboxes.open_user_store(mailbox)` builds a user's IUserStore (blocking: called
+    in a disk thread); `disk` runs blocking calls (`run(fn, *args) -> Deferred`).
     """
 
-    def __init__(self, config: Config, portal: Any, disk: Any,
+    def __init__(self, config: Config, portal: Portal, disk: DiskExecutor,
+                 mailboxes: IMailboxOpener,
                  tls_options: interfaces.IOpenSSLServerConnectionCreator | None = None,
                  implicit_tls: bool = False, name: str = "imap", instance: int = 0,
-                 open_store: Callable[..., Any] | None = None) -> None:
+                 login_throttle: LoginThrottle | None = None) -> None:
         self.config = config
         self.portal = portal
         self.disk = disk
+        self.mailboxes = mailboxes
+        self.login_throttle = login_throttle or LoginThrottle()
         self.tls_options = tls_options
         self.implicit_tls = implicit_tls
         self.name = name
         self.id_prefix = f"w{instance}-{name}" if instance else name
-        self._open_store = open_store
         self.sessions_started = 0
         self.sessions: set[IMAPSession] = set()
         self.shutting_down = False
 
-    def open_store(self, mailbox: Any) -> Any:
-        if self._open_store is None:
-            from mailserver.store.userstore import open_user_store
-
-            self._open_store = open_user_store
-        return self._open_store(self.config, mailbox)
+    def open_store(self, mailbox: MailboxId) -> IUserStore:
+        """Blocking: the user's folders (their Maildir is created if missing)."""
+        return self.mailboxes.open_user_store(mailbox)
 
     def buildProtocol(self, addr: interfaces.IAddress | None) -> IMAPSession:
         self.sessions_started += 1
@@ -145,29 +152,36 @@ class SessionEnded(Exception):
     stops without a tagged answer."""
 
 
-class IMAPSession(FlowControl, Protocol, TimeoutMixin):
+class IMAPSession(LineConnection):
+    """One IMAP connection (the reading, waiting, error limit and timeouts are
+    core/connection.py's, the framing rules core/lines.py's IMAP_LINES)."""
+
+    rules = IMAP_LINES
+    goodbyes = Goodbyes(timeout="* BYE Autologout; idle for too long",
+                        errors="* BYE Too many invalid commands",
+                        shutdown="* BYE Server shutting down")
     max_pending_input = MAX_PENDING_INPUT
-    """One IMAP connection."""
+    # Answers are written in few big chunks, then the tagged line alone: with Nagle
+    # that line waited for the client's delayed ACK (40 ms on Linux) whenever the
+    # chunk before it came from a disk thread, e.g. every warm FETCH of headers.
+    tcp_no_delay = True
+    shut_down_while_busy = True  # `* BYE` may come at any time (RFC 3501 7.1.5)
+    timeout_log = "{session} autologout from {peer}"
 
     def __init__(self, factory: IMAPServerFactory, number: int) -> None:
         self.factory = factory
         self.config = factory.config
         self.session_id = f"{factory.id_prefix}-{number}"
-        self.peer_ip = "unknown"
         self.state = State.NOT_AUTHENTICATED
         self.tls_active = factory.implicit_tls
-        self.user: Any = None          # IMailUser avatar once authenticated
-        self.store: Any = None         # IUserStore once authenticated
-        self.view: Any = None          # IMailboxView while a mailbox is selected
-        self.selected_name = ""
-        #: The keywords the client was told of (FLAGS at SELECT, or since).
-        self.announced_keywords: set[str] = set()
-        self.unwatch: Callable[[], None] | None = None
+        #: The user and their store, from login on (states AUTHENTICATED, SELECTED).
+        self.account: Account | None = None
+        #: The selected mailbox, in state SELECTED only.
+        self.selected: Selected | None = None
         self.auth_failures = 0
-        self.errors = 0
         self.flow: WriteFlow | None = None
-        # Input
-        self._buffer = bytearray()
+        self.init_connection()
+        # Commands with literals
         self._parts: list[bytes] = []      # the command framed so far
         self._parts_size = 0
         self._literal_left = 0             # octets of the current literal still to come
@@ -175,13 +189,6 @@ class IMAPSession(FlowControl, Protocol, TimeoutMixin):
         #: index in _parts where it belongs (a `{0}` stands in for it there).
         self._body: bytearray | None = None
         self._body_at = 0
-        self._discarding_line = False
-        self._discard_tag: str | None = None
-        self._busy = False
-        self._processing = False
-        self._closing = False
-        self._lost = False
-        self.init_flow()
         #: While set, the next line is the answer to a continuation (`+`) we sent:
         #: an AUTHENTICATE response or IDLE's DONE.
         self._continuation: Callable[[bytes], None] | None = None
@@ -193,52 +200,21 @@ class IMAPSession(FlowControl, Protocol, TimeoutMixin):
 
     # -- connection lifecycle ------------------------------------------------------------
 
-    def connectionMade(self) -> None:
-        peer = self.transport.getPeer()  # type: ignore[union-attr]
-        self.peer_ip = getattr(peer, "host", "unknown")
-        # Answers are written in few big chunks, then the tagged line alone: with Nagle
-        # that line waited for the client's delayed ACK (40 ms on Linux) whenever the
-        # chunk before it came from a disk thread, e.g. every warm FETCH of headers.
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            try:
-                set_no_delay(True)
-            except OSError:  # not a TCP socket (tests, UNIX sockets)
-                pass
-        self.factory.sessions.add(self)
-        self.start_flow()
-        self.setTimeout(self.config.limits.command_timeout)
+    def greeting(self) -> None:
         caps = " ".join(self.capabilities())
         self.send(f"* OK [CAPABILITY {caps}] {self.config.hostname} IMAP4rev1 ready\r\n"
                   .encode())
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.setTimeout(None)
-        self._closing = True
-        self._lost = True
-        self.factory.sessions.discard(self)
+        super().connectionLost(reason)
         if self.flow is not None:
             self.flow.stopProducing()
         if not self._busy:  # else the running command's end drops it (one call at a time)
             self._drop_view()
 
-    def shut_down(self) -> None:
-        self.send(b"* BYE Server shutting down\r\n")
-        self.close()
-
-    def timeoutConnection(self) -> None:
-        if self.abort_if_not_reading():
-            return
-        log.info("{session} autologout from {peer}", session=self.session_id,
-                 peer=self.peer_ip)
-        self.send(b"* BYE Autologout; idle for too long\r\n")
-        self.close()
-        self.setTimeout(CLOSE_GRACE)  # ... unless the client never reads that line
-
-    def close(self) -> None:
-        self._closing = True
-        self._buffer.clear()
-        self.close_transport()
+    def closed_while_busy(self) -> None:
+        if self._lost:
+            self._drop_view()
 
     # The session is the transport's producer (core/flow.py) for its whole life; a long
     # FETCH answer waits on `self.flow`, which follows the session's pause and resume.
@@ -253,31 +229,46 @@ class IMAPSession(FlowControl, Protocol, TimeoutMixin):
             self.flow.resumeProducing()
         super().resumeProducing()
 
+    def authenticated(self) -> Account:
+        """The user and their store. HANDLERS run a command that needs them only in
+        the states that have them, so a missing one is a bug, not a client error."""
+        if self.account is None:
+            raise RuntimeError(f"{self.session_id}: not authenticated")
+        return self.account
+
+    def selection(self) -> Selected:
+        """The selected mailbox; as `authenticated`, for SELECTED-state commands."""
+        if self.selected is None:
+            raise RuntimeError(f"{self.session_id}: no mailbox selected")
+        return self.selected
+
     def watch_folder(self) -> None:
         """Watch the selected folder (IDLE only). Outside IDLE every command syncs, so a
         watch would only cost: each rename of our own STORE is an inotify event read on
         the reactor thread (20,000 of them for STORE 1:* on 10,000 messages)."""
-        if self.unwatch is not None or self.store is None or not self.selected_name:
+        selected = self.selected
+        if selected is None or selected.unwatch is not None or self.account is None:
             return
         try:
-            self.unwatch = self.store.watch(self.selected_name, self.folder_changed)
+            selected.unwatch = self.account.store.watch(selected.name, self.folder_changed)
         except Exception as e:  # IDLE falls back to reporting at the next command
             log.warn("{session} cannot watch {name}: {e!r}", session=self.session_id,
-                     name=self.selected_name, e=e)
+                     name=selected.name, e=e)
 
     def unwatch_folder(self) -> None:
-        if self.unwatch is not None:
-            self.unwatch()
-            self.unwatch = None
+        selected = self.selected
+        if selected is not None and selected.unwatch is not None:
+            unwatch, selected.unwatch = selected.unwatch, None
+            unwatch()
 
     def _drop_view(self) -> Deferred[None]:
         """Stop watching and close the view; closing writes the index, so it runs in a
         disk thread. The Deferred fires once it is closed (errors are logged)."""
         self.unwatch_folder()
-        view, self.view = self.view, None
-        if view is None:
+        selected, self.selected = self.selected, None
+        if selected is None:
             return succeed(None)
-        d = self.blocking(view.close)
+        d = self.blocking(selected.view.close)
         d.addErrback(lambda f: log.failure("{session} closing the view failed", f,
                                            session=self.session_id))
         return d
@@ -305,17 +296,15 @@ class IMAPSession(FlowControl, Protocol, TimeoutMixin):
         if self.transport is not None and not self._closing:
             self.transport.write(data)
 
+    emit = send
+
     def report(self, changes: Changes) -> None:
         """Untagged updates from a sync (RFC 3501 7.4.1, 7.3.1, 7.3.2, 7.4.2)."""
         lines = [b"* %d EXPUNGE\r\n" % n for n in changes.expunged]
-        view = self.view
+        view = self.selected.view if self.selected is not None else None
         if changes.exists is not None:
             lines.append(b"* %d EXISTS\r\n" % changes.exists)
-            recent: int = 0
-            if view is not None:
-                counted = getattr(view, "recent_count", None)  # not in every IMailboxView
-                recent = (counted if counted is not None
-                          else sum(1 for m in view.messages if m.recent))
+            recent: int = view.recent_count if view is not None else 0
             lines.append(b"* %d RECENT\r\n" % recent)
         if view is not None:
             lines.append(self.keyword_lines(f for info in changes.flags_changed
@@ -331,13 +320,15 @@ class IMAPSession(FlowControl, Protocol, TimeoutMixin):
     def keyword_lines(self, flags: Iterable[str] = ()) -> bytes:
         """FLAGS and PERMANENTFLAGS again if the selected folder has keywords (defined
         there, or among `flags`) the client was not told of yet; else nothing."""
-        view = self.view
-        if view is None:
+        selected = self.selected
+        if selected is None:
             return b""
-        known = self.announced_keywords
+        view = selected.view
+        known = selected.announced_keywords
         told = {k.lower() for k in known}
         fresh: dict[str, str] = {}  # keywords are case-insensitive (RFC 3501 2.3.2)
-        for f in (*getattr(view, "keywords", ()), *flags):
+        keywords: Iterable[str] = view.keywords
+        for f in (*keywords, *flags):
             if not f.startswith("\\") and f.lower() not in told:
                 fresh.setdefault(f.lower(), f)
         if not fresh:
@@ -347,15 +338,16 @@ class IMAPSession(FlowControl, Protocol, TimeoutMixin):
         return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace")
 
     async def sync(self, report_expunges: bool = True) -> None:
-        if self.view is None:
+        selected = self.selected
+        if selected is None:
             return
-        changes = await self.blocking(self.view.sync, report_expunges)
-        if getattr(self.view, "validity_changed", False):
+        changes: Changes = await self.blocking(selected.view.sync, report_expunges)
+        if selected.view.validity_changed:
             # RFC 3501 2.3.1.1: a new UIDVALIDITY voids every UID the client holds; with
             # the mailbox selected the only safe answer is to end the session (Dovecot
             # does the same). Nothing else of this command is answered.
             log.info("{session} UIDVALIDITY of {mailbox} changed; disconnecting",
-                     session=self.session_id, mailbox=self.selected_name)
+                     session=self.session_id, mailbox=selected.name)
             self.send(b"* BYE UIDVALIDITY changed, mailbox must be selected again\r\n")
             self.close()
             raise SessionEnded()
@@ -380,41 +372,16 @@ class IMAPSession(FlowControl, Protocol, TimeoutMixin):
 
     # -- input ---------------------------------------------------------------------------
 
-    def _process(self) -> None:
-        """Handle buffered input until it runs out or a command has to wait."""
-        if self._processing:
-            return
-        self._processing = True
-        try:
-            # A command waiting for a continuation answer (AUTHENTICATE) is busy, but
-            # its answer is the one line we must read.
-            while ((not self._busy or self._continuation is not None)
-                   and not self._closing and not self._writing_paused and self._buffer):
-                if self._literal_left:
-                    self._take_literal()
-                    continue
-                try:
-                    line = self._next_line()
-                except Refusal as refused:
-                    self._refuse_framing(refused, self._discard_tag)
-                    if self._continuation is not None:
-                        # The refused line was the answer to our `+`: that ends the
-                        # exchange (AUTHENTICATE cancelled, IDLE without DONE), or the
-                        # next command would be taken for the answer.
-                        handler, self._continuation = self._continuation, None
-                        handler(b"*")
-                    continue
-                if line is None:
-                    break
-                if self._continuation is not None:
-                    handler, self._continuation = self._continuation, None
-                    handler(line)
-                    continue
-                self._frame_line(line)
-        finally:
-            self._processing = False
+    def may_handle_input(self) -> bool:
+        # A command waiting for a continuation answer (AUTHENTICATE) is busy, but
+        # its answer is the one line we must read.
+        return ((not self._busy or self._continuation is not None)
+                and not self._closing and not self._writing_paused)
 
-    def _take_literal(self) -> None:
+    def take_raw(self) -> bool:
+        """The octets of a literal (RFC 3501 4.3) are not lines."""
+        if not self._literal_left:
+            return False
         take = min(self._literal_left, len(self._buffer))
         if self._body is not None and self._body_at == len(self._parts):
             self._body += self._buffer[:take]
@@ -422,44 +389,30 @@ class IMAPSession(FlowControl, Protocol, TimeoutMixin):
             self._parts.append(bytes(self._buffer[:take]))
         del self._buffer[:take]
         self._literal_left -= take
+        return True
 
-    def _next_line(self) -> bytes | None:
-        """One line with CRLF (a bare LF is taken as CRLF), or None until complete.
+    def line_refused(self, refused: LineRefused) -> None:
+        """Overlong, bare CR or NUL: BAD with the command's tag, and the command so far
+        is forgotten."""
+        tag = grammar.peek_tag(refused.head) if not self._parts else self._command_tag()
+        self._reset_command()
+        error = refused.error
+        self.send(Refusal(error.status, error.text, error.code or "").line(tag or "*"))
+        self._count_error()
+        if self._continuation is not None:
+            # The refused line was the answer to our `+`: that ends the exchange
+            # (AUTHENTICATE cancelled, IDLE without DONE), or the next command would be
+            # taken for the answer.
+            handler, self._continuation = self._continuation, None
+            handler(b"*")
 
-        Raises Refusal for a line that was read but is refused (overlong, NUL, bare CR).
-        """
-        end = self._buffer.find(b"\n")
-        if self._discarding_line:
-            if end < 0:
-                self._buffer.clear()
-                return None
-            del self._buffer[: end + 1]
-            self._discarding_line = False
-            raise bad("Line too long", "TOOBIG")
-        if end < 0:
-            if len(self._buffer) > MAX_LINE:
-                # Memory stays bounded: drop it all, and everything up to the next LF.
-                self._discard_tag = (grammar.peek_tag(bytes(self._buffer[:100]))
-                                     if not self._parts else self._command_tag())
-                self._reset_command()
-                self._buffer.clear()
-                self._discarding_line = True
-            return None
-        line = bytes(self._buffer[: end + 1])
-        del self._buffer[: end + 1]
-        self._discard_tag = (grammar.peek_tag(line) if not self._parts
-                             else self._command_tag())
-        if len(line) > MAX_LINE:
-            self._reset_command()
-            raise bad("Line too long", "TOOBIG")
-        body = line[:-2] if line.endswith(b"\r\n") else line[:-1]
-        if b"\r" in body:
-            self._reset_command()
-            raise bad("Bare CR in command line")
-        if b"\0" in body:
-            self._reset_command()
-            raise bad("NUL in command line")
-        return body + b"\r\n"
+    def line_received(self, line: bytes) -> None:
+        line += b"\r\n"  # a bare LF is taken as CRLF (the framing below wants CRLF)
+        if self._continuation is not None:
+            handler, self._continuation = self._continuation, None
+            handler(line)
+            return
+        self._frame_line(line)
 
     def _command_tag(self) -> str | None:
         return grammar.peek_tag(self._parts[0]) if self._parts else None
@@ -469,10 +422,6 @@ class IMAPSession(FlowControl, Protocol, TimeoutMixin):
         self._parts = []
         self._parts_size = 0
         self._literal_left = 0
-
-    def _refuse_framing(self, refused: Refusal, tag: str | None) -> None:
-        self.send(refused.line(tag or "*"))
-        self._count_error()
 
     def _frame_line(self, line: bytes) -> None:
         """Add a line to the command; dispatch it when no literal follows."""
@@ -562,21 +511,21 @@ class IMAPSession(FlowControl, Protocol, TimeoutMixin):
             self.send(bad(_wrong_state(command.name, self.state)).line(command.tag))
             self._count_error()
             return
-        d = ensureDeferred(self._run(command, handler))
+        d = metrics.timed_imap_command(command.name, ensureDeferred(self._run(command, handler)))
         if not d.called:
             self._wait_for(d)
 
     async def _run(self, command: grammar.Command, handler: Handler) -> None:
         try:
             uid = getattr(command, "uid", False)
-            if self.view is not None and command.name in SYNC_BEFORE:
+            if self.selected is not None and command.name in SYNC_BEFORE:
                 # Current flags and messages before answering from them (another session
                 # may have changed them). Sequence numbers in the command refer to the
                 # client's numbering, so expunges wait, except for UID commands (RFC 3501
                 # 7.4.1: no EXPUNGE during FETCH, STORE, SEARCH; UID forms may have them).
                 await self.sync(report_expunges=uid)
             text = await handler(self, command)
-            if self.view is not None and command.name in SYNC_AFTER:
+            if self.selected is not None and command.name in SYNC_AFTER:
                 await self.sync()
             if text is ANSWERED:
                 return
@@ -595,39 +544,13 @@ class IMAPSession(FlowControl, Protocol, TimeoutMixin):
                         command=command.name)
             self.send(Refusal("NO", "Internal error", "SERVERBUG").line(command.tag))
 
-    def _wait_for(self, d: Deferred[None]) -> None:
-        """Hold all further input until `d` fires (answers in order, RFC 3501 5.5)."""
-        self._busy = True
-
-        def done(_: object) -> None:
-            self._busy = False
-            if self._closing:
-                if self._lost:
-                    self._drop_view()
-                return
-            self._process()
-            self.resume_reading()
-
-        d.addBoth(done)
-
-    def _count_error(self) -> None:
-        """Too many refused commands end the session, so a flood cannot hold it."""
-        self.errors += 1
-        if self.errors >= self.config.limits.errors_per_session:
-            log.info("{session} too many errors from {peer}", session=self.session_id,
-                     peer=self.peer_ip)
-            self.send(b"* BYE Too many invalid commands\r\n")
-            self.close()
-
-    def logged_in(self, user: Any, store: Any) -> None:
-        self.user = user
-        self.store = store
+    def logged_in(self, account: Account) -> None:
+        self.account = account
         self.state = State.AUTHENTICATED
         self.setTimeout(max(AUTHENTICATED_TIMEOUT, self.config.limits.command_timeout))
 
     def deselect(self) -> Deferred[None]:
         """Back to the authenticated state; await the result before the next store call."""
-        self.selected_name = ""
         if self.state is State.SELECTED:
             self.state = State.AUTHENTICATED
         return self._drop_view()

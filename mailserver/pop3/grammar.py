@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mailserver.core.lines import POP3_LINES
+
 #: RFC 2449 4: "the maximum length of a command line ... is 255 octets, including the
 #: terminating CRLF". SASL initial responses (RFC 5034 4) may be longer: AUTH PLAIN of
 #: three 255-octet fields in base64 is ~1 KiB, so AUTH and continuation lines get more.
-MAX_COMMAND_LINE = 255
-MAX_AUTH_LINE = 2048
+MAX_COMMAND_LINE = POP3_LINES.max_line  # 255 (core/lines.py has the table)
+MAX_AUTH_LINE = POP3_LINES.max_sasl_line  # 2048
 #: Message numbers larger than this are refused as syntax errors (no maildrop is that big).
 MAX_MESSAGE_NUMBER = 10**9
 

@@ -17,11 +17,11 @@ that on its own).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from mailserver.interfaces import IMaildrop
 from mailserver.pop3 import maildrop
 
 BATCH_MESSAGES = 128
@@ -38,11 +38,10 @@ class ReadAhead:
     """The RETR replies (maildrop.read_replies) of messages about to be retrieved, by
     message number."""
 
-    def __init__(self, run: RunInThread, maildir: Path,
-                 messages: list[maildrop.Message]) -> None:
+    def __init__(self, run: RunInThread, drop: IMaildrop) -> None:
         self._run = run
-        self._maildir = maildir
-        self._messages = messages
+        self._drop = drop
+        self._messages = drop.messages
         #: Read and not yet sent: number -> whole reply (None: expunged meanwhile).
         self._ready: dict[int, bytes | None] = {}
         #: Octets held in _ready: a refill waits while a batch's worth is there, or a
@@ -114,8 +113,7 @@ class ReadAhead:
             return
         self._reading.update(batch)
         self.highest = max(self.highest, *batch)
-        d = self._run(maildrop.read_replies, self._maildir,
-                      [messages[n - 1] for n in batch])
+        d = self._run(maildrop.read_replies, self._drop, batch)
         d.addCallbacks(lambda results: self._done(batch, results),
                        lambda failure: self._failed(batch, failure))
 

@@ -6,15 +6,17 @@ wait in our buffer (RFC 2449 6.6 PIPELINING: replies in order), and while the tr
 write buffer is full (a client slow to read a big RETR) we read no further commands,
 so memory stays bounded by one message plus the socket buffers.
 
-Wire parsing lives in grammar.py, files in maildrop.py (run in disk threads), the
-[IN-USE] lock in lock.py; this module only sequences them.
+Wire parsing lives in grammar.py, the wire form of messages in maildrop.py, the
+maildrop itself (snapshot, files, the [IN-USE] lock) in the store behind
+interfaces.IMaildrop, opened through the context's IMailboxOpener in a disk thread;
+this module only sequences them. Failed logins count in the context's LoginThrottle,
+shared with IMAP and submission.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from twisted.cred.credentials import IUsernamePassword, UsernamePassword
@@ -22,20 +24,22 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.cred.portal import Portal
 from twisted.internet import interfaces
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory, Protocol
-from twisted.protocols.policies import TimeoutMixin
+from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from mailserver.auth.realm import IMailUser
 from mailserver.auth.sasl import SASLError, decode_base64, plain_credentials
 from mailserver.config import Config
+from mailserver.core import metrics
+from mailserver.core.connection import Goodbyes, LineConnection
 from mailserver.core.diskio import DiskExecutor
-from mailserver.core.flow import CLOSE_GRACE, FlowControl
+from mailserver.core.flow import CLOSE_GRACE  # noqa: F401 - the tests' name for it
+from mailserver.core.lines import POP3_LINES, LineRefused
+from mailserver.core.throttle import LoginThrottle
+from mailserver.interfaces import IMailboxOpener, IMaildrop, MaildropInUse, MaildropMessage
 from mailserver.logs import logger
 from mailserver.pop3 import grammar, maildrop, readahead
-from mailserver.pop3.lock import MaildropInUse, MaildropLock
 from mailserver.pop3.transaction import Refused, TransactionCommands
-from mailserver.store.maildir import ensure_maildir
 
 log = logger(__name__)
 
@@ -44,9 +48,19 @@ MAX_PENDING_INPUT = 64 * 1024
 #: RFC 1939 3: the autologout timer "MUST be of at least 10 minutes duration".
 MIN_TRANSACTION_TIMEOUT = 600
 #: Failed logins on one connection before it is closed (Dovecot's default is 3 too);
-#: each failure already costs the client the checker's delay.
+#: each failure already costs the client the checker's delay. Across connections (and
+#: protocols) the context's LoginThrottle counts them per client address.
 MAX_AUTH_FAILURES = 3
-#: Seconds a closing connection may take to flush its last reply before it is aborted.
+#: The reply to a login from an address the LoginThrottle blocks. RFC 3206 4: SYS/TEMP
+#: is "a problem which is likely to be temporary ... no need to alert the user, unless
+#: the failure persists" (its example: "a central resource which is currently
+#: locked"), so the client retries later. Not [AUTH] (RFC 3206 5), although its list
+#: includes "an attempt to authenticate in violation of policy (such as from an invalid
+#: location)": AUTH is how a client learns to ask the user for new credentials (RFC
+#: 3206 3), and here the right password is refused too (it is never checked), e.g. for
+#: a user behind the same NAT as a guesser. SMTP says 421 4.7.0, IMAP NO [UNAVAILABLE].
+THROTTLED = ("[SYS/TEMP] Too many failed logins from your address; "
+             "try again later.")
 IMPLEMENTATION = "mailserver"
 
 AUTHORIZATION, TRANSACTION, UPDATE = "AUTHORIZATION", "TRANSACTION", "UPDATE"
@@ -65,32 +79,25 @@ class Login:
     """What a successful login and the maildrop open leave with the session."""
 
     address: str
-    maildir: Path
-    lock: MaildropLock
+    #: The locked snapshot; closing it releases the lock.
+    maildrop: IMaildrop
     logout: Callable[[], None]
 
 
-def open_maildrop(mail_dir: Path, mailbox: Any) -> tuple[Path, MaildropLock,
-                                                          list[maildrop.Message]]:
-    """Disk thread: the Maildir (created if new), its lock, and the snapshot."""
-    maildir = ensure_maildir(mail_dir, mailbox)
-    lock = MaildropLock.acquire(maildir)
-    try:
-        return maildir, lock, maildrop.snapshot(maildir)
-    except BaseException:
-        lock.release()
-        raise
-
-
 class POP3Factory(Factory):
-    """Builds one POP3Session per connection; shares config, portal and disk threads."""
+    """Builds one POP3Session per connection; shares config, portal, disk threads,
+    the way to users' maildrops and the login throttle (the context's)."""
 
     def __init__(self, config: Config, portal: Portal, disk: DiskExecutor,
+                 mailboxes: IMailboxOpener,
                  tls_options: interfaces.IOpenSSLServerConnectionCreator | None = None,
-                 implicit_tls: bool = False, name: str = "pop3", instance: int = 0) -> None:
+                 implicit_tls: bool = False, name: str = "pop3", instance: int = 0,
+                 login_throttle: LoginThrottle | None = None) -> None:
         self.config = config
         self.portal = portal
         self.disk = disk
+        self.mailboxes = mailboxes
+        self.login_throttle = login_throttle or LoginThrottle()
         self.tls_options = tls_options
         self.implicit_tls = implicit_tls
         self.id_prefix = f"w{instance}-{name}" if instance else name
@@ -115,55 +122,48 @@ class POP3Factory(Factory):
             session.shut_down()
 
 
-class POP3Session(TransactionCommands, FlowControl, Protocol, TimeoutMixin):
-    """One POP3 connection."""
+class POP3Session(TransactionCommands, LineConnection):
+    """One POP3 connection (the reading, waiting, error limit and timeouts are
+    core/connection.py's, the framing rules core/lines.py's POP3_LINES)."""
 
+    rules = POP3_LINES
+    goodbyes = Goodbyes(timeout="-ERR Disconnected for inactivity.",
+                        errors="-ERR Too many invalid commands, closing.",
+                        shutdown="-ERR [SYS/TEMP] Server shutting down.")
     max_pending_input = MAX_PENDING_INPUT
+    # Replies are whole (a message in one writeSequence): Nagle's algorithm would
+    # only hold back the tail of each one until the client's delayed ACK.
+    tcp_no_delay = True
+    timeout_log = "{session} idle timeout from {peer}"
 
     def __init__(self, factory: POP3Factory, number: int) -> None:
         self.factory = factory
         self.config = factory.config
         self.session_id = f"{factory.id_prefix}-{number}"
-        self.peer_ip = "unknown"
         self.state = AUTHORIZATION
         self.tls_active = factory.implicit_tls
         self.user: str | None = None
         self.login: Login | None = None
-        self.messages: list[maildrop.Message] = []
-        #: Messages sent by RETR (they get the Seen flag when the session ends).
-        self.retrieved: dict[int, maildrop.Message] = {}
+        self.messages: Sequence[MaildropMessage] = ()
+        #: Numbers of the messages sent by RETR (they get the Seen flag when the
+        #: session ends).
+        self.retrieved: set[int] = set()
         #: Message files read ahead of the RETR commands (once logged in).
         self.reader: readahead.ReadAhead | None = None
-        self.errors = 0
         self.auth_failures = 0
         self._sasl_pending = False  # AUTH PLAIN sent "+ ", waiting for the response
-        self._buffer = bytearray()
-        self._discarding_long_line = False
-        self._busy = False
-        self._processing = False
-        self._closing = False
-        self.init_flow()
+        self.init_connection()
 
     # -- connection lifecycle ------------------------------------------------------------
 
-    def connectionMade(self) -> None:
-        peer = self.transport.getPeer()  # type: ignore[union-attr]
-        self.peer_ip = getattr(peer, "host", "unknown")
-        self.factory.sessions.add(self)
-        # Replies are whole (a message in one writeSequence): Nagle's algorithm would
-        # only hold back the tail of each one until the client's delayed ACK.
-        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
-        if set_no_delay is not None:
-            set_no_delay(True)
-        self.start_flow()
-        self.setTimeout(self.factory.login_timeout)
+    def initial_timeout(self) -> float:
+        return self.factory.login_timeout
+
+    def greeting(self) -> None:
         self._ok(f"{IMPLEMENTATION} POP3 server ready.")
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.setTimeout(None)
-        self._closing = True
-        self._buffer.clear()
-        self.factory.sessions.discard(self)
+        super().connectionLost(reason)
         if self.state != UPDATE:
             # In UPDATE the deletions are running in a disk thread: _update's callback
             # (or _wait_for's errback) ends the login after them, so the lock keeps the
@@ -178,89 +178,36 @@ class POP3Session(TransactionCommands, FlowControl, Protocol, TimeoutMixin):
             self.reader.close()
         if login is None:
             return
-        retrieved, self.retrieved = list(self.retrieved.values()), {}
+        retrieved, self.retrieved = sorted(self.retrieved), set()
 
         def release(_: object = None) -> None:
-            login.lock.release()
+            login.maildrop.close()
             login.logout()
 
         if not retrieved:
             release()
             return
-        d = self.factory.disk.run(maildrop.mark_seen, login.maildir, retrieved)
+        d = self.factory.disk.run(login.maildrop.mark_seen, retrieved)
         d.addErrback(lambda f: log.failure("{session} marking Seen failed", f,
                                            session=self.session_id))
         d.addBoth(release)
-
-    def shut_down(self) -> None:
-        if self._busy:
-            return  # the pending command's callback notices shutting_down
-        self._err("[SYS/TEMP] Server shutting down.")
-        self._close()
-
-    def timeoutConnection(self) -> None:
-        if self.abort_if_not_reading():  # the lock and the memory are not held forever
-            return
-        log.info("{session} idle timeout from {peer}", session=self.session_id,
-                 peer=self.peer_ip)
-        self._err("Disconnected for inactivity.")
-        self._close()
-        self.setTimeout(CLOSE_GRACE)  # ... unless the client never reads this reply
 
     def stopProducing(self) -> None:  # noqa: N802 - Twisted's name (IPushProducer)
         self._closing = True
 
     # -- input ---------------------------------------------------------------------------
 
-    def _process(self) -> None:
-        """Handle buffered lines until none is complete or a command has to wait."""
-        if self._processing:
-            return
-        self._processing = True
-        try:
-            while not self.held() and self._buffer:
-                try:
-                    line = self._next_line()
-                except Refused as refused:
-                    self._sasl_pending = False  # RFC 5034 4: a refused response ends AUTH
-                    self._error(str(refused))
-                    continue
-                if line is None:
-                    break
-                self._handle_line(line)
-        finally:
-            self._processing = False
-        self.resume_reading()
+    def max_line(self) -> int:
+        """RFC 5034 4: AUTH lines and SASL answers may be longer (pop3/grammar.py)."""
+        return grammar.line_limit(bytes(self._buffer[:8]), self._sasl_pending)
 
-    def _next_line(self) -> bytes | None:
-        """One line without its CRLF (a bare LF is accepted, as Dovecot does), or None.
+    def line_refused(self, refused: LineRefused) -> None:
+        self._sasl_pending = False  # RFC 5034 4: a refused response ends AUTH
+        error = refused.error
+        self._error(f"[{error.code}] {error.text}" if error.code else error.text)
 
-        Raises Refused for a line that was read but is too long (RFC 2449 4: 255
-        octets); a line that never ends is discarded as it arrives (bounded memory).
-        """
-        end = self._buffer.find(b"\n")
-        if self._discarding_long_line:
-            if end < 0:
-                self._buffer.clear()
-                return None
-            del self._buffer[: end + 1]
-            self._discarding_long_line = False
-            raise Refused("Line too long.")
-        if 0 <= end < grammar.MAX_COMMAND_LINE:  # the common case: a short, whole line
-            line = bytes(self._buffer[: end + 1])
-            del self._buffer[: end + 1]
-            return line[:-2] if line.endswith(b"\r\n") else line[:-1]
-        limit = grammar.line_limit(bytes(self._buffer[:8]), self._sasl_pending)
-        if end < 0:
-            if len(self._buffer) > limit:
-                self._buffer.clear()
-                self._discarding_long_line = True
-            return None
-        line = bytes(self._buffer[: end + 1])
-        del self._buffer[: end + 1]
-        if len(line) > limit:
-            raise Refused("Line too long.")
-        return line[:-2] if line.endswith(b"\r\n") else line[:-1]
+    def line_received(self, line: bytes) -> None:
+        self._handle_line(line)
 
     def _handle_line(self, line: bytes) -> None:
         # RFC 1939 7: PASS only "immediately after a successful USER command"; any
@@ -289,26 +236,12 @@ class POP3Session(TransactionCommands, FlowControl, Protocol, TimeoutMixin):
             return "Unknown command or not allowed before login."
         return f"{name} not allowed after login."
 
-    def _wait_for(self, d: Deferred[Any]) -> None:
-        """Hold all further input until `d` fires (RFC 2449 6.6: replies in order)."""
-        self._busy = True
-
-        def done(result: object) -> None:
-            self._busy = False
-            if isinstance(result, Failure):
-                log.failure("{session} command failed", result, session=self.session_id)
-                self._err("[SYS/TEMP] Internal error; try again later.")
-                if self.state == UPDATE:
-                    self._end_login()
-                    self._close()
-            if self._closing:
-                return
-            if self.factory.shutting_down:
-                self.shut_down()
-                return
-            self._process()
-
-        d.addBoth(done)
+    def command_failed(self, failure: Failure) -> None:
+        log.failure("{session} command failed", failure, session=self.session_id)
+        self._err("[SYS/TEMP] Internal error; try again later.")
+        if self.state == UPDATE:
+            self._end_login()
+            self._close()
 
     # -- output --------------------------------------------------------------------------
 
@@ -316,6 +249,8 @@ class POP3Session(TransactionCommands, FlowControl, Protocol, TimeoutMixin):
         if self.transport is not None and not self._closing:
             self.transport.write(data)
             self.resetTimeout()  # a long download is activity, not an idle session
+
+    emit = _write
 
     def _ok(self, text: str = "") -> None:
         self._write(b"+OK " + text.encode("utf-8") + b"\r\n" if text else b"+OK\r\n")
@@ -333,19 +268,9 @@ class POP3Session(TransactionCommands, FlowControl, Protocol, TimeoutMixin):
         self._write(f"{status}{body}.\r\n".encode())
 
     def _error(self, text: str) -> None:
-        """A refused command; too many end the session, so a flood cannot hold it."""
+        """A refused command; it counts towards the error limit."""
         self._err(text)
-        self.errors += 1
-        if self.errors >= self.config.limits.errors_per_session:
-            log.info("{session} too many errors from {peer}", session=self.session_id,
-                     peer=self.peer_ip)
-            self._err("Too many invalid commands, closing.")
-            self._close()
-
-    def _close(self) -> None:
-        self._closing = True
-        self._buffer.clear()
-        self.close_transport()
+        self._count_error()
 
     # -- AUTHORIZATION -------------------------------------------------------------------
 
@@ -383,7 +308,7 @@ class POP3Session(TransactionCommands, FlowControl, Protocol, TimeoutMixin):
         self._ok("Begin TLS negotiation now.")
         # RFC 2595 4 and the STARTTLS injection attacks (CVE-2011-0411 and the POP3 cases
         # of 2021): whatever was pipelined after STLS in plaintext is thrown away.
-        self._buffer.clear()
+        self.discard_input()
         self.transport.startTLS(self.factory.tls_options)  # type: ignore[union-attr]
         self.tls_active = True
         self.user = None
@@ -398,7 +323,7 @@ class POP3Session(TransactionCommands, FlowControl, Protocol, TimeoutMixin):
         self.user = command.user
         self._ok()
 
-    def do_PASS(self, command: grammar.Pass) -> Deferred[None]:
+    def do_PASS(self, command: grammar.Pass) -> Deferred[None] | None:
         self._refuse_plaintext()
         if self.user is None:
             raise Refused("No username given.")
@@ -413,6 +338,8 @@ class POP3Session(TransactionCommands, FlowControl, Protocol, TimeoutMixin):
         self._refuse_plaintext()
         if command.mechanism != "PLAIN":
             raise Refused("Unsupported authentication mechanism.")
+        if self._throttled():
+            return None
         if command.initial_response is None:
             self._sasl_pending = True
             self._write(b"+ \r\n")  # RFC 5034 4: an empty challenge
@@ -428,18 +355,33 @@ class POP3Session(TransactionCommands, FlowControl, Protocol, TimeoutMixin):
         except Refused as e:
             self._error(str(e))
             return
-        self._wait_for(d)
+        if d is not None:
+            self._wait_for(d)
 
-    def _plain(self, response: bytes) -> Deferred[None]:
+    def _plain(self, response: bytes) -> Deferred[None] | None:
         try:
             credentials = plain_credentials(decode_base64(response))
         except SASLError as e:
             raise Refused(f"Invalid AUTH PLAIN data: {e}.") from None
         return self._authenticate(credentials)
 
-    def _authenticate(self, credentials: IUsernamePassword) -> Deferred[None]:
+    def _throttled(self) -> bool:
+        """Refuse and close when this address has failed too often, over any protocol
+        (core/throttle.py): reconnecting buys a guesser no more password checks."""
+        if not self.factory.login_throttle.blocked(self.peer_ip):
+            return False
+        log.info("{session} login refused: too many failures from {peer}",
+                 session=self.session_id, peer=self.peer_ip)
+        self._err(THROTTLED)
+        self._close()
+        return True
+
+    def _authenticate(self, credentials: IUsernamePassword) -> Deferred[None] | None:
+        if self._throttled():
+            return None
         self.setTimeout(None)  # the checker's delay is not the client's silence
-        d = self.factory.portal.login(credentials, None, IMailUser)
+        d: Deferred[Any] = metrics.counted_login(
+            "pop3", self.factory.portal.login(credentials, None, IMailUser))
         d.addCallbacks(self._logged_in, self._login_failed)
         return d
 
@@ -449,17 +391,17 @@ class POP3Session(TransactionCommands, FlowControl, Protocol, TimeoutMixin):
             logout()
             return None
         address: str = avatar.address
-        d = self.factory.disk.run(open_maildrop, self.config.mail_dir, avatar.mailbox)
+        d: Deferred[Any] = self.factory.disk.run(self.factory.mailboxes.open_maildrop,
+                                                 avatar.mailbox)
 
-        def opened(value: tuple[Path, MaildropLock, list[maildrop.Message]]) -> None:
-            maildir, lock, messages = value
+        def opened(drop: IMaildrop) -> None:
             if self._closing:
-                lock.release()
+                drop.close()
                 logout()
                 return
-            self.login = Login(address, maildir, lock, logout)
-            self.messages = messages
-            self.reader = readahead.ReadAhead(self.factory.disk.run, maildir, messages)
+            self.login = Login(address, drop, logout)
+            messages = self.messages = drop.messages
+            self.reader = readahead.ReadAhead(self.factory.disk.run, drop)
             self.state = TRANSACTION
             self.setTimeout(self.factory.transaction_timeout)
             log.info("{session} {user} logged in from {peer}: {count} messages",
@@ -489,6 +431,7 @@ class POP3Session(TransactionCommands, FlowControl, Protocol, TimeoutMixin):
             self._err("[SYS/TEMP] Temporary authentication failure.")
             return
         self.auth_failures += 1
+        self.factory.login_throttle.failed(self.peer_ip)
         self._error("[AUTH] Authentication failed.")
         if self.auth_failures >= MAX_AUTH_FAILURES and not self._closing:
             log.info("{session} {n} failed logins from {peer}, closing",
@@ -503,9 +446,10 @@ class POP3Session(TransactionCommands, FlowControl, Protocol, TimeoutMixin):
         releases the maildrop. Only QUIT gets here: a dropped connection deletes nothing."""
         assert self.login is not None
         self.state = UPDATE
-        doomed = [m for m in self.messages if m.deleted]
-        retrieved, self.retrieved = list(self.retrieved.values()), {}
-        d = self.factory.disk.run(maildrop.update, self.login.maildir, retrieved, doomed)
+        doomed = [n for n, m in enumerate(self.messages, 1) if m.deleted]
+        retrieved, self.retrieved = sorted(self.retrieved), set()
+        d: Deferred[Any] = self.factory.disk.run(maildrop.update, self.login.maildrop,
+                                                 retrieved, doomed)
 
         def done(failed: int) -> None:
             address = self.login.address if self.login else ""

@@ -7,13 +7,17 @@ on the snapshot the login took; nothing here touches a file on the reactor threa
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from mailserver.interfaces import MaildropMessage, MessageGone
 from mailserver.pop3 import grammar, maildrop, readahead
+
+if TYPE_CHECKING:
+    from mailserver.pop3.server import Login
 
 
 class Refused(Exception):
@@ -23,11 +27,11 @@ class Refused(Exception):
 class TransactionCommands:
     """The commands of the TRANSACTION state; POP3Session provides the rest."""
 
-    messages: list[maildrop.Message]
-    retrieved: dict[int, maildrop.Message]
+    messages: Sequence[MaildropMessage]
+    retrieved: set[int]
     reader: readahead.ReadAhead | None
-    login: Any
-    factory: Any
+    login: Login | None
+    factory: Any  # POP3Factory (typed so, it would clash with Protocol.factory)
     transport: Any
     _buffer: bytearray
     _closing: bool
@@ -39,7 +43,7 @@ class TransactionCommands:
         def _listing(self, first: str, body: str) -> None: ...
         def resetTimeout(self) -> None: ...  # noqa: N802 - TimeoutMixin
 
-    def _message(self, number: int) -> maildrop.Message:
+    def _message(self, number: int) -> MaildropMessage:
         """RFC 1939 5: message numbers count from 1; deleted ones may not be referred to."""
         if number > len(self.messages):
             raise Refused(f"There's no message {number}.")
@@ -48,7 +52,7 @@ class TransactionCommands:
             raise Refused(f"Message {number} is deleted.")
         return message
 
-    def _visible(self) -> list[tuple[int, maildrop.Message]]:
+    def _visible(self) -> list[tuple[int, MaildropMessage]]:
         return [(i, m) for i, m in enumerate(self.messages, 1) if not m.deleted]
 
     def do_STAT(self, command: grammar.Command) -> None:
@@ -123,20 +127,21 @@ class TransactionCommands:
         if reply is not maildrop.UNREADABLE and not self._closing:
             # Seen at the end of the session only for what was sent: not for a RETR
             # whose read was still pending when the connection dropped.
-            self.retrieved[number] = self.messages[number - 1]
+            self.retrieved.add(number)
         self._write(reply)
 
     def do_TOP(self, command: grammar.Top) -> Deferred[None]:
         assert self.login is not None
-        message = self._message(command.number)
-        d = self.factory.disk.run(maildrop.top, self.login.maildir, message, command.lines)
+        self._message(command.number)  # refused if it does not exist or is deleted
+        d: Deferred[Any] = self.factory.disk.run(maildrop.top, self.login.maildrop,
+                                                 command.number, command.lines)
 
         def send(data: bytes) -> None:
             self._write(b"+OK\r\n")
             self._write(data)
 
         def gone(failure: Failure) -> None:
-            failure.trap(maildrop.MessageGone)
+            failure.trap(MessageGone)
             self._err("Message no longer exists (expunged by another session).")
 
         return d.addCallbacks(send, gone)

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime, formatdate
 
+from mailserver.logs import printable
 from mailserver.queue.envelope import QueueEntry, RecipientState
 
 #: Headers of the original message copied into the DSN at most (bounded memory).
@@ -66,7 +67,7 @@ def build_dsn(entry: QueueEntry, recipients: Sequence[RecipientState], headers: 
         lines += ["I'm sorry to have to inform you that your message could not",
                   "be delivered to one or more recipients. It's attached below.", ""]
     for r in recipients:
-        lines.append(f"<{r.address}>: {_one_line(r.last_error) or 'unknown error'}")
+        lines += _folded(f"<{r.address}>:", _one_line(r.last_error) or "unknown error")
     # RFC 6533 6: with an internationalized address or header the report parts are
     # their global variants (message/global-delivery-status, message/global-headers),
     # and a UTF-8 address is typed "utf-8", not "rfc822" (which is ASCII only).
@@ -89,7 +90,7 @@ def build_dsn(entry: QueueEntry, recipients: Sequence[RecipientState], headers: 
         error = _one_line(r.last_error)
         if error:
             kind = "smtp" if error[:3].isdigit() and error[3:4] == " " else "X-Mailserver"
-            lines.append(f"Diagnostic-Code: {kind}; {error}")
+            lines += _folded(f"Diagnostic-Code: {kind};", error)  # RFC 3464 2.3.6
         lines.append(f"Last-Attempt-Date: {_date(now)}")
     eight_bit = not headers.isascii()
     lines += ["", f"--{boundary}", "Content-Description: Undelivered Message Headers",
@@ -113,7 +114,28 @@ def _status(status: str, delayed: bool) -> str:
 
 
 def _one_line(text: str) -> str:
-    return " ".join(text.split())
+    """A recorded error as one line of bounded, printable text. The client records
+    remote replies cut and cleaned already; envelopes written before it did, and local
+    texts quoting one, are cleaned here again (logs.printable)."""
+    return printable(" ".join(text.split()))
+
+
+#: Folding width (RFC 5322 2.1.1: lines SHOULD be at most 78 characters).
+FOLD_WIDTH = 78
+
+
+def _folded(start: str, text: str) -> list[str]:
+    """`start` and the words of `text` as lines of at most FOLD_WIDTH characters,
+    broken before a space (RFC 5322 2.2.3 folding: a continuation line starts with
+    white space, and unfolding gives the text back). A longer word stays whole on its
+    own line; printable() kept every text under 998 octets (RFC 5322 2.1.1)."""
+    lines = [start]
+    for word in text.split(" "):
+        if len(lines[-1]) + 1 + len(word) > FOLD_WIDTH:
+            lines.append(" " + word)
+        else:
+            lines[-1] += " " + word
+    return lines
 
 
 def _date(when: float) -> str:

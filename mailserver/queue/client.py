@@ -37,7 +37,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import CertificateOptions
 from twisted.python.failure import Failure
 
-from mailserver.logs import logger
+from mailserver.logs import ELLIPSIS, logger, printable
 from mailserver.queue.envelope import DELIVERED, FAILED, PENDING
 from mailserver.queue.routing import Hop
 
@@ -47,6 +47,9 @@ log = logger(__name__)
 MAX_LINE = 4096
 #: Lines in one multi-line reply (EHLO lists a few dozen at most).
 MAX_LINES = 200
+#: Lines of a reply kept in its text (logs, envelope, DSN); the code and enhanced
+#: status come from the first line, and real multi-line 4xx/5xx replies have a few.
+MAX_TEXT_LINES = 10
 #: Bytes of replies received but not yet read by the conversation. Replies are read as
 #: they come (pipelined ones too), so only a peer talking unasked fills this: without a
 #: cap, a hostile peer streaming "250 ok" lines would grow our memory without limit.
@@ -82,8 +85,14 @@ class SMTPReply:
 
     @property
     def text(self) -> str:
-        """The reply as one line for logs and DSNs: "550 5.1.1 No such user"."""
-        return f"{self.code} " + " ".join(line.strip() for line in self.lines)
+        """The reply as one line for logs, the envelope and DSNs: "550 5.1.1 No such
+        user". The remote server chose it: at most MAX_TEXT_LINES lines and
+        logs.MAX_PEER_TEXT octets of it are kept, control characters made "?"
+        (a 200-line 550 full of ESC and NUL once made a 4.7 MB bounce)."""
+        text = f"{self.code} " + " ".join(line.strip() for line in self.lines[:MAX_TEXT_LINES])
+        if len(self.lines) > MAX_TEXT_LINES:
+            text += " " + ELLIPSIS
+        return printable(text)
 
     def status(self, default_detail: str = "0.0") -> str:
         """RFC 3463 status: the enhanced code when given, else derived from the code."""

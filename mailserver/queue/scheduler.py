@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.python.failure import Failure
 
 from mailserver.address import domain_key
+from mailserver.core import metrics
 from mailserver.core.diskio import DiskExecutor
 from mailserver.interfaces import OutboundEnvelope
 from mailserver.logs import logger
@@ -277,6 +278,7 @@ class Scheduler:
                      status=outcome.status, text=outcome.text,
                      state={DELIVERED: "sent", FAILED: "bounced"}.get(rcpt.state,
                                                                      "deferred"))
+            metrics.delivery({DELIVERED: "sent", FAILED: "bounced"}.get(rcpt.state, "deferred"))
         if entry.finished:  # all done: removing the envelope records it durably
             await lock.run(self.disk.run, self.spool.discard, entry.id)
         else:

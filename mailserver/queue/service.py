@@ -22,7 +22,12 @@ from twisted.python.filepath import FilePath
 from mailserver.config import Config
 from mailserver.core.context import ServerContext
 from mailserver.core.diskio import DiskExecutor
-from mailserver.interfaces import MailboxId
+from mailserver.interfaces import (
+    DeliveryEnvelope,
+    IDeliveryTarget,
+    IRecipientDirectory,
+    MailboxId,
+)
 from mailserver.logs import logger
 from mailserver.queue.client import ClientSettings, Outcome
 from mailserver.queue.destinations import Dispatcher
@@ -108,9 +113,7 @@ class QueueService(Service):
         self.scheduler = Scheduler(
             spool, context.disk, queue, self.dispatcher, policy_from(config),
             config.hostname, config.is_local_domain,
-            LocalDeliverer(context).deliver)
-        if context.senderauth is not None and context.senderauth.signer is not None:
-            self.scheduler.sign_dsn = context.senderauth.signer.sign_dsn
+            LocalDeliverer(context.directory, context.target).deliver)
         self.watcher = SpoolWatcher(spool, self.scheduler)
         queue.notify = self.scheduler.notify
 
@@ -206,11 +209,13 @@ class SpoolWatcher:
 
 class LocalDeliverer:
     """Queued mail for our own domains (DSNs to local senders, local addresses that
-    reach the queue): straight into the Maildir, as the SMTP session would."""
+    reach the queue): handed to the server's delivery target as the SMTP session hands
+    its messages, with local mailboxes only (an alias's remote targets are not queued
+    again from here), so the target adds Return-Path (RFC 5321 4.4) as for them."""
 
-    def __init__(self, context: ServerContext) -> None:
-        self.directory = context.directory
-        self.target = context.target
+    def __init__(self, directory: IRecipientDirectory, target: IDeliveryTarget) -> None:
+        self.directory = directory
+        self.target = target
 
     def deliver(self, sender: str, recipients: list[str],
                 data: bytes) -> Deferred[dict[str, Outcome]]:
@@ -231,9 +236,9 @@ class LocalDeliverer:
             wanted.append(rcpt)
         if not wanted:
             return outcomes
-        # RFC 5321 4.4: the final delivery adds Return-Path.
-        txn = self.target.begin(mailboxes)
-        txn.write(f"Return-Path: <{sender}>\n".encode() + data)
+        txn = self.target.begin(DeliveryEnvelope(sender=sender,
+                                                 mailboxes=tuple(dict.fromkeys(mailboxes))))
+        txn.write(data)
         try:
             await txn.commit()
         except Exception as e:

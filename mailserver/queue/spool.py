@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mailserver.core.diskio import DirSyncGroup
+from mailserver.core.ownfiles import Owner, give_fd, open_nofollow
 from mailserver.logs import logger
 from mailserver.queue.envelope import QueueEntry, is_queue_id
 
@@ -60,8 +61,10 @@ class MessageMissing(ValueError):
 
 
 class Spool:
-    def __init__(self, queue_dir: Path) -> None:
+    def __init__(self, queue_dir: Path, owner: Owner | None = None) -> None:
         self.root = queue_dir
+        #: Who gets a lock file this process creates (the admin tool as root sets it).
+        self.owner = owner
         self.tmp = queue_dir / "tmp"
         self.messages = queue_dir / "messages"
         self.held = queue_dir / "held"
@@ -295,8 +298,9 @@ class Spool:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
+        fd = open_nofollow(self.lock_path, os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
+            give_fd(fd, self.owner)
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:

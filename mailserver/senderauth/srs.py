@@ -1,4 +1,5 @@
-"""The Sender Rewriting Scheme for forwarded mail, and the two wrappers that use it.
+"""The Sender Rewriting Scheme for forwarded mail, and the two wrappers that use it
+(app/service.py builds port 25's DeliveryRouter over them: ServerContext.mx_target).
 
 A copy forwarded to a remote alias target keeps the original envelope sender. The
 receiver's SPF check then asks the sender's domain whether our address may send for
@@ -134,6 +135,9 @@ class SRSDirectory:
     def user_exists(self, address: str) -> bool:
         return self.inner.user_exists(address)
 
+    def unavailable(self) -> str | None:
+        return self.inner.unavailable()
+
     def may_send_as(self, user: str, address: str) -> bool:
         return self.inner.may_send_as(user, address)
 
@@ -143,14 +147,13 @@ class SRSQueue:
     """The smtp listener's view of the queue: every copy it queues is forwarded mail
     (the MX relays for nobody), so its envelope sender is rewritten."""
 
-    def __init__(self, inner: Any, srs: SRS) -> None:
+    def __init__(self, inner: IOutboundQueue, srs: SRS) -> None:
         self.inner = inner
         self.srs = srs
 
     def begin(self, envelope: OutboundEnvelope) -> IQueueTransaction:
         rewritten = dataclasses.replace(envelope, sender=self.srs.forward(envelope.sender))
-        transaction: IQueueTransaction = self.inner.begin(rewritten)
-        return transaction
+        return self.inner.begin(rewritten)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -1,13 +1,14 @@
-"""The hooks the SMTP session calls: hold a message's content until it is checked
-(inbound, port 25) or signed (submission), then hand it on.
+"""The message hooks (interfaces.IMessageHook) the SMTP session calls: hold a message's
+content until it is checked (inbound, port 25) or signed (submission), then hand it on.
 
-The session builds its MessageFanout as always and lets the listener's hook wrap it
-(smtp/reception.py, two lines). The wrapper passes the trace fields (Return-Path,
-Received) through at once and holds the content; at commit it asks the checker or
-signer (in a thread), writes the Authentication-Results or DKIM-Signature fields and
-the content, and commits the real transaction. A refusal or deferral becomes the
-ReplyError the session already answers end-of-data failures with; a DMARC quarantine
-swaps the local copies for copies in each recipient's Junk folder.
+The session begins the router's transaction as always (delivery/router.py, which has
+already written Return-Path into the local copies) and lets the listener's hook wrap
+it (smtp/reception.py). The wrapper holds the trace field (Received) and the content;
+at commit it asks the checker or signer (in a thread), writes the trace field, the
+Authentication-Results or DKIM-Signature fields and the content, and commits the
+router's transaction. A refusal or deferral becomes the ReplyError the session already
+answers end-of-data failures with; a DMARC quarantine swaps the local copies for
+copies in each recipient's Junk folder.
 
 Memory: the held content is at most limits.message_size, once; the checks and the
 signature need the whole message anyway.
@@ -17,19 +18,26 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Generator
+from collections.abc import Generator, Sequence
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.threads import deferToThread
+from zope.interface import implementer
 
+from mailserver.address import address_literal
+from mailserver.delivery.router import RoutedTransaction, return_path_header
 from mailserver.errors import ReplyError
-from mailserver.interfaces import IDeliveryTarget, MailboxId
+from mailserver.interfaces import (
+    IDeliveryTransaction,
+    IHeldTransaction,
+    ILocalDelivery,
+    IMessageHook,
+    MailboxId,
+)
 from mailserver.logs import logger
 from mailserver.senderauth.checker import InboundChecker
 from mailserver.senderauth.signing import Signer
-from mailserver.smtp.fanout import MessageFanout
-from mailserver.smtp.trace import address_literal
 
 log = logger(__name__)
 
@@ -38,7 +46,7 @@ _HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252}[A-Za-z0-9])?")
 
 
 class Session(Protocol):
-    """What a hook reads of the SMTP session."""
+    """What a hook reads of the SMTP session (interfaces.IMessageHook.wrap)."""
 
     session_id: str
     peer_ip: str
@@ -47,32 +55,28 @@ class Session(Protocol):
     envelope: Any
 
 
-class HeldTransaction(MessageFanout):
-    """A MessageFanout that holds everything written until `_prepare` has run:
-    the trace fields (Return-Path for the local copies, our Received) and, after
-    `hold()`, the content."""
+@implementer(IHeldTransaction)
+class HeldTransaction:
+    """Wraps the router's transaction and holds everything written until `_prepare`
+    has run: the trace field (our Received) and, after `hold()`, the content."""
 
-    def __init__(self, inner: MessageFanout) -> None:
-        super().__init__(inner.local, inner.queued)
+    def __init__(self, inner: IDeliveryTransaction) -> None:
         self.inner = inner
         self._held: list[bytes] = []
         self._holding = False
         self._aborted = False
-        #: Writes before the content, in order: (for the local copies only?, bytes).
-        self._trace: list[tuple[bool, bytes]] = []
+        #: Writes before the content (the trace fields), in order.
+        self._trace: list[bytes] = []
 
     def hold(self) -> None:
         """Everything written from now on is the message content."""
         self._holding = True
 
-    def write_local(self, data: bytes) -> None:
-        self._trace.append((True, data))
-
     def write(self, data: bytes) -> None:
         if self._holding:
             self._held.append(data)
         else:
-            self._trace.append((False, data))
+            self._trace.append(data)
 
     def commit(self) -> Deferred[str | None]:
         return self._commit_held()
@@ -81,6 +85,11 @@ class HeldTransaction(MessageFanout):
     def _commit_held(self) -> Generator[Deferred[Any], Any, str | None]:
         message = b"".join(self._held)
         self._held.clear()
+        if getattr(self.inner, "failed", None) is not None:
+            # The router could not begin (or write) the delivery: its commit says why,
+            # and no check or signature is worth making first.
+            queue_id = yield self.inner.commit()
+            return queue_id
         try:
             prefix, message = yield self._prepare(message)
         except Exception:
@@ -88,12 +97,8 @@ class HeldTransaction(MessageFanout):
             raise
         if self._aborted:
             raise ReplyError(451, "4.3.0", "Requested action aborted: transaction aborted")
-        for local_only, data in self._trace:
-            data = self._trace_field(data)
-            if local_only:
-                self.inner.write_local(data)
-            else:
-                self.inner.write(data)
+        for data in self._trace:
+            self.inner.write(self._trace_field(data))
         self.inner.write(prefix)
         self.inner.write(message)
         queue_id = yield self.inner.commit()
@@ -122,13 +127,14 @@ class CheckedTransaction(HeldTransaction):
     marks, so nothing is refused earlier for it either way.
     """
 
-    def __init__(self, inner: MessageFanout, hook: InboundHook, session: Session,
-                 sender: str, mailboxes: list[MailboxId]) -> None:
+    def __init__(self, inner: RoutedTransaction, hook: InboundHook, session: Session,
+                 sender: str, mailboxes: Sequence[MailboxId]) -> None:
         super().__init__(inner)
+        self.routed = inner
         self.hook = hook
         self.session = session
         self.sender = sender
-        self.mailboxes = mailboxes
+        self.mailboxes = list(mailboxes)
         #: The local domain a forwarded copy is signed for: the first recipient's
         #: (an alias to a remote address, RFC 6376 d= of the forwarder).
         self.forwarder = (_forwarding_domain(session.envelope)
@@ -166,9 +172,12 @@ class CheckedTransaction(HeldTransaction):
                      summary=verdict.summary)
             raise ReplyError(verdict.reply.code, verdict.reply.enhanced,
                              verdict.reply.lines()[0])
-        if verdict.action == "junk" and self.inner.local is not None and self.mailboxes:
-            self.inner.local.abort()  # nothing was written to it yet
-            self.inner.local = self.local = self.hook.junk.begin(self.mailboxes)
+        if verdict.action == "junk" and self.routed.local is not None and self.mailboxes:
+            # Only Return-Path was written to the inbox copies (the router's, at begin):
+            # the Junk copies get it too, first, as RFC 5321 4.4 wants it.
+            self.routed.local.abort()
+            self.routed.local = self.hook.junk.begin(self.mailboxes)
+            self.routed.write_local(return_path_header(self.sender))
         self.client_name = verdict.iprev_name
         log.info("{session} from {ip} sender <{sender}>: {action} [{summary}]",
                  session=session.session_id, ip=session.peer_ip, sender=self.sender,
@@ -199,10 +208,11 @@ def _forwarding_domain(envelope: Any) -> str | None:
     return None
 
 
+@implementer(IMessageHook)
 class InboundHook:
     """The smtp listener's hook."""
 
-    def __init__(self, checker: InboundChecker, junk: IDeliveryTarget,
+    def __init__(self, checker: InboundChecker, junk: ILocalDelivery,
                  trusted: tuple[str, ...] = (), signer: Signer | None = None,
                  no_reject: tuple[str, ...] = ()) -> None:
         self.checker = checker
@@ -218,8 +228,8 @@ class InboundHook:
         return deferToThread(self.signer.seal_sync, message, domain,
                              self.checker.authserv_id)
 
-    def wrap(self, fanout: MessageFanout, session: Session, sender: str,
-             mailboxes: list[MailboxId]) -> HeldTransaction | None:
+    def wrap(self, transaction: IDeliveryTransaction, session: Session, sender: str,
+             mailboxes: Sequence[MailboxId]) -> HeldTransaction | None:
         """None (nothing to do) for a client in checks.trusted_networks."""
         try:
             ip = ipaddress.ip_address(session.peer_ip)
@@ -227,11 +237,15 @@ class InboundHook:
             ip = None
         if ip is not None and any(ip in net for net in self.trusted):
             return None
-        return CheckedTransaction(fanout, self, session, sender, mailboxes)
+        if not isinstance(transaction, RoutedTransaction):
+            # The quarantine swaps the local half and a forwarded copy is signed: both
+            # need the router's transaction (delivery/router.py), not another one.
+            raise TypeError(f"InboundHook wraps a RoutedTransaction, not {transaction!r}")
+        return CheckedTransaction(transaction, self, session, sender, mailboxes)
 
 
 class SignedTransaction(HeldTransaction):
-    def __init__(self, inner: MessageFanout, signer: Signer) -> None:
+    def __init__(self, inner: IDeliveryTransaction, signer: Signer) -> None:
         super().__init__(inner)
         self.signer = signer
 
@@ -241,12 +255,13 @@ class SignedTransaction(HeldTransaction):
         return signature, message
 
 
+@implementer(IMessageHook)
 class SigningHook:
     """The submission listeners' hook: DKIM-sign what our users send."""
 
     def __init__(self, signer: Signer) -> None:
         self.signer = signer
 
-    def wrap(self, fanout: MessageFanout, session: Session, sender: str,
-             mailboxes: list[MailboxId]) -> HeldTransaction:
-        return SignedTransaction(fanout, self.signer)
+    def wrap(self, transaction: IDeliveryTransaction, session: Session, sender: str,
+             mailboxes: Sequence[MailboxId]) -> HeldTransaction:
+        return SignedTransaction(transaction, self.signer)

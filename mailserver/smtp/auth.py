@@ -83,13 +83,15 @@ class SASLExchange:
                 return Done(plain_credentials(data))
             except SASLError as e:
                 raise bad_data(str(e)) from None
-        if len(data) > MAX_FIELD:
-            raise bad_data("LOGIN field too long")
         if self._username is None:
             if not data:
                 raise bad_data("empty user name")
+            if len(data) > MAX_FIELD:
+                raise bad_data("LOGIN field too long")
             self._username = data
             return Challenge(_PASSWORD_PROMPT)
+        # The password's length is the checker's to judge (auth/checker.py): a long one
+        # gets 535 after the delay, like any wrong password. MAX_COMMAND_LINE bounds it.
         return Done(UsernamePassword(self._username, data))
 
 

@@ -10,8 +10,19 @@ the delivery transaction. Both decoders:
   every bare CR or LF, so the session can refuse the whole message (550 5.5.2) once the
   real end has been read;
 - record flags the session acts on at the end: `bare_newline`, `nul`, `eight_bit`,
-  `too_big` (size > max_size, after which output is dropped but decoding goes on so the
-  session stays in step with the client and can answer 552 5.3.4), and `size`.
+  `too_big` (wire_size > max_size, after which output is dropped but decoding goes on so
+  the session stays in step with the client and can answer 552 5.3.4), `wire_size` and
+  `size`.
+
+What the size limit counts (RFC 1870 3): "the number of octets, including CR-LF pairs,
+but not the SMTP DATA command's terminating dot or doubled quoting dots, to be
+transmitted by the SMTP client after receipt of reply code 354". So `wire_size` is the
+content as sent, after dot-unstuffing and before CRLF -> LF: the CRLF that ends the last
+line counts, the ".CRLF" of the end marker does not. For BDAT (RFC 3030 2, no stuffing)
+that is the sum of the chunk sizes. A bare CR or LF counts as the one octet it is (such a
+message is refused anyway). RFC 1870 6.3: a message over the advertised limit is refused
+with 552 (RFC 3463 X.3.4), whether or not MAIL carried SIZE=. Counting after the
+conversion instead (as we once did) let through one extra octet per line.
 
 Both are correct for any split of the input into feed() calls and carry at most a few
 bytes between calls. They work on whole chunks with bytes.find/replace/count (C loops),
@@ -33,7 +44,7 @@ class _Decoder:
     """What DotDecoder and ChunkDecoder share: the flags, the size limit, the CRLF rule."""
 
     def __init__(self, max_size: int, strict_8bit: bool) -> None:
-        #: The limit on decoded octets (RFC 1870 SIZE, the configured message_size).
+        #: The limit on wire_size (RFC 1870 SIZE, the configured message_size).
         self.max_size = max_size
         #: True when the transaction did not declare BODY=8BITMIME (RFC 6152) or SMTPUTF8;
         #: 8-bit octets then make rejection() refuse the message. The flag `eight_bit` is
@@ -45,9 +56,12 @@ class _Decoder:
         self.nul = False
         #: An octet >= 0x80 was seen.
         self.eight_bit = False
-        #: Decoded octets so far (after CRLF -> LF and dot-unstuffing).
+        #: Decoded octets so far (after CRLF -> LF and dot-unstuffing): what is stored.
         self.size = 0
-        #: size exceeded max_size: output is discarded from then on.
+        #: Octets as transmitted so far (RFC 1870 3: CRLF pairs included, after
+        #: dot-unstuffing, end marker excluded): what max_size limits.
+        self.wire_size = 0
+        #: wire_size exceeded max_size: output is discarded from then on.
         self.too_big = False
 
     def _convert(self, content: bytes) -> bytes:
@@ -72,18 +86,21 @@ class _Decoder:
         self.bare_newline = True
         return content.replace(_CRLF, b"\n")
 
-    def _emit(self, decoded: bytes) -> bytes:
-        """Count `decoded`, and drop it once the message is over the limit."""
-        self.size += len(decoded)
-        if self.size > self.max_size:
+    def _emit(self, content: bytes) -> bytes:
+        """Count `content` (unstuffed, CRLF line ends: RFC 1870 3) against the limit,
+        convert it, and drop the result once the message is over the limit."""
+        self.wire_size += len(content)
+        if self.wire_size > self.max_size:
             self.too_big = True
+        decoded = self._convert(content)
+        self.size += len(decoded)
         return b"" if self.too_big else decoded
 
     def rejection(self) -> ReplyError | None:
         """The reply to refuse the message with, once its end has been read, or None.
 
         A convenience for the session (same codes and precedence as its own checks):
-        too big (RFC 1870 6.2, RFC 5321 4.5.3.1.10: 552 5.3.4); bare CR/LF (550 5.5.2, as
+        too big (RFC 1870 6.3, RFC 5321 4.5.3.1.10: 552 5.3.4); bare CR/LF (550 5.5.2, as
         Postfix's smtpd_forbid_bare_newline=reject); NUL (RFC 5322 2.3 / RFC 3463 X.6.0:
         550 5.6.0); 8-bit data without BODY=8BITMIME when strict_8bit (RFC 6152 3,
         RFC 3463 X.6.1: 550 5.6.1).
@@ -163,7 +180,7 @@ class DotDecoder(_Decoder):
             content = content.replace(_STUFFED, _CRLF)
         if line_start and content.startswith(b"."):
             content = content[1:]
-        return self._emit(self._convert(content))
+        return self._emit(content)
 
 
 class ChunkDecoder(_Decoder):
@@ -209,7 +226,7 @@ class ChunkDecoder(_Decoder):
         self._held_cr = part.endswith(b"\r")
         if self._held_cr:
             part = part[:-1]
-        out = self._emit(self._convert(part)) if part else b""
+        out = self._emit(part) if part else b""
         return out, (bytes(data[take:]) if self._remaining == 0 else None)
 
     def finish(self) -> bytes:

@@ -4,6 +4,8 @@ are the SessionPolicy of each."""
 
 from __future__ import annotations
 
+from mailserver.abuse.dnsbl import Blocklists, make_blocklists
+from mailserver.auth.sending_limits import SendingLimits
 from mailserver.core.context import ListenerFactory, ServerContext, implicit_tls
 from mailserver.smtp.server import SessionPolicy, SMTPServerFactory
 
@@ -25,23 +27,21 @@ def make_listener(context: ServerContext, name: str) -> ListenerFactory | None:
     policy = POLICIES.get(name)
     if policy is None:
         return None
+    # Port 25 routes through its own router when SRS is on (app/service.py builds it:
+    # forwarded copies leave with an SRS sender, bounces to one come back here).
+    target = (context.mx_target if name == "smtp" and context.mx_target is not None
+              else context.target)
     factory = SMTPServerFactory(
-        context.config, context.directory, context.target,
+        context.config, target,
         tls_options=None if policy.implicit_tls else context.tls,
         policy=policy, instance=context.instance,
         portal=context.portal if policy.offer_auth else None,
-        queue=context.queue, senders=context.directory,
-        auth_throttle=context.login_throttle,
+        senders=context.directory,
+        auth_throttle=context.login_throttle, abuse=context.abuse,
+        sending_limits=SendingLimits(context.config) if policy.require_auth else None,
+        blocklists=_blocklists(context) if name == "smtp" else None,
+        message_hook=context.message_hooks.get(name),
     )
-    if context.senderauth is not None:
-        factory.message_hook = context.senderauth.hook_for(policy.name)
-        if name == "smtp" and context.senderauth.srs is not None:
-            # Forwarded copies leave with an SRS sender; bounces to one come back here.
-            from mailserver.senderauth.srs import SRSDirectory, SRSQueue
-            srs = context.senderauth.srs
-            factory.directory = SRSDirectory(factory.directory, srs)
-            if factory.queue is not None:
-                factory.queue = SRSQueue(factory.queue, srs)
     refusal = f"421 4.7.0 {context.config.hostname} Error: too many connections\r\n"
     # A refusal on 465 would go out in the clear before the TLS handshake: the client
     # cannot read it, but it closes the connection all the same.
@@ -50,3 +50,16 @@ def make_listener(context: ServerContext, name: str) -> ListenerFactory | None:
                                refusal.encode(),
                                on_stop=factory.shut_down)
     return ListenerFactory(factory, refusal.encode(), on_stop=factory.shut_down)
+
+
+def _blocklists(context: ServerContext) -> Blocklists | None:
+    """Port 25's DNS blocklists ([abuse] dnsbl_zones; asked through relay.nameservers
+    at most DNSBL_TIMEOUT seconds, until the shared resolver replaces this)."""
+    config = context.config
+    return make_blocklists(config.abuse.dnsbl_zones, config.abuse.dnsbl_threshold,
+                           config.relay.nameservers, DNSBL_TIMEOUT)
+
+
+#: Seconds a blocklist may take to answer before it counts as "not listed" (postscreen
+#: waits up to postscreen_dnsbl_timeout = 10 s; its banner is held meanwhile).
+DNSBL_TIMEOUT = 5.0

@@ -2,68 +2,40 @@
 to its delivery transaction: a mixin of SMTPSession.
 
 On its way the content passes the HeaderInspector (hop count on every port, Message-ID
-and Date added on submission) and goes to a MessageFanout: local mailboxes, the outbound
-queue, or both (smtp/fanout.py says in which order they commit, and why).
+and Date added on submission) and goes to the one transaction the delivery router gives
+for the envelope (delivery/router.py: local mailboxes, the relay queue, or both, and in
+which order they commit). The session adds Received; the router adds Return-Path.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from mailserver.core import metrics
 from mailserver.errors import ReplyError
-from mailserver.interfaces import OutboundEnvelope
+from mailserver.interfaces import DeliveryEnvelope
 from mailserver.logs import logger
 from mailserver.reply import Reply
 from mailserver.smtp import grammar
 from mailserver.smtp.data import ChunkDecoder, DotDecoder
-from mailserver.smtp.fanout import MessageFanout
 from mailserver.smtp.headers import HeaderInspector
+from mailserver.smtp.state import SessionState
 from mailserver.smtp.trace import (
     new_message_id,
     received_header,
-    return_path_header,
     with_protocol,
 )
 
 if TYPE_CHECKING:
-    from mailserver.config import Config
     from mailserver.smtp.server import Envelope
 
 log = logger(__name__)
 
 
-class MessageReception:
+class MessageReception(SessionState):
     """DATA and BDAT, for SMTPSession."""
-
-    if TYPE_CHECKING:  # provided by SMTPSession
-        factory: Any  # SMTPServerFactory (typed there; Protocol.factory clashes here)
-        config: Config
-        transport: Any
-        session_id: str
-        peer_ip: str
-        helo: str | None
-        esmtp: bool
-        tls_active: bool
-        envelope: Envelope | None
-        user: str | None
-        _buffer: bytearray
-        _decoder: DotDecoder | ChunkDecoder | None
-        _receiving: bool
-        _transaction: MessageFanout | None
-        _headers: HeaderInspector | None
-        _message_id: str
-        _bdat_last: bool
-        _bdat_octets: int
-        _bdat_failed: Reply | None
-
-        def _send(self, reply: Reply) -> None: ...
-        def _error(self, reply: Reply) -> None: ...
-        def _wait_for(self, d: Deferred[Any]) -> None: ...
-        def _abort_transaction(self) -> None: ...
-        def _reset_envelope(self) -> None: ...
 
     def do_DATA(self, command: grammar.Data) -> None:
         envelope = self._check_ready_for_data()
@@ -112,24 +84,16 @@ class MessageReception:
     def _start_message(self, envelope: Envelope, decoder: DotDecoder | ChunkDecoder) -> None:
         self._decoder = decoder
         self._message_id = new_message_id()
-        local = (self.factory.target.begin(sorted(envelope.mailboxes))
-                 if envelope.mailboxes else None)
-        queued = None
-        if envelope.remote:
-            assert self.factory.queue is not None  # RCPT refused remote ones without it
-            queued = self.factory.queue.begin(OutboundEnvelope(
-                sender=str(envelope.sender), recipients=tuple(envelope.remote),
-                smtputf8=envelope.smtputf8, body_8bit=envelope.body_8bit,
-                submitter=self.user or ""))
-        self._transaction = MessageFanout(local, queued)
+        self._transaction = self.factory.target.begin(DeliveryEnvelope(
+            sender=str(envelope.sender), mailboxes=tuple(sorted(envelope.mailboxes)),
+            remote=tuple(envelope.remote), smtputf8=envelope.smtputf8,
+            body_8bit=envelope.body_8bit, submitter=self.user or ""))
         hook = self.factory.message_hook  # senderauth: checks (port 25) or DKIM signing
         held = None if hook is None else hook.wrap(self._transaction, self,
                                                    str(envelope.sender),
                                                    sorted(envelope.mailboxes))
         if held is not None:
             self._transaction = held
-        # RFC 5321 4.4: Return-Path only in the final delivery, not in the relayed copy.
-        self._transaction.write_local(return_path_header(envelope.sender))
         self._transaction.write(self._received(envelope))
         if held is not None:
             held.hold()  # what follows is the content, held until checked or signed
@@ -216,6 +180,10 @@ class MessageReception:
             if headers.too_many_hops:
                 # RFC 5321 6.3: a loop; Postfix says 554 5.4.0 past hopcount_limit = 50.
                 refusal = Reply(554, "5.4.6", "Error: too many hops (mail loop?)")
+            elif (self.factory.policy.check_sender
+                  and self.config.submission.check_from_header):
+                # RFC 6409 6.1 / 8: the From header obeys the envelope sender's rule.
+                refusal = self._from_refusal(headers)
         if refusal is not None or envelope is None or transaction is None:
             self._abort_transaction()
             self._reset_envelope()
@@ -226,6 +194,7 @@ class MessageReception:
         self.envelope = None
         self._bdat_octets = 0
         message_id = self._message_id
+        committing = metrics.now()
         d = transaction.commit()
 
         def stored(queue_id: str | None) -> None:
@@ -234,6 +203,7 @@ class MessageReception:
                      id=message_id, sender=str(envelope.sender),
                      rcpts=len(envelope.mailboxes), remote=len(envelope.remote),
                      queue_id=queue_id or "-", size=decoder.size)
+            metrics.message_accepted(self.factory.policy.name, metrics.now() - committing)
             self._send(Reply(250, "2.0.0", f"Ok: queued as {queue_id or message_id}"))
 
         def failed_commit(failure: Failure) -> None:

@@ -5,8 +5,10 @@ Deferred (the fsync behind the 250 after DATA), later pipelined input stays in o
 buffer and is not read until the reply has been sent (RFC 2920 3.1: replies in order).
 That is the defect of twisted.mail's server (twisted#8126) this module exists to avoid.
 
-Everything that parses lives in grammar.py and data.py; who is local lives behind
-IRecipientDirectory; where mail goes lives behind IDeliveryTarget and IOutboundQueue.
+Everything that parses lives in grammar.py and data.py; who is local and where mail
+goes lives behind IDeliveryRouter (delivery/router.py): the session asks it about each
+recipient and hands it the message, never knowing whether that ends in a Maildir, in
+the relay queue, or both.
 This module holds the state machine and the envelope commands; the message content
 (DATA, BDAT) is reception.py's, AUTH and the sender rule are submission.py's, both
 mixins of SMTPSession. What differs between the ports is a SessionPolicy (listener.py).
@@ -20,39 +22,42 @@ from typing import Any
 from twisted.cred.portal import Portal
 from twisted.internet import interfaces
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory, Protocol
-from twisted.protocols.policies import TimeoutMixin
+from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
-from mailserver.address import Address
+from mailserver.abuse.control import AbuseControl
+from mailserver.abuse.dnsbl import Blocklists
+from mailserver.address import Address, address_literal
+from mailserver.auth.sending_limits import SendingLimits
 from mailserver.config import Config
-from mailserver.core.flow import CLOSE_GRACE, FlowControl
-from mailserver.core.throttle import FailureThrottle
+from mailserver.core import metrics
+from mailserver.core.connection import Goodbyes, LineConnection
+from mailserver.core.lines import SMTP_LINES, LineRefused
+from mailserver.core.throttle import LoginThrottle
 from mailserver.errors import ReplyError
 from mailserver.interfaces import (
-    IDeliveryTarget,
-    IOutboundQueue,
+    IDeliveryRouter,
+    IMessageHook,
     IRecipientDirectory,
     MailboxId,
+    Resolution,
 )
 from mailserver.logs import logger
 from mailserver.reply import Reply
 from mailserver.smtp import auth, grammar
-from mailserver.smtp.data import ChunkDecoder, DotDecoder
-from mailserver.smtp.fanout import MessageFanout
-from mailserver.smtp.headers import HeaderInspector
+from mailserver.smtp.defences import SessionDefences
 from mailserver.smtp.reception import MessageReception
 from mailserver.smtp.submission import SubmissionCommands
-from mailserver.smtp.trace import address_literal
 
 log = logger(__name__)
 
-#: Longest command line we read (RFC 5321 4.5.3.1.4 asks for 512; extensions such as
-#: SMTPUTF8 and AUTH= make real lines longer, so we allow what Postfix allows).
-MAX_COMMAND_LINE = 2048
-#: Pipelined input held while a command is pending before we stop reading the socket.
+#: Longest command line we read (core/lines.py states why: SMTP_LINES).
+MAX_COMMAND_LINE = SMTP_LINES.max_line
 
-SERVICE_UNAVAILABLE = Reply(421, "4.3.2", "Service shutting down")  # RFC 3463 X.3.2
+#: 421 closes the session (RFC 5321 3.8); RFC 3463 X.4.2 timeout, X.7.0, X.3.2 shutdown.
+GOODBYES = Goodbyes(timeout="421 4.4.2 {hostname} Error: timeout exceeded",
+                    errors="421 4.7.0 {hostname} Error: too many errors",
+                    shutdown="421 4.3.2 Service shutting down")
 
 
 @dataclass
@@ -90,38 +95,49 @@ class SessionPolicy:
     add_missing_headers: bool = False
 
 
-class SMTPServerFactory(Factory):
-    """Builds one SMTPSession per connection, sharing config, directory and target."""
+class SMTPServerFactory(Factory["SMTPSession"]):
+    """Builds one SMTPSession per connection, sharing config and delivery target."""
 
     def __init__(
         self,
         config: Config,
-        directory: IRecipientDirectory,
-        target: IDeliveryTarget,
+        target: IDeliveryRouter,
         tls_options: interfaces.IOpenSSLServerConnectionCreator | None = None,
         policy: SessionPolicy | None = None,
         instance: int = 0,
         portal: Portal | None = None,
-        queue: IOutboundQueue | None = None,
         senders: IRecipientDirectory | None = None,
-        auth_throttle: FailureThrottle | None = None,
+        auth_throttle: LoginThrottle | None = None,
+        abuse: AbuseControl | None = None,
+        sending_limits: SendingLimits | None = None,
+        blocklists: Blocklists | None = None,
+        reactor: Any = None,
+        message_hook: IMessageHook | None = None,
     ) -> None:
         self.config = config
-        self.directory = directory
+        #: Where every recipient is routed and every message delivered (local mailboxes,
+        #: the relay queue, or both: the session does not know which).
         self.target = target
         self.tls_options = tls_options
         self.policy = policy or SessionPolicy()
         #: The login portal (AUTH); None: AUTH is never possible.
         self.portal = portal
-        #: The outbound queue (IOutboundQueue); None until mailserver.queue exists, and
-        #: then remote recipients get 451 4.3.5 so nothing is lost.
-        self.queue = queue
+        #: Who may send as whom (RFC 6409 6.1); None: every sender is refused.
         self.senders = senders
         #: Failed AUTHs per client address (shared by the submission listeners).
-        self.auth_throttle = auth_throttle or FailureThrottle()
-        #: senderauth's hook (listener.py sets it): wraps each message's transaction
-        #: to check it (smtp) or DKIM-sign it (submission); None: neither.
-        self.message_hook: Any = None
+        self.auth_throttle = auth_throttle or LoginThrottle()
+        #: The shared abuse control and the users' sending limits (smtp/defences.py);
+        #: None: no such checks (unit tests).
+        self.abuse = abuse
+        self.sending_limits = sending_limits
+        #: DNS blocklists checked before the banner on port 25 (abuse/dnsbl.py).
+        self.blocklists = blocklists
+        #: Wraps each message's transaction to hold its content until checked (port 25)
+        #: or DKIM-signed (submission): senderauth's, set by app/; None: neither.
+        self.message_hook = message_hook
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
         # Session ids name the process too when there are workers: "smtp-12" / "w2-smtp-12".
         self.id_prefix = f"w{instance}-{self.policy.name}" if instance else self.policy.name
         self.sessions_started = 0
@@ -141,124 +157,78 @@ class SMTPServerFactory(Factory):
             session.shut_down()
 
 
-class SMTPSession(SubmissionCommands, MessageReception, FlowControl, Protocol, TimeoutMixin):
-    """One ESMTP connection."""
+class SMTPSession(SessionDefences, SubmissionCommands, MessageReception, LineConnection):
+    """One ESMTP connection (the reading, waiting, error limit and timeouts are
+    core/connection.py's, the framing rules core/lines.py's SMTP_LINES). Its attributes
+    are declared, with their types, once for it and its mixins in state.py; __init__
+    gives each its first value."""
+
+    rules = SMTP_LINES
+    goodbyes = GOODBYES
+    suspend_timeout_while_waiting = True  # our fsync is not the client's silence
 
     def __init__(self, factory: SMTPServerFactory, number: int) -> None:
         self.factory = factory
         self.config = factory.config
         self.session_id = f"{factory.id_prefix}-{number}"
-        self.peer_ip = "unknown"
-        self.helo: str | None = None
+        self.helo = None
         self.esmtp = False
         self.tls_active = factory.policy.implicit_tls
-        self.envelope: Envelope | None = None
-        self.errors = 0
-        #: The authenticated user's address (RFC 4954), None before AUTH.
-        self.user: str | None = None
+        self.envelope = None
+        self.user = None
         self.auth_failures = 0
-        self._sasl: auth.SASLExchange | None = None
-        # Input handling
-        self._buffer = bytearray()
-        self._discarding_long_line = False
-        self._busy = False
-        self._processing = False
-        self._closing = False
-        self.init_flow()
+        self._sasl = None
+        self.init_connection()
         # Message reception
-        self._decoder: DotDecoder | ChunkDecoder | None = None
+        self._decoder = None
         self._receiving = False  # reading DATA lines or a BDAT chunk, not commands
-        self._transaction: MessageFanout | None = None
-        self._headers: HeaderInspector | None = None
+        self._transaction = None
+        self._headers = None
         self._message_id = ""
         self._bdat_last = False
         self._bdat_octets = 0  # raw octets of this transaction's chunks, for the replies
-        self._bdat_failed: Reply | None = None
+        self._bdat_failed = None
 
     # -- connection lifecycle ------------------------------------------------------------
 
-    def connectionMade(self) -> None:
-        peer = self.transport.getPeer()  # type: ignore[union-attr]
-        self.peer_ip = getattr(peer, "host", "unknown")
-        self.factory.sessions.add(self)
-        self.start_flow()
-        self.setTimeout(self.config.limits.command_timeout)
+    def greeting(self) -> None:
+        self.start_greeting()  # after the pregreet wait on port 25 (smtp/defences.py)
+
+    def send_banner(self) -> None:
         self._send(Reply(220, None, f"{self.config.hostname} ESMTP mailserver"))
 
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.setTimeout(None)
-        self._closing = True
-        self._abort_transaction()
-        self.factory.sessions.discard(self)
-
-    def shut_down(self) -> None:
-        if self._busy:
-            return  # _wait_for's callback sends the reply, then closes
-        self._send(SERVICE_UNAVAILABLE)
-        self._close()
-
-    def timeoutConnection(self) -> None:
-        if self.abort_if_not_reading():
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        if self._holding and self.talked_first(data):
             return
-        log.info("{session} timeout from {peer}", session=self.session_id, peer=self.peer_ip)
-        self._send(Reply(421, "4.4.2", f"{self.config.hostname} Error: timeout exceeded"))
-        self._close()
-        self.setTimeout(CLOSE_GRACE)  # ... unless the client never reads that reply
+        super().dataReceived(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.cancel_greeting()
+        super().connectionLost(reason)
+        self._abort_transaction()
+
+    def on_close(self) -> None:
+        self._abort_transaction()
 
     # -- input ---------------------------------------------------------------------------
 
-    def _process(self) -> None:
-        """Handle buffered input until it runs out or a command has to wait."""
-        if self._processing:
-            return
-        self._processing = True
-        try:
-            while not self.held() and self._buffer:
-                if self._receiving:
-                    self._feed_message()
-                    continue
-                try:
-                    line = self._next_line()
-                except ReplyError as refused:
-                    self._sasl = None  # an unreadable SASL response ends the exchange
-                    self._error(refused.reply)  # that line is consumed; go on
-                    continue
-                if line is None:
-                    break
-                if self._sasl is not None:
-                    self._sasl_response(line)
-                else:
-                    self._handle_line(line)
-        finally:
-            self._processing = False
+    def take_raw(self) -> bool:
+        """DATA lines and BDAT chunks go to the message decoder (reception.py)."""
+        if self._receiving:
+            self._feed_message()
+            return True
+        return False
 
-    def _next_line(self) -> bytes | None:
-        """One CRLF-terminated line without its CRLF, or None until one has arrived.
+    def line_refused(self, refused: LineRefused) -> None:
+        self._sasl = None  # an unreadable SASL response ends the exchange
+        error = refused.error
+        self._error(Reply(int(error.status), error.code, error.text))
 
-        Raises ReplyError for a line that was read but is refused (overlong, bare LF).
-        """
-        end = self._buffer.find(b"\n")
-        if self._discarding_long_line:
-            if end < 0:
-                self._buffer.clear()
-                return None
-            del self._buffer[: end + 1]
-            self._discarding_long_line = False
-            raise ReplyError(500, "5.5.2", "Line too long")
-        if end < 0:
-            if len(self._buffer) > MAX_COMMAND_LINE:
-                # Memory stays bounded: drop what we have and everything up to the next LF.
-                self._buffer.clear()
-                self._discarding_long_line = True
-            return None
-        line = bytes(self._buffer[: end + 1])
-        del self._buffer[: end + 1]
-        if len(line) > MAX_COMMAND_LINE:
-            raise ReplyError(500, "5.5.2", "Line too long")
-        if not line.endswith(b"\r\n") or b"\r" in line[:-2]:
-            # RFC 5321 2.3.8: lines end with CRLF only; bare CR/LF is how smuggling starts.
-            raise ReplyError(500, "5.5.2", "Syntax error: bare CR or LF in command")
-        return line[:-2]
+    def line_received(self, line: bytes) -> None:
+        if self._sasl is not None:
+            self._sasl_response(line)
+        else:
+            self._handle_line(line)
 
     def _handle_line(self, line: bytes) -> None:
         try:
@@ -278,48 +248,22 @@ class SMTPSession(SubmissionCommands, MessageReception, FlowControl, Protocol, T
         if isinstance(result, Deferred):
             self._wait_for(result)
 
-    def _wait_for(self, d: Deferred[Any]) -> None:
-        """Hold all further input until `d` fires (RFC 2920: replies in order)."""
-        self._busy = True
-        self.setTimeout(None)  # our own disk is not the client's fault
-
-        def done(_: object) -> None:
-            self._busy = False
-            if self._closing:
-                return
-            if self.factory.shutting_down:
-                self.shut_down()
-                return
-            self.setTimeout(self.config.limits.command_timeout)
-            self._process()
-            self.resume_reading()
-
-        d.addBoth(done)
-
     # -- output --------------------------------------------------------------------------
 
     def _send(self, reply: Reply) -> None:
+        if reply.code >= 400:
+            metrics.smtp_refusal(self.factory.policy.name, reply.enhanced or "")
+        self.emit(reply.encode())
+
+    def emit(self, data: bytes) -> None:
         if self.transport is not None:
-            self.transport.write(reply.encode())
+            self.transport.write(data)
 
     def _error(self, reply: Reply) -> None:
-        """A refused command; too many of them ends the session (like Postfix's
-        smtpd_hard_error_limit), so a flood cannot hold a connection forever."""
+        """A refused command; 5xx ones count towards the error limit."""
         self._send(reply)
         if reply.code >= 500:
-            self.errors += 1
-            if self.errors >= self.config.limits.errors_per_session:
-                log.info("{session} too many errors from {peer}", session=self.session_id,
-                         peer=self.peer_ip)
-                self._send(Reply(421, "4.7.0", f"{self.config.hostname} Error: too many "
-                                 "errors"))
-                self._close()
-
-    def _close(self) -> None:
-        self._closing = True
-        self._buffer.clear()
-        self._abort_transaction()
-        self.close_transport()
+            self._count_error()
 
     # -- commands without a transaction ---------------------------------------------------
 
@@ -381,7 +325,7 @@ class SMTPSession(SubmissionCommands, MessageReception, FlowControl, Protocol, T
         self._send(Reply(220, "2.0.0", "Ready to start TLS"))
         # RFC 3207 4.2 and the STARTTLS injection attacks (CVE-2011-0411): whatever the
         # client pipelined after STARTTLS in plaintext is thrown away, never executed.
-        self._buffer.clear()
+        self.discard_input()
         self.transport.startTLS(self.factory.tls_options)  # type: ignore[union-attr]
         self.tls_active = True
         # RFC 3207 4.2: forget everything learnt before TLS; the client must EHLO again
@@ -411,6 +355,7 @@ class SMTPSession(SubmissionCommands, MessageReception, FlowControl, Protocol, T
             raise ReplyError(550, "5.6.7", "Non-ASCII sender address needs SMTPUTF8")
         if policy.check_sender:
             self._check_sender(command.sender)
+        self.check_mail_limits()
         self.envelope = Envelope(
             sender=command.sender,
             body_8bit=command.body == "8BITMIME",
@@ -418,27 +363,37 @@ class SMTPSession(SubmissionCommands, MessageReception, FlowControl, Protocol, T
         )
         self._send(Reply(250, "2.1.0", "Ok"))
 
-    def do_RCPT(self, command: grammar.Rcpt) -> None:
+    def do_RCPT(self, command: grammar.Rcpt) -> Deferred[None] | None:
         envelope = self.envelope
         if envelope is None:
             raise ReplyError(503, "5.5.1", "Error: need MAIL command")
         if len(envelope.recipients) >= self.config.limits.recipients_per_message:
             # RFC 5321 4.5.3.1.10: 452 tells the client to send the rest later.
             self._send(Reply(452, "4.5.3", "Error: too many recipients"))
-            return
+            return None
         rcpt = command.recipient
         if not rcpt.is_ascii and not envelope.smtputf8:
             raise ReplyError(553, "5.6.7", "Non-ASCII recipient address needs SMTPUTF8")
-        mailboxes, remote = self._resolve(rcpt, command.postmaster)
+        try:
+            resolution = self._resolve(rcpt, command.postmaster)
+        except ReplyError as e:
+            if e.reply.enhanced != "5.1.1":
+                raise
+            late = self.unknown_recipient(str(rcpt), e)  # the harvest tarpit
+            if late is None:
+                raise
+            return late
+        self.check_recipient_limits(str(rcpt))
         envelope.recipients.append(rcpt)
-        envelope.mailboxes.update(mailboxes)
-        envelope.remote.update(dict.fromkeys(remote))
+        envelope.mailboxes.update(resolution.mailboxes)
+        envelope.remote.update(dict.fromkeys(resolution.remote))
         self._send(Reply(250, "2.1.5", "Ok"))
+        return None
 
-    def _resolve(self, rcpt: Address,
-                 postmaster: bool) -> tuple[tuple[MailboxId, ...], tuple[str, ...]]:
+    def _resolve(self, rcpt: Address, postmaster: bool) -> Resolution:
         """Local mailboxes and remote addresses for one recipient, or the ReplyError
-        refusing it."""
+        refusing it. Where an address goes is the router's business; whether this
+        client may relay at all is the port's policy and the AUTH state, ours."""
         if postmaster:
             # RFC 5321 4.5.1: <Postmaster> without a domain must be accepted.
             domains = self.config.domains.local
@@ -446,30 +401,9 @@ class SMTPSession(SubmissionCommands, MessageReception, FlowControl, Protocol, T
                 raise ReplyError(550, "5.1.1", "Error: no postmaster here")
             address = f"postmaster@{domains[0]}"
         else:
-            if not self.config.is_local_domain(rcpt.domain):
-                if not (self.factory.policy.relay_for_authenticated and self.user):
-                    # Only authenticated submission relays (RFC 5321 3.6.1, 7.1; RFC
-                    # 6409 3.3); the MX never does, whoever connects.
-                    raise ReplyError(550, "5.7.1", "Error: relay access denied")
-                self._need_queue(str(rcpt))
-                return (), (str(rcpt),)
             address = str(rcpt)
-        resolution = self.factory.directory.resolve(address)
-        if resolution.remote:
-            # Forwarding: an alias with targets elsewhere. The queue relays them with the
-            # original envelope sender (no SRS rewriting; SPF at the far end may object).
-            self._need_queue(address)
-        if resolution.is_empty:
-            raise ReplyError(550, "5.1.1", "Error: user unknown")
-        return resolution.mailboxes, resolution.remote
-
-    def _need_queue(self, rcpt: str) -> None:
-        if self.factory.queue is None:
-            # No relay queue in this build: a temporary failure keeps the sender
-            # retrying instead of losing a copy.
-            log.warn("{session} {rcpt} needs the relay queue, which is missing",
-                     session=self.session_id, rcpt=rcpt)
-            raise ReplyError(451, "4.3.5", "Error: relaying not available yet; try later")
+        relay = self.factory.policy.relay_for_authenticated and bool(self.user)
+        return self.factory.target.route(address, relay)
 
     def _abort_transaction(self) -> None:
         if self._transaction is not None:

@@ -16,13 +16,24 @@ Decisions, each as Postfix does it:
   reaches the user (directory.may_send_as); the null sender <> is refused too, as
   Postfix's reject_sender_login_mismatch does: 553 5.7.1 (RFC 6409 6.1 lets the MSA
   refuse, RFC 3463 X.7.1 "delivery not authorized").
+- The From header is held to the same rule (submission.check_from_header, on by
+  default; mox does the same): every address of it must be one the user may send as,
+  or the message is refused at the end of data with 550 5.7.1 (RFC 3463 X.7.1) and
+  nothing is stored. Otherwise any user could put a colleague's name and address in the
+  field every client shows as the author; the envelope sender alone is seen by nobody.
+  Refused as well, because a receiving client might read them otherwise than we do:
+  two From fields (RFC 5322 3.6 allows one), a From we cannot parse without guessing
+  (smtp/headers.py from_addresses), group syntax, and a header section too long for
+  the HeaderInspector to have seen all of it. A message without From is accepted
+  unchanged: it names no author to forge, and RFC 6409 8.1 only permits (MAY) the MSA
+  to add one. Resent-From and Sender are not checked.
 - The Received header says ESMTPSA (RFC 3848) but does not name the user (Postfix's
   smtpd_sasl_authenticated_header = no): the login name is nobody else's business.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred
@@ -30,14 +41,13 @@ from twisted.python.failure import Failure
 
 from mailserver.address import Address
 from mailserver.auth.realm import IMailUser
+from mailserver.core import metrics
 from mailserver.errors import ReplyError
 from mailserver.logs import logger
 from mailserver.reply import Reply
 from mailserver.smtp import auth, grammar
-
-if TYPE_CHECKING:
-    from mailserver.config import Config
-    from mailserver.smtp.server import Envelope
+from mailserver.smtp.headers import BadFromField, HeaderInspector, from_addresses
+from mailserver.smtp.state import SessionState
 
 log = logger(__name__)
 
@@ -45,27 +55,8 @@ log = logger(__name__)
 AUTH_FAILURE_LIMIT = 3
 
 
-class SubmissionCommands:
+class SubmissionCommands(SessionState):
     """AUTH and the sender check, for SMTPSession."""
-
-    if TYPE_CHECKING:  # provided by SMTPSession
-        factory: Any  # SMTPServerFactory (typed there; Protocol.factory clashes here)
-        config: Config
-        transport: Any
-        session_id: str
-        peer_ip: str
-        esmtp: bool
-        tls_active: bool
-        envelope: Envelope | None
-        user: str | None
-        auth_failures: int
-        _sasl: auth.SASLExchange | None
-        _closing: bool
-
-        def _send(self, reply: Reply) -> None: ...
-        def _error(self, reply: Reply) -> None: ...
-        def _close(self) -> None: ...
-        def _wait_for(self, d: Deferred[Any]) -> None: ...
 
     def _auth_possible(self) -> bool:
         """AUTH is offered: a submission port, inside TLS unless the operator allowed
@@ -89,7 +80,7 @@ class SubmissionCommands:
             raise ReplyError(538, "5.7.11", "Encryption required for requested "
                                             "authentication mechanism")
         exchange = auth.SASLExchange(command.mechanism)
-        if self.factory.auth_throttle.blocked(self.peer_ip):
+        if self.factory.auth_throttle.blocked(self.peer_ip, self.factory.policy.name):
             # Reconnecting does not buy a guesser more tries (core/throttle.py).
             log.info("{session} AUTH refused: too many failures from {peer}",
                      session=self.session_id, peer=self.peer_ip)
@@ -118,7 +109,8 @@ class SubmissionCommands:
             return
         portal = self.factory.portal
         assert portal is not None
-        d: Deferred[Any] = portal.login(step.credentials, None, IMailUser)
+        d: Deferred[Any] = metrics.counted_login(
+            "smtp", portal.login(step.credentials, None, IMailUser))
         mechanism = exchange.mechanism
 
         def accepted(result: tuple[Any, Any, Any]) -> None:
@@ -132,7 +124,8 @@ class SubmissionCommands:
         def refused(failure: Failure) -> None:
             if failure.check(UnauthorizedLogin):
                 self.auth_failures += 1
-                self.factory.auth_throttle.failed(self.peer_ip)
+                self.factory.auth_throttle.failed(self.peer_ip, self.factory.policy.name,
+                                                  _login_name(step.credentials))
                 log.info("{session} AUTH {mechanism} failed from {peer}",
                          session=self.session_id, mechanism=mechanism, peer=self.peer_ip)
                 self._error(Reply(535, "5.7.8", "Authentication credentials invalid"))
@@ -161,3 +154,39 @@ class SubmissionCommands:
                      user=user or "(none)", sender=str(sender))
             raise ReplyError(553, "5.7.1", f"{sender.bracketed()}: Sender address rejected:"
                                            f" not owned by user {user or '(none)'}")
+
+    def _from_refusal(self, headers: HeaderInspector) -> Reply | None:
+        """At the end of data: why the From header may not be sent by this user, or None
+        (see the module docstring for the rule and the forms refused)."""
+        fields = headers.from_fields
+        user = self.user or "(none)"
+        if headers.gave_up:
+            why = "Error: header section too long to check the From header"
+        elif not fields:
+            return None
+        elif len(fields) > 1:
+            why = f"Error: {len(fields)} From header fields; RFC 5322 3.6 allows one"
+        else:
+            try:
+                addresses = from_addresses(fields[0])
+            except BadFromField as e:
+                why = f"Error: From header {e}"
+            else:
+                senders = self.factory.senders
+                refused = [a for a in addresses if self.user is None or senders is None
+                           or not senders.may_send_as(self.user, a)]
+                if not refused:
+                    return None
+                why = (f"<{refused[0]}>: From header address rejected: not owned by "
+                       f"user {user}")
+        log.info("{session} {user} refused at end of data: {why}", session=self.session_id,
+                 user=user, why=why)
+        return Reply(550, "5.7.1", why)
+
+
+def _login_name(credentials: Any) -> str | None:
+    """The name a failed AUTH tried (for the log; never the password)."""
+    name = getattr(credentials, "username", None)
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    return name if isinstance(name, str) and name else None

@@ -1,4 +1,5 @@
-"""Trace headers added at delivery: Return-Path and Received (RFC 5321 4.4).
+"""The Received trace header the SMTP session adds (RFC 5321 4.4); Return-Path is the
+final delivery's (delivery/router.py).
 
 Kept apart from the session so the header format has one home and its own tests.
 """
@@ -11,7 +12,7 @@ import email.utils
 import os
 import time
 
-from mailserver.address import Address
+from mailserver.address import Address, address_literal
 
 
 def new_message_id() -> str:
@@ -67,16 +68,6 @@ def received_header(
         lines[-1] += ";"
         lines.append(f"\t{stamp}")
     return ("\n".join(lines) + "\n").encode("utf-8")
-
-
-def address_literal(ip: str) -> str:
-    """RFC 5321 4.1.3: `[192.0.2.1]`, and `[IPv6:2001:db8::1]` for IPv6."""
-    return f"[IPv6:{ip}]" if ":" in ip else f"[{ip}]"
-
-
-def return_path_header(sender: Address) -> bytes:
-    """RFC 5321 4.4: the final delivery adds Return-Path with the reverse-path."""
-    return f"Return-Path: {sender.bracketed()}\n".encode()
 
 
 def _sanitise(text: str) -> str:

@@ -27,7 +27,7 @@ from zope.interface import implementer
 
 from mailserver.core.diskio import DiskExecutor
 from mailserver.errors import ReplyError
-from mailserver.interfaces import IDeliveryTarget, IDeliveryTransaction, MailboxId
+from mailserver.interfaces import ILocalDelivery, ILocalTransaction, MailboxId
 from mailserver.logs import logger
 from mailserver.store.maildir import (
     FILE_MODE,
@@ -66,7 +66,17 @@ def delivery_error(exc: BaseException) -> ReplyError:
     return ReplyError(451, "4.3.0", "Requested action aborted: local error in processing")
 
 
-@implementer(IDeliveryTarget)
+def describe_error(exc: BaseException) -> str:
+    """The log text of a failed delivery: for an OSError its text and the path(s) it
+    names. (repr() of an OSError drops the path: "PermissionError(13, 'Permission
+    denied')" left the operator guessing which directory to fix.)"""
+    if isinstance(exc, OSError) and exc.filename is not None:
+        paths = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 else "")
+        return f"{type(exc).__name__}: {paths}: {exc.strerror or exc}"
+    return repr(exc)
+
+
+@implementer(ILocalDelivery)
 class MaildirDelivery:
     """Local delivery: each transaction ends as one file in each mailbox's new/."""
 
@@ -90,7 +100,7 @@ class MaildirDelivery:
         return MaildirTransaction(file, self.disk, self.spill_threshold)
 
 
-@implementer(IDeliveryTransaction)
+@implementer(ILocalTransaction)
 class MaildirTransaction:
     """One message on its way; reactor-thread state machine open -> committing -> done.
 
@@ -184,7 +194,7 @@ class MaildirTransaction:
     # ------------------------------------------------------------------ commit
 
     def commit(self) -> Deferred[None]:
-        """Make the message durable and visible in every new/; see IDeliveryTransaction.
+        """Make the message durable and visible in every new/; see ILocalTransaction.
 
         Cancelling the returned Deferred aborts the transaction.
         """
@@ -227,8 +237,8 @@ class MaildirTransaction:
     def _discard_then_fail(self, error: BaseException, logged: bool) -> None:
         """Remove every copy and temporary file, then errback the commit Deferred."""
         if not logged:
-            log.error("delivery to {mailboxes} failed: {error!r}",
-                      mailboxes=self._file.addresses, error=error)
+            log.error("delivery to {mailboxes} failed: {error}",
+                      mailboxes=self._file.addresses, error=describe_error(error))
         self._state = _ABORTED if self._state == _ABORTED else _DONE
         reply = delivery_error(error)
         d = self._disk.run(self._file.rollback)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import bisect
 import gc
 import os
-import re
 import threading
 import time
 from collections.abc import Iterable
@@ -36,6 +35,7 @@ from mailserver.interfaces import MessageInfo
 from mailserver.logs import logger
 from mailserver.store.flags import Keywords
 from mailserver.store.index import FolderIndex
+from mailserver.store.names import COMMON_NAME, base_of, crlf_size_of, name_time, split_name
 from mailserver.store.uidlist import UidList
 
 log = logger(__name__)
@@ -62,11 +62,6 @@ class Entry:
 
 # --------------------------------------------------------------------------- names
 
-#: Names as our delivery and Dovecot write them, parsed in C for a whole listing:
-#: (name, base, secs, usecs, W, info letters). Anything else takes the slow path.
-_COMMON_NAME = re.compile(
-    r"^(((\d{1,11})\.M(\d{1,6})[^,:\n]*)(?:,S=\d+)?,W=(\d+)(?::2,([A-Za-z]*))?)$", re.M)
-
 _new_object = object.__new__
 _info_slots = MessageInfo.__dict__
 _set_uid = _info_slots["uid"].__set__
@@ -86,50 +81,6 @@ def make_info(uid: int, flags: frozenset[str], size: int, date: float) -> Messag
     _set_date(info, date)
     _set_recent(info, False)
     return info
-
-
-def split_name(name: str) -> tuple[str, str]:
-    """(base, info letters) of a Maildir file name; base is the part before `,` or `:`."""
-    unique, _, info = name.partition(":")
-    comma = unique.find(",")
-    base = unique if comma < 0 else unique[:comma]
-    return base, (info[2:] if info.startswith("2,") else "")
-
-
-def base_of(name: str) -> str:
-    unique = name.partition(":")[0]
-    comma = unique.find(",")
-    return unique if comma < 0 else unique[:comma]
-
-
-def name_size(name: str) -> int | None:
-    """W= of a name (the CRLF size), if it has one."""
-    unique = name.partition(":")[0]
-    at = unique.find(",W=")
-    if at < 0:
-        return None
-    end = at + 3
-    while end < len(unique) and unique[end].isdigit():
-        end += 1
-    digits = unique[at + 3:end]
-    return int(digits) if digits else None
-
-
-def name_time(name: str) -> float | None:
-    """The delivery time a name starts with (`secs.Musecs...`), if it does."""
-    dot = name.find(".")
-    secs = name[:dot] if dot > 0 else ""
-    if not secs.isdigit() or len(secs) > 11:
-        return None
-    when = float(secs)
-    if name[dot + 1:dot + 2] == "M":
-        end = dot + 2
-        while end < len(name) and name[end].isdigit():
-            end += 1
-        usecs = name[dot + 2:end]
-        if usecs and len(usecs) <= 6:
-            when += int(usecs) / 1e6
-    return when
 
 
 def crlf_length(data: bytes) -> int:
@@ -174,6 +125,9 @@ class FolderState:
         self._settled = {"new": False, "cur": False}
         self._list_stamp: tuple[int, int] | None = None
         self._unseen: tuple[int, int] = (-1, 0)
+        #: The UIDVALIDITY that `entries` (and `names`, and the index) were numbered
+        #: under: every UID in them means something only in that UID space.
+        self.numbered_validity = 0
         #: Sessions and watchers holding this state (the registry keeps it while > 0).
         self.users = 0
 
@@ -235,13 +189,15 @@ class FolderState:
         list_stamp = self._uidlist_stamp()
         if list_stamp is None or list_stamp != self._list_stamp:
             # The UID list changed (another process numbered files) or was replaced
-            # (folder deleted and created again, list lost): a new UIDVALIDITY means
-            # every UID we hold is void.
-            old_validity = self.uidlist.validity
+            # (folder deleted and created again, list lost).
             self.uidlist.refresh()
             self._list_stamp = self._uidlist_stamp()
-            if old_validity and self.uidlist.validity != old_validity:
-                self._forget_all()
+        # Compared with the UIDVALIDITY our entries were numbered under, not with the
+        # list's before this refresh: APPEND, COPY and STATUS re-read the list too, so
+        # a new list (the folder deleted and created again) is often read first there,
+        # and the new UID 1 must not be taken for a rename of the old UID 1 (which kept
+        # the old message's RFC822.SIZE and INTERNALDATE).
+        self._check_validity()
         stamps = {"new": (st_new.st_ino, st_new.st_mtime_ns),
                   "cur": (st_cur.st_ino, st_cur.st_mtime_ns)}
         if any(old is not None and old[0] != stamps[sub][0]
@@ -278,20 +234,41 @@ class FolderState:
         for sub in subs or ("new", "cur"):
             self._settled[sub] = False
 
+    def _check_validity(self) -> bool:
+        """Forget everything numbered under another UIDVALIDITY than the list's now
+        (RFC 3501 2.3.1.1: the old UIDs are void); True if something was forgotten."""
+        validity = self.uidlist.validity
+        if not validity or validity == self.numbered_validity:
+            return False
+        forgot = bool(self.numbered_validity)
+        if forgot:
+            log.info("UIDVALIDITY of {path} changed from {old} to {new}: its messages "
+                     "are numbered again", path=self.path_str, old=self.numbered_validity,
+                     new=validity)
+            self._forget_all()
+        self.numbered_validity = validity
+        self.index.bind(validity)
+        return forgot
+
     def _forget_all(self) -> None:
         """Every message we knew is gone (the UIDs are void): views see them expunged
-        and the files, listed again, come back with UIDs of the new UIDVALIDITY."""
+        and the files, listed again, come back with UIDs of the new UIDVALIDITY. The
+        folder's other caches go too: keyword letters and the header/size index
+        describe the old folder, and their files may be the same size and age."""
         for uid in list(self.entries):
             self._remove(uid)
         self.names = {"new": {}, "cur": {}}
         self._dirs = {"new": None, "cur": None}
-        self.index.close()
+        self._settled = {"new": False, "cur": False}
+        self.index.discard()
         self.index = FolderIndex(self.path)
+        self.keywords = Keywords(self.path)
 
     def _apply(self, new_names: set[str] | None, cur_names: set[str] | None) -> bool:
         """Take in fresh listings of new/ and cur/ (None: that one did not change)."""
         if not self.entries and (new_names or cur_names):
             self._load(new_names or set(), cur_names or set())  # the rest: one by one
+            self._check_validity()  # nothing to forget: it only records the list's
         gone: dict[int, Entry] = {}
         added: list[tuple[str, str]] = []
         for sub, listing in (("new", new_names), ("cur", cur_names)):
@@ -323,11 +300,29 @@ class FolderState:
                 found.append((uid, sub, name, base))
         if unknown:
             found.extend(self._number(unknown))
+        if refreshed or unknown:
+            # Reading the list again found it replaced (another process deleted the
+            # folder and made it again): these UIDs are of the new list, ours of the
+            # old one. Start over with the new list.
+            if self._check_validity():
+                return self._relist()
         found.sort()
         for uid, sub, name, base in found:
             self._place(uid, sub, name, base, gone)
         if gone:
             self._confirm_gone(gone)
+        return True
+
+    def _relist(self) -> bool:
+        """List new/ and cur/ afresh after _forget_all (the listing in hand was
+        diffed against the old UID space)."""
+        for sub in ("new", "cur"):
+            try:
+                st = os.stat(self.path / sub)
+            except OSError:
+                continue
+            self._dirs[sub] = (st.st_ino, st.st_mtime_ns)
+        self._apply(_listdir(self.path / "new"), _listdir(self.path / "cur"))
         return True
 
     def _load(self, new_names: set[str], cur_names: set[str]) -> None:
@@ -343,7 +338,7 @@ class FolderState:
         fresh: list[tuple[str, tuple[str, str, str, str, str, str]]] = []
         for sub, names in (("new", new_names), ("cur", cur_names)):  # cur/ wins a tie
             known = names_of[sub]
-            for match in _COMMON_NAME.findall("\n".join(names)):
+            for match in COMMON_NAME.findall("\n".join(names)):
                 uid = by_base.get(match[1])
                 if uid is not None:
                     known[match[0]] = uid
@@ -440,7 +435,7 @@ class FolderState:
         if not letters.isupper() and self.keywords.missing_letters(letters):
             self.keywords.reload()
         flags = self.keywords.flags_of(letters)
-        size = name_size(name)
+        size = crlf_size_of(name)
         when = name_time(name)
         if size is None or when is None:
             cached = self.index.meta(base)

@@ -11,6 +11,13 @@ started again. Writes are batched (a header FETCH of 100k messages is a few hund
 transactions, not 100k); synchronous=NORMAL, because losing the last batch in a crash
 only means reading those files once more.
 
+The database records the UIDVALIDITY of the UID list it was filled under (table
+`validity`), and a FolderIndex is bound to the UIDVALIDITY its folder state numbers
+with: a database of an older UIDVALIDITY (the folder deleted and made again, a stale
+writer in another process) is emptied before use, and a FolderIndex of an older one
+reads and writes nothing. So a cache row never outlives its folder's UID space, even
+for foreign file names that another folder of the same path may reuse.
+
 Header FETCHes go through `headers(bases)`, which answers a whole run of messages with
 one query, so FETCH 1:* (BODY.PEEK[HEADER.FIELDS ...]) on a warm cache opens no file.
 """
@@ -36,7 +43,13 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS meta(base TEXT PRIMARY KEY, size INTEGER, date REAL)"
     " WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS headers(base TEXT PRIMARY KEY, header BLOB) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS validity(value INTEGER NOT NULL)",
 )
+
+
+def _stored_validity(db: sqlite3.Connection) -> int:
+    row = db.execute("SELECT max(value) FROM validity").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
 
 
 class FolderIndex:
@@ -49,16 +62,32 @@ class FolderIndex:
         self._broken = False
         self._pending_meta: list[tuple[str, int, float]] = []
         self._pending_headers: list[tuple[str, bytes]] = []
+        #: The UIDVALIDITY this cache serves (0: not known yet, nothing is cached).
+        self.validity = 0
+        #: The database serves a newer UIDVALIDITY than ours: we use no cache.
+        self._stale = False
+
+    def bind(self, validity: int) -> None:
+        """Serve the folder's UID space `validity` (its state calls this once it has
+        read the UID list). A rebind to another one drops what is pending."""
+        with self._lock:
+            if validity == self.validity:
+                return
+            self._pending_meta, self._pending_headers = [], []
+            self._close()
+            self.validity = validity
+            self._stale = False
 
     # ----------------------------------------------------------------- connection
 
     def _connect(self, create: bool) -> sqlite3.Connection | None:
-        if self._db is not None or self._broken:
+        if self._db is not None or self._broken or self._stale or not self.validity:
             return self._db
         if not create and not self.path.exists():
             return None
         if not self.path.parent.is_dir():
             return None
+        db = None
         try:
             db = sqlite3.connect(self.path, timeout=2.0, check_same_thread=False,
                                  isolation_level=None)
@@ -68,12 +97,42 @@ class FolderIndex:
             db.execute("PRAGMA cache_size=-256")
             for statement in _SCHEMA:
                 db.execute(statement)
+            self._stale = not self._claim(db)
+        except sqlite3.OperationalError:
+            if db is not None:
+                db.close()
+            return None  # busy (another process): this time without the cache
         except sqlite3.DatabaseError as e:
+            self._db = db
             self._drop(e)
+            return None
+        if self._stale:
+            db.close()
             return None
         os.chmod(self.path, 0o600)
         self._db = db
         return db
+
+    def _claim(self, db: sqlite3.Connection) -> bool:
+        """Make the database serve our UIDVALIDITY: one filled under an older one (or
+        before databases recorded it) is emptied first. False if the database belongs
+        to a newer UIDVALIDITY than ours: we are the stale one (UIDVALIDITY only grows,
+        uidlist.allocate_validity), and must neither read nor write."""
+        stored = _stored_validity(db)
+        if stored != self.validity:
+            db.execute("BEGIN IMMEDIATE")  # the write lock only when there is work
+            try:
+                stored = _stored_validity(db)
+                if stored < self.validity:
+                    db.execute("DELETE FROM meta")
+                    db.execute("DELETE FROM headers")
+                    db.execute("DELETE FROM validity")
+                    db.execute("INSERT INTO validity VALUES (?)", (self.validity,))
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+        return stored <= self.validity
 
     def _drop(self, error: Exception) -> None:
         """A damaged or unusable cache: delete it; the next use starts a new one."""
@@ -94,9 +153,18 @@ class FolderIndex:
     def close(self) -> None:
         with self._lock:
             self._flush()
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+            self._close()
+
+    def discard(self) -> None:
+        """Close without writing what is pending (it describes a folder that is gone)."""
+        with self._lock:
+            self._pending_meta, self._pending_headers = [], []
+            self._close()
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
     # ----------------------------------------------------------------- meta
 

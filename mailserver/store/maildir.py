@@ -1,4 +1,4 @@
-"""Maildir layout, unique file names and their parser.
+"""Maildir layout and unique file names (their parser is names.py, re-exported here).
 
 Everything here is blocking file-system work or pure string handling: callers on the
 reactor thread run the blocking parts through a disk executor (core/diskio.py).
@@ -20,15 +20,16 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import re
 import socket
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+from mailserver.core.diskio import fsync_dir
+from mailserver.core.ownfiles import Owner, give, give_fd, open_nofollow, refuse_link
 from mailserver.interfaces import MailboxId
 from mailserver.logs import logger
+from mailserver.store.names import MaildirName, parse_name, with_flags  # noqa: F401 - re-exported
 
 log = logger(__name__)
 
@@ -80,45 +81,37 @@ def folder_path(maildir: Path, folder: str) -> Path:
 # --------------------------------------------------------------------------- creation
 
 
-def _mkdir(path: Path) -> bool:
+def _mkdir(path: Path, owner: Owner | None = None, nofollow: bool = False) -> bool:
     """Create one directory (mode 0700); True if we made it, False if it already existed.
 
     exist_ok semantics, safe when several processes race to create the same tree; but an
-    existing non-directory is an error (the caller turns it into a 451).
+    existing non-directory is an error (the caller turns it into a 451), and so is a
+    symbolic link when `nofollow` (SymlinkRefused).
     """
     try:
         os.mkdir(path, DIR_MODE)
-        return True
     except FileExistsError:
+        if nofollow:
+            refuse_link(path)
         if not path.is_dir():
             raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory",
                                      str(path)) from None
         return False
+    give(path, owner)  # before anything goes in: the server may see it at once
+    return True
 
 
-def fsync_dir(path: Path | str) -> None:
-    """fsync a directory, so that entries created or renamed in it survive a crash.
-
-    The Maildir spec's delivery steps (write, fsync, link) leave the directory entry
-    itself to the file system; on Linux only an fsync of the directory makes it durable.
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _make_maildir_dirs(root: Path, created: list[Path], new_last: bool = True) -> None:
+def _make_maildir_dirs(root: Path, created: list[Path], new_last: bool = True,
+                       owner: Owner | None = None, nofollow: bool = False) -> None:
     """cur/ tmp/ (and new/ unless `new_last`) under `root`, recording what we created."""
-    if _mkdir(root):
+    if _mkdir(root, owner, nofollow):
         created.append(root)
     for sub in ("cur", "tmp") if new_last else _MAILDIR_SUBDIRS:
-        if _mkdir(root / sub):
+        if _mkdir(root / sub, owner, nofollow):
             created.append(root / sub)
 
 
-def _write_new_file(path: Path, content: bytes) -> bool:
+def _write_new_file(path: Path, content: bytes, owner: Owner | None = None) -> bool:
     """Create `path` with `content` unless it exists (never clobbers); True if we made it.
 
     Written under a unique temporary name and hard-linked into place: link() refuses an
@@ -130,6 +123,7 @@ def _write_new_file(path: Path, content: bytes) -> bool:
     tmp = path.with_name(f"{path.name}.{unique_name()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
+        give_fd(fd, owner)
         os.write(fd, content)
         os.fsync(fd)
     finally:
@@ -143,32 +137,45 @@ def _write_new_file(path: Path, content: bytes) -> bool:
         os.unlink(tmp)
 
 
-def create_maildir(mail_dir: Path, mailbox: MailboxId) -> Path:
+def create_maildir(mail_dir: Path, mailbox: MailboxId, owner: Owner | None = None,
+                   nofollow: bool = False) -> Path:
     """Create the user's Maildir with the default folders; return its path. Idempotent.
 
     new/ of the INBOX is created last, so `ensure_maildir`'s fast path (new/ exists)
     implies that everything else exists too, even if a process died half-way here.
     Every directory we create is fsync'd into its parent before returning, because the
     first message is about to be acknowledged with 250 and must survive a crash.
+    The admin tool (often root) passes `nofollow`: then nothing from mail_dir down may
+    be a symbolic link (SymlinkRefused), since a link planted under data_dir would have
+    root create directories wherever it points; and `owner` (data_dir's owner,
+    core/ownfiles.py), given to what we create. Delivery follows links (a domain's
+    directory may be a link to another file system).
     """
     root = mailbox_path(mail_dir, mailbox)
     created: list[Path] = []
-    if not mail_dir.is_dir():  # data_dir/mail, and data_dir too if need be
+    exists = refuse_link(mail_dir) and mail_dir.is_dir() if nofollow else mail_dir.is_dir()
+    if not exists:  # data_dir/mail, and data_dir too if need be
         os.makedirs(mail_dir, DIR_MODE, exist_ok=True)
+        give(mail_dir, owner)
         created.append(mail_dir)
-    if _mkdir(mail_dir / mailbox.domain):
+    if _mkdir(mail_dir / mailbox.domain, owner, nofollow):
         created.append(mail_dir / mailbox.domain)
-    _make_maildir_dirs(root, created)
+    _make_maildir_dirs(root, created, owner=owner, nofollow=nofollow)
     for folder in DEFAULT_FOLDERS:
         # Dovecot and Courier mark a Maildir++ folder with an empty `maildirfolder` file.
         folder_dir = folder_path(root, folder)
-        _make_maildir_dirs(folder_dir, created, new_last=False)
-        marker = folder_dir / "maildirfolder"
-        os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, FILE_MODE))
+        _make_maildir_dirs(folder_dir, created, new_last=False, owner=owner,
+                           nofollow=nofollow)
+        marker = open_nofollow(folder_dir / "maildirfolder", os.O_WRONLY | os.O_CREAT,
+                               FILE_MODE)
+        try:
+            give_fd(marker, owner)
+        finally:
+            os.close(marker)
     # Dovecot's (pre-2.4) subscriptions file: one folder name per line.
     _write_new_file(root / "subscriptions",
-                    "".join(f + "\n" for f in DEFAULT_FOLDERS).encode("ascii"))
-    if _mkdir(root / "new"):
+                    "".join(f + "\n" for f in DEFAULT_FOLDERS).encode("ascii"), owner)
+    if _mkdir(root / "new", owner, nofollow):
         created.append(root / "new")
     if created:
         _sync_created(created)
@@ -253,49 +260,3 @@ def size_fields(size: int | None, crlf_size: int | None) -> str:
 def crlf_size(data: bytes) -> int:
     """The size `data` (LF line ends) will have on the wire, with CRLF line ends."""
     return len(data) + data.count(b"\n")
-
-
-@dataclass(frozen=True)
-class MaildirName:
-    """What a Maildir file name tells without opening the file."""
-
-    #: The unique part, without `,S=`/`,W=` fields or the info suffix: stable across
-    #: flag changes, so it is the key UID lists use.
-    base: str
-    #: S=: the size on disk (LF line ends); None if the name does not say.
-    size: int | None
-    #: W=: the size with CRLF line ends (what POP3 LIST and IMAP RFC822.SIZE report).
-    crlf_size: int | None
-    #: The flags of the `:2,` info suffix, sorted (e.g. "FS"); "" when none or no suffix.
-    flags: str
-    #: Whether the name had an info suffix at all (files in cur/ do, new/ usually not).
-    has_info: bool
-
-
-_FIELD = re.compile(r",([A-Z])=([0-9]+)")
-
-
-def parse_name(name: str) -> MaildirName:
-    """Parse a Maildir file name: `base[,S=n][,W=n][:2,FLAGS]`.
-
-    Maildir spec: "info" starts at the colon; "2," introduces the flags, one ASCII letter
-    each in ASCII order (D draft, F flagged, P passed, R replied, S seen, T trashed).
-    Fields other than S= and W= (and unknown info forms such as ":1,") are tolerated.
-    """
-    unique, colon, info = name.partition(":")
-    fields = dict(_FIELD.findall(unique))
-    base = unique.split(",", 1)[0]
-    flags = info[2:] if info.startswith("2,") else ""
-    return MaildirName(
-        base=base,
-        size=int(fields["S"]) if "S" in fields else None,
-        crlf_size=int(fields["W"]) if "W" in fields else None,
-        flags="".join(sorted(set(flags))),
-        has_info=bool(colon),
-    )
-
-
-def with_flags(name: str, flags: str) -> str:
-    """`name` with its info suffix replaced by `:2,FLAGS` (flags sorted, deduplicated)."""
-    unique = name.partition(":")[0]
-    return f"{unique}:2,{''.join(sorted(set(flags)))}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
 
 from mailserver.store.folderstate import FolderState
@@ -58,3 +59,21 @@ def drop_idle_states() -> None:
             if old is not None:
                 old.index.close()
         _idle.clear()
+
+
+def forget_folders(paths: Iterable[Path]) -> None:
+    """The folders at `paths` were deleted or renamed away: drop their idle states.
+
+    A state a session still holds stays (that session sees the messages expunged at its
+    next sync); a folder made again at the same path gets a new UIDVALIDITY, which a
+    state notices by itself (FolderState.refresh), so this is about memory and open
+    files, not about correctness.
+    """
+    with _registry_lock:
+        for path in paths:
+            state = _registry.get(path)
+            if state is None or state.users > 0:
+                continue
+            del _registry[path]
+            _idle.pop(path, None)
+            state.index.discard()

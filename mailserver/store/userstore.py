@@ -30,10 +30,11 @@ from mailserver.interfaces import (
 from mailserver.logs import logger
 from mailserver.store import notify
 from mailserver.store.flags import Keywords
-from mailserver.store.folders import Folders, normalize
-from mailserver.store.folderstate import FolderState, split_name
+from mailserver.store.folders import Folders, normalize, parent_names
+from mailserver.store.folderstate import FolderState
 from mailserver.store.maildir import ensure_maildir, fsync_dir
-from mailserver.store.registry import acquire_state, release_state
+from mailserver.store.names import split_name, stored_size_of
+from mailserver.store.registry import acquire_state, forget_folders, release_state
 from mailserver.store.transfer import link_into, move_into, write_new
 from mailserver.store.uidlist import locked
 from mailserver.store.view import MailboxView
@@ -41,18 +42,26 @@ from mailserver.store.view import MailboxView
 log = logger(__name__)
 
 
+#: Folders besides INBOX a user may have when the caller names no limit (the default
+#: of limits.folders_per_user).
+FOLDER_LIMIT = 1000
+
+
 def open_user_store(config: Config, mailbox: MailboxId) -> UserStore:
     """The store of `mailbox` (its Maildir is created if missing). Blocking."""
-    return UserStore(ensure_maildir(config.mail_dir, mailbox))
+    return UserStore(ensure_maildir(config.mail_dir, mailbox),
+                     folder_limit=config.limits.folders_per_user)
 
 
 @implementer(IUserStore)
 class UserStore:
-    """The folders of the Maildir at `root`."""
+    """The folders of the Maildir at `root`; at most `folder_limit` besides INBOX."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, folder_limit: int = FOLDER_LIMIT) -> None:
         self.root = root
+        self.location = str(root)
         self.tree = Folders(root)
+        self.folder_limit = folder_limit
 
     # ----------------------------------------------------------------- helpers
 
@@ -72,18 +81,42 @@ class UserStore:
     def folders(self) -> list[FolderInfo]:
         return self.tree.listing()
 
+    def _check_room(self, names: list[str]) -> None:
+        """StoreError LIMIT (RFC 5530) if making the folders `names` (those that do not
+        exist yet) would take the user past `folder_limit`. Every folder costs a
+        directory, a UID list and an index, and LIST answers with all of them.
+
+        Not atomic with the mkdir: sessions of the user creating at the same moment
+        may each pass the check, so the count can exceed the limit by what they make
+        at once (a few), never grow without bound."""
+        existing = set(self.tree.names())
+        fresh = {n for n in names if n != "INBOX" and n not in existing}
+        if fresh and len(existing) + len(fresh) > self.folder_limit:
+            raise StoreError("LIMIT", f"Too many folders ({self.folder_limit} at most)")
+
     def create(self, name: str) -> None:
-        self.tree.create(normalize(name, create=True))
+        name = normalize(name, create=True)
+        if name != "INBOX" and not self.tree.exists(name):
+            self._check_room([*parent_names(name), name])
+        self.tree.create(name)
 
     def delete(self, name: str) -> None:
-        self.tree.delete(normalize(name))
+        name = normalize(name)
+        self.tree.delete(name)
+        forget_folders([self.tree.path(name)])
 
     def rename(self, old: str, new: str) -> None:
         old, new = normalize(old), normalize(new)
+        if new != "INBOX" and self.tree.exists(old) and not self.tree.exists(new):
+            # RENAME makes the new name's missing superiors (and, for INBOX, the new
+            # folder itself); the folders it moves are no more than before.
+            self._check_room([*(p for p in parent_names(new) if not p.startswith(old)),
+                              *([new] if old == "INBOX" else [])])
         if old == "INBOX":
             self._rename_inbox(new)
         else:
-            self.tree.rename(old, new)
+            moved = self.tree.rename(old, new)
+            forget_folders(path for pair in moved for path in pair)
 
     def _rename_inbox(self, new: str) -> None:
         """RFC 3501 6.3.5: INBOX's messages move to `new`; INBOX stays, empty."""
@@ -185,6 +218,7 @@ class UserStore:
         source = view.state
         wanted = set(uids)
         with source.lock:
+            view.check_uid_space()
             items = [(e.uid, e) for uid in sorted(wanted)
                      if (e := source.entries.get(uid)) is not None
                      and view.seq_of(uid) is not None and not view.is_vanished(uid)]
@@ -226,7 +260,7 @@ class UserStore:
                     return None
                 path = source.path_of(current)
                 info = current.info
-                size_s = _s_field(current.name)
+                size_s = stored_size_of(current.name)
             try:
                 if move:
                     return move_into(path, dest, size_s, info.size, letters, info.internal_date)
@@ -242,15 +276,3 @@ class UserStore:
         name = normalize(name)
         return notify.watch(self.tree.path(name), callback)
 
-
-def _s_field(name: str) -> int | None:
-    unique = name.partition(":")[0]
-    at = unique.find(",S=")
-    if at < 0:
-        return None
-    digits = ""
-    for ch in unique[at + 3:]:
-        if not ch.isdigit():
-            break
-        digits += ch
-    return int(digits) if digits else None

@@ -27,6 +27,7 @@ from mailserver.interfaces import Changes, CopyResult, IMailboxView, MessageInfo
 from mailserver.logs import logger
 from mailserver.store.flags import apply_mode
 from mailserver.store.folderstate import Entry, FolderState, to_crlf
+from mailserver.store.names import flag_letters, with_flags
 from mailserver.store.registry import release_state
 from mailserver.store.uidlist import locked
 
@@ -188,7 +189,16 @@ class MailboxView:
 
     # ----------------------------------------------------------------- reading
 
+    def check_uid_space(self) -> None:
+        """StoreError unless the shared state still numbers with this view's UIDVALIDITY:
+        after the folder was deleted and made again, UID n of the state is another
+        message than the client's UID n (the session ends at its next sync; this closes
+        the window until then). Caller holds the state lock."""
+        if self.state.numbered_validity != self.uid_validity:
+            raise StoreError("NONEXISTENT", "Mailbox was deleted meanwhile; select it again")
+
     def _entry(self, uid: int) -> Entry:
+        self.check_uid_space()
         entry = self.state.entries.get(uid)
         if entry is None or uid in self._vanished:
             raise StoreError("NONEXISTENT", "Message has been expunged")
@@ -254,6 +264,8 @@ class MailboxView:
         """Load the cached headers of `uid` and the messages after it in one query."""
         with self.state.lock:
             state = self.state
+            if state.numbered_validity != self.uid_validity:
+                return  # header() then fails in _open_file
             start = bisect.bisect_left(state.uids, uid)
             uids = state.uids[start:start + _READ_AHEAD]
             bases = [state.entries[u].base for u in uids if u in state.entries]
@@ -274,6 +286,7 @@ class MailboxView:
         state = self.state
         results: list[MessageInfo] = []
         with state.lock:
+            self.check_uid_space()
             self._define_keywords(mode, flags)
             cur = state.path_str + "/cur"
             memo: dict[tuple[frozenset[str], str], tuple[frozenset[str], str]] = {}
@@ -315,8 +328,7 @@ class MailboxView:
             if entry is None:
                 return None
             name = entry.name
-            unique, _, info = name.partition(":")
-            old_letters = info[2:] if info.startswith("2,") else ""
+            old_letters = flag_letters(name)
             key = (entry.info.flags, old_letters)
             known = memo.get(key)
             if known is None:
@@ -325,7 +337,7 @@ class MailboxView:
             new_flags, letters = known
             if new_flags == entry.info.flags:
                 return entry.info
-            new_name = f"{unique}:2,{letters}"
+            new_name = with_flags(name, letters)
             try:
                 os.rename(f"{folder}/{entry.sub}/{name}", f"{cur}/{new_name}")
             except FileNotFoundError:
@@ -355,6 +367,7 @@ class MailboxView:
         state = self.state
         with state.lock:
             state.refresh()
+            self.check_uid_space()
             wanted = set(uids) if uids is not None else None
             removed: list[Entry] = []
             for info in self.messages:

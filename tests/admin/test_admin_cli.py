@@ -92,7 +92,7 @@ def users_file(data: Path) -> str:
 # -- user add ------------------------------------------------------------------------------
 
 def test_user_add(run: Run, data: Path, log_text: list[str]) -> None:
-    code, out, err = run("user", "add", "Alice@Example.org", stdin=PASSWORD + "\n")
+    code, out, err = run("user", "add", "--weak-ok", "Alice@Example.org", stdin=PASSWORD + "\n")
     assert (code, err) == (0, "")
     maildir = data / "mail" / "example.org" / "alice"
     assert out == f"user add: alice@example.org added (Maildir {maildir})\n"
@@ -106,14 +106,14 @@ def test_user_add(run: Run, data: Path, log_text: list[str]) -> None:
 
 
 def test_user_add_reads_only_the_first_line_and_keeps_spaces(run: Run, data: Path) -> None:
-    code, _, _ = run("user", "add", "bob@example.net", stdin=" pass word \r\nsecond\n")
+    code, _, _ = run("user", "add", "--weak-ok", "bob@example.net", stdin=" pass word \r\nsecond\n")
     assert code == 0
     stored = users_file(data).strip().split(":", 1)[1]
     assert verify_password(" pass word ", stored)
 
 
 def test_user_add_refusals(run: Run, data: Path) -> None:
-    assert run("user", "add", "alice@example.org", stdin="pw\n")[0] == 0
+    assert run("user", "add", "--weak-ok", "alice@example.org", stdin="pw\n")[0] == 0
     cases = [
         (("alice@EXAMPLE.org",), "pw\n", "user add: alice@example.org exists\n"),
         (("alice@example.com",), "pw\n",
@@ -124,7 +124,7 @@ def test_user_add_refusals(run: Run, data: Path) -> None:
         (("bob",), "pw\n", "user add: not an address: 'bob'\n"),
     ]
     for args, stdin, message in cases:
-        code, out, err = run("user", "add", *args, stdin=stdin)
+        code, out, err = run("user", "add", "--weak-ok", *args, stdin=stdin)
         assert (code, out, err) == (1, "", message), args
     assert users_file(data).count("\n") == 1
     assert not (data / "mail" / "example.org" / "bob").exists()
@@ -134,7 +134,7 @@ def test_user_add_refusals(run: Run, data: Path) -> None:
                                      "a/b@example.org", "../../../tmp/evil@example.org",
                                      "a..b@example.org"])
 def test_user_add_refuses_path_traversal(run: Run, data: Path, address: str) -> None:
-    code, out, err = run("user", "add", address, stdin="pw\n")
+    code, out, err = run("user", "add", "--weak-ok", address, stdin="pw\n")
     assert code == 1 and out == ""
     assert err.startswith(f"user add: {address}: ")
     assert not (data / "users").exists()
@@ -158,25 +158,25 @@ def test_user_add_prompts_twice_on_a_terminal(run: Run, data: Path,
             return True
 
     monkeypatch.setattr(sys, "stdin", Tty())
-    assert main(["--config", str(run.config_path), "user", "add", "a@example.org"]) == 0
+    assert main(["--config", str(run.config_path), "user", "add", "--weak-ok", "a@example.org"]) == 0
     assert len(prompts) == 2
     assert verify_password("tty pw", users_file(data).strip().split(":", 1)[1])
     monkeypatch.setattr(sys, "stdin", Tty())
-    assert main(["--config", str(run.config_path), "user", "add", "b@example.org"]) == 1
+    assert main(["--config", str(run.config_path), "user", "add", "--weak-ok", "b@example.org"]) == 1
     assert "b@example.org" not in users_file(data)
 
 
 def test_user_add_notes_an_alias_of_the_same_name(run: Run) -> None:
     run("alias", "add", "alice@example.org", "bob@example.org")
-    code, out, _ = run("user", "add", "alice@example.org", stdin="pw\n")
+    code, out, _ = run("user", "add", "--weak-ok", "alice@example.org", stdin="pw\n")
     assert code == 0 and "note: the alias alice@example.org takes precedence" in out
 
 
 # -- user del / passwd / list ---------------------------------------------------------------
 
 def test_user_del(run: Run, data: Path) -> None:
-    run("user", "add", "alice@example.org", stdin="pw\n")
-    run("user", "add", "bob@example.org", stdin="pw\n")
+    run("user", "add", "--weak-ok", "alice@example.org", stdin="pw\n")
+    run("user", "add", "--weak-ok", "bob@example.org", stdin="pw\n")
     run("alias", "add", "info@example.org", "alice, bob")
     code, out, err = run("user", "del", "ALICE@example.org")
     maildir = data / "mail" / "example.org" / "alice"
@@ -195,16 +195,32 @@ def test_user_del(run: Run, data: Path) -> None:
 def test_user_passwd(run: Run, data: Path) -> None:
     (data).mkdir()
     (data / "users").write_text("# kept\nalice@example.org:{PLAIN}old:1000:1000::/home/a\n")
-    code, out, err = run("user", "passwd", "alice@example.org", stdin="new pw\n")
+    code, out, err = run("user", "passwd", "--weak-ok", "alice@example.org", stdin="new pw\n")
     assert (code, out, err) == (0, "user passwd: password of alice@example.org changed\n", "")
     lines = users_file(data).splitlines()
     assert lines[0] == "# kept"
     name, stored, *extra = lines[1].split(":")
     assert verify_password("new pw", stored) and not verify_password("old", stored)
     assert extra == ["1000", "1000", "", "/home/a"]
-    assert run("user", "passwd", "nobody@example.org", stdin="x\n") == (
+    assert run("user", "passwd", "--weak-ok", "nobody@example.org", stdin="x\n") == (
         1, "", "user passwd: nobody@example.org: no such user\n")
-    assert run("user", "passwd", "alice@example.org", stdin="") [0] == 1
+    assert run("user", "passwd", "--weak-ok", "alice@example.org", stdin="") [0] == 1
+
+
+def test_over_long_password_is_not_set(run: Run, data: Path) -> None:
+    """The checker refuses passwords over 1024 octets unhashed, so no login could use
+    one: the admin tool refuses to set it. 1024 octets (512 two-octet characters) is fine."""
+    data.mkdir()
+    (data / "users").write_text("alice@example.org:{PLAIN}old\n")
+    for args in (("add", "bob@example.org"), ("passwd", "alice@example.org")):
+        for password in ("p" * 1025, "\u00e9" * 513):
+            assert run("user", *args, stdin=password + "\n") == (
+                1, "", f"user {args[0]}: password longer than 1024 octets\n")
+    assert users_file(data) == "alice@example.org:{PLAIN}old\n"
+    assert not (data / "mail" / "example.org" / "bob").exists()
+    assert run("user", "passwd", "--weak-ok", "alice@example.org", stdin="\u00e9" * 512 + "\n")[0] == 0
+    stored = users_file(data).splitlines()[0].split(":")[1]
+    assert verify_password("\u00e9" * 512, stored)
 
 
 def test_user_list(run: Run, data: Path) -> None:
@@ -220,7 +236,7 @@ def test_user_list(run: Run, data: Path) -> None:
 # -- aliases ----------------------------------------------------------------------------------
 
 def test_alias_add_list_del(run: Run, data: Path) -> None:
-    run("user", "add", "alice@example.org", stdin="pw\n")
+    run("user", "add", "--weak-ok", "alice@example.org", stdin="pw\n")
     code, out, err = run("alias", "add", "Info@Example.org", "alice,Bob@Remote.Example")
     assert (code, err) == (0, "")
     assert out.splitlines() == [
@@ -264,7 +280,7 @@ def test_alias_add_refusals(run: Run) -> None:
 # -- check-config, config errors, usage, queue ----------------------------------------------
 
 def test_check_config_ok(run: Run, config_path: Path, data: Path) -> None:
-    run("user", "add", "alice@example.org", stdin="pw\n")
+    run("user", "add", "--weak-ok", "alice@example.org", stdin="pw\n")
     run("alias", "add", "info@example.org", "alice")
     code, out, err = run("check-config")
     assert code == 0
@@ -341,7 +357,7 @@ def test_config_from_environment(run: Run, config_path: Path, data: Path,
                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MAILSERVER_CONFIG", str(config_path))
     monkeypatch.setattr(sys, "stdin", io.StringIO("pw\n"))
-    assert main(["user", "add", "env@example.org"]) == 0
+    assert main(["user", "add", "--weak-ok", "env@example.org"]) == 0
     assert "env@example.org" in users_file(data)
 
 
@@ -362,7 +378,7 @@ def test_help_exits_0(run: Run) -> None:
 def test_unwritable_users_file_is_one_line(run: Run, data: Path) -> None:
     data.mkdir()
     (data / "users").mkdir()  # a directory where the file should be
-    code, out, err = run("user", "add", "alice@example.org", stdin="pw\n")
+    code, out, err = run("user", "add", "--weak-ok", "alice@example.org", stdin="pw\n")
     assert code == 1 and out == ""
     assert err.startswith("user add: ") and err.count("\n") == 1
     assert "Traceback" not in err
@@ -373,7 +389,7 @@ def test_unwritable_users_file_is_one_line(run: Run, data: Path) -> None:
 def test_a_running_directory_sees_admin_changes(run: Run, config_path: Path) -> None:
     directory = RecipientDirectory(load_config(config_path))
     assert directory.resolve("alice@example.org").is_empty
-    run("user", "add", "alice@example.org", stdin="pw\n")
+    run("user", "add", "--weak-ok", "alice@example.org", stdin="pw\n")
     assert directory.resolve("alice+x@example.org").mailboxes == (
         MailboxId("example.org", "alice"),)
     run("alias", "add", "info@example.org", "alice")
@@ -393,11 +409,11 @@ def _env() -> dict[str, str]:
 
 def test_console_script(config_path: Path, data: Path) -> None:
     cmd = [str(BIN / "mailserver"), "--config", str(config_path)]
-    done = subprocess.run([*cmd, "user", "add", "carol@example.net"], input="s3cret\n",
+    done = subprocess.run([*cmd, "user", "add", "--weak-ok", "carol@example.net"], input="s3cret\n",
                           capture_output=True, text=True, timeout=60, env=_env())
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout.startswith("user add: carol@example.net added")
-    again = subprocess.run([*cmd, "user", "add", "carol@example.net"], input="s3cret\n",
+    again = subprocess.run([*cmd, "user", "add", "--weak-ok", "carol@example.net"], input="s3cret\n",
                            capture_output=True, text=True, timeout=60, env=_env())
     assert (again.returncode, again.stderr) == (1, "user add: carol@example.net exists\n")
     usage = subprocess.run([*cmd, "frobnicate"], capture_output=True, text=True, timeout=60,

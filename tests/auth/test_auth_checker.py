@@ -10,15 +10,14 @@ from __future__ import annotations
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from fakes import FakeReactor
 from twisted.cred.credentials import ICredentials, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.trial import unittest
@@ -33,35 +32,6 @@ from mailserver.config import Config, config_from_dict
 from mailserver.interfaces import MailboxId
 
 ALICE_HASH = hash_password("alice's password")
-
-
-class SyncThreadPool:
-    """Runs the 'threaded' call at once; records which thread ran it."""
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def callInThreadWithCallback(self, on_result: Callable[[bool, Any], None],
-                                 func: Callable[..., Any], *args: Any, **kw: Any) -> None:
-        self.calls += 1
-        try:
-            result = func(*args, **kw)
-        except BaseException:
-            on_result(False, Failure())
-        else:
-            on_result(True, result)
-
-
-class FakeReactor(Clock):
-    def __init__(self) -> None:
-        super().__init__()
-        self.pool = SyncThreadPool()
-
-    def callFromThread(self, f: Callable[..., Any], *args: Any, **kw: Any) -> None:
-        f(*args, **kw)
-
-    def getThreadPool(self) -> SyncThreadPool:
-        return self.pool
 
 
 def make_config(tmp_path: Path) -> Config:
@@ -208,3 +178,92 @@ class RealReactorTests(unittest.TestCase):
     def test_refuse(self) -> Deferred[Any]:
         d = self.checker.requestAvatarId(UsernamePassword(b"alice@example.org", b"no"))
         return self.assertFailure(d, UnauthorizedLogin)
+
+
+# -- over-long passwords and the timing of a refusal --------------------------------------
+
+
+def long_password_config(tmp_path: Path) -> Config:
+    """Users whose stored password is exactly MAX_PASSWORD_OCTETS long, in each scheme
+    whose cost grows with the password (SHA-crypt) and in the default one."""
+    from mailserver.auth.schemes import MAX_PASSWORD_OCTETS, sha_crypt
+
+    cfg = make_config(tmp_path)
+    longest = "p" * MAX_PASSWORD_OCTETS
+    cfg.users_file.write_text(
+        f"long@example.org:{{PLAIN}}{longest}\n"
+        f"sha512@example.org:{{SHA512-CRYPT}}{sha_crypt(longest, '$6$saltsalt')}\n"
+        f"sha256@example.org:{{SHA256-CRYPT}}{sha_crypt(longest, '$5$saltsalt')}\n"
+        f"alice@example.org:{ALICE_HASH}\n")
+    return cfg
+
+
+@pytest.mark.parametrize("username", ["long@example.org", "sha512@example.org",
+                                      "sha256@example.org", "alice@example.org",
+                                      "nobody@example.org"])
+@pytest.mark.parametrize("password", ["p" * 1025, "p" * 8192, "é" * 513])
+def test_over_long_password_refused_like_a_wrong_one_without_hashing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, username: str,
+        password: str) -> None:
+    """1025 octets and more (here also 513 two-octet characters) are never hashed: not
+    with the user's scheme, not with the dummy hash; the refusal comes after the same
+    delay as a wrong password's."""
+    hashed: list[object] = []
+    monkeypatch.setattr(checker_module, "verify_password",
+                        lambda p, s: hashed.append(p) or False)
+    monkeypatch.setattr(checker_module, "dummy_verify", lambda p: hashed.append(p) or False)
+    reactor = FakeReactor()
+    checker = PasswordChecker(RecipientDirectory(long_password_config(tmp_path)),
+                              reactor=reactor, failure_delay=0.75)
+    for form in (password, password.encode()):
+        result = outcome(checker.requestAvatarId(UsernamePassword(username, form)))
+        reactor.advance(0.74)
+        assert result == []
+        reactor.advance(0.02)
+        assert len(result) == 1 and isinstance(result[0], Failure)
+        result[0].trap(UnauthorizedLogin)
+    assert hashed == [] and reactor.pool.calls == 0
+
+
+@pytest.mark.parametrize("username", ["long@example.org", "sha512@example.org",
+                                      "sha256@example.org"])
+def test_a_password_of_exactly_the_limit_still_works(tmp_path: Path, username: str) -> None:
+    checker = PasswordChecker(RecipientDirectory(long_password_config(tmp_path)),
+                              reactor=FakeReactor())
+    result = outcome(checker.requestAvatarId(UsernamePassword(username, "p" * 1024)))
+    assert result == [username]
+
+
+def test_refusal_time_does_not_depend_on_the_hashing_time(
+        setup: tuple[PasswordChecker, FakeReactor], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The refusal is answered failure_delay after the attempt began: a scheme that hashes
+    in 0.3 s and an unknown user (the dummy hash) answer at the same moment."""
+    checker, reactor = setup
+
+    def slow(*_args: object) -> bool:
+        reactor.advance(0.3)  # the thread pool is synchronous here: time passes inside
+        return False
+
+    monkeypatch.setattr(checker_module, "verify_password", slow)
+    monkeypatch.setattr(checker_module, "dummy_verify", slow)
+    for user in (b"alice@example.org", b"nobody@example.org"):
+        started = reactor.seconds()
+        result = outcome(checker.requestAvatarId(UsernamePassword(user, b"wrong")))
+        reactor.advance(started + 0.74 - reactor.seconds())
+        assert result == []
+        reactor.advance(0.02)
+        result[0].trap(UnauthorizedLogin)
+
+
+def test_hashing_longer_than_the_delay_is_answered_at_once(
+        setup: tuple[PasswordChecker, FakeReactor], monkeypatch: pytest.MonkeyPatch) -> None:
+    checker, reactor = setup
+
+    def slower(*_args: object) -> bool:
+        reactor.advance(2.0)
+        return False
+
+    monkeypatch.setattr(checker_module, "verify_password", slower)
+    result = outcome(checker.requestAvatarId(UsernamePassword(b"alice", b"wrong")))
+    reactor.advance(0)
+    result[0].trap(UnauthorizedLogin)

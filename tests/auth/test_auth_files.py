@@ -282,3 +282,33 @@ def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
 
 def test_line_problem_format() -> None:
     assert str(LineProblem(Path("/x/users"), 7, "bad")) == "/x/users:7: bad"
+
+
+def test_unreadable_file_without_a_good_reading_says_why(tmp_path: Path) -> None:
+    """A file that exists but cannot be read (a directory in its place stands in for a
+    permission error, which root would not get) reads as empty AND says why, so the
+    directory can answer "try later" instead of "no such user"; once readable, it is
+    read and the problem is gone."""
+    path = tmp_path / "users"
+    path.mkdir()
+    watched = WatchedFile(path, lambda text: text)
+    assert watched.get() == ""
+    assert watched.read_error is not None
+    assert watched.read_error.startswith(f"cannot read {path}: ")
+    path.rmdir()
+    path.write_text("alice@example.org:{PLAIN}pw\n")
+    assert watched.get() == "alice@example.org:{PLAIN}pw\n"
+    assert watched.read_error is None
+
+
+def test_unreadable_file_after_a_good_reading_keeps_it_without_a_problem(
+        tmp_path: Path) -> None:
+    """After one good reading, the last good value stands in: users stay known."""
+    path = tmp_path / "users"
+    path.write_text("alice@example.org:{PLAIN}pw\n")
+    watched = WatchedFile(path, lambda text: text)
+    assert watched.get() == "alice@example.org:{PLAIN}pw\n"
+    path.unlink()
+    path.mkdir()
+    assert watched.get() == "alice@example.org:{PLAIN}pw\n"
+    assert watched.read_error is None

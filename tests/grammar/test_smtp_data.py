@@ -22,6 +22,8 @@ class Decoded:
     output: bytes
     remainder: bytes | None
     size: int
+    #: RFC 1870 3: octets as transmitted, CRLF pairs counted, stuffing dots not.
+    wire_size: int
     bare_newline: bool
     nul: bool
     eight_bit: bool
@@ -30,6 +32,7 @@ class Decoded:
 def reference_dot(stream: bytes) -> Decoded:
     """A byte-at-a-time reading of RFC 5321 4.1.1.4 / 4.5.2, slow and obvious."""
     out = bytearray()
+    wire = 0
     bare = False
     line_start = True
     i = 0
@@ -40,6 +43,7 @@ def reference_dot(stream: bytes) -> Decoded:
                 bytes(out),
                 stream[i + 3 :],
                 len(out),
+                wire,
                 bare,
                 b"\0" in content,
                 any(b >= 0x80 for b in content),
@@ -49,12 +53,14 @@ def reference_dot(stream: bytes) -> Decoded:
         line_start = False
         if stream[i : i + 2] == b"\r\n":
             out += b"\n"
+            wire += 2
             i += 2
             line_start = True
             continue
         if stream[i] in b"\r\n":
             bare = True
         out.append(stream[i])
+        wire += 1
         i += 1
     raise AssertionError("reference_dot needs a stream with an end marker")
 
@@ -73,6 +79,7 @@ def run_dot(pieces: list[bytes], max_size: int = BIG) -> tuple[Decoded, DotDecod
         bytes(out),
         remainder,
         decoder.size,
+        decoder.wire_size,
         decoder.bare_newline,
         decoder.nul,
         decoder.eight_bit,
@@ -178,15 +185,42 @@ def test_too_big_discards_output_but_finds_the_end() -> None:
     assert decoder.too_big
     assert decoder.feed(b"more\r\n.\r\nRSET\r\n") == (b"", b"RSET\r\n")
     assert decoder.size == len(b"0123456789abc\nmore\n")
+    assert decoder.wire_size == len(b"0123456789abc\r\nmore\r\n")
     rejection = decoder.rejection()
     assert rejection is not None
     assert (rejection.reply.code, rejection.reply.enhanced) == (552, "5.3.4")
 
 
 def test_exactly_max_size_is_not_too_big() -> None:
-    decoder = DotDecoder(3, strict_8bit=False)
+    # RFC 1870 3: "ab" CRLF is four octets as transmitted; the ".CRLF" marker is not counted.
+    decoder = DotDecoder(4, strict_8bit=False)
     assert decoder.feed(b"ab\r\n.\r\n") == (b"ab\n", b"")
-    assert not decoder.too_big
+    assert not decoder.too_big and decoder.wire_size == 4 and decoder.size == 3
+
+
+def test_one_octet_over_counts_the_cr_of_each_crlf() -> None:
+    """The defect: the limit was applied to the LF form, one octet per line short. Three
+    CRLF-ended lines ("a", "", "b") are 2 + 6 = 8 octets as sent (5 stored): over 7."""
+    decoder = DotDecoder(7, strict_8bit=False)
+    assert decoder.feed(b"a\r\n\r\nb\r\n.\r\n") == (b"", b"")
+    assert decoder.too_big and (decoder.wire_size, decoder.size) == (8, 5)
+    rejection = decoder.rejection()
+    assert rejection is not None
+    assert rejection.reply.encode() == b"552 5.3.4 Error: message too big\r\n"
+
+
+def test_stuffing_dots_are_not_counted() -> None:
+    """RFC 1870 3: "not ... doubled quoting dots": ".." CRLF counts as three octets."""
+    decoder = DotDecoder(3, strict_8bit=False)
+    assert decoder.feed(b"..\r\n.\r\n") == (b".\n", b"")
+    assert not decoder.too_big and decoder.wire_size == 3
+
+
+def test_chunk_limit_counts_the_chunk_octets() -> None:
+    decoder = ChunkDecoder(5, strict_8bit=False)
+    decoder.begin_chunk(6)
+    assert decoder.feed(b"\r\n\r\n\r\n") == (b"", b"")
+    assert decoder.too_big and (decoder.wire_size, decoder.size) == (6, 3)
 
 
 # ------------------------------------------------------------------ SMTP smuggling
@@ -256,8 +290,8 @@ def test_dot_decoder_size_limit_for_any_split(body: bytes, cuts: list[int], limi
     stream = body + END
     expected = reference_dot(stream)
     decoded, decoder = run_dot(split_at(stream, cuts), max_size=limit)
-    assert decoder.too_big is (expected.size > limit)
-    assert decoded.size == expected.size
+    assert decoder.too_big is (expected.wire_size > limit)
+    assert (decoded.size, decoded.wire_size) == (expected.size, expected.wire_size)
     assert decoded.remainder == expected.remainder
     assert (decoded.bare_newline, decoded.nul, decoded.eight_bit) == (
         expected.bare_newline,
@@ -358,6 +392,7 @@ def test_chunk_decoder_for_any_chunking(message: bytes, sizes: list[int], cuts: 
     output, decoder = run_chunks(message, sizes, cuts)
     assert output == message.replace(b"\r\n", b"\n")  # no dot-unstuffing in BDAT
     assert decoder.size == len(output)
+    assert decoder.wire_size == len(message)  # RFC 1870 3 / RFC 3030 2: the chunk octets
     assert decoder.bare_newline is bare_in(message)
     assert decoder.nul is (b"\0" in message)
     assert decoder.eight_bit is (not message.isascii())
@@ -375,7 +410,7 @@ def test_chunk_decoder_size_limit(
 ) -> None:
     output, decoder = run_chunks(message, sizes, cuts, max_size=limit)
     expected = message.replace(b"\r\n", b"\n")
-    assert decoder.too_big is (len(expected) > limit)
+    assert decoder.too_big is (len(message) > limit)  # RFC 1870 3: as transmitted
     assert decoder.size == len(expected)
     if not decoder.too_big:
         assert output == expected

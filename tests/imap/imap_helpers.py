@@ -22,6 +22,11 @@ LISTEN = {"smtp": "tcp:0:interface=127.0.0.1", "imap": "tcp:0:interface=127.0.0.
 def start_imap_server(root: Path, users: tuple[str, ...] = USERS,
                       **overrides: object) -> RunningServer:
     overrides.setdefault("auth", {"allow_plaintext_without_tls": True})
+    # The shared servers serve many tests, every client 127.0.0.1: with the default
+    # login throttle (10 failures per address, all protocols) one test's wrong
+    # passwords would refuse the next test's logins. tests/integration/
+    # test_login_throttle.py tests the throttle itself.
+    overrides.setdefault("abuse", {"login_failures": 1000})
     server = make_server(root, start=False, listen=LISTEN, **overrides)
     for user in users:
         server.add_user(user, PASSWORD)

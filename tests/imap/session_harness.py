@@ -21,8 +21,10 @@ from zope.interface import implementer
 
 from mailserver.auth.realm import IMailUser, MailUser
 from mailserver.config import Config, config_from_dict
+from mailserver.core.throttle import LoginThrottle
 from mailserver.imap.server import IMAPServerFactory, IMAPSession
 from mailserver.interfaces import MailboxId
+from mailserver.store.opener import MaildirOpener
 
 PASSWORD = "secret"
 
@@ -74,15 +76,19 @@ class Session:
     """One connection: `send(b"a NOOP")` then read `lines()` / `take()`."""
 
     def __init__(self, root: Path, config: Config | None = None,
-                 tls: Any = None, transport: StringTransport | None = None) -> None:
+                 tls: Any = None, transport: StringTransport | None = None,
+                 throttle: LoginThrottle | None = None) -> None:
         self.config = config or make_config(root)
         checker = InMemoryUsernamePasswordDatabaseDontUse()
         checker.addUser(b"alice@example.org", PASSWORD.encode())
         checker.addUser(b"bob@example.org", PASSWORD.encode())
         self.disk = InlineDisk()
         self.clock = Clock()
-        self.factory = IMAPServerFactory(self.config, Portal(_Realm(), [checker]), self.disk,
-                                         tls_options=tls)
+        self.throttle = throttle or LoginThrottle(clock=self.clock)
+        self.factory = IMAPServerFactory(self.config, Portal(_Realm(), [checker]),
+                                         self.disk,  # type: ignore[arg-type]
+                                         MaildirOpener(self.config.mail_dir),
+                                         tls_options=tls, login_throttle=self.throttle)
         self.protocol: IMAPSession = self.factory.buildProtocol(None)
         self.protocol.callLater = self.clock.callLater  # type: ignore[assignment]
         self.transport = transport or StringTransport()

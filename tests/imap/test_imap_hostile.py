@@ -4,6 +4,8 @@ outside the user's Maildir, memory stays bounded, and the server keeps serving."
 from __future__ import annotations
 
 import imaplib
+import re
+import smtplib
 import ssl
 import threading
 import time
@@ -12,6 +14,8 @@ from pathlib import Path
 
 from imap_helpers import PASSWORD, Line, connect, no_verify, start_imap_server
 from server_harness import RunningServer
+from session_harness import Session
+from twisted.logger import formatEvent, globalLogPublisher
 
 LOGIN = b"LOGIN alice@example.org \"" + PASSWORD.encode() + b"\""
 
@@ -229,3 +233,68 @@ def test_no_passwords_in_clear(tmp_path: Path) -> None:
         client.logout()
     finally:
         server.stop()
+
+
+def peak_rss_kib(server: RunningServer) -> int:
+    """VmHWM: the most resident memory the server process has ever had."""
+    assert server.proc is not None
+    for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_nested_multipart_bomb_from_port_25(tmp_path: Path) -> None:
+    """99 nested multipart/mixed levels around 8 MB, accepted over SMTP from anyone:
+    BODYSTRUCTURE and SEARCH BODY cost a small multiple of the message (each level once
+    copied the rest of it: 100 times the size), and another session is served meanwhile."""
+    server = start_imap_server(tmp_path / "bomb", users=("dave@example.org",))
+    try:
+        head = b"".join(b"--b%d\r\nContent-Type: multipart/mixed; boundary=b%d\r\n\r\n"
+                        % (i, i + 1) for i in range(99))
+        leaf = (b"x" * 76 + b"\r\n") * 100_000 + b"bottom\r\n"
+        message = (b"From: a@example.com\r\nSubject: bomb\r\n"
+                   b"Content-Type: multipart/mixed; boundary=b0\r\n\r\n"
+                   + head + b"--b99\r\nContent-Type: text/plain\r\n\r\n" + leaf)
+        with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=60) as smtp:
+            assert smtp.sendmail("a@example.com", ["dave@example.org"], message) == {}
+        login = b'LOGIN dave@example.org "' + PASSWORD.encode() + b'"'
+        fetcher, other = Line(server), Line(server)
+        for client in (fetcher, other):
+            assert client.command(b"a", login)[-1].startswith(b"a OK")
+            assert client.command(b"b", b"SELECT INBOX")[-1].startswith(b"b OK")
+        rss_before = rss_kib(server)
+        fetcher.send(b"c FETCH 1 (BODYSTRUCTURE)\r\nd SEARCH BODY bottom\r\n")
+        assert other.command(b"n", b"NOOP") == [b"n OK Noop completed"]
+        fetched = fetcher.until(b"c")
+        assert fetched[-1] == b"c OK Fetch completed"
+        structure = b"".join(fetched[:-1])
+        assert structure.count(b'"mixed"') == 100
+        assert (b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" %d %d NIL NIL NIL NIL)'
+                % (len(leaf), leaf.count(b"\n"))) in structure
+        assert fetcher.until(b"d") == [b"* SEARCH 1", b"d OK Search completed"]
+        assert other.command(b"m", b"NOOP") == [b"m OK Noop completed"]
+        grown = peak_rss_kib(server) - rss_before
+        assert grown < 8 * len(message) // 1024, f"{grown} KiB for a {len(message)} B message"
+    finally:
+        server.stop()
+
+
+def test_client_id_reaches_the_log_cut_and_printable(tmp_path: Path) -> None:
+    """RFC 2971 ID values are the client's own text: CR, LF and ESC in a literal (which
+    may hold anything but NUL) never reach the log raw, nor a value of any length."""
+    events: list[dict[str, object]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        session = Session(tmp_path)
+        session.take()
+        value = b"Evil\r\n\x1b[2J\x1b]0;owned\x07" + b"v" * 5000
+        reply = session.command(b'a ID ("name" {%d+}\r\n' % len(value) + value
+                                + b' "version" "1\x7f")')
+        assert reply[-1] == b"a OK Id completed"
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    [line] = [formatEvent(e) for e in events if "client id" in str(e.get("log_format"))]
+    assert "client id name=Evil???[2J?]0;owned?vvvv" in line
+    assert len(line.encode()) < 1000 and line.endswith("...")
+    assert re.search("[\x00-\x1f\x7f-\x9f]", line) is None

@@ -329,14 +329,17 @@ def test_connection_lost_while_a_command_waits(session: Session) -> None:
     session.login()
     append(session, 2)
     session.command(b"s SELECT INBOX")
-    view = session.protocol.view
+    selected = session.protocol.selected
+    assert selected is not None
+    view = selected.view
     session.disk.hold = True
     session.send(b"a FETCH 1:* BODY.PEEK[]")
     session.protocol.connectionLost(None)
-    assert session.protocol.view is view  # not closed under the running call
+    assert session.protocol.selected is selected  # not closed under the running call
+    assert selected.view is view
     session.disk.release()
     session.disk.release()
-    assert session.protocol.view is None
+    assert session.protocol.selected is None
 
 
 def test_failed_select_leaves_no_mailbox_selected(session: Session) -> None:
@@ -355,7 +358,8 @@ def test_envelope_and_bodystructure_cached_across_sessions(tmp_path: Path) -> No
     a.command(b"s SELECT INBOX")
     first = a.command(b"f FETCH 1 (ENVELOPE BODYSTRUCTURE)")
     b.command(b"s SELECT INBOX")
-    view = b.protocol.view
+    assert b.protocol.selected is not None
+    view = b.protocol.selected.view
     reads: list[int] = []
     original = view.read
     view.read = lambda uid: reads.append(uid) or original(uid)  # type: ignore[method-assign]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import tracemalloc
+from collections.abc import Callable
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -163,3 +165,84 @@ def test_huge_address_and_encoded_word_headers_stay_cheap() -> None:
     assert m.header_matches("subject", "=?utf-8?q?a?=")  # too long to decode: raw
     small = ParsedMessage(b"Subject: " + b"=?utf-8?q?a?= " * 1000 + b"\r\n\r\n")
     assert small.header_matches("subject", "a" * 1000)
+
+
+# -- memory: the tree shares the message's one buffer ------------------------------------
+
+def nested_bomb(depth: int, size: int) -> bytes:
+    """`depth` nested multipart/mixed levels around one text part of about `size` octets:
+    the message that once cost 100 times its size (every level copied the rest)."""
+    filler = (b"x" * 76 + b"\r\n") * (size // 78)
+    return nested_multipart(depth)[:-len(b"bottom\r\n")] + filler + b"bottom\r\n"
+
+
+def wide_bomb(parts: int, size: int) -> bytes:
+    part = b"--w\r\nContent-Type: text/plain\r\n\r\n" + b"y" * (size // parts) + b"\r\n"
+    return (b"Subject: wide\r\nContent-Type: multipart/mixed; boundary=w\r\n\r\n"
+            + part * parts + b"--w--\r\n")
+
+
+def peak_while(work: Callable[[], object]) -> int:
+    """Peak of Python allocations (tracemalloc) while `work` runs."""
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_deep_nesting_costs_no_copy_per_level() -> None:
+    raw = nested_bomb(99, 4 * 1024 * 1024)
+    # The tree and BODYSTRUCTURE: headers and part objects only, never the bodies.
+    assert peak_while(lambda: ParsedMessage(raw).body_structure(True)) < len(raw) // 4
+    # SEARCH BODY decodes one text leaf at a time: its copy, its text, the folded text.
+    assert peak_while(lambda: ParsedMessage(raw).body_contains("bottom")) < 4 * len(raw)
+    m = ParsedMessage(raw)
+    structure = m.body_structure(True)
+    leaf = raw[raw.index(b"xxxx"):]
+    assert structure.count(b'"mixed"') == 100
+    assert (b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" %d %d NIL NIL NIL NIL)'
+            % (len(leaf), leaf.count(b"\n"))) in structure
+    assert m.body_contains("bottom") and not m.body_contains("top")
+
+
+def test_wide_message_memory_is_bounded() -> None:
+    raw = wide_bomb(12_000, 16 * 1024 * 1024)
+    # The tree: a few hundred bytes per part (MAX_PARTS of them), no body copied.
+    assert peak_while(lambda: ParsedMessage(raw).body_structure(True)) < len(raw)
+    # SEARCH BODY may keep every listed text part's decoded text for its other keys.
+    assert peak_while(lambda: ParsedMessage(raw).body_contains("zzz")) < 2 * len(raw)
+
+
+def test_too_deep_is_an_opaque_leaf_with_its_bytes() -> None:
+    """Past MAX_DEPTH the client sees application/octet-stream, whose BODY[1.1...1] is
+    the raw multipart body it stands for (so nothing is lost, only not listed)."""
+    m = ParsedMessage(nested_multipart(mime.MAX_DEPTH + 3))
+    path = (1,) * mime.MAX_DEPTH
+    opaque = m._find(path)
+    assert opaque is not None and opaque.depth == mime.MAX_DEPTH
+    assert opaque.children == [] and opaque.content_type == mime.OPAQUE
+    assert m.section(path, "MIME") == b"Content-Type: multipart/mixed; boundary=b100\r\n\r\n"
+    assert m.section(path, "").startswith(b"--b100\r\nContent-Type: multipart/mixed")
+    assert m.section(path, "").endswith(b"--b103\r\nContent-Type: text/plain\r\n\r\nbottom\r\n")
+    assert m.section(path + (1,), "") == m.section(path, "")  # a leaf is its own part 1
+    assert m.section(path + (2,), "") == b""
+
+
+def test_part_count_is_capped_across_the_tree() -> None:
+    """MAX_PARTS counts every level: two multiparts of 6,000 parts each show 10,000
+    parts in all (those two included), in document order, and the rest is not listed."""
+    inner = [b"--o\r\nContent-Type: multipart/mixed; boundary=%s\r\n\r\n" % name
+             + b"".join(b"--%s\r\n\r\n%s%d\r\n" % (name, name, i) for i in range(6000))
+             + b"--%s--\r\n" % name for name in (b"a", b"b")]
+    raw = (b"Content-Type: multipart/mixed; boundary=o\r\n\r\n" + b"".join(inner)
+           + b"--o--\r\n")
+    m = ParsedMessage(raw)
+    structure = m.body_structure(False)
+    assert balanced(structure)
+    assert structure.count(b'("text" "plain"') == mime.MAX_PARTS - 2
+    assert m.section((1, 6000), "") == b"a5999"
+    listed = mime.MAX_PARTS - 2 - 6000  # the root's two children count too
+    assert m.section((2, listed), "") == b"b%d" % (listed - 1)
+    assert m.section((2, listed + 1), "") == b""

@@ -210,3 +210,31 @@ def test_foreign_directories_that_are_not_names_are_skipped(root: Path,
     (root / ".notadir").write_text("x")
     names = [f.name for f in store.folders()]
     assert ".bad&name" not in names and "bad&name" not in names and "notadir" not in names
+
+
+def test_folder_limit_on_create_and_rename(root: Path) -> None:
+    """limits.folders_per_user: CREATE (superiors included) and RENAME (the superiors
+    it makes, the folder RENAME INBOX makes) beyond it are LIMIT (RFC 5530); names that
+    exist already answer as before; the refused command makes no directory."""
+    store = UserStore(root, folder_limit=7)
+    assert len(store.folders()) == 5  # INBOX (not counted) and four special-use folders
+    store.create("a")
+    store.create("b.c")  # b and b.c: 7
+    before = tree(root)
+    for attempt in (lambda: store.create("d"), lambda: store.create("a.x"),
+                    lambda: store.rename("a", "x.y"), lambda: store.rename("INBOX", "n")):
+        with pytest.raises(StoreError) as e:
+            attempt()
+        assert (e.value.code, e.value.text) == ("LIMIT", "Too many folders (7 at most)")
+    assert tree(root) == before
+    with pytest.raises(StoreError) as e:
+        store.create("b.c")
+    assert e.value.code == "ALREADYEXISTS"
+    with pytest.raises(StoreError) as e:
+        store.rename("nothere", "q.r")
+    assert e.value.code == "NONEXISTENT"
+    store.rename("a", "b.a")  # moves, creates no superior: still 7
+    store.delete("b.a")
+    store.create("d")
+    assert sorted(f.name for f in store.folders()) == [
+        "Drafts", "INBOX", "Junk", "Sent", "Trash", "b", "b.c", "d"]

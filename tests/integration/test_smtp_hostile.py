@@ -148,6 +148,34 @@ def test_bdat_over_size_consumed_and_refused(server_factory) -> None:
     assert small.messages("bob@example.org") == []
 
 
+def test_size_counts_crlf_as_sent(server_factory) -> None:
+    """RFC 1870 3: the limit counts the octets as sent, CRLF included. The reported case:
+    1,401 octets of short lines against a limit of 1,000 were stored (846 octets once
+    their CRLFs became LFs). Postfix answers 552; so do we, over DATA and BDAT, and a
+    message of exactly 1,000 octets as sent is still stored."""
+    server = server_factory("crlf", limits={"message_size": 1000})
+    over = b"Subject: x\r\n\r\n" + b"a\r\n" * 281 + b"\r\n" * 272
+    assert len(over) == 1401 and len(over.replace(b"\r\n", b"\n")) == 846
+    wire = Wire(server.address())
+    wire.greet()
+    start_data(wire)
+    wire.send(over + b".\r\n")
+    assert wire.text() == "552 5.3.4 Error: message too big"
+    assert wire.command("MAIL FROM:<alice@example.org>") == "250 2.1.0 Ok"
+    assert wire.command("RCPT TO:<bob@example.org>") == "250 2.1.5 Ok"
+    wire.send(f"BDAT {len(over)} LAST\r\n".encode() + over)
+    assert wire.text() == "552 5.3.4 Error: message too big"
+    assert server.messages("bob@example.org") == []
+    exact = b"Subject: x\r\n\r\n" + b"\r\n" * 493
+    assert len(exact) == 1000
+    start_data(wire)
+    wire.send(exact + b".\r\n")
+    assert wire.text().startswith("250 2.0.0 Ok: queued as ")
+    [stored] = server.messages("bob@example.org")
+    assert stored.endswith(b"\nSubject: x\n\n" + b"\n" * 493)
+    wire.close()
+
+
 def test_bdat_without_transaction_consumes_chunk(wire: Wire) -> None:
     wire.send(b"BDAT 12 LAST\r\nNOOP\r\nNOOP\r\n")
     assert wire.text() == "503 5.5.1 Error: need MAIL command"

@@ -12,8 +12,9 @@ from typing import Any
 
 from server_harness import RunningServer, make_server
 
-from mailserver.pop3.lock import MaildropInUse, MaildropLock
+from mailserver.interfaces import MaildropInUse
 from mailserver.store.maildir import crlf_size, unique_name
+from mailserver.store.maildroplock import MaildropLock
 
 USERS = ("alice@example.org", "bob@example.org", "carol@example.net")
 PASSWORD = "correct horse battery staple"
@@ -27,6 +28,11 @@ POP3_LISTEN = {
 
 def start_pop3_server(root: Path, plaintext: bool = False, **overrides: Any) -> RunningServer:
     overrides.setdefault("listen", POP3_LISTEN)
+    # The shared servers serve many tests, every client 127.0.0.1: with the default
+    # login throttle (10 failures per address, all protocols) one test's wrong
+    # passwords would refuse the next test's logins. tests/integration/
+    # test_login_throttle.py tests the throttle itself.
+    overrides.setdefault("abuse", {"login_failures": 1000})
     server = make_server(root, start=False,
                          auth={"allow_plaintext_without_tls": plaintext}, **overrides)
     for user in USERS:

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from pop3_helpers import put_message
 
+from mailserver.interfaces import MaildropInUse
 from mailserver.pop3 import maildrop
-from mailserver.pop3.lock import MaildropInUse, MaildropLock
+from mailserver.store import maildrop as store_maildrop
+from mailserver.store.maildroplock import MaildropLock
 
 
 @pytest.mark.parametrize("stored, wire", [
@@ -53,23 +55,26 @@ def test_read_replies_are_whole_retr_replies(tmp_path: Path) -> None:
     liar.write_bytes(b"x" * 100_000 + b"\n")
     paths.append(liar)
     stored.append(b"x" * 100_000 + b"\n")
-    messages = maildrop.snapshot(tmp_path)
+    drop = store_maildrop.open_maildir(tmp_path)
+    messages = drop.messages
     assert [m.name for m in messages] == [p.name for p in paths][-1:] + \
         [p.name for p in paths][:-1]  # the foreign name sorts first (its time is 1)
     by_name = dict(zip([p.name for p in paths], stored, strict=True))
-    replies = maildrop.read_replies(tmp_path, messages)
+    replies = maildrop.read_replies(drop, range(1, len(messages) + 1))
     for message, reply in zip(messages, replies, strict=True):
         assert reply == (f"+OK {message.size} octets\r\n".encode()
                          + maildrop.to_wire(by_name[message.name]))
     paths[0].unlink()  # expunged by another session meanwhile
-    assert maildrop.read_replies(tmp_path, messages)[1] is None
+    assert maildrop.read_replies(drop, range(1, len(messages) + 1))[1] is None
+    drop.close()
 
 
 def test_a_name_claiming_a_huge_size_allocates_nothing_of_that_size(tmp_path: Path) -> None:
     put_message(tmp_path, b"small\n", name="2.M1P1Q1R1.host,S=6,W=999999999999")
-    [message] = maildrop.snapshot(tmp_path)
-    assert maildrop.read_replies(tmp_path, [message]) == [
+    drop = store_maildrop.open_maildir(tmp_path)
+    assert maildrop.read_replies(drop, [1]) == [
         b"+OK 999999999999 octets\r\nsmall\r\n.\r\n"]
+    drop.close()
 
 
 @pytest.mark.parametrize("lines, part", [
@@ -93,7 +98,7 @@ def test_snapshot_order_sizes_and_uidl(tmp_path: Path) -> None:
     foreign = tmp_path / "new" / "9999999999.foreign"  # no W=: measured
     foreign.write_bytes(b"x\ny\r\n")
     (tmp_path / "new" / ".hidden").write_bytes(b"not a message")
-    messages = maildrop.snapshot(tmp_path)
+    messages = store_maildrop.snapshot(tmp_path)
     assert [m.name for m in messages] == [first.name, second.name, foreign.name]
     assert [m.size for m in messages] == [5, 7, 6]
     assert messages[0].uidl == first.name.split(",")[0]
@@ -101,22 +106,23 @@ def test_snapshot_order_sizes_and_uidl(tmp_path: Path) -> None:
 
 
 def test_uidl_fits_rfc1939() -> None:
-    assert maildrop.uidl_for("1.M2P3Q4.host") == "1.M2P3Q4.host"
-    long = maildrop.uidl_for("1.M2P3Q4." + "h" * 80)
-    assert len(long) <= 70 and long == maildrop.uidl_for("1.M2P3Q4." + "h" * 80)
-    assert maildrop.uidl_for("1.M2 host") != "1.M2 host"  # space is outside 0x21-0x7E
+    assert store_maildrop.uidl_for("1.M2P3Q4.host") == "1.M2P3Q4.host"
+    long = store_maildrop.uidl_for("1.M2P3Q4." + "h" * 80)
+    assert len(long) <= 70 and long == store_maildrop.uidl_for("1.M2P3Q4." + "h" * 80)
+    assert store_maildrop.uidl_for("1.M2 host") != "1.M2 host"  # space is outside 0x21-0x7E
 
 
 def test_seen_and_expunge_follow_renames(tmp_path: Path) -> None:
     a = put_message(tmp_path, b"a\n")
     b = put_message(tmp_path, b"b\n", subdir="cur", flags="FR")
-    messages = maildrop.snapshot(tmp_path)
+    drop = store_maildrop.open_maildir(tmp_path)
     a.rename(tmp_path / "cur" / (a.name + ":2,T"))  # another session flagged it
-    maildrop.mark_seen(tmp_path, messages)
+    drop.mark_seen([1, 2])
     assert sorted(p.name for p in (tmp_path / "cur").iterdir()) == sorted(
         [a.name + ":2,ST", b.name.replace(":2,FR", ":2,FRS")])
-    assert maildrop.expunge(tmp_path, messages) == 0
-    assert maildrop.expunge(tmp_path, messages) == 0  # already gone: fine
+    assert drop.expunge([1, 2]) == 0
+    assert drop.expunge([1, 2]) == 0  # already gone: fine
+    drop.close()
     assert list((tmp_path / "cur").iterdir()) == []
 
 
@@ -131,7 +137,8 @@ def test_lock_excludes_a_second_holder_in_this_process(tmp_path: Path) -> None:
 
 def test_lock_excludes_another_process(tmp_path: Path) -> None:
     code = ("import sys; from pathlib import Path; "
-            "from mailserver.pop3.lock import MaildropLock, MaildropInUse\n"
+            "from mailserver.store.maildroplock import MaildropLock\n"
+            "from mailserver.interfaces import MaildropInUse\n"
             "try:\n    MaildropLock.acquire(Path(sys.argv[1]))\nexcept MaildropInUse:\n"
             "    sys.exit(3)\n")
     lock = MaildropLock.acquire(tmp_path)
@@ -145,13 +152,16 @@ def test_lock_excludes_another_process(tmp_path: Path) -> None:
 
 def test_batch_jobs_find_every_renamed_message(tmp_path: Path) -> None:
     paths = [put_message(tmp_path, f"m{i}\n".encode()) for i in range(20)]
-    messages = maildrop.snapshot(tmp_path)
+    drop = store_maildrop.open_maildir(tmp_path)
+    messages = drop.messages
     for p in paths:  # an IMAP session flags them all (new/ -> cur/, :2,F)
         p.rename(tmp_path / "cur" / (p.name + ":2,F"))
-    assert maildrop.read_wire(tmp_path, messages) == [
-        f"m{i}\r\n.\r\n".encode() for i in range(20)]
+    numbers = range(1, 21)
+    assert [(r or b"").split(b"\r\n", 1)[1] for r in maildrop.read_replies(drop, numbers)] \
+        == [f"m{i}\r\n.\r\n".encode() for i in range(20)]
     assert {m.subdir for m in messages} == {"cur"}
     (tmp_path / "cur" / (paths[0].name + ":2,F")).unlink()  # expunged by IMAP
-    assert maildrop.read_wire(tmp_path, messages[:1]) == [None]
-    assert maildrop.expunge(tmp_path, messages) == 0
+    assert maildrop.read_replies(drop, [1]) == [None]
+    assert drop.expunge(numbers) == 0
+    drop.close()
     assert list((tmp_path / "cur").iterdir()) == []

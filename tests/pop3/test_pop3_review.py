@@ -14,6 +14,7 @@ from test_pop3_session import MSG1, MSG2, Harness, fill
 
 from mailserver.pop3 import maildrop
 from mailserver.pop3.server import CLOSE_GRACE
+from mailserver.store import maildrop as store_maildrop
 
 
 @pytest.fixture
@@ -87,7 +88,7 @@ def test_measured_size_counts_a_crlf_split_across_read_chunks(tmp_path: Path) ->
     stored = b"Subject: big\r\n\r\n" + b"x" * ((1 << 20) - 17) + b"\r\nend\r\n"
     assert stored[(1 << 20) - 1:(1 << 20) + 1] == b"\r\n"
     put_message(tmp_path, stored, name="1700000000.big.host")
-    [message] = maildrop.snapshot(tmp_path)
+    [message] = store_maildrop.snapshot(tmp_path)
     assert message.size == len(maildrop.wire_body(stored)) == len(stored)
 
 
@@ -174,12 +175,14 @@ def test_read_ahead_holds_at_most_two_batches_of_octets(tmp_path: Path) -> None:
     from mailserver.pop3 import readahead
 
     size = 2 * 1024 * 1024
-    messages = [maildrop.Message("new", f"m{i}", f"m{i}", size, f"m{i}") for i in range(200)]
+    messages = [store_maildrop.Message("new", f"m{i}", f"m{i}", size, f"m{i}")
+                for i in range(200)]
+    drop = store_maildrop.Maildrop(tmp_path, None, messages)  # type: ignore[arg-type]
 
-    def run(fn: object, maildir: Path, batch: list[maildrop.Message]) -> object:
-        return succeed([b"x" * m.size for m in batch])
+    def run(fn: object, maildrop: object, batch: list[int]) -> object:
+        return succeed([b"x" * messages[n - 1].size for n in batch])
 
-    reader = readahead.ReadAhead(run, tmp_path, messages)  # type: ignore[arg-type]
+    reader = readahead.ReadAhead(run, drop)
     most = 0
     for n in range(1, len(messages) + 1):
         coming = range(n + 1, len(messages) + 1)

@@ -25,8 +25,10 @@ from zope.interface import implementer
 
 from mailserver.auth.realm import IMailUser, MailUser
 from mailserver.config import AuthConfig, LimitsConfig, default_config
+from mailserver.core.throttle import LoginThrottle
 from mailserver.interfaces import MailboxId
 from mailserver.pop3.server import POP3Factory, POP3Session
+from mailserver.store.opener import MaildirOpener
 
 ALICE = "alice@example.org"
 PASSWORD = b"secret"
@@ -72,9 +74,13 @@ class Harness:
         checker.addUser(ALICE.encode(), PASSWORD)
         checker.addUser(b"bob@example.org", PASSWORD)
         self.disk = Disk()
-        self.factory = POP3Factory(config, Portal(Realm(), [checker]), self.disk)  # type: ignore[arg-type]
-        self.maildir = tmp_path / "mail" / "example.org" / "alice"
         self.clock = Clock()
+        self.throttle = LoginThrottle(clock=self.clock)
+        self.factory = POP3Factory(config, Portal(Realm(), [checker]),
+                                   self.disk,  # type: ignore[arg-type]
+                                   MaildirOpener(config.mail_dir),
+                                   login_throttle=self.throttle)
+        self.maildir = tmp_path / "mail" / "example.org" / "alice"
         self.transports: list[StringTransport] = []
 
     def connect(self) -> Client:
@@ -428,7 +434,7 @@ def test_read_ahead_respects_dele_and_expunged_files(pop: Harness) -> None:
 def test_login_stat_list_uidl_open_no_message_file(pop: Harness,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Sizes come from W= in the names: a 1,000-message maildrop is listed, not read."""
-    from mailserver.pop3 import maildrop
+    from mailserver.store import maildrop
 
     fill(pop, *(f"Subject: {i}\n\n{'x' * i}\n".encode() for i in range(1000)))
     opened: list[str] = []

@@ -3,25 +3,18 @@ the delivery commit fires, which is how we show replies stay in order (twisted#8
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from fakes import FakeReactor, FakeTarget
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
-from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from zope.interface import implementer
 
 from mailserver.config import DomainsConfig, LimitsConfig, default_config
+from mailserver.delivery.router import DeliveryRouter
 from mailserver.errors import ReplyError
-from mailserver.interfaces import (
-    IDeliveryTarget,
-    IDeliveryTransaction,
-    IRecipientDirectory,
-    MailboxId,
-    Resolution,
-)
+from mailserver.interfaces import IRecipientDirectory, MailboxId, Resolution
 from mailserver.smtp.server import SMTPServerFactory, SMTPSession
 
 
@@ -32,44 +25,15 @@ class StaticDirectory:
     users = {"bob@example.org": MailboxId("example.org", "bob"),
              "carol@example.org": MailboxId("example.org", "carol")}
 
+    def unavailable(self) -> str | None:
+        return None
+
     def resolve(self, address: str) -> Resolution:
         box = self.users.get(address.lower())
         return Resolution(mailboxes=(box,)) if box else Resolution()
 
     def user_exists(self, address: str) -> bool:
         return address.lower() in self.users
-
-
-@implementer(IDeliveryTransaction)
-class HeldTransaction:
-    def __init__(self, target: HeldTarget, mailboxes: Sequence[MailboxId]) -> None:
-        self.target, self.mailboxes = target, list(mailboxes)
-        self.data = b""
-        self.commit_deferred: Deferred[None] | None = None
-        self.aborted = False
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def commit(self) -> Deferred[None]:
-        self.commit_deferred = Deferred()
-        return self.commit_deferred
-
-    def abort(self) -> None:
-        self.aborted = True
-
-
-@implementer(IDeliveryTarget)
-class HeldTarget:
-    """A delivery target whose commits the test fires by hand (an injected slow disk)."""
-
-    def __init__(self) -> None:
-        self.transactions: list[HeldTransaction] = []
-
-    def begin(self, mailboxes: Sequence[MailboxId]) -> HeldTransaction:
-        t = HeldTransaction(self, mailboxes)
-        self.transactions.append(t)
-        return t
 
 
 class Session:
@@ -79,13 +43,16 @@ class Session:
         config = replace(config, hostname="mx.test",
                          domains=DomainsConfig(local=("example.org",)),
                          limits=replace(LimitsConfig(), **limits), data_dir=Path("/nonexistent"))
-        self.target = HeldTarget()
-        self.factory = SMTPServerFactory(config, StaticDirectory(), self.target)
+        # Local delivery whose commits the test fires by hand (an injected slow disk),
+        # behind the real router.
+        self.target = FakeTarget("local")
+        self.factory = SMTPServerFactory(
+            config, DeliveryRouter(config, StaticDirectory(), self.target))
         self.protocol: SMTPSession = self.factory.buildProtocol(
             IPv4Address("TCP", "192.0.2.7", 4000))
         self.transport = StringTransport(peerAddress=IPv4Address("TCP", "192.0.2.7", 4000))
         # TimeoutMixin schedules on this clock, never on the global reactor.
-        self.clock = Clock()
+        self.clock = FakeReactor()
         self.protocol.callLater = self.clock.callLater  # type: ignore[method-assign]
         self.protocol.makeConnection(self.transport)
 

@@ -57,6 +57,17 @@ def test_header_section_without_empty_line() -> None:
     assert lines[3:] == [b"", b"this is not a header", b""]
 
 
+def test_header_section_without_empty_line_gets_one_on_submission() -> None:
+    """Even with nothing to add: whatever follows the odd line is body for every reader
+    (a `From:` there was not checked as a header field, so it must not become one)."""
+    message = (b"Message-ID: <a@b>\nDate: Mon, 1 Jan 2024 00:00:00 +0000\nnot a header\n"
+               b"From: bob@example.org\n\nbody\n")
+    out, inspector = run(message, split=3)
+    assert out == message.replace(b"\nnot a header", b"\n\nnot a header")
+    assert inspector.from_fields == []
+    assert run(message, add=False)[0] == message  # the MX changes nothing
+
+
 def test_message_of_headers_only() -> None:
     out, _ = run(b"Subject: x")  # BDAT may end without a final line end
     assert out.startswith(b"Subject: x\nMessage-ID: <abc@mx.test>\nDate: ")
@@ -130,3 +141,39 @@ def test_sender_addresses(directory: RecipientDirectory) -> None:
     assert directory.sender_addresses("alice@example.org") == [
         "alice@example.org", "info@example.net", "sales@example.org"]
     assert directory.sender_addresses("nobody@example.org") == []
+
+
+# -- the From fields, for submission's From check ------------------------------------------
+
+FROM_MESSAGE = (b"Received: x\nFROM: Alice\n <alice@example.org>,\n\tsales@example.org\n"
+                b"Subject: s\nfrom :bob@example.org\n\nFrom: body@example.org\n")
+
+
+@pytest.mark.parametrize("split", [None, 1, 2, 5, 13])
+def test_from_fields_unfolded_for_any_split(split: int | None) -> None:
+    out, inspector = run(FROM_MESSAGE, add=False, split=split)
+    assert out == FROM_MESSAGE
+    # RFC 5322 2.2.3: unfolding removes the line breaks and keeps the WSP; a From in the
+    # body is not a header field.
+    assert inspector.from_fields == [b" Alice <alice@example.org>,\tsales@example.org",
+                                     b"bob@example.org"]
+    assert not inspector.gave_up
+
+
+def test_from_field_at_the_very_end_without_line_end() -> None:
+    _, inspector = run(b"Subject: x\nFrom: a@example.org\n b@example.org", add=False, split=4)
+    assert inspector.from_fields == [b" a@example.org b@example.org"]
+
+
+def test_lookalike_fields_are_not_from() -> None:
+    message = (b"Resent-From: r@example.org\nX-From: x@example.org\nFrom-X: y@example.org\n"
+               b"From bob@example.org Mon Jan 1\n\n")
+    _, inspector = run(message, add=False)
+    # The mbox "From " line is no field: the header section ends there.
+    assert inspector.from_fields == []
+
+
+def test_inspector_that_gave_up_says_so() -> None:
+    message = b"X: " + b"x" * MAX_HEADER_SECTION + b"\nFrom: bob@example.org\n\n"
+    _, inspector = run(message, add=False, split=4096)
+    assert inspector.gave_up and inspector.from_fields == []

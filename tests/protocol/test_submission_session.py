@@ -2,39 +2,32 @@
 
 The directory and the login portal are the real ones (users and aliases files in a temp
 dir, the real PasswordChecker with a clock we advance and a thread pool we run by hand);
-the local delivery target and the outbound queue are in-memory, so each test decides
-when a commit fires or fails and sees every byte either copy got.
+the local delivery and the outbound queue behind the real delivery router are in-memory
+fakes (tests/fakes.py), so each test decides when a commit fires or fails and sees every
+byte either copy got.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import Events, FakeReactor, FakeTarget
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
-from zope.interface import implementer
 
 from mailserver.auth.checker import make_portal
 from mailserver.auth.directory import RecipientDirectory
 from mailserver.config import Config, config_from_dict
-from mailserver.core.throttle import FailureThrottle
+from mailserver.core.throttle import LoginThrottle
+from mailserver.delivery.router import DeliveryRouter
 from mailserver.errors import ReplyError
-from mailserver.interfaces import (
-    IDeliveryTarget,
-    IDeliveryTransaction,
-    IOutboundQueue,
-    IQueueTransaction,
-    MailboxId,
-    OutboundEnvelope,
-)
+from mailserver.interfaces import MailboxId, OutboundEnvelope
 from mailserver.smtp.headers import HOP_LIMIT
 from mailserver.smtp.listener import MX_POLICY, SUBMISSION_POLICY, SUBMISSIONS_POLICY
 from mailserver.smtp.server import SessionPolicy, SMTPServerFactory
@@ -52,124 +45,6 @@ def b64(data: bytes) -> str:
 PLAIN_ALICE = b64(b"\0alice@example.org\0alicepw")
 
 
-# -- in-memory delivery target and queue (the seams are interfaces) ------------------------
-
-
-class Events(list[str]):
-    """What happened to which copy, in order: the commit order is the point."""
-
-
-@implementer(IDeliveryTransaction)
-class LocalCopy:
-    def __init__(self, events: Events, mailboxes: Sequence[MailboxId]) -> None:
-        self.events, self.mailboxes = events, list(mailboxes)
-        self.data = b""
-        self.commit_deferred: Deferred[None] | None = None
-        self.aborted = False
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def commit(self) -> Deferred[None]:
-        self.events.append("local.commit")
-        self.commit_deferred = Deferred()
-        return self.commit_deferred
-
-    def abort(self) -> None:
-        self.events.append("local.abort")
-        self.aborted = True
-
-
-@implementer(IDeliveryTarget)
-class LocalTarget:
-    def __init__(self, events: Events) -> None:
-        self.events = events
-        self.copies: list[LocalCopy] = []
-
-    def begin(self, mailboxes: Sequence[MailboxId]) -> LocalCopy:
-        self.copies.append(LocalCopy(self.events, mailboxes))
-        return self.copies[-1]
-
-
-@implementer(IQueueTransaction)
-class QueuedCopy:
-    def __init__(self, events: Events, envelope: OutboundEnvelope) -> None:
-        self.events, self.envelope = events, envelope
-        self.data = b""
-        self.commit_deferred: Deferred[str] | None = None
-        self.state = "open"
-
-    def write(self, data: bytes) -> None:
-        self.data += data
-
-    def commit(self) -> Deferred[str]:
-        self.events.append("queue.commit")
-        self.commit_deferred = Deferred()
-        return self.commit_deferred
-
-    def release(self) -> None:
-        self.events.append("queue.release")
-        self.state = "released"
-
-    def abort(self) -> None:
-        self.events.append("queue.abort")
-        assert self.state != "released", "abort after release"
-        self.state = "aborted"
-
-
-@implementer(IOutboundQueue)
-class MemoryQueue:
-    def __init__(self, events: Events) -> None:
-        self.events = events
-        self.copies: list[QueuedCopy] = []
-
-    def begin(self, envelope: OutboundEnvelope) -> QueuedCopy:
-        self.copies.append(QueuedCopy(self.events, envelope))
-        return self.copies[-1]
-
-
-# -- the real portal, driven by hand -------------------------------------------------------
-
-
-class HeldThreadPool:
-    """The checker's hashing 'thread': calls wait until run() (a slow hash)."""
-
-    def __init__(self) -> None:
-        self.held: list[Callable[[], None]] = []
-        self.hold = False
-
-    def callInThreadWithCallback(self, on_result: Callable[[bool, Any], None],
-                                 func: Callable[..., Any], *args: Any, **kw: Any) -> None:
-        def call() -> None:
-            try:
-                result = func(*args, **kw)
-            except BaseException:
-                on_result(False, Failure())
-            else:
-                on_result(True, result)
-        if self.hold:
-            self.held.append(call)
-        else:
-            call()
-
-    def run(self) -> None:
-        calls, self.held = self.held, []
-        for call in calls:
-            call()
-
-
-class FakeReactor(Clock):
-    def __init__(self) -> None:
-        super().__init__()
-        self.pool = HeldThreadPool()
-
-    def callFromThread(self, f: Callable[..., Any], *args: Any, **kw: Any) -> None:
-        f(*args, **kw)
-
-    def getThreadPool(self) -> HeldThreadPool:
-        return self.pool
-
-
 def make_config(tmp_path: Path, **auth: Any) -> Config:
     config = config_from_dict({"hostname": "mx.test", "data_dir": str(tmp_path),
                                "domains": {"local": ["example.org"]},
@@ -183,19 +58,20 @@ def make_config(tmp_path: Path, **auth: Any) -> Config:
 class Session:
     def __init__(self, tmp_path: Path, policy: SessionPolicy, *, queue: bool = True,
                  tls_options: object | None = object(), reactor: FakeReactor | None = None,
-                 throttle: FailureThrottle | None = None, **auth: Any) -> None:
+                 throttle: LoginThrottle | None = None, **auth: Any) -> None:
         self.config = make_config(tmp_path, **auth)
         self.reactor = reactor or FakeReactor()
         directory = RecipientDirectory(self.config)
         self.events = Events()
-        self.target = LocalTarget(self.events)
-        self.queue = MemoryQueue(self.events) if queue else None
+        self.target = FakeTarget("local", self.events)
+        self.queue = FakeTarget("queue", self.events) if queue else None
         self.factory = SMTPServerFactory(
-            self.config, directory, self.target, tls_options=tls_options,  # type: ignore[arg-type]
+            self.config, DeliveryRouter(self.config, directory, self.target, self.queue),
+            tls_options=tls_options,  # type: ignore[arg-type]
             policy=policy, portal=make_portal(self.config, directory, reactor=self.reactor,
                                               threadpool=self.reactor.pool),  # type: ignore[arg-type]
-            queue=self.queue, senders=directory,
-            auth_throttle=throttle or FailureThrottle(clock=self.reactor))
+            senders=directory,
+            auth_throttle=throttle or LoginThrottle(clock=self.reactor))
         peer = IPv4Address("TCP", "192.0.2.7", 4000)
         self.protocol = self.factory.buildProtocol(peer)
         self.transport = StringTransport(peerAddress=peer)
@@ -377,6 +253,44 @@ def test_pipelined_commands_wait_for_the_login(s465: Session) -> None:
     s465.reactor.pool.run()
     assert s465.replies() == ["235 2.7.0 Authentication successful", "250 2.1.0 Ok",
                               "250 2.1.5 Ok"]
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+@pytest.mark.parametrize("user", [b"alice@example.org", b"nobody@example.org"])
+def test_over_long_password_is_a_wrong_password_and_is_not_hashed(
+        s465: Session, monkeypatch: pytest.MonkeyPatch, mechanism: str, user: bytes) -> None:
+    """A 1025-octet password (the SMTP line allows ~1500) gets the reply and the delay of
+    any wrong password, and costs no hashing (SHA-crypt's cost is quadratic in it)."""
+    from mailserver.auth import checker as checker_module
+
+    hashed: list[object] = []
+    monkeypatch.setattr(checker_module, "verify_password",
+                        lambda p, s: hashed.append(p) or False)
+    monkeypatch.setattr(checker_module, "dummy_verify", lambda p: hashed.append(p) or False)
+    s465.ehlo()
+    password = b"p" * 1025
+    if mechanism == "PLAIN":
+        response = b64(b"\0" + user + b"\0" + password).encode()
+        assert s465.send(b"AUTH PLAIN " + response + b"\r\n") == []
+    else:
+        assert s465.send(b"AUTH LOGIN\r\n") == ["334 VXNlcm5hbWU6"]
+        assert s465.send(b64(user).encode() + b"\r\n") == ["334 UGFzc3dvcmQ6"]
+        assert s465.send(b64(password).encode() + b"\r\n") == []
+    s465.reactor.advance(0.74)
+    assert s465.replies() == []
+    s465.reactor.advance(0.02)
+    assert s465.replies() == ["535 5.7.8 Authentication credentials invalid"]
+    assert hashed == [] and s465.protocol.user is None
+
+
+def test_password_of_300_octets_is_checked(tmp_path: Path) -> None:
+    """Over RFC 4616's 255 but under our 1024: verified, not refused as malformed."""
+    s = Session(tmp_path, SUBMISSIONS_POLICY, tls_options=None)
+    s.config.users_file.write_text("carol@example.org:{PLAIN}" + "c" * 300 + "\n")
+    s.ehlo()
+    response = b64(b"\0carol@example.org\0" + b"c" * 300).encode()
+    assert s.send(b"AUTH PLAIN " + response + b"\r\n") == [
+        "235 2.7.0 Authentication successful"]
 
 
 def test_pipelined_after_a_failed_login_are_refused(s465: Session) -> None:
@@ -590,7 +504,7 @@ def test_mail_auth_parameter_accepted(s465: Session) -> None:
 def test_failures_across_connections_block_the_address(tmp_path: Path) -> None:
     """A guesser who reconnects after each 421 gets no more password checks."""
     reactor = FakeReactor()
-    throttle = FailureThrottle(limit=4, window=600, clock=reactor)
+    throttle = LoginThrottle(limit=4, window=600, clock=reactor)
     wrong = b"AUTH PLAIN " + b64(b"\0alice@example.org\0guess").encode() + b"\r\n"
 
     def connect() -> Session:
@@ -623,7 +537,7 @@ def test_failures_across_connections_block_the_address(tmp_path: Path) -> None:
 
 def test_throttle_memory_is_bounded() -> None:
     clock = Clock()
-    throttle = FailureThrottle(limit=3, window=60, max_clients=100, clock=clock)
+    throttle = LoginThrottle(limit=3, window=60, max_clients=100, clock=clock)
     for i in range(1000):
         throttle.failed(f"192.0.2.{i}")
     assert len(throttle._failures) == 100

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from mailserver.admin.cli import main
+from mailserver.core.running import hold_running_lock
 from mailserver.queue.envelope import (
     DELIVERED,
     FAILED,
@@ -125,9 +126,34 @@ def test_delete(config: Path, spool: Spool, capsys: pytest.CaptureFixture[str]) 
 def test_flush_creates_the_trigger(config: Path, spool: Spool,
                                    capsys: pytest.CaptureFixture[str]) -> None:
     queued(spool)
-    code, out, _ = run(config, capsys, "flush")
+    run_dir = spool.root.parent / "run"
+    run_dir.mkdir()
+    lock = hold_running_lock(run_dir)  # what a running server holds (app/listeners.py)
+    try:
+        code, out, _ = run(config, capsys, "flush")
+    finally:
+        os.close(lock)
     assert code == 0
     assert out == "queue flush: asked the running server to retry 1 pending recipients now\n"
+    assert spool.flush_trigger.exists()
+
+
+@pytest.mark.parametrize("leftover", [False, True])
+def test_flush_without_a_server_says_so_and_keeps_the_trigger(
+        config: Path, spool: Spool, capsys: pytest.CaptureFixture[str],
+        leftover: bool) -> None:
+    queued(spool)
+    data_dir = spool.root.parent
+    if leftover:  # a server ran here once: its lock file and listeners.json remain
+        (data_dir / "run").mkdir()
+        os.close(hold_running_lock(data_dir / "run"))
+        (data_dir / "run" / "listeners.json").write_text('{"smtp": ["127.0.0.1", 2525]}')
+    code, out, err = run(config, capsys, "flush")
+    assert code == 1
+    assert out == ""
+    assert err == (f"queue flush: no server is running on {data_dir}: the trigger "
+                   f"{spool.flush_trigger} stays, and the server retries the 1 pending "
+                   "recipients when it starts\n")
     assert spool.flush_trigger.exists()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email
 import email.message
 import email.policy
+import re
 
 from mailserver.queue.bounce import MAX_HEADERS, build_dsn, original_headers
 from mailserver.queue.envelope import FAILED, PENDING, QueueEntry, RecipientState
@@ -125,3 +126,46 @@ def test_local_failure_names_no_remote_mta() -> None:
     assert b"Remote-MTA" not in raw
     assert b"Final-Recipient: rfc822; bob@example.net" in raw
     assert b"Content-Type: text/rfc822-headers" in raw
+
+
+def dsn_lines_are_clean(raw: bytes) -> None:
+    """RFC 5322 2.1.1: no line over 998 octets; and nothing but LF and the HTAB of
+    folding among the control characters (a raw ESC reaches the sender's terminal)."""
+    for line in raw.split(b"\n"):
+        assert len(line) <= 998, len(line)
+        assert re.search(rb"[\x00-\x08\x0a-\x1f\x7f]", line) is None, line[:80]
+        assert re.search("[\x80-\x9f]", line.decode("utf-8")) is None, line[:80]
+
+
+def test_hostile_remote_reply_in_a_dsn_is_bounded_and_printable() -> None:
+    """An envelope recorded before replies were cut (or any text quoting one): the DSN
+    still has short lines, no control characters, and the reply code first."""
+    e = entry()
+    e.recipients[0].last_error = "550 " + " ".join(  # as the client once joined a reply
+        "5.1.1 <bob@example.net>: no \x1b[2J\x07\x00\x9b\r" + "A" * 3900
+        for _ in range(200))
+    raw = build_dsn(e, [e.recipients[0]], original_headers(ORIGINAL), "mx.example.org")
+    assert len(raw) < 8 * 1024
+    dsn_lines_are_clean(raw)
+    text, status, _headers = parse(raw).iter_parts()
+    human = text.get_content()
+    assert "<bob@example.net>: 550 5.1.1 <bob@example.net>: no ?[2J???\n AAAA" in human
+    per_rcpt = status.get_payload()[1]
+    diagnostic = per_rcpt["Diagnostic-Code"]
+    assert diagnostic.startswith("smtp; 550 5.1.1 <bob@example.net>: no ?[2J??? AAAA")
+    assert diagnostic.endswith("...")
+    assert per_rcpt["Status"] == "5.1.1"
+
+
+def test_long_diagnostic_is_folded_and_unfolds_to_the_text() -> None:
+    """RFC 3464 2.3.6 / RFC 5322 2.2.3: a long reply is folded at spaces into lines of
+    78 characters or fewer, and a receiver unfolds it back to the same words."""
+    e = entry()
+    words = " ".join(f"word{i}" for i in range(60))
+    e.recipients[0].last_error = f"550 5.7.1 {words}"
+    raw = build_dsn(e, [e.recipients[0]], b"", "mx.example.org")
+    field = raw[raw.index(b"Diagnostic-Code:"):raw.index(b"\nLast-Attempt-Date")]
+    assert field.count(b"\n ") >= 4
+    assert all(len(line) <= 78 for line in field.split(b"\n"))
+    status = list(parse(raw).iter_parts())[1]
+    assert status.get_payload()[1]["Diagnostic-Code"] == f"smtp; 550 5.7.1 {words}"

@@ -7,6 +7,7 @@ recipient: delivered, deferred (retry) or failed (bounce), as RFC 5321 4.2 says.
 from __future__ import annotations
 
 import random
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -20,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from scripted_peer import Script, ScriptedPeer  # noqa: E402
 
+from mailserver.logs import MAX_PEER_TEXT  # noqa: E402
 from mailserver.queue.client import (  # noqa: E402
     MAX_UNREAD,
     QUIT_TIMEOUT,
@@ -37,6 +39,11 @@ from mailserver.queue.routing import Hop  # noqa: E402
 
 BODY = b"From: alice@example.org\nSubject: t\n\nline one\n.starts with a dot\n..two\n.\nend\n"
 RCPTS = ["a@example.net", "b@example.net", "c@example.net"]
+#: What a hostile MX answered to RCPT: 200 lines (the most a reply may have) of 3.9 KB
+#: with terminal escapes, BEL, NUL and a C1 CSI, about 780 KB in all.
+HOSTILE_REPLY = b"".join(
+    b"550-5.1.1 <a@example.net>: no \x1b[2J\x07\x00\xc2\x9b" + b"A" * 3900 + b"\r\n"
+    for _ in range(199)) + b"550 5.1.1 last line\x1b]0;owned\x07\r\n"
 
 
 class ClientTests(unittest.TestCase):
@@ -355,6 +362,20 @@ class ClientTests(unittest.TestCase):
         outcomes = yield defer.ensureDeferred(self.send(peer))
         self.assertEqual(outcomes[RCPTS[0]].state, PENDING)
         self.assertIn("reply too long", outcomes[RCPTS[0]].text)
+
+    @defer.inlineCallbacks
+    def test_hostile_reply_text_is_cut_and_cleaned(self) -> object:
+        """A 200-line 550 of 3.9 KB lines full of ESC, BEL and NUL: the outcome keeps
+        the code and status, and a text of 900 octets at most, without controls."""
+        peer = self.peer(rcpt_replies={RCPTS[0]: HOSTILE_REPLY})
+        outcomes = yield defer.ensureDeferred(self.send(peer))
+        outcome = outcomes[RCPTS[0]]
+        self.assertEqual((outcome.state, outcome.status), (FAILED, "5.1.1"))
+        self.assertTrue(outcome.text.startswith("550 5.1.1 <a@example.net>: no ?[2J?"),
+                        outcome.text[:40])
+        self.assertTrue(outcome.text.endswith("..."))
+        self.assertLessEqual(len(outcome.text.encode()), MAX_PEER_TEXT)
+        self.assertIsNone(re.search("[\x00-\x1f\x7f-\x9f]", outcome.text))
 
     @defer.inlineCallbacks
     def test_replies_injected_after_starttls_are_discarded(self) -> object:

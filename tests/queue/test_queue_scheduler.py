@@ -5,6 +5,9 @@ DNS is involved). Retries use tiny back-off values; nothing here waits for minut
 
 from __future__ import annotations
 
+import email
+import email.policy
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -204,6 +207,39 @@ class SchedulerTests(unittest.TestCase):
         self.assertEqual(self.local, [])
         self.assertTrue(any("undeliverable mail from <> to <{to}> dropped" in
                             str(e.get("log_format")) for e in seen), "a log line says so")
+
+    @defer.inlineCallbacks
+    def test_hostile_reply_reaches_neither_bounce_nor_log_raw(self) -> object:
+        """A hostile MX answers RCPT with a 200-line 550 of ESC, BEL and NUL (once a
+        4.7 MB bounce with a 779 KB line, and raw escapes in the log): the sender's DSN
+        parses, its lines are short and printable, the code is still there, and every
+        log line is bounded and free of control characters."""
+        reply = b"".join(b"550-5.1.1 <b@example.net>: no\x1b[2J\x07\x00" + b"B" * 3900
+                         + b"\r\n" for _ in range(199)) + b"550 5.1.1 end\x1b]0;x\x07\r\n"
+        scheduler, peer = self.build(Script(rcpt_replies={"b@example.net": reply}))
+        seen: list[dict[str, object]] = []
+        from twisted.logger import formatEvent, globalLogPublisher
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        yield defer.ensureDeferred(self.queue_message("b@example.net"))
+        yield defer.ensureDeferred(self.until_empty(scheduler))
+        [(sender, rcpts, dsn)] = self.local
+        self.assertLess(len(dsn), 8 * 1024)
+        for line in dsn.split(b"\n"):
+            self.assertLessEqual(len(line), 998)
+            self.assertIsNone(re.search(rb"[\x00-\x08\x0a-\x1f\x7f]", line), line[:60])
+        parsed = email.message_from_bytes(dsn, policy=email.policy.default)
+        status = list(parsed.iter_parts())[1].get_payload()[1]  # type: ignore[union-attr]
+        self.assertEqual(status["Status"], "5.1.1")
+        self.assertTrue(status["Diagnostic-Code"].startswith(
+            "smtp; 550 5.1.1 <b@example.net>: no?[2J??BBBB"), status["Diagnostic-Code"][:60])
+        logged = [formatEvent(e) for e in seen if "queue" in str(e.get("log_namespace"))]
+        self.assertTrue(any("to=<b@example.net>" in line and "status=bounced" in line
+                            and "550 5.1.1 <b@example.net>: no?[2J??" in line
+                            for line in logged), logged)
+        for line in logged:
+            self.assertLess(len(line), 2000)
+            self.assertIsNone(re.search("[\x00-\x1f\x7f-\x9f]", line), line[:60])
 
     @defer.inlineCallbacks
     def test_many_messages_share_the_connection_cap(self) -> object:

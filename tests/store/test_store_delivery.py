@@ -17,7 +17,7 @@ from twisted.trial import unittest
 
 from mailserver.core.diskio import DiskExecutor, started_disk
 from mailserver.errors import ReplyError
-from mailserver.interfaces import IDeliveryTarget, IDeliveryTransaction, MailboxId
+from mailserver.interfaces import ILocalDelivery, ILocalTransaction, MailboxId
 from mailserver.store.delivery import MaildirDelivery, MaildirTransaction, delivery_error
 from mailserver.store.maildir import create_maildir, mailbox_path, parse_name
 
@@ -91,8 +91,8 @@ class DeliveryCase(unittest.TestCase):
 
 class DeliveryTests(DeliveryCase):
     def test_provides_interfaces(self) -> None:
-        self.assertTrue(IDeliveryTarget.providedBy(self.target))
-        self.assertTrue(IDeliveryTransaction.providedBy(self.target.begin([ALICE])))
+        self.assertTrue(ILocalDelivery.providedBy(self.target))
+        self.assertTrue(ILocalTransaction.providedBy(self.target.begin([ALICE])))
 
     async def test_one_recipient_exact_bytes_in_new(self) -> None:
         await self.deliver(MESSAGE, ALICE)

@@ -23,11 +23,9 @@ import fcntl
 import os
 from pathlib import Path
 
+from mailserver.interfaces import MaildropInUse
+
 LOCK_NAME = "pop3.lock"
-
-
-class MaildropInUse(Exception):
-    """Another POP3 session holds the maildrop."""
 
 
 class MaildropLock:

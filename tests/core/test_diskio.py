@@ -7,12 +7,15 @@ import tempfile
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from twisted.application.service import IService
-from twisted.internet import defer
+from twisted.internet import defer, reactor, task
 from twisted.trial import unittest
 
+from mailserver.config import config_from_dict
+from mailserver.core.context import ServerContext
 from mailserver.core.diskio import (
     BatchingDisk,
     DirSyncGroup,
@@ -20,6 +23,10 @@ from mailserver.core.diskio import (
     ThreadPoolDisk,
     make_disk,
 )
+from mailserver.imap import listener as imap_listener
+from mailserver.interfaces import MailboxId
+from mailserver.pop3 import listener as pop3_listener
+from mailserver.store.delivery import MaildirDelivery
 
 
 def test_dir_sync_group_serves_many_threads(tmp_path: Path) -> None:
@@ -120,3 +127,64 @@ class BatchingExecutorTests(ExecutorTests):
 
 class PlainExecutorTests(ExecutorTests):
     strategy = "pool-plain"
+
+
+class ReadPoolTests(unittest.TestCase):
+    """Mailbox sessions run in a pool of their own: with every one of its threads held
+    by a slow read (eight sessions searching heavy keys once delayed an SMTP 250 by
+    242 s), a delivery still commits, and the reads go on after."""
+
+    def setUp(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="diskio-reads-"))
+        self.addCleanup(shutil.rmtree, self.dir, ignore_errors=True)
+        self.disk = make_disk("pool", threads=2, read_threads=2)
+        self.disk.startService()
+        self.addCleanup(self.disk.stopService)
+        self.release = threading.Event()
+        self.addCleanup(self.release.set)  # runs first: a failing test still stops
+
+    async def test_delivery_commits_while_the_read_pool_is_saturated(self) -> None:
+        running: list[int] = []
+
+        def slow_read(n: int) -> int:
+            running.append(n)
+            self.release.wait(60)
+            return n
+
+        reads = [self.disk.reads.run(slow_read, n) for n in range(5)]  # 2 run, 3 wait
+        target = MaildirDelivery(self.dir / "mail", "mx.example.org", self.disk)
+        txn = target.begin([MailboxId("example.org", "bob")])
+        txn.write(b"Subject: urgent\n\nwhile everyone searches\n")
+        committed = txn.commit()
+        for _ in range(2000):  # a guard against hanging, not a measurement
+            if committed.called:
+                break
+            await task.deferLater(reactor, 0.005, lambda: None)
+        self.assertTrue(committed.called, "the commit waited behind the reads")
+        await committed
+        [stored] = (self.dir / "mail" / "example.org" / "bob" / "new").iterdir()
+        self.assertEqual(stored.read_bytes(), b"Subject: urgent\n\nwhile everyone searches\n")
+        self.assertEqual(len(running), 2, "both read threads were held throughout")
+        self.assertFalse(any(d.called for d in reads))
+        self.release.set()
+        self.assertEqual(await defer.gatherResults(reads), [0, 1, 2, 3, 4])
+
+    def test_sessions_get_the_read_pool_and_delivery_the_durable_one(self) -> None:
+        config = config_from_dict({"hostname": "mx.example.org", "data_dir": str(self.dir),
+                                   "domains": {"local": ["example.org"]}})
+        context = ServerContext(config=config, directory=cast(Any, None),
+                                portal=cast(Any, None), target=cast(Any, None),
+                                disk=self.disk, tls=cast(Any, None),
+                                mailboxes=cast(Any, None))
+        imap = imap_listener.make_listener(context, "imap")
+        pop3 = pop3_listener.make_listener(context, "pop3")
+        assert imap is not None and pop3 is not None
+        self.assertIs(cast(Any, imap.factory).disk, self.disk.reads)
+        self.assertIs(cast(Any, pop3.factory).disk, self.disk.reads)
+        self.assertIsNot(self.disk.reads, self.disk)
+        with pytest.raises(NotImplementedError):
+            self.disk.reads.commit(lambda: [])
+
+    def test_without_a_read_pool_sessions_share_the_one(self) -> None:
+        disk = make_disk("pool", threads=1, read_threads=0)
+        self.assertIs(disk.reads, disk)

@@ -1,0 +1,212 @@
+"""The delivery target of the server: local mailboxes, the relay queue, or both at once.
+
+Every producer of mail (the SMTP sessions of all three ports, the queue delivering to
+our own domains) hands its message to one DeliveryRouter, which owns the split: `route`
+says where one recipient goes, `begin` takes the whole envelope and gives back one
+IDeliveryTransaction.
+
+A submitted message (or a forwarded one: an alias with remote targets) can have local
+and remote recipients in the same transaction. Both copies get the same bytes; only the
+local copy starts with Return-Path (RFC 5321 4.4: the final delivery adds it, a relay
+must not). The 250 may only be sent once every copy is durable, and a failure of either
+half must leave nothing behind that the client will send again, so commit() goes:
+
+1. commit the queue copy: durable on disk, not yet scheduled (IQueueTransaction);
+2. commit the local copies: visible in new/;
+3. release the queue copy to the scheduler.
+
+If 1 fails, the local copies are aborted (nothing was visible). If 2 fails, the queue
+copy is aborted (it was never scheduled, so nothing goes out). Only a crash between 2
+and 3 leaves a committed but unreleased queue entry; the queue treats such an entry as
+pending on restart (its own contract), so nothing is lost and nothing is sent twice:
+the client got no 250 and sends again, which is the duplicate RFC 5321 6.1 accepts
+over a loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, inlineCallbacks
+from zope.interface import implementer
+
+from mailserver.config import Config
+from mailserver.errors import ReplyError
+from mailserver.interfaces import (
+    DeliveryEnvelope,
+    IDeliveryRouter,
+    IDeliveryTransaction,
+    ILocalDelivery,
+    ILocalTransaction,
+    IOutboundQueue,
+    IQueueTransaction,
+    IRecipientDirectory,
+    OutboundEnvelope,
+    Resolution,
+)
+from mailserver.logs import logger
+
+log = logger(__name__)
+
+
+def local_failure() -> ReplyError:
+    """The reply when a copy could not be made for a reason that is not a ReplyError."""
+    return ReplyError(451, "4.3.0", "Error: local delivery failed; try again later")
+
+
+def return_path_header(sender: str) -> bytes:
+    """RFC 5321 4.4: the final delivery adds Return-Path with the reverse-path."""
+    return f"Return-Path: <{sender}>\n".encode()
+
+
+@implementer(IDeliveryRouter)
+class DeliveryRouter:
+    """Local recipients to `local`, remote ones to `queue` (None: this server cannot
+    relay, and a remote recipient is refused with 451 4.3.5 so nothing is lost)."""
+
+    def __init__(self, config: Config, directory: IRecipientDirectory,
+                 local: ILocalDelivery, queue: IOutboundQueue | None = None) -> None:
+        self.config = config
+        self.directory = directory
+        self.local = local
+        self.queue = queue
+
+    def route(self, address: str, relay: bool) -> Resolution:
+        domain = address.rpartition("@")[2]
+        if not self.config.is_local_domain(domain):
+            if not relay:
+                # Only authenticated submission relays (RFC 5321 3.6.1, 7.1; RFC 6409
+                # 3.3); the MX never does, whoever connects.
+                raise ReplyError(550, "5.7.1", "Error: relay access denied")
+            self._need_queue(address)
+            return Resolution(remote=(address,))
+        resolution = self.directory.resolve(address)
+        if resolution.remote:
+            # Forwarding: an alias with targets elsewhere. The queue relays them with the
+            # original envelope sender, unless this is port 25's router with SRS (its
+            # queue is senderauth's SRSQueue: app/service.py, ServerContext.mx_target).
+            self._need_queue(address)
+        if resolution.is_empty:
+            problem = self.directory.unavailable()
+            if problem is not None:
+                # A users file the server cannot read (wrong owner after an edit as
+                # root) must not turn every recipient into a permanent 5.1.1 bounce:
+                # RFC 5321 4.2.5, a temporary failure, and the sender retries.
+                log.error("{rcpt}: {problem}", rcpt=address, problem=problem)
+                raise ReplyError(451, "4.3.0", "Error: recipient lookup failed; try later")
+            raise ReplyError(550, "5.1.1", "Error: user unknown")
+        return resolution
+
+    def _need_queue(self, address: str) -> None:
+        if self.queue is None:
+            # No relay queue in this server: a temporary failure keeps the sender
+            # retrying instead of losing a copy.
+            log.warn("{rcpt} needs the relay queue, which is missing", rcpt=address)
+            raise ReplyError(451, "4.3.5", "Error: relaying not available yet; try later")
+
+    def begin(self, envelope: DeliveryEnvelope) -> RoutedTransaction:
+        local: ILocalTransaction | None = None
+        queued: IQueueTransaction | None = None
+        try:
+            if envelope.mailboxes:
+                local = self.local.begin(list(envelope.mailboxes))
+            if envelope.remote:
+                if self.queue is None:
+                    raise ReplyError(451, "4.3.5", "Error: relaying not available yet; "
+                                     "try later")
+                queued = self.queue.begin(OutboundEnvelope(
+                    sender=envelope.sender, recipients=envelope.remote,
+                    smtputf8=envelope.smtputf8, body_8bit=envelope.body_8bit,
+                    submitter=envelope.submitter))
+            if local is None and queued is None:
+                raise ValueError("a message needs a local or a remote recipient")
+        except Exception as e:
+            # A bug or a refusal: nothing may stay begun, and the caller learns at commit.
+            if not isinstance(e, ReplyError):
+                log.failure("cannot begin a delivery to {n} local, {m} remote recipients",
+                            n=len(envelope.mailboxes), m=len(envelope.remote))
+            if local is not None:
+                local.abort()
+            return RoutedTransaction(None, None, failed=e)
+        transaction = RoutedTransaction(local, queued)
+        transaction.write_local(return_path_header(envelope.sender))
+        return transaction
+
+
+@implementer(IDeliveryTransaction)
+class RoutedTransaction:
+    """The delivery transaction of one message: local copies, a queue copy, or both."""
+
+    def __init__(self, local: ILocalTransaction | None, queued: IQueueTransaction | None,
+                 failed: Exception | None = None) -> None:
+        self.local = local
+        self.queued = queued
+        #: Why this transaction can only fail (begin or write went wrong); commit says so.
+        self.failed = failed
+        self._released = False
+
+    def write_local(self, data: bytes) -> None:
+        """Bytes only the local copies get (Return-Path)."""
+        if self.local is not None and self.failed is None:
+            self._guarded(self.local.write, data)
+
+    def write(self, data: bytes) -> None:
+        if self.failed is not None:
+            return
+        if self.local is not None:
+            self._guarded(self.local.write, data)
+        if self.queued is not None and self.failed is None:
+            self._guarded(self.queued.write, data)
+
+    def _guarded(self, write: Callable[[bytes], None], data: bytes) -> None:
+        """The interface says write never raises; should a half do so, the session is
+        not the place to find out: both halves are dropped and commit reports it."""
+        try:
+            write(data)
+        except Exception as e:
+            log.failure("writing a message for delivery failed")
+            self.failed = e
+            self.abort()
+
+    def commit(self) -> Deferred[str | None]:
+        """Fires with the queue id (None without a queue copy) once every copy is durable
+        and the queue copy is released; errbacks with ReplyError, leaving nothing."""
+        if self.failed is not None:
+            error = self.failed
+            return defer.fail(error if isinstance(error, ReplyError) else local_failure())
+        return self._commit()
+
+    @inlineCallbacks
+    def _commit(self) -> Generator[Deferred[Any], Any, str | None]:
+        queue_id: str | None = None
+        if self.queued is not None:
+            try:
+                queue_id = yield self.queued.commit()
+            except Exception:
+                self.abort()
+                raise
+        if self.local is not None:
+            try:
+                yield self.local.commit()
+            except Exception as e:
+                self.abort()
+                if isinstance(e, ReplyError):
+                    raise
+                raise local_failure() from e
+        if self.queued is not None:
+            self._released = True
+            try:
+                self.queued.release()
+            except Exception:
+                # Durable and committed: the queue picks it up when it next scans.
+                log.failure("release of queued message {id} failed", id=queue_id)
+        return queue_id
+
+    def abort(self) -> None:
+        """Drop every copy that is not yet out of our hands; safe at any point."""
+        if self.local is not None:
+            self.local.abort()
+        if self.queued is not None and not self._released:
+            self.queued.abort()
