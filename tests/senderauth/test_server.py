@@ -7,7 +7,8 @@ from __future__ import annotations
 import re
 import smtplib
 import ssl
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -167,8 +168,9 @@ def test_forwarded_copy_carries_our_verdict_and_signature(world: dict[str, Any])
     message = MESSAGE.replace(b"alice@example.org", b"someone@soft.test")
     code, _ = mx(server, "someone@soft.test", message, to="fwd@example.org")
     assert code == 250
-    listed = admin(server.config_path, "queue", "list").stdout
-    queue_id = re.search(r"^([0-9A-F]{8,})", listed, re.M)
+    listed = _eventually(lambda: re.findall(
+        r"^[0-9A-F]{8,}.*", admin(server.config_path, "queue", "list").stdout, re.M))
+    queue_id = re.search(r"^([0-9A-F]{8,})", "\n".join(listed), re.M)
     assert queue_id is not None, listed
     shown = admin(server.config_path, "queue", "show", queue_id.group(1)).stdout
     queued = (server.data_dir / "queue" / "messages" / queue_id.group(1)).read_bytes()
@@ -182,12 +184,22 @@ def test_forwarded_copy_carries_our_verdict_and_signature(world: dict[str, Any])
 
 
 def _queued_sender(server: RunningServer, recipient: str) -> str:
+    """The envelope sender queued for `recipient`. The 250 may come before the queue's
+    disk thread has moved the entry from held/ to envelopes/ (the release follows the
+    commit), so this waits for it a little."""
     import json
-    for path in (server.data_dir / "queue" / "envelopes").iterdir():
-        entry = json.loads(path.read_text())
-        if any(r.get("address") == recipient for r in entry.get("recipients", [])):
-            return str(entry["sender"])
-    raise AssertionError(f"nothing queued for {recipient}")
+    deadline = time.monotonic() + 10
+    while True:
+        for path in (server.data_dir / "queue" / "envelopes").iterdir():
+            try:
+                entry = json.loads(path.read_text())
+            except (FileNotFoundError, ValueError):
+                continue  # rewritten or removed meanwhile
+            if any(r.get("address") == recipient for r in entry.get("recipients", [])):
+                return str(entry["sender"])
+        if time.monotonic() > deadline:
+            raise AssertionError(f"nothing queued for {recipient}")
+        time.sleep(0.05)
 
 
 def test_forwarded_copy_has_an_srs_sender_and_its_bounce_goes_back(
@@ -196,8 +208,8 @@ def test_forwarded_copy_has_an_srs_sender_and_its_bounce_goes_back(
     message = MESSAGE.replace(b"alice@example.org", b"orig@soft.test")
     code, _ = mx(server, "orig@soft.test", message, to="fwd@example.org")
     assert code == 250
-    srs = [s for s in _all_queued_senders(server)
-           if s.endswith("=soft.test=orig@example.org")]
+    srs = _eventually(lambda: [s for s in _all_queued_senders(server)
+                               if s.endswith("=soft.test=orig@example.org")])
     assert len(srs) == 1 and re.fullmatch(
         r"SRS0=[A-Za-z0-9+/]{4}=[A-Z2-7]{2}=soft\.test=orig@example\.org", srs[0]), srs
     bounce = (b"From: MAILER-DAEMON@far.test\r\nTo: " + srs[0].encode() +
@@ -215,8 +227,22 @@ def test_forwarded_copy_has_an_srs_sender_and_its_bounce_goes_back(
 
 def _all_queued_senders(server: RunningServer) -> list[str]:
     import json
-    return [json.loads(p.read_text())["sender"]
-            for p in (server.data_dir / "queue" / "envelopes").iterdir()]
+    senders = []
+    for path in (server.data_dir / "queue" / "envelopes").iterdir():
+        try:
+            senders.append(json.loads(path.read_text())["sender"])
+        except (FileNotFoundError, ValueError):
+            continue  # rewritten or removed meanwhile
+    return senders
+
+
+def _eventually(probe: Callable[[], list[str]]) -> list[str]:
+    """`probe()` once it finds something, within 10 s: the queue moves a committed
+    entry into envelopes/ in a disk thread, possibly just after the 250."""
+    deadline = time.monotonic() + 10
+    while not (found := probe()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
 
 
 def test_forwarded_copy_is_arc_sealed_and_the_seal_validates(world: dict[str, Any]) -> None:
