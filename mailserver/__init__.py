@@ -4,7 +4,8 @@ The layers, bottom up (docs/architecture.md draws them; tests/test_layering.py c
 who imports whom):
 
 - base modules: address, reply, errors, logs, config, interfaces (the seams);
-- core/: what the protocols stand on (context, flow control, disk threads, throttle);
+- core/: what the protocols stand on (context, connection base and line rules, flow
+  control, disk threads, throttle);
 - auth/, store/, queue/, delivery/: users, the Maildir store, the relay queue, and the
   router that hands each message to local mailboxes and/or the queue;
 - smtp/, pop3/, imap/: the protocols, which see the layers below only through core and

@@ -17,7 +17,8 @@ into local mailboxes and remote recipients and commits both halves in the order 
 leaves nothing behind on failure. Nothing a transaction writes is visible before its
 `commit` is called; a commit that fails, or an abort before commit, leaves nothing.
 
-The POP3 and IMAP sessions stand on IUserStore / IMailboxView (the bottom of this file).
+The IMAP session stands on IUserStore / IMailboxView, the POP3 session on IMaildrop;
+both open a user's mail through IMailboxOpener (the bottom of this file).
 """
 
 from __future__ import annotations
@@ -151,7 +152,8 @@ class IDeliveryRouter(IDeliveryTarget):
 
         `relay`: the client may send to other domains (authenticated submission, RFC
         6409 3.3); the caller decides that, the router only knows which domains are ours.
-        Refusals: 550 5.7.1 (relaying denied), 550 5.1.1 (no such local user), 451 4.3.5
+        Refusals: 550 5.7.1 (relaying denied), 550 5.1.1 (no such local user), 451 4.3.0
+        (the directory cannot answer now: IRecipientDirectory.unavailable), 451 4.3.5
         (a remote recipient when this server has no relay queue).
         """
 
@@ -265,7 +267,7 @@ class IOutboundQueue(Interface):
         """Start queueing one message for `envelope.recipients`."""
 
 
-# -- the IMAP view of a Maildir (issue 5) -----------------------------------------------------
+# -- the IMAP view of a Maildir ---------------------------------------------------------------
 #
 # Implemented by mailserver.store (folders, UID lists, index, notify); used by
 # mailserver.imap. Folder names are IMAP mailbox names exactly as on the wire after

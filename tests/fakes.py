@@ -11,6 +11,10 @@ which order the copies of one message were committed, released and aborted.
 FakeReactor is twisted.internet.task.Clock plus what twisted.cred's threaded checker
 needs from a reactor (a thread pool, callFromThread): time only moves when the test
 advances it, and the "thread" runs at once unless the pool is told to hold.
+
+FakeDisk is the sessions' DiskExecutor the same way: a job runs at once, or is held
+until release() when `hold` is set (a slow disk), so a test sees what a session does
+while it waits. MailRealm gives the avatar POP3 and IMAP log in as, for any address.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from twisted.cred.portal import IRealm
 from twisted.internet import defer
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from mailserver.auth.realm import IMailUser, MailUser
 from mailserver.interfaces import (
     DeliveryEnvelope,
     IDeliveryTarget,
@@ -175,3 +181,36 @@ class FakeReactor(Clock):
 
     def getThreadPool(self) -> FakeThreadPool:
         return self.pool
+
+
+class FakeDisk:
+    """The sessions' disk threads: runs a job at once (its result or failure in a fired
+    Deferred) or, with `hold` set, keeps it until release()."""
+
+    def __init__(self) -> None:
+        self.hold = False
+        self.held: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        if not self.hold:
+            return maybeDeferred(fn, *args)
+        d: Deferred[Any] = Deferred()
+        self.held.append((d, fn, args))
+        return d
+
+    def release(self) -> None:
+        """Run the jobs held so far, in order. `hold` stays as it is: jobs those start
+        are held again, so a test can step through a session's disk calls."""
+        held, self.held = self.held, []
+        for d, fn, args in held:
+            maybeDeferred(fn, *args).chainDeferred(d)
+
+
+@implementer(IRealm)
+class MailRealm:
+    """Logs anyone in as the IMailUser of their address (the mailbox is its parts)."""
+
+    def requestAvatar(self, avatar_id: Any, mind: object, *interfaces: Any) -> Any:
+        address = avatar_id.decode() if isinstance(avatar_id, bytes) else avatar_id
+        local, _, domain = address.partition("@")
+        return IMailUser, MailUser(address, MailboxId(domain, local)), lambda: None

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
+from mailserver.core.diskio import fsync_dir
 from mailserver.core.ownfiles import Owner, give_fd, open_nofollow, refuse_link
 from mailserver.logs import logger
 
@@ -174,17 +175,8 @@ def rewrite(path: Path, transform: Callable[[str], str], mode: int | None = None
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)
             raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)  # the rename itself: else a crash can bring back the old file
         return new
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable: without it a crash can bring back the old file."""
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def ensure_newline(text: str) -> str:

@@ -12,7 +12,8 @@ What is the same in all three lives here once:
   and closes, so a flood cannot hold a connection;
 - the timeouts: the idle timeout says goodbye, and a client that reads nothing (our
   goodbye included) is aborted after CLOSE_GRACE instead of holding its buffers;
-- shut_down: the server stopping says goodbye to every session.
+- shut_down: the server stopping says goodbye to every session (SessionFactory, the
+  base of the three protocols' factories, keeps the sessions alive and numbers them).
 
 What differs is stated by each session: `rules` (its LineRules), the words it says
 (`goodbyes`), and hooks: `take_raw()` for octets that are not lines (SMTP DATA and
@@ -22,18 +23,22 @@ BDAT, IMAP literals), `line_received()`, `line_refused()`, `command_failed()`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Factory, Protocol
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
+from mailserver.config import Config
 from mailserver.core.flow import CLOSE_GRACE, FlowControl
 from mailserver.core.lines import LineReader, LineRefused, LineRules
 from mailserver.logs import logger
 
 log = logger(__name__)
+
+S = TypeVar("S", bound="LineConnection")
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,7 @@ class LineConnection(FlowControl, Protocol, TimeoutMixin):
     timeout_log: ClassVar[str] = "{session} timeout from {peer}"
 
     factory: Any
-    config: Any
+    config: Config
     session_id: str
 
     def init_connection(self) -> None:
@@ -93,7 +98,7 @@ class LineConnection(FlowControl, Protocol, TimeoutMixin):
         raise NotImplementedError
 
     def initial_timeout(self) -> float | None:
-        return self.config.limits.command_timeout  # type: ignore[no-any-return]
+        return self.config.limits.command_timeout
 
     def take_raw(self) -> bool:
         """Consume buffered octets that are not command lines (DATA, a literal); True
@@ -238,3 +243,31 @@ class LineConnection(FlowControl, Protocol, TimeoutMixin):
                      peer=self.peer_ip)
             self.say_goodbye(self.goodbyes.errors)
             self.close()
+
+
+class SessionFactory(Factory[S]):
+    """What the SMTP, POP3 and IMAP factories share: the sessions alive (for shut_down),
+    their numbering, and the prefix of their ids in the log. A subclass says how to
+    build one session (`new_session`)."""
+
+    def __init__(self, name: str, instance: int) -> None:
+        # Session ids name the process too when there are workers: "smtp-12" / "w2-smtp-12".
+        self.id_prefix = f"w{instance}-{name}" if instance else name
+        self.sessions_started = 0
+        self.sessions: set[S] = set()
+        self.shutting_down = False
+
+    def new_session(self, number: int) -> S:
+        raise NotImplementedError
+
+    def buildProtocol(self, addr: IAddress | None) -> S:  # noqa: N802 - Twisted's name
+        self.sessions_started += 1
+        return self.new_session(self.sessions_started)
+
+    def shut_down(self) -> None:
+        """Server stopping: every session says its goodbye and closes
+        (LineConnection.shut_down: a session waiting on a command answers it first,
+        unless the protocol may interrupt it)."""
+        self.shutting_down = True
+        for session in list(self.sessions):
+            session.shut_down()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from twisted.cred.portal import Portal
 from twisted.internet import interfaces
@@ -21,6 +21,7 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from mailserver.abuse.control import AbuseControl
 from mailserver.config import Config
+from mailserver.core.connection import S, SessionFactory
 from mailserver.core.diskio import DiskExecutor
 from mailserver.core.dns import SharedResolver
 from mailserver.core.throttle import LoginThrottle
@@ -84,8 +85,31 @@ def implicit_tls(context: ServerContext, factory: Factory[Any]) -> TLSMemoryBIOF
     return TLSMemoryBIOFactory(context.tls, False, factory)
 
 
+class MailboxFactory(SessionFactory[S]):
+    """The factory of a POP3 or IMAP listener, as mailbox_listener builds it: config,
+    portal, disk threads (the context's read pool), the way to users' mail, TLS and the
+    login throttle, shared by its sessions."""
+
+    #: The listener's name when none is given ("pop3", "imap").
+    default_name: ClassVar[str]
+
+    def __init__(self, config: Config, portal: Portal, disk: DiskExecutor,
+                 mailboxes: IMailboxOpener,
+                 tls_options: interfaces.IOpenSSLServerConnectionCreator | None = None,
+                 implicit_tls: bool = False, name: str | None = None, instance: int = 0,
+                 login_throttle: LoginThrottle | None = None) -> None:
+        super().__init__(name or self.default_name, instance)
+        self.config = config
+        self.portal = portal
+        self.disk = disk
+        self.mailboxes = mailboxes
+        self.login_throttle = login_throttle or LoginThrottle()
+        self.tls_options = tls_options
+        self.implicit_tls = implicit_tls
+
+
 def mailbox_listener(context: ServerContext, name: str, ports: tuple[str, str],
-                     factory_class: Callable[..., Any], refusal: bytes,
+                     factory_class: type[MailboxFactory[Any]], refusal: bytes,
                      ) -> ListenerFactory | None:
     """POP3's and IMAP's pair of listeners: `ports[0]` in the clear (STLS/STARTTLS
     offered), `ports[1]` with implicit TLS (RFC 8314). None for another name."""

@@ -6,8 +6,9 @@ failed logins; past the limit the address gets no more password checks for a whi
 One throttle (the ServerContext's) is shared by submission, POP3 and IMAP, so failures
 over one protocol block the others too; each refuses in its own words and closes: SMTP
 421 4.7.0, POP3 -ERR [SYS/TEMP], IMAP NO [UNAVAILABLE]. Only failures count, so a user
-whose client logs in a thousand times a day is never affected; a successful login does not wipe the slate, so one valid account does
-not let a guesser try others indefinitely. Postfix has the blunter
+whose client logs in a thousand times a day is never affected; a successful login does
+not wipe the slate, so one valid account does not let a guesser try others
+indefinitely. Postfix has the blunter
 smtpd_client_auth_rate_limit (every AUTH counts); fail2ban is what most sites add.
 
 Memory is bounded: at most MAX_CLIENTS addresses are tracked (the least recently
@@ -28,10 +29,13 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from mailserver.abuse.control import AbuseControl
 
-#: Failed logins from one address within WINDOW after which it is refused.
-LIMIT = 10
-#: Seconds a failure is remembered.
-WINDOW = 900.0
+from mailserver.config import AbuseConfig
+
+#: Failed logins from one address within WINDOW after which it is refused, when no
+#: abuse control backs the throttle (the default of abuse.login_failures).
+LIMIT: int = AbuseConfig.login_failures
+#: Seconds a failure is remembered (the default of abuse.login_window).
+WINDOW: float = AbuseConfig.login_window
 #: Addresses tracked at most.
 MAX_CLIENTS = 10_000
 

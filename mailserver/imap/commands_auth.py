@@ -154,7 +154,7 @@ async def _authenticate(session: IMAPSession, tag: str,
             "imap", session.factory.portal.login(credentials, None, IMailUser))
     except UnauthorizedLogin:
         return _failed(session, tag)
-    store = await session.blocking(session.factory.open_store, user.mailbox)
+    store = await session.blocking(session.factory.mailboxes.open_user_store, user.mailbox)
     session.logged_in(Account(user, store))
     log.info("{session} {user} logged in from {peer}", session=session.session_id,
              user=user.address, peer=session.peer_ip)

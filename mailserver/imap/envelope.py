@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 from mailserver.imap.encode import nstring
-from mailserver.imap.mime import Header, unfold
+from mailserver.imap.mime import Header, comment_end, unfold
 
 #: (name, adl, mailbox, host) as in RFC 3501's address; group start is
 #: (None, None, groupname, None), group end (None, None, None, None).
@@ -46,25 +46,6 @@ _QUOTED_PAIR = re.compile(rb"\\(.)", re.S)
 _ATOM, _QUOTED, _SPECIAL, _COMMENT, _BROKEN = 0, 1, 2, 3, 4
 
 
-def _comment_end(s: bytes, i: int) -> int:
-    """Index after the comment opening at s[i] ("("), nested comments included."""
-    depth = 0
-    n = len(s)
-    while i < n:
-        c = s[i]
-        if c == 0x5C:
-            i += 2
-            continue
-        if c == 0x28:
-            depth += 1
-        elif c == 0x29:
-            depth -= 1
-            if depth == 0:
-                return i + 1
-        i += 1
-    return n
-
-
 def _tokens(s: bytes) -> list[tuple[int, bytes, bool]]:
     """(kind, text, preceded by whitespace) for each token of `s`."""
     out: list[tuple[int, bytes, bool]] = []
@@ -82,7 +63,7 @@ def _tokens(s: bytes) -> list[tuple[int, bytes, bool]]:
                         _QUOTED_PAIR.sub(rb"\1", m.group("q")), space))
             space = False
         elif kind == "c":
-            end = _comment_end(s, i)
+            end = comment_end(s, i)
             body = s[i + 1:end - 1] if s[end - 1:end] == b")" else s[i + 1:end]
             out.append((_COMMENT, _QUOTED_PAIR.sub(rb"\1", body).strip(), space))
             space = True

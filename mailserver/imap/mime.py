@@ -112,6 +112,26 @@ _QUOTED = re.compile(rb'"((?:[^"\\]|\\.)*)"?', re.S)
 _QUOTED_PAIR = re.compile(rb"\\(.)", re.S)
 
 
+def comment_end(s: bytes, i: int) -> int:
+    """Index after the comment opening at s[i] ("("), nested comments and quoted-pairs
+    included (RFC 5322 3.2.2); len(s) if it never closes."""
+    depth = 0
+    n = len(s)
+    while i < n:
+        c = s[i]
+        if c == 0x5C:  # backslash: quoted-pair
+            i += 2
+            continue
+        if c == 0x28:
+            depth += 1
+        elif c == 0x29:
+            depth -= 1
+            if depth == 0:
+                return i + 1
+        i += 1
+    return n
+
+
 def _skip_cfws(s: bytes, i: int) -> int:
     """Skip whitespace and (nested) comments starting at i."""
     n = len(s)
@@ -120,20 +140,7 @@ def _skip_cfws(s: bytes, i: int) -> int:
         if c in b" \t\r\n":
             i += 1
         elif c == 0x28:  # "("
-            depth = 0
-            while i < n:
-                c = s[i]
-                if c == 0x5C:  # backslash: quoted-pair
-                    i += 2
-                    continue
-                if c == 0x28:
-                    depth += 1
-                elif c == 0x29:
-                    depth -= 1
-                    if depth == 0:
-                        i += 1
-                        break
-                i += 1
+            i = comment_end(s, i)
         else:
             break
     return i

@@ -19,19 +19,15 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from twisted.cred.portal import Portal
 from twisted.internet import interfaces
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
-from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailserver.config import Config
 from mailserver.core import metrics
 from mailserver.core.connection import Goodbyes, LineConnection
-from mailserver.core.diskio import DiskExecutor
+from mailserver.core.context import MailboxFactory
 from mailserver.core.lines import IMAP_LINES, LineRefused
-from mailserver.core.throttle import LoginThrottle
 from mailserver.imap import grammar
 from mailserver.imap.commands import (
     ANSWERED,
@@ -48,7 +44,7 @@ from mailserver.imap.commands import (
     index_of_uid,
 )
 from mailserver.imap.encode import flag_list
-from mailserver.interfaces import Changes, IMailboxOpener, IUserStore, MailboxId, StoreError
+from mailserver.interfaces import Changes, StoreError
 from mailserver.logs import logger
 
 log = logger(__name__)
@@ -106,7 +102,7 @@ class WriteFlow:
         return d
 
 
-class IMAPServerFactory(Factory):
+class IMAPServerFactory(MailboxFactory["IMAPSession"]):
     """Builds one IMAPSession per connection, sharing config, portal, disk threads,
     TLS, the way to users' stores and the login throttle (the context's).
 
@@ -114,37 +110,10 @@ class IMAPServerFactory(Factory):
     in a disk thread); `disk` runs blocking calls (`run(fn, *args) -> Deferred`).
     """
 
-    def __init__(self, config: Config, portal: Portal, disk: DiskExecutor,
-                 mailboxes: IMailboxOpener,
-                 tls_options: interfaces.IOpenSSLServerConnectionCreator | None = None,
-                 implicit_tls: bool = False, name: str = "imap", instance: int = 0,
-                 login_throttle: LoginThrottle | None = None) -> None:
-        self.config = config
-        self.portal = portal
-        self.disk = disk
-        self.mailboxes = mailboxes
-        self.login_throttle = login_throttle or LoginThrottle()
-        self.tls_options = tls_options
-        self.implicit_tls = implicit_tls
-        self.name = name
-        self.id_prefix = f"w{instance}-{name}" if instance else name
-        self.sessions_started = 0
-        self.sessions: set[IMAPSession] = set()
-        self.shutting_down = False
+    default_name = "imap"
 
-    def open_store(self, mailbox: MailboxId) -> IUserStore:
-        """Blocking: the user's folders (their Maildir is created if missing)."""
-        return self.mailboxes.open_user_store(mailbox)
-
-    def buildProtocol(self, addr: interfaces.IAddress | None) -> IMAPSession:
-        self.sessions_started += 1
-        return IMAPSession(self, self.sessions_started)
-
-    def shut_down(self) -> None:
-        """Server stopping: every session gets `* BYE` (RFC 3501 7.1.5) and is closed."""
-        self.shutting_down = True
-        for session in list(self.sessions):
-            session.shut_down()
+    def new_session(self, number: int) -> IMAPSession:
+        return IMAPSession(self, number)
 
 
 class SessionEnded(Exception):

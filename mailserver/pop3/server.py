@@ -21,22 +21,16 @@ from typing import Any
 
 from twisted.cred.credentials import IUsernamePassword, UsernamePassword
 from twisted.cred.error import UnauthorizedLogin
-from twisted.cred.portal import Portal
-from twisted.internet import interfaces
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from mailserver.auth.realm import IMailUser
 from mailserver.auth.sasl import SASLError, decode_base64, plain_credentials
-from mailserver.config import Config
 from mailserver.core import metrics
 from mailserver.core.connection import Goodbyes, LineConnection
-from mailserver.core.diskio import DiskExecutor
-from mailserver.core.flow import CLOSE_GRACE  # noqa: F401 - the tests' name for it
+from mailserver.core.context import MailboxFactory
 from mailserver.core.lines import POP3_LINES, LineRefused
-from mailserver.core.throttle import LoginThrottle
-from mailserver.interfaces import IMailboxOpener, IMaildrop, MaildropInUse, MaildropMessage
+from mailserver.interfaces import IMaildrop, MaildropInUse, MaildropMessage
 from mailserver.logs import logger
 from mailserver.pop3 import grammar, maildrop, readahead
 from mailserver.pop3.transaction import Refused, TransactionCommands
@@ -84,42 +78,24 @@ class Login:
     logout: Callable[[], None]
 
 
-class POP3Factory(Factory):
+class POP3Factory(MailboxFactory["POP3Session"]):
     """Builds one POP3Session per connection; shares config, portal, disk threads,
     the way to users' maildrops and the login throttle (the context's)."""
 
-    def __init__(self, config: Config, portal: Portal, disk: DiskExecutor,
-                 mailboxes: IMailboxOpener,
-                 tls_options: interfaces.IOpenSSLServerConnectionCreator | None = None,
-                 implicit_tls: bool = False, name: str = "pop3", instance: int = 0,
-                 login_throttle: LoginThrottle | None = None) -> None:
-        self.config = config
-        self.portal = portal
-        self.disk = disk
-        self.mailboxes = mailboxes
-        self.login_throttle = login_throttle or LoginThrottle()
-        self.tls_options = tls_options
-        self.implicit_tls = implicit_tls
-        self.id_prefix = f"w{instance}-{name}" if instance else name
-        self.sessions_started = 0
-        self.sessions: set[POP3Session] = set()
-        self.shutting_down = False
-        #: Idle seconds before AUTHORIZATION ends (RFC 1939 leaves it to us) ...
-        self.login_timeout: float = config.limits.command_timeout
-        #: ... and in TRANSACTION (RFC 1939 3: at least 10 minutes).
-        self.transaction_timeout: float = max(config.limits.command_timeout,
-                                              MIN_TRANSACTION_TIMEOUT)
+    default_name = "pop3"
 
-    def buildProtocol(self, addr: interfaces.IAddress | None) -> POP3Session:
-        self.sessions_started += 1
-        return POP3Session(self, self.sessions_started)
+    def new_session(self, number: int) -> POP3Session:
+        return POP3Session(self, number)
 
-    def shut_down(self) -> None:
-        """Server stopping: every session says -ERR [SYS/TEMP] and closes, deleting
-        nothing (a session without QUIT never reaches UPDATE)."""
-        self.shutting_down = True
-        for session in list(self.sessions):
-            session.shut_down()
+    @property
+    def login_timeout(self) -> float:
+        """Idle seconds before AUTHORIZATION ends (RFC 1939 leaves it to us) ..."""
+        return self.config.limits.command_timeout
+
+    @property
+    def transaction_timeout(self) -> float:
+        """... and in TRANSACTION (RFC 1939 3: at least 10 minutes)."""
+        return max(self.config.limits.command_timeout, MIN_TRANSACTION_TIMEOUT)
 
 
 class POP3Session(TransactionCommands, LineConnection):
@@ -127,6 +103,7 @@ class POP3Session(TransactionCommands, LineConnection):
     core/connection.py's, the framing rules core/lines.py's POP3_LINES)."""
 
     rules = POP3_LINES
+    # A session closed by the server's shutdown deletes nothing: only QUIT reaches UPDATE.
     goodbyes = Goodbyes(timeout="-ERR Disconnected for inactivity.",
                         errors="-ERR Too many invalid commands, closing.",
                         shutdown="-ERR [SYS/TEMP] Server shutting down.")
@@ -157,7 +134,8 @@ class POP3Session(TransactionCommands, LineConnection):
     # -- connection lifecycle ------------------------------------------------------------
 
     def initial_timeout(self) -> float:
-        return self.factory.login_timeout
+        timeout: float = self.factory.login_timeout
+        return timeout
 
     def greeting(self) -> None:
         self._ok(f"{IMPLEMENTATION} POP3 server ready.")

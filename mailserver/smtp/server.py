@@ -22,7 +22,6 @@ from typing import Any
 from twisted.cred.portal import Portal
 from twisted.internet import interfaces
 from twisted.internet.defer import Deferred
-from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
 from mailserver.abuse.control import AbuseControl
@@ -31,7 +30,7 @@ from mailserver.address import Address, address_literal
 from mailserver.auth.sending_limits import SendingLimits
 from mailserver.config import Config
 from mailserver.core import metrics
-from mailserver.core.connection import Goodbyes, LineConnection
+from mailserver.core.connection import Goodbyes, LineConnection, SessionFactory
 from mailserver.core.lines import SMTP_LINES, LineRefused
 from mailserver.core.throttle import LoginThrottle
 from mailserver.errors import ReplyError
@@ -95,7 +94,7 @@ class SessionPolicy:
     add_missing_headers: bool = False
 
 
-class SMTPServerFactory(Factory["SMTPSession"]):
+class SMTPServerFactory(SessionFactory["SMTPSession"]):
     """Builds one SMTPSession per connection, sharing config and delivery target."""
 
     def __init__(
@@ -114,12 +113,13 @@ class SMTPServerFactory(Factory["SMTPSession"]):
         reactor: Any = None,
         message_hook: IMessageHook | None = None,
     ) -> None:
+        self.policy = policy or SessionPolicy()
+        super().__init__(self.policy.name, instance)
         self.config = config
         #: Where every recipient is routed and every message delivered (local mailboxes,
         #: the relay queue, or both: the session does not know which).
         self.target = target
         self.tls_options = tls_options
-        self.policy = policy or SessionPolicy()
         #: The login portal (AUTH); None: AUTH is never possible.
         self.portal = portal
         #: Who may send as whom (RFC 6409 6.1); None: every sender is refused.
@@ -138,23 +138,9 @@ class SMTPServerFactory(Factory["SMTPSession"]):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
-        # Session ids name the process too when there are workers: "smtp-12" / "w2-smtp-12".
-        self.id_prefix = f"w{instance}-{self.policy.name}" if instance else self.policy.name
-        self.sessions_started = 0
-        self.sessions: set[SMTPSession] = set()
-        self.shutting_down = False
 
-    def buildProtocol(self, addr: interfaces.IAddress | None) -> SMTPSession:
-        self.sessions_started += 1
-        session = SMTPSession(self, self.sessions_started)
-        return session
-
-    def shut_down(self) -> None:
-        """Server stopping: every session says 421 (RFC 5321 3.8) and closes; one that is
-        committing a message sends its reply first."""
-        self.shutting_down = True
-        for session in list(self.sessions):
-            session.shut_down()
+    def new_session(self, number: int) -> SMTPSession:
+        return SMTPSession(self, number)
 
 
 class SMTPSession(SessionDefences, SubmissionCommands, MessageReception, LineConnection):

@@ -35,7 +35,7 @@ from zope.interface import implementer
 
 from mailserver.interfaces import IMaildrop, MailboxId, MessageGone
 from mailserver.logs import logger
-from mailserver.store.maildir import ensure_maildir
+from mailserver.store.maildir import ensure_maildir, fsync_dir
 from mailserver.store.maildroplock import MaildropLock
 from mailserver.store.names import base_of, crlf_size_of, flag_letters, order_key, with_flags
 
@@ -257,11 +257,7 @@ def _expunge(maildir: Path, messages: Iterable[Message]) -> int:
                 break
     for subdir in touched:  # make the removals durable before +OK
         try:
-            fd = os.open(os.path.join(maildir, subdir), os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync_dir(os.path.join(maildir, subdir))
         except OSError:
             pass
     return failed

@@ -1,6 +1,6 @@
 """All folders of one user (IUserStore): the entry point of the IMAP side of the store.
 
-    store = open_user_store(config, mailbox)      # in a disk thread: may create the Maildir
+    store = opener.open_user_store(mailbox)        # store/opener.py; in a disk thread
     view = store.select("INBOX")                   # IMailboxView
     ...
     view.close()
@@ -18,13 +18,12 @@ from pathlib import Path
 
 from zope.interface import implementer
 
-from mailserver.config import Config
+from mailserver.config import LimitsConfig
 from mailserver.interfaces import (
     CopyResult,
     FolderInfo,
     FolderStatus,
     IUserStore,
-    MailboxId,
     StoreError,
 )
 from mailserver.logs import logger
@@ -32,7 +31,7 @@ from mailserver.store import notify
 from mailserver.store.flags import Keywords
 from mailserver.store.folders import Folders, normalize, parent_names
 from mailserver.store.folderstate import FolderState
-from mailserver.store.maildir import ensure_maildir, fsync_dir
+from mailserver.store.maildir import fsync_dir
 from mailserver.store.names import split_name, stored_size_of
 from mailserver.store.registry import acquire_state, forget_folders, release_state
 from mailserver.store.transfer import link_into, move_into, write_new
@@ -43,14 +42,8 @@ log = logger(__name__)
 
 
 #: Folders besides INBOX a user may have when the caller names no limit (the default
-#: of limits.folders_per_user).
-FOLDER_LIMIT = 1000
-
-
-def open_user_store(config: Config, mailbox: MailboxId) -> UserStore:
-    """The store of `mailbox` (its Maildir is created if missing). Blocking."""
-    return UserStore(ensure_maildir(config.mail_dir, mailbox),
-                     folder_limit=config.limits.folders_per_user)
+#: of limits.folders_per_user, defined once in config.py).
+FOLDER_LIMIT: int = LimitsConfig.folders_per_user
 
 
 @implementer(IUserStore)

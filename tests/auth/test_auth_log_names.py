@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import FakeReactor
 from twisted.cred.credentials import UsernamePassword
-from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 
 from mailserver.auth.checker import PasswordChecker
@@ -17,26 +17,13 @@ from mailserver.config import config_from_dict
 from mailserver.logs import ELLIPSIS, MAX_PEER_TEXT, printable
 
 
-class _InlinePool:
-    def callInThreadWithCallback(self, on_result: Any, func: Any, *args: Any) -> None:
-        on_result(True, func(*args))
-
-
-class _Reactor(Clock):
-    def callFromThread(self, f: Any, *args: Any) -> None:
-        f(*args)
-
-    def getThreadPool(self) -> _InlinePool:
-        return _InlinePool()
-
-
 def test_refused_login_name_is_logged_without_controls(tmp_path: Path) -> None:
     """A SASL PLAIN or IMAP literal login name may hold CR, LF and ESC: a forged log
     line or a terminal escape if logged raw."""
     config = config_from_dict({"hostname": "mail.example.org", "data_dir": str(tmp_path),
                                "domains": {"local": ["example.org"]}})
     config.users_file.write_text("")
-    reactor = _Reactor()
+    reactor = FakeReactor()
     checker = PasswordChecker(RecipientDirectory(config), reactor=reactor, failure_delay=0)
     events: list[dict[str, Any]] = []
     globalLogPublisher.addObserver(events.append)

@@ -6,24 +6,20 @@ twisted.cred portal with an in-memory checker: fast, deterministic session tests
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from fakes import FakeDisk, MailRealm
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
 from twisted.cred.portal import Portal
-from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from mailserver.auth.realm import IMailUser, MailUser
 from mailserver.config import Config, config_from_dict
 from mailserver.core.throttle import LoginThrottle
 from mailserver.imap.server import IMAPServerFactory, IMAPSession
-from mailserver.interfaces import MailboxId
 from mailserver.store.opener import MaildirOpener
 
 PASSWORD = "secret"
@@ -31,35 +27,6 @@ PASSWORD = "secret"
 #: Every Session made by the running test, disconnected by the autouse fixture in
 #: conftest.py at its end (a selected folder holds a store watch until then).
 OPEN_SESSIONS: list[Session] = []
-
-
-@implementer(IMailUser)
-class _Realm:
-    def requestAvatar(self, avatar_id: Any, mind: object, *interfaces: Any) -> Any:
-        address = avatar_id.decode() if isinstance(avatar_id, bytes) else avatar_id
-        local, _, domain = address.partition("@")
-        return IMailUser, MailUser(address, MailboxId(domain, local)), lambda: None
-
-
-class InlineDisk:
-    """Runs blocking calls at once; with `hold` set, queues them for `release()`."""
-
-    def __init__(self) -> None:
-        self.hold = False
-        self.queued: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
-
-    def run(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        if not self.hold:
-            return maybeDeferred(fn, *args)
-        d: Deferred[Any] = Deferred()
-        self.queued.append((d, fn, args))
-        return d
-
-    def release(self) -> None:
-        self.hold = False
-        queued, self.queued = self.queued, []
-        for d, fn, args in queued:
-            maybeDeferred(fn, *args).chainDeferred(d)
 
 
 def make_config(root: Path, **auth: Any) -> Config:
@@ -82,10 +49,10 @@ class Session:
         checker = InMemoryUsernamePasswordDatabaseDontUse()
         checker.addUser(b"alice@example.org", PASSWORD.encode())
         checker.addUser(b"bob@example.org", PASSWORD.encode())
-        self.disk = InlineDisk()
+        self.disk = FakeDisk()
         self.clock = Clock()
         self.throttle = throttle or LoginThrottle(clock=self.clock)
-        self.factory = IMAPServerFactory(self.config, Portal(_Realm(), [checker]),
+        self.factory = IMAPServerFactory(self.config, Portal(MailRealm(), [checker]),
                                          self.disk,  # type: ignore[arg-type]
                                          MaildirOpener(self.config.mail_dir),
                                          tls_options=tls, login_throttle=self.throttle)

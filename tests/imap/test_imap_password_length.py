@@ -9,35 +9,16 @@ in its length.
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
+from fakes import FakeReactor
 from session_harness import Session
-from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from mailserver.auth import checker as checker_module
 from mailserver.auth.checker import make_portal
 from mailserver.auth.directory import RecipientDirectory
 from mailserver.auth.schemes import sha_crypt
-
-
-class SyncPool:
-    def callInThreadWithCallback(self, on_result: Callable[[bool, Any], None],
-                                 func: Callable[..., Any], *args: Any) -> None:
-        try:
-            result = func(*args)
-        except BaseException:
-            on_result(False, Failure())
-        else:
-            on_result(True, result)
-
-
-class FakeReactor(Clock):
-    def callFromThread(self, f: Callable[..., Any], *args: Any) -> None:
-        f(*args)
 
 
 @pytest.fixture
@@ -50,7 +31,7 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Session, Fak
     config.users_file.write_text(f"alice@example.org:{{SHA256-CRYPT}}{hashed_pw}\n")
     reactor = FakeReactor()
     session.factory.portal = make_portal(config, RecipientDirectory(config), reactor=reactor,
-                                         threadpool=SyncPool())  # type: ignore[arg-type]
+                                         threadpool=reactor.pool)  # type: ignore[arg-type]
     hashed: list[object] = []
     monkeypatch.setattr(checker_module, "verify_password",
                         lambda p, s: hashed.append(p) or False)

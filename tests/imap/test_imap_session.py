@@ -76,7 +76,8 @@ def test_pipelined_commands_wait_for_the_disk(session: Session) -> None:
     session.disk.hold = True
     session.send(b"a SELECT INBOX\r\nb FETCH 1:* (FLAGS)\r\nc NOOP", crlf=True)
     assert session.take() == b""  # SELECT waits for its disk call; nothing else ran
-    assert len(session.disk.queued) == 1
+    assert len(session.disk.held) == 1
+    session.disk.hold = False
     session.disk.release()
     lines = session.lines()
     tags = [line.split(b" ")[0] for line in lines if not line.startswith(b"*")]
@@ -337,7 +338,7 @@ def test_connection_lost_while_a_command_waits(session: Session) -> None:
     session.protocol.connectionLost(None)
     assert session.protocol.selected is selected  # not closed under the running call
     assert selected.view is view
-    session.disk.release()
+    session.disk.hold = False
     session.disk.release()
     assert session.protocol.selected is None
 

@@ -12,8 +12,9 @@ from imapstore_helpers import deliver, files, restart
 
 from mailserver.interfaces import IMailboxView, IUserStore
 from mailserver.store.index import INDEX_FILE
+from mailserver.store.opener import MaildirOpener
 from mailserver.store.uidlist import UIDLIST_FILE, UidList
-from mailserver.store.userstore import UserStore, open_user_store
+from mailserver.store.userstore import UserStore
 
 
 def uids(view: IMailboxView) -> list[int]:
@@ -31,11 +32,15 @@ def test_open_user_store_creates_the_maildir(tmp_path: Path) -> None:
     from mailserver.config import config_from_dict
     from mailserver.interfaces import MailboxId
 
-    config = config_from_dict({"data_dir": str(tmp_path)})
-    store = open_user_store(config, MailboxId("example.org", "bob"))
+    config = config_from_dict({"data_dir": str(tmp_path),
+                               "limits": {"folders_per_user": 7}})
+    opener = MaildirOpener(config.mail_dir, config.limits.folders_per_user)
+    store = opener.open_user_store(MailboxId("example.org", "bob"))
+    assert isinstance(store, UserStore)
     assert store.root == tmp_path / "mail" / "example.org" / "bob"
     assert (store.root / "new").is_dir()
     assert [f.name for f in store.folders()][0] == "INBOX"
+    assert store.folder_limit == 7
 
 
 def test_uids_follow_delivery_time_in_the_name(root: Path, store: UserStore) -> None:

@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,28 @@ def write_config(root: Path, **extra: object) -> Path:
     path = root / "mailserver.toml"
     path.write_text(toml_dumps(config))
     return path
+
+@contextmanager
+def server_as_service(root: Path, config: Path) -> Iterator[tuple[int, Path]]:
+    """`twistd mailserver` run as the service user, as systemd runs it: (the smtp
+    listener's port, the server's log file) once it listens; stopped on exit."""
+    log_path = root / "server.log"
+    with open(log_path, "wb") as log:
+        server = subprocess.Popen(
+            as_service(str(BIN / "twistd"), "-n", "--pidfile=", "mailserver", "--config",
+                       str(config)),
+            stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env())
+    try:
+        listeners = root / "data" / "run" / "listeners.json"
+        deadline = time.monotonic() + 30
+        while not listeners.exists():
+            assert server.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.05)
+        yield json.loads(listeners.read_text())["smtp"][1], log_path
+    finally:
+        server.terminate()
+        server.wait(15)
 
 
 def root_owned_leftovers(data: Path) -> None:
@@ -125,20 +148,7 @@ def test_a_permission_error_in_delivery_names_the_path_in_the_log(root: Path) ->
     data = root / "data"
     root_owned_leftovers(data)
     os.chown(data / "users", SERVICE, SERVICE)  # the users file is fine; the Maildir not
-    log_path = root / "server.log"
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(
-            as_service(str(BIN / "twistd"), "-n", "--pidfile=", "mailserver", "--config",
-                       str(config)),
-            stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env())
-    try:
-        listeners = data / "run" / "listeners.json"
-        deadline = time.monotonic() + 30
-        while not listeners.exists():
-            assert server.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.05)
-        port = json.loads(listeners.read_text())["smtp"][1]
+    with server_as_service(root, config) as (port, log_path):
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
             client.ehlo("client.example")
             client.mail("bob@example.net")
@@ -146,9 +156,6 @@ def test_a_permission_error_in_delivery_names_the_path_in_the_log(root: Path) ->
             code, text = client.data(b"Subject: hi\r\n\r\nhello\r\n")
         assert (code, text) == (451, b"4.3.0 Requested action aborted: local error in "
                                      b"processing")
-    finally:
-        server.terminate()
-        server.wait(15)
     logged = [line for line in log_path.read_text().splitlines()
               if "delivery to ['alice@example.org'] failed" in line]
     assert len(logged) == 1
@@ -164,20 +171,7 @@ def test_an_unreadable_users_file_defers_instead_of_bouncing(root: Path) -> None
     config = write_config(root, listen={"smtp": "tcp:0:interface=127.0.0.1"})
     data = root / "data"
     root_owned_leftovers(data)  # users: root's, 0600
-    log_path = root / "server.log"
-    with open(log_path, "wb") as log:
-        server = subprocess.Popen(
-            as_service(str(BIN / "twistd"), "-n", "--pidfile=", "mailserver", "--config",
-                       str(config)),
-            stdout=log, stderr=subprocess.STDOUT, cwd=root, env=env())
-    try:
-        listeners = data / "run" / "listeners.json"
-        deadline = time.monotonic() + 30
-        while not listeners.exists():
-            assert server.poll() is None, log_path.read_text()
-            assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.05)
-        port = json.loads(listeners.read_text())["smtp"][1]
+    with server_as_service(root, config) as (port, log_path):
         with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
             client.ehlo("client.example")
             client.mail("bob@example.net")
@@ -187,9 +181,6 @@ def test_an_unreadable_users_file_defers_instead_of_bouncing(root: Path) -> None
             os.chown(data / "users", SERVICE, SERVICE)
             assert client.rcpt("alice@example.org")[0] == 250
             assert client.rcpt("nobody@example.org") == (550, b"5.1.1 Error: user unknown")
-    finally:
-        server.terminate()
-        server.wait(15)
     assert f"alice@example.org: cannot read {data}/users: Permission denied" \
         in log_path.read_text()
 

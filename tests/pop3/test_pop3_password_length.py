@@ -8,14 +8,11 @@ PLAIN can carry one (its lines may be 2048 octets); USER/PASS cannot (RFC 2449 4
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
+from fakes import FakeReactor
 from test_pop3_session import ALICE, Client, Harness
-from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from mailserver.auth import checker as checker_module
 from mailserver.auth.checker import make_portal
@@ -23,22 +20,6 @@ from mailserver.auth.directory import RecipientDirectory
 from mailserver.auth.schemes import sha_crypt
 
 FAILED = "-ERR [AUTH] Authentication failed."
-
-
-class SyncPool:
-    def callInThreadWithCallback(self, on_result: Callable[[bool, Any], None],
-                                 func: Callable[..., Any], *args: Any) -> None:
-        try:
-            result = func(*args)
-        except BaseException:
-            on_result(False, Failure())
-        else:
-            on_result(True, result)
-
-
-class FakeReactor(Clock):
-    def callFromThread(self, f: Callable[..., Any], *args: Any) -> None:
-        f(*args)
 
 
 @pytest.fixture
@@ -51,7 +32,7 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Client, Fake
     config.users_file.write_text(f"{ALICE}:{{SHA512-CRYPT}}{sha_crypt('secret', '$6$salt')}\n")
     reactor = FakeReactor()
     pop.factory.portal = make_portal(config, RecipientDirectory(config), reactor=reactor,
-                                     threadpool=SyncPool())  # type: ignore[arg-type]
+                                     threadpool=reactor.pool)  # type: ignore[arg-type]
     hashed: list[object] = []
     real = checker_module.verify_password
     monkeypatch.setattr(checker_module, "verify_password",

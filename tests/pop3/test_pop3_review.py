@@ -12,8 +12,8 @@ import pytest
 from pop3_helpers import put_message
 from test_pop3_session import MSG1, MSG2, Harness, fill
 
+from mailserver.core.flow import CLOSE_GRACE
 from mailserver.pop3 import maildrop
-from mailserver.pop3.server import CLOSE_GRACE
 from mailserver.store import maildrop as store_maildrop
 
 

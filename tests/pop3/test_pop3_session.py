@@ -7,62 +7,26 @@ Logins go through a real twisted.cred Portal; the disk executor runs each job at
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
+from fakes import FakeDisk, MailRealm
 from pop3_helpers import put_message
 from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
-from twisted.cred.portal import IRealm, Portal
+from twisted.cred.portal import Portal
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from mailserver.auth.realm import IMailUser, MailUser
 from mailserver.config import AuthConfig, LimitsConfig, default_config
 from mailserver.core.throttle import LoginThrottle
-from mailserver.interfaces import MailboxId
 from mailserver.pop3.server import POP3Factory, POP3Session
 from mailserver.store.opener import MaildirOpener
 
 ALICE = "alice@example.org"
 PASSWORD = b"secret"
-
-
-@implementer(IRealm)
-class Realm:
-    def requestAvatar(self, avatarId: Any, mind: object, *interfaces: Any) -> Any:
-        address = avatarId.decode() if isinstance(avatarId, bytes) else avatarId
-        local, _, domain = address.partition("@")
-        return IMailUser, MailUser(address, MailboxId(domain, local)), lambda: None
-
-
-class Disk:
-    """Runs jobs at once, or holds them until release() when `hold` is set."""
-
-    def __init__(self) -> None:
-        self.hold = False
-        self.held: list[tuple[Deferred[Any], Callable[..., Any], tuple[Any, ...]]] = []
-
-    def run(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        if self.hold:
-            d: Deferred[Any] = Deferred()
-            self.held.append((d, fn, args))
-            return d
-        try:
-            return succeed(fn(*args))
-        except Exception:
-            return fail(Failure())
-
-    def release(self) -> None:
-        held, self.held = self.held, []
-        for d, fn, args in held:
-            d.callback(fn(*args))
 
 
 class Harness:
@@ -73,10 +37,10 @@ class Harness:
         checker = InMemoryUsernamePasswordDatabaseDontUse()
         checker.addUser(ALICE.encode(), PASSWORD)
         checker.addUser(b"bob@example.org", PASSWORD)
-        self.disk = Disk()
+        self.disk = FakeDisk()
         self.clock = Clock()
         self.throttle = LoginThrottle(clock=self.clock)
-        self.factory = POP3Factory(config, Portal(Realm(), [checker]),
+        self.factory = POP3Factory(config, Portal(MailRealm(), [checker]),
                                    self.disk,  # type: ignore[arg-type]
                                    MaildirOpener(config.mail_dir),
                                    login_throttle=self.throttle)
