@@ -26,6 +26,7 @@ from mailserver.config import Config
 from mailserver.core import metrics
 from mailserver.core.context import ListenerFactory, ServerContext
 from mailserver.core.diskio import DiskExecutor, make_disk
+from mailserver.core.dns import SharedResolver
 from mailserver.core.throttle import LoginThrottle
 from mailserver.delivery.router import DeliveryRouter
 from mailserver.errors import ConfigError
@@ -33,7 +34,10 @@ from mailserver.http import listener as http_listener
 from mailserver.imap import listener as imap_listener
 from mailserver.logs import logger
 from mailserver.pop3 import listener as pop3_listener
+from mailserver.queue.outbound import OutboundQueue
 from mailserver.queue.service import QueueService, open_queue
+from mailserver.senderauth import service as senderauth
+from mailserver.senderauth.srs import SRSDirectory, SRSQueue
 from mailserver.smtp import listener as smtp_listener
 from mailserver.store.delivery import MaildirDelivery
 from mailserver.store.opener import MaildirOpener
@@ -87,8 +91,13 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
         instance=instance, login_throttle=LoginThrottle(control=abuse), abuse=abuse,
     )
     metrics.watch_tls(context.tls)
+    auth = _sender_auth(context, local, queue)
     if instance == 0:
-        QueueService(context, spool, queue).setServiceParent(top)
+        queue_service = QueueService(context, spool, queue)
+        if auth.signer is not None:
+            # Our DSNs and delay notices leave DKIM-signed (senderauth/signing.py).
+            queue_service.scheduler.sign_dsn = auth.signer.sign_dsn
+        queue_service.setServiceParent(top)
         QueueGauges(spool, disk).setServiceParent(top)
     counter = ConnectionCounter(config.limits.connections, config.limits.connections_per_ip,
                                 control=abuse)
@@ -122,6 +131,24 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
                  cfg=f" --config {config.source}" if config.source else "",
                  domain=(config.domains.local or ("example.org",))[0])
     return top
+
+
+def _sender_auth(context: ServerContext, local: MaildirDelivery,
+                 queue: OutboundQueue) -> senderauth.SenderAuth:
+    """The shared resolver, sender authentication (senderauth/), the message hooks of
+    the SMTP listeners and, with SRS, port 25's own router: the same local delivery
+    and queue seen through SRSDirectory and SRSQueue (forwarded copies leave with an
+    SRS0 sender; a bounce to one is resolved to the original sender and relayed)."""
+    config = context.config
+    context.resolver = SharedResolver.from_config(config)
+    auth = senderauth.build(config, context.resolver, context.disk, context.instance)
+    context.message_hooks = {name: hook for name in LISTENER_MAKERS
+                             if (hook := auth.hook_for(name)) is not None}
+    if auth.srs is not None:
+        context.mx_target = DeliveryRouter(
+            config, SRSDirectory(context.directory, auth.srs), local,
+            SRSQueue(queue, auth.srs))
+    return auth
 
 
 class _ServerRoot(service.MultiService):
