@@ -36,11 +36,16 @@ tools:
 	[ -x /usr/lib/dovecot/pop3 ] || missing="$$missing dovecot-pop3d"; \
 	command -v pebble >/dev/null || missing="$$missing pebble"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	perl -MMail::DKIM::Verifier -e1 2>/dev/null || missing="$$missing libmail-dkim-perl"; \
+	command -v npm >/dev/null || missing="$$missing npm"; \
 	command -v fail2ban-regex >/dev/null || missing="$$missing fail2ban"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+	@# mailauth (npm), the independent DKIM/SPF/DMARC judge of tests/senderauth.
+	[ -x tests/tools/node_modules/.bin/mailauth ] || \
+	  npm ci --prefix tests/tools --no-audit --no-fund >/dev/null
 
 run: $(STAMP)
 	$(VENV)/bin/twistd -n --pidfile= mailserver $(if $(CONFIG),--config $(CONFIG),)

@@ -51,3 +51,8 @@ class Address:
 def domain_key(domain: str) -> str:
     """Lower-case, without a trailing dot; IDNA A-labels are left as they are."""
     return domain.strip().rstrip(".").lower()
+
+
+def address_literal(ip: str) -> str:
+    """RFC 5321 4.1.3: `[192.0.2.1]`, and `[IPv6:2001:db8::1]` for IPv6."""
+    return f"[IPv6:{ip}]" if ":" in ip else f"[{ip}]"

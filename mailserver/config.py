@@ -282,6 +282,67 @@ class MTASTSConfig:
 
 
 @dataclass(frozen=True)
+class DNSConfig:
+    """The one resolver every lookup uses (queue routing, SPF, DKIM, DMARC, iprev)."""
+
+    nameservers: tuple[str, ...] = doc(
+        'Resolvers ("127.0.0.1:5353", "[::1]:53"); empty: relay.nameservers, else the '
+        "system resolver (/etc/resolv.conf).", default=())
+    timeout: int = doc("Seconds one lookup may take (every retry included).", default=10)
+    cache_size: int = doc("Answers kept in the shared cache, each for its TTL; 0: none.",
+                          default=5000)
+
+
+@dataclass(frozen=True)
+class ChecksConfig:
+    """Sender authentication of mail arriving on the smtp listener (never submission):
+    SPF, DKIM, DMARC, ARC and iprev, reported in one Authentication-Results header."""
+
+    enabled: bool = doc("Check mail arriving on the smtp listener.", default=True)
+    dmarc_reject: bool = doc("Refuse (550 5.7.1) mail failing DMARC whose domain asks "
+                             "p=reject; false: deliver it to Junk instead.", default=True)
+    dmarc_quarantine: bool = doc("Deliver mail failing DMARC under p=quarantine (or an "
+                                 "unhonoured reject) to the recipient's Junk folder.",
+                                 default=True)
+    temperror: str = doc('When a DNS failure decides the DMARC verdict: "defer" answers '
+                         '451 4.7.5 (the sender retries), "accept" delivers with '
+                         "dmarc=temperror.", default="defer")
+    time_budget: int = doc("Seconds all lookups of one message may take together.",
+                           default=20)
+    max_signatures: int = doc("DKIM signatures verified per message (the rest: "
+                              "neutral).", default=5)
+    no_reject_domains: tuple[str, ...] = doc(
+        "Local domains whose recipients get DMARC p=reject failures in Junk instead of "
+        "a 550 (one such recipient is enough: a refusal would refuse them all).",
+        default=())
+    trusted_networks: tuple[str, ...] = doc(
+        "Client networks whose mail is not checked (Postfix's mynetworks): local "
+        "programs handing mail to port 25.", default=("127.0.0.0/8", "::1/128"))
+
+
+@dataclass(frozen=True)
+class DKIMConfig:
+    """Signing of mail we send: submitted, forwarded, and our bounces (RFC 6376)."""
+
+    sign: bool = doc("Sign outgoing mail of the local domains.", default=True)
+    unsigned_domains: tuple[str, ...] = doc(
+        "Local domains whose mail is not signed (their own signer does it).", default=())
+    external_keys: tuple[str, ...] = doc(
+        '"domain:selector:/path/key.pem": sign that domain with this key only (RSA or '
+        "Ed25519 PKCS#8) instead of the keys made under data_dir/dkim.", default=())
+
+
+@dataclass(frozen=True)
+class SRSConfig:
+    """Forwarding (an alias to a remote address) with the Sender Rewriting Scheme."""
+
+    enabled: bool = doc("Rewrite the envelope sender of forwarded copies (SRS0) and "
+                        "accept bounces to such addresses on port 25.", default=True)
+    domain: str = doc("Our domain in rewritten senders; empty: the first of "
+                      "domains.local.", default="")
+
+
+@dataclass(frozen=True)
 class AcmeConfig:
     """Certificates from an ACME CA (RFC 8555), e.g. Let's Encrypt; omitted: no ACME.
 
@@ -335,6 +396,10 @@ class Config:
     http: HTTPConfig = field(default_factory=HTTPConfig)
     mta_sts: MTASTSConfig = field(default_factory=MTASTSConfig)
     pop3: Pop3Config = field(default_factory=Pop3Config)
+    dns: DNSConfig = field(default_factory=DNSConfig)
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
+    dkim: DKIMConfig = field(default_factory=DKIMConfig)
+    srs: SRSConfig = field(default_factory=SRSConfig)
     acme: AcmeConfig = field(default_factory=AcmeConfig)
     log: LogConfig = field(default_factory=LogConfig)
     #: The file this came from (None: the embedded default). Not a config key.
@@ -509,6 +574,7 @@ def _check_semantics(config: Config, problems: list[str]) -> None:
         host, _, port = ns.rpartition(":") if ns.count(":") == 1 else (ns, "", "53")
         if not host or not port.isdigit():
             problems.append(f"relay.nameservers[{i}]: expected \"address[:port]\", got {ns!r}")
+    _check_senderauth(config, problems)
     if config.relay.smarthost:
         host, sep, port = config.relay.smarthost.rpartition(":")
         if not sep or not host or not port.isdigit():
@@ -598,6 +664,36 @@ def _check_http(config: Config, problems: list[str]) -> None:
     if not 0 < config.mta_sts.max_age <= 31_557_600:
         problems.append(f"mta_sts.max_age: between 1 and 31557600 seconds (RFC 8461 3.2), "
                         f"got {config.mta_sts.max_age}")
+
+
+def _check_senderauth(config: Config, problems: list[str]) -> None:
+    """[dns], [checks] and [dkim]."""
+    for i, ns in enumerate(config.dns.nameservers):
+        host, _, port = ns.rpartition(":") if ns.count(":") == 1 else (ns, "", "53")
+        if not host or not port.isdigit():
+            problems.append(f"dns.nameservers[{i}]: expected \"address[:port]\", got {ns!r}")
+    if config.dns.timeout == 0:
+        problems.append("dns.timeout: must be at least 1")
+    if config.checks.temperror not in ("defer", "accept"):
+        problems.append(f'checks.temperror: expected "defer" or "accept", got '
+                        f"{config.checks.temperror!r}")
+    for i, net in enumerate(config.checks.trusted_networks):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            problems.append(f"checks.trusted_networks[{i}]: not a network: {net!r}")
+    if config.checks.time_budget == 0:
+        problems.append("checks.time_budget: must be at least 1")
+    if config.srs.domain and not _is_domain(config.srs.domain):
+        problems.append(f"srs.domain: not a domain name: {config.srs.domain!r}")
+    for i, entry in enumerate(config.dkim.external_keys):
+        domain, _, rest = entry.partition(":")
+        selector, _, path = rest.partition(":")
+        if not (_is_domain(domain) and selector and path.startswith("/")):
+            problems.append(f'dkim.external_keys[{i}]: expected "domain:selector:/path", '
+                            f"got {entry!r}")
+        elif not os.access(path, os.R_OK):
+            problems.append(f"dkim.external_keys[{i}]: cannot read {path}")
 
 
 def _endpoint_problem(desc: str) -> str | None:
@@ -690,7 +786,7 @@ def _toml_default(f: dataclasses.Field[Any]) -> str:
     if isinstance(value, int):
         return f"{value:_}" if value >= 10_000 else str(value)
     if isinstance(value, tuple):
-        return "[]"
+        return "[" + ", ".join(f'"{v}"' for v in value) + "]"
     if isinstance(value, str):
         return f'"{value}"'
     return '""'

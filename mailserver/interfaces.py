@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from zope.interface import Attribute, Interface
@@ -155,6 +155,39 @@ class IDeliveryRouter(IDeliveryTarget):
         Refusals: 550 5.7.1 (relaying denied), 550 5.1.1 (no such local user), 451 4.3.0
         (the directory cannot answer now: IRecipientDirectory.unavailable), 451 4.3.5
         (a remote recipient when this server has no relay queue).
+        """
+
+
+class IHeldTransaction(IDeliveryTransaction):
+    """An IDeliveryTransaction that holds the message content until its commit, so a
+    hook can look at the whole message (check it, sign it) before any byte reaches the
+    transaction it wraps. What is written before `hold` (the session's trace fields)
+    is kept apart and goes first."""
+
+    def hold() -> None:
+        """Everything written from now on is the content (the header and the body as
+        received); before it only trace fields (Received) were written."""
+
+
+class IMessageHook(Interface):
+    """What a listener may do to each message it receives before it is delivered
+    (senderauth: the sender-authentication checks on port 25, DKIM signing on
+    submission). Set per listener by app/ (ServerContext.message_hooks)."""
+
+    def wrap(transaction: IDeliveryTransaction, session: Any, sender: str,
+             mailboxes: Sequence[MailboxId]) -> IHeldTransaction | None:
+        """The transaction the session writes the message to instead of `transaction`
+        (the router's), or None to leave this message alone (e.g. a trusted client).
+        Called right after IDeliveryRouter.begin, on the reactor thread; never blocks.
+
+        `session` is the SMTP session, read-only; a hook may rely on these attributes
+        only: `session_id` (str, for the log), `peer_ip` (the client's address, str),
+        `helo` (the EHLO/HELO name, str or None) and `envelope` (its `recipients`: the
+        RCPT addresses as given, each with `.domain`). `sender` is the reverse-path
+        ("" for <>), `mailboxes` the local recipients of the message.
+
+        A refusal found at commit is a ReplyError from the held transaction's commit,
+        which the session answers like any other failed delivery.
         """
 
 

@@ -4,9 +4,14 @@ Run as a subprocess so that tests of any kind (plain pytest, trial, integration)
 it: `DNSServer(zone).start()` writes the zone to a JSON file, starts
 `python tests/dns_server.py ZONE.json`, and reads the UDP port it prints.
 
-Zone: {"name": {"MX": [[10, "mx.example.net"]], "A": ["127.0.0.3"], "AAAA": [...]}}.
+Zone: {"name": {"MX": [[10, "mx.example.net"]], "A": ["127.0.0.3"], "AAAA": [...],
+"TXT": ["v=spf1 -all", ["first 255 octets", "rest"]], "PTR": ["host.example.net"]}}
+(a TXT record is one string, or a list of its character-strings, RFC 1035 3.3.14;
+a longer string is cut into 255-octet pieces). UDP and TCP on the same port, so
+answers too big for UDP are fetched again over TCP as a resolver does.
 A name that is not in the zone is NXDOMAIN; a name without records of the asked type
-answers NOERROR with no answer (what dnspython calls NoAnswer). Special keys:
+answers NOERROR with no answer (what dnspython calls NoAnswer). "TTL": 5 sets the
+TTL of the name's records (default 60). Special keys:
 "SERVFAIL": true answers SERVFAIL; "TIMEOUT": true never answers.
 """
 
@@ -83,26 +88,45 @@ def _serve(zone_path: str) -> None:
             if records.get("SERVFAIL"):
                 return defer.fail(RuntimeError("SERVFAIL asked for"))  # -> SERVFAIL
             answers = []
+            ttl = records.get("TTL", 60)
             if type in (dns.MX, dns.ALL_RECORDS):
                 for pref, host in records.get("MX", []):
                     exchange = b"" if host == "." else host.encode()  # "." = the root
-                    answers.append(dns.RRHeader(name, dns.MX, ttl=60, auth=True,
+                    answers.append(dns.RRHeader(name, dns.MX, ttl=ttl, auth=True,
                                                 payload=dns.Record_MX(pref, exchange)))
             if type in (dns.A, dns.ALL_RECORDS):
                 for a in records.get("A", []):
-                    answers.append(dns.RRHeader(name, dns.A, ttl=60, auth=True,
+                    answers.append(dns.RRHeader(name, dns.A, ttl=ttl, auth=True,
                                                 payload=dns.Record_A(a)))
             if type in (dns.AAAA, dns.ALL_RECORDS):
                 for a in records.get("AAAA", []):
-                    answers.append(dns.RRHeader(name, dns.AAAA, ttl=60, auth=True,
+                    answers.append(dns.RRHeader(name, dns.AAAA, ttl=ttl, auth=True,
                                                 payload=dns.Record_AAAA(a)))
+            if type in (dns.TXT, dns.ALL_RECORDS):
+                for txt in records.get("TXT", []):
+                    answers.append(dns.RRHeader(name, dns.TXT, ttl=ttl, auth=True,
+                                                payload=dns.Record_TXT(*_strings(txt))))
+            if type in (dns.PTR, dns.ALL_RECORDS):
+                for host in records.get("PTR", []):
+                    answers.append(dns.RRHeader(name, dns.PTR, ttl=ttl, auth=True,
+                                                payload=dns.Record_PTR(host.encode())))
             return defer.succeed((answers, [], []))
 
     factory = server.DNSServerFactory(authorities=[ZoneResolver()])
     protocol = dns.DNSDatagramProtocol(factory)
-    port = reactor.listenUDP(0, protocol, interface="127.0.0.1")  # type: ignore[attr-defined]
+    tcp = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+    port = reactor.listenUDP(tcp.getHost().port, protocol,  # type: ignore[attr-defined]
+                             interface="127.0.0.1")
     print(port.getHost().port, flush=True)
     reactor.run()  # type: ignore[attr-defined]
+
+
+def _strings(txt: str | list[str]) -> list[bytes]:
+    """A TXT record's character-strings: a list as given, a string cut every 255."""
+    if isinstance(txt, list):
+        return [t.encode() for t in txt]
+    data = txt.encode()
+    return [data[i:i + 255] for i in range(0, len(data), 255)] or [b""]
 
 
 if __name__ == "__main__":

@@ -191,6 +191,8 @@ def base_config(root: Path) -> dict[str, Any]:
         "domains": {"local": ["example.org", "example.net"]},
         "listen": {"smtp": "tcp:0:interface=127.0.0.1"},
         "limits": {},
+        # Unsigned, so tests compare the bytes they sent (tests/senderauth signs).
+        "dkim": {"sign": False},
     }
 
 

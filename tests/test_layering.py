@@ -12,6 +12,10 @@ function counts as much as one at the top. The rules, bottom up:
 - the protocols (smtp, pop3, imap) import the base modules, core/, abuse/, and from auth/
   only auth.sasl, auth.realm and auth.sending_limits: never app/, store/, queue/,
   delivery/ or one another;
+- senderauth/ (SPF, DKIM, DMARC, ARC, signing, SRS: the SMTP message hooks) imports the
+  base modules, core/, store/ (the Junk folder) and delivery/ (the router's transaction
+  it wraps): never a protocol, so the SMTP session sees it only as interfaces.IMessageHook
+  and neither a protocol nor core/ may import it;
 - admin/ (the operator's command) never imports a protocol or app/;
 - http/ (the web side) imports the base modules and core/ only;
 - nothing imports app/, and only app/ imports the listener modules (http's too).
@@ -41,11 +45,12 @@ ALLOWED: dict[str, frozenset[str]] = {
     "store": BASE | {"core"},
     "delivery": BASE,
     "queue": BASE | {"core", "store"},
+    "senderauth": BASE | {"core", "store", "delivery"},
     **{name: BASE | {"core", "auth", "abuse"} for name in PROTOCOLS},
-    "admin": BASE | {"core", "auth", "store", "queue", "abuse"},
+    "admin": BASE | {"core", "auth", "store", "queue", "abuse", "senderauth"},
     "http": BASE | {"core"},
-    "app": BASE | {"core", "auth", "store", "queue", "delivery", "abuse", "http"}
-    | PROTOCOLS,
+    "app": BASE | {"core", "auth", "store", "queue", "delivery", "abuse", "http",
+                   "senderauth"} | PROTOCOLS,
 }
 #: The only modules of auth/ a protocol may import: parsing SASL, the avatar, and the
 #: users' sending limits (read by the submission session).
@@ -150,6 +155,14 @@ def test_allow_list_is_not_stale() -> None:
      "http/site.py: http may not import mailserver.store.maildir"),
     ("smtp/server.py", "from mailserver.http.listener import make_listener\n",
      "smtp/server.py: only app/ may import mailserver.http.listener"),
+    ("smtp/reception.py", "from mailserver.senderauth.transaction import InboundHook\n",
+     "smtp/reception.py: smtp may not import mailserver.senderauth.transaction"),
+    ("core/context.py", "from mailserver.senderauth.service import SenderAuth\n",
+     "core/context.py: core may not import mailserver.senderauth.service"),
+    ("queue/service.py", "from mailserver.senderauth.signing import Signer\n",
+     "queue/service.py: queue may not import mailserver.senderauth.signing"),
+    ("senderauth/transaction.py", "from mailserver.smtp.trace import address_literal\n",
+     "senderauth/transaction.py: senderauth may not import mailserver.smtp.trace"),
 ])
 def test_the_checker_catches(relative: str, source: str, problem: str) -> None:
     """The rules above are not vacuous: each forbidden import is reported."""

@@ -102,6 +102,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     doc = top.add_parser("doctor", help="check the Maildirs against their UID lists")
     doc.add_argument("--user", metavar="ADDRESS", help="only this user's Maildir")
+
+    records = top.add_parser("dns-records", help="print (or --check) the DNS records a "
+                             "local domain needs: MX, SPF, DKIM, DMARC, PTR")
+    records.add_argument("--check", action="store_true",
+                         help="ask the configured resolver; exit 1 if anything is missing")
+    records.add_argument("domain", metavar="DOMAIN")
+    dkim = top.add_parser("dkim", help="list and rotate DKIM keys")
+    dkim_sub = dkim.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dkim_sub.add_parser("list", help="every domain's selectors and their state")
+    dkim_sub.add_parser("rotate", help="make new (pending) keys").add_argument(
+        "domain", metavar="DOMAIN")
+    activate = dkim_sub.add_parser("activate", help="sign with the pending keys, once "
+                                   "their records are published")
+    activate.add_argument("--force", action="store_true", help="skip the DNS check")
+    activate.add_argument("domain", metavar="DOMAIN")
+    forget = dkim_sub.add_parser("forget", help="drop a retired selector")
+    forget.add_argument("domain", metavar="DOMAIN")
+    forget.add_argument("selector", metavar="SELECTOR")
     return parser
 
 
@@ -139,6 +157,8 @@ def _handler(args: argparse.Namespace) -> Callable[[Admin], None]:
 
         return lambda admin: import_dovecot(admin, Path(args.source).absolute(), args.user,
                                             args.user is None, args.dry_run)
+    if args.command in ("dns-records", "dkim"):
+        return _senderauth_handler(args)
     if args.command == "queue":
         from mailserver.admin import queue_commands as q
 
@@ -171,6 +191,20 @@ def _handler(args: argparse.Namespace) -> Callable[[Admin], None]:
     return commands.alias_list
 
 
+def _senderauth_handler(args: argparse.Namespace) -> Callable[[Admin], None]:
+    from mailserver.admin import dns_records as d
+
+    if args.command == "dns-records":
+        return lambda admin: d.dns_records(admin, args.domain, args.check)
+    if args.action == "list":
+        return d.dkim_list
+    if args.action == "rotate":
+        return lambda admin: d.dkim_rotate(admin, args.domain)
+    if args.action == "activate":
+        return lambda admin: d.dkim_activate(admin, args.domain, args.force)
+    return lambda admin: d.dkim_forget(admin, args.domain, args.selector)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one admin command; returns the exit status (see the module docstring)."""
     parser = build_parser()
@@ -180,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     if args.command == "check-config":
         return check_config(args.config, sys.stdout, sys.stderr)
-    label = " ".join(filter(None, (args.command, getattr(args, "action", None))))
+    # "user add", "dns-records example.org", "doctor", "status"
+    label = " ".join(filter(None, (args.command, getattr(args, "action", None)
+                                   or getattr(args, "domain", None))))
     try:
         config = load_config(args.config)
     except ConfigError as e:

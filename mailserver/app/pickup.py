@@ -4,7 +4,9 @@ Postfix's pickup, in small (admin/sendmail.py says why a maildrop directory): ev
 PICKUP_INTERVAL seconds a thread lists the directory; each complete file (no leading
 dot) is read in a thread, its recipients are routed on the reactor as an authenticated
 submission's are (so aliases, local mailboxes and the relay queue all apply), a Received
-header is added and the message goes to the router's two-phase transaction. Only after
+header is added and the message goes to the router's two-phase transaction (through the
+submission listeners' message hook when there is one: DKIM signing, as for mail our
+users submit over SMTP). Only after
 commit is the file removed: a crash in between delivers twice rather than never (RFC
 5321 6.1 prefers the duplicate).
 
@@ -20,6 +22,7 @@ import email.utils
 import json
 import os
 from collections.abc import Generator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +32,7 @@ from twisted.internet.defer import inlineCallbacks
 
 from mailserver.config import Config
 from mailserver.errors import ReplyError
-from mailserver.interfaces import DeliveryEnvelope, IDeliveryRouter, MailboxId
+from mailserver.interfaces import DeliveryEnvelope, IDeliveryRouter, IMessageHook, MailboxId
 from mailserver.logs import logger
 from mailserver.smtp.trace import new_message_id
 
@@ -79,14 +82,28 @@ def _set_aside(path: Path) -> None:
     os.replace(path, folder / path.name)
 
 
+@dataclass(frozen=True)
+class LocalSubmission:
+    """What a message hook may read of the "session" (interfaces.IMessageHook.wrap) for
+    a message handed over locally: no client address, no EHLO, no SMTP envelope."""
+
+    session_id: str
+    peer_ip: str = ""
+    helo: str | None = None
+    envelope: None = None
+
+
 class PickupService(service.Service):
     """Polls data_dir/maildrop/ and delivers what it finds through `router`."""
 
     name = "pickup"
 
-    def __init__(self, config: Config, router: IDeliveryRouter) -> None:
+    def __init__(self, config: Config, router: IDeliveryRouter,
+                 hook: IMessageHook | None = None) -> None:
         self.config = config
         self.router = router
+        #: The submission listeners' hook (senderauth: DKIM signing); None: none.
+        self.hook = hook
         self.folder = config.data_dir / MAILDROP
         self.loop = task.LoopingCall(self._look)
         self.busy = False
@@ -151,7 +168,14 @@ class PickupService(service.Service):
         transaction = self.router.begin(DeliveryEnvelope(
             sender=envelope["sender"], mailboxes=tuple(mailboxes), remote=tuple(remote),
             body_8bit=any(b > 127 for b in message), submitter=user))
+        held = None if self.hook is None else self.hook.wrap(
+            transaction, LocalSubmission(f"pickup-{queue_id}"), envelope["sender"],
+            mailboxes)
+        if held is not None:
+            transaction = held
         transaction.write(self._received(user, envelope, queue_id))
+        if held is not None:
+            held.hold()  # what follows is the content, held until signed
         transaction.write(message)
         try:
             yield transaction.commit()

@@ -12,7 +12,7 @@ keeps the config, certificate and limits it started with, and is never closed):
 - users and aliases (the directory re-reads its files when they change anyway).
 
 What needs a restart, and is said so in the log: data_dir, processes, auth file paths,
-the relay and DNS settings of the queue. With worker processes, the twistd process
+the relay settings of the queue, [dns], [checks], [dkim], [srs] and [log]. With worker processes, the twistd process
 forwards SIGHUP to every worker, which reloads the same way; a worker serves the
 listeners it inherited, so a listener added by a reload is served by the twistd process
 alone until the next restart.
@@ -51,8 +51,10 @@ from mailserver.logs import logger
 log = logger(__name__)
 
 #: Keys a reload cannot change in a running process (logged, applied at the restart).
+#: [dns], [checks], [dkim] and [srs]: the resolver, checker, signer and SRS secret are
+#: built once per process (key generation, file reads: blocking work).
 RESTART_KEYS = ("data_dir", "processes", "auth.users_file", "auth.aliases_file", "relay",
-                "dns", "log", "abuse.tracked_keys")
+                "dns", "checks", "dkim", "srs", "log", "abuse.tracked_keys")
 
 
 @dataclass

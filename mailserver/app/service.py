@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from mailserver.config import Config
 from mailserver.core import metrics
 from mailserver.core.context import ListenerFactory, ServerContext
 from mailserver.core.diskio import DiskExecutor, make_disk
+from mailserver.core.dns import SharedResolver
 from mailserver.core.throttle import LoginThrottle
 from mailserver.delivery.router import DeliveryRouter
 from mailserver.errors import ConfigError
@@ -31,7 +33,10 @@ from mailserver.http import listener as http_listener
 from mailserver.imap import listener as imap_listener
 from mailserver.logs import logger
 from mailserver.pop3 import listener as pop3_listener
+from mailserver.queue.outbound import OutboundQueue
 from mailserver.queue.service import QueueService, open_queue
+from mailserver.senderauth import service as senderauth
+from mailserver.senderauth.srs import SRSDirectory, SRSQueue
 from mailserver.smtp import listener as smtp_listener
 from mailserver.store.delivery import MaildirDelivery
 from mailserver.store.opener import MaildirOpener
@@ -74,32 +79,36 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     directory = RecipientDirectory(config)
     spool, queue = open_queue(config, disk)
     local = MaildirDelivery(config.mail_dir, config.hostname, disk)
-    # What lives as long as the process, whatever a reload changes: the shared abuse
-    # table, the TLS every listener asks (its certificate is swapped), the router
-    # (pickup and the queue hold it), the portal and the login throttle.
     abuse = _open_abuse(config, instance)
     # The certificate-expiry metric follows every certificate put in force.
     tls = SwappableTLS(server_tls_options(config), watch=metrics.watch_tls)
     router = DeliveryRouter(config, directory, local, queue)
-    portal = make_portal(config, directory, abuse=abuse)
-    login_throttle = LoginThrottle(control=abuse)
+    context = ServerContext(
+        config=config, directory=directory,
+        portal=make_portal(config, directory, abuse=abuse), target=router, disk=disk,
+        tls=tls, mailboxes=_mailboxes(config),
+        instance=instance, login_throttle=LoginThrottle(control=abuse), abuse=abuse,
+    )
+    auth = _sender_auth(context, local, queue)
 
-    def make_context(config: Config) -> ServerContext:
-        """What the listeners of `config` are built from (again at every reload)."""
-        return ServerContext(
-            config=config, directory=directory, portal=portal, target=router, disk=disk,
-            tls=tls,
-            mailboxes=MaildirOpener(config.mail_dir, config.limits.folders_per_user,
-                                    config.pop3.uidl_format),
-            instance=instance, login_throttle=login_throttle, abuse=abuse,
-        )
+    def fresh_context(new: Config) -> ServerContext:
+        """A reload's context: the new config and what is made from it alone; the
+        directory, portal, routers, disk threads, TLS, throttle, abuse table, resolver
+        and message hooks are the same objects (built once, some with blocking work)."""
+        return dataclasses.replace(context, config=new, mailboxes=_mailboxes(new))
 
-    context = make_context(config)
     holders: list[object] = [context, router, directory]
+    if context.mx_target is not None:
+        holders.append(context.mx_target)  # port 25's router (SRS): new domains are local
     if instance == 0:
-        QueueService(context, spool, queue).setServiceParent(top)
+        queue_service = QueueService(context, spool, queue)
+        if auth.signer is not None:
+            # Our DSNs and delay notices leave DKIM-signed (senderauth/signing.py).
+            queue_service.scheduler.sign_dsn = auth.signer.sign_dsn
+        queue_service.setServiceParent(top)
         QueueGauges(spool, disk).setServiceParent(top)
-        pickup = PickupService(config, router)  # `mailserver sendmail`'s messages
+        # `mailserver sendmail`'s messages, DKIM-signed as submitted ones are.
+        pickup = PickupService(config, router, auth.signing)
         pickup.setServiceParent(top)
         holders.append(pickup)
     counter = ConnectionCounter(config.limits.connections, config.limits.connections_per_ip,
@@ -110,7 +119,7 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
 
     def apply_listeners(new: Config) -> None:
         abuse.reconfigure(new)
-        fresh = make_context(new)
+        fresh = fresh_context(new)
         listeners.apply(new, lambda name: _build_listener(fresh, name))
 
     targets = ReloadTargets(tls=tls, holders=lambda: holders,
@@ -140,6 +149,24 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     return top
 
 
+def _sender_auth(context: ServerContext, local: MaildirDelivery,
+                 queue: OutboundQueue) -> senderauth.SenderAuth:
+    """The shared resolver, sender authentication (senderauth/), the message hooks of
+    the SMTP listeners and, with SRS, port 25's own router: the same local delivery
+    and queue seen through SRSDirectory and SRSQueue (forwarded copies leave with an
+    SRS0 sender; a bounce to one is resolved to the original sender and relayed)."""
+    config = context.config
+    context.resolver = SharedResolver.from_config(config)
+    auth = senderauth.build(config, context.resolver, context.disk, context.instance)
+    context.message_hooks = {name: hook for name in LISTENER_MAKERS
+                             if (hook := auth.hook_for(name)) is not None}
+    if auth.srs is not None:
+        context.mx_target = DeliveryRouter(
+            config, SRSDirectory(context.directory, auth.srs), local,
+            SRSQueue(queue, auth.srs))
+    return auth
+
+
 class _ServerRoot(service.MultiService):
     """The whole server: every child service, and the disk threads under them all.
 
@@ -165,6 +192,11 @@ class _ServerRoot(service.MultiService):
             return result
 
         return stopped.addBoth(stop_disk)
+
+
+def _mailboxes(config: Config) -> MaildirOpener:
+    return MaildirOpener(config.mail_dir, config.limits.folders_per_user,
+                         config.pop3.uidl_format)
 
 
 def _build_listener(context: ServerContext, name: str) -> ListenerFactory | None:

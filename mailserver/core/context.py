@@ -10,7 +10,7 @@ Twisted), never by the class app/ happens to plug in, so a protocol cannot reach
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -24,8 +24,14 @@ from mailserver.abuse.control import AbuseControl
 from mailserver.config import Config
 from mailserver.core.connection import S, SessionFactory
 from mailserver.core.diskio import DiskExecutor
+from mailserver.core.dns import SharedResolver
 from mailserver.core.throttle import LoginThrottle
-from mailserver.interfaces import IDeliveryRouter, IMailboxOpener, IRecipientDirectory
+from mailserver.interfaces import (
+    IDeliveryRouter,
+    IMailboxOpener,
+    IMessageHook,
+    IRecipientDirectory,
+)
 
 
 @dataclass
@@ -48,6 +54,15 @@ class ServerContext:
     #: 0 in the twistd process, N in worker process N (only instance 0 runs the queue
     #: scheduler and other singletons).
     instance: int = 0
+    #: The one DNS resolver every lookup goes through ([dns], shared TTL cache).
+    resolver: SharedResolver | None = None
+    #: Listener name -> the hook wrapping each message it receives (senderauth's checks
+    #: on "smtp", DKIM signing on "submission"/"submissions"); absent: none.
+    message_hooks: Mapping[str, IMessageHook] = field(default_factory=dict)
+    #: The `smtp` listener's delivery target when it differs from `target` (SRS: a
+    #: router whose forwarded copies get an SRS0 sender and which resolves bounces to
+    #: SRS0 addresses); None: `target`. Submission always uses `target`.
+    mx_target: IDeliveryRouter | None = None
 
 
 @dataclass

@@ -85,7 +85,8 @@ class DeliveryRouter:
         resolution = self.directory.resolve(address)
         if resolution.remote:
             # Forwarding: an alias with targets elsewhere. The queue relays them with the
-            # original envelope sender (no SRS rewriting; SPF at the far end may object).
+            # original envelope sender, unless this is port 25's router with SRS (its
+            # queue is senderauth's SRSQueue: app/service.py, ServerContext.mx_target).
             self._need_queue(address)
         if resolution.is_empty:
             problem = self.directory.unavailable()

@@ -96,6 +96,9 @@ class Scheduler:
         self.timer: IDelayedCall | None = None
         self.running = False
         self.rounds: dict[str, Deferred[Any]] = {}
+        #: DKIM-signs the DSNs we write (senderauth's Signer.sign_dsn): bytes -> the
+        #: DKIM-Signature fields to put on top; None: sent unsigned.
+        self.sign_dsn: Callable[[bytes], Deferred[bytes]] | None = None
 
     # -- the heap -----------------------------------------------------------------
 
@@ -318,6 +321,8 @@ class Scheduler:
             return
         dsn = build_dsn(entry, rcpts, original_headers(data), self.hostname, delayed,
                         self.clock.seconds())
+        if self.sign_dsn is not None:
+            dsn = await self.sign_dsn(dsn) + dsn
         envelope = OutboundEnvelope(sender="", recipients=(entry.sender,),
                                     body_8bit=not dsn.isascii(),
                                     smtputf8=not entry.sender.isascii())

@@ -100,7 +100,12 @@ class QueueService(Service):
         self.context = context
         self.spool = spool
         self.queue = queue
-        router = Router(make_resolver(config.relay.nameservers, config.relay.dns_timeout),
+        # The process's one resolver (core/dns.py: [dns], shared cache), with the
+        # queue's own per-lookup time limit.
+        resolver = (context.resolver.resolver(config.relay.dns_timeout)
+                    if context.resolver is not None
+                    else make_resolver(config.relay.nameservers, config.relay.dns_timeout))
+        router = Router(resolver,
                         config.relay.port, whoami_from(config), config.relay.smarthost)
         self.dispatcher = Dispatcher(router, settings_from(config),
                                      config.relay.connections_total,

@@ -27,8 +27,12 @@ def make_listener(context: ServerContext, name: str) -> ListenerFactory | None:
     policy = POLICIES.get(name)
     if policy is None:
         return None
+    # Port 25 routes through its own router when SRS is on (app/service.py builds it:
+    # forwarded copies leave with an SRS sender, bounces to one come back here).
+    target = (context.mx_target if name == "smtp" and context.mx_target is not None
+              else context.target)
     factory = SMTPServerFactory(
-        context.config, context.target,
+        context.config, target,
         tls_options=None if policy.implicit_tls else context.tls,
         policy=policy, instance=context.instance,
         portal=context.portal if policy.offer_auth else None,
@@ -36,6 +40,7 @@ def make_listener(context: ServerContext, name: str) -> ListenerFactory | None:
         auth_throttle=context.login_throttle, abuse=context.abuse,
         sending_limits=SendingLimits(context.config) if policy.require_auth else None,
         blocklists=_blocklists(context) if name == "smtp" else None,
+        message_hook=context.message_hooks.get(name),
     )
     refusal = f"421 4.7.0 {context.config.hostname} Error: too many connections\r\n"
     # A refusal on 465 would go out in the clear before the TLS handshake: the client

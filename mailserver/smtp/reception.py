@@ -88,7 +88,15 @@ class MessageReception(SessionState):
             sender=str(envelope.sender), mailboxes=tuple(sorted(envelope.mailboxes)),
             remote=tuple(envelope.remote), smtputf8=envelope.smtputf8,
             body_8bit=envelope.body_8bit, submitter=self.user or ""))
+        hook = self.factory.message_hook  # senderauth: checks (port 25) or DKIM signing
+        held = None if hook is None else hook.wrap(self._transaction, self,
+                                                   str(envelope.sender),
+                                                   sorted(envelope.mailboxes))
+        if held is not None:
+            self._transaction = held
         self._transaction.write(self._received(envelope))
+        if held is not None:
+            held.hold()  # what follows is the content, held until checked or signed
         self._headers = HeaderInspector(
             add_missing=self.factory.policy.add_missing_headers,
             hostname=self.config.hostname, message_id=self._message_id)

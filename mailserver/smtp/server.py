@@ -26,7 +26,7 @@ from twisted.python.failure import Failure
 
 from mailserver.abuse.control import AbuseControl
 from mailserver.abuse.dnsbl import Blocklists
-from mailserver.address import Address
+from mailserver.address import Address, address_literal
 from mailserver.auth.sending_limits import SendingLimits
 from mailserver.config import Config
 from mailserver.core import metrics
@@ -36,6 +36,7 @@ from mailserver.core.throttle import LoginThrottle
 from mailserver.errors import ReplyError
 from mailserver.interfaces import (
     IDeliveryRouter,
+    IMessageHook,
     IRecipientDirectory,
     MailboxId,
     Resolution,
@@ -46,7 +47,6 @@ from mailserver.smtp import auth, grammar
 from mailserver.smtp.defences import SessionDefences
 from mailserver.smtp.reception import MessageReception
 from mailserver.smtp.submission import SubmissionCommands
-from mailserver.smtp.trace import address_literal
 
 log = logger(__name__)
 
@@ -111,6 +111,7 @@ class SMTPServerFactory(SessionFactory["SMTPSession"]):
         sending_limits: SendingLimits | None = None,
         blocklists: Blocklists | None = None,
         reactor: Any = None,
+        message_hook: IMessageHook | None = None,
     ) -> None:
         self.policy = policy or SessionPolicy()
         super().__init__(self.policy.name, instance)
@@ -131,6 +132,9 @@ class SMTPServerFactory(SessionFactory["SMTPSession"]):
         self.sending_limits = sending_limits
         #: DNS blocklists checked before the banner on port 25 (abuse/dnsbl.py).
         self.blocklists = blocklists
+        #: Wraps each message's transaction to hold its content until checked (port 25)
+        #: or DKIM-signed (submission): senderauth's, set by app/; None: neither.
+        self.message_hook = message_hook
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor

@@ -12,7 +12,7 @@ import email.utils
 import os
 import time
 
-from mailserver.address import Address
+from mailserver.address import Address, address_literal
 
 
 def new_message_id() -> str:
@@ -68,11 +68,6 @@ def received_header(
         lines[-1] += ";"
         lines.append(f"\t{stamp}")
     return ("\n".join(lines) + "\n").encode("utf-8")
-
-
-def address_literal(ip: str) -> str:
-    """RFC 5321 4.1.3: `[192.0.2.1]`, and `[IPv6:2001:db8::1]` for IPv6."""
-    return f"[IPv6:{ip}]" if ":" in ip else f"[{ip}]"
 
 
 def _sanitise(text: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import smtplib
 import subprocess
 import time
@@ -88,7 +89,7 @@ def test_sendmail_delivers_as_the_local_user(server_factory) -> None:
 
 
 def test_sendmail_t_takes_recipients_from_headers_and_drops_bcc(server_factory) -> None:
-    server = server_factory("smt")
+    server = server_factory("smt", dkim={"sign": True})
     message = (b"From: Alice <alice@example.org>\r\nTo: bob@example.org\r\n"
                b"Cc: carol@example.net\r\nBcc: hidden@example.org,\r\n alice@example.org\r\n"
                b"Subject: t\r\n\r\nbody\r\n.\r\nnot read\r\n")
@@ -100,6 +101,9 @@ def test_sendmail_t_takes_recipients_from_headers_and_drops_bcc(server_factory) 
         assert b"Bcc" not in stored and b"hidden" not in stored
         assert stored.startswith(b"Return-Path: <alice@example.org>\n")
         assert stored.endswith(b"\n\nbody\n"), "without -i a lone dot ends the message"
+        # Signed as mail submitted over SMTP is (the submission listeners' hook).
+        assert re.search(rb"\nDKIM-Signature: v=1; a=\S+; c=relaxed/relaxed; d=example\.org;",
+                         stored), stored[:600]
     assert "pickup: " in server.log() and "<hidden@example.org> refused: 550" in server.log()
 
 
