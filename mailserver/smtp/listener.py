@@ -37,7 +37,7 @@ def make_listener(context: ServerContext, name: str) -> ListenerFactory | None:
         policy=policy, instance=context.instance,
         portal=context.portal if policy.offer_auth else None,
         senders=context.directory,
-        auth_throttle=context.login_throttle, abuse=context.abuse,
+        login_throttle=context.login_throttle, abuse=context.abuse,
         sending_limits=SendingLimits(context.config) if policy.require_auth else None,
         blocklists=_blocklists(context) if name == "smtp" else None,
         message_hook=context.message_hooks.get(name),
