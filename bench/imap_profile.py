@@ -2,7 +2,8 @@
 
 Starts our server alone on a folder of `--size` messages for `--clients` users, runs each
 warm phase once untimed (cold), then records py-spy while the phases run `--repeat` more
-times, and prints each phase's warm wall time. The flame graph (SVG) and py-spy's raw
+times, and prints each phase's warm wall time, the server's CPU time (all threads) and the
+client's during it. The flame graph (SVG) and py-spy's raw
 collapsed stacks go to `--out`; `--phases` picks phases by a substring of their label.
 
     .venv/bin/python bench/imap_profile.py --size 10000 --clients 10 --out bench/results/x.svg
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +25,14 @@ import proctree
 from imap import Client, OursImap, link_maildir, make_master, phases, run_phase
 
 
-async def _warm(port: int, logins: list[str], count: int, wanted: list[str], repeat: int,
+def _cpu(pid: int) -> float:
+    """utime + stime of `pid` and of its threads, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _warm(port: int, pid: int, logins: list[str], count: int, wanted: list[str], repeat: int,
                 spy: list[str] | None) -> dict[str, list[float]]:
     clients = [await Client.connect(port, u) for u in logins]
     chosen = [p for p in phases(count) if not wanted or any(w in p[0] for w in wanted)]
@@ -34,7 +43,10 @@ async def _warm(port: int, logins: list[str], count: int, wanted: list[str], rep
     out: dict[str, list[float]] = {}
     for _ in range(repeat):
         for label, command, check in chosen:
+            cpu0, mine0 = _cpu(pid), time.process_time()
             out.setdefault(label, []).append(await run_phase(clients, command, check))
+            out.setdefault(label + " cpu", []).append(_cpu(pid) - cpu0)
+            out.setdefault(label + " client cpu", []).append(time.process_time() - mine0)
     if proc is not None:
         proc.send_signal(2)
         proc.wait()
@@ -70,7 +82,7 @@ def main() -> int:
                        str(args.rate), "--nonblocking", "--threads", *args.spy_args.split(), "-f", args.format, "-o", args.out,
                        "--pid", str(pids[-1])]
             t0 = time.perf_counter()
-            got = asyncio.run(_warm(ours.imap_port, [ours.login_name(u) for u in users],
+            got = asyncio.run(_warm(ours.imap_port, pids[-1], [ours.login_name(u) for u in users],
                                     args.size, [w for w in args.phases.split(",") if w],
                                     args.repeat, spy))
             print(f"{args.clients} clients, {args.size} messages, "

@@ -117,6 +117,11 @@ class ItemCache:
         self._columns: OrderedDict[tuple[Any, ...], _Column] = OrderedDict()
         self._lock = threading.Lock()
 
+    def clear(self) -> None:
+        with self._lock:
+            self._columns.clear()
+            self.octets = 0
+
     def column(self, key: tuple[Any, ...]) -> dict[int, bytes] | None:
         """The values of one (folder key, item name), uid -> value; None if none.
         Read it without the lock (dict reads are atomic); write through put_many."""
