@@ -9,6 +9,7 @@ earlier, cheaper key did not already decide it.
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
@@ -52,6 +53,24 @@ _ADDRESS_HEADERS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subjec
                     "TO": "to"}
 
 
+@functools.lru_cache(maxsize=64)
+def _plain_needle(needle: bytes) -> bytes | None:
+    """The needle in lower case if cannot_contain may judge it (non-empty ASCII without
+    white space), else None; per needle, not per message."""
+    if not needle or not needle.isascii() or any(c in needle for c in b" \t\r\n"):
+        return None
+    return needle.lower()
+
+
+@functools.lru_cache(maxsize=64)
+def _field_item(name: str) -> str | None:
+    """The cached item holding the lines of field `name` (None: a name header_fields
+    cannot pick out); per field name, not per message."""
+    if _FIELD_NAME.fullmatch(name) is None:
+        return None
+    return fields_item_name("HEADER.FIELDS", (name,))
+
+
 class _Message:
     """One message during evaluation: reads its header or body once, when needed."""
 
@@ -86,20 +105,21 @@ class _Message:
         Only for needles without white space, which folding could split. An address
         field with a comment or quoting may still match in its normal form (header_matches
         finds user@example.org in `<user (comment)@ example.org>`), so it is parsed."""
-        if not needle or not needle.isascii() or any(c in needle for c in b" \t\r\n"):
+        lowered = _plain_needle(needle)
+        if lowered is None:
             return False
         if raw is None:
             raw = self.raw_header()
         if address and (b"(" in raw or b"\\" in raw or b'"' in raw):
             return False
-        return raw.isascii() and b"=?" not in raw and needle.lower() not in raw.lower()
+        return raw.isascii() and b"=?" not in raw and lowered not in raw.lower()
 
     def field_matches(self, name: str, needle: bytes) -> bool:
         """SEARCH HEADER/SUBJECT/FROM/...: matched against the lines of that one field,
         kept in the shared item cache and the folder's index (the same value as FETCH
-        BODY[HEADER.FIELDS (name)]): a client repeating a search, or searching after fetching those fields,
-        does not go through every header block again. The field lines are all the
-        matching reads (RFC 3501 6.4.4 searches the field's value)."""
+        BODY[HEADER.FIELDS (name)]): a client repeating a search, or searching after
+        fetching those fields, does not go through every header block again. The field
+        lines are all the matching reads (RFC 3501 6.4.4 searches the field's value)."""
         block = self._field_block(name)
         address = name.lower() in ADDRESS_FIELDS
         if block is None:
@@ -111,9 +131,9 @@ class _Message:
         return ParsedMessage.from_header(block).header_matches(name, _text(needle))
 
     def _field_block(self, name: str) -> bytes | None:
-        if self.kept is None or _FIELD_NAME.fullmatch(name) is None:
+        if self.kept is None:
             return None
-        item = fields_item_name("HEADER.FIELDS", (name,))
+        item = _field_item(name)
         if item is None:
             return None
         uid = self.info.uid
