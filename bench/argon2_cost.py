@@ -45,28 +45,28 @@ def main() -> int:
             subprocess.run([sys.executable, __file__, "--one", f"{m},{t}", "--concurrency",
                             str(args.concurrency), "--rounds", str(args.rounds)], check=True)
         return 0
-    for m, t in [tuple(int(x) for x in args.one.split(","))]:
-        hasher = argon2.PasswordHasher(time_cost=t, memory_cost=m, parallelism=1, type=Type.ID)
-        value = hasher.hash("correct horse")
-        alone = []
-        for _ in range(args.rounds):
-            t0 = time.perf_counter()
-            hasher.verify(value, "correct horse")
-            alone.append(time.perf_counter() - t0)
-        before = rss_kib()
-        barrier = threading.Barrier(args.concurrency)
+    m, t = (int(x) for x in args.one.split(","))
+    hasher = argon2.PasswordHasher(time_cost=t, memory_cost=m, parallelism=1, type=Type.ID)
+    value = hasher.hash("correct horse")
+    alone = []
+    for _ in range(args.rounds):
+        t0 = time.perf_counter()
+        hasher.verify(value, "correct horse")
+        alone.append(time.perf_counter() - t0)
+    before = rss_kib()
+    barrier = threading.Barrier(args.concurrency)
 
-        def one(_: int) -> None:
-            barrier.wait()
-            hasher.verify(value, "correct horse")
+    def one(_: int) -> None:
+        barrier.wait()
+        hasher.verify(value, "correct horse")
 
-        with ThreadPoolExecutor(args.concurrency) as pool:
-            t0 = time.perf_counter()
-            list(pool.map(one, range(args.concurrency)))
-            wall = time.perf_counter() - t0
-        grown = (rss_kib() - before) / 1024
-        print(f"| {m} | {t} | {statistics.median(alone) * 1000:.1f} | {wall * 1000:.0f} | "
-              f"{grown:.0f} |", flush=True)
+    with ThreadPoolExecutor(args.concurrency) as pool:
+        t0 = time.perf_counter()
+        list(pool.map(one, range(args.concurrency)))
+        wall = time.perf_counter() - t0
+    grown = (rss_kib() - before) / 1024
+    print(f"| {m} | {t} | {statistics.median(alone) * 1000:.1f} | {wall * 1000:.0f} | "
+          f"{grown:.0f} |", flush=True)
     return 0
 
 

@@ -201,3 +201,22 @@ def test_a_message_gone_meanwhile_is_reported_missing(store: UserStore, root: Pa
     finally:
         other.close()
         view.close()
+
+
+def test_odd_field_lists_are_answered_but_not_kept(store: UserStore, root: Path) -> None:
+    """Hostile HEADER.FIELDS lists (more than 32 names, a name past 76 octets) get
+    their answer, computed each time; the index keeps no row for them."""
+    deliver(root, data=MIXED)
+    many = b" ".join(b"X-F%d" % n for n in range(33)) + b" SUBJECT"
+    long_name = b"X-" + b"L" * 80
+    view = store.select("INBOX")
+    try:
+        data = fetch_all(view, b"BODY.PEEK[HEADER.FIELDS (" + many + b")]")
+        assert data.endswith(b"{19}\r\nSubject: report\r\n\r\n)\r\n")
+        data = fetch_all(view, b"BODY.PEEK[HEADER.FIELDS (" + long_name + b" FROM)]")
+        assert data.endswith(b"{31}\r\nFrom: Ann <ann@example.org>\r\n\r\n)\r\n")
+    finally:
+        view.close()
+    with sqlite3.connect(root / INDEX_FILE) as db:
+        assert db.execute("SELECT count(*) FROM items").fetchone() == (0,)
+        assert db.execute("SELECT count(*) FROM item_names").fetchone() == (0,)
