@@ -78,7 +78,12 @@ def main() -> int:
             pids = [ours.master_pid, *proctree.descendants(ours.master_pid)]
             spy = None
             if args.out:
-                spy = [str(Path(sys.executable).parent / "py-spy"), "record", "-r",
+                tool = Path(sys.executable).parent / "py-spy"
+                if not tool.exists():
+                    print(f"--out needs py-spy ({tool}): .venv/bin/pip install py-spy",
+                          file=sys.stderr)
+                    return 2
+                spy = [str(tool), "record", "-r",
                        str(args.rate), "--nonblocking", "--threads", *args.spy_args.split(), "-f", args.format, "-o", args.out,
                        "--pid", str(pids[-1])]
             t0 = time.perf_counter()
