@@ -1,7 +1,7 @@
 """Profile our IMAP server under the bench/imap.py load: py-spy on the server process.
 
 Starts our server alone on a folder of `--size` messages for `--clients` users, runs each
-warm phase once untimed (cold), then records py-spy while the phases run `--repeat` more
+phase once (cold: its time and CPU are printed too), then records py-spy while the phases run `--repeat` more
 times, and prints each phase's warm wall time, the server's CPU time (all threads) and the
 client's during it. The flame graph (SVG) and py-spy's raw
 collapsed stacks go to `--out`; `--phases` picks phases by a substring of their label.
@@ -36,11 +36,13 @@ async def _warm(port: int, pid: int, logins: list[str], count: int, wanted: list
                 spy: list[str] | None) -> dict[str, list[float]]:
     clients = [await Client.connect(port, u) for u in logins]
     chosen = [p for p in phases(count) if not wanted or any(w in p[0] for w in wanted)]
-    for _, command, check in chosen:  # cold: fill the caches, untimed
-        await run_phase(clients, command, check)
+    out: dict[str, list[float]] = {}
+    for label, command, check in chosen:  # cold: fills the caches
+        cpu0 = _cpu(pid)
+        out[label + " (cold)"] = [await run_phase(clients, command, check)]
+        out[label + " (cold) cpu"] = [_cpu(pid) - cpu0]
     proc = subprocess.Popen(spy) if spy else None
     await asyncio.sleep(1 if spy else 0)
-    out: dict[str, list[float]] = {}
     for _ in range(repeat):
         for label, command, check in chosen:
             cpu0, mine0 = _cpu(pid), time.process_time()
