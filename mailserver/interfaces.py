@@ -375,6 +375,14 @@ class IMailboxView(Interface):
         """The header block including the blank line, CRLF; from the index cache when
         it has it, so header FETCHes on big folders do not open every file."""
 
+    def cached_items(name: str, uids: Sequence[int]) -> dict[int, bytes]:
+        """uid -> the kept value of FETCH item `name` (ENVELOPE, BODYSTRUCTURE, a
+        HEADER.FIELDS list, as rendered) for those of `uids` the folder's cache has."""
+
+    def remember_items(name: str, values: Sequence[tuple[int, bytes]]) -> None:
+        """Keep these (uid, rendered value) of item `name` in the folder's cache, shared
+        by every session and process and kept across restarts (a cache: may drop them)."""
+
     def store(uids: Sequence[int], mode: str, flags: Sequence[str]) -> list[MessageInfo]:
         """mode "+", "-" or "=". Returns the new MessageInfo of each message whose
         flags changed, and updates `messages`. Flags compared case-insensitively."""

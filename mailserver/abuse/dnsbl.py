@@ -118,8 +118,9 @@ def _total(results: list[tuple[Zone, str] | None]) -> Score:
 
 def names_lookup(nameservers: Sequence[str], timeout: float) -> AddressLookup:
     """An AddressLookup over twisted.names, asking `nameservers` ("host[:port]", the
-    relay's) or the system's. A stop-gap until the server's shared resolver exists:
-    non-blocking, one query per zone, `timeout` seconds at most."""
+    server's `[dns]` ones) or the system's: non-blocking, one query per zone, `timeout`
+    seconds at most. Not the shared resolver's thread-pool path: a query per zone per
+    port-25 connection in a thread would cost more than the answer is worth."""
     from twisted.names import client, dns
 
     servers = []

@@ -62,3 +62,12 @@ def plain_credentials(message: bytes) -> IUsernamePassword:
     if authzid_text and authzid_text.lower() != authcid_text.lower():
         raise SASLError("authorization identity differs from authentication identity")
     return UsernamePassword(authcid, passwd)
+
+
+def login_name(credentials: object) -> str | None:
+    """The name a failed login tried, for the log and the per-account counts of the
+    abuse control (never the password); None if there is none."""
+    name = getattr(credentials, "username", None)
+    if isinstance(name, bytes):
+        name = name.decode("utf-8", "replace")
+    return name if isinstance(name, str) and name else None

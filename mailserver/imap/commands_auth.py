@@ -10,7 +10,7 @@ from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred
 
 from mailserver.auth.realm import IMailUser
-from mailserver.auth.sasl import SASLError, decode_base64, plain_credentials
+from mailserver.auth.sasl import SASLError, decode_base64, login_name, plain_credentials
 from mailserver.core import metrics
 from mailserver.imap import grammar
 from mailserver.imap.commands import ANSWERED, Account, State, bad, no
@@ -138,7 +138,7 @@ def _throttled(session: IMAPSession, tag: str) -> bool:
     """Refuse (and close) when this address has failed too often over any protocol
     (core/throttle.py): reconnecting, or switching to POP3 or submission, buys a
     guesser no more password checks."""
-    if not session.factory.login_throttle.blocked(session.peer_ip):
+    if not session.factory.login_throttle.blocked(session.peer_ip, "imap"):
         return False
     log.info("{session} login refused: too many failures from {peer}",
              session=session.session_id, peer=session.peer_ip)
@@ -153,7 +153,7 @@ async def _authenticate(session: IMAPSession, tag: str,
         _, user, _logout = await metrics.counted_login(
             "imap", session.factory.portal.login(credentials, None, IMailUser))
     except UnauthorizedLogin:
-        return _failed(session, tag)
+        return _failed(session, tag, login_name(credentials))
     store = await session.blocking(session.factory.mailboxes.open_user_store, user.mailbox)
     session.logged_in(Account(user, store))
     log.info("{session} {user} logged in from {peer}", session=session.session_id,
@@ -161,10 +161,10 @@ async def _authenticate(session: IMAPSession, tag: str,
     return f"[CAPABILITY {' '.join(session.capabilities())}] Logged in"
 
 
-def _failed(session: IMAPSession, tag: str) -> str | None:
+def _failed(session: IMAPSession, tag: str, account: str | None = None) -> str | None:
     """A refused login: NO [AUTHENTICATIONFAILED], or BYE after too many."""
     session.auth_failures += 1
-    session.factory.login_throttle.failed(session.peer_ip)
+    session.factory.login_throttle.failed(session.peer_ip, "imap", account)
     log.info("{session} login failed from {peer}", session=session.session_id,
              peer=session.peer_ip)
     refusal = no("Authentication failed", "AUTHENTICATIONFAILED")

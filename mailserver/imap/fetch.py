@@ -10,9 +10,10 @@ before building the next, so FETCH 1:* of a large folder streams in bounded memo
 
 from __future__ import annotations
 
+import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,42 +94,154 @@ def batches(fetch_plan: FetchPlan, infos: Sequence[MessageInfo],
 
 
 class ItemCache:
-    """ENVELOPE, BODY and BODYSTRUCTURE of messages, shared by every session of the
-    process and bounded in octets (least recently used out first).
+    """ENVELOPE, BODY, BODYSTRUCTURE and HEADER.FIELDS values of messages, shared by
+    every session of the process and bounded in octets.
 
     A message never changes under its UID while the UIDVALIDITY stays (RFC 3501 2.3.1.1),
-    so entries keyed by (user, folder, UIDVALIDITY, UID) never go stale. This is what
-    makes a second client's FETCH BODYSTRUCTURE cheap: the MIME parse is done once.
+    so entries keyed by (user, folder, UIDVALIDITY) and UID never go stale. This is what
+    makes a second FETCH BODYSTRUCTURE cheap: the MIME parse is done once. The folder's
+    index (store/index.py `items`) keeps the same values on disk, so what falls out of
+    here is read back in one query per batch, not parsed again.
+
+    Kept as columns: one dict uid -> value per (folder key, item name), and the least
+    recently used *column* goes first when over `max_octets`. Sessions read a batch of a
+    column at once, so the lock is taken once per batch (per message, ten sessions'
+    threads convoyed on it: a holder preempted by the GIL switch parks every other
+    thread), lookups are int-keyed dict gets, and a scan over more folders than fit
+    evicts whole columns instead of churning message by message.
     """
 
     def __init__(self, max_octets: int = 48 * 1024 * 1024) -> None:
         self.max_octets = max_octets
         self.octets = 0
-        self._items: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        self._columns: OrderedDict[tuple[Any, ...], _Column] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, key: tuple[Any, ...]) -> bytes | None:
+    def clear(self) -> None:
         with self._lock:
-            value = self._items.get(key)
-            if value is not None:
-                self._items.move_to_end(key)
-            return value
+            self._columns.clear()
+            self.octets = 0
 
-    def put(self, key: tuple[Any, ...], value: bytes) -> None:
-        cost = len(value) + 100
+    def column(self, key: tuple[Any, ...]) -> dict[int, bytes] | None:
+        """The values of one (folder key, item name), uid -> value; None if none.
+        Read it without the lock (dict reads are atomic); write through put_many."""
         with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self.octets -= len(old) + 100
-            self._items[key] = value
-            self.octets += cost
-            while self.octets > self.max_octets and self._items:
-                _, dropped = self._items.popitem(last=False)
-                self.octets -= len(dropped) + 100
+            column = self._columns.get(key)
+            if column is None:
+                return None
+            self._columns.move_to_end(key)
+            return column.values
+
+    def get(self, key: tuple[Any, ...], uid: int) -> bytes | None:
+        column = self.column(key)
+        return None if column is None else column.get(uid)
+
+    def put_many(self, key: tuple[Any, ...], pairs: Iterable[tuple[int, bytes]]) -> None:
+        with self._lock:
+            column = self._columns.get(key)
+            if column is None:
+                column = self._columns[key] = _Column()
+            self._columns.move_to_end(key)
+            values = column.values
+            added = 0
+            for uid, value in pairs:
+                old = values.get(uid)
+                values[uid] = value
+                added += len(value) + _ENTRY_COST - (0 if old is None else len(old) + _ENTRY_COST)
+            column.octets += added
+            self.octets += added
+            while self.octets > self.max_octets and len(self._columns) > 1:
+                _, dropped = self._columns.popitem(last=False)
+                self.octets -= dropped.octets
+            if self.octets > self.max_octets:  # one column alone too big: start it again
+                self.octets -= column.octets
+                column.values, column.octets = {}, 0
+
+
+#: What one cached value costs beyond its octets (dict slot, int key, bytes header).
+_ENTRY_COST = 100
+
+
+class _Column:
+    __slots__ = ("values", "octets")
+
+    def __init__(self) -> None:
+        self.values: dict[int, bytes] = {}
+        self.octets = 0
 
 
 CACHE = ItemCache()
 _CACHED_ITEMS = frozenset({"ENVELOPE", "BODY", "BODYSTRUCTURE"})
+#: Field names that can be part of a kept item's name (RFC 5322 3.6.8 ftext, bounded).
+_KEPT_FIELD = re.compile(r"[!-9;-~]{1,76}")
+
+
+def item_name(att: FetchAtt) -> str | None:
+    """The name under which this item's value is cached (in memory and in the folder's
+    index), or None if it is not: ENVELOPE, BODY, BODYSTRUCTURE, and
+    BODY[HEADER.FIELDS (...)] / [HEADER.FIELDS.NOT (...)] of the message itself."""
+    if att.name in _CACHED_ITEMS:
+        return att.name
+    section = att.section
+    if section is None or section.part or not section.spec.startswith("HEADER.FIELDS"):
+        return None
+    return fields_item_name(section.spec, section.fields)
+
+
+def fields_item_name(spec: str, fields: Sequence[str]) -> str | None:
+    """"HEADER.FIELDS (DATE FROM)": the answer depends on the set of names only, in any
+    case and order (message.header_fields), so every spelling shares one entry."""
+    names = sorted({f.upper() for f in fields})
+    if len(names) > 32 or not all(_KEPT_FIELD.fullmatch(n) for n in names):
+        return None
+    return f"{spec} ({' '.join(names)})"
+
+
+class Kept:
+    """The cached values of a batch's messages, item by item: read from the process's
+    ItemCache, then the folder's index, in one go per item; what is still missing is
+    computed by the caller, added here, and written back to both in one go (save)."""
+
+    def __init__(self, view: IMailboxView, cache_key: tuple[Any, ...] | None,
+                 uids: Sequence[int]) -> None:
+        self.view = view
+        self.cache_key = cache_key
+        self.uids = uids
+        self._known: dict[str, dict[int, bytes]] = {}
+        self._new: dict[str, list[tuple[int, bytes]]] = {}
+
+    def values(self, name: str) -> dict[int, bytes]:
+        """uid -> value of item `name` for the batch (loaded on first use)."""
+        known = self._known.get(name)
+        if known is not None:
+            return known
+        known = self._known[name] = {}
+        if self.cache_key is None:
+            return known
+        column = CACHE.column((self.cache_key, name))
+        if column is not None:
+            for uid in self.uids:
+                value = column.get(uid)
+                if value is not None:
+                    known[uid] = value
+        if len(known) < len(self.uids):
+            stored = self.view.cached_items(name, [u for u in self.uids if u not in known])
+            known.update(stored)
+            if stored:
+                CACHE.put_many((self.cache_key, name), stored.items())
+        return known
+
+    def add(self, name: str, uid: int, value: bytes) -> None:
+        self.values(name)[uid] = value
+        self._new.setdefault(name, []).append((uid, value))
+
+    def save(self) -> None:
+        if self.cache_key is None:
+            return
+        for name, pairs in self._new.items():
+            CACHE.put_many((self.cache_key, name), pairs)
+            self.view.remember_items(name, pairs)
+        self._new = {}
 
 
 class _Loader:
@@ -163,7 +276,8 @@ def build(view: IMailboxView, fetch_plan: FetchPlan, entries: Sequence[tuple[int
 
     `flags_changed`: UIDs whose \\Seen this FETCH set; their FLAGS are added to the
     answer if not asked for (RFC 3501 6.4.5 "the \\Seen flag is set"; 7.4.2).
-    `cache_key` (user, folder, UIDVALIDITY) enables the shared ItemCache.
+    `cache_key` (user, folder, UIDVALIDITY) enables the shared ItemCache and the
+    folder's index of items.
     """
     out: list[bytes] = []
     missing: list[int] = []
@@ -180,17 +294,20 @@ def build(view: IMailboxView, fetch_plan: FetchPlan, entries: Sequence[tuple[int
                 parts.append(b"FLAGS " + flags_of(info))
             out.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts)))
         return b"".join(out), missing
+    names = [item_name(att) for att in items]
+    kept = Kept(view, cache_key, [info.uid for _, info in entries])
     for seq, info in entries:
         loader = _Loader(view, info.uid)
         try:
-            parts = [_item(att, label, info, loader, cache_key, flags_of)
-                     for att, label in zip(items, labels, strict=True)]
+            parts = [_item(att, label, name, info, loader, kept, flags_of)
+                     for att, label, name in zip(items, labels, names, strict=True)]
         except StoreError:
             missing.append(seq)
             continue
         if not has_flags and info.uid in flags_changed:
             parts.append(b"FLAGS " + flags_of(info))
         out.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts)))
+    kept.save()
     return b"".join(out), missing
 
 
@@ -219,53 +336,48 @@ _MEMORY_RENDER: dict[str, Callable[[MessageInfo, _FlagCache], bytes]] = {
 }
 
 
-def _item(att: FetchAtt, label: bytes, info: MessageInfo, loader: _Loader,
-          cache_key: tuple[Any, ...] | None, flags_of: _FlagCache) -> bytes:
+def _item(att: FetchAtt, label: bytes, kept_name: str | None, info: MessageInfo,
+          loader: _Loader, kept: Kept, flags_of: _FlagCache) -> bytes:
     """One item of a FETCH response: its label and its value."""
     name = att.name
     memory = _MEMORY_RENDER.get(name)
     if memory is not None:
         return memory(info, flags_of)
-    if name in _CACHED_ITEMS:
-        key = (cache_key, info.uid, name) if cache_key is not None else None
-        value = CACHE.get(key) if key is not None else None
+    if kept_name is not None:
+        value = kept.values(kept_name).get(info.uid)
         if value is None:
-            if name == "ENVELOPE":
-                value = loader.header().envelope()
-            else:
-                value = loader.full().body_structure(name == "BODYSTRUCTURE")
-            if key is not None:
-                CACHE.put(key, value)
-        return label + b" " + value
-    if name == "RFC822":
-        return b"RFC822 " + literal(loader.full().raw)
-    if name == "RFC822.HEADER":
-        return b"RFC822.HEADER " + literal(loader.header().header_block)
-    if name == "RFC822.TEXT":
-        return b"RFC822.TEXT " + literal(loader.full().body)
-    section = att.section
-    assert section is not None
-    if not section.part and section.spec.startswith("HEADER"):
-        if section.spec == "HEADER":
-            data = loader.header().header_block
-        else:
-            data = _header_fields(section.spec, section.fields, info.uid, loader, cache_key)
+            value = _render(att, loader)
+            kept.add(kept_name, info.uid, value)
+        data = value
     else:
-        data = loader.full().section(section.part, section.spec, section.fields)
+        data = _render(att, loader)
+    if name in _CACHED_ITEMS:
+        return label + b" " + data
+    if name in ("RFC822", "RFC822.HEADER", "RFC822.TEXT"):
+        return name.encode("ascii") + b" " + literal(data)
     if att.partial is not None:
         data = partial(data, att.partial[0], att.partial[1])
     return label + b" " + literal(data)
 
 
-def _header_fields(spec: str, fields: tuple[str, ...], uid: int, loader: _Loader,
-                   cache_key: tuple[Any, ...] | None) -> bytes:
-    """BODY[HEADER.FIELDS (...)] through the shared cache: a client asks for the same
-    few fields of every message each time it opens the folder (as Dovecot's cache file
-    keeps the fields clients asked for). The value never changes under its UID."""
-    key = (cache_key, uid, spec, fields) if cache_key is not None else None
-    data = CACHE.get(key) if key is not None else None
-    if data is None:
-        data = header_fields(loader.header().header_block, fields, spec.endswith(".NOT"))
-        if key is not None:
-            CACHE.put(key, data)
-    return data
+def _render(att: FetchAtt, loader: _Loader) -> bytes:
+    """An item's value computed from the message (before `partial`, unquoted)."""
+    name = att.name
+    if name == "ENVELOPE":
+        return loader.header().envelope()
+    if name in ("BODY", "BODYSTRUCTURE"):
+        return loader.full().body_structure(name == "BODYSTRUCTURE")
+    if name == "RFC822":
+        return loader.full().raw
+    if name == "RFC822.HEADER":
+        return loader.header().header_block
+    if name == "RFC822.TEXT":
+        return loader.full().body
+    section = att.section
+    assert section is not None
+    if not section.part and section.spec.startswith("HEADER"):
+        if section.spec == "HEADER":
+            return loader.header().header_block
+        return header_fields(loader.header().header_block, section.fields,
+                             section.spec.endswith(".NOT"))
+    return loader.full().section(section.part, section.spec, section.fields)

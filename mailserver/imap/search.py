@@ -9,11 +9,12 @@ earlier, cheaper key did not already decide it.
 from __future__ import annotations
 
 import datetime
+import functools
 import re
 from collections.abc import Callable
 from typing import Any
 
-from mailserver.imap.fetch import CACHE
+from mailserver.imap.fetch import Kept, fields_item_name
 from mailserver.imap.grammar import (
     SearchAnd,
     SearchKey,
@@ -46,21 +47,41 @@ _FLAG_KEYS: dict[str, Callable[[MessageInfo], bool]] = {
 }
 #: A field name (RFC 5322 3.6.8 ftext) that header_fields can pick out.
 _FIELD_NAME = re.compile(r"[!-9;-~]+")
+#: Messages whose cached header fields are read (and written back) in one go.
+_BATCH = 1000
 _ADDRESS_HEADERS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject",
                     "TO": "to"}
+
+
+@functools.lru_cache(maxsize=64)
+def _plain_needle(needle: bytes) -> bytes | None:
+    """The needle in lower case if cannot_contain may judge it (non-empty ASCII without
+    white space), else None; per needle, not per message."""
+    if not needle or not needle.isascii() or any(c in needle for c in b" \t\r\n"):
+        return None
+    return needle.lower()
+
+
+@functools.lru_cache(maxsize=64)
+def _field_item(name: str) -> str | None:
+    """The cached item holding the lines of field `name` (None: a name header_fields
+    cannot pick out); per field name, not per message."""
+    if _FIELD_NAME.fullmatch(name) is None:
+        return None
+    return fields_item_name("HEADER.FIELDS", (name,))
 
 
 class _Message:
     """One message during evaluation: reads its header or body once, when needed."""
 
-    __slots__ = ("view", "info", "seq", "cache_key", "_raw_header", "_header", "_full")
+    __slots__ = ("view", "info", "seq", "kept", "_raw_header", "_header", "_full")
 
     def __init__(self, view: IMailboxView, info: MessageInfo, seq: int,
-                 cache_key: tuple[Any, ...] | None = None) -> None:
+                 kept: Kept | None = None) -> None:
         self.view = view
         self.info = info
         self.seq = seq
-        self.cache_key = cache_key
+        self.kept = kept
         self._raw_header: bytes | None = None
         self._header: ParsedMessage | None = None
         self._full: ParsedMessage | None = None
@@ -84,20 +105,21 @@ class _Message:
         Only for needles without white space, which folding could split. An address
         field with a comment or quoting may still match in its normal form (header_matches
         finds user@example.org in `<user (comment)@ example.org>`), so it is parsed."""
-        if not needle or not needle.isascii() or any(c in needle for c in b" \t\r\n"):
+        lowered = _plain_needle(needle)
+        if lowered is None:
             return False
         if raw is None:
             raw = self.raw_header()
         if address and (b"(" in raw or b"\\" in raw or b'"' in raw):
             return False
-        return raw.isascii() and b"=?" not in raw and needle.lower() not in raw.lower()
+        return raw.isascii() and b"=?" not in raw and lowered not in raw.lower()
 
     def field_matches(self, name: str, needle: bytes) -> bool:
         """SEARCH HEADER/SUBJECT/FROM/...: matched against the lines of that one field,
-        kept in the shared item cache (the same value as FETCH BODY[HEADER.FIELDS
-        (name)]): a client repeating a search, or searching after fetching those fields,
-        does not go through every header block again. The field lines are all the
-        matching reads (RFC 3501 6.4.4 searches the field's value)."""
+        kept in the shared item cache and the folder's index (the same value as FETCH
+        BODY[HEADER.FIELDS (name)]): a client repeating a search, or searching after
+        fetching those fields, does not go through every header block again. The field
+        lines are all the matching reads (RFC 3501 6.4.4 searches the field's value)."""
         block = self._field_block(name)
         address = name.lower() in ADDRESS_FIELDS
         if block is None:
@@ -109,13 +131,16 @@ class _Message:
         return ParsedMessage.from_header(block).header_matches(name, _text(needle))
 
     def _field_block(self, name: str) -> bytes | None:
-        if self.cache_key is None or _FIELD_NAME.fullmatch(name) is None:
+        if self.kept is None:
             return None
-        key = (self.cache_key, self.info.uid, "HEADER.FIELDS", (name.upper(),))
-        block = CACHE.get(key)
+        item = _field_item(name)
+        if item is None:
+            return None
+        uid = self.info.uid
+        block = self.kept.values(item).get(uid)
         if block is None:
             block = header_fields(self.raw_header(), (name,), False)
-            CACHE.put(key, block)
+            self.kept.add(item, uid, block)
         return block
 
     def full(self) -> ParsedMessage:
@@ -202,15 +227,22 @@ def run_search(view: IMailboxView, program: SearchProgram, uid: bool,
     """Sequence numbers (or UIDs) of the matching messages, ascending. Blocking.
 
     `cache_key` (user, folder, UIDVALIDITY) lets header searches use the shared
-    item cache (fetch.CACHE)."""
+    item cache (fetch.CACHE) and the folder's index, a batch of messages at a time."""
     evaluator = Evaluator(view)
     found = []
-    for i, info in enumerate(list(view.messages)):
-        m = _Message(view, info, i + 1, cache_key)
-        try:
-            hit = evaluator.matches(program, m)
-        except StoreError:
-            continue  # expunged by another session meanwhile: it matches nothing
-        if hit:
-            found.append(info.uid if uid else i + 1)
+    messages = list(view.messages)
+    for start in range(0, len(messages), _BATCH):
+        batch = messages[start:start + _BATCH]
+        kept = (Kept(view, cache_key, [info.uid for info in batch])
+                if cache_key is not None else None)
+        for i, info in enumerate(batch, start):
+            m = _Message(view, info, i + 1, kept)
+            try:
+                hit = evaluator.matches(program, m)
+            except StoreError:
+                continue  # expunged by another session meanwhile: it matches nothing
+            if hit:
+                found.append(info.uid if uid else i + 1)
+        if kept is not None:
+            kept.save()
     return found

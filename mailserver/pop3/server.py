@@ -25,7 +25,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from mailserver.auth.realm import IMailUser
-from mailserver.auth.sasl import SASLError, decode_base64, plain_credentials
+from mailserver.auth.sasl import SASLError, decode_base64, login_name, plain_credentials
 from mailserver.core import metrics
 from mailserver.core.connection import Goodbyes, LineConnection
 from mailserver.core.context import MailboxFactory
@@ -346,7 +346,7 @@ class POP3Session(TransactionCommands, LineConnection):
     def _throttled(self) -> bool:
         """Refuse and close when this address has failed too often, over any protocol
         (core/throttle.py): reconnecting buys a guesser no more password checks."""
-        if not self.factory.login_throttle.blocked(self.peer_ip):
+        if not self.factory.login_throttle.blocked(self.peer_ip, "pop3"):
             return False
         log.info("{session} login refused: too many failures from {peer}",
                  session=self.session_id, peer=self.peer_ip)
@@ -360,7 +360,8 @@ class POP3Session(TransactionCommands, LineConnection):
         self.setTimeout(None)  # the checker's delay is not the client's silence
         d: Deferred[Any] = metrics.counted_login(
             "pop3", self.factory.portal.login(credentials, None, IMailUser))
-        d.addCallbacks(self._logged_in, self._login_failed)
+        d.addCallbacks(self._logged_in, self._login_failed,
+                       errbackArgs=(login_name(credentials),))
         return d
 
     def _logged_in(self, result: tuple[Any, Any, Callable[[], None]]) -> Deferred[None] | None:
@@ -402,14 +403,14 @@ class POP3Session(TransactionCommands, LineConnection):
         d.addCallbacks(opened, not_opened)
         return d
 
-    def _login_failed(self, failure: Failure) -> None:
+    def _login_failed(self, failure: Failure, account: str | None = None) -> None:
         self.setTimeout(self.factory.login_timeout)
         if not failure.check(UnauthorizedLogin):
             log.failure("{session} login error", failure, session=self.session_id)
             self._err("[SYS/TEMP] Temporary authentication failure.")
             return
         self.auth_failures += 1
-        self.factory.login_throttle.failed(self.peer_ip)
+        self.factory.login_throttle.failed(self.peer_ip, "pop3", account)
         self._error("[AUTH] Authentication failed.")
         if self.auth_failures >= MAX_AUTH_FAILURES and not self._closing:
             log.info("{session} {n} failed logins from {peer}, closing",

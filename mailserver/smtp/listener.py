@@ -37,7 +37,7 @@ def make_listener(context: ServerContext, name: str) -> ListenerFactory | None:
         policy=policy, instance=context.instance,
         portal=context.portal if policy.offer_auth else None,
         senders=context.directory,
-        auth_throttle=context.login_throttle, abuse=context.abuse,
+        login_throttle=context.login_throttle, abuse=context.abuse,
         sending_limits=SendingLimits(context.config) if policy.require_auth else None,
         blocklists=_blocklists(context) if name == "smtp" else None,
         message_hook=context.message_hooks.get(name),
@@ -53,11 +53,14 @@ def make_listener(context: ServerContext, name: str) -> ListenerFactory | None:
 
 
 def _blocklists(context: ServerContext) -> Blocklists | None:
-    """Port 25's DNS blocklists ([abuse] dnsbl_zones; asked through relay.nameservers
-    at most DNSBL_TIMEOUT seconds, until the shared resolver replaces this)."""
+    """Port 25's DNS blocklists ([abuse] dnsbl_zones), asked of the nameservers every
+    lookup of the server uses (`[dns]`, as the shared resolver has them), without a
+    thread: twisted.names, at most DNSBL_TIMEOUT seconds while the banner waits."""
     config = context.config
+    servers = (context.resolver.nameservers if context.resolver is not None
+               else config.dns.nameservers or config.relay.nameservers)
     return make_blocklists(config.abuse.dnsbl_zones, config.abuse.dnsbl_threshold,
-                           config.relay.nameservers, DNSBL_TIMEOUT)
+                           servers, DNSBL_TIMEOUT)
 
 
 #: Seconds a blocklist may take to answer before it counts as "not listed" (postscreen

@@ -106,7 +106,7 @@ class SMTPServerFactory(SessionFactory["SMTPSession"]):
         instance: int = 0,
         portal: Portal | None = None,
         senders: IRecipientDirectory | None = None,
-        auth_throttle: LoginThrottle | None = None,
+        login_throttle: LoginThrottle | None = None,
         abuse: AbuseControl | None = None,
         sending_limits: SendingLimits | None = None,
         blocklists: Blocklists | None = None,
@@ -125,7 +125,7 @@ class SMTPServerFactory(SessionFactory["SMTPSession"]):
         #: Who may send as whom (RFC 6409 6.1); None: every sender is refused.
         self.senders = senders
         #: Failed AUTHs per client address (shared by the submission listeners).
-        self.auth_throttle = auth_throttle or LoginThrottle()
+        self.login_throttle = login_throttle or LoginThrottle()
         #: The shared abuse control and the users' sending limits (smtp/defences.py);
         #: None: no such checks (unit tests).
         self.abuse = abuse

@@ -41,6 +41,7 @@ from twisted.python.failure import Failure
 
 from mailserver.address import Address
 from mailserver.auth.realm import IMailUser
+from mailserver.auth.sasl import login_name
 from mailserver.core import metrics
 from mailserver.errors import ReplyError
 from mailserver.logs import logger
@@ -80,7 +81,7 @@ class SubmissionCommands(SessionState):
             raise ReplyError(538, "5.7.11", "Encryption required for requested "
                                             "authentication mechanism")
         exchange = auth.SASLExchange(command.mechanism)
-        if self.factory.auth_throttle.blocked(self.peer_ip, self.factory.policy.name):
+        if self.factory.login_throttle.blocked(self.peer_ip, self.factory.policy.name):
             # Reconnecting does not buy a guesser more tries (core/throttle.py).
             log.info("{session} AUTH refused: too many failures from {peer}",
                      session=self.session_id, peer=self.peer_ip)
@@ -124,8 +125,8 @@ class SubmissionCommands(SessionState):
         def refused(failure: Failure) -> None:
             if failure.check(UnauthorizedLogin):
                 self.auth_failures += 1
-                self.factory.auth_throttle.failed(self.peer_ip, self.factory.policy.name,
-                                                  _login_name(step.credentials))
+                self.factory.login_throttle.failed(self.peer_ip, self.factory.policy.name,
+                                                  login_name(step.credentials))
                 log.info("{session} AUTH {mechanism} failed from {peer}",
                          session=self.session_id, mechanism=mechanism, peer=self.peer_ip)
                 self._error(Reply(535, "5.7.8", "Authentication credentials invalid"))
@@ -182,11 +183,3 @@ class SubmissionCommands(SessionState):
         log.info("{session} {user} refused at end of data: {why}", session=self.session_id,
                  user=user, why=why)
         return Reply(550, "5.7.1", why)
-
-
-def _login_name(credentials: Any) -> str | None:
-    """The name a failed AUTH tried (for the log; never the password)."""
-    name = getattr(credentials, "username", None)
-    if isinstance(name, bytes):
-        name = name.decode("utf-8", "replace")
-    return name if isinstance(name, str) and name else None

@@ -20,6 +20,15 @@ for foreign file names that another folder of the same path may reuse.
 
 Header FETCHes go through `headers(bases)`, which answers a whole run of messages with
 one query, so FETCH 1:* (BODY.PEEK[HEADER.FIELDS ...]) on a warm cache opens no file.
+
+Table `items` keeps what IMAP clients ask for again and again, rendered as sent: ENVELOPE,
+BODY, BODYSTRUCTURE and the HEADER.FIELDS lists clients fetch or search on, keyed by
+(base, item name). It is shared by every session and process and outlives a restart, so
+a warm FETCH BODYSTRUCTURE neither re-reads nor re-parses a message (the in-memory
+ItemCache of imap/fetch.py is only its front). The rendering may change with the code:
+`PRAGMA user_version` records ITEMS_FORMAT, and a database of another format has its
+items dropped on open. At most MAX_ITEM_NAMES distinct names are kept per folder (table
+`item_names`), so a client asking for ever new field lists cannot grow it without bound.
 """
 
 from __future__ import annotations
@@ -44,12 +53,38 @@ _SCHEMA = (
     " WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS headers(base TEXT PRIMARY KEY, header BLOB) WITHOUT ROWID",
     "CREATE TABLE IF NOT EXISTS validity(value INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS items(base TEXT, name TEXT, value BLOB,"
+    " PRIMARY KEY (base, name)) WITHOUT ROWID",
+    "CREATE TABLE IF NOT EXISTS item_names(name TEXT PRIMARY KEY) WITHOUT ROWID",
 )
+#: The rendering of the rows in `items`; bump it when ENVELOPE, BODYSTRUCTURE or
+#: HEADER.FIELDS output changes, and every database drops its old items when opened.
+ITEMS_FORMAT = 1
+#: Distinct item names (ENVELOPE, BODYSTRUCTURE, HEADER.FIELDS lists...) kept per folder.
+MAX_ITEM_NAMES = 24
+#: Item values larger than this are not kept (an ENVELOPE of a header bomb).
+MAX_ITEM = 64 * 1024
 
 
 def _stored_validity(db: sqlite3.Connection) -> int:
     row = db.execute("SELECT max(value) FROM validity").fetchone()
     return int(row[0]) if row and row[0] is not None else 0
+
+
+def _check_items_format(db: sqlite3.Connection) -> None:
+    """Drop items rendered by another version of the code (ITEMS_FORMAT)."""
+    if db.execute("PRAGMA user_version").fetchone()[0] == ITEMS_FORMAT:
+        return
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if db.execute("PRAGMA user_version").fetchone()[0] != ITEMS_FORMAT:
+            db.execute("DELETE FROM items")
+            db.execute("DELETE FROM item_names")
+            db.execute(f"PRAGMA user_version={ITEMS_FORMAT:d}")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
 
 
 class FolderIndex:
@@ -62,6 +97,9 @@ class FolderIndex:
         self._broken = False
         self._pending_meta: list[tuple[str, int, float]] = []
         self._pending_headers: list[tuple[str, bytes]] = []
+        self._pending_items: list[tuple[str, str, bytes]] = []
+        #: Item names the database keeps (None: not read yet).
+        self._item_names: set[str] | None = None
         #: The UIDVALIDITY this cache serves (0: not known yet, nothing is cached).
         self.validity = 0
         #: The database serves a newer UIDVALIDITY than ours: we use no cache.
@@ -74,6 +112,7 @@ class FolderIndex:
             if validity == self.validity:
                 return
             self._pending_meta, self._pending_headers = [], []
+            self._pending_items = []
             self._close()
             self.validity = validity
             self._stale = False
@@ -97,6 +136,7 @@ class FolderIndex:
             db.execute("PRAGMA cache_size=-256")
             for statement in _SCHEMA:
                 db.execute(statement)
+            _check_items_format(db)
             self._stale = not self._claim(db)
         except sqlite3.OperationalError:
             if db is not None:
@@ -126,6 +166,7 @@ class FolderIndex:
                 if stored < self.validity:
                     db.execute("DELETE FROM meta")
                     db.execute("DELETE FROM headers")
+                    db.execute("DELETE FROM items")
                     db.execute("DELETE FROM validity")
                     db.execute("INSERT INTO validity VALUES (?)", (self.validity,))
             except BaseException:
@@ -138,6 +179,7 @@ class FolderIndex:
         """A damaged or unusable cache: delete it; the next use starts a new one."""
         log.warn("index {path} unusable ({error}): rebuilt from the Maildir",
                  path=str(self.path), error=str(error))
+        self._item_names = None
         if self._db is not None:
             try:
                 self._db.close()
@@ -159,9 +201,11 @@ class FolderIndex:
         """Close without writing what is pending (it describes a folder that is gone)."""
         with self._lock:
             self._pending_meta, self._pending_headers = [], []
+            self._pending_items = []
             self._close()
 
     def _close(self) -> None:
+        self._item_names = None
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -238,21 +282,70 @@ class FolderIndex:
                 db.execute("BEGIN")
                 db.executemany("DELETE FROM headers WHERE base=?", [(b,) for b in bases])
                 db.executemany("DELETE FROM meta WHERE base=?", [(b,) for b in bases])
+                db.executemany("DELETE FROM items WHERE base=?", [(b,) for b in bases])
                 db.execute("COMMIT")
             except sqlite3.OperationalError:
                 self._rollback()
             except sqlite3.DatabaseError as e:
                 self._drop(e)
 
+    # ----------------------------------------------------------------- items
+
+    def items(self, name: str, bases: Sequence[str]) -> dict[str, bytes]:
+        """The kept values of item `name` (e.g. "ENVELOPE") for those of `bases` that
+        have one: one query per 900 messages."""
+        bases = [b for b in bases if b.isascii()]
+        with self._lock:
+            wanted = set(bases)
+            found = {b: v for n, b, v in self._pending_items if n == name and b in wanted}
+            if self._item_names is not None and name not in self._item_names:
+                return found
+            db = self._connect(create=False)
+            if db is None:
+                return found
+            try:
+                for start in range(0, len(bases), 900):
+                    chunk = bases[start:start + 900]
+                    marks = ",".join("?" * len(chunk))
+                    for base, value in db.execute(
+                            f"SELECT base, value FROM items WHERE name=? AND base IN ({marks})",
+                            [name, *chunk]):
+                        found[base] = bytes(value)
+            except sqlite3.DatabaseError as e:
+                self._drop(e)
+        return found
+
+    def put_items(self, name: str, values: Sequence[tuple[str, bytes]]) -> None:
+        """Keep item `name` of these (base, value) pairs (written in batches)."""
+        with self._lock:
+            self._pending_items.extend(
+                (name, b, v) for b, v in values if len(v) <= MAX_ITEM and b.isascii())
+            if len(self._pending_items) >= _BATCH:
+                self._flush()
+
+    def _admit_names(self, db: sqlite3.Connection, names: set[str]) -> set[str]:
+        """Those of `names` the database may keep: known ones, and new ones while fewer
+        than MAX_ITEM_NAMES are known (recorded here, inside the caller's transaction)."""
+        if self._item_names is None:
+            self._item_names = {n for (n,) in db.execute("SELECT name FROM item_names")}
+        known = self._item_names
+        for name in sorted(names - known):
+            if len(known) >= MAX_ITEM_NAMES:
+                break
+            db.execute("INSERT OR IGNORE INTO item_names VALUES (?)", (name,))
+            known.add(name)
+        return names & known
+
     def flush(self) -> None:
         with self._lock:
             self._flush()
 
     def _flush(self) -> None:
-        if not self._pending_meta and not self._pending_headers:
+        if not self._pending_meta and not self._pending_headers and not self._pending_items:
             return
         meta, self._pending_meta = self._pending_meta, []
         headers, self._pending_headers = self._pending_headers, []
+        items, self._pending_items = self._pending_items, []
         db = self._connect(create=True)
         if db is None:
             return
@@ -260,8 +353,13 @@ class FolderIndex:
             db.execute("BEGIN")
             db.executemany("INSERT OR REPLACE INTO meta VALUES (?,?,?)", meta)
             db.executemany("INSERT OR REPLACE INTO headers VALUES (?,?)", headers)
+            if items:
+                admitted = self._admit_names(db, {n for n, _, _ in items})
+                db.executemany("INSERT OR REPLACE INTO items VALUES (?,?,?)",
+                               [(b, n, v) for n, b, v in items if n in admitted])
             db.execute("COMMIT")
         except sqlite3.OperationalError:
+            self._item_names = None  # names added in the rolled-back transaction
             self._rollback()  # busy (another process): a cache may skip a write
         except sqlite3.DatabaseError as e:
             self._drop(e)

@@ -278,6 +278,33 @@ class MailboxView:
         for base, header in state.index.headers(bases).items():
             self._headers[by_base[base]] = header
 
+    def cached_items(self, name: str, uids: Sequence[int]) -> dict[int, bytes]:
+        """The values of FETCH item `name` that the folder's index keeps for `uids`
+        (store/index.py `items`): one query for a whole FETCH batch, no file opened."""
+        bases = self._bases(uids)
+        if not bases:
+            return {}
+        found = self.state.index.items(name, list(bases))
+        return {bases[base]: value for base, value in found.items()}
+
+    def remember_items(self, name: str, values: Sequence[tuple[int, bytes]]) -> None:
+        """Keep these (uid, value) of item `name` in the folder's index for every later
+        session, in this process or another, and after a restart."""
+        bases = {uid: base for base, uid in self._bases([uid for uid, _ in values]).items()}
+        self.state.index.put_items(name, [(bases[uid], value) for uid, value in values
+                                          if uid in bases])
+
+    def _bases(self, uids: Sequence[int]) -> dict[str, int]:
+        """base name -> UID for those of `uids` the state knows; nothing when the state
+        numbers with another UIDVALIDITY than this view (its UID n is another message)."""
+        with self.state.lock:
+            state = self.state
+            if state.numbered_validity != self.uid_validity:
+                return {}
+            entries = state.entries
+            return {entry.base: uid for uid in uids
+                    if (entry := entries.get(uid)) is not None}
+
     # ----------------------------------------------------------------- flags
 
     def store(self, uids: Sequence[int], mode: str, flags: Sequence[str]) -> list[MessageInfo]:

@@ -281,7 +281,7 @@ def test_dnsbl_before_the_banner(server_factory) -> None:
         "85.0.0.127.bl.test": {"TIMEOUT": True},
     }
     with DNSServer(zone) as dns:
-        server = server_factory("dnsbl", relay={"nameservers": [dns.nameserver]},
+        server = server_factory("dnsbl", dns={"nameservers": [dns.nameserver]},
                                 abuse={"dnsbl_zones": ["bl.test=2", "small.test=1"],
                                        "dnsbl_threshold": 2})
         listed = From(server.address(), "127.0.0.80")

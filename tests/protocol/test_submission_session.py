@@ -71,7 +71,7 @@ class Session:
             policy=policy, portal=make_portal(self.config, directory, reactor=self.reactor,
                                               threadpool=self.reactor.pool),  # type: ignore[arg-type]
             senders=directory,
-            auth_throttle=throttle or LoginThrottle(clock=self.reactor))
+            login_throttle=throttle or LoginThrottle(clock=self.reactor))
         peer = IPv4Address("TCP", "192.0.2.7", 4000)
         self.protocol = self.factory.buildProtocol(peer)
         self.transport = StringTransport(peerAddress=peer)
