@@ -251,8 +251,9 @@ class AbuseConfig:
         "Counters kept (addresses, accounts, users); 72 bytes each, the least recently "
         "used are forgotten first.", default=262_144)
     dnsbl_zones: tuple[str, ...] = doc(
-        'DNS blocklists for port 25 as "zone=weight" ("zen.spamhaus.org=2"); none by '
-        "default.", default=())
+        'DNS blocklists for port 25 as "zone=weight" ("zen.spamhaus.org=2"); a negative '
+        'weight makes an allowlist ("list.dnswl.org=-5"): a listing there lowers the '
+        "client's total. None by default.", default=())
     dnsbl_threshold: int = doc("Total weight at which a client is refused.", default=1)
 
 
@@ -637,7 +638,7 @@ def _check_abuse(abuse: AbuseConfig, problems: list[str]) -> None:
                 problems.append(f"abuse.{key}[{i}]: not a network: {net!r}")
     for i, item in enumerate(abuse.dnsbl_zones):
         zone, _, weight = item.partition("=")
-        if not _is_domain(zone) or (weight and not weight.isdigit()):
+        if not _is_domain(zone) or (weight and not weight.removeprefix("-").isdigit()):
             problems.append(f"abuse.dnsbl_zones[{i}]: expected \"zone\" or "
                             f"\"zone=weight\", got {item!r}")
     for key in ("login_window", "lockout", "tracked_keys"):

@@ -5,7 +5,8 @@ it: `DNSServer(zone).start()` writes the zone to a JSON file, starts
 `python tests/dns_server.py ZONE.json`, and reads the UDP port it prints.
 
 Zone: {"name": {"MX": [[10, "mx.example.net"]], "A": ["127.0.0.3"], "AAAA": [...],
-"TXT": ["v=spf1 -all", ["first 255 octets", "rest"]], "PTR": ["host.example.net"]}}
+"TXT": ["v=spf1 -all", ["first 255 octets", "rest"]], "PTR": ["host.example.net"],
+"SRV": [[0, 1, 993, "mx.example.net"]], "CNAME": ["mx.example.net"]}}
 (a TXT record is one string, or a list of its character-strings, RFC 1035 3.3.14;
 a longer string is cut into 255-octet pieces). UDP and TCP on the same port, so
 answers too big for UDP are fetched again over TCP as a resolver does.
@@ -110,6 +111,16 @@ def _serve(zone_path: str) -> None:
                 for host in records.get("PTR", []):
                     answers.append(dns.RRHeader(name, dns.PTR, ttl=ttl, auth=True,
                                                 payload=dns.Record_PTR(host.encode())))
+            if type in (dns.SRV, dns.ALL_RECORDS):
+                for priority, weight, srv_port, target in records.get("SRV", []):
+                    target = b"" if target == "." else target.encode()  # "." = the root
+                    answers.append(dns.RRHeader(name, dns.SRV, ttl=ttl, auth=True,
+                                                payload=dns.Record_SRV(priority, weight,
+                                                                       srv_port, target)))
+            if type in (dns.CNAME, dns.ALL_RECORDS):
+                for host in records.get("CNAME", []):
+                    answers.append(dns.RRHeader(name, dns.CNAME, ttl=ttl, auth=True,
+                                                payload=dns.Record_CNAME(host.encode())))
             return defer.succeed((answers, [], []))
 
     factory = server.DNSServerFactory(authorities=[ZoneResolver()])

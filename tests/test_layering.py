@@ -47,7 +47,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "queue": BASE | {"core", "store"},
     "senderauth": BASE | {"core", "store", "delivery"},
     **{name: BASE | {"core", "auth", "abuse"} for name in PROTOCOLS},
-    "admin": BASE | {"core", "auth", "store", "queue", "abuse", "senderauth"},
+    "admin": BASE | {"core", "auth", "store", "queue", "abuse", "senderauth", "http"},
     "http": BASE | {"core"},
     "app": BASE | {"core", "auth", "store", "queue", "delivery", "abuse", "http",
                    "senderauth"} | PROTOCOLS,

@@ -45,7 +45,8 @@ class Score:
 
 
 def parse_zones(items: Sequence[str]) -> tuple[Zone, ...]:
-    """The config's "zone" or "zone=weight" items (checked by config.py)."""
+    """The config's "zone" or "zone=weight" items (checked by config.py); a negative
+    weight is an allowlist, whose listing lowers the total."""
     zones = []
     for item in items:
         name, _, weight = item.partition("=")

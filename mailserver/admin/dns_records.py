@@ -3,17 +3,24 @@
 dns-records prints, in zone-file syntax, what a domain needs so that the big
 providers accept its mail: MX, SPF, each DKIM selector's TXT (split into strings of
 at most 255 octets, RFC 1035 3.3.14 / RFC 6376 3.6.2.2), DMARC, and advice on the PTR
-of the server's address. --check asks the configured resolver ([dns]) for each record
-and says what is missing or different; exit 1 if anything is.
+of the server's address; and what lets clients and senders find the rest: SRV records
+for each client service (RFC 6186, RFC 8314 5.1: configured ones point at us, the
+others say "not offered" with target "."), and with the web listeners the
+autoconfig and mta-sts names, the `_mta-sts` TXT whose id follows our policy (RFC 8461
+3.1) and a TLS-RPT address (RFC 8460 3). --check asks the configured resolver ([dns])
+for each record and says what is missing or different; exit 1 if anything is.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from mailserver.address import domain_key
 from mailserver.admin.commands import Admin, Refused
+from mailserver.config import Config
 from mailserver.core.dns import SharedResolver
+from mailserver.http.mtasts import policy_id
 from mailserver.senderauth.dmarc import parse_record
 from mailserver.senderauth.keys import KeyStore
 from mailserver.senderauth.lookups import Lookups, TempFail
@@ -66,7 +73,55 @@ def wanted(admin: Admin, domain: str) -> list[Record]:
             records.append(Record(f"{key.selector}._domainkey.{domain}", "TXT", key.record))
     records.append(Record(f"_dmarc.{domain}", "TXT",
                           f"v=DMARC1; p=quarantine; rua=mailto:postmaster@{domain}"))
+    return records + discovery(config, domain)
+
+
+#: RFC 6186 3.1 / RFC 8314 5.1 service names, each with the listener serving it.
+SRV_SERVICES = (("_submissions._tcp", "submissions"), ("_submission._tcp", "submission"),
+                ("_imaps._tcp", "imaps"), ("_imap._tcp", "imap"),
+                ("_pop3s._tcp", "pop3s"), ("_pop3._tcp", "pop3"))
+
+
+def discovery(config: Config, domain: str) -> list[Record]:
+    """SRV records for the client services, and with an http(s) listener the names
+    autoconfig and MTA-STS are fetched from (each a CNAME to our host)."""
+    host = config.hostname.rstrip(".")
+    enabled = config.listen.enabled()
+    records = []
+    for service, listener in SRV_SERVICES:
+        port = listen_port(enabled.get(listener, ""))
+        # RFC 6186 3.4 / RFC 2782: target "." says the service is not offered here.
+        value = f"0 1 {port} {host}." if port else "0 0 0 ."
+        records.append(Record(f"{service}.{domain}", "SRV", value))
+    if "http" in enabled or "https" in enabled:
+        records.append(Record(f"autoconfig.{domain}", "CNAME", f"{host}."))
+    https = listen_port(enabled.get("https", ""))
+    if https:
+        # Outlook looks for its Autodiscover service here (MS-OXDSCLI 3.1.5.2).
+        records.append(Record(f"_autodiscover._tcp.{domain}", "SRV",
+                              f"0 1 {https} {host}."))
+    if "https" in enabled and config.mta_sts.mode != "none":
+        records.append(Record(f"mta-sts.{domain}", "CNAME", f"{host}."))
+        records.append(Record(f"_mta-sts.{domain}", "TXT",
+                              f"v=STSv1; id={policy_id(config)}"))
+        records.append(Record(f"_smtp._tls.{domain}", "TXT",
+                              f"v=TLSRPTv1; rua=mailto:postmaster@{domain}"))
     return records
+
+
+def listen_port(description: str) -> int | None:
+    """The port of a Twisted endpoint description ("tcp:465", "tcp:port=993:interface=
+    \\:\\:1", "ssl:995:..."), or None when it has none (a unix socket, or not
+    configured). Colons escaped with a backslash (IPv6 addresses) separate nothing."""
+    parts = re.split(r"(?<!\\):", description)
+    if len(parts) < 2 or parts[0] not in ("tcp", "tcp6", "ssl"):
+        return None
+    for part in parts[1:]:
+        key, _, value = part.partition("=")
+        candidate = value if value and key == "port" else (key if not value else "")
+        if candidate.isdigit():
+            return int(candidate)
+    return None
 
 
 def dns_records(admin: Admin, domain: str, check: bool) -> None:
@@ -104,6 +159,11 @@ def dns_records(admin: Admin, domain: str, check: bool) -> None:
 
 
 def _check_one(lookups: Lookups, record: Record) -> str:
+    if record.rtype in ("SRV", "CNAME"):
+        found = [r.to_text().lower() for r in lookups.query(record.name, record.rtype)]
+        if not found:
+            return "missing"
+        return "ok" if record.value.lower() in found else f"found {', '.join(found)}"
     if record.rtype == "MX":
         want = record.value.split()[1].rstrip(".").lower()
         found = [r.exchange.to_text(omit_final_dot=True).lower()  # type: ignore[attr-defined]
@@ -121,6 +181,12 @@ def _check_one(lookups: Lookups, record: Record) -> str:
             return "several or invalid DMARC records"
         return "ok" if policy.p in ("quarantine", "reject") else (
             f"p={policy.p} asks receivers to do nothing with forged mail")
+    if record.value.startswith(("v=STSv1", "v=TLSRPTv1")):
+        version = record.value.split(";")[0]
+        ours = [t for t in texts if t.startswith(version)]
+        if not ours:
+            return "missing"
+        return "ok" if _tags(ours[0]) == _tags(record.value) else f'found "{ours[0]}"'
     if record.value.startswith("v=spf1"):
         spf = [t for t in texts if t.lower().startswith("v=spf1")]
         if not spf:

@@ -31,6 +31,7 @@ from mailserver.core import metrics
 from mailserver.core.diskio import DiskExecutor
 from mailserver.http import clientconfig
 from mailserver.http.challenges import ChallengeResponses, valid_token
+from mailserver.http.mtasts import mta_sts_policy
 from mailserver.logs import logger
 
 log = logger(__name__)
@@ -57,13 +58,6 @@ def parse_address(text: str) -> tuple[str, str] | None:
         return None
     domain = text.rpartition("@")[2].rstrip(".").lower()
     return text, domain
-
-
-def mta_sts_policy(config: Config) -> bytes:
-    """RFC 8461 3.2: key/value lines, CRLF; our one MX is our hostname."""
-    lines = ["version: STSv1", f"mode: {config.mta_sts.mode}", f"mx: {config.hostname}",
-             f"max_age: {config.mta_sts.max_age}"]
-    return ("\r\n".join(lines) + "\r\n").encode("ascii")
 
 
 class MailSiteResource(resource.Resource):

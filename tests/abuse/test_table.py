@@ -152,6 +152,7 @@ def test_table_of_another_size_starts_afresh(tmp_path: Path) -> None:
 @pytest.mark.parametrize("bad, message", [
     ({"trusted_networks": ["10.0.0.300/8"]}, "abuse.trusted_networks[0]: not a network"),
     ({"dnsbl_zones": ["zen.spamhaus.org=x"]}, "abuse.dnsbl_zones[0]: expected"),
+    ({"dnsbl_zones": ["ok.test=2", "wl.test=--3"]}, "abuse.dnsbl_zones[1]: expected"),
     ({"lockout": 0}, "abuse.lockout: must be at least 1"),
 ])
 def test_config_problems_name_the_key(bad: dict[str, object], message: str) -> None:
@@ -160,6 +161,14 @@ def test_config_problems_name_the_key(bad: dict[str, object], message: str) -> N
     with pytest.raises(ConfigError) as e:
         config_from_dict({"abuse": bad})
     assert any(message in p for p in e.value.problems), e.value.problems
+
+
+def test_negative_weights_are_allowlists() -> None:
+    from mailserver.abuse.dnsbl import parse_zones
+
+    config = config_from_dict({"abuse": {"dnsbl_zones": ["bl.test=3", "list.dnswl.org=-5"]}})
+    assert [(z.name, z.weight) for z in parse_zones(config.abuse.dnsbl_zones)] == [
+        ("bl.test", 3), ("list.dnswl.org", -5)]
 
 
 def test_greylisting_triplets(tmp_path: Path) -> None:

@@ -85,6 +85,12 @@ def zone_from_records(text: str) -> dict[str, dict[str, list[Any]]]:
         if rtype == "MX":
             pref, host = data.split()
             entry.setdefault("MX", []).append([int(pref), host.rstrip(".")])
+        elif rtype == "SRV":
+            priority, weight, port, target = data.split()
+            entry.setdefault("SRV", []).append(
+                [int(priority), int(weight), int(port), target.rstrip(".") or "."])
+        elif rtype == "CNAME":
+            entry.setdefault("CNAME", []).append(data.rstrip("."))
         else:
             entry.setdefault("TXT", []).append(re.findall(r'"([^"]*)"', data))
     return zone
