@@ -6,6 +6,13 @@ From, To, Subject, Date, Message-ID once more than they occur ("oversigning", 8.
 nobody can add a second one without breaking the signature, which is how the
 "Composition Kills" attacks put a second From in front of a mail client.
 Signing is CPU work: `sign` runs in a thread.
+
+dkimpy computes RSA signatures with Python integers (5.3 ms of CPU for a 2048-bit key
+here, with the GIL held throughout); `_rsa_sign` below does the same RSASSA-PKCS1-v1_5
+operation (RFC 8017 8.2.1) in OpenSSL through `cryptography` (0.23 ms), and is put in
+the place dkimpy calls. dkimpy offers no hook for it; the signature bytes are the same
+(PKCS#1 v1.5 signing is deterministic), and the independent verifiers of
+tests/senderauth check them (decision 0014).
 """
 
 from __future__ import annotations
@@ -14,6 +21,9 @@ import email.utils
 import re
 
 import dkim
+import dkim.crypto
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThread
 
@@ -25,6 +35,33 @@ log = logger(__name__)
 RECOMMENDED = [h.decode() for h in dkim.DKIM.SHOULD]
 OVERSIGNED = ("from", "to", "subject", "date", "message-id")
 _FIELD = re.compile(rb"([!-9;-~]+)[ \t]*:")
+
+
+#: OpenSSL keys made from dkimpy's parsed private keys, by modulus (a few per domain).
+_OPENSSL_KEYS: dict[int, rsa.RSAPrivateKey] = {}
+#: The digest algorithms of the rsa-sha256 and (verification only) rsa-sha1 signatures.
+_DIGESTS = {32: hashes.SHA256(), 20: hashes.SHA1()}
+
+
+def _rsa_sign(digest: object, private_key: dict[str, int]) -> bytes:
+    """dkim.crypto.RSASSA_PKCS1_v1_5_sign's contract (a hash object and dkimpy's key
+    dict in, the signature out), computed by OpenSSL."""
+    key = _OPENSSL_KEYS.get(private_key["modulus"])
+    if key is None:
+        public = rsa.RSAPublicNumbers(private_key["publicExponent"], private_key["modulus"])
+        key = rsa.RSAPrivateNumbers(
+            p=private_key["prime1"], q=private_key["prime2"],
+            d=private_key["privateExponent"], dmp1=private_key["exponent1"],
+            dmq1=private_key["exponent2"], iqmp=private_key["coefficient"],
+            public_numbers=public).private_key()
+        if len(_OPENSSL_KEYS) >= 64:
+            _OPENSSL_KEYS.clear()
+        _OPENSSL_KEYS[private_key["modulus"]] = key
+    value: bytes = digest.digest()  # type: ignore[attr-defined]
+    return key.sign(value, padding.PKCS1v15(), utils.Prehashed(_DIGESTS[len(value)]))
+
+
+dkim.RSASSA_PKCS1_v1_5_sign = _rsa_sign  # type: ignore[attr-defined]
 
 
 def _header_names(message: bytes) -> list[str]:
