@@ -36,8 +36,9 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from mailserver.logs import logger
 
@@ -250,12 +251,9 @@ class FolderIndex:
             if db is None:
                 return found
             try:
-                for start in range(0, len(bases), 900):
-                    chunk = bases[start:start + 900]
-                    marks = ",".join("?" * len(chunk))
-                    for base, header in db.execute(
-                            f"SELECT base, header FROM headers WHERE base IN ({marks})", chunk):
-                        found[base] = bytes(header)
+                for base, header in _rows_for(
+                        db, "SELECT base, header FROM headers WHERE base IN ({})", bases):
+                    found[base] = bytes(header)
             except sqlite3.DatabaseError as e:
                 self._drop(e)
         return found
@@ -304,13 +302,10 @@ class FolderIndex:
             if db is None:
                 return found
             try:
-                for start in range(0, len(bases), 900):
-                    chunk = bases[start:start + 900]
-                    marks = ",".join("?" * len(chunk))
-                    for base, value in db.execute(
-                            f"SELECT base, value FROM items WHERE name=? AND base IN ({marks})",
-                            [name, *chunk]):
-                        found[base] = bytes(value)
+                for base, value in _rows_for(
+                        db, "SELECT base, value FROM items WHERE name=? AND base IN ({})",
+                        bases, name):
+                    found[base] = bytes(value)
             except sqlite3.DatabaseError as e:
                 self._drop(e)
         return found
@@ -370,3 +365,12 @@ class FolderIndex:
                 self._db.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+
+
+def _rows_for(db: sqlite3.Connection, query: str, bases: list[str],
+              *params: object) -> Iterator[Any]:
+    """The rows of `query` (its `IN ({})` filled with placeholders) for every base, 900
+    at a time: SQLite allows at most 999 host parameters in one statement."""
+    for start in range(0, len(bases), 900):
+        chunk = bases[start:start + 900]
+        yield from db.execute(query.format(",".join("?" * len(chunk))), [*params, *chunk])
