@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +46,7 @@ from twisted.python.failure import Failure
 from mailserver.app.reload import ReloadTargets
 from mailserver.app.tls import ACME_CHAIN, ACME_DIR, server_tls_options
 from mailserver.config import Config
+from mailserver.core.ownfiles import write_atomically
 from mailserver.http.challenges import ChallengeResponses
 from mailserver.logs import logger
 
@@ -205,7 +205,7 @@ def obtain_certificate(config: Config, challenges: ChallengeResponses,
             if alpn is not None:
                 alpn.pop(name, None)
     chain = order.fullchain_pem.encode("ascii")
-    _write_private(acme_dir / ACME_CHAIN, key_pem + chain)
+    write_atomically(acme_dir / ACME_CHAIN, key_pem + chain, 0o600)
     try:
         (acme_dir / RENEW_FLAG).unlink()
     except FileNotFoundError:
@@ -223,24 +223,13 @@ def _account_key(path: Path) -> rsa.RSAPrivateKey:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except FileNotFoundError:
         key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-        _write_private(path, key.private_bytes(serialization.Encoding.PEM,
-                                               serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))
+        write_atomically(path, key.private_bytes(serialization.Encoding.PEM,
+                                                 serialization.PrivateFormat.PKCS8,
+                                                 serialization.NoEncryption()), 0o600)
     if not isinstance(key, rsa.RSAPrivateKey):
         raise RuntimeError(f"{path}: not an RSA key")
     return key
 
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write-temp, fsync, rename: 0600 from the first byte."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
 
 
 class AcmeService(service.Service):

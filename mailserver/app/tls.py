@@ -10,7 +10,6 @@ ACME obtained (data_dir/acme/fullchain.pem) once it exists; else the self-signed
 from __future__ import annotations
 
 import datetime
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from twisted.internet import interfaces, ssl
 from zope.interface import implementer
 
 from mailserver.config import Config
+from mailserver.core.ownfiles import write_atomically
 from mailserver.errors import ConfigError
 from mailserver.logs import logger
 
@@ -196,19 +196,9 @@ def ensure_self_signed(directory: Path, hostname: str) -> tuple[Path, Path]:
     key_bytes = key.private_bytes(serialization.Encoding.PEM,
                                   serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption())
-    _write_atomic(key_path, key_bytes, 0o600)
-    _write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
+    write_atomically(key_path, key_bytes, 0o600)
+    write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     log.info("made a self-signed certificate for {hostname} in {dir}", hostname=hostname,
              dir=str(directory))
     return cert_path, key_path
 
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
