@@ -132,15 +132,22 @@ def test_metrics_add_up_across_worker_processes(
     two = server_factory("two", processes=2, listen={
         "smtp": "tcp:0:interface=127.0.0.1", "http": "tcp:0:interface=127.0.0.1"})
     sent = 0
-    # New connections spread over both processes (each accepts one per wake-up).
-    for _ in range(6):
+    metrics_dir = two.data_dir / "run" / "metrics"
+
+    def counting_pids() -> set[str]:
+        return {p.name.rsplit("_", 1)[1] for p in metrics_dir.glob("counter_*.db")}
+
+    # New connections spread over both processes (each accepts one per wake-up), once
+    # the worker has started: batches of four at once until both have counted some.
+    for _ in range(40):
         clients = [smtplib.SMTP(*two.address("smtp"), timeout=20) for _ in range(4)]
         for client in clients:
             client.sendmail("x@elsewhere.example", ["bob@example.org"], b"Subject: n\r\n\r\nb\r\n")
             client.quit()
             sent += 1
-    pids = {p.name.rsplit("_", 1)[1] for p in (two.data_dir / "run" / "metrics").glob("counter_*.db")}
-    assert len(pids) == 2, pids  # both processes counted something
+        if sent >= 24 and len(counting_pids()) == 2:
+            break
+    assert len(counting_pids()) == 2, counting_pids()  # both processes counted something
     for _ in range(6):  # each scrape may land in either process
         counted = scrape(two)
         assert counted[("mailserver_messages_accepted_total", (("service", "smtp"),))] == sent
