@@ -6,6 +6,7 @@ looked up case-insensitively (as Postfix and Dovecot do), via `key`.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 
@@ -56,3 +57,16 @@ def domain_key(domain: str) -> str:
 def address_literal(ip: str) -> str:
     """RFC 5321 4.1.3: `[192.0.2.1]`, and `[IPv6:2001:db8::1]` for IPv6."""
     return f"[IPv6:{ip}]" if ":" in ip else f"[{ip}]"
+
+
+def client_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A peer's address as the checks compare it: without an IPv6 zone ("%eth0"), and an
+    IPv4-mapped IPv6 address ("::ffff:192.0.2.1", a dual-stack socket's view of an IPv4
+    client) as the IPv4 address it is; None if `ip` is not an address."""
+    try:
+        address = ipaddress.ip_address(ip.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mailserver.abuse.table import Key, SharedTable, ip_key, name_key
+from mailserver.address import client_address
 from mailserver.config import AbuseConfig, Config
 from mailserver.logs import logger
 
@@ -56,13 +57,8 @@ def _networks(items: Sequence[str]) -> tuple[ipaddress.IPv4Network | ipaddress.I
 def _in(ip: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
     if not networks:
         return False
-    try:
-        address = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address in n for n in networks)
+    address = client_address(ip)
+    return address is not None and any(address in n for n in networks)
 
 
 def event(action: str, service: str, ip: str, reason: str, account: str | None = None,

@@ -26,6 +26,8 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from mailserver.address import client_address
+
 #: name -> Deferred firing with the A records ([] for NXDOMAIN/no answer); an errback
 #: (timeout, SERVFAIL) counts as "not listed".
 AddressLookup = Callable[[str], Deferred[list[str]]]
@@ -56,12 +58,9 @@ def parse_zones(items: Sequence[str]) -> tuple[Zone, ...]:
 
 def query_name(ip: str, zone: str) -> str | None:
     """RFC 5782 2.1 / 2.4: reversed octets or nibbles, then the zone; None if not an IP."""
-    try:
-        address = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
+    address = client_address(ip)
+    if address is None:
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
     if isinstance(address, ipaddress.IPv4Address):
         return ".".join(reversed(str(address).split("."))) + "." + zone
     nibbles = address.exploded.replace(":", "")

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mailserver.address import client_address
+
 MAGIC = b"MSABUSE1"
 HEADER = struct.Struct("<8sII48x")  # magic, slots, slot size
 #: kind, key type, key (16), expires, until, window index, current, previous, spare,
@@ -66,12 +68,9 @@ class Key:
 def ip_key(kind: int, ip: str) -> Key:
     """An IPv4 address is its own key; IPv6 counts per /64, the smallest prefix a
     site gets (RFC 6177), so an attacker cannot walk through 2**64 addresses."""
-    try:
-        address = ipaddress.ip_address(ip.split("%", 1)[0])
-    except ValueError:
+    address = client_address(ip)
+    if address is None:
         return name_key(kind, ip)
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
     if isinstance(address, ipaddress.IPv4Address):
         return Key(kind, KEY_IPV4, address.packed + bytes(12))
     return Key(kind, KEY_IPV6, address.packed[:8] + bytes(8))

@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.python.failure import Failure
 from twisted.web import http, resource, server
 
+from mailserver.address import client_address
 from mailserver.config import Config
 from mailserver.core import metrics
 from mailserver.core.diskio import DiskExecutor
@@ -203,13 +204,8 @@ class MailSiteResource(resource.Resource):
                     token.strip(), self.metrics_token.encode()):
                 return True
         host = getattr(request.getClientAddress(), "host", "")
-        try:
-            ip = ipaddress.ip_address(host)
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in net for net in self.metrics_networks)
+        ip = client_address(host)
+        return ip is not None and any(ip in net for net in self.metrics_networks)
 
     def _metrics(self, request: server.Request) -> bytes | int:
         if not self._metrics_allowed(request):

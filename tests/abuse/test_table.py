@@ -189,3 +189,15 @@ def test_greylisting_triplets(tmp_path: Path) -> None:
     assert control.greylisted("203.0.113.50", "z@z.example", "bob@example.org")
     clock.advance(3 * 86_400)
     assert control.greylisted("203.0.113.50", "z@z.example", "bob@example.org")
+
+
+@pytest.mark.parametrize("given, seen", [
+    ("192.0.2.1", "192.0.2.1"), ("::ffff:192.0.2.1", "192.0.2.1"),
+    ("fe80::1%eth0", "fe80::1"), ("2001:db8::7", "2001:db8::7"),
+    ("unknown", None), ("", None),
+])
+def test_client_address_as_the_checks_compare_it(given: str, seen: str | None) -> None:
+    from mailserver.address import client_address
+
+    address = client_address(given)
+    assert (None if address is None else str(address)) == seen
