@@ -255,8 +255,16 @@ class IMAPSession(LineConnection):
                 caps.append("STARTTLS")                      # RFC 3501 6.2.1
             # RFC 3501 6.2.3 / 7.2.1: LOGINDISABLED while passwords would go in clear.
             caps.append("AUTH=PLAIN" if self.plaintext_allowed else "LOGINDISABLED")
-        caps += ["NAMESPACE", "UIDPLUS", "MOVE", "SPECIAL-USE", "CHILDREN", "UNSELECT",
-                 f"APPENDLIMIT={self.config.limits.message_size}"]
+        # One extension per line: each is its own RFC and its own change.
+        caps += [
+            "NAMESPACE",
+            "UIDPLUS",
+            "MOVE",
+            "SPECIAL-USE",
+            "CHILDREN",
+            "UNSELECT",
+            f"APPENDLIMIT={self.config.limits.message_size}",
+        ]
         return caps
 
     # -- output --------------------------------------------------------------------------
