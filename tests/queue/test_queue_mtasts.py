@@ -158,7 +158,7 @@ def _pem(cert: x509.Certificate, key: Any) -> bytes:
 class _Policies(resource.Resource):
     """/.well-known/mta-sts.txt by Host: the answers the tests want of each domain."""
 
-    isLeaf = True
+    isLeaf = True  # noqa: N815 - Twisted's name
 
     def render_GET(self, request: Any) -> bytes:  # noqa: N802 - Twisted's name
         host = request.getRequestHostname().decode()
