@@ -28,7 +28,7 @@ from mailserver.core import metrics
 from mailserver.core.connection import Goodbyes, LineConnection
 from mailserver.core.context import MailboxFactory
 from mailserver.core.lines import IMAP_LINES, LineRefused
-from mailserver.imap import grammar
+from mailserver.imap import grammar, searchres
 from mailserver.imap.commands import (
     ANSWERED,
     ANY,
@@ -263,6 +263,13 @@ class IMAPSession(LineConnection):
             "SPECIAL-USE",
             "CHILDREN",
             "UNSELECT",
+            "ESEARCH",
+            "SEARCHRES",
+            "SORT",
+            "SORT=DISPLAY",
+            "ESORT",
+            "THREAD=ORDEREDSUBJECT",
+            "THREAD=REFERENCES",
             f"APPENDLIMIT={self.config.limits.message_size}",
         ]
         return caps
@@ -501,6 +508,7 @@ class IMAPSession(LineConnection):
                 # client's numbering, so expunges wait, except for UID commands (RFC 3501
                 # 7.4.1: no EXPUNGE during FETCH, STORE, SEARCH; UID forms may have them).
                 await self.sync(report_expunges=uid)
+            command = searchres.resolve(self.selected, command)  # RFC 5182 "$"
             text = await handler(self, command)
             if self.selected is not None and command.name in SYNC_AFTER:
                 await self.sync()
@@ -578,6 +586,7 @@ from mailserver.imap import (  # noqa: E402 - the handlers import this module's 
     commands_auth,
     commands_mailbox,
     commands_selected,
+    commands_sort,
 )
 
 #: name -> (states where it is valid, handler). RFC 3501 6.1-6.4 and the extensions.
@@ -607,7 +616,9 @@ HANDLERS: dict[str, tuple[frozenset[State], Handler]] = {
     "CLOSE": (SELECTED, commands_selected.close),
     "UNSELECT": (SELECTED, commands_selected.unselect),
     "EXPUNGE": (SELECTED, commands_selected.expunge),
-    "SEARCH": (SELECTED, commands_selected.search),
+    "SEARCH": (SELECTED, commands_sort.search),
+    "SORT": (SELECTED, commands_sort.sort),
+    "THREAD": (SELECTED, commands_sort.thread),
     "FETCH": (SELECTED, commands_selected.fetch),
     "STORE": (SELECTED, commands_selected.store),
     "COPY": (SELECTED, commands_selected.copy),
@@ -618,7 +629,8 @@ SELECTED_COMMANDS = frozenset(n for n, (states, _) in HANDLERS.items() if states
 #: untagged updates; CLOSE/UNSELECT/SELECT leave no view, LOGOUT says BYE).
 #: FETCH, STORE, SEARCH sync before they run instead (and changes that arrive while
 #: they run are reported at the next command).
-SYNC_BEFORE = frozenset({"FETCH", "STORE", "SEARCH", "COPY", "MOVE"})
+SYNC_BEFORE = frozenset({"FETCH", "STORE", "SEARCH", "COPY", "MOVE", "SORT", "THREAD"})
 SYNC_AFTER = frozenset(HANDLERS) - {"LOGOUT", "CLOSE", "UNSELECT", "SELECT", "EXAMINE",
                                     "IDLE", "STARTTLS", "LOGIN", "AUTHENTICATE",
-                                    "CAPABILITY", "ID", "FETCH", "STORE", "SEARCH"}
+                                    "CAPABILITY", "ID", "FETCH", "STORE", "SEARCH",
+                                    "SORT", "THREAD"}

@@ -1,0 +1,129 @@
+"""SORT (RFC 5256 3) over the messages a search found, and the ESEARCH answers of
+ESEARCH (RFC 4731), ESORT and PARTIAL (RFC 5267).
+
+Runs in a disk thread as a whole (search, then the keys from sortkeys.load). The
+order: each criterion in turn, REVERSE turning only its own; messages equal under all
+of them keep their mailbox order (RFC 5256 3: "sorted according to the order in which
+they appear in the mailbox"), which stable sorts give for free when applied from the
+last criterion to the first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from mailserver.imap.search import run_search
+from mailserver.imap.sortkeys import Keys, load
+from mailserver.interfaces import IMailboxView, MessageInfo
+
+#: RFC 5256 3 sort keys, and RFC 5957's DISPLAYFROM / DISPLAYTO.
+SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO",
+                       "DISPLAYFROM", "DISPLAYTO"})
+#: The keys that need a message's header (the rest are in MessageInfo).
+_HEADER_KEYS = SORT_KEYS - {"ARRIVAL", "SIZE"}
+
+Entry = tuple[int, MessageInfo, Keys | None]
+_EXTRACT: dict[str, Callable[[Entry], Any]] = {
+    "ARRIVAL": lambda e: e[1].internal_date,
+    "SIZE": lambda e: e[1].size,
+    # RFC 5256 2.2: without a usable Date header, the internal date is the sent date.
+    "DATE": lambda e: e[1].internal_date if e[2] is None or e[2].date is None
+    else e[2].date,
+    "SUBJECT": lambda e: e[2].subject if e[2] else b"",
+    "FROM": lambda e: e[2].from_ if e[2] else b"",
+    "TO": lambda e: e[2].to if e[2] else b"",
+    "CC": lambda e: e[2].cc if e[2] else b"",
+    "DISPLAYFROM": lambda e: e[2].display_from if e[2] else "",
+    "DISPLAYTO": lambda e: e[2].display_to if e[2] else "",
+}
+
+
+def matching(view: IMailboxView, program: Any,
+             cache_key: tuple[Any, ...] | None) -> list[int]:
+    """0-based indexes of the messages the search program matches."""
+    return [seq - 1 for seq in run_search(view, program, False, cache_key)]
+
+
+def entries(view: IMailboxView, indexes: Sequence[int], cache_key: tuple[Any, ...] | None,
+            need_keys: bool) -> list[Entry]:
+    """(sequence number, info, keys) of these messages; keys None unless needed.
+    Messages expunged by another session meanwhile are left out."""
+    messages = view.messages
+    infos = [messages[i] for i in indexes]
+    if not need_keys:
+        return [(i + 1, info, None) for i, info in zip(indexes, infos, strict=True)]
+    keys = load(view, cache_key, infos)
+    return [(i + 1, info, keys[info.uid]) for i, info in zip(indexes, infos, strict=True)
+            if info.uid in keys]
+
+
+def run_sort(view: IMailboxView, criteria: Sequence[tuple[str, bool]], program: Any,
+             uid: bool, cache_key: tuple[Any, ...] | None = None) -> list[int]:
+    """Sequence numbers (or UIDs) of the matching messages in sort order. Blocking."""
+    found = matching(view, program, cache_key)
+    need = any(name in _HEADER_KEYS for name, _ in criteria)
+    rows = entries(view, found, cache_key, need)
+    for name, reverse in reversed(criteria):
+        rows.sort(key=_EXTRACT[name], reverse=reverse)
+    return [info.uid if uid else seq for seq, info, _ in rows]
+
+
+# -- ESEARCH answers (RFC 4731 3.1, RFC 5267 4.4) ----------------------------------------
+
+
+def sequence_text(numbers: Sequence[int], ordered: bool = False) -> bytes:
+    """A sequence-set of these numbers: ascending with runs as `a:b` (SEARCH), or, for
+    `ordered` (ESORT, RFC 5267 3.1: ALL keeps the sort order), runs of consecutive
+    numbers up or down in the order given."""
+    if not ordered:
+        numbers = sorted(set(numbers))
+    parts: list[bytes] = []
+    i, n = 0, len(numbers)
+    while i < n:
+        j = i
+        step = 0
+        if j + 1 < n and abs(numbers[j + 1] - numbers[j]) == 1:
+            step = numbers[j + 1] - numbers[j]
+            while j + 1 < n and numbers[j + 1] - numbers[j] == step:
+                j += 1
+        if j == i:
+            parts.append(b"%d" % numbers[i])
+        else:
+            parts.append(b"%d:%d" % (numbers[i], numbers[j]))
+        i = j + 1
+    return b",".join(parts)
+
+
+def partial_window(found: Sequence[int], window: tuple[int, int]) -> Sequence[int]:
+    """RFC 5267 4.4: the results at positions lo..hi (1-based) of `found`."""
+    lo, hi = window
+    return found[lo - 1:hi]
+
+
+def esearch_line(tag: str, uid: bool, returns: Sequence[Any], found: Sequence[int],
+                 ordered: bool = False) -> bytes:
+    """`* ESEARCH (TAG "t") [UID] ...` with what RETURN asked for, in RFC 4731's order
+    of the options: MIN, MAX, ALL, PARTIAL, COUNT. MIN and MAX of a SORT are the first
+    and last in sort order (RFC 5267 3.1); of a SEARCH the lowest and highest."""
+    quoted = tag.replace("\\", "\\\\").replace('"', '\\"')
+    out = [b'* ESEARCH (TAG "%s")' % quoted.encode("utf-8", "replace")]
+    if uid:
+        out.append(b"UID")
+    names = {r if isinstance(r, str) else r[0] for r in returns}
+    if found:
+        if "MIN" in names:
+            out.append(b"MIN %d" % (found[0] if ordered else min(found)))
+        if "MAX" in names:
+            out.append(b"MAX %d" % (found[-1] if ordered else max(found)))
+        if "ALL" in names:
+            out.append(b"ALL " + sequence_text(found, ordered))
+    for option in returns:
+        if not isinstance(option, str):  # ("PARTIAL", (lo, hi))
+            lo, hi = option[1]
+            window = partial_window(found if ordered else sorted(found), (lo, hi))
+            text = sequence_text(window, ordered) if window else b"NIL"
+            out.append(b"PARTIAL (%d:%d %s)" % (lo, hi, text))
+    if "COUNT" in names:
+        out.append(b"COUNT %d" % len(found))
+    return b" ".join(out) + b"\r\n"

@@ -1,0 +1,261 @@
+"""THREAD (RFC 5256 4): ORDEREDSUBJECT and REFERENCES over the messages a search found.
+
+Everything here is iterative, never recursive: a chain of 10,000 replies (or a hostile
+References header) is a tree 10,000 deep, which would overflow Python's stack. Loops
+in References (a message naming itself, two naming each other) are cut where RFC 5256
+says: a link that would close a loop is not made (step 1.B/1.C), so the result is
+always a forest. The work is bounded by the ids kept per message
+(sortkeys.MAX_REFERENCES) times the messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from mailserver.imap.sort import entries, matching
+from mailserver.interfaces import IMailboxView
+
+ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
+
+#: (sent date, sequence number): the order of siblings and threads (RFC 5256 4 step 6).
+_Order = tuple[float, int]
+
+
+class _Node:
+    """A container of the REFERENCES algorithm: a message, or a dummy (number 0)."""
+
+    __slots__ = ("number", "order", "subject", "reply", "parent", "children")
+
+    def __init__(self) -> None:
+        self.number = 0          # sequence number or UID as answered; 0 for a dummy
+        self.order: _Order = (0.0, 0)
+        self.subject = b""
+        self.reply = False
+        self.parent: _Node | None = None
+        self.children: list[_Node] = []
+
+    def is_ancestor_of(self, other: _Node) -> bool:
+        """Is self `other` or above it? Only a node with children can be above another,
+        so the common case (linking a fresh container) costs nothing."""
+        if self is other:
+            return True
+        if not self.children:
+            return False
+        node = other.parent
+        while node is not None:
+            if node is self:
+                return True
+            node = node.parent
+        return False
+
+
+def _link(parent: _Node, child: _Node) -> None:
+    if child.parent is not None:
+        child.parent.children.remove(child)
+    child.parent = parent
+    parent.children.append(child)
+
+
+def run_thread(view: IMailboxView, algorithm: str, program: Any, uid: bool,
+               cache_key: tuple[Any, ...] | None = None) -> bytes:
+    """The body of the `* THREAD` answer (without the word). Blocking."""
+    rows = entries(view, matching(view, program, cache_key), cache_key, True)
+    messages = []
+    for seq, info, keys in rows:
+        assert keys is not None
+        date = info.internal_date if keys.date is None else keys.date
+        messages.append((info.uid if uid else seq, (date, seq), keys))
+    if algorithm == "ORDEREDSUBJECT":
+        return _render(_ordered_subject(messages))
+    return _render(_references(messages))
+
+
+def _ordered_subject(messages: list[tuple[int, _Order, Any]]) -> list[_Node]:
+    """RFC 5256 4 ORDEREDSUBJECT: sort by base subject then sent date; each run of one
+    subject is a thread whose first message is the parent of all the others."""
+    ordered = sorted(messages, key=lambda m: (m[2].subject, m[1]))
+    roots: list[_Node] = []
+    current: _Node | None = None
+    for number, order, keys in ordered:
+        node = _Node()
+        node.number, node.order = number, order
+        if current is not None and current.subject == keys.subject:
+            node.parent = current
+            current.children.append(node)
+            continue
+        node.subject = keys.subject
+        current = node
+        roots.append(node)
+    roots.sort(key=lambda n: n.order)
+    return roots
+
+
+def _references(messages: list[tuple[int, _Order, Any]]) -> list[_Node]:
+    """RFC 5256 4 REFERENCES (after JWZ), steps 1 to 6."""
+    table: dict[bytes, _Node] = {}
+    all_nodes: list[_Node] = []
+
+    def container(message_id: bytes) -> _Node:
+        node = table.get(message_id)
+        if node is None:
+            node = table[message_id] = _Node()
+            all_nodes.append(node)
+        return node
+
+    for number, order, keys in messages:
+        # 1.A: the message's container; a missing or duplicate Message-ID gets one
+        # of its own.
+        node = table.get(keys.message_id) if keys.message_id else None
+        if node is None or node.number:
+            node = _Node()
+            all_nodes.append(node)
+            if keys.message_id and keys.message_id not in table:
+                table[keys.message_id] = node
+        node.number, node.order = number, order
+        node.subject, node.reply = keys.subject, keys.reply
+        # 1.B: link the References in order, each the parent of the next, unless the
+        # child has a parent already or the link would make a loop.
+        refs = [container(r) for r in keys.references]
+        for parent, child in zip(refs, refs[1:], strict=False):
+            if child.parent is None and not child.is_ancestor_of(parent):
+                _link(parent, child)
+        # 1.C: the last reference is the message's parent (References win over an
+        # earlier guess), unless that would make a loop; none: no parent.
+        if refs and not node.is_ancestor_of(refs[-1]):
+            _link(refs[-1], node)
+        elif not refs and node.parent is not None:
+            node.parent.children.remove(node)
+            node.parent = None
+    roots = [n for n in all_nodes if n.parent is None]  # step 2
+    roots = _prune(roots)                                # step 4
+    _sort_tree(roots)                                    # step 6 (5 needs dates)
+    roots = _group_by_subject(roots)                     # step 5
+    _sort_tree(roots)
+    return roots
+
+
+def _prune(roots: list[_Node]) -> list[_Node]:
+    """Step 4: dummies without children go; a dummy's children take its place, except
+    a dummy at the top with more than one child (it holds a thread together)."""
+    out: list[_Node] = []
+    # (node, the list its kept form goes to, at top level?)
+    stack: list[tuple[_Node, list[_Node], bool]] = [(n, out, True) for n in reversed(roots)]
+    while stack:
+        node, into, top = stack.pop()
+        if not node.number and not node.children:
+            continue
+        if not node.number and not (top and len(node.children) > 1):
+            # Promote the children (they are looked at in turn, at this level).
+            for child in reversed(node.children):
+                child.parent = node.parent
+                stack.append((child, into, top))
+            continue
+        children, node.children = node.children, []
+        into.append(node)
+        for child in reversed(children):
+            child.parent = node
+            stack.append((child, node.children, False))
+    # The stack visits in reverse push order, so each list was filled in order.
+    return out
+
+
+def _walk(roots: Iterable[_Node]) -> list[_Node]:
+    """Every node, parents after their children (post-order), without recursion."""
+    order: list[_Node] = []
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        order.append(node)
+        stack.extend(node.children)
+    order.reverse()
+    return order
+
+
+def _sort_tree(roots: list[_Node]) -> None:
+    """Step 6: siblings by sent date, then mailbox order; a dummy takes the date of
+    its first child once that child's siblings are sorted."""
+    for node in _walk(roots):
+        if node.children:
+            node.children.sort(key=lambda n: n.order)
+            if not node.number:
+                node.order = node.children[0].order
+    roots.sort(key=lambda n: n.order)
+
+
+def _subject_of(node: _Node) -> tuple[bytes, bool]:
+    if node.number:
+        return node.subject, node.reply
+    first = node.children[0] if node.children else None
+    return (first.subject, first.reply) if first is not None else (b"", False)
+
+
+def _group_by_subject(roots: list[_Node]) -> list[_Node]:
+    """Step 5: threads whose top messages share a base subject are joined."""
+    table: dict[bytes, _Node] = {}
+    for node in roots:  # 5.B/5.C: the table's choice per subject
+        subject, reply = _subject_of(node)
+        if not subject:
+            continue
+        old = table.get(subject)
+        if (old is None or (not node.number and old.number)
+                or (old.number and _subject_of(old)[1] and not reply
+                    and node.number)):
+            table[subject] = node
+    out: list[_Node] = []
+    replaced: dict[int, _Node] = {}
+    for node in roots:
+        subject, reply = _subject_of(node)
+        chosen = table.get(subject) if subject else None
+        if chosen is None or chosen is node:
+            out.append(replaced.get(id(node), node))
+            continue
+        target = replaced.get(id(chosen), chosen)
+        if not target.number and not node.number:
+            for child in node.children:  # both dummies: merge the children
+                child.parent = target
+                target.children.append(child)
+        elif not target.number:
+            node.parent = target
+            target.children.append(node)
+        elif reply and not _subject_of(target)[1]:
+            node.parent = target
+            target.children.append(node)
+        else:
+            # Neither is the other's reply: a new dummy holds both, in chosen's place.
+            dummy = _Node()
+            for child in (target, node):
+                child.parent = dummy
+                dummy.children.append(child)
+            replaced[id(chosen)] = dummy
+            index = next((i for i, n in enumerate(out) if n is target), None)
+            if index is not None:
+                out[index] = dummy
+    return out
+
+
+def _render(roots: Sequence[_Node]) -> bytes:
+    """RFC 5256 4 thread-list: `(a b (c)(d))`; a node with one child continues its
+    list, one with several opens a list per child. Iterative (deep chains)."""
+    out: list[bytes] = []
+    # Work items: a node to write, or a literal piece of output.
+    stack: list[_Node | bytes] = []
+    for root in reversed(roots):
+        stack += [b")", root, b"("]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, bytes):
+            out.append(item)
+            continue
+        node = item
+        if node.number:
+            out.append(b"%d" % node.number)
+        children = node.children
+        if len(children) == 1 and node.number:
+            stack += [children[0], b" "]
+        elif children:
+            for child in reversed(children):
+                stack += [b")", child, b"("]
+            if node.number:
+                stack.append(b" ")
+    return b"".join(out)
