@@ -22,13 +22,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mailserver.imap.envelope import envelope_fields, parse_addresses
+from mailserver.imap.envelope import MISSING_DOMAIN, envelope_fields, parse_addresses
 from mailserver.imap.message import decode_header_value
 from mailserver.imap.mime import Header
 from mailserver.interfaces import IMailboxView, MessageInfo, StoreError
 
 #: The index item holding a message's keys; the suffix is the rendering's version.
-SORT_ITEM = "SORTKEYS.1"
+SORT_ITEM = "SORTKEYS.2"
 #: Messages whose keys are read from (and written to) the index in one go.
 BATCH = 1000
 #: References kept per message: the last ones (nearest the message) decide its parent;
@@ -119,14 +119,15 @@ def _first_mailbox(value: bytes | None) -> tuple[bytes, str]:
     if value is None:
         return b"", ""
     for name, _adl, mailbox, host in parse_addresses(value):
-        if mailbox is None or host is None:
-            continue  # a group marker
-        if name:
-            display = _CONTROL.sub(" ", decode_header_value(name)).strip()
-        else:
-            display = ""
+        if mailbox is None:
+            continue  # a group's end
+        if host is None:  # a group's start: its name stands for it (as in Dovecot)
+            text = _CONTROL.sub(" ", decode_header_value(mailbox)).strip()
+            return mailbox, text
+        display = _CONTROL.sub(" ", decode_header_value(name)).strip() if name else ""
         if not display:  # RFC 5957 2: no display name, the addr-spec
-            display = (mailbox + b"@" + host).decode("utf-8", "replace")
+            spec = mailbox if host == MISSING_DOMAIN else mailbox + b"@" + host
+            display = spec.decode("utf-8", "replace")
         return mailbox, display
     return b"", ""
 

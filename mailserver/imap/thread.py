@@ -120,13 +120,14 @@ def _references(messages: list[tuple[int, _Order, Any]]) -> list[_Node]:
         for parent, child in zip(refs, refs[1:], strict=False):
             if child.parent is None and not child.is_ancestor_of(parent):
                 _link(parent, child)
-        # 1.C: the last reference is the message's parent (References win over an
-        # earlier guess), unless that would make a loop; none: no parent.
-        if refs and not node.is_ancestor_of(refs[-1]):
-            _link(refs[-1], node)
-        elif not refs and node.parent is not None:
+        # 1.C: the last reference is the message's parent: the message's own
+        # References win over a parent guessed from another's, so that guess goes
+        # first; no parent when there are none, or when the link would make a loop.
+        if node.parent is not None:
             node.parent.children.remove(node)
             node.parent = None
+        if refs and not node.is_ancestor_of(refs[-1]):
+            _link(refs[-1], node)
     roots = [n for n in all_nodes if n.parent is None]  # step 2
     roots = _prune(roots)                                # step 4
     _sort_tree(roots)                                    # step 6 (5 needs dates)
