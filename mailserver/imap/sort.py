@@ -73,24 +73,18 @@ def run_sort(view: IMailboxView, criteria: Sequence[tuple[str, bool]], program: 
 
 
 def sequence_text(numbers: Sequence[int], ordered: bool = False) -> bytes:
-    """A sequence-set of these numbers: ascending with runs as `a:b` (SEARCH), or, for
-    `ordered` (ESORT, RFC 5267 3.1: ALL keeps the sort order), runs of consecutive
-    numbers up or down in the order given."""
+    """A sequence-set of these numbers with ascending runs as `a:b`: sorted first
+    (SEARCH), or for `ordered` (ESORT, RFC 5267 3.1: ALL keeps the sort order) in the
+    order given, so that `5,3:4,2,1` says 5, 3, 4, 2, 1 (as Dovecot writes it)."""
     if not ordered:
         numbers = sorted(set(numbers))
     parts: list[bytes] = []
     i, n = 0, len(numbers)
     while i < n:
         j = i
-        step = 0
-        if j + 1 < n and abs(numbers[j + 1] - numbers[j]) == 1:
-            step = numbers[j + 1] - numbers[j]
-            while j + 1 < n and numbers[j + 1] - numbers[j] == step:
-                j += 1
-        if j == i:
-            parts.append(b"%d" % numbers[i])
-        else:
-            parts.append(b"%d:%d" % (numbers[i], numbers[j]))
+        while j + 1 < n and numbers[j + 1] == numbers[j] + 1:
+            j += 1
+        parts.append(b"%d" % numbers[i] if j == i else b"%d:%d" % (numbers[i], numbers[j]))
         i = j + 1
     return b",".join(parts)
 
