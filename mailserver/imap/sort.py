@@ -10,9 +10,12 @@ last criterion to the first.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from mailserver.imap.commands import SearchKey
 from mailserver.imap.search import run_search
 from mailserver.imap.sortkeys import Keys, load
 from mailserver.interfaces import IMailboxView, MessageInfo
@@ -41,7 +44,10 @@ _EXTRACT: dict[str, Callable[[Entry], Any]] = {
 
 def matching(view: IMailboxView, program: Any,
              cache_key: tuple[Any, ...] | None) -> list[int]:
-    """0-based indexes of the messages the search program matches."""
+    """0-based indexes of the messages the search program matches (ALL, what clients
+    send with SORT and THREAD nearly always, without evaluating it per message)."""
+    if isinstance(program, SearchKey) and program.op == "ALL":
+        return list(range(len(view.messages)))
     return [seq - 1 for seq in run_search(view, program, False, cache_key)]
 
 
@@ -53,20 +59,78 @@ def entries(view: IMailboxView, indexes: Sequence[int], cache_key: tuple[Any, ..
     infos = [messages[i] for i in indexes]
     if not need_keys:
         return [(i + 1, info, None) for i, info in zip(indexes, infos, strict=True)]
-    keys = load(view, cache_key, infos)
-    return [(i + 1, info, keys[info.uid]) for i, info in zip(indexes, infos, strict=True)
-            if info.uid in keys]
+    keys = load(view, cache_key, infos).get
+    rows = [(i + 1, info, keys(info.uid)) for i, info in zip(indexes, infos, strict=True)]
+    return [row for row in rows if row[2] is not None]
+
+
+class Answers:
+    """The last answers of SORT and THREAD per folder, criteria and message set.
+
+    The answer depends only on the messages matched, their sequence numbers and their
+    keys, and the keys of a UID never change while the UIDVALIDITY holds (RFC 3501
+    2.3.1.1): the same SORT or THREAD over the same (sequence number, UID) pairs has
+    the same answer. Clients repeat them on every view of a folder (Roundcube threads
+    each page), so the work is done once per change of the folder. Bounded: a few
+    entries, and none for sets above MAX_CACHED messages."""
+
+    MAX_ENTRIES = 8
+    MAX_CACHED = 200_000
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[tuple[Any, ...], tuple[Any, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...] | None, signature: Any) -> Any:
+        if key is None:
+            return None
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or entry[0] != signature:
+                return None
+            self._entries.move_to_end(key)
+            return entry[1]
+
+    def put(self, key: tuple[Any, ...] | None, signature: Any, value: Any, size: int) -> None:
+        if key is None or size > self.MAX_CACHED:
+            return
+        with self._lock:
+            self._entries[key] = (signature, value)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.MAX_ENTRIES:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+
+ANSWERS = Answers()
+
+
+def signature(view: IMailboxView, indexes: Sequence[int]) -> tuple[Any, ...]:
+    """What an answer over these messages depends on: their (sequence number, UID)."""
+    messages = view.messages
+    return tuple(indexes), tuple([messages[i].uid for i in indexes])
 
 
 def run_sort(view: IMailboxView, criteria: Sequence[tuple[str, bool]], program: Any,
              uid: bool, cache_key: tuple[Any, ...] | None = None) -> list[int]:
     """Sequence numbers (or UIDs) of the matching messages in sort order. Blocking."""
     found = matching(view, program, cache_key)
+    answer_key = None if cache_key is None else (cache_key, "SORT", tuple(criteria), uid)
+    sign = signature(view, found)
+    cached: list[int] | None = ANSWERS.get(answer_key, sign)
+    if cached is not None:
+        return cached
     need = any(name in _HEADER_KEYS for name, _ in criteria)
     rows = entries(view, found, cache_key, need)
     for name, reverse in reversed(criteria):
         rows.sort(key=_EXTRACT[name], reverse=reverse)
-    return [info.uid if uid else seq for seq, info, _ in rows]
+    result = [info.uid if uid else seq for seq, info, _ in rows]
+    if len(rows) == len(found):  # not when some vanished meanwhile
+        ANSWERS.put(answer_key, sign, result, len(found))
+    return result
 
 
 # -- ESEARCH answers (RFC 4731 3.1, RFC 5267 4.4) ----------------------------------------

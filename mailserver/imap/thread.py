@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from mailserver.imap.sort import entries, matching
+from mailserver.imap.sort import ANSWERS, entries, matching, signature
 from mailserver.interfaces import IMailboxView
 
 ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
@@ -60,15 +60,25 @@ def _link(parent: _Node, child: _Node) -> None:
 def run_thread(view: IMailboxView, algorithm: str, program: Any, uid: bool,
                cache_key: tuple[Any, ...] | None = None) -> bytes:
     """The body of the `* THREAD` answer (without the word). Blocking."""
-    rows = entries(view, matching(view, program, cache_key), cache_key, True)
+    found = matching(view, program, cache_key)
+    answer_key = None if cache_key is None else (cache_key, "THREAD", algorithm, uid)
+    sign = signature(view, found)
+    cached: bytes | None = ANSWERS.get(answer_key, sign)
+    if cached is not None:
+        return cached
+    rows = entries(view, found, cache_key, True)
     messages = []
     for seq, info, keys in rows:
         assert keys is not None
         date = info.internal_date if keys.date is None else keys.date
         messages.append((info.uid if uid else seq, (date, seq), keys))
     if algorithm == "ORDEREDSUBJECT":
-        return _render(_ordered_subject(messages))
-    return _render(_references(messages))
+        answer = _render(_ordered_subject(messages))
+    else:
+        answer = _render(_references(messages))
+    if len(rows) == len(found):  # not when some vanished meanwhile
+        ANSWERS.put(answer_key, sign, answer, len(found))
+    return answer
 
 
 def _ordered_subject(messages: list[tuple[int, _Order, Any]]) -> list[_Node]:
@@ -205,10 +215,12 @@ def _group_by_subject(roots: list[_Node]) -> list[_Node]:
             table[subject] = node
     out: list[_Node] = []
     replaced: dict[int, _Node] = {}
+    position: dict[int, int] = {}  # id of a node in `out` -> its index there
     for node in roots:
         subject, reply = _subject_of(node)
         chosen = table.get(subject) if subject else None
         if chosen is None or chosen is node:
+            position[id(node)] = len(out)
             out.append(replaced.get(id(node), node))
             continue
         target = replaced.get(id(chosen), chosen)
@@ -229,7 +241,7 @@ def _group_by_subject(roots: list[_Node]) -> list[_Node]:
                 child.parent = dummy
                 dummy.children.append(child)
             replaced[id(chosen)] = dummy
-            index = next((i for i, n in enumerate(out) if n is target), None)
+            index = position.get(id(target))
             if index is not None:
                 out[index] = dummy
     return out

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from session_harness import Session
 
-from mailserver.imap import sortkeys
+from mailserver.imap import sort, sortkeys
 from mailserver.imap.grammar import ParseError, parse_command
 from mailserver.imap.sort import sequence_text
 from mailserver.imap.sortkeys import base_subject
@@ -41,6 +41,7 @@ def session_with(tmp_path: Path, *messages: bytes) -> Session:
 @pytest.fixture(autouse=True)
 def _fresh_keys() -> None:
     sortkeys.KEYS.clear()
+    sort.ANSWERS.clear()
 
 
 # -- base subject (RFC 5256 2.1) -------------------------------------------------------
@@ -171,7 +172,8 @@ def test_warm_sort_reads_the_index_not_the_files(tmp_path: Path,
     assert s.command(b"a SORT (SUBJECT) UTF-8 ALL")[0] == b"* SORT 2 1"
     s.command(b"c CLOSE")
     s.disconnect()
-    sortkeys.KEYS.clear()
+    sortkeys.KEYS.clear()  # as after a restart: only the index is left
+    sort.ANSWERS.clear()
 
     def refuse(self: MailboxView, uid: int) -> bytes:
         raise AssertionError("a file was read")
@@ -185,6 +187,26 @@ def test_warm_sort_reads_the_index_not_the_files(tmp_path: Path,
                                                             b"a OK Sort completed"]
     assert again.command(b"b THREAD REFERENCES UTF-8 ALL") == [b"* THREAD (1 2)",
                                                                b"b OK Thread completed"]
+
+
+def test_repeated_answers_follow_changes(tmp_path: Path) -> None:
+    """SORT and THREAD answers are kept per message set: an arrival, an expunge or
+    another search changes the set, and the answer is worked out again."""
+    s = session_with(tmp_path, message(b"b", mid="1@x"), message(b"c", mid="2@x"))
+    assert s.command(b"a SORT (SUBJECT) UTF-8 ALL")[0] == b"* SORT 1 2"
+    assert s.command(b"b THREAD ORDEREDSUBJECT UTF-8 ALL")[0] == b"* THREAD (1)(2)"
+    data = message(b"a", mid="3@x", refs="<1@x>")
+    s.send(b"ap APPEND INBOX {%d+}\r\n" % len(data) + data)
+    assert s.lines()[-1].startswith(b"ap OK")
+    assert s.command(b"c SORT (SUBJECT) UTF-8 ALL")[0] == b"* SORT 3 1 2"
+    assert s.command(b"d THREAD REFERENCES UTF-8 ALL")[0] == b"* THREAD (1 3)(2)"
+    assert s.command(b"e SORT (SUBJECT) UTF-8 2:3") == [b"* SORT 3 2", b"e OK Sort completed"]
+    assert s.command(b"f UID SORT (SUBJECT) UTF-8 ALL")[0] == b"* SORT 3 1 2"
+    s.command(b"g STORE 1 +FLAGS.SILENT (\\Deleted)")
+    s.command(b"h EXPUNGE")
+    assert s.command(b"i SORT (SUBJECT) UTF-8 ALL")[0] == b"* SORT 2 1"
+    assert s.command(b"j UID SORT (SUBJECT) UTF-8 ALL")[0] == b"* SORT 3 2"
+    assert s.command(b"k THREAD REFERENCES UTF-8 ALL")[0] == b"* THREAD (1)(2)"
 
 
 # -- THREAD ---------------------------------------------------------------------------
