@@ -24,7 +24,6 @@ from typing import Any
 
 from mailserver.imap.envelope import MISSING_DOMAIN, envelope_fields, parse_addresses
 from mailserver.imap.message import decode_header_value
-from mailserver.imap.mime import Header
 from mailserver.interfaces import IMailboxView, MessageInfo, StoreError
 
 #: The index item holding a message's keys; the suffix is the rendering's version.
@@ -43,6 +42,8 @@ MAX_KEPT = 150_000
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _SPACES = re.compile(r"[ \t]+")
 _MSG_ID = re.compile(rb"<([^<>\s]+)>")
+#: The first References field, folded lines included (one pass, no full header parse).
+_REFERENCES = re.compile(rb"\nreferences[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.I)
 # RFC 5256 2.1 grammar, on a subject already decoded, unfolded, with single spaces.
 _TRAILER = re.compile(r"(?:\s*\((?:fwd)\)|\s+)\Z", re.I)
 _BLOB = r"\[[^\[\]]*\]\s*"
@@ -114,10 +115,27 @@ def base_subject(raw: bytes | None) -> tuple[str, bool]:
         return text.strip(" "), reply
 
 
+#: _first_mailbox answers by header value: a folder repeats its senders and
+#: recipients over and over. Bounded; emptied when full.
+_MAILBOXES: dict[bytes, tuple[bytes, str]] = {}
+_MAILBOXES_MAX = 4096
+
+
 def _first_mailbox(value: bytes | None) -> tuple[bytes, str]:
     """(addr-mailbox, RFC 5957 display text) of the first address in a header."""
     if value is None:
         return b"", ""
+    known = _MAILBOXES.get(value)
+    if known is None:
+        known = _parse_first_mailbox(value)
+        if len(value) < 512:
+            if len(_MAILBOXES) >= _MAILBOXES_MAX:
+                _MAILBOXES.clear()
+            _MAILBOXES[value] = known
+    return known
+
+
+def _parse_first_mailbox(value: bytes) -> tuple[bytes, str]:
     for name, _adl, mailbox, host in parse_addresses(value):
         if mailbox is None:
             continue  # a group's end
@@ -161,7 +179,8 @@ def compute(header: bytes) -> Keys:
     cc, _ = _first_mailbox(fields.get(b"cc"))
     ids = message_ids(fields.get(b"message-id"))
     # RFC 5256 3 step 1.B: References; without any, the first id of In-Reply-To.
-    references = message_ids(Header(header).get(b"references"))
+    found = _REFERENCES.search(b"\n" + header)
+    references = message_ids(found.group(1)) if found is not None else []
     if not references:
         references = message_ids(fields.get(b"in-reply-to"))[:1]
     return Keys(

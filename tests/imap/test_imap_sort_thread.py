@@ -219,7 +219,7 @@ def test_thread_references_and_subjects(tmp_path: Path) -> None:
         message(b"Re: hello", "Mon, 1 Jan 2024 11:00:00 +0000", mid="b@x", refs="<a@x>"),
         message(b"other", "Mon, 1 Jan 2024 09:00:00 +0000", mid="c@x"),
         message(b"Re: hello", "Mon, 1 Jan 2024 12:00:00 +0000", mid="d@x",
-                refs="<a@x> <b@x>"),
+                refs="<a@x> (folded)\r\n\t<b@x>"),
         message(b"Re: hello", "Mon, 1 Jan 2024 13:00:00 +0000", mid="e@x",
                 refs="<a@x>"),
         # Parent missing from the folder: a dummy, pruned; the subject joins it.
