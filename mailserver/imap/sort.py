@@ -71,14 +71,15 @@ class Answers:
     keys, and the keys of a UID never change while the UIDVALIDITY holds (RFC 3501
     2.3.1.1): the same SORT or THREAD over the same (sequence number, UID) pairs has
     the same answer. Clients repeat them on every view of a folder (Roundcube threads
-    each page), so the work is done once per change of the folder. Bounded: a few
-    entries, and none for sets above MAX_CACHED messages."""
+    each page), so the work is done once per change of the folder. Bounded in the
+    messages all entries describe together (about 50 octets each)."""
 
-    MAX_ENTRIES = 8
-    MAX_CACHED = 200_000
+    MAX_ENTRIES = 16
+    MAX_MESSAGES = 400_000
 
     def __init__(self) -> None:
-        self._entries: OrderedDict[tuple[Any, ...], tuple[Any, Any]] = OrderedDict()
+        self._entries: OrderedDict[tuple[Any, ...], tuple[Any, Any, int]] = OrderedDict()
+        self._messages = 0
         self._lock = threading.Lock()
 
     def get(self, key: tuple[Any, ...] | None, signature: Any) -> Any:
@@ -92,26 +93,33 @@ class Answers:
             return entry[1]
 
     def put(self, key: tuple[Any, ...] | None, signature: Any, value: Any, size: int) -> None:
-        if key is None or size > self.MAX_CACHED:
+        if key is None or size > self.MAX_MESSAGES // 2:
             return
         with self._lock:
-            self._entries[key] = (signature, value)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.MAX_ENTRIES:
-                self._entries.popitem(last=False)
+            old = self._entries.pop(key, None)
+            if old is not None:
+                self._messages -= old[2]
+            self._entries[key] = (signature, value, size)
+            self._messages += size
+            while len(self._entries) > self.MAX_ENTRIES or self._messages > self.MAX_MESSAGES:
+                _, dropped = self._entries.popitem(last=False)
+                self._messages -= dropped[2]
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._messages = 0
 
 
 ANSWERS = Answers()
 
 
 def signature(view: IMailboxView, indexes: Sequence[int]) -> tuple[Any, ...]:
-    """What an answer over these messages depends on: their (sequence number, UID)."""
+    """What an answer over these messages depends on: their (sequence number, UID);
+    for all of the folder's messages (ascending, distinct), the UIDs say it all."""
     messages = view.messages
-    return tuple(indexes), tuple([messages[i].uid for i in indexes])
+    uids = tuple([messages[i].uid for i in indexes])
+    return (None if len(indexes) == len(messages) else tuple(indexes)), uids
 
 
 def run_sort(view: IMailboxView, criteria: Sequence[tuple[str, bool]], program: Any,

@@ -334,3 +334,17 @@ def test_esort(tmp_path: Path) -> None:
     assert s.command(b"c SORT RETURN (SAVE) (SUBJECT) UTF-8 SUBJECT a") == [
         b"c OK Sort completed"]
     assert s.command(b"d SEARCH $") == [b"* SEARCH 2 4", b"d OK Search completed"]
+
+
+def test_kept_answers_are_bounded() -> None:
+    answers = sort.Answers()
+    answers.MAX_MESSAGES = 100
+    answers.put(("f", 1), "sig1", b"one", 40)
+    answers.put(("f", 2), "sig2", b"two", 40)
+    assert answers.get(("f", 1), "sig1") == b"one"  # now the most recently used
+    answers.put(("f", 3), "sig3", b"three", 40)     # 120 > 100: the oldest goes
+    assert answers.get(("f", 2), "sig2") is None
+    assert answers.get(("f", 1), "sig1") == b"one"
+    assert answers.get(("f", 1), "other set") is None
+    answers.put(("f", 4), "sig4", b"big", 51)       # over half the bound: never kept
+    assert answers.get(("f", 4), "sig4") is None
