@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from mailserver.imap import commands_selected, searchres
+from mailserver.imap import commands_selected, context, searchres
 from mailserver.imap.commands import Search, no
 from mailserver.imap.commands_selected import SEARCH_CHUNK, item_cache_key
-from mailserver.imap.grammar_sort import ESearch, ReturnOption, Sort, Thread
+from mailserver.imap.grammar_sort import CancelUpdate, ESearch, ReturnOption, Sort, Thread
 from mailserver.imap.search import CHARSETS, run_search
 from mailserver.imap.sort import esearch_line, run_sort
 from mailserver.imap.thread import run_thread
@@ -68,6 +68,20 @@ async def esearch(session: IMAPSession, command: ESearch) -> str | None:
     found: list[int] = await session.blocking(run_search, view, command.program,
                                               command.uid, item_cache_key(session))
     _answer(session, command.tag, command.uid, command.returns, found, False)
+    if "UPDATE" in command.returns and not context.start(
+            session.selection(), command.tag, command.program, command.uid, found):
+        session.send(_no_update(command.tag, "Too many searches kept up to date"))
+    return None
+
+
+def _no_update(tag: str, text: str) -> bytes:
+    """RFC 5267 4.2: the search is answered, but not kept up to date."""
+    quoted = tag.replace("\\", "\\\\").replace('"', '\\"')
+    return f'* NO [NOUPDATE "{quoted}"] {text}\r\n'.encode("utf-8", "replace")
+
+
+async def cancel_update(session: IMAPSession, command: CancelUpdate) -> str | None:
+    context.cancel(session.selection(), command.tags)
     return None
 
 
@@ -79,6 +93,8 @@ async def sort(session: IMAPSession, command: Sort) -> str | None:
                                               item_cache_key(session))
     if command.returns is not None:  # ESORT (RFC 5267 3)
         _answer(session, command.tag, command.uid, command.returns, found, True)
+        if "UPDATE" in command.returns:  # positions in a sorted result: not kept
+            session.send(_no_update(command.tag, "Sorted results are not kept up to date"))
         return None
     chunks = [b"* SORT"]
     for start in range(0, len(found), SEARCH_CHUNK):

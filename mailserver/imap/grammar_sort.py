@@ -14,12 +14,15 @@ from typing import Any
 
 from mailserver.imap import grammar
 from mailserver.imap.commands import Command, Search, SearchAnd, SearchProgram
-from mailserver.imap.sort import SORT_KEYS
-from mailserver.imap.thread import ALGORITHMS
 
+#: RFC 5256 3 sort keys, and RFC 5957's DISPLAYFROM / DISPLAYTO.
+SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO",
+                       "DISPLAYFROM", "DISPLAYTO"})
+#: RFC 5256 4 threading algorithms.
+ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
 #: A RETURN option: a name, or ("PARTIAL", (low, high)).
 ReturnOption = str | tuple[str, tuple[int, int]]
-_RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE"})
+_RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT", "SAVE", "UPDATE"})
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,13 @@ class Thread(Command):
     program: SearchProgram
 
 
+@dataclass(frozen=True)
+class CancelUpdate(Command):
+    """CANCELUPDATE (RFC 5267 4.3): the tags of the searches to stop updating."""
+
+    tags: tuple[str, ...]
+
+
 def return_options(r: grammar.Reader) -> tuple[ReturnOption, ...] | None:
     """` RETURN (opt ...)` after the command word, or None when there is none. `()`
     means ALL (RFC 4731 3.1)."""
@@ -75,6 +85,10 @@ def return_options(r: grammar.Reader) -> tuple[ReturnOption, ...] | None:
     if sum(1 for o in options if not isinstance(o, str)) > 1 or (
             "ALL" in options and any(not isinstance(o, str) for o in options)):
         raise r.fail("PARTIAL cannot be combined with ALL or another PARTIAL")
+    if "UPDATE" in options and any(o not in ("UPDATE", "ALL", "COUNT") for o in options):
+        # RFC 5267 4.2 updates a result, its ALL or its COUNT; MIN, MAX, PARTIAL and
+        # SAVE would need updates of their own, which we do not keep.
+        raise r.fail("UPDATE can only be combined with ALL and COUNT")
     return tuple(options) if options else ("ALL",)
 
 
@@ -135,5 +149,18 @@ def _thread(r: grammar.Reader, tag: str, name: str, uid: bool) -> Command:
     return Thread(tag, name, uid, algorithm, charset, program)
 
 
-PARSERS: dict[str, Any] = {"SEARCH": _search, "SORT": _sort, "THREAD": _thread}
+def _cancel_update(r: grammar.Reader, tag: str, name: str, uid: bool) -> Command:
+    """RFC 5267 4.3: CANCELUPDATE SP tag-string *(SP tag-string)."""
+    if uid:
+        raise r.fail("unknown UID command CANCELUPDATE")
+    tags = []
+    while r.maybe_sp():
+        tags.append(r.string().decode("utf-8", "replace"))
+    if not tags:
+        raise r.fail("CANCELUPDATE needs a tag")
+    return CancelUpdate(tag, name, tuple(tags))
+
+
+PARSERS: dict[str, Any] = {"SEARCH": _search, "SORT": _sort, "THREAD": _thread,
+                           "CANCELUPDATE": _cancel_update}
 grammar._PARSERS.update(PARSERS)

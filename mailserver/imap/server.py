@@ -28,7 +28,7 @@ from mailserver.core import metrics
 from mailserver.core.connection import Goodbyes, LineConnection
 from mailserver.core.context import MailboxFactory
 from mailserver.core.lines import IMAP_LINES, LineRefused
-from mailserver.imap import grammar, searchres
+from mailserver.imap import context, grammar, searchres
 from mailserver.imap.commands import (
     ANSWERED,
     ANY,
@@ -268,6 +268,8 @@ class IMAPSession(LineConnection):
             "SORT",
             "SORT=DISPLAY",
             "ESORT",
+            "CONTEXT=SEARCH",
+            "CONTEXT=SORT",
             "THREAD=ORDEREDSUBJECT",
             "THREAD=REFERENCES",
             f"APPENDLIMIT={self.config.limits.message_size}",
@@ -284,7 +286,8 @@ class IMAPSession(LineConnection):
 
     def report(self, changes: Changes) -> None:
         """Untagged updates from a sync (RFC 3501 7.4.1, 7.3.1, 7.3.2, 7.4.2)."""
-        lines = [b"* %d EXPUNGE\r\n" % n for n in changes.expunged]
+        lines = [context.removed_before_expunge(self.selected, changes)]  # RFC 5267 4.3
+        lines += [b"* %d EXPUNGE\r\n" % n for n in changes.expunged]
         view = self.selected.view if self.selected is not None else None
         if changes.exists is not None:
             lines.append(b"* %d EXISTS\r\n" % changes.exists)
@@ -512,6 +515,10 @@ class IMAPSession(LineConnection):
             text = await handler(self, command)
             if self.selected is not None and command.name in SYNC_AFTER:
                 await self.sync()
+            if context.active(self.selected):  # RFC 5267 4: ADDTO / REMOVEFROM
+                assert self.selected is not None
+                self.send(await self.blocking(context.updates, self.selected.view,
+                                              self.selected))
             if text is ANSWERED:
                 return
             self.send(f"{command.tag} OK {text or command.name.title() + ' completed'}\r\n"
@@ -619,6 +626,7 @@ HANDLERS: dict[str, tuple[frozenset[State], Handler]] = {
     "SEARCH": (SELECTED, commands_sort.search),
     "SORT": (SELECTED, commands_sort.sort),
     "THREAD": (SELECTED, commands_sort.thread),
+    "CANCELUPDATE": (SELECTED, commands_sort.cancel_update),
     "FETCH": (SELECTED, commands_selected.fetch),
     "STORE": (SELECTED, commands_selected.store),
     "COPY": (SELECTED, commands_selected.copy),

@@ -16,13 +16,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from mailserver.imap.commands import SearchKey
+from mailserver.imap.grammar_sort import SORT_KEYS
 from mailserver.imap.search import run_search
 from mailserver.imap.sortkeys import Keys, load
 from mailserver.interfaces import IMailboxView, MessageInfo
 
-#: RFC 5256 3 sort keys, and RFC 5957's DISPLAYFROM / DISPLAYTO.
-SORT_KEYS = frozenset({"ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO",
-                       "DISPLAYFROM", "DISPLAYTO"})
 #: The keys that need a message's header (the rest are in MessageInfo).
 _HEADER_KEYS = SORT_KEYS - {"ARRIVAL", "SIZE"}
 

@@ -16,8 +16,6 @@ from typing import Any
 from mailserver.imap.sort import ANSWERS, entries, matching, signature
 from mailserver.interfaces import IMailboxView
 
-ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
-
 #: (sent date, sequence number): the order of siblings and threads (RFC 5256 4 step 6).
 _Order = tuple[float, int]
 
