@@ -348,3 +348,57 @@ def test_kept_answers_are_bounded() -> None:
     assert answers.get(("f", 1), "other set") is None
     answers.put(("f", 4), "sig4", b"big", 51)       # over half the bound: never kept
     assert answers.get(("f", 4), "sig4") is None
+
+
+# -- CONTEXT=SEARCH (RFC 5267 4) ------------------------------------------------------
+
+
+def test_search_update_addto_removefrom_and_cancel(tmp_path: Path) -> None:
+    s = session_with(tmp_path, *(message(b"m%d" % n) for n in range(1, 6)))
+    assert s.command(b"u SEARCH RETURN (UPDATE ALL) SEEN") == [
+        b'* ESEARCH (TAG "u")', b"u OK Search completed"]
+    assert s.command(b"a STORE 1,2,4 +FLAGS.SILENT (\\Seen)") == [
+        b'* ESEARCH (TAG "u") ADDTO (0 1:2,4)', b"a OK Store completed"]
+    assert s.command(b"b STORE 2 -FLAGS.SILENT (\\Seen)") == [
+        b'* ESEARCH (TAG "u") REMOVEFROM (0 2)', b"b OK Store completed"]
+    # An expunged member is removed before the EXPUNGE lines, by its number then.
+    s.command(b"c STORE 3:4 +FLAGS.SILENT (\\Deleted)")
+    assert s.command(b"d EXPUNGE") == [
+        b'* ESEARCH (TAG "u") REMOVEFROM (0 4)', b"* 3 EXPUNGE", b"* 3 EXPUNGE",
+        b"d OK Expunge completed"]
+    # Another session's change is reported at this session's next command.
+    other = Session(tmp_path)
+    other.login()
+    other.command(b"s SELECT INBOX")
+    other.command(b"x STORE 3 +FLAGS.SILENT (\\Seen)")
+    assert s.command(b"e NOOP") == [b"* 3 FETCH (UID 5 FLAGS (\\Seen \\Recent))",
+                                    b'* ESEARCH (TAG "u") ADDTO (0 3)', b"e OK Noop completed"]
+    # A UID context reports UIDs.
+    assert s.command(b"v UID SEARCH RETURN (UPDATE) UNSEEN") == [
+        b'* ESEARCH (TAG "v") UID', b"v OK Search completed"]
+    assert s.command(b"f STORE 2 +FLAGS.SILENT (\\Seen)") == [
+        b'* ESEARCH (TAG "u") ADDTO (0 2)', b'* ESEARCH (TAG "v") UID REMOVEFROM (0 2)',
+        b"f OK Store completed"]
+    assert s.command(b'g CANCELUPDATE "u" "v" "unknown"') == [b"g OK Cancelupdate completed"]
+    assert s.command(b"h STORE 1:* -FLAGS.SILENT (\\Seen)") == [b"h OK Store completed"]
+
+
+def test_search_update_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mailserver.imap import context
+
+    monkeypatch.setattr(context, "MAX_CONTEXTS", 1)
+    s = session_with(tmp_path, message(b"x"))
+    assert s.command(b"a SEARCH RETURN (UPDATE MIN) ALL") == [
+        b"a BAD UPDATE can only be combined with ALL and COUNT"]
+    assert s.command(b"b SEARCH RETURN (UPDATE COUNT) ALL") == [
+        b'* ESEARCH (TAG "b") COUNT 1', b"b OK Search completed"]
+    assert s.command(b"c SEARCH RETURN (UPDATE) SEEN") == [
+        b'* ESEARCH (TAG "c")', b'* NO [NOUPDATE "c"] Too many searches kept up to date',
+        b"c OK Search completed"]
+    assert s.command(b"d SORT RETURN (UPDATE ALL) (SUBJECT) UTF-8 ALL") == [
+        b'* ESEARCH (TAG "d") ALL 1',
+        b'* NO [NOUPDATE "d"] Sorted results are not kept up to date', b"d OK Sort completed"]
+    assert s.command(b"e CANCELUPDATE") == [b"e BAD CANCELUPDATE needs a tag"]
+    # A new SELECT ends every context.
+    s.command(b"s SELECT INBOX")
+    assert s.command(b"f STORE 1 +FLAGS.SILENT (\\Seen)") == [b"f OK Store completed"]
