@@ -340,6 +340,13 @@ class IMAPSession(LineConnection):
             raise SessionEnded()
         self.report(changes)
 
+    async def context_updates(self) -> None:
+        """RFC 5267 4: ADDTO / REMOVEFROM for the searches kept up to date, if any."""
+        selected = self.selected
+        if context.active(selected):
+            assert selected is not None
+            self.send(await self.blocking(context.updates, selected.view, selected))
+
     @contextmanager
     def write_flow(self) -> Iterator[WriteFlow]:
         """Flow control while a long answer is written: the writer waits on
@@ -515,10 +522,7 @@ class IMAPSession(LineConnection):
             text = await handler(self, command)
             if self.selected is not None and command.name in SYNC_AFTER:
                 await self.sync()
-            if context.active(self.selected):  # RFC 5267 4: ADDTO / REMOVEFROM
-                assert self.selected is not None
-                self.send(await self.blocking(context.updates, self.selected.view,
-                                              self.selected))
+            await self.context_updates()
             if text is ANSWERED:
                 return
             self.send(f"{command.tag} OK {text or command.name.title() + ' completed'}\r\n"
@@ -569,6 +573,7 @@ class IMAPSession(LineConnection):
                 if self.idle_tag is not None:
                     try:
                         await self.sync()
+                        await self.context_updates()
                     except SessionEnded:
                         return
                 if not self._idle_again:

@@ -16,6 +16,11 @@ from typing import Any
 from mailserver.imap.sort import ANSWERS, entries, matching, signature
 from mailserver.interfaces import IMailboxView
 
+#: Steps up the tree that the loop checks of one THREAD may take in all (RFC 5256 4
+#: step 1.B/1.C); past them a link is taken for a loop and not made. Real folders
+#: need a few per message; 10k messages of 256 looping ids each stay within it.
+MAX_LOOP_STEPS = 2_000_000
+
 #: (sent date, sequence number): the order of siblings and threads (RFC 5256 4 step 6).
 _Order = tuple[float, int]
 
@@ -33,9 +38,11 @@ class _Node:
         self.parent: _Node | None = None
         self.children: list[_Node] = []
 
-    def is_ancestor_of(self, other: _Node) -> bool:
+    def is_ancestor_of(self, other: _Node, budget: list[int]) -> bool:
         """Is self `other` or above it? Only a node with children can be above another,
-        so the common case (linking a fresh container) costs nothing."""
+        so the common case (linking a fresh container) costs nothing. Each step up
+        spends one of `budget[0]`; with none left the answer is yes, so the link is not
+        made: hostile References cannot make a THREAD walk without end."""
         if self is other:
             return True
         if not self.children:
@@ -43,6 +50,9 @@ class _Node:
         node = other.parent
         while node is not None:
             if node is self:
+                return True
+            budget[0] -= 1
+            if budget[0] < 0:
                 return True
             node = node.parent
         return False
@@ -103,6 +113,7 @@ def _references(messages: list[tuple[int, _Order, Any]]) -> list[_Node]:
     """RFC 5256 4 REFERENCES (after JWZ), steps 1 to 6."""
     table: dict[bytes, _Node] = {}
     all_nodes: list[_Node] = []
+    budget = [MAX_LOOP_STEPS]
 
     def container(message_id: bytes) -> _Node:
         node = table.get(message_id)
@@ -126,7 +137,7 @@ def _references(messages: list[tuple[int, _Order, Any]]) -> list[_Node]:
         # child has a parent already or the link would make a loop.
         refs = [container(r) for r in keys.references]
         for parent, child in zip(refs, refs[1:], strict=False):
-            if child.parent is None and not child.is_ancestor_of(parent):
+            if child.parent is None and not child.is_ancestor_of(parent, budget):
                 _link(parent, child)
         # 1.C: the last reference is the message's parent: the message's own
         # References win over a parent guessed from another's, so that guess goes
@@ -134,7 +145,7 @@ def _references(messages: list[tuple[int, _Order, Any]]) -> list[_Node]:
         if node.parent is not None:
             node.parent.children.remove(node)
             node.parent = None
-        if refs and not node.is_ancestor_of(refs[-1]):
+        if refs and not node.is_ancestor_of(refs[-1], budget):
             _link(refs[-1], node)
     roots = [n for n in all_nodes if n.parent is None]  # step 2
     roots = _prune(roots)                                # step 4

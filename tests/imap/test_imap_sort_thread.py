@@ -402,3 +402,46 @@ def test_search_update_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     # A new SELECT ends every context.
     s.command(b"s SELECT INBOX")
     assert s.command(b"f STORE 1 +FLAGS.SILENT (\\Seen)") == [b"f OK Store completed"]
+
+
+def test_thread_loop_checks_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_LOOP_STEPS a link is taken for a loop and not made: the answer is
+    still a forest holding every message once."""
+    from mailserver.imap import thread
+
+    def keys(n: int, refs: tuple[bytes, ...]) -> sortkeys.Keys:
+        return sortkeys.Keys(float(n), b"S%d" % n, False, b"", b"", b"", "", "",
+                             b"m%d" % n, refs)
+
+    # m1 <- m2 <- ... <- m50 (each naming its parent); m61 under m60; m70 names m50
+    # then m60, so m60 goes under m50 once a walk up from m50 (50 steps) shows that
+    # m60 is not above it.
+    messages = [(n, (float(n), n), keys(n, (b"m%d" % (n - 1),) if n > 1 else ()))
+                for n in range(1, 51)]
+    messages += [(60, (60.0, 60), keys(60, ())), (61, (61.0, 61), keys(61, (b"m60",))),
+                 (70, (70.0, 70), keys(70, (b"m50", b"m60")))]
+    whole = thread._render(thread._references(messages))
+    monkeypatch.setattr(thread, "MAX_LOOP_STEPS", 3)
+    cut = thread._render(thread._references(messages))
+    for body in (whole, cut):
+        numbers = sorted(int(n) for n in body.replace(b"(", b" ").replace(b")", b" ").split())
+        assert numbers == [*range(1, 51), 60, 61, 70]
+    chain = b" ".join(b"%d" % n for n in range(1, 51))
+    assert whole == b"(" + chain + b" 60 (61)(70))"
+    assert cut == b"(" + chain + b")(60 (61)(70))"
+
+
+def test_search_update_during_idle(tmp_path: Path) -> None:
+    """Changes another session makes while this one idles arrive at once, ESEARCH
+    updates included (RFC 5267 4: updates are unsolicited responses)."""
+    s = session_with(tmp_path, message(b"one"), message(b"two"))
+    other = Session(tmp_path)
+    other.login()
+    other.command(b"s SELECT INBOX")
+    s.command(b"u SEARCH RETURN (UPDATE) FLAGGED")
+    assert s.command(b"i IDLE") == [b"+ idling"]
+    other.command(b"a STORE 2 +FLAGS.SILENT (\\Flagged)")
+    s.protocol.folder_changed()  # what the store's watch calls during IDLE
+    assert s.lines() == [b"* 2 FETCH (UID 2 FLAGS (\\Flagged \\Recent))",
+                         b'* ESEARCH (TAG "u") ADDTO (0 2)']
+    assert s.command(b"DONE") == [b"i OK Idle completed"]
