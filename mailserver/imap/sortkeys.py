@@ -36,6 +36,8 @@ BATCH = 1000
 MAX_REFERENCES = 256
 #: Longest subject kept (octets of UTF-8): longer ones sort by their first part.
 MAX_SUBJECT = 1024
+#: Octets of a Subject value that base_subject reads.
+MAX_SUBJECT_INPUT = 8 * 1024
 #: Parsed keys kept in memory, over all folders (about 300 octets each).
 MAX_KEPT = 150_000
 
@@ -81,7 +83,9 @@ def base_subject(raw: bytes | None) -> tuple[str, bool]:
     forward. Encoded words are decoded (a malformed one stays as written)."""
     if raw is None:
         return "", False
-    text = decode_header_value(raw)
+    # Only the start of a huge subject counts: each step below copies the text, so
+    # a megabyte of "Re: " would cost minutes (the key keeps MAX_SUBJECT octets anyway).
+    text = decode_header_value(raw[:MAX_SUBJECT_INPUT])
     text = _SPACES.sub(" ", _CONTROL.sub(" ", text))  # step 1: WSP runs to one SP
     reply = False
     while True:

@@ -445,3 +445,13 @@ def test_search_update_during_idle(tmp_path: Path) -> None:
     assert s.lines() == [b"* 2 FETCH (UID 2 FLAGS (\\Flagged \\Recent))",
                          b'* ESEARCH (TAG "u") ADDTO (0 2)']
     assert s.command(b"DONE") == [b"i OK Idle completed"]
+
+
+def test_base_subject_of_a_hostile_subject_is_cheap() -> None:
+    """1 MB of "Re: " (each step copies the text: minutes uncapped) and other 1 MB
+    subjects: the extraction reads the first 8 KiB only."""
+    started = time.monotonic()
+    assert base_subject(b"Re: " * 250_000 + b"x") == ("", True)
+    assert base_subject(b"[" * 500_000 + b"x" * 500_000)[0].startswith("[[[")
+    assert base_subject(b"=?utf-8?q?" + b"=C3=A9" * 100_000 + b"?=")[0] != ""
+    assert time.monotonic() - started < 1.0
