@@ -10,6 +10,9 @@ Phases, on folders of 1k and 10k messages (and `--big`, 100k: fewer phases):
   FETCH bodies     FETCH 1:* BODY.PEEK[]
   UID SEARCH       UID SEARCH HEADER SUBJECT "invoice"   (~3% of the messages match)
   STORE            STORE 1:* +FLAGS (\\Flagged)   (undone, untimed, before the next run)
+  SORT by date     SORT (DATE) UTF-8 ALL             (RFC 5256)
+  SORT by subject  SORT (SUBJECT) UTF-8 ALL
+  THREAD REFS      THREAD REFERENCES UTF-8 ALL
 
 "cold" is each phase's first run on a freshly started server over a Maildir it has
 never seen (no dovecot.index / no index of ours yet: both build their index and header
@@ -59,6 +62,8 @@ PASSWORD = "pw"
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "results" / "imap.md"
 TIMEOUT = 120  # seconds a single command may take before the run is abandoned
+#: --only: words of the phase labels to run (empty: all).
+ONLY: list[str] = []
 HEADER_FIELDS = b"BODY.PEEK[HEADER.FIELDS (FROM TO SUBJECT DATE MESSAGE-ID)]"
 
 sys.path.insert(0, str(BENCH_DIR.parent))
@@ -277,7 +282,16 @@ def phases(count: int) -> list[tuple[str, bytes, Callable[[bytes], bool]]]:
         ("FETCH bodies", b"FETCH 1:* BODY.PEEK[]", lambda r: fetch_count(r) == count),
         ("UID SEARCH", b'UID SEARCH HEADER SUBJECT "invoice"', lambda r: b"* SEARCH" in r),
         ("STORE +FLAGS", b"STORE 1:* +FLAGS (\\Flagged)", lambda r: fetch_count(r) >= 1),
+        ("SORT by date", b"SORT (DATE) UTF-8 ALL", lambda r: sort_count(r) == count),
+        ("SORT by subject", b"SORT (SUBJECT) UTF-8 ALL", lambda r: sort_count(r) == count),
+        ("THREAD REFERENCES", b"THREAD REFERENCES UTF-8 ALL", lambda r: b"* THREAD (" in r),
     ]
+
+
+def sort_count(response: bytes) -> int:
+    """Numbers in the `* SORT` line."""
+    line = response[response.find(b"* SORT"):].split(b"\r\n", 1)[0]
+    return len(line.split()) - 2
 
 
 async def timed_select(port: int, user: str) -> float:
@@ -324,6 +338,8 @@ async def bench_server(port: int, users: list[str], count: int, repeat: int,
     clients = [await Client.connect(port, u) for u in users]
     try:
         for label, command, check in phases(count):
+            if ONLY and not any(word.lower() in label.lower() for word in ONLY):
+                continue
             runs = [await run_phase(clients, command, check) for _ in range(repeat + 1)]
             record(prefix + label, {})["cold"] = runs[0]
             record(prefix + label, {})["warm"] = statistics.median(runs[1:])
@@ -461,7 +477,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tmpdir", default=None, help="where the Maildirs go")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     ap.add_argument("--output", default=str(RESULTS), help="Markdown file ('' = none)")
+    ap.add_argument("--only", default="",
+                    help="comma-separated words: run only phases whose label has one")
     args = ap.parse_args(argv)
+    ONLY[:] = [w for w in args.only.split(",") if w]
     sizes = [int(x) for x in args.sizes.split(",") if x]  # "": only the big folder
     clients = [int(x) for x in args.clients.split(",")]
     rows: list[str] = []

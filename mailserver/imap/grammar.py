@@ -60,6 +60,9 @@ MAX_SEARCH_KEYS = 100
 MAX_MAILBOX_NAME = 1024
 #: The hierarchy delimiter (Maildir++ and Dovecot's default).
 DELIMITER = "."
+#: RFC 5182 `$`: stands for the saved search result until searchres.resolve replaces it
+#: (told apart by identity; the grammar makes no other empty set).
+SAVED_RESULT = SequenceSet(())
 
 _ATOM_SPECIALS = ATOM_SPECIALS
 _LITERAL_AT_END = re.compile(rb"\{(\d{1,20})(\+?)\}\r\n\Z")
@@ -278,6 +281,9 @@ class Reader:
 
     def sequence_set(self) -> SequenceSet:
         """RFC 3501 9 sequence-set; `0` and numbers above 2^32-1 are errors."""
+        if self.peek() == 0x24:  # RFC 5182 2.1: "$", the saved search result
+            self.pos += 1
+            return SAVED_RESULT
         ranges: list[tuple[int | None, int | None]] = []
         while True:
             first = self._seq_number()
@@ -409,7 +415,8 @@ def parse_command(data: bytes) -> Command:
         reader.sp()
         name = reader.atom().upper()
         uid = True
-        if name not in ("FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE"):
+        if name not in ("FETCH", "STORE", "COPY", "MOVE", "SEARCH", "EXPUNGE", "SORT",
+                        "THREAD"):
             raise reader.fail(f"unknown UID command {name}")
     command = _parse_body(reader, tag, name, uid)
     reader.end()
@@ -718,7 +725,7 @@ def _search_key(r: Reader, depth: int) -> SearchProgram:
             keys.append(_search_key(r, depth + 1))
         r.expect(b")")
         return keys[0] if len(keys) == 1 else SearchAnd(tuple(keys))
-    if c is not None and (0x30 <= c <= 0x39 or c == 0x2A):
+    if c is not None and (0x30 <= c <= 0x39 or c == 0x2A or c == 0x24):
         _count_key(r)
         return SearchKey("SEQUENCE", r.sequence_set())
     op = r.atom().upper()
@@ -781,3 +788,8 @@ def flatten(items: Sequence[FetchAtt]) -> tuple[FetchAtt, ...]:
     for item in items:
         seen.setdefault(item)
     return tuple(seen)
+
+
+# Extensions whose grammar has a module of its own; each registers its parsers in
+# _PARSERS when imported.
+from mailserver.imap import grammar_sort  # noqa: E402, F401

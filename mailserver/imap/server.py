@@ -28,7 +28,7 @@ from mailserver.core import metrics
 from mailserver.core.connection import Goodbyes, LineConnection
 from mailserver.core.context import MailboxFactory
 from mailserver.core.lines import IMAP_LINES, LineRefused
-from mailserver.imap import grammar
+from mailserver.imap import context, grammar, searchres
 from mailserver.imap.commands import (
     ANSWERED,
     ANY,
@@ -263,6 +263,15 @@ class IMAPSession(LineConnection):
             "SPECIAL-USE",
             "CHILDREN",
             "UNSELECT",
+            "ESEARCH",
+            "SEARCHRES",
+            "SORT",
+            "SORT=DISPLAY",
+            "ESORT",
+            "CONTEXT=SEARCH",
+            "CONTEXT=SORT",
+            "THREAD=ORDEREDSUBJECT",
+            "THREAD=REFERENCES",
             f"APPENDLIMIT={self.config.limits.message_size}",
         ]
         return caps
@@ -277,7 +286,8 @@ class IMAPSession(LineConnection):
 
     def report(self, changes: Changes) -> None:
         """Untagged updates from a sync (RFC 3501 7.4.1, 7.3.1, 7.3.2, 7.4.2)."""
-        lines = [b"* %d EXPUNGE\r\n" % n for n in changes.expunged]
+        lines = [context.removed_before_expunge(self.selected, changes)]  # RFC 5267 4.3
+        lines += [b"* %d EXPUNGE\r\n" % n for n in changes.expunged]
         view = self.selected.view if self.selected is not None else None
         if changes.exists is not None:
             lines.append(b"* %d EXISTS\r\n" % changes.exists)
@@ -329,6 +339,13 @@ class IMAPSession(LineConnection):
             self.close()
             raise SessionEnded()
         self.report(changes)
+
+    async def context_updates(self) -> None:
+        """RFC 5267 4: ADDTO / REMOVEFROM for the searches kept up to date, if any."""
+        selected = self.selected
+        if context.active(selected):
+            assert selected is not None
+            self.send(await self.blocking(context.updates, selected.view, selected))
 
     @contextmanager
     def write_flow(self) -> Iterator[WriteFlow]:
@@ -501,9 +518,11 @@ class IMAPSession(LineConnection):
                 # client's numbering, so expunges wait, except for UID commands (RFC 3501
                 # 7.4.1: no EXPUNGE during FETCH, STORE, SEARCH; UID forms may have them).
                 await self.sync(report_expunges=uid)
+            command = searchres.resolve(self.selected, command)  # RFC 5182 "$"
             text = await handler(self, command)
             if self.selected is not None and command.name in SYNC_AFTER:
                 await self.sync()
+            await self.context_updates()
             if text is ANSWERED:
                 return
             self.send(f"{command.tag} OK {text or command.name.title() + ' completed'}\r\n"
@@ -554,6 +573,7 @@ class IMAPSession(LineConnection):
                 if self.idle_tag is not None:
                     try:
                         await self.sync()
+                        await self.context_updates()
                     except SessionEnded:
                         return
                 if not self._idle_again:
@@ -578,6 +598,7 @@ from mailserver.imap import (  # noqa: E402 - the handlers import this module's 
     commands_auth,
     commands_mailbox,
     commands_selected,
+    commands_sort,
 )
 
 #: name -> (states where it is valid, handler). RFC 3501 6.1-6.4 and the extensions.
@@ -607,7 +628,10 @@ HANDLERS: dict[str, tuple[frozenset[State], Handler]] = {
     "CLOSE": (SELECTED, commands_selected.close),
     "UNSELECT": (SELECTED, commands_selected.unselect),
     "EXPUNGE": (SELECTED, commands_selected.expunge),
-    "SEARCH": (SELECTED, commands_selected.search),
+    "SEARCH": (SELECTED, commands_sort.search),
+    "SORT": (SELECTED, commands_sort.sort),
+    "THREAD": (SELECTED, commands_sort.thread),
+    "CANCELUPDATE": (SELECTED, commands_sort.cancel_update),
     "FETCH": (SELECTED, commands_selected.fetch),
     "STORE": (SELECTED, commands_selected.store),
     "COPY": (SELECTED, commands_selected.copy),
@@ -618,7 +642,8 @@ SELECTED_COMMANDS = frozenset(n for n, (states, _) in HANDLERS.items() if states
 #: untagged updates; CLOSE/UNSELECT/SELECT leave no view, LOGOUT says BYE).
 #: FETCH, STORE, SEARCH sync before they run instead (and changes that arrive while
 #: they run are reported at the next command).
-SYNC_BEFORE = frozenset({"FETCH", "STORE", "SEARCH", "COPY", "MOVE"})
+SYNC_BEFORE = frozenset({"FETCH", "STORE", "SEARCH", "COPY", "MOVE", "SORT", "THREAD"})
 SYNC_AFTER = frozenset(HANDLERS) - {"LOGOUT", "CLOSE", "UNSELECT", "SELECT", "EXAMINE",
                                     "IDLE", "STARTTLS", "LOGIN", "AUTHENTICATE",
-                                    "CAPABILITY", "ID", "FETCH", "STORE", "SEARCH"}
+                                    "CAPABILITY", "ID", "FETCH", "STORE", "SEARCH",
+                                    "SORT", "THREAD"}
