@@ -296,12 +296,12 @@ class FolderIndex:
         with self._lock:
             wanted = set(bases)
             found = {b: v for n, b, v in self._pending_items if n == name and b in wanted}
-            if self._item_names is not None and name not in self._item_names:
-                return found
             db = self._connect(create=False)
             if db is None:
                 return found
             try:
+                if not self._has_name(db, name):
+                    return found  # nothing kept under it: no query per 900 messages
                 for base, value in _rows_for(
                         db, "SELECT base, value FROM items WHERE name=? AND base IN ({})",
                         bases, name):
@@ -309,6 +309,16 @@ class FolderIndex:
             except sqlite3.DatabaseError as e:
                 self._drop(e)
         return found
+
+    def _has_name(self, db: sqlite3.Connection, name: str) -> bool:
+        """Whether any row may be kept under item `name`: its first FETCH or SEARCH on a
+        cold folder then costs one query of the small `item_names` table instead of
+        one per 900 messages. The names are read again when `name` is not among them
+        (another process may have added it since)."""
+        if self._item_names is not None and name in self._item_names:
+            return True
+        self._item_names = {n for (n,) in db.execute("SELECT name FROM item_names")}
+        return name in self._item_names
 
     def put_items(self, name: str, values: Sequence[tuple[str, bytes]]) -> None:
         """Keep item `name` of these (base, value) pairs (written in batches)."""

@@ -220,3 +220,39 @@ def test_odd_field_lists_are_answered_but_not_kept(store: UserStore, root: Path)
     with sqlite3.connect(root / INDEX_FILE) as db:
         assert db.execute("SELECT count(*) FROM items").fetchone() == (0,)
         assert db.execute("SELECT count(*) FROM item_names").fetchone() == (0,)
+
+
+def _item_queries(folder: FolderIndex) -> list[str]:
+    """The statements `folder`'s connection runs from now on that read `items`."""
+    seen: list[str] = []
+    assert folder._db is not None
+    folder._db.set_trace_callback(seen.append)
+    return seen
+
+
+def test_an_item_nobody_kept_costs_no_query_per_message(root: Path) -> None:
+    """A first FETCH or SEARCH of a cold folder asks for item names the index never
+    kept: that is one look at the name table, not a query per 900 messages; a name
+    another process adds meanwhile is found (the names are read again; before, a
+    process that had once written kept its first list of names for good)."""
+    writer = FolderIndex(root)
+    writer.bind(7)
+    writer.put_items("ENVELOPE", [("base1", b"(NIL)")])
+    writer.close()
+    folder = FolderIndex(root)  # after a restart
+    folder.bind(7)
+    folder._connect(create=False)
+    queries = _item_queries(folder)
+    bases = [f"base{n}" for n in range(5000)]
+    assert folder.items("BODYSTRUCTURE", bases) == {}
+    assert [q for q in queries if "FROM items" in q] == []
+    assert folder.items("ENVELOPE", bases) == {"base1": b"(NIL)"}
+    assert len([q for q in queries if "FROM items" in q]) == 6  # 5000 / 900
+    other = FolderIndex(root)  # another process keeps BODYSTRUCTURE
+    other.bind(7)
+    other.put_items("BODYSTRUCTURE", [("base2", b"(\"text\")")])
+    other.close()
+    try:
+        assert folder.items("BODYSTRUCTURE", bases) == {"base2": b"(\"text\")"}
+    finally:
+        folder.close()
