@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {name:12} run {r + 1}: {rate:8.1f} commands/s, {errors} errors",
                       flush=True)
                 if errors:
-                    print("\n".join(l for l in text.splitlines() if " x " in l), flush=True)
+                    print("\n".join(line for line in text.splitlines() if " x " in line), flush=True)
     except (OursError, DovecotError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
