@@ -5,7 +5,9 @@ file; they are never served under another UIDVALIDITY, nor after the rendering c
 
 from __future__ import annotations
 
+import queue
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -254,5 +256,48 @@ def test_an_item_nobody_kept_costs_no_query_per_message(root: Path) -> None:
     other.close()
     try:
         assert folder.items("BODYSTRUCTURE", bases) == {"base2": b"(\"text\")"}
+    finally:
+        folder.close()
+
+
+def test_a_full_batch_is_written_by_the_writer_thread(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The FETCH that fills a batch does not wait for sqlite: the writer thread writes
+    it, and its rows are served from memory until then (and from the file after)."""
+    folder = FolderIndex(root)
+    folder.bind(7)
+    writers: list[str] = []
+    real_flush = FolderIndex._flush
+
+    def flush(self: FolderIndex) -> None:
+        writers.append(threading.current_thread().name)
+        real_flush(self)
+    monkeypatch.setattr(FolderIndex, "_flush", flush)
+    rows = [(f"base{n}", b"(%d)" % n) for n in range(index._BATCH)]
+    folder.put_items("ENVELOPE", rows)
+    assert folder.items("ENVELOPE", ["base0", f"base{index._BATCH - 1}"]) == {
+        "base0": b"(0)", f"base{index._BATCH - 1}": b"(%d)" % (index._BATCH - 1)}
+    index.wait_for_writer()
+    assert writers == ["index-writer"]
+    other = FolderIndex(root)  # another process sees them in the file
+    other.bind(7)
+    try:
+        assert len(other.items("ENVELOPE", [b for b, _ in rows])) == index._BATCH
+    finally:
+        other.close()
+        folder.close()
+
+
+def test_a_lagging_writer_does_not_let_pending_rows_grow(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past _MAX_PENDING rows the session's thread writes them itself."""
+    monkeypatch.setattr(index, "_writer", lambda: queue.SimpleQueue())  # never runs
+    folder = FolderIndex(root)
+    folder.bind(7)
+    try:
+        for n in range(index._MAX_PENDING // index._BATCH):
+            folder.put_items("BODY", [(f"b{n}-{i}", b"()") for i in range(index._BATCH)])
+        assert folder._pending_items == []
+        assert len(folder.items("BODY", ["b0-0", "b7-499"])) == 2
     finally:
         folder.close()
