@@ -379,11 +379,6 @@ class IMailboxView(Interface):
         """uid -> the kept value of FETCH item `name` (ENVELOPE, BODYSTRUCTURE, a
         HEADER.FIELDS list, as rendered) for those of `uids` the folder's cache has."""
 
-    def screened_headers(uids: Sequence[int], needle: str,
-                         address: bool) -> dict[int, bytes | None]:
-        """For those of `uids` whose header block the folder's cache has: None if it
-        cannot hold the ASCII word `needle` (lower case) in any field, else the block."""
-
     def remember_items(name: str, values: Sequence[tuple[int, bytes]]) -> None:
         """Keep these (uid, rendered value) of item `name` in the folder's cache, shared
         by every session and process and kept across restarts (a cache: may drop them)."""

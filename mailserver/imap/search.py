@@ -222,52 +222,21 @@ def _text(value: bytes) -> str:
     return value.decode("utf-8", "replace")
 
 
-def _screen(program: SearchProgram) -> tuple[str, bool] | None:
-    """(needle, address field?) of a header key every match must satisfy (the program
-    itself, or a key of its top-level AND) whose needle the index can pre-test; None
-    if there is none."""
-    keys = program.keys if isinstance(program, SearchAnd) else (program,)
-    for key in keys:
-        if not isinstance(key, SearchKey):
-            continue
-        if key.op in _ADDRESS_HEADERS:
-            name, needle = _ADDRESS_HEADERS[key.op], key.value
-        elif key.op == "HEADER":
-            name, needle = key.value
-        else:
-            continue
-        lowered = _plain_needle(needle)
-        if lowered is not None:
-            return lowered.decode("ascii"), name.lower() in ADDRESS_FIELDS
-    return None
-
-
 def run_search(view: IMailboxView, program: SearchProgram, uid: bool,
                cache_key: tuple[Any, ...] | None = None) -> list[int]:
     """Sequence numbers (or UIDs) of the matching messages, ascending. Blocking.
 
     `cache_key` (user, folder, UIDVALIDITY) lets header searches use the shared
-    item cache (fetch.CACHE) and the folder's index, a batch of messages at a time.
-    A header key every match needs is first tested in SQL over the index's header
-    blocks (`screened_headers`): the messages whose block cannot hold its word are
-    not evaluated at all, and only the others' blocks leave sqlite."""
+    item cache (fetch.CACHE) and the folder's index, a batch of messages at a time."""
     evaluator = Evaluator(view)
     found = []
     messages = list(view.messages)
-    screen = _screen(program) if cache_key is not None else None
     for start in range(0, len(messages), _BATCH):
         batch = messages[start:start + _BATCH]
         kept = (Kept(view, cache_key, [info.uid for info in batch])
                 if cache_key is not None else None)
-        screened = (view.screened_headers([info.uid for info in batch], *screen)
-                    if screen is not None else {})
         for i, info in enumerate(batch, start):
-            header = screened.get(info.uid, b"")
-            if header is None:
-                continue  # its header cannot hold a word every match needs
             m = _Message(view, info, i + 1, kept)
-            if header:
-                m._raw_header = header
             try:
                 hit = evaluator.matches(program, m)
             except StoreError:

@@ -143,7 +143,6 @@ class FolderIndex:
             db.execute("PRAGMA synchronous=NORMAL")
             # Thousands of folders may be open: a small page cache each (256 KiB).
             db.execute("PRAGMA cache_size=-256")
-            db.create_function("mailserver_not_ascii", 1, _not_ascii, deterministic=True)
             for statement in _SCHEMA:
                 db.execute(statement)
             _check_items_format(db)
@@ -263,35 +262,6 @@ class FolderIndex:
                 for base, header in _rows_for(
                         db, "SELECT base, header FROM headers WHERE base IN ({})", bases):
                     found[base] = bytes(header)
-            except sqlite3.DatabaseError as e:
-                self._drop(e)
-        return found
-
-    def screen_headers(self, bases: Sequence[str], needle: str,
-                       address: bool) -> dict[str, bytes | None]:
-        """SEARCH's pre-test in SQL over the cached header blocks: for those of `bases`
-        that have one, None if the block cannot hold `needle` (an ASCII word in lower
-        case) in any field, else the block itself (for the caller's exact test). So a
-        header SEARCH on a folder of 10k messages moves only the blocks that may match
-        out of sqlite, not all of them. The test is search._Message.cannot_contain's:
-        a block is passed on if it holds the needle in any case, an encoded word (=?)
-        or a non-ASCII octet, or, for an address field, a comment or quoting (whose
-        normal form may match)."""
-        bases = [b for b in bases if b.isascii()]
-        condition = f"({_MAY_HOLD}{_MAY_HOLD_ADDRESS if address else ''})"
-        with self._lock:
-            wanted = set(bases)
-            found: dict[str, bytes | None] = {b: h for b, h in self._pending_headers
-                                              if b in wanted}
-            db = self._connect(create=False)
-            if db is None:
-                return found
-            try:
-                for base, header in _rows_for(
-                        db, f"SELECT base, CASE WHEN {condition} THEN header END "
-                            "FROM headers WHERE base IN ({})", bases, needle):
-                    if base not in found:
-                        found[base] = None if header is None else bytes(header)
             except sqlite3.DatabaseError as e:
                 self._drop(e)
         return found
@@ -428,19 +398,6 @@ class FolderIndex:
                 self._db.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
-
-
-#: screen_headers' test (its one parameter: the needle); lower() and instr() read past
-#: a NUL. Non-ASCII is tested by a function of ours (GLOB with a class took 40 us a
-#: row), called only for the rows the instr() tests did not pass already.
-_MAY_HOLD = ("instr(lower(header), ?1) > 0 OR instr(header, '=?') > 0"
-             " OR mailserver_not_ascii(header)")
-_MAY_HOLD_ADDRESS = " OR instr(header, '(') > 0 OR instr(header, '\\') > 0" \
-    " OR instr(header, '\"') > 0"
-
-
-def _not_ascii(value: object) -> bool:
-    return not isinstance(value, bytes) or not value.isascii()
 
 
 def _rows_for(db: sqlite3.Connection, query: str, bases: list[str],

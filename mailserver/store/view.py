@@ -287,16 +287,6 @@ class MailboxView:
         found = self.state.index.items(name, list(bases))
         return {bases[base]: value for base, value in found.items()}
 
-    def screened_headers(self, uids: Sequence[int], needle: str,
-                         address: bool) -> dict[int, bytes | None]:
-        """uid -> None (its cached header block cannot hold `needle`) or the block, for
-        those of `uids` whose block the index has (store/index.py screen_headers)."""
-        bases = self._bases(uids)
-        if not bases:
-            return {}
-        found = self.state.index.screen_headers(list(bases), needle, address)
-        return {bases[base]: header for base, header in found.items()}
-
     def remember_items(self, name: str, values: Sequence[tuple[int, bytes]]) -> None:
         """Keep these (uid, value) of item `name` in the folder's index for every later
         session, in this process or another, and after a restart."""
