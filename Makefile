@@ -71,6 +71,7 @@ bench: $(STAMP) tools
 	$(PY) bench/relay.py
 	$(PY) bench/pop3.py
 	$(PY) bench/imap.py
+	$(PY) bench/imaptest_stress.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import email.header
 import os
 import random
@@ -151,11 +152,23 @@ def link_maildir(files: list[Path], maildir: Path) -> None:
 class OursImap(OursInstance):
     """Our server with imap on a loopback port, users u0..uN-1, plaintext allowed."""
 
-    def __init__(self, root: Path, users: list[str]) -> None:
+    def __init__(self, root: Path, users: list[str], code: Path | None = None) -> None:
         super().__init__(root, free_port(), HOST, 1)
         self.users = users
         self.imap_port = free_port()
         self.limits = False  # our own [limits] below: room for 1,000 IDLE sessions
+        self.code = code  # run another tree's code (PYTHONPATH), None: this one
+
+    def start(self) -> None:
+        old = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = str(self.code or BENCH_DIR.parent)
+        try:
+            super().start()
+        finally:
+            if old is None:
+                del os.environ["PYTHONPATH"]
+            else:
+                os.environ["PYTHONPATH"] = old
 
     def write_config(self) -> None:
         super().write_config()
@@ -380,7 +393,8 @@ def ratio(ours: float, theirs: float) -> str:
 
 
 def bench_size(root: Path, count: int, clients: list[int], repeat: int, idle: int,
-               rows: list[str]) -> None:
+               rows: list[str], before: Path | None = None,
+               before_rows: list[str] | None = None) -> None:
     n_users = max(max(clients), 10 if idle else 1)
     users = [f"u{i}" for i in range(n_users)]
     print(f"\n== folder of {count:,} messages, users {users[0]}..{users[-1]}", flush=True)
@@ -389,13 +403,21 @@ def bench_size(root: Path, count: int, clients: list[int], repeat: int, idle: in
     dovecot = DovecotImap(root / "dovecot", root / "dovecot-mail",
                           {u: PASSWORD for u in users}, protocols=("imap",))
     ours.write_config()
+    old_ours = OursImap(root / "ours-before", users, before) if before else None
+    if old_ours is not None:
+        old_ours.write_config()
     for u in users:
         link_maildir(master, ours.mail_root() / u)
         link_maildir(master, root / "dovecot-mail" / u)
-    results: dict[str, dict[str, dict[str, float]]] = {"Dovecot": {}, "ours": {}}
+        if old_ours is not None:
+            link_maildir(master, old_ours.mail_root() / u)
+    results: dict[str, dict[str, dict[str, float]]] = {"Dovecot": {}, "ours": {},
+                                                        "ours-before": {}}
     idle_results: dict[str, tuple[float, float]] = {}
-    with dovecot, ours:
-        servers = (("Dovecot", dovecot, dovecot.ports["imap"]), ("ours", ours, ours.imap_port))
+    with dovecot, ours, (old_ours or contextlib.nullcontext()):
+        servers = [("Dovecot", dovecot, dovecot.ports["imap"]), ("ours", ours, ours.imap_port)]
+        if old_ours is not None:
+            servers.insert(1, ("ours-before", old_ours, old_ours.imap_port))
         for name, inst, port in servers:
             for c in clients:
                 logins = [inst.login_name(u) for u in users[:c]]
@@ -409,7 +431,7 @@ def bench_size(root: Path, count: int, clients: list[int], repeat: int, idle: in
                         phase = key.split("|", 1)[1]
                         print(f"    {phase:22}: cold {v['cold'] * 1000:9.1f} ms"
                               f"  warm {v['warm'] * 1000:9.1f} ms", flush=True)
-            if idle:
+            if idle and name != "ours-before":
                 logins = [inst.login_name(u) for u in users[:10]]
                 idle_results[name] = asyncio.run(idle_rss(port, inst.master_pid, logins, idle))
                 print(f"  {name:8} {idle} IDLE sessions: {idle_results[name][0]:.1f} KiB RSS, "
@@ -420,6 +442,16 @@ def bench_size(root: Path, count: int, clients: list[int], repeat: int, idle: in
         rows.append(f"| {count:,} | {label} | {c} | {d['cold'] * 1000:.0f} / {o['cold'] * 1000:.0f}"
                     f" | {ratio(o['cold'], d['cold'])} | {d['warm'] * 1000:.1f} / "
                     f"{o['warm'] * 1000:.1f} | {ratio(o['warm'], d['warm'])} |")
+    for key in results["ours-before"]:
+        c, label = key.split("|")
+        d, b, o = results["Dovecot"][key], results["ours-before"][key], results["ours"][key]
+        assert before_rows is not None
+        before_rows.append(
+            f"| {count:,} | {label} | {c} | {d['cold'] * 1000:.0f} / {b['cold'] * 1000:.0f} / "
+            f"{o['cold'] * 1000:.0f} | {ratio(b['cold'], d['cold'])} -> "
+            f"{ratio(o['cold'], d['cold'])} | {d['warm'] * 1000:.1f} / {b['warm'] * 1000:.1f} / "
+            f"{o['warm'] * 1000:.1f} | {ratio(b['warm'], d['warm'])} -> "
+            f"{ratio(o['warm'], d['warm'])} |")
     if idle_results:
         d_rss, d_pss = idle_results["Dovecot"]
         o_rss, o_pss = idle_results["ours"]
@@ -479,16 +511,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output", default=str(RESULTS), help="Markdown file ('' = none)")
     ap.add_argument("--only", default="",
                     help="comma-separated words: run only phases whose label has one")
+    ap.add_argument("--before", default=None,
+                    help="also run ours from this tree (e.g. a git worktree of the base "
+                         "commit): ours-before, ours and Dovecot in one run")
     args = ap.parse_args(argv)
     ONLY[:] = [w for w in args.only.split(",") if w]
     sizes = [int(x) for x in args.sizes.split(",") if x]  # "": only the big folder
     clients = [int(x) for x in args.clients.split(",")]
     rows: list[str] = []
+    before_rows: list[str] = []
+    before = Path(args.before).resolve() if args.before else None
     tmp = Path(tempfile.mkdtemp(prefix="imapbench-", dir=args.tmpdir))
     try:
         for i, size in enumerate(sizes):
             bench_size(tmp / f"n{size}", size, clients, args.repeat,
-                       args.idle if i == 0 else 0, rows)
+                       args.idle if i == 0 else 0, rows, before, before_rows)
             if not args.keep:
                 shutil.rmtree(tmp / f"n{size}", ignore_errors=True)
         if not args.no_big:
@@ -512,6 +549,16 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|---|---|",
         *rows,
     ])
+    if before_rows:
+        table += "\n".join([
+            "\n\nThe same run, ours before (the tree at --before) and after: times in ms, "
+            "Dovecot / ours-before / ours; ratios ours-before -> ours (over Dovecot)",
+            "",
+            "| messages | phase | clients | cold D / before / after | ratio | "
+            "warm D / before / after | ratio |",
+            "|---|---|---|---|---|---|---|",
+            *before_rows,
+        ])
     print("\n" + table)
     if args.output:
         Path(args.output).write_text(table + "\n")

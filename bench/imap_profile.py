@@ -2,7 +2,7 @@
 
 Starts our server alone on a folder of `--size` messages for `--clients` users, runs each
 phase once (cold: its time and CPU are printed too), then records py-spy while the phases run `--repeat` more
-times, and prints each phase's warm wall time, the server's CPU time (all threads) and the
+times (`--cold`: from the first login on, so the cold phases are in it), and prints each phase's warm wall time, the server's CPU time (all threads) and the
 client's during it. The flame graph (SVG) and py-spy's raw
 collapsed stacks go to `--out`; `--phases` picks phases by a substring of their label.
 
@@ -33,7 +33,9 @@ def _cpu(pid: int) -> float:
 
 
 async def _warm(port: int, pid: int, logins: list[str], count: int, wanted: list[str], repeat: int,
-                spy: list[str] | None) -> dict[str, list[float]]:
+                spy: list[str] | None, cold: bool = False) -> dict[str, list[float]]:
+    proc = subprocess.Popen(spy) if spy and cold else None
+    await asyncio.sleep(1 if proc else 0)
     clients = [await Client.connect(port, u) for u in logins]
     chosen = [p for p in phases(count) if not wanted or any(w in p[0] for w in wanted)]
     out: dict[str, list[float]] = {}
@@ -41,8 +43,9 @@ async def _warm(port: int, pid: int, logins: list[str], count: int, wanted: list
         cpu0 = _cpu(pid)
         out[label + " (cold)"] = [await run_phase(clients, command, check)]
         out[label + " (cold) cpu"] = [_cpu(pid) - cpu0]
-    proc = subprocess.Popen(spy) if spy else None
-    await asyncio.sleep(1 if spy else 0)
+    if not cold:
+        proc = subprocess.Popen(spy) if spy else None
+        await asyncio.sleep(1 if spy else 0)
     for _ in range(repeat):
         for label, command, check in chosen:
             cpu0, mine0 = _cpu(pid), time.process_time()
@@ -67,6 +70,8 @@ def main() -> int:
     ap.add_argument("--format", default="flamegraph", help="py-spy format: flamegraph, raw")
     ap.add_argument("--spy-args", default="", help="more py-spy options, e.g. --gil")
     ap.add_argument("--rate", type=int, default=50, help="py-spy samples per second")
+    ap.add_argument("--cold", action="store_true",
+                    help="record from the first login (the cold phases) instead")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="imapprof-"))
     users = [f"u{i}" for i in range(args.clients)]
@@ -91,7 +96,7 @@ def main() -> int:
             t0 = time.perf_counter()
             got = asyncio.run(_warm(ours.imap_port, pids[-1], [ours.login_name(u) for u in users],
                                     args.size, [w for w in args.phases.split(",") if w],
-                                    args.repeat, spy))
+                                    args.repeat, spy, args.cold))
             print(f"{args.clients} clients, {args.size} messages, "
                   f"{time.perf_counter() - t0:.1f} s")
             for label, times in got.items():

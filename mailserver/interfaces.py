@@ -23,7 +23,7 @@ both open a user's mail through IMailboxOpener (the bottom of this file).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -446,8 +446,10 @@ class IUserStore(Interface):
     def select(name: str, read_only: bool = False) -> IMailboxView: ...
 
     def append(name: str, message: bytes, flags: Sequence[str] = (),
-               internal_date: float | None = None) -> CopyResult:
-        """Store `message` (CRLF as the client sent it) durably; TRYCREATE if missing."""
+               internal_date: float | None = None,
+               items: Callable[[bytes], Mapping[str, bytes]] | None = None) -> CopyResult:
+        """Store `message` (CRLF as the client sent it) durably; TRYCREATE if missing.
+        `items` renders FETCH items of it (as read back) to keep in the folder's cache."""
 
     def watch(name: str, callback: Callable[[], None]) -> Callable[[], None]:
         """Call `callback` in the reactor thread soon after anything in the folder

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from mailserver.imap import grammar, listmatch, mutf7
 from mailserver.imap.commands import Selected, State, bad, no
 from mailserver.imap.encode import astring, parse_date_time
+from mailserver.imap.precompute import append_items
 from mailserver.interfaces import CopyResult, FolderInfo, FolderStatus, IMailboxView, IUserStore
 from mailserver.logs import logger
 
@@ -272,7 +273,8 @@ async def append(session: IMAPSession, command: grammar.Append) -> str | None:
         else:
             flags.append(flag)
     result: CopyResult = await session.blocking(session.authenticated().store.append, name,
-                                                command.message, tuple(flags), date)
+                                                command.message, tuple(flags), date,
+                                                append_items)
     uid = result.dest_uids[0] if result.dest_uids else 0
     if session.selected is not None and session.selected.name == name:
         await session.sync()

@@ -9,7 +9,10 @@ sqlite3 (stdlib) in WAL mode: readers in other processes never see a torn file,
 writers are serialised by sqlite's own locks, and a damaged database is deleted and
 started again. Writes are batched (a header FETCH of 100k messages is a few hundred
 transactions, not 100k); synchronous=NORMAL, because losing the last batch in a crash
-only means reading those files once more.
+only means reading those files once more. A full batch is written by the process's
+index-writer thread (the FETCH or SEARCH that filled it answers meanwhile: on a cold
+folder the writes were a fifth of a first FETCH's time), its rows served from memory
+until then; flush() and close() still write synchronously.
 
 The database records the UIDVALIDITY of the UID list it was filled under (table
 `validity`), and a FolderIndex is bound to the UIDVALIDITY its folder state numbers
@@ -34,6 +37,7 @@ items dropped on open. At most MAX_ITEM_NAMES distinct names are kept per folder
 from __future__ import annotations
 
 import os
+import queue
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -45,8 +49,10 @@ from mailserver.logs import logger
 log = logger(__name__)
 
 INDEX_FILE = "mailserver-index.db"
-#: Pending writes are committed in batches of this many.
+#: Pending writes are committed in batches of this many (by the writer thread).
 _BATCH = 500
+#: Pending rows past which the session's thread writes them itself (writer lagging).
+_MAX_PENDING = 8 * _BATCH
 #: Headers larger than this are not cached (a header bomb must not bloat the cache).
 MAX_CACHED_HEADER = 64 * 1024
 _SCHEMA = (
@@ -105,6 +111,8 @@ class FolderIndex:
         self.validity = 0
         #: The database serves a newer UIDVALIDITY than ours: we use no cache.
         self._stale = False
+        #: Handed to the writer thread, not written yet (_spill).
+        self._queued = False
 
     def bind(self, validity: int) -> None:
         """Serve the folder's UID space `validity` (its state calls this once it has
@@ -237,7 +245,7 @@ class FolderIndex:
         with self._lock:
             self._pending_meta.append((base, size, date))
             if len(self._pending_meta) >= _BATCH:
-                self._flush()
+                self._spill()
 
     # ----------------------------------------------------------------- headers
 
@@ -264,7 +272,7 @@ class FolderIndex:
         with self._lock:
             self._pending_headers.append((base, header))
             if len(self._pending_headers) >= _BATCH:
-                self._flush()
+                self._spill()
 
     def forget(self, bases: Sequence[str]) -> None:
         """Drop rows of expunged messages (keeps the cache the size of the folder)."""
@@ -296,12 +304,12 @@ class FolderIndex:
         with self._lock:
             wanted = set(bases)
             found = {b: v for n, b, v in self._pending_items if n == name and b in wanted}
-            if self._item_names is not None and name not in self._item_names:
-                return found
             db = self._connect(create=False)
             if db is None:
                 return found
             try:
+                if not self._has_name(db, name):
+                    return found  # nothing kept under it: no query per 900 messages
                 for base, value in _rows_for(
                         db, "SELECT base, value FROM items WHERE name=? AND base IN ({})",
                         bases, name):
@@ -310,13 +318,23 @@ class FolderIndex:
                 self._drop(e)
         return found
 
+    def _has_name(self, db: sqlite3.Connection, name: str) -> bool:
+        """Whether any row may be kept under item `name`: its first FETCH or SEARCH on a
+        cold folder then costs one query of the small `item_names` table instead of
+        one per 900 messages. The names are read again when `name` is not among them
+        (another process may have added it since)."""
+        if self._item_names is not None and name in self._item_names:
+            return True
+        self._item_names = {n for (n,) in db.execute("SELECT name FROM item_names")}
+        return name in self._item_names
+
     def put_items(self, name: str, values: Sequence[tuple[str, bytes]]) -> None:
         """Keep item `name` of these (base, value) pairs (written in batches)."""
         with self._lock:
             self._pending_items.extend(
                 (name, b, v) for b, v in values if len(v) <= MAX_ITEM and b.isascii())
             if len(self._pending_items) >= _BATCH:
-                self._flush()
+                self._spill()
 
     def _admit_names(self, db: sqlite3.Connection, names: set[str]) -> set[str]:
         """Those of `names` the database may keep: known ones, and new ones while fewer
@@ -333,7 +351,22 @@ class FolderIndex:
 
     def flush(self) -> None:
         with self._lock:
+            self._queued = False
             self._flush()
+
+    def _spill(self) -> None:
+        """A batch is pending (caller holds the lock): hand its write to the writer
+        thread, so the FETCH or SEARCH that filled it answers without waiting for
+        sqlite, whose write then overlaps the sending (sqlite runs without the GIL).
+        The rows stay readable from the pending lists meanwhile. Past _MAX_PENDING
+        (the writer lags), the caller writes them itself: memory stays bounded."""
+        pending = len(self._pending_meta) + len(self._pending_headers) + len(self._pending_items)
+        if pending >= _MAX_PENDING:
+            self._queued = False
+            self._flush()
+        elif not self._queued:
+            self._queued = True
+            _writer().put(self)
 
     def _flush(self) -> None:
         if not self._pending_meta and not self._pending_headers and not self._pending_items:
@@ -374,3 +407,37 @@ def _rows_for(db: sqlite3.Connection, query: str, bases: list[str],
     for start in range(0, len(bases), 900):
         chunk = bases[start:start + 900]
         yield from db.execute(query.format(",".join("?" * len(chunk))), [*params, *chunk])
+
+
+_queue: queue.SimpleQueue[FolderIndex] | None = None
+_queue_lock = threading.Lock()
+
+
+def _writer() -> queue.SimpleQueue[FolderIndex]:
+    """The process's index writer: one thread that flushes the indexes handed to it
+    (FolderIndex._spill), started on first use."""
+    global _queue
+    with _queue_lock:
+        if _queue is None:
+            _queue = queue.SimpleQueue()
+            threading.Thread(target=_write_forever, args=(_queue,), name="index-writer",
+                             daemon=True).start()
+        return _queue
+
+
+def _write_forever(jobs: queue.SimpleQueue[FolderIndex]) -> None:
+    while True:
+        index = jobs.get()
+        try:
+            index.flush()
+        except Exception as e:  # noqa: BLE001 - a cache write lost; the thread must live
+            log.warn("index {path} not written: {error}", path=str(index.path), error=repr(e))
+
+
+def wait_for_writer() -> None:
+    """Return once the writer has written what was handed to it before (tests)."""
+    done = threading.Event()
+    marker = FolderIndex(Path("/nonexistent"))
+    marker.flush = done.set  # type: ignore[method-assign]
+    _writer().put(marker)
+    done.wait(30)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from zope.interface import implementer
@@ -30,15 +30,19 @@ from mailserver.logs import logger
 from mailserver.store import notify
 from mailserver.store.flags import Keywords
 from mailserver.store.folders import Folders, normalize, parent_names
-from mailserver.store.folderstate import FolderState
+from mailserver.store.folderstate import FolderState, to_crlf
 from mailserver.store.maildir import fsync_dir
 from mailserver.store.names import split_name, stored_size_of
 from mailserver.store.registry import acquire_state, forget_folders, release_state
 from mailserver.store.transfer import link_into, move_into, write_new
 from mailserver.store.uidlist import locked
-from mailserver.store.view import MailboxView
+from mailserver.store.view import MailboxView, header_block_of
 
 log = logger(__name__)
+
+#: APPENDed messages up to this size have their FETCH items kept at once (a bigger one
+#: would be held twice more in memory; its items are computed at its first FETCH).
+MAX_KEPT_AT_APPEND = 1 << 20
 
 
 #: Folders besides INBOX a user may have when the caller names no limit (the default
@@ -168,7 +172,11 @@ class UserStore:
     # ----------------------------------------------------------------- writing
 
     def append(self, name: str, message: bytes | bytearray, flags: Sequence[str] = (),
-               internal_date: float | None = None) -> CopyResult:
+               internal_date: float | None = None,
+               items: Callable[[bytes], Mapping[str, bytes]] | None = None) -> CopyResult:
+        """`items`, if given, renders FETCH items (ENVELOPE, BODYSTRUCTURE...) of the
+        message as read back; they and its header block go into the folder's index now,
+        while the bytes are in hand, so its first FETCH or SEARCH opens no file."""
         _, path = self._existing(name, missing="TRYCREATE")
         state = self._state(path)
         try:
@@ -183,6 +191,8 @@ class UserStore:
             with state.lock:
                 uids = state.uidlist.assign([split_name(final)[0]])
                 validity = self._validity(state)
+            if items is not None and len(message) <= MAX_KEPT_AT_APPEND:
+                _keep_items(state, validity, split_name(final)[0], message, items)
             return CopyResult(uid_validity=validity, source_uids=(),
                               dest_uids=tuple(uids.values()))
         finally:
@@ -269,3 +279,22 @@ class UserStore:
         name = normalize(name)
         return notify.watch(self.tree.path(name), callback)
 
+
+def _keep_items(state: FolderState, validity: int, base: str, message: bytes | bytearray,
+                items: Callable[[bytes], Mapping[str, bytes]]) -> None:
+    """Put the header block and the FETCH items of an APPENDed message into the folder's
+    index, from the bytes as a later read gives them (stored with LF ends, served with
+    CRLF: view.read), so they equal what its first FETCH would have computed. Only when
+    the index serves the folder's current UIDVALIDITY (a session has it open)."""
+    index = state.index
+    if index.validity != validity:
+        return
+    stored = bytes(message).replace(b"\r\n", b"\n")  # what transfer.write_new wrote
+    try:
+        values = items(to_crlf(stored))
+    except Exception as e:  # noqa: BLE001 - stored already: its first FETCH says why
+        log.warn("items of appended {base} not kept: {error}", base=base, error=repr(e))
+        return
+    index.put_header(base, header_block_of(stored))
+    for name, value in values.items():
+        index.put_items(name, [(base, value)])

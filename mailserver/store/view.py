@@ -467,12 +467,27 @@ def _header_block(fd: int) -> bytes:
     while True:
         chunk = os.read(fd, size)
         data += chunk
-        normalized = data.replace(b"\r\n", b"\n") if b"\r" in data else data
-        if normalized.startswith(b"\n"):
-            return b"\r\n"
-        end = normalized.find(b"\n\n")
-        if end >= 0:
-            return to_crlf(normalized[:end + 2])
+        block = _ended_header(data)
+        if block is not None:
+            return block
         if not chunk or len(data) >= _HEADER_SCAN_LIMIT:
-            return to_crlf(normalized)  # no body: the whole message is header
+            return header_block_of(data)  # no body: the whole message is header
         size = min(size * 4, 1 << 20)
+
+
+def header_block_of(data: bytes) -> bytes:
+    """The header block of a whole message as stored, blank line included, CRLF ends
+    (all of it when it has no body): what header() reads from its file."""
+    block = _ended_header(data)
+    if block is not None:
+        return block
+    return to_crlf(data.replace(b"\r\n", b"\n") if b"\r" in data else data)
+
+
+def _ended_header(data: bytes) -> bytes | None:
+    """The header block in the start of a file, None if `data` holds no end of it."""
+    normalized = data.replace(b"\r\n", b"\n") if b"\r" in data else data
+    if normalized.startswith(b"\n"):
+        return b"\r\n"
+    end = normalized.find(b"\n\n")
+    return to_crlf(normalized[:end + 2]) if end >= 0 else None

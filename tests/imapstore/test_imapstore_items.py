@@ -5,7 +5,9 @@ file; they are never served under another UIDVALIDITY, nor after the rendering c
 
 from __future__ import annotations
 
+import queue
 import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -220,3 +222,82 @@ def test_odd_field_lists_are_answered_but_not_kept(store: UserStore, root: Path)
     with sqlite3.connect(root / INDEX_FILE) as db:
         assert db.execute("SELECT count(*) FROM items").fetchone() == (0,)
         assert db.execute("SELECT count(*) FROM item_names").fetchone() == (0,)
+
+
+def _item_queries(folder: FolderIndex) -> list[str]:
+    """The statements `folder`'s connection runs from now on that read `items`."""
+    seen: list[str] = []
+    assert folder._db is not None
+    folder._db.set_trace_callback(seen.append)
+    return seen
+
+
+def test_an_item_nobody_kept_costs_no_query_per_message(root: Path) -> None:
+    """A first FETCH or SEARCH of a cold folder asks for item names the index never
+    kept: that is one look at the name table, not a query per 900 messages; a name
+    another process adds meanwhile is found (the names are read again; before, a
+    process that had once written kept its first list of names for good)."""
+    writer = FolderIndex(root)
+    writer.bind(7)
+    writer.put_items("ENVELOPE", [("base1", b"(NIL)")])
+    writer.close()
+    folder = FolderIndex(root)  # after a restart
+    folder.bind(7)
+    folder._connect(create=False)
+    queries = _item_queries(folder)
+    bases = [f"base{n}" for n in range(5000)]
+    assert folder.items("BODYSTRUCTURE", bases) == {}
+    assert [q for q in queries if "FROM items" in q] == []
+    assert folder.items("ENVELOPE", bases) == {"base1": b"(NIL)"}
+    assert len([q for q in queries if "FROM items" in q]) == 6  # 5000 / 900
+    other = FolderIndex(root)  # another process keeps BODYSTRUCTURE
+    other.bind(7)
+    other.put_items("BODYSTRUCTURE", [("base2", b"(\"text\")")])
+    other.close()
+    try:
+        assert folder.items("BODYSTRUCTURE", bases) == {"base2": b"(\"text\")"}
+    finally:
+        folder.close()
+
+
+def test_a_full_batch_is_written_by_the_writer_thread(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The FETCH that fills a batch does not wait for sqlite: the writer thread writes
+    it, and its rows are served from memory until then (and from the file after)."""
+    folder = FolderIndex(root)
+    folder.bind(7)
+    writers: list[str] = []
+    real_flush = FolderIndex._flush
+
+    def flush(self: FolderIndex) -> None:
+        writers.append(threading.current_thread().name)
+        real_flush(self)
+    monkeypatch.setattr(FolderIndex, "_flush", flush)
+    rows = [(f"base{n}", b"(%d)" % n) for n in range(index._BATCH)]
+    folder.put_items("ENVELOPE", rows)
+    assert folder.items("ENVELOPE", ["base0", f"base{index._BATCH - 1}"]) == {
+        "base0": b"(0)", f"base{index._BATCH - 1}": b"(%d)" % (index._BATCH - 1)}
+    index.wait_for_writer()
+    assert writers == ["index-writer"]
+    other = FolderIndex(root)  # another process sees them in the file
+    other.bind(7)
+    try:
+        assert len(other.items("ENVELOPE", [b for b, _ in rows])) == index._BATCH
+    finally:
+        other.close()
+        folder.close()
+
+
+def test_a_lagging_writer_does_not_let_pending_rows_grow(
+        root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past _MAX_PENDING rows the session's thread writes them itself."""
+    monkeypatch.setattr(index, "_writer", lambda: queue.SimpleQueue())  # never runs
+    folder = FolderIndex(root)
+    folder.bind(7)
+    try:
+        for n in range(index._MAX_PENDING // index._BATCH):
+            folder.put_items("BODY", [(f"b{n}-{i}", b"()") for i in range(index._BATCH)])
+        assert folder._pending_items == []
+        assert len(folder.items("BODY", ["b0-0", "b7-499"])) == 2
+    finally:
+        folder.close()
