@@ -450,6 +450,9 @@ class IModseqView(IMailboxView):
 class IUserStore(Interface):
     """All folders of one user (data_dir/mail/DOMAIN/LOCALPART/)."""
 
+    def highest_modseq(name: str) -> int:
+        """HIGHESTMODSEQ of folder `name` (RFC 7162 3.1.9 STATUS)."""
+
     location = Attribute(
         "str: where the folders live (the Maildir's path); in cache keys, so that a "
         "Maildir made again from scratch never meets entries of the old one")
