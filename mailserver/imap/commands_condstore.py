@@ -203,7 +203,8 @@ async def store_lines(session: IMAPSession, command: grammar.Store, indexes: lis
     lines = []
     for i in picked:
         info = messages[i]
-        uid = b"UID %d " % info.uid if command.uid else b""
+        # RFC 7162 3.2.4: UID in every FETCH once QRESYNC is enabled.
+        uid = b"UID %d " % info.uid if command.uid or session.qresync else b""
         flags = b"" if command.silent else b"FLAGS %s " % flag_list(sorted(info.flags),
                                                                     info.recent)
         lines.append(b"* %d FETCH (%s%s%s)\r\n" % (i + 1, uid, flags, modseqs[info.uid]))

@@ -107,8 +107,9 @@ async def fetch(session: IMAPSession, command: grammar.Fetch) -> str | None:
     view = session.selection().view
     indexes = sequence_indexes(view.messages, command.sequence, command.uid)
     items = list(grammar.flatten(command.items))
-    if command.uid and not any(att.name == "UID" for att in items):
-        items.insert(0, grammar.FetchAtt("UID"))  # RFC 3501 6.4.8
+    if (command.uid or session.qresync) and not any(att.name == "UID" for att in items):
+        # RFC 3501 6.4.8; RFC 7162 3.2.4: every FETCH has UID once QRESYNC is enabled.
+        items.insert(0, grammar.FetchAtt("UID"))
     with_modseq = condstore.wants_modseq(command)
     if with_modseq:
         # RFC 7162 3.1.4.1: MODSEQ comes from the modseq database; CHANGEDSINCE

@@ -205,3 +205,13 @@ def test_examine_condstore_is_read_only_and_claims_nothing(s: Session) -> None:
     assert lines[-1] == b"s OK [READ-ONLY] Examine completed"
     assert s.command(b"t STORE 1 (UNCHANGEDSINCE 5) +FLAGS (\\Seen)") == [
         b"t NO [CANNOT] Mailbox is read-only (EXAMINE)"]
+
+
+def test_every_fetch_has_uid_once_qresync_is_enabled(s: Session) -> None:
+    """RFC 7162 3.2.4 (ImapTest's stress run with qresync checks it)."""
+    s.command(b"e ENABLE QRESYNC")
+    highest = _highest(s.command(b"s SELECT INBOX"))
+    assert s.command(b"f FETCH 1 FLAGS") == [b"* 1 FETCH (UID 1 FLAGS (\\Recent))",
+                                             b"f OK Fetch completed"]
+    assert s.command(b"t STORE 2 +FLAGS.SILENT (\\Seen)") == [
+        b"* 2 FETCH (UID 2 MODSEQ (%d))" % (highest + 1), b"t OK Store completed"]
