@@ -88,12 +88,13 @@ def _qresync_answer(view: IModseqView, qresync: Qresync | None) -> tuple[int, by
     if vanished:
         lines.append(b"* VANISHED (EARLIER) " + ranges_text(vanished) + b"\r\n")
     messages = view.messages
-    for i, info in enumerate(messages):
-        modseq = changed.get(info.uid)
-        if modseq is None or (known is not None and not _within(info.uid, known)):
+    for uid in sorted(changed):  # the changes, not the folder (100 of 100,000)
+        seq = view.seq_of(uid)
+        if seq is None or (known is not None and not _within(uid, known)):
             continue
+        info, modseq = messages[seq - 1], changed[uid]
         lines.append(b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n" % (
-            i + 1, info.uid, flag_list(sorted(info.flags), info.recent), modseq))
+            seq, uid, flag_list(sorted(info.flags), info.recent), modseq))
     return max(highest, view.highest_modseq), b"".join(lines)
 
 
