@@ -170,9 +170,14 @@ class FolderModseqs:
         if (self._synced == state.modseq and self._loads == state.loads
                 and self.validity == validity):
             return
+        db = self._connect()
+        if self.highest and self._recorded_elsewhere(db):
+            # Another process recorded changes since we last looked: list the folder
+            # now, so that a HIGHESTMODSEQ we hand out does not cover a change of
+            # theirs that our state has not seen yet (its client would never be told).
+            state.refresh(force=True)
         full = self._synced < 0 or self._loads != state.loads or self.validity != validity
         changed = None if full else state.changes_since(self._synced)
-        db = self._connect()
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -191,6 +196,13 @@ class FolderModseqs:
         self.validity = validity
         self._synced = state.modseq
         self._loads = state.loads
+
+    def _recorded_elsewhere(self, db: sqlite3.Connection) -> bool:
+        try:
+            row = db.execute("SELECT highest FROM folder").fetchone()
+        except sqlite3.OperationalError:
+            return False  # busy: the transaction below waits for it
+        return row is not None and int(row[0]) > self.highest
 
     def _claim(self, db: sqlite3.Connection, validity: int) -> int:
         """HIGHESTMODSEQ of the database, emptied first if it served another

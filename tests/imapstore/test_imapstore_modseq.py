@@ -137,3 +137,29 @@ def test_a_database_of_another_uidvalidity_is_emptied(store: UserStore, root: Pa
     assert [u for (u,) in db.execute("SELECT uid FROM messages")] == [1]
     db.close()
     view.close()
+
+
+def test_a_highestmodseq_never_covers_another_process_change_unseen(
+        store: UserStore, root: Path) -> None:
+    """Process B records a change of message 2 while our state has not listed the
+    folder since; when we then record a change of our own, the new HIGHESTMODSEQ
+    covers B's too, so our state must have seen it (else our client, told that
+    HIGHESTMODSEQ, would never learn of B's change)."""
+    from mailserver.store.folderstate import FolderState
+
+    deliver(root, "a", sub="cur")
+    deliver(root, "b", sub="cur")
+    view = _tracked(store)
+    other = FolderState(root, root)  # another process's state of the same folder
+    with other.lock:
+        other.refresh()
+        other.modseqs.activate(other)
+        name = other.entries[2].name
+        os.rename(root / "cur" / name, root / "cur" / (name.split(":")[0] + ":2,F"))
+        other.refresh(force=True)
+        other.record_modseqs()
+    view.store([1], "+", ["\\Seen"])
+    assert "\\Flagged" in view.state.entries[2].info.flags
+    assert view.changed_since(0)[2] < view.highest_modseq
+    other.modseqs.close()
+    view.close()
