@@ -151,8 +151,10 @@ class FolderModseqs:
             self._db = None
 
     def forget(self) -> None:
-        """The folder's UID space changed (FolderState._forget_all): record afresh."""
+        """The folder's UID space changed (FolderState._forget_all: the folder may have
+        been deleted and made again, with a new database file): record afresh."""
         self._synced = -1
+        self.close()
 
     # ----------------------------------------------------------------- recording
 

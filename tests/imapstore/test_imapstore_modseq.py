@@ -163,3 +163,23 @@ def test_a_highestmodseq_never_covers_another_process_change_unseen(
     assert view.changed_since(0)[2] < view.highest_modseq
     other.modseqs.close()
     view.close()
+
+
+def test_a_folder_made_again_gets_a_new_modseq_database(store: UserStore, root: Path) -> None:
+    """A session holds the folder (and its open modseq database) while it is deleted
+    and made again: the shared state must then write the new folder's database, not
+    the deleted file it still has open."""
+    store.create("Held")
+    store.append("Held", b"Subject: one\r\n\r\nx\r\n")
+    holder = _tracked(store, "Held")
+    store.delete("Held")
+    store.create("Held")
+    validity = store.append("Held", b"Subject: two\r\n\r\ny\r\n").uid_validity
+    view = _tracked(store, "Held")
+    assert view.uid_validity == validity
+    db = sqlite3.connect(root / ".Held" / MODSEQ_FILE)
+    assert db.execute("SELECT validity FROM folder").fetchall() == [(validity,)]
+    assert db.execute("SELECT uid FROM messages").fetchall() == [(1,)]
+    db.close()
+    view.close()
+    holder.close()
