@@ -178,12 +178,16 @@ class FolderModseqs:
             # now, so that a HIGHESTMODSEQ we hand out does not cover a change of
             # theirs that our state has not seen yet (its client would never be told).
             state.refresh(force=True)
+            validity = state.numbered_validity or state.validity
+            db = self._connect()  # the refresh may have found the folder made again
         full = self._synced < 0 or self._loads != state.loads or self.validity != validity
         changed = None if full else state.changes_since(self._synced)
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
                 highest = self._claim(db, validity)
+                if self._synced < 0:  # a new or emptied database: every message
+                    changed = None
                 highest = self._record(db, state, highest, changed)
             except BaseException:
                 db.execute("ROLLBACK")

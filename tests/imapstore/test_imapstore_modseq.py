@@ -183,3 +183,18 @@ def test_a_folder_made_again_gets_a_new_modseq_database(store: UserStore, root: 
     db.close()
     view.close()
     holder.close()
+
+
+def test_a_database_deleted_while_in_use_is_filled_again_whole(store: UserStore,
+                                                               root: Path) -> None:
+    for n in range(3):
+        deliver(root, f"m{n}")
+    view = _tracked(store)
+    view.state.modseqs.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{root / MODSEQ_FILE}{suffix}").unlink(missing_ok=True)
+    view.store([2], "+", ["\\Seen"])
+    db = sqlite3.connect(root / MODSEQ_FILE)
+    assert sorted(u for (u,) in db.execute("SELECT uid FROM messages")) == [1, 2, 3]
+    db.close()
+    view.close()
