@@ -36,8 +36,11 @@ class ModseqViewMixin:
     #: The session enabled CONDSTORE: syncs give flag changes their modseqs.
     condstore = False
 
-    def _store_locked(self, uids: Sequence[int], mode: str, flags: Sequence[str]
-                      ) -> list[MessageInfo]:
+    #: UIDs the last STORE (UNCHANGEDSINCE) refused (MODIFIED).
+    _modified: list[int]
+
+    def store(self, uids: Sequence[int], mode: str, flags: Sequence[str],
+              unchanged_since: int | None = None) -> list[MessageInfo]:
         raise NotImplementedError  # MailboxView's
 
     def enable_condstore(self) -> int:
@@ -128,17 +131,19 @@ class ModseqViewMixin:
                               unchanged_since: int) -> tuple[list[MessageInfo], list[int]]:
         """STORE (UNCHANGEDSINCE n) (RFC 7162 3.1.3): the messages whose modseq is above
         `unchanged_since` are left alone and returned second (MODIFIED); the check and
-        the store happen under one hold of the folder's lock."""
-        state = self.state
-        with state.lock:
-            self._record()
-            current = self._modseqs_locked(sorted(uids))
-            modified = [uid for uid in uids if current.get(uid, 0) > unchanged_since]
-            skip = set(modified)
-            infos = self._store_locked([u for u in uids if u not in skip], mode, flags)
-            self._record()
-        return infos, modified
+        the store happen under one hold of the folder's lock (MailboxView.store)."""
+        self._modified = []
+        infos = self.store(uids, mode, flags, unchanged_since)
+        return infos, self._modified
 
+    def _unchanged(self, uids: Sequence[int], unchanged_since: int) -> list[int]:
+        """Those of `uids` whose modseq is at most `unchanged_since`; the others go to
+        `_modified`. Caller holds the state lock."""
+        self._record()
+        current = self._modseqs_locked(sorted(uids))
+        self._modified = [uid for uid in uids if current.get(uid, 0) > unchanged_since]
+        refused = set(self._modified)
+        return [uid for uid in uids if uid not in refused]
 
 def _intersect(a: Ranges, b: Ranges) -> Ranges:
     out: Ranges = []

@@ -318,39 +318,34 @@ class MailboxView(ModseqViewMixin):
 
     # ----------------------------------------------------------------- flags
 
-    def store(self, uids: Sequence[int], mode: str, flags: Sequence[str]) -> list[MessageInfo]:
-        if self.read_only:
-            raise StoreError("CANNOT", "Mailbox is read-only")
-        with self.state.lock:
-            infos = self._store_locked(uids, mode, flags)
-            if self.condstore:
-                self._record()
-            return infos
-
-    def _store_locked(self, uids: Sequence[int], mode: str, flags: Sequence[str]
-                      ) -> list[MessageInfo]:
-        """store() with the state lock held (STORE UNCHANGEDSINCE checks first)."""
+    def store(self, uids: Sequence[int], mode: str, flags: Sequence[str],
+              unchanged_since: int | None = None) -> list[MessageInfo]:
         if self.read_only:
             raise StoreError("CANNOT", "Mailbox is read-only")
         state = self.state
         results: list[MessageInfo] = []
-        self.check_uid_space()
-        self._define_keywords(mode, flags)
-        cur = state.path_str + "/cur"
-        memo: dict[tuple[frozenset[str], str], tuple[frozenset[str], str]] = {}
-        for uid in uids:
-            i = self._pos(uid)
-            if i is None or uid in self._vanished:
-                continue
-            info = self._store_one(uid, mode, flags, cur, memo)
-            if info is None:
-                continue
-            if self.messages[i].recent:
-                info = replace(info, recent=True)
-            if info != self.messages[i]:
-                self.messages[i] = info
-                results.append(info)
-        state.index.flush()
+        with state.lock:
+            self.check_uid_space()
+            if unchanged_since is not None:  # RFC 7162 3.1.3, checked under the lock
+                uids = self._unchanged(uids, unchanged_since)
+            self._define_keywords(mode, flags)
+            cur = state.path_str + "/cur"
+            memo: dict[tuple[frozenset[str], str], tuple[frozenset[str], str]] = {}
+            for uid in uids:
+                i = self._pos(uid)
+                if i is None or uid in self._vanished:
+                    continue
+                info = self._store_one(uid, mode, flags, cur, memo)
+                if info is None:
+                    continue
+                if self.messages[i].recent:
+                    info = replace(info, recent=True)
+                if info != self.messages[i]:
+                    self.messages[i] = info
+                    results.append(info)
+            state.index.flush()
+            if self.condstore:
+                self._record()
         return results
 
     def _define_keywords(self, mode: str, flags: Sequence[str]) -> None:
