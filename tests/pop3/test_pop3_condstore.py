@@ -20,12 +20,16 @@ from server_harness import RunningServer
 ALICE = "alice@example.org"
 
 
-@pytest.fixture(scope="module")
-def both(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-processes"])
+def both(request: pytest.FixtureRequest,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """With `processes = 2` the sessions land in either process (the kernel spreads the
+    accepts), so the modseqs are also recorded by two processes' folder states."""
     server = start_pop3_server(
         tmp_path_factory.mktemp("pop3condstore"),
         listen={"smtp": "tcp:0:interface=127.0.0.1", "pop3s": "tcp:0:interface=127.0.0.1",
-                "imaps": "tcp:0:interface=127.0.0.1"})
+                "imaps": "tcp:0:interface=127.0.0.1"},
+        processes=request.param)
     yield server
     server.stop()
 
