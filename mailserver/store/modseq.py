@@ -294,9 +294,18 @@ class FolderModseqs:
 
     def of(self, uids: Sequence[int]) -> dict[int, int]:
         """uid -> modseq for those of `uids` (ascending) that are recorded: one range
-        query (a FETCH batch is a run of UIDs), filtered here."""
+        query for a run of UIDs (a FETCH batch), filtered here; IN lists for a few
+        UIDs spread over a big folder."""
         if not uids:
             return {}
+        if uids[-1] - uids[0] > 4 * len(uids):  # sparse (STORE of 100 in 100,000)
+            found: dict[int, int] = {}
+            for start in range(0, len(uids), 900):
+                chunk = list(uids[start:start + 900])
+                found.update(self._read(
+                    "SELECT uid, modseq FROM messages WHERE uid IN ({})".format(
+                        ",".join("?" * len(chunk))), chunk))
+            return found
         wanted = set(uids)
         rows = self._read("SELECT uid, modseq FROM messages WHERE uid BETWEEN ? AND ?",
                           (uids[0], uids[-1]))

@@ -198,3 +198,15 @@ def test_a_database_deleted_while_in_use_is_filled_again_whole(store: UserStore,
     assert sorted(u for (u,) in db.execute("SELECT uid FROM messages")) == [1, 2, 3]
     db.close()
     view.close()
+
+
+def test_modseqs_of_a_few_spread_uids_and_of_a_run(store: UserStore, root: Path) -> None:
+    for n in range(30):
+        deliver(root, f"m{n}")
+    view = _tracked(store)
+    base = view.highest_modseq
+    view.store([1, 30], "+", ["\\Seen"])
+    assert view.modseqs_of([1, 15, 30]) == {1: base + 1, 15: base, 30: base + 1}
+    assert view.modseqs_of(list(range(1, 31))) == {
+        uid: base + 1 if uid in (1, 30) else base for uid in range(1, 31)}
+    view.close()
