@@ -13,6 +13,9 @@ Phases, on folders of 1k and 10k messages (and `--big`, 100k: fewer phases):
   SORT by date     SORT (DATE) UTF-8 ALL             (RFC 5256)
   SORT by subject  SORT (SUBJECT) UTF-8 ALL
   THREAD REFS      THREAD REFERENCES UTF-8 ALL
+  QRESYNC resync   another session changes the flags of 100 messages (untimed), then
+                   SELECT INBOX (QRESYNC (uidvalidity highestmodseq)) of a client that had
+                   the folder before: the 100 FETCH answers (RFC 7162; one client)
 
 "cold" is each phase's first run on a freshly started server over a Maildir it has
 never seen (no dovecot.index / no index of ours yet: both build their index and header
@@ -44,6 +47,7 @@ import contextlib
 import email.header
 import os
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -361,6 +365,44 @@ async def bench_server(port: int, users: list[str], count: int, repeat: int,
             await c.logout()
 
 
+def _hundred_uids(count: int) -> bytes:
+    """100 UIDs spread over the folder (the first `count` UIDs exist: fresh Maildirs)."""
+    step = max(count // 100, 1)
+    return b",".join(b"%d" % (1 + i * step) for i in range(min(100, count)))
+
+
+async def qresync_resync(port: int, login: str, count: int, repeat: int) -> tuple[float, float]:
+    """(cold, warm) time of a QRESYNC SELECT after another session changed 100 messages'
+    flags: what a phone pays to catch up on a big folder (RFC 7162 3.2.5)."""
+    reader = await Client.connect(port, login, select=False)
+    writer = await Client.connect(port, login)
+    await reader.command(b"ENABLE QRESYNC")
+    uids = _hundred_uids(count)
+    runs = []
+    try:
+        for n in range(repeat + 1):
+            answer = await reader.command(b"SELECT INBOX")
+            validity = re.search(rb"UIDVALIDITY (\d+)", answer)
+            highest = re.search(rb"HIGHESTMODSEQ (\d+)", answer)
+            if validity is None or highest is None:
+                raise ImapError(f"SELECT without UIDVALIDITY/HIGHESTMODSEQ: {answer[-300:]!r}")
+            await reader.command(b"UNSELECT")
+            sign = b"+" if n % 2 == 0 else b"-"  # every run changes the same 100 messages
+            await writer.command(b"UID STORE " + uids + b" " + sign
+                                 + b"FLAGS.SILENT (\\Answered)")
+            t0 = time.perf_counter()
+            answer = await reader.command(b"SELECT INBOX (QRESYNC (%s %s))" % (
+                validity.group(1), highest.group(1)))
+            runs.append(time.perf_counter() - t0)
+            if fetch_count(answer) != min(100, count):
+                raise ImapError(f"QRESYNC: {fetch_count(answer)} FETCH answers, not 100")
+            await reader.command(b"UNSELECT")
+    finally:
+        await reader.logout()
+        await writer.logout()
+    return runs[0], statistics.median(runs[1:])
+
+
 async def idle_rss(port: int, root_pid: int, logins: list[str], sessions: int) -> tuple[float, float]:
     """KiB of RSS and PSS per idle IDLE session (growth of the server tree / sessions)."""
     pids = proctree.descendants(root_pid)
@@ -419,6 +461,12 @@ def bench_size(root: Path, count: int, clients: list[int], repeat: int, idle: in
         if old_ours is not None:
             servers.insert(1, ("ours-before", old_ours, old_ours.imap_port))
         for name, inst, port in servers:
+            login = inst.login_name(users[0])
+            resync = asyncio.run(qresync_resync(port, login, count, repeat))
+            results[name]["1|QRESYNC resync, 100 changed"] = {"cold": resync[0],
+                                                             "warm": resync[1]}
+            print(f"  {name:8} QRESYNC resync: cold {resync[0] * 1000:9.1f} ms"
+                  f"  warm {resync[1] * 1000:9.1f} ms", flush=True)
             for c in clients:
                 logins = [inst.login_name(u) for u in users[:c]]
                 t0 = time.perf_counter()
@@ -482,6 +530,7 @@ def bench_big(root: Path, count: int, repeat: int, rows: list[str]) -> None:
             runs = [await run_phase([client], command, check) for _ in range(repeat + 1)]
             out[label] = (runs[0], statistics.median(runs[1:]))
         await client.logout()
+        out["QRESYNC resync, 100 changed"] = await qresync_resync(port, login, count, repeat)
         return out
 
     with dovecot, ours:

@@ -342,6 +342,10 @@ class Changes:
     flags_changed: tuple[MessageInfo, ...] = ()
     #: How many of the added messages are \Recent for this view.
     recent: int = 0
+    #: The UIDs of `expunged`, ascending: QRESYNC reports them as VANISHED (RFC 7162 3.2.10).
+    expunged_uids: tuple[int, ...] = ()
+    #: uid -> modseq of `flags_changed`, when the session uses CONDSTORE (RFC 7162 3.2.4).
+    modseqs: dict[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -417,8 +421,37 @@ class IMailboxView(Interface):
         """Expunged by someone else, but still in `messages` until reported."""
 
 
+class IModseqView(IMailboxView):
+    """A view with mod-sequences (RFC 7162 CONDSTORE/QRESYNC): every flag change,
+    arrival and expunge, by any session, process or POP3, gets a higher modseq.
+    Every method blocks (a disk thread)."""
+
+    condstore = Attribute("bool: the session enabled CONDSTORE (syncs carry modseqs)")
+    highest_modseq = Attribute("int: HIGHESTMODSEQ as of the last sync")
+
+    def enable_condstore() -> int:
+        """Track modseqs from now on; returns HIGHESTMODSEQ."""
+
+    def modseqs_of(uids: Sequence[int]) -> dict[int, int]:
+        """uid -> modseq of these UIDs (ascending), for FETCH MODSEQ."""
+
+    def changed_since(modseq: int) -> dict[int, int]:
+        """uid -> modseq of the messages changed after `modseq` (from an index)."""
+
+    def vanished_since(modseq: int, known: list[tuple[int, int]] | None
+                       ) -> list[tuple[int, int]]:
+        """UID ranges expunged after `modseq` within `known` (None: all below UIDNEXT)."""
+
+    def store_unchanged_since(uids: Sequence[int], mode: str, flags: Sequence[str],
+                              unchanged_since: int) -> tuple[list[MessageInfo], list[int]]:
+        """STORE (UNCHANGEDSINCE n): (changed infos, UIDs refused as MODIFIED)."""
+
+
 class IUserStore(Interface):
     """All folders of one user (data_dir/mail/DOMAIN/LOCALPART/)."""
+
+    def highest_modseq(name: str) -> int:
+        """HIGHESTMODSEQ of folder `name` (RFC 7162 3.1.9 STATUS)."""
 
     location = Attribute(
         "str: where the folders live (the Maildir's path); in cache keys, so that a "

@@ -160,12 +160,33 @@ class Authenticate(Command):
 
 
 @dataclass(frozen=True)
+class Qresync:
+    """SELECT's QRESYNC parameter (RFC 7162 3.2.5): what the client knows."""
+
+    uid_validity: int
+    modseq: int
+    known_uids: SequenceSet | None = None
+    #: seq-match-data: (known sequence numbers, their UIDs).
+    seq_match: tuple[SequenceSet, SequenceSet] | None = None
+
+
+@dataclass(frozen=True)
+class SelectParams:
+    """SELECT/EXAMINE parameters (RFC 4466): CONDSTORE, QRESYNC (RFC 7162)."""
+
+    condstore: bool = False
+    qresync: Qresync | None = None
+
+
+@dataclass(frozen=True)
 class MailboxCommand(Command):
     """SELECT EXAMINE CREATE DELETE SUBSCRIBE UNSUBSCRIBE: one mailbox argument."""
 
     mailbox: str
     #: CREATE ... (USE (\\Sent)) (RFC 6154 5.2): requested special-use attributes.
     use: tuple[str, ...] = ()
+    #: SELECT/EXAMINE (CONDSTORE) / (QRESYNC (...)) (RFC 7162).
+    select: SelectParams = SelectParams()
 
 
 @dataclass(frozen=True)
@@ -203,6 +224,9 @@ class Fetch(Command):
     uid: bool
     sequence: SequenceSet
     items: tuple[FetchAtt, ...]
+    #: RFC 7162 3.1.4.1 CHANGEDSINCE and 3.2.6 VANISHED modifiers.
+    changed_since: int | None = None
+    vanished: bool = False
 
 
 @dataclass(frozen=True)
@@ -212,6 +236,8 @@ class Store(Command):
     mode: str  # "+", "-" or "="
     silent: bool
     flags: tuple[str, ...]
+    #: RFC 7162 3.1.3 UNCHANGEDSINCE modifier.
+    unchanged_since: int | None = None
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred
 from mailserver.auth.realm import IMailUser
 from mailserver.auth.sasl import SASLError, decode_base64, login_name, plain_credentials
 from mailserver.core import metrics
-from mailserver.imap import grammar
+from mailserver.imap import commands_condstore, grammar
 from mailserver.imap.commands import ANSWERED, Account, State, bad, no
 from mailserver.imap.encode import quoted_or_literal
 from mailserver.logs import logger, printable
@@ -63,8 +63,10 @@ async def id_command(session: IMAPSession, command: grammar.Id) -> str | None:
 
 
 async def enable(session: IMAPSession, command: grammar.Enable) -> str | None:
-    """RFC 5161: nothing we support needs enabling, so ENABLED lists nothing."""
-    session.send(b"* ENABLED\r\n")
+    """RFC 5161: `* ENABLED` lists what this command enabled (CONDSTORE, QRESYNC);
+    unknown names are ignored."""
+    enabled = await commands_condstore.enable(session, command.capabilities)
+    session.send(" ".join(["* ENABLED", *enabled]).encode() + b"\r\n")
     return None
 
 

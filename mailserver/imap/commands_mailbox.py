@@ -7,6 +7,7 @@ from __future__ import annotations
 import operator
 from typing import TYPE_CHECKING
 
+from mailserver.imap import commands_condstore as condstore
 from mailserver.imap import grammar, listmatch, mutf7
 from mailserver.imap.commands import Selected, State, bad, no
 from mailserver.imap.encode import astring, parse_date_time
@@ -44,12 +45,20 @@ async def select(session: IMAPSession, command: grammar.MailboxCommand) -> str |
     read_only = command.name == "EXAMINE"
     name = checked_name(command.mailbox)
     store = session.authenticated().store
+    condstore.check_select(session, command.select)
     if session.selected is not None:
         await session.deselect()  # RFC 3501 6.3.1: even if this SELECT fails
+        # RFC 7162 3.2.11: what follows is about the new mailbox.
+        session.send(b"* OK [CLOSED] Previous mailbox closed\r\n")
     view: IMailboxView = await session.blocking(store.select, name, read_only)
     lines, keywords = _select_lines(view)
     selected = session.selected = Selected(name, view, keywords)
     session.state = State.SELECTED
+    try:
+        lines += await condstore.select_lines(session, view, command.select)
+    except BaseException:
+        await session.deselect()
+        raise
     session.send(lines)
     mode = "READ-ONLY" if selected.read_only else "READ-WRITE"
     return f"[{mode}] {command.name.title()} completed"
@@ -232,6 +241,10 @@ async def status(session: IMAPSession, command: grammar.Status) -> str | None:
     """RFC 3501 6.3.10. For the selected mailbox too (the RFC discourages, not forbids)."""
     name = checked_name(command.mailbox)
     result: FolderStatus = await session.blocking(session.authenticated().store.status, name)
+    highest = 0
+    if "HIGHESTMODSEQ" in command.items:  # RFC 7162 3.1.9 (CONDSTORE-enabling)
+        await condstore.ensure_condstore(session)
+        highest = await session.blocking(session.authenticated().store.highest_modseq, name)
     recent = result.recent  # messages nobody has claimed yet
     selected = session.selected
     if selected is not None and selected.name == name and not selected.read_only:
@@ -244,6 +257,7 @@ async def status(session: IMAPSession, command: grammar.Status) -> str | None:
         "UIDNEXT": result.uid_next,
         "UIDVALIDITY": result.uid_validity,
         "UNSEEN": result.unseen,
+        "HIGHESTMODSEQ": highest,
     }
     items = " ".join(f"{item} {values[item]}" for item in command.items)
     session.send(b"* STATUS " + _wire_name(name) + f" ({items})\r\n".encode())

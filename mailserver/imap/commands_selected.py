@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from twisted.internet.defer import Deferred
 
+from mailserver.imap import commands_condstore as condstore
 from mailserver.imap import fetch as fetching
 from mailserver.imap import grammar
 from mailserver.imap.commands import (
@@ -88,11 +89,16 @@ async def search(session: IMAPSession, command: grammar.Search) -> str | None:
         raise no(f"Unsupported charset {charset}", f"BADCHARSET ({' '.join(CHARSETS)})")
     view = session.selection().view
     cache_key = item_cache_key(session)
+    modseq = condstore.uses_modseq(command.program)
+    if modseq:
+        await condstore.ensure_condstore(session)
     found: list[int] = await session.blocking(run_search, view, command.program,
                                               command.uid, cache_key)
     chunks = [b"* SEARCH"]
     for start in range(0, len(found), SEARCH_CHUNK):
         chunks.append(b" " + b" ".join(b"%d" % n for n in found[start:start + SEARCH_CHUNK]))
+    if modseq:
+        chunks.append(await condstore.search_suffix(session, found, command.uid))
     session.send(b"".join(chunks) + b"\r\n")
     return None
 
@@ -101,8 +107,15 @@ async def fetch(session: IMAPSession, command: grammar.Fetch) -> str | None:
     view = session.selection().view
     indexes = sequence_indexes(view.messages, command.sequence, command.uid)
     items = list(grammar.flatten(command.items))
-    if command.uid and not any(att.name == "UID" for att in items):
-        items.insert(0, grammar.FetchAtt("UID"))  # RFC 3501 6.4.8
+    if (command.uid or session.qresync) and not any(att.name == "UID" for att in items):
+        # RFC 3501 6.4.8; RFC 7162 3.2.4: every FETCH has UID once QRESYNC is enabled.
+        items.insert(0, grammar.FetchAtt("UID"))
+    with_modseq = condstore.wants_modseq(command)
+    if with_modseq:
+        # RFC 7162 3.1.4.1: MODSEQ comes from the modseq database; CHANGEDSINCE
+        # narrows the set first (and implies MODSEQ).
+        items = [att for att in items if att.name != "MODSEQ"]
+        indexes = await condstore.fetch_changed(session, command, view.messages, indexes)
     changed: frozenset[int] = frozenset()
     if not view.read_only and any(att.sets_seen for att in items):
         unseen = [view.messages[i].uid for i in indexes
@@ -111,6 +124,8 @@ async def fetch(session: IMAPSession, command: grammar.Fetch) -> str | None:
             infos: list[MessageInfo] = await session.blocking(view.store, unseen, "+",
                                                               ["\\Seen"])
             changed = frozenset(info.uid for info in infos)
+    modseqs = (await condstore.fetch_modseqs(session, view.messages, indexes)
+               if with_modseq else None)
     fetch_plan = fetching.plan(items)
     cache_key = item_cache_key(session)
     missing: list[int] = []
@@ -120,8 +135,8 @@ async def fetch(session: IMAPSession, command: grammar.Fetch) -> str | None:
         entries = [(i + 1, view.messages[i]) for i in batch]
         if fetch_plan.needs_disk:
             return session.blocking(fetching.build, view, fetch_plan, entries, changed,
-                                    cache_key)
-        return fetching.build(view, fetch_plan, entries, changed)
+                                    cache_key, modseqs)
+        return fetching.build(view, fetch_plan, entries, changed, None, modseqs)
 
     with session.write_flow() as flow:
         # The next batch is built in the disk thread while this one is written: one
@@ -164,6 +179,8 @@ async def store(session: IMAPSession, command: grammar.Store) -> str | None:
     indexes = sequence_indexes(view.messages, command.sequence, command.uid)
     flags = normalised_flags(command.flags)
     uids = [view.messages[i].uid for i in indexes]
+    if command.unchanged_since is not None or session.condstore:
+        return await _store_condstore(session, command, indexes, uids, flags)
     if uids:
         await session.blocking(view.store, uids, command.mode, flags)
         if command.mode != "-":
@@ -180,6 +197,29 @@ async def store(session: IMAPSession, command: grammar.Store) -> str | None:
             lines.append(b"* %d FETCH (%sFLAGS %s)\r\n" % (
                 i + 1, uid, flag_list(sorted(info.flags), info.recent)))
         session.send(b"".join(lines))
+    return None
+
+
+async def _store_condstore(session: IMAPSession, command: grammar.Store, indexes: list[int],
+                           uids: list[int], flags: list[str]) -> str | None:
+    """STORE once CONDSTORE is on: MODSEQ in each FETCH, UNCHANGEDSINCE (RFC 7162 3.1.3)."""
+    view = session.selection().view
+    refused: list[int] = []
+    code = ""
+    changed: set[int] = set()
+    if command.unchanged_since is not None:
+        refused, code = await condstore.conditional_store(session, command, uids, flags)
+        changed = set(uids) - set(refused)  # the silent answer names those stored
+    elif uids:
+        infos: list[MessageInfo] = await session.blocking(view.store, uids, command.mode,
+                                                          flags)
+        changed = {info.uid for info in infos}
+    if uids and command.mode != "-":
+        session.send(session.keyword_lines(flags))
+    session.send(await condstore.store_lines(session, command, indexes, set(refused),
+                                             changed))
+    if code:
+        return f"[{code}] Conditional STORE failed"
     return None
 
 

@@ -270,14 +270,16 @@ class _Loader:
 
 def build(view: IMailboxView, fetch_plan: FetchPlan, entries: Sequence[tuple[int, MessageInfo]],
           flags_changed: frozenset[int] = frozenset(),
-          cache_key: tuple[Any, ...] | None = None) -> tuple[bytes, list[int]]:
+          cache_key: tuple[Any, ...] | None = None,
+          extra: dict[int, bytes] | None = None) -> tuple[bytes, list[int]]:
     """`* n FETCH (...)` lines for (sequence number, info) pairs, and the sequence
     numbers of messages that vanished meanwhile. Blocking when the plan needs the disk.
 
     `flags_changed`: UIDs whose \\Seen this FETCH set; their FLAGS are added to the
     answer if not asked for (RFC 3501 6.4.5 "the \\Seen flag is set"; 7.4.2).
     `cache_key` (user, folder, UIDVALIDITY) enables the shared ItemCache and the
-    folder's index of items.
+    folder's index of items. `extra`: uid -> an item rendered by the caller, added
+    last (MODSEQ, RFC 7162 3.1.4.1: it lives in the modseq database, not here).
     """
     out: list[bytes] = []
     missing: list[int] = []
@@ -292,6 +294,8 @@ def build(view: IMailboxView, fetch_plan: FetchPlan, entries: Sequence[tuple[int
             parts = [r(info, flags_of) for r in render]
             if not has_flags and info.uid in flags_changed:
                 parts.append(b"FLAGS " + flags_of(info))
+            if extra is not None:
+                parts.append(extra[info.uid])
             out.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts)))
         return b"".join(out), missing
     names = [item_name(att) for att in items]
@@ -306,6 +310,8 @@ def build(view: IMailboxView, fetch_plan: FetchPlan, entries: Sequence[tuple[int
             continue
         if not has_flags and info.uid in flags_changed:
             parts.append(b"FLAGS " + flags_of(info))
+        if extra is not None:
+            parts.append(extra[info.uid])
         out.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(parts)))
     kept.save()
     return b"".join(out), missing

@@ -18,6 +18,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from mailserver.imap import grammar_condstore
 from mailserver.imap.commands import (  # the typed commands this module produces
     ATOM_SPECIALS,
     Append,
@@ -90,6 +91,7 @@ _SIMPLE = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "CHECK", "CLOSE
 _MAILBOX_COMMANDS = frozenset({"SELECT", "EXAMINE", "CREATE", "DELETE", "SUBSCRIBE",
                                "UNSUBSCRIBE"})
 STATUS_ITEMS = frozenset({"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN"})
+STATUS_ITEMS |= {"HIGHESTMODSEQ"}  # RFC 7162 3.1.9
 _FETCH_MACROS = {
     # RFC 3501 6.4.5
     "ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
@@ -98,6 +100,7 @@ _FETCH_MACROS = {
 }
 _FETCH_SIMPLE = frozenset({"ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER",
                            "RFC822.SIZE", "RFC822.TEXT", "BODY", "BODYSTRUCTURE", "UID"})
+_FETCH_SIMPLE |= {"MODSEQ"}  # RFC 7162 3.1.4.1
 _SEARCH_FLAG_KEYS = frozenset({"ALL", "ANSWERED", "DELETED", "DRAFT", "FLAGGED", "NEW",
                                "OLD", "RECENT", "SEEN", "UNANSWERED", "UNDELETED",
                                "UNDRAFT", "UNFLAGGED", "UNSEEN"})
@@ -433,7 +436,8 @@ def _parse_body(r: Reader, tag: str, name: str, uid: bool) -> Command:
         if name == "CREATE" and r.maybe_sp():
             use = _create_params(r)
         elif name in ("SELECT", "EXAMINE") and r.maybe_sp():
-            _select_params(r)
+            return MailboxCommand(tag, name, mailbox, use,
+                                  grammar_condstore.select_params(r))
         return MailboxCommand(tag, name, mailbox, use)
     parser = _PARSERS.get(name)
     if parser is None:
@@ -449,11 +453,6 @@ def _create_params(r: Reader) -> tuple[str, ...]:
     uses = r.flag_list()
     r.expect(b")")
     return uses
-
-
-def _select_params(r: Reader) -> None:
-    """RFC 4466 select-params: none supported (CONDSTORE is not offered)."""
-    raise r.fail("SELECT parameters are not supported")
 
 
 def _login(r: Reader, tag: str, name: str, uid: bool) -> Command:
@@ -561,6 +560,11 @@ def _fetch(r: Reader, tag: str, name: str, uid: bool) -> Command:
         else:
             r.pos = start
             items.append(_fetch_att(r))
+    if r.peek() == 0x20:
+        changed_since, vanished = grammar_condstore.fetch_modifiers(r)
+        if vanished and not uid:
+            raise r.fail("VANISHED is for UID FETCH only (RFC 7162 3.2.6)")
+        return Fetch(tag, name, uid, sequence, tuple(items), changed_since, vanished)
     return Fetch(tag, name, uid, sequence, tuple(items))
 
 
@@ -632,6 +636,7 @@ def _store(r: Reader, tag: str, name: str, uid: bool) -> Command:
     r.sp()
     sequence = r.sequence_set()
     r.sp()
+    unchanged_since = grammar_condstore.store_modifiers(r) if r.peek() == 0x28 else None
     item = r.atom().upper()
     mode = "="
     if item[:1] in ("+", "-"):
@@ -651,7 +656,7 @@ def _store(r: Reader, tag: str, name: str, uid: bool) -> Command:
         flags = tuple(flag_items)
     if "\\*" in flags or any(f.upper() == "\\RECENT" for f in flags):
         raise r.fail("\\Recent and \\* cannot be stored")
-    return Store(tag, name, uid, sequence, mode, silent, flags)
+    return Store(tag, name, uid, sequence, mode, silent, flags, unchanged_since)
 
 
 def _copy(r: Reader, tag: str, name: str, uid: bool) -> Command:
@@ -754,6 +759,8 @@ def _search_key(r: Reader, depth: int) -> SearchProgram:
         return SearchKey(op, (field_name, r.astring()))
     if op == "UID":
         return SearchKey(op, r.sequence_set())
+    if op == "MODSEQ":
+        return grammar_condstore.modseq_key(r)
     raise r.fail(f"unknown search key {op}")
 
 

@@ -12,7 +12,7 @@ import datetime
 import functools
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from mailserver.imap.fetch import Kept, fields_item_name
 from mailserver.imap.grammar import (
@@ -24,7 +24,7 @@ from mailserver.imap.grammar import (
     SequenceSet,
 )
 from mailserver.imap.message import ADDRESS_FIELDS, ParsedMessage, header_fields
-from mailserver.interfaces import IMailboxView, MessageInfo, StoreError
+from mailserver.interfaces import IMailboxView, IModseqView, MessageInfo, StoreError
 
 #: Charsets we can search in (RFC 3501 6.4.4: US-ASCII must be supported).
 CHARSETS = ("US-ASCII", "UTF-8")
@@ -156,6 +156,15 @@ class Evaluator:
         self.count = len(messages)
         self.max_uid = messages[-1].uid if messages else 0
         self._ranges: dict[int, list[tuple[int, int]]] = {}
+        self._changed: dict[int, dict[int, int]] = {}
+
+    def _modseq_at_least(self, key: SearchKey, uid: int) -> bool:
+        """SEARCH MODSEQ n (RFC 7162 3.1.5): modseq >= n, from the modseq index."""
+        changed = self._changed.get(id(key))
+        if changed is None:
+            view = cast(IModseqView, self.view)
+            changed = self._changed[id(key)] = view.changed_since(key.value - 1)
+        return uid in changed
 
     def _in_set(self, key: SearchKey, value: int, largest: int) -> bool:
         ranges = self._ranges.get(id(key))
@@ -182,6 +191,8 @@ class Evaluator:
             return self._in_set(key, m.seq, self.count)
         if op == "UID":
             return self._in_set(key, info.uid, self.max_uid)
+        if op == "MODSEQ":
+            return self._modseq_at_least(key, info.uid)
         if op == "LARGER":
             return bool(info.size > key.value)
         if op == "SMALLER":

@@ -42,6 +42,7 @@ from mailserver.imap.commands import (
     State,
     bad,
     index_of_uid,
+    uid_set_text,
 )
 from mailserver.imap.encode import flag_list
 from mailserver.interfaces import Changes, StoreError
@@ -147,6 +148,10 @@ class IMAPSession(LineConnection):
         self.account: Account | None = None
         #: The selected mailbox, in state SELECTED only.
         self.selected: Selected | None = None
+        #: RFC 7162: CONDSTORE enabled (by ENABLE or a CONDSTORE-enabling command), and
+        #: QRESYNC enabled (ENABLE only): see commands_condstore.py.
+        self.condstore = False
+        self.qresync = False
         self.auth_failures = 0
         self.flow: WriteFlow | None = None
         self.init_connection()
@@ -272,6 +277,8 @@ class IMAPSession(LineConnection):
             "CONTEXT=SORT",
             "THREAD=ORDEREDSUBJECT",
             "THREAD=REFERENCES",
+            "CONDSTORE",
+            "QRESYNC",
             f"APPENDLIMIT={self.config.limits.message_size}",
         ]
         return caps
@@ -285,9 +292,14 @@ class IMAPSession(LineConnection):
     emit = send
 
     def report(self, changes: Changes) -> None:
-        """Untagged updates from a sync (RFC 3501 7.4.1, 7.3.1, 7.3.2, 7.4.2)."""
+        """Untagged updates from a sync (RFC 3501 7.4.1, 7.3.1, 7.3.2, 7.4.2); with
+        QRESYNC, VANISHED instead of EXPUNGE (RFC 7162 3.2.10) and MODSEQ in each FETCH."""
         lines = [context.removed_before_expunge(self.selected, changes)]  # RFC 5267 4.3
-        lines += [b"* %d EXPUNGE\r\n" % n for n in changes.expunged]
+        if self.qresync and changes.expunged_uids:
+            lines.append(b"* VANISHED %s\r\n" % uid_set_text(changes.expunged_uids).encode())
+        else:
+            lines += [b"* %d EXPUNGE\r\n" % n for n in changes.expunged]
+        modseqs = changes.modseqs or {}
         view = self.selected.view if self.selected is not None else None
         if changes.exists is not None:
             lines.append(b"* %d EXISTS\r\n" % changes.exists)
@@ -299,8 +311,10 @@ class IMAPSession(LineConnection):
             for info in changes.flags_changed:
                 i = index_of_uid(view.messages, info.uid)
                 if i is not None:
-                    lines.append(b"* %d FETCH (UID %d FLAGS %s)\r\n" % (
-                        i + 1, info.uid, flag_list(sorted(info.flags), info.recent)))
+                    modseq = (b" MODSEQ (%d)" % modseqs[info.uid] if info.uid in modseqs
+                              else b"")
+                    lines.append(b"* %d FETCH (UID %d FLAGS %s%s)\r\n" % (
+                        i + 1, info.uid, flag_list(sorted(info.flags), info.recent), modseq))
         if any(lines):
             self.send(b"".join(lines))
 

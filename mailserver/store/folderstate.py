@@ -35,6 +35,7 @@ from mailserver.interfaces import MessageInfo
 from mailserver.logs import logger
 from mailserver.store.flags import Keywords
 from mailserver.store.index import FolderIndex
+from mailserver.store.modseq import FolderModseqs
 from mailserver.store.names import COMMON_NAME, base_of, crlf_size_of, name_time, split_name
 from mailserver.store.uidlist import UidList
 
@@ -110,6 +111,10 @@ class FolderState:
         self.uidlist = UidList(path, root)
         self.keywords = Keywords(path)
         self.index = FolderIndex(path)
+        #: RFC 7162 modseqs, shared with other processes (store/modseq.py).
+        self.modseqs = FolderModseqs(path)
+        #: Bulk loads and forgets so far: the change log does not name what they did.
+        self.loads = 0
         self.entries: dict[int, Entry] = {}
         #: Ascending UIDs and their MessageInfo, in step (a session copies `infos`).
         self.uids: list[int] = []
@@ -167,6 +172,11 @@ class FolderState:
             return None
         start = bisect.bisect_right(self.log, (modseq, 2**32))
         return {uid for _, uid in self.log[start:]}
+
+    def record_modseqs(self) -> None:
+        """Give the changes seen since the last call their modseqs (store/modseq.py;
+        nothing unless a client used CONDSTORE on this folder in this process)."""
+        self.modseqs.record(self)
 
     def _bump(self, uid: int) -> None:
         self.modseq += 1
@@ -262,6 +272,8 @@ class FolderState:
         self._settled = {"new": False, "cur": False}
         self.index.discard()
         self.index = FolderIndex(self.path)
+        self.loads += 1
+        self.modseqs.forget()
         self.keywords = Keywords(self.path)
 
     def _apply(self, new_names: set[str] | None, cur_names: set[str] | None) -> bool:
@@ -378,6 +390,7 @@ class FolderState:
         finally:
             if paused:
                 gc.enable()
+        self.loads += 1
         self.uids.extend(ordered)  # empty before: _load runs on an empty state only
         self.infos.extend(infos)
         self.modseq += 1  # views compare against uids, not the log, for additions

@@ -43,12 +43,14 @@ def release_state(state: FolderState) -> None:
             return
         _idle[state.path] = None
         state.index.close()  # its connection and page cache; reopened when needed
+        state.modseqs.close()
         while _idle and (len(_idle) > IDLE_STATES or sum(
                 len(_registry[p].uids) for p in _idle if p in _registry) > IDLE_MESSAGES):
             path, _ = _idle.popitem(last=False)
             old = _registry.pop(path, None)
             if old is not None:
                 old.index.close()
+                old.modseqs.close()
 
 
 def drop_idle_states() -> None:
@@ -58,6 +60,7 @@ def drop_idle_states() -> None:
             old = _registry.pop(path, None)
             if old is not None:
                 old.index.close()
+                old.modseqs.close()
         _idle.clear()
 
 
@@ -77,3 +80,4 @@ def forget_folders(paths: Iterable[Path]) -> None:
             del _registry[path]
             _idle.pop(path, None)
             state.index.discard()
+            state.modseqs.close()

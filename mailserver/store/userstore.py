@@ -32,6 +32,7 @@ from mailserver.store.flags import Keywords
 from mailserver.store.folders import Folders, normalize, parent_names
 from mailserver.store.folderstate import FolderState, to_crlf
 from mailserver.store.maildir import fsync_dir
+from mailserver.store.modseq import ModseqUnavailable
 from mailserver.store.names import split_name, stored_size_of
 from mailserver.store.registry import acquire_state, forget_folders, release_state
 from mailserver.store.transfer import link_into, move_into, write_new
@@ -149,6 +150,23 @@ class UserStore:
                 return FolderStatus(messages=len(state.uids), recent=state.recent_count(),
                                     unseen=state.unseen_count(), uid_next=state.uid_next,
                                     uid_validity=self._validity(state))
+        finally:
+            release_state(state)
+
+    def highest_modseq(self, name: str) -> int:
+        """HIGHESTMODSEQ of a folder (STATUS, RFC 7162 3.1.9); starts recording its
+        modseqs in this process (store/modseq.py)."""
+        _, path = self._existing(name)
+        state = self._state(path)
+        try:
+            with state.lock:
+                state.refresh()
+                self._validity(state)
+                try:
+                    state.modseqs.activate(state)
+                except ModseqUnavailable:
+                    raise StoreError("INUSE", "Mod-sequence database busy; try again") from None
+                return state.modseqs.highest
         finally:
             release_state(state)
 

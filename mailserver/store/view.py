@@ -23,10 +23,18 @@ from typing import TYPE_CHECKING
 
 from zope.interface import implementer
 
-from mailserver.interfaces import Changes, CopyResult, IMailboxView, MessageInfo, StoreError
+from mailserver.interfaces import (
+    Changes,
+    CopyResult,
+    IMailboxView,
+    IModseqView,
+    MessageInfo,
+    StoreError,
+)
 from mailserver.logs import logger
 from mailserver.store.flags import apply_mode
 from mailserver.store.folderstate import Entry, FolderState, to_crlf
+from mailserver.store.modseqview import ModseqViewMixin
 from mailserver.store.names import flag_letters, with_flags
 from mailserver.store.registry import release_state
 from mailserver.store.uidlist import locked
@@ -44,8 +52,8 @@ _HEADER_MEMORY = 2 * _READ_AHEAD
 _HEADER_SCAN_LIMIT = 16 * 1024 * 1024
 
 
-@implementer(IMailboxView)
-class MailboxView:
+@implementer(IMailboxView, IModseqView)
+class MailboxView(ModseqViewMixin):
     """A session's open folder; every method blocks (call it from a disk thread)."""
 
     def __init__(self, store: UserStore, name: str, state: FolderState,
@@ -132,7 +140,7 @@ class MailboxView:
             self.state.refresh()
             claimed = (self.state.unclaimed() if self.read_only
                        else self.state.claim_new())
-            return self._catch_up(report_expunges, claimed)
+            return self.with_modseqs(self._catch_up(report_expunges, claimed))
 
     def _catch_up(self, report_expunges: bool, claimed: Sequence[int]) -> Changes:
         """Bring `messages` up to the state's; caller holds the state lock."""
@@ -156,8 +164,9 @@ class MailboxView:
                 if uid not in self._vanished:
                     flags_changed.append(info)
         expunged: tuple[int, ...] = ()
+        expunged_uids: tuple[int, ...] = ()
         if report_expunges and self._vanished:
-            expunged = self._drop_vanished()
+            expunged, expunged_uids = self._drop_vanished()
         start = bisect.bisect_right(state.uids, self._seen_max)
         added = state.infos[start:]
         self._uids.extend(state.uids[start:])
@@ -172,9 +181,11 @@ class MailboxView:
         self.uid_next = max(self.uid_next, state.uid_next)
         self._headers.clear() if len(self._headers) > _HEADER_MEMORY else None
         return Changes(expunged=expunged, exists=len(msgs) if added else None,
-                       flags_changed=tuple(flags_changed), recent=recent)
+                       flags_changed=tuple(flags_changed), recent=recent,
+                       expunged_uids=expunged_uids)
 
-    def _drop_vanished(self) -> tuple[int, ...]:
+    def _drop_vanished(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Drop the vanished messages: their EXPUNGE sequence numbers and UIDs."""
         positions = sorted(i for i in (self._pos(uid) for uid in self._vanished)
                            if i is not None)
         report = tuple(p + 1 - k for k, p in enumerate(positions))
@@ -185,7 +196,7 @@ class MailboxView:
         for uid in gone:
             self._headers.pop(uid, None)
         self._vanished = set()
-        return report
+        return report, tuple(sorted(gone))
 
     # ----------------------------------------------------------------- reading
 
@@ -307,13 +318,16 @@ class MailboxView:
 
     # ----------------------------------------------------------------- flags
 
-    def store(self, uids: Sequence[int], mode: str, flags: Sequence[str]) -> list[MessageInfo]:
+    def store(self, uids: Sequence[int], mode: str, flags: Sequence[str],
+              unchanged_since: int | None = None) -> list[MessageInfo]:
         if self.read_only:
             raise StoreError("CANNOT", "Mailbox is read-only")
         state = self.state
         results: list[MessageInfo] = []
         with state.lock:
             self.check_uid_space()
+            if unchanged_since is not None:  # RFC 7162 3.1.3, checked under the lock
+                uids = self._unchanged(uids, unchanged_since)
             self._define_keywords(mode, flags)
             cur = state.path_str + "/cur"
             memo: dict[tuple[frozenset[str], str], tuple[frozenset[str], str]] = {}
@@ -330,6 +344,8 @@ class MailboxView:
                     self.messages[i] = info
                     results.append(info)
             state.index.flush()
+            if self.condstore:
+                self._record()
         return results
 
     def _define_keywords(self, mode: str, flags: Sequence[str]) -> None:
@@ -407,7 +423,7 @@ class MailboxView:
             state.forget(e.uid for e in removed)
             state.index.forget([e.base for e in removed])
             claimed = [] if self.read_only else state.claim_new()
-            return self._catch_up(True, claimed)
+            return self.with_modseqs(self._catch_up(True, claimed))
 
     def _unlink(self, entry: Entry) -> bool:
         for _ in range(3):
@@ -433,7 +449,7 @@ class MailboxView:
         with self.state.lock:
             self.state.forget(result.source_uids)
             claimed = self.state.claim_new()
-            return result, self._catch_up(True, claimed)
+            return result, self.with_modseqs(self._catch_up(True, claimed))
 
     def is_vanished(self, uid: int) -> bool:
         """True if `uid` was expunged elsewhere and not yet reported (read() refuses)."""

@@ -119,7 +119,7 @@ def test_fetch_item_errors_name_the_item_not_python_bytes(tmp_path: Path) -> Non
     assert s.command(b"a FETCH 1 ()") == [b"a BAD expected a FETCH item"]
     assert s.command(b"b FETCH 1 (FLAGS )") == [b"b BAD expected a FETCH item"]
     assert s.command(b"c FETCH 1 X-GM-LABELS") == [b"c BAD unknown FETCH item X-GM-LABELS"]
-    assert s.command(b"d FETCH 1 (UID MODSEQ)") == [b"d BAD unknown FETCH item MODSEQ"]
+    assert s.command(b"d FETCH 1 (UID X-GUID)") == [b"d BAD unknown FETCH item X-GUID"]
     assert s.command(b"e FETCH 1 (FLAGS UID)")[-1] == b"e OK Fetch completed"
 
 

@@ -346,7 +346,9 @@ def test_connection_lost_while_a_command_waits(session: Session) -> None:
 def test_failed_select_leaves_no_mailbox_selected(session: Session) -> None:
     session.login()
     session.command(b"a SELECT INBOX")
+    # RFC 7162 3.2.11: the previous mailbox is closed, whether or not the new opens.
     assert session.command(b"b SELECT Nowhere") == [
+        b"* OK [CLOSED] Previous mailbox closed",
         b"b NO [NONEXISTENT] Mailbox does not exist"]
     assert session.command(b"c FETCH 1 FLAGS") == [b"c BAD FETCH needs a selected mailbox"]
 

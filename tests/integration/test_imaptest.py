@@ -108,3 +108,26 @@ def test_whole_suite_and_stress(server_factory: Callable[..., RunningServer],
     stress = re.search(r"all commands: (\d+) in", report)
     assert stress is not None and int(stress.group(1)) > 0, report[-3000:]
     assert "stress errors reported by imaptest: 0" in report, report[-3000:]
+@pytest.mark.timeout(300)
+def test_condstore_qresync(server_factory: Callable[..., RunningServer]) -> None:
+    """CONDSTORE/QRESYNC (RFC 7162) as ImapTest judges them: its condstore group
+    (esearch-condstore: skipped while ESEARCH is not offered, so it must not fail) and
+    a stress run of ten clients with QRESYNC enabled, which checks every MODSEQ,
+    VANISHED and UID it is sent against what the other clients did."""
+    binary = imaptest_binary()
+    server = server_factory(users=(USER,),
+                            listen={"imap": "tcp:0:interface=127.0.0.1"},
+                            auth={"allow_plaintext_without_tls": True})
+    output = run_group(binary, server, "esearch-condstore")
+    assert "1 test groups: 0 failed" in output, output[-3000:]
+    result = subprocess.run(
+        [str(binary), "host=127.0.0.1", f"port={server.ports['imap']}", f"user={USER}",
+         f"pass={PASSWORD}", f"mbox={binary.parent / 'tests' / 'default.mbox'}",
+         "clients=10", "secs=10", "qresync"],
+        capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    errors = [line for line in output.splitlines() if "Error:" in line]
+    assert not errors, "\n".join(errors[:20])
+    # It ran: the Totals block counts the commands, and some STOREs went through.
+    totals = output.split("Totals:")[-1].split("\n")
+    assert totals[1].split()[:1] == ["Logi"] and int(totals[4].split()[6]) > 0, output[-3000:]
