@@ -39,6 +39,7 @@ from mailserver.queue.envelope import (
     age_text,
 )
 from mailserver.queue.outbound import OutboundQueue
+from mailserver.queue.removal import Remover
 from mailserver.queue.spool import EntryGone, Spool
 
 log = logger(__name__)
@@ -96,6 +97,8 @@ class Scheduler:
         self.timer: IDelayedCall | None = None
         self.running = False
         self.rounds: dict[str, Deferred[Any]] = {}
+        #: Finished entries leave the spool in batches (one fsync for many).
+        self.remover = Remover(spool, disk)
         #: DKIM-signs the DSNs we write (senderauth's Signer.sign_dsn): bytes -> the
         #: DKIM-Signature fields to put on top; None: sent unsigned.
         self.sign_dsn: Callable[[bytes], Deferred[bytes]] | None = None
@@ -217,7 +220,7 @@ class Scheduler:
         groups: dict[str, list[RecipientState]] = defaultdict(list)
         for rcpt in due:
             groups[_domain(rcpt.address)].append(rcpt)
-        waits = []
+        waits: list[Deferred[Any]] = []
         path = self.spool.messages / queue_id
         for domain, rcpts in groups.items():
             # Large bodies are streamed from the spool file: memory stays bounded.
@@ -230,11 +233,10 @@ class Scheduler:
                 job = Job(queue_id, message)
                 self.dispatcher.submit(domain, job)
                 done = job.done
-            done.addCallback(lambda outcomes: defer.ensureDeferred(
-                self._record(outcomes, entry, lock, now)))
-            waits.append(done)
+            waits.append(done.addCallback(lambda outcomes: defer.ensureDeferred(
+                self._record(outcomes, entry, lock, now))))
         try:
-            await defer.gatherResults(waits, consumeErrors=True)
+            removed = any(await defer.gatherResults(waits, consumeErrors=True))
             await self._conclude(entry, lock)
         except (EntryGone, defer.FirstError) as e:
             if isinstance(e, defer.FirstError) and not e.subFailure.check(EntryGone):
@@ -242,14 +244,16 @@ class Scheduler:
             log.info("queue {id}: deleted while being delivered", id=queue_id)
             return None
         if entry.finished:
-            await lock.run(self.disk.run, self.spool.discard, queue_id)  # idempotent
+            if not removed:  # finished by _conclude (its DSNs queued), not by _record
+                await lock.run(self.remover.remove, queue_id)
             log.info("queue {id}: removed", id=queue_id)
             return None
         return entry.next_try()
 
     async def _record(self, outcomes: dict[str, Outcome], entry: QueueEntry,
-                      lock: DeferredLock, started: float) -> None:
-        """Apply one Job's outcomes and write the envelope before anything else."""
+                      lock: DeferredLock, started: float) -> bool:
+        """Apply one Job's outcomes and write the envelope before anything else; True
+        if that finished the entry and removed it."""
         now = self.clock.seconds()
         by_address = {r.address: r for r in entry.recipients}
         for address, outcome in outcomes.items():
@@ -280,9 +284,10 @@ class Scheduler:
                                                                      "deferred"))
             metrics.delivery({DELIVERED: "sent", FAILED: "bounced"}.get(rcpt.state, "deferred"))
         if entry.finished:  # all done: removing the envelope records it durably
-            await lock.run(self.disk.run, self.spool.discard, entry.id)
-        else:
-            await lock.run(self.disk.run, self.spool.save, entry)
+            await lock.run(self.remover.remove, entry.id)
+            return True
+        await lock.run(self.disk.run, self.spool.save, entry)
+        return False
 
     def _deliver_locally(self, sender: str, rcpts: list[str],
                          queue_id: str) -> Deferred[dict[str, Outcome]]:

@@ -10,6 +10,7 @@ import email.policy
 import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from twisted.internet import defer, reactor, task
@@ -27,7 +28,13 @@ from mailserver.errors import ReplyError  # noqa: E402
 from mailserver.interfaces import IOutboundQueue, IQueueTransaction, OutboundEnvelope  # noqa: E402
 from mailserver.queue.client import ClientSettings, Outcome  # noqa: E402
 from mailserver.queue.destinations import Dispatcher  # noqa: E402
-from mailserver.queue.envelope import DELIVERED, PENDING  # noqa: E402
+from mailserver.queue.envelope import (  # noqa: E402
+    DELIVERED,
+    PENDING,
+    QueueEntry,
+    RecipientState,
+    new_queue_id,
+)
 from mailserver.queue.outbound import OutboundQueue  # noqa: E402
 from mailserver.queue.routing import Router, Self, make_resolver  # noqa: E402
 from mailserver.queue.scheduler import Policy, Scheduler  # noqa: E402
@@ -250,6 +257,37 @@ class SchedulerTests(unittest.TestCase):
         self.assertEqual(sum(len(s.messages) for s in peer.sessions), 12)
         self.assertLessEqual(peer.max_active, 2, "connections_per_destination")
         self.assertLess(len(peer.sessions), 12, "connections are reused")
+
+    @defer.inlineCallbacks
+    def test_a_drain_removes_finished_entries_with_few_fsyncs(self) -> object:
+        # One fsync of envelopes/ per delivered message (two, with the round's second
+        # discard) was what the disk threads did for most of a drain; removals now share
+        # them. A slow disk (50 ms per directory fsync) lets removals pile up.
+        import mailserver.queue.spool as spool_module
+
+        real = spool_module.fsync_dir
+        envelope_syncs: list[Path] = []
+
+        def slow_fsync_dir(path: Path) -> None:
+            if path == self.spool.envelopes:
+                envelope_syncs.append(path)
+                time.sleep(0.05)
+            real(path)
+
+        self.patch(spool_module, "fsync_dir", slow_fsync_dir)
+        scheduler, peer = self.build(Script())
+        for i in range(20):  # a full queue, released at once (as after a restart)
+            entry = QueueEntry(new_queue_id(), "alice@example.org",
+                               [RecipientState(f"r{i}@example.net")], size=len(MESSAGE))
+            tmp = self.spool.tmp_path(entry.id, "msg")
+            tmp.write_bytes(MESSAGE)
+            self.spool.commit(entry, tmp)
+            self.spool.release(entry.id)
+            scheduler.notify(entry.id)
+        yield defer.ensureDeferred(self.until_empty(scheduler))
+        self.assertEqual(peer.finals, 20)
+        self.assertEqual(sorted(self.spool.messages.iterdir()), [])
+        self.assertLessEqual(len(envelope_syncs), 10, "removals share their fsyncs")
 
     @defer.inlineCallbacks
     def test_cached_connection_closed_by_the_peer_is_not_an_attempt(self) -> object:
