@@ -340,6 +340,12 @@ class SMTPConnection:
         self.tls = False
         self.usable = False
         self._stage = "connecting"
+        #: Transactions sent over this connection, and replies read on it.
+        self.transactions = 0
+        self.replies = 0
+        #: The last send() found the connection closed before any reply to it: the
+        #: peer saw nothing of that message (see send()).
+        self.stale = False
 
     @property
     def alive(self) -> bool:
@@ -430,11 +436,21 @@ class SMTPConnection:
             raise self._refused(reply)
 
     async def send(self, message: Message) -> dict[str, Outcome]:
-        """One transaction; an Outcome for every recipient (never raises)."""
+        """One transaction; an Outcome for every recipient (never raises).
+
+        On a reused connection the peer may close while idle (its own timeout) just as
+        we start the next transaction: the close crosses our MAIL FROM, and no reply to
+        it is ever read. The peer then saw nothing of this message, so `stale` is set
+        and the caller may send it again at once on a new connection instead of
+        deferring it for the retry back-off (the price of connection reuse otherwise).
+        """
         outcomes: dict[str, Outcome] = {}
+        replies, self.stale = self.replies, False
         try:
             await self._transaction(message, outcomes)
         except SMTPClientError as e:
+            self.stale = (self.transactions > 0 and self.replies == replies and e.code == 0
+                          and e.text == "lost connection")
             self.usable = False
             self.abort()
             text = f"lost connection with {self.hop} while {self._stage}" \
@@ -446,6 +462,8 @@ class SMTPConnection:
                 known = outcomes.get(rcpt)
                 if known is None or known.state == DELIVERED or known.text[:1] not in "45":
                     outcomes[rcpt] = Outcome(PENDING, e.status, text, str(self.hop))
+        finally:
+            self.transactions += 1
         return outcomes
 
     async def _transaction(self, message: Message, outcomes: dict[str, Outcome]) -> None:
@@ -611,6 +629,7 @@ class SMTPConnection:
         assert self.proto is not None
         reply = await self.proto.next_reply(timeout or self.settings.command_timeout,
                                             self.clock)
+        self.replies += 1
         if reply.code == 421:
             # RFC 5321 3.8: the server is closing the channel. The transaction's
             # recipients are deferred, and the connection is never used again.

@@ -313,6 +313,34 @@ class ClientTests(unittest.TestCase):
         self.assertIn(b"RSET", peer.sessions[0].lines)
 
     @defer.inlineCallbacks
+    def test_reused_connection_closed_before_any_reply_is_stale(self) -> object:
+        # The peer closes after its 250 (an idle timeout racing our next MAIL FROM):
+        # the second message got no reply at all, so the peer saw nothing of it.
+        peer = self.peer(close_after_message=True)
+        conn = self.connection(peer)
+        yield defer.ensureDeferred(conn.open())
+        first = yield defer.ensureDeferred(conn.send(Message("a@example.org", RCPTS[:1], BODY)))
+        self.assertEqual(first[RCPTS[0]].state, DELIVERED)
+        self.assertFalse(conn.stale)
+        second = yield defer.ensureDeferred(conn.send(Message("a@example.org", RCPTS[1:2],
+                                                              BODY)))
+        self.assertEqual(second[RCPTS[1]].state, PENDING)
+        self.assertTrue(conn.stale)
+        self.assertEqual(peer.finals, 1)
+
+    @defer.inlineCallbacks
+    def test_connection_lost_on_its_first_message_is_not_stale(self) -> object:
+        # A fresh connection that dies is this message's problem (or the peer's), not
+        # a cached connection gone idle: deferred as usual.
+        peer = self.peer(drop_after_data_bytes=20)
+        conn = self.connection(peer)
+        yield defer.ensureDeferred(conn.open())
+        outcomes = yield defer.ensureDeferred(conn.send(Message("a@example.org", RCPTS[:1],
+                                                                BODY)))
+        self.assertEqual(outcomes[RCPTS[0]].state, PENDING)
+        self.assertFalse(conn.stale)
+
+    @defer.inlineCallbacks
     def test_malformed_reply_is_a_temporary_failure(self) -> object:
         peer = self.peer(mail_reply=b"hello there\r\n")
         outcomes = yield defer.ensureDeferred(self.send(peer))

@@ -86,6 +86,29 @@ class SchedulerTests(unittest.TestCase):
         await txn.release_now()
         return queue_id
 
+    def queue_at_once(self, scheduler: Scheduler, subjects: list[str]) -> None:
+        """A full queue released at once (as after a restart): one message per subject,
+        to <subject@example.net>, every one on disk before the scheduler hears of any."""
+        ids = []
+        for subject in subjects:
+            data = b"Subject: %s\n\nhello\n" % subject.encode()
+            entry = QueueEntry(new_queue_id(), "alice@example.org",
+                               [RecipientState(f"{subject}@example.net")], size=len(data))
+            tmp = self.spool.tmp_path(entry.id, "msg")
+            tmp.write_bytes(data)
+            self.spool.commit(entry, tmp)
+            self.spool.release(entry.id)
+            ids.append(entry.id)
+        for queue_id in ids:
+            scheduler.notify(queue_id)
+
+    @staticmethod
+    def subjects(peer: ScriptedPeer) -> list[str]:
+        """The Subject of every message the peer took to the end of its data."""
+        found = re.compile(rb"^Subject: (.*?)\r$", re.M)
+        return sorted(m.group(1).decode() for s in peer.sessions for data in s.messages
+                      for m in found.finditer(data))
+
     async def until_empty(self, scheduler: Scheduler) -> None:
         for _ in range(400):
             if not self.spool.ids() and not scheduler.busy:
@@ -276,14 +299,7 @@ class SchedulerTests(unittest.TestCase):
 
         self.patch(spool_module, "fsync_dir", slow_fsync_dir)
         scheduler, peer = self.build(Script())
-        for i in range(20):  # a full queue, released at once (as after a restart)
-            entry = QueueEntry(new_queue_id(), "alice@example.org",
-                               [RecipientState(f"r{i}@example.net")], size=len(MESSAGE))
-            tmp = self.spool.tmp_path(entry.id, "msg")
-            tmp.write_bytes(MESSAGE)
-            self.spool.commit(entry, tmp)
-            self.spool.release(entry.id)
-            scheduler.notify(entry.id)
+        self.queue_at_once(scheduler, [f"r{i}" for i in range(20)])
         yield defer.ensureDeferred(self.until_empty(scheduler))
         self.assertEqual(peer.finals, 20)
         self.assertEqual(sorted(self.spool.messages.iterdir()), [])
@@ -302,6 +318,40 @@ class SchedulerTests(unittest.TestCase):
         self.assertNotIn(second, self.spool.ids(), "delivered on its first attempt")
         self.assertEqual(peer.finals, 2)
         self.assertEqual(len(peer.sessions), 2)
+
+    @defer.inlineCallbacks
+    def test_peer_closing_after_each_message_loses_and_delays_nothing(self) -> object:
+        # Both queued at once, one connection allowed: the second message is written on
+        # the cached connection before its close (sent right after the 250) is read.
+        # That is no attempt at the second message: it goes out at once on a new
+        # connection, not after the retry back-off (60 s here).
+        scheduler, peer = self.build(Script(close_after_message=True), total=1,
+                                     per_destination=1,
+                                     policy=Policy(retry_initial=60, retry_max=60))
+        self.queue_at_once(scheduler, ["first", "second"])
+        yield defer.ensureDeferred(self.until_empty(scheduler))
+        self.assertEqual(peer.finals, 2)
+        self.assertEqual([len(s.messages) for s in peer.sessions], [1, 1])
+        self.assertEqual(self.subjects(peer), ["first", "second"])
+
+    @defer.inlineCallbacks
+    def test_4xx_to_one_message_keeps_the_cached_connection(self) -> object:
+        # A 451 at the end of one message's data is about that message (RFC 5321
+        # 4.2.5): the next message goes over the same connection, and the deferred one
+        # is retried later, delivered once.
+        scheduler, peer = self.build(
+            Script(final_replies=[b"451 4.3.0 try later\r\n", b"250 2.0.0 Ok\r\n"]),
+            total=1, per_destination=1)
+        self.queue_at_once(scheduler, ["first", "second"])
+        yield defer.ensureDeferred(self.until_empty(scheduler))
+        self.assertEqual(peer.finals, 3, "451, 250, then the retry's 250")
+        first_two = peer.sessions[0].messages[:2]
+        self.assertEqual(sorted(first_two), [b"Subject: first\r\n\r\nhello\r\n",
+                                             b"Subject: second\r\n\r\nhello\r\n"],
+                         "both on the first connection")
+        deferred = first_two[0].split(b"\r\n")[0].removeprefix(b"Subject: ").decode()
+        self.assertEqual(self.subjects(peer), sorted(["first", "second", deferred]),
+                         "the one that got the 451 sent again, each delivered once")
 
     @defer.inlineCallbacks
     def test_local_recipients_in_the_queue_go_to_the_maildir_path(self) -> object:
