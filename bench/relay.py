@@ -69,11 +69,10 @@ class CountingSink:
     the sink's rate (3,000 messages from the load generator alone: 670 to 1,300
     msgs/s on the shared machine), so the bench measured the sink."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, where: str = "/dev/shm") -> None:
         self.port = free_port()
-        shm = Path("/dev/shm")
-        self.scratch = Path(tempfile.mkdtemp(prefix="bench-relay-sink-", dir=shm)) \
-            if shm.is_dir() and os.access(shm, os.W_OK) else root
+        self.scratch = Path(tempfile.mkdtemp(prefix="bench-relay-sink-", dir=where)) \
+            if os.path.isdir(where) and os.access(where, os.W_OK) else root
         self.dump = self.scratch / "sink"
         self.dump.mkdir(parents=True)
         os.chmod(self.dump, 0o777)
@@ -284,6 +283,9 @@ def main() -> None:
     parser.add_argument("--before", default="", metavar="TREE",
                         help="also run the server from this checkout (`git worktree add`), "
                         "as ours-before, in the same rounds")
+    parser.add_argument("--sink-dir", default="/dev/shm", metavar="DIR",
+                        help="where smtp-sink dumps the messages (default tmpfs; a disk "
+                        "directory such as /tmp measures as before 2026-12-07)")
     parser.add_argument("--profile", default="", metavar="FILE",
                         help="py-spy our server over all its runs: FILE.svg a flame graph, "
                         "else raw collapsed stacks")
@@ -295,7 +297,7 @@ def main() -> None:
     servers: list[Ours | Postfix] = []
     rates: dict[str, list[float]] = {}
     try:
-        with CountingSink(root) as sink:
+        with CountingSink(root, args.sink_dir) as sink:
             if args.before:
                 servers.append(Ours("ours-before", root, sink, tree=args.before))
             servers.append(Ours("ours", root, sink,
