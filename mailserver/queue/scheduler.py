@@ -48,6 +48,13 @@ log = logger(__name__)
 #: thread hops per chunk); larger ones are streamed from the spool file.
 INLINE = 64 * 1024
 
+#: Rounds running at once (Postfix's qmgr_message_active_limit, smaller): each holds
+#: its envelope and a message of up to INLINE bytes, and every round starts with a disk
+#: job, so a queue of 100,000 entries falling due together (after an outage) neither
+#: loads them all into memory nor queues 100,000 loads ahead of the SMTP sessions'
+#: commits in the disk pool. The rest wait in the heap, due, and start as rounds end.
+MAX_ROUNDS = 1000
+
 #: Deliver to local mailboxes: (sender, recipients, message) -> outcomes.
 LocalDelivery = Callable[[str, list[str], bytes], Deferred[dict[str, Outcome]]]
 
@@ -77,7 +84,7 @@ class Scheduler:
     def __init__(self, spool: Spool, disk: DiskExecutor, queue: OutboundQueue,
                  dispatcher: Dispatcher, policy: Policy, hostname: str,
                  is_local: Callable[[str], bool], local: LocalDelivery,
-                 clock: IReactorTime | None = None) -> None:
+                 clock: IReactorTime | None = None, max_rounds: int = MAX_ROUNDS) -> None:
         self.spool = spool
         self.disk = disk
         self.queue = queue
@@ -87,6 +94,7 @@ class Scheduler:
         self.is_local = is_local
         self.local = local
         self.clock: IReactorTime = clock or reactor  # type: ignore[assignment]
+        self.max_rounds = max_rounds
         #: queue id -> the time it is due (the heap may hold stale pairs: lazy removal).
         self.due: dict[str, float] = {}
         self.heap: list[tuple[float, str]] = []
@@ -149,8 +157,8 @@ class Scheduler:
     def _arm(self) -> None:
         while self.heap and self.due.get(self.heap[0][1]) != self.heap[0][0]:
             heapq.heappop(self.heap)  # stale
-        if not self.heap or not self.running:
-            return
+        if not self.heap or not self.running or len(self.busy) >= self.max_rounds:
+            return  # (at the cap, the next round to end arms it again)
         delay = max(0.0, self.heap[0][0] - self.clock.seconds())
         if self.timer is not None and self.timer.active():
             if self.timer.getTime() <= self.heap[0][0]:
@@ -163,7 +171,7 @@ class Scheduler:
         if not self.running:
             return
         now = self.clock.seconds()
-        while self.heap and self.heap[0][0] <= now:
+        while self.heap and self.heap[0][0] <= now and len(self.busy) < self.max_rounds:
             when, queue_id = heapq.heappop(self.heap)
             if self.due.get(queue_id) != when:
                 continue
@@ -193,6 +201,7 @@ class Scheduler:
                 self.schedule(queue_id, self.clock.seconds())
             elif when is not None:
                 self.schedule(queue_id, when)
+            self._arm()  # a round's slot is free: the next due entry may start
 
         d.addErrback(failed)
         d.addCallback(ended)

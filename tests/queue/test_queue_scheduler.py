@@ -320,6 +320,24 @@ class SchedulerTests(unittest.TestCase):
         self.assertEqual(len(peer.sessions), 2)
 
     @defer.inlineCallbacks
+    def test_rounds_at_once_are_capped_and_the_rest_follow(self) -> object:
+        scheduler, peer = self.build(Script())
+        scheduler.max_rounds = 3
+        most = []
+        start_round = scheduler._start_round
+
+        def counted(queue_id: str) -> None:
+            start_round(queue_id)
+            most.append(len(scheduler.busy))
+
+        self.patch(scheduler, "_start_round", counted)
+        self.queue_at_once(scheduler, [f"r{i}" for i in range(12)])
+        yield defer.ensureDeferred(self.until_empty(scheduler))
+        self.assertEqual(self.subjects(peer), sorted(f"r{i}" for i in range(12)))
+        self.assertEqual(len(most), 12)
+        self.assertEqual(max(most), 3, "never more than max_rounds")
+
+    @defer.inlineCallbacks
     def test_peer_closing_after_each_message_loses_and_delays_nothing(self) -> object:
         # Both queued at once, one connection allowed: the second message is written on
         # the cached connection before its close (sent right after the 250) is read.
