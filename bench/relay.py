@@ -1,8 +1,9 @@
 """Relay throughput: how fast a full outbound queue drains to a remote MX.
 
 Both servers relay the same N messages to the same receiver, Postfix's smtp-sink
-(accepts everything, PIPELINING, no TLS; each message dumped to a file so we can count
-arrivals), on the same machine, in the same script:
+(accepts everything, PIPELINING, no TLS; each message dumped to a file, on tmpfs unless
+--sink-dir says otherwise, so we can count arrivals), on the same machine, in the same
+script:
 
   ours     a throw-away `twistd -n mailserver` with `relay.smarthost` = the sink.
            N entries are written into queue/held/ with the spool API (what a session's
@@ -20,9 +21,15 @@ Postfix marks the queue file). Connection limits are made equal (20 per destinat
 Postfix's default_destination_concurrency_limit).
 
     sudo .venv/bin/python bench/relay.py --messages 1000 --size 4096 --runs 3
+    git worktree add /tmp/before BASE
+    sudo .venv/bin/python bench/relay.py --before /tmp/before     # A/B in one run
+    .venv/bin/python bench/relay.py --no-postfix --runs 1 --messages 3000 \
+        --profile out.txt && .venv/bin/python bench/profile_summary.py out.txt
 
-Prints msgs/s (median of the runs) and the peak RSS of each server's process tree.
-Needs root for Postfix; without Postfix only our numbers are printed.
+Each round drains once on every server, back to back (ours-before, ours, Postfix), so
+all see the same weather on a shared machine. Prints msgs/s (median of the runs), the
+server's CPU seconds and the peak RSS of each server's process tree per run. Needs root
+for Postfix; without Postfix only our numbers are printed.
 """
 
 from __future__ import annotations
@@ -129,16 +136,16 @@ def message(i: int, size: int) -> bytes:
 # -- ours ----------------------------------------------------------------------------------
 
 
-def start_profiler(pid: int, out: str) -> subprocess.Popen[bytes]:
-    """py-spy on the server process, every thread, idle time included (the drain waits
-    more than it computes): a flame graph if `out` ends in .svg, else py-spy's raw
-    collapsed stacks, which bench/profile_summary.py sums per thread and phase."""
+def start_profiler(pid: int, out: str, idle: bool = True) -> subprocess.Popen[bytes]:
+    """py-spy on the server process, every thread, idle time included unless `idle` is
+    False (the drain waits more than it computes): a flame graph if `out` ends in .svg,
+    else py-spy's raw collapsed stacks, which bench/profile_summary.py sums per thread."""
     tool = Path(sys.executable).parent / "py-spy"
     if not tool.exists():
         sys.exit(f"--profile needs py-spy ({tool}): .venv/bin/pip install py-spy")
     fmt = "flamegraph" if out.endswith(".svg") else "raw"
     proc = subprocess.Popen([str(tool), "record", "-r", "200", "--nonblocking", "--threads",
-                             *([] if os.environ.get("RELAY_PROFILE_CPU") else ["--idle"]), "-f", fmt, "-o", out, "--pid", str(pid)],
+                             *(["--idle"] if idle else []), "-f", fmt, "-o", out, "--pid", str(pid)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1)  # attached
     return proc
@@ -149,12 +156,13 @@ class Ours:
     (PYTHONPATH for the twistd process: the A/B of an older tree in the same run)."""
 
     def __init__(self, label: str, root: Path, sink: CountingSink, tree: str = "",
-                 profile: str = "") -> None:
+                 profile: str = "", profile_idle: bool = True) -> None:
         from server_harness import make_server
 
         self.label = label
         self.sink = sink
         self.profile = profile
+        self.profile_idle = profile_idle
         self.spy: subprocess.Popen[bytes] | None = None
         saved = os.environ.get("PYTHONPATH")
         if tree:
@@ -188,7 +196,7 @@ class Ours:
             ids.append(entry.id)
         pid = self.server.proc.pid if self.server.proc else 0
         if self.profile and self.spy is None:
-            self.spy = start_profiler(pid, self.profile)
+            self.spy = start_profiler(pid, self.profile, self.profile_idle)
         cpu0 = proctree.cpu_seconds(pid)
         t0 = time.perf_counter()
         for queue_id in ids:
@@ -289,6 +297,8 @@ def main() -> None:
     parser.add_argument("--profile", default="", metavar="FILE",
                         help="py-spy our server over all its runs: FILE.svg a flame graph, "
                         "else raw collapsed stacks")
+    parser.add_argument("--profile-cpu", action="store_true",
+                        help="profile on-CPU samples only (py-spy without --idle)")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="bench-relay-", dir="/tmp"))
     print(f"relay drain: {args.messages} messages of {args.size} bytes, {args.runs} runs, "
@@ -301,7 +311,8 @@ def main() -> None:
             if args.before:
                 servers.append(Ours("ours-before", root, sink, tree=args.before))
             servers.append(Ours("ours", root, sink,
-                                profile=os.path.abspath(args.profile) if args.profile else ""))
+                                profile=os.path.abspath(args.profile) if args.profile else "",
+                                profile_idle=not args.profile_cpu))
             if not args.no_postfix and os.geteuid() == 0 and shutil.which("postsuper"):
                 try:
                     servers.append(Postfix(root, sink))
