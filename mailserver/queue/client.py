@@ -139,6 +139,11 @@ class Message:
 CHUNK = 64 * 1024
 #: Seconds to wait for the reply to QUIT before closing anyway.
 QUIT_TIMEOUT = 10.0
+#: Seconds a host whose TLS handshake failed is sent to without STARTTLS. Remembered,
+#: so that each new connection does not pay a failed handshake first; but not for
+#: ever: a peer that fixed its certificate setup, or one handshake broken by someone
+#: in the path, must not leave that host in plaintext until our next restart.
+TLS_BROKEN_FOR = 3600.0
 
 
 class BodyEncoder:
@@ -176,8 +181,9 @@ class ClientSettings:
     helo_name: str
     connect_timeout: float = 30
     command_timeout: float = 300
-    #: Hosts (IP addresses) whose TLS handshake failed: plaintext from now on.
-    tls_broken: set[str] = field(default_factory=set)
+    #: Hosts (IP addresses) whose TLS handshake failed -> until when (the clock's
+    #: seconds) their connections go without STARTTLS; then TLS is tried again.
+    tls_broken: dict[str, float] = field(default_factory=dict)
     auth: tuple[str, str] | None = None
     #: Local address to connect from (relay.source_address); "" lets the system choose.
     source_address: str = ""
@@ -356,12 +362,15 @@ class SMTPConnection:
 
     async def open(self) -> None:
         """Connect, greet, STARTTLS, AUTH. SMTPClientError if this host will not do."""
-        use_tls = self.hop.address not in self.settings.tls_broken
+        broken = self.settings.tls_broken
+        now = self.clock.seconds()
+        for address in [a for a, until in broken.items() if until <= now]:
+            del broken[address]  # expired: TLS again (and the dict stays small)
         try:
-            await self._open(use_tls)
+            await self._open(self.hop.address not in broken)
         except _TLSFailed:
             log.warn("{hop}: TLS handshake failed; trying again without TLS", hop=self.hop)
-            self.settings.tls_broken.add(self.hop.address)
+            broken[self.hop.address] = now + TLS_BROKEN_FOR
             await self._open(False)
         self.usable = True
 
