@@ -139,6 +139,11 @@ class Message:
 CHUNK = 64 * 1024
 #: Seconds to wait for the reply to QUIT before closing anyway.
 QUIT_TIMEOUT = 10.0
+#: Seconds a host whose TLS handshake failed is sent to without STARTTLS. Remembered,
+#: so that each new connection does not pay a failed handshake first; but not for
+#: ever: a peer that fixed its certificate setup, or one handshake broken by someone
+#: in the path, must not leave that host in plaintext until our next restart.
+TLS_BROKEN_FOR = 3600.0
 
 
 class BodyEncoder:
@@ -176,8 +181,9 @@ class ClientSettings:
     helo_name: str
     connect_timeout: float = 30
     command_timeout: float = 300
-    #: Hosts (IP addresses) whose TLS handshake failed: plaintext from now on.
-    tls_broken: set[str] = field(default_factory=set)
+    #: Hosts (IP addresses) whose TLS handshake failed -> until when (the clock's
+    #: seconds) their connections go without STARTTLS; then TLS is tried again.
+    tls_broken: dict[str, float] = field(default_factory=dict)
     auth: tuple[str, str] | None = None
     #: Local address to connect from (relay.source_address); "" lets the system choose.
     source_address: str = ""
@@ -340,6 +346,12 @@ class SMTPConnection:
         self.tls = False
         self.usable = False
         self._stage = "connecting"
+        #: Transactions sent over this connection, and replies read on it.
+        self.transactions = 0
+        self.replies = 0
+        #: The last send() found the connection closed before any reply to it: the
+        #: peer saw nothing of that message (see send()).
+        self.stale = False
 
     @property
     def alive(self) -> bool:
@@ -350,12 +362,15 @@ class SMTPConnection:
 
     async def open(self) -> None:
         """Connect, greet, STARTTLS, AUTH. SMTPClientError if this host will not do."""
-        use_tls = self.hop.address not in self.settings.tls_broken
+        broken = self.settings.tls_broken
+        now = self.clock.seconds()
+        for address in [a for a, until in broken.items() if until <= now]:
+            del broken[address]  # expired: TLS again (and the dict stays small)
         try:
-            await self._open(use_tls)
+            await self._open(self.hop.address not in broken)
         except _TLSFailed:
             log.warn("{hop}: TLS handshake failed; trying again without TLS", hop=self.hop)
-            self.settings.tls_broken.add(self.hop.address)
+            broken[self.hop.address] = now + TLS_BROKEN_FOR
             await self._open(False)
         self.usable = True
 
@@ -430,11 +445,21 @@ class SMTPConnection:
             raise self._refused(reply)
 
     async def send(self, message: Message) -> dict[str, Outcome]:
-        """One transaction; an Outcome for every recipient (never raises)."""
+        """One transaction; an Outcome for every recipient (never raises).
+
+        On a reused connection the peer may close while idle (its own timeout) just as
+        we start the next transaction: the close crosses our MAIL FROM, and no reply to
+        it is ever read. The peer then saw nothing of this message, so `stale` is set
+        and the caller may send it again at once on a new connection instead of
+        deferring it for the retry back-off (the price of connection reuse otherwise).
+        """
         outcomes: dict[str, Outcome] = {}
+        replies, self.stale = self.replies, False
         try:
             await self._transaction(message, outcomes)
         except SMTPClientError as e:
+            self.stale = (self.transactions > 0 and self.replies == replies and e.code == 0
+                          and e.text == "lost connection")
             self.usable = False
             self.abort()
             text = f"lost connection with {self.hop} while {self._stage}" \
@@ -446,6 +471,8 @@ class SMTPConnection:
                 known = outcomes.get(rcpt)
                 if known is None or known.state == DELIVERED or known.text[:1] not in "45":
                     outcomes[rcpt] = Outcome(PENDING, e.status, text, str(self.hop))
+        finally:
+            self.transactions += 1
         return outcomes
 
     async def _transaction(self, message: Message, outcomes: dict[str, Outcome]) -> None:
@@ -611,6 +638,7 @@ class SMTPConnection:
         assert self.proto is not None
         reply = await self.proto.next_reply(timeout or self.settings.command_timeout,
                                             self.clock)
+        self.replies += 1
         if reply.code == 421:
             # RFC 5321 3.8: the server is closing the channel. The transaction's
             # recipients are deferred, and the connection is never used again.

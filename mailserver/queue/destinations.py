@@ -35,6 +35,9 @@ class Job:
     queue_id: str
     message: Message
     done: Deferred[dict[str, Outcome]] = field(default_factory=Deferred)
+    #: Sent again once already after a cached connection turned out closed (once only:
+    #: a peer that drops every connection at MAIL FROM gets the usual deferral).
+    resent: bool = False
 
     def finish(self, outcomes: dict[str, Outcome]) -> None:
         if not self.done.called:
@@ -164,6 +167,14 @@ class Dispatcher:
                         # queue entry) would wait for ever. Retried like a 4xx.
                         job.finish_all(PENDING, "4.3.0", f"local error: {e!r}")
                         raise
+                    if conn.stale and not job.resent and not self.stopping:
+                        # Closed by the peer as we reused it: not an attempt; first in
+                        # line for the new connection that _dispatch opens next.
+                        log.info("queue {id}: {hop} closed the cached connection; sending "
+                                 "on a new one", id=job.queue_id, hop=str(conn.hop))
+                        job.resent = True
+                        dest.jobs.appendleft(job)
+                        break
                     job.finish(outcomes)
         finally:
             await conn.close()

@@ -39,6 +39,7 @@ from mailserver.queue.envelope import (
     age_text,
 )
 from mailserver.queue.outbound import OutboundQueue
+from mailserver.queue.removal import Remover
 from mailserver.queue.spool import EntryGone, Spool
 
 log = logger(__name__)
@@ -46,6 +47,13 @@ log = logger(__name__)
 #: Messages up to this size are read with the envelope and sent from memory (no
 #: thread hops per chunk); larger ones are streamed from the spool file.
 INLINE = 64 * 1024
+
+#: Rounds running at once (Postfix's qmgr_message_active_limit, smaller): each holds
+#: its envelope and a message of up to INLINE bytes, and every round starts with a disk
+#: job, so a queue of 100,000 entries falling due together (after an outage) neither
+#: loads them all into memory nor queues 100,000 loads ahead of the SMTP sessions'
+#: commits in the disk pool. The rest wait in the heap, due, and start as rounds end.
+MAX_ROUNDS = 1000
 
 #: Deliver to local mailboxes: (sender, recipients, message) -> outcomes.
 LocalDelivery = Callable[[str, list[str], bytes], Deferred[dict[str, Outcome]]]
@@ -76,7 +84,7 @@ class Scheduler:
     def __init__(self, spool: Spool, disk: DiskExecutor, queue: OutboundQueue,
                  dispatcher: Dispatcher, policy: Policy, hostname: str,
                  is_local: Callable[[str], bool], local: LocalDelivery,
-                 clock: IReactorTime | None = None) -> None:
+                 clock: IReactorTime | None = None, max_rounds: int = MAX_ROUNDS) -> None:
         self.spool = spool
         self.disk = disk
         self.queue = queue
@@ -86,6 +94,7 @@ class Scheduler:
         self.is_local = is_local
         self.local = local
         self.clock: IReactorTime = clock or reactor  # type: ignore[assignment]
+        self.max_rounds = max_rounds
         #: queue id -> the time it is due (the heap may hold stale pairs: lazy removal).
         self.due: dict[str, float] = {}
         self.heap: list[tuple[float, str]] = []
@@ -96,6 +105,8 @@ class Scheduler:
         self.timer: IDelayedCall | None = None
         self.running = False
         self.rounds: dict[str, Deferred[Any]] = {}
+        #: Finished entries leave the spool in batches (one fsync for many).
+        self.remover = Remover(spool, disk)
         #: DKIM-signs the DSNs we write (senderauth's Signer.sign_dsn): bytes -> the
         #: DKIM-Signature fields to put on top; None: sent unsigned.
         self.sign_dsn: Callable[[bytes], Deferred[bytes]] | None = None
@@ -146,8 +157,8 @@ class Scheduler:
     def _arm(self) -> None:
         while self.heap and self.due.get(self.heap[0][1]) != self.heap[0][0]:
             heapq.heappop(self.heap)  # stale
-        if not self.heap or not self.running:
-            return
+        if not self.heap or not self.running or len(self.busy) >= self.max_rounds:
+            return  # (at the cap, the next round to end arms it again)
         delay = max(0.0, self.heap[0][0] - self.clock.seconds())
         if self.timer is not None and self.timer.active():
             if self.timer.getTime() <= self.heap[0][0]:
@@ -160,7 +171,7 @@ class Scheduler:
         if not self.running:
             return
         now = self.clock.seconds()
-        while self.heap and self.heap[0][0] <= now:
+        while self.heap and self.heap[0][0] <= now and len(self.busy) < self.max_rounds:
             when, queue_id = heapq.heappop(self.heap)
             if self.due.get(queue_id) != when:
                 continue
@@ -190,6 +201,7 @@ class Scheduler:
                 self.schedule(queue_id, self.clock.seconds())
             elif when is not None:
                 self.schedule(queue_id, when)
+            self._arm()  # a round's slot is free: the next due entry may start
 
         d.addErrback(failed)
         d.addCallback(ended)
@@ -217,7 +229,7 @@ class Scheduler:
         groups: dict[str, list[RecipientState]] = defaultdict(list)
         for rcpt in due:
             groups[_domain(rcpt.address)].append(rcpt)
-        waits = []
+        waits: list[Deferred[Any]] = []
         path = self.spool.messages / queue_id
         for domain, rcpts in groups.items():
             # Large bodies are streamed from the spool file: memory stays bounded.
@@ -230,11 +242,10 @@ class Scheduler:
                 job = Job(queue_id, message)
                 self.dispatcher.submit(domain, job)
                 done = job.done
-            done.addCallback(lambda outcomes: defer.ensureDeferred(
-                self._record(outcomes, entry, lock, now)))
-            waits.append(done)
+            waits.append(done.addCallback(lambda outcomes: defer.ensureDeferred(
+                self._record(outcomes, entry, lock, now))))
         try:
-            await defer.gatherResults(waits, consumeErrors=True)
+            removed = any(await defer.gatherResults(waits, consumeErrors=True))
             await self._conclude(entry, lock)
         except (EntryGone, defer.FirstError) as e:
             if isinstance(e, defer.FirstError) and not e.subFailure.check(EntryGone):
@@ -242,14 +253,16 @@ class Scheduler:
             log.info("queue {id}: deleted while being delivered", id=queue_id)
             return None
         if entry.finished:
-            await lock.run(self.disk.run, self.spool.discard, queue_id)  # idempotent
+            if not removed:  # finished by _conclude (its DSNs queued), not by _record
+                await lock.run(self.remover.remove, queue_id)
             log.info("queue {id}: removed", id=queue_id)
             return None
         return entry.next_try()
 
     async def _record(self, outcomes: dict[str, Outcome], entry: QueueEntry,
-                      lock: DeferredLock, started: float) -> None:
-        """Apply one Job's outcomes and write the envelope before anything else."""
+                      lock: DeferredLock, started: float) -> bool:
+        """Apply one Job's outcomes and write the envelope before anything else; True
+        if that finished the entry and removed it."""
         now = self.clock.seconds()
         by_address = {r.address: r for r in entry.recipients}
         for address, outcome in outcomes.items():
@@ -280,9 +293,10 @@ class Scheduler:
                                                                      "deferred"))
             metrics.delivery({DELIVERED: "sent", FAILED: "bounced"}.get(rcpt.state, "deferred"))
         if entry.finished:  # all done: removing the envelope records it durably
-            await lock.run(self.disk.run, self.spool.discard, entry.id)
-        else:
-            await lock.run(self.disk.run, self.spool.save, entry)
+            await lock.run(self.remover.remove, entry.id)
+            return True
+        await lock.run(self.disk.run, self.spool.save, entry)
+        return False
 
     def _deliver_locally(self, sender: str, rcpts: list[str],
                          queue_id: str) -> Deferred[dict[str, Outcome]]:

@@ -25,6 +25,7 @@ from mailserver.logs import MAX_PEER_TEXT  # noqa: E402
 from mailserver.queue.client import (  # noqa: E402
     MAX_UNREAD,
     QUIT_TIMEOUT,
+    TLS_BROKEN_FOR,
     BodyEncoder,
     ClientSettings,
     Message,
@@ -147,9 +148,31 @@ class ClientTests(unittest.TestCase):
         conn = self.connection(peer)
         yield defer.ensureDeferred(conn.open())
         self.assertFalse(conn.tls)
-        self.assertEqual(conn.settings.tls_broken, {"127.0.0.1"})
+        self.assertEqual(list(conn.settings.tls_broken), ["127.0.0.1"])
         self.assertEqual(len(peer.sessions), 2)
         self.assertNotIn(b"STARTTLS", peer.sessions[1].lines)
+
+    @defer.inlineCallbacks
+    def test_host_with_broken_tls_gets_tls_again_after_an_hour(self) -> object:
+        peer = self.peer(tls=True)
+        clock = Clock()
+        clock.advance(1000)
+        settings = ClientSettings(helo_name="mx.example.org", connect_timeout=5,
+                                  command_timeout=5)
+        settings.tls_broken["127.0.0.1"] = 1000 + TLS_BROKEN_FOR
+        hop = Hop("peer.test", "127.0.0.1", peer.port_number)
+        first = SMTPConnection(hop, settings, clock)
+        self.addCleanup(first.abort)
+        yield defer.ensureDeferred(first.open())
+        self.assertFalse(first.tls, "remembered: plaintext, no handshake to fail first")
+        self.assertNotIn(b"STARTTLS", peer.sessions[0].lines)
+        clock.advance(TLS_BROKEN_FOR)
+        second = SMTPConnection(hop, settings, clock)
+        self.addCleanup(second.abort)
+        yield defer.ensureDeferred(second.open())
+        self.assertTrue(second.tls)
+        self.assertIn(b"STARTTLS", peer.sessions[1].lines)
+        self.assertEqual(settings.tls_broken, {})
 
     @defer.inlineCallbacks
     def test_pipelining_sends_mail_rcpts_data_in_one_write(self) -> object:
@@ -311,6 +334,34 @@ class ClientTests(unittest.TestCase):
         self.assertEqual(second[RCPTS[0]].state, DELIVERED)
         self.assertEqual(len(peer.sessions), 1)
         self.assertIn(b"RSET", peer.sessions[0].lines)
+
+    @defer.inlineCallbacks
+    def test_reused_connection_closed_before_any_reply_is_stale(self) -> object:
+        # The peer closes after its 250 (an idle timeout racing our next MAIL FROM):
+        # the second message got no reply at all, so the peer saw nothing of it.
+        peer = self.peer(close_after_message=True)
+        conn = self.connection(peer)
+        yield defer.ensureDeferred(conn.open())
+        first = yield defer.ensureDeferred(conn.send(Message("a@example.org", RCPTS[:1], BODY)))
+        self.assertEqual(first[RCPTS[0]].state, DELIVERED)
+        self.assertFalse(conn.stale)
+        second = yield defer.ensureDeferred(conn.send(Message("a@example.org", RCPTS[1:2],
+                                                              BODY)))
+        self.assertEqual(second[RCPTS[1]].state, PENDING)
+        self.assertTrue(conn.stale)
+        self.assertEqual(peer.finals, 1)
+
+    @defer.inlineCallbacks
+    def test_connection_lost_on_its_first_message_is_not_stale(self) -> object:
+        # A fresh connection that dies is this message's problem (or the peer's), not
+        # a cached connection gone idle: deferred as usual.
+        peer = self.peer(drop_after_data_bytes=20)
+        conn = self.connection(peer)
+        yield defer.ensureDeferred(conn.open())
+        outcomes = yield defer.ensureDeferred(conn.send(Message("a@example.org", RCPTS[:1],
+                                                                BODY)))
+        self.assertEqual(outcomes[RCPTS[0]].state, PENDING)
+        self.assertFalse(conn.stale)
 
     @defer.inlineCallbacks
     def test_malformed_reply_is_a_temporary_failure(self) -> object:

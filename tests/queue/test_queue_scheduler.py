@@ -10,6 +10,7 @@ import email.policy
 import re
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from twisted.internet import defer, reactor, task
@@ -27,7 +28,13 @@ from mailserver.errors import ReplyError  # noqa: E402
 from mailserver.interfaces import IOutboundQueue, IQueueTransaction, OutboundEnvelope  # noqa: E402
 from mailserver.queue.client import ClientSettings, Outcome  # noqa: E402
 from mailserver.queue.destinations import Dispatcher  # noqa: E402
-from mailserver.queue.envelope import DELIVERED, PENDING  # noqa: E402
+from mailserver.queue.envelope import (  # noqa: E402
+    DELIVERED,
+    PENDING,
+    QueueEntry,
+    RecipientState,
+    new_queue_id,
+)
 from mailserver.queue.outbound import OutboundQueue  # noqa: E402
 from mailserver.queue.routing import Router, Self, make_resolver  # noqa: E402
 from mailserver.queue.scheduler import Policy, Scheduler  # noqa: E402
@@ -78,6 +85,29 @@ class SchedulerTests(unittest.TestCase):
         queue_id = await txn.commit()
         await txn.release_now()
         return queue_id
+
+    def queue_at_once(self, scheduler: Scheduler, subjects: list[str]) -> None:
+        """A full queue released at once (as after a restart): one message per subject,
+        to <subject@example.net>, every one on disk before the scheduler hears of any."""
+        ids = []
+        for subject in subjects:
+            data = b"Subject: %s\n\nhello\n" % subject.encode()
+            entry = QueueEntry(new_queue_id(), "alice@example.org",
+                               [RecipientState(f"{subject}@example.net")], size=len(data))
+            tmp = self.spool.tmp_path(entry.id, "msg")
+            tmp.write_bytes(data)
+            self.spool.commit(entry, tmp)
+            self.spool.release(entry.id)
+            ids.append(entry.id)
+        for queue_id in ids:
+            scheduler.notify(queue_id)
+
+    @staticmethod
+    def subjects(peer: ScriptedPeer) -> list[str]:
+        """The Subject of every message the peer took to the end of its data."""
+        found = re.compile(rb"^Subject: (.*?)\r$", re.M)
+        return sorted(m.group(1).decode() for s in peer.sessions for data in s.messages
+                      for m in found.finditer(data))
 
     async def until_empty(self, scheduler: Scheduler) -> None:
         for _ in range(400):
@@ -252,6 +282,30 @@ class SchedulerTests(unittest.TestCase):
         self.assertLess(len(peer.sessions), 12, "connections are reused")
 
     @defer.inlineCallbacks
+    def test_a_drain_removes_finished_entries_with_few_fsyncs(self) -> object:
+        # One fsync of envelopes/ per delivered message (two, with the round's second
+        # discard) was what the disk threads did for most of a drain; removals now share
+        # them. A slow disk (50 ms per directory fsync) lets removals pile up.
+        import mailserver.queue.spool as spool_module
+
+        real = spool_module.fsync_dir
+        envelope_syncs: list[Path] = []
+
+        def slow_fsync_dir(path: Path) -> None:
+            if path == self.spool.envelopes:
+                envelope_syncs.append(path)
+                time.sleep(0.05)
+            real(path)
+
+        self.patch(spool_module, "fsync_dir", slow_fsync_dir)
+        scheduler, peer = self.build(Script())
+        self.queue_at_once(scheduler, [f"r{i}" for i in range(20)])
+        yield defer.ensureDeferred(self.until_empty(scheduler))
+        self.assertEqual(peer.finals, 20)
+        self.assertEqual(sorted(self.spool.messages.iterdir()), [])
+        self.assertLessEqual(len(envelope_syncs), 10, "removals share their fsyncs")
+
+    @defer.inlineCallbacks
     def test_cached_connection_closed_by_the_peer_is_not_an_attempt(self) -> object:
         scheduler, peer = self.build(Script(close_after_message=True))
         yield defer.ensureDeferred(self.queue_message("a@example.net"))
@@ -264,6 +318,58 @@ class SchedulerTests(unittest.TestCase):
         self.assertNotIn(second, self.spool.ids(), "delivered on its first attempt")
         self.assertEqual(peer.finals, 2)
         self.assertEqual(len(peer.sessions), 2)
+
+    @defer.inlineCallbacks
+    def test_rounds_at_once_are_capped_and_the_rest_follow(self) -> object:
+        scheduler, peer = self.build(Script())
+        scheduler.max_rounds = 3
+        most = []
+        start_round = scheduler._start_round
+
+        def counted(queue_id: str) -> None:
+            start_round(queue_id)
+            most.append(len(scheduler.busy))
+
+        self.patch(scheduler, "_start_round", counted)
+        self.queue_at_once(scheduler, [f"r{i}" for i in range(12)])
+        yield defer.ensureDeferred(self.until_empty(scheduler))
+        self.assertEqual(self.subjects(peer), sorted(f"r{i}" for i in range(12)))
+        self.assertEqual(len(most), 12)
+        self.assertEqual(max(most), 3, "never more than max_rounds")
+
+    @defer.inlineCallbacks
+    def test_peer_closing_after_each_message_loses_and_delays_nothing(self) -> object:
+        # Both queued at once, one connection allowed: the second message is written on
+        # the cached connection before its close (sent right after the 250) is read.
+        # That is no attempt at the second message: it goes out at once on a new
+        # connection, not after the retry back-off (60 s here).
+        scheduler, peer = self.build(Script(close_after_message=True), total=1,
+                                     per_destination=1,
+                                     policy=Policy(retry_initial=60, retry_max=60))
+        self.queue_at_once(scheduler, ["first", "second"])
+        yield defer.ensureDeferred(self.until_empty(scheduler))
+        self.assertEqual(peer.finals, 2)
+        self.assertEqual([len(s.messages) for s in peer.sessions], [1, 1])
+        self.assertEqual(self.subjects(peer), ["first", "second"])
+
+    @defer.inlineCallbacks
+    def test_4xx_to_one_message_keeps_the_cached_connection(self) -> object:
+        # A 451 at the end of one message's data is about that message (RFC 5321
+        # 4.2.5): the next message goes over the same connection, and the deferred one
+        # is retried later, delivered once.
+        scheduler, peer = self.build(
+            Script(final_replies=[b"451 4.3.0 try later\r\n", b"250 2.0.0 Ok\r\n"]),
+            total=1, per_destination=1)
+        self.queue_at_once(scheduler, ["first", "second"])
+        yield defer.ensureDeferred(self.until_empty(scheduler))
+        self.assertEqual(peer.finals, 3, "451, 250, then the retry's 250")
+        first_two = peer.sessions[0].messages[:2]
+        self.assertEqual(sorted(first_two), [b"Subject: first\r\n\r\nhello\r\n",
+                                             b"Subject: second\r\n\r\nhello\r\n"],
+                         "both on the first connection")
+        deferred = first_two[0].split(b"\r\n")[0].removeprefix(b"Subject: ").decode()
+        self.assertEqual(self.subjects(peer), sorted(["first", "second", deferred]),
+                         "the one that got the 451 sent again, each delivered once")
 
     @defer.inlineCallbacks
     def test_local_recipients_in_the_queue_go_to_the_maildir_path(self) -> object:

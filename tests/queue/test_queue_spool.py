@@ -236,3 +236,38 @@ def test_stale_held_entry_is_released_without_a_restart(spool: Spool) -> None:
     assert spool.release_stale_held() == [stale.id]
     assert spool.ids() == [stale.id]
     assert spool.held_ids() == [fresh.id], "a session may still be committing this one"
+
+
+def test_discard_many_syncs_envelopes_once_and_unlinks_after_the_sync(
+        spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The scheduler's group commit: ten finished entries cost one fsync of envelopes/,
+    # and no message file goes before that fsync (a message without an envelope is
+    # garbage; an envelope without its message would be set aside as corrupt).
+    import mailserver.queue.spool as spool_module
+
+    entries = [committed(spool, entry(f"r{i}@example.net")) for i in range(10)]
+    held = committed(spool, entry("h@example.net"), release=False)
+    synced: list[tuple[Path, int, int]] = []
+
+    def fsync_dir(path: Path) -> None:
+        synced.append((path, len(spool.ids()), len(os.listdir(spool.messages))))
+
+    monkeypatch.setattr(spool_module, "fsync_dir", fsync_dir)
+    spool.discard_many([e.id for e in entries] + [held.id, "0123456789ABCDEF"])
+    assert sorted(p for p, _, _ in synced) == sorted([spool.envelopes, spool.held])
+    assert all(envelopes == 0 and messages == 11 for _, envelopes, messages in synced), \
+        "every envelope unlinked before the sync, every message still there"
+    assert spool.ids() == [] and spool.held_ids() == []
+    assert os.listdir(spool.messages) == []
+
+
+def test_discard_many_of_entries_already_gone_still_syncs(
+        spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Another thread (`queue delete`) may have unlinked it and not yet synced: the
+    # caller counts it removed only once an fsync that started after the unlink ends.
+    import mailserver.queue.spool as spool_module
+
+    synced: list[Path] = []
+    monkeypatch.setattr(spool_module, "fsync_dir", synced.append)
+    spool.discard_many(["0123456789ABCDEF"])
+    assert synced == [spool.envelopes]
