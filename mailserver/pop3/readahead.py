@@ -11,9 +11,9 @@ overlap. Replies are still sent strictly in command order by the session; a mess
 read ahead and never asked for is simply dropped with the session.
 
 Memory: per session at most two batches (2 x BATCH_OCTETS), and for all the sessions
-of a process together SHARED_OCTETS (the `Budget`): a thousand clients downloading at
-once read ahead no more than a few; each still gets the message it asks for now, read
-alone. Messages over maildrop.STREAM_OCTETS are never read ahead: RETR streams them
+of a process together SHARED_OCTETS (the `Budget`); once that is spent each session
+reads batches of MIN_BATCH_OCTETS (and always the message it is asked for), so a
+thousand clients downloading at once hold ~64 MiB + 1000 x 2 x 256 KiB, not 8 GiB. Messages over maildrop.STREAM_OCTETS are never read ahead: RETR streams them
 (stream.py).
 """
 
@@ -35,6 +35,10 @@ LOW_WATER = BATCH_MESSAGES // 2
 
 #: Octets read ahead and not yet sent, for all the sessions of a process together.
 SHARED_OCTETS = 64 * 1024 * 1024
+#: What a session still reads per batch once the shared budget is spent: a batch of a
+#: few dozen messages, not one disk job per RETR (measured: a download of one message
+#: per job cost ~8x the CPU, the GIL changing hands at every hand-off).
+MIN_BATCH_OCTETS = 256 * 1024
 
 #: How to run a blocking job in a disk thread: DiskExecutor.run.
 RunInThread = Callable[..., "Deferred[Any]"]
@@ -125,17 +129,18 @@ class ReadAhead:
     def needs_refill(self) -> bool:
         """Whether refill() would start a batch (checked before the session builds
         the list of coming numbers: this runs once per RETR)."""
+        most = BATCH_OCTETS if self._budget.free > 0 else MIN_BATCH_OCTETS
         return (not self._reading and len(self._ready) < LOW_WATER
-                and self._ready_octets < BATCH_OCTETS and not self._closed
-                and self._budget.free > 0)
+                and self._ready_octets < most and not self._closed)
 
     def _start(self, numbers: Iterable[int]) -> None:
         batch: list[int] = []
         chosen: set[int] = set()
         octets = 0
         messages = self._messages
-        # The first message always (the one a RETR waits for); more within the budget.
-        limit = min(BATCH_OCTETS, self._budget.free)
+        # The first message always (the one a RETR waits for); more within the budget,
+        # or a small batch when it is spent.
+        limit = min(BATCH_OCTETS, max(MIN_BATCH_OCTETS, self._budget.free))
         for n in numbers:
             if n in self._ready or n in self._reading or n in chosen \
                     or not 1 <= n <= len(messages) or messages[n - 1].deleted:
@@ -161,15 +166,20 @@ class ReadAhead:
 
     def _done(self, batch: list[int], results: list[bytes | None]) -> None:
         self._reading.difference_update(batch)
+        # The whole batch is filed before any waiter runs: a waiter sends its reply and
+        # refills, and a refill made while the rest of the batch was not yet in _ready
+        # read those messages a second time (and counted them twice in the budget).
+        fire: list[tuple[Deferred[bytes | None], bytes | None]] = []
         for n, data in zip(batch, results, strict=True):
             waiters = self._waiters.pop(n, [])
             if waiters or self._closed:
                 self._release(n)  # written to the transport now, or dropped
-                for d in waiters:
-                    d.callback(data)
+                fire.extend((d, data) for d in waiters)
             else:
                 self._ready[n] = data
                 self._ready_octets += len(data or b"")
+        for d, data in fire:
+            d.callback(data)
 
     def _failed(self, batch: list[int], failure: Any) -> None:
         self._reading.difference_update(batch)
