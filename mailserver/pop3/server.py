@@ -41,11 +41,6 @@ log = logger(__name__)
 MAX_PENDING_INPUT = 64 * 1024
 #: RFC 1939 3: the autologout timer "MUST be of at least 10 minutes duration".
 MIN_TRANSACTION_TIMEOUT = 600
-#: Over TLS, replies written in one turn of the reactor are handed to TLS together, up to
-#: this many octets: each transport.write is an SSL_write, a read of the memory BIO and
-#: a TCP write in Python (twisted.protocols.tls), so one per 5 KiB RETR reply cost more
-#: than the reply's encryption. 64 KiB = four full 16 KiB records (RFC 8446 5.1).
-TLS_WRITE_OCTETS = 64 * 1024
 #: Failed logins on one connection before it is closed (Dovecot's default is 3 too);
 #: each failure already costs the client the checker's delay. Across connections (and
 #: protocols) the context's LoginThrottle counts them per client address.
@@ -136,10 +131,6 @@ class POP3Session(TransactionCommands, LineConnection):
         self._sasl_pending = False  # AUTH PLAIN sent "+ ", waiting for the response
         #: A streamed RETR waiting for the write buffer to drain (drained()).
         self._drain_waiter: Deferred[None] | None = None
-        #: Over TLS: replies not yet handed to the transport (_write, _flush).
-        self._tls_out: list[bytes] = []
-        self._tls_out_octets = 0
-        self._tls_flush: Any = None  # the DelayedCall of the next _flush
         self.init_connection()
 
     # -- connection lifecycle ------------------------------------------------------------
@@ -153,9 +144,6 @@ class POP3Session(TransactionCommands, LineConnection):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         super().connectionLost(reason)
-        if self._tls_flush is not None and self._tls_flush.active():
-            self._tls_flush.cancel()
-        self._tls_flush, self._tls_out = None, []
         self._fire_drained()  # a streamed RETR waiting to write sees _closing and stops
         if self.state != UPDATE:
             # In UPDATE the deletions are running in a disk thread: _update's callback
@@ -263,35 +251,9 @@ class POP3Session(TransactionCommands, LineConnection):
     # -- output --------------------------------------------------------------------------
 
     def _write(self, data: bytes) -> None:
-        if self.transport is None or self._closing:
-            return
-        self.resetTimeout()  # a long download is activity, not an idle session
-        if not self.tls_active:
+        if self.transport is not None and not self._closing:
             self.transport.write(data)
-            return
-        # Big writes for TLS: gathered until the end of this reactor turn (a pipelined
-        # download answers many RETRs per turn) or TLS_WRITE_OCTETS, then one write.
-        self._tls_out.append(data)
-        self._tls_out_octets += len(data)
-        if self._tls_out_octets >= TLS_WRITE_OCTETS:
-            self._flush()
-        elif self._tls_flush is None:
-            self._tls_flush = self.callLater(0, self._flush)
-
-    def _flush(self) -> None:
-        """Hand the gathered TLS output to the transport (at the end of the turn, when
-        it is big enough, and before the connection is closed)."""
-        if self._tls_flush is not None:
-            if self._tls_flush.active():
-                self._tls_flush.cancel()
-            self._tls_flush = None
-        if not self._tls_out or self.transport is None:
-            return
-        out, self._tls_out, self._tls_out_octets = self._tls_out, [], 0
-        self.transport.write(out[0] if len(out) == 1 else b"".join(out))
-
-    def on_close(self) -> None:
-        self._flush()  # the last replies and the goodbye go out before the close
+            self.resetTimeout()  # a long download is activity, not an idle session
 
     emit = _write
 

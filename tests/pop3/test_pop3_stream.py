@@ -240,44 +240,6 @@ def test_a_big_message_is_never_read_ahead(pop: Harness) -> None:
     assert 2 not in read and out.count(b"+OK") == 3
 
 
-class CountingTransport(StringTransport):
-    def __init__(self) -> None:
-        super().__init__(peerAddress=IPv4Address("TCP", "192.0.2.7", 4000))
-        self.writes = 0
-
-    def write(self, data: bytes) -> None:
-        self.writes += 1
-        super().write(data)
-
-
-def test_over_tls_the_replies_of_one_turn_are_one_write(pop: Harness) -> None:
-    """Each transport.write under TLS is an SSL_write and a flush of the memory BIO in
-    Python: the replies of a pipelined burst go to TLS in one write (up to 64 KiB), at
-    the end of the reactor turn, and what is gathered goes out before a close."""
-    fill(pop, *(b"Subject: %d\n\nbody %d\n" % (i, i) for i in range(1, 21)))
-    protocol = pop.factory.buildProtocol(IPv4Address("TCP", "192.0.2.7", 4000))
-    transport = CountingTransport()
-    protocol.callLater = pop.clock.callLater  # type: ignore[method-assign]
-    protocol.tls_active = True  # as after STLS (the transport's TLS is not modelled)
-    protocol.makeConnection(transport)
-    pop.clock.advance(0)
-    c = Client(protocol, transport)
-    assert c.lines() == ["+OK mailserver POP3 server ready."]
-    protocol.dataReceived(b"USER alice@example.org\r\nPASS secret\r\n")
-    pop.clock.advance(0)
-    c.raw()
-    transport.writes = 0
-    protocol.dataReceived(b"".join(b"RETR %d\r\n" % n for n in range(1, 21)))
-    assert transport.value() == b""  # gathered until the end of the turn
-    pop.clock.advance(0)
-    out = c.raw()
-    assert transport.writes == 1
-    assert out.count(b"+OK") == 20 and out.endswith(b"body 20\r\n.\r\n")
-    protocol.dataReceived(b"NOOP\r\nQUIT\r\n")  # no turn ends: the close flushes
-    assert c.raw() == b"+OK\r\n+OK Logging out.\r\n"
-    assert transport.disconnecting
-
-
 def test_a_batch_is_filed_whole_before_its_waiter_refills(pop: Harness) -> None:
     """The reply waited for was sent (and the next batch started) while the rest of
     its batch was not yet filed as read: those messages were read a second time (129
