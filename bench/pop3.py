@@ -42,6 +42,7 @@ import contextlib
 import os
 import random
 import shutil
+import ssl
 import statistics
 import subprocess
 import sys
@@ -59,6 +60,8 @@ HOST = "127.0.0.1"
 DOMAIN = "bench.test"
 PASSWORD = "pw"
 WINDOW = 32  # RETR commands in flight per client
+#: The clients' TLS context, None for plain TCP (bench/pop3_profile.py --tls sets it).
+CLIENT_TLS: ssl.SSLContext | None = None
 ONLY = ""  # --only: "ours" or "dovecot"
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "results" / "pop3.md"
@@ -121,6 +124,8 @@ class OursPop3(OursInstance):
         #: Run the mailserver package of this source tree (PYTHONPATH), e.g. the
         #: branch's base commit checked out by `git worktree add`, for before/after.
         self.tree = tree
+        #: A POP3S listener too when set (bench/pop3_profile.py --tls).
+        self.pop3s_port = 0
 
     def _spawn(self) -> bool:
         if not self.tree:
@@ -140,6 +145,9 @@ class OursPop3(OursInstance):
         text = self.config.read_text()
         text = text.replace("[listen]\n", f'[listen]\npop3 = "tcp:{self.pop3_port}:'
                                           f'interface={HOST}"\n')
+        if self.pop3s_port:
+            text = text.replace("[listen]\n", f'[listen]\npop3s = "tcp:{self.pop3s_port}:'
+                                              f'interface={HOST}"\n')
         text += "\n[auth]\nallow_plaintext_without_tls = true\n"
         self.config.write_text(text)
 
@@ -166,7 +174,8 @@ class Pop3Client:
 
     @classmethod
     async def login(cls, port: int, user: str) -> Pop3Client:
-        reader, writer = await asyncio.open_connection(HOST, port, limit=1 << 24)
+        reader, writer = await asyncio.open_connection(HOST, port, limit=1 << 24,
+                                                       ssl=CLIENT_TLS)
         client = cls(reader, writer)
         await client.status()
         writer.write(f"USER {user}\r\nPASS {PASSWORD}\r\n".encode())

@@ -18,13 +18,16 @@ import argparse
 import asyncio
 import collections
 import shutil
+import ssl
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import pop3
 import proctree
+from dovecot_instance import free_port
 from pop3 import OursPop3, link_maildrop, login_uidl, make_master, run_retr
 
 
@@ -65,6 +68,9 @@ def main() -> int:
                          "e.g. 'strace -c -f -p {pid} -o /tmp/syscalls.txt'")
     ap.add_argument("--seen-first", action="store_true",
                     help="one RETR-all before recording (the renames for Seen)")
+    ap.add_argument("--tls", action="store_true",
+                    help="the clients use POP3S (our self-signed certificate)")
+    ap.add_argument("--tree", default="", help="run ours from this source tree")
     ap.add_argument("--format", default="raw", choices=["raw", "flamegraph"],
                     help="py-spy's output: collapsed stacks (+ summary) or an SVG")
     args = ap.parse_args()
@@ -72,18 +78,24 @@ def main() -> int:
     users = [f"u{i}" for i in range(args.clients)]
     try:
         master = make_master(tmp / "master", args.size)
-        ours = OursPop3(tmp / "ours", users)
+        ours = OursPop3(tmp / "ours", users, tree=args.tree)
+        port = ours.pop3_port
+        if args.tls:
+            port = ours.pop3s_port = free_port()
+            pop3.CLIENT_TLS = ssl.create_default_context()
+            pop3.CLIENT_TLS.check_hostname = False
+            pop3.CLIENT_TLS.verify_mode = ssl.CERT_NONE
         ours.write_config()
         for u in users:
             link_maildrop(master, ours.mail_root() / u)
         with ours:
             pid = ours.master_pid
             for u in users:  # warm-up: page cache, name cache
-                asyncio.run(login_uidl(ours.pop3_port, u, args.size))
+                asyncio.run(login_uidl(port, u, args.size))
             if args.seen_first:
                 # The first download renames every message (Seen, at QUIT); the
                 # bench's median of 3 is two runs without that: profile those.
-                r = asyncio.run(run_retr(ours.pop3_port, users, args.size))
+                r = asyncio.run(run_retr(port, users, args.size))
                 print(f"first RETR-all (sets Seen): {r.rate:9.1f} msgs/s", flush=True)
             spy = None
             if args.out:
@@ -103,7 +115,7 @@ def main() -> int:
             for _ in range(args.repeat):
                 mine = time.process_time()
                 with proctree.TreeSampler(pid) as sampler:
-                    r = asyncio.run(run_retr(ours.pop3_port, users, args.size))
+                    r = asyncio.run(run_retr(port, users, args.size))
                 mine = time.process_time() - mine
                 print(f"RETR-all {args.clients} clients x {args.size}: {r.rate:9.1f} msgs/s "
                       f"{r.mb_s:6.1f} MB/s, server CPU {sampler.usage.cpu_s:.2f} s, "
