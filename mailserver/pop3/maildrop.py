@@ -4,7 +4,8 @@ The maildrop itself (the snapshot, the files, the [IN-USE] lock) is the store's
 (interfaces.IMaildrop); this module turns its bytes into POP3's wire form. The
 functions that take an IMaildrop are blocking and run in a disk thread: a RETR reply is
 built there whole (status line, dot-stuffed body, terminator), so the reactor thread
-only hands one ready buffer to one transport.write.
+only hands one ready buffer to one transport.write; a message over STREAM_OCTETS is
+read and converted a chunk at a time instead (WireReader, sent by stream.py).
 """
 
 from __future__ import annotations
@@ -60,9 +61,9 @@ def _wire(data: bytes, line_start: bool, last: bool) -> bytes:
     return data
 
 
-#: Messages larger than this are not read whole for RETR: WireReader sends them
-#: CHUNK_OCTETS at a time, each read once the client has taken the one before (so a
-#: 50 MiB message costs a session ~2 chunks of memory, not ~3 copies of 50 MiB).
+#: Messages larger than this are not read whole for RETR: WireReader reads them
+#: CHUNK_OCTETS at a time and stream.py writes each once the client has taken the one
+#: before (so a 50 MiB message costs a session ~2 chunks of memory, not ~3 copies).
 STREAM_OCTETS = 1024 * 1024
 #: One read of a streamed message (and one write: big writes are what TLS wants,
 #: 16 records of 16 KiB each, and what the socket wants).
