@@ -31,6 +31,7 @@ without TLS on loopback (ours: allow_plaintext_without_tls; Dovecot: ssl = no).
     .venv/bin/python bench/pop3.py                 # 1k and 10k, 1 and 10 clients, 100k
     .venv/bin/python bench/pop3.py --sizes 1000 --clients 1 --no-big --repeat 1
     .venv/bin/python bench/pop3.py --extra-processes 2   # + rows for `processes = 2`
+    .venv/bin/python bench/pop3.py --before /tmp/old-tree  # + rows for another tree's code
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import contextlib
 import os
 import random
 import shutil
+import ssl
 import statistics
 import subprocess
 import sys
@@ -58,6 +60,8 @@ HOST = "127.0.0.1"
 DOMAIN = "bench.test"
 PASSWORD = "pw"
 WINDOW = 32  # RETR commands in flight per client
+#: The clients' TLS context, None for plain TCP (bench/pop3_profile.py --tls sets it).
+CLIENT_TLS: ssl.SSLContext | None = None
 ONLY = ""  # --only: "ours" or "dovecot"
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS = BENCH_DIR / "results" / "pop3.md"
@@ -112,16 +116,38 @@ def link_maildrop(files: list[Path], maildir: Path) -> None:
 class OursPop3(OursInstance):
     """Our server with pop3 on a loopback port, users u0..uN-1, plaintext allowed."""
 
-    def __init__(self, root: Path, users: list[str], processes: int = 1) -> None:
+    def __init__(self, root: Path, users: list[str], processes: int = 1,
+                 tree: str = "") -> None:
         super().__init__(root, free_port(), HOST, processes)
         self.users = users
         self.pop3_port = free_port()
+        #: Run the mailserver package of this source tree (PYTHONPATH), e.g. the
+        #: branch's base commit checked out by `git worktree add`, for before/after.
+        self.tree = tree
+        #: A POP3S listener too when set (bench/pop3_profile.py --tls).
+        self.pop3s_port = 0
+
+    def _spawn(self) -> bool:
+        if not self.tree:
+            return super()._spawn()
+        saved = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = self.tree
+        try:
+            return super()._spawn()
+        finally:
+            if saved is None:
+                del os.environ["PYTHONPATH"]
+            else:
+                os.environ["PYTHONPATH"] = saved
 
     def write_config(self) -> None:
         super().write_config()
         text = self.config.read_text()
         text = text.replace("[listen]\n", f'[listen]\npop3 = "tcp:{self.pop3_port}:'
                                           f'interface={HOST}"\n')
+        if self.pop3s_port:
+            text = text.replace("[listen]\n", f'[listen]\npop3s = "tcp:{self.pop3s_port}:'
+                                              f'interface={HOST}"\n')
         text += "\n[auth]\nallow_plaintext_without_tls = true\n"
         self.config.write_text(text)
 
@@ -148,7 +174,8 @@ class Pop3Client:
 
     @classmethod
     async def login(cls, port: int, user: str) -> Pop3Client:
-        reader, writer = await asyncio.open_connection(HOST, port, limit=1 << 24)
+        reader, writer = await asyncio.open_connection(HOST, port, limit=1 << 24,
+                                                       ssl=CLIENT_TLS)
         client = cls(reader, writer)
         await client.status()
         writer.write(f"USER {user}\r\nPASS {PASSWORD}\r\n".encode())
@@ -267,7 +294,8 @@ def median(results: list[Result]) -> Result:
 
 
 def bench_size(root: Path, count: int, clients: list[int], repeat: int, uidl_sessions: int,
-               rows: list[str], processes: int = 1, extra_processes: int = 0) -> None:
+               rows: list[str], processes: int = 1, extra_processes: int = 0,
+               before: str = "") -> None:
     n_users = max(clients)
     users = [f"u{i}" for i in range(n_users)]
     print(f"\n== maildrop of {count} messages, users {users[0]}..{users[-1]}", flush=True)
@@ -277,20 +305,29 @@ def bench_size(root: Path, count: int, clients: list[int], repeat: int, uidl_ses
     # in the same run on its own hard-linked copy; reported as extra rows.
     extra = OursPop3(root / "ours-extra", users, extra_processes) if extra_processes \
         else None
+    # --before TREE: the same server from another source tree, in the same run.
+    old = OursPop3(root / "ours-before", users, processes, tree=before) if before else None
     dovecot = DovecotInstance(root / "dovecot", root / "dovecot-mail",
                               {u: PASSWORD for u in users}, protocols=("pop3",))
     ours.write_config()
     if extra is not None:
         extra.write_config()
+    if old is not None:
+        old.write_config()
     for u in users:
         link_maildrop(master, ours.mail_root() / u)
         link_maildrop(master, root / "dovecot-mail" / u)
         if extra is not None:
             link_maildrop(master, extra.mail_root() / u)
+        if old is not None:
+            link_maildrop(master, old.mail_root() / u)
     servers: list[tuple[str, int, object]] = []
-    with dovecot, ours, (extra if extra is not None else contextlib.nullcontext()):
-        servers = [("Dovecot", dovecot.ports["pop3"], dovecot),
-                   ("ours", ours.pop3_port, ours)]
+    with dovecot, ours, (extra if extra is not None else contextlib.nullcontext()), \
+            (old if old is not None else contextlib.nullcontext()):
+        servers = [("Dovecot", dovecot.ports["pop3"], dovecot)]
+        if old is not None:
+            servers.append(("ours-before", old.pop3_port, old))
+        servers.append(("ours", ours.pop3_port, ours))
         if extra is not None:
             servers.append((f"ours-{extra_processes}p", extra.pop3_port, extra))
         if ONLY:
@@ -373,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--extra-processes", type=int, default=0,
                     help="also run a second instance of ours with this many processes "
                          "(extra rows, e.g. 2)")
+    ap.add_argument("--before", default="",
+                    help="also run ours from this source tree (rows marked ours-before)")
     ap.add_argument("--tmpdir", default=None, help="where the Maildirs go")
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     ap.add_argument("--output", default=str(RESULTS), help="Markdown file ('' = none)")
@@ -387,7 +426,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for size in sizes:
             bench_size(tmp / f"n{size}", size, clients, args.repeat, args.uidl_sessions,
-                       rows, args.processes, args.extra_processes)
+                       rows, args.processes, args.extra_processes, args.before)
             if not args.keep:
                 shutil.rmtree(tmp / f"n{size}", ignore_errors=True)
         if not args.no_big:

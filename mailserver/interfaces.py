@@ -534,6 +534,11 @@ class IMaildrop(Interface):
         file), in as few system calls as possible. MessageGone if it was expunged
         meanwhile; OSError if it exists but cannot be read."""
 
+    def open_file(number: int) -> int:
+        """A read-only descriptor of message `number`'s file, positioned at its start,
+        for a message too big to read whole (the caller closes it). MessageGone and
+        OSError as read()."""
+
     def mark_seen(numbers: Iterable[int]) -> None:
         """Give these messages the Seen flag (IMAP shows them read). Best effort: a
         message gone or a file that cannot be renamed is skipped (and logged)."""

@@ -129,6 +129,8 @@ class POP3Session(TransactionCommands, LineConnection):
         self.reader: readahead.ReadAhead | None = None
         self.auth_failures = 0
         self._sasl_pending = False  # AUTH PLAIN sent "+ ", waiting for the response
+        #: A streamed RETR waiting for the write buffer to drain (drained()).
+        self._drain_waiter: Deferred[None] | None = None
         self.init_connection()
 
     # -- connection lifecycle ------------------------------------------------------------
@@ -142,6 +144,7 @@ class POP3Session(TransactionCommands, LineConnection):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         super().connectionLost(reason)
+        self._fire_drained()  # a streamed RETR waiting to write sees _closing and stops
         if self.state != UPDATE:
             # In UPDATE the deletions are running in a disk thread: _update's callback
             # (or _wait_for's errback) ends the login after them, so the lock keeps the
@@ -172,6 +175,30 @@ class POP3Session(TransactionCommands, LineConnection):
 
     def stopProducing(self) -> None:  # noqa: N802 - Twisted's name (IPushProducer)
         self._closing = True
+        self._fire_drained()
+
+    def resumeProducing(self) -> None:  # noqa: N802 - Twisted's name (IPushProducer)
+        """The transport's write buffer is empty: a streamed RETR writes its next
+        chunk (stream.py; writing it may pause us again at once), else pipelined
+        commands are handled as before (the stream's end handles them)."""
+        if self._drain_waiter is None:
+            super().resumeProducing()
+            return
+        self._writing_paused = False
+        self._fire_drained()
+
+    def drained(self) -> Deferred[None] | None:
+        """None if a big RETR may write its next chunk now, else a Deferred that fires
+        once the transport's write buffer has drained (or the connection is gone)."""
+        if not self._writing_paused or self._closing:
+            return None
+        self._drain_waiter = Deferred()
+        return self._drain_waiter
+
+    def _fire_drained(self) -> None:
+        waiter, self._drain_waiter = self._drain_waiter, None
+        if waiter is not None:
+            waiter.callback(None)
 
     # -- input ---------------------------------------------------------------------------
 

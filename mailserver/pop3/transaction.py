@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from mailserver.interfaces import MaildropMessage, MessageGone
-from mailserver.pop3 import grammar, maildrop, readahead
+from mailserver.pop3 import grammar, maildrop, readahead, stream
 
 if TYPE_CHECKING:
     from mailserver.pop3.server import Login
@@ -79,7 +79,9 @@ class TransactionCommands:
     def do_RETR(self, command: grammar.MessageArg) -> Deferred[None] | None:
         assert command.number is not None and self.reader is not None
         number = command.number
-        self._message(number)  # refused if it does not exist or is deleted
+        size = self._message(number).size  # refused if it does not exist or is deleted
+        if size > maildrop.STREAM_OCTETS:
+            return self._stream(number, size)
         reader = self.reader
         ready, reply = reader.take(number)
         if ready:
@@ -129,6 +131,18 @@ class TransactionCommands:
             # whose read was still pending when the connection dropped.
             self.retrieved.add(number)
         self._write(reply)
+
+    def _stream(self, number: int, size: int) -> Deferred[None]:
+        """A big message: read and sent a chunk at a time (stream.py), not whole."""
+        assert self.login is not None
+
+        def sent(whole: bool) -> None:
+            if whole and not self._closing:
+                self.retrieved.add(number)  # as _send_retrieved: only what was sent
+
+        d: Deferred[bool] = stream.send(self, self.factory.disk.run,  # type: ignore[arg-type]
+                                        self.login.maildrop, number, size)
+        return d.addCallback(sent)
 
     def do_TOP(self, command: grammar.Top) -> Deferred[None]:
         assert self.login is not None

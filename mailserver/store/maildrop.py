@@ -215,6 +215,18 @@ def _read(finder: Finder, message: Message) -> bytes:
     raise MessageGone(message.base)
 
 
+def _open(finder: Finder, message: Message) -> int:
+    """A descriptor of the message file (for a read in chunks); renamed files are
+    looked up by base name as in _read."""
+    path = f"{finder.root}/{message.subdir}/{message.name}"
+    for attempt in range(3):
+        try:
+            return os.open(path, _OPEN_FLAGS)
+        except FileNotFoundError:
+            path = finder.relocate(message, fresh=attempt > 0)
+    raise MessageGone(message.base)
+
+
 def _add_seen(finder: Finder, message: Message) -> None:
     """Rename one message into cur/ with S added to its flags.
 
@@ -291,6 +303,9 @@ class Maildrop:
 
     def read(self, number: int) -> bytes:
         return _read(self._finder, self.messages[number - 1])
+
+    def open_file(self, number: int) -> int:
+        return _open(self._finder, self.messages[number - 1])
 
     def mark_seen(self, numbers: Iterable[int]) -> None:
         """Maildir spec: a message seen by a client moves from new/ to cur/ and gains
