@@ -449,6 +449,11 @@ class IUserStore(Interface):
                internal_date: float | None = None) -> CopyResult:
         """Store `message` (CRLF as the client sent it) durably; TRYCREATE if missing."""
 
+    def append_many(name: str,
+                    messages: Sequence[tuple[bytes | bytearray, Sequence[str], float | None]]
+                    ) -> CopyResult:
+        """MULTIAPPEND (RFC 3502): store every (message, flags, date), or none of them."""
+
     def watch(name: str, callback: Callable[[], None]) -> Callable[[], None]:
         """Call `callback` in the reactor thread soon after anything in the folder
         changes on disk (inotify when available, else a cheap poll); coalesced.

@@ -775,6 +775,12 @@ _PARSERS: dict[str, Any] = {
 }
 
 
+# RFC 3502/4469/3516/5258: APPEND and LIST of the extensions (grammar_ext.py).
+from mailserver.imap import grammar_ext  # noqa: E402 - it uses this module's Reader
+
+_PARSERS.update(grammar_ext.PARSERS)
+
+
 def flatten(items: Sequence[FetchAtt]) -> tuple[FetchAtt, ...]:
     """Fetch items without duplicates, in order."""
     seen: dict[FetchAtt, None] = {}

@@ -34,7 +34,7 @@ from mailserver.store.folderstate import FolderState
 from mailserver.store.maildir import fsync_dir
 from mailserver.store.names import split_name, stored_size_of
 from mailserver.store.registry import acquire_state, forget_folders, release_state
-from mailserver.store.transfer import link_into, move_into, write_new
+from mailserver.store.transfer import link_into, move_into, write_all_new, write_new
 from mailserver.store.uidlist import locked
 from mailserver.store.view import MailboxView
 
@@ -185,6 +185,31 @@ class UserStore:
                 validity = self._validity(state)
             return CopyResult(uid_validity=validity, source_uids=(),
                               dest_uids=tuple(uids.values()))
+        finally:
+            release_state(state)
+
+    def append_many(self, name: str,
+                    messages: Sequence[tuple[bytes | bytearray, Sequence[str], float | None]]
+                    ) -> CopyResult:
+        """MULTIAPPEND (RFC 3502): every (message, flags, date) or none; UIDs in order."""
+        _, path = self._existing(name, missing="TRYCREATE")
+        state = self._state(path)
+        try:
+            with state.lock:
+                staged = [(message, self._letters(state, flags), when)
+                          for message, flags, when in messages]
+            try:
+                finals = write_all_new(path, staged)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise StoreError("OVERQUOTA", "Not enough disk space") from None
+                raise
+            with state.lock:
+                bases = [split_name(final)[0] for final in finals]
+                uids = state.uidlist.assign(bases)
+                validity = self._validity(state)
+            return CopyResult(uid_validity=validity, source_uids=(),
+                              dest_uids=tuple(uids[base] for base in bases))
         finally:
             release_state(state)
 

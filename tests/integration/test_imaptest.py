@@ -59,3 +59,32 @@ def test_search_size_after_search_header(server_factory: Callable[..., RunningSe
         assert "1 test groups: 0 failed" in output, f"{group}:\n{output[-3000:]}"
         counted = re.search(r"base protocol: (\d+)/(\d+) individual commands failed", output)
         assert counted is not None and counted.groups() == ("0", str(commands)), output
+
+
+#: ImapTest's groups for the extensions of issue 15 that this server offers, with the
+#: number of commands each runs (a group whose capability we did not advertise would
+#: run none and "pass": the count makes that a failure).
+EXTENSION_GROUPS = {
+    "multiappend": 4,
+    "catenate": 29,
+    "catenate-multiappend": 15,
+}
+
+
+@pytest.mark.timeout(300)
+def test_extension_groups(server_factory: Callable[..., RunningServer]) -> None:
+    binary = imaptest_binary()
+    server = server_factory(users=(USER,),
+                            listen={"imap": "tcp:0:interface=127.0.0.1"},
+                            auth={"allow_plaintext_without_tls": True})
+    results: dict[str, tuple[int, int]] = {}
+    outputs: list[str] = []
+    for group in EXTENSION_GROUPS:
+        output = run_group(binary, server, group)
+        counts = re.findall(
+            r"(?:base protocol|extensions): (\d+)/(\d+) individual commands failed", output)
+        failed_groups = 0 if "1 test groups: 0 failed" in output else 1
+        results[group] = (failed_groups + sum(int(f) for f, _ in counts),
+                          sum(int(t) for _, t in counts))
+        outputs.append(f"{group}:\n{output[-1500:]}")
+    assert results == {g: (0, n) for g, n in EXTENSION_GROUPS.items()}, "\n".join(outputs)
