@@ -226,4 +226,88 @@ def url_user(url: ImapUrl) -> str | None:
     return urllib.parse.unquote(m.group("user"))
 
 
-PARSERS: dict[str, Any] = {"APPEND": append}
+# -- LIST-EXTENDED (RFC 5258 6) and LIST-STATUS (RFC 5819) ----------------------------
+
+SELECT_OPTIONS = frozenset({"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"})
+RETURN_OPTIONS = frozenset({"SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS"})
+
+
+def list_extended(r: Reader, tag: str, name: str, uid: bool) -> Command:
+    """LIST [SP list-select-opts] SP mailbox SP mbox-or-pat [SP list-return-opts].
+
+    A LIST in RFC 3501's form stays a ListCommand (answered as before); any extended
+    form is a ListExtended. Unknown options are BAD (RFC 5258 3: "MUST return BAD").
+    """
+    r.sp()
+    select: tuple[str, ...] = ()
+    extended = False
+    if r.peek() == 0x28:
+        select = _options(r, SELECT_OPTIONS, "selection")
+        # RFC 5258 3.1: RECURSIVEMATCH needs another option it can modify (REMOTE is
+        # none); we serve it with SUBSCRIBED (the only one with CHILDINFO).
+        if "RECURSIVEMATCH" in select and "SUBSCRIBED" not in select:
+            raise r.fail("RECURSIVEMATCH needs SUBSCRIBED")
+        extended = True
+        r.sp()
+    reference = grammar.mailbox_name(r.astring(), r)
+    r.sp()
+    if r.peek() == 0x28:  # patterns: "(" list-mailbox *(SP list-mailbox) ")"
+        r.pos += 1
+        patterns = [r.list_mailbox()]
+        while r.maybe_sp():
+            if len(patterns) >= MAX_LIST_PATTERNS:
+                raise r.fail(f"too many patterns ({MAX_LIST_PATTERNS} at most)", "LIMIT")
+            patterns.append(r.list_mailbox())
+        r.expect(b")")
+        extended = True
+    else:
+        patterns = [r.list_mailbox()]
+    returns: tuple[str, ...] = ()
+    status_items: tuple[str, ...] = ()
+    if r.maybe_sp():
+        r.expect(b"RETURN", "RETURN")
+        r.sp()
+        returns, status_items = _return_options(r)
+        extended = True
+    if not extended:
+        return ListCommand(tag, name, reference, patterns[0])
+    return ListExtended(tag, name, reference, patterns[0], select, returns,
+                        tuple(patterns), status_items)
+
+
+def _options(r: Reader, known: frozenset[str], what: str) -> tuple[str, ...]:
+    r.expect(b"(")
+    options: list[str] = []
+    while r.peek() != 0x29:
+        if options:
+            r.sp()
+        option = r.atom().upper()
+        if option not in known:
+            raise r.fail(f"unknown LIST {what} option {option[:40]}")
+        options.append(option)
+    r.expect(b")")
+    return tuple(options)
+
+
+def _return_options(r: Reader) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """"(" [return-option *(SP return-option)] ")"; STATUS takes "(" items ")"."""
+    r.expect(b"(")
+    options: list[str] = []
+    items: tuple[str, ...] = ()
+    while r.peek() != 0x29:
+        if options:
+            r.sp()
+        option = r.atom().upper()
+        if option not in RETURN_OPTIONS:
+            raise r.fail(f"unknown LIST return option {option[:40]}")
+        if option == "STATUS":  # RFC 5819 2
+            r.sp()
+            items = grammar._option_list(r)
+            if not items or any(item not in grammar.STATUS_ITEMS for item in items):
+                raise r.fail("invalid STATUS items")
+        options.append(option)
+    r.expect(b")")
+    return tuple(options), items
+
+
+PARSERS: dict[str, Any] = {"APPEND": append, "LIST": list_extended}

@@ -264,6 +264,8 @@ class IMAPSession(LineConnection):
             "UNSELECT",
             "MULTIAPPEND",
             "CATENATE",
+            "LIST-EXTENDED",
+            "LIST-STATUS",
             f"APPENDLIMIT={self.config.limits.message_size}",
         ]
         return caps
@@ -580,6 +582,7 @@ from mailserver.imap import (  # noqa: E402 - the handlers import this module's 
     commands_auth,
     commands_mailbox,
     commands_selected,
+    listext,
 )
 
 #: name -> (states where it is valid, handler). RFC 3501 6.1-6.4 and the extensions.
@@ -601,7 +604,7 @@ HANDLERS: dict[str, tuple[frozenset[State], Handler]] = {
     "RENAME": (AUTH, commands_mailbox.rename),
     "SUBSCRIBE": (AUTH, commands_mailbox.subscribe),
     "UNSUBSCRIBE": (AUTH, commands_mailbox.subscribe),
-    "LIST": (AUTH, commands_mailbox.list_command),
+    "LIST": (AUTH, listext.list_command),
     "LSUB": (AUTH, commands_mailbox.list_command),
     "STATUS": (AUTH, commands_mailbox.status),
     "APPEND": (AUTH, appendext.append),

@@ -68,6 +68,9 @@ EXTENSION_GROUPS = {
     "multiappend": 4,
     "catenate": 29,
     "catenate-multiappend": 15,
+    "listext": 34,
+    "list": 23,
+    "subscribe": 24,
 }
 
 
