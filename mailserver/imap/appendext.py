@@ -15,7 +15,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from mailserver.imap import commands_mailbox, grammar
+from mailserver.imap import binary, commands_mailbox, grammar
 from mailserver.imap.commands import Append, Command, bad, no, uid_set_text
 from mailserver.imap.encode import parse_date_time
 from mailserver.imap.grammar_ext import AppendMany, AppendMessage, ImapUrl, url_user
@@ -71,6 +71,11 @@ class BadUrl(Exception):
 async def append(session: IMAPSession, command: Append | AppendMany) -> str | None:
     """APPEND: a plain one-message APPEND as before, else MULTIAPPEND and CATENATE."""
     if isinstance(command, Append):
+        if b"\0" in command.message:
+            # RFC 3501 4.3 / RFC 3516 4.4: a literal holds no NUL; binary content
+            # comes as literal8 (~{n}), which we keep without loss (binary.storable).
+            raise bad("NUL in a literal; send binary content as literal8 (~{n})",
+                      "CLIENTBUG")
         return await commands_mailbox.append(session, command)
     name = commands_mailbox.checked_name(command.mailbox)
     account = session.authenticated()
@@ -95,6 +100,12 @@ async def append(session: IMAPSession, command: Append | AppendMany) -> str | No
         # RFC 4469 6: url-resp-text has no "]" and no CR/LF (the grammar let none in).
         raise no("CATENATE URL names no message of yours",
                  "BADURL " + e.url.text.replace("]", "%5D")[:200]) from None
+    for n, (message, _, _) in enumerate(staged):
+        if message.binary:
+            texts[n] = binary.storable(texts[n])
+        elif b"\0" in texts[n]:
+            raise bad("NUL in a literal; send binary content as literal8 (~{n})",
+                      "CLIENTBUG")
     for text in texts:
         if len(text) > limit:
             raise no("Message too large", "TOOBIG")

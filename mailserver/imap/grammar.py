@@ -560,6 +560,8 @@ def _fetch(r: Reader, tag: str, name: str, uid: bool) -> Command:
 def _fetch_att(r: Reader) -> FetchAtt:
     start = r.pos
     word = r._run(stop=frozenset(b"[")).upper()
+    if word in grammar_ext.BINARY_WORDS:  # RFC 3516 BINARY[...], .PEEK, .SIZE
+        return grammar_ext.binary_att(r, word)
     if r.peek() == 0x5B:  # "[": BODY[ or BODY.PEEK[
         if word not in (b"BODY", b"BODY.PEEK"):
             raise r.fail(f"unknown FETCH item {word.decode('ascii', 'replace')}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mailserver.imap import grammar, mutf7
-from mailserver.imap.commands import Append, Command, ListCommand, Section
+from mailserver.imap.commands import Append, Command, FetchAtt, ListCommand, Section
 from mailserver.imap.grammar import ParseError, Reader
 
 #: Most messages in one MULTIAPPEND, and most parts in one CATENATE: each is a store
@@ -111,7 +111,10 @@ def _append_message(r: Reader) -> AppendMessage:
         r.sp()
     if r.at(b"CATENATE "):
         r.pos += len(b"CATENATE ")
-        return AppendMessage(flags, date, _catenate_parts(r), catenate=True)
+        start = r.pos
+        parts = _catenate_parts(r)
+        binary = _LITERAL8.search(r.data, start, r.pos) is not None
+        return AppendMessage(flags, date, parts, catenate=True, binary=binary)
     if r.at(b"UTF8 ("):  # RFC 6855 4: UTF8 (literal8); stored as it is
         r.pos += len(b"UTF8 (")
         data, _ = _literal_any(r)
@@ -308,6 +311,35 @@ def _return_options(r: Reader) -> tuple[tuple[str, ...], tuple[str, ...]]:
         options.append(option)
     r.expect(b")")
     return tuple(options), items
+
+
+# -- BINARY fetch items (RFC 3516 4.2, 9) -------------------------------------------------
+
+BINARY_WORDS = frozenset({b"BINARY", b"BINARY.PEEK", b"BINARY.SIZE"})
+
+
+def binary_att(r: Reader, word: bytes) -> FetchAtt:
+    """After BINARY, BINARY.PEEK or BINARY.SIZE: "[" [section-part] "]" and, except for
+    .SIZE, an optional <partial>."""
+    r.expect(b"[")
+    part: list[int] = []
+    if r.peek() != 0x5D:
+        part.append(r.number(nonzero=True))
+        while r.peek() == 0x2E:
+            r.pos += 1
+            part.append(r.number(nonzero=True))
+    r.expect(b"]")
+    section = Section(tuple(part))
+    if word == b"BINARY.SIZE":
+        return FetchAtt("BINARY.SIZE", section)
+    span = None
+    if r.peek() == 0x3C:  # "<" number "." nz-number ">"
+        r.pos += 1
+        origin = r.number()
+        r.expect(b".")
+        span = (origin, r.number(nonzero=True))
+        r.expect(b">")
+    return FetchAtt("BINARY[]", section, word == b"BINARY.PEEK", span)
 
 
 PARSERS: dict[str, Any] = {"APPEND": append, "LIST": list_extended}

@@ -266,6 +266,7 @@ class IMAPSession(LineConnection):
             "CATENATE",
             "LIST-EXTENDED",
             "LIST-STATUS",
+            "BINARY",
             f"APPENDLIMIT={self.config.limits.message_size}",
         ]
         return caps

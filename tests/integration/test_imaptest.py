@@ -71,6 +71,10 @@ EXTENSION_GROUPS = {
     "listext": 34,
     "list": 23,
     "subscribe": 24,
+    "fetch-binary-mime": 11,
+    "fetch-binary-mime-base64": 12,
+    "fetch-binary-mime-qp": 8,
+    "append-binary": 5,
 }
 
 
