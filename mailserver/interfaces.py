@@ -327,6 +327,8 @@ class FolderStatus:
     unseen: int
     uid_next: int
     uid_validity: int
+    #: RFC 8438 STATUS SIZE: the messages' RFC822.SIZEs added up.
+    size: int = 0
 
 
 @dataclass(frozen=True)

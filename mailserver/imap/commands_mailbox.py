@@ -243,6 +243,7 @@ async def status(session: IMAPSession, command: grammar.Status) -> str | None:
         "UIDNEXT": result.uid_next,
         "UIDVALIDITY": result.uid_validity,
         "UNSEEN": result.unseen,
+        "SIZE": result.size,  # RFC 8438
     }
     items = " ".join(f"{item} {values[item]}" for item in command.items)
     session.send(b"* STATUS " + _wire_name(name) + f" ({items})\r\n".encode())

@@ -129,6 +129,7 @@ def _status(store: IUserStore, name: str, items: tuple[str, ...]) -> list[bytes]
         "UIDNEXT": result.uid_next,
         "UIDVALIDITY": result.uid_validity,
         "UNSEEN": result.unseen,
+        "SIZE": result.size,
     }
     text = " ".join(f"{item} {values[item]}" for item in items)
     return [b"* STATUS " + astring(name.encode("utf-8")) + f" ({text})\r\n".encode()]

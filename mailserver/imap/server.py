@@ -267,6 +267,7 @@ class IMAPSession(LineConnection):
             "LIST-EXTENDED",
             "LIST-STATUS",
             "BINARY",
+            "STATUS=SIZE",
             f"APPENDLIMIT={self.config.limits.message_size}",
         ]
         return caps

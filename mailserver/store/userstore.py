@@ -144,7 +144,8 @@ class UserStore:
                 state.refresh()
                 return FolderStatus(messages=len(state.uids), recent=state.recent_count(),
                                     unseen=state.unseen_count(), uid_next=state.uid_next,
-                                    uid_validity=self._validity(state))
+                                    uid_validity=self._validity(state),
+                                    size=state.total_size())
         finally:
             release_state(state)
 

@@ -1,0 +1,42 @@
+"""STATUS=SIZE (RFC 8438), in STATUS and in LIST-STATUS (RFC 5819)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from session_harness import Session
+
+M1 = b"Subject: one\r\n\r\nbody\r\n"            # 22 octets
+M2 = b"Subject: two\r\n\r\nlonger body\r\n"     # 29 octets
+
+
+@pytest.fixture
+def session(tmp_path: Path) -> Session:
+    s = Session(tmp_path)
+    s.login()
+    return s
+
+
+def append(session: Session, message: bytes) -> None:
+    session.send(b"a APPEND INBOX {%d}" % len(message))
+    assert session.lines() == [b"+ Ready for literal data"]
+    session.send(message)
+    assert session.lines()[-1].startswith(b"a OK")
+
+
+def test_status_size_follows_appends_and_expunges(session: Session) -> None:
+    assert session.command(b"s STATUS INBOX (SIZE)") == [
+        b"* STATUS INBOX (SIZE 0)", b"s OK Status completed"]
+    append(session, M1)
+    append(session, M2)
+    assert session.command(b"s STATUS INBOX (MESSAGES SIZE)") == [
+        b"* STATUS INBOX (MESSAGES 2 SIZE %d)" % (len(M1) + len(M2)), b"s OK Status completed"]
+    session.command(b"s SELECT INBOX")
+    session.command(b"t STORE 1 +FLAGS.SILENT (\\Deleted)")
+    session.command(b"e EXPUNGE")
+    assert session.command(b"s STATUS INBOX (SIZE)")[0] == b"* STATUS INBOX (SIZE %d)" % len(M2)
+    assert session.command(b'l LIST "" (INBOX) RETURN (STATUS (SIZE))') == [
+        b'* LIST (\\HasNoChildren) "." INBOX', b"* STATUS INBOX (SIZE %d)" % len(M2),
+        b"l OK List completed"]
+    assert b"STATUS=SIZE" in session.command(b"c CAPABILITY")[0].split()
