@@ -309,6 +309,11 @@ class MessageInfo:
     recent: bool = False
 
 
+#: What CREATE ... (USE (...)) may give a folder (RFC 6154 5.2): the attributes of real
+#: folders (\All and \Flagged name virtual ones, which we do not have).
+SETTABLE_USES = ("\\Archive", "\\Drafts", "\\Junk", "\\Sent", "\\Trash")
+
+
 @dataclass(frozen=True)
 class FolderInfo:
     name: str
@@ -429,7 +434,8 @@ class IUserStore(Interface):
     def folders() -> list[FolderInfo]:
         """Every folder, INBOX first, with hierarchy placeholders."""
 
-    def create(name: str) -> None: ...
+    def create(name: str, special_use: str | None = None) -> None:
+        """CREATE; `special_use` (RFC 6154 CREATE-SPECIAL-USE) kept with the folder."""
 
     def delete(name: str) -> None: ...
 

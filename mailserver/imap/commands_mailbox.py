@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING
 from mailserver.imap import grammar, listmatch, mutf7
 from mailserver.imap.commands import Selected, State, bad, no
 from mailserver.imap.encode import astring, parse_date_time
-from mailserver.interfaces import CopyResult, FolderInfo, FolderStatus, IMailboxView, IUserStore
+from mailserver.interfaces import (
+    SETTABLE_USES,
+    CopyResult,
+    FolderInfo,
+    FolderStatus,
+    IMailboxView,
+    IUserStore,
+)
 from mailserver.logs import logger
 
 if TYPE_CHECKING:
@@ -105,10 +112,20 @@ async def create(session: IMAPSession, command: grammar.MailboxCommand) -> str |
         name = name.rstrip(grammar.DELIMITER)
     if name.upper() == "INBOX":
         raise no("INBOX always exists", "ALREADYEXISTS")
-    if command.use:
-        raise no("Special-use attributes cannot be set by CREATE here", "USEATTR")
-    await session.blocking(session.authenticated().store.create, checked_name(name))
+    use = _special_use(command.use)  # RFC 6154 5.2: NO [USEATTR] before creating
+    await session.blocking(session.authenticated().store.create, checked_name(name), use)
     return None
+
+
+def _special_use(uses: tuple[str, ...]) -> str | None:
+    """The one attribute CREATE ... (USE (...)) may give a folder here, or NO [USEATTR]."""
+    if not uses:
+        return None
+    known = {u.lower(): u for u in SETTABLE_USES}
+    if len(uses) > 1 or uses[0].lower() not in known:
+        raise no(f"Cannot create a mailbox with USE ({' '.join(uses)[:100]}); "
+                 f"one of {' '.join(SETTABLE_USES)}", "USEATTR")
+    return known[uses[0].lower()]
 
 
 async def delete(session: IMAPSession, command: grammar.MailboxCommand) -> str | None:

@@ -268,6 +268,7 @@ class IMAPSession(LineConnection):
             "LIST-STATUS",
             "BINARY",
             "STATUS=SIZE",
+            "CREATE-SPECIAL-USE",
             f"APPENDLIMIT={self.config.limits.message_size}",
         ]
         return caps

@@ -87,11 +87,11 @@ class UserStore:
         if fresh and len(existing) + len(fresh) > self.folder_limit:
             raise StoreError("LIMIT", f"Too many folders ({self.folder_limit} at most)")
 
-    def create(self, name: str) -> None:
+    def create(self, name: str, special_use: str | None = None) -> None:
         name = normalize(name, create=True)
         if name != "INBOX" and not self.tree.exists(name):
             self._check_room([*parent_names(name), name])
-        self.tree.create(name)
+        self.tree.create(name, special_use)
 
     def delete(self, name: str) -> None:
         name = normalize(name)

@@ -179,7 +179,7 @@ def test_copy_move_status() -> None:
     status = parse(b"a STATUS inbox (MESSAGES UIDNEXT unseen)")
     assert isinstance(status, grammar.Status)
     assert status.mailbox == "INBOX" and status.items == ("MESSAGES", "UIDNEXT", "UNSEEN")
-    refused(b"a STATUS INBOX (SIZE)")
+    refused(b"a STATUS INBOX (SIZES)")  # SIZE is RFC 8438's
     refused(b"a STATUS INBOX ()")
 
 

@@ -40,3 +40,30 @@ def test_status_size_follows_appends_and_expunges(session: Session) -> None:
         b'* LIST (\\HasNoChildren) "." INBOX', b"* STATUS INBOX (SIZE %d)" % len(M2),
         b"l OK List completed"]
     assert b"STATUS=SIZE" in session.command(b"c CAPABILITY")[0].split()
+
+
+def test_create_special_use_is_kept_through_rename_and_gone_with_delete(
+        session: Session) -> None:
+    """RFC 6154 5.2: CREATE ... (USE (\\Archive)); the attribute lives in the folder's
+    directory, so it follows RENAME and goes with DELETE."""
+    assert session.command(b"c CREATE Old (USE (\\archive))") == [b"c OK Create completed"]
+    assert (session.config.mail_dir / "example.org" / "alice" / ".Old"
+            / "mailserver-special-use").read_bytes() == b"\\Archive\n"
+    assert session.command(b'l LIST (SPECIAL-USE) "" O*') == [
+        b'* LIST (\\HasNoChildren \\Archive) "." Old', b"l OK List completed"]
+    session.command(b"r RENAME Old Kept")
+    assert session.command(b'l LIST "" K*') == [
+        b'* LIST (\\HasNoChildren \\Archive) "." Kept', b"l OK List completed"]
+    session.command(b"d DELETE Kept")
+    session.command(b"c CREATE Kept")
+    assert session.command(b'l LIST "" K*') == [
+        b'* LIST (\\HasNoChildren) "." Kept', b"l OK List completed"]
+    assert b"CREATE-SPECIAL-USE" in session.command(b"c CAPABILITY")[0].split()
+
+
+@pytest.mark.parametrize("use", [b"(\\All)", b"(\\Flagged)", b"(\\Bogus)",
+                                 b"(\\Drafts \\Sent)"])
+def test_create_special_use_refusals_create_nothing(session: Session, use: bytes) -> None:
+    reply = session.command(b"c CREATE Box (USE " + use + b")")
+    assert reply[0].startswith(b"c NO [USEATTR] Cannot create a mailbox with USE ("), reply
+    assert session.command(b'l LIST "" Box') == [b"l OK List completed"]
