@@ -100,12 +100,6 @@ async def append(session: IMAPSession, command: Append | AppendMany) -> str | No
         # RFC 4469 6: url-resp-text has no "]" and no CR/LF (the grammar let none in).
         raise no("CATENATE URL names no message of yours",
                  "BADURL " + e.url.text.replace("]", "%5D")[:200]) from None
-    for n, (message, _, _) in enumerate(staged):
-        if message.binary:
-            texts[n] = binary.storable(texts[n])
-        elif b"\0" in texts[n]:
-            raise bad("NUL in a literal; send binary content as literal8 (~{n})",
-                      "CLIENTBUG")
     for text in texts:
         if len(text) > limit:
             raise no("Message too large", "TOOBIG")
@@ -170,7 +164,13 @@ def _assemble(store: IUserStore, user: str, messages: list[AppendMessage],
             if size > limit:
                 return [*out, b"x" * (limit + 1)]  # the caller answers TOOBIG
             pieces.append(piece)
-        out.append(b"".join(pieces))
+        text = b"".join(pieces)
+        if message.binary:
+            text = binary.storable(text)  # MIME parsing: here, not on the reactor
+        elif b"\0" in text:
+            raise bad("NUL in a literal; send binary content as literal8 (~{n})",
+                      "CLIENTBUG")
+        out.append(text)
     return out
 
 

@@ -180,3 +180,19 @@ def test_capabilities_and_grammar() -> None:
 def test_capability_lists_multiappend_and_catenate(session: Session) -> None:
     caps = session.command(b"c CAPABILITY")[0].split()
     assert b"MULTIAPPEND" in caps and b"CATENATE" in caps
+
+
+def test_catenate_limits_and_nul_in_text(session: Session) -> None:
+    parts = b" ".join([b'URL "/INBOX/;UID=1"'] * 101)
+    assert session.command(b"a APPEND INBOX CATENATE (" + parts + b")") == [
+        b"a BAD [LIMIT] too many CATENATE parts (100 at most)"]
+    lines = send_literals(session, b"b APPEND INBOX CATENATE (TEXT ", [b"Subject: x\r\n\r\na\x00b"],
+                          tail=b")")
+    assert lines[-1] == (b"b BAD [CLIENTBUG] NUL in a literal; send binary content as "
+                         b"literal8 (~{n})")
+    # The same octets as literal8 are stored (re-encoded as base64, see test_imap_binary).
+    session.send(b"c APPEND INBOX CATENATE (TEXT ~{17}")
+    assert session.lines() == [b"+ Ready for literal data"]
+    session.send(b"Subject: x\r\n\r\na\x00b)")
+    assert session.lines()[-1].startswith(b"c OK [APPENDUID ")
+    assert stored(session) == [b"Subject: x\nContent-Transfer-Encoding: base64\n\nYQBi"]
