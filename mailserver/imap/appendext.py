@@ -140,8 +140,8 @@ def _assemble(store: IUserStore, user: str, messages: list[AppendMessage],
     """Each message's octets: its literal, or its CATENATE parts joined (URL parts read
     from the user's folders, each folder opened once, read-only). Blocking.
 
-    Stops as soon as a message passes `limit`: a CATENATE of a hundred URLs to one big
-    message must not build a hundred-fold copy before the TOOBIG."""
+    NO [TOOBIG] as soon as a message passes `limit` or all of them the APPEND's
+    budget, before the copy that would pass it is made."""
     by_folder: dict[str, list[ImapUrl]] = defaultdict(list)
     for message in messages:
         for part in message.parts:
@@ -150,10 +150,15 @@ def _assemble(store: IUserStore, user: str, messages: list[AppendMessage],
                     raise BadUrl(part)  # RFC 4469 5: another user's mailbox
                 by_folder[part.mailbox].append(part)
     resolved: dict[ImapUrl, bytes] = {}
+    # What the URLs bring in, and the messages put together, all messages together,
+    # are bounded like the literals of one APPEND (server.py: APPENDLIMIT + 64 KiB),
+    # not per URL: a hundred URLs to one big message must not make a hundred copies.
+    budget = total = limit + 64 * 1024
     for folder, urls in by_folder.items():
         if not folder:
             raise BadUrl(urls[0])  # unparsable (grammar_ext.parse_url)
-        resolved.update(_read_urls(store, folder, urls, limit))
+        found, budget = _read_urls(store, folder, urls, limit, budget)
+        resolved.update(found)
     out: list[bytes] = []
     for message in messages:
         pieces: list[bytes] = []
@@ -162,8 +167,11 @@ def _assemble(store: IUserStore, user: str, messages: list[AppendMessage],
             piece = resolved[part] if isinstance(part, ImapUrl) else part
             size += len(piece)
             if size > limit:
-                return [*out, b"x" * (limit + 1)]  # the caller answers TOOBIG
+                raise no("Message too large", "TOOBIG")
             pieces.append(piece)
+        total -= size
+        if total < 0:
+            raise no("Message too large", "TOOBIG")
         text = b"".join(pieces)
         if message.binary:
             text = binary.storable(text)  # MIME parsing: here, not on the reactor
@@ -174,8 +182,10 @@ def _assemble(store: IUserStore, user: str, messages: list[AppendMessage],
     return out
 
 
-def _read_urls(store: IUserStore, folder: str, urls: list[ImapUrl],
-               limit: int) -> dict[ImapUrl, bytes]:
+def _read_urls(store: IUserStore, folder: str, urls: list[ImapUrl], limit: int,
+               budget: int) -> tuple[dict[ImapUrl, bytes], int]:
+    """The data of each URL into one folder, and what is left of `budget` (octets);
+    NO [TOOBIG] as soon as it is spent."""
     try:
         view = store.select(folder, True)
     except StoreError:
@@ -197,7 +207,11 @@ def _read_urls(store: IUserStore, folder: str, urls: list[ImapUrl],
                 data = ParsedMessage(raw).section(section.part, section.spec, section.fields)
             if url.partial is not None:
                 data = partial(data, url.partial[0], url.partial[1])
-            found[url] = bytes(data[:limit + 1])
-        return found
+            if url not in found:
+                found[url] = bytes(data[:limit + 1])
+                budget -= len(found[url])
+                if budget < 0:
+                    raise no("Message too large", "TOOBIG")
+        return found, budget
     finally:
         view.close()

@@ -19,10 +19,12 @@ from mailserver.imap import grammar, mutf7
 from mailserver.imap.commands import Append, Command, FetchAtt, ListCommand, Section
 from mailserver.imap.grammar import ParseError, Reader
 
-#: Most messages in one MULTIAPPEND, and most parts in one CATENATE: each is a store
-#: write or a message read; clients send a handful (RFC 3502 and 4469 set no limit).
+#: Most messages in one MULTIAPPEND, most parts in one CATENATE, and most URLs in one
+#: APPEND: each is a store write or a message file read; clients send a handful (RFC
+#: 3502 and 4469 set no limit).
 MAX_APPEND_MESSAGES = 1000
 MAX_CATENATE_PARTS = 100
+MAX_APPEND_URLS = 100
 #: Most patterns in one LIST (RFC 5258 3: "one or more"); each costs a pass over the
 #: folder names in the disk thread.
 MAX_LIST_PATTERNS = 100
@@ -161,6 +163,9 @@ def append(r: Reader, tag: str, name: str, uid: bool) -> Command:
         messages.append(_append_message(r))
     if not messages:
         raise r.fail("APPEND needs a message")
+    urls = sum(isinstance(part, ImapUrl) for m in messages for part in m.parts)
+    if urls > MAX_APPEND_URLS:
+        raise r.fail(f"too many CATENATE URLs ({MAX_APPEND_URLS} at most)", "LIMIT")
     if len(messages) == 1 and not messages[0].catenate and not messages[0].binary:
         only = messages[0]
         data = only.parts[0]

@@ -415,8 +415,9 @@ class IMAPSession(LineConnection):
             data = b"".join(self._parts)
             body, body_at, parts = self._body, self._body_at, self._parts
             self._reset_command()
-            inline = appendext.inliner(parts, body_at, body, self._body_line)
-            if body is not None and parts[body_at:] != [b"\r\n"]:
+            inline = (appendext.inliner(parts, body_at, body, self._body_line)
+                      if body is not None else None)
+            if inline is not None and parts[body_at:] != [b"\r\n"]:
                 # More follows the big literal: MULTIAPPEND or CATENATE, or else (a
                 # mailbox name that big) refused as TOOBIG by _dispatch.
                 self._dispatch(inline(), None, appendext.MANY)

@@ -196,3 +196,18 @@ def test_catenate_limits_and_nul_in_text(session: Session) -> None:
     session.send(b"Subject: x\r\n\r\na\x00b)")
     assert session.lines()[-1].startswith(b"c OK [APPENDUID ")
     assert stored(session) == [b"Subject: x\nContent-Transfer-Encoding: base64\n\nYQBi"]
+
+
+def test_many_urls_to_one_big_message_are_bounded(session: Session) -> None:
+    """Each URL's data counts against one budget for the whole APPEND (APPENDLIMIT +
+    64 KiB), so twenty URLs to a 60 KB message are TOOBIG, not twenty copies; more than
+    100 URLs in one APPEND are BAD [LIMIT] before anything is read."""
+    big = b"Subject: big\r\n\r\n" + b"b" * 60000 + b"\r\n"
+    send_literals(session, b"a APPEND INBOX ", [big])
+    many = b" ".join([b'CATENATE (URL "/INBOX/;UID=1/;SECTION=TEXT")'] * 20)
+    assert session.command(b"b APPEND Junk " + many) == [b"b NO [TOOBIG] Message too large"]
+    urls = b" ".join([b'URL "/INBOX/;UID=1/;PARTIAL=0.1"'] * 50)
+    assert session.command(b"c APPEND Junk CATENATE (" + urls + b") CATENATE (" + urls
+                           + b' URL "/INBOX/;UID=1")') == [
+        b"c BAD [LIMIT] too many CATENATE URLs (100 at most)"]
+    assert session.command(b"d STATUS Junk (MESSAGES)")[0] == b"* STATUS Junk (MESSAGES 0)"
