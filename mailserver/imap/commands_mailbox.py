@@ -8,8 +8,9 @@ import operator
 from typing import TYPE_CHECKING
 
 from mailserver.imap import grammar, listmatch, mutf7
+from mailserver.imap import utf8 as _utf8
 from mailserver.imap.commands import Selected, State, bad, no
-from mailserver.imap.encode import astring, parse_date_time
+from mailserver.imap.encode import parse_date_time
 from mailserver.interfaces import (
     SETTABLE_USES,
     CopyResult,
@@ -178,13 +179,14 @@ async def list_command(session: IMAPSession, command: grammar.ListCommand) -> st
     # the reactor nothing (the matcher itself is linear in each name: listmatch).
     lines: list[bytes] = await session.blocking(_list_lines, session.authenticated().store,
                                                 command,
-                                                listmatch.MailboxPattern(full))
+                                                listmatch.MailboxPattern(full),
+                                                session.utf8_accept)
     session.send(b"".join(lines))
     return None
 
 
 def _list_lines(store: IUserStore, command: grammar.ListCommand,
-                pattern: listmatch.MailboxPattern) -> list[bytes]:
+                pattern: listmatch.MailboxPattern, utf8: bool = False) -> list[bytes]:
     """The untagged LIST/LSUB responses: the folders that match. Blocking."""
     word = command.name
     subscribed_only = word == "LSUB" or "SUBSCRIBED" in command.select
@@ -199,7 +201,7 @@ def _list_lines(store: IUserStore, command: grammar.ListCommand,
             continue
         if not pattern.matches(folder.name):
             continue
-        lines.append(_list_line(word, folder, show_subscribed))
+        lines.append(_list_line(word, folder, show_subscribed, utf8))
         listed.add(folder.name)
     if word == "LSUB" and "%" in command.pattern:
         # RFC 3501 6.3.9: a subscribed child under an unsubscribed parent that matches
@@ -212,7 +214,7 @@ def _list_lines(store: IUserStore, command: grammar.ListCommand,
                 parent = grammar.DELIMITER.join(parts[:n])
                 if parent not in listed and pattern.matches(parent):
                     listed.add(parent)
-                    lines.append(b'* LSUB (\\Noselect) "." ' + _wire_name(parent) + b"\r\n")
+                    lines.append(b'* LSUB (\\Noselect) "." ' + _wire_name(parent, utf8) + b"\r\n")
     return lines
 
 
@@ -227,11 +229,12 @@ def _listing(store: IUserStore, with_subscriptions: bool) -> list[FolderInfo]:
     return folders
 
 
-def _wire_name(name: str) -> bytes:
-    return astring(name.encode("utf-8"))
+def _wire_name(name: str, utf8: bool = False) -> bytes:
+    return _utf8.wire_name(name, utf8)  # RFC 6855: UTF-8 once enabled
 
 
-def _list_line(word: str, folder: FolderInfo, show_subscribed: bool) -> bytes:
+def _list_line(word: str, folder: FolderInfo, show_subscribed: bool,
+               utf8: bool = False) -> bytes:
     attributes = []
     if not folder.selectable:
         attributes.append("\\Noselect")
@@ -241,7 +244,7 @@ def _list_line(word: str, folder: FolderInfo, show_subscribed: bool) -> bytes:
     if show_subscribed and folder.subscribed:
         attributes.append("\\Subscribed")
     return (f"* {word} ({' '.join(attributes)}) \".\" ".encode()
-            + _wire_name(folder.name) + b"\r\n")
+            + _wire_name(folder.name, utf8) + b"\r\n")
 
 
 async def status(session: IMAPSession, command: grammar.Status) -> str | None:
@@ -263,7 +266,8 @@ async def status(session: IMAPSession, command: grammar.Status) -> str | None:
         "SIZE": result.size,  # RFC 8438
     }
     items = " ".join(f"{item} {values[item]}" for item in command.items)
-    session.send(b"* STATUS " + _wire_name(name) + f" ({items})\r\n".encode())
+    session.send(b"* STATUS " + _wire_name(name, session.utf8_accept)
+                 + f" ({items})\r\n".encode())
     return None
 
 

@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 from mailserver.imap import commands_mailbox, grammar, listmatch
 from mailserver.imap.commands import ListCommand, no
-from mailserver.imap.encode import astring
 from mailserver.imap.grammar_ext import ListExtended
+from mailserver.imap.utf8 import wire_name
 from mailserver.interfaces import FolderInfo, FolderStatus, IUserStore, StoreError
 
 if TYPE_CHECKING:
@@ -42,13 +42,14 @@ async def list_command(session: IMAPSession, command: ListCommand) -> str | None
         session.send(b'* LIST (\\Noselect) "." ""\r\n')
         return None
     store = session.authenticated().store
-    lines: list[bytes] = await session.blocking(_lines, store, command, patterns)
+    lines: list[bytes] = await session.blocking(_lines, store, command, patterns,
+                                                session.utf8_accept)
     session.send(b"".join(lines))
     return None
 
 
 def _lines(store: IUserStore, command: ListExtended,
-           patterns: list[listmatch.MailboxPattern]) -> list[bytes]:
+           patterns: list[listmatch.MailboxPattern], utf8: bool = False) -> list[bytes]:
     """The untagged LIST (and, for RETURN (STATUS ...), STATUS) responses. Blocking."""
     select, returns = set(command.select), set(command.returns)
     subscribed_only = "SUBSCRIBED" in select
@@ -89,17 +90,18 @@ def _lines(store: IUserStore, command: ListExtended,
         if not chosen(folder) and name not in childinfo:
             continue
         listed.add(name)
-        lines.append(_line(folder, name in missing, show_subscribed, name in childinfo))
+        lines.append(_line(folder, name in missing, show_subscribed, name in childinfo,
+                           utf8))
         if command.status_items and folder.selectable and name not in missing:
-            lines += _status(store, name, command.status_items)
+            lines += _status(store, name, command.status_items, utf8)
     # RECURSIVEMATCH parents that are not folders at all (only a child exists).
     for name in sorted(childinfo - listed):
-        lines.append(_line(FolderInfo(name, has_children=True), True, False, True))
+        lines.append(_line(FolderInfo(name, has_children=True), True, False, True, utf8))
     return lines
 
 
 def _line(folder: FolderInfo, nonexistent: bool, show_subscribed: bool,
-          childinfo: bool) -> bytes:
+          childinfo: bool, utf8: bool = False) -> bytes:
     attributes = []
     if nonexistent:
         attributes.append("\\NonExistent")  # RFC 5258 3.4: implies \Noselect
@@ -113,10 +115,11 @@ def _line(folder: FolderInfo, nonexistent: bool, show_subscribed: bool,
         attributes.append("\\Subscribed")
     extra = b' ("CHILDINFO" ("SUBSCRIBED"))' if childinfo else b""
     return (f"* LIST ({' '.join(attributes)}) \".\" ".encode()
-            + astring(folder.name.encode("utf-8")) + extra + b"\r\n")
+            + wire_name(folder.name, utf8) + extra + b"\r\n")
 
 
-def _status(store: IUserStore, name: str, items: tuple[str, ...]) -> list[bytes]:
+def _status(store: IUserStore, name: str, items: tuple[str, ...],
+            utf8: bool = False) -> list[bytes]:
     """RFC 5819 2: a STATUS response right after the mailbox's LIST response; none for a
     mailbox that went away meanwhile (the LIST line said what was true then)."""
     try:
@@ -132,4 +135,4 @@ def _status(store: IUserStore, name: str, items: tuple[str, ...]) -> list[bytes]
         "SIZE": result.size,
     }
     text = " ".join(f"{item} {values[item]}" for item in items)
-    return [b"* STATUS " + astring(name.encode("utf-8")) + f" ({text})\r\n".encode()]
+    return [b"* STATUS " + wire_name(name, utf8) + f" ({text})\r\n".encode()]

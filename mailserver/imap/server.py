@@ -146,6 +146,7 @@ class IMAPSession(LineConnection):
         #: The selected mailbox, in state SELECTED only.
         self.selected: Selected | None = None
         self.auth_failures = 0
+        self.utf8_accept = False  # ENABLE UTF8=ACCEPT (RFC 6855): names in UTF-8
         self.flow: WriteFlow | None = None
         self.init_connection()
         # Commands with literals
@@ -269,6 +270,7 @@ class IMAPSession(LineConnection):
             "BINARY",
             "STATUS=SIZE",
             "CREATE-SPECIAL-USE",
+            "UTF8=ACCEPT",
             f"APPENDLIMIT={self.config.limits.message_size}",
         ]
         return caps
@@ -480,6 +482,8 @@ class IMAPSession(LineConnection):
             command = grammar.parse_command(data)
             if body is not None or inline is appendext.MANY:
                 command = appendext.with_body(command, body, inline)
+            if self.utf8_accept:
+                command = utf8.names_from_client(command)
         except grammar.ParseError as e:
             tag = e.tag or grammar.peek_tag(data) or "*"
             self.send(bad(e.text, e.code).line(tag))
@@ -587,6 +591,7 @@ from mailserver.imap import (  # noqa: E402 - the handlers import this module's 
     commands_mailbox,
     commands_selected,
     listext,
+    utf8,
 )
 
 #: name -> (states where it is valid, handler). RFC 3501 6.1-6.4 and the extensions.
