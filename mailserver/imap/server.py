@@ -157,7 +157,7 @@ class IMAPSession(LineConnection):
         #: index in _parts where it belongs (a `{0}` stands in for it there).
         self._body: bytearray | None = None
         self._body_at = 0
-        self._body_line = b""  # its announcement as sent (appendext.inline_body)
+        self._body_line = b""  # its announcement as sent (appendext.inliner)
         #: While set, the next line is the answer to a continuation (`+`) we sent:
         #: an AUTHENTICATE response or IDLE's DONE.
         self._continuation: Callable[[bytes], None] | None = None

@@ -13,8 +13,9 @@ import dataclasses
 from typing import Any
 
 from mailserver.imap import mutf7
-from mailserver.imap.commands import Command, bad
+from mailserver.imap.commands import Command
 from mailserver.imap.encode import astring
+from mailserver.imap.grammar import ParseError
 
 #: The fields of the typed commands that hold mailbox names or LIST patterns.
 _NAME_FIELDS = ("mailbox", "old", "new", "reference", "pattern")
@@ -24,21 +25,22 @@ def names_from_client(command: Command) -> Command:
     """The command with its UTF-8 mailbox names (and patterns) as modified UTF-7, the
     form the store and the rest of the session know. "&" is an ordinary character in
     UTF-8 mode, so "&-" on disk; a name that is not valid UTF-8 never gets this far
-    (grammar.mailbox_name refuses it)."""
+    (grammar.mailbox_name refuses it). ParseError (BAD) for control characters."""
     changes: dict[str, Any] = {}
     for name in _NAME_FIELDS:
         value = getattr(command, name, None)
         if isinstance(value, str) and (not value.isascii() or "&" in value):
-            changes[name] = _to_store(value)
+            changes[name] = _to_store(value, command.tag)
     patterns = getattr(command, "patterns", None)
     if isinstance(patterns, tuple) and any(not p.isascii() or "&" in p for p in patterns):
-        changes["patterns"] = tuple(_to_store(p) for p in patterns)
+        changes["patterns"] = tuple(_to_store(p, command.tag) for p in patterns)
     return dataclasses.replace(command, **changes) if changes else command
 
 
-def _to_store(name: str) -> str:
+def _to_store(name: str, tag: str) -> str:
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in name):
-        raise bad("control characters in mailbox name")
+        # ParseError: the session answers it as BAD, like any other malformed name.
+        raise ParseError("control characters in mailbox name", tag)
     return mutf7.encode(name)
 
 

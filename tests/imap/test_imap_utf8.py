@@ -27,7 +27,7 @@ def test_enable_then_utf8_names_both_ways(session: Session, tmp_path: Path) -> N
     maildir = session.config.mail_dir / "example.org" / "alice"
     assert (maildir / ".Caf&AOk-.&ANw-nter" / "cur").is_dir()
     assert (maildir / ".A&-B" / "cur").is_dir()
-    assert session.command('l LIST "" "Caf*"'.encode()) == [
+    assert session.command(b'l LIST "" "Caf*"') == [
         '* LIST (\\HasChildren) "." "Café"'.encode(),
         '* LIST (\\HasNoChildren) "." "Café.Ünter"'.encode(),
         b"l OK List completed"]
@@ -55,3 +55,10 @@ def test_enable_then_utf8_names_both_ways(session: Session, tmp_path: Path) -> N
 def test_without_enable_utf8_names_are_refused(session: Session) -> None:
     assert session.command('c CREATE "Café"'.encode()) == [
         b"c NO [CANNOT] mailbox names must be modified UTF-7 (RFC 3501 5.1.3)"]
+
+
+def test_control_characters_in_a_utf8_name_are_bad(session: Session) -> None:
+    session.command(b"e ENABLE UTF8=ACCEPT")
+    assert session.command('c CREATE "é\x01x"'.encode()) == [
+        b"c BAD control characters in mailbox name"]
+    assert session.command(b"n NOOP") == [b"n OK Noop completed"]
