@@ -158,6 +158,11 @@ def append(r: Reader, tag: str, name: str, uid: bool) -> Command:
     mailbox = r.mailbox()
     messages: list[AppendMessage] = []
     while r.maybe_sp():
+        if messages:
+            # IMAPClient 4.1's multiappend() puts two spaces before each further literal
+            # (" " after a literal, then " {n+}"); Dovecot takes it, and so do we.
+            while r.peek() == 0x20:
+                r.pos += 1
         if len(messages) >= MAX_APPEND_MESSAGES:
             raise r.fail(f"too many messages ({MAX_APPEND_MESSAGES} at most)", "LIMIT")
         messages.append(_append_message(r))

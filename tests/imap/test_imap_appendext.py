@@ -211,3 +211,13 @@ def test_many_urls_to_one_big_message_are_bounded(session: Session) -> None:
                            + b' URL "/INBOX/;UID=1")') == [
         b"c BAD [LIMIT] too many CATENATE URLs (100 at most)"]
     assert session.command(b"d STATUS Junk (MESSAGES)")[0] == b"* STATUS Junk (MESSAGES 0)"
+
+
+def test_two_spaces_between_messages_as_imapclient_sends() -> None:
+    """IMAPClient 4.1's multiappend() writes " " after a literal and " {n+}" before the
+    next: two spaces. Taken between messages only."""
+    command = grammar.parse_command(b"a APPEND INBOX {1+}\r\nx  {1+}\r\ny\r\n")
+    assert isinstance(command, AppendMany)
+    assert [m.parts for m in command.messages] == [(b"x",), (b"y",)]
+    with pytest.raises(grammar.ParseError):
+        grammar.parse_command(b"a APPEND INBOX  {1+}\r\nx\r\n")
