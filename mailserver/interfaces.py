@@ -309,6 +309,11 @@ class MessageInfo:
     recent: bool = False
 
 
+#: What CREATE ... (USE (...)) may give a folder (RFC 6154 5.2): the attributes of real
+#: folders (\All and \Flagged name virtual ones, which we do not have).
+SETTABLE_USES = ("\\Archive", "\\Drafts", "\\Junk", "\\Sent", "\\Trash")
+
+
 @dataclass(frozen=True)
 class FolderInfo:
     name: str
@@ -327,6 +332,8 @@ class FolderStatus:
     unseen: int
     uid_next: int
     uid_validity: int
+    #: RFC 8438 STATUS SIZE: the messages' RFC822.SIZEs added up.
+    size: int = 0
 
 
 @dataclass(frozen=True)
@@ -460,7 +467,8 @@ class IUserStore(Interface):
     def folders() -> list[FolderInfo]:
         """Every folder, INBOX first, with hierarchy placeholders."""
 
-    def create(name: str) -> None: ...
+    def create(name: str, special_use: str | None = None) -> None:
+        """CREATE; `special_use` (RFC 6154 CREATE-SPECIAL-USE) kept with the folder."""
 
     def delete(name: str) -> None: ...
 
@@ -483,6 +491,11 @@ class IUserStore(Interface):
                items: Callable[[bytes], Mapping[str, bytes]] | None = None) -> CopyResult:
         """Store `message` (CRLF as the client sent it) durably; TRYCREATE if missing.
         `items` renders FETCH items of it (as read back) to keep in the folder's cache."""
+
+    def append_many(name: str,
+                    messages: Sequence[tuple[bytes | bytearray, Sequence[str], float | None]]
+                    ) -> CopyResult:
+        """MULTIAPPEND (RFC 3502): store every (message, flags, date), or none of them."""
 
     def watch(name: str, callback: Callable[[], None]) -> Callable[[], None]:
         """Call `callback` in the reactor thread soon after anything in the folder

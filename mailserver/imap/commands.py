@@ -87,14 +87,14 @@ class FetchAtt:
     @property
     def sets_seen(self) -> bool:
         """RFC 3501 6.4.5: BODY[...] (not PEEK), RFC822 and RFC822.TEXT set \\Seen."""
-        return (self.name == "BODY[]" and not self.peek) or self.name in (
-            "RFC822", "RFC822.TEXT")
+        return (self.name in ("BODY[]", "BINARY[]") and not self.peek) or self.name in (
+            "RFC822", "RFC822.TEXT")  # RFC 3516 4.2: BINARY[] like BODY[]
 
     def label(self) -> str:
-        if self.name != "BODY[]":
+        if self.name not in ("BODY[]", "BINARY[]", "BINARY.SIZE"):
             return self.name
         assert self.section is not None
-        text = f"BODY[{self.section.label()}]"
+        text = f"{self.name.rstrip('[]')}[{self.section.label()}]"
         if self.partial is not None:
             text += f"<{self.partial[0]}>"
         return text

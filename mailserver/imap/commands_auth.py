@@ -62,11 +62,20 @@ async def id_command(session: IMAPSession, command: grammar.Id) -> str | None:
     return None
 
 
+#: What ENABLE turns on (RFC 5161): capability -> the session attribute it sets.
+ENABLEABLE = {"UTF8=ACCEPT": "utf8_accept"}  # RFC 6855
+
+
 async def enable(session: IMAPSession, command: grammar.Enable) -> str | None:
-    """RFC 5161: `* ENABLED` lists what this command enabled (CONDSTORE, QRESYNC);
-    unknown names are ignored."""
+    """RFC 5161: `* ENABLED` lists what this command turned on (CONDSTORE, QRESYNC,
+    UTF8=ACCEPT); unknown names are ignored."""
     enabled = await commands_condstore.enable(session, command.capabilities)
-    session.send(" ".join(["* ENABLED", *enabled]).encode() + b"\r\n")
+    for capability in command.capabilities:
+        attribute = ENABLEABLE.get(capability)
+        if attribute is not None and not getattr(session, attribute):
+            setattr(session, attribute, True)
+            enabled.append(capability)
+    session.send(("* ENABLED" + "".join(" " + c for c in enabled) + "\r\n").encode())
     return None
 
 

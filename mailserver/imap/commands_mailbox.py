@@ -9,10 +9,18 @@ from typing import TYPE_CHECKING
 
 from mailserver.imap import commands_condstore as condstore
 from mailserver.imap import grammar, listmatch, mutf7
+from mailserver.imap import utf8 as _utf8
 from mailserver.imap.commands import Selected, State, bad, no
-from mailserver.imap.encode import astring, parse_date_time
+from mailserver.imap.encode import parse_date_time
 from mailserver.imap.precompute import append_items
-from mailserver.interfaces import CopyResult, FolderInfo, FolderStatus, IMailboxView, IUserStore
+from mailserver.interfaces import (
+    SETTABLE_USES,
+    CopyResult,
+    FolderInfo,
+    FolderStatus,
+    IMailboxView,
+    IUserStore,
+)
 from mailserver.logs import logger
 
 if TYPE_CHECKING:
@@ -115,10 +123,20 @@ async def create(session: IMAPSession, command: grammar.MailboxCommand) -> str |
         name = name.rstrip(grammar.DELIMITER)
     if name.upper() == "INBOX":
         raise no("INBOX always exists", "ALREADYEXISTS")
-    if command.use:
-        raise no("Special-use attributes cannot be set by CREATE here", "USEATTR")
-    await session.blocking(session.authenticated().store.create, checked_name(name))
+    use = _special_use(command.use)  # RFC 6154 5.2: NO [USEATTR] before creating
+    await session.blocking(session.authenticated().store.create, checked_name(name), use)
     return None
+
+
+def _special_use(uses: tuple[str, ...]) -> str | None:
+    """The one attribute CREATE ... (USE (...)) may give a folder here, or NO [USEATTR]."""
+    if not uses:
+        return None
+    known = {u.lower(): u for u in SETTABLE_USES}
+    if len(uses) > 1 or uses[0].lower() not in known:
+        raise no(f"Cannot create a mailbox with USE ({' '.join(uses)[:100]}); "
+                 f"one of {' '.join(SETTABLE_USES)}", "USEATTR")
+    return known[uses[0].lower()]
 
 
 async def delete(session: IMAPSession, command: grammar.MailboxCommand) -> str | None:
@@ -171,13 +189,14 @@ async def list_command(session: IMAPSession, command: grammar.ListCommand) -> st
     # the reactor nothing (the matcher itself is linear in each name: listmatch).
     lines: list[bytes] = await session.blocking(_list_lines, session.authenticated().store,
                                                 command,
-                                                listmatch.MailboxPattern(full))
+                                                listmatch.MailboxPattern(full),
+                                                session.utf8_accept)
     session.send(b"".join(lines))
     return None
 
 
 def _list_lines(store: IUserStore, command: grammar.ListCommand,
-                pattern: listmatch.MailboxPattern) -> list[bytes]:
+                pattern: listmatch.MailboxPattern, utf8: bool = False) -> list[bytes]:
     """The untagged LIST/LSUB responses: the folders that match. Blocking."""
     word = command.name
     subscribed_only = word == "LSUB" or "SUBSCRIBED" in command.select
@@ -192,7 +211,7 @@ def _list_lines(store: IUserStore, command: grammar.ListCommand,
             continue
         if not pattern.matches(folder.name):
             continue
-        lines.append(_list_line(word, folder, show_subscribed))
+        lines.append(_list_line(word, folder, show_subscribed, utf8))
         listed.add(folder.name)
     if word == "LSUB" and "%" in command.pattern:
         # RFC 3501 6.3.9: a subscribed child under an unsubscribed parent that matches
@@ -205,7 +224,7 @@ def _list_lines(store: IUserStore, command: grammar.ListCommand,
                 parent = grammar.DELIMITER.join(parts[:n])
                 if parent not in listed and pattern.matches(parent):
                     listed.add(parent)
-                    lines.append(b'* LSUB (\\Noselect) "." ' + _wire_name(parent) + b"\r\n")
+                    lines.append(b'* LSUB (\\Noselect) "." ' + _wire_name(parent, utf8) + b"\r\n")
     return lines
 
 
@@ -220,11 +239,12 @@ def _listing(store: IUserStore, with_subscriptions: bool) -> list[FolderInfo]:
     return folders
 
 
-def _wire_name(name: str) -> bytes:
-    return astring(name.encode("utf-8"))
+def _wire_name(name: str, utf8: bool = False) -> bytes:
+    return _utf8.wire_name(name, utf8)  # RFC 6855: UTF-8 once enabled
 
 
-def _list_line(word: str, folder: FolderInfo, show_subscribed: bool) -> bytes:
+def _list_line(word: str, folder: FolderInfo, show_subscribed: bool,
+               utf8: bool = False) -> bytes:
     attributes = []
     if not folder.selectable:
         attributes.append("\\Noselect")
@@ -234,7 +254,7 @@ def _list_line(word: str, folder: FolderInfo, show_subscribed: bool) -> bytes:
     if show_subscribed and folder.subscribed:
         attributes.append("\\Subscribed")
     return (f"* {word} ({' '.join(attributes)}) \".\" ".encode()
-            + _wire_name(folder.name) + b"\r\n")
+            + _wire_name(folder.name, utf8) + b"\r\n")
 
 
 async def status(session: IMAPSession, command: grammar.Status) -> str | None:
@@ -258,9 +278,11 @@ async def status(session: IMAPSession, command: grammar.Status) -> str | None:
         "UIDVALIDITY": result.uid_validity,
         "UNSEEN": result.unseen,
         "HIGHESTMODSEQ": highest,
+        "SIZE": result.size,  # RFC 8438
     }
     items = " ".join(f"{item} {values[item]}" for item in command.items)
-    session.send(b"* STATUS " + _wire_name(name) + f" ({items})\r\n".encode())
+    session.send(b"* STATUS " + _wire_name(name, session.utf8_accept)
+                 + f" ({items})\r\n".encode())
     return None
 
 

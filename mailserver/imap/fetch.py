@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mailserver.imap import binary
 from mailserver.imap.encode import flag_list, internal_date, literal
 from mailserver.imap.grammar import FetchAtt
 from mailserver.imap.message import ParsedMessage, header_fields, partial
@@ -349,6 +350,8 @@ def _item(att: FetchAtt, label: bytes, kept_name: str | None, info: MessageInfo,
     memory = _MEMORY_RENDER.get(name)
     if memory is not None:
         return memory(info, flags_of)
+    if name in binary.ITEMS:  # RFC 3516
+        return binary.item(att, label, loader.full())
     if kept_name is not None:
         value = kept.values(kept_name).get(info.uid)
         if value is None:

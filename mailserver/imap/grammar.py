@@ -90,7 +90,8 @@ _SIMPLE = frozenset({"CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "CHECK", "CLOSE
                      "UNSELECT", "EXPUNGE", "IDLE", "NAMESPACE"})
 _MAILBOX_COMMANDS = frozenset({"SELECT", "EXAMINE", "CREATE", "DELETE", "SUBSCRIBE",
                                "UNSUBSCRIBE"})
-STATUS_ITEMS = frozenset({"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN"})
+STATUS_ITEMS = frozenset({"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN",
+                          "SIZE"})  # SIZE: RFC 8438
 STATUS_ITEMS |= {"HIGHESTMODSEQ"}  # RFC 7162 3.1.9
 _FETCH_MACROS = {
     # RFC 3501 6.4.5
@@ -571,6 +572,8 @@ def _fetch(r: Reader, tag: str, name: str, uid: bool) -> Command:
 def _fetch_att(r: Reader) -> FetchAtt:
     start = r.pos
     word = r._run(stop=frozenset(b"[")).upper()
+    if word in grammar_ext.BINARY_WORDS:  # RFC 3516 BINARY[...], .PEEK, .SIZE
+        return grammar_ext.binary_att(r, word)
     if r.peek() == 0x5B:  # "[": BODY[ or BODY.PEEK[
         if word not in (b"BODY", b"BODY.PEEK"):
             raise r.fail(f"unknown FETCH item {word.decode('ascii', 'replace')}")
@@ -787,6 +790,12 @@ _PARSERS: dict[str, Any] = {
     "ENABLE": _enable,
     "ID": _id,
 }
+
+
+# RFC 3502/4469/3516/5258: APPEND and LIST of the extensions (grammar_ext.py).
+from mailserver.imap import grammar_ext  # noqa: E402 - it uses this module's Reader
+
+_PARSERS.update(grammar_ext.PARSERS)
 
 
 def flatten(items: Sequence[FetchAtt]) -> tuple[FetchAtt, ...]:

@@ -13,7 +13,6 @@ memory. grammar.py parses the framed command; commands_*.py carry out each comma
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -36,7 +35,6 @@ from mailserver.imap.commands import (
     NOT_AUTH,
     SELECTED,
     Account,
-    Append,
     Refusal,
     Selected,
     State,
@@ -153,6 +151,7 @@ class IMAPSession(LineConnection):
         self.condstore = False
         self.qresync = False
         self.auth_failures = 0
+        self.utf8_accept = False  # ENABLE UTF8=ACCEPT (RFC 6855): names in UTF-8
         self.flow: WriteFlow | None = None
         self.init_connection()
         # Commands with literals
@@ -163,6 +162,7 @@ class IMAPSession(LineConnection):
         #: index in _parts where it belongs (a `{0}` stands in for it there).
         self._body: bytearray | None = None
         self._body_at = 0
+        self._body_line = b""  # its announcement as sent (appendext.inliner)
         #: While set, the next line is the answer to a continuation (`+`) we sent:
         #: an AUTHENTICATE response or IDLE's DONE.
         self._continuation: Callable[[bytes], None] | None = None
@@ -279,6 +279,14 @@ class IMAPSession(LineConnection):
             "THREAD=REFERENCES",
             "CONDSTORE",
             "QRESYNC",
+            "MULTIAPPEND",
+            "CATENATE",
+            "LIST-EXTENDED",
+            "LIST-STATUS",
+            "BINARY",
+            "STATUS=SIZE",
+            "CREATE-SPECIAL-USE",
+            "UTF8=ACCEPT",
             f"APPENDLIMIT={self.config.limits.message_size}",
         ]
         return caps
@@ -440,14 +448,14 @@ class IMAPSession(LineConnection):
             data = b"".join(self._parts)
             body, body_at, parts = self._body, self._body_at, self._parts
             self._reset_command()
-            if body is not None and parts[body_at:] != [b"\r\n"]:
-                # The big literal was not the message (RFC 3501 9: the message literal
-                # ends the APPEND command); a mailbox name that big is refused anyway.
-                self.send(bad("Literal too large", "TOOBIG").line(grammar.peek_tag(data)
-                                                                 or "*"))
-                self._count_error()
+            inline = (appendext.inliner(parts, body_at, body, self._body_line)
+                      if body is not None else None)
+            if inline is not None and parts[body_at:] != [b"\r\n"]:
+                # More follows the big literal: MULTIAPPEND or CATENATE, or else (a
+                # mailbox name that big) refused as TOOBIG by _dispatch.
+                self._dispatch(inline(), None, appendext.MANY)
                 return
-            self._dispatch(data, body)
+            self._dispatch(data, body, inline)
             return
         size, non_sync = literal
         word = grammar.command_word(self._parts[0])
@@ -489,6 +497,7 @@ class IMAPSession(LineConnection):
             self._parts[-1] = _LITERAL_ANNOUNCEMENT.sub(b"{0}\r\n", line)
             self._body = bytearray()
             self._body_at = len(self._parts)
+            self._body_line = line
 
     def expect_continuation(self, handler: Callable[[bytes], None]) -> None:
         """The next input line answers a `+` we sent (it is not a command)."""
@@ -496,14 +505,16 @@ class IMAPSession(LineConnection):
 
     # -- commands ------------------------------------------------------------------------
 
-    def _dispatch(self, data: bytes, body: bytearray | None = None) -> None:
-        """Parse and run one framed command; `body`: its big APPEND message literal."""
+    def _dispatch(self, data: bytes, body: bytearray | None = None,
+                  inline: Callable[[], bytes] | None = None) -> None:
+        """Parse and run one framed command; `body`: its big APPEND message literal
+        (`inline()`: the command with it in place, for MULTIAPPEND and CATENATE)."""
         try:
             command = grammar.parse_command(data)
-            if body is not None:
-                if not isinstance(command, Append) or command.message:
-                    raise grammar.ParseError("Literal too large", command.tag, "TOOBIG")
-                command = dataclasses.replace(command, message=body)
+            if body is not None or inline is appendext.MANY:
+                command = appendext.with_body(command, body, inline)
+            if self.utf8_accept:
+                command = utf8.names_from_client(command)
         except grammar.ParseError as e:
             tag = e.tag or grammar.peek_tag(data) or "*"
             self.send(bad(e.text, e.code).line(tag))
@@ -609,10 +620,13 @@ def _wrong_state(name: str, state: State) -> str:
 
 
 from mailserver.imap import (  # noqa: E402 - the handlers import this module's names
+    appendext,
     commands_auth,
     commands_mailbox,
     commands_selected,
     commands_sort,
+    listext,
+    utf8,
 )
 
 #: name -> (states where it is valid, handler). RFC 3501 6.1-6.4 and the extensions.
@@ -634,10 +648,10 @@ HANDLERS: dict[str, tuple[frozenset[State], Handler]] = {
     "RENAME": (AUTH, commands_mailbox.rename),
     "SUBSCRIBE": (AUTH, commands_mailbox.subscribe),
     "UNSUBSCRIBE": (AUTH, commands_mailbox.subscribe),
-    "LIST": (AUTH, commands_mailbox.list_command),
+    "LIST": (AUTH, listext.list_command),
     "LSUB": (AUTH, commands_mailbox.list_command),
     "STATUS": (AUTH, commands_mailbox.status),
-    "APPEND": (AUTH, commands_mailbox.append),
+    "APPEND": (AUTH, appendext.append),
     "CHECK": (SELECTED, commands_selected.check),
     "CLOSE": (SELECTED, commands_selected.close),
     "UNSELECT": (SELECTED, commands_selected.unselect),

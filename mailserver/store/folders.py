@@ -28,7 +28,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailserver.interfaces import FolderInfo, StoreError
+from mailserver.core.ownfiles import write_atomically
+from mailserver.interfaces import SETTABLE_USES, FolderInfo, StoreError
 from mailserver.logs import logger
 from mailserver.store.dovecot import read_subscriptions
 from mailserver.store.maildir import DIR_MODE, FILE_MODE, fsync_dir
@@ -43,6 +44,9 @@ SUBSCRIPTIONS_FILE = "subscriptions"
 SPECIAL_USE: dict[str, str] = {
     "Sent": "\\Sent", "Drafts": "\\Drafts", "Trash": "\\Trash", "Junk": "\\Junk",
 }
+#: A folder's RFC 6154 attribute given at CREATE (CREATE-SPECIAL-USE), kept in the
+#: folder's own directory so that RENAME moves it and DELETE removes it.
+SPECIAL_USE_FILE = "mailserver-special-use"
 _FORBIDDEN = set("/\\*%") | {chr(c) for c in range(0x20)} | {"\x7f"}
 
 
@@ -184,7 +188,9 @@ class Folders:
                              subscribed="INBOX" in subscribed)]
         for name in sorted(every - {"INBOX"}):
             result.append(FolderInfo(
-                name=name, special_use=SPECIAL_USE.get(name), has_children=name in parents,
+                name=name, has_children=name in parents,
+                special_use=SPECIAL_USE.get(name) or (
+                    self.special_use(name) if name in real else None),
                 selectable=name in real, subscribed=name in subscribed))
         return result
 
@@ -194,8 +200,17 @@ class Folders:
 
     # ----------------------------------------------------------------- create
 
-    def create(self, name: str) -> None:
-        """CREATE (RFC 3501 6.3.3), superiors included."""
+    def special_use(self, name: str) -> str | None:
+        """The attribute CREATE gave the folder (RFC 6154 5.2), or None."""
+        try:
+            text = (self.path(name) / SPECIAL_USE_FILE).read_text("ascii", errors="replace")
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return text.strip() if text.strip() in SETTABLE_USES else None
+
+    def create(self, name: str, special_use: str | None = None) -> None:
+        """CREATE (RFC 3501 6.3.3), superiors included; `special_use` one of
+        SETTABLE_USES (RFC 6154 5.2 CREATE-SPECIAL-USE)."""
         if name == "INBOX":
             raise StoreError("ALREADYEXISTS", "INBOX always exists")
         if self.exists(name):
@@ -204,6 +219,9 @@ class Folders:
             if parent != "INBOX" and not self.exists(parent):
                 self._make(parent)
         self._make(name)
+        if special_use is not None:
+            write_atomically(self.path(name) / SPECIAL_USE_FILE, special_use.encode() + b"\n",
+                             FILE_MODE)
 
     def _make(self, name: str) -> None:
         path = self.path(name)

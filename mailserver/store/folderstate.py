@@ -135,6 +135,7 @@ class FolderState:
         self._settled = {"new": False, "cur": False}
         self._list_stamp: tuple[int, int] | None = None
         self._unseen: tuple[int, int] = (-1, 0)
+        self._size: tuple[int, int] = (-1, 0)
         #: The UIDVALIDITY that `entries` (and `names`, and the index) were numbered
         #: under: every UID in them means something only in that UID space.
         self.numbered_validity = 0
@@ -159,6 +160,12 @@ class FolderState:
             count = sum(1 for info in self.infos if "\\Seen" not in info.flags)
             self._unseen = (self.modseq, count)
         return self._unseen[1]
+
+    def total_size(self) -> int:
+        """STATUS SIZE (RFC 8438): the RFC822.SIZEs added up, once per change."""
+        if self._size[0] != self.modseq:
+            self._size = (self.modseq, sum(info.size for info in self.infos))
+        return self._size[1]
 
     def recent_count(self) -> int:
         """Messages nobody has claimed yet (still in new/): STATUS RECENT."""

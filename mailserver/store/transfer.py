@@ -17,6 +17,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 from mailserver.store.maildir import FILE_MODE, fsync_dir, size_fields, unique_name
@@ -73,6 +74,46 @@ def write_new(folder: Path, message: bytes | bytearray, letters: str,
         raise
     fsync_dir(folder / "new")
     return final
+
+
+def write_all_new(folder: Path, messages: Sequence[tuple[bytes | bytearray, str, float | None]]
+                  ) -> list[str]:
+    """MULTIAPPEND (RFC 3502 6.3.11: all or none): write every (message, letters, when)
+    to folder/tmp and fsync it first, then rename them all into new/; returns the names.
+
+    A failure while writing (a full disk) removes what was written, and one while
+    renaming takes back the renamed ones, so no message is left in the folder unless
+    all are. (A crash between the renames can leave some; no reader ever sees a
+    half-written file.)"""
+    staged: list[tuple[Path, str]] = []
+    published: list[Path] = []
+    try:
+        for message, letters, when in messages:
+            crlfs = message.count(b"\r\n")
+            size = len(message) - crlfs
+            name = fresh_base(size, size + message.count(b"\n"), when)
+            tmp = folder / "tmp" / name
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+            staged.append((tmp, name + info_suffix(letters)))
+            try:
+                _write_lf(fd, message)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if when is not None:
+                os.utime(tmp, (when, when))
+        for tmp, final in staged:
+            os.rename(tmp, folder / "new" / final)
+            published.append(folder / "new" / final)
+    except BaseException:
+        for path in [*published, *(tmp for tmp, _ in staged)]:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        raise
+    fsync_dir(folder / "new")
+    return [final for _, final in staged]
 
 
 def _write_lf(fd: int, message: bytes | bytearray) -> None:

@@ -35,7 +35,7 @@ from mailserver.store.maildir import fsync_dir
 from mailserver.store.modseq import ModseqUnavailable
 from mailserver.store.names import split_name, stored_size_of
 from mailserver.store.registry import acquire_state, forget_folders, release_state
-from mailserver.store.transfer import link_into, move_into, write_new
+from mailserver.store.transfer import link_into, move_into, write_all_new, write_new
 from mailserver.store.uidlist import locked
 from mailserver.store.view import MailboxView, header_block_of
 
@@ -92,11 +92,11 @@ class UserStore:
         if fresh and len(existing) + len(fresh) > self.folder_limit:
             raise StoreError("LIMIT", f"Too many folders ({self.folder_limit} at most)")
 
-    def create(self, name: str) -> None:
+    def create(self, name: str, special_use: str | None = None) -> None:
         name = normalize(name, create=True)
         if name != "INBOX" and not self.tree.exists(name):
             self._check_room([*parent_names(name), name])
-        self.tree.create(name)
+        self.tree.create(name, special_use)
 
     def delete(self, name: str) -> None:
         name = normalize(name)
@@ -149,7 +149,8 @@ class UserStore:
                 state.refresh()
                 return FolderStatus(messages=len(state.uids), recent=state.recent_count(),
                                     unseen=state.unseen_count(), uid_next=state.uid_next,
-                                    uid_validity=self._validity(state))
+                                    uid_validity=self._validity(state),
+                                    size=state.total_size())
         finally:
             release_state(state)
 
@@ -213,6 +214,31 @@ class UserStore:
                 _keep_items(state, validity, split_name(final)[0], message, items)
             return CopyResult(uid_validity=validity, source_uids=(),
                               dest_uids=tuple(uids.values()))
+        finally:
+            release_state(state)
+
+    def append_many(self, name: str,
+                    messages: Sequence[tuple[bytes | bytearray, Sequence[str], float | None]]
+                    ) -> CopyResult:
+        """MULTIAPPEND (RFC 3502): every (message, flags, date) or none; UIDs in order."""
+        _, path = self._existing(name, missing="TRYCREATE")
+        state = self._state(path)
+        try:
+            with state.lock:
+                staged = [(message, self._letters(state, flags), when)
+                          for message, flags, when in messages]
+            try:
+                finals = write_all_new(path, staged)
+            except OSError as e:
+                if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise StoreError("OVERQUOTA", "Not enough disk space") from None
+                raise
+            with state.lock:
+                bases = [split_name(final)[0] for final in finals]
+                uids = state.uidlist.assign(bases)
+                validity = self._validity(state)
+            return CopyResult(uid_validity=validity, source_uids=(),
+                              dest_uids=tuple(uids[base] for base in bases))
         finally:
             release_state(state)
 
