@@ -232,10 +232,15 @@ async def search_suffix(session: IMAPSession, found: list[int], uid: bool) -> by
     (RFC 7162 3.1.5); nothing when none matched."""
     if not found:
         return b""
+    return b" (MODSEQ %d)" % await highest_modseq_of(session, found, uid)
+
+
+async def highest_modseq_of(session: IMAPSession, found: Sequence[int], uid: bool) -> int:
+    """The highest modseq of these messages (UIDs, or sequence numbers)."""
     view = modseq_view(session.selection().view)
     if uid:
-        uids = found
+        uids = list(found)
     else:
         uids = [view.messages[n - 1].uid for n in found]
     modseqs: dict[int, int] = await session.blocking(view.modseqs_of, sorted(uids))
-    return b" (MODSEQ %d)" % max(modseqs.values())
+    return max(modseqs.values(), default=0)

@@ -7,12 +7,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from mailserver.imap import commands_condstore as condstore
 from mailserver.imap import commands_selected, context, searchres
 from mailserver.imap.commands import Search, no
 from mailserver.imap.commands_selected import SEARCH_CHUNK, item_cache_key
 from mailserver.imap.grammar_sort import CancelUpdate, ESearch, ReturnOption, Sort, Thread
 from mailserver.imap.search import CHARSETS, run_search
-from mailserver.imap.sort import esearch_line, run_sort
+from mailserver.imap.sort import esearch_line, modseq_shown, run_sort
 from mailserver.imap.thread import run_thread
 
 if TYPE_CHECKING:
@@ -54,20 +55,27 @@ def _save(session: IMAPSession, uid: bool, returns: Sequence[ReturnOption],
 
 
 def _answer(session: IMAPSession, tag: str, uid: bool, returns: Sequence[ReturnOption],
-            found: Sequence[int], ordered: bool) -> None:
+            found: Sequence[int], ordered: bool, modseq: int | None = None) -> None:
     _save(session, uid, returns, found, ordered)
     shown = [r for r in returns if r != "SAVE"]
     if shown or "SAVE" not in returns:  # SAVE alone: no ESEARCH (RFC 5182 2.1)
-        session.send(esearch_line(tag, uid, shown, found, ordered))
+        session.send(esearch_line(tag, uid, shown, found, ordered, modseq))
 
 
 async def esearch(session: IMAPSession, command: ESearch) -> str | None:
     """SEARCH RETURN (...): one `* ESEARCH` line (RFC 4731 3.1)."""
     _check_charset(session, command.charset, command.returns)
     view = session.selection().view
+    uses_modseq = condstore.uses_modseq(command.program)
+    if uses_modseq:
+        await condstore.ensure_condstore(session)
     found: list[int] = await session.blocking(run_search, view, command.program,
                                               command.uid, item_cache_key(session))
-    _answer(session, command.tag, command.uid, command.returns, found, False)
+    modseq = None
+    if uses_modseq and found:  # RFC 7162 3.1.5: MODSEQ in the ESEARCH response
+        modseq = await condstore.highest_modseq_of(
+            session, modseq_shown(command.returns, found), command.uid)
+    _answer(session, command.tag, command.uid, command.returns, found, False, modseq)
     if "UPDATE" in command.returns and not context.start(
             session.selection(), command.tag, command.program, command.uid, found):
         session.send(_no_update(command.tag, "Too many searches kept up to date"))

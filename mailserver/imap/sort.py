@@ -166,7 +166,7 @@ def partial_window(found: Sequence[int], window: tuple[int, int]) -> Sequence[in
 
 
 def esearch_line(tag: str, uid: bool, returns: Sequence[Any], found: Sequence[int],
-                 ordered: bool = False) -> bytes:
+                 ordered: bool = False, modseq: int | None = None) -> bytes:
     """`* ESEARCH (TAG "t") [UID] ...` with what RETURN asked for, in RFC 4731's order
     of the options: MIN, MAX, ALL, PARTIAL, COUNT. MIN and MAX of a SORT are the first
     and last in sort order (RFC 5267 3.1); of a SEARCH the lowest and highest."""
@@ -190,4 +190,21 @@ def esearch_line(tag: str, uid: bool, returns: Sequence[Any], found: Sequence[in
             out.append(b"PARTIAL (%d:%d %s)" % (lo, hi, text))
     if "COUNT" in names:
         out.append(b"COUNT %d" % len(found))
+    if modseq is not None and found:  # RFC 7162 3.1.5, see modseq_shown()
+        out.append(b"MODSEQ %d" % modseq)
     return b" ".join(out) + b"\r\n"
+
+
+def modseq_shown(returns: Sequence[Any], found: Sequence[int]) -> list[int]:
+    """Whose modseq an ESEARCH of a SEARCH with MODSEQ reports (RFC 7162 3.1.5 with
+    RFC 4731): the highest of the MIN and/or MAX message when only those were asked
+    for, else the highest of every message found."""
+    names = {r if isinstance(r, str) else r[0] for r in returns} - {"SAVE", "UPDATE"}
+    if found and names and names <= {"MIN", "MAX"}:
+        picked = []
+        if "MIN" in names:
+            picked.append(min(found))
+        if "MAX" in names:
+            picked.append(max(found))
+        return picked
+    return list(found)

@@ -215,3 +215,29 @@ def test_every_fetch_has_uid_once_qresync_is_enabled(s: Session) -> None:
                                              b"f OK Fetch completed"]
     assert s.command(b"t STORE 2 +FLAGS.SILENT (\\Seen)") == [
         b"* 2 FETCH (UID 2 MODSEQ (%d))" % (highest + 1), b"t OK Store completed"]
+
+
+def test_esearch_reports_the_modseq_asked_for(s: Session) -> None:
+    """RFC 7162 3.1.5 with RFC 4731: an ESEARCH of a SEARCH with MODSEQ ends in
+    MODSEQ n: of the MIN and/or MAX message when only those were asked for, else the
+    highest of every message found; nothing found, no MODSEQ (ImapTest's
+    esearch-condstore group)."""
+    s.command(b"s SELECT INBOX (CONDSTORE)")
+    modseqs = {}
+    for n in (1, 3, 2, 4):  # stored in this order: 1 < 3 < 2 < 4
+        modseqs[n] = _modseq(s.command(b"t%d STORE %d +FLAGS (\\Seen)" % (n, n))[0])
+    assert modseqs[1] < modseqs[3] < modseqs[2] < modseqs[4]
+
+    def esearch(returns: bytes, sequence: bytes = b"1:3", since: int = 1) -> bytes:
+        lines = s.command(b"e SEARCH RETURN (%s) %s MODSEQ \"/flags/\\\\seen\" all %d"
+                          % (returns, sequence, since))
+        assert lines[-1] == b"e OK Search completed", lines
+        return lines[0]
+
+    assert esearch(b"MIN") == b'* ESEARCH (TAG "e") MIN 1 MODSEQ %d' % modseqs[1]
+    assert esearch(b"MAX") == b'* ESEARCH (TAG "e") MAX 3 MODSEQ %d' % modseqs[3]
+    assert esearch(b"") == b'* ESEARCH (TAG "e") ALL 1:3 MODSEQ %d' % modseqs[2]
+    assert esearch(b"MIN MAX", b"2:3") == (
+        b'* ESEARCH (TAG "e") MIN 2 MAX 3 MODSEQ %d' % modseqs[2])
+    assert esearch(b"COUNT", b"1:4") == b'* ESEARCH (TAG "e") COUNT 4 MODSEQ %d' % modseqs[4]
+    assert esearch(b"ALL", b"2:3", modseqs[4]) == b'* ESEARCH (TAG "e")'
