@@ -78,7 +78,8 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     top = _ServerRoot(disk)
     directory = RecipientDirectory(config)
     spool, queue = open_queue(config, disk)
-    local = MaildirDelivery(config.mail_dir, config.hostname, disk)
+    local = MaildirDelivery(config.mail_dir, config.hostname, disk,
+                            limits_of=directory.quota_limits)
     abuse = _open_abuse(config, instance)
     # The certificate-expiry metric follows every certificate put in force.
     tls = SwappableTLS(server_tls_options(config), watch=metrics.watch_tls)
@@ -86,7 +87,7 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     context = ServerContext(
         config=config, directory=directory,
         portal=make_portal(config, directory, abuse=abuse), target=router, disk=disk,
-        tls=tls, mailboxes=_mailboxes(config),
+        tls=tls, mailboxes=_mailboxes(config, directory),
         instance=instance, login_throttle=LoginThrottle(control=abuse), abuse=abuse,
     )
     auth = _sender_auth(context, local, queue)
@@ -95,7 +96,7 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
         """A reload's context: the new config and what is made from it alone; the
         directory, portal, routers, disk threads, TLS, throttle, abuse table, resolver
         and message hooks are the same objects (built once, some with blocking work)."""
-        return dataclasses.replace(context, config=new, mailboxes=_mailboxes(new))
+        return dataclasses.replace(context, config=new, mailboxes=_mailboxes(new, directory))
 
     holders: list[object] = [context, router, directory]
     if context.mx_target is not None:
@@ -194,9 +195,9 @@ class _ServerRoot(service.MultiService):
         return stopped.addBoth(stop_disk)
 
 
-def _mailboxes(config: Config) -> MaildirOpener:
+def _mailboxes(config: Config, directory: RecipientDirectory) -> MaildirOpener:
     return MaildirOpener(config.mail_dir, config.limits.folders_per_user,
-                         config.pop3.uidl_format)
+                         config.pop3.uidl_format, limits_of=directory.quota_limits)
 
 
 def _build_listener(context: ServerContext, name: str) -> ListenerFactory | None:

@@ -781,3 +781,9 @@ def flatten(items: Sequence[FetchAtt]) -> tuple[FetchAtt, ...]:
     for item in items:
         seen.setdefault(item)
     return tuple(seen)
+
+
+# COMPRESS (RFC 4978) and QUOTA (RFC 9208): their own module, which uses Reader.
+from mailserver.imap import grammar_quota  # noqa: E402
+
+_PARSERS.update(grammar_quota.PARSERS)

@@ -25,6 +25,7 @@ from zope.interface import implementer
 
 from mailserver.interfaces import Changes, CopyResult, IMailboxView, MessageInfo, StoreError
 from mailserver.logs import logger
+from mailserver.store import quota
 from mailserver.store.flags import apply_mode
 from mailserver.store.folderstate import Entry, FolderState, to_crlf
 from mailserver.store.names import flag_letters, with_flags
@@ -406,6 +407,7 @@ class MailboxView:
                         removed.append(entry)
             state.forget(e.uid for e in removed)
             state.index.forget([e.base for e in removed])
+            quota.change(self.user_store.root, -sum(e.info.size for e in removed), -len(removed))
             claimed = [] if self.read_only else state.claim_new()
             return self._catch_up(True, claimed)
 
