@@ -114,8 +114,10 @@ def with_limits(extra: tuple[str, ...], storage: int | None, messages: int | Non
         rules.append(f"*:messages={messages}")
     for i, rule in enumerate(rules):
         kept.append(f"userdb_quota_rule{i + 1 if i else ''}={rule}")
-    fixed = tuple(extra[:_FIXED]) + ("",) * (_FIXED - len(extra[:_FIXED]))
     if not kept:
-        # No extra fields left: drop the empty fixed fields too if they were empty.
-        return tuple(extra[:_FIXED]) if len(extra) > _FIXED else tuple(extra)
-    return (*fixed, " ".join(kept))
+        # No extra fields left: nor the empty fields that only led up to them.
+        fixed = list(extra[:_FIXED])
+        while fixed and not fixed[-1]:
+            fixed.pop()
+        return tuple(fixed)
+    return (*extra[:_FIXED], *("",) * (_FIXED - len(extra[:_FIXED])), " ".join(kept))
