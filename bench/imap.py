@@ -266,19 +266,26 @@ class Client:
 class DeflateClient(Client):
     """A Client after COMPRESS DEFLATE: raw deflate both ways, inflated as it is read."""
 
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        super().__init__(reader, writer)
+        self.out: zlib._Compress | None = None  # plain until COMPRESS's OK
+        self.inflate = zlib.decompressobj(-15)
+        self.wire = 0  # octets read after COMPRESS
+        self.raw = 0  # and what they inflated to
+
     @classmethod
     async def connect(cls, port: int, user: str, select: bool = True) -> Client:
         client = await super().connect(port, user, select=False)
         assert isinstance(client, DeflateClient)
-        await Client.command(client, b"COMPRESS DEFLATE")
+        await client.command(b"COMPRESS DEFLATE")
         client.out = zlib.compressobj(6, zlib.DEFLATED, -15)
-        client.inflate = zlib.decompressobj(-15)
-        client.wire = 0
         if select:
             await client.command(b"SELECT INBOX")
         return client
 
     async def command(self, line: bytes) -> bytes:
+        if self.out is None:
+            return await super().command(line)
         self.n += 1
         tag = b"a%d" % self.n
         self.writer.write(self.out.compress(tag + b" " + line + b"\r\n")
@@ -293,7 +300,9 @@ class DeflateClient(Client):
             if not chunk:
                 raise ImapError(f"connection closed during {line[:60]!r}")
             self.wire += len(chunk)
-            buf += self.inflate.decompress(chunk)
+            plain = self.inflate.decompress(chunk)
+            self.raw += len(plain)
+            buf += plain
             if buf.endswith(b"\r\n"):
                 start = buf.rfind(b"\r\n", 0, len(buf) - 2)
                 start = 0 if start < 0 else start + 2
@@ -385,8 +394,10 @@ async def bench_server(port: int, users: list[str], count: int, repeat: int,
         row["cold"] = runs[0]
         row["warm"] = statistics.median(runs[1:])
         wire = sum(c.wire for c in deflating if isinstance(c, DeflateClient))
+        raw = sum(c.raw for c in deflating if isinstance(c, DeflateClient))
         print(f"    COMPRESS'd FETCH: {wire / (repeat + 1) / len(users) / 1e6:.1f} MB on "
-              "the wire per client and run", flush=True)
+              f"the wire per client and run, {wire / raw * 100:.0f} % of "
+              f"{raw / (repeat + 1) / len(users) / 1e6:.1f} MB", flush=True)
     finally:
         for c in deflating:
             await c.logout()
