@@ -10,14 +10,24 @@ import socket
 import subprocess
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
-from imap_helpers import PASSWORD, connect, deliver, no_verify
+import pytest
+from imap_helpers import PASSWORD, connect, deliver, no_verify, start_imap_server
 from server_harness import RunningServer
 from test_imap_hostile import rss_kib, still_serving
 from test_imap_sync_tools import local_messages, mbsyncrc
 
 LOGIN = b'a LOGIN alice@example.org "' + PASSWORD.encode() + b'"'
+
+
+@pytest.fixture(scope="module")
+def imap_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server of this module's own: its users' folders are not the shared ones."""
+    server = start_imap_server(tmp_path_factory.mktemp("compress"))
+    yield server
+    server.stop()
 
 
 def login_line(user: str) -> bytes:
