@@ -159,6 +159,8 @@ def _sender_auth(context: ServerContext, local: MaildirDelivery,
     config = context.config
     context.resolver = SharedResolver.from_config(config)
     auth = senderauth.build(config, context.resolver, context.disk, context.instance)
+    if auth.inbound is not None and isinstance(auth.inbound.junk, MaildirDelivery):
+        auth.inbound.junk.limits_of = local.limits_of  # quarantined mail counts too
     context.message_hooks = {name: hook for name in LISTENER_MAKERS
                              if (hook := auth.hook_for(name)) is not None}
     if auth.srs is not None:

@@ -306,6 +306,9 @@ class _MessageFile:
         self.mail_dir = mail_dir
         self.mailboxes = mailboxes
         self.roots = [os.fspath(mailbox_path(mail_dir, m)) for m in mailboxes]
+        #: Each mailbox's Maildir root, whose quota counts the copy (`roots` may name a
+        #: folder in it: senderauth/junk.py).
+        self.quota_roots = [Path(root) for root in self.roots]
         self.host = host
         self.fd: int | None = None
         self.base = ""
@@ -314,7 +317,7 @@ class _MessageFile:
         self.visible: list[str] = []
         #: Each mailbox's quota, and the (root, octets) counted for each visible copy.
         self.limits: list[QuotaLimits] = []
-        self.counted: list[tuple[str, int]] = []
+        self.counted: list[tuple[Path, int]] = []
 
     @property
     def addresses(self) -> list[str]:
@@ -350,12 +353,12 @@ class _MessageFile:
         the caller, which may group it with other commits' fsyncs).
         """
         roots = [self._ensure(i) for i in range(len(self.roots))]
-        for root, limits in zip(roots, self.limits, strict=False):
+        for quota_root, limits in zip(self.quota_roots, self.limits, strict=False):
             if limits == QuotaLimits():
                 continue
             # RFC 5321 4.2.3 / RFC 3463 5.2.2: the message will not fit, which waiting
             # does not change; nothing is placed for any recipient.
-            if quota.over(quota.usage(Path(root)), limits, crlf_size) is not None:
+            if quota.over(quota.usage(quota_root), limits, crlf_size) is not None:
                 raise ReplyError(552, "5.2.2", "Error: mailbox full; message too large "
                                  "for the recipient's quota")
         fd = self._open()
@@ -369,8 +372,8 @@ class _MessageFile:
         name = self.base + size_fields(size, crlf_size)
         for i, root in enumerate(roots):
             self._place(root, f"{root}/new/{name}", last=i == len(roots) - 1)
-            quota.change(Path(root), crlf_size, 1)
-            self.counted.append((root, crlf_size))
+            quota.change(self.quota_roots[i], crlf_size, 1)
+            self.counted.append((self.quota_roots[i], crlf_size))
         return [root + "/new" for root in roots]
 
     def _place(self, root: str, target: str, last: bool) -> None:
@@ -421,8 +424,8 @@ class _MessageFile:
             _quietly(os.close, fd)
         for path in [*self.visible, *self.copy_temps, *([self.temp] if self.temp else [])]:
             _quietly(os.unlink, path)
-        for root, octets in self.counted:
-            _quietly(quota.change, Path(root), -octets, -1)
+        for quota_root, octets in self.counted:
+            _quietly(quota.change, quota_root, -octets, -1)
         self.counted.clear()
         self.visible.clear()
         self.copy_temps.clear()

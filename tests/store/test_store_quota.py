@@ -127,3 +127,36 @@ def test_rules_written_keep_the_other_fields() -> None:
     assert with_limits((), None, None) == ()
     assert ":".join(with_limits((), 1024, None)) == ":::::userdb_quota_rule=*:storage=1k"
     assert with_limits(with_limits((), 1024, None), 0, None) == ()
+
+
+def test_delivery_counts_in_the_maildir_root_also_for_junk(tmp_path: Path) -> None:
+    """The disk side of a delivery (the inbox's and DMARC quarantine's into .Junk): the
+    count is the user's, in the Maildir root; a message that would pass the limit is
+    refused with 552 5.2.2 before any copy is placed."""
+    from mailserver.errors import ReplyError
+    from mailserver.interfaces import MailboxId
+    from mailserver.senderauth.junk import _JunkFile
+    from mailserver.store.delivery import _MessageFile
+
+    alice = MailboxId("example.org", "alice")
+    root = tmp_path / "example.org" / "alice"
+    for kind in (_MessageFile, _JunkFile):
+        file = kind(tmp_path, (alice,), "host")
+        file.limits = [QuotaLimits(storage=20)]
+        file.stage([b"12345\n"], 6, 7)
+    assert (root / "mailserver-quota").read_bytes() == b"14 2\n"
+    assert not (root / ".Junk" / "mailserver-quota").exists()
+    file = _JunkFile(tmp_path, (alice,), "host")
+    file.limits = [QuotaLimits(storage=20)]
+    with pytest.raises(ReplyError) as caught:
+        file.stage([b"1234567\n"], 8, 9)
+    assert str(caught.value).startswith("552 5.2.2 Error: mailbox full")
+    file.rollback()
+    assert len(list((root / ".Junk" / "new").iterdir())) == 1  # the first only
+    assert (root / "mailserver-quota").read_bytes() == b"14 2\n"
+    # A commit taken back (the client never heard the 250) is taken off the count.
+    file = _MessageFile(tmp_path, (alice,), "host")
+    file.stage([b"1\n"], 2, 3)
+    assert (root / "mailserver-quota").read_bytes() == b"17 3\n"
+    file.rollback()
+    assert (root / "mailserver-quota").read_bytes() == b"14 2\n"
