@@ -16,6 +16,9 @@ import pytest
 from imap_helpers import LISTEN, PASSWORD, Line, connect, deliver
 from server_harness import RunningServer, admin, make_server
 
+from mailserver.interfaces import QuotaUsage
+from mailserver.store import quota
+
 USERS = ("alice@example.org", "dave@example.org", "erin@example.org", "fred@example.org",
          "gina@example.org", "hank@example.org")
 
@@ -193,13 +196,12 @@ def test_usage_count_is_kept_and_rebuilt_when_missing(server: RunningServer) -> 
     root = server.maildir(user)
     sizes = [int(re.search(r",W=(\d+)", p.name).group(1))  # type: ignore[union-attr]
              for p in server.visible_files(user)]
-    count = (root / "mailserver-quota").read_text()
-    assert count == f"{sum(sizes)} {len(sizes)}\n"
+    assert quota.peek(root) == QuotaUsage(sum(sizes), len(sizes))
     (root / "mailserver-quota").unlink()
     set_quota(server, user, "--messages", "100")
     client = connect(server, user)
     assert quota_of(client) == f'"" (MESSAGE {len(sizes)} 100)'.encode()
-    assert (root / "mailserver-quota").read_text() == count  # written again by the scan
+    assert quota.peek(root) == QuotaUsage(sum(sizes), len(sizes))  # scanned, written
     # DELETE of a folder takes its messages off.
     client.create("Old")
     client.select("INBOX")
