@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mailserver.imap.commands import no
-from mailserver.imap.commands_mailbox import _wire_name, checked_name
+from mailserver.imap.commands_mailbox import checked_name
 from mailserver.imap.encode import astring
 from mailserver.imap.grammar_quota import QuotaRootCommand, SetQuota
 from mailserver.interfaces import QuotaLimits, QuotaUsage
@@ -55,7 +55,7 @@ async def getquotaroot(session: IMAPSession, command: QuotaRootCommand) -> str |
     store = session.authenticated().store
     await session.blocking(store.status, name)  # NO [NONEXISTENT] for a missing one
     usage, limits = await session.blocking(store.quota)
-    session.send(b"* QUOTAROOT " + _wire_name(name) + b" " + astring(ROOT.encode())
+    session.send(b"* QUOTAROOT " + astring(name.encode()) + b" " + astring(ROOT.encode())
                  + b"\r\n" + quota_line(usage, limits))
     return None
 

@@ -105,6 +105,11 @@ def test_capabilities_and_refusals(server: RunningServer) -> None:
         b"g BAD number out of range")
     # No limits: the root exists, with no resources.
     assert line.command(b"h", b'GETQUOTA ""') == [b'* QUOTA "" ()', b"h OK Getquota completed"]
+    assert line.command(b"i", b'CREATE "My Stuff"')[-1].startswith(b"i OK")
+    assert line.command(b"j", b'GETQUOTAROOT "my stuff"') == [
+        b"j NO [NONEXISTENT] Mailbox does not exist"]
+    assert line.command(b"k", b'GETQUOTAROOT "My Stuff"') == [
+        b'* QUOTAROOT "My Stuff" ""', b'* QUOTA "" ()', b"k OK Getquotaroot completed"]
     line.close()
 
 
