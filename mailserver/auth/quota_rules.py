@@ -81,6 +81,18 @@ def limits_of(extra: tuple[str, ...]) -> QuotaLimits:
     return QuotaLimits(storage=storage, messages=messages)
 
 
+def rule_problem(extra: tuple[str, ...]) -> str | None:
+    """What is wrong with a user line's quota rules (for check-config), or None."""
+    for field in extra_fields(extra):
+        key, _, value = field.partition("=")
+        if _RULE_KEY.match(key):
+            try:
+                _parse_rule(value)
+            except QuotaRuleError as e:
+                return f"{key}: {e}; no limit applies"
+    return None
+
+
 def _parse_rule(rule: str) -> tuple[str, int] | None:
     """`*:storage=1G` -> ("storage", 1073741824); None for rules we leave to Dovecot."""
     mailbox, _, spec = rule.partition(":")

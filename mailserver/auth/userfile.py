@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailserver.auth.names import address_key
-from mailserver.auth.quota_rules import with_limits
+from mailserver.auth.quota_rules import rule_problem, with_limits
 from mailserver.auth.schemes import hash_problem
 from mailserver.auth.textfile import (
     LineProblem,
@@ -102,6 +102,9 @@ def parse_users(text: str, path: Path) -> UsersTable:
         problem = hash_problem(password)
         if problem:
             problems.append(LineProblem(path, number, f"{key}: {problem}; cannot log in"))
+        problem = rule_problem(extra)
+        if problem:
+            problems.append(LineProblem(path, number, f"{key}: {problem}"))
         users[key] = UserEntry(key, password, extra, number)
     return UsersTable(path, users, tuple(problems))
 

@@ -175,3 +175,17 @@ def test_delivery_counts_in_the_maildir_root_also_for_junk(tmp_path: Path) -> No
     assert quota.peek(root) == QuotaUsage(17, 3)
     file.rollback()
     assert quota.peek(root) == QuotaUsage(14, 2)
+
+
+def test_a_rule_that_cannot_be_read_is_a_users_file_problem(tmp_path: Path) -> None:
+    from mailserver.auth.userfile import parse_users
+
+    table = parse_users("a@example.org:{PLAIN}x::::::userdb_quota_rule=*:storage=lots\n"
+                        "b@example.org:{PLAIN}x::::::quota_rule2=*:messages=-5\n"
+                        "c@example.org:{PLAIN}x::::::quota_rule=*:storage=2G\n",
+                        tmp_path / "users")
+    assert sorted(table.users) == ["a@example.org", "b@example.org", "c@example.org"]
+    assert [str(p) for p in table.problems] == [
+        f"{tmp_path}/users:1: a@example.org: userdb_quota_rule: not a size: 'lots' (a number "
+        "with b, k, M, G or T); no limit applies",
+        f"{tmp_path}/users:2: b@example.org: quota_rule2: not a count: '-5'; no limit applies"]
