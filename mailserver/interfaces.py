@@ -218,6 +218,9 @@ class ILocalDelivery(Interface):
     def begin(mailboxes: Sequence[MailboxId]) -> ILocalTransaction:
         """Start a transaction whose commit delivers one copy to each mailbox."""
 
+    def check_quota(mailboxes: Sequence[MailboxId]) -> None:
+        """ReplyError (452 4.2.2) if one of them is full already (RCPT); optional."""
+
 
 @dataclass(frozen=True)
 class OutboundEnvelope:
@@ -501,6 +504,26 @@ class IUserStore(Interface):
         """Call `callback` in the reactor thread soon after anything in the folder
         changes on disk (inotify when available, else a cheap poll); coalesced.
         Returns a function that stops watching. Does not block."""
+
+    def quota() -> tuple[QuotaUsage, QuotaLimits]:
+        """The user's usage and limits (RFC 9208 GETQUOTA); blocks (disk)."""
+
+
+@dataclass(frozen=True)
+class QuotaLimits:
+    """A user's quota (RFC 9208 5.1, 5.2), from the users file; None: no limit."""
+
+    #: Octets: the sum of the messages' sizes with CRLF line ends (RFC822.SIZE).
+    storage: int | None = None
+    messages: int | None = None
+
+
+@dataclass(frozen=True)
+class QuotaUsage:
+    """What a user's messages take, in all folders: octets (CRLF sizes) and count."""
+
+    storage: int = 0
+    messages: int = 0
 
 
 # -- the POP3 view of a Maildir, and how protocols open a user's mail -------------------------

@@ -9,6 +9,7 @@ import time
 
 from mailserver.abuse.control import AbuseControl, lockouts, open_table
 from mailserver.admin.commands import Admin, Refused
+from mailserver.admin.quota_commands import storage_quota
 from mailserver.auth.names import InvalidAddress, address_key
 from mailserver.auth.sending_limits import SendingLimits
 
@@ -52,7 +53,8 @@ def ban_del(admin: Admin, text: str) -> None:
 
 
 def user_quota(admin: Admin, address: str, messages_per_hour: int | None,
-               recipients_per_day: int | None) -> None:
+               recipients_per_day: int | None, storage: str | None = None,
+               stored_messages: int | None = None) -> None:
     try:
         key = address_key(address)
     except InvalidAddress as e:
@@ -70,3 +72,4 @@ def user_quota(admin: Admin, address: str, messages_per_hour: int | None,
     admin.say(f"{key} (limits from {limits.source}, 0 = none):")
     admin.say(f"  messages this hour:   {round(messages)} of {limits.messages_per_hour}")
     admin.say(f"  recipients today:     {round(recipients)} of {limits.recipients_per_day}")
+    storage_quota(admin, key, storage, stored_messages)

@@ -42,10 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
             action.add_argument("--weak-ok", action="store_true",
                                 help="accept a password the strength check refuses")
     user_sub.add_parser("list", help="list the users")
-    quota = user_sub.add_parser("quota", help="show (and set) a user's sending limits")
+    quota = user_sub.add_parser("quota", help="show (and set) a user's sending limits "
+                                "and storage quota")
     quota.add_argument("address", metavar="ADDRESS")
     quota.add_argument("--messages-per-hour", type=int, metavar="N")
     quota.add_argument("--recipients-per-day", type=int, metavar="N")
+    quota.add_argument("--storage", metavar="SIZE",
+                       help="storage quota: 500M, 2G (k, M, G, T: 1024-based); 0: none")
+    quota.add_argument("--messages", type=int, metavar="N",
+                       help="most messages stored; 0: no limit")
 
     ban = top.add_parser("ban", help="list, add, delete lock-outs of client addresses")
     ban_sub = ban.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -171,7 +176,8 @@ def _handler(args: argparse.Namespace) -> Callable[[Admin], None]:
 
         if args.action == "quota":
             return lambda admin: a.user_quota(admin, args.address, args.messages_per_hour,
-                                              args.recipients_per_day)
+                                              args.recipients_per_day, args.storage,
+                                              args.messages)
         if args.action == "list":
             return a.ban_list
         if args.action == "add":

@@ -12,6 +12,11 @@ runs; a folder changing under it may show a passing "unlisted" file. Per folder:
 - note: a dovecot-uidlist with another UIDVALIDITY than ours (rolling back to Dovecot
   would make clients download that folder again), or one not yet taken over.
 
+Per Maildir, the quota count (store/quota.py) against a scan of its files: a count that
+is off (a crash between a file operation and its count, mail put there behind the
+server's back) is a note naming the file to remove; the server counts again at its next
+use. Mail arriving while doctor runs can show as a difference too.
+
 Exit status 1 when an error was found, else 0; one line per finding and a summary.
 """
 
@@ -25,6 +30,7 @@ from pathlib import Path
 
 from mailserver.admin.commands import Admin, Refused
 from mailserver.auth.names import InvalidAddress
+from mailserver.store import quota
 from mailserver.store.dovecot import DOVECOT_UIDLIST, DovecotFormatError, read_uidlist
 from mailserver.store.maildir import mailbox_path
 from mailserver.store.names import base_of
@@ -59,6 +65,7 @@ def doctor(admin: Admin, address: str | None) -> bool:
             folder = root / name if name else root
             if (folder / "cur").is_dir():
                 _check_folder(admin, folder, found)
+        _check_quota(admin, root, found)
         now = time.monotonic()
         if now - last > 2:  # a big tree: say how far we are
             last = now
@@ -121,6 +128,18 @@ def _check_folder(admin: Admin, folder: Path, found: Findings) -> None:
     if dovecot is not None and dovecot != validity:
         note(f"dovecot-uidlist has UIDVALIDITY {dovecot}, ours {validity}: rolling back "
              "to Dovecot would make clients download this folder again")
+
+
+def _check_quota(admin: Admin, root: Path, found: Findings) -> None:
+    counted = quota.peek(root)
+    if counted is None:
+        return  # counted by a scan at the first use
+    actual = quota.scan(root)
+    if counted != actual:
+        found.notes += 1
+        admin.say(f"note: {root}: quota count says {counted.messages} messages, "
+                  f"{counted.storage} octets; the files are {actual.messages}, "
+                  f"{actual.storage}: remove {root / quota.QUOTA_FILE} to count again")
 
 
 def _listdir(path: Path) -> list[str]:

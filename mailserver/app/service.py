@@ -79,7 +79,8 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     top = _ServerRoot(disk)
     directory = RecipientDirectory(config)
     spool, queue = open_queue(config, disk)
-    local = MaildirDelivery(config.mail_dir, config.hostname, disk)
+    local = MaildirDelivery(config.mail_dir, config.hostname, disk,
+                            limits_of=directory.quota_limits)
     abuse = _open_abuse(config, instance)
     # The certificate-expiry metric follows every certificate put in force.
     tls = SwappableTLS(server_tls_options(config), watch=metrics.watch_tls)
@@ -90,7 +91,7 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
         config=config, directory=directory,
         portal=make_portal(config, directory, abuse=abuse, threadpool=hashing.pool),
         target=router, disk=disk,
-        tls=tls, mailboxes=_mailboxes(config),
+        tls=tls, mailboxes=_mailboxes(config, directory),
         instance=instance, login_throttle=LoginThrottle(control=abuse), abuse=abuse,
     )
     auth = _sender_auth(context, local, queue)
@@ -99,7 +100,7 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
         """A reload's context: the new config and what is made from it alone; the
         directory, portal, routers, disk threads, TLS, throttle, abuse table, resolver
         and message hooks are the same objects (built once, some with blocking work)."""
-        return dataclasses.replace(context, config=new, mailboxes=_mailboxes(new))
+        return dataclasses.replace(context, config=new, mailboxes=_mailboxes(new, directory))
 
     holders: list[object] = [context, router, directory]
     if context.mx_target is not None:
@@ -162,6 +163,8 @@ def _sender_auth(context: ServerContext, local: MaildirDelivery,
     config = context.config
     context.resolver = SharedResolver.from_config(config)
     auth = senderauth.build(config, context.resolver, context.disk, context.instance)
+    if auth.inbound is not None and isinstance(auth.inbound.junk, MaildirDelivery):
+        auth.inbound.junk.limits_of = local.limits_of  # quarantined mail counts too
     context.message_hooks = {name: hook for name in LISTENER_MAKERS
                              if (hook := auth.hook_for(name)) is not None}
     if auth.srs is not None:
@@ -198,9 +201,9 @@ class _ServerRoot(service.MultiService):
         return stopped.addBoth(stop_disk)
 
 
-def _mailboxes(config: Config) -> MaildirOpener:
+def _mailboxes(config: Config, directory: RecipientDirectory) -> MaildirOpener:
     return MaildirOpener(config.mail_dir, config.limits.folders_per_user,
-                         config.pop3.uidl_format)
+                         config.pop3.uidl_format, limits_of=directory.quota_limits)
 
 
 def _build_listener(context: ServerContext, name: str) -> ListenerFactory | None:

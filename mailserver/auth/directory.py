@@ -29,10 +29,11 @@ from mailserver.auth.names import (
     split_key,
     strip_extension,
 )
+from mailserver.auth.quota_rules import limits_of
 from mailserver.auth.textfile import LineProblem
 from mailserver.auth.userfile import UserEntry, UsersFile, UsersTable
 from mailserver.config import Config
-from mailserver.interfaces import IRecipientDirectory, MailboxId, Resolution
+from mailserver.interfaces import IRecipientDirectory, MailboxId, QuotaLimits, Resolution
 from mailserver.logs import logger
 
 log = logger(__name__)
@@ -150,6 +151,12 @@ class RecipientDirectory:
         creates anything, so nothing outside data_dir/mail can ever be made.
         """
         return make_mailbox_id(address, self.config.domains.local)
+
+    def quota_limits(self, mailbox: MailboxId) -> QuotaLimits:
+        """The quota of the user whose Maildir `mailbox` is (auth/quota_rules.py: the
+        users file's extra fields); no limits for a mailbox that is no user's."""
+        entry = self._users().get(mailbox.address)
+        return limits_of(entry.extra) if entry is not None else QuotaLimits()
 
     def login_key(self, username: str) -> str:
         """The address a login name stands for: lower case; a bare name gets the first

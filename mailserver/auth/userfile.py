@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mailserver.auth.names import address_key
+from mailserver.auth.quota_rules import rule_problem, with_limits
 from mailserver.auth.schemes import hash_problem
 from mailserver.auth.textfile import (
     LineProblem,
@@ -101,6 +102,9 @@ def parse_users(text: str, path: Path) -> UsersTable:
         problem = hash_problem(password)
         if problem:
             problems.append(LineProblem(path, number, f"{key}: {problem}; cannot log in"))
+        problem = rule_problem(extra)
+        if problem:
+            problems.append(LineProblem(path, number, f"{key}: {problem}"))
         users[key] = UserEntry(key, password, extra, number)
     return UsersTable(path, users, tuple(problems))
 
@@ -155,6 +159,28 @@ def set_password(text: str, address: str, password: str) -> str:
     return "".join(out)
 
 
+def set_quota(text: str, address: str, storage: int | None, messages: int | None) -> str:
+    """`text` with the user's quota rules replaced (auth/quota_rules.py); None keeps a
+    limit, 0 removes it. The hash and the other fields stay."""
+    key = address_key(address)
+    out: list[str] = []
+    found = False
+    for line in text.splitlines(keepends=True):
+        if not found and _line_key(line) == key:
+            parsed = _split_line(line)
+            assert not isinstance(parsed, str)
+            _, password, extra = parsed
+            ending = line[len(line.rstrip("\r\n")):]
+            extra = with_limits(extra, storage, messages)
+            out.append(format_user_line(key, password, extra) + (ending or "\n"))
+            found = True
+        else:
+            out.append(line)
+    if not found:
+        raise EditRefused(f"{key}: no such user")
+    return "".join(out)
+
+
 class UsersFile(TableFile[UsersTable]):
     """The users file of a running server or an admin command.
 
@@ -182,3 +208,6 @@ class UsersFile(TableFile[UsersTable]):
 
     def set_password(self, address: str, password_hash: str) -> None:
         self._edit(lambda text: set_password(text, address, password_hash))
+
+    def set_quota(self, address: str, storage: int | None, messages: int | None) -> None:
+        self._edit(lambda text: set_quota(text, address, storage, messages))

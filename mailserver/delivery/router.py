@@ -97,6 +97,9 @@ class DeliveryRouter:
                 log.error("{rcpt}: {problem}", rcpt=address, problem=problem)
                 raise ReplyError(451, "4.3.0", "Error: recipient lookup failed; try later")
             raise ReplyError(550, "5.1.1", "Error: user unknown")
+        check_quota = getattr(self.local, "check_quota", None)  # store/delivery.py's
+        if check_quota is not None and resolution.mailboxes:
+            check_quota(resolution.mailboxes)  # 452 4.2.2 for a mailbox already full
         return resolution
 
     def _need_queue(self, address: str) -> None:

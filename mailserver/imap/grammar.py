@@ -806,6 +806,9 @@ def flatten(items: Sequence[FetchAtt]) -> tuple[FetchAtt, ...]:
     return tuple(seen)
 
 
-# Extensions whose grammar has a module of its own; each registers its parsers in
-# _PARSERS when imported.
-from mailserver.imap import grammar_sort  # noqa: E402, F401
+# Extensions whose grammar has a module of its own: grammar_sort registers its parsers
+# in _PARSERS when imported; grammar_quota (COMPRESS, RFC 4978, and QUOTA, RFC 9208)
+# lists them in PARSERS.
+from mailserver.imap import grammar_quota, grammar_sort  # noqa: E402, F401
+
+_PARSERS.update(grammar_quota.PARSERS)

@@ -153,6 +153,8 @@ class IMAPSession(LineConnection):
         self.auth_failures = 0
         self.utf8_accept = False  # ENABLE UTF8=ACCEPT (RFC 6855): names in UTF-8
         self.flow: WriteFlow | None = None
+        #: COMPRESS=DEFLATE's state once active (imap/compress.py).
+        self.compression: compress.Deflate | None = None
         self.init_connection()
         # Commands with literals
         self._parts: list[bytes] = []      # the command framed so far
@@ -287,6 +289,10 @@ class IMAPSession(LineConnection):
             "STATUS=SIZE",
             "CREATE-SPECIAL-USE",
             "UTF8=ACCEPT",
+            "COMPRESS=DEFLATE",
+            "QUOTA",
+            "QUOTA=RES-STORAGE",
+            "QUOTA=RES-MESSAGE",
             f"APPENDLIMIT={self.config.limits.message_size}",
         ]
         return caps
@@ -295,6 +301,8 @@ class IMAPSession(LineConnection):
 
     def send(self, data: bytes) -> None:
         if self.transport is not None and not self._closing:
+            if self.compression is not None:
+                data = self.compression.compress(data)
             self.transport.write(data)
 
     emit = send
@@ -387,6 +395,17 @@ class IMAPSession(LineConnection):
         return d
 
     # -- input ---------------------------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
+        if self.compression is None:
+            super().dataReceived(data)
+        else:
+            compress.received(self, data)
+
+    def resume_reading(self) -> None:
+        # Compressed input not inflated yet is inflated first (imap/compress.py).
+        if self.compression is None or compress.pump(self):
+            super().resume_reading()
 
     def may_handle_input(self) -> bool:
         # A command waiting for a continuation answer (AUTHENTICATE) is busy, but
@@ -625,7 +644,9 @@ from mailserver.imap import (  # noqa: E402 - the handlers import this module's 
     commands_mailbox,
     commands_selected,
     commands_sort,
+    compress,
     listext,
+    quota,
     utf8,
 )
 
@@ -664,6 +685,10 @@ HANDLERS: dict[str, tuple[frozenset[State], Handler]] = {
     "STORE": (SELECTED, commands_selected.store),
     "COPY": (SELECTED, commands_selected.copy),
     "MOVE": (SELECTED, commands_selected.copy),
+    "COMPRESS": (AUTH, compress.compress),
+    "GETQUOTA": (AUTH, quota.getquota),
+    "GETQUOTAROOT": (AUTH, quota.getquotaroot),
+    "SETQUOTA": (AUTH, quota.setquota),
 }
 SELECTED_COMMANDS = frozenset(n for n, (states, _) in HANDLERS.items() if states == SELECTED)
 #: After these, report what changed meanwhile (RFC 3501 7: any command may get

@@ -27,8 +27,9 @@ from zope.interface import implementer
 
 from mailserver.core.diskio import DiskExecutor
 from mailserver.errors import ReplyError
-from mailserver.interfaces import ILocalDelivery, ILocalTransaction, MailboxId
+from mailserver.interfaces import ILocalDelivery, ILocalTransaction, MailboxId, QuotaLimits
 from mailserver.logs import logger
+from mailserver.store import quota
 from mailserver.store.maildir import (
     FILE_MODE,
     create_maildir,
@@ -81,11 +82,24 @@ class MaildirDelivery:
     """Local delivery: each transaction ends as one file in each mailbox's new/."""
 
     def __init__(self, mail_dir: Path, hostname: str, disk: DiskExecutor,
-                 spill_threshold: int = SPILL_THRESHOLD) -> None:
+                 spill_threshold: int = SPILL_THRESHOLD,
+                 limits_of: Callable[[MailboxId], QuotaLimits] | None = None) -> None:
         self.mail_dir = mail_dir
         self.hostname = hostname
         self.disk = disk
         self.spill_threshold = spill_threshold
+        #: Each user's quota (the users file); None: no quotas (tests, tools).
+        self.limits_of = limits_of
+
+    def check_quota(self, mailboxes: Sequence[MailboxId]) -> None:
+        """At RCPT: ReplyError 452 4.2.2 (RFC 3463 "mailbox full", RFC 5321 4.2.2's
+        452: try again later, the user may make room) for a mailbox already full. Reads
+        the count without lock or scan (store/quota.py), so it may run on the reactor."""
+        for mailbox in mailboxes:
+            limits = self.limits_of(mailbox) if self.limits_of else QuotaLimits()
+            usage = quota.peek(mailbox_path(self.mail_dir, mailbox))
+            if usage is not None and quota.full(usage, limits):
+                raise ReplyError(452, "4.2.2", "Error: mailbox full")
 
     def begin(self, mailboxes: Sequence[MailboxId]) -> MaildirTransaction:
         """Start a transaction; one copy per distinct mailbox (duplicates collapse).
@@ -97,6 +111,8 @@ class MaildirDelivery:
         if not unique:
             raise ValueError("a delivery needs at least one mailbox")
         file = _MessageFile(self.mail_dir, tuple(unique), self.hostname)
+        if self.limits_of is not None:
+            file.limits = [self.limits_of(m) for m in unique]
         return MaildirTransaction(file, self.disk, self.spill_threshold)
 
 
@@ -290,12 +306,18 @@ class _MessageFile:
         self.mail_dir = mail_dir
         self.mailboxes = mailboxes
         self.roots = [os.fspath(mailbox_path(mail_dir, m)) for m in mailboxes]
+        #: Each mailbox's Maildir root, whose quota counts the copy (`roots` may name a
+        #: folder in it: senderauth/junk.py).
+        self.quota_roots = [Path(root) for root in self.roots]
         self.host = host
         self.fd: int | None = None
         self.base = ""
         self.temp: str | None = None
         self.copy_temps: list[str] = []
         self.visible: list[str] = []
+        #: Each mailbox's quota, and the (root, octets) counted for each visible copy.
+        self.limits: list[QuotaLimits] = []
+        self.counted: list[tuple[Path, int]] = []
 
     @property
     def addresses(self) -> list[str]:
@@ -331,6 +353,14 @@ class _MessageFile:
         the caller, which may group it with other commits' fsyncs).
         """
         roots = [self._ensure(i) for i in range(len(self.roots))]
+        for quota_root, limits in zip(self.quota_roots, self.limits, strict=False):
+            if limits == QuotaLimits():
+                continue
+            # RFC 5321 4.2.3 / RFC 3463 5.2.2: the message will not fit, which waiting
+            # does not change; nothing is placed for any recipient.
+            if quota.over(quota.usage(quota_root), limits, crlf_size) is not None:
+                raise ReplyError(552, "5.2.2", "Error: mailbox full; message too large "
+                                 "for the recipient's quota")
         fd = self._open()
         _write_chunks(fd, chunks)
         os.fsync(fd)
@@ -342,6 +372,8 @@ class _MessageFile:
         name = self.base + size_fields(size, crlf_size)
         for i, root in enumerate(roots):
             self._place(root, f"{root}/new/{name}", last=i == len(roots) - 1)
+            quota.change(self.quota_roots[i], crlf_size, 1)
+            self.counted.append((self.quota_roots[i], crlf_size))
         return [root + "/new" for root in roots]
 
     def _place(self, root: str, target: str, last: bool) -> None:
@@ -392,6 +424,9 @@ class _MessageFile:
             _quietly(os.close, fd)
         for path in [*self.visible, *self.copy_temps, *([self.temp] if self.temp else [])]:
             _quietly(os.unlink, path)
+        for quota_root, octets in self.counted:
+            _quietly(quota.change, quota_root, -octets, -1)
+        self.counted.clear()
         self.visible.clear()
         self.copy_temps.clear()
         self.temp = None

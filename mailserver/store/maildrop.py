@@ -41,6 +41,7 @@ from zope.interface import implementer
 
 from mailserver.interfaces import IMaildrop, MailboxId, MessageGone
 from mailserver.logs import logger
+from mailserver.store import quota
 from mailserver.store.maildir import ensure_maildir, fsync_dir
 from mailserver.store.maildroplock import MaildropLock
 from mailserver.store.names import base_of, crlf_size_of, flag_letters, order_key, with_flags
@@ -262,6 +263,7 @@ def _expunge(maildir: Path, messages: Iterable[Message]) -> int:
     failed = 0
     touched: set[str] = set()
     finder = Finder(maildir)
+    removed: list[int] = []  # sizes of what we unlinked (not what others did)
     for message in messages:
         for attempt in range(3):  # renamed between lookup and unlink: look again
             try:
@@ -269,6 +271,7 @@ def _expunge(maildir: Path, messages: Iterable[Message]) -> int:
                     finder.relocate(message, fresh=True)
                 os.unlink(path)
                 touched.add(message.subdir)
+                removed.append(message.size)
                 break
             except MessageGone:
                 break  # already gone: that counts as removed
@@ -282,6 +285,7 @@ def _expunge(maildir: Path, messages: Iterable[Message]) -> int:
             fsync_dir(os.path.join(maildir, subdir))
         except OSError:
             pass
+    quota.change(Path(maildir), -sum(removed), -len(removed))
     return failed
 
 

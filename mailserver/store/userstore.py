@@ -24,16 +24,18 @@ from mailserver.interfaces import (
     FolderInfo,
     FolderStatus,
     IUserStore,
+    QuotaLimits,
+    QuotaUsage,
     StoreError,
 )
 from mailserver.logs import logger
-from mailserver.store import notify
+from mailserver.store import notify, quota
 from mailserver.store.flags import Keywords
 from mailserver.store.folders import Folders, normalize, parent_names
 from mailserver.store.folderstate import FolderState, to_crlf
 from mailserver.store.maildir import fsync_dir
 from mailserver.store.modseq import ModseqUnavailable
-from mailserver.store.names import split_name, stored_size_of
+from mailserver.store.names import crlf_size_of, split_name, stored_size_of
 from mailserver.store.registry import acquire_state, forget_folders, release_state
 from mailserver.store.transfer import link_into, move_into, write_all_new, write_new
 from mailserver.store.uidlist import locked
@@ -55,11 +57,14 @@ FOLDER_LIMIT: int = LimitsConfig.folders_per_user
 class UserStore:
     """The folders of the Maildir at `root`; at most `folder_limit` besides INBOX."""
 
-    def __init__(self, root: Path, folder_limit: int = FOLDER_LIMIT) -> None:
+    def __init__(self, root: Path, folder_limit: int = FOLDER_LIMIT,
+                 limits: Callable[[], QuotaLimits] = QuotaLimits) -> None:
         self.root = root
         self.location = str(root)
         self.tree = Folders(root)
         self.folder_limit = folder_limit
+        #: The user's quota, looked up at each use (the users file may change).
+        self.limits = limits
 
     # ----------------------------------------------------------------- helpers
 
@@ -100,8 +105,12 @@ class UserStore:
 
     def delete(self, name: str) -> None:
         name = normalize(name)
+        path = self.tree.path(name)
+        counted = [quota.folder_usage(path / sub) for sub in ("new", "cur")]
         self.tree.delete(name)
-        forget_folders([self.tree.path(name)])
+        forget_folders([path])
+        if not self.tree.exists(name):
+            quota.change(self.root, -sum(o for _, o in counted), -sum(n for n, _ in counted))
 
     def rename(self, old: str, new: str) -> None:
         old, new = normalize(old), normalize(new)
@@ -197,6 +206,9 @@ class UserStore:
         message as read back; they and its header block go into the folder's index now,
         while the bytes are in hand, so its first FETCH or SEARCH opens no file."""
         _, path = self._existing(name, missing="TRYCREATE")
+        # The size as stored (W=): LF line ends, each counted as CRLF.
+        size = len(message) - message.count(b"\r\n") + message.count(b"\n")
+        self.check_quota(size, 1)
         state = self._state(path)
         try:
             with state.lock:
@@ -207,6 +219,7 @@ class UserStore:
                 if e.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise StoreError("OVERQUOTA", "Not enough disk space") from None
                 raise
+            quota.change(self.root, crlf_size_of(final) or size, 1)
             with state.lock:
                 uids = state.uidlist.assign([split_name(final)[0]])
                 validity = self._validity(state)
@@ -220,8 +233,12 @@ class UserStore:
     def append_many(self, name: str,
                     messages: Sequence[tuple[bytes | bytearray, Sequence[str], float | None]]
                     ) -> CopyResult:
-        """MULTIAPPEND (RFC 3502): every (message, flags, date) or none; UIDs in order."""
+        """MULTIAPPEND (RFC 3502): every (message, flags, date) or none; UIDs in order.
+        The quota is checked for all of them at once (RFC 9208 4.3 with RFC 3502's all
+        or nothing: NO [OVERQUOTA] and none stored)."""
         _, path = self._existing(name, missing="TRYCREATE")
+        sizes = [len(m) - m.count(b"\r\n") + m.count(b"\n") for m, _, _ in messages]
+        self.check_quota(sum(sizes), len(messages))
         state = self._state(path)
         try:
             with state.lock:
@@ -233,6 +250,8 @@ class UserStore:
                 if e.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise StoreError("OVERQUOTA", "Not enough disk space") from None
                 raise
+            quota.change(self.root, sum(crlf_size_of(f) or n for f, n in zip(finals, sizes)),
+                         len(finals))
             with state.lock:
                 bases = [split_name(final)[0] for final in finals]
                 uids = state.uidlist.assign(bases)
@@ -269,6 +288,10 @@ class UserStore:
             items = [(e.uid, e) for uid in sorted(wanted)
                      if (e := source.entries.get(uid)) is not None
                      and view.seq_of(uid) is not None and not view.is_vanished(uid)]
+        if not move:
+            # One quota root per user: a MOVE changes no usage, a COPY adds the copies
+            # (RFC 9208 4.3: all or nothing, so it is checked before the first link).
+            self.check_quota(sum(e.info.size for _, e in items), len(items))
         dest_state = self._state(dest_path)
         try:
             done: list[tuple[int, str]] = []
@@ -282,6 +305,9 @@ class UserStore:
                 fsync_dir(dest_path / "new")
                 if move:
                     fsync_dir(source.path / "cur")
+                else:
+                    quota.change(self.root, sum(crlf_size_of(n) or 0 for _, n in done),
+                                 len(done))
             with dest_state.lock:
                 assigned = dest_state.uidlist.assign([split_name(n)[0] for _, n in done])
                 validity = self._validity(dest_state)
@@ -316,6 +342,21 @@ class UserStore:
                 with source.lock:
                     source.locate(uid)
         return None
+
+    # ----------------------------------------------------------------- quota
+
+    def quota(self) -> tuple[QuotaUsage, QuotaLimits]:
+        return quota.usage(self.root), self.limits()
+
+    def check_quota(self, octets: int, messages: int) -> None:
+        """StoreError OVERQUOTA (RFC 9208 4.3) if `messages` more messages of `octets`
+        in all would not fit; nothing is written then."""
+        limits = self.limits()
+        if limits.storage is None and limits.messages is None:
+            return
+        resource = quota.over(quota.usage(self.root), limits, octets, messages)
+        if resource is not None:
+            raise StoreError("OVERQUOTA", f"Quota exceeded ({resource})")
 
     # ----------------------------------------------------------------- notification
 

@@ -32,6 +32,7 @@ from mailserver.interfaces import (
     StoreError,
 )
 from mailserver.logs import logger
+from mailserver.store import quota
 from mailserver.store.flags import apply_mode
 from mailserver.store.folderstate import Entry, FolderState, to_crlf
 from mailserver.store.modseqview import ModseqViewMixin
@@ -422,6 +423,7 @@ class MailboxView(ModseqViewMixin):
                         removed.append(entry)
             state.forget(e.uid for e in removed)
             state.index.forget([e.base for e in removed])
+            quota.change(self.user_store.root, -sum(e.info.size for e in removed), -len(removed))
             claimed = [] if self.read_only else state.claim_new()
             return self.with_modseqs(self._catch_up(True, claimed))
 

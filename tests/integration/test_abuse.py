@@ -162,7 +162,9 @@ def test_sending_quota_across_sessions_and_processes(server_factory) -> None:
     out = admin(server.config_path, "user", "quota", "alice@example.org").stdout
     assert out == ("alice@example.org (limits from user, 0 = none):\n"
                    "  messages this hour:   3 of 3\n"
-                   "  recipients today:     3 of 3\n")
+                   "  recipients today:     3 of 3\n"
+                   "  storage:              0b of no limit\n"
+                   "  messages stored:      0 of no limit\n")
     # The admin raises the limits; the running server reads them on the next MAIL.
     admin(server.config_path, "user", "quota", "alice@example.org",
           "--messages-per-hour", "10", "--recipients-per-day", "10")

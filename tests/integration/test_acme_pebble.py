@@ -164,7 +164,7 @@ def test_certificate_from_pebble_served_renewed_and_swapped(server_factory, pebb
 
     # An IMAPS session open across the renewal keeps its connection and certificate.
     session = tls_client().wrap_socket(socket.create_connection(("127.0.0.1", imaps), 10))
-    assert session.recv(200).startswith(b"* OK")
+    assert session.recv(4096).startswith(b"* OK")  # the whole greeting
     result = admin(server.config_path, "reload", "--renew")
     assert "certificate renewal requested" in result.stdout
     second = wait_for_certificate(server, imaps, first.serial_number)

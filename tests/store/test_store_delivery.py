@@ -38,7 +38,8 @@ def files_in(root: Path, *subs: str) -> list[Path]:
 
 def all_files(top: Path) -> list[Path]:
     return sorted(p for p in top.rglob("*")
-                  if p.is_file() and p.name not in ("maildirfolder", "subscriptions"))
+                  if p.is_file() and p.name not in ("maildirfolder", "subscriptions")
+                  and not p.name.startswith("mailserver-quota"))
 
 
 class DeliveryCase(unittest.TestCase):
