@@ -250,8 +250,8 @@ class UserStore:
                 if e.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise StoreError("OVERQUOTA", "Not enough disk space") from None
                 raise
-            quota.change(self.root, sum(crlf_size_of(f) or n for f, n in zip(finals, sizes)),
-                         len(finals))
+            stored = sum(crlf_size_of(f) or n for f, n in zip(finals, sizes, strict=True))
+            quota.change(self.root, stored, len(finals))
             with state.lock:
                 bases = [split_name(final)[0] for final in finals]
                 uids = state.uidlist.assign(bases)
