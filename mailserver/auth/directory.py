@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from zope.interface import implementer
 
 from mailserver.auth.aliases import AliasEntry, AliasesFile, AliasTable
+from mailserver.auth.dovecot_fields import ignored_fields, login_denied
 from mailserver.auth.names import (
     InvalidAddress,
     address_key,
@@ -168,9 +169,13 @@ class RecipientDirectory:
         return key
 
     def password_hash(self, address: str) -> str | None:
-        """The stored `{SCHEME}hash` of a hosted user, or None for no such user."""
+        """The stored `{SCHEME}hash` of a hosted user, or None for no such user; ""
+        (no login) for a user whose line says Dovecot's `nologin` or `deny`."""
         entry = self._users().get(address_key(address))
-        return entry.password if entry is not None else None
+        if entry is None:
+            return None
+        # Dovecot's nologin/deny: no login, answered like a wrong password.
+        return "" if login_denied(entry.extra) else entry.password
 
     def users(self) -> list[str]:
         """Hosted user addresses, sorted."""
@@ -188,6 +193,13 @@ class RecipientDirectory:
         user_errors = list(hosted.table.problems) + hosted.problems
         alias_errors = list(aliases.problems)
         warnings: list[LineProblem] = []
+        for user in hosted.table.users.values():
+            ignored = ignored_fields(user.extra)
+            if ignored:
+                warnings.append(LineProblem(
+                    hosted.table.path, user.line,
+                    f"{user.address}: Dovecot's {', '.join(ignored)} not used here (README: "
+                    "Moving from Postfix + Dovecot)"))
         for entry in aliases.aliases.values():
             domain = split_key(entry.key)[1]
             if not self.config.is_local_domain(domain):

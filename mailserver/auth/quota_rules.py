@@ -23,7 +23,7 @@ from mailserver.interfaces import QuotaLimits
 _FIXED = 5
 _UNITS = {"": 1024, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _SIZE = re.compile(r"(\d{1,19})([bBkKmMgGtT]?)\Z")
-_RULE_KEY = re.compile(r"(?:userdb_)?quota_rule\d*\Z")
+RULE_KEY = re.compile(r"(?:userdb_)?quota_rule\d*\Z")
 #: The largest limit written or read: RFC 9208's number64 in KiB stays in range.
 MAX_SIZE = 2**62
 
@@ -66,7 +66,7 @@ def limits_of(extra: tuple[str, ...]) -> QuotaLimits:
     messages: int | None = None
     for field in extra_fields(extra):
         key, _, value = field.partition("=")
-        if not _RULE_KEY.match(key):
+        if not RULE_KEY.match(key):
             continue
         try:
             found = _parse_rule(value)
@@ -85,7 +85,7 @@ def rule_problem(extra: tuple[str, ...]) -> str | None:
     """What is wrong with a user line's quota rules (for check-config), or None."""
     for field in extra_fields(extra):
         key, _, value = field.partition("=")
-        if _RULE_KEY.match(key):
+        if RULE_KEY.match(key):
             try:
                 _parse_rule(value)
             except QuotaRuleError as e:
@@ -118,7 +118,7 @@ def with_limits(extra: tuple[str, ...], storage: int | None, messages: int | Non
     current = limits_of(extra)
     storage = current.storage if storage is None else storage
     messages = current.messages if messages is None else messages
-    kept = [f for f in extra_fields(extra) if not _RULE_KEY.match(f.partition("=")[0])]
+    kept = [f for f in extra_fields(extra) if not RULE_KEY.match(f.partition("=")[0])]
     rules = []
     if storage:
         rules.append(f"*:storage={format_size(storage)}")
