@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
+from mailserver.app.balance import SessionBalancer, mark_absent, sessions_path
 from mailserver.app.listeners import accept_one_at_a_time
 from mailserver.config import Config
 from mailserver.core import metrics
@@ -66,9 +67,12 @@ class _Worker(ProcessProtocol):
 class WorkerSupervisor(service.Service):
     """Starts, restarts and stops the worker processes of the twistd process."""
 
-    def __init__(self, config: Config, listeners: Sequence[service.Service]) -> None:
+    def __init__(self, config: Config, listeners: Sequence[service.Service],
+                 balancer: SessionBalancer | None = None) -> None:
         self.config = config
         self.listeners = listeners
+        #: Decides with us whether this process accepts (app/balance.py).
+        self.balancer = balancer
         self.workers: dict[int, _Worker] = {}
         self.stopping = False
         self.waiting_for: set[int] = set()
@@ -114,6 +118,9 @@ class WorkerSupervisor(service.Service):
         self._set_accepting(True)
 
     def _set_accepting(self, on: bool) -> None:
+        if self.balancer is not None:
+            self.balancer.hold(not on)
+            return
         for port in self._ports().values():
             port.startReading() if on else port.stopReading()
 
@@ -135,6 +142,8 @@ class WorkerSupervisor(service.Service):
     def ended(self, worker: _Worker, reason: Failure) -> None:
         if self.workers.get(worker.instance) is worker:
             del self.workers[worker.instance]
+            # Its sessions are gone; until it is back, leave it out of the balance.
+            mark_absent(sessions_path(self.config.data_dir / "run"), worker.instance)
         if self.stopping:
             return
         log.error("worker {n} ended unexpectedly ({why}); starting it again",
