@@ -135,9 +135,18 @@ class WorkerSupervisor(service.Service):
         child_fds: dict[int, int | str] = {0: "w", 1: 1, 2: 2, ready_fd: "r"}
         child_fds.update({fd: fd for fd in fds.values()})
         worker = _Worker(self, instance)
+        try:
+            reactor.spawnProcess(worker, sys.executable, args, env=dict(os.environ),  # type: ignore[attr-defined]
+                                 childFDs=child_fds)
+        except OSError as e:
+            # E.g. the service user may not run this Python (a venv under a 0700
+            # home): serve with the processes there are rather than not at all.
+            log.error("worker {n}: cannot start {python}: {why}; serving with fewer "
+                      "processes", n=instance, python=sys.executable,
+                      why=e.strerror or str(e))
+            self.ready(instance)
+            return
         self.workers[instance] = worker
-        reactor.spawnProcess(worker, sys.executable, args, env=dict(os.environ),  # type: ignore[attr-defined]
-                             childFDs=child_fds)
 
     def ended(self, worker: _Worker, reason: Failure) -> None:
         if self.workers.get(worker.instance) is worker:
