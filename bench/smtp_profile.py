@@ -10,6 +10,7 @@ and writes py-spy's output (`--format flamegraph`: SVG; `raw`: collapsed stacks 
     .venv/bin/python bench/smtp_profile.py --connections 50 --messages 4000 \\
         --out bench/results/profiles/smtp-50.svg
     .venv/bin/python bench/smtp_profile.py --format raw --out /tmp/s.txt --top 40
+    .venv/bin/python bench/smtp_profile.py --tree /tmp/base-worktree ...   # A/B
 """
 
 from __future__ import annotations
@@ -72,9 +73,11 @@ def main() -> int:
     ap.add_argument("--spy-args", default="", help="more py-spy options, e.g. --gil")
     ap.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     ap.add_argument("--top", type=int, default=0, help="with --format raw: print the top N")
+    ap.add_argument("--tree", help="run our server from this source tree (PYTHONPATH)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="smtp-profile-") as tmp:
-        inst = OursInstance(Path(tmp) / "ours", free_port(22526), processes=args.processes)
+        inst = OursInstance(Path(tmp) / "ours", free_port(22526), processes=args.processes,
+                            tree=args.tree)
         with inst:
             warm = asyncio.run(loadgen.run_load(HOST, inst.port, 5, 200, args.size, SENDER, RCPT))
             assert warm.ok, warm.first_error
