@@ -82,12 +82,12 @@ def main() -> int:
             warm = asyncio.run(loadgen.run_load(HOST, inst.port, 5, 200, args.size, SENDER, RCPT))
             assert warm.ok, warm.first_error
             time.sleep(1)
-            pids = [inst.master_pid, *proctree.descendants(inst.master_pid)]
+            pids = proctree.descendants(inst.master_pid)  # the twistd process first
             spies = []
             if args.out:
                 tool = Path(sys.executable).parent / "py-spy"
                 for i, pid in enumerate(pids):
-                    out = args.out if i == 0 else f"{args.out}.p{i}"
+                    out = args.out if i == 0 else f"{args.out}.p{i}"  # .pN: worker N
                     spies.append(subprocess.Popen(
                         [str(tool), "record", "-r", str(args.rate), "--nonblocking", "--threads",
                          *args.spy_args.split(), "-f", args.format, "-o", out, "-p", str(pid)],

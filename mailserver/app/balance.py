@@ -54,10 +54,12 @@ class SessionBalancer(service.Service):
     """This process's slot, and whether it should accept now; stopping the service
     leaves the slot ABSENT."""
 
-    def __init__(self, path: Path, instance: int, ports: Callable[[], Iterable[object]],
+    def __init__(self, path: Path, instance: int,
+                 ports: Callable[[], Iterable[tuple[str, object]]],
                  fresh: bool = False, clock: IReactorTime | None = None) -> None:
         """`fresh` (the twistd process, before any worker starts): every slot ABSENT.
-        `ports`: the listening ports of this process now (a reload changes them)."""
+        `ports`: (service name, listening port) of this process now (a reload changes
+        them)."""
         flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
         fd = os.open(path, flags, 0o600)
         try:
@@ -78,6 +80,10 @@ class SessionBalancer(service.Service):
         self.accepting = True
         self._recheck: IDelayedCall | None = None
         self.closed = False
+        #: The services other processes accept on too (the supervisor sets it to those
+        #: its workers inherited); None: all. A listener a reload added is the twistd
+        #: process's alone, so deferring on it would leave its clients waiting.
+        self.shared: set[str] | None = None
         self._write(0)
 
     def _write(self, value: int) -> None:
@@ -114,18 +120,19 @@ class SessionBalancer(service.Service):
         self._decide()
 
     def _apply(self) -> None:
-        want = not self.held and not self.deferring
-        if want == self.accepting:
-            return
-        self.accepting = want
-        for port in self.ports():
-            port.startReading() if want else port.stopReading()  # type: ignore[attr-defined]
+        """Every port reads unless held, or unless we defer and others accept on it
+        too. (start/stopReading on a port already so is a set lookup, no syscall.)"""
+        self.accepting = not self.held and not self.deferring
+        for name, port in self.ports():
+            shared = self.shared is None or name in self.shared
+            if self.held or (self.deferring and shared):
+                port.stopReading()  # type: ignore[attr-defined]
+            else:
+                port.startReading()  # type: ignore[attr-defined]
 
     def sync_ports(self) -> None:
         """Ports opened by a reload start reading: make them agree with us."""
-        if not self.accepting:
-            for port in self.ports():
-                port.stopReading()  # type: ignore[attr-defined]
+        self._apply()
 
     def stopService(self) -> None:  # noqa: N802 - Twisted's name
         """This process stops: leave it out of the others' minimum."""

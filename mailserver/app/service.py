@@ -163,8 +163,9 @@ def _balancer(config: Config, instance: int, inherited: dict[str, int] | None,
     if config.process_count <= 1:
         return None
 
-    def ports() -> list[object]:
-        return [port for listener in listeners.services
+    def ports() -> list[tuple[str, object]]:
+        return [(listener.service_name, port)  # type: ignore[attr-defined]
+                for listener in listeners.services
                 if (port := getattr(listener, "port", None)) is not None]
 
     try:

@@ -96,6 +96,8 @@ class WorkerSupervisor(service.Service):
         service.Service.startService(self)
         for port in self._ports().values():
             accept_one_at_a_time(port)
+        if self.balancer is not None:
+            self.balancer.shared = set(self._ports())  # what the workers inherit
         self._set_accepting(False)
         self.waiting_for = set(range(1, self.config.process_count))
         for instance in sorted(self.waiting_for):

@@ -33,8 +33,8 @@ def pair(tmp_path: Path) -> tuple[SessionBalancer, Port, SessionBalancer, Port, 
     clock = Clock()
     path = sessions_path(tmp_path)
     port0, port1 = Port(), Port()
-    zero = SessionBalancer(path, 0, lambda: [port0], fresh=True, clock=clock)
-    one = SessionBalancer(path, 1, lambda: [port1], clock=clock)
+    zero = SessionBalancer(path, 0, lambda: [("smtp", port0)], fresh=True, clock=clock)
+    one = SessionBalancer(path, 1, lambda: [("smtp", port1)], clock=clock)
     return zero, port0, one, port1, clock
 
 
@@ -66,7 +66,7 @@ def test_processes_not_running_are_left_out(tmp_path: Path) -> None:
     clock = Clock()
     path = sessions_path(tmp_path)
     port0 = Port()
-    zero = SessionBalancer(path, 0, lambda: [port0], fresh=True, clock=clock)
+    zero = SessionBalancer(path, 0, lambda: [("smtp", port0)], fresh=True, clock=clock)
     zero.changed(40)
     assert port0.reading, "no other process is running"
     one = SessionBalancer(path, 1, lambda: [], clock=clock)
@@ -119,3 +119,23 @@ def test_a_fresh_file_starts_every_slot_absent(tmp_path: Path) -> None:
     assert data[:4] == b"\0\0\0\0"
     assert data[4:] == ABSENT.to_bytes(4, "little") * 63
     assert zero.others() == []
+
+
+def test_a_listener_only_this_process_has_never_waits(tmp_path: Path) -> None:
+    """A listener a reload added is served by the twistd process alone (workers keep
+    the sockets they inherited): deferring would leave its clients in the backlog."""
+    clock = Clock()
+    path = sessions_path(tmp_path)
+    smtp, added = Port(), Port()
+    zero = SessionBalancer(path, 0, lambda: [("smtp", smtp), ("pop3", added)], fresh=True,
+                           clock=clock)
+    zero.shared = {"smtp"}
+    SessionBalancer(path, 1, lambda: [], clock=clock)
+    zero.changed(5)
+    assert not smtp.reading, "the worker takes the next SMTP sessions"
+    assert added.reading, "nobody else accepts on the added listener"
+    zero.hold(True)
+    assert not added.reading, "the supervisor's hold covers every listener"
+    zero.hold(False)
+    zero.changed(0)
+    assert smtp.reading and added.reading

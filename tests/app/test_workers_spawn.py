@@ -63,7 +63,7 @@ def test_a_worker_that_cannot_start_leaves_the_server_accepting(
     monkeypatch.setattr(workers.sys, "executable", "/opt/py/bin/python")
     config = config_from_dict({"data_dir": str(tmp_path), "processes": 2})
     listener = Listener()
-    balancer = SessionBalancer(sessions_path(tmp_path), 0, lambda: [listener.port],
+    balancer = SessionBalancer(sessions_path(tmp_path), 0, lambda: [("smtp", listener.port)],
                                fresh=True)
     supervisor = workers.WorkerSupervisor(config, [listener], balancer)  # type: ignore[list-item]
     supervisor.startService()
