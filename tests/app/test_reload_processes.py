@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
-from mailserver.app.reload import process_count_problem
+from mailserver.app.reload import LoadedConfig, Reloader, ReloadTargets, process_count_problem
 from mailserver.config import config_from_dict
 
 ALPN = {"directory": "https://ca.test/dir", "challenge": "tls-alpn-01"}
@@ -40,3 +41,33 @@ def test_what_the_running_processes_can_honour_is_not_refused(tmp_path: Path) ->
     alpn = config_from_dict({"data_dir": str(tmp_path), "acme": ALPN})
     assert process_count_problem(alpn, default) is None
     assert process_count_problem(default, one) is None
+
+
+def test_the_reloader_refuses_it_and_keeps_the_config(tmp_path: Path) -> None:
+    old = config_from_dict({"data_dir": str(tmp_path)})
+    new = config_from_dict({"data_dir": str(tmp_path), "acme": ALPN})
+
+    class Untouchable:
+        def swap(self, tls: object) -> None:
+            raise AssertionError("a refused reload swaps nothing")
+
+    applied: list[object] = []
+    reloader = Reloader(old, ReloadTargets(tls=Untouchable(),  # type: ignore[arg-type]
+                                           apply_listeners=applied.append),
+                        record=False)
+    errors: list[str] = []
+
+    def observe(event: dict) -> None:
+        if event.get("log_level") == LogLevel.error:
+            errors.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)  # type: ignore[arg-type]
+    try:
+        reloader._apply(LoadedConfig(new, None), 0.0)  # type: ignore[arg-type]
+    finally:
+        globalLogPublisher.removeObserver(observe)  # type: ignore[arg-type]
+    assert reloader.config is old and applied == []
+    assert errors == [
+        "reload refused: acme.challenge: tls-alpn-01 needs one process and this server "
+        "runs 2: set processes = 1 and restart",
+        "reload refused: the previous config stays in force"]
