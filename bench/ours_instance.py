@@ -8,6 +8,7 @@ the user lands in ROOT/data/mail/bench.test/user/new/, fsync'd before the 250.
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -84,9 +85,11 @@ def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes
 
 class OursInstance(ServerInstance):
     def __init__(self, root: Path, port: int, host: str = "127.0.0.1",
-                 processes: int = 1) -> None:
+                 processes: int = 1, tree: str | None = None) -> None:
         self.root = root
         self.processes = processes
+        #: Run the server from this source tree (PYTHONPATH) instead of the venv's.
+        self.env = {**os.environ, "PYTHONPATH": tree} if tree else None
         self.port = port
         self.host = host
         self.config = root / "mailserver.toml"
@@ -128,6 +131,7 @@ class OursInstance(ServerInstance):
                 f"{USER}@{DOMAIN}",
             ],
             input="pw\n",
+            env=self.env,
             capture_output=True,
             text=True,
             timeout=60,
@@ -152,6 +156,7 @@ class OursInstance(ServerInstance):
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.root,
+                env=self.env,
                 start_new_session=True,  # a ^C in the terminal reaches us, not it
             )
         return wait_port(self.host, self.port, 60, self.proc)

@@ -230,16 +230,31 @@ def new_instance(name: str, root: Path, tag: str) -> PostfixInstance | OursInsta
     if name == "postfix":
         return PostfixInstance(root / f"postfix-{tag}", free_port(22525))
     return OursInstance(root / f"{name}-{tag}", free_port(22526),
-                        processes=ours_processes(name))
+                        processes=ours_processes(name),
+                        tree=BEFORE_TREE if name.startswith("before") else None)
 
 
-def ours_name(processes: int) -> str:
-    """`ours` is one process; `ours-2p` runs with `processes = 2` (worker processes)."""
-    return "ours" if processes == 1 else f"ours-{processes}p"
+#: --before: the tree the `before*` servers run from (PYTHONPATH), for A/B in one run.
+BEFORE_TREE: str | None = None
+
+
+def ours_name(processes: int, prefix: str = "ours") -> str:
+    """`ours` is one process; `ours-2p` runs with `processes = 2` (worker processes),
+    `ours-default` with `processes = 0` (one per CPU). `before*`: the --before tree."""
+    if processes == 1:
+        return prefix
+    return f"{prefix}-default" if processes == 0 else f"{prefix}-{processes}p"
 
 
 def ours_processes(name: str) -> int:
-    return int(name.removeprefix("ours-").removesuffix("p")) if name != "ours" else 1
+    suffix = name.partition("-")[2]
+    if not suffix:
+        return 1
+    return 0 if suffix == "default" else int(suffix.removesuffix("p"))
+
+
+def is_ours(name: str) -> bool:
+    return name.startswith(("ours", "before"))
 
 
 @contextmanager
@@ -487,7 +502,7 @@ def report(
     L.append("")
     by = {(p.server, p.conns, p.size): p for p in points}
     ratios = []
-    ours_names = [n for n in dict.fromkeys(p.server for p in points) if n.startswith("ours")]
+    ours_names = [n for n in dict.fromkeys(p.server for p in points) if is_ours(n)]
     for size in args.sizes:
         for conns in args.connections:
             for ours in ours_names:
@@ -582,6 +597,17 @@ def int_list(s: str) -> list[int]:
     return xs
 
 
+def int_list0(s: str) -> list[int]:
+    """As int_list, 0 allowed (`processes = 0`)."""
+    try:
+        xs = [int(x) for x in s.split(",") if x.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {s!r}") from e
+    if not xs or min(xs) < 0:
+        raise argparse.ArgumentTypeError("expected integers >= 0")
+    return xs
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
         description="SMTP acceptance benchmark: ours vs a throw-away Postfix, on 127.0.0.1.",
@@ -593,8 +619,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--connections", type=int_list, default=[1, 10, 50], help="e.g. 1,10,50")
     ap.add_argument("--sizes", type=int_list, default=[4096, 65536], help="bytes, e.g. 4096,65536")
     ap.add_argument("--only", choices=["ours", "postfix"], help="benchmark one server only")
-    ap.add_argument("--processes", type=int_list, default=[1, 2],
-                    help="our server's `processes` settings to measure, e.g. 1,2")
+    ap.add_argument("--processes", type=int_list0, default=[1, 0],
+                    help="our server's `processes` settings to measure, e.g. 1,0,2 "
+                    "(0: the default, one per CPU)")
+    ap.add_argument("--before", metavar="TREE",
+                    help="also measure our server run from TREE (e.g. a `git worktree` of "
+                    "the base commit) as `before*`, in the same run")
     ap.add_argument("--repeat", type=int, default=1, help="runs per point; the median is reported")
     ap.add_argument(
         "--no-sink", action="store_true", help="skip the smtp-sink load generator check"
@@ -639,14 +669,18 @@ def main(argv: list[str] | None = None) -> int:
     os.chmod(root, 0o755)  # Postfix's daemons (user postfix) and virtual(8) go through it
     print(f"temp dir {root}", flush=True)
     try:
+        global BEFORE_TREE
+        BEFORE_TREE = args.before
         ours = [ours_name(n) for n in args.processes]
+        if args.before:
+            ours = [ours_name(n, "before") for n in args.processes] + ours
         servers = {None: ["postfix", *ours], "ours": ours, "postfix": ["postfix"]}[args.only]
-        if any(s.startswith("ours") for s in servers):
+        if any(is_ours(s) for s in servers):
             why = plugin_available()
             if why:
                 print(f"ours: not measured: {why}", flush=True)
                 notes.append(f"ours: not measured: {one_line(OursError(why))}")
-                servers = [s for s in servers if not s.startswith("ours")]
+                servers = [s for s in servers if not is_ours(s)]
         with contextlib.ExitStack() as stack:
             sink: Sink | None = None
             if args.no_sink:

@@ -386,9 +386,10 @@ class Config:
                          default=Path("/var/lib/mailserver"))
     processes: int = doc(
         "Server processes sharing the listeners (one Python process uses about one core; "
-        "0 = one per CPU). limits.connections counts per process; the per-address limits "
-        "and [abuse] count across all of them.",
-        default=1,
+        "0 = one per CPU this process may run on, 1 with acme.challenge = tls-alpn-01). "
+        "limits.connections counts per process; the per-address limits and [abuse] count "
+        "across all of them.",
+        default=0,
     )
     domains: DomainsConfig = field(default_factory=DomainsConfig)
     listen: ListenConfig = field(default_factory=ListenConfig)
@@ -428,11 +429,24 @@ class Config:
 
     @property
     def process_count(self) -> int:
-        """`processes`, with 0 meaning one per CPU."""
-        return self.processes or os.cpu_count() or 1
+        """`processes`, with 0 meaning one per CPU we may run on (a container's or
+        taskset's share, not the machine's), or 1 where only one process works: the
+        tls-alpn-01 answer lives in the process that asked for it (app/acme.py)."""
+        if self.processes:
+            return self.processes
+        if self.acme.directory and self.acme.challenge == "tls-alpn-01":
+            return 1
+        return min(64, _usable_cpus())
 
     def is_local_domain(self, domain: str) -> bool:
         return domain_key(domain) in self.domains.local
+
+
+def _usable_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return os.cpu_count() or 1
 
 
 def default_config() -> Config:
@@ -628,7 +642,7 @@ def _check_acme(config: Config, problems: list[str]) -> None:
     if acme.challenge not in ("http-01", "tls-alpn-01"):
         problems.append(f'acme.challenge: expected "http-01" or "tls-alpn-01", got '
                         f'"{acme.challenge}"')
-    elif acme.challenge == "tls-alpn-01" and config.processes != 1:
+    elif acme.challenge == "tls-alpn-01" and config.processes > 1:
         problems.append("acme.challenge: tls-alpn-01 needs processes = 1 (the answer "
                         "lives in the process that asked)")
 

@@ -188,6 +188,8 @@ def base_config(root: Path) -> dict[str, Any]:
     return {
         "hostname": "mx.test.example",
         "data_dir": str(root / "data"),
+        # The default (0: one per CPU) starts workers; a test that wants them says so.
+        "processes": 1,
         "domains": {"local": ["example.org", "example.net"]},
         "listen": {"smtp": "tcp:0:interface=127.0.0.1"},
         "limits": {},

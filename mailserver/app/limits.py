@@ -18,6 +18,7 @@ from mailserver.logs import logger
 
 if TYPE_CHECKING:
     from mailserver.abuse.control import AbuseControl
+    from mailserver.app.balance import SessionBalancer
 
 log = logger(__name__)
 
@@ -37,6 +38,8 @@ class ConnectionCounter:
         self.control = control
         self.total = 0
         self.by_ip: Counter[str] = Counter()
+        #: With worker processes: told every change of `total` (app/balance.py).
+        self.balancer: SessionBalancer | None = None
 
     def admit(self, ip: str, service: str = "-") -> bool:
         if self.total >= self.total_limit:
@@ -50,6 +53,8 @@ class ConnectionCounter:
             return False
         self.total += 1
         self.by_ip[ip] += 1
+        if self.balancer is not None:
+            self.balancer.changed(self.total)
         return True
 
     def release(self, ip: str) -> None:
@@ -59,6 +64,8 @@ class ConnectionCounter:
         self.by_ip[ip] -= 1
         if self.by_ip[ip] <= 0:
             del self.by_ip[ip]
+        if self.balancer is not None:
+            self.balancer.changed(self.total)
 
 
 class _Refuse(Protocol):

@@ -42,6 +42,7 @@ from twisted.application import service
 from twisted.internet import reactor, threads
 from twisted.internet.defer import Deferred
 from twisted.internet.ssl import CertificateOptions
+from twisted.python.failure import Failure
 
 from mailserver.app.tls import SwappableTLS, server_tls_options
 from mailserver.config import Config, load_config
@@ -142,6 +143,10 @@ class Reloader(service.Service):
 
     def _apply(self, loaded: LoadedConfig, started: float) -> None:
         old, new = self.config, loaded.config
+        problem = process_count_problem(old, new)
+        if problem is not None:
+            self._refused(Failure(ConfigError([problem])), started)
+            return
         changed = _changed_restart_keys(old, new)
         for key in changed:
             log.warn("reload: {key} changed; that takes effect at the next restart",
@@ -184,6 +189,21 @@ class Reloader(service.Service):
         if self.again:
             self.again = False
             self.request()
+
+
+def process_count_problem(old: Config, new: Config) -> str | None:
+    """Why `new` cannot be put in force in the processes running now, if it cannot.
+
+    `processes = 0` means one process per CPU, but one with acme.challenge =
+    "tls-alpn-01" (config.py): a reload that adds that challenge to a server running
+    several processes would have a worker answer the CA's validation without the
+    challenge certificate. `processes` itself waits for a restart (RESTART_KEYS); this
+    is the one change the same `processes` value cannot absorb.
+    """
+    if new.processes == old.processes and new.process_count < old.process_count:
+        return (f"acme.challenge: tls-alpn-01 needs one process and this server runs "
+                f"{old.process_count}: set processes = 1 and restart")
+    return None
 
 
 def _changed_restart_keys(old: Config, new: Config) -> list[str]:

@@ -11,6 +11,7 @@ from twisted.application import service
 from twisted.internet.defer import Deferred
 
 from mailserver.abuse.control import AbuseControl, open_table, table_path
+from mailserver.app.balance import SessionBalancer, sessions_path
 from mailserver.app.gauges import QueueGauges
 from mailserver.app.limits import ConnectionCounter
 from mailserver.app.listeners import ListenerRegistry
@@ -121,11 +122,17 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     registry = ListenerRegistry(config.data_dir / "run") if inherited is None else None
     listeners = ListenerSet(top, lambda name: _build_listener(context, name), counter,
                             registry, inherited)
+    balancer = _balancer(config, instance, inherited, listeners)
+    if balancer is not None:
+        balancer.setServiceParent(top)
+        counter.balancer = balancer
 
     def apply_listeners(new: Config) -> None:
         abuse.reconfigure(new)
         fresh = fresh_context(new)
         listeners.apply(new, lambda name: _build_listener(fresh, name))
+        if balancer is not None:
+            balancer.sync_ports()
 
     targets = ReloadTargets(tls=tls, holders=lambda: holders,
                             apply_listeners=apply_listeners)
@@ -138,7 +145,7 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
         AcmeService(config, reload=targets).setServiceParent(top)
     if inherited is None and config.process_count > 1:
         # Added last, so it starts after the listeners and is stopped first.
-        supervisor = WorkerSupervisor(config, listeners.services)
+        supervisor = WorkerSupervisor(config, listeners.services, balancer)
         supervisor.setServiceParent(top)
         targets.forward = lambda: supervisor.signal_workers("HUP")
 
@@ -152,6 +159,26 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
                  cfg=f" --config {config.source}" if config.source else "",
                  domain=(config.domains.local or ("example.org",))[0])
     return top
+
+
+def _balancer(config: Config, instance: int, inherited: dict[str, int] | None,
+              listeners: ListenerSet) -> SessionBalancer | None:
+    """With worker processes, each one's live sessions in data_dir/run/sessions, so the
+    busier ones leave new connections to the others (app/balance.py)."""
+    if config.process_count <= 1:
+        return None
+
+    def ports() -> list[tuple[str, object]]:
+        return [(listener.service_name, port)  # type: ignore[attr-defined]
+                for listener in listeners.services
+                if (port := getattr(listener, "port", None)) is not None]
+
+    try:
+        return SessionBalancer(sessions_path(config.data_dir / "run"), instance, ports,
+                               fresh=inherited is None)
+    except OSError as e:
+        raise ConfigError([f"data_dir: cannot open {e.filename or 'run/sessions'}: "
+                           f"{e.strerror}"]) from None
 
 
 def _sender_auth(context: ServerContext, local: MaildirDelivery,

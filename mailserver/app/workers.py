@@ -26,6 +26,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 
+from mailserver.app.balance import SessionBalancer, mark_absent, sessions_path
 from mailserver.app.listeners import accept_one_at_a_time
 from mailserver.config import Config
 from mailserver.core import metrics
@@ -66,9 +67,12 @@ class _Worker(ProcessProtocol):
 class WorkerSupervisor(service.Service):
     """Starts, restarts and stops the worker processes of the twistd process."""
 
-    def __init__(self, config: Config, listeners: Sequence[service.Service]) -> None:
+    def __init__(self, config: Config, listeners: Sequence[service.Service],
+                 balancer: SessionBalancer | None = None) -> None:
         self.config = config
         self.listeners = listeners
+        #: Decides with us whether this process accepts (app/balance.py).
+        self.balancer = balancer
         self.workers: dict[int, _Worker] = {}
         self.stopping = False
         self.waiting_for: set[int] = set()
@@ -92,6 +96,8 @@ class WorkerSupervisor(service.Service):
         service.Service.startService(self)
         for port in self._ports().values():
             accept_one_at_a_time(port)
+        if self.balancer is not None:
+            self.balancer.shared = set(self._ports())  # what the workers inherit
         self._set_accepting(False)
         self.waiting_for = set(range(1, self.config.process_count))
         for instance in sorted(self.waiting_for):
@@ -114,6 +120,9 @@ class WorkerSupervisor(service.Service):
         self._set_accepting(True)
 
     def _set_accepting(self, on: bool) -> None:
+        if self.balancer is not None:
+            self.balancer.hold(not on)
+            return
         for port in self._ports().values():
             port.startReading() if on else port.stopReading()
 
@@ -128,13 +137,24 @@ class WorkerSupervisor(service.Service):
         child_fds: dict[int, int | str] = {0: "w", 1: 1, 2: 2, ready_fd: "r"}
         child_fds.update({fd: fd for fd in fds.values()})
         worker = _Worker(self, instance)
+        try:
+            reactor.spawnProcess(worker, sys.executable, args, env=dict(os.environ),  # type: ignore[attr-defined]
+                                 childFDs=child_fds)
+        except OSError as e:
+            # E.g. the service user may not run this Python (a venv under a 0700
+            # home): serve with the processes there are rather than not at all.
+            log.error("worker {n}: cannot start {python}: {why}; serving with fewer "
+                      "processes", n=instance, python=sys.executable,
+                      why=e.strerror or str(e))
+            self.ready(instance)
+            return
         self.workers[instance] = worker
-        reactor.spawnProcess(worker, sys.executable, args, env=dict(os.environ),  # type: ignore[attr-defined]
-                             childFDs=child_fds)
 
     def ended(self, worker: _Worker, reason: Failure) -> None:
         if self.workers.get(worker.instance) is worker:
             del self.workers[worker.instance]
+            # Its sessions are gone; until it is back, leave it out of the balance.
+            mark_absent(sessions_path(self.config.data_dir / "run"), worker.instance)
         if self.stopping:
             return
         log.error("worker {n} ended unexpectedly ({why}); starting it again",

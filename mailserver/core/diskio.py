@@ -3,7 +3,8 @@
 The reactor must never wait for a disk: a single fsync can take milliseconds, and every
 session shares the one reactor thread. Delivery therefore hands its blocking steps to a
 `DiskExecutor`, a twistd service that owns a dedicated thread pool (not the reactor's
-shared one, which DNS lookups and others also use, so a slow disk cannot starve them).
+shared one, which DNS lookups and others also use, so a slow disk cannot starve them;
+core/jobthreads.py, leaner than Twisted's ThreadPool).
 
 Two commit strategies were measured by bench/fsync_strategies.py (numbers and the
 choice in docs/decisions/0002-durable-delivery.md):
@@ -34,12 +35,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from twisted.application.service import Service
-from twisted.internet import defer, threads
+from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
-from twisted.python.threadpool import ThreadPool
 
 from mailserver.core import metrics
+from mailserver.core.jobthreads import JobThreads
 from mailserver.logs import logger
 
 log = logger(__name__)
@@ -96,9 +97,8 @@ class DiskExecutor(Service):
         """Give mailbox sessions `threads` threads of their own (before startService)."""
         self._reads = SessionPool(threads, name=self.pool_name + "-reads")
 
-    def _new_pool(self) -> ThreadPool:
-        return ThreadPool(minthreads=self.threads, maxthreads=self.threads,
-                          name=self.pool_name)
+    def _new_pool(self) -> JobThreads:
+        return JobThreads(self.threads, self.pool_name)
 
     def startService(self) -> None:  # noqa: N802 - Twisted's name
         super().startService()
@@ -110,26 +110,21 @@ class DiskExecutor(Service):
         super().stopService()
         if self._reads is not None:
             self._reads.stopService()
-        # A ThreadPool cannot start again once stopped: keep a fresh one for a restart.
-        pool, self._pool = self._pool, self._new_pool()
-        pool.stop()  # joins the workers once the queue is empty
+        self._pool.stop()  # joins the threads once the queue is empty
         return None
 
     def is_idle(self) -> bool:
-        """No disk job running or queued (for tests and shutdown diagnostics)."""
-        pool = self._pool
-        return not pool.working and pool._queue.qsize() == 0
+        """No disk job running or queued, nor a result the reactor has yet to fire
+        (for tests and shutdown diagnostics)."""
+        return self._pool.pending == 0
 
     def run(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         """Run `fn(*args)` in a disk thread; the Deferred fires on the reactor thread.
 
         No ordering between calls: callers that need order chain on the Deferreds.
         """
-        from twisted.internet import reactor
-
         metrics.disk_job(1)  # the depth of the disk queue, for /metrics
-        return threads.deferToThreadPool(reactor, self._pool,  # type: ignore[arg-type]
-                                         fn, *args).addBoth(_job_done)
+        return self._pool.run(fn, *args).addBoth(_job_done)
 
     def commit(self, stage: CommitStage) -> Deferred[None]:
         """Run `stage` in a disk thread, then make the directories it returns durable.

@@ -297,6 +297,9 @@ def test_check_config_ok(run: Run, config_path: Path, data: Path) -> None:
         f"config:   {config_path}",
         "hostname: mail.example.org",
         f"data_dir: {data}",
+        # processes = 0 (the default): one per CPU, shown when that is more than one.
+        *[f"processes: {n} (limits count per process)"
+          for n in [load_config(config_path).process_count] if n > 1],
         "domains:  example.org, example.net",
         "services:",
         "  smtp         tcp:2525:interface=127.0.0.1",

@@ -110,3 +110,34 @@ def test_toml_syntax_error_names_the_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert info.value.problems[0].startswith(f"{path}: not valid TOML: ")
+
+
+def test_processes_default_is_one_per_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """0 (the default): one process per CPU this server may run on (its affinity, not
+    the machine's count), at most 64; an explicit number is kept."""
+    config = config_from_dict({})
+    assert config.processes == 0
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2})
+    assert config.process_count == 3
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(100)))
+    assert config.process_count == 64
+    assert config_from_dict({"processes": 1}).process_count == 1
+    assert config_from_dict({"processes": 5}).process_count == 5
+    assert "processes: must not be negative, got -1" in problems({"processes": -1})
+
+
+def test_tls_alpn_challenge_makes_the_default_one_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The tls-alpn-01 answer lives in the process that asked (app/acme.py): with the
+    default `processes` such a config loads and runs one process; only an explicit
+    `processes` above 1 is refused."""
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
+    acme = {"directory": "https://ca.test/dir", "challenge": "tls-alpn-01"}
+    config = config_from_dict({"data_dir": str(tmp_path), "acme": acme})
+    assert config.process_count == 1
+    http = config_from_dict({"data_dir": str(tmp_path),
+                             "acme": {**acme, "challenge": "http-01"}})
+    assert http.process_count == 2
+    assert problems({"data_dir": str(tmp_path), "processes": 2, "acme": acme}) == [
+        "acme.challenge: tls-alpn-01 needs processes = 1 (the answer lives in the "
+        "process that asked)"]

@@ -138,3 +138,94 @@ def test_crashed_worker_is_restarted(server_factory) -> None:
     assert "worker 1 ended unexpectedly" in server.log()
     send_many(server, 16, threads=4)
     assert len(server.messages("bob@example.org")) == 16
+
+
+def sessions_by_process(pids: list[int], port: int) -> dict[int, int]:
+    """Established connections to `port` that each process holds: the server side of
+    every socket in /proc/net/tcp whose local port is `port`, found by inode among the
+    process's file descriptors."""
+    established = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+            established.add(f"socket:[{fields[9]}]")
+    counts = {}
+    for pid in pids:
+        links = []
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                links.append(os.readlink(fd))
+            except OSError:
+                continue
+        counts[pid] = sum(link in established for link in links)
+    return counts
+
+
+def settled_counts(pids: list[int], port: int, total: int) -> dict[int, int]:
+    """sessions_by_process once it finds all `total` (/proc/net/tcp is read in pages,
+    and a page may miss a line that moved while it was read)."""
+    deadline = time.monotonic() + 5
+    while sum((counts := sessions_by_process(pids, port)).values()) != total:
+        assert time.monotonic() < deadline, counts
+        time.sleep(0.05)
+    return counts
+
+
+def open_sessions(server: RunningServer, count: int) -> list[socket.socket]:
+    """`count` SMTP sessions, each greeted (so some process has accepted it)."""
+    opened = []
+    for _ in range(count):
+        client = socket.create_connection(server.address(), timeout=10)
+        assert client.recv(512).startswith(b"220 "), "greeted"
+        opened.append(client)
+    return opened
+
+
+def test_sessions_are_balanced_not_just_accepts(server_factory) -> None:
+    """Twenty sessions spread over two processes; those of the worker (about ten) end;
+    the next ten go to it, so both hold about ten again. Spreading accepts alone (each
+    process takes one per wake-up) would give the busy process half of them: ~15 / ~5."""
+    server = server_factory("balance", processes=2, limits={"connections_per_ip": 100})
+    [worker] = workers_of(server)
+    wait_for_log(server, "smtp accepting on the inherited socket")
+    assert server.proc is not None
+    pids, port = [server.proc.pid, worker], server.ports["smtp"]
+    first = open_sessions(server, 20)
+    counts = settled_counts(pids, port, 20)
+    assert max(counts.values()) - min(counts.values()) <= 2, \
+        counts
+    # End every session of the worker: find its sockets by the client's port.
+    held = _peer_ports(worker, port)
+    for client in first:
+        if client.getsockname()[1] in held:
+            client.sendall(b"QUIT\r\n")
+            client.recv(512)
+            client.close()
+    deadline = time.monotonic() + 10
+    while sessions_by_process([worker], port)[worker] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    kept = sessions_by_process(pids, port)[server.proc.pid]
+    assert sessions_by_process(pids, port)[worker] == 0
+    second = open_sessions(server, 10)
+    counts = settled_counts(pids, port, kept + 10)
+    assert max(counts.values()) - min(counts.values()) <= 2, counts
+    for client in first + second:
+        client.close()
+
+
+def _peer_ports(pid: int, port: int) -> set[int]:
+    """The client ports of the connections to `port` that process `pid` holds."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    peers = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[9] in inodes:
+            peers.add(int(fields[2].rsplit(":", 1)[1], 16))
+    return peers
