@@ -44,11 +44,22 @@ from mailserver.interfaces import (
     IQueueTransaction,
     IRecipientDirectory,
     OutboundEnvelope,
+    RecipientDsn,
     Resolution,
 )
 from mailserver.logs import logger
 
 log = logger(__name__)
+
+#: Sends the success reports of local copies (RFC 3461 NOTIFY=SUCCESS): (hostname, the
+#: envelope, [(recipient, action)], the head of the message) -> nothing; the queue's
+#: (queue/reports.py), set by app/. The router only decides who gets one.
+SuccessReporter = Callable[[str, DeliveryEnvelope, list[tuple[RecipientDsn, str]], bytes],
+                           None]
+
+#: Bytes of the message kept for a success report: its header (RFC 3461 4.3: a report
+#: that tells of no failure returns the headers only).
+REPORT_HEAD = 64 * 1024
 
 
 def local_failure() -> ReplyError:
@@ -72,6 +83,8 @@ class DeliveryRouter:
         self.directory = directory
         self.local = local
         self.queue = queue
+        #: Success reports of local copies; None: none are sent (no queue to send them).
+        self.reporter: SuccessReporter | None = None
 
     def route(self, address: str, relay: bool) -> Resolution:
         domain = address.rpartition("@")[2]
@@ -119,7 +132,8 @@ class DeliveryRouter:
                 queued = self.queue.begin(OutboundEnvelope(
                     sender=envelope.sender, recipients=envelope.remote,
                     smtputf8=envelope.smtputf8, body_8bit=envelope.body_8bit,
-                    submitter=envelope.submitter))
+                    submitter=envelope.submitter, ret=envelope.ret, envid=envelope.envid,
+                    dsn=queued_dsn(envelope), requiretls=envelope.requiretls))
             if local is None and queued is None:
                 raise ValueError("a message needs a local or a remote recipient")
         except Exception as e:
@@ -131,8 +145,44 @@ class DeliveryRouter:
                 local.abort()
             return RoutedTransaction(None, None, failed=e)
         transaction = RoutedTransaction(local, queued)
+        reports = local_reports(envelope) if envelope.sender else []
+        if reports and self.reporter is not None:
+            reporter, hostname = self.reporter, self.config.hostname
+            transaction.on_local_commit(
+                lambda head: reporter(hostname, envelope, reports, head))
         transaction.write_local(return_path_header(envelope.sender))
         return transaction
+
+
+def _fans_out(rcpt: RecipientDsn) -> bool:
+    return len(rcpt.mailboxes) + len(rcpt.remote) > 1
+
+
+def local_reports(envelope: DeliveryEnvelope) -> list[tuple[RecipientDsn, str]]:
+    """The recipients whose local copies get a success report, with its Action (RFC
+    3464 2.3.3): "delivered" into one mailbox; "expanded" when the address (an alias)
+    went to several places (RFC 3461 6.2.7.3), whose own reports it no longer asks for."""
+    return [(r, "expanded" if _fans_out(r) else "delivered")
+            for r in envelope.dsn if r.mailboxes and r.notify and r.wants("SUCCESS")]
+
+
+def queued_dsn(envelope: DeliveryEnvelope) -> tuple[RecipientDsn, ...]:
+    """The DSN requests of the remote addresses (RFC 3461 5.2.7: an alias passes its
+    recipient's NOTIFY and ORCPT on; the original address becomes the ORCPT when none
+    was given). An alias that fans out has reported "expanded" for SUCCESS already, so
+    its targets no longer ask for it (NEVER if nothing else was asked)."""
+    out: dict[str, RecipientDsn] = {}
+    for rcpt in envelope.dsn:
+        notify = rcpt.notify
+        if _fans_out(rcpt) and "SUCCESS" in notify:
+            notify = tuple(n for n in notify if n != "SUCCESS") or ("NEVER",)
+        for target in rcpt.remote:
+            kind, orcpt = rcpt.orcpt_type, rcpt.orcpt
+            if not kind and target != rcpt.address:
+                kind, orcpt = "rfc822" if rcpt.address.isascii() else "utf-8", rcpt.address
+            if target not in out and (notify or kind):
+                out[target] = RecipientDsn(target, notify, kind, orcpt)
+    return tuple(out.values())
 
 
 @implementer(IDeliveryTransaction)
@@ -146,15 +196,25 @@ class RoutedTransaction:
         #: Why this transaction can only fail (begin or write went wrong); commit says so.
         self.failed = failed
         self._released = False
+        #: Called with the head of the message once the local copies are committed.
+        self._after_local: Callable[[bytes], None] | None = None
+        self._head = bytearray()
 
     def write_local(self, data: bytes) -> None:
         """Bytes only the local copies get (Return-Path)."""
         if self.local is not None and self.failed is None:
             self._guarded(self.local.write, data)
 
+    def on_local_commit(self, callback: Callable[[bytes], None]) -> None:
+        """Call `callback` with the head of the message (REPORT_HEAD bytes at most)
+        once the local copies are committed: the success reports."""
+        self._after_local = callback
+
     def write(self, data: bytes) -> None:
         if self.failed is not None:
             return
+        if self._after_local is not None and len(self._head) < REPORT_HEAD:
+            self._head += data[:REPORT_HEAD - len(self._head)]
         if self.local is not None:
             self._guarded(self.local.write, data)
         if self.queued is not None and self.failed is None:
@@ -195,6 +255,11 @@ class RoutedTransaction:
                 if isinstance(e, ReplyError):
                     raise
                 raise local_failure() from e
+            if self._after_local is not None:
+                try:
+                    self._after_local(bytes(self._head))
+                except Exception:  # a report must never undo a delivery
+                    log.failure("cannot send the success report")
         if self.queued is not None:
             self._released = True
             try:
