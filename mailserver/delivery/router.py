@@ -148,8 +148,7 @@ class DeliveryRouter:
         reports = local_reports(envelope) if envelope.sender else []
         if reports and self.reporter is not None:
             reporter, hostname = self.reporter, self.config.hostname
-            transaction.on_local_commit(
-                lambda head: reporter(hostname, envelope, reports, head))
+            transaction.on_commit(lambda head: reporter(hostname, envelope, reports, head))
         transaction.write_local(return_path_header(envelope.sender))
         return transaction
 
@@ -159,11 +158,19 @@ def _fans_out(rcpt: RecipientDsn) -> bool:
 
 
 def local_reports(envelope: DeliveryEnvelope) -> list[tuple[RecipientDsn, str]]:
-    """The recipients whose local copies get a success report, with its Action (RFC
-    3464 2.3.3): "delivered" into one mailbox; "expanded" when the address (an alias)
-    went to several places (RFC 3461 6.2.7.3), whose own reports it no longer asks for."""
-    return [(r, "expanded" if _fans_out(r) else "delivered")
-            for r in envelope.dsn if r.mailboxes and r.notify and r.wants("SUCCESS")]
+    """The recipients this router reports success for (NOTIFY=SUCCESS), with the Action
+    (RFC 3464 2.3.3): "delivered" into one of our mailboxes; "expanded" for an address
+    (an alias) that went to several places (RFC 3461 6.2.7.3), whose targets then no
+    longer ask for it (queued_dsn). One remote target: the queue reports, not us."""
+    reports = []
+    for rcpt in envelope.dsn:
+        if not rcpt.wants("SUCCESS"):
+            continue
+        if _fans_out(rcpt):
+            reports.append((rcpt, "expanded"))
+        elif rcpt.mailboxes:
+            reports.append((rcpt, "delivered"))
+    return reports
 
 
 def queued_dsn(envelope: DeliveryEnvelope) -> tuple[RecipientDsn, ...]:
@@ -196,8 +203,8 @@ class RoutedTransaction:
         #: Why this transaction can only fail (begin or write went wrong); commit says so.
         self.failed = failed
         self._released = False
-        #: Called with the head of the message once the local copies are committed.
-        self._after_local: Callable[[bytes], None] | None = None
+        #: Called with the head of the message once every copy is committed.
+        self._after_commit: Callable[[bytes], None] | None = None
         self._head = bytearray()
 
     def write_local(self, data: bytes) -> None:
@@ -205,15 +212,15 @@ class RoutedTransaction:
         if self.local is not None and self.failed is None:
             self._guarded(self.local.write, data)
 
-    def on_local_commit(self, callback: Callable[[bytes], None]) -> None:
+    def on_commit(self, callback: Callable[[bytes], None]) -> None:
         """Call `callback` with the head of the message (REPORT_HEAD bytes at most)
-        once the local copies are committed: the success reports."""
-        self._after_local = callback
+        once every copy is committed: the success reports."""
+        self._after_commit = callback
 
     def write(self, data: bytes) -> None:
         if self.failed is not None:
             return
-        if self._after_local is not None and len(self._head) < REPORT_HEAD:
+        if self._after_commit is not None and len(self._head) < REPORT_HEAD:
             self._head += data[:REPORT_HEAD - len(self._head)]
         if self.local is not None:
             self._guarded(self.local.write, data)
@@ -255,11 +262,6 @@ class RoutedTransaction:
                 if isinstance(e, ReplyError):
                     raise
                 raise local_failure() from e
-            if self._after_local is not None:
-                try:
-                    self._after_local(bytes(self._head))
-                except Exception:  # a report must never undo a delivery
-                    log.failure("cannot send the success report")
         if self.queued is not None:
             self._released = True
             try:
@@ -267,6 +269,11 @@ class RoutedTransaction:
             except Exception:
                 # Durable and committed: the queue picks it up when it next scans.
                 log.failure("release of queued message {id} failed", id=queue_id)
+        if self._after_commit is not None:
+            try:
+                self._after_commit(bytes(self._head))
+            except Exception:  # a report must never undo a delivery
+                log.failure("cannot send the success report")
         return queue_id
 
     def abort(self) -> None:

@@ -98,7 +98,8 @@ def build_dsn(entry: QueueEntry, recipients: Sequence[RecipientState], headers: 
               f"Content-Type: {status_type}", ""]
     # RFC 3464 2.2: Original-Envelope-Id, Reporting-MTA, Arrival-Date, then extensions.
     if entry.envid:
-        lines.append(f"Original-Envelope-Id: {entry.envid}")  # RFC 3461 6.3: decoded
+        # RFC 3461 6.3: decoded. One line whatever a hand-edited envelope holds.
+        lines.append(f"Original-Envelope-Id: {_one_line(entry.envid)}")
     lines += [f"Reporting-MTA: dns; {hostname}", f"Arrival-Date: {_date(entry.created)}",
               f"X-Mailserver-Queue-ID: {entry.id}"]
     if entry.sender:
@@ -145,7 +146,7 @@ def _orcpt_field(r: RecipientState, global_status: bool) -> str:
     address = r.orcpt
     if r.orcpt_type == "utf-8" and not global_status:
         address = utf8_addr_xtext(address)
-    return f"{r.orcpt_type}; {address}"
+    return f"{r.orcpt_type}; {_one_line(address)}"
 
 
 def _status(status: str, delayed: bool, success: bool = False) -> str:

@@ -226,7 +226,8 @@ class Scheduler:
             message = Message(entry.sender, [r.address for r in rcpts], data or b"",
                               entry.smtputf8, entry.body_8bit,
                               path if data is None else None, size, lines,
-                              mail_params(entry), {r.address: rcpt_params(r) for r in rcpts})
+                              mail_dsn=mail_params(entry),
+                              rcpt_dsn={r.address: rcpt_params(r) for r in rcpts})
             if self.is_local(domain):
                 done = self._deliver_locally(entry.sender, list(message.recipients), queue_id)
             else:

@@ -321,3 +321,42 @@ def test_a_failing_reporter_does_not_undo_the_delivery() -> None:
     h.local.transactions[0].commit_deferred.callback(None)  # type: ignore[union-attr]
     assert result_of(d) is None
     assert h.events == ["local.commit"]
+
+
+def test_alias_to_remote_addresses_only_reports_expanded_after_the_queue_commit() -> None:
+    h = Halves(queue=True)
+    calls = with_reports(h)
+    team = RecipientDsn("team@example.org", ("SUCCESS",),
+                        remote=("a@remote.test", "b@remote.test"))
+    txn = h.router.begin(DeliveryEnvelope(sender="alice@example.org",
+                                          remote=("a@remote.test", "b@remote.test"),
+                                          dsn=(team,)))
+    txn.write(MESSAGE)
+    d = txn.commit()
+    assert h.queue is not None
+    [queued] = h.queue.transactions
+    # NOTIFY=SUCCESS alone, SUCCESS taken away: the targets ask for nothing.
+    assert queued.request.dsn == (  # type: ignore[union-attr]
+        RecipientDsn("a@remote.test", ("NEVER",), "rfc822", "team@example.org"),
+        RecipientDsn("b@remote.test", ("NEVER",), "rfc822", "team@example.org"))
+    assert calls == []
+    queued.commit_deferred.callback("Q1")  # type: ignore[union-attr]
+    assert result_of(d) == "Q1"
+    [(_, _, reports, head)] = calls
+    assert reports == [(team, "expanded")] and head == MESSAGE
+
+
+def test_one_remote_target_is_reported_by_the_queue_not_the_router() -> None:
+    h = Halves(queue=True)
+    calls = with_reports(h)
+    one = RecipientDsn("friend@remote.test", ("SUCCESS",), remote=("friend@remote.test",))
+    txn = h.router.begin(DeliveryEnvelope(sender="alice@example.org",
+                                          remote=("friend@remote.test",), dsn=(one,)))
+    txn.write(MESSAGE)
+    d = txn.commit()
+    assert h.queue is not None
+    [queued] = h.queue.transactions
+    assert queued.request.dsn == (  # type: ignore[union-attr]
+        RecipientDsn("friend@remote.test", ("SUCCESS",)),)
+    queued.commit_deferred.callback("Q1")  # type: ignore[union-attr]
+    assert result_of(d) == "Q1" and calls == []

@@ -140,3 +140,16 @@ def test_alias_that_fans_out_passes_on_notify_without_success(tmp_path: Path) ->
                                                 "fwd@example.org"),)
     [local] = s.target.copies
     assert local.mailboxes == [MailboxId("example.org", "bob")]
+
+
+def test_tls_required_no_header_is_kept_as_it_came(tmp_path: Path) -> None:
+    """RFC 8689 5: the relay reads "TLS-Required: No"; the session passes it on as is."""
+    s = Session(tmp_path, SUBMISSIONS_POLICY, tls_options=None)
+    s.ehlo()
+    s.send(f"AUTH PLAIN {PLAIN_ALICE}\r\n".encode())
+    s.send(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<friend@remote.test>\r\n"
+           b"DATA\r\nSubject: x\r\nTLS-Required: No\r\n\r\nbody\r\n.\r\n")
+    assert s.queue is not None
+    [queued] = s.queue.copies
+    assert b"\nTLS-Required: No\n" in queued.data
+    assert queued.envelope.requiretls is False
