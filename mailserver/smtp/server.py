@@ -401,8 +401,11 @@ class SMTPSession(SessionDefences, SubmissionCommands, MessageReception, LineCon
         envelope.remote.update(dict.fromkeys(resolution.remote))
         given = command.dsn
         if given.notify or given.orcpt_type or resolution.remote:
+            # <Postmaster> was resolved as postmaster@ our first domain (_resolve).
+            final = f"postmaster@{self.config.domains.local[0]}" if command.postmaster \
+                else str(rcpt)
             envelope.dsn.append(RecipientDsn(
-                str(rcpt), tuple(sorted(given.notify)), given.orcpt_type, given.orcpt,
+                final, tuple(sorted(given.notify)), given.orcpt_type, given.orcpt,
                 resolution.mailboxes, resolution.remote))
         self._send(Reply(250, "2.1.5", "Ok"))
         return None

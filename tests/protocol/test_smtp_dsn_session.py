@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from test_submission_session import PLAIN_ALICE, Session
 
-from mailserver.interfaces import MailboxId, RecipientDsn
+from mailserver.interfaces import DeliveryEnvelope, MailboxId, RecipientDsn
 from mailserver.smtp.listener import MX_POLICY, SUBMISSION_POLICY, SUBMISSIONS_POLICY
 
 
@@ -153,3 +153,22 @@ def test_tls_required_no_header_is_kept_as_it_came(tmp_path: Path) -> None:
     [queued] = s.queue.copies
     assert b"\nTLS-Required: No\n" in queued.data
     assert queued.envelope.requiretls is False
+
+
+def test_postmaster_without_domain_is_reported_as_our_postmaster(tmp_path: Path) -> None:
+    mx = Session(tmp_path, MX_POLICY)
+    with mx.config.aliases_file.open("a") as f:
+        f.write("postmaster@example.org: bob@example.org\n")
+    seen: list[DeliveryEnvelope] = []
+    router = mx.factory.target
+    begin = router.begin
+    router.begin = lambda envelope: (seen.append(envelope), begin(envelope))[1]  # type: ignore[method-assign]
+    mx.ehlo()
+    replies = mx.send(b"MAIL FROM:<x@remote.test>\r\nRCPT TO:<Postmaster> NOTIFY=SUCCESS\r\n"
+                      b"DATA\r\nSubject: hi\r\n\r\nbody\r\n.\r\n")
+    assert replies[:2] == ["250 2.1.0 Ok", "250 2.1.5 Ok"]
+    [local] = mx.target.copies
+    assert local.mailboxes == [MailboxId("example.org", "bob")]
+    [envelope] = seen
+    assert envelope.dsn == (RecipientDsn("postmaster@example.org", ("SUCCESS",),
+                                         mailboxes=(MailboxId("example.org", "bob"),)),)
