@@ -160,7 +160,7 @@ def _fans_out(rcpt: RecipientDsn) -> bool:
 def local_reports(envelope: DeliveryEnvelope) -> list[tuple[RecipientDsn, str]]:
     """The recipients this router reports success for (NOTIFY=SUCCESS), with the Action
     (RFC 3464 2.3.3): "delivered" into one of our mailboxes; "expanded" for an address
-    (an alias) that went to several places (RFC 3461 6.2.7.3), whose targets then no
+    (an alias) that went to several places (RFC 3461 5.2.7.3), whose targets then no
     longer ask for it (queued_dsn). One remote target: the queue reports, not us."""
     reports = []
     for rcpt in envelope.dsn:
@@ -175,8 +175,8 @@ def local_reports(envelope: DeliveryEnvelope) -> list[tuple[RecipientDsn, str]]:
 
 def queued_dsn(envelope: DeliveryEnvelope) -> tuple[RecipientDsn, ...]:
     """The DSN requests of the remote addresses (RFC 3461 5.2.7: an alias passes its
-    recipient's NOTIFY and ORCPT on; the original address becomes the ORCPT when none
-    was given). An alias that fans out has reported "expanded" for SUCCESS already, so
+    recipient's NOTIFY and ORCPT on; 4.2: when none was given, the ORCPT we add is the
+    address of the RCPT we received). An alias that fans out has reported "expanded" for SUCCESS already, so
     its targets no longer ask for it (NEVER if nothing else was asked)."""
     out: dict[str, RecipientDsn] = {}
     for rcpt in envelope.dsn:

@@ -284,7 +284,7 @@ def test_no_report_for_a_failed_commit_or_a_null_sender() -> None:
     d = txn.commit()
     h.local.transactions[0].commit_deferred.callback(None)  # type: ignore[union-attr]
     assert result_of(d) is None
-    assert calls == [], "RFC 3461 6.2: never a report to <>"
+    assert calls == [], "RFC 5321 6.1: never a report to <>"
 
 
 def test_alias_to_several_places_reports_expanded() -> None:

@@ -134,7 +134,7 @@ def test_alias_that_fans_out_passes_on_notify_without_success(tmp_path: Path) ->
            b"DATA\r\nSubject: dsn\r\n\r\nbody\r\n.\r\n")
     assert s.queue is not None
     [queued] = s.queue.copies
-    # RFC 3461 6.2.7.3: the alias reports "expanded"; its targets no longer ask for
+    # RFC 3461 5.2.7.3: the alias reports "expanded"; its targets no longer ask for
     # SUCCESS, and name the alias as the original recipient.
     assert queued.envelope.dsn == (RecipientDsn("friend@remote.test", ("FAILURE",), "rfc822",
                                                 "fwd@example.org"),)
