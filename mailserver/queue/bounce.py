@@ -53,6 +53,7 @@ def build_dsn(entry: QueueEntry, recipients: Sequence[RecipientState], headers: 
     subject = ("Successful Mail Delivery Report" if success
                else "Delayed Mail (still being retried)" if delayed
                else "Undelivered Mail Returned to Sender")
+    returned = full is not None and not success and not delayed
     lines = [
         f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>",
         f"To: <{entry.sender}>",
@@ -66,13 +67,37 @@ def build_dsn(entry: QueueEntry, recipients: Sequence[RecipientState], headers: 
         "This is a MIME-encapsulated message.",
         "",
         f"--{boundary}",
-        "Content-Description: Notification",
-        "Content-Type: text/plain; charset=utf-8",
+        *_notification(entry, recipients, hostname, delayed, success, returned),
         "",
-        f"This is the mail system at host {hostname}.",
-        "",
+        f"--{boundary}",
+        *_delivery_status(entry, recipients, hostname, now, delayed, success),
     ]
-    returned = full is not None and not success and not delayed
+    returning = full if returned and full is not None else headers
+    eight_bit = not returning.isascii()
+    if returned:
+        # RFC 6532 3.7 / RFC 6533: a message with UTF-8 headers is message/global.
+        utf8_head = not original_headers(returning).isascii()
+        lines += ["", f"--{boundary}", "Content-Description: Undelivered Message",
+                  "Content-Type: message/global" if utf8_head
+                  else "Content-Type: message/rfc822"]
+    else:
+        lines += ["", f"--{boundary}", "Content-Description: "
+                  + ("Message Headers" if success or delayed else "Undelivered Message Headers"),
+                  "Content-Type: message/global-headers" if eight_bit
+                  else "Content-Type: text/rfc822-headers"]
+    if eight_bit:
+        lines.append("Content-Transfer-Encoding: 8bit")
+    body = "\n".join(lines).encode("utf-8") + b"\n\n" + returning
+    if not body.endswith(b"\n"):
+        body += b"\n"
+    return body + f"\n--{boundary}--\n".encode()
+
+
+def _notification(entry: QueueEntry, recipients: Sequence[RecipientState], hostname: str,
+                  delayed: bool, success: bool, returned: bool) -> list[str]:
+    """The first part, for people: what happened, one line per recipient."""
+    lines = ["Content-Description: Notification", "Content-Type: text/plain; charset=utf-8",
+             "", f"This is the mail system at host {hostname}.", ""]
     if success:
         lines += ["Your message was delivered to the recipients below (\"relayed\": handed",
                   "to a mail system that sends no further notifications).", ""]
@@ -88,15 +113,19 @@ def build_dsn(entry: QueueEntry, recipients: Sequence[RecipientState], headers: 
     for r in recipients:
         text = _one_line(r.last_error) or ("delivered" if success else "unknown error")
         lines += _folded(f"<{r.address}>:", text)
-    # RFC 6533 6: with an internationalized address or header the report parts are
-    # their global variants (message/global-delivery-status, message/global-headers),
+    return lines
+
+
+def _delivery_status(entry: QueueEntry, recipients: Sequence[RecipientState], hostname: str,
+                     now: float, delayed: bool, success: bool) -> list[str]:
+    """The second part, for programs: RFC 3464 2.2's per-message fields, then 2.3's
+    per-recipient ones, in the order the RFC's grammar gives them."""
+    # RFC 6533 6: with an internationalized address the report is its global variant,
     # and a UTF-8 address is typed "utf-8", not "rfc822" (which is ASCII only).
     global_status = not all(r.address.isascii() and r.orcpt.isascii() for r in recipients)
     status_type = ("message/global-delivery-status" if global_status
                    else "message/delivery-status")
-    lines += ["", f"--{boundary}", "Content-Description: Delivery report",
-              f"Content-Type: {status_type}", ""]
-    # RFC 3464 2.2: Original-Envelope-Id, Reporting-MTA, Arrival-Date, then extensions.
+    lines = ["Content-Description: Delivery report", f"Content-Type: {status_type}", ""]
     if entry.envid:
         # RFC 3461 6.3: decoded. One line whatever a hand-edited envelope holds.
         lines.append(f"Original-Envelope-Id: {_one_line(entry.envid)}")
@@ -119,25 +148,7 @@ def build_dsn(entry: QueueEntry, recipients: Sequence[RecipientState], headers: 
             kind = "smtp" if error[:3].isdigit() and error[3:4] == " " else "X-Mailserver"
             lines += _folded(f"Diagnostic-Code: {kind};", error)  # RFC 3464 2.3.6
         lines.append(f"Last-Attempt-Date: {_date(now)}")
-    returning = full if returned and full is not None else headers
-    eight_bit = not returning.isascii()
-    if returned:
-        # RFC 6532 3.7 / RFC 6533: a message with UTF-8 headers is message/global.
-        utf8_head = not original_headers(returning).isascii()
-        lines += ["", f"--{boundary}", "Content-Description: Undelivered Message",
-                  "Content-Type: message/global" if utf8_head
-                  else "Content-Type: message/rfc822"]
-    else:
-        lines += ["", f"--{boundary}", "Content-Description: "
-                  + ("Message Headers" if success or delayed else "Undelivered Message Headers"),
-                  "Content-Type: message/global-headers" if eight_bit
-                  else "Content-Type: text/rfc822-headers"]
-    if eight_bit:
-        lines.append("Content-Transfer-Encoding: 8bit")
-    body = "\n".join(lines).encode("utf-8") + b"\n\n" + returning
-    if not body.endswith(b"\n"):
-        body += b"\n"
-    return body + f"\n--{boundary}--\n".encode()
+    return lines
 
 
 def _orcpt_field(r: RecipientState, global_status: bool) -> str:
