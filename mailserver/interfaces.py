@@ -86,6 +86,32 @@ class IRecipientDirectory(Interface):
 
 
 @dataclass(frozen=True)
+class RecipientDsn:
+    """One recipient's DSN request (RFC 3461 4.1, 4.2), from RCPT to the queue's report.
+
+    `address` is the recipient the entry is about: the RCPT TO address in the session,
+    a remote target (forwarding) in the queue. `notify` is () when NOTIFY was not given
+    (RFC 3461 4.1's default applies), ("NEVER",) or some of SUCCESS, DELAY, FAILURE.
+    `orcpt_type` ("rfc822" or "utf-8", RFC 6533) and `orcpt` (decoded) are the ORCPT,
+    "" when none. `mailboxes` and `remote` are what this RCPT resolved to (session side).
+    """
+
+    address: str
+    notify: tuple[str, ...] = ()
+    orcpt_type: str = ""
+    orcpt: str = ""
+    mailboxes: tuple[MailboxId, ...] = ()
+    remote: tuple[str, ...] = ()
+
+    def wants(self, event: str) -> bool:
+        """Is a DSN wanted for `event` ("SUCCESS", "DELAY", "FAILURE")? Without NOTIFY
+        RFC 3461 4.1 says FAILURE, and DELAY at the MTA's choice: we send it."""
+        if not self.notify:
+            return event in ("FAILURE", "DELAY")
+        return event in self.notify
+
+
+@dataclass(frozen=True)
 class DeliveryEnvelope:
     """One message's envelope (RFC 5321 2.3.1) as a delivery target takes it: the
     recipients already split by IDeliveryRouter.route into local and remote."""
@@ -102,6 +128,15 @@ class DeliveryEnvelope:
     body_8bit: bool = False
     #: Who submitted it (the authenticated user), for logs and `queue show`; "" if none.
     submitter: str = ""
+    #: DSN (RFC 3461 4.3, 4.4): RET ("FULL", "HDRS", "") and the decoded ENVID.
+    ret: str = ""
+    envid: str = ""
+    #: One per accepted RCPT that gave NOTIFY or ORCPT or resolved to a remote target
+    #: (in RCPT order); the router passes them on to the queue and sends the success
+    #: reports of the local copies (NOTIFY=SUCCESS).
+    dsn: tuple[RecipientDsn, ...] = ()
+    #: MAIL had REQUIRETLS (RFC 8689 3): the relay must use verified TLS all the way.
+    requiretls: bool = False
 
 
 class IDeliveryTransaction(Interface):
@@ -236,6 +271,13 @@ class OutboundEnvelope:
     body_8bit: bool = False
     #: Who submitted it (the authenticated user), for logs and `queue show`; "" if none.
     submitter: str = ""
+    #: DSN (RFC 3461): RET, the decoded ENVID, and the NOTIFY/ORCPT of each recipient
+    #: that gave them (RecipientDsn.address is the address in `recipients`).
+    ret: str = ""
+    envid: str = ""
+    dsn: tuple[RecipientDsn, ...] = ()
+    #: REQUIRETLS (RFC 8689): kept on the queue entry as `requiretls`.
+    requiretls: bool = False
 
 
 class IQueueTransaction(Interface):

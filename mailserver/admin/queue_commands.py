@@ -89,14 +89,22 @@ def queue_show(admin: Admin, queue_id: str) -> None:
     if entry.submitter:
         admin.say(f"submitter: {entry.submitter}")
     admin.say(f"size:      {entry.size} bytes")
-    flags = [f for f, on in (("SMTPUTF8", entry.smtputf8), ("8BITMIME", entry.body_8bit))
-             if on]
+    flags = [f for f, on in (("SMTPUTF8", entry.smtputf8), ("8BITMIME", entry.body_8bit),
+                             ("REQUIRETLS", entry.requiretls)) if on]
     if flags:
         admin.say(f"needs:     {' '.join(flags)}")
+    if entry.ret or entry.envid:  # RFC 3461 4.3, 4.4
+        admin.say("dsn:       " + " ".join(
+            ([f"RET={entry.ret}"] if entry.ret else [])
+            + ([f"ENVID={_printable(entry.envid)}"] if entry.envid else [])))
     for r in entry.recipients:
         admin.say(f"recipient: <{r.address}>")
         admin.say(f"  state:      {r.state}")
         admin.say(f"  attempts:   {r.attempts}")
+        if r.notify or r.orcpt_type:  # RFC 3461 4.1, 4.2
+            admin.say("  dsn:        " + " ".join(
+                ([f"NOTIFY={','.join(r.notify)}"] if r.notify else [])
+                + ([f"ORCPT={r.orcpt_type};{_printable(r.orcpt)}"] if r.orcpt_type else [])))
         if r.last_error:
             admin.say(f"  last error: {_printable(r.last_error)}"
                       + (f" [{_printable(r.status)}]" if r.status else ""))

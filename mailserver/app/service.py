@@ -36,6 +36,7 @@ from mailserver.imap import listener as imap_listener
 from mailserver.logs import logger
 from mailserver.pop3 import listener as pop3_listener
 from mailserver.queue.outbound import OutboundQueue
+from mailserver.queue.reports import LocalSuccessReports
 from mailserver.queue.service import QueueService, open_queue
 from mailserver.senderauth import service as senderauth
 from mailserver.senderauth.srs import SRSDirectory, SRSQueue
@@ -96,6 +97,11 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
         instance=instance, login_throttle=LoginThrottle(control=abuse), abuse=abuse,
     )
     auth = _sender_auth(context, local, queue)
+    # Success reports of the copies the sessions deliver locally (RFC 3461 NOTIFY=SUCCESS).
+    reports = LocalSuccessReports(queue, auth.signer.sign_dsn if auth.signer else None)
+    router.reporter = reports
+    if isinstance(context.mx_target, DeliveryRouter):
+        context.mx_target.reporter = reports
 
     def fresh_context(new: Config) -> ServerContext:
         """A reload's context: the new config and what is made from it alone; the

@@ -44,11 +44,22 @@ from mailserver.interfaces import (
     IQueueTransaction,
     IRecipientDirectory,
     OutboundEnvelope,
+    RecipientDsn,
     Resolution,
 )
 from mailserver.logs import logger
 
 log = logger(__name__)
+
+#: Sends the success reports of local copies (RFC 3461 NOTIFY=SUCCESS): (hostname, the
+#: envelope, [(recipient, action)], the head of the message) -> nothing; the queue's
+#: (queue/reports.py), set by app/. The router only decides who gets one.
+SuccessReporter = Callable[[str, DeliveryEnvelope, list[tuple[RecipientDsn, str]], bytes],
+                           None]
+
+#: Bytes of the message kept for a success report: its header (RFC 3461 4.3: a report
+#: that tells of no failure returns the headers only).
+REPORT_HEAD = 64 * 1024
 
 
 def local_failure() -> ReplyError:
@@ -72,6 +83,8 @@ class DeliveryRouter:
         self.directory = directory
         self.local = local
         self.queue = queue
+        #: Success reports of local copies; None: none are sent (no queue to send them).
+        self.reporter: SuccessReporter | None = None
 
     def route(self, address: str, relay: bool) -> Resolution:
         domain = address.rpartition("@")[2]
@@ -122,7 +135,8 @@ class DeliveryRouter:
                 queued = self.queue.begin(OutboundEnvelope(
                     sender=envelope.sender, recipients=envelope.remote,
                     smtputf8=envelope.smtputf8, body_8bit=envelope.body_8bit,
-                    submitter=envelope.submitter))
+                    submitter=envelope.submitter, ret=envelope.ret, envid=envelope.envid,
+                    dsn=queued_dsn(envelope), requiretls=envelope.requiretls))
             if local is None and queued is None:
                 raise ValueError("a message needs a local or a remote recipient")
         except Exception as e:
@@ -134,8 +148,51 @@ class DeliveryRouter:
                 local.abort()
             return RoutedTransaction(None, None, failed=e)
         transaction = RoutedTransaction(local, queued)
+        reports = local_reports(envelope) if envelope.sender else []
+        if reports and self.reporter is not None:
+            reporter, hostname = self.reporter, self.config.hostname
+            transaction.on_commit(lambda head: reporter(hostname, envelope, reports, head))
         transaction.write_local(return_path_header(envelope.sender))
         return transaction
+
+
+def _fans_out(rcpt: RecipientDsn) -> bool:
+    return len(rcpt.mailboxes) + len(rcpt.remote) > 1
+
+
+def local_reports(envelope: DeliveryEnvelope) -> list[tuple[RecipientDsn, str]]:
+    """The recipients this router reports success for (NOTIFY=SUCCESS), with the Action
+    (RFC 3464 2.3.3): "delivered" into one of our mailboxes; "expanded" for an address
+    (an alias) that went to several places (RFC 3461 5.2.7.3), whose targets then no
+    longer ask for it (queued_dsn). One remote target: the queue reports, not us."""
+    reports = []
+    for rcpt in envelope.dsn:
+        if not rcpt.wants("SUCCESS"):
+            continue
+        if _fans_out(rcpt):
+            reports.append((rcpt, "expanded"))
+        elif rcpt.mailboxes:
+            reports.append((rcpt, "delivered"))
+    return reports
+
+
+def queued_dsn(envelope: DeliveryEnvelope) -> tuple[RecipientDsn, ...]:
+    """The DSN requests of the remote addresses (RFC 3461 5.2.7: an alias passes its
+    recipient's NOTIFY and ORCPT on; 4.2: when none was given, the ORCPT we add is the
+    address of the RCPT we received). An alias that fans out has reported "expanded" for SUCCESS already, so
+    its targets no longer ask for it (NEVER if nothing else was asked)."""
+    out: dict[str, RecipientDsn] = {}
+    for rcpt in envelope.dsn:
+        notify = rcpt.notify
+        if _fans_out(rcpt) and "SUCCESS" in notify:
+            notify = tuple(n for n in notify if n != "SUCCESS") or ("NEVER",)
+        for target in rcpt.remote:
+            kind, orcpt = rcpt.orcpt_type, rcpt.orcpt
+            if not kind and target != rcpt.address:
+                kind, orcpt = "rfc822" if rcpt.address.isascii() else "utf-8", rcpt.address
+            if target not in out and (notify or kind):
+                out[target] = RecipientDsn(target, notify, kind, orcpt)
+    return tuple(out.values())
 
 
 @implementer(IDeliveryTransaction)
@@ -149,15 +206,25 @@ class RoutedTransaction:
         #: Why this transaction can only fail (begin or write went wrong); commit says so.
         self.failed = failed
         self._released = False
+        #: Called with the head of the message once every copy is committed.
+        self._after_commit: Callable[[bytes], None] | None = None
+        self._head = bytearray()
 
     def write_local(self, data: bytes) -> None:
         """Bytes only the local copies get (Return-Path)."""
         if self.local is not None and self.failed is None:
             self._guarded(self.local.write, data)
 
+    def on_commit(self, callback: Callable[[bytes], None]) -> None:
+        """Call `callback` with the head of the message (REPORT_HEAD bytes at most)
+        once every copy is committed: the success reports."""
+        self._after_commit = callback
+
     def write(self, data: bytes) -> None:
         if self.failed is not None:
             return
+        if self._after_commit is not None and len(self._head) < REPORT_HEAD:
+            self._head += data[:REPORT_HEAD - len(self._head)]
         if self.local is not None:
             self._guarded(self.local.write, data)
         if self.queued is not None and self.failed is None:
@@ -205,6 +272,11 @@ class RoutedTransaction:
             except Exception:
                 # Durable and committed: the queue picks it up when it next scans.
                 log.failure("release of queued message {id} failed", id=queue_id)
+        if self._after_commit is not None:
+            try:
+                self._after_commit(bytes(self._head))
+            except Exception:  # a report must never undo a delivery
+                log.failure("cannot send the success report")
         return queue_id
 
     def abort(self) -> None:

@@ -109,6 +109,9 @@ class Outcome:
     remote: str = ""
     #: False when no attempt was made (the server is stopping): nothing to record.
     attempted: bool = True
+    #: The peer offered DSN (RFC 3461) and got our NOTIFY/ORCPT: it reports success
+    #: itself; without it we report "relayed" (RFC 3461 5.2.2).
+    peer_dsn: bool = False
 
 
 @dataclass
@@ -127,6 +130,10 @@ class Message:
     size: int = 0
     #: Line feeds in the message (for the CRLF size); -1: unknown, estimate.
     lines: int = -1
+    #: DSN (RFC 3461) to pass on when the peer offers it: MAIL's " RET=.. ENVID=.."
+    #: and each recipient's " NOTIFY=.. ORCPT=..", in wire form (queue/dsnwire.py).
+    mail_dsn: str = ""
+    rcpt_dsn: dict[str, str] = field(default_factory=dict)
 
     def wire_size(self) -> int:
         """The size on the wire without dot-stuffing (RFC 1870 SIZE)."""
@@ -484,7 +491,10 @@ class SMTPConnection:
         remote = str(self.hop)
         pipelining = "PIPELINING" in self.extensions
         mail = self._mail_command(message, message.wire_size())
-        rcpts = [b"RCPT TO:<" + r.encode("utf-8") + b">" for r in message.recipients]
+        dsn = "DSN" in self.extensions
+        rcpts = [b"RCPT TO:<" + r.encode("utf-8") + b">"
+                 + (message.rcpt_dsn.get(r, "").encode() if dsn else b"")
+                 for r in message.recipients]
         self._stage = "sending MAIL FROM"
         if pipelining:  # RFC 2920 3.1: DATA may end a pipelined group
             self._write(b"".join(c + b"\r\n" for c in [mail, *rcpts, b"DATA"]))
@@ -541,6 +551,7 @@ class SMTPConnection:
         final = await self._reply(2 * self.settings.command_timeout)  # 4.5.3.2.6: 10 min
         for rcpt in accepted:
             outcomes[rcpt] = _outcome(final, remote, "0.0")
+            outcomes[rcpt].peer_dsn = dsn
 
     def _unsendable(self, message: Message) -> Outcome | None:
         for address in (message.sender, *message.recipients):
@@ -592,6 +603,8 @@ class SMTPConnection:
             params += " BODY=8BITMIME"
         if message.smtputf8:
             params += " SMTPUTF8"
+        if "DSN" in self.extensions:
+            params += message.mail_dsn  # RFC 3461 4.3, 4.4
         return f"MAIL FROM:<{message.sender}>{params}".encode()
 
     async def _rset(self) -> None:

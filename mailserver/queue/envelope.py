@@ -50,6 +50,21 @@ class RecipientState:
     bounced: bool = False
     #: A delay warning has been sent.
     warned: bool = False
+    #: DSN (RFC 3461 4.1, 4.2): NOTIFY as given ([] when not given: failures and delays
+    #: are reported), the ORCPT's type ("rfc822", "utf-8"; "" when none) and address.
+    notify: list[str] = field(default_factory=list)
+    orcpt_type: str = ""
+    orcpt: str = ""
+    #: A success report is due (NOTIFY=SUCCESS): its Action, "delivered" (our own
+    #: mailbox) or "relayed" (a peer without DSN, RFC 3461 5.2.2); "" when none.
+    report: str = ""
+
+    def wants(self, event: str) -> bool:
+        """Is a DSN wanted for `event` (SUCCESS, DELAY, FAILURE)? RFC 3461 4.1: without
+        NOTIFY, failures (and delays, at our choice: we send them); NEVER: nothing."""
+        if not self.notify:
+            return event in ("FAILURE", "DELAY")
+        return event in self.notify
 
 
 @dataclass
@@ -63,6 +78,11 @@ class QueueEntry:
     submitter: str = ""
     #: Message size in bytes as stored (LF line ends).
     size: int = 0
+    #: DSN (RFC 3461 4.3, 4.4): RET ("FULL", "HDRS", "" not given), the decoded ENVID.
+    ret: str = ""
+    envid: str = ""
+    #: MAIL had REQUIRETLS (RFC 8689): relay only over verified TLS, else bounce.
+    requiretls: bool = False
 
     def pending(self) -> list[RecipientState]:
         return [r for r in self.recipients if r.state == PENDING]
@@ -79,8 +99,10 @@ class QueueEntry:
 
     @property
     def finished(self) -> bool:
-        """Nothing left to do: every recipient delivered, or failed and bounced."""
-        return not self.pending() and not self.unbounced_failures()
+        """Nothing left to do: every recipient delivered, or failed and bounced, and no
+        success report left to send."""
+        return not self.pending() and not self.unbounced_failures() and not any(
+            r.report for r in self.recipients)
 
     def to_json(self) -> bytes:
         data = asdict(self)
@@ -99,7 +121,8 @@ class QueueEntry:
         except (UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"not a queue envelope: {e}") from None
         if not is_queue_id(entry.id) or not isinstance(entry.sender, str) or any(
-                r.state not in STATES for r in entry.recipients):
+                r.state not in STATES or not isinstance(r.notify, list)
+                for r in entry.recipients):
             raise ValueError("not a queue envelope: bad id, sender or state")
         return entry
 

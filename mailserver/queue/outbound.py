@@ -106,11 +106,16 @@ class QueueTransaction:
         block = b"".join(self._chunks)
         self._chunks, self._buffered = [], 0
         env = self.envelope
+        asked = {d.address: d for d in env.dsn}
+        recipients = [RecipientState(r) for r in dict.fromkeys(env.recipients)]
+        for rcpt in recipients:
+            if (asks := asked.get(rcpt.address)) is not None:
+                rcpt.notify = list(asks.notify)
+                rcpt.orcpt_type, rcpt.orcpt = asks.orcpt_type, asks.orcpt
         entry = QueueEntry(
-            id=self.id, sender=env.sender,
-            recipients=[RecipientState(r) for r in dict.fromkeys(env.recipients)],
+            id=self.id, sender=env.sender, recipients=recipients,
             smtputf8=env.smtputf8, body_8bit=env.body_8bit, submitter=env.submitter,
-            size=self._size,
+            size=self._size, ret=env.ret, envid=env.envid, requiretls=env.requiretls,
         )
         spool = self.queue.spool
 

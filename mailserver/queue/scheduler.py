@@ -5,8 +5,9 @@ at each entry again. An attempt ("round") loads the envelope, groups the recipie
 that are due by destination domain, hands one Job per domain to the Dispatcher, and
 records each Job's outcomes durably as soon as they arrive (a recipient is written as
 delivered right after the remote 250, so a restart never sends it again). When every
-Job of the round is done: DSNs for new failures, a delay warning if due, then the entry
-is removed (finished) or put back in the heap at its earliest next try.
+Job of the round is done: DSNs for new failures, a delay warning if due, success
+reports (NOTIFY=SUCCESS), each only as the recipient's NOTIFY asks (RFC 3461 4.1), then
+the entry is removed (finished) or put back in the heap at its earliest next try.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ from mailserver.core import metrics
 from mailserver.core.diskio import DiskExecutor
 from mailserver.interfaces import OutboundEnvelope
 from mailserver.logs import logger
-from mailserver.queue.bounce import build_dsn, original_headers
+from mailserver.queue.bounce import MAX_RETURNED, build_dsn, original_headers
 from mailserver.queue.client import Message, Outcome
 from mailserver.queue.destinations import Dispatcher, Job
+from mailserver.queue.dsnwire import mail_params, rcpt_params
 from mailserver.queue.envelope import (
     DELIVERED,
     FAILED,
@@ -235,7 +237,9 @@ class Scheduler:
             # Large bodies are streamed from the spool file: memory stays bounded.
             message = Message(entry.sender, [r.address for r in rcpts], data or b"",
                               entry.smtputf8, entry.body_8bit,
-                              path if data is None else None, size, lines)
+                              path if data is None else None, size, lines,
+                              mail_dsn=mail_params(entry),
+                              rcpt_dsn={r.address: rcpt_params(r) for r in rcpts})
             if self.is_local(domain):
                 done = self._deliver_locally(entry.sender, list(message.recipients), queue_id)
             else:
@@ -273,6 +277,13 @@ class Scheduler:
             rcpt.last_error, rcpt.status, rcpt.remote = outcome.text, outcome.status, \
                 outcome.remote
             rcpt.state = outcome.state
+            if rcpt.state == DELIVERED and entry.sender and rcpt.wants("SUCCESS"):
+                # RFC 3461 5.2.2: delivered here, or handed to a peer that will not
+                # report on it; a peer with DSN got our NOTIFY and reports itself.
+                if outcome.remote == "local":
+                    rcpt.report = "delivered"
+                elif not outcome.peer_dsn:
+                    rcpt.report = "relayed"
             if rcpt.state == PENDING:
                 rcpt.next_try = self.policy.next_try(entry.created, rcpt.attempts, now)
                 if now >= entry.created + self.policy.queue_lifetime:
@@ -305,21 +316,34 @@ class Scheduler:
         return d.addCallback(lambda data: self.local(sender, rcpts, data))
 
     async def _conclude(self, entry: QueueEntry, lock: DeferredLock) -> None:
-        """DSNs: failures (always, unless the sender is <>), and the delay warning."""
+        """DSNs as each recipient's NOTIFY asks (RFC 3461 4.1): failures, the delay
+        warning, success reports; none at all for the null sender."""
         failed = entry.unbounced_failures()
         if failed and not entry.sender:  # RFC 3464 2.1: never a DSN about a DSN
             for r in failed:
                 r.bounced = True
             await lock.run(self.disk.run, self.spool.save, entry)
             return
-        late = [r for r in entry.pending() if not r.warned]
+        unwanted = [r for r in failed if not r.wants("FAILURE")]
+        if unwanted:  # NOTIFY=NEVER, or without FAILURE: settled without a report
+            for r in unwanted:
+                r.bounced = True
+                log.info("{id}: to=<{to}>: no non-delivery notification (NOTIFY={notify})",
+                         id=entry.id, to=r.address, notify=",".join(r.notify))
+            failed = [r for r in failed if r.wants("FAILURE")]
+            await lock.run(self.disk.run, self.spool.save, entry)
+        late = [r for r in entry.pending() if not r.warned and r.wants("DELAY")]
         warn = bool(late and entry.sender and self.policy.delay_warning and
                     self.clock.seconds() - entry.created >= self.policy.delay_warning)
-        if not entry.sender or not (failed or warn):
+        reports = [r for r in entry.recipients if r.report]
+        if not entry.sender or not (failed or warn or reports):
             return
-        data = await self.disk.run(self.spool.read_head, entry.id)
+        full = entry.ret == "FULL" and bool(failed) and entry.size <= MAX_RETURNED
+        data = await self.disk.run(self.spool.read_message if full else self.spool.read_head,
+                                   entry.id)
         if failed:
-            await self._send_dsn(entry, failed, data, delayed=False)
+            await self._send_dsn(entry, failed, data, delayed=False,
+                                 full=data if full else None)
             for r in failed:
                 r.bounced = True
             await lock.run(self.disk.run, self.spool.save, entry)
@@ -328,13 +352,19 @@ class Scheduler:
             for r in late:
                 r.warned = True
             await lock.run(self.disk.run, self.spool.save, entry)
+        if reports:
+            await self._send_dsn(entry, reports, data, delayed=False, success=True)
+            for r in reports:
+                r.report = ""
+            await lock.run(self.disk.run, self.spool.save, entry)
 
     async def _send_dsn(self, entry: QueueEntry, rcpts: list[RecipientState], data: bytes,
-                        delayed: bool) -> None:
+                        delayed: bool, success: bool = False,
+                        full: bytes | None = None) -> None:
         if not entry.sender:
             return
         dsn = build_dsn(entry, rcpts, original_headers(data), self.hostname, delayed,
-                        self.clock.seconds())
+                        self.clock.seconds(), success=success, full=full)
         if self.sign_dsn is not None:
             dsn = await self.sign_dsn(dsn) + dsn
         envelope = OutboundEnvelope(sender="", recipients=(entry.sender,),
@@ -342,7 +372,8 @@ class Scheduler:
                                     smtputf8=not entry.sender.isascii())
         dsn_id = await self.queue.enqueue(envelope, dsn)
         log.info("{id}: sender {kind} notification: {dsn_id}", id=entry.id,
-                 kind="delay" if delayed else "non-delivery", dsn_id=dsn_id)
+                 kind="success" if success else "delay" if delayed else "non-delivery",
+                 dsn_id=dsn_id)
 
     def wait_idle(self) -> Deferred[Any]:
         """Fires when every running round has ended (tests, shutdown)."""

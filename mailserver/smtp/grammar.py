@@ -8,7 +8,7 @@ status code (RFC 3463, RFC 2034) the client should see.
 
 References: RFC 5321 4.1 (commands and their ABNF), RFC 1870 (SIZE), RFC 6152 (8BITMIME),
 RFC 6531 (SMTPUTF8), RFC 3030 (CHUNKING/BDAT), RFC 4954 (AUTH), RFC 3207 (STARTTLS),
-RFC 3461 4 (xtext).
+RFC 3461 4 (xtext, DSN parameters: smtp/dsn.py), RFC 8689 (REQUIRETLS).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from typing import TypeAlias
 
 from mailserver.address import Address, domain_key
 from mailserver.errors import ReplyError
+from mailserver.smtp import dsn as dsn_params
+from mailserver.smtp.dsn import RcptDsn
 
 # --------------------------------------------------------------------------- commands
 
@@ -46,6 +48,8 @@ class Mail:
 
     `sender` is Address.null() for `<>`. `body` is "7BIT" or "8BITMIME" (RFC 6152) or None
     when not given; `auth` is the decoded AUTH= value (RFC 4954 5), possibly "<>".
+    `ret` and `envid` are DSN's (RFC 3461 4.3, 4.4; "" when not given), `requiretls`
+    RFC 8689 3's parameter (the session refuses it without TLS).
     """
 
     sender: Address
@@ -53,6 +57,9 @@ class Mail:
     body: str | None = None
     smtputf8: bool = False
     auth: str | None = None
+    ret: str = ""
+    envid: str = ""
+    requiretls: bool = False
 
 
 @dataclass(frozen=True)
@@ -66,6 +73,10 @@ class Rcpt:
 
     recipient: Address
     postmaster: bool = False
+    #: NOTIFY and ORCPT (RFC 3461 4.1, 4.2); `orcpt_unitext` says the ORCPT was sent
+    #: with raw UTF-8 (RFC 6533 3 unitext), which only an SMTPUTF8 transaction may do.
+    dsn: RcptDsn = RcptDsn()
+    orcpt_unitext: bool = False
 
 
 @dataclass(frozen=True)
@@ -357,12 +368,19 @@ def _rcpt(arg: str, smtputf8_allowed: bool) -> Command:
     else:
         recipient = _parse_path(path, "5.1.3", "recipient", smtputf8_allowed)
         postmaster = False
-    params = _parse_params(params_text, smtputf8_allowed)
-    if params:
-        # We offer no RCPT parameters (NOTIFY/ORCPT are DSN, RFC 3461, not advertised):
-        # RFC 5321 4.1.1.11 says 555 for a parameter that is not recognised.
-        raise ReplyError(555, "5.5.4", f"Unsupported parameter: {_quote(params[0][0])}")
-    return Rcpt(recipient, postmaster)
+    notify: frozenset[str] = frozenset()
+    orcpt_type = orcpt = ""
+    unitext = False
+    for keyword, value in _parse_params(params_text, smtputf8_allowed):
+        if keyword == "NOTIFY":  # RFC 3461 4.1
+            notify = dsn_params.parse_notify(value)
+        elif keyword == "ORCPT":  # RFC 3461 4.2, RFC 6533 3
+            orcpt_type, orcpt = dsn_params.parse_orcpt(value)
+            unitext = not (value or "").isascii()
+        else:
+            # RFC 5321 4.1.1.11 says 555 for a parameter that is not recognised.
+            raise ReplyError(555, "5.5.4", f"Unsupported parameter: {_quote(keyword)}")
+    return Rcpt(recipient, postmaster, RcptDsn(notify, orcpt_type, orcpt), unitext)
 
 
 def _after_prefix(arg: str, prefix: str, usage: str) -> str:
@@ -518,6 +536,8 @@ def _mail_with_params(
     body: str | None = None
     smtputf8 = False
     auth: str | None = None
+    ret = envid = ""
+    requiretls = False
     for keyword, value in params:
         if keyword == "SIZE":
             # RFC 1870 3/6: SIZE=size-value, 1*20DIGIT.
@@ -533,10 +553,20 @@ def _mail_with_params(
             smtputf8 = True
         elif keyword == "AUTH":
             auth = _xtext_decode(value)
+        elif keyword == "RET":  # RFC 3461 4.3
+            ret = dsn_params.parse_ret(value)
+        elif keyword == "ENVID":  # RFC 3461 4.4
+            envid = dsn_params.parse_envid(value)
+        elif keyword == "REQUIRETLS":
+            # RFC 8689 3: "REQUIRETLS" has no value. Whether the session may take it
+            # (only over TLS, where it is offered) is the session's call.
+            if value is not None:
+                raise _syntax("Syntax: REQUIRETLS takes no value")
+            requiretls = True
         else:
             # RFC 5321 4.1.1.11 and 3.3: 555 for a parameter not recognised.
             raise ReplyError(555, "5.5.4", f"Unsupported parameter: {_quote(keyword)}")
-    return Mail(sender, size, body, smtputf8, auth)
+    return Mail(sender, size, body, smtputf8, auth, ret, envid, requiretls)
 
 
 def _body_value(value: str | None) -> str:

@@ -87,7 +87,8 @@ class MessageReception(SessionState):
         self._transaction = self.factory.target.begin(DeliveryEnvelope(
             sender=str(envelope.sender), mailboxes=tuple(sorted(envelope.mailboxes)),
             remote=tuple(envelope.remote), smtputf8=envelope.smtputf8,
-            body_8bit=envelope.body_8bit, submitter=self.user or ""))
+            body_8bit=envelope.body_8bit, submitter=self.user or "", ret=envelope.ret,
+            envid=envelope.envid, dsn=tuple(envelope.dsn), requiretls=envelope.requiretls))
         hook = self.factory.message_hook  # senderauth: checks (port 25) or DKIM signing
         held = None if hook is None else hook.wrap(self._transaction, self,
                                                    str(envelope.sender),

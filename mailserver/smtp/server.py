@@ -39,6 +39,7 @@ from mailserver.interfaces import (
     IMessageHook,
     IRecipientDirectory,
     MailboxId,
+    RecipientDsn,
     Resolution,
 )
 from mailserver.logs import logger
@@ -71,6 +72,12 @@ class Envelope:
     #: Remote addresses for the outbound queue: recipients in other domains (submission
     #: only) and remote targets of local aliases (forwarding, every port). Ordered, unique.
     remote: dict[str, None] = field(default_factory=dict)
+    #: DSN (RFC 3461): RET and ENVID of MAIL, and each RCPT's NOTIFY/ORCPT with what it
+    #: resolved to; REQUIRETLS (RFC 8689) of MAIL.
+    ret: str = ""
+    envid: str = ""
+    dsn: list[RecipientDsn] = field(default_factory=list)
+    requiretls: bool = False
 
 
 @dataclass(frozen=True)
@@ -262,7 +269,11 @@ class SMTPSession(SessionDefences, SubmissionCommands, MessageReception, LineCon
             "SMTPUTF8",                                      # RFC 6531
             "ENHANCEDSTATUSCODES",                           # RFC 2034
             "CHUNKING",                                      # RFC 3030
+            "DSN",                                           # RFC 3461
         ]
+        if self.tls_active:
+            # RFC 8689 4: only where the session itself is protected by TLS.
+            keywords.append("REQUIRETLS")                    # RFC 8689
         if self.factory.tls_options is not None and not self.tls_active:
             keywords.append("STARTTLS")                      # RFC 3207
         if self._auth_possible():
@@ -330,8 +341,13 @@ class SMTPSession(SessionDefences, SubmissionCommands, MessageReception, LineCon
         if policy.require_auth and self.user is None:
             # RFC 6409 4.3 / RFC 4954 6: 530 5.7.0.
             raise ReplyError(530, "5.7.0", "Authentication required")
-        if not self.esmtp and (command.size is not None or command.body or command.smtputf8):
+        if not self.esmtp and (command.size is not None or command.body or command.smtputf8
+                               or command.ret or command.envid or command.requiretls):
             raise ReplyError(555, "5.5.4", "MAIL parameters need EHLO")
+        if command.requiretls and not self.tls_active:
+            # RFC 8689 4: offered only over TLS; elsewhere it is a parameter we do not
+            # offer (RFC 5321 4.1.1.11: 555). Nothing would protect the first hop.
+            raise ReplyError(555, "5.5.4", "Unsupported parameter: REQUIRETLS (needs TLS)")
         limit = self.config.limits.message_size
         if command.size is not None and command.size > limit:
             # RFC 1870 6.1
@@ -346,6 +362,9 @@ class SMTPSession(SessionDefences, SubmissionCommands, MessageReception, LineCon
             sender=command.sender,
             body_8bit=command.body == "8BITMIME",
             smtputf8=command.smtputf8,
+            ret=command.ret,
+            envid=command.envid,
+            requiretls=command.requiretls,
         )
         self._send(Reply(250, "2.1.0", "Ok"))
 
@@ -360,6 +379,13 @@ class SMTPSession(SessionDefences, SubmissionCommands, MessageReception, LineCon
         rcpt = command.recipient
         if not rcpt.is_ascii and not envelope.smtputf8:
             raise ReplyError(553, "5.6.7", "Non-ASCII recipient address needs SMTPUTF8")
+        if command.orcpt_unitext and not envelope.smtputf8:
+            # RFC 6533 3: raw UTF-8 in ORCPT (utf-8-addr-unitext) only with SMTPUTF8;
+            # otherwise its \x{HEX} form (utf-8-addr-xtext).
+            raise ReplyError(501, "5.5.4", "Syntax: ORCPT with raw UTF-8 needs SMTPUTF8 "
+                                           "(RFC 6533)")
+        if not self.esmtp and (command.dsn.notify or command.dsn.orcpt_type):
+            raise ReplyError(555, "5.5.4", "RCPT parameters need EHLO")
         try:
             resolution = self._resolve(rcpt, command.postmaster)
         except ReplyError as e:
@@ -373,6 +399,14 @@ class SMTPSession(SessionDefences, SubmissionCommands, MessageReception, LineCon
         envelope.recipients.append(rcpt)
         envelope.mailboxes.update(resolution.mailboxes)
         envelope.remote.update(dict.fromkeys(resolution.remote))
+        given = command.dsn
+        if given.notify or given.orcpt_type or resolution.remote:
+            # <Postmaster> was resolved as postmaster@ our first domain (_resolve).
+            final = f"postmaster@{self.config.domains.local[0]}" if command.postmaster \
+                else str(rcpt)
+            envelope.dsn.append(RecipientDsn(
+                final, tuple(sorted(given.notify)), given.orcpt_type, given.orcpt,
+                resolution.mailboxes, resolution.remote))
         self._send(Reply(250, "2.1.5", "Ok"))
         return None
 

@@ -24,6 +24,7 @@ from mailserver.interfaces import (
     IRecipientDirectory,
     MailboxId,
     OutboundEnvelope,
+    RecipientDsn,
     Resolution,
 )
 from mailserver.queue.envelope import DELIVERED, FAILED, PENDING
@@ -239,3 +240,123 @@ def test_queue_local_delivery_commit_failure_stays_pending() -> None:
     assert target.transactions[0].aborted
     assert target.transactions[0].envelope == DeliveryEnvelope(
         sender="alice@example.org", mailboxes=(BOB,))
+
+
+# -- success reports of local copies (RFC 3461 NOTIFY=SUCCESS) ---------------------------
+
+
+def with_reports(h: Halves) -> list[tuple[str, DeliveryEnvelope, list[Any], bytes]]:
+    calls: list[tuple[str, DeliveryEnvelope, list[Any], bytes]] = []
+    h.router.reporter = lambda *args: calls.append(args)  # type: ignore[arg-type,misc]
+    return calls
+
+
+def test_success_report_only_after_the_local_commit_and_only_when_asked() -> None:
+    h = Halves(queue=False)
+    calls = with_reports(h)
+    asked = RecipientDsn("bob@example.org", ("SUCCESS",), "rfc822", "b@x", mailboxes=(BOB,))
+    default = RecipientDsn("carol@example.org", (), "rfc822", "c@x", mailboxes=(CAROL,))
+    envelope = DeliveryEnvelope(sender="alice@example.org", mailboxes=(BOB, CAROL),
+                                envid="E1", dsn=(asked, default))
+    txn = h.router.begin(envelope)
+    txn.write(MESSAGE)
+    d = txn.commit()
+    assert calls == [], "nothing before the copies are durable"
+    h.local.transactions[0].commit_deferred.callback(None)  # type: ignore[union-attr]
+    assert result_of(d) is None
+    # The head as the sessions wrote it: no Return-Path (the local copies' own).
+    assert calls == [("mx.test", envelope, [(asked, "delivered")], MESSAGE)]
+
+
+def test_no_report_for_a_failed_commit_or_a_null_sender() -> None:
+    h = Halves(queue=False, fail_commit=ReplyError(452, "4.3.1", "Insufficient storage"))
+    calls = with_reports(h)
+    asked = RecipientDsn("bob@example.org", ("SUCCESS",), mailboxes=(BOB,))
+    txn = h.router.begin(DeliveryEnvelope(sender="alice@example.org", mailboxes=(BOB,),
+                                          dsn=(asked,)))
+    txn.write(MESSAGE)
+    assert reply_of(txn.commit()) == "452 4.3.1 Insufficient storage"
+    assert calls == []
+    h = Halves(queue=False)
+    calls = with_reports(h)
+    txn = h.router.begin(DeliveryEnvelope(sender="", mailboxes=(BOB,), dsn=(asked,)))
+    txn.write(MESSAGE)
+    d = txn.commit()
+    h.local.transactions[0].commit_deferred.callback(None)  # type: ignore[union-attr]
+    assert result_of(d) is None
+    assert calls == [], "RFC 5321 6.1: never a report to <>"
+
+
+def test_alias_to_several_places_reports_expanded() -> None:
+    h = Halves()
+    calls = with_reports(h)
+    fwd = RecipientDsn("fwd@example.org", ("SUCCESS", "FAILURE"), mailboxes=(BOB,),
+                       remote=("friend@remote.test",))
+    txn = h.router.begin(DeliveryEnvelope(sender="alice@example.org", mailboxes=(BOB,),
+                                          remote=("friend@remote.test",), dsn=(fwd,)))
+    txn.write(MESSAGE)
+    d = txn.commit()
+    assert h.queue is not None
+    [queued] = h.queue.transactions
+    assert queued.request.dsn == (RecipientDsn(  # type: ignore[union-attr]
+        "friend@remote.test", ("FAILURE",), "rfc822", "fwd@example.org"),)
+    queued.commit_deferred.callback("Q1")  # type: ignore[union-attr]
+    h.local.transactions[0].commit_deferred.callback(None)  # type: ignore[union-attr]
+    assert result_of(d) == "Q1"
+    [(_, _, reports, _)] = calls
+    assert reports == [(fwd, "expanded")]
+
+
+def test_a_failing_reporter_does_not_undo_the_delivery() -> None:
+    h = Halves(queue=False)
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("no queue today")
+
+    h.router.reporter = broken
+    txn = h.router.begin(DeliveryEnvelope(sender="alice@example.org", mailboxes=(BOB,), dsn=(
+        RecipientDsn("bob@example.org", ("SUCCESS",), mailboxes=(BOB,)),)))
+    txn.write(MESSAGE)
+    d = txn.commit()
+    h.local.transactions[0].commit_deferred.callback(None)  # type: ignore[union-attr]
+    assert result_of(d) is None
+    assert h.events == ["local.commit"]
+
+
+def test_alias_to_remote_addresses_only_reports_expanded_after_the_queue_commit() -> None:
+    h = Halves(queue=True)
+    calls = with_reports(h)
+    team = RecipientDsn("team@example.org", ("SUCCESS",),
+                        remote=("a@remote.test", "b@remote.test"))
+    txn = h.router.begin(DeliveryEnvelope(sender="alice@example.org",
+                                          remote=("a@remote.test", "b@remote.test"),
+                                          dsn=(team,)))
+    txn.write(MESSAGE)
+    d = txn.commit()
+    assert h.queue is not None
+    [queued] = h.queue.transactions
+    # NOTIFY=SUCCESS alone, SUCCESS taken away: the targets ask for nothing.
+    assert queued.request.dsn == (  # type: ignore[union-attr]
+        RecipientDsn("a@remote.test", ("NEVER",), "rfc822", "team@example.org"),
+        RecipientDsn("b@remote.test", ("NEVER",), "rfc822", "team@example.org"))
+    assert calls == []
+    queued.commit_deferred.callback("Q1")  # type: ignore[union-attr]
+    assert result_of(d) == "Q1"
+    [(_, _, reports, head)] = calls
+    assert reports == [(team, "expanded")] and head == MESSAGE
+
+
+def test_one_remote_target_is_reported_by_the_queue_not_the_router() -> None:
+    h = Halves(queue=True)
+    calls = with_reports(h)
+    one = RecipientDsn("friend@remote.test", ("SUCCESS",), remote=("friend@remote.test",))
+    txn = h.router.begin(DeliveryEnvelope(sender="alice@example.org",
+                                          remote=("friend@remote.test",), dsn=(one,)))
+    txn.write(MESSAGE)
+    d = txn.commit()
+    assert h.queue is not None
+    [queued] = h.queue.transactions
+    assert queued.request.dsn == (  # type: ignore[union-attr]
+        RecipientDsn("friend@remote.test", ("SUCCESS",)),)
+    queued.commit_deferred.callback("Q1")  # type: ignore[union-attr]
+    assert result_of(d) == "Q1" and calls == []

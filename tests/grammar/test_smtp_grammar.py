@@ -275,8 +275,10 @@ INVALID: list[tuple[bytes, int, str]] = [
     (b"MAIL FROM:<a@b> X_Y=1", 501, "5.5.4"),
     (b"MAIL FROM:<a@b> FOO", 555, "5.5.4"),
     (b"MAIL FROM:<a@b> FOO=bar", 555, "5.5.4"),
-    (b"MAIL FROM:<a@b> RET=HDRS", 555, "5.5.4"),  # DSN is not offered
-    (b"MAIL FROM:<a@b> ENVID=x", 555, "5.5.4"),
+    (b"MAIL FROM:<a@b> RET=BODY", 501, "5.5.4"),  # DSN (RFC 3461 4.3): FULL or HDRS
+    (b"MAIL FROM:<a@b> ENVID=a+2b", 501, "5.5.4"),  # xtext hex is upper case
+    (b"MAIL FROM:<a@b> RET=FULL RET=HDRS", 501, "5.5.4"),
+    (b"MAIL FROM:<a@b> REQUIRETLS=YES", 501, "5.5.4"),  # RFC 8689 3: no value
     (b"MAIL FROM:<a@b> junk", 555, "5.5.4"),
     (b"MAIL FROM:<a@b> SIZE=1 FOO", 555, "5.5.4"),
     # RCPT: the TO: keyword and the forward-path (501 5.1.3).
@@ -295,11 +297,13 @@ INVALID: list[tuple[bytes, int, str]] = [
     (b"RCPT TO:<" + b"x" * 65 + b"@d>", 501, "5.1.3"),
     (b"RCPT TO:<@a:@b:user@c>", 501, "5.1.3"),
     (b"RCPT TO:<a\xff@b>", 501, "5.1.3"),
-    # RCPT parameters: none offered (RFC 5321 4.1.1.11).
+    # RCPT parameters: DSN's only (RFC 3461 4.1, 4.2; RFC 5321 4.1.1.11 for the rest).
     (b"RCPT TO:<a@b> junk", 555, "5.5.4"),
-    (b"RCPT TO:<a@b> NOTIFY=NEVER", 555, "5.5.4"),
-    (b"RCPT TO:<a@b> ORCPT=rfc822;a@b", 555, "5.5.4"),
-    (b"RCPT TO:<Postmaster> NOTIFY=NEVER", 555, "5.5.4"),
+    (b"RCPT TO:<a@b> NOTIFY=NEVER,SUCCESS", 501, "5.5.4"),
+    (b"RCPT TO:<a@b> NOTIFY=DELAY,DELAY", 501, "5.5.4"),
+    (b"RCPT TO:<a@b> ORCPT=x400;a@b", 501, "5.5.4"),
+    (b"RCPT TO:<Postmaster> NOTIFY=SOMETIMES", 501, "5.5.4"),
+    (b"RCPT TO:<a@b> NOTIFY=NEVER NOTIFY=NEVER", 501, "5.5.4"),
     (b"RCPT TO:<a@b> =x", 501, "5.5.4"),
     (b"RCPT TO:<a@b> A=1 A=2", 501, "5.5.4"),
     # BDAT (RFC 3030 2).

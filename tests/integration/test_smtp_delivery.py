@@ -126,9 +126,11 @@ def test_ehlo_advertises_extensions(server: RunningServer) -> None:
     lines = wire.greet()
     assert lines[0].startswith("mx.test.example Hello client.test")
     for keyword in ("PIPELINING", "SIZE 36700160", "8BITMIME", "SMTPUTF8",
-                    "ENHANCEDSTATUSCODES", "CHUNKING", "STARTTLS"):
+                    "ENHANCEDSTATUSCODES", "CHUNKING", "DSN", "STARTTLS"):
         assert keyword in lines[1:]
     assert not any(line.startswith("AUTH") for line in lines), "no AUTH on the MX"
+    # RFC 8689 4: REQUIRETLS only once the session is protected by TLS.
+    assert "REQUIRETLS" not in lines
     wire.close()
 
 

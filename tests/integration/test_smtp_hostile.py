@@ -235,7 +235,8 @@ def test_malformed_commands(wire: Wire, command: str, reply: str) -> None:
     ("<@example.org:bob@evil.test>", "550 5.7.1 Error: relay access denied"),
     ("<\"bob@evil.test\"@example.org>", "550 5.1.1 Error: user unknown"),
     ("<bob@[127.0.0.1]>", "550 5.7.1 Error: relay access denied"),
-    ("<bob@example.org> NOTIFY=NEVER", "555 5.5.4"),
+    ("<bob@example.org> NOTIFY=NEVER,SUCCESS", "501 5.5.4"),
+    ("<bob@example.org> FOO=BAR", "555 5.5.4"),
     ("<bob@example.org", "501 5.1.3"),
 ])
 def test_recipients_refused_never_relayed(wire: Wire, rcpt: str, reply: str) -> None:

@@ -27,7 +27,7 @@ from mailserver.config import Config, config_from_dict
 from mailserver.core.throttle import LoginThrottle
 from mailserver.delivery.router import DeliveryRouter
 from mailserver.errors import ReplyError
-from mailserver.interfaces import MailboxId, OutboundEnvelope
+from mailserver.interfaces import MailboxId, OutboundEnvelope, RecipientDsn
 from mailserver.smtp.headers import HOP_LIMIT
 from mailserver.smtp.listener import MX_POLICY, SUBMISSION_POLICY, SUBMISSIONS_POLICY
 from mailserver.smtp.server import SessionPolicy, SMTPServerFactory
@@ -114,7 +114,7 @@ def test_587_before_tls_offers_starttls_not_auth(tmp_path: Path) -> None:
     s = Session(tmp_path, SUBMISSION_POLICY)
     keywords = [line[4:] for line in s.ehlo()[1:]]
     assert keywords == ["PIPELINING", "SIZE 36700160", "8BITMIME", "SMTPUTF8",
-                        "ENHANCEDSTATUSCODES", "CHUNKING", "STARTTLS"]
+                        "ENHANCEDSTATUSCODES", "CHUNKING", "DSN", "STARTTLS"]
     # RFC 4954 4 / 6: refused before TLS, whether or not the client saw it offered.
     assert s.send(f"AUTH PLAIN {PLAIN_ALICE}\r\n".encode()) == [
         "538 5.7.11 Encryption required for requested authentication mechanism"]
@@ -397,7 +397,10 @@ def test_remote_and_local_recipients_commit_in_order(s465: Session) -> None:
     [local], [queued] = s465.target.copies, s465.queue.copies
     assert queued.envelope == OutboundEnvelope(
         sender="alice@example.org", recipients=("Friend@remote.test", "friend@remote.test"),
-        submitter="alice@example.org")
+        submitter="alice@example.org",
+        # RFC 3461 5.2.7: the forwarded copy names the alias it came through as ORCPT.
+        dsn=(RecipientDsn("friend@remote.test", orcpt_type="rfc822",
+                          orcpt="fwd@example.org"),))
     assert local.mailboxes == [MailboxId("example.org", "bob")]
     # The same bytes; only the local copy starts with Return-Path (RFC 5321 4.4).
     assert local.data == b"Return-Path: <alice@example.org>\n" + queued.data

@@ -95,6 +95,25 @@ def test_show(config: Path, spool: Spool, capsys: pytest.CaptureFixture[str]) ->
            "[4.4.1]\n" in out
     assert "  Subject: quarterly\n" in out
     assert "X-Secret" not in out and "never printed" not in out
+    assert "dsn:" not in out and "needs:" not in out
+
+
+def test_show_dsn_and_requiretls(config: Path, spool: Spool,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    entry = QueueEntry(new_queue_id(), "alice@example.org", [
+        RecipientState("bob@example.net", notify=["SUCCESS", "FAILURE"], orcpt_type="utf-8",
+                       orcpt="b\u00f6b\x1b@example.net")],
+        ret="HDRS", envid="QQ+314", requiretls=True, size=len(MESSAGE))
+    tmp = spool.tmp_path(entry.id, "msg")
+    tmp.write_bytes(MESSAGE)
+    spool.commit(entry, tmp)
+    spool.release(entry.id)
+    code, out, _ = run(config, capsys, "show", entry.id)
+    assert code == 0
+    assert "needs:     REQUIRETLS\n" in out
+    assert "dsn:       RET=HDRS ENVID=QQ+314\n" in out
+    assert "recipient: <bob@example.net>\n  state:      pending\n  attempts:   0\n" \
+           "  dsn:        NOTIFY=SUCCESS,FAILURE ORCPT=utf-8;b\u00f6b?@example.net\n" in out
 
 
 @pytest.mark.parametrize("args,error", [
