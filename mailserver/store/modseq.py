@@ -118,7 +118,10 @@ class FolderModseqs:
                                  isolation_level=None)
             try:
                 db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
+                # FULL, not NORMAL: a modseq given out must survive a power cut (RFC
+                # 7162 3.1.2.1: they only grow; a lost commit would hand out again
+                # values a client already holds). One fsync per recording.
+                db.execute("PRAGMA synchronous=FULL")
                 db.execute("PRAGMA cache_size=-512")
                 for statement in _SCHEMA:
                     db.execute(statement)

@@ -210,3 +210,19 @@ def test_modseqs_of_a_few_spread_uids_and_of_a_run(store: UserStore, root: Path)
     assert view.modseqs_of(list(range(1, 31))) == {
         uid: base + 1 if uid in (1, 30) else base for uid in range(1, 31)}
     view.close()
+
+
+def test_a_recorded_modseq_is_on_disk_when_the_client_hears_it(store: UserStore,
+                                                                root: Path) -> None:
+    """The modseq database is not a cache: in WAL mode with synchronous=NORMAL a commit
+    is not fsynced, so a power cut could take HIGHESTMODSEQ back below a value a client
+    was told, and the next changes would get modseqs that client's CHANGEDSINCE never
+    asks about (RFC 7162 3.1.2.1, 3.1.4.1: mod-sequences only grow). FULL (2): every
+    recording is synced before its modseq is sent."""
+    deliver(root, "m0")
+    view = _tracked(store)
+    view.store([1], "+", ["\\Seen"])
+    db = view.state.modseqs._db
+    assert db is not None
+    assert db.execute("PRAGMA synchronous").fetchone()[0] == 2
+    view.close()
