@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mailserver.imap import commands_condstore as condstore
 from mailserver.imap import commands_mailbox, grammar, listmatch
 from mailserver.imap.commands import ListCommand, no
 from mailserver.imap.grammar_ext import ListExtended
@@ -41,6 +42,8 @@ async def list_command(session: IMAPSession, command: ListCommand) -> str | None
         # RFC 5258 3 keeps RFC 3501's meaning of "": the delimiter and root.
         session.send(b'* LIST (\\Noselect) "." ""\r\n')
         return None
+    if "HIGHESTMODSEQ" in command.status_items:  # RFC 7162 3.1: as STATUS, enabling
+        await condstore.ensure_condstore(session)
     store = session.authenticated().store
     lines: list[bytes] = await session.blocking(_lines, store, command, patterns,
                                                 session.utf8_accept)
@@ -124,6 +127,8 @@ def _status(store: IUserStore, name: str, items: tuple[str, ...],
     mailbox that went away meanwhile (the LIST line said what was true then)."""
     try:
         result: FolderStatus = store.status(name)
+        # RFC 7162 3.1.9 in a LIST-STATUS answer too (RFC 5819 2: any STATUS item).
+        highest = store.highest_modseq(name) if "HIGHESTMODSEQ" in items else 0
     except StoreError:
         return []
     values = {
@@ -133,6 +138,7 @@ def _status(store: IUserStore, name: str, items: tuple[str, ...],
         "UIDVALIDITY": result.uid_validity,
         "UNSEEN": result.unseen,
         "SIZE": result.size,
+        "HIGHESTMODSEQ": highest,
     }
     text = " ".join(f"{item} {values[item]}" for item in items)
     return [b"* STATUS " + wire_name(name, utf8) + f" ({text})\r\n".encode()]
