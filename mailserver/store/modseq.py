@@ -225,7 +225,10 @@ class FolderModseqs:
         db.execute("DELETE FROM folder")
         db.execute("DELETE FROM messages")
         db.execute("DELETE FROM vanished")
-        db.execute("INSERT INTO folder VALUES (?, ?, 0)", (validity, highest))
+        # Its expunge list is complete only from here on: a client's older modseq (of a
+        # lost database) gets the conservative VANISHED (EARLIER) answer, as a trimmed
+        # list does (RFC 7162 3.2.5.1), not "nothing vanished".
+        db.execute("INSERT INTO folder VALUES (?, ?, ?)", (validity, highest, highest))
         self._synced = -1
         return highest
 

@@ -246,13 +246,42 @@ def test_qresync_known_uids_of_many_ranges_cost_no_scan_per_message(store: UserS
     few = ((1, 1), (2999, 3000))
     far = tuple((u, u) for u in range(10_001, 42_001, 2))  # 16,000 ranges above them
     took = {}
+    since = view.highest_modseq - 1  # every message changed after it (the first recording)
     for label, ranges in (("few", few), ("many", few + far)):
         started = time.monotonic()
         highest, lines = _qresync_answer(
-            view, Qresync(view.uid_validity, 1, SequenceSet(ranges)))
+            view, Qresync(view.uid_validity, since, SequenceSet(ranges)))
         took[label] = time.monotonic() - started
         assert [line.split(b" FETCH")[0] for line in lines.splitlines()] == [
             b"* 1", b"* 2999", b"* 3000"]
         assert highest == view.highest_modseq
     assert took["many"] < 0.3 + 3 * took["few"], took
+    view.close()
+
+
+def test_a_lost_database_reports_as_vanished_what_went_while_it_was_gone(
+        store: UserStore, root: Path) -> None:
+    """RFC 7162 3.2.5.1: a QRESYNC client holding a modseq of the lost database must
+    still learn which of its UIDs are gone. The new database starts above every old
+    modseq (every message "changed"), but its expunge list was taken as complete from
+    modseq 0, so VANISHED (EARLIER) named nothing, and the client kept the expunged
+    messages for ever. Below its start, it now answers conservatively (every UID the
+    client may know that is not in the folder), as a trimmed list does."""
+    for n in range(3):
+        deliver(root, f"m{n}", sub="cur", name=None)
+    view = _tracked(store)
+    held = view.highest_modseq  # what a QRESYNC client keeps
+    view.close()
+    restart()
+    os.unlink(root / "cur" / files(root, "cur")[1])  # UID 2 expunged (POP3 DELE, mutt)
+    for suffix in ("", "-wal", "-shm"):
+        path = Path(f"{root / MODSEQ_FILE}{suffix}")
+        if path.exists():
+            path.unlink()
+    view = _tracked(store)
+    assert view.highest_modseq > held
+    assert view.vanished_since(held, None) == [(2, 2)]
+    assert view.vanished_since(held, [(1, 1), (3, 3)]) == []
+    # From the new database's start on, its list is complete: nothing vanished since.
+    assert view.vanished_since(view.highest_modseq, None) == []
     view.close()
