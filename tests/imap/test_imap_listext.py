@@ -113,3 +113,23 @@ def test_list_status_highestmodseq(session: Session) -> None:
         b"l OK List completed",
     ]
     assert expected[0] > 0 and expected[1] > 0
+
+
+def test_list_status_recent_of_the_selected_mailbox_is_statuss(session: Session) -> None:
+    """RFC 5819 2 / RFC 3501 7.3.2: the STATUS a LIST-STATUS returns for the selected
+    mailbox counts this session's \\Recent messages as STATUS does; it said RECENT 0
+    while STATUS said 1 (the selecting session had claimed the new message)."""
+    session.send(b"a APPEND d {14}")
+    session.take()
+    session.send(b"Subject: x\r\n\r\n")
+    assert session.lines()[-1].startswith(b"a OK")
+    assert session.command(b"s SELECT d")[-1] == b"s OK [READ-WRITE] Select completed"
+    assert session.command(b"t STATUS d (MESSAGES RECENT)") == [
+        b"* STATUS d (MESSAGES 1 RECENT 1)", b"t OK Status completed"]
+    assert session.command(b'l LIST "" (d d.e) RETURN (STATUS (MESSAGES RECENT))') == [
+        b'* LIST (\\HasChildren) "." d',
+        b"* STATUS d (MESSAGES 1 RECENT 1)",
+        b'* LIST (\\HasNoChildren) "." d.e',
+        b"* STATUS d.e (MESSAGES 0 RECENT 0)",
+        b"l OK List completed",
+    ]
