@@ -96,17 +96,29 @@ async def cancel_update(session: IMAPSession, command: CancelUpdate) -> str | No
 async def sort(session: IMAPSession, command: Sort) -> str | None:
     _check_charset(session, command.charset, command.returns)
     view = session.selection().view
+    # RFC 7162 3.1.5/3.1.6: MODSEQ is a search key of SORT too (CONDSTORE-enabling:
+    # without it the modseq database is not recorded and the key matches nothing),
+    # and the SORT response then ends with (MODSEQ n) like SEARCH's.
+    uses_modseq = condstore.uses_modseq(command.program)
+    if uses_modseq:
+        await condstore.ensure_condstore(session)
     found: list[int] = await session.blocking(run_sort, view, command.criteria,
                                               command.program, command.uid,
                                               item_cache_key(session))
     if command.returns is not None:  # ESORT (RFC 5267 3)
-        _answer(session, command.tag, command.uid, command.returns, found, True)
+        modseq = None
+        if uses_modseq and found:
+            modseq = await condstore.highest_modseq_of(
+                session, modseq_shown(command.returns, found, ordered=True), command.uid)
+        _answer(session, command.tag, command.uid, command.returns, found, True, modseq)
         if "UPDATE" in command.returns:  # positions in a sorted result: not kept
             session.send(_no_update(command.tag, "Sorted results are not kept up to date"))
         return None
     chunks = [b"* SORT"]
     for start in range(0, len(found), SEARCH_CHUNK):
         chunks.append(b" " + b" ".join(b"%d" % n for n in found[start:start + SEARCH_CHUNK]))
+    if uses_modseq:
+        chunks.append(await condstore.search_suffix(session, found, command.uid))
     session.send(b"".join(chunks) + b"\r\n")
     return None
 
@@ -114,6 +126,8 @@ async def sort(session: IMAPSession, command: Sort) -> str | None:
 async def thread(session: IMAPSession, command: Thread) -> str | None:
     _check_charset(session, command.charset, None)
     view = session.selection().view
+    if condstore.uses_modseq(command.program):  # else MODSEQ n matches nothing
+        await condstore.ensure_condstore(session)
     body: bytes = await session.blocking(run_thread, view, command.algorithm,
                                          command.program, command.uid,
                                          item_cache_key(session))

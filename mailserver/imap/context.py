@@ -99,14 +99,8 @@ def removed_before_expunge(selected: Selected | None, changes: Changes) -> bytes
     live = _LIVE.get(selected) if selected is not None else None
     if live is None or not live.contexts or not changes.expunged:
         return b""
-    remaining = [info.uid for info in live.seen]
-    position = {uid: i + 1 for i, uid in enumerate(remaining)}
-    gone: list[tuple[int, int]] = []  # (number before the expunges, uid)
-    for n in changes.expunged:
-        if 0 < n <= len(remaining):
-            uid = remaining.pop(n - 1)
-            gone.append((position[uid], uid))
-    kept = set(remaining)
+    gone = _expunged(live.seen, changes.expunged)  # (number before the expunges, uid)
+    kept = {info.uid for info in live.seen}.difference(uid for _, uid in gone)
     live.seen = [info for info in live.seen if info.uid in kept]
     out = []
     for context in live.contexts.values():
@@ -117,6 +111,30 @@ def removed_before_expunge(selected: Selected | None, changes: Changes) -> bytes
             out.append(_line(context, b"REMOVEFROM",
                              [uid if context.uid else seq for seq, uid in dropped]))
     return b"".join(out)
+
+
+def _expunged(seen: Sequence[MessageInfo], expunged: Sequence[int]) -> list[tuple[int, int]]:
+    """(number before the expunges, uid) of each of `expunged`, EXPUNGE numbers each
+    counted after the ones before it (RFC 3501 7.4.1). This runs on the reactor thread:
+    ascending numbers (what a sync reports, MailboxView._drop_vanished) are mapped in one
+    pass, as the k-th is the (n + k)-th message before them all; a list.pop per number
+    moved the rest of the list each time (50,000 of 100,000 expunged: 0.65 s, of
+    500,000: 12 s of the reactor). Any other order is replayed with pops."""
+    count = len(seen)
+    if all(a <= b for a, b in zip(expunged, expunged[1:], strict=False)):
+        out = []
+        for k, n in enumerate(expunged):
+            if 0 < n and n + k <= count:
+                out.append((n + k, seen[n + k - 1].uid))
+        return out
+    remaining = [info.uid for info in seen]
+    position = {uid: i + 1 for i, uid in enumerate(remaining)}
+    gone: list[tuple[int, int]] = []
+    for n in expunged:
+        if 0 < n <= len(remaining):
+            uid = remaining.pop(n - 1)
+            gone.append((position[uid], uid))
+    return gone
 
 
 def updates(view: IMailboxView, selected: Selected) -> bytes:

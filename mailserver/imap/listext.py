@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mailserver.imap import commands_condstore as condstore
 from mailserver.imap import commands_mailbox, grammar, listmatch
 from mailserver.imap.commands import ListCommand, no
 from mailserver.imap.grammar_ext import ListExtended
@@ -41,15 +42,23 @@ async def list_command(session: IMAPSession, command: ListCommand) -> str | None
         # RFC 5258 3 keeps RFC 3501's meaning of "": the delimiter and root.
         session.send(b'* LIST (\\Noselect) "." ""\r\n')
         return None
+    if "HIGHESTMODSEQ" in command.status_items:  # RFC 7162 3.1: as STATUS, enabling
+        await condstore.ensure_condstore(session)
     store = session.authenticated().store
+    selected = session.selected
+    # RFC 5819 2 / RFC 3501 7.3.2: RECENT of the selected mailbox as STATUS answers it
+    # (commands_mailbox.status): this session's own \Recent messages count too.
+    own = ((selected.name, selected.view.recent_count)
+           if selected is not None and not selected.read_only else None)
     lines: list[bytes] = await session.blocking(_lines, store, command, patterns,
-                                                session.utf8_accept)
+                                                session.utf8_accept, own)
     session.send(b"".join(lines))
     return None
 
 
 def _lines(store: IUserStore, command: ListExtended,
-           patterns: list[listmatch.MailboxPattern], utf8: bool = False) -> list[bytes]:
+           patterns: list[listmatch.MailboxPattern], utf8: bool = False,
+           own: tuple[str, int] | None = None) -> list[bytes]:
     """The untagged LIST (and, for RETURN (STATUS ...), STATUS) responses. Blocking."""
     select, returns = set(command.select), set(command.returns)
     subscribed_only = "SUBSCRIBED" in select
@@ -93,7 +102,8 @@ def _lines(store: IUserStore, command: ListExtended,
         lines.append(_line(folder, name in missing, show_subscribed, name in childinfo,
                            utf8))
         if command.status_items and folder.selectable and name not in missing:
-            lines += _status(store, name, command.status_items, utf8)
+            own_recent = own[1] if own is not None and own[0] == name else 0
+            lines += _status(store, name, command.status_items, utf8, own_recent)
     # RECURSIVEMATCH parents that are not folders at all (only a child exists).
     for name in sorted(childinfo - listed):
         lines.append(_line(FolderInfo(name, has_children=True), True, False, True, utf8))
@@ -119,20 +129,23 @@ def _line(folder: FolderInfo, nonexistent: bool, show_subscribed: bool,
 
 
 def _status(store: IUserStore, name: str, items: tuple[str, ...],
-            utf8: bool = False) -> list[bytes]:
+            utf8: bool = False, own_recent: int = 0) -> list[bytes]:
     """RFC 5819 2: a STATUS response right after the mailbox's LIST response; none for a
     mailbox that went away meanwhile (the LIST line said what was true then)."""
     try:
         result: FolderStatus = store.status(name)
+        # RFC 7162 3.1.9 in a LIST-STATUS answer too (RFC 5819 2: any STATUS item).
+        highest = store.highest_modseq(name) if "HIGHESTMODSEQ" in items else 0
     except StoreError:
         return []
     values = {
         "MESSAGES": result.messages,
-        "RECENT": result.recent,
+        "RECENT": result.recent + own_recent,
         "UIDNEXT": result.uid_next,
         "UIDVALIDITY": result.uid_validity,
         "UNSEEN": result.unseen,
         "SIZE": result.size,
+        "HIGHESTMODSEQ": highest,
     }
     text = " ".join(f"{item} {values[item]}" for item in items)
     return [b"* STATUS " + wire_name(name, utf8) + f" ({text})\r\n".encode()]

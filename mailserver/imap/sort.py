@@ -195,16 +195,18 @@ def esearch_line(tag: str, uid: bool, returns: Sequence[Any], found: Sequence[in
     return b" ".join(out) + b"\r\n"
 
 
-def modseq_shown(returns: Sequence[Any], found: Sequence[int]) -> list[int]:
+def modseq_shown(returns: Sequence[Any], found: Sequence[int],
+                 ordered: bool = False) -> list[int]:
     """Whose modseq an ESEARCH of a SEARCH with MODSEQ reports (RFC 7162 3.1.5 with
     RFC 4731): the highest of the MIN and/or MAX message when only those were asked
-    for, else the highest of every message found."""
+    for, else the highest of every message found. `ordered` (ESORT): MIN and MAX are
+    the first and last in sort order (RFC 5267 3.1)."""
     names = {r if isinstance(r, str) else r[0] for r in returns} - {"SAVE", "UPDATE"}
     if found and names and names <= {"MIN", "MAX"}:
         picked = []
         if "MIN" in names:
-            picked.append(min(found))
+            picked.append(found[0] if ordered else min(found))
         if "MAX" in names:
-            picked.append(max(found))
+            picked.append(found[-1] if ordered else max(found))
         return picked
     return list(found)

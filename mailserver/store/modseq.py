@@ -118,7 +118,10 @@ class FolderModseqs:
                                  isolation_level=None)
             try:
                 db.execute("PRAGMA journal_mode=WAL")
-                db.execute("PRAGMA synchronous=NORMAL")
+                # FULL, not NORMAL: a modseq given out must survive a power cut (RFC
+                # 7162 3.1.2.1: they only grow; a lost commit would hand out again
+                # values a client already holds). One fsync per recording.
+                db.execute("PRAGMA synchronous=FULL")
                 db.execute("PRAGMA cache_size=-512")
                 for statement in _SCHEMA:
                     db.execute(statement)
@@ -222,7 +225,10 @@ class FolderModseqs:
         db.execute("DELETE FROM folder")
         db.execute("DELETE FROM messages")
         db.execute("DELETE FROM vanished")
-        db.execute("INSERT INTO folder VALUES (?, ?, 0)", (validity, highest))
+        # Its expunge list is complete only from here on: a client's older modseq (of a
+        # lost database) gets the conservative VANISHED (EARLIER) answer, as a trimmed
+        # list does (RFC 7162 3.2.5.1), not "nothing vanished".
+        db.execute("INSERT INTO folder VALUES (?, ?, ?)", (validity, highest, highest))
         self._synced = -1
         return highest
 

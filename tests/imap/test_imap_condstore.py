@@ -241,3 +241,33 @@ def test_esearch_reports_the_modseq_asked_for(s: Session) -> None:
         b'* ESEARCH (TAG "e") MIN 2 MAX 3 MODSEQ %d' % modseqs[2])
     assert esearch(b"COUNT", b"1:4") == b'* ESEARCH (TAG "e") COUNT 4 MODSEQ %d' % modseqs[4]
     assert esearch(b"ALL", b"2:3", modseqs[4]) == b'* ESEARCH (TAG "e")'
+
+
+def test_sort_and_thread_with_modseq_enable_condstore_and_match(s: Session) -> None:
+    """RFC 7162 3.1.5/3.1.6: MODSEQ is a search key of SORT too, CONDSTORE-enabling, and
+    the SORT response ends with the highest modseq found; before, a SORT or THREAD on a
+    session that had not enabled CONDSTORE matched nothing (the modseq database was not
+    recorded yet) and SORT never said its MODSEQ."""
+    s.command(b"s SELECT INBOX")
+    lines = s.command(b"a SORT (REVERSE ARRIVAL) UTF-8 MODSEQ 1")
+    highest = _highest(lines[:1])
+    assert lines[1:] == [b"* SORT 4 3 2 1 (MODSEQ %d)" % highest, b"a OK Sort completed"]
+    assert s.command(b"t STORE 2 +FLAGS.SILENT (\\Flagged)") == [
+        b"* 2 FETCH (MODSEQ (%d))" % (highest + 1), b"t OK Store completed"]
+    assert s.command(b"b UID SORT (ARRIVAL) UTF-8 MODSEQ %d" % (highest + 1)) == [
+        b"* SORT 2 (MODSEQ %d)" % (highest + 1), b"b OK Sort completed"]
+    assert s.command(b"c SORT (ARRIVAL) UTF-8 MODSEQ %d" % (highest + 2)) == [
+        b"* SORT", b"c OK Sort completed"]
+    # ESORT: MIN and MAX are the first and last in sort order (RFC 5267 3.1), and
+    # theirs is the modseq reported (2 was stored last, so it has the higher one).
+    assert s.command(b"d SORT RETURN (MIN) (REVERSE ARRIVAL) UTF-8 2:4 MODSEQ 1") == [
+        b'* ESEARCH (TAG "d") MIN 4 MODSEQ %d' % highest, b"d OK Sort completed"]
+    assert s.command(b"e SORT RETURN (MAX) (REVERSE ARRIVAL) UTF-8 2:4 MODSEQ 1") == [
+        b'* ESEARCH (TAG "e") MAX 2 MODSEQ %d' % (highest + 1), b"e OK Sort completed"]
+
+
+def test_thread_with_modseq_enables_condstore(s: Session) -> None:
+    s.command(b"s SELECT INBOX")
+    lines = s.command(b"a THREAD REFERENCES UTF-8 MODSEQ 1")
+    _highest(lines[:1])
+    assert lines[1:] == [b"* THREAD (1)(2)(3)(4)", b"a OK Thread completed"]

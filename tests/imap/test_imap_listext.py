@@ -93,3 +93,43 @@ def test_a_hundred_patterns_and_one_more(session: Session) -> None:
 def test_capabilities(session: Session) -> None:
     caps = session.command(b"c CAPABILITY")[0].split()
     assert b"LIST-EXTENDED" in caps and b"LIST-STATUS" in caps
+
+
+def test_list_status_highestmodseq(session: Session) -> None:
+    """RFC 5819 2 takes any STATUS item, and CONDSTORE adds HIGHESTMODSEQ (RFC 7162
+    3.1.9): it was answered NO [SERVERBUG] (a KeyError in the LIST-STATUS answer)."""
+    session.send(b"a APPEND d {14}")
+    session.take()
+    session.send(b"Subject: x\r\n\r\n")
+    assert session.lines()[-1].startswith(b"a OK")
+    expected = [int(line.rsplit(b" ", 1)[1][:-1]) for line in (
+        session.command(b"s STATUS %s (HIGHESTMODSEQ)" % name)[0] for name in (b"d", b"d.e"))]
+    assert session.command(
+        b'l LIST "" (d d.e) RETURN (STATUS (MESSAGES HIGHESTMODSEQ))') == [
+        b'* LIST (\\HasChildren) "." d',
+        b"* STATUS d (MESSAGES 1 HIGHESTMODSEQ %d)" % expected[0],
+        b'* LIST (\\HasNoChildren) "." d.e',
+        b"* STATUS d.e (MESSAGES 0 HIGHESTMODSEQ %d)" % expected[1],
+        b"l OK List completed",
+    ]
+    assert expected[0] > 0 and expected[1] > 0
+
+
+def test_list_status_recent_of_the_selected_mailbox_is_statuss(session: Session) -> None:
+    """RFC 5819 2 / RFC 3501 7.3.2: the STATUS a LIST-STATUS returns for the selected
+    mailbox counts this session's \\Recent messages as STATUS does; it said RECENT 0
+    while STATUS said 1 (the selecting session had claimed the new message)."""
+    session.send(b"a APPEND d {14}")
+    session.take()
+    session.send(b"Subject: x\r\n\r\n")
+    assert session.lines()[-1].startswith(b"a OK")
+    assert session.command(b"s SELECT d")[-1] == b"s OK [READ-WRITE] Select completed"
+    assert session.command(b"t STATUS d (MESSAGES RECENT)") == [
+        b"* STATUS d (MESSAGES 1 RECENT 1)", b"t OK Status completed"]
+    assert session.command(b'l LIST "" (d d.e) RETURN (STATUS (MESSAGES RECENT))') == [
+        b'* LIST (\\HasChildren) "." d',
+        b"* STATUS d (MESSAGES 1 RECENT 1)",
+        b'* LIST (\\HasNoChildren) "." d.e',
+        b"* STATUS d.e (MESSAGES 0 RECENT 0)",
+        b"l OK List completed",
+    ]
