@@ -113,22 +113,19 @@ def _parts_with_nul(parts: int, size: int) -> bytes:
             + b"--b--\r\n")
 
 
+@pytest.mark.timeout(60)  # the quadratic splice took ~3 minutes for 9,000 parts
 def test_storable_is_linear_in_the_parts_it_reencodes() -> None:
     """A literal8 APPEND of many parts holding NUL: each re-encoded part was spliced
     into a copy of the whole message, so 2,000 parts of a 6 MiB message cost ~8 s of
     CPU holding the GIL (9,000 parts of 27 MiB: ~3 minutes), against ~0.1 s for the
-    same octets in 20 parts. Now one join: the same result, in about the same time."""
+    same octets in 20 parts. Now one join. No time is asserted (tests never do); the
+    9,000-part case would run into the test's timeout as it did before."""
     import base64
-    import time
 
-    took = {}
-    for parts, size in ((20, 300_000), (2000, 3000)):
+    for parts, size in ((20, 300_000), (9000, 3000)):
         message = _parts_with_nul(parts, size)
-        started = time.monotonic()
         kept = storable(message)
-        took[parts] = time.monotonic() - started
         assert kept.count(b"Content-Transfer-Encoding: base64\r\n") == parts
         assert b"\x00" not in kept
         first = kept.split(b"base64\r\n\r\n", 1)[1].split(b"\r\n--b", 1)[0]
         assert base64.b64decode(first) == b"\x00" + b"A" * size  # the CRLF: the boundary's
-    assert took[2000] < 0.5 + 5 * took[20], took
