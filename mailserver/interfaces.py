@@ -483,6 +483,12 @@ class IUserStore(Interface):
         """Subscribed names, existing or not (LSUB keeps deleted ones: RFC 3501 6.3.9)."""
 
     def status(name: str) -> FolderStatus: ...
+    def url_key(name: str) -> bytes:
+        """URLAUTH (RFC 4467 7): the mailbox access key of folder `name` (NONEXISTENT)."""
+
+    def reset_url_keys(name: str | None) -> None:
+        """RESETKEY (RFC 4467 6.1): new access key of folder `name`, or of every one."""
+
 
     def select(name: str, read_only: bool = False) -> IMailboxView: ...
 

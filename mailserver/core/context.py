@@ -98,8 +98,11 @@ class MailboxFactory(SessionFactory[S]):
                  mailboxes: IMailboxOpener,
                  tls_options: interfaces.IOpenSSLServerConnectionCreator | None = None,
                  implicit_tls: bool = False, name: str | None = None, instance: int = 0,
-                 login_throttle: LoginThrottle | None = None) -> None:
+                 login_throttle: LoginThrottle | None = None,
+                 directory: IRecipientDirectory | None = None) -> None:
         super().__init__(name or self.default_name, instance)
+        #: Who is a user here (IMAP URLFETCH of another user's URLAUTH URL, RFC 4467).
+        self.directory = directory
         self.config = config
         self.portal = portal
         self.disk = disk
@@ -122,6 +125,7 @@ def mailbox_listener(context: ServerContext, name: str, ports: tuple[str, str],
     factory = factory_class(context.config, context.portal, context.disk.reads,
                             context.mailboxes, tls_options=context.tls,
                             implicit_tls=secure, name=name, instance=context.instance,
-                            login_throttle=context.login_throttle)
+                            login_throttle=context.login_throttle,
+                            directory=context.directory)
     wrapped: Any = implicit_tls(context, factory) if secure else factory
     return ListenerFactory(wrapped, refusal, on_stop=factory.shut_down)

@@ -287,6 +287,8 @@ class IMAPSession(LineConnection):
             "STATUS=SIZE",
             "CREATE-SPECIAL-USE",
             "UTF8=ACCEPT",
+            "URLAUTH",
+            "URLAUTH=BINARY",
             f"APPENDLIMIT={self.config.limits.message_size}",
         ]
         return caps
@@ -626,6 +628,7 @@ from mailserver.imap import (  # noqa: E402 - the handlers import this module's 
     commands_selected,
     commands_sort,
     listext,
+    urlauth,
     utf8,
 )
 
@@ -652,6 +655,9 @@ HANDLERS: dict[str, tuple[frozenset[State], Handler]] = {
     "LSUB": (AUTH, commands_mailbox.list_command),
     "STATUS": (AUTH, commands_mailbox.status),
     "APPEND": (AUTH, appendext.append),
+    "GENURLAUTH": (AUTH, urlauth.genurlauth),
+    "RESETKEY": (AUTH, urlauth.resetkey),
+    "URLFETCH": (AUTH, urlauth.urlfetch),
     "CHECK": (SELECTED, commands_selected.check),
     "CLOSE": (SELECTED, commands_selected.close),
     "UNSELECT": (SELECTED, commands_selected.unselect),
