@@ -62,6 +62,15 @@ class Resolution:
         return not self.mailboxes and not self.remote
 
 
+class ISubmitUrls(Interface):
+    """BURL (RFC 4468): what a URLAUTH URL of our own IMAP store names, for the
+    submission server (imap/urlauth.SubmitUrls; app/ puts one in the ServerContext)."""
+
+    def fetch(config: Any, url: str, submitter: str) -> Deferred[bytes]:
+        """The octets of a `submit+SUBMITTER` URL that verifies (hosts: config's hostname
+        and local domains); fails (any exception) for every other URL."""
+
+
 class IRecipientDirectory(Interface):
     """Users and aliases; re-reads its files when they change (no restart needed)."""
 

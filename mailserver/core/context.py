@@ -31,6 +31,7 @@ from mailserver.interfaces import (
     IMailboxOpener,
     IMessageHook,
     IRecipientDirectory,
+    ISubmitUrls,
 )
 
 
@@ -63,6 +64,8 @@ class ServerContext:
     #: router whose forwarded copies get an SRS0 sender and which resolves bounces to
     #: SRS0 addresses); None: `target`. Submission always uses `target`.
     mx_target: IDeliveryRouter | None = None
+    #: BURL's way to our IMAP store (RFC 4468; imap/urlauth.SubmitUrls); None: no BURL.
+    submit_urls: ISubmitUrls | None = None
 
 
 @dataclass

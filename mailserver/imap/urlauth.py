@@ -35,7 +35,8 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from mailserver.auth.names import InvalidAddress, make_mailbox_id
+from zope.interface import implementer
+
 from mailserver.imap import binary, grammar
 from mailserver.imap import bodystructure as _bodystructure
 from mailserver.imap.commands import no
@@ -44,10 +45,20 @@ from mailserver.imap.grammar_ext import ImapUrl, parse_url
 from mailserver.imap.grammar_urlauth import FetchUrl, GenUrlAuth, ResetKey, UrlFetch
 from mailserver.imap.message import ParsedMessage, partial
 from mailserver.imap.mime import Part
-from mailserver.interfaces import IUserStore, StoreError
+from mailserver.interfaces import (
+    IMailboxOpener,
+    IRecipientDirectory,
+    ISubmitUrls,
+    IUserStore,
+    StoreError,
+)
 from mailserver.logs import logger
 
 if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from mailserver.config import Config
+    from mailserver.core.diskio import DiskExecutor
     from mailserver.imap.server import IMAPSession
 
 log = logger(__name__)
@@ -241,14 +252,19 @@ def _check_access(url: AuthUrl, user: str) -> None:
 
 
 def _other_store(session: IMAPSession, owner: str) -> IUserStore:
-    directory = session.factory.directory
+    return owner_store(session.factory.directory, session.factory.mailboxes, owner)
+
+
+def owner_store(directory: IRecipientDirectory | None, mailboxes: IMailboxOpener,
+                owner: str) -> IUserStore:
+    """The store of the user `owner` names: a user of the users file (not an alias,
+    not a +extension) with exactly one mailbox, or Invalid. Blocking."""
     if directory is None or not directory.user_exists(owner):
         raise Invalid("no such user")
-    try:
-        mailbox = make_mailbox_id(owner, session.config.domains.local)
-    except InvalidAddress:
-        raise Invalid("no such user") from None
-    store: IUserStore = session.factory.mailboxes.open_user_store(mailbox)
+    found = directory.resolve(owner)
+    if len(found.mailboxes) != 1 or found.remote:
+        raise Invalid("no such user")
+    store: IUserStore = mailboxes.open_user_store(found.mailboxes[0])
     return store
 
 
@@ -276,17 +292,37 @@ def _verified(store: IUserStore, url: AuthUrl) -> bytes:
         view.close()
 
 
-def read(store: IUserStore, text: str, hosts: frozenset[str], submitter: str) -> bytes:
-    """What a `submit+` URL names, for the submission server acting for `submitter`
-    (BURL, RFC 4468 3.2); Invalid when it does not verify. Blocking."""
-    url = parse(text, hosts)
-    if (url.access != "submit" or url.access_user != submitter.lower()
-            or url.mechanism != MECHANISM):
-        raise Invalid("not a submit+ URL of this user")
-    if url.expire is not None and url.expire <= datetime.datetime.now(datetime.UTC):
-        raise Invalid("expired")
-    raw = _verified(store, url)
-    return _data(raw, url.url)
+@implementer(ISubmitUrls)
+class SubmitUrls:
+    """BURL's IMAP side (RFC 4468 3.2): the octets a `submit+USER` URL names, for the
+    submission server acting for USER, read from our own store (Dovecot's submission
+    service asks its imap-urlauth the same way). app/service.py puts one in the
+    ServerContext; `fetch` reads in a disk thread and fails with Invalid."""
+
+    def __init__(self, directory: IRecipientDirectory, mailboxes: IMailboxOpener,
+                 disk: DiskExecutor) -> None:
+        self.directory = directory
+        self.mailboxes = mailboxes
+        self.disk = disk
+
+    def fetch(self, config: Config, text: str, submitter: str) -> Deferred[bytes]:
+        hosts = frozenset({config.hostname.lower(), *(d.lower() for d in config.domains.local)})
+        d: Deferred[bytes] = self.disk.run(self.read, hosts, text, submitter)
+        return d
+
+    def read(self, hosts: frozenset[str], text: str, submitter: str) -> bytes:
+        """Blocking; Invalid unless the URL verifies and is for `submitter`."""
+        url = parse(text, hosts)
+        if (url.access != "submit" or url.access_user != submitter.lower()
+                or url.mechanism != MECHANISM or url.token is None):
+            raise Invalid("not a submit+ URL of this user")
+        if url.expire is not None and url.expire <= datetime.datetime.now(datetime.UTC):
+            raise Invalid("expired")
+        try:
+            raw = _verified(owner_store(self.directory, self.mailboxes, url.owner), url)
+        except StoreError as e:
+            raise Invalid(str(e)) from None
+        return _data(raw, url.url)
 
 
 def _data(raw: bytes, url: ImapUrl) -> bytes:

@@ -16,6 +16,7 @@ import pytest
 from session_harness import Session
 
 from mailserver.imap.grammar_urlauth import MAX_URLFETCH_URLS
+from mailserver.interfaces import MailboxId, Resolution
 from mailserver.store.urlauthkey import KEY_FILE
 
 M1 = b"From: a@example.org\r\nSubject: one\r\n\r\nbody one\r\n"
@@ -30,10 +31,15 @@ BASE = "imap://alice%40example.org@imap.test.example"
 
 
 class Directory:
-    """The users the harness's portal knows (IRecipientDirectory.user_exists)."""
+    """The users the harness's portal knows (IRecipientDirectory's user_exists and
+    resolve)."""
 
     def user_exists(self, address: str) -> bool:
         return address.lower() in ("alice@example.org", "bob@example.org")
+
+    def resolve(self, address: str) -> Resolution:
+        local, domain = address.lower().split("@")
+        return Resolution((MailboxId(domain, local),))
 
 
 def session_for(root: Path, user: bytes) -> Session:
