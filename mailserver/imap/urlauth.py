@@ -196,7 +196,9 @@ def _generate(store: IUserStore, user: str, hosts: frozenset[str],
         try:
             status = store.status(url.url.mailbox)
             key = store.url_key(url.url.mailbox)
-        except StoreError:
+        except StoreError as e:
+            if e.code != "NONEXISTENT":
+                raise
             raise no("Invalid URLAUTH URL: no such mailbox") from None
         if url.url.uid_validity is not None and url.url.uid_validity != status.uid_validity:
             raise no("Invalid URLAUTH URL: UIDVALIDITY does not match")
@@ -236,6 +238,9 @@ def _fetch_one(session: IMAPSession, user: str, own: IUserStore, hosts: frozense
         return _answer(raw, url.url, item.options)
     except (Invalid, StoreError) as e:
         log.debug("{session} URLFETCH NIL: {why}", session=session.session_id, why=e)
+        return b"NIL"
+    except Exception:  # a bug or a disk error: logged, and still only NIL (RFC 4467 6.3)
+        log.failure("{session} URLFETCH failed", session=session.session_id)
         return b"NIL"
 
 

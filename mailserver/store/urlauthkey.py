@@ -30,6 +30,7 @@ import secrets
 from pathlib import Path
 
 from mailserver.core.ownfiles import open_nofollow, write_atomically
+from mailserver.interfaces import StoreError
 
 KEY_FILE = "mailserver-urlauth-keys"
 LOCK_FILE = KEY_FILE + ".lock"
@@ -38,9 +39,15 @@ LOCK_FILE = KEY_FILE + ".lock"
 MAX_MAILBOX_KEYS = 10_000
 
 
-class KeyFileBroken(Exception):
+class KeyFileBroken(StoreError):
     """The key file exists but is not ours to read (not JSON, wrong fields): every URL
-    fails verification until RESETKEY writes a new one."""
+    fails verification (URLFETCH NIL, GENURLAUTH NO) until RESETKEY writes a new one."""
+
+    def __init__(self, path: str) -> None:
+        # The path stays out of the text: the client reads it (NO [SERVERBUG]).
+        super().__init__("SERVERBUG", "Unreadable URLAUTH key file; RESETKEY makes a "
+                         "new one")
+        self.path = path
 
 
 def _read(path: Path) -> dict[str, object] | None:

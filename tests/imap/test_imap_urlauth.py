@@ -304,3 +304,18 @@ def test_urlauth_binary(alice: Session) -> None:
     # A URL that does not verify is NIL in the extended form too.
     assert alice.command(b'u URLFETCH ("%s0" BINARY)' % url.encode()) == [
         b'* URLFETCH "%s0" NIL' % url.encode(), b"u OK Urlfetch completed"]
+
+
+def test_broken_key_file(alice: Session) -> None:
+    """A key file that is not ours to read: URLs are NIL, GENURLAUTH is NO [SERVERBUG]
+    (not "no such mailbox"), and RESETKEY writes a new one."""
+    url = generate(alice, f"{BASE}/INBOX/;UID=1;URLAUTH=authuser")
+    path = alice.config.mail_dir / "example.org" / "alice" / KEY_FILE
+    path.write_text("not json")
+    assert fetch(alice, url) is None
+    assert alice.command(b'g GENURLAUTH "%s/INBOX/;UID=1;URLAUTH=authuser" INTERNAL'
+                         % BASE.encode()) == [
+        b"g NO [SERVERBUG] Unreadable URLAUTH key file; RESETKEY makes a new one"]
+    assert alice.command(b"k RESETKEY") == [b"k OK All access keys reset"]
+    assert fetch(alice, url) is None
+    assert fetch(alice, generate(alice, f"{BASE}/INBOX/;UID=1;URLAUTH=authuser")) == M1
