@@ -35,6 +35,7 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from twisted.internet.defer import fail
 from zope.interface import implementer
 
 from mailserver.imap import binary, grammar
@@ -42,7 +43,7 @@ from mailserver.imap import bodystructure as _bodystructure
 from mailserver.imap.commands import no
 from mailserver.imap.encode import literal, nstring, quoted_or_literal
 from mailserver.imap.grammar_ext import ImapUrl, parse_url
-from mailserver.imap.grammar_urlauth import FetchUrl, GenUrlAuth, ResetKey, UrlFetch
+from mailserver.imap.grammar_urlauth import GenUrlAuth, ResetKey, UrlFetch
 from mailserver.imap.message import ParsedMessage, partial
 from mailserver.imap.mime import Part
 from mailserver.interfaces import (
@@ -50,6 +51,7 @@ from mailserver.interfaces import (
     IRecipientDirectory,
     ISubmitUrls,
     IUserStore,
+    MailboxId,
     StoreError,
 )
 from mailserver.logs import logger
@@ -211,13 +213,25 @@ def _generate(store: IUserStore, user: str, hosts: frozenset[str],
 
 async def urlfetch(session: IMAPSession, command: UrlFetch) -> str:
     """One `* URLFETCH url data` per URL (RFC 4467 9 allows one pair per response),
-    each read in a disk thread and written before the next is read."""
+    each read in a disk thread and written before the next is read. Parsing, the
+    access check and the directory lookup run here, on the reactor thread (the
+    directory is not made for threads); the store work in the disk thread."""
     account = session.authenticated()
+    user = account.user.address.lower()
     hosts = hosts_of(session)
     with session.write_flow() as flow:
         for item in command.urls:
-            answer: bytes = await session.blocking(_fetch_one, session, account.user.address,
-                                                   account.store, hosts, item)
+            answer = b"NIL"
+            try:
+                url = parse(item.url, hosts)
+                _check_access(url, user)
+                owner = (None if url.owner == user
+                         else owner_mailbox(session.factory.directory, url.owner))
+                answer = await session.blocking(
+                    _fetch_one, session.session_id, account.store, session.factory.mailboxes,
+                    owner, url, item.options)
+            except Invalid as e:
+                log.debug("{session} URLFETCH NIL: {why}", session=session.session_id, why=e)
             session.send(b"* URLFETCH " + quoted_or_literal(item.url.encode()) + b" "
                          + answer + b"\r\n")
             await flow.wait()
@@ -226,21 +240,21 @@ async def urlfetch(session: IMAPSession, command: UrlFetch) -> str:
     return "Urlfetch completed"
 
 
-def _fetch_one(session: IMAPSession, user: str, own: IUserStore, hosts: frozenset[str],
-               item: FetchUrl) -> bytes:
+def _fetch_one(session_id: str, own: IUserStore, mailboxes: IMailboxOpener,
+               owner: MailboxId | None, url: AuthUrl,
+               options: tuple[str, ...] | None) -> bytes:
     """The answer for one URL: its data (nstring, or RFC 5524's parenthesised items),
-    or NIL when it does not verify. Blocking."""
+    or NIL when it does not verify. `owner`: another user's mailbox (None: ours).
+    Blocking."""
     try:
-        url = parse(item.url, hosts)
-        _check_access(url, user.lower())
-        store = own if url.owner == user.lower() else _other_store(session, url.owner)
+        store = own if owner is None else mailboxes.open_user_store(owner)
         raw = _verified(store, url)
-        return _answer(raw, url.url, item.options)
+        return _answer(raw, url.url, options)
     except (Invalid, StoreError) as e:
-        log.debug("{session} URLFETCH NIL: {why}", session=session.session_id, why=e)
+        log.debug("{session} URLFETCH NIL: {why}", session=session_id, why=e)
         return b"NIL"
     except Exception:  # a bug or a disk error: logged, and still only NIL (RFC 4467 6.3)
-        log.failure("{session} URLFETCH failed", session=session.session_id)
+        log.failure("{session} URLFETCH failed", session=session_id)
         return b"NIL"
 
 
@@ -252,25 +266,23 @@ def _check_access(url: AuthUrl, user: str) -> None:
         raise Invalid("submit+ URLs are for the submission server")
     if url.access == "user" and url.access_user != user:
         raise Invalid("user+ names another user")
+    _check_expiry(url)
+
+
+def _check_expiry(url: AuthUrl) -> None:
     if url.expire is not None and url.expire <= datetime.datetime.now(datetime.UTC):
         raise Invalid("expired")
 
 
-def _other_store(session: IMAPSession, owner: str) -> IUserStore:
-    return owner_store(session.factory.directory, session.factory.mailboxes, owner)
-
-
-def owner_store(directory: IRecipientDirectory | None, mailboxes: IMailboxOpener,
-                owner: str) -> IUserStore:
-    """The store of the user `owner` names: a user of the users file (not an alias,
-    not a +extension) with exactly one mailbox, or Invalid. Blocking."""
+def owner_mailbox(directory: IRecipientDirectory | None, owner: str) -> MailboxId:
+    """The mailbox of the user `owner` names: a user of the users file (not an alias,
+    not a +extension) with exactly one mailbox, or Invalid. Reactor thread."""
     if directory is None or not directory.user_exists(owner):
         raise Invalid("no such user")
     found = directory.resolve(owner)
     if len(found.mailboxes) != 1 or found.remote:
         raise Invalid("no such user")
-    store: IUserStore = mailboxes.open_user_store(found.mailboxes[0])
-    return store
+    return found.mailboxes[0]
 
 
 def verify(store: IUserStore, url: AuthUrl) -> None:
@@ -311,20 +323,24 @@ class SubmitUrls:
         self.disk = disk
 
     def fetch(self, config: Config, text: str, submitter: str) -> Deferred[bytes]:
+        """Checks on the calling (reactor) thread, the store read in a disk thread."""
         hosts = frozenset({config.hostname.lower(), *(d.lower() for d in config.domains.local)})
-        d: Deferred[bytes] = self.disk.run(self.read, hosts, text, submitter)
+        try:
+            url = parse(text, hosts)
+            if (url.access != "submit" or url.access_user != submitter.lower()
+                    or url.mechanism != MECHANISM or url.token is None):
+                raise Invalid("not a submit+ URL of this user")
+            _check_expiry(url)
+            owner = owner_mailbox(self.directory, url.owner)
+        except Invalid as e:
+            return fail(e)
+        d: Deferred[bytes] = self.disk.run(self.read, owner, url)
         return d
 
-    def read(self, hosts: frozenset[str], text: str, submitter: str) -> bytes:
-        """Blocking; Invalid unless the URL verifies and is for `submitter`."""
-        url = parse(text, hosts)
-        if (url.access != "submit" or url.access_user != submitter.lower()
-                or url.mechanism != MECHANISM or url.token is None):
-            raise Invalid("not a submit+ URL of this user")
-        if url.expire is not None and url.expire <= datetime.datetime.now(datetime.UTC):
-            raise Invalid("expired")
+    def read(self, owner: MailboxId, url: AuthUrl) -> bytes:
+        """Blocking; Invalid unless the URL verifies."""
         try:
-            raw = _verified(owner_store(self.directory, self.mailboxes, url.owner), url)
+            raw = _verified(self.mailboxes.open_user_store(owner), url)
         except StoreError as e:
             raise Invalid(str(e)) from None
         return _data(raw, url.url)
