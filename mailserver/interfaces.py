@@ -62,6 +62,15 @@ class Resolution:
         return not self.mailboxes and not self.remote
 
 
+class ISubmitUrls(Interface):
+    """BURL (RFC 4468): what a URLAUTH URL of our own IMAP store names, for the
+    submission server (imap/urlauth.SubmitUrls; app/ puts one in the ServerContext)."""
+
+    def fetch(config: Any, url: str, submitter: str) -> Deferred[bytes]:
+        """The octets of a `submit+SUBMITTER` URL that verifies (hosts: config's hostname
+        and local domains); fails (any exception) for every other URL."""
+
+
 class IRecipientDirectory(Interface):
     """Users and aliases; re-reads its files when they change (no restart needed)."""
 
@@ -528,6 +537,12 @@ class IUserStore(Interface):
         """Subscribed names, existing or not (LSUB keeps deleted ones: RFC 3501 6.3.9)."""
 
     def status(name: str) -> FolderStatus: ...
+    def url_key(name: str) -> bytes:
+        """URLAUTH (RFC 4467 7): the mailbox access key of folder `name` (NONEXISTENT)."""
+
+    def reset_url_keys(name: str | None) -> None:
+        """RESETKEY (RFC 4467 6.1): new access key of folder `name`, or of every one."""
+
 
     def select(name: str, read_only: bool = False) -> IMailboxView: ...
 

@@ -33,6 +33,7 @@ from mailserver.delivery.router import DeliveryRouter
 from mailserver.errors import ConfigError
 from mailserver.http import listener as http_listener
 from mailserver.imap import listener as imap_listener
+from mailserver.imap.urlauth import SubmitUrls
 from mailserver.logs import logger
 from mailserver.pop3 import listener as pop3_listener
 from mailserver.queue.outbound import OutboundQueue
@@ -96,6 +97,7 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
         tls=tls, mailboxes=_mailboxes(config, directory),
         instance=instance, login_throttle=LoginThrottle(control=abuse), abuse=abuse,
     )
+    context.submit_urls = SubmitUrls(directory, context.mailboxes, disk.reads)  # BURL
     auth = _sender_auth(context, local, queue)
     # Success reports of the copies the sessions deliver locally (RFC 3461 NOTIFY=SUCCESS).
     reports = LocalSuccessReports(queue, auth.signer.sign_dsn if auth.signer else None)

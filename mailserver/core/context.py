@@ -31,6 +31,7 @@ from mailserver.interfaces import (
     IMailboxOpener,
     IMessageHook,
     IRecipientDirectory,
+    ISubmitUrls,
 )
 
 
@@ -63,6 +64,8 @@ class ServerContext:
     #: router whose forwarded copies get an SRS0 sender and which resolves bounces to
     #: SRS0 addresses); None: `target`. Submission always uses `target`.
     mx_target: IDeliveryRouter | None = None
+    #: BURL's way to our IMAP store (RFC 4468; imap/urlauth.SubmitUrls); None: no BURL.
+    submit_urls: ISubmitUrls | None = None
 
 
 @dataclass
@@ -98,8 +101,11 @@ class MailboxFactory(SessionFactory[S]):
                  mailboxes: IMailboxOpener,
                  tls_options: interfaces.IOpenSSLServerConnectionCreator | None = None,
                  implicit_tls: bool = False, name: str | None = None, instance: int = 0,
-                 login_throttle: LoginThrottle | None = None) -> None:
+                 login_throttle: LoginThrottle | None = None,
+                 directory: IRecipientDirectory | None = None) -> None:
         super().__init__(name or self.default_name, instance)
+        #: Who is a user here (IMAP URLFETCH of another user's URLAUTH URL, RFC 4467).
+        self.directory = directory
         self.config = config
         self.portal = portal
         self.disk = disk
@@ -122,6 +128,7 @@ def mailbox_listener(context: ServerContext, name: str, ports: tuple[str, str],
     factory = factory_class(context.config, context.portal, context.disk.reads,
                             context.mailboxes, tls_options=context.tls,
                             implicit_tls=secure, name=name, instance=context.instance,
-                            login_throttle=context.login_throttle)
+                            login_throttle=context.login_throttle,
+                            directory=context.directory)
     wrapped: Any = implicit_tls(context, factory) if secure else factory
     return ListenerFactory(wrapped, refusal, on_stop=factory.shut_down)

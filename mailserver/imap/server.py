@@ -293,6 +293,8 @@ class IMAPSession(LineConnection):
             "QUOTA",
             "QUOTA=RES-STORAGE",
             "QUOTA=RES-MESSAGE",
+            "URLAUTH",
+            "URLAUTH=BINARY",
             f"APPENDLIMIT={self.config.limits.message_size}",
         ]
         return caps
@@ -647,6 +649,7 @@ from mailserver.imap import (  # noqa: E402 - the handlers import this module's 
     compress,
     listext,
     quota,
+    urlauth,
     utf8,
 )
 
@@ -673,6 +676,9 @@ HANDLERS: dict[str, tuple[frozenset[State], Handler]] = {
     "LSUB": (AUTH, commands_mailbox.list_command),
     "STATUS": (AUTH, commands_mailbox.status),
     "APPEND": (AUTH, appendext.append),
+    "GENURLAUTH": (AUTH, urlauth.genurlauth),
+    "RESETKEY": (AUTH, urlauth.resetkey),
+    "URLFETCH": (AUTH, urlauth.urlfetch),
     "CHECK": (SELECTED, commands_selected.check),
     "CLOSE": (SELECTED, commands_selected.close),
     "UNSELECT": (SELECTED, commands_selected.unselect),

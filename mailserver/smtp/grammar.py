@@ -93,6 +93,14 @@ class Bdat:
 
 
 @dataclass(frozen=True)
+class Burl:
+    """BURL url [LAST] (RFC 4468 3.5); the URL as sent, the session resolves it."""
+
+    url: str
+    last: bool
+
+
+@dataclass(frozen=True)
 class Rset:
     """RSET (RFC 5321 4.1.1.5)."""
 
@@ -140,6 +148,7 @@ class Auth:
 
 Command: TypeAlias = (
     Ehlo | Helo | Mail | Rcpt | Data | Bdat | Rset | Noop | Quit | Help | Vrfy | StartTls | Auth
+    | Burl
 )
 
 # --------------------------------------------------------------------------- lexical rules
@@ -329,6 +338,17 @@ def _bdat(arg: str, smtputf8_allowed: bool) -> Command:
     if match is None:
         raise _syntax("Syntax: BDAT size [LAST]")
     return Bdat(int(match.group(1)), match.group(2) is not None)
+
+
+#: RFC 4468 3.5: "BURL" SP absolute-URI [SP end-marker]; a URL is printable ASCII.
+_BURL_ARGS = re.compile(r"([\x21-\x7e]{1,2000})(?: ([Ll][Aa][Ss][Tt]))?")
+
+
+def _burl(arg: str, smtputf8_allowed: bool) -> Command:
+    match = _BURL_ARGS.fullmatch(arg)
+    if match is None:
+        raise _syntax("Syntax: BURL imap-url [LAST]")
+    return Burl(match.group(1), match.group(2) is not None)
 
 
 def _auth(arg: str, smtputf8_allowed: bool) -> Command:
@@ -604,6 +624,7 @@ _HANDLERS: dict[bytes, Callable[[str, bool], Command]] = {
     b"RCPT": _rcpt,
     b"DATA": _no_argument("DATA", Data()),
     b"BDAT": _bdat,
+    b"BURL": _burl,
     b"RSET": _no_argument("RSET", Rset()),
     b"NOOP": _noop,
     b"QUIT": _no_argument("QUIT", Quit()),

@@ -41,6 +41,7 @@ def make_listener(context: ServerContext, name: str) -> ListenerFactory | None:
         sending_limits=SendingLimits(context.config) if policy.require_auth else None,
         blocklists=_blocklists(context) if name == "smtp" else None,
         message_hook=context.message_hooks.get(name),
+        burl=context.submit_urls if policy.require_auth else None,
     )
     refusal = f"421 4.7.0 {context.config.hostname} Error: too many connections\r\n"
     # A refusal on 465 would go out in the clear before the TLS handshake: the client

@@ -38,6 +38,7 @@ from mailserver.interfaces import (
     IDeliveryRouter,
     IMessageHook,
     IRecipientDirectory,
+    ISubmitUrls,
     MailboxId,
     RecipientDsn,
     Resolution,
@@ -45,6 +46,7 @@ from mailserver.interfaces import (
 from mailserver.logs import logger
 from mailserver.reply import Reply
 from mailserver.smtp import auth, grammar
+from mailserver.smtp.burl import BurlCommands
 from mailserver.smtp.defences import SessionDefences
 from mailserver.smtp.reception import MessageReception
 from mailserver.smtp.submission import SubmissionCommands
@@ -119,6 +121,7 @@ class SMTPServerFactory(SessionFactory["SMTPSession"]):
         blocklists: Blocklists | None = None,
         reactor: Any = None,
         message_hook: IMessageHook | None = None,
+        burl: ISubmitUrls | None = None,
     ) -> None:
         self.policy = policy or SessionPolicy()
         super().__init__(self.policy.name, instance)
@@ -142,6 +145,9 @@ class SMTPServerFactory(SessionFactory["SMTPSession"]):
         #: Wraps each message's transaction to hold its content until checked (port 25)
         #: or DKIM-signed (submission): senderauth's, set by app/; None: neither.
         self.message_hook = message_hook
+        #: BURL (RFC 4468): the octets of a submit+ URL from our own store
+        #: (imap/urlauth.SubmitUrls); None: no BURL on this listener.
+        self.burl = burl
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
@@ -150,7 +156,8 @@ class SMTPServerFactory(SessionFactory["SMTPSession"]):
         return SMTPSession(self, number)
 
 
-class SMTPSession(SessionDefences, SubmissionCommands, MessageReception, LineConnection):
+class SMTPSession(SessionDefences, SubmissionCommands, BurlCommands, MessageReception,
+                  LineConnection):
     """One ESMTP connection (the reading, waiting, error limit and timeouts are
     core/connection.py's, the framing rules core/lines.py's SMTP_LINES). Its attributes
     are declared, with their types, once for it and its mixins in state.py; __init__
@@ -278,6 +285,8 @@ class SMTPSession(SessionDefences, SubmissionCommands, MessageReception, LineCon
             keywords.append("STARTTLS")                      # RFC 3207
         if self._auth_possible():
             keywords.append("AUTH " + " ".join(auth.MECHANISMS))  # RFC 4954
+        if self.factory.burl is not None:
+            keywords.append("BURL imap")                     # RFC 4468 3.1
         return keywords
 
     def do_EHLO(self, command: grammar.Ehlo) -> None:

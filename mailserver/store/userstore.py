@@ -29,7 +29,7 @@ from mailserver.interfaces import (
     StoreError,
 )
 from mailserver.logs import logger
-from mailserver.store import notify, quota
+from mailserver.store import notify, quota, urlauthkey
 from mailserver.store.flags import Keywords
 from mailserver.store.folders import Folders, normalize, parent_names
 from mailserver.store.folderstate import FolderState, to_crlf
@@ -179,6 +179,18 @@ class UserStore:
                 return state.modseqs.highest
         finally:
             release_state(state)
+
+    def url_key(self, name: str) -> bytes:
+        """URLAUTH (RFC 4467 7): the access key of mailbox `name` as it is now (its
+        UIDVALIDITY is part of it: store/urlauthkey.py)."""
+        name, _ = self._existing(name)
+        return urlauthkey.mailbox_key(self.root, name, self.status(name).uid_validity)
+
+    def reset_url_keys(self, name: str | None) -> None:
+        """RESETKEY (RFC 4467 6.1) of one mailbox, or of all with None."""
+        if name is not None:
+            name, _ = self._existing(name)
+        urlauthkey.reset(self.root, name, set(self.tree.names()) | {"INBOX"})
 
     @staticmethod
     def _validity(state: FolderState) -> int:
