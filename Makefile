@@ -39,6 +39,8 @@ tools:
 	perl -MMail::DKIM::Verifier -e1 2>/dev/null || missing="$$missing libmail-dkim-perl"; \
 	command -v npm >/dev/null || missing="$$missing npm"; \
 	command -v fail2ban-regex >/dev/null || missing="$$missing fail2ban"; \
+	[ -x /usr/sbin/unbound ] || missing="$$missing unbound"; \
+	command -v ldns-signzone >/dev/null || missing="$$missing ldnsutils"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \

@@ -292,6 +292,10 @@ class DNSConfig:
     timeout: int = doc("Seconds one lookup may take (every retry included).", default=10)
     cache_size: int = doc("Answers kept in the shared cache, each for its TTL; 0: none.",
                           default=5000)
+    dnssec: bool = doc(
+        "The nameservers validate DNSSEC and are trusted (loopback or a trusted network): "
+        "their AD bit is believed, which turns on DANE for outbound mail (RFC 7672). "
+        "As Postfix's smtp_dns_support_level = dnssec.", default=False)
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,13 @@ file already has the owner the server needs (data_dir's), else copy, so Dovecot'
 is never changed (rollback stays possible). Nothing is followed through a symbolic
 link, in the source or under data_dir; what we create is given data_dir's owner.
 
-Only Maildir++ (Dovecot's default: ".Folder.Sub" directories) is read; LAYOUT=fs trees
-are refused per folder with a note.
+Both of Dovecot's Maildir layouts are read: Maildir++ (its default, ".Folder.Sub"
+directories beside cur/) and LAYOUT=fs (`mail_location = maildir:~/Maildir:LAYOUT=fs`:
+"Folder/Sub/" directories, each with its own cur/ new/ tmp/). An fs folder is imported
+as the Maildir++ folder of the same name (".Folder.Sub"), our store's one layout; a
+level whose name holds a "." cannot be one level in Maildir++ (its hierarchy delimiter)
+and is skipped with a warning, as is an fs folder whose Maildir++ twin also exists (the
+Maildir++ one is imported). Serving an fs tree in place is not supported: import it.
 """
 
 from __future__ import annotations
@@ -201,18 +206,52 @@ def _subdirs(path: Path) -> list[str]:
 
 def _plan_user(admin: Admin, mailbox: MailboxId, root: Path) -> list[Work]:
     dest_root = mailbox_path(admin.config.mail_dir, mailbox)
-    names = [""] + sorted(n for n in _subdirs(root)
-                          if n.startswith(".") and n not in (".", ".."))
     works = []
-    for name in names:
-        source = root / name if name else root
+    for name, source in [("", root)] + _folders(admin, root):
         if not (source / "cur").is_dir():
             if any(_subdirs(source)):
-                admin.note(f"{source}: no cur/ (LAYOUT=fs or not a folder), skipped")
+                admin.note(f"{source}: no cur/ (not a folder), skipped")
             continue
         works.append(_plan_folder(mailbox, name, source,
                                   dest_root / name if name else dest_root))
     return works
+
+
+#: Maildir directories that are never folders, at any level of a LAYOUT=fs tree.
+_MAILDIR_PARTS = frozenset({"cur", "new", "tmp"})
+#: LAYOUT=fs levels walked at most (Dovecot's own limit on hierarchy is similar).
+MAX_FS_DEPTH = 32
+
+
+def _folders(admin: Admin, root: Path) -> list[tuple[str, Path]]:
+    """(Maildir++ name, directory) of every folder under a user's Maildir: the
+    ".A.B" directories, then LAYOUT=fs "A/B" ones as ".A.B" (see the module docstring)."""
+    plus = sorted(n for n in _subdirs(root) if n.startswith(".") and n not in (".", ".."))
+    found = [(n, root / n) for n in plus]
+    taken = set(plus)
+    stack: list[tuple[Path, tuple[str, ...]]] = [(root, ())]
+    while stack:
+        directory, levels = stack.pop()
+        for entry in sorted(_subdirs(directory), reverse=True):
+            if entry.startswith(".") or (entry in _MAILDIR_PARTS):
+                continue
+            path = directory / entry
+            if "." in entry:
+                print(f"warning: {path}: a folder name with '.' cannot be one level "
+                      "here (Maildir++ uses '.' between levels), not imported",
+                      file=admin.stderr)
+                continue
+            name = "." + ".".join(levels + (entry,))
+            if (path / "cur").is_dir():
+                if name in taken:
+                    print(f"warning: {path}: {name} exists in Maildir++ form too; "
+                          "that one is imported, this one not", file=admin.stderr)
+                else:
+                    found.append((name, path))
+                    taken.add(name)
+            if len(levels) + 1 < MAX_FS_DEPTH:
+                stack.append((path, levels + (entry,)))
+    return found
 
 
 def _plan_folder(mailbox: MailboxId, name: str, source: Path, dest: Path) -> Work:

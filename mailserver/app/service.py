@@ -21,6 +21,7 @@ from mailserver.app.tls import SwappableTLS, server_tls_options
 from mailserver.app.workers import WorkerSupervisor
 from mailserver.auth.checker import make_portal
 from mailserver.auth.directory import RecipientDirectory
+from mailserver.auth.hashing import HashingPool
 from mailserver.config import Config
 from mailserver.core import metrics
 from mailserver.core.context import ListenerFactory, ServerContext
@@ -83,9 +84,12 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     # The certificate-expiry metric follows every certificate put in force.
     tls = SwappableTLS(server_tls_options(config), watch=metrics.watch_tls)
     router = DeliveryRouter(config, directory, local, queue)
+    hashing = HashingPool()  # password checks: one thread per core (auth/hashing.py)
+    hashing.setServiceParent(top)
     context = ServerContext(
         config=config, directory=directory,
-        portal=make_portal(config, directory, abuse=abuse), target=router, disk=disk,
+        portal=make_portal(config, directory, abuse=abuse, threadpool=hashing.pool),
+        target=router, disk=disk,
         tls=tls, mailboxes=_mailboxes(config),
         instance=instance, login_throttle=LoginThrottle(control=abuse), abuse=abuse,
     )

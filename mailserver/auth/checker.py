@@ -5,13 +5,13 @@ every protocol, so a guesser gains nothing by switching from IMAP to SMTP AUTH.
 
 - The login name is the full address, case-insensitive; a bare name gets the first
   local domain (directory.login_key).
-- Verification runs in a thread: Argon2id is slow on purpose (~60 ms), and the reactor
-  must keep serving everyone else meanwhile.
+- Verification runs in a thread of auth/hashing.py's pool (one per core): Argon2id is
+  slow on purpose (~37 ms), and the reactor must keep serving everyone else meanwhile.
 - An unknown user costs the same hashing as a known one (schemes.dummy_verify), so the
   answer's timing does not reveal which addresses exist.
 - A failure is answered `failure_delay` seconds after the attempt began (or when the
   hashing ends, if that takes longer), not that long after the hashing: the answer's
-  timing then tells nothing about the user's scheme (Argon2id ~60 ms, SHA-crypt and
+  timing then tells nothing about the user's scheme (Argon2id ~37 ms, SHA-crypt and
   bcrypt other times) or whether the user exists. Online guessing is slow either way.
   Per-client throttling is core/throttle.py's LoginThrottle, one per process in the
   ServerContext: every protocol records its failed logins there and refuses a blocked

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import dns.flags
 import dns.nameserver
 import dns.resolver
 
@@ -37,9 +38,12 @@ class SharedResolver:
     Resolver using them (dnspython Resolvers are safe to use from several threads)."""
 
     def __init__(self, nameservers: Sequence[str], timeout: float,
-                 cache_size: int = 5000) -> None:
+                 cache_size: int = 5000, dnssec: bool = False) -> None:
         self.nameservers = tuple(nameservers)
         self.timeout = timeout
+        #: dns.dnssec: every query asks for the AD bit (RFC 6840 5.7), which the
+        #: validating resolvers then set on authenticated answers (queue/dane.py).
+        self.dnssec = dnssec
         self.cache: dns.resolver.LRUCache | None = (
             dns.resolver.LRUCache(cache_size) if cache_size else None)
         self._default = self.resolver()
@@ -47,7 +51,7 @@ class SharedResolver:
     @classmethod
     def from_config(cls, config: Config) -> SharedResolver:
         servers = config.dns.nameservers or config.relay.nameservers
-        return cls(servers, config.dns.timeout, config.dns.cache_size)
+        return cls(servers, config.dns.timeout, config.dns.cache_size, config.dns.dnssec)
 
     def resolver(self, lifetime: float | None = None) -> dns.resolver.Resolver:
         """A Resolver with our name servers and shared cache; `lifetime` bounds one
@@ -63,6 +67,8 @@ class SharedResolver:
         resolver.lifetime = lifetime
         resolver.timeout = min(lifetime, 5.0)
         resolver.cache = self.cache
+        if self.dnssec:
+            resolver.flags = dns.flags.RD | dns.flags.AD
         return resolver
 
     @property

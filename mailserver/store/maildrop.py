@@ -18,6 +18,8 @@ only interfaces.IMaildrop, opened by opener.py).
   "%08Xu%08Xv"), the UIDL is built from the message's IMAP UID and the folder's
   UIDVALIDITY instead, so clients moving from Dovecot keep the UIDLs they hold; the
   UID list is read (and new files numbered) in the snapshot, in the disk thread.
+- A UIDL Dovecot saved for a message (the `P` field of its dovecot-uidlist record) is
+  answered instead, whatever the format, as Dovecot does (uidlformat.saved_uidls).
 - Files renamed by another session (IMAP changing flags) are found again by base name.
 - Retrieved messages get the Seen flag (a rename into cur/ with `:2,...S`) when the
   session ends, in one batch, as Dovecot does: one rename per RETR in the middle of a
@@ -42,7 +44,7 @@ from mailserver.logs import logger
 from mailserver.store.maildir import ensure_maildir, fsync_dir
 from mailserver.store.maildroplock import MaildropLock
 from mailserver.store.names import base_of, crlf_size_of, flag_letters, order_key, with_flags
-from mailserver.store.uidlformat import UidlFormat
+from mailserver.store.uidlformat import UidlFormat, apply_saved
 
 log = logger(__name__)
 
@@ -130,6 +132,7 @@ def snapshot(maildir: Path, uidl_format: UidlFormat | None = None) -> list[Messa
     found.sort(key=attrgetter("order"))  # stable: foreign names keep listing order
     if uidl_format is not None:
         uidl_format.apply(maildir, found, uidl_for)
+    apply_saved(maildir, found, uidl_for)  # Dovecot's saved UIDLs win (uidlformat.py)
     return found
 
 

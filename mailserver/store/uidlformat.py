@@ -24,6 +24,13 @@ matches only what we computed ourselves (say so to a Dovecot-on-mbox site).
 
 A UIDL that does not fit RFC 1939 7 (1 to 70 characters 0x21-0x7E) is replaced by a
 stable hash of it, like a base name that does not fit.
+
+Saved UIDLs come first: a dovecot-uidlist record's `P` field is the UIDL Dovecot saved
+for that message (`pop3_save_uidl = yes`, or the pop3-migration plugin keeping a UIDL
+from the server before Dovecot). Dovecot's POP3 answers it in preference to
+pop3_uidl_format (pop3-commands.c pop3_get_uid asks MAIL_FETCH_UIDL_BACKEND first), so
+we do too, whatever `pop3.uidl_format` says: those are the UIDLs the clients hold.
+saved_uidls() reads them; the snapshot applies them after the format.
 """
 
 from __future__ import annotations
@@ -195,6 +202,49 @@ def parse_uidl_format(text: str) -> UidlFormat | None:
     if pos < len(text):
         parts.append(text[pos:])
     return UidlFormat(text, tuple(parts))
+
+
+#: maildir -> ((inode, size, mtime_ns) of its dovecot-uidlist, base -> saved UIDL).
+#: Dovecot's file is never written by us, so one read serves every login until it
+#: changes (a site still running Dovecot beside us for a while).
+_saved_cache: dict[str, tuple[tuple[int, int, int], dict[str, str]]] = {}
+_SAVED_CACHE_FOLDERS = 1024
+
+
+def saved_uidls(maildir: Path) -> dict[str, str]:
+    """base name -> the `P` field (saved POP3 UIDL) of the folder's dovecot-uidlist;
+    {} without one (a stat, nothing read: every new install)."""
+    path = os.path.join(maildir, DOVECOT_UIDLIST)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return {}
+    stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+    cached = _saved_cache.get(str(maildir))
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    try:
+        taken = read_uidlist(Path(path))
+    except (DovecotFormatError, OSError):
+        return {}
+    saved = {} if taken is None else {
+        base: ext["P"] for base, ext in taken.extensions.items() if ext.get("P")}
+    if len(_saved_cache) >= _SAVED_CACHE_FOLDERS:
+        _saved_cache.clear()
+    _saved_cache[str(maildir)] = (stamp, saved)
+    return saved
+
+
+def apply_saved(maildir: Path, messages: Sequence[UidlMessage],
+                fallback: Callable[[str], str]) -> None:
+    """Give each message with a saved UIDL (`P`) that UIDL (blocking: disk thread)."""
+    saved = saved_uidls(maildir)
+    if not saved:
+        return
+    for message in messages:
+        uidl = saved.get(message.base)
+        if uidl is not None:
+            message.uidl = fallback(uidl)
 
 
 def _dovecot_guids(maildir: Path) -> dict[str, str]:

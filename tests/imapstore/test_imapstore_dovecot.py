@@ -192,6 +192,47 @@ def test_parse_rejects_nothing_silently() -> None:
     assert parsed.warnings == ["line 3: not a Maildir file name: '../x'"]
 
 
+@pytest.mark.parametrize("line", ["\u00b2 :a.b", "1" * 5000 + " :a.b", "4294967296 :a.b",
+                                  "07 :a.b", "3 G:x :a.b", "3 :.hidden"])
+def test_hostile_numbers_and_names_are_warned_not_fatal(line: str) -> None:
+    """A superscript digit passes str.isdigit() and int() refuses it; 5000 digits are
+    past what int() parses; 2^32 is not a UID; each is a warning and the line is
+    skipped (or, for "07" and a field with ":", read by the careful parser)."""
+    parsed = parse_uidlist(Path("x"), f"3 V1 N9\n1 :c.d\n{line}\n".encode())
+    assert parsed.records[0] == (1, "c.d")
+    if line.startswith("07"):
+        assert parsed.records[1:] == [(7, "a.b")] and not parsed.warnings
+    else:
+        assert len(parsed.records) == 1 and len(parsed.warnings) == 1, parsed.warnings
+    with pytest.raises(DovecotFormatError, match="no valid UIDVALIDITY"):
+        parse_uidlist(Path("x"), b"3 V\xc2\xb2 N9\n")
+    with pytest.raises(DovecotFormatError, match="no valid UIDVALIDITY"):
+        parse_uidlist(Path("x"), b"1 " + b"9" * 5000 + b" 9\n")
+
+
+@pytest.mark.parametrize("text", [
+    "3 V1 N9\n1 :a.b\n2 W5 G00 P9z :c.d,S=5:2,S\n8 :e.f\n",
+    "3 V1 N2\n1 :a.b\n8 :e.f\n",                       # above N: raised, warned
+    "3 V1 N9\n1 :a.b\n1 :c.d\n",                       # a UID twice
+    "3 V1 N9\n1 :a.b\n2 :a.b,S=3\n",                   # a base name twice
+    "3 V1 N9\n\n1 :a.b\n",                             # an empty line
+])
+def test_the_fast_path_reads_what_the_careful_loop_reads(text: str) -> None:
+    """_parse_clean_v3 (every record well formed) gives exactly what the line-by-line
+    parser gives, warnings included; anything else falls back to the latter."""
+    import mailserver.store.dovecot as dovecot
+
+    fast = parse_uidlist(Path("x"), text.encode())
+    real = dovecot._parse_clean_v3
+    try:
+        dovecot._parse_clean_v3 = lambda result, lines: False  # type: ignore[assignment]
+        careful = parse_uidlist(Path("x"), text.encode())
+    finally:
+        dovecot._parse_clean_v3 = real  # type: ignore[assignment]
+    assert (fast.records, fast.extensions, fast.next_uid, fast.warnings) == (
+        careful.records, careful.extensions, careful.next_uid, careful.warnings)
+
+
 def test_our_list_wins_once_it_exists(root: Path) -> None:
     """A dovecot-uidlist appearing beside our list later (Dovecot run again by
     mistake) changes nothing: UIDs already given stay."""

@@ -110,3 +110,40 @@ def test_a_numbers_only_format_outside_rfc_1939_is_hashed_too(tmp_path: Path) ->
     assert uidls(root, "%u %v")[0] == uidl_for(f"1 {V}")
     assert uidls(root, "%u" + "x" * 69)[0] == uidl_for("1" + "x" * 69)  # 70 is fine...
     assert uidls(root, "%u" + "x" * 69)[2] == uidl_for("10" + "x" * 69)  # ...71 is not
+
+
+# -- saved UIDLs: the `P` field of a dovecot-uidlist record ------------------------------
+
+
+SAVED = (f"3 V{V} N9\n1 P0000ab12.old-server :{NAMES[0]}\n3 G00ff :{NAMES[1]}\n"
+         f"7 W21 Pzz-9 :{NAMES[2]}\n")
+
+
+@pytest.mark.parametrize("fmt", ["", "%08Xu%08Xv", "%g"])
+def test_a_saved_uidl_wins_whatever_the_format(tmp_path: Path, fmt: str) -> None:
+    """Dovecot answers the UIDL it saved (pop3_save_uidl, the pop3-migration plugin)
+    before its pop3_uidl_format; the client holds those, so we answer them too."""
+    root = maildir(tmp_path, SAVED)
+    got = uidls(root, fmt) if fmt else [m.uidl for m in snapshot(root)]
+    assert got[0] == "0000ab12.old-server"
+    assert got[2] == "zz-9"
+    unsaved = {"": NAMES[1], "%08Xu%08Xv": "000000036b165384", "%g": "00ff"}[fmt]
+    assert got[1] == unsaved
+
+
+def test_a_saved_uidl_follows_a_changed_uidlist(tmp_path: Path) -> None:
+    """Read again when Dovecot (still running beside us) rewrites its file."""
+    root = maildir(tmp_path, SAVED)
+    assert [m.uidl for m in snapshot(root)][0] == "0000ab12.old-server"
+    (root / "dovecot-uidlist").write_text(SAVED.replace("P0000ab12.old-server", "Pnew-1"))
+    assert [m.uidl for m in snapshot(root)][0] == "new-1"
+
+
+def test_a_saved_uidl_outside_rfc_1939_is_hashed(tmp_path: Path) -> None:
+    """RFC 1939 7: 1-70 characters 0x21-0x7E; a longer saved one is replaced by the same
+    stable hash a long base name gets."""
+    long_uidl = "x" * 71
+    root = maildir(tmp_path, f"3 V{V} N9\n1 P{long_uidl} :{NAMES[0]}\n")
+    got = [m.uidl for m in snapshot(root)]
+    assert got[0] == uidl_for(long_uidl) != long_uidl
+    assert len(got[0]) <= 70
