@@ -100,6 +100,8 @@ class DeliveryEnvelope:
     #: OutboundEnvelope).
     smtputf8: bool = False
     body_8bit: bool = False
+    #: MAIL FROM had REQUIRETLS (RFC 8689): relayed over verified TLS only.
+    requiretls: bool = False
     #: Who submitted it (the authenticated user), for logs and `queue show`; "" if none.
     submitter: str = ""
 
@@ -231,6 +233,8 @@ class OutboundEnvelope:
     #: support it (RFC 6531 3.4; RFC 6152), or bounce.
     smtputf8: bool = False
     body_8bit: bool = False
+    #: MAIL FROM had REQUIRETLS (RFC 8689): relayed over verified TLS only.
+    requiretls: bool = False
     #: Who submitted it (the authenticated user), for logs and `queue show`; "" if none.
     submitter: str = ""
 

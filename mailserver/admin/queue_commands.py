@@ -89,8 +89,8 @@ def queue_show(admin: Admin, queue_id: str) -> None:
     if entry.submitter:
         admin.say(f"submitter: {entry.submitter}")
     admin.say(f"size:      {entry.size} bytes")
-    flags = [f for f, on in (("SMTPUTF8", entry.smtputf8), ("8BITMIME", entry.body_8bit))
-             if on]
+    flags = [f for f, on in (("SMTPUTF8", entry.smtputf8), ("8BITMIME", entry.body_8bit),
+                             ("REQUIRETLS", entry.requiretls)) if on]
     if flags:
         admin.say(f"needs:     {' '.join(flags)}")
     for r in entry.recipients:
@@ -102,6 +102,8 @@ def queue_show(admin: Admin, queue_id: str) -> None:
                       + (f" [{_printable(r.status)}]" if r.status else ""))
         if r.remote:
             admin.say(f"  remote:     {_printable(r.remote)}")
+        if r.tls:
+            admin.say(f"  tls:        {_printable(r.tls)}")
         if r.state == PENDING:
             admin.say(f"  next try:   {_when(r.next_try)}" +
                       (" (now)" if r.next_try <= now else

@@ -119,7 +119,7 @@ class DeliveryRouter:
                 queued = self.queue.begin(OutboundEnvelope(
                     sender=envelope.sender, recipients=envelope.remote,
                     smtputf8=envelope.smtputf8, body_8bit=envelope.body_8bit,
-                    submitter=envelope.submitter))
+                    submitter=envelope.submitter, requiretls=envelope.requiretls))
             if local is None and queued is None:
                 raise ValueError("a message needs a local or a remote recipient")
         except Exception as e:

@@ -50,6 +50,9 @@ class RecipientState:
     bounced: bool = False
     #: A delay warning has been sent.
     warned: bool = False
+    #: TLS of the last session with `remote`: "dane", "mta-sts" (verified),
+    #: "opportunistic" or "none" (queue/outtls.py); "" before any.
+    tls: str = ""
 
 
 @dataclass
@@ -63,6 +66,8 @@ class QueueEntry:
     submitter: str = ""
     #: Message size in bytes as stored (LF line ends).
     size: int = 0
+    #: MAIL FROM had REQUIRETLS (RFC 8689): verified TLS on every hop, or a bounce.
+    requiretls: bool = False
 
     def pending(self) -> list[RecipientState]:
         return [r for r in self.recipients if r.state == PENDING]

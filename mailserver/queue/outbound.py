@@ -110,7 +110,7 @@ class QueueTransaction:
             id=self.id, sender=env.sender,
             recipients=[RecipientState(r) for r in dict.fromkeys(env.recipients)],
             smtputf8=env.smtputf8, body_8bit=env.body_8bit, submitter=env.submitter,
-            size=self._size,
+            size=self._size, requiretls=env.requiretls,
         )
         spool = self.queue.spool
 
