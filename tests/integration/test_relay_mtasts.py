@@ -65,6 +65,8 @@ class World:
     peers: dict[str, SMTPPeer]
     policies: PolicyServer
     port: int
+    relay: dict[str, object]
+    root: Path
 
 
 def _zone(https: str) -> dict[str, dict[str, object]]:
@@ -110,14 +112,13 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                  "bob@nomatch.test"):
         rx.add_user(user, "x" * 20)
     rx.start()
+    relay: dict[str, object] = {
+        "nameservers": [dns.nameserver], "port": port, "source_address": "127.0.0.2",
+        "retry_initial": 1, "retry_max": 2, "connect_timeout": 5, "command_timeout": 10,
+        "dns_timeout": 3, "ca_file": str(ca_file), "https_port": policies.port}
     tx = make_server(root / "tx", start=False, hostname="mx.example.org",
                      domains={"local": ["example.org"]},
-                     listen={"smtp": "tcp:0:interface=127.0.0.2"},
-                     relay={"nameservers": [dns.nameserver], "port": port,
-                            "source_address": "127.0.0.2", "retry_initial": 1,
-                            "retry_max": 2, "connect_timeout": 5, "command_timeout": 10,
-                            "dns_timeout": 3, "ca_file": str(ca_file),
-                            "https_port": policies.port},
+                     listen={"smtp": "tcp:0:interface=127.0.0.2"}, relay=relay,
                      tls_reporting={"enabled": True, "organization": "Example Org",
                                     "contact": "mailto:tls@example.org"})
     tx.add_user("alice@example.org", "x" * 20)
@@ -130,7 +131,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         ("version: STSv1", "mode: enforce"), ("mx.enforce.test",), YESTERDAY))
     tx.start()
     try:
-        yield World(tx, rx, peers, policies, port)
+        yield World(tx, rx, peers, policies, port, relay, root)
     finally:
         tx.stop()
         rx.stop()
@@ -185,18 +186,21 @@ def test_man_in_the_middle_gets_nothing(world: World, domain: str, peer: str,
     with an enforced policy: no MAIL FROM is ever sent, no plaintext retry; the
     recipient waits with the reason in `mailserver queue show`."""
     rcpt = f"bob@{domain}"
+    first = len(world.peers[peer].sessions)  # the peer at .5 serves other tests too
     queue_id = inject(world.tx, "alice@example.org", [rcpt], message("mitm", to=rcpt))
     out = deferred_with(world, queue_id, why)
     assert "[4.7.5]" in out and "not sending (policy mta-sts)" in out
-    wait_for(lambda: len([s for s in world.peers[peer].sessions
+    wait_for(lambda: len([s for s in world.peers[peer].sessions[first:]
                           if any(b"EHLO" in line for line in s.lines)]) >= 2,
              what="a retry", server=world.tx)
     assert rcpt_lines(world.peers[peer], rcpt) == []
     assert world.peers[peer].messages == []
-    if domain != "strip.test":  # each attempt went as far as STARTTLS, never past it
-        sessions = [s for s in world.peers[peer].sessions if s.lines]
-        assert all(s.tls for s in sessions)
-        assert all(not line.upper().startswith(b"MAIL") for s in sessions for line in s.lines)
+    # Each attempt went as far as STARTTLS (the handshake done where offered), never
+    # past it: no MAIL, no plaintext retry, not even QUIT (the connection is aborted).
+    sessions = [s for s in world.peers[peer].sessions[first:] if s.lines]
+    assert {line.split(b" ")[0].upper() for s in sessions for line in s.lines} <= {
+        b"EHLO", b"STARTTLS"}
+    assert any(s.tls for s in sessions) is (domain != "strip.test")
 
 
 def test_mx_not_in_the_policy_defers(world: World) -> None:
@@ -287,3 +291,39 @@ def test_yesterdays_tls_report_is_mailed_to_the_rua(world: World) -> None:
     wait_for(lambda: all(p.name.startswith(today)
                          for p in (world.tx.data_dir / "tls-rpt").glob("*.jsonl")),
              what="yesterday forgotten", server=world.tx)
+
+
+def test_enforced_failure_bounces_at_queue_lifetime(world: World) -> None:
+    """The deferrals end in a bounce that says why (RFC 8461 5: temporary failures, so
+    the message waits for the queue lifetime, here 3 seconds)."""
+    tx = make_server(world.root / "tx-short", hostname="mx.example.org",
+                     domains={"local": ["example.org"]},
+                     listen={"smtp": "tcp:0:interface=127.0.0.2"},
+                     relay={**world.relay, "queue_lifetime": 3})
+    try:
+        tx.add_user("alice@example.org", "x" * 20)
+        inject(tx, "alice@example.org", ["frank@wrongname.test"],
+               message("expires", to="frank@wrongname.test"))
+        [dsn_raw] = wait_for(lambda: tx.messages("alice@example.org"), what="the DSN",
+                             server=tx)
+    finally:
+        tx.stop()
+    status = parse(dsn_raw).get_payload()[1].get_payload()[1]
+    assert status["Final-Recipient"] == "rfc822; frank@wrongname.test"
+    assert status["Action"] == "failed" and status["Status"] == "4.4.7"
+    diagnostic = " ".join(status["Diagnostic-Code"].split())
+    assert "message expired after" in diagnostic
+    assert "MTA-STS: certificate not valid for mx.wrongname.test; not sending" in diagnostic
+    assert rcpt_lines(world.peers[WRONG_NAME], "frank@wrongname.test") == []
+
+
+def test_queue_show_names_the_tls_of_each_recipients_session(world: World) -> None:
+    """One entry, two domains: the delivered recipient shows how its session was
+    protected; the other waits with the reason."""
+    queue_id = inject(world.tx, "alice@example.org", ["bob@enforce.test", "gina@strip.test"],
+                      message("two domains", to="bob@enforce.test"))
+    out = deferred_with(world, queue_id, "the server did not offer STARTTLS")
+    delivered = out.split("recipient: <bob@enforce.test>")[1].split("recipient:")[0]
+    assert "state:      delivered" in delivered
+    assert "tls:        mta-sts" in delivered
+    assert f"remote:     mx.enforce.test[{RX}]:{world.port}" in delivered
