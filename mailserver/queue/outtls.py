@@ -136,7 +136,8 @@ class OutboundTls:
     def check(self, plan: Plan, needs: HopTls, conn: SMTPConnection) -> str:
         """Judge the open session, record it, and return its TLS outcome ("dane",
         "mta-sts", "opportunistic", "none"); TlsRefused (4.7.5) when it falls short."""
-        chain = peer_chain(conn) if conn.tls else []
+        checked = needs.level in (Level.DANE, Level.STS_ENFORCE, Level.STS_TESTING)
+        chain = peer_chain(conn) if conn.tls and checked else []
         verdict = judge(needs, conn.tls, chain, self.trust, conn.starttls_offered)
         if verdict.ok and plan.mode == REQUIRETLS and not verdict.verified:
             # MTA-STS testing and DANE without usable records verify nothing.

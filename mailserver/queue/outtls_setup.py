@@ -18,6 +18,7 @@ from mailserver.queue.mtasts import PolicyCache
 from mailserver.queue.mtasts_fetch import FETCH_TIMEOUT, PolicyFetcher, StsPolicies, txt_lookup
 from mailserver.queue.outbound import OutboundQueue
 from mailserver.queue.outtls import OutboundTls
+from mailserver.queue.tlspolicy import default_trust
 from mailserver.queue.tlsreporter import TlsReporter
 from mailserver.queue.tlsrpt import ResultLog
 
@@ -38,7 +39,9 @@ def outbound_tls_from(context: ServerContext) -> OutboundTls:
     config = context.config
     relay = config.relay
     roots = _roots(relay.ca_file) if relay.ca_file else []
-    store: crypto.X509Store | None = None
+    # The system's roots are read here, at start-up, not on the reactor at the first
+    # verified session.
+    store: crypto.X509Store | None = default_trust() if not roots else None
     web_trust = None  # None: optionsForClientTLS uses the platform's roots
     if roots:
         store = crypto.X509Store()
