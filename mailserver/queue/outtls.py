@@ -115,10 +115,11 @@ class OutboundTls:
         """The TLS `hop` needs; TlsRefused when it cannot be used at all."""
         policy = plan.dane.get(hop.host)
         if policy is None and self.dane_resolver is not None:
-            names = [plan.domain] if plan.domain != hop.host else []
+            # Reference names (RFC 7672 3.2.2): the MX host only; the next-hop domain
+            # would need the MX RRset to be secure, which the router does not track.
             resolver = self.dane_resolver
             policy = await threads.deferToThread(
-                lambda: dane.lookup(resolver(), hop.host, hop.port, names))
+                lambda: dane.lookup(resolver(), hop.host, hop.port))
             plan.dane[hop.host] = policy
         requiretls = plan.mode == REQUIRETLS
         needs = hop_tls(hop.host, policy, plan.sts, requiretls)
