@@ -6,6 +6,9 @@ scripted SMTP peer on 127.0.0.8 whose self-signed certificate the TLSA records p
   bad.dane.test   -> mx2: TLSA 3 1 1 of another key: nothing sent, deferred
   bogus.dane.test -> mx3: A record fine, but its TLSA records sit in a zone whose
                      signatures do not validate (SERVFAIL): deferred, never plaintext
+  pkix.dane.test  -> mx4: only PKIX-EE(1) records (not for SMTP): TLS is required but
+                     not authenticated (RFC 7672 2.2), delivered
+  strip.dane.test -> mx5 on 127.0.0.9, which offers no STARTTLS, same records: deferred
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from relay_support import inject, message, wait_for  # noqa: E402
 from server_harness import RunningServer, admin, make_server  # noqa: E402
 from tls_support import SMTPPeer, free_port_on, make_cert, server_context  # noqa: E402
 
-PEER = "127.0.0.8"
+PEER, PLAIN = "127.0.0.8", "127.0.0.9"
 
 
 @dataclass
@@ -33,21 +36,27 @@ class World:
     tx: RunningServer
     peer: SMTPPeer
     port: int
+    plain: SMTPPeer
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("dane")
-    port = free_port_on([PEER])
+    port = free_port_on([PEER, PLAIN])
     cert = make_cert(["mx1.dane.test"])
     other = make_cert(["mx2.dane.test"])
     peer = SMTPPeer(PEER, port, server_context(cert, root / "peer", "peer"))
+    plain = SMTPPeer(PLAIN, port, None)
     signed = [
         "good IN MX 10 mx1", "mx1 IN A " + PEER, f"_{port}._tcp.mx1 IN TLSA 3 1 1 "
         + cert.spki_sha256(),
         "bad IN MX 10 mx2", "mx2 IN A " + PEER, f"_{port}._tcp.mx2 IN TLSA 3 1 1 "
         + other.spki_sha256(),
         "bogus IN MX 10 mx3", "mx3 IN A " + PEER,
+        "pkix IN MX 10 mx4", "mx4 IN A " + PEER, f"_{port}._tcp.mx4 IN TLSA 1 1 1 "
+        + cert.spki_sha256(),
+        "strip IN MX 10 mx5", "mx5 IN A " + PLAIN, f"_{port}._tcp.mx5 IN TLSA 1 1 1 "
+        + cert.spki_sha256(),
     ]
     bogus = {f"_{port}._tcp.mx3.dane.test": ["@ IN TLSA 3 1 1 " + cert.spki_sha256()]}
     zones = ValidatingResolver(root / "unbound", {"dane.test": signed}, bogus=bogus)
@@ -60,10 +69,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                             "retry_initial": 1, "retry_max": 2, "connect_timeout": 5,
                             "command_timeout": 10, "dns_timeout": 3})
     try:
-        yield World(tx, peer, port)
+        yield World(tx, peer, port, plain)
     finally:
         tx.stop()
         peer.stop()
+        plain.stop()
         zones.stop()
 
 
@@ -109,3 +119,18 @@ def test_bogus_tlsa_defers_without_connecting_in_clear(world: World) -> None:
                         f"DANE: TLSA lookup of _{world.port}._tcp.mx3.dane.test. failed")
     assert "[4.7.5]" in out and "without its TLSA records (RFC 7672 2.1.1)" in out
     assert rcpts(world, "bob@bogus.dane.test") == []
+
+
+def test_unusable_tlsa_records_still_require_tls(world: World) -> None:
+    inject(world.tx, "alice@example.org", ["bob@pkix.dane.test"],
+           message("dane pkix", to="bob@pkix.dane.test"))
+    wait_for(lambda: any(b"Subject: dane pkix" in m for m in world.peer.messages),
+             what="delivery over unauthenticated TLS", server=world.tx)
+    assert f"mx4.dane.test[{PEER}]:{world.port}: TLS opportunistic (policy " \
+        "dane-unauthenticated)" in full_log(world)
+    queue_id = inject(world.tx, "alice@example.org", ["bob@strip.dane.test"],
+                      message("dane strip", to="bob@strip.dane.test"))
+    out = deferred_with(world, queue_id, "the server did not offer STARTTLS")
+    assert "[4.7.5]" in out and "(policy dane-unauthenticated)" in out
+    assert not [line for s in world.plain.sessions for line in s.lines
+                if line.upper().startswith(b"MAIL")]
