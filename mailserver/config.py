@@ -158,6 +158,16 @@ class RelayConfig:
                                "asks for 5 to 10 minutes).", default=300)
     dns_timeout: int = doc("Seconds one DNS lookup may take before the attempt is "
                            "deferred.", default=30)
+    mta_sts: bool = doc(
+        "Honour recipient domains' MTA-STS policies (RFC 8461): fetched over verified "
+        "HTTPS, cached in data_dir/mta-sts; in enforce mode mail goes only to the MX "
+        "hosts the policy names, over TLS with a certificate valid for the host name.",
+        default=True)
+    ca_file: str = doc(
+        "Absolute path of a PEM file of the root certificates trusted for MTA-STS "
+        "policy servers and MX hosts; empty: the system's (/etc/ssl/certs).", default="")
+    https_port: int = doc("Port of MTA-STS policy servers (443; tests change it).",
+                          default=443)
 
 
 @dataclass(frozen=True)
@@ -283,6 +293,21 @@ class MTASTSConfig:
 
 
 @dataclass(frozen=True)
+class TLSReportingConfig:
+    """Daily TLS reports (RFC 8460) to recipient domains that ask for them in their
+    _smtp._tls TXT record (mailto: rua only). Outcomes are recorded in
+    data_dir/tls-rpt either way; without reports, past days are deleted."""
+
+    enabled: bool = doc("Send the daily aggregate reports.", default=False)
+    organization: str = doc('"organization-name" of the reports; needed when enabled.',
+                            default="")
+    contact: str = doc('"contact-info" of the reports (an address or URI); empty: the '
+                       "sender address.", default="")
+    sender: str = doc("From and envelope sender of the reports; empty: "
+                      "noreply-smtp-tls-reporting@HOSTNAME.", default="")
+
+
+@dataclass(frozen=True)
 class DNSConfig:
     """The one resolver every lookup uses (queue routing, SPF, DKIM, DMARC, iprev)."""
 
@@ -403,6 +428,7 @@ class Config:
     mta_sts: MTASTSConfig = field(default_factory=MTASTSConfig)
     pop3: Pop3Config = field(default_factory=Pop3Config)
     dns: DNSConfig = field(default_factory=DNSConfig)
+    tls_reporting: TLSReportingConfig = field(default_factory=TLSReportingConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     dkim: DKIMConfig = field(default_factory=DKIMConfig)
     srs: SRSConfig = field(default_factory=SRSConfig)
@@ -616,6 +642,12 @@ def _check_semantics(config: Config, problems: list[str]) -> None:
             problems.append(f"relay.source_address: not an IP address: "
                             f"{relay.source_address!r}")
     _check_abuse(config.abuse, problems)
+    if relay.ca_file and not os.access(relay.ca_file, os.R_OK):
+        problems.append(f"relay.ca_file: cannot read {relay.ca_file}")
+    if not 0 < relay.https_port < 65536:
+        problems.append(f"relay.https_port: not a port number: {relay.https_port}")
+    if config.tls_reporting.enabled and not config.tls_reporting.organization:
+        problems.append("tls_reporting.organization: needed when tls_reporting.enabled")
     if relay.smarthost_user and not relay.smarthost_password_file:
         problems.append("relay.smarthost_password_file: needed with smarthost_user")
     elif relay.smarthost_user and not os.access(relay.smarthost_password_file, os.R_OK):

@@ -135,6 +135,8 @@ class DeliveryEnvelope:
     #: OutboundEnvelope).
     smtputf8: bool = False
     body_8bit: bool = False
+    #: MAIL FROM had REQUIRETLS (RFC 8689): relayed over verified TLS only.
+    requiretls: bool = False
     #: Who submitted it (the authenticated user), for logs and `queue show`; "" if none.
     submitter: str = ""
     #: DSN (RFC 3461 4.3, 4.4): RET ("FULL", "HDRS", "") and the decoded ENVID.
@@ -278,6 +280,8 @@ class OutboundEnvelope:
     #: support it (RFC 6531 3.4; RFC 6152), or bounce.
     smtputf8: bool = False
     body_8bit: bool = False
+    #: MAIL FROM had REQUIRETLS (RFC 8689): relayed over verified TLS only.
+    requiretls: bool = False
     #: Who submitted it (the authenticated user), for logs and `queue show`; "" if none.
     submitter: str = ""
     #: DSN (RFC 3461): RET, the decoded ENVID, and the NOTIFY/ORCPT of each recipient

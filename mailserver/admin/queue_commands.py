@@ -110,6 +110,8 @@ def queue_show(admin: Admin, queue_id: str) -> None:
                       + (f" [{_printable(r.status)}]" if r.status else ""))
         if r.remote:
             admin.say(f"  remote:     {_printable(r.remote)}")
+        if r.tls:
+            admin.say(f"  tls:        {_printable(r.tls)}")
         if r.state == PENDING:
             admin.say(f"  next try:   {_when(r.next_try)}" +
                       (" (now)" if r.next_try <= now else

@@ -5,9 +5,12 @@ tell a 4xx from a 5xx per recipient, has no opportunistic STARTTLS and one messa
 connection. What it does, and where the RFCs say so:
 
 - EHLO, HELO when EHLO is refused (RFC 5321 3.2).
-- STARTTLS whenever offered (RFC 3207), without certificate checks (opportunistic, as
-  RFC 7435 describes and Postfix's `may` level does); if the handshake fails the same
-  host is tried again at once without TLS, as Postfix does.
+- STARTTLS whenever offered (RFC 3207), without certificate checks in the handshake
+  (opportunistic, as RFC 7435 describes and Postfix's `may` level does); if the
+  handshake fails the same host is tried again at once without TLS, as Postfix does,
+  unless `require_tls` (DANE, MTA-STS enforce, REQUIRETLS: never plaintext). Whether
+  the session is good enough is judged after it opens (queue/outtls.py).
+- REQUIRETLS (RFC 8689): on MAIL FROM for such messages; a peer without it: 5.7.30.
 - PIPELINING when offered (RFC 2920): MAIL, every RCPT and DATA in one write.
 - SIZE (RFC 1870): our size on MAIL; a message larger than the peer's limit fails
   with 552 5.3.4 without being sent. SMTPUTF8 (RFC 6531) and BODY=8BITMIME (RFC 6152)
@@ -112,6 +115,8 @@ class Outcome:
     #: The peer offered DSN (RFC 3461) and got our NOTIFY/ORCPT: it reports success
     #: itself; without it we report "relayed" (RFC 3461 5.2.2).
     peer_dsn: bool = False
+    #: The session's TLS: "dane", "mta-sts" (verified), "opportunistic", "none"; "".
+    tls: str = ""
 
 
 @dataclass
@@ -134,6 +139,10 @@ class Message:
     #: and each recipient's " NOTIFY=.. ORCPT=..", in wire form (queue/dsnwire.py).
     mail_dsn: str = ""
     rcpt_dsn: dict[str, str] = field(default_factory=dict)
+    #: REQUIRETLS (RFC 8689): only over verified TLS, to peers that offer it.
+    requiretls: bool = False
+    #: "TLS-Required: No" (RFC 8689 5): DANE and MTA-STS failures do not stop it.
+    tls_optional: bool = False
 
     def wire_size(self) -> int:
         """The size on the wire without dot-stuffing (RFC 1870 SIZE)."""
@@ -344,9 +353,12 @@ class SMTPConnection:
     """One conversation with one host: open(), send() messages, close()."""
 
     def __init__(self, hop: Hop, settings: ClientSettings,
-                 clock: IReactorTime | None = None) -> None:
+                 clock: IReactorTime | None = None, require_tls: bool = False) -> None:
         self.hop = hop
         self.settings = settings
+        #: A policy requires TLS: a failed handshake is not retried in plaintext.
+        self.require_tls = require_tls
+        self.starttls_offered = False
         self.clock: IReactorTime = clock or reactor  # type: ignore[assignment]
         self.proto: ReplyProtocol | None = None
         self.extensions: dict[str, str] = {}
@@ -373,9 +385,13 @@ class SMTPConnection:
         now = self.clock.seconds()
         for address in [a for a, until in broken.items() if until <= now]:
             del broken[address]  # expired: TLS again (and the dict stays small)
+        use_tls = self.require_tls or self.hop.address not in broken
         try:
-            await self._open(self.hop.address not in broken)
+            await self._open(use_tls)
         except _TLSFailed:
+            if self.require_tls:  # judged (and refused) by the caller: tls is False
+                self.tls = False
+                return
             log.warn("{hop}: TLS handshake failed; trying again without TLS", hop=self.hop)
             broken[self.hop.address] = now + TLS_BROKEN_FOR
             await self._open(False)
@@ -389,6 +405,7 @@ class SMTPConnection:
         if greeting.code != 220:
             raise self._refused(greeting)
         await self._ehlo()
+        self.starttls_offered = "STARTTLS" in self.extensions
         if use_tls and "STARTTLS" in self.extensions:
             self._stage = "sending STARTTLS"
             assert self.proto is not None
@@ -565,6 +582,9 @@ class SMTPConnection:
         if message.smtputf8 and "SMTPUTF8" not in self.extensions:
             return Outcome(FAILED, "5.6.7", f"{self.hop.host} does not support SMTPUTF8, "
                            "needed for this message (RFC 6531)", str(self.hop))
+        if message.requiretls and "REQUIRETLS" not in self.extensions:
+            return Outcome(FAILED, "5.7.30", f"{self.hop.host} does not support "
+                           "REQUIRETLS, needed for this message (RFC 8689)", str(self.hop))
         if message.body_8bit and "8BITMIME" not in self.extensions:
             return Outcome(FAILED, "5.6.3", f"{self.hop.host} does not support 8BITMIME "
                            "and the message is 8-bit (conversion not supported)",
@@ -605,6 +625,8 @@ class SMTPConnection:
             params += " SMTPUTF8"
         if "DSN" in self.extensions:
             params += message.mail_dsn  # RFC 3461 4.3, 4.4
+        if message.requiretls:
+            params += " REQUIRETLS"
         return f"MAIL FROM:<{message.sender}>{params}".encode()
 
     async def _rset(self) -> None:

@@ -25,6 +25,7 @@ from mailserver.queue.client import (
     SMTPConnection,
 )
 from mailserver.queue.envelope import DELIVERED, FAILED, PENDING
+from mailserver.queue.outtls import REQUIRETLS, TLS_OPTIONAL, OutboundTls, Plan, TlsRefused
 from mailserver.queue.routing import RouteError, Router
 
 log = logger(__name__)
@@ -59,6 +60,13 @@ class Destination:
     active: int = 0
     #: Open connections waiting for a job: fire with True (work) or False (close).
     idle: list[Deferred[bool]] = field(default_factory=list)
+    #: "", REQUIRETLS or TLS_OPTIONAL (queue/outtls.py): messages with other TLS
+    #: needs than the domain's policy never share a connection with the rest.
+    mode: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.domain} {self.mode}" if self.mode else self.domain
 
     def wake(self, work: bool) -> bool:
         if not self.idle:
@@ -71,8 +79,10 @@ class Dispatcher:
     """Owns the destinations and the connection caps."""
 
     def __init__(self, router: Router, settings: ClientSettings, total: int,
-                 per_destination: int) -> None:
+                 per_destination: int, tls: OutboundTls | None = None) -> None:
         self.router = router
+        #: MTA-STS, DANE, REQUIRETLS checks and TLS-RPT records; None: opportunistic.
+        self.tls = tls
         self.settings = settings
         self.total = total
         self.per_destination = per_destination
@@ -82,7 +92,10 @@ class Dispatcher:
         self.stopping = False
 
     def submit(self, domain: str, job: Job) -> None:
-        dest = self.destinations.setdefault(domain, Destination(domain))
+        mode = REQUIRETLS if job.message.requiretls else \
+            TLS_OPTIONAL if job.message.tls_optional else ""
+        dest = Destination(domain, mode=mode)
+        dest = self.destinations.setdefault(dest.key, dest)
         dest.jobs.append(job)
         if not dest.wake(True):  # an idle connection takes it, else maybe a new one
             self._dispatch()
@@ -99,7 +112,7 @@ class Dispatcher:
                 self.active += 1
                 defer.ensureDeferred(self._connection(dest))
             if not dest.jobs and not dest.active:
-                del self.destinations[dest.domain]
+                del self.destinations[dest.key]
         if starved:  # idle connections give their slots to destinations with work
             for dest in list(self.destinations.values()):
                 while not dest.jobs and dest.wake(False):
@@ -118,8 +131,13 @@ class Dispatcher:
             self._dispatch()
 
     async def _serve(self, dest: Destination) -> None:
+        plan: Plan | None = None
         try:
             hops = await threads.deferToThread(self.router.route, dest.domain)
+            if self.tls is not None:
+                plan = await self.tls.plan(dest.domain, hops, dest.mode,
+                                           bool(self.router.smarthost))
+                hops = plan.hops
         except RouteError as e:
             state = FAILED if e.permanent else PENDING
             for job in _take_all(dest):
@@ -127,13 +145,26 @@ class Dispatcher:
             return
         conn: SMTPConnection | None = None
         last: SMTPClientError | None = None
+        tls = ""
         for hop in hops:  # RFC 5321 5.1: every MX, every address, before giving up
             if self.stopping:
                 break
-            candidate = SMTPConnection(hop, self.settings)
+            try:
+                needs = await self.tls.needs(plan, hop) if self.tls and plan else None
+            except TlsRefused as e:
+                log.info("queue: {domain}: {error}", domain=dest.domain, error=e.text)
+                last = SMTPClientError(e.text, status=e.status)
+                continue
+            candidate = SMTPConnection(hop, self.settings, require_tls=bool(
+                plan and needs and plan.require_tls(needs)))
             self.connections.add(candidate)
             try:
                 await candidate.open()
+                if self.tls is not None and plan is not None and needs is not None:
+                    try:
+                        tls = self.tls.check(plan, needs, candidate)
+                    except TlsRefused as e:
+                        raise SMTPClientError(e.text, status=e.status) from None
                 conn = candidate
                 break
             except SMTPClientError as e:
@@ -146,6 +177,9 @@ class Dispatcher:
                 if last is None or self.stopping:
                     job.finish({r: Outcome(PENDING, "4.3.2", "server stopping",
                                            attempted=False) for r in job.message.recipients})
+                elif last.status in ("4.7.5", "5.7.30"):  # TLS policy (outtls.py)
+                    job.finish_all(FAILED if last.status == "5.7.30" else PENDING,
+                                   last.status, last.text)
                 else:  # the greeting's own 4xx status when it gave one
                     status = last.status if last.status.startswith("4.") and last.code \
                         else "4.4.1"
@@ -175,6 +209,8 @@ class Dispatcher:
                         job.resent = True
                         dest.jobs.appendleft(job)
                         break
+                    for outcome in outcomes.values():
+                        outcome.tls = tls
                     job.finish(outcomes)
         finally:
             await conn.close()

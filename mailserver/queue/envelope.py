@@ -58,6 +58,9 @@ class RecipientState:
     #: A success report is due (NOTIFY=SUCCESS): its Action, "delivered" (our own
     #: mailbox) or "relayed" (a peer without DSN, RFC 3461 5.2.2); "" when none.
     report: str = ""
+    #: TLS of the last session with `remote`: "dane", "mta-sts" (verified),
+    #: "opportunistic" or "none" (queue/outtls.py); "" before any.
+    tls: str = ""
 
     def wants(self, event: str) -> bool:
         """Is a DSN wanted for `event` (SUCCESS, DELAY, FAILURE)? RFC 3461 4.1: without

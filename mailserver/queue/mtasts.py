@@ -144,12 +144,18 @@ class PolicyCache:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._memory: dict[str, StsPolicy] = {}
+        #: domain -> its policy, None: no file (so one read per domain, not per mail).
+        self._memory: dict[str, StsPolicy | None] = {}
 
     def _path(self, domain: str) -> Path:
         return self.root / f"{domain}.json"
 
+    def loaded(self, domain: str) -> bool:
+        """get() answers from memory, without touching the disk."""
+        return domain in self._memory
+
     def get(self, domain: str) -> StsPolicy | None:
+        """Blocking the first time for each domain (a disk thread)."""
         if domain in self._memory:
             return self._memory[domain]
         try:
@@ -158,6 +164,7 @@ class PolicyCache:
                                tuple(str(m) for m in data["mx"]), int(data["max_age"]),
                                float(data["fetched"]))
         except (OSError, ValueError, KeyError, TypeError):
+            self._memory[domain] = None
             return None
         self._memory[domain] = policy
         return policy

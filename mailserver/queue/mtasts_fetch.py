@@ -170,33 +170,34 @@ class StsPolicies:
         self.fetch = fetch
         self.run = run
         self.clock = clock
-        self._pending: dict[str, defer.Deferred[StsPolicy | None]] = {}
+        #: Callers waiting for a lookup in progress, by domain.
+        self._pending: dict[str, list[defer.Deferred[StsPolicy | None]]] = {}
 
     def policy_for(self, domain: str) -> defer.Deferred[StsPolicy | None]:
-        """The policy, or None; several deliveries to one domain share one lookup."""
+        """The policy, or None; several deliveries to one domain share one lookup.
+        Each caller gets a Deferred of its own: a caller that awaits one consumes its
+        result, so one Deferred shared by callbacks gave the later ones None (no
+        policy: an enforced domain's mail went out unverified)."""
         domain = domain.lower().rstrip(".")
+        waiting: defer.Deferred[StsPolicy | None] = defer.Deferred()
         if domain in self._pending:
-            waiting: defer.Deferred[StsPolicy | None] = defer.Deferred()
-
-            def share(result: Any) -> Any:
-                waiting.callback(result)
-                return result
-
-            self._pending[domain].addBoth(share)
+            self._pending[domain].append(waiting)
             return waiting
-        d = defer.ensureDeferred(self._policy_for(domain))
-        self._pending[domain] = d
+        self._pending[domain] = [waiting]
 
-        def done(result: Any) -> Any:
-            self._pending.pop(domain, None)
-            return result
+        def done(result: Any) -> None:
+            for caller in self._pending.pop(domain, []):
+                caller.callback(result)  # a Failure goes down each errback chain
 
-        return d.addBoth(done)
+        defer.ensureDeferred(self._policy_for(domain)).addBoth(done)
+        return waiting
 
     async def _policy_for(self, domain: str) -> StsPolicy | None:
         txt = await threads.deferToThread(self.txt, domain)
+        known = self.cache.get(domain) if self.cache.loaded(domain) else \
+            await self.run(self.cache.get, domain)
         now = self.clock()
-        action, cached, detail = decide(domain, txt, self.cache.get(domain), now)
+        action, cached, detail = decide(domain, txt, known, now)
         if action == "use":
             return cached
         if action == "none":

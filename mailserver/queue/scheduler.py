@@ -13,6 +13,7 @@ the entry is removed (finished) or put back in the heap at its earliest next try
 from __future__ import annotations
 
 import heapq
+import re
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -233,13 +234,19 @@ class Scheduler:
             groups[_domain(rcpt.address)].append(rcpt)
         waits: list[Deferred[Any]] = []
         path = self.spool.messages / queue_id
+        optional = False
+        if not all(self.is_local(domain) for domain in groups):
+            optional = tls_optional(data if data is not None else await self.disk.run(
+                self.spool.read_head, queue_id))
         for domain, rcpts in groups.items():
             # Large bodies are streamed from the spool file: memory stays bounded.
             message = Message(entry.sender, [r.address for r in rcpts], data or b"",
                               entry.smtputf8, entry.body_8bit,
                               path if data is None else None, size, lines,
                               mail_dsn=mail_params(entry),
-                              rcpt_dsn={r.address: rcpt_params(r) for r in rcpts})
+                              rcpt_dsn={r.address: rcpt_params(r) for r in rcpts},
+                              requiretls=entry.requiretls,
+                              tls_optional=optional and not entry.requiretls)
             if self.is_local(domain):
                 done = self._deliver_locally(entry.sender, list(message.recipients), queue_id)
             else:
@@ -276,6 +283,7 @@ class Scheduler:
             rcpt.attempts += 1
             rcpt.last_error, rcpt.status, rcpt.remote = outcome.text, outcome.status, \
                 outcome.remote
+            rcpt.tls = outcome.tls or rcpt.tls
             rcpt.state = outcome.state
             if rcpt.state == DELIVERED and entry.sender and rcpt.wants("SUCCESS"):
                 # RFC 3461 5.2.2: delivered here, or handed to a peer that will not
@@ -378,6 +386,17 @@ class Scheduler:
     def wait_idle(self) -> Deferred[Any]:
         """Fires when every running round has ended (tests, shutdown)."""
         return defer.DeferredList(list(self.rounds.values()), consumeErrors=True)
+
+
+_TLS_REQUIRED_NO = re.compile(rb"^tls-required[ \t]*:[ \t]*no[ \t]*$",
+                              re.IGNORECASE | re.MULTILINE)
+
+
+def tls_optional(data: bytes) -> bool:
+    """Whether the header section has "TLS-Required: No" (RFC 8689 5: the sender asks
+    that DANE and MTA-STS failures not stop the message; REQUIRETLS wins over it)."""
+    head = data.split(b"\n\n", 1)[0].replace(b"\r", b"")
+    return bool(_TLS_REQUIRED_NO.search(head))
 
 
 def _domain(address: str) -> str:

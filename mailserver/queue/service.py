@@ -33,6 +33,7 @@ from mailserver.queue.client import ClientSettings, Outcome
 from mailserver.queue.destinations import Dispatcher
 from mailserver.queue.envelope import DELIVERED, FAILED, PENDING, is_queue_id
 from mailserver.queue.outbound import OutboundQueue
+from mailserver.queue.outtls_setup import outbound_tls_from, tls_reporter_from
 from mailserver.queue.routing import Router, Self, make_resolver, self_from
 from mailserver.queue.scheduler import Policy, Scheduler
 from mailserver.queue.spool import Spool
@@ -109,24 +110,28 @@ class QueueService(Service):
                         config.relay.port, whoami_from(config), config.relay.smarthost)
         self.dispatcher = Dispatcher(router, settings_from(config),
                                      config.relay.connections_total,
-                                     config.relay.connections_per_destination)
+                                     config.relay.connections_per_destination,
+                                     outbound_tls_from(context))
         self.scheduler = Scheduler(
             spool, context.disk, queue, self.dispatcher, policy_from(config),
             config.hostname, config.is_local_domain,
             LocalDeliverer(context.directory, context.target).deliver)
         self.watcher = SpoolWatcher(spool, self.scheduler)
         queue.notify = self.scheduler.notify
+        self.reporter = tls_reporter_from(context, queue, lambda: self.scheduler.sign_dsn)
 
     def startService(self) -> None:  # noqa: N802 - Twisted's name
         super().startService()
         d = self.context.disk.run(self.spool.recover)
         d.addCallback(self.scheduler.start)
         d.addCallback(lambda _: self.watcher.start())
+        d.addCallback(lambda _: self.reporter.start())
         d.addErrback(lambda f: log.failure("queue: cannot start", f))
 
     def stopService(self) -> Deferred[Any] | None:  # noqa: N802 - Twisted's name
         super().stopService()
         self.watcher.stop()
+        self.reporter.stop()
         self.scheduler.stop()
         # Rounds end quickly once their connections are aborted; never hang a shutdown.
         d = self.scheduler.wait_idle()

@@ -166,7 +166,11 @@ def default_trust() -> crypto.X509Store:
     if _default_store is None:
         paths = ssl.get_default_verify_paths()  # Debian: /etc/ssl/certs
         store = crypto.X509Store()
-        store.load_locations(paths.cafile, paths.capath)
+        if paths.cafile or paths.capath:
+            try:
+                store.load_locations(paths.cafile, paths.capath)
+            except crypto.Error:  # unreadable: nothing is trusted (fails closed)
+                pass
         _default_store = store
     return _default_store
 

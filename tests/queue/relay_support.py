@@ -84,12 +84,14 @@ def message(subject: str = "hello", body: str = "Hi Bob.\n", sender_addr: str =
 
 
 def inject(server: RunningServer, sender_addr: str, recipients: list[str],
-           data: bytes) -> str:
-    """Queue a message the way a session does (commit + release), from outside."""
+           data: bytes, **fields: Any) -> str:
+    """Queue a message the way a session does (commit + release), from outside;
+    `fields`: further QueueEntry fields (requiretls=True)."""
     spool = Spool(server.data_dir / "queue")
     spool.ensure_dirs()
     entry = QueueEntry(id=new_queue_id(), sender=sender_addr,
-                       recipients=[RecipientState(r) for r in recipients], size=len(data))
+                       recipients=[RecipientState(r) for r in recipients], size=len(data),
+                       **fields)
     tmp = spool.tmp_path(entry.id, "msg")
     tmp.write_bytes(data)
     spool.commit(entry, tmp)

@@ -268,3 +268,21 @@ class FetchTests(unittest.TestCase):
         self.assertTrue((self.tmp / "mta-sts" / "good.test.json").exists())
         none = yield policies.policy_for("html.test")  # no TXT record: no policy
         self.assertIsNone(none)
+
+    @defer.inlineCallbacks
+    def test_every_awaiting_caller_gets_the_policy(self) -> Any:
+        """Two deliveries awaiting one lookup: the second must see the enforced policy
+        too (a shared Deferred once gave it None, and its mail went out unverified)."""
+        def run(fn: Callable[..., Any], *args: Any) -> Any:
+            return defer.succeed(fn(*args))
+
+        policies = StsPolicies(PolicyCache(self.tmp / "mta-sts"), txt_lookup(self.resolver),
+                               self.fetcher.fetch, run)
+
+        async def deliver() -> Any:
+            return await policies.policy_for("good.test")
+
+        first, second = yield defer.gatherResults([defer.ensureDeferred(deliver()),
+                                                   defer.ensureDeferred(deliver())])
+        self.assertEqual((first.mode, second.mode), ("enforce", "enforce"))
+        self.assertEqual(_Policies.seen, ["mta-sts.good.test"])
