@@ -146,8 +146,6 @@ class DeliveryEnvelope:
     #: (in RCPT order); the router passes them on to the queue and sends the success
     #: reports of the local copies (NOTIFY=SUCCESS).
     dsn: tuple[RecipientDsn, ...] = ()
-    #: MAIL had REQUIRETLS (RFC 8689 3): the relay must use verified TLS all the way.
-    requiretls: bool = False
 
 
 class IDeliveryTransaction(Interface):
@@ -289,8 +287,6 @@ class OutboundEnvelope:
     ret: str = ""
     envid: str = ""
     dsn: tuple[RecipientDsn, ...] = ()
-    #: REQUIRETLS (RFC 8689): kept on the queue entry as `requiretls`.
-    requiretls: bool = False
 
 
 class IQueueTransaction(Interface):

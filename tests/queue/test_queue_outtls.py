@@ -60,7 +60,7 @@ class RequiredTlsTests(unittest.TestCase):
         yield defer.ensureDeferred(conn.open())
         self.assertFalse(conn.tls)
         self.assertEqual(len(peer.sessions), 1, "no second, plaintext connection")
-        self.assertEqual(conn.settings.tls_broken, set())
+        self.assertEqual(conn.settings.tls_broken, {})
         plan = Plan("peer.test", "", ENFORCE, [conn.hop])
         with self.assertRaises(TlsRefused) as caught:
             self.guard().check(plan, hop_tls("peer.test", None, ENFORCE), conn)
@@ -72,7 +72,7 @@ class RequiredTlsTests(unittest.TestCase):
     def test_required_tls_tries_tls_even_on_a_host_marked_broken(self) -> Any:
         peer = self.peer(tls=True)
         conn = self.connection(peer, require_tls=True)
-        conn.settings.tls_broken.add("127.0.0.1")
+        conn.settings.tls_broken["127.0.0.1"] = conn.clock.seconds() + 3600
         yield defer.ensureDeferred(conn.open())
         self.assertTrue(conn.tls)
 
