@@ -334,6 +334,8 @@ class FolderStatus:
     uid_validity: int
     #: RFC 8438 STATUS SIZE: the messages' RFC822.SIZEs added up.
     size: int = 0
+    #: RFC 9051 STATUS DELETED: messages with \Deleted.
+    deleted: int = 0
 
 
 @dataclass(frozen=True)

@@ -272,7 +272,8 @@ class _Loader:
 def build(view: IMailboxView, fetch_plan: FetchPlan, entries: Sequence[tuple[int, MessageInfo]],
           flags_changed: frozenset[int] = frozenset(),
           cache_key: tuple[Any, ...] | None = None,
-          extra: dict[int, bytes] | None = None) -> tuple[bytes, list[int]]:
+          extra: dict[int, bytes] | None = None,
+          recent: bool = True) -> tuple[bytes, list[int]]:
     """`* n FETCH (...)` lines for (sequence number, info) pairs, and the sequence
     numbers of messages that vanished meanwhile. Blocking when the plan needs the disk.
 
@@ -281,13 +282,14 @@ def build(view: IMailboxView, fetch_plan: FetchPlan, entries: Sequence[tuple[int
     `cache_key` (user, folder, UIDVALIDITY) enables the shared ItemCache and the
     folder's index of items. `extra`: uid -> an item rendered by the caller, added
     last (MODSEQ, RFC 7162 3.1.4.1: it lives in the modseq database, not here).
+    `recent`: False leaves \\Recent out of FLAGS (IMAP4rev2, RFC 9051).
     """
     out: list[bytes] = []
     missing: list[int] = []
     items = fetch_plan.items
     labels = [att.label().encode("ascii", "replace") for att in items]
     has_flags = any(att.name == "FLAGS" for att in items)
-    flags_of = _FlagCache()
+    flags_of = _FlagCache(recent)
     if not fetch_plan.needs_disk:
         # The common sync-client case (UID FLAGS RFC822.SIZE INTERNALDATE): memory only.
         render = [_MEMORY_RENDER[att.name] for att in items]
@@ -322,16 +324,17 @@ class _FlagCache:
     """Flag lists as bytes, built once per distinct (flags, recent) in a batch: most
     messages of a folder share a handful of flag combinations."""
 
-    __slots__ = ("_known",)
+    __slots__ = ("_known", "_recent")
 
-    def __init__(self) -> None:
+    def __init__(self, recent: bool = True) -> None:
         self._known: dict[tuple[frozenset[str], bool], bytes] = {}
+        self._recent = recent
 
     def __call__(self, info: MessageInfo) -> bytes:
-        key = (info.flags, info.recent)
+        key = (info.flags, info.recent and self._recent)
         value = self._known.get(key)
         if value is None:
-            value = self._known[key] = flag_list(sorted(info.flags), info.recent)
+            value = self._known[key] = flag_list(sorted(info.flags), key[1])
         return value
 
 

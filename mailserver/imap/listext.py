@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mailserver.imap import commands_mailbox, grammar, listmatch
+from mailserver.imap import commands_mailbox, grammar, listmatch, rev2
 from mailserver.imap.commands import ListCommand, no
 from mailserver.imap.grammar_ext import ListExtended
 from mailserver.imap.utf8 import wire_name
@@ -30,6 +30,7 @@ async def list_command(session: IMAPSession, command: ListCommand) -> str | None
     """LIST: RFC 3501's form as before, the extended forms here."""
     if not isinstance(command, ListExtended):
         return await commands_mailbox.list_command(session, command)
+    rev2.check_status_items(session, command.status_items)
     patterns: list[listmatch.MailboxPattern] = []
     for pattern in command.patterns:
         full = grammar.mailbox_name((command.reference + pattern).encode())
@@ -133,6 +134,7 @@ def _status(store: IUserStore, name: str, items: tuple[str, ...],
         "UIDVALIDITY": result.uid_validity,
         "UNSEEN": result.unseen,
         "SIZE": result.size,
+        "DELETED": result.deleted,  # RFC 9051 6.3.11
     }
     text = " ".join(f"{item} {values[item]}" for item in items)
     return [b"* STATUS " + wire_name(name, utf8) + f" ({text})\r\n".encode()]

@@ -150,7 +150,8 @@ class UserStore:
                 return FolderStatus(messages=len(state.uids), recent=state.recent_count(),
                                     unseen=state.unseen_count(), uid_next=state.uid_next,
                                     uid_validity=self._validity(state),
-                                    size=state.total_size())
+                                    size=state.total_size(),
+                                    deleted=state.deleted_count())
         finally:
             release_state(state)
 
