@@ -125,6 +125,23 @@ def test_condstore_answers_without_recent(session: Session) -> None:
     assert b"\\Recent" not in b"".join(lines)
 
 
+def test_qresync_select_in_rev2(session: Session) -> None:
+    """QRESYNC's FETCH lines in SELECT carry no \\Recent either (RFC 7162 3.2.5.1)."""
+    drop(session, 2)
+    assert session.command(b"e ENABLE IMAP4rev2 QRESYNC")[0] == (
+        b"* ENABLED QRESYNC IMAP4rev2")
+    lines = session.command(b"s SELECT INBOX")
+    validity = next(line for line in lines if line.startswith(b"* OK [UIDVALIDITY "))
+    uv = int(validity.split()[3].rstrip(b"]"))
+    session.command(b"st STORE 2 +FLAGS.SILENT (\\Flagged)")
+    session.command(b"u UNSELECT")
+    lines = session.command(b"s SELECT INBOX (QRESYNC (%d 1))" % uv)
+    fetches = [line for line in lines if b" FETCH " in line]
+    assert len(fetches) == 2 and all(b"\\Recent" not in line for line in fetches), lines
+    assert fetches[1].startswith(b"* 2 FETCH (UID 2 FLAGS (\\Flagged) MODSEQ (")
+    assert not any(b"RECENT" in line or b"UNSEEN" in line for line in lines)
+
+
 def test_search_answered_with_esearch(session: Session) -> None:
     drop(session, 3)
     rev2(session)
@@ -144,6 +161,10 @@ def test_search_answered_with_esearch(session: Session) -> None:
     assert session.command(b"f SEARCH RETURN (SAVE) 2:3") == [b"f OK Search completed"]
     assert session.command(b"g SEARCH $") == [
         b'* ESEARCH (TAG "g") ALL 2:3', b"g OK Search completed"]
+    # Refusals are as before.
+    assert session.command(b"j SEARCH CHARSET KOI8-R ALL") == [
+        b"j NO [BADCHARSET (US-ASCII UTF-8)] Unsupported charset KOI8-R"]
+    assert session.command(b"k SEARCH RETURN (BOGUS) ALL")[0].startswith(b"k BAD ")
     # SORT and THREAD are extensions of their own: unchanged.
     assert session.command(b"i SORT (SUBJECT) UTF-8 ALL") == [
         b"* SORT 1 2 3", b"i OK Sort completed"]
