@@ -60,12 +60,12 @@ async def select(session: IMAPSession, command: grammar.MailboxCommand) -> str |
         session.send(b"* OK [CLOSED] Previous mailbox closed\r\n")
     view: IMailboxView = await session.blocking(store.select, name, read_only)
     lines, keywords = _select_lines(view, not session.imap4rev2)
-    if session.imap4rev2:  # RFC 9051 6.3.2: an untagged LIST of the mailbox
-        lines += await session.blocking(rev2.select_list_line, store, name)
     selected = session.selected = Selected(name, view, keywords)
     session.state = State.SELECTED
     try:
         lines += await condstore.select_lines(session, view, command.select)
+        if session.imap4rev2:  # RFC 9051 6.3.2: an untagged LIST of the mailbox
+            lines += await session.blocking(rev2.select_list_line, store, name)
     except BaseException:
         await session.deselect()
         raise

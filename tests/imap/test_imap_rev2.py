@@ -295,3 +295,40 @@ def test_imaplib_rev1_unchanged_and_rev2_by_raw_enable(imap_server: RunningServe
             client.status("INBOX", "(RECENT)")
     finally:
         client.logout()
+
+
+def test_select_when_the_folder_listing_fails(session: Session,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """SELECT's LIST needs the folder listing: a store refusal lists the name without
+    attributes; any other failure fails the SELECT and leaves nothing selected (the
+    view is closed, not leaked)."""
+    from mailserver.interfaces import StoreError
+
+    rev2(session)
+    store = session.protocol.authenticated().store
+
+    def refused() -> list:
+        raise StoreError("UNAVAILABLE", "busy")
+
+    monkeypatch.setattr(store, "folders", refused)
+    assert session.command(b"s SELECT INBOX")[-2:] == [
+        b'* LIST () "." INBOX', b"s OK [READ-WRITE] Select completed"]
+
+    def broken() -> list:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(store, "folders", broken)
+    views = []
+    select = store.select
+
+    def recorded(*args: object) -> object:
+        views.append(select(*args))
+        return views[-1]
+
+    monkeypatch.setattr(store, "select", recorded)
+    lines = session.command(b"s SELECT INBOX")
+    assert views and views[0]._closed
+    assert lines[0] == b"* OK [CLOSED] Previous mailbox closed"
+    assert lines[-1] == b"s NO [SERVERBUG] Internal error"
+    assert session.protocol.selected is None
+    assert session.command(b"f FETCH 1 FLAGS") == [b"f BAD FETCH needs a selected mailbox"]
