@@ -28,7 +28,7 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from mailserver.imap.commands import Command, Search, bad
+from mailserver.imap.commands import Search, bad
 from mailserver.imap.grammar import DELIMITER
 from mailserver.imap.grammar_sort import ESearch
 from mailserver.imap.utf8 import wire_name
@@ -66,11 +66,10 @@ def shows_recent(session: IMAPSession) -> bool:
     return not session.imap4rev2
 
 
-def search_form(session: IMAPSession, command: Command) -> Command:
+def search_form(session: IMAPSession, command: Search) -> Search:
     """In rev2 mode a SEARCH without RETURN is answered as RETURN (ALL) (RFC 9051 6.4.4:
     "If no result option is specified ... ALL is assumed"), i.e. with ESEARCH."""
-    if not session.imap4rev2 or isinstance(command, ESearch) or not isinstance(
-            command, Search):
+    if not session.imap4rev2 or isinstance(command, ESearch):
         return command
     fields = {f.name: getattr(command, f.name) for f in dataclasses.fields(command)}
     return ESearch(**fields, returns=("ALL",))
