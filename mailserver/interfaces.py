@@ -462,6 +462,10 @@ class IUserStore(Interface):
     def highest_modseq(name: str) -> int:
         """HIGHESTMODSEQ of folder `name` (RFC 7162 3.1.9 STATUS)."""
 
+    def mailbox_id(name: str) -> str:
+        """MAILBOXID of folder `name` (RFC 8474 4): kept across RENAME, new after
+        DELETE and CREATE. May write (the first time)."""
+
     location = Attribute(
         "str: where the folders live (the Maildir's path); in cache keys, so that a "
         "Maildir made again from scratch never meets entries of the old one")

@@ -8,7 +8,7 @@ import operator
 from typing import TYPE_CHECKING
 
 from mailserver.imap import commands_condstore as condstore
-from mailserver.imap import grammar, listmatch, mutf7, rev2
+from mailserver.imap import grammar, listmatch, mutf7, objectid, rev2
 from mailserver.imap import utf8 as _utf8
 from mailserver.imap.commands import Selected, State, bad, no
 from mailserver.imap.encode import parse_date_time
@@ -64,6 +64,7 @@ async def select(session: IMAPSession, command: grammar.MailboxCommand) -> str |
     session.state = State.SELECTED
     try:
         lines += await condstore.select_lines(session, view, command.select)
+        lines += await session.blocking(_mailbox_id_line, store, name)  # RFC 8474 4.2
         if session.imap4rev2:  # RFC 9051 6.3.2: an untagged LIST of the mailbox
             lines += await session.blocking(rev2.select_list_line, store, name)
     except BaseException:
@@ -109,6 +110,11 @@ def _select_lines(view: IMailboxView, rev1: bool = True) -> tuple[bytes, set[str
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace"), keywords
 
 
+def _mailbox_id_line(store: IUserStore, name: str) -> bytes:
+    """`* OK [MAILBOXID (id)]` (RFC 8474 4.2). Blocking (made on first use)."""
+    return f"* OK [{objectid.mailbox_code(store.mailbox_id(name))}] Ok\r\n".encode()
+
+
 def flags_lines(view: IMailboxView, keywords: set[str]) -> list[str]:
     """The FLAGS and PERMANENTFLAGS lines of SELECT, also sent again when a keyword
     the client has not been told of appears (RFC 3501 7.2.6: the client records the
@@ -128,8 +134,12 @@ async def create(session: IMAPSession, command: grammar.MailboxCommand) -> str |
     if name.upper() == "INBOX":
         raise no("INBOX always exists", "ALREADYEXISTS")
     use = _special_use(command.use)  # RFC 6154 5.2: NO [USEATTR] before creating
-    await session.blocking(session.authenticated().store.create, checked_name(name), use)
-    return None
+    store = session.authenticated().store
+    name = checked_name(name)
+    await session.blocking(store.create, name, use)
+    # RFC 8474 4.1: the new mailbox's id in the tagged OK.
+    mailbox_id: str = await session.blocking(store.mailbox_id, name)
+    return f"[{objectid.mailbox_code(mailbox_id)}] Create completed"
 
 
 def _special_use(uses: tuple[str, ...]) -> str | None:
@@ -276,7 +286,7 @@ async def status(session: IMAPSession, command: grammar.Status) -> str | None:
         # The selected mailbox: this session's own \Recent messages count too (RFC 3501
         # 7.3.2; Dovecot does the same). An EXAMINEd view's are the unclaimed ones.
         recent += selected.view.recent_count
-    values = {
+    values: dict[str, int | str] = {
         "MESSAGES": result.messages,
         "RECENT": recent,
         "UIDNEXT": result.uid_next,
@@ -286,6 +296,9 @@ async def status(session: IMAPSession, command: grammar.Status) -> str | None:
         "SIZE": result.size,  # RFC 8438
         "DELETED": result.deleted,  # RFC 9051 6.3.11
     }
+    if "MAILBOXID" in command.items:  # RFC 8474 4.3
+        mailbox_id = await session.blocking(session.authenticated().store.mailbox_id, name)
+        values["MAILBOXID"] = f"({mailbox_id})"
     items = " ".join(f"{item} {values[item]}" for item in command.items)
     session.send(b"* STATUS " + _wire_name(name, session.utf8_accept)
                  + f" ({items})\r\n".encode())

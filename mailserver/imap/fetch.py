@@ -17,14 +17,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mailserver.imap import binary
+from mailserver.imap import binary, objectid
 from mailserver.imap.encode import flag_list, internal_date, literal
 from mailserver.imap.grammar import FetchAtt
 from mailserver.imap.message import ParsedMessage, header_fields, partial
 from mailserver.interfaces import IMailboxView, MessageInfo, StoreError
 
 #: Items answered from MessageInfo alone.
-_MEMORY_ITEMS = frozenset({"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"})
+_MEMORY_ITEMS = frozenset({"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "THREADID"})
 #: Items answered from the header block alone.
 _HEADER_ITEMS = frozenset({"ENVELOPE", "RFC822.HEADER"})
 #: Batches: messages per chunk by what is read, and octets of bodies per chunk.
@@ -35,7 +35,7 @@ BODY_BATCH_OCTETS = 4 * 1024 * 1024
 
 
 #: Items read from the whole message whose answer is small (no body octets in it).
-_STRUCTURE_ITEMS = frozenset({"BODY", "BODYSTRUCTURE"})
+_STRUCTURE_ITEMS = frozenset({"BODY", "BODYSTRUCTURE", objectid.ITEM})  # RFC 8474
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ class _Column:
 
 
 CACHE = ItemCache()
-_CACHED_ITEMS = frozenset({"ENVELOPE", "BODY", "BODYSTRUCTURE"})
+_CACHED_ITEMS = frozenset({"ENVELOPE", "BODY", "BODYSTRUCTURE", objectid.ITEM})
 #: Field names that can be part of a kept item's name (RFC 5322 3.6.8 ftext, bounded).
 _KEPT_FIELD = re.compile(r"[!-9;-~]{1,76}")
 
@@ -343,6 +343,7 @@ _MEMORY_RENDER: dict[str, Callable[[MessageInfo, _FlagCache], bytes]] = {
     "FLAGS": lambda info, flags_of: b"FLAGS " + flags_of(info),
     "INTERNALDATE": lambda info, flags_of: b"INTERNALDATE " + internal_date(info.internal_date),
     "RFC822.SIZE": lambda info, flags_of: b"RFC822.SIZE %d" % info.size,
+    "THREADID": lambda info, flags_of: b"THREADID NIL",  # RFC 8474 5.2: no threads
 }
 
 
@@ -379,6 +380,8 @@ def _render(att: FetchAtt, loader: _Loader) -> bytes:
         return loader.header().envelope()
     if name in ("BODY", "BODYSTRUCTURE"):
         return loader.full().body_structure(name == "BODYSTRUCTURE")
+    if name == objectid.ITEM:
+        return objectid.item_value(loader.full().raw)
     if name == "RFC822":
         return loader.full().raw
     if name == "RFC822.HEADER":

@@ -127,7 +127,7 @@ def _status(store: IUserStore, name: str, items: tuple[str, ...],
         result: FolderStatus = store.status(name)
     except StoreError:
         return []
-    values = {
+    values: dict[str, int | str] = {
         "MESSAGES": result.messages,
         "RECENT": result.recent,
         "UIDNEXT": result.uid_next,
@@ -136,5 +136,10 @@ def _status(store: IUserStore, name: str, items: tuple[str, ...],
         "SIZE": result.size,
         "DELETED": result.deleted,  # RFC 9051 6.3.11
     }
+    if "MAILBOXID" in items:  # RFC 8474 4.3
+        try:
+            values["MAILBOXID"] = f"({store.mailbox_id(name)})"
+        except StoreError:
+            return []
     text = " ".join(f"{item} {values[item]}" for item in items)
     return [b"* STATUS " + wire_name(name, utf8) + f" ({text})\r\n".encode()]

@@ -288,6 +288,7 @@ class IMAPSession(LineConnection):
             "STATUS=SIZE",
             "CREATE-SPECIAL-USE",
             "UTF8=ACCEPT",
+            "OBJECTID",
             f"APPENDLIMIT={self.config.limits.message_size}",
         ]
         return caps

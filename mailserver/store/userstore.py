@@ -27,7 +27,7 @@ from mailserver.interfaces import (
     StoreError,
 )
 from mailserver.logs import logger
-from mailserver.store import notify
+from mailserver.store import mailboxid, notify
 from mailserver.store.flags import Keywords
 from mailserver.store.folders import Folders, normalize, parent_names
 from mailserver.store.folderstate import FolderState, to_crlf
@@ -171,6 +171,11 @@ class UserStore:
                 return state.modseqs.highest
         finally:
             release_state(state)
+
+    def mailbox_id(self, name: str) -> str:
+        """MAILBOXID (RFC 8474 4): store/mailboxid.py."""
+        _, path = self._existing(name)
+        return mailboxid.mailbox_id(path)
 
     @staticmethod
     def _validity(state: FolderState) -> int:

@@ -75,6 +75,8 @@ def test_select_examine_lines_in_rev2(session: Session) -> None:
     rev2(session)
     lines = session.command(b"s SELECT INBOX")
     validity = [line for line in lines if line.startswith(b"* OK [UIDVALIDITY ")]
+    mailbox_id = [line for line in lines if line.startswith(b"* OK [MAILBOXID (")]
+    assert len(validity) == len(mailbox_id) == 1
     assert lines == [
         b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)",
         b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] "
@@ -82,9 +84,12 @@ def test_select_examine_lines_in_rev2(session: Session) -> None:
         b"* 3 EXISTS",
         *validity,
         b"* OK [UIDNEXT 4] Predicted next UID",
+        *mailbox_id,  # RFC 8474 4.2
         b'* LIST (\\HasNoChildren) "." INBOX',  # RFC 9051 6.3.2: REQUIRED
         b"s OK [READ-WRITE] Select completed"]
-    assert session.command(b"x EXAMINE Sent")[-3:] == [
+    examined = session.command(b"x EXAMINE Sent")
+    assert examined[-3].startswith(b"* OK [MAILBOXID (")
+    assert examined[-4:-3] + examined[-2:] == [
         b"* OK [UIDNEXT 1] Predicted next UID",
         b'* LIST (\\HasNoChildren \\Sent) "." Sent',
         b"x OK [READ-ONLY] Examine completed"]
@@ -219,7 +224,7 @@ def test_utf8_names_in_rev2(session: Session) -> None:
     assert session.command('c CREATE "Café"'.encode()) == [
         b"c NO [CANNOT] mailbox names must be modified UTF-7 (RFC 3501 5.1.3)"]
     rev2(session)
-    assert session.command('c CREATE "Café"'.encode()) == [b"c OK Create completed"]
+    assert session.command('c CREATE "Café"'.encode())[-1].startswith(b"c OK [MAILBOXID (")
     maildir = session.config.mail_dir / "example.org" / "alice"
     assert (maildir / ".Caf&AOk-" / "cur").is_dir()
     assert session.command(b'l LIST "" Caf*') == [
@@ -232,7 +237,7 @@ def test_utf8_names_in_rev2(session: Session) -> None:
 
 def test_lsub_still_answered_and_list_subscribed(session: Session) -> None:
     rev2(session)
-    assert session.command(b"c CREATE Work") == [b"c OK Create completed"]
+    assert session.command(b"c CREATE Work")[-1].startswith(b"c OK [MAILBOXID (")
     assert session.command(b"u SUBSCRIBE Work") == [b"u OK Subscribe completed"]
     assert session.command(b"u SUBSCRIBE Gone") == [b"u OK Subscribe completed"]
     # LSUB (rev1; RFC 9051 leaves it out of the grammar, servers may keep it).
