@@ -3,10 +3,12 @@ EMAILID the same after COPY and MOVE (a digest of the stored message), THREADID 
 
 from __future__ import annotations
 
+import imaplib
 import re
 from pathlib import Path
 
 import pytest
+from imap_helpers import PASSWORD, RunningServer
 from session_harness import Session
 
 from mailserver.store import mailboxid
@@ -156,3 +158,30 @@ def test_mailboxid_file_damaged_or_raced(tmp_path: Path,
     monkeypatch.setattr(mailboxid.os, "link", first_elsewhere)
     assert mailboxid.mailbox_id(raced) == "Ftheirs"
     assert sorted(p.name for p in raced.iterdir()) == [mailboxid.FILE]  # no tmp left
+
+
+def test_imaplib_over_the_real_server(imap_server: RunningServer) -> None:
+    """What a client sees over TCP: the capability, the ids through MOVE and RENAME."""
+    address = "objectid@example.org"
+    imap_server.add_user(address, PASSWORD)
+    client = imaplib.IMAP4("127.0.0.1", imap_server.ports["imap"], timeout=20)
+    try:
+        assert "OBJECTID" in client.capabilities
+        assert client.login(address, PASSWORD)[0] == "OK"
+        typ, data = client.create("Keep")
+        assert typ == "OK" and data[0].startswith(b"[MAILBOXID (F"), data
+        assert client.append("INBOX", None, None, b"Subject: x\r\n\r\nbody\r\n")[0] == "OK"
+        client.select("INBOX")
+        typ, data = client.fetch("1", "(EMAILID)")
+        emailid = re.fullmatch(rb"1 \(EMAILID \((M[0-9a-f]{24})\)\)", data[0])  # type: ignore[arg-type]
+        assert typ == "OK" and emailid is not None, data
+        assert client._simple_command("MOVE", "1", "Keep")[0] == "OK"
+        client.unselect()
+        before = client.status("Keep", "(MAILBOXID)")[1][0]
+        assert client.rename("Keep", "Kept")[0] == "OK"
+        assert client.status("Kept", "(MAILBOXID)")[1][0] == before.replace(b"Keep", b"Kept")
+        client.select("Kept")
+        assert any(line.startswith(b"[MAILBOXID (F") for line in client.untagged_responses["OK"])
+        assert client.fetch("1", "(EMAILID)")[1][0] == b"1 (EMAILID (%s))" % emailid.group(1)
+    finally:
+        client.logout()
