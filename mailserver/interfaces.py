@@ -388,6 +388,8 @@ class FolderStatus:
     uid_validity: int
     #: RFC 8438 STATUS SIZE: the messages' RFC822.SIZEs added up.
     size: int = 0
+    #: RFC 9051 STATUS DELETED: messages with \Deleted.
+    deleted: int = 0
 
 
 @dataclass(frozen=True)
@@ -513,6 +515,10 @@ class IUserStore(Interface):
 
     def highest_modseq(name: str) -> int:
         """HIGHESTMODSEQ of folder `name` (RFC 7162 3.1.9 STATUS)."""
+
+    def mailbox_id(name: str) -> str:
+        """MAILBOXID of folder `name` (RFC 8474 4): kept across RENAME, new after
+        DELETE and CREATE. May write (the first time)."""
 
     location = Attribute(
         "str: where the folders live (the Maildir's path); in cache keys, so that a "

@@ -12,7 +12,7 @@ from twisted.internet.defer import Deferred
 from mailserver.auth.realm import IMailUser
 from mailserver.auth.sasl import SASLError, decode_base64, login_name, plain_credentials
 from mailserver.core import metrics
-from mailserver.imap import commands_condstore, grammar
+from mailserver.imap import commands_condstore, grammar, rev2
 from mailserver.imap.commands import ANSWERED, Account, State, bad, no
 from mailserver.imap.encode import quoted_or_literal
 from mailserver.logs import logger, printable
@@ -68,13 +68,14 @@ ENABLEABLE = {"UTF8=ACCEPT": "utf8_accept"}  # RFC 6855
 
 async def enable(session: IMAPSession, command: grammar.Enable) -> str | None:
     """RFC 5161: `* ENABLED` lists what this command turned on (CONDSTORE, QRESYNC,
-    UTF8=ACCEPT); unknown names are ignored."""
+    UTF8=ACCEPT, IMAP4rev2); unknown names are ignored."""
     enabled = await commands_condstore.enable(session, command.capabilities)
     for capability in command.capabilities:
         attribute = ENABLEABLE.get(capability)
         if attribute is not None and not getattr(session, attribute):
             setattr(session, attribute, True)
             enabled.append(capability)
+    enabled += rev2.enable(session, command.capabilities)  # RFC 9051
     session.send(("* ENABLED" + "".join(" " + c for c in enabled) + "\r\n").encode())
     return None
 

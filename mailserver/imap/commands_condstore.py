@@ -76,10 +76,12 @@ async def enable(session: IMAPSession, capabilities: Sequence[str]) -> list[str]
     return enabled
 
 
-def _qresync_answer(view: IModseqView, qresync: Qresync | None) -> tuple[int, bytes]:
+def _qresync_answer(view: IModseqView, qresync: Qresync | None,
+                    recent: bool = True) -> tuple[int, bytes]:
     """HIGHESTMODSEQ, then (QRESYNC with the right UIDVALIDITY) VANISHED (EARLIER) and
     the FETCH of each message changed since the client's modseq (RFC 7162 3.2.5.1).
-    Blocking. A wrong UIDVALIDITY is an ordinary SELECT: the client starts over."""
+    Blocking. A wrong UIDVALIDITY is an ordinary SELECT: the client starts over.
+    `recent`: False in IMAP4rev2 mode (no \\Recent, RFC 9051)."""
     highest = view.enable_condstore()
     if qresync is None or qresync.uid_validity != view.uid_validity:
         return highest, b""
@@ -97,7 +99,7 @@ def _qresync_answer(view: IModseqView, qresync: Qresync | None) -> tuple[int, by
             continue
         info, modseq = messages[seq - 1], changed[uid]
         lines.append(b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))\r\n" % (
-            seq, uid, flag_list(sorted(info.flags), info.recent), modseq))
+            seq, uid, flag_list(sorted(info.flags), info.recent and recent), modseq))
     return max(highest, view.highest_modseq), b"".join(lines)
 
 
@@ -119,7 +121,7 @@ async def select_lines(session: IMAPSession, view: IMailboxView,
         return b""
     try:
         answer: tuple[int, bytes] = await session.blocking(
-            _qresync_answer, modseq_view(view), params.qresync)
+            _qresync_answer, modseq_view(view), params.qresync, not session.imap4rev2)
         highest, qresync = answer
     except StoreError:
         return b"* OK [NOMODSEQ] Mod-sequences are unavailable just now\r\n"
@@ -213,8 +215,8 @@ async def store_lines(session: IMAPSession, command: grammar.Store, indexes: lis
         info = messages[i]
         # RFC 7162 3.2.4: UID in every FETCH once QRESYNC is enabled.
         uid = b"UID %d " % info.uid if command.uid or session.qresync else b""
-        flags = b"" if command.silent else b"FLAGS %s " % flag_list(sorted(info.flags),
-                                                                    info.recent)
+        flags = b"" if command.silent else b"FLAGS %s " % flag_list(
+            sorted(info.flags), info.recent and not session.imap4rev2)  # RFC 9051
         lines.append(b"* %d FETCH (%s%s%s)\r\n" % (i + 1, uid, flags, modseqs[info.uid]))
     return b"".join(lines)
 

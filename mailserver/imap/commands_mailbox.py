@@ -8,7 +8,7 @@ import operator
 from typing import TYPE_CHECKING
 
 from mailserver.imap import commands_condstore as condstore
-from mailserver.imap import grammar, listmatch, mutf7
+from mailserver.imap import grammar, listmatch, mutf7, objectid, rev2
 from mailserver.imap import utf8 as _utf8
 from mailserver.imap.commands import Selected, State, bad, no
 from mailserver.imap.encode import parse_date_time
@@ -59,11 +59,14 @@ async def select(session: IMAPSession, command: grammar.MailboxCommand) -> str |
         # RFC 7162 3.2.11: what follows is about the new mailbox.
         session.send(b"* OK [CLOSED] Previous mailbox closed\r\n")
     view: IMailboxView = await session.blocking(store.select, name, read_only)
-    lines, keywords = _select_lines(view)
+    lines, keywords = _select_lines(view, not session.imap4rev2)
     selected = session.selected = Selected(name, view, keywords)
     session.state = State.SELECTED
     try:
         lines += await condstore.select_lines(session, view, command.select)
+        lines += await session.blocking(_mailbox_id_line, store, name)  # RFC 8474 4.2
+        if session.imap4rev2:  # RFC 9051 6.3.2: an untagged LIST of the mailbox
+            lines += await session.blocking(rev2.select_list_line, store, name)
     except BaseException:
         await session.deselect()
         raise
@@ -76,11 +79,12 @@ _FLAGS_OF = operator.attrgetter("flags")
 _RECENT_OF = operator.attrgetter("recent")
 
 
-def _select_lines(view: IMailboxView) -> tuple[bytes, set[str]]:
+def _select_lines(view: IMailboxView, rev1: bool = True) -> tuple[bytes, set[str]]:
     """RFC 3501 6.3.1 untagged data, and the keywords its FLAGS named. Keywords: those
     the folder defines (the store's `keywords`, a Maildir++ folder has 26 letters) and
     those in use; PERMANENTFLAGS has \\* only while new keywords can still be created
-    (`can_create_keywords`)."""
+    (`can_create_keywords`). `rev1` False (IMAP4rev2 mode): no RECENT and no
+    OK [UNSEEN] (RFC 9051 6.3.2)."""
     messages = view.messages
     keywords: set[str] = set(view.keywords)
     # Loops in C over the messages (100k of them on the reactor thread): a folder has a
@@ -96,13 +100,19 @@ def _select_lines(view: IMailboxView) -> tuple[bytes, set[str]]:
     lines = [
         *flags_lines(view, keywords),
         f"* {len(messages)} EXISTS",
-        f"* {recent} RECENT",
     ]
-    if first_unseen:
+    if rev1:
+        lines.append(f"* {recent} RECENT")
+    if first_unseen and rev1:
         lines.append(f"* OK [UNSEEN {first_unseen}] First unseen")
     lines.append(f"* OK [UIDVALIDITY {view.uid_validity}] UIDs valid")
     lines.append(f"* OK [UIDNEXT {view.uid_next}] Predicted next UID")
     return ("\r\n".join(lines) + "\r\n").encode("utf-8", "replace"), keywords
+
+
+def _mailbox_id_line(store: IUserStore, name: str) -> bytes:
+    """`* OK [MAILBOXID (id)]` (RFC 8474 4.2). Blocking (made on first use)."""
+    return f"* OK [{objectid.mailbox_code(store.mailbox_id(name))}] Ok\r\n".encode()
 
 
 def flags_lines(view: IMailboxView, keywords: set[str]) -> list[str]:
@@ -124,8 +134,12 @@ async def create(session: IMAPSession, command: grammar.MailboxCommand) -> str |
     if name.upper() == "INBOX":
         raise no("INBOX always exists", "ALREADYEXISTS")
     use = _special_use(command.use)  # RFC 6154 5.2: NO [USEATTR] before creating
-    await session.blocking(session.authenticated().store.create, checked_name(name), use)
-    return None
+    store = session.authenticated().store
+    name = checked_name(name)
+    await session.blocking(store.create, name, use)
+    # RFC 8474 4.1: the new mailbox's id in the tagged OK.
+    mailbox_id: str = await session.blocking(store.mailbox_id, name)
+    return f"[{objectid.mailbox_code(mailbox_id)}] Create completed"
 
 
 def _special_use(uses: tuple[str, ...]) -> str | None:
@@ -146,7 +160,7 @@ async def delete(session: IMAPSession, command: grammar.MailboxCommand) -> str |
     name = checked_name(name)
     if session.selected is not None and session.selected.name == name:
         raise no("The selected mailbox cannot be deleted; select another first", "CANNOT")
-    await session.blocking(session.authenticated().store.delete, name)
+    await session.blocking(rev2.delete, session.authenticated().store, name, session.imap4rev2)
     return None
 
 
@@ -260,6 +274,7 @@ def _list_line(word: str, folder: FolderInfo, show_subscribed: bool,
 async def status(session: IMAPSession, command: grammar.Status) -> str | None:
     """RFC 3501 6.3.10. For the selected mailbox too (the RFC discourages, not forbids)."""
     name = checked_name(command.mailbox)
+    rev2.check_status_items(session, command.items)
     result: FolderStatus = await session.blocking(session.authenticated().store.status, name)
     highest = 0
     if "HIGHESTMODSEQ" in command.items:  # RFC 7162 3.1.9 (CONDSTORE-enabling)
@@ -271,7 +286,7 @@ async def status(session: IMAPSession, command: grammar.Status) -> str | None:
         # The selected mailbox: this session's own \Recent messages count too (RFC 3501
         # 7.3.2; Dovecot does the same). An EXAMINEd view's are the unclaimed ones.
         recent += selected.view.recent_count
-    values = {
+    values: dict[str, int | str] = {
         "MESSAGES": result.messages,
         "RECENT": recent,
         "UIDNEXT": result.uid_next,
@@ -279,7 +294,11 @@ async def status(session: IMAPSession, command: grammar.Status) -> str | None:
         "UNSEEN": result.unseen,
         "HIGHESTMODSEQ": highest,
         "SIZE": result.size,  # RFC 8438
+        "DELETED": result.deleted,  # RFC 9051 6.3.11
     }
+    if "MAILBOXID" in command.items:  # RFC 8474 4.3
+        mailbox_id = await session.blocking(session.authenticated().store.mailbox_id, name)
+        values["MAILBOXID"] = f"({mailbox_id})"
     items = " ".join(f"{item} {values[item]}" for item in command.items)
     session.send(b"* STATUS " + _wire_name(name, session.utf8_accept)
                  + f" ({items})\r\n".encode())

@@ -130,13 +130,14 @@ async def fetch(session: IMAPSession, command: grammar.Fetch) -> str | None:
     cache_key = item_cache_key(session)
     missing: list[int] = []
     chunks = fetching.batches(fetch_plan, view.messages, indexes)
+    recent = not session.imap4rev2  # RFC 9051: no \Recent
 
     def build(batch: list[int]) -> Deferred[BuiltBatch] | BuiltBatch:
         entries = [(i + 1, view.messages[i]) for i in batch]
         if fetch_plan.needs_disk:
             return session.blocking(fetching.build, view, fetch_plan, entries, changed,
-                                    cache_key, modseqs)
-        return fetching.build(view, fetch_plan, entries, changed, None, modseqs)
+                                    cache_key, modseqs, recent)
+        return fetching.build(view, fetch_plan, entries, changed, None, modseqs, recent)
 
     with session.write_flow() as flow:
         # The next batch is built in the disk thread while this one is written: one
@@ -195,7 +196,8 @@ async def store(session: IMAPSession, command: grammar.Store) -> str | None:
                 continue  # expunged by another session; its EXPUNGE comes later
             uid = b"UID %d " % info.uid if command.uid else b""
             lines.append(b"* %d FETCH (%sFLAGS %s)\r\n" % (
-                i + 1, uid, flag_list(sorted(info.flags), info.recent)))
+                i + 1, uid, flag_list(sorted(info.flags),
+                                      info.recent and not session.imap4rev2)))
         session.send(b"".join(lines))
     return None
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from mailserver.imap import commands_condstore as condstore
-from mailserver.imap import commands_selected, context, searchres
+from mailserver.imap import commands_selected, context, rev2, searchres
 from mailserver.imap.commands import Search, no
 from mailserver.imap.commands_selected import SEARCH_CHUNK, item_cache_key
 from mailserver.imap.grammar_sort import CancelUpdate, ESearch, ReturnOption, Sort, Thread
@@ -136,7 +136,9 @@ async def thread(session: IMAPSession, command: Thread) -> str | None:
 
 
 async def search(session: IMAPSession, command: Search) -> str | None:
-    """SEARCH: with RETURN options an ESEARCH answer, else RFC 3501's `* SEARCH`."""
+    """SEARCH: with RETURN options (or in IMAP4rev2 mode) an ESEARCH answer, else RFC
+    3501's `* SEARCH`."""
+    command = rev2.search_form(session, command)
     if isinstance(command, ESearch):
         return await esearch(session, command)
     return await commands_selected.search(session, command)

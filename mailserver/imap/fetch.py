@@ -17,14 +17,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mailserver.imap import binary
+from mailserver.imap import binary, objectid
 from mailserver.imap.encode import flag_list, internal_date, literal
 from mailserver.imap.grammar import FetchAtt
 from mailserver.imap.message import ParsedMessage, header_fields, partial
 from mailserver.interfaces import IMailboxView, MessageInfo, StoreError
 
 #: Items answered from MessageInfo alone.
-_MEMORY_ITEMS = frozenset({"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE"})
+_MEMORY_ITEMS = frozenset({"UID", "FLAGS", "INTERNALDATE", "RFC822.SIZE", "THREADID"})
 #: Items answered from the header block alone.
 _HEADER_ITEMS = frozenset({"ENVELOPE", "RFC822.HEADER"})
 #: Batches: messages per chunk by what is read, and octets of bodies per chunk.
@@ -35,7 +35,7 @@ BODY_BATCH_OCTETS = 4 * 1024 * 1024
 
 
 #: Items read from the whole message whose answer is small (no body octets in it).
-_STRUCTURE_ITEMS = frozenset({"BODY", "BODYSTRUCTURE"})
+_STRUCTURE_ITEMS = frozenset({"BODY", "BODYSTRUCTURE", objectid.ITEM})  # RFC 8474
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ class _Column:
 
 
 CACHE = ItemCache()
-_CACHED_ITEMS = frozenset({"ENVELOPE", "BODY", "BODYSTRUCTURE"})
+_CACHED_ITEMS = frozenset({"ENVELOPE", "BODY", "BODYSTRUCTURE", objectid.ITEM})
 #: Field names that can be part of a kept item's name (RFC 5322 3.6.8 ftext, bounded).
 _KEPT_FIELD = re.compile(r"[!-9;-~]{1,76}")
 
@@ -272,7 +272,8 @@ class _Loader:
 def build(view: IMailboxView, fetch_plan: FetchPlan, entries: Sequence[tuple[int, MessageInfo]],
           flags_changed: frozenset[int] = frozenset(),
           cache_key: tuple[Any, ...] | None = None,
-          extra: dict[int, bytes] | None = None) -> tuple[bytes, list[int]]:
+          extra: dict[int, bytes] | None = None,
+          recent: bool = True) -> tuple[bytes, list[int]]:
     """`* n FETCH (...)` lines for (sequence number, info) pairs, and the sequence
     numbers of messages that vanished meanwhile. Blocking when the plan needs the disk.
 
@@ -281,13 +282,14 @@ def build(view: IMailboxView, fetch_plan: FetchPlan, entries: Sequence[tuple[int
     `cache_key` (user, folder, UIDVALIDITY) enables the shared ItemCache and the
     folder's index of items. `extra`: uid -> an item rendered by the caller, added
     last (MODSEQ, RFC 7162 3.1.4.1: it lives in the modseq database, not here).
+    `recent`: False leaves \\Recent out of FLAGS (IMAP4rev2, RFC 9051).
     """
     out: list[bytes] = []
     missing: list[int] = []
     items = fetch_plan.items
     labels = [att.label().encode("ascii", "replace") for att in items]
     has_flags = any(att.name == "FLAGS" for att in items)
-    flags_of = _FlagCache()
+    flags_of = _FlagCache(recent)
     if not fetch_plan.needs_disk:
         # The common sync-client case (UID FLAGS RFC822.SIZE INTERNALDATE): memory only.
         render = [_MEMORY_RENDER[att.name] for att in items]
@@ -322,16 +324,17 @@ class _FlagCache:
     """Flag lists as bytes, built once per distinct (flags, recent) in a batch: most
     messages of a folder share a handful of flag combinations."""
 
-    __slots__ = ("_known",)
+    __slots__ = ("_known", "_recent")
 
-    def __init__(self) -> None:
+    def __init__(self, recent: bool = True) -> None:
         self._known: dict[tuple[frozenset[str], bool], bytes] = {}
+        self._recent = recent
 
     def __call__(self, info: MessageInfo) -> bytes:
-        key = (info.flags, info.recent)
+        key = (info.flags, info.recent and self._recent)
         value = self._known.get(key)
         if value is None:
-            value = self._known[key] = flag_list(sorted(info.flags), info.recent)
+            value = self._known[key] = flag_list(sorted(info.flags), key[1])
         return value
 
 
@@ -340,6 +343,7 @@ _MEMORY_RENDER: dict[str, Callable[[MessageInfo, _FlagCache], bytes]] = {
     "FLAGS": lambda info, flags_of: b"FLAGS " + flags_of(info),
     "INTERNALDATE": lambda info, flags_of: b"INTERNALDATE " + internal_date(info.internal_date),
     "RFC822.SIZE": lambda info, flags_of: b"RFC822.SIZE %d" % info.size,
+    "THREADID": lambda info, flags_of: b"THREADID NIL",  # RFC 8474 5.2: no threads
 }
 
 
@@ -376,6 +380,8 @@ def _render(att: FetchAtt, loader: _Loader) -> bytes:
         return loader.header().envelope()
     if name in ("BODY", "BODYSTRUCTURE"):
         return loader.full().body_structure(name == "BODYSTRUCTURE")
+    if name == objectid.ITEM:
+        return objectid.item_value(loader.full().raw)
     if name == "RFC822":
         return loader.full().raw
     if name == "RFC822.HEADER":

@@ -46,6 +46,7 @@ from mailserver.imap.commands import (  # the typed commands this module produce
     Store,
     UidExpunge,
 )
+from mailserver.imap.objectid import OBJECTID
 
 #: Largest nz-number / number (RFC 3501 9: unsigned 32-bit).
 MAX_NUMBER = 4294967295
@@ -93,6 +94,8 @@ _MAILBOX_COMMANDS = frozenset({"SELECT", "EXAMINE", "CREATE", "DELETE", "SUBSCRI
 STATUS_ITEMS = frozenset({"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN",
                           "SIZE"})  # SIZE: RFC 8438
 STATUS_ITEMS |= {"HIGHESTMODSEQ"}  # RFC 7162 3.1.9
+STATUS_ITEMS |= {"DELETED"}  # RFC 9051 6.3.11 (also in rev1 mode: no clash)
+STATUS_ITEMS |= {"MAILBOXID"}  # RFC 8474 4.3
 _FETCH_MACROS = {
     # RFC 3501 6.4.5
     "ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
@@ -102,6 +105,7 @@ _FETCH_MACROS = {
 _FETCH_SIMPLE = frozenset({"ENVELOPE", "FLAGS", "INTERNALDATE", "RFC822", "RFC822.HEADER",
                            "RFC822.SIZE", "RFC822.TEXT", "BODY", "BODYSTRUCTURE", "UID"})
 _FETCH_SIMPLE |= {"MODSEQ"}  # RFC 7162 3.1.4.1
+_FETCH_SIMPLE |= {"EMAILID", "THREADID"}  # RFC 8474 5
 _SEARCH_FLAG_KEYS = frozenset({"ALL", "ANSWERED", "DELETED", "DRAFT", "FLAGGED", "NEW",
                                "OLD", "RECENT", "SEEN", "UNANSWERED", "UNDELETED",
                                "UNDRAFT", "UNFLAGGED", "UNSEEN"})
@@ -764,6 +768,11 @@ def _search_key(r: Reader, depth: int) -> SearchProgram:
         return SearchKey(op, r.sequence_set())
     if op == "MODSEQ":
         return grammar_condstore.modseq_key(r)
+    if op in ("EMAILID", "THREADID"):  # RFC 8474 6: objectid = 1*255(ALPHA/DIGIT/_/-)
+        value = r.atom()
+        if not OBJECTID.fullmatch(value):
+            raise r.fail(f"invalid {op} object id")
+        return SearchKey(op, value)
     raise r.fail(f"unknown search key {op}")
 
 

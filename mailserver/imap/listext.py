@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from mailserver.imap import commands_condstore as condstore
-from mailserver.imap import commands_mailbox, grammar, listmatch
+from mailserver.imap import commands_mailbox, grammar, listmatch, rev2
 from mailserver.imap.commands import ListCommand, no
 from mailserver.imap.grammar_ext import ListExtended
 from mailserver.imap.utf8 import wire_name
@@ -31,6 +31,7 @@ async def list_command(session: IMAPSession, command: ListCommand) -> str | None
     """LIST: RFC 3501's form as before, the extended forms here."""
     if not isinstance(command, ListExtended):
         return await commands_mailbox.list_command(session, command)
+    rev2.check_status_items(session, command.status_items)
     patterns: list[listmatch.MailboxPattern] = []
     for pattern in command.patterns:
         full = grammar.mailbox_name((command.reference + pattern).encode())
@@ -138,7 +139,7 @@ def _status(store: IUserStore, name: str, items: tuple[str, ...],
         highest = store.highest_modseq(name) if "HIGHESTMODSEQ" in items else 0
     except StoreError:
         return []
-    values = {
+    values: dict[str, int | str] = {
         "MESSAGES": result.messages,
         "RECENT": result.recent + own_recent,
         "UIDNEXT": result.uid_next,
@@ -146,6 +147,12 @@ def _status(store: IUserStore, name: str, items: tuple[str, ...],
         "UNSEEN": result.unseen,
         "SIZE": result.size,
         "HIGHESTMODSEQ": highest,
+        "DELETED": result.deleted,  # RFC 9051 6.3.11
     }
+    if "MAILBOXID" in items:  # RFC 8474 4.3
+        try:
+            values["MAILBOXID"] = f"({store.mailbox_id(name)})"
+        except StoreError:
+            return []
     text = " ".join(f"{item} {values[item]}" for item in items)
     return [b"* STATUS " + wire_name(name, utf8) + f" ({text})\r\n".encode()]

@@ -14,6 +14,7 @@ import re
 from collections.abc import Callable
 from typing import Any, cast
 
+from mailserver.imap import objectid
 from mailserver.imap.fetch import Kept, fields_item_name
 from mailserver.imap.grammar import (
     SearchAnd,
@@ -148,6 +149,16 @@ class _Message:
             self._full = ParsedMessage(self.view.read(self.info.uid))
         return self._full
 
+    def email_id(self) -> bytes:
+        """RFC 8474 EMAILID, as FETCH keeps it (`(Mxxxx)`), computed once per message."""
+        uid = self.info.uid
+        value = self.kept.values(objectid.ITEM).get(uid) if self.kept is not None else None
+        if value is None:
+            value = objectid.item_value(self.full().raw)
+            if self.kept is not None:
+                self.kept.add(objectid.ITEM, uid, value)
+        return value
+
 
 class Evaluator:
     def __init__(self, view: IMailboxView) -> None:
@@ -191,6 +202,10 @@ class Evaluator:
             return self._in_set(key, m.seq, self.count)
         if op == "UID":
             return self._in_set(key, info.uid, self.max_uid)
+        if op == "EMAILID":  # RFC 8474 6
+            return m.email_id() == b"(%s)" % key.value.encode("ascii")
+        if op == "THREADID":
+            return False  # every THREADID is NIL (objectid.py)
         if op == "MODSEQ":
             return self._modseq_at_least(key, info.uid)
         if op == "LARGER":

@@ -152,6 +152,7 @@ class IMAPSession(LineConnection):
         self.qresync = False
         self.auth_failures = 0
         self.utf8_accept = False  # ENABLE UTF8=ACCEPT (RFC 6855): names in UTF-8
+        self.imap4rev2 = False  # ENABLE IMAP4rev2 (RFC 9051): see rev2.py
         self.flow: WriteFlow | None = None
         #: COMPRESS=DEFLATE's state once active (imap/compress.py).
         self.compression: compress.Deflate | None = None
@@ -256,7 +257,7 @@ class IMAPSession(LineConnection):
         return self.tls_active or self.config.auth.allow_plaintext_without_tls
 
     def capabilities(self) -> list[str]:
-        caps = ["IMAP4rev1", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE"]
+        caps = ["IMAP4rev1", "IMAP4rev2", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE"]
         if self.state is State.NOT_AUTHENTICATED:
             if not self.tls_active and self.factory.tls_options is not None:
                 caps.append("STARTTLS")                      # RFC 3501 6.2.1
@@ -295,6 +296,7 @@ class IMAPSession(LineConnection):
             "QUOTA=RES-MESSAGE",
             "URLAUTH",
             "URLAUTH=BINARY",
+            "OBJECTID",
             f"APPENDLIMIT={self.config.limits.message_size}",
         ]
         return caps
@@ -321,8 +323,9 @@ class IMAPSession(LineConnection):
         view = self.selected.view if self.selected is not None else None
         if changes.exists is not None:
             lines.append(b"* %d EXISTS\r\n" % changes.exists)
-            recent: int = view.recent_count if view is not None else 0
-            lines.append(b"* %d RECENT\r\n" % recent)
+            if not self.imap4rev2:  # RFC 9051 7.4.1: no RECENT in rev2
+                recent: int = view.recent_count if view is not None else 0
+                lines.append(b"* %d RECENT\r\n" % recent)
         if view is not None:
             lines.append(self.keyword_lines(f for info in changes.flags_changed
                                             for f in info.flags))
@@ -332,7 +335,8 @@ class IMAPSession(LineConnection):
                     modseq = (b" MODSEQ (%d)" % modseqs[info.uid] if info.uid in modseqs
                               else b"")
                     lines.append(b"* %d FETCH (UID %d FLAGS %s%s)\r\n" % (
-                        i + 1, info.uid, flag_list(sorted(info.flags), info.recent), modseq))
+                        i + 1, info.uid, flag_list(sorted(info.flags),
+                                               info.recent and not self.imap4rev2), modseq))
         if any(lines):
             self.send(b"".join(lines))
 

@@ -136,6 +136,7 @@ class FolderState:
         self._list_stamp: tuple[int, int] | None = None
         self._unseen: tuple[int, int] = (-1, 0)
         self._size: tuple[int, int] = (-1, 0)
+        self._deleted: tuple[int, int] = (-1, 0)
         #: The UIDVALIDITY that `entries` (and `names`, and the index) were numbered
         #: under: every UID in them means something only in that UID space.
         self.numbered_validity = 0
@@ -160,6 +161,13 @@ class FolderState:
             count = sum(1 for info in self.infos if "\\Seen" not in info.flags)
             self._unseen = (self.modseq, count)
         return self._unseen[1]
+
+    def deleted_count(self) -> int:
+        """STATUS DELETED (RFC 9051 6.3.11): messages with \\Deleted, once per change."""
+        if self._deleted[0] != self.modseq:
+            count = sum(1 for info in self.infos if "\\Deleted" in info.flags)
+            self._deleted = (self.modseq, count)
+        return self._deleted[1]
 
     def total_size(self) -> int:
         """STATUS SIZE (RFC 8438): the RFC822.SIZEs added up, once per change."""

@@ -29,7 +29,7 @@ from mailserver.interfaces import (
     StoreError,
 )
 from mailserver.logs import logger
-from mailserver.store import notify, quota, urlauthkey
+from mailserver.store import mailboxid, notify, quota, urlauthkey
 from mailserver.store.flags import Keywords
 from mailserver.store.folders import Folders, normalize, parent_names
 from mailserver.store.folderstate import FolderState, to_crlf
@@ -159,7 +159,8 @@ class UserStore:
                 return FolderStatus(messages=len(state.uids), recent=state.recent_count(),
                                     unseen=state.unseen_count(), uid_next=state.uid_next,
                                     uid_validity=self._validity(state),
-                                    size=state.total_size())
+                                    size=state.total_size(),
+                                    deleted=state.deleted_count())
         finally:
             release_state(state)
 
@@ -191,6 +192,11 @@ class UserStore:
         if name is not None:
             name, _ = self._existing(name)
         urlauthkey.reset(self.root, name, set(self.tree.names()) | {"INBOX"})
+
+    def mailbox_id(self, name: str) -> str:
+        """MAILBOXID (RFC 8474 4): store/mailboxid.py."""
+        _, path = self._existing(name)
+        return mailboxid.mailbox_id(path)
 
     @staticmethod
     def _validity(state: FolderState) -> int:

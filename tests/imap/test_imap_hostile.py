@@ -161,7 +161,7 @@ def test_delete_folder_with_children(imap_server: RunningServer,
                                      line_client: Callable[..., Line]) -> None:
     client = line_client()
     client.command(b"a", LOGIN)
-    assert client.command(b"b", b"CREATE Parent.Child")[-1] == b"b OK Create completed"
+    assert client.command(b"b", b"CREATE Parent.Child")[-1].startswith(b"b OK [MAILBOXID (")
     reply = client.command(b"c", b"DELETE Parent")
     listing = client.command(b"d", b'LIST "" "Parent*"')
     # RFC 3501 6.3.4: either refused, or the parent stays as \Noselect with its child.

@@ -14,7 +14,7 @@ def session(tmp_path: Path) -> Session:
     s = Session(tmp_path)
     s.login()
     for name in (b"a", b"a.b", b"a.c", b"d", b"d.e"):
-        assert s.command(b"c CREATE " + name)[-1] == b"c OK Create completed"
+        assert s.command(b"c CREATE " + name)[-1].startswith(b"c OK [MAILBOXID (")
     for name in (b"a.b", b"d.e", b"gone"):
         assert s.command(b"s SUBSCRIBE " + name)[-1].startswith(b"s OK")
     return s

@@ -98,7 +98,8 @@ def test_select_responses(session: Session) -> None:
     assert lines[2:5] == [b"* 3 EXISTS", b"* 0 RECENT", b"* OK [UNSEEN 2] First unseen"]
     assert lines[5].startswith(b"* OK [UIDVALIDITY ")
     assert lines[6] == b"* OK [UIDNEXT 4] Predicted next UID"
-    assert lines[7] == b"a OK [READ-WRITE] Select completed"
+    assert lines[7].startswith(b"* OK [MAILBOXID (F") and lines[7].endswith(b")] Ok")
+    assert lines[8] == b"a OK [READ-WRITE] Select completed"
     examine = session.command(b"b EXAMINE INBOX")
     assert b"* OK [PERMANENTFLAGS ()] Flags permitted" in examine
     assert examine[-1] == b"b OK [READ-ONLY] Examine completed"
@@ -257,7 +258,7 @@ def test_a_client_that_reads_no_replies_stops_being_served(tmp_path: Path) -> No
 def test_list_and_lsub_patterns(session: Session) -> None:
     session.login()
     for name in (b"a.b.c", b"a.d", b"x"):
-        assert session.command(b"c CREATE " + name)[-1] == b"c OK Create completed"
+        assert session.command(b"c CREATE " + name)[-1].startswith(b"c OK [MAILBOXID (")
     top = session.command(b'l LIST "" %')
     assert top[0] == b'* LIST (\\HasNoChildren) "." INBOX'
     assert b'* LIST (\\HasChildren) "." a' in top and b'* LIST (\\HasNoChildren) "." x' in top

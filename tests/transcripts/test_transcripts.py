@@ -26,7 +26,7 @@ In the .ref, `C:` / `C~` are what was sent, `S:` each line the server sent (with
 CRLF), `S~` a line that did not end in CRLF (shown as a Python literal).
 
 What varies between runs is masked, and only that (MASKS): the SMTP queue id in
-"queued as", IMAP's UIDVALIDITY. The host name is the harness's fixed mx.test.example,
+"queued as", IMAP's UIDVALIDITY and MAILBOXID (RFC 8474). The host name is the harness's fixed mx.test.example,
 the peer 127.0.0.1, and the POP3/IMAP messages are placed with fixed file names (fixed
 UIDLs) and fixed mtimes, so nothing else moves. Regenerate after a deliberate change
 with `TRANSCRIPTS_UPDATE=1` and read the diff before committing it.
@@ -58,6 +58,7 @@ LISTEN = {name: "tcp:0:interface=127.0.0.1" for name in ("smtp", "submission", "
 MASKS = [
     (re.compile(rb"queued as [0-9A-Za-z._@<>-]+"), b"queued as <QUEUE-ID>"),
     (re.compile(rb"UIDVALIDITY \d+"), b"UIDVALIDITY <UIDVALIDITY>"),
+    (re.compile(rb"MAILBOXID \([A-Za-z0-9_-]+\)"), b"MAILBOXID (<MAILBOXID>)"),  # random
 ]
 
 POP3_MULTILINE = {"CAPA", "RETR", "TOP"}
