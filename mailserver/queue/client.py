@@ -27,6 +27,7 @@ connection. What it does, and where the RFCs say so:
 from __future__ import annotations
 
 import base64
+import dataclasses
 import re
 from collections import deque
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ from twisted.internet.ssl import CertificateOptions
 from twisted.python.failure import Failure
 
 from mailserver.logs import ELLIPSIS, logger, printable
+from mailserver.queue.downgrade import DowngradeError, to_7bit
 from mailserver.queue.envelope import DELIVERED, FAILED, PENDING
 from mailserver.queue.routing import Hop
 
@@ -500,6 +502,13 @@ class SMTPConnection:
         return outcomes
 
     async def _transaction(self, message: Message, outcomes: dict[str, Outcome]) -> None:
+        if message.body_8bit and "8BITMIME" not in self.extensions:
+            converted = await self._downgraded(message)
+            if isinstance(converted, Outcome):
+                for rcpt in message.recipients:
+                    outcomes[rcpt] = converted
+                return
+            message = converted
         refused = self._unsendable(message)
         if refused is not None:
             for rcpt in message.recipients:
@@ -570,6 +579,27 @@ class SMTPConnection:
             outcomes[rcpt] = _outcome(final, remote, "0.0")
             outcomes[rcpt].peer_dsn = dsn
 
+    async def _downgraded(self, message: Message) -> Message | Outcome:
+        """The message made 7-bit for a peer without 8BITMIME (RFC 6152 3: "convert"
+        rather than bounce; queue/downgrade.py), in a thread; the Outcome to give when
+        it cannot be (8-bit headers, a binary part): 5.6.3, as before."""
+        def convert() -> bytes:
+            data = message.data if message.path is None else message.path.read_bytes()
+            return to_7bit(data)
+
+        try:
+            data = await threads.deferToThread(convert)
+        except DowngradeError as e:
+            return Outcome(FAILED, "5.6.3", f"{self.hop.host} does not support 8BITMIME "
+                           f"and the message cannot be made 7-bit: {e}", str(self.hop))
+        except OSError as e:
+            return Outcome(PENDING, "4.3.0", f"cannot read the queued message: {e.strerror}",
+                           str(self.hop))
+        log.info("{hop}: no 8BITMIME; message sent as 7-bit (quoted-printable/base64)",
+                 hop=self.hop)
+        return dataclasses.replace(message, data=data, path=None, body_8bit=False,
+                                   size=len(data), lines=data.count(b"\n"))
+
     def _unsendable(self, message: Message) -> Outcome | None:
         for address in (message.sender, *message.recipients):
             if _BAD_PATH.search(address):  # never let a stored address inject commands
@@ -585,10 +615,6 @@ class SMTPConnection:
         if message.requiretls and "REQUIRETLS" not in self.extensions:
             return Outcome(FAILED, "5.7.30", f"{self.hop.host} does not support "
                            "REQUIRETLS, needed for this message (RFC 8689)", str(self.hop))
-        if message.body_8bit and "8BITMIME" not in self.extensions:
-            return Outcome(FAILED, "5.6.3", f"{self.hop.host} does not support 8BITMIME "
-                           "and the message is 8-bit (conversion not supported)",
-                           str(self.hop))
         return None
 
     async def _send_body(self, message: Message) -> None:

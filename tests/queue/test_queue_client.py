@@ -288,11 +288,38 @@ class ClientTests(unittest.TestCase):
         self.assertEqual(mail, b"MAIL FROM:<alice@example.org> BODY=8BITMIME SMTPUTF8")
 
     @defer.inlineCallbacks
-    def test_8bit_body_needs_8bitmime(self) -> object:
+    def test_8bit_body_to_a_peer_without_8bitmime_goes_as_7bit(self) -> object:
+        """RFC 6152 3: converted, not bounced (queue/downgrade.py): the peer gets no
+        BODY=8BITMIME and only 7-bit octets, which decode to the original text."""
+        import email
+        import email.policy
+
         peer = self.peer(extensions=[])
-        outcomes = yield defer.ensureDeferred(self.send(peer, body_8bit=True))
+        body = (b"From: alice@example.org\nSubject: t\nContent-Type: text/plain; "
+                b"charset=utf-8\n\nGr\xc3\xbc\xc3\x9fe aus K\xc3\xb6ln\n")
+        outcomes = yield defer.ensureDeferred(self.send(peer, data=body, body_8bit=True))
+        self.assertEqual(outcomes[RCPTS[0]].state, DELIVERED)
+        mail = next(line for line in peer.sessions[0].lines if line.startswith(b"MAIL"))
+        self.assertEqual(mail, b"MAIL FROM:<alice@example.org>")
+        sent = peer.sessions[0].messages[0]
+        self.assertTrue(sent.isascii())
+        self.assertIn(b"Content-Transfer-Encoding: quoted-printable", sent)
+        received = email.message_from_bytes(sent, policy=email.policy.default)
+        self.assertEqual(received.get_content().replace("\r\n", "\n"),
+                         "Grüße aus Köln\n")
+
+    @defer.inlineCallbacks
+    def test_8bit_headers_to_a_peer_without_8bitmime_bounce(self) -> object:
+        """8-bit header octets cannot be made 7-bit this way (SMTPUTF8's business):
+        5.6.3, and nothing of the message is sent."""
+        peer = self.peer(extensions=[])
+        body = b"From: alice@example.org\nSubject: Gr\xc3\xbc\xc3\x9fe\n\nx\xc3\xa9\n"
+        outcomes = yield defer.ensureDeferred(self.send(peer, data=body, body_8bit=True))
         self.assertEqual((outcomes[RCPTS[0]].state, outcomes[RCPTS[0]].status),
                          (FAILED, "5.6.3"))
+        self.assertIn("cannot be made 7-bit: a header holds 8-bit octets",
+                      outcomes[RCPTS[0]].text)
+        self.assertFalse(any(line.startswith(b"MAIL") for line in peer.sessions[0].lines))
 
     @defer.inlineCallbacks
     def test_helo_when_ehlo_is_refused(self) -> object:
