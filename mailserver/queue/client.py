@@ -13,9 +13,9 @@ connection. What it does, and where the RFCs say so:
 - REQUIRETLS (RFC 8689): on MAIL FROM for such messages; a peer without it: 5.7.30.
 - PIPELINING when offered (RFC 2920): MAIL, every RCPT and DATA in one write.
 - SIZE (RFC 1870): our size on MAIL; a message larger than the peer's limit fails
-  with 552 5.3.4 without being sent. SMTPUTF8 (RFC 6531) and BODY=8BITMIME (RFC 6152)
-  only when the peer has them; otherwise the message fails (5.6.7 / 5.6.3), since we
-  do not downgrade.
+  with 552 5.3.4 without being sent. SMTPUTF8 (RFC 6531) only when the peer has it
+  (else 5.6.7); BODY=8BITMIME (RFC 6152) when the peer has it, else the message is
+  sent converted to 7-bit (mime7bit.py), or fails with 5.6.3 when it cannot be.
 - The body is sent with CRLF line ends and dot-stuffing (RFC 5321 4.5.2); no bare CR
   or LF ever goes out.
 - Every reply is awaited with a timeout (RFC 5321 4.5.3.2).
@@ -42,7 +42,7 @@ from twisted.internet.ssl import CertificateOptions
 from twisted.python.failure import Failure
 
 from mailserver.logs import ELLIPSIS, logger, printable
-from mailserver.queue.downgrade import DowngradeError, to_7bit
+from mailserver.mime7bit import DowngradeError, to_7bit
 from mailserver.queue.envelope import DELIVERED, FAILED, PENDING
 from mailserver.queue.routing import Hop
 
@@ -581,7 +581,7 @@ class SMTPConnection:
 
     async def _downgraded(self, message: Message) -> Message | Outcome:
         """The message made 7-bit for a peer without 8BITMIME (RFC 6152 3: "convert"
-        rather than bounce; queue/downgrade.py), in a thread; the Outcome to give when
+        rather than bounce; mime7bit.py), in a thread; the Outcome to give when
         it cannot be (8-bit headers, a binary part): 5.6.3, as before."""
         def convert() -> bytes:
             data = message.data if message.path is None else message.path.read_bytes()

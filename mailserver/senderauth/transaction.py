@@ -36,6 +36,7 @@ from mailserver.interfaces import (
     MailboxId,
 )
 from mailserver.logs import logger
+from mailserver.mime7bit import DowngradeError, to_7bit
 from mailserver.senderauth.checker import InboundChecker
 from mailserver.senderauth.signing import Signer
 
@@ -251,6 +252,14 @@ class SignedTransaction(HeldTransaction):
 
     @inlineCallbacks
     def _prepare(self, message: bytes) -> Generator[Deferred[Any], Any, tuple[bytes, bytes]]:
+        if not message.isascii():
+            # 8-bit parts made 7-bit before signing (mime7bit.py), so that no relay
+            # converting for a peer without 8BITMIME (RFC 6152 3) breaks the body hash
+            # of our signature on the way. 8-bit headers (SMTPUTF8) stay as they are.
+            try:
+                message = yield deferToThread(to_7bit, message)
+            except DowngradeError:
+                pass
         signature = yield self.signer.sign(message)
         return signature, message
 

@@ -289,7 +289,7 @@ class ClientTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_8bit_body_to_a_peer_without_8bitmime_goes_as_7bit(self) -> object:
-        """RFC 6152 3: converted, not bounced (queue/downgrade.py): the peer gets no
+        """RFC 6152 3: converted, not bounced (mime7bit.py): the peer gets no
         BODY=8BITMIME and only 7-bit octets, which decode to the original text."""
         import email
         import email.policy

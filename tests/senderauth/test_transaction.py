@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.trial import unittest
 
 from mailserver.address import Address
 from mailserver.delivery.router import RoutedTransaction, return_path_header
@@ -164,3 +165,42 @@ def test_inbound_hook_refuses_another_transaction_type() -> None:
     with pytest.raises(TypeError, match="RoutedTransaction"):
         hook.wrap(FakeLocal("not a router transaction"),  # type: ignore[arg-type]
                   FakeSession(), "x@soft.test", [BOB])
+
+
+class SubmissionSigningTests(unittest.TestCase):
+    @defer.inlineCallbacks
+    def test_submission_makes_8bit_parts_7bit_before_signing(self) -> Any:
+        """Our users' 8-bit mail is signed as 7-bit (mime7bit.py), so a relay converting
+        for a peer without 8BITMIME (RFC 6152 3) cannot break the body hash; the
+        signature covers what is stored and sent, and 8-bit headers stay as they were."""
+        import email
+        import email.policy
+
+        signed: list[bytes] = []
+
+        class Signer:
+            def sign(self, message: bytes, domain: str | None = None) -> Deferred[bytes]:
+                signed.append(message)
+                return defer.succeed(b"DKIM-Signature: v=1; stub\n")
+
+        for body, seven_bit in [
+            (b"Subject: t\nContent-Type: text/plain; charset=utf-8\n\nGr\xc3\xbc\xc3\x9fe\n",
+             True),
+            (b"Subject: Gr\xc3\xbc\xc3\x9fe\n\n\xc3\xa9\n", False),  # SMTPUTF8 headers
+        ]:
+            signed.clear()
+            inbox = FakeLocal("inbox")
+            held = SigningHook(Signer()).wrap(  # type: ignore[arg-type]
+                begun(inbox), FakeSession(), "x@soft.test", [BOB])
+            held.hold()
+            held.write(body)
+            yield held.commit()
+            self.assertEqual(inbox.state, "committed")
+            stored = inbox.data.split(b"DKIM-Signature: v=1; stub\n", 1)[1]
+            self.assertEqual(signed, [stored])
+            self.assertIs(stored.isascii(), seven_bit)
+            if seven_bit:
+                text = email.message_from_bytes(stored, policy=email.policy.default)
+                self.assertEqual(text.get_content(), "Grüße\n")
+            else:
+                self.assertEqual(stored, body)

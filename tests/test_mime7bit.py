@@ -1,4 +1,4 @@
-"""queue/downgrade.py: 8-bit mail made 7-bit for a peer without 8BITMIME (RFC 6152 3):
+"""mime7bit.py: 8-bit mail made 7-bit for a peer without 8BITMIME (RFC 6152 3):
 what a receiver decodes is what was sent, and nothing else changed."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import email.policy
 
 import pytest
 
-from mailserver.queue.downgrade import DowngradeError, to_7bit
+from mailserver.mime7bit import DowngradeError, to_7bit
 
 HEAD = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: =?utf-8?q?gr=C3=BC=C3=9Fe?=\r\n"
 
