@@ -177,6 +177,14 @@ class PolicyCache:
         write_atomically(self._path(policy.domain), json.dumps(data).encode("ascii"), 0o640)
         self._memory[policy.domain] = policy
 
+    def domains(self) -> list[str]:
+        """Every domain with a policy on disk (blocking: the refresher's disk thread)."""
+        try:
+            return sorted(p.name[:-5] for p in self.root.iterdir()
+                          if p.name.endswith(".json"))
+        except FileNotFoundError:
+            return []
+
     def forget(self, domain: str) -> None:
         self._memory.pop(domain, None)
         try:

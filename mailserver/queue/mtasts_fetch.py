@@ -42,6 +42,10 @@ log = logger(__name__)
 
 #: RFC 8461 3.3: "...a timeout of one minute or less" is what senders should allow.
 FETCH_TIMEOUT = 60.0
+#: A cached policy is looked at again once it has less than this left (seconds).
+REFRESH_MARGIN = 86_400.0
+#: How often the refresher runs (seconds).
+REFRESH_EVERY = 3_600.0
 
 
 @implementer(IAgentEndpointFactory)
@@ -164,16 +168,22 @@ class StsPolicies:
 
     def __init__(self, cache: PolicyCache, txt: Callable[[str], list[str] | None],
                  fetch: Callable[[str], Any], run: Callable[..., Any],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 on_failure: Callable[[str, str], None] | None = None) -> None:
         self.cache = cache
         self.txt = txt
         self.fetch = fetch
         self.run = run
         self.clock = clock
+        #: Told (domain, RFC 8460 4.3 result type) when a policy announced by a new TXT
+        #: id cannot be had: "sts-policy-fetch-error" (the HTTPS fetch failed) or
+        #: "sts-policy-invalid" (it came, and is no policy), for the TLS report.
+        self.on_failure = on_failure
         #: Callers waiting for a lookup in progress, by domain.
         self._pending: dict[str, list[defer.Deferred[StsPolicy | None]]] = {}
 
-    def policy_for(self, domain: str) -> defer.Deferred[StsPolicy | None]:
+    def policy_for(self, domain: str, refresh: bool = False
+                   ) -> defer.Deferred[StsPolicy | None]:
         """The policy, or None; several deliveries to one domain share one lookup.
         Each caller gets a Deferred of its own: a caller that awaits one consumes its
         result, so one Deferred shared by callbacks gave the later ones None (no
@@ -189,24 +199,50 @@ class StsPolicies:
             for caller in self._pending.pop(domain, []):
                 caller.callback(result)  # a Failure goes down each errback chain
 
-        defer.ensureDeferred(self._policy_for(domain)).addBoth(done)
+        defer.ensureDeferred(self._policy_for(domain, refresh)).addBoth(done)
         return waiting
 
-    async def _policy_for(self, domain: str) -> StsPolicy | None:
+    async def refresh_due(self, margin: float = REFRESH_MARGIN) -> list[str]:
+        """RFC 8461 10.2 / 5.1: before a cached policy ends, look again (TXT, then fetch
+        when its id changed, or when it would otherwise lapse): a domain we send to
+        seldom keeps its policy, so a man in the middle cannot time an attack on its
+        expiry. The domains looked at; failures are reported like any others."""
+        now = self.clock()
+        refreshed = []
+        for domain in await self.run(self.cache.domains):
+            cached = await self.run(self.cache.get, domain)
+            # Less than a day left, or than half its life for a short-lived policy.
+            if cached is None or cached.fetched + cached.max_age - now > min(
+                    margin, cached.max_age / 2):
+                continue
+            refreshed.append(domain)
+            await self.policy_for(domain, refresh=True)
+        return refreshed
+
+    async def _policy_for(self, domain: str, refresh: bool = False) -> StsPolicy | None:
         txt = await threads.deferToThread(self.txt, domain)
         known = self.cache.get(domain) if self.cache.loaded(domain) else \
             await self.run(self.cache.get, domain)
         now = self.clock()
         action, cached, detail = decide(domain, txt, known, now)
+        if refresh and action == "use" and cached is not None \
+                and detail == "cached, id unchanged":
+            # Still announced under the same id: fetched again for a new max_age
+            # (RFC 8461 5.1: "...senders SHOULD ... update the cached policy").
+            action, detail = "fetch", cached.id
         if action == "use":
             return cached
         if action == "none":
             log.debug("MTA-STS: {domain}: no policy ({why})", domain=domain, why=detail)
             return None
+        result = "sts-policy-fetch-error"
         try:
             body = await defer.ensureDeferred(self.fetch(domain))
+            result = "sts-policy-invalid"
             policy = parse_policy(domain, detail, body, now)
         except Exception as e:
+            if self.on_failure is not None:
+                self.on_failure(domain, result)
             log.warn("MTA-STS: {domain}: new policy id {id} not usable: {why}{keep}",
                      domain=domain, id=detail, why=_say(e),
                      keep="; the cached policy stays" if cached else "")

@@ -158,6 +158,13 @@ class OutboundTls:
         raise TlsRefused("4.7.5", f"{conn.hop}: {verdict.reason}; not sending "
                          f"(policy {needs.level.value})")
 
+    def policy_failed(self, domain: str, result: str) -> None:
+        """StsPolicies' report of a policy that could not be had (RFC 8460 4.3:
+        sts-policy-fetch-error, sts-policy-invalid), recorded for the domain's TLS
+        report as a failure of its "sts" policy."""
+        self._record(Plan(domain, "", None, []), HopTls("", Level.STS_ENFORCE),
+                     result, None)
+
     def _record(self, plan: Plan, needs: HopTls, result: str, hop: Hop | None) -> None:
         """A SessionResult for TLS-RPT, written in a disk thread (never waited for)."""
         if self.results is None:

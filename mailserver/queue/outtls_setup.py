@@ -52,15 +52,16 @@ def outbound_tls_from(context: ServerContext) -> OutboundTls:
             for c in roots])
     shared = context.resolver or SharedResolver.from_config(config)
     resolver = lambda: shared.resolver(relay.dns_timeout)  # noqa: E731
-    policies = None
+    outbound = OutboundTls(None, resolver if shared.dnssec else None, store,
+                           ResultLog(config.data_dir / "tls-rpt"), context.disk.run,
+                           relay.source_address)
     if relay.mta_sts:
         fetcher = PolicyFetcher(reactor, resolver, web_trust, relay.https_port,
                                 min(FETCH_TIMEOUT, float(relay.command_timeout)))
-        policies = StsPolicies(PolicyCache(config.data_dir / "mta-sts"),
-                               txt_lookup(resolver), fetcher.fetch, context.disk.run)
-    return OutboundTls(policies, resolver if shared.dnssec else None, store,
-                       ResultLog(config.data_dir / "tls-rpt"), context.disk.run,
-                       relay.source_address)
+        outbound.policies = StsPolicies(
+            PolicyCache(config.data_dir / "mta-sts"), txt_lookup(resolver),
+            fetcher.fetch, context.disk.run, on_failure=outbound.policy_failed)
+    return outbound
 
 
 def tls_reporter_from(context: ServerContext, queue: OutboundQueue,

@@ -32,6 +32,7 @@ from mailserver.logs import logger
 from mailserver.queue.client import ClientSettings, Outcome
 from mailserver.queue.destinations import Dispatcher
 from mailserver.queue.envelope import DELIVERED, FAILED, PENDING, is_queue_id
+from mailserver.queue.mtasts_fetch import REFRESH_EVERY
 from mailserver.queue.outbound import OutboundQueue
 from mailserver.queue.outtls_setup import outbound_tls_from, tls_reporter_from
 from mailserver.queue.routing import Router, Self, make_resolver, self_from
@@ -119,6 +120,8 @@ class QueueService(Service):
         self.watcher = SpoolWatcher(spool, self.scheduler)
         queue.notify = self.scheduler.notify
         self.reporter = tls_reporter_from(context, queue, lambda: self.scheduler.sign_dsn)
+        #: Cached MTA-STS policies looked at again before they end (mtasts_fetch.py).
+        self.refresher: task.LoopingCall | None = None
 
     def startService(self) -> None:  # noqa: N802 - Twisted's name
         super().startService()
@@ -126,12 +129,29 @@ class QueueService(Service):
         d.addCallback(self.scheduler.start)
         d.addCallback(lambda _: self.watcher.start())
         d.addCallback(lambda _: self.reporter.start())
+        d.addCallback(lambda _: self._start_refresher())
         d.addErrback(lambda f: log.failure("queue: cannot start", f))
+
+    def _start_refresher(self) -> None:
+        outbound = self.dispatcher.tls
+        policies = outbound.policies if outbound is not None else None
+        if policies is None:
+            return
+
+        def refresh() -> Deferred[Any]:
+            d = Deferred.fromCoroutine(policies.refresh_due())
+            return d.addErrback(lambda f: log.warn("MTA-STS: refreshing policies failed: "
+                                                   "{e}", e=f.getErrorMessage()))
+
+        self.refresher = task.LoopingCall(refresh)
+        self.refresher.start(REFRESH_EVERY, now=False)
 
     def stopService(self) -> Deferred[Any] | None:  # noqa: N802 - Twisted's name
         super().stopService()
         self.watcher.stop()
         self.reporter.stop()
+        if self.refresher is not None and self.refresher.running:
+            self.refresher.stop()
         self.scheduler.stop()
         # Rounds end quickly once their connections are aborted; never hang a shutdown.
         d = self.scheduler.wait_idle()

@@ -171,6 +171,9 @@ class _Policies(resource.Resource):
             request.setResponseCode(301)
             request.setHeader(b"location", b"https://mta-sts.good.test/.well-known/mta-sts.txt")
             return b""
+        if domain == "bad.test":
+            request.setHeader(b"content-type", b"text/plain")
+            return GOOD.replace(b"STSv1", b"STSv9")
         if domain == "html.test":
             request.setHeader(b"content-type", b"text/html")
             return GOOD
@@ -184,7 +187,8 @@ class _Policies(resource.Resource):
     seen: list[str] = []
 
 
-DOMAINS = ["good.test", "redirect.test", "html.test", "huge.test", "badcert.test"]
+DOMAINS = ["good.test", "redirect.test", "html.test", "huge.test", "badcert.test",
+           "bad.test"]
 
 
 class FetchTests(unittest.TestCase):
@@ -205,6 +209,8 @@ class FetchTests(unittest.TestCase):
         zone: dict[str, dict[str, Any]] = {
             f"mta-sts.{d}": {"A": ["127.0.0.1"]} for d in DOMAINS}
         zone["_mta-sts.good.test"] = {"TXT": ["v=STSv1; id=one"]}
+        zone["_mta-sts.bad.test"] = {"TXT": ["v=STSv1; id=two"]}
+        zone["_mta-sts.redirect.test"] = {"TXT": ["v=STSv1; id=three"]}
         self.dns = DNSServer(zone).start()
         self.addCleanup(self.dns.stop)
         shared = SharedResolver([self.dns.nameserver], 5, 0)
@@ -286,3 +292,42 @@ class FetchTests(unittest.TestCase):
                                                    defer.ensureDeferred(deliver())])
         self.assertEqual((first.mode, second.mode), ("enforce", "enforce"))
         self.assertEqual(_Policies.seen, ["mta-sts.good.test"])
+
+
+    @defer.inlineCallbacks
+    def test_a_policy_that_cannot_be_had_is_reported(self) -> Any:
+        """RFC 8460 4.3: a new TXT id whose policy cannot be fetched (a redirect) is an
+        sts-policy-fetch-error, one that is no policy (version STSv9) is an
+        sts-policy-invalid; both are told for the domain's TLS report."""
+        def run(fn: Callable[..., Any], *args: Any) -> Any:
+            return defer.succeed(fn(*args))
+
+        failures: list[tuple[str, str]] = []
+        policies = StsPolicies(PolicyCache(self.tmp / "mta-sts"), txt_lookup(self.resolver),
+                               self.fetcher.fetch, run,
+                               on_failure=lambda d, r: failures.append((d, r)))
+        self.assertIsNone((yield policies.policy_for("redirect.test")))
+        self.assertIsNone((yield policies.policy_for("bad.test")))
+        self.assertEqual(failures, [("redirect.test", "sts-policy-fetch-error"),
+                                    ("bad.test", "sts-policy-invalid")])
+
+    @defer.inlineCallbacks
+    def test_policies_near_their_end_are_fetched_again(self) -> Any:
+        """RFC 8461 10.2: a cached policy with less than a day left is fetched again in
+        the background (same TXT id: a new max_age from now); one with more is not."""
+        def run(fn: Callable[..., Any], *args: Any) -> Any:
+            return defer.succeed(fn(*args))
+
+        now = [1_000_000.0]
+        cache = PolicyCache(self.tmp / "mta-sts")
+        policies = StsPolicies(cache, txt_lookup(self.resolver), self.fetcher.fetch, run,
+                               clock=lambda: now[0])
+        first = yield policies.policy_for("good.test")
+        self.assertEqual(first.fetched, now[0])
+        self.assertEqual((yield defer.ensureDeferred(policies.refresh_due())), [])
+        self.assertEqual(_Policies.seen, ["mta-sts.good.test"])
+        now[0] += first.max_age - 3600  # an hour left
+        self.assertEqual((yield defer.ensureDeferred(policies.refresh_due())),
+                         ["good.test"])
+        self.assertEqual(_Policies.seen, ["mta-sts.good.test"] * 2)
+        self.assertEqual(PolicyCache(self.tmp / "mta-sts").get("good.test").fetched, now[0])

@@ -119,3 +119,20 @@ def test_unknown_types_refused(field: str, value: str) -> None:
     with pytest.raises(ValueError):
         SessionResult(**{"domain": "x.test", "policy_type": "sts", "result": "success",
                          field: value})  # type: ignore[arg-type]
+
+
+def test_a_policy_fetch_failure_is_recorded_for_the_report(tmp_path: Path) -> None:
+    """OutboundTls.policy_failed (told by StsPolicies): one "sts" failure of the domain,
+    which the day's report then counts (RFC 8460 4.3 sts-policy-fetch-error)."""
+    from mailserver.queue.outtls import OutboundTls
+
+    log = ResultLog(tmp_path)
+    outbound = OutboundTls(None, None, None, log, lambda fn, *args: fn(*args),
+                           clock=lambda: T)
+    outbound.policy_failed("example.test", "sts-policy-fetch-error")
+    [result] = log.day("2026-12-06")
+    assert (result.domain, result.policy_type, result.result) == (
+        "example.test", "sts", "sts-policy-fetch-error")
+    report = build_reports("2026-12-06", [result], "o", "c", "r")["example.test"]
+    assert report["policies"][0]["failure-details"] == [  # type: ignore[index]
+        {"result-type": "sts-policy-fetch-error", "failed-session-count": 1}]
