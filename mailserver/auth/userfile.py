@@ -10,7 +10,7 @@ and even lines we cannot parse survive every `mailserver user ...` command.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,27 +141,20 @@ def remove_user(text: str, address: str) -> str:
 
 def set_password(text: str, address: str, password: str) -> str:
     """`text` with the user's hash replaced and the other fields kept."""
-    key = address_key(address)
-    out: list[str] = []
-    found = False
-    for line in text.splitlines(keepends=True):
-        if not found and _line_key(line) == key:
-            parsed = _split_line(line)
-            assert not isinstance(parsed, str)
-            _, _, extra = parsed
-            ending = line[len(line.rstrip("\r\n")):]
-            out.append(format_user_line(key, password, extra) + (ending or "\n"))
-            found = True
-        else:
-            out.append(line)
-    if not found:
-        raise EditRefused(f"{key}: no such user")
-    return "".join(out)
+    return _edit_user(text, address, lambda _, extra: (password, extra))
 
 
 def set_quota(text: str, address: str, storage: int | None, messages: int | None) -> str:
     """`text` with the user's quota rules replaced (auth/quota_rules.py); None keeps a
     limit, 0 removes it. The hash and the other fields stay."""
+    return _edit_user(text, address, lambda password, extra: (
+        password, with_limits(extra, storage, messages)))
+
+
+def _edit_user(text: str, address: str,
+               change: Callable[[str, tuple[str, ...]], tuple[str, tuple[str, ...]]]) -> str:
+    """`text` with the user's line rewritten from change(hash, extra fields); every
+    other line (comments, order, line ends) as it was. EditRefused: no such user."""
     key = address_key(address)
     out: list[str] = []
     found = False
@@ -171,8 +164,7 @@ def set_quota(text: str, address: str, storage: int | None, messages: int | None
             assert not isinstance(parsed, str)
             _, password, extra = parsed
             ending = line[len(line.rstrip("\r\n")):]
-            extra = with_limits(extra, storage, messages)
-            out.append(format_user_line(key, password, extra) + (ending or "\n"))
+            out.append(format_user_line(key, *change(password, extra)) + (ending or "\n"))
             found = True
         else:
             out.append(line)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import dns.exception
 import dns.flags
 import dns.nameserver
 import dns.resolver
@@ -74,3 +75,19 @@ class SharedResolver:
     @property
     def default(self) -> dns.resolver.Resolver:
         return self._default
+
+
+def txt_strings(resolver: dns.resolver.Resolver, name: str) -> list[str] | None:
+    """The TXT records at `name`, each one string (its character-strings joined, RFC
+    7208 3.3 / RFC 8461 3.1 / RFC 8460 3 read them so): [] when there are none
+    (NXDOMAIN, or no TXT), None when the lookup failed (a caller keeps what it had).
+    Blocking: run it in a thread."""
+    try:
+        answer = resolver.resolve(name, "TXT", search=False, raise_on_no_answer=False)
+    except dns.resolver.NXDOMAIN:
+        return []
+    except (dns.resolver.NoNameservers, dns.exception.Timeout, dns.resolver.YXDOMAIN):
+        return None
+    if answer.rrset is None:
+        return []
+    return [b"".join(r.strings).decode("ascii", "replace") for r in answer.rrset]

@@ -33,6 +33,7 @@ from typing import Any
 import dns.exception
 import dns.resolver
 
+from mailserver.core.dns import txt_strings
 from mailserver.core.ownfiles import write_atomically
 
 #: RFC 8461 3.2 does not bound the policy; 64 KiB is what mox and Postfix's
@@ -196,16 +197,7 @@ class PolicyCache:
 def lookup_txt(resolver: dns.resolver.Resolver, domain: str) -> list[str] | None:
     """The TXT strings at _mta-sts.DOMAIN ([] when there are none: NXDOMAIN or no TXT);
     None when the lookup failed (the cached policy then stays in force). Blocking."""
-    try:
-        answer = resolver.resolve(f"_mta-sts.{domain}.", "TXT", search=False,
-                                  raise_on_no_answer=False)
-    except dns.resolver.NXDOMAIN:
-        return []
-    except (dns.resolver.NoNameservers, dns.exception.Timeout, dns.resolver.YXDOMAIN):
-        return None
-    if answer.rrset is None:
-        return []
-    return [b"".join(r.strings).decode("ascii", "replace") for r in answer.rrset]
+    return txt_strings(resolver, f"_mta-sts.{domain}.")
 
 
 #: (domain) -> the policy's bytes; raises PolicyError or any Exception on failure.

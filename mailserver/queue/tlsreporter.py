@@ -24,6 +24,7 @@ from twisted.internet import task, threads
 from twisted.internet.defer import Deferred
 
 from mailserver.core.diskio import DiskExecutor
+from mailserver.core.dns import txt_strings
 from mailserver.interfaces import OutboundEnvelope
 from mailserver.logs import logger
 from mailserver.queue.outbound import OutboundQueue
@@ -46,16 +47,7 @@ MAX_RUA = 5
 def rua_txt(resolver: dns.resolver.Resolver, domain: str) -> list[str] | None:
     """The TXT strings of _smtp._tls.DOMAIN ([] for none; None when the lookup
     failed). Blocking."""
-    try:
-        answer = resolver.resolve(f"_smtp._tls.{domain}.", "TXT", search=False,
-                                  raise_on_no_answer=False)
-    except dns.resolver.NXDOMAIN:
-        return []
-    except (dns.resolver.NoNameservers, dns.exception.Timeout, dns.resolver.YXDOMAIN):
-        return None
-    if answer.rrset is None:
-        return []
-    return [b"".join(r.strings).decode("ascii", "replace") for r in answer.rrset]
+    return txt_strings(resolver, f"_smtp._tls.{domain}.")
 
 
 class TlsReporter:
