@@ -223,9 +223,12 @@ def test_decompression_bomb_is_cut_off(imap_server: RunningServer) -> None:
 
 def test_client_that_stops_reading_holds_the_server_back(imap_server: RunningServer,
                                                          tmp_path: Path) -> None:
-    """Flow control stays intact through the compressor: 60 FETCHes of a 1 MiB message
-    that does not compress, pipelined in a few hundred compressed octets by a client
-    that reads nothing: the server pauses instead of buffering 60 MiB of answers."""
+    """Flow control stays intact through the compressor: 200 FETCHes of a 1 MiB message
+    that compresses to about half, pipelined in a few hundred compressed octets by a
+    client that reads nothing: the server pauses instead of buffering 100-200 MiB of
+    answers. What it holds meanwhile is a constant working set (a few copies of the one
+    message being answered, the compressor, the threads' arenas: 17-24 MiB measured
+    here with 60, 150 and 400 FETCHes alike), not a queue of answers."""
     client = connect(imap_server, "bob@example.org")
     noise = os.urandom(750 * 1024).hex().encode()  # hex: compresses to about half
     client.append("INBOX", None, None, b"Subject: noise\r\n\r\n" + noise[:1024 * 1024]
@@ -236,10 +239,10 @@ def test_client_that_stops_reading_holds_the_server_back(imap_server: RunningSer
     raw.send(b"s SELECT INBOX\r\n")
     raw.until(b"s")
     before = rss_kib(imap_server)
-    raw.send(b"".join(b"f%d FETCH * BODY.PEEK[]\r\n" % i for i in range(60)))
+    raw.send(b"".join(b"f%d FETCH * BODY.PEEK[]\r\n" % i for i in range(200)))
     time.sleep(3)
     grown = rss_kib(imap_server) - before
-    assert grown < 16 * 1024, f"RSS grew {grown} KiB"
+    assert grown < 40 * 1024, f"RSS grew {grown} KiB"
     # Reading again lets the answers through, in order.
     first = raw.until(b"f0")
     assert first[0].startswith(b"* ") and first[-1] == b"f0 OK Fetch completed\r\n"
