@@ -216,8 +216,11 @@ def test_sigkill_mid_drain_loses_nothing(tmp_path: Path, dns: DNSServer,
     tx.start()
     wait_for(lambda: len(bob_messages(rx)) >= 10, what="the drain under way", server=tx)
     tx.kill()
-    left = len(queue_entries(tx))
-    assert 0 < left < 200, f"killed mid-drain ({left} entries left)"
+    arrived, left = len(bob_messages(rx)), len(queue_entries(tx))
+    # Killed while the queue still held entries (some delivered, their removal not yet
+    # durable: removals go in batches; or not sent yet): the restart must finish them.
+    # The queue may still list all 200 although some arrived.
+    assert left > 0, f"killed after the drain ({arrived} arrived, {left} left)"
     tx.start()
     wait_for(lambda: queue_is_empty(tx), what="queue empty", server=tx)
     wait_for(lambda: {parse(m)["Subject"] for m in bob_messages(rx)} == set(subjects),
