@@ -51,8 +51,8 @@ USERS = ("alice", "bob")
 class OursStress(OursInstance):
     """Our server with imap on a loopback port; alice and bob with {PLAIN} passwords."""
 
-    def __init__(self, root: Path, code: Path | None = None) -> None:
-        super().__init__(root, free_port(), HOST, 1)
+    def __init__(self, root: Path, code: Path | None = None, processes: int = 1) -> None:
+        super().__init__(root, free_port(), HOST, processes)
         self.imap_port = free_port()
         self.code = code  # another tree's code (PYTHONPATH), None: this one
         self.limits = False
@@ -153,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=3, help="runs per server (median)")
     ap.add_argument("--before", default=None, help="also run ours from this tree")
     ap.add_argument("--no-dovecot", action="store_true")
+    ap.add_argument("--processes", default="1",
+                    help="ours with these `processes` settings, comma-separated (0: the "
+                         "default, one per core)")
     ap.add_argument("--profile", default=None, help="py-spy collapsed stacks of ours to FILE")
     ap.add_argument("--output", default=str(RESULTS), help="Markdown file ('' = none)")
     ap.add_argument("--tmpdir", default=None)
@@ -162,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     servers: list[tuple[str, object]] = []
     if args.before:
         servers.append(("ours-before", OursStress(tmp / "before", Path(args.before))))
-    servers.append(("ours", OursStress(tmp / "ours")))
+    for n in (int(p) for p in args.processes.split(",")):
+        name = "ours" if n == 1 else f"ours, processes = {n}"
+        servers.append((name, OursStress(tmp / f"ours{n}", processes=n)))
     if not args.no_dovecot:
         servers.append(("Dovecot", DovecotStress(tmp / "dovecot", tmp / "dovecot-mail",
                                                  {u: PASSWORD for u in USERS},
@@ -209,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         f"ImapTest stress, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{os.cpu_count()} cores (shared; load average {load[0]:.1f} at the end), "
         f"{args.clients} clients on one INBOX, {args.secs} s per run, median of "
-        f"{args.repeat}; same users and {{PLAIN}} passwords on both sides; ours with "
+        f"{args.repeat}; same users and {{PLAIN}} passwords on both sides; \"ours\" is "
         "processes = 1",
         "",
         "| server | commands/s (median) | runs | errors (all runs) |",
