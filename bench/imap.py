@@ -247,10 +247,17 @@ class Client:
             await client.command(b"SELECT INBOX")
         return client
 
+    def _send(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    def _decode(self, chunk: bytes) -> bytes:
+        """What a read chunk carries (DeflateClient inflates it)."""
+        return chunk
+
     async def command(self, line: bytes) -> bytes:
         self.n += 1
         tag = b"a%d" % self.n
-        self.writer.write(tag + b" " + line + b"\r\n")
+        self._send(tag + b" " + line + b"\r\n")
         buf = bytearray()
         marker = tag + b" "
         while True:
@@ -261,7 +268,7 @@ class Client:
                                 f"{bytes(buf[-300:])!r}") from None
             if not chunk:
                 raise ImapError(f"connection closed during {line[:60]!r}")
-            buf += chunk
+            buf += self._decode(chunk)
             if buf.endswith(b"\r\n"):
                 start = buf.rfind(b"\r\n", 0, len(buf) - 2)
                 start = 0 if start < 0 else start + 2
@@ -305,33 +312,19 @@ class DeflateClient(Client):
             await client.command(b"SELECT INBOX")
         return client
 
-    async def command(self, line: bytes) -> bytes:
+    def _send(self, data: bytes) -> None:
         if self.out is None:
-            return await super().command(line)
-        self.n += 1
-        tag = b"a%d" % self.n
-        self.writer.write(self.out.compress(tag + b" " + line + b"\r\n")
-                          + self.out.flush(zlib.Z_SYNC_FLUSH))
-        buf = bytearray()
-        marker = tag + b" "
-        while True:
-            try:
-                chunk = await asyncio.wait_for(self.reader.read(1 << 20), TIMEOUT)
-            except TimeoutError:
-                raise ImapError(f"no complete answer to {line[:60]!r} in {TIMEOUT} s") from None
-            if not chunk:
-                raise ImapError(f"connection closed during {line[:60]!r}")
-            self.wire += len(chunk)
-            plain = self.inflate.decompress(chunk)
-            self.raw += len(plain)
-            buf += plain
-            if buf.endswith(b"\r\n"):
-                start = buf.rfind(b"\r\n", 0, len(buf) - 2)
-                start = 0 if start < 0 else start + 2
-                if buf.startswith(marker, start):
-                    if not buf.startswith(marker + b"OK", start):
-                        raise ImapError(f"{line[:60]!r}: {bytes(buf[start:])!r}")
-                    return bytes(buf)
+            super()._send(data)
+        else:
+            self.writer.write(self.out.compress(data) + self.out.flush(zlib.Z_SYNC_FLUSH))
+
+    def _decode(self, chunk: bytes) -> bytes:
+        if self.out is None:
+            return chunk
+        self.wire += len(chunk)
+        plain = self.inflate.decompress(chunk)
+        self.raw += len(plain)
+        return plain
 
 
 def fetch_count(response: bytes) -> int:
