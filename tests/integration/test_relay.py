@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import smtplib
-import socket
 import ssl
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from relay_support import (  # noqa: E402
     PASSWORD,
     RECEIVER_IP,
     DNSServer,
+    free_port,
     inject,
     message,
     parse,
@@ -55,11 +55,6 @@ def servers() -> Iterator[list[RunningServer]]:
     for s in started:
         s.stop()
 
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def listening(server: RunningServer, service: str) -> tuple[str, int]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import smtplib
-import socket
 import ssl
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from relay_support import (  # noqa: E402
     RECEIVER_IP,
     SENDER_IP,
     DNSServer,
+    free_port,
     parse,
     queue_entries,
     receiver,
@@ -43,11 +43,6 @@ from server_harness import RunningServer  # noqa: E402
 MESSAGE = (b"From: alice@example.org\r\nTo: bob@example.net\r\nSubject: dsn e2e\r\n"
            b"Message-ID: <dsn-e2e@example.org>\r\n\r\nthe body text\r\n")
 
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def listening(server: RunningServer, service: str) -> tuple[str, int]:

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from relay_support import (  # noqa: E402
     DNSServer,
+    free_port,
     inject,
     message,
     parse,
@@ -36,13 +37,6 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="a throw-away Postfix instance needs root"),
 ]
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

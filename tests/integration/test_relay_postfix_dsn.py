@@ -21,7 +21,14 @@ ROOT = Path(__file__).parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "queue"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from relay_support import DNSServer, message, queue_entries, sender, wait_for  # noqa: E402
+from relay_support import (  # noqa: E402
+    DNSServer,
+    free_port,
+    message,
+    queue_entries,
+    sender,
+    wait_for,
+)
 
 from mailserver.queue.envelope import QueueEntry, RecipientState, new_queue_id  # noqa: E402
 from mailserver.queue.spool import Spool  # noqa: E402
@@ -32,13 +39,6 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="a throw-away Postfix instance needs root"),
 ]
 
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
