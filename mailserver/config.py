@@ -21,13 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from mailserver.address import domain_key
+from mailserver.config_sections import APIConfig, ClusterConfig, WebhooksConfig, check_sections
+from mailserver.configdoc import doc
 from mailserver.errors import ConfigError
-
-
-def doc(text: str, **kwargs: Any) -> Any:
-    """A dataclass field carrying its own documentation (rendered into the example file)."""
-    return field(metadata={"doc": text}, **kwargs)
-
 
 SERVICES = ("smtp", "submission", "submissions", "pop3", "pop3s", "imap", "imaps", "http",
             "https")
@@ -434,6 +430,9 @@ class Config:
     srs: SRSConfig = field(default_factory=SRSConfig)
     acme: AcmeConfig = field(default_factory=AcmeConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    api: APIConfig = field(default_factory=APIConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     #: The file this came from (None: the embedded default). Not a config key.
     source: Path | None = field(default=None, metadata={"internal": True})
 
@@ -556,6 +555,13 @@ def _convert(hint: Any, value: Any, path: str, problems: list[str], base: Path) 
         item = typing.get_args(hint)[0]
         items = [_convert(item, v, f"{path}[{i}]", problems, base) for i, v in enumerate(value)]
         return tuple(i for i in items if i is not _INVALID)
+    if origin is dict:
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected a table, got {_show(value)}")
+            return _INVALID
+        item = typing.get_args(hint)[1]
+        pairs = {k: _convert(item, v, _join(path, k), problems, base) for k, v in value.items()}
+        return {k: v for k, v in pairs.items() if v is not _INVALID}
     if hint is bool:
         if not isinstance(value, bool):
             problems.append(f"{path}: expected true or false, got {_show(value)}")
@@ -626,6 +632,7 @@ def _check_semantics(config: Config, problems: list[str]) -> None:
             problems.append(f"relay.smarthost: expected \"host:port\", got "
                             f"{config.relay.smarthost!r}")
     _check_http(config, problems)
+    check_sections(config, problems)
     relay = config.relay
     for key in ("retry_initial", "retry_max", "queue_lifetime", "connections_total",
                 "connections_per_destination", "connect_timeout", "command_timeout",
@@ -838,6 +845,8 @@ def _toml_default(f: dataclasses.Field[Any]) -> str:
         return f"{value:_}" if value >= 10_000 else str(value)
     if isinstance(value, tuple):
         return "[" + ", ".join(f'"{v}"' for v in value) + "]"
+    if f.default_factory is dict:
+        return "{}"
     if isinstance(value, str):
         return f'"{value}"'
     return '""'

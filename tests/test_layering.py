@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent / "mailserver"
 
 #: mime7bit: 8-bit MIME made 7-bit, for the relay (a peer without 8BITMIME) and for
 #: submission before DKIM signing: plain byte work that both layers need.
-BASE = frozenset({"address", "reply", "errors", "logs", "config", "interfaces",
-                  "mime7bit"})
+BASE = frozenset({"address", "reply", "errors", "logs", "config", "configdoc",
+                  "config_sections", "interfaces", "mime7bit"})
 PROTOCOLS = frozenset({"smtp", "pop3", "imap"})
 #: What each layer may import besides itself (a package always imports its own modules).
 ALLOWED: dict[str, frozenset[str]] = {
@@ -50,10 +50,18 @@ ALLOWED: dict[str, frozenset[str]] = {
     "queue": BASE | {"core", "store"},
     "senderauth": BASE | {"core", "store", "delivery"},
     **{name: BASE | {"core", "auth", "abuse"} for name in PROTOCOLS},
-    "admin": BASE | {"core", "auth", "store", "queue", "abuse", "senderauth", "http"},
+    "admin": BASE | {"core", "auth", "store", "queue", "abuse", "senderauth", "http",
+                     "api", "webhooks", "cluster"},
     "http": BASE | {"core"},
+    #: The JSON API (/api/v1/) is a protocol like the others: interfaces and core only.
+    "api": BASE | {"core", "auth", "abuse"},
+    #: Webhook events: their spool and sender; the queue and store reach them only
+    #: through interfaces.
+    "webhooks": BASE | {"core"},
+    #: Several nodes: the proxy protocols, the nginx auth endpoint, node health.
+    "cluster": BASE | {"core", "auth", "abuse"},
     "app": BASE | {"core", "auth", "store", "queue", "delivery", "abuse", "http",
-                   "senderauth"} | PROTOCOLS,
+                   "senderauth", "api", "webhooks", "cluster"} | PROTOCOLS,
 }
 #: The only modules of auth/ a protocol may import: parsing SASL, the avatar, and the
 #: users' sending limits (read by the submission session).

@@ -19,6 +19,7 @@ from mailserver.app.listenerset import ListenerSet
 from mailserver.app.pickup import PickupService
 from mailserver.app.reload import Reloader, ReloadTargets
 from mailserver.app.tls import SwappableTLS, server_tls_options
+from mailserver.app.web import web_resources
 from mailserver.app.workers import WorkerSupervisor
 from mailserver.auth.checker import make_portal
 from mailserver.auth.directory import RecipientDirectory
@@ -99,6 +100,7 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     )
     context.submit_urls = SubmitUrls(directory, context.mailboxes, disk.reads)  # BURL
     auth = _sender_auth(context, local, queue)
+    context.web_resources = web_resources(context)
     # Success reports of the copies the sessions deliver locally (RFC 3461 NOTIFY=SUCCESS).
     reports = LocalSuccessReports(queue, auth.signer.sign_dsn if auth.signer else None)
     router.reporter = reports
@@ -109,7 +111,9 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
         """A reload's context: the new config and what is made from it alone; the
         directory, portal, routers, disk threads, TLS, throttle, abuse table, resolver
         and message hooks are the same objects (built once, some with blocking work)."""
-        return dataclasses.replace(context, config=new, mailboxes=_mailboxes(new, directory))
+        fresh = dataclasses.replace(context, config=new, mailboxes=_mailboxes(new, directory))
+        fresh.web_resources = web_resources(fresh)
+        return fresh
 
     holders: list[object] = [context, router, directory]
     if context.mx_target is not None:

@@ -66,6 +66,11 @@ class ServerContext:
     mx_target: IDeliveryRouter | None = None
     #: BURL's way to our IMAP store (RFC 4468; imap/urlauth.SubmitUrls); None: no BURL.
     submit_urls: ISubmitUrls | None = None
+    #: Path prefix -> twisted.web resource the http/https site hands those paths to
+    #: (b"/api/": the JSON API; b"/nginx-auth": the cluster's auth endpoint). Built by
+    #: app/web.py; a resource's `max_body` attribute, if any, raises the site's body cap
+    #: for its prefix.
+    web_resources: Mapping[bytes, Any] = field(default_factory=dict)
 
 
 @dataclass

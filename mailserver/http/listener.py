@@ -27,7 +27,8 @@ def make_listener(context: ServerContext, name: str) -> ListenerFactory | None:
         return None
     config = context.config
     root = MailSiteResource(config, context.disk, ChallengeResponses.under(config.data_dir),
-                            read_token(config.http.metrics_token_file), secure=name == "https")
+                            read_token(config.http.metrics_token_file), secure=name == "https",
+                            mounts=context.web_resources)
     site = MailSite(root, config.http.request_timeout)
     factory = implicit_tls(context, site) if name == "https" else site
     return ListenerFactory(factory, REFUSAL, extra={"site": root})

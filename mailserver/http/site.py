@@ -17,7 +17,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -67,8 +67,11 @@ class MailSiteResource(resource.Resource):
     isLeaf = True  # noqa: N815 - Twisted's name
 
     def __init__(self, config: Config, disk: DiskExecutor, challenges: ChallengeResponses,
-                 metrics_token: str | None, secure: bool) -> None:
+                 metrics_token: str | None, secure: bool,
+                 mounts: Mapping[bytes, Any] | None = None) -> None:
         super().__init__()
+        #: Path prefix -> resource (ServerContext.web_resources): the API, /nginx-auth.
+        self.mounts = dict(mounts or {})
         self.config = config
         self.disk = disk
         self.challenges = challenges
@@ -86,6 +89,9 @@ class MailSiteResource(resource.Resource):
         path = request.path
         method = request.method
         request.setHeader(b"x-content-type-options", b"nosniff")
+        for prefix, mounted in self.mounts.items():
+            if path.startswith(prefix):
+                return mounted.render(request)  # type: ignore[no-any-return]
         if path.startswith(CHALLENGE_PREFIX) and method in (b"GET", b"HEAD"):
             return self._challenge(request, path[len(CHALLENGE_PREFIX):])
         if path in AUTOCONFIG_PATHS and method in (b"GET", b"HEAD"):
@@ -102,6 +108,14 @@ class MailSiteResource(resource.Resource):
         if path == METRICS_PATH and method in (b"GET", b"HEAD"):
             return self._metrics(request)
         return _plain(request, http.NOT_FOUND, "not found\n")
+
+    def body_limit(self, path: bytes) -> int:
+        """The largest body a request for `path` may carry (MAX_BODY, or more for a
+        mounted resource that says so: the API's send takes a whole message)."""
+        for prefix, mounted in self.mounts.items():
+            if path.startswith(prefix):
+                return max(MAX_BODY, getattr(mounted, "max_body", MAX_BODY))
+        return MAX_BODY
 
     # -- ACME HTTP-01 (RFC 8555 8.3) ----------------------------------------------
 
@@ -259,6 +273,7 @@ class BoundedChannel(http.HTTPChannel):
         super().__init__()
         self._deadline: IDelayedCall | None = None
         self._body_bytes = 0
+        self._limit = MAX_BODY
 
     def _arm(self) -> None:
         from twisted.internet import reactor
@@ -294,8 +309,15 @@ class BoundedChannel(http.HTTPChannel):
         close): RFC 6585 4."""
         self._refuse(b"431 Request Header Fields Too Large")
 
+    def _body_limit(self) -> int:
+        root = getattr(self.factory, "root", None)
+        path = getattr(self, "_path", b"") or b""
+        return root.body_limit(path) if root is not None else MAX_BODY
+
     def allHeadersReceived(self) -> None:  # noqa: N802 - Twisted's name
-        if self.length is not None and self.length > MAX_BODY:
+        # The path is known until super() consumes it: the limit is fixed here.
+        self._limit = self._body_limit()
+        if self.length is not None and self.length > self._limit:
             self._refuse(b"413 Content Too Large")
             return
         super().allHeadersReceived()
@@ -303,7 +325,7 @@ class BoundedChannel(http.HTTPChannel):
     def rawDataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted's name
         if not self._handlingRequest:
             self._body_bytes += len(data)
-            if self._body_bytes > MAX_BODY + 4096:  # chunked framing on top of the body
+            if self._body_bytes > self._limit + 4096:  # chunked framing on top of the body
                 self._refuse(b"413 Content Too Large")
                 return
         super().rawDataReceived(data)

@@ -1,0 +1,81 @@
+"""Config sections of the HTTP API, its webhooks and the cluster ([api], [webhooks],
+[cluster]), kept out of config.py, which had grown past 800 lines.
+
+config.py embeds these dataclasses in Config and calls `check_sections` from its
+semantic checks; every problem names its key path, as there.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from mailserver.configdoc import doc
+
+if TYPE_CHECKING:
+    from mailserver.config import Config
+
+
+@dataclass(frozen=True)
+class APIConfig:
+    """The JSON API under /api/v1/ on the https listener (and http from loopback only)."""
+
+    enabled: bool = doc("Serve /api/v1/ on the http/https listeners.", default=True)
+    requests_per_minute: int = doc("Requests one token (or one user by password) may make "
+                                   "a minute; more are answered 429.", default=600)
+    concurrent_requests: int = doc("Requests one process works on at once; more are "
+                                   "answered 503.", default=64)
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    """Webhooks: events POSTed as signed JSON to applications' URLs."""
+
+    allowed_networks: tuple[str, ...] = doc(
+        "Private, loopback or link-local networks a webhook URL may point at (SSRF: "
+        'by default only public addresses), e.g. ["10.1.0.0/16"].', default=())
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Several nodes over one shared Maildir tree behind nginx's mail proxy."""
+
+    node: str = doc("This node's name (a key of nodes); empty: one node, no cluster.",
+                    default="")
+    nodes: dict[str, str] = doc("Node name -> address; every node listens on the same "
+                                "ports.", default_factory=dict)
+    trusted_proxies: tuple[str, ...] = doc(
+        "Networks XCLIENT and the PROXY protocol are accepted from; from any other "
+        "address they are refused.", default=())
+
+
+def check_sections(config: Config, problems: list[str]) -> None:
+    """Semantic checks of [api], [webhooks] and [cluster]."""
+    if config.api.requests_per_minute == 0:
+        problems.append("api.requests_per_minute: must be at least 1")
+    if config.api.concurrent_requests == 0:
+        problems.append("api.concurrent_requests: must be at least 1")
+    _check_networks("webhooks.allowed_networks", config.webhooks.allowed_networks, problems)
+    cluster = config.cluster
+    _check_networks("cluster.trusted_proxies", cluster.trusted_proxies, problems)
+    for name, address in cluster.nodes.items():
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            problems.append(f"cluster.nodes.{name}: not an IP address: {address!r}")
+    if cluster.node and cluster.node not in cluster.nodes:
+        problems.append(f"cluster.node: {cluster.node!r} is not one of cluster.nodes")
+    if cluster.nodes and not cluster.node:
+        problems.append("cluster.node: needed with cluster.nodes (this node's name)")
+
+
+def _check_networks(key: str, networks: tuple[str, ...], problems: list[str]) -> None:
+    for i, net in enumerate(networks):
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            problems.append(f"{key}[{i}]: not a network: {net!r}")
+
+
+__all__ = ["APIConfig", "ClusterConfig", "WebhooksConfig", "check_sections"]
