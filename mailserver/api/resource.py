@@ -123,7 +123,10 @@ def route(method: str, pattern: str, scope: str, handler: Handler) -> Route:
 
 def all_routes() -> list[Route]:
     """Every route of the API (each module keeps its own list)."""
+    from mailserver.api import account
+
     routes: list[Route] = []
+    routes += account.ROUTES
     return routes
 
 
