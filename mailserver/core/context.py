@@ -26,6 +26,7 @@ from mailserver.core.connection import S, SessionFactory
 from mailserver.core.diskio import DiskExecutor
 from mailserver.core.dns import SharedResolver
 from mailserver.core.throttle import LoginThrottle
+from mailserver.events import IDeliveryEvents
 from mailserver.interfaces import (
     IDeliveryRouter,
     IMailboxOpener,
@@ -71,6 +72,9 @@ class ServerContext:
     #: app/web.py; a resource's `max_body` attribute, if any, raises the site's body cap
     #: for its prefix.
     web_resources: Mapping[bytes, Any] = field(default_factory=dict)
+    #: Where delivery outcomes and arrivals are published (events.IDeliveryEvents: the
+    #: webhook spool, the API's message states); None: nobody listens.
+    events: IDeliveryEvents | None = None
 
 
 @dataclass
