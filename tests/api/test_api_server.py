@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "http"))
+sys.path.insert(0, str(Path(__file__).parent))
 from http_helpers import ALL_LISTENERS, request  # noqa: E402
+from openapi_check import check_response  # noqa: E402
 from server_harness import RunningServer, make_server  # noqa: E402
 
 
@@ -33,6 +35,7 @@ def test_me_with_the_users_password(server: RunningServer) -> None:
                                     headers=basic("alice@example.org", "wonderland"))
     assert (status, headers["content-type"]) == (200, "application/json")
     assert json.loads(body) == {"address": "alice@example.org", "scopes": ["all"]}
+    check_response("get", "/me", 200, json.loads(body))
 
 
 def test_a_wrong_password_is_401_with_a_challenge(server: RunningServer) -> None:
@@ -41,6 +44,7 @@ def test_a_wrong_password_is_401_with_a_challenge(server: RunningServer) -> None
     assert status == 401
     assert "Basic" in headers["www-authenticate"]
     assert json.loads(body)["error"]["code"] == "unauthenticated"
+    check_response("get", "/me", 401, json.loads(body))
     status, _, body = request(server, "GET", "/api/v1/me", secure=True)
     assert status == 401
 
