@@ -34,8 +34,10 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -49,7 +51,7 @@ DOVECOT = "/usr/sbin/dovecot"
 CONFIG = """\
 # Throw-away benchmark instance (bench/dovecot_instance.py). Not the system's Dovecot.
 protocols = {protocols}
-base_dir = {root}/run
+base_dir = {run_dir}
 state_dir = {root}/state
 instance_name = bench-{port_tag}
 log_path = {root}/dovecot.log
@@ -126,6 +128,7 @@ class DovecotInstance(ServerInstance):
         self.config = root / "dovecot.conf"
         self.log = root / "dovecot.log"
         self.ports: dict[str, int] = {}
+        self.run_dir = root / "run"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -159,11 +162,18 @@ class DovecotInstance(ServerInstance):
         self.root.mkdir(parents=True, exist_ok=True)
         for sub in ("run", "state"):
             (self.root / sub).mkdir(exist_ok=True)
+        # Unix socket paths are limited to 107 bytes (sun_path); under a deep temp dir
+        # (pytest-xdist's popen-gwN level) base_dir/token-login/imap-urlauth is longer.
+        self.run_dir = self.root / "run"
+        if len(str(self.run_dir)) > 48:
+            self.run_dir = Path(tempfile.mkdtemp(prefix="dovecot-run-", dir="/tmp"))
+            self.run_dir.chmod(0o755)  # like a plain mkdir: the login processes look in
         internal_user, internal_group, login_user, uid, gid = self._accounts()
         self.ports = {proto: free_port(self.host) for proto in self.protocols}
         services = "".join(SERVICE.format(proto=p, port=self.ports[p]) for p in self.protocols)
         text = CONFIG.format(
             protocols=" ".join(self.protocols), root=self.root, mail_root=self.mail_root,
+            run_dir=self.run_dir,
             internal_user=internal_user, internal_group=internal_group,
             login_user=login_user, mail_uid=uid, mail_gid=gid, services=services,
             port_tag="-".join(str(p) for p in self.ports.values()),
@@ -235,6 +245,8 @@ class DovecotInstance(ServerInstance):
         if self.proc.stderr is not None:
             self.proc.stderr.close()
         self.proc = None
+        if self.run_dir != self.root / "run":
+            shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
 def _chown_tree(top: Path, uid: int, gid: int) -> None:
