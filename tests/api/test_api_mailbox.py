@@ -54,8 +54,9 @@ def api(server: RunningServer, method: str, path: str, body: Any = None,
         ) -> tuple[int, dict[str, str], bytes]:
     data = None if body is None else (body if isinstance(body, bytes)
                                       else json.dumps(body).encode())
-    return request(server, method, "/api/v1/" + path, secure=True, body=data,
-                   headers={**basic(user), **(headers or {})})
+    sent = {**basic(user), **({} if data is None else {"Content-Type": "application/json"}),
+            **(headers or {})}
+    return request(server, method, "/api/v1/" + path, secure=True, body=data, headers=sent)
 
 
 def get_json(server: RunningServer, path: str, user: str = ALICE) -> Any:
