@@ -43,6 +43,8 @@ SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\D
 #: RFC 3501 9 flag-keyword = atom: printable ASCII without atom-specials; 64 at most here.
 _KEYWORD = re.compile(r'[!#$&\'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]{1,64}')
 _UID = re.compile(r"[1-9][0-9]{0,9}")
+#: A number in a query (ten digits at most: int() of a huge string costs, or raises).
+_DIGITS = re.compile(r"[0-9]{1,10}")
 #: A Maildir file name as a webhook names it: the part before ":2," (its ",S=" size
 #: fields, if any, are dropped here: the store keys a message by what precedes them).
 _BASE = re.compile(r"[!-.0-9;-~]{1,255}")
@@ -62,7 +64,7 @@ def _number(call: ApiCall, name: str, default: int, low: int, high: int) -> int:
     text = call.arg(name)
     if text is None:
         return default
-    if not text.isascii() or not text.isdigit() or not low <= int(text) <= high:
+    if not _DIGITS.fullmatch(text) or not low <= int(text) <= high:
         raise ApiError(400, "bad_parameter", f"{name}: a number from {low} to {high}")
     return int(text)
 

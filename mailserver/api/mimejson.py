@@ -72,9 +72,10 @@ def decode_words(text: str) -> str:
     if "=?" not in text:
         return text
     try:
-        return str(email.header.make_header(email.header.decode_header(text)))
+        decoded = str(email.header.make_header(email.header.decode_header(text)))
     except (ValueError, LookupError, UnicodeError, AssertionError):
         return text
+    return decoded if decoded.strip() else text  # a word too broken to say anything
 
 
 def addresses(value: str | None) -> list[dict[str, str]]:
@@ -140,8 +141,14 @@ class Part:
 
 
 def parse(data: bytes) -> Message:
-    """The MIME tree of a whole message (CRLF or LF)."""
-    return email.parser.BytesParser(policy=email.policy.compat32).parsebytes(data)
+    """The MIME tree of a whole message (CRLF or LF). The stdlib parser recurses once
+    per multipart level: a message nested past the interpreter's recursion limit is
+    taken as one part (its header, and its body unparsed)."""
+    parser = email.parser.BytesParser(policy=email.policy.compat32)
+    try:
+        return parser.parsebytes(data)
+    except RecursionError:
+        return parser.parsebytes(data, headersonly=True)
 
 
 def _leaves(part: Message, depth: int) -> Iterator[Message]:
@@ -181,7 +188,10 @@ def content(part: Message) -> bytes:
     """A part's octets with its Content-Transfer-Encoding undone (RFC 2045 6)."""
     if part.get_content_maintype() in ("multipart", "message"):
         # message/rfc822 and an over-deep multipart: the part's own body, as stored.
-        body = part.as_bytes(policy=email.policy.compat32)
+        try:
+            body = part.as_bytes(policy=email.policy.compat32)
+        except RecursionError:  # nested deeper than the stack allows: not served
+            return b""
         head, sep, rest = body.partition(b"\n\n")
         return rest if sep else b""
     payload = part.get_payload(decode=True)

@@ -415,6 +415,7 @@ def test_unknown_uid_is_404(server: RunningServer) -> None:
 
 
 @pytest.mark.parametrize("query", ["since_uid=-1", "since_uid=x", "limit=0", "limit=1001",
+                                   "limit=" + "9" * 5000, "since_uid=%C2%B2", "since_uid=",
                                    "since=yesterday", "since=2026-12-07T10:00:00",
                                    "name=a/b", "name=a:2,S", "name="])
 def test_bad_list_parameters(server: RunningServer, query: str) -> None:
