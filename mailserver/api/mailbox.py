@@ -45,9 +45,9 @@ _KEYWORD = re.compile(r'[!#$&\'+,\-./0-9:;<=>?@A-Z\[^_`a-z|}~]{1,64}')
 _UID = re.compile(r"[1-9][0-9]{0,9}")
 #: A number in a query (ten digits at most: int() of a huge string costs, or raises).
 _DIGITS = re.compile(r"[0-9]{1,10}")
-#: A Maildir file name as a webhook names it: the part before ":2," (its ",S=" size
-#: fields, if any, are dropped here: the store keys a message by what precedes them).
-_BASE = re.compile(r"[!-.0-9;-~]{1,255}")
+#: A Maildir file name as a webhook names it (its name in new/): ",S=" size fields and
+#: a ":2," info part, if any, are dropped here (the store keys a message by its base).
+_BASE = re.compile(r"[!-.0-~]{1,255}")
 
 _FOLDER = r"folders/(?P<folder>[^/]+)"
 _MESSAGE = _FOLDER + r"/messages/(?P<uid>[^/]+)"
@@ -156,13 +156,15 @@ async def list_messages(call: ApiCall) -> ApiAnswer:
     folder = _folder(call)
     base = call.arg("name")
     if base is not None and not _BASE.fullmatch(base):
-        raise ApiError(400, "bad_parameter", "name: a Maildir base name (printable ASCII, "
-                                             "no / or :)")
+        raise ApiError(400, "bad_parameter", "name: a Maildir file name (printable ASCII, "
+                                             "no /)")
     since_uid = _number(call, "since_uid", 0, 0, mailstore.MAX_UID)
     limit = _number(call, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     since = _since(call)
     if base is not None:
-        base = base.split(",")[0]
+        base = base.partition(":")[0].split(",")[0]
+        if not base:
+            raise ApiError(400, "bad_parameter", "name: a Maildir base name")
     page = await _in_store(call, mailstore.messages, folder, since_uid, since, limit, base)
     page["next"] = None
     if page["next_since_uid"] is not None:

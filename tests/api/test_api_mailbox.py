@@ -198,8 +198,15 @@ def test_message_list_by_maildir_base_name(server: RunningServer) -> None:
     answer = get_json(server, f"folders/INBOX/messages?name={quote(base)}")
     check_response("get", "/folders/{folder}/messages", 200, answer)
     assert [(m["uid"], m["subject"]) for m in answer["messages"]] == [(uid, subject)]
+    # The name as it is now in cur/ (flags after ":2,") finds it too.
+    api(server, "PATCH", f"folders/INBOX/messages/{uid}", {"add_flags": ["\\Seen"]})
+    now = maildir_file(server, subject).name
+    assert ":2,S" in now
+    answer = get_json(server, f"folders/INBOX/messages?name={quote(now)}")
+    assert [m["uid"] for m in answer["messages"]] == [uid]
     missing = get_json(server, "folders/INBOX/messages?name=1234.M5P6Q7.nowhere")
     assert missing["messages"] == []
+    assert get_json(server, f"folders/Trash/messages?name={quote(base)}")["messages"] == []
 
 
 def test_raw_message_is_the_stored_bytes_with_crlf(server: RunningServer) -> None:
@@ -417,7 +424,7 @@ def test_unknown_uid_is_404(server: RunningServer) -> None:
 @pytest.mark.parametrize("query", ["since_uid=-1", "since_uid=x", "limit=0", "limit=1001",
                                    "limit=" + "9" * 5000, "since_uid=%C2%B2", "since_uid=",
                                    "since=yesterday", "since=2026-12-07T10:00:00",
-                                   "name=a/b", "name=a:2,S", "name="])
+                                   "name=a/b", "name=a%20b", "name=%00", "name=,S=1", "name="])
 def test_bad_list_parameters(server: RunningServer, query: str) -> None:
     assert error_of(server, "GET", f"folders/INBOX/messages?{query}")[0] == 400
 
