@@ -165,22 +165,17 @@ async def list_messages(call: ApiCall) -> ApiAnswer:
         base = base.partition(":")[0].split(",")[0]
         if not base:
             raise ApiError(400, "bad_parameter", "name: a Maildir base name")
-    page = await _in_store(call, mailstore.messages, folder, since_uid, since, limit, base)
-    page["next"] = None
-    if page["next_since_uid"] is not None:
-        page["next"] = _next_link(call, page["next_since_uid"])
-    return ApiAnswer(200, page)
+    page = await _in_store(call, mailstore.messages, folder, since_uid, since, limit, base,
+                           _next_link(call))
+    return ApiAnswer(200, None, raw=page)
 
 
-def _next_link(call: ApiCall, since_uid: int) -> str:
-    """The same query with the cursor moved on (a path under /api/v1/)."""
-    query = [f"since_uid={since_uid}"]
-    for key in ("since", "limit"):
-        value = call.arg(key)
-        if value is not None:
-            query.append(f"{key}={quote(value, safe='')}")
-    return (f"/api/v1/folders/{quote(call.params['folder'], safe='')}/messages?"
-            + "&".join(query))
+def _next_link(call: ApiCall) -> Callable[[int], str]:
+    """since_uid -> the same query with the cursor moved on (a path under /api/v1/)."""
+    rest = "".join(f"&{key}={quote(value, safe='')}" for key in ("since", "limit")
+                   if (value := call.arg(key)) is not None)
+    prefix = f"/api/v1/folders/{quote(call.params['folder'], safe='')}/messages?since_uid="
+    return lambda since_uid: f"{prefix}{since_uid}{rest}"
 
 
 def _wants_raw(call: ApiCall) -> bool:

@@ -19,9 +19,10 @@ import email.parser
 import email.policy
 import email.utils
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC
 from email.message import Message
 from typing import Any
 
@@ -92,7 +93,7 @@ def addresses(value: str | None) -> list[dict[str, str]]:
 
 def rfc3339(seconds: float) -> str:
     """An instant as RFC 3339 UTC with seconds ("2026-12-07T11:22:04Z")."""
-    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
 def header_date(value: str | None) -> str | None:

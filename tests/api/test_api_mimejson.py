@@ -4,6 +4,7 @@ the listing's envelope cache in the folder index (mailserver/api/mailstore.py)."
 from __future__ import annotations
 
 import base64
+import json
 import time
 from pathlib import Path
 
@@ -133,12 +134,14 @@ def test_a_warm_listing_reads_no_header(tmp_path: Path,
     store = opener.open_user_store(mailbox)
     for i in range(30):
         store.append("INBOX", b"Subject: n%d\r\nFrom: a@example.org\r\n\r\nbody\r\n" % i)
-    cold = mailstore.messages(opener.open_user_store(mailbox), "INBOX", 0, None, 100, None)
+    cold = json.loads(mailstore.messages(opener.open_user_store(mailbox), "INBOX", 0, None,
+                                         100, None, str))
     assert [m["subject"] for m in cold["messages"]] == [f"n{i}" for i in range(30)]
 
     def no_header(self: MailboxView, uid: int) -> bytes:
         raise AssertionError(f"header({uid}) read on a warm listing")
 
     monkeypatch.setattr(MailboxView, "header", no_header)
-    warm = mailstore.messages(opener.open_user_store(mailbox), "INBOX", 0, None, 100, None)
+    warm = json.loads(mailstore.messages(opener.open_user_store(mailbox), "INBOX", 0, None,
+                                         100, None, str))
     assert warm == cold
