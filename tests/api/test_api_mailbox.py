@@ -9,6 +9,7 @@ import imaplib
 import json
 import poplib
 import smtplib
+import socket
 import subprocess
 import sys
 import time
@@ -307,6 +308,36 @@ def test_flags_seen_by_an_open_imap_session_and_after_reconnect(
     assert b"FLAGS ()" in data[0]
 
 
+def test_an_idling_imap_session_is_told_of_the_flag_change(server: RunningServer) -> None:
+    """RFC 2177: a session in IDLE gets the FETCH FLAGS of a change made over the API
+    without asking, as it would for another IMAP client's STORE."""
+    uid, _ = fresh(server)
+    sock = socket.create_connection(("127.0.0.1", server.ports["imap"]), timeout=20)
+    lines = sock.makefile("rb")
+    lines.readline()
+
+    def until(tag: bytes) -> list[bytes]:
+        got = [lines.readline()]
+        while not got[-1].startswith(tag):
+            got.append(lines.readline())
+        return got
+
+    sock.sendall(f"a LOGIN {ALICE} {PASSWORD}\r\nb SELECT INBOX\r\n"
+                 f"s SEARCH UID {uid}\r\n".encode())
+    seq = int(next(x for x in until(b"s OK") if x.startswith(b"* SEARCH")).split()[2])
+    sock.sendall(b"c IDLE\r\n")
+    until(b"+")
+    status, _, _ = api(server, "PATCH", f"folders/INBOX/messages/{uid}",
+                       {"add_flags": ["\\Flagged"]})
+    assert status == 200
+    # \Recent: this session's SELECT was the first to see the message (RFC 3501 2.3.2).
+    assert lines.readline() == b"* %d FETCH (UID %d FLAGS (\\Flagged \\Recent))\r\n" % (
+        seq, uid)
+    sock.sendall(b"DONE\r\n")
+    assert lines.readline().startswith(b"c OK")
+    sock.close()
+
+
 def test_move_is_an_expunge_for_imap_and_a_new_uid_in_the_target(
         server: RunningServer) -> None:
     uid, subject = fresh(server)
@@ -382,12 +413,22 @@ def test_curl_lists_and_reads(server: RunningServer) -> None:
 # --------------------------------------------------------------------------- hostile
 
 
+def template_of(path: str) -> str:
+    """The OpenAPI path an API path falls under."""
+    parts = path.split("?")[0].split("/")
+    names = ["folders", "{folder}", "messages", "{uid}", "attachments", "{n}"]
+    if parts[-1] == "move":
+        return "/" + "/".join(names[:4]) + "/move"
+    return "/" + "/".join(names[:len(parts)])
+
+
 def error_of(server: RunningServer, method: str, path: str, body: Any = None,
              user: str = ALICE) -> tuple[int, str]:
     status, headers, answer = api(server, method, path, body, user=user)
     assert headers["content-type"] == "application/json", (path, answer)
     error = json.loads(answer)["error"]
     assert error["status"] == status
+    check_response(method, template_of(path), status, json.loads(answer))
     return status, error["code"]
 
 
