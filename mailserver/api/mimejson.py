@@ -165,6 +165,33 @@ def _leaves(part: Message, depth: int) -> Iterator[Message]:
     yield part
 
 
+def _clean(text: str) -> str:
+    """A string the stdlib parser made from raw 8-bit octets (surrogate escapes) as
+    UTF-8, junk replaced; unfolded, without control characters (JSON-safe text)."""
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return "".join(c for c in _LINE.sub(b"", text.encode()).decode() if c >= " ").strip()
+
+
+def field(part: Message, name: str) -> str | None:
+    """The first field `name` (lower case) of a part as clean text (RFC 6532 UTF-8);
+    not part.get(), which gives a Header object for a field with 8-bit octets."""
+    for key, value in part.raw_items():  # as parsed: 8-bit octets surrogate-escaped
+        if key.lower() == name:
+            return _clean(str(value))
+    return None
+
+
+def _disposition(part: Message) -> str:
+    return (field(part, "content-disposition") or "").split(";")[0].strip().lower()
+
+
+def content_type(part: Message) -> str:
+    try:
+        return _clean(part.get_content_type())
+    except (ValueError, LookupError, UnicodeError, AttributeError):
+        return "application/octet-stream"
+
+
 def parts(message: Message) -> tuple[list[Part], int]:
     """The body and attachment parts of a message, and how many were left out."""
     found: list[Part] = []
@@ -174,10 +201,10 @@ def parts(message: Message) -> tuple[list[Part], int]:
         if len(found) >= MAX_PARTS:
             omitted += 1
             continue
-        ctype = leaf.get_content_type()
-        disposition = (leaf.get("content-disposition") or "").split(";")[0].strip().lower()
-        named = leaf.get_param("name") is not None or leaf.get_filename() is not None
-        if ctype in ("text/plain", "text/html") and disposition != "attachment" and not named:
+        ctype = content_type(leaf)
+        named = filename(leaf) is not None
+        if ctype in ("text/plain", "text/html") and _disposition(leaf) != "attachment" \
+                and not named:
             found.append(Part(leaf, 0, "text" if ctype == "text/plain" else "html"))
         else:
             number += 1
@@ -215,13 +242,13 @@ def filename(part: Message) -> str | None:
     Content-Type name), with path components and control characters removed."""
     try:
         name = part.get_filename() or part.get_param("name")
-    except (ValueError, LookupError, UnicodeError):
+    except (ValueError, LookupError, UnicodeError, AttributeError):
         return None
     if isinstance(name, tuple):  # an RFC 2231 triple get_param did not collapse
         name = email.utils.collapse_rfc2231_value(name)
     if not name:
         return None
-    text = decode_words(str(name))
+    text = decode_words(_clean(str(name)))
     text = text.replace("\\", "/").rsplit("/", 1)[-1]
     text = "".join(c for c in text if c >= " " and c != "\x7f")[:255]
     return text or None
@@ -240,11 +267,10 @@ def parsed(data: bytes, download: str) -> dict[str, Any]:
         attachments.append({
             "number": part.number,
             "filename": filename(part.message),
-            "content_type": part.message.get_content_type(),
+            "content_type": content_type(part.message),
             "size": len(content(part.message)),
-            "disposition": (part.message.get("content-disposition") or "").split(";")[0]
-                           .strip().lower() or None,
-            "content_id": part.message.get("content-id"),
+            "disposition": _disposition(part.message) or None,
+            "content_id": field(part.message, "content-id"),
             "download": f"{download}/{part.number}",
         })
     return {
@@ -261,6 +287,6 @@ def attachment(data: bytes, number: int) -> tuple[bytes, str, str | None] | None
     found, _ = parts(parse(data))
     for part in found:
         if part.kind == "attachment" and part.number == number:
-            return content(part.message), part.message.get_content_type(), \
+            return content(part.message), content_type(part.message), \
                 filename(part.message)
     return None

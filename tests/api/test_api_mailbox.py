@@ -67,8 +67,9 @@ def get_json(server: RunningServer, path: str, user: str = ALICE) -> Any:
 
 
 def deliver(server: RunningServer, message: bytes, to: str = ALICE) -> None:
+    options = ["BODY=8BITMIME"] if not message.isascii() else []
     with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=20) as smtp:
-        smtp.sendmail("carol@example.com", [to], message)
+        smtp.sendmail("carol@example.com", [to], message, mail_options=options)
 
 
 def plain(subject: str) -> bytes:
@@ -244,7 +245,9 @@ MULTIPART = (
     + base64.encodebytes(PDF).replace(b"\n", b"\r\n")
     # A name with path components and a CR LF in it (RFC 2231 lets one be encoded).
     + b"--outer\r\nContent-Type: text/plain\r\nContent-Disposition: attachment; "
-    b"filename*=UTF-8''..%2F..%2Fetc%2Fpass%0D%0Awd\r\n\r\nnot a path\r\n--outer--\r\n")
+    b"filename*=UTF-8''..%2F..%2Fetc%2Fpass%0D%0Awd\r\n\r\nnot a path\r\n"
+    # A type no HTTP header may carry (8-bit octets).
+    b"--outer\r\nContent-Type: text/pl\xc3\xa9in; name=x.txt\r\n\r\nodd\r\n--outer--\r\n")
 
 
 def test_parsed_message_and_attachment_download(server: RunningServer) -> None:
@@ -257,7 +260,8 @@ def test_parsed_message_and_attachment_download(server: RunningServer) -> None:
     # The CRLF before a boundary belongs to the boundary (RFC 2046 5.1.1).
     assert answer["text"] == ["Grüße"]
     assert answer["html"] == ["<p>Grüße</p>"]
-    pdf, evil = answer["attachments"]
+    pdf, evil, odd = answer["attachments"]
+    assert odd["content_type"] == "text/pl\ufffd\ufffdin"
     assert pdf == {"number": 1, "filename": "Rechnung März.pdf",
                    "content_type": "application/pdf", "size": len(PDF),
                    "disposition": "attachment", "content_id": None,
@@ -268,10 +272,14 @@ def test_parsed_message_and_attachment_download(server: RunningServer) -> None:
     assert body == PDF
     assert headers["content-disposition"] == \
         "attachment; filename*=UTF-8''Rechnung%20M%C3%A4rz.pdf"
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["content-security-policy"] == "sandbox; default-src 'none'"
     status, headers, body = api(server, "GET", f"folders/INBOX/messages/{uid}/attachments/2")
     assert (status, body) == (200, b"not a path")
     assert headers["content-disposition"] == "attachment; filename*=UTF-8''passwd"
-    status, _, body = api(server, "GET", f"folders/INBOX/messages/{uid}/attachments/3")
+    status, headers, body = api(server, "GET", f"folders/INBOX/messages/{uid}/attachments/3")
+    assert (status, headers["content-type"], body) == (200, "application/octet-stream", b"odd")
+    status, _, body = api(server, "GET", f"folders/INBOX/messages/{uid}/attachments/4")
     assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
     # Reading is not a change: IMAP still sees the message unread (BODY.PEEK, not BODY).
     assert get_json(server, f"folders/INBOX/messages/{uid}")["flags"] == []

@@ -145,3 +145,20 @@ def test_a_warm_listing_reads_no_header(tmp_path: Path,
     warm = json.loads(mailstore.messages(opener.open_user_store(mailbox), "INBOX", 0, None,
                                          100, None, str))
     assert warm == cold
+
+
+def test_eight_bit_mime_fields_are_utf8_text_not_a_crash() -> None:
+    """compat32 turns a field with raw 8-bit octets into a Header object; every field we
+    read from a part is text, the UTF-8 decoded (RFC 6532) and anything else replaced."""
+    data = (b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n"
+            b"Content-Type: application/octet-stream\r\n"
+            b"Content-Disposition: attachment; filename=\"\xff\xfe.bin\"\r\n"
+            b"Content-ID: <caf\xc3\xa9@b>\r\n  folded\r\n\r\nxx\r\n"
+            b"--b\r\nContent-Type: text/pl\xc3\xa9in\r\n\r\nyy\r\n--b--\r\n")
+    first, second = mimejson.parsed(data, "/x")["attachments"]
+    assert first["content_id"] == "<café@b>  folded"
+    assert first["filename"] == "\ufffd\ufffd.bin"
+    assert second["content_type"] == "text/pl\ufffd\ufffdin"
+    json.dumps(first, ensure_ascii=False).encode("utf-8")  # no lone surrogate left
+    assert mimejson.attachment(data, 1) == (b"xx", "application/octet-stream",
+                                            "\ufffd\ufffd.bin")
