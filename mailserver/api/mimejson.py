@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC
+from email.errors import MessageError
 from email.message import Message
 from typing import Any
 
@@ -74,7 +75,7 @@ def decode_words(text: str) -> str:
         return text
     try:
         decoded = str(email.header.make_header(email.header.decode_header(text)))
-    except (ValueError, LookupError, UnicodeError, AssertionError):
+    except (ValueError, LookupError, UnicodeError, AssertionError, MessageError):
         return text
     return decoded if decoded.strip() else text  # a word too broken to say anything
 
@@ -188,7 +189,7 @@ def _disposition(part: Message) -> str:
 def content_type(part: Message) -> str:
     try:
         return _clean(part.get_content_type())
-    except (ValueError, LookupError, UnicodeError, AttributeError):
+    except (ValueError, LookupError, UnicodeError, AttributeError, MessageError):
         return "application/octet-stream"
 
 
@@ -218,7 +219,9 @@ def content(part: Message) -> bytes:
         # message/rfc822 and an over-deep multipart: the part's own body, as stored.
         try:
             body = part.as_bytes(policy=email.policy.compat32)
-        except RecursionError:  # nested deeper than the stack allows: not served
+        except Exception:  # noqa: BLE001 - the stdlib generator on a broken tree raises
+            # RecursionError (nesting), UnicodeError (a header it decoded itself), ...:
+            # whatever it is, the part is not served, and the rest of the message is.
             return b""
         head, sep, rest = body.partition(b"\n\n")
         return rest if sep else b""
@@ -242,7 +245,7 @@ def filename(part: Message) -> str | None:
     Content-Type name), with path components and control characters removed."""
     try:
         name = part.get_filename() or part.get_param("name")
-    except (ValueError, LookupError, UnicodeError, AttributeError):
+    except (ValueError, LookupError, UnicodeError, AttributeError, MessageError):
         return None
     if isinstance(name, tuple):  # an RFC 2231 triple get_param did not collapse
         name = email.utils.collapse_rfc2231_value(name)

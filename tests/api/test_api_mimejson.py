@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import time
 from pathlib import Path
 
@@ -39,6 +40,9 @@ def test_envelope_fields_last_one_wins_and_words_are_decoded() -> None:
     (b"Subject: =?utf-8?b?!!!?=\r\n\r\n", "=?utf-8?b?!!!?="),
     (b"Subject: caf\xc3\xa9 \xff\r\n\r\n", "café \ufffd"),  # RFC 6532 UTF-8; junk replaced
     (b"Subject\r\nno colon\r\n\r\n", None),
+    # Found by the mutation test below: the stdlib raises CharsetError/HeaderParseError.
+    (b"Subject: =?U\xffTF-8?B?SsO8cmdlbg==?=\r\n\r\n", "=?U\ufffdTF-8?B?SsO8cmdlbg==?="),
+    (b"Subject: =?UTF-8?B?\x1bsO8cmdlbg==?=\r\n\r\n", "=?UTF-8?B?\x1bsO8cmdlbg==?="),
     (b"", None),
 ])
 def test_broken_headers_give_something_never_an_exception(block: bytes,
@@ -162,3 +166,39 @@ def test_eight_bit_mime_fields_are_utf8_text_not_a_crash() -> None:
     json.dumps(first, ensure_ascii=False).encode("utf-8")  # no lone surrogate left
     assert mimejson.attachment(data, 1) == (b"xx", "application/octet-stream",
                                             "\ufffd\ufffd.bin")
+
+
+SEED = (b"From: =?UTF-8?B?SsO8cmdlbg==?= <j@example.com>\r\nSubject: s =?ISO-8859-1?Q?caf=E9?=\r\n"
+        b"Content-Type: multipart/mixed; boundary=\"o\"\r\n\r\n--o\r\n"
+        b"Content-Type: multipart/alternative; boundary=\"i\"\r\n\r\n--i\r\n"
+        b"Content-Type: text/plain; charset=iso-8859-1\r\n"
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\nGr=FC=DFe\r\n--i\r\n"
+        b"Content-Type: text/html; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n"
+        b"\r\nPHA+R3LDvMOfZTwvcD4=\r\n--i--\r\n--o\r\nContent-Type: message/rfc822\r\n\r\n"
+        b"Subject: inner\r\n\r\nbody\r\n--o\r\nContent-Type: application/pdf\r\n"
+        b"Content-Disposition: attachment; filename*=UTF-8''R%C3%A4.pdf\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nJVBERi0=\r\n--o--\r\n")
+_SPLICES = (b"\r\n", b"=?", b"?=", b"--o", b"--i", b";", b'"', b"\x00", b"=?utf-8?b?",
+            b"filename*0*=", b"%", b"\xff", b"boundary=", b"Content-Type: message/rfc822")
+
+
+def test_mutated_mail_never_raises() -> None:
+    """Random byte flips, cuts and splices of a many-part message: every answer is JSON
+    that encodes as UTF-8, and every listed attachment downloads (found failures in the
+    stdlib's header decoding and its generator, now caught)."""
+    rng = random.Random(18)
+    for _ in range(400):
+        data = bytearray(SEED)
+        for _ in range(rng.randint(1, 12)):
+            at = rng.randrange(len(data))
+            roll = rng.random()
+            if roll < 0.4:
+                data[at] = rng.randrange(256)
+            elif roll < 0.7:
+                del data[at:at + rng.randint(1, 40)]
+            else:
+                data[at:at] = rng.choice(_SPLICES)
+        out = mimejson.parsed(bytes(data), "/x")
+        json.dumps(out, ensure_ascii=False).encode("utf-8")
+        for attachment in out["attachments"]:
+            assert mimejson.attachment(bytes(data), attachment["number"]) is not None
