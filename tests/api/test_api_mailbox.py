@@ -405,6 +405,27 @@ def test_pop3_sees_what_the_api_left(server: RunningServer) -> None:
     pop.quit()
 
 
+def test_a_pop3_session_open_during_an_api_delete(server: RunningServer) -> None:
+    """POP3's snapshot was taken at login (RFC 1939 8); a message the API expunges
+    meanwhile is answered -ERR, the others as before, and QUIT still updates."""
+    uid, subject = fresh(server)
+    pop = poplib.POP3("127.0.0.1", server.ports["pop3"], timeout=20)
+    pop.user(ALICE)
+    pop.pass_(PASSWORD)
+    base = maildir_file(server, subject).name.split(":")[0].split(",")[0]
+    number = next(int(line.split()[0]) for line in pop.uidl()[1]
+                  if line.split()[1] == base.encode())
+    status, _, _ = api(server, "DELETE", f"folders/INBOX/messages/{uid}")
+    assert status == 200
+    with pytest.raises(poplib.error_proto) as refused:
+        pop.retr(number)
+    assert refused.value.args[0] == \
+        b"-ERR Message no longer exists (expunged by another session)."
+    other = 1 if number != 1 else 2
+    assert pop.retr(other)[0].startswith(b"+OK")
+    assert pop.quit().startswith(b"+OK")
+
+
 def test_curl_lists_and_reads(server: RunningServer) -> None:
     uid, subject = fresh(server)
     url = f"https://127.0.0.1:{server.ports['https']}/api/v1"
