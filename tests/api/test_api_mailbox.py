@@ -35,9 +35,12 @@ PDF = bytes(range(256)) * 40  # binary: every octet value, 10 KiB
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> RunningServer:
     root: Path = tmp_path_factory.mktemp("apimailbox")
+    # A few hundred requests a minute from one password: above no rate limit here
+    # (api.requests_per_minute has tests of its own).
     running = make_server(root, start=False, listen=ALL_LISTENERS,
                           auth={"allow_plaintext_without_tls": True},
-                          abuse={"login_failures": 1000})
+                          abuse={"login_failures": 1000},
+                          api={"requests_per_minute": 100000})
     running.add_user(ALICE, PASSWORD)
     running.add_user(BOB, PASSWORD)
     running.start()
