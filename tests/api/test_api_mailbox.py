@@ -533,6 +533,25 @@ def test_bad_move_bodies(server: RunningServer, body: Any) -> None:
     assert error_of(server, "POST", "folders/INBOX/messages/1/move", body)[0] == 400
 
 
+def test_a_folders_keyword_letters_run_out(server: RunningServer) -> None:
+    """Maildir keeps keywords as 26 letters a folder: the 27th is refused, nothing set."""
+    uid, _ = fresh(server)
+    client = imap(server)
+    client.create("Keywords")
+    client.logout()
+    status, _, answer = api(server, "POST", f"folders/INBOX/messages/{uid}/move",
+                            {"to": "Keywords"})
+    moved = json.loads(answer)["uid"]
+    path = f"folders/Keywords/messages/{moved}"
+    status, _, answer = api(server, "PATCH", path, {"add_flags": [f"k{i}" for i in range(27)]})
+    assert (status, json.loads(answer)["error"]) == (400, {
+        "status": 400, "code": "refused",
+        "message": "Too many keywords in this mailbox (26 at most)"})
+    assert get_json(server, path)["flags"] == []
+    status, _, answer = api(server, "PATCH", path, {"add_flags": [f"k{i}" for i in range(26)]})
+    assert (status, len(json.loads(answer)["flags"])) == (200, 26)
+
+
 def test_another_users_mail_is_out_of_reach(server: RunningServer) -> None:
     uid, subject = fresh(server)
     bobs = get_json(server, "folders/INBOX/messages?limit=1000", user=BOB)
