@@ -483,6 +483,12 @@ class IMailboxView(Interface):
     def is_vanished(uid: int) -> bool:
         """Expunged by someone else, but still in `messages` until reported."""
 
+    def uid_of_base(base: str) -> int | None:
+        """The UID of the message whose Maildir file name starts with `base` (the part
+        before ":2,", which names one message for good), or None if this view does not
+        have it (not numbered yet, expunged, another folder). For the JSON API: a
+        webhook's "received" event names a message so, before any UID is known."""
+
 
 class IModseqView(IMailboxView):
     """A view with mod-sequences (RFC 7162 CONDSTORE/QRESYNC): every flag change,

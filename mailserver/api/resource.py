@@ -127,6 +127,8 @@ def all_routes() -> list[Route]:
 
     routes: list[Route] = []
     routes += account.ROUTES
+    from mailserver.api import mailbox
+    routes += mailbox.ROUTES
     return routes
 
 

@@ -453,6 +453,16 @@ class MailboxView(ModseqViewMixin):
             claimed = self.state.claim_new()
             return result, self.with_modseqs(self._catch_up(True, claimed))
 
+    def uid_of_base(self, base: str) -> int | None:
+        """The UID `base` has in this view (IMailboxView.uid_of_base)."""
+        with self.state.lock:
+            if self.state.numbered_validity != self.uid_validity:
+                return None
+            uid = self.state.uidlist.by_base.get(base)
+        if uid is None or self._pos(uid) is None or uid in self._vanished:
+            return None
+        return uid
+
     def is_vanished(self, uid: int) -> bool:
         """True if `uid` was expunged elsewhere and not yet reported (read() refuses)."""
         return uid in self._vanished
