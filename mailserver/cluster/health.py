@@ -137,13 +137,19 @@ def tcp_connect(address: str, port: int, timeout: float) -> defer.Deferred[None]
     kind = endpoints.TCP6ClientEndpoint if ipaddress.ip_address(address).version == 6 \
         else endpoints.TCP4ClientEndpoint
     endpoint = kind(reactor, address, port, timeout=timeout)
-    d = endpoints.connectProtocol(endpoint, protocol.Protocol())
+    d = endpoint.connect(_QuietFactory())
 
-    def close(proto: protocol.Protocol) -> None:
-        assert proto.transport is not None
-        proto.transport.abortConnection()  # type: ignore[attr-defined]
+    def close(proto: Any) -> None:
+        proto.transport.abortConnection()  # no goodbye: the port answered
 
     return d.addCallback(close)
+
+
+class _QuietFactory(protocol.Factory):
+    """A factory that does not log "Starting factory" twice per check and node."""
+
+    noisy = False
+    protocol = protocol.Protocol
 
 
 class HealthChecker(Service):

@@ -16,7 +16,7 @@ text after the IMAP tag's "NO ", after POP3's "-ERR " and after the SMTP code, s
 failure carries the response code that protocol's own server would give (RFC 5530
 [AUTHENTICATIONFAILED], RFC 3206 [AUTH], RFC 4954 535 5.7.8).
 
-What we check: the caller is a trusted proxy (cluster.trusted_proxies or loopback;
+What we check: the caller is a trusted proxy (cluster.trusted_proxies, 127.0.0.1, ::1;
 anyone else 403: the endpoint answers password guesses); the real client (Client-IP)
 is not locked out by the shared login throttle; the password, through the portal,
 whose checker hashes in its own thread pool; every failure counts against Client-IP.
@@ -63,6 +63,8 @@ MAX_USER, MAX_PASS = 512, 1024
 METHODS = ("plain", "login", "none", "apop", "cram-md5", "external")
 #: Where the throttle's log lines say the failure happened (fail2ban reads them).
 SERVICES = {"imap": "imap", "pop3": "pop3", "smtp": "submission"}
+#: Callers trusted without being listed in cluster.trusted_proxies.
+SELF = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
 
 
 @dataclass(frozen=True)
@@ -203,8 +205,11 @@ class NginxAuthResource(resource.Resource):
         self.listening: Callable[[], Mapping[str, int]] | None = None
 
     def _trusted(self, request: server.Request) -> bool:
+        """From cluster.trusted_proxies, or from this host itself (127.0.0.1, ::1: an
+        nginx beside the node); the rest of 127/8 is not implied, so an operator who
+        runs untrusted services on other loopback addresses can keep them out."""
         ip = client_address(str(getattr(request.getClientAddress(), "host", "")))
-        return ip is not None and (ip.is_loopback or any(ip in n for n in self.trusted))
+        return ip is not None and (ip in SELF or any(ip in n for n in self.trusted))
 
     def render(self, request: server.Request) -> bytes | int:  # type: ignore[override]
         if request.path != PATH:

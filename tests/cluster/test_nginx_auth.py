@@ -219,14 +219,15 @@ def render(resource: NginxAuthResource, peer: str, path: bytes = b"/nginx-auth",
 
 def test_only_trusted_proxies_and_loopback_may_ask(tmp_path: Path) -> None:
     resource, throttle, _ = make(tmp_path)
-    for peer in ("127.0.0.1", "192.0.2.100"):
+    for peer in ("127.0.0.1", "192.0.2.100"):  # this host; a trusted proxy
         request = render(resource, peer)
         assert request.responseCode in (None, 200)
         assert request.responseHeaders.getRawHeaders(b"auth-status") == [b"OK"]
-    request = render(resource, "192.0.2.101")
-    assert request.responseCode == 403
-    assert request.responseHeaders.getRawHeaders(b"auth-status") is None
-    assert b"".join(request.written) == b"forbidden: not a trusted proxy\n"
+    for peer in ("192.0.2.101", "127.0.0.2", "10.0.0.2"):  # the nodes are not proxies
+        request = render(resource, peer)
+        assert request.responseCode == 403
+        assert request.responseHeaders.getRawHeaders(b"auth-status") is None
+        assert b"".join(request.written) == b"forbidden: not a trusted proxy\n"
 
 
 def test_other_paths_and_methods(tmp_path: Path) -> None:
