@@ -158,14 +158,37 @@ class HealthChecker(Service):
     def __init__(self, config: Config, disk: DiskExecutor,
                  listening: Callable[[], dict[str, int]],
                  connect: Connect = tcp_connect, clock: Any = None) -> None:
-        self.config = config
+        self.nodes: dict[str, NodeHealth] = {}
+        self._loop: LoopingCall | None = None
+        self._config = config
         self.disk = disk
         self.listening = listening
         self.connect = connect
         self._clock = clock
         self.path = state_path(config)
-        self.nodes: dict[str, NodeHealth] = {}
-        self._loop: LoopingCall | None = None
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @config.setter
+    def config(self, new: Config) -> None:
+        """A reload (app/reload.py sets `config` on its holders): nodes added start up,
+        nodes removed are forgotten, a node whose address changed starts afresh; a new
+        interval takes effect from the next round."""
+        old, self._config = self._config, new
+        fresh = initial_state(new, self._now())
+        self.nodes = {name: self.nodes[name] if name in self.nodes
+                      and self.nodes[name].address == node.address else node
+                      for name, node in fresh.items()}
+        interval = new.cluster.health_interval
+        if self._loop is not None and self._loop.running and \
+                interval != old.cluster.health_interval:
+            self._loop.stop()
+            self._loop = LoopingCall(self.check_all)
+            if self._clock is not None:
+                self._loop.clock = self._clock
+            self._loop.start(interval, now=False)
 
     def _now(self) -> float:
         return time.time() if self._clock is None else float(self._clock.seconds())
@@ -219,6 +242,8 @@ class HealthChecker(Service):
             [defer.ensureDeferred(self._check(n, port, timeout)) for n in nodes])
         now = self._now()
         for node, (ok, error) in zip(nodes, results, strict=True):
+            if self.nodes.get(node.name) != node:
+                continue  # a reload during the round removed or re-addressed it
             new = node.after(ok, error, now, cluster.health_failures)
             if new.up != node.up:
                 log.warn("cluster: node {name} ({address}) is {state}{why}", name=node.name,
