@@ -1,7 +1,7 @@
 """Node health: instance 0 checks every node; every process reads what it found.
 
 Instance 0 (the twistd process) connects to every node's `cluster.health_service`
-port every `cluster.health_interval` seconds, all nodes at once, each connect bounded
+port (by default IMAP's, else submission's, ...) every `cluster.health_interval` seconds, all nodes at once, each connect bounded
 by the interval (at most 5 s). A node is down after `cluster.health_failures` failed
 checks in a row and up again after one success: a node that flaps stays out until it
 answers, and a single lost SYN does not move its users. Every node starts up, so a
@@ -34,6 +34,7 @@ from twisted.internet.task import LoopingCall
 
 from mailserver.cluster.nodes import service_port
 from mailserver.config import Config
+from mailserver.config_sections import HEALTH_SERVICES
 from mailserver.core.diskio import DiskExecutor
 from mailserver.logs import logger
 
@@ -74,6 +75,15 @@ class NodeHealth:
         down = not self.up or failures >= threshold
         return replace(self, up=not down, since=now if self.up and down else self.since,
                        last_check=now, failures=failures, error=error[:200])
+
+
+def health_service(config: Config) -> str | None:
+    """The listener the checks connect to: cluster.health_service, or the first of
+    HEALTH_SERVICES this node listens on; None when it listens on none."""
+    if config.cluster.health_service:
+        return config.cluster.health_service
+    enabled = config.listen.enabled()
+    return next((name for name in HEALTH_SERVICES if name in enabled), None)
 
 
 def initial_state(config: Config, now: float) -> dict[str, NodeHealth]:
@@ -230,11 +240,12 @@ class HealthChecker(Service):
     async def _check_all(self) -> None:
         """One round: every node at once; then the file, in a disk thread."""
         cluster = self.config.cluster
-        port = service_port(cluster.health_service, self.config.listen.enabled(),
-                            self.listening())
+        name = health_service(self.config)
+        port = service_port(name, self.config.listen.enabled(), self.listening()) \
+            if name else None
         if port is None:
             log.warn("cluster.health_service: listen.{name} has no TCP port; no health "
-                     "checks", name=cluster.health_service)
+                     "checks, every node counts as up", name=name or "imap")
             return
         timeout = min(float(cluster.health_interval), MAX_CONNECT_TIMEOUT)
         nodes = list(self.nodes.values())
