@@ -41,6 +41,8 @@ tools:
 	command -v fail2ban-regex >/dev/null || missing="$$missing fail2ban"; \
 	[ -x /usr/sbin/unbound ] || missing="$$missing unbound"; \
 	command -v ldns-signzone >/dev/null || missing="$$missing ldnsutils"; \
+	[ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	[ -f /usr/lib/nginx/modules/ngx_mail_module.so ] || missing="$$missing libnginx-mod-mail"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \

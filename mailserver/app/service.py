@@ -24,6 +24,7 @@ from mailserver.app.workers import WorkerSupervisor
 from mailserver.auth.checker import make_portal
 from mailserver.auth.directory import RecipientDirectory
 from mailserver.auth.hashing import HashingPool
+from mailserver.cluster.health import HealthChecker
 from mailserver.config import Config
 from mailserver.core import metrics
 from mailserver.core.context import ListenerFactory, ServerContext
@@ -150,6 +151,10 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
                             apply_listeners=apply_listeners)
     Reloader(config, targets, record=instance == 0).setServiceParent(top)
     listeners.start_all(config)
+    if instance == 0:  # after the listeners (their ports); idle without [cluster]
+        checker = HealthChecker(config, disk, listeners.listening_ports)
+        checker.setServiceParent(top)
+        holders.append(checker)  # a reload's nodes and interval
     if instance == 0:
         from mailserver.app.acme import AcmeService
 
