@@ -89,16 +89,18 @@ class SentDb:
         self._local = threading.local()
         self._writes = 0
 
-    def _db(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+    def _db(self, durable: bool = True) -> sqlite3.Connection:
+        """This thread's connection: synchronous=FULL (`durable`) or NORMAL."""
+        name = "full" if durable else "normal"
+        db: sqlite3.Connection | None = getattr(self._local, name, None)
         if db is None:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
+            db.execute(f"PRAGMA synchronous={name.upper()}")
             db.executescript(_SCHEMA)
             os.chmod(self.path, 0o600)
-            self._local.db = db
+            setattr(self._local, name, db)
         return db
 
     # -- idempotency ----------------------------------------------------------------
@@ -149,18 +151,14 @@ class SentDb:
                     recipients: list[tuple[str, str]], now: float | None = None) -> None:
         """A message the API submitted, with its recipients' first states."""
         now = time.time() if now is None else now
-        db = self._db()
-        db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            with _transaction(db):
-                db.execute("INSERT OR REPLACE INTO sent VALUES (?, ?, ?, ?)",
-                           (queue_id, user, message_id, now))
-                db.executemany(
-                    "INSERT OR IGNORE INTO recipients (queue_id, address, state, updated) "
-                    "VALUES (?, ?, ?, ?)", [(queue_id, a, s, now) for a, s in recipients])
-            self._maybe_purge(db, now)
-        finally:
-            db.execute("PRAGMA synchronous=FULL")
+        db = self._db(durable=False)
+        with _transaction(db):
+            db.execute("INSERT OR REPLACE INTO sent VALUES (?, ?, ?, ?)",
+                       (queue_id, user, message_id, now))
+            db.executemany(
+                "INSERT OR IGNORE INTO recipients (queue_id, address, state, updated) "
+                "VALUES (?, ?, ?, ?)", [(queue_id, a, s, now) for a, s in recipients])
+        self._maybe_purge(db, now)
 
     def record_states(self, rows: list[RecordedState], queue_ids: list[str]) -> None:
         """The latest state of recipients of messages the API sent (others ignored)."""
