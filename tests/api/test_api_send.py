@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent / "http"))
 sys.path.insert(0, str(Path(__file__).parent))
 from http_helpers import ALL_LISTENERS  # noqa: E402
 from openapi_check import check_request, check_response  # noqa: E402
-from server_harness import RunningServer, make_server  # noqa: E402
+from server_harness import RunningServer, admin, make_server  # noqa: E402
 
 #: The test server's certificate is self-signed.
 pytestmark = pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")
@@ -40,6 +40,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> RunningServer:
     running.add_user("carol@example.net", "carol-pw")
     running.add_user("jöran@example.org", "jöran-pw")
     running.add_alias("sales@example.org", "alice@example.org")
+    for user in ("hourly@example.org", "daily@example.org", "full@example.org"):
+        running.add_user(user, "limited-pw")
+    admin(running.config_path, "user", "quota", "hourly@example.org",
+          "--messages-per-hour", "1", "--recipients-per-day", "100")
+    admin(running.config_path, "user", "quota", "daily@example.org",
+          "--messages-per-hour", "100", "--recipients-per-day", "2")
+    admin(running.config_path, "user", "quota", "full@example.org", "--messages", "1")
     yield running
     running.stop()
 
@@ -387,6 +394,44 @@ def test_header_injection_is_400(server: RunningServer, api: requests.Session,
 def test_malformed_requests_are_400(server: RunningServer, api: requests.Session,
                                     raw: bytes, code: str) -> None:
     refused(server, api, None, 400, code, raw=raw)
+
+
+def as_user(server: RunningServer, user: str, body: dict[str, Any]) -> requests.Response:
+    session = requests.Session()
+    session.trust_env = False
+    return session.post(url(server, "/send"), json=body, auth=(user, "limited-pw"),
+                        verify=False, timeout=20)
+
+
+def test_over_the_sending_limits_is_429_as_submission_says(server: RunningServer) -> None:
+    """The limits SMTP submission counts (smtp/defences.py), counted in the same table:
+    451 4.7.1 per hour, 550 5.7.1 per day there; 429 with those codes here."""
+    body = {"to": ["bob@example.org"], "text": "x\n"}
+    assert as_user(server, "hourly@example.org", {**body, "from": "hourly@example.org"}
+                   ).status_code == 200
+    response = as_user(server, "hourly@example.org", {**body, "from": "hourly@example.org"})
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "3600"
+    assert response.json()["error"] == {
+        "status": 429, "code": "sending_limit", "smtp": "4.7.1",
+        "message": "Error: hourly sending limit reached; try again later"}
+    check_response("post", "/send", 429, response.json())
+    three = {"from": "daily@example.org", "to": ["bob@example.org", "alice@example.org",
+                                                 "carol@example.net"], "text": "x\n"}
+    before = len(server.messages("carol@example.net"))
+    response = as_user(server, "daily@example.org", three)
+    assert response.status_code == 429
+    assert response.json()["error"]["smtp"] == "5.7.1"
+    assert response.json()["error"]["message"] == "Error: daily recipient limit reached"
+    assert len(server.messages("carol@example.net")) == before  # nothing sent at all
+
+
+def test_a_full_mailbox_is_422_with_422(server: RunningServer,
+                                        api: requests.Session) -> None:
+    send(server, api, {"to": ["full@example.org"], "text": "fills it\n"}, 200)
+    error = refused(server, api, {"to": ["full@example.org"], "text": "x"}, 422,
+                    "mailbox_full", "4.2.2")
+    assert error["message"] == "<full@example.org>: Error: mailbox full"
 
 
 def test_too_many_recipients_is_400(server: RunningServer, api: requests.Session) -> None:
