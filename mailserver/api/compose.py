@@ -199,6 +199,11 @@ def _structured(request: dict[str, Any], user: str, limit: int,
         maintype, _, subtype = content_type.partition("/")
         message.add_attachment(content, maintype=maintype, subtype=subtype,
                                filename=filename)
+    for part in message.walk():
+        if part is not message:
+            # The email package copies MIME-Version into parts it converts to
+            # multipart; RFC 2045 4 wants it at the top level only.
+            del part["MIME-Version"]
     try:
         data = message.as_bytes(policy=policy)
     except (ValueError, TypeError, UnicodeError) as e:

@@ -132,6 +132,7 @@ def test_structured_message_arrives_with_parts_and_attachment(server: RunningSer
     assert f"Message-ID: {answer['message_id']}\n" in head
     assert "\nDate: " in head
     assert "Bcc" not in head and "carol" not in head  # RFC 5322 3.6.3: blind
+    assert data.count(b"MIME-Version: 1.0\n") == 1  # RFC 2045 4: top level only
     message = parsed(data)
     assert message["From"] == "Alice Liddell <alice@example.org>"
     assert message["Reply-To"] == "sales@example.org"
