@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import base64
 import re
+import smtplib
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,8 @@ from server_harness import RunningServer, admin  # noqa: E402
 pytestmark = [pytest.mark.timeout(120),
               pytest.mark.filterwarnings("ignore::urllib3.exceptions.InsecureRequestWarning")]
 
-LISTEN = {"smtp": f"tcp:0:interface={SENDER_IP}", "https": f"tcp:0:interface={SENDER_IP}"}
+LISTEN = {"smtp": f"tcp:0:interface={SENDER_IP}", "https": f"tcp:0:interface={SENDER_IP}",
+          "submission": f"tcp:0:interface={SENDER_IP}"}
 
 
 def post(server: RunningServer, path: str, body: dict[str, Any] | None = None,
@@ -120,6 +123,8 @@ def test_queue_state_of_a_deferred_recipient(tmp_path: Path) -> None:
                 return body if rows["bob@example.net"]["state"] == "deferred" else None
 
             body = wait_for(deferred, 30, "a deferred state", tx)
+            smtp_id = _submit_over_smtp(tx)
+            over_smtp = post(tx, f"/queue/{smtp_id}")
         finally:
             tx.stop()
     rows = {r["address"]: r for r in body["recipients"]}
@@ -131,3 +136,24 @@ def test_queue_state_of_a_deferred_recipient(tmp_path: Path) -> None:
     assert bob["status"].startswith("4.")
     assert "refused" in bob["diagnostic"].lower() or "connect" in bob["diagnostic"].lower()
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", bob["next_try"])
+    # The user's own message submitted over SMTP is in the queue under its name too.
+    assert over_smtp.status_code == 200, over_smtp.text
+    check_response("get", "/queue/{id}", 200, over_smtp.json())
+    assert over_smtp.json()["message_id"] == ""
+    [row] = over_smtp.json()["recipients"]
+    assert row["address"] == "carol@example.net"
+    assert row["state"] in ("pending", "deferred")
+
+
+def _submit_over_smtp(tx: RunningServer) -> str:
+    """The queue id of a message alice submits on port 587 (from its 250 reply)."""
+    with smtplib.SMTP(SENDER_IP, tx.ports["submission"], timeout=20) as client:
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        client.starttls(context=context)
+        client.login("alice@example.org", PASSWORD)
+        client.mail("alice@example.org")
+        client.rcpt("carol@example.net")
+        code, text = client.data(b"From: alice@example.org\r\nSubject: smtp\r\n\r\nx\r\n")
+    assert code == 250, text
+    return text.decode().rsplit(" ", 1)[1]
