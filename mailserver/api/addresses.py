@@ -28,9 +28,14 @@ from mailserver.api.resource import ApiError
 #: RFC 5322 3.2.3 atext, with RFC 6532 3.2's UTF-8 (as smtp/grammar.py _ATEXT).
 _ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff"
 _DOT_STRING = re.compile(rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*")
-#: RFC 5321 4.1.2 Domain with RFC 6531 U-labels, or an address literal.
-_DOMAIN = re.compile(r"[A-Za-z0-9\u0080-\U0010ffff](?:[A-Za-z0-9\u0080-\U0010ffff.-]*"
-                     r"[A-Za-z0-9\u0080-\U0010ffff])?|\[[0-9A-Fa-f:.IPv]+\]")
+#: RFC 5321 4.1.2 Domain with RFC 6531 U-labels (as smtp/grammar.py _DOMAIN), or an
+#: address literal (RFC 5321 4.1.3).
+_LET_DIG = r"[A-Za-z0-9\u0080-\U0010ffff]"
+_LABEL = rf"{_LET_DIG}(?:[A-Za-z0-9\u0080-\U0010ffff\-]*{_LET_DIG})?"
+_DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.IPv]+\]")
+#: Dot-string "@" Domain: an address no parser can read two ways (the fast path).
+_SIMPLE = re.compile(rf"({_DOT_STRING.pattern})@({_DOMAIN.pattern})")
+_QUOTED_LOCAL = re.compile(r'^"(?:[^"\\]|\\.)*"')
 #: What no header value, name or address may hold (RFC 5322 2.2: CR and LF end a field;
 #: NUL is not a character of a message at all, RFC 5322 2.1).
 FORBIDDEN = re.compile(r"[\r\n\x00]")
@@ -103,6 +108,16 @@ def canonical(text: str, where: str) -> str:
                    smtp="5.1.3")
     if len(text.encode("utf-8")) > 4 * MAX_ADDRESS or text.strip() != text:
         raise bad
+    simple = _SIMPLE.fullmatch(text)
+    if simple is not None:
+        # dot-atom "@" domain: nothing for a parser to read otherwise (the common case,
+        # and the email package's parser costs ~0.1 ms an address).
+        local, domain = simple.group(1), simple.group(2)
+        if ".." in domain or len(local.encode("utf-8")) > MAX_LOCAL_PART:
+            raise bad
+        return _checked(f"{local}@{domain_key(domain)}", bad)
+    if "(" in _QUOTED_LOCAL.sub("", text, count=1):
+        raise bad  # an RFC 5322 comment: no part of an address, and no part of a path
     try:
         header = _REGISTRY("To", text)
     except Exception:  # the parser's own errors on hostile input
@@ -122,7 +137,10 @@ def canonical(text: str, where: str) -> str:
         raise bad
     if len(local.encode("utf-8")) > MAX_LOCAL_PART:
         raise bad
-    address = f"{local}@{domain_key(domain)}"
+    return _checked(f"{local}@{domain_key(domain)}", bad)
+
+
+def _checked(address: str, bad: ApiError) -> str:
     if len(address.encode("utf-8")) > MAX_ADDRESS:
         raise bad
     return address
