@@ -173,6 +173,22 @@ def _structured(request: dict[str, Any], user: str, limit: int,
     attachments = _attachments(request.get("attachments"))
     everyone = [author, *reply_to, *found["to"], *found["cc"], *found["bcc"]]
     smtputf8 = not all(m.is_ascii for m in everyone)
+    try:
+        data = _build(author, found, reply_to, subject, text, html, extra, attachments,
+                      smtputf8)
+    except (ValueError, TypeError, UnicodeError) as e:
+        # What the email package cannot write: lone surrogates (JSON "\ud800"),
+        # a header value it cannot encode. Ours to refuse, never a 500.
+        raise ApiError(400, "bad_request", f"cannot build the message: {e}") from None
+    recipients = _envelope([found["to"], found["cc"], found["bcc"]], limit)
+    return Composed(author.address, recipients, data, smtputf8, key, author)
+
+
+def _build(author: Mailbox, found: dict[str, list[Mailbox]], reply_to: list[Mailbox],
+           subject: str | None, text: str | None, html: str | None,
+           extra: list[tuple[str, str]], attachments: list[tuple[str, str, bytes]],
+           smtputf8: bool) -> bytes:
+    """The message as the email package writes it, LF line ends (as stored here)."""
     # RFC 6532 3.2: UTF-8 in addresses only where the whole path has SMTPUTF8; without
     # it display names and the subject become RFC 2047 encoded-words.
     policy = email_policy.default.clone(linesep="\n", utf8=smtputf8)
@@ -204,12 +220,7 @@ def _structured(request: dict[str, Any], user: str, limit: int,
             # The email package copies MIME-Version into parts it converts to
             # multipart; RFC 2045 4 wants it at the top level only.
             del part["MIME-Version"]
-    try:
-        data = message.as_bytes(policy=policy)
-    except (ValueError, TypeError, UnicodeError) as e:
-        raise ApiError(400, "bad_request", f"cannot build the message: {e}") from None
-    recipients = _envelope([found["to"], found["cc"], found["bcc"]], limit)
-    return Composed(author.address, recipients, data, smtputf8, key, author)
+    return message.as_bytes(policy=policy)
 
 
 def _extra_headers(value: Any) -> list[tuple[str, str]]:

@@ -391,6 +391,11 @@ def test_header_injection_is_400(server: RunningServer, api: requests.Session,
         {"filename": "m.eml", "content_type": "message/rfc822", "content": "eA=="}]}
                 ).encode(), "bad_request"),
     (json.dumps({"to": ["bob@example.org"], "text": 5}).encode(), "bad_request"),
+    # Lone surrogates: valid JSON, no valid text (RFC 8259 8.2).
+    (b'{"to": ["bob@example.org"], "text": "\\ud800"}', "bad_request"),
+    (b'{"to": ["bob@example.org"], "text": "x", "subject": "\\udfff"}', "bad_request"),
+    (b'{"to": ["bob@example.org"], "text": "x", "attachments": [{"filename": "\\ud800",'
+     b' "content": "eA=="}]}', "bad_request"),
     (json.dumps({"to": ["bob@example.org"], "text": "x", "idempotency_key": ""}).encode(),
      "bad_request"),
 ])
