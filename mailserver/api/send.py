@@ -65,11 +65,15 @@ def _limits(config: Config) -> SendingLimits:
 
 def _compose(body: bytes, user: str, limit: int) -> tuple[Composed, str]:
     request = parse_json(body)
-    composed = compose(request, user, limit)
     # The body's meaning, whatever its key order or spacing: what a replay must match.
-    digest = hashlib.sha256(json.dumps(request, sort_keys=True, ensure_ascii=False)
-                            .encode("utf-8")).hexdigest()
-    return composed, digest
+    try:
+        canonical = json.dumps(request, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        # JSON's \ud800 escapes decode to lone surrogates: no text, in any field.
+        raise ApiError(400, "bad_json", "a string holds a lone surrogate (RFC 8259 8.2)"
+                       ) from None
+    composed = compose(request, user, limit)
+    return composed, hashlib.sha256(canonical).hexdigest()
 
 
 async def send(call: ApiCall) -> ApiAnswer:

@@ -392,10 +392,12 @@ def test_header_injection_is_400(server: RunningServer, api: requests.Session,
                 ).encode(), "bad_request"),
     (json.dumps({"to": ["bob@example.org"], "text": 5}).encode(), "bad_request"),
     # Lone surrogates: valid JSON, no valid text (RFC 8259 8.2).
-    (b'{"to": ["bob@example.org"], "text": "\\ud800"}', "bad_request"),
-    (b'{"to": ["bob@example.org"], "text": "x", "subject": "\\udfff"}', "bad_request"),
+    (b'{"to": ["bob@example.org"], "text": "\\ud800"}', "bad_json"),
+    (b'{"to": ["bob@example.org"], "text": "x", "subject": "\\udfff"}', "bad_json"),
     (b'{"to": ["bob@example.org"], "text": "x", "attachments": [{"filename": "\\ud800",'
-     b' "content": "eA=="}]}', "bad_request"),
+     b' "content": "eA=="}]}', "bad_json"),
+    (b'{"to": ["b\\ud800b@example.org"], "text": "x"}', "bad_json"),
+    (b'{"to": ["bob@example.org"], "text": "x", "headers": {"X-\\ud800": "v"}}', "bad_json"),
     (json.dumps({"to": ["bob@example.org"], "text": "x", "idempotency_key": ""}).encode(),
      "bad_request"),
 ])
