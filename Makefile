@@ -73,6 +73,7 @@ lint: $(STAMP)
 bench: $(STAMP) tools
 	$(PY) bench/smtp_accept.py
 	$(PY) bench/submission.py
+	$(PY) bench/api_send.py
 	$(PY) bench/relay.py
 	$(PY) bench/pop3.py
 	$(PY) bench/imap.py

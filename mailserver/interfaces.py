@@ -321,6 +321,34 @@ class IOutboundQueue(Interface):
         """Start queueing one message for `envelope.recipients`."""
 
 
+@dataclass(frozen=True)
+class QueuedRecipient:
+    """One recipient of a queue entry as its envelope file has it (queue/envelope.py)."""
+
+    address: str
+    #: "pending" (not yet tried, or deferred: attempts > 0), "delivered" or "failed".
+    state: str
+    attempts: int = 0
+    #: The last reply or reason as a person reads it, and its RFC 3463 status.
+    last_error: str = ""
+    status: str = ""
+    #: The host that gave `last_error`.
+    remote: str = ""
+    #: Seconds since the epoch of the next attempt (pending only), 0 if none.
+    next_try: float = 0.0
+
+
+class IQueueStates(Interface):
+    """The relay queue's state of one message, read from its files (queue/states.py),
+    for those that may not import the queue: the API's GET /api/v1/queue/ID."""
+
+    def entry(queue_id: str) -> tuple[str, list[QueuedRecipient]] | None:
+        """(submitter, recipients) of the entry, queued or held; None when there is no
+        such entry (never queued, or finished and removed). Blocks (reads files): call
+        it in a disk thread. `queue_id` is untrusted: anything that is not a queue id
+        is None."""
+
+
 # -- the IMAP view of a Maildir ---------------------------------------------------------------
 #
 # Implemented by mailserver.store (folders, UID lists, index, notify); used by

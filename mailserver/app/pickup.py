@@ -31,10 +31,10 @@ from twisted.internet import task, threads
 from twisted.internet.defer import inlineCallbacks
 
 from mailserver.config import Config
+from mailserver.core.trace import new_message_id
 from mailserver.errors import ReplyError
 from mailserver.interfaces import DeliveryEnvelope, IDeliveryRouter, IMessageHook, MailboxId
 from mailserver.logs import logger
-from mailserver.smtp.trace import new_message_id
 
 log = logger(__name__)
 

@@ -11,7 +11,10 @@ from twisted.application import service
 from twisted.internet.defer import Deferred
 
 from mailserver.abuse.control import AbuseControl, open_table, table_path
+from mailserver.api.sentdb import sent_db
+from mailserver.api.states import ApiStates
 from mailserver.app.balance import SessionBalancer, sessions_path
+from mailserver.app.events import with_listener
 from mailserver.app.gauges import QueueGauges
 from mailserver.app.limits import ConnectionCounter
 from mailserver.app.listeners import ListenerRegistry
@@ -41,6 +44,7 @@ from mailserver.pop3 import listener as pop3_listener
 from mailserver.queue.outbound import OutboundQueue
 from mailserver.queue.reports import LocalSuccessReports
 from mailserver.queue.service import QueueService, open_queue
+from mailserver.queue.states import SpoolStates
 from mailserver.senderauth import service as senderauth
 from mailserver.senderauth.srs import SRSDirectory, SRSQueue
 from mailserver.smtp import listener as smtp_listener
@@ -100,6 +104,9 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
         instance=instance, login_throttle=LoginThrottle(control=abuse), abuse=abuse,
     )
     context.submit_urls = SubmitUrls(directory, context.mailboxes, disk.reads)  # BURL
+    # The API's record of what became of the messages it sent (GET /api/v1/queue/ID).
+    context.queue_states = SpoolStates(spool)
+    context.events = with_listener(context.events, ApiStates(sent_db(config.data_dir)))
     auth = _sender_auth(context, local, queue)
     context.web_resources = web_resources(context)
     # Success reports of the copies the sessions deliver locally (RFC 3461 NOTIFY=SUCCESS).

@@ -31,6 +31,7 @@ from mailserver.interfaces import (
     IDeliveryRouter,
     IMailboxOpener,
     IMessageHook,
+    IQueueStates,
     IRecipientDirectory,
     ISubmitUrls,
 )
@@ -75,6 +76,9 @@ class ServerContext:
     #: Where delivery outcomes and arrivals are published (events.IDeliveryEvents: the
     #: webhook spool, the API's message states); None: nobody listens.
     events: IDeliveryEvents | None = None
+    #: The relay queue's per-recipient state of a message (GET /api/v1/queue/ID);
+    #: None: no queue in this server.
+    queue_states: IQueueStates | None = None
 
 
 @dataclass

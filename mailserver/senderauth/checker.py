@@ -170,7 +170,7 @@ class InboundChecker:
 def from_fields(message: bytes) -> list[bytes]:
     """The values of every From field in the header section, unfolded.
 
-    The header section ends, as in smtp/headers.py, at the empty line or at the first
+    The header section ends, as in core/headers.py, at the empty line or at the first
     line that is not a field; a field name spelled with spaces before the colon
     ("From :") counts, because mail clients show it as the author.
     """

@@ -32,6 +32,7 @@ from twisted.internet.interfaces import IDelayedCall
 
 from mailserver.abuse.control import AbuseControl, event
 from mailserver.abuse.dnsbl import Score
+from mailserver.core import submission
 from mailserver.errors import ReplyError
 from mailserver.reply import Reply
 from mailserver.smtp.state import SessionState
@@ -126,10 +127,10 @@ class SessionDefences(SessionState):
         if policy.require_auth and self.user is not None:
             limits = self.factory.sending_limits
             per_hour = limits.limits(self.user).messages_per_hour if limits else 0
-            if not abuse.reserve_message(self.user, per_hour):
+            refusal = submission.message_limit_refusal(abuse, self.user, per_hour)
+            if refusal is not None:
                 event("refused", policy.name, self.peer_ip, "hourly-quota", self.user)
-                raise ReplyError(451, "4.7.1", "Error: hourly sending limit reached; "
-                                               "try again later")
+                raise ReplyError(refusal.code, refusal.enhanced, refusal.lines()[0])
         elif policy.name == "smtp" and abuse.smtp_message(self.peer_ip) is not None:
             raise ReplyError(450, "4.7.1", "Error: too much mail from your address; "
                                            "try again later")
@@ -143,9 +144,10 @@ class SessionDefences(SessionState):
         if policy.require_auth and self.user is not None:
             limits = self.factory.sending_limits
             per_day = limits.limits(self.user).recipients_per_day if limits else 0
-            if not abuse.reserve_recipient(self.user, per_day):
+            refusal = submission.recipient_limit_refusal(abuse, self.user, per_day)
+            if refusal is not None:
                 event("refused", policy.name, self.peer_ip, "daily-quota", self.user)
-                raise ReplyError(550, "5.7.1", "Error: daily recipient limit reached")
+                raise ReplyError(refusal.code, refusal.enhanced, refusal.lines()[0])
         elif policy.name == "smtp":
             if abuse.smtp_recipient(self.peer_ip) is not None:
                 raise ReplyError(450, "4.7.1", "Error: too many recipients from your "

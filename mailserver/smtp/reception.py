@@ -14,19 +14,19 @@ from typing import TYPE_CHECKING
 from twisted.python.failure import Failure
 
 from mailserver.core import metrics
+from mailserver.core.headers import HeaderInspector
+from mailserver.core.trace import (
+    new_message_id,
+    received_header,
+    with_protocol,
+)
 from mailserver.errors import ReplyError
 from mailserver.interfaces import DeliveryEnvelope
 from mailserver.logs import logger
 from mailserver.reply import Reply
 from mailserver.smtp import grammar
 from mailserver.smtp.data import ChunkDecoder, DotDecoder
-from mailserver.smtp.headers import HeaderInspector
 from mailserver.smtp.state import SessionState
-from mailserver.smtp.trace import (
-    new_message_id,
-    received_header,
-    with_protocol,
-)
 
 if TYPE_CHECKING:
     from mailserver.smtp.server import Envelope

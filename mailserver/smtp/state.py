@@ -17,11 +17,11 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from mailserver.config import Config
+    from mailserver.core.headers import HeaderInspector
     from mailserver.interfaces import IDeliveryTransaction
     from mailserver.reply import Reply
     from mailserver.smtp.auth import SASLExchange
     from mailserver.smtp.data import ChunkDecoder, DotDecoder
-    from mailserver.smtp.headers import HeaderInspector
     from mailserver.smtp.server import Envelope, SMTPServerFactory
 
 

@@ -23,7 +23,7 @@ Decisions, each as Postfix does it:
   field every client shows as the author; the envelope sender alone is seen by nobody.
   Refused as well, because a receiving client might read them otherwise than we do:
   two From fields (RFC 5322 3.6 allows one), a From we cannot parse without guessing
-  (smtp/headers.py from_addresses), group syntax, and a header section too long for
+  (core/headers.py from_addresses), group syntax, and a header section too long for
   the HeaderInspector to have seen all of it. A message without From is accepted
   unchanged: it names no author to forge, and RFC 6409 8.1 only permits (MAY) the MSA
   to add one. Resent-From and Sender are not checked.
@@ -42,12 +42,12 @@ from twisted.python.failure import Failure
 from mailserver.address import Address
 from mailserver.auth.realm import IMailUser
 from mailserver.auth.sasl import login_name
-from mailserver.core import metrics
+from mailserver.core import metrics, submission
+from mailserver.core.headers import HeaderInspector
 from mailserver.errors import ReplyError
 from mailserver.logs import logger
 from mailserver.reply import Reply
 from mailserver.smtp import auth, grammar
-from mailserver.smtp.headers import BadFromField, HeaderInspector, from_addresses
 from mailserver.smtp.state import SessionState
 
 log = logger(__name__)
@@ -147,39 +147,18 @@ class SubmissionCommands(SessionState):
         sender is refused too (as Postfix's reject_sender_login_mismatch does): it is for
         bounces, which a user's client has no reason to send, and mail from <> can
         never come back to anyone when it fails."""
-        senders = self.factory.senders
-        user = self.user
-        if (user is None or senders is None or sender.is_null
-                or not senders.may_send_as(user, str(sender))):
+        refusal = submission.sender_refusal(self.factory.senders, self.user, str(sender))
+        if refusal is not None:
             log.info("{session} {user} may not send as <{sender}>", session=self.session_id,
-                     user=user or "(none)", sender=str(sender))
-            raise ReplyError(553, "5.7.1", f"{sender.bracketed()}: Sender address rejected:"
-                                           f" not owned by user {user or '(none)'}")
+                     user=self.user or "(none)", sender=str(sender))
+            raise ReplyError(refusal.code, refusal.enhanced, refusal.lines()[0])
 
     def _from_refusal(self, headers: HeaderInspector) -> Reply | None:
         """At the end of data: why the From header may not be sent by this user, or None
         (see the module docstring for the rule and the forms refused)."""
-        fields = headers.from_fields
-        user = self.user or "(none)"
-        if headers.gave_up:
-            why = "Error: header section too long to check the From header"
-        elif not fields:
-            return None
-        elif len(fields) > 1:
-            why = f"Error: {len(fields)} From header fields; RFC 5322 3.6 allows one"
-        else:
-            try:
-                addresses = from_addresses(fields[0])
-            except BadFromField as e:
-                why = f"Error: From header {e}"
-            else:
-                senders = self.factory.senders
-                refused = [a for a in addresses if self.user is None or senders is None
-                           or not senders.may_send_as(self.user, a)]
-                if not refused:
-                    return None
-                why = (f"<{refused[0]}>: From header address rejected: not owned by "
-                       f"user {user}")
-        log.info("{session} {user} refused at end of data: {why}", session=self.session_id,
-                 user=user, why=why)
-        return Reply(550, "5.7.1", why)
+        refusal = submission.from_refusal(self.factory.senders, self.user, headers)
+        if refusal is not None:
+            log.info("{session} {user} refused at end of data: {why}",
+                     session=self.session_id, user=self.user or "(none)",
+                     why=refusal.lines()[0])
+        return refusal

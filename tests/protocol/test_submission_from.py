@@ -18,7 +18,7 @@ import pytest
 from test_submission_session import Session
 
 from mailserver.config import SubmissionConfig
-from mailserver.smtp.headers import MAX_HEADER_SECTION
+from mailserver.core.headers import MAX_HEADER_SECTION
 from mailserver.smtp.listener import MX_POLICY, SUBMISSION_POLICY, SUBMISSIONS_POLICY
 from mailserver.smtp.server import SessionPolicy
 

@@ -1,4 +1,4 @@
-"""HeaderInspector (smtp/headers.py): the header section seen while it streams, and the
+"""HeaderInspector (core/headers.py): the header section seen while it streams, and the
 sender rules of the directory (RecipientDirectory.may_send_as)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 
 from mailserver.auth.directory import RecipientDirectory
 from mailserver.config import config_from_dict
-from mailserver.smtp.headers import HOP_LIMIT, MAX_HEADER_SECTION, HeaderInspector
+from mailserver.core.headers import HOP_LIMIT, MAX_HEADER_SECTION, HeaderInspector
 
 
 def run(message: bytes, *, add: bool = True, split: int | None = None) -> tuple[bytes,

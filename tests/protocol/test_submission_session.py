@@ -24,11 +24,11 @@ from twisted.internet.testing import StringTransport
 from mailserver.auth.checker import make_portal
 from mailserver.auth.directory import RecipientDirectory
 from mailserver.config import Config, config_from_dict
+from mailserver.core.headers import HOP_LIMIT
 from mailserver.core.throttle import LoginThrottle
 from mailserver.delivery.router import DeliveryRouter
 from mailserver.errors import ReplyError
 from mailserver.interfaces import MailboxId, OutboundEnvelope, RecipientDsn
-from mailserver.smtp.headers import HOP_LIMIT
 from mailserver.smtp.listener import MX_POLICY, SUBMISSION_POLICY, SUBMISSIONS_POLICY
 from mailserver.smtp.server import SessionPolicy, SMTPServerFactory
 from mailserver.smtp.submission import AUTH_FAILURE_LIMIT

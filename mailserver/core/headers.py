@@ -51,6 +51,9 @@ class HeaderInspector:
         self.received = 0
         self.has_message_id = False
         self.has_date = False
+        #: The first Message-ID field's value as it stands on its first line (or the
+        #: one we added), "" before: what the API answers the client with.
+        self.message_id_value = ""
         #: Fields we added, for the log and the tests.
         self.added: list[str] = []
         #: The value of each From field, unfolded (RFC 5322 2.2.3), in order.
@@ -151,6 +154,9 @@ class HeaderInspector:
         elif name == b"received":
             self.received += 1
         elif name == b"message-id":
+            if not self.has_message_id:
+                self.message_id_value = line[match.end():].strip().decode("utf-8",
+                                                                          "replace")
             self.has_message_id = True
         elif name == b"date":
             self.has_date = True
@@ -162,6 +168,7 @@ class HeaderInspector:
         if not self.has_message_id:
             # RFC 6409 8.3 / RFC 5322 3.6.4: globally unique, with our host name.
             value = f"<{self.message_id.lower()}@{self.hostname}>"
+            self.message_id_value = value
             out += f"Message-ID: {value}\n".encode("ascii", "replace")
             self.added.append("Message-ID")
         if not self.has_date:

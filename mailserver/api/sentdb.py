@@ -1,0 +1,228 @@
+"""What the API remembers about the messages it sent: idempotency keys, which user sent
+which queue id, and each recipient's last state. One SQLite file per data_dir
+(data_dir/api/sent.sqlite, WAL), shared by every process of the server.
+
+Why SQLite: the three needs are small keyed tables read and written by several
+processes at once (worker processes each serve the API), and "insert this key unless
+it exists" must be atomic across them; SQLite's primary keys and busy timeout give that
+with no daemon (the abuse table, decision 0012, chose the same for the same reason).
+
+Durability, per table (RFC-free, our own contract):
+- idempotency: a key is written (synchronous=FULL: the WAL is fsync'd at every commit)
+  before the message is submitted, and its answer before the client is answered. So a
+  key whose message was acknowledged is never sent again, even after a power loss. A
+  key whose request died between the two ("pending", older than STALE seconds) is taken
+  over by the next request with it: that client was never told its message went, so
+  sending it may at worst duplicate one the client could not know about.
+- sent and recipients: synchronous=NORMAL; a process crash loses nothing (SQLite's WAL
+  is in the file system), a power loss may lose the last states, and GET
+  /api/v1/queue/ID then answers what the queue's files still say. Kept 30 days.
+
+Every method blocks (disk, locks): call them through the disk threads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+#: How long an idempotency key is remembered (as the hosted services do: 24 h).
+KEY_LIFETIME = 24 * 3600
+#: A "pending" key older than this belonged to a request that died.
+STALE = 300
+#: How long sent messages and their recipients' states are kept.
+STATE_LIFETIME = 30 * 24 * 3600
+#: Forget old rows every this many writes (cheap DELETEs on indexed times).
+PURGE_EVERY = 500
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS idempotency (
+    user TEXT NOT NULL, key TEXT NOT NULL, digest TEXT NOT NULL,
+    answer TEXT, created REAL NOT NULL, PRIMARY KEY (user, key));
+CREATE INDEX IF NOT EXISTS idempotency_created ON idempotency (created);
+CREATE TABLE IF NOT EXISTS sent (
+    queue_id TEXT PRIMARY KEY, user TEXT NOT NULL, message_id TEXT NOT NULL,
+    created REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS sent_created ON sent (created);
+CREATE TABLE IF NOT EXISTS recipients (
+    queue_id TEXT NOT NULL, address TEXT NOT NULL, state TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT '', diagnostic TEXT NOT NULL DEFAULT '',
+    remote TEXT NOT NULL DEFAULT '', attempts INTEGER NOT NULL DEFAULT 0,
+    updated REAL NOT NULL, PRIMARY KEY (queue_id, address));
+"""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What `claim` found: ours to send (answer None, mine True), a finished answer to
+    repeat, another body under the key (conflict), or one still being sent (busy)."""
+
+    mine: bool = False
+    answer: dict[str, Any] | None = None
+    conflict: bool = False
+    busy: bool = False
+
+
+@dataclass(frozen=True)
+class RecordedState:
+    address: str
+    state: str
+    status: str
+    diagnostic: str
+    remote: str
+    attempts: int
+    updated: float
+
+
+class SentDb:
+    """data_dir/api/sent.sqlite; one connection per thread (sqlite3 objects are not
+    shared between threads)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+        self._writes = 0
+
+    def _db(self, durable: bool = True) -> sqlite3.Connection:
+        """This thread's connection: synchronous=FULL (`durable`) or NORMAL."""
+        name = "full" if durable else "normal"
+        db: sqlite3.Connection | None = getattr(self._local, name, None)
+        if db is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={name.upper()}")
+            db.executescript(_SCHEMA)
+            os.chmod(self.path, 0o600)
+            setattr(self._local, name, db)
+        return db
+
+    # -- idempotency ----------------------------------------------------------------
+
+    def claim(self, user: str, key: str, digest: str, now: float | None = None) -> Claim:
+        """Take `key` for this request, atomically across processes."""
+        now = time.time() if now is None else now
+        db = self._db()
+        with _transaction(db):
+            row = db.execute("SELECT digest, answer, created FROM idempotency WHERE "
+                             "user = ? AND key = ?", (user, key)).fetchone()
+            if row is not None and row[2] < now - KEY_LIFETIME:
+                db.execute("DELETE FROM idempotency WHERE user = ? AND key = ?",
+                           (user, key))
+                row = None
+            if row is None:
+                db.execute("INSERT INTO idempotency (user, key, digest, answer, created) "
+                           "VALUES (?, ?, ?, NULL, ?)", (user, key, digest, now))
+                return Claim(mine=True)
+            stored_digest, answer, created = row
+            if stored_digest != digest:
+                return Claim(conflict=True)
+            if answer is not None:
+                return Claim(answer=json.loads(answer))
+            if created < now - STALE:
+                db.execute("UPDATE idempotency SET created = ? WHERE user = ? AND key = ?",
+                           (now, user, key))
+                return Claim(mine=True)
+            return Claim(busy=True)
+
+    def answered(self, user: str, key: str, answer: dict[str, Any]) -> None:
+        """The answer to repeat for `key`; durable when this returns."""
+        db = self._db()
+        with _transaction(db):
+            db.execute("UPDATE idempotency SET answer = ? WHERE user = ? AND key = ?",
+                       (json.dumps(answer), user, key))
+
+    def release(self, user: str, key: str) -> None:
+        """The request was refused: nothing was sent, the key may be used again."""
+        db = self._db()
+        with _transaction(db):
+            db.execute("DELETE FROM idempotency WHERE user = ? AND key = ? AND answer IS "
+                       "NULL", (user, key))
+
+    # -- sent messages and recipients' states -----------------------------------------
+
+    def record_sent(self, queue_id: str, user: str, message_id: str,
+                    recipients: list[tuple[str, str]], now: float | None = None) -> None:
+        """A message the API submitted, with its recipients' first states."""
+        now = time.time() if now is None else now
+        db = self._db(durable=False)
+        with _transaction(db):
+            db.execute("INSERT OR REPLACE INTO sent VALUES (?, ?, ?, ?)",
+                       (queue_id, user, message_id, now))
+            db.executemany(
+                "INSERT OR IGNORE INTO recipients (queue_id, address, state, updated) "
+                "VALUES (?, ?, ?, ?)", [(queue_id, a, s, now) for a, s in recipients])
+        self._maybe_purge(db, now)
+
+    def record_states(self, rows: list[RecordedState], queue_ids: list[str]) -> None:
+        """The latest state of recipients of messages the API sent (others ignored)."""
+        db = self._db()
+        with _transaction(db):
+            known = {q for q in set(queue_ids) if db.execute(
+                "SELECT 1 FROM sent WHERE queue_id = ?", (q,)).fetchone()}
+            db.executemany(
+                "INSERT INTO recipients (queue_id, address, state, status, diagnostic, "
+                "remote, attempts, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (queue_id, address) DO UPDATE SET state = excluded.state, "
+                "status = excluded.status, diagnostic = excluded.diagnostic, "
+                "remote = excluded.remote, attempts = excluded.attempts, "
+                "updated = excluded.updated WHERE excluded.updated >= recipients.updated",
+                [(q, r.address, r.state, r.status, r.diagnostic, r.remote, r.attempts,
+                  r.updated) for q, r in zip(queue_ids, rows, strict=True) if q in known])
+
+    def sent_by(self, queue_id: str) -> tuple[str, str] | None:
+        """(user, message_id) of a message the API sent, None if unknown."""
+        row = self._db().execute("SELECT user, message_id FROM sent WHERE queue_id = ?",
+                                 (queue_id,)).fetchone()
+        return (row[0], row[1]) if row else None
+
+    def states(self, queue_id: str) -> list[RecordedState]:
+        rows = self._db().execute(
+            "SELECT address, state, status, diagnostic, remote, attempts, updated FROM "
+            "recipients WHERE queue_id = ? ORDER BY rowid", (queue_id,)).fetchall()
+        return [RecordedState(*row) for row in rows]
+
+    def _maybe_purge(self, db: sqlite3.Connection, now: float) -> None:
+        self._writes += 1
+        if self._writes % PURGE_EVERY:
+            return
+        with _transaction(db):
+            db.execute("DELETE FROM idempotency WHERE created < ?", (now - KEY_LIFETIME,))
+            old = now - STATE_LIFETIME
+            db.execute("DELETE FROM recipients WHERE queue_id IN (SELECT queue_id FROM "
+                       "sent WHERE created < ?)", (old,))
+            db.execute("DELETE FROM sent WHERE created < ?", (old,))
+
+
+class _transaction:  # noqa: N801 - used as a statement keyword
+    """BEGIN IMMEDIATE ... COMMIT (ROLLBACK on error): the write lock is taken at once,
+    so two processes claiming one key serialise instead of both reading "absent"."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, kind: object, value: object, tb: object) -> None:
+        self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+
+
+_OPEN: dict[Path, SentDb] = {}
+_OPEN_LOCK = threading.Lock()
+
+
+def sent_db(data_dir: Path) -> SentDb:
+    """The process's SentDb of `data_dir` (one per path: a reload keeps it)."""
+    path = data_dir / "api" / "sent.sqlite"
+    with _OPEN_LOCK:
+        db = _OPEN.get(path)
+        if db is None:
+            db = _OPEN[path] = SentDb(path)
+        return db

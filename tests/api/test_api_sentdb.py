@@ -1,0 +1,84 @@
+"""api/sentdb.py and api/states.py without a server: what an idempotency key claims
+across processes and time, and the states kept from delivery events."""
+
+from __future__ import annotations
+
+import multiprocessing
+from pathlib import Path
+
+from mailserver.api.sentdb import KEY_LIFETIME, STALE, Claim, SentDb
+from mailserver.api.states import ApiStates
+from mailserver.events import DeliveryEvent
+
+
+def test_a_key_is_claimed_once_then_answered_again(tmp_path: Path) -> None:
+    db = SentDb(tmp_path / "sent.sqlite")
+    assert db.claim("alice@example.org", "k", "d1", now=1000) == Claim(mine=True)
+    assert db.claim("alice@example.org", "k", "d1", now=1001) == Claim(busy=True)
+    assert db.claim("alice@example.org", "k", "d2", now=1001) == Claim(conflict=True)
+    # Another user's key of the same name is another key.
+    assert db.claim("bob@example.org", "k", "d2", now=1001) == Claim(mine=True)
+    db.answered("alice@example.org", "k", {"status": 200, "body": {"queue_id": "Q"}})
+    assert db.claim("alice@example.org", "k", "d1", now=1002) == Claim(
+        answer={"status": 200, "body": {"queue_id": "Q"}})
+    # A release after the answer changes nothing: the message went.
+    db.release("alice@example.org", "k")
+    assert db.claim("alice@example.org", "k", "d1", now=1003).answer is not None
+
+
+def test_keys_expire_after_a_day_and_stale_claims_are_taken_over(tmp_path: Path) -> None:
+    db = SentDb(tmp_path / "sent.sqlite")
+    db.claim("a@x.org", "done", "d", now=1000)
+    db.answered("a@x.org", "done", {"status": 200, "body": {}})
+    assert db.claim("a@x.org", "done", "other", now=1000 + KEY_LIFETIME - 1).conflict
+    assert db.claim("a@x.org", "done", "other", now=1001 + KEY_LIFETIME).mine
+    db.claim("a@x.org", "died", "d", now=1000)
+    assert db.claim("a@x.org", "died", "d", now=1000 + STALE - 1).busy
+    assert db.claim("a@x.org", "died", "d", now=1001 + STALE).mine
+    db.release("a@x.org", "died")
+    assert db.claim("a@x.org", "died", "new body", now=2000).mine
+
+
+def _claim_in_process(path: str, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    out.put(SentDb(Path(path)).claim("a@x.org", "shared", "d").mine)
+
+
+def test_one_process_wins_a_key(tmp_path: Path) -> None:
+    path = tmp_path / "sent.sqlite"
+    SentDb(path).claim("a@x.org", "warm-up", "d")  # the schema exists before the race
+    out: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
+    procs = [multiprocessing.Process(target=_claim_in_process, args=(str(path), out))
+             for _ in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(30)
+    assert sorted(out.get(timeout=5) for _ in procs) == [False] * 5 + [True]
+
+
+def test_event_states_are_kept_for_api_messages_only(tmp_path: Path) -> None:
+    db = SentDb(tmp_path / "sent.sqlite")
+    db.record_sent("Q1", "alice@example.org", "<m@x>",
+                   [("bob@example.org", "delivered"), ("carol@example.net", "queued")],
+                   now=100)
+    listener = ApiStates(db)
+    listener.publish([
+        DeliveryEvent("deferred", "Q1", "alice@example.org", "carol@example.net", 110,
+                      status="4.4.1", diagnostic="connection refused", attempts=1),
+        DeliveryEvent("delivered", "Q1", "alice@example.org", "carol@example.net", 120,
+                      status="2.0.0", diagnostic="250 ok", remote="mx.example.net",
+                      attempts=2),
+        DeliveryEvent("delivered", "OTHER", "x@example.org", "y@example.net", 120),
+        DeliveryEvent("received", "Q1", "", "bob@example.org", 120),
+    ])
+    # An older event arriving late does not undo a newer one.
+    listener.publish([DeliveryEvent("deferred", "Q1", "alice@example.org",
+                                    "carol@example.net", 115, status="4.4.1")])
+    states = {s.address: (s.state, s.status, s.diagnostic, s.remote, s.attempts)
+              for s in db.states("Q1")}
+    assert states == {"bob@example.org": ("delivered", "", "", "", 0),
+                      "carol@example.net": ("delivered", "2.0.0", "250 ok",
+                                            "mx.example.net", 2)}
+    assert db.states("OTHER") == []
+    assert db.sent_by("Q1") == ("alice@example.org", "<m@x>")
+    assert db.sent_by("OTHER") is None
