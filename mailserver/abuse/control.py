@@ -31,6 +31,8 @@ log = logger(__name__)
 # Kinds of record in the table.
 LOGIN_IP, LOGIN_ACCOUNT, CONNECTIONS, SMTP_MESSAGES, SMTP_RECIPIENTS, HARVEST, \
     SEND_MESSAGES, SEND_RECIPIENTS, GREY_TRIPLET, GREY_CLIENT = range(1, 11)
+#: Requests to the JSON API per credential (api/auth.py).
+API_REQUESTS = 11
 
 HOUR, DAY, MINUTE = 3600, 86_400, 60
 #: Greylisting: how long a first attempt is remembered, waiting for its retry (RFC
@@ -230,6 +232,19 @@ class AbuseControl:
             return False
         event("refused", "smtp", ip, "greylisted", recipient)
         return True
+
+    # -- the JSON API ----------------------------------------------------------------------
+
+    def api_request(self, credential: str, limit: int, ip: str, account: str) -> int:
+        """Count one API request of `credential` ("token:ID", "password:ADDRESS") unless
+        that passes `limit` a minute: 0 if counted, else the seconds to wait (until the
+        current minute ends: the sliding estimate has dropped by then, if not always
+        below the limit). Across processes, like every count here."""
+        added, _ = self.table.hit(name_key(API_REQUESTS, credential), MINUTE, limit=limit)
+        if added:
+            return 0
+        event("refused", "api", ip, "request-rate", account)
+        return max(1, MINUTE - int(self.table.now()) % MINUTE)
 
     # -- sending quotas ------------------------------------------------------------------
 
