@@ -35,6 +35,9 @@ from mailserver.core.context import ServerContext
 
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="mailserver", Basic realm="mailserver", '
                                  'charset="UTF-8"'}
+#: After a Bearer token that did not check out: RFC 6750 3.1's invalid_token.
+INVALID_TOKEN = {"WWW-Authenticate": 'Bearer realm="mailserver", error="invalid_token", '
+                                     'Basic realm="mailserver", charset="UTF-8"'}
 #: Retry-After of a lock-out when no abuse table says when it ends (unit tests).
 LOCKOUT_RETRY = 60
 
@@ -46,9 +49,12 @@ def unauthenticated(message: str) -> ApiError:
 class _Failed(Exception):
     """A credential that did not check out: its 401, and the account to log, if any."""
 
-    def __init__(self, message: str, account: str | None = None) -> None:
+    def __init__(self, message: str, account: str | None = None, bearer: bool = False
+                 ) -> None:
         super().__init__(message)
         self.error = unauthenticated(message)
+        if bearer:
+            self.error.headers = dict(INVALID_TOKEN)
         self.account = account
 
 
@@ -60,6 +66,7 @@ async def authenticate(context: ServerContext, request: server.Request) -> Princ
         raise ApiError(403, "tls_required", "use https: over plain http the API answers "
                        "loopback clients only", smtp="5.7.11")
     if context.login_throttle.blocked(peer, "api"):
+        # RFC 6585 4: 429 Too Many Requests; Retry-After: RFC 9110 10.2.3.
         raise ApiError(429, "too_many_failures", "too many failed logins from your address; "
                        "try again later", smtp="4.7.0",
                        headers={"Retry-After": str(_lockout_left(context, peer))})
@@ -89,11 +96,11 @@ def _bearer(context: ServerContext, value: str) -> Principal:
         if tokens.read_error:
             raise ApiError(503, "unavailable", "the token store cannot be read; try later",
                            smtp="4.3.0", headers={"Retry-After": "60"})
-        raise _Failed("not a valid token")
+        raise _Failed("not a valid token", bearer=True)
     if entry.expired(time.time()):
-        raise _Failed("the token has expired", entry.address)
+        raise _Failed("the token has expired", entry.address, bearer=True)
     if not context.directory.user_exists(entry.address):
-        raise _Failed("the token's user no longer exists", entry.address)
+        raise _Failed("the token's user no longer exists", entry.address, bearer=True)
     return Principal(entry.address, frozenset({entry.scope}), f"token:{entry.id}")
 
 

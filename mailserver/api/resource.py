@@ -121,7 +121,7 @@ def is_json_type(value: bytes | str | None) -> bool:
 
 
 #: The refusals BoundedChannel (http/site.py) makes before a request reaches a resource,
-#: as the API words them.
+#: as the API words them (RFC 9110 15.5.9 408, 15.5.14 413; RFC 6585 5 431).
 CHANNEL_REFUSALS = {
     408: ("request_timeout", "the request did not arrive in time", "4.4.2"),
     413: ("too_large", "the request body is too large", "5.3.4"),
@@ -186,7 +186,8 @@ class ApiResource(resource.Resource):
         request.setHeader(b"cache-control", b"no-store")
         limit = self.context.config.api.concurrent_requests if self.context else 0
         if limit and self.in_progress >= limit:
-            # Before anything else: the refusal must cost less than the work it sheds.
+            # RFC 9110 15.6.4 (503 with Retry-After), before anything else: the refusal
+            # must cost less than the work it sheds.
             _refuse(request, ApiError(503, "busy", "the server is busy; try again shortly",
                                       smtp="4.3.2", headers={"Retry-After": "1"}))
             return server.NOT_DONE_YET

@@ -164,6 +164,11 @@ def test_every_failure_counts_and_a_locked_address_gets_429_first(tmp_path: Path
         429, "too_many_failures", str(auth.LOCKOUT_RETRY))
     assert isinstance(outcome(context, http_request(f"Bearer {token}", "127.0.0.10")),
                       Principal)
+    # Locked out: not even a password check (the portal is never asked).
+    logins = context.portal.logins  # type: ignore[attr-defined]
+    error = outcome(context, http_request("Basic YWxpY2VAZXhhbXBsZS5vcmc6eA==", "127.0.0.9"))
+    assert isinstance(error, ApiError) and error.status == 429
+    assert context.portal.logins == logins  # type: ignore[attr-defined]
 
 
 def test_expired_and_orphaned_tokens_are_401_with_a_reason(tmp_path: Path) -> None:
@@ -172,6 +177,9 @@ def test_expired_and_orphaned_tokens_are_401_with_a_reason(tmp_path: Path) -> No
     error = outcome(context, http_request(f"Bearer {expired}"))
     assert isinstance(error, ApiError)
     assert (error.status, error.message) == (401, "the token has expired")
+    assert 'error="invalid_token"' in error.headers["WWW-Authenticate"]  # RFC 6750 3.1
+    error = outcome(context, http_request(None))
+    assert 'error=' not in error.headers["WWW-Authenticate"]  # type: ignore[union-attr]
     token = add_token(context)
     context.directory.users.clear()  # type: ignore[attr-defined]
     error = outcome(context, http_request(f"Bearer {token}"))
@@ -280,3 +288,25 @@ def test_requests_past_concurrent_requests_are_503(tmp_path: Path) -> None:
     _post(api, b"[4]")  # a slot is free again
     waiting[2].callback(Principal("alice@example.org", frozenset({"all"}), "token:t"))
     assert api.in_progress == 0
+
+
+def test_the_shared_error_responses_are_in_the_openapi_document(tmp_path: Path) -> None:
+    """Every route $refs these; each real refusal body fits the one for its status."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from openapi_check import _validate, document
+
+    responses = document()["components"]["responses"]
+    names = {400: "BadRequest", 401: "Unauthenticated", 403: "Forbidden",
+             413: "ContentTooLarge", 415: "UnsupportedMediaType", 429: "TooManyRequests",
+             503: "Unavailable"}
+    api = _resource(None, max_body=10)
+    bodies = {400: _answer(_post(api, b"{"))[1],
+              413: json.loads(api.refusal(413) or b""),
+              415: _answer(_post(api, b"[]", "text/plain"))[1]}
+    for status, name in names.items():
+        schema = responses[name]["content"]["application/json"]["schema"]
+        body = bodies.get(status, ApiError(status, "x", "y", "4.7.0").body())
+        _validate(schema, body, name)
+    assert set(responses["TooManyRequests"]["headers"]) == {"Retry-After"}
