@@ -108,3 +108,21 @@ def test_refusals_exit_1_and_usage_errors_exit_2(config_path: Path, capsys: Caps
                  ("add", "bob@example.org", "--expires", "soon"), ("add",), ("del",)):
         code, out, err = run(config_path, capsys, monkeypatch, "token", *args)
         assert code == 2 and "usage: mailserver token" in err, args
+
+
+def test_check_config_names_a_bad_line_and_a_world_readable_file(
+        tmp_path: Path, config_path: Path, capsys: Capsys,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    add_bob(config_path, capsys, monkeypatch)
+    run(config_path, capsys, monkeypatch, "token", "add", "bob@example.org")
+    code, _, err = run(config_path, capsys, monkeypatch, "check-config")
+    assert code == 0, err
+    path = tmp_path / "data" / "api-tokens"
+    with path.open("a") as f:
+        f.write("aaaaaaaaaaaaaaaa:bob@example.org:admin:1:0:" + "0" * 64 + ":\n")
+    path.chmod(0o604)
+    code, _, err = run(config_path, capsys, monkeypatch, "check-config")
+    assert code == 1
+    assert f"{path}:3: unknown scope 'admin'" in err.splitlines()
+    assert (f"api.tokens_file: {path} is readable by every user (chmod 600 it)"
+            in err.splitlines())
