@@ -52,12 +52,15 @@ def _token_errors(config: Config) -> list[str]:
     from mailserver.api.tokens import TokensFile, tokens_path
 
     tokens = TokensFile(tokens_path(config))
-    errors = [str(p) for p in tokens.table().problems]
-    if tokens.read_error:
-        errors.append(f"api.tokens_file: {tokens.read_error}")
-    elif tokens.path.exists() and tokens.path.stat().st_mode & 0o007:
-        errors.append(f"api.tokens_file: {tokens.path} is readable by every user "
-                      "(chmod 600 it)")
+    try:
+        errors = [str(p) for p in tokens.table().problems]
+        if tokens.read_error:
+            errors.append(f"api.tokens_file: {tokens.read_error}")
+        elif tokens.path.exists() and tokens.path.stat().st_mode & 0o007:
+            errors.append(f"api.tokens_file: {tokens.path} is readable by every user "
+                          "(chmod 600 it)")
+    except OSError as e:  # a directory on the way we may not enter
+        errors = [f"api.tokens_file: cannot read {tokens.path}: {e.strerror}"]
     return errors
 
 
