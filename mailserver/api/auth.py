@@ -91,9 +91,16 @@ async def authenticate(context: ServerContext, request: server.Request) -> Princ
 
 def _bearer(context: ServerContext, value: str) -> Principal:
     tokens = tokens_file(context.config)
-    entry = tokens.verify(value)
+    try:
+        entry = tokens.verify(value)
+    except OSError:  # a stat refused on the way to the file (WatchedFile reads the rest)
+        entry = None
+        tokens_broken = True
+    else:
+        tokens_broken = tokens.read_error is not None
     if entry is None:
-        if tokens.read_error:
+        if tokens_broken:
+            # Not the client's failure: not counted, and not a 401 that says "wrong".
             raise ApiError(503, "unavailable", "the token store cannot be read; try later",
                            smtp="4.3.0", headers={"Retry-After": "60"})
         raise _Failed("not a valid token", bearer=True)

@@ -310,3 +310,15 @@ def test_the_shared_error_responses_are_in_the_openapi_document(tmp_path: Path) 
         body = bodies.get(status, ApiError(status, "x", "y", "4.7.0").body())
         _validate(schema, body, name)
     assert set(responses["TooManyRequests"]["headers"]) == {"Retry-After"}
+
+
+def test_an_unreadable_token_store_is_503_not_a_failure(tmp_path: Path) -> None:
+    """A tokens file that cannot be read (here a directory in its place: root reads
+    through modes) is the server's problem: 503, nothing counted against the client."""
+    (tmp_path / "store").mkdir()
+    context = make_context(tmp_path, tokens_file=str(tmp_path / "store"))
+    error = outcome(context, http_request(f"Bearer ms1_{'a' * 16}_{'b' * 52}", "127.0.0.20"))
+    assert isinstance(error, ApiError)
+    assert (error.status, error.code, error.headers["Retry-After"]) == (503, "unavailable",
+                                                                       "60")
+    assert not context.login_throttle._failures  # not counted against the client
