@@ -106,8 +106,9 @@ def _bearer(context: ServerContext, value: str) -> Principal:
         raise _Failed("not a valid token", bearer=True)
     if entry.expired(time.time()):
         raise _Failed("the token has expired", entry.address, bearer=True)
-    if not context.directory.user_exists(entry.address):
-        raise _Failed("the token's user no longer exists", entry.address, bearer=True)
+    if not context.directory.login_allowed(entry.address):
+        raise _Failed("the token's user no longer exists or may not log in", entry.address,
+                      bearer=True)
     return Principal(entry.address, frozenset({entry.scope}), f"token:{entry.id}")
 
 

@@ -28,7 +28,7 @@ class Directory:
     def __init__(self, *users: str) -> None:
         self.users = set(users)
 
-    def user_exists(self, address: str) -> bool:
+    def login_allowed(self, address: str) -> bool:
         return address in self.users
 
 
@@ -184,7 +184,8 @@ def test_expired_and_orphaned_tokens_are_401_with_a_reason(tmp_path: Path) -> No
     context.directory.users.clear()  # type: ignore[attr-defined]
     error = outcome(context, http_request(f"Bearer {token}"))
     assert isinstance(error, ApiError)
-    assert (error.status, error.message) == (401, "the token's user no longer exists")
+    assert (error.status, error.message) == (
+        401, "the token's user no longer exists or may not log in")
 
 
 def test_the_rate_limit_counts_per_token_in_the_shared_table(tmp_path: Path) -> None:
@@ -322,3 +323,21 @@ def test_an_unreadable_token_store_is_503_not_a_failure(tmp_path: Path) -> None:
     assert (error.status, error.code, error.headers["Retry-After"]) == (503, "unavailable",
                                                                        "60")
     assert not context.login_throttle._failures  # not counted against the client
+
+
+def test_a_user_marked_nologin_or_deny_cannot_use_a_token(tmp_path: Path) -> None:
+    from mailserver.auth.directory import RecipientDirectory
+
+    context = make_context(tmp_path)
+    users = context.config.users_file
+    users.parent.mkdir(parents=True, exist_ok=True)
+    users.write_text("alice@example.org:{PLAIN}x::::::\n")
+    context.directory = RecipientDirectory(context.config)
+    token = add_token(context)
+    assert isinstance(outcome(context, http_request(f"Bearer {token}")), Principal)
+    for field in ("nologin", "deny=yes"):
+        users.write_text(f"alice@example.org:{{PLAIN}}x::::::{field}\n")
+        error = outcome(context, http_request(f"Bearer {token}", "127.0.0.30"))
+        assert isinstance(error, ApiError) and error.status == 401, field
+    users.write_text("alice@example.org:{PLAIN}x::::::deny=no\n")
+    assert isinstance(outcome(context, http_request(f"Bearer {token}")), Principal)
