@@ -24,7 +24,7 @@ from typing import Any
 from mailserver.abuse.table import Key, SharedTable, ip_key, name_key
 from mailserver.address import client_address
 from mailserver.config import AbuseConfig, Config
-from mailserver.logs import logger
+from mailserver.logs import logger, printable
 
 log = logger(__name__)
 
@@ -67,7 +67,9 @@ def event(action: str, service: str, ip: str, reason: str, account: str | None =
           **extra: object) -> None:
     """The one log line of a refusal or a lock-out (format above; fail2ban reads it)."""
     tail = "".join(f" {k}={v}" for k, v in extra.items())
-    account_text = (account or "-").replace(" ", "_") or "-"
+    # The account is whatever a client typed (a Basic user name may hold CR LF): one
+    # field, never a forged second line for fail2ban to read.
+    account_text = printable(account or "-", 256).replace(" ", "_") or "-"
     log.info("abuse: {action} service={service} ip={ip} account={account} "
              "reason={reason}{tail}", action=action, service=service, ip=ip,
              account=account_text, reason=reason, tail=tail)

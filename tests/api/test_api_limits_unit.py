@@ -341,3 +341,32 @@ def test_a_user_marked_nologin_or_deny_cannot_use_a_token(tmp_path: Path) -> Non
         assert isinstance(error, ApiError) and error.status == 401, field
     users.write_text("alice@example.org:{PLAIN}x::::::deny=no\n")
     assert isinstance(outcome(context, http_request(f"Bearer {token}")), Principal)
+
+
+def test_a_user_name_with_line_breaks_stays_on_one_log_line(tmp_path: Path) -> None:
+    """The failure's log line is what fail2ban reads: a Basic user name holding CR LF
+    and a forged "abuse: refused ... ip=VICTIM" must not become a line of its own."""
+    import base64
+
+    from twisted.logger import formatEvent, globalLogPublisher
+
+    config = config_from_dict({"data_dir": str(tmp_path / "data")})
+    context = make_context(tmp_path)
+    context.login_throttle = LoginThrottle(control=AbuseControl(config, open_table(config)))
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        lines.append(formatEvent(event))
+
+    forged = "x\r\nabuse: refused service=imap ip=192.0.2.99 account=- reason=auth-failed"
+    value = base64.b64encode(f"{forged}:pw".encode()).decode()
+    globalLogPublisher.addObserver(observe)
+    try:
+        error = outcome(context, http_request(f"Basic {value}", "127.0.0.40"))
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert isinstance(error, ApiError) and error.status == 401
+    # (Basic ends the user name at its first colon: the rest went in as the password.)
+    refused = [line for line in lines if line.startswith("abuse: refused")]
+    assert refused == ["abuse: refused service=api ip=127.0.0.40 account=x??abuse "
+                       "reason=auth-failed"]
