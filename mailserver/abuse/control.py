@@ -239,14 +239,18 @@ class AbuseControl:
 
     def api_request(self, credential: str, limit: int, ip: str, account: str) -> int:
         """Count one API request of `credential` ("token:ID", "password:ADDRESS") unless
-        that passes `limit` a minute: 0 if counted, else the seconds to wait (until the
-        current minute ends: the sliding estimate has dropped by then, if not always
-        below the limit). Across processes, like every count here."""
+        that passes `limit` a minute: 0 if counted, else the seconds to wait. Across
+        processes, like every count here.
+
+        The wait: the rest of this minute, then 60/limit seconds into the next, where
+        the sliding estimate (this minute's count, at most `limit`, weighted by what of
+        it still overlaps) has fallen by one request's worth.
+        """
         added, _ = self.table.hit(name_key(API_REQUESTS, credential), MINUTE, limit=limit)
         if added:
             return 0
         event("refused", "api", ip, "request-rate", account)
-        return max(1, MINUTE - int(self.table.now()) % MINUTE)
+        return MINUTE - int(self.table.now()) % MINUTE + -(-MINUTE // limit)
 
     # -- sending quotas ------------------------------------------------------------------
 

@@ -196,7 +196,8 @@ def test_the_rate_limit_counts_per_token_in_the_shared_table(tmp_path: Path) -> 
     error = outcome(context, http_request(f"Bearer {first}"))
     assert isinstance(error, ApiError)
     assert (error.status, error.code, error.smtp) == (429, "rate_limited", "4.7.0")
-    assert 1 <= int(error.headers["Retry-After"]) <= 60
+    wait = int(error.headers["Retry-After"])
+    assert 21 <= wait <= 80  # the rest of the minute and 60/3 s
     assert isinstance(outcome(context, http_request(f"Bearer {second}")), Principal)
     # Another process (another AbuseControl over the same file) sees the same count.
     other = make_context(tmp_path, abuse=True, requests_per_minute=3)
@@ -370,3 +371,22 @@ def test_a_user_name_with_line_breaks_stays_on_one_log_line(tmp_path: Path) -> N
     refused = [line for line in lines if line.startswith("abuse: refused")]
     assert refused == ["abuse: refused service=api ip=127.0.0.40 account=x??abuse "
                        "reason=auth-failed"]
+
+
+def test_retry_after_the_rate_limit_is_when_a_request_fits_again(tmp_path: Path) -> None:
+    """Ten a minute, all used at 12:00:30; refused until 12:01:06 (the rest of the
+    minute, then 6 s: 10 * (1 - 6/60) = 9 requests' worth left in the estimate)."""
+    from twisted.internet.task import Clock
+
+    clock = Clock()
+    clock.advance(1_800_000_030)  # hh:mm:30
+    config = config_from_dict({"data_dir": str(tmp_path / "data")})
+    control = AbuseControl(config, open_table(config, clock=clock))
+    for _ in range(10):
+        assert control.api_request("token:t", 10, "127.0.0.1", "a@example.org") == 0
+    wait = control.api_request("token:t", 10, "127.0.0.1", "a@example.org")
+    assert wait == 36
+    clock.advance(wait - 1)
+    assert control.api_request("token:t", 10, "127.0.0.1", "a@example.org") > 0
+    clock.advance(1)
+    assert control.api_request("token:t", 10, "127.0.0.1", "a@example.org") == 0
