@@ -126,3 +126,34 @@ def test_check_config_names_a_bad_line_and_a_world_readable_file(
     assert f"{path}:3: unknown scope 'admin'" in err.splitlines()
     assert (f"api.tokens_file: {path} is readable by every user (chmod 600 it)"
             in err.splitlines())
+
+
+def test_as_root_the_tokens_file_goes_to_the_servers_user(
+        tmp_path: Path, capsys: Capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sudo mailserver token add` beside a server running as its own user: the file
+    (and its lock) must be the server's, or it could not read the tokens (0600)."""
+    import os
+
+    from test_ownership import SERVICE
+
+    if os.geteuid() != 0:
+        pytest.fail("make test runs as root (the ownership tests need it)")
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    os.chown(data, SERVICE, SERVICE)
+    config = tmp_path / "mailserver.toml"
+    config.write_text(f'data_dir = "{data}"\n[domains]\nlocal = ["example.org"]\n')
+    monkeypatch.delenv("MAILSERVER_CONFIG", raising=False)
+    code, _, err = run(config, capsys, monkeypatch, "user", "add", "--weak-ok",
+                       "bob@example.org", stdin="pw-secret-1\n")
+    assert code == 0, err
+    code, out, err = run(config, capsys, monkeypatch, "token", "add", "bob@example.org")
+    assert code == 0, err
+    for path in (data / "api-tokens", data / "api-tokens.lock"):
+        st = path.stat()
+        assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (SERVICE, SERVICE,
+                                                                    0o600), path
+    token_id = TOKEN_RE.fullmatch(out.strip()).group(1)  # type: ignore[union-attr]
+    code, _, err = run(config, capsys, monkeypatch, "token", "del", token_id)
+    assert code == 0, err
+    assert (data / "api-tokens").stat().st_uid == SERVICE  # a rewrite keeps the owner
