@@ -35,6 +35,9 @@ JSON_TYPE = b"application/json"
 
 #: Scopes a token may carry ("all" holds both).
 SCOPES = ("send", "read", "all")
+#: A route's scope for what every credential may ask (GET /me: a send-only token must
+#: be able to check itself too).
+ANY_SCOPE = ""
 
 
 class ApiError(Exception):
@@ -67,7 +70,8 @@ class Principal:
     credential: str
 
     def allows(self, scope: str) -> bool:
-        return "all" in self.scopes or scope in self.scopes
+        """`scope` "" (ANY_SCOPE) is allowed to every credential."""
+        return not scope or "all" in self.scopes or scope in self.scopes
 
 
 @dataclass
@@ -133,7 +137,7 @@ CHANNEL_REFUSALS = {
 class Route:
     method: bytes
     pattern: re.Pattern[str]
-    #: "send" or "read": what the principal's scopes must allow.
+    #: "send" or "read": what the principal's scopes must allow; ANY_SCOPE: any.
     scope: str
     handler: Handler
 

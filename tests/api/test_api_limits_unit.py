@@ -390,3 +390,13 @@ def test_retry_after_the_rate_limit_is_when_a_request_fits_again(tmp_path: Path)
     assert control.api_request("token:t", 10, "127.0.0.1", "a@example.org") > 0
     clock.advance(1)
     assert control.api_request("token:t", 10, "127.0.0.1", "a@example.org") == 0
+
+
+def test_any_scope_routes_take_every_token_and_others_check_theirs() -> None:
+    from mailserver.api.resource import ANY_SCOPE
+
+    sender = Principal("alice@example.org", frozenset({"send"}), "token:t")
+    assert (sender.allows(ANY_SCOPE), sender.allows("send"), sender.allows("read")) == (
+        True, True, False)
+    everything = Principal("alice@example.org", frozenset({"all"}), "password")
+    assert everything.allows("read") and everything.allows("send")
