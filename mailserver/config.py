@@ -804,6 +804,7 @@ def render_example() -> str:
         "tls.private_key": '"/etc/letsencrypt/live/mail.example.org/privkey.pem"',
         "auth.users_file": '"/var/lib/mailserver/users"',
         "auth.aliases_file": '"/var/lib/mailserver/aliases"',
+        "api.tokens_file": '"/var/lib/mailserver/api-tokens"',
         "acme.directory": '""',
         "acme.contact": '"mailto:postmaster@example.org"',
         "acme.names": '["mail.example.org", "mta-sts.example.org", "autoconfig.example.org"]',

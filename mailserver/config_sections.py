@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mailserver.configdoc import doc
@@ -30,6 +31,9 @@ class APIConfig:
                                    "a minute; more are answered 429.", default=600)
     concurrent_requests: int = doc("Requests one process works on at once; more are "
                                    "answered 503.", default=64)
+    tokens_file: Path | None = doc(
+        "API tokens (`mailserver token add`), stored hashed; default data_dir/api-tokens. "
+        "Point every node of a cluster at one shared file.", default=None)
 
 
 @dataclass(frozen=True)

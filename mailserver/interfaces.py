@@ -84,6 +84,10 @@ class IRecipientDirectory(Interface):
     def user_exists(address: str) -> bool:
         """True for a user in the users file (not an alias)."""
 
+    def login_allowed(address: str) -> bool:
+        """True for a user who may log in: in the users file and not marked `nologin`
+        or `deny` (Dovecot's fields). API tokens ask this on every use."""
+
     def unavailable() -> str | None:
         """Why the directory cannot answer for certain now (a users or aliases file that
         exists but cannot be read, and no earlier reading of it), else None. An empty

@@ -24,13 +24,15 @@ from typing import Any
 from mailserver.abuse.table import Key, SharedTable, ip_key, name_key
 from mailserver.address import client_address
 from mailserver.config import AbuseConfig, Config
-from mailserver.logs import logger
+from mailserver.logs import logger, printable
 
 log = logger(__name__)
 
 # Kinds of record in the table.
 LOGIN_IP, LOGIN_ACCOUNT, CONNECTIONS, SMTP_MESSAGES, SMTP_RECIPIENTS, HARVEST, \
     SEND_MESSAGES, SEND_RECIPIENTS, GREY_TRIPLET, GREY_CLIENT = range(1, 11)
+#: Requests to the JSON API per credential (api/auth.py).
+API_REQUESTS = 11
 
 HOUR, DAY, MINUTE = 3600, 86_400, 60
 #: Greylisting: how long a first attempt is remembered, waiting for its retry (RFC
@@ -65,7 +67,9 @@ def event(action: str, service: str, ip: str, reason: str, account: str | None =
           **extra: object) -> None:
     """The one log line of a refusal or a lock-out (format above; fail2ban reads it)."""
     tail = "".join(f" {k}={v}" for k, v in extra.items())
-    account_text = (account or "-").replace(" ", "_") or "-"
+    # The account is whatever a client typed (a Basic user name may hold CR LF): one
+    # field, never a forged second line for fail2ban to read.
+    account_text = printable(account or "-", 256).replace(" ", "_") or "-"
     log.info("abuse: {action} service={service} ip={ip} account={account} "
              "reason={reason}{tail}", action=action, service=service, ip=ip,
              account=account_text, reason=reason, tail=tail)
@@ -230,6 +234,23 @@ class AbuseControl:
             return False
         event("refused", "smtp", ip, "greylisted", recipient)
         return True
+
+    # -- the JSON API ----------------------------------------------------------------------
+
+    def api_request(self, credential: str, limit: int, ip: str, account: str) -> int:
+        """Count one API request of `credential` ("token:ID", "password:ADDRESS") unless
+        that passes `limit` a minute: 0 if counted, else the seconds to wait. Across
+        processes, like every count here.
+
+        The wait: the rest of this minute, then 60/limit seconds into the next, where
+        the sliding estimate (this minute's count, at most `limit`, weighted by what of
+        it still overlaps) has fallen by one request's worth.
+        """
+        added, _ = self.table.hit(name_key(API_REQUESTS, credential), MINUTE, limit=limit)
+        if added:
+            return 0
+        event("refused", "api", ip, "request-rate", account)
+        return MINUTE - int(self.table.now()) % MINUTE + -(-MINUTE // limit)
 
     # -- sending quotas ------------------------------------------------------------------
 

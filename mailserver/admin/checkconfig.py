@@ -33,6 +33,7 @@ def check_config(path: str | None, stdout: TextIO, stderr: TextIO) -> int:
     directory = RecipientDirectory(config)
     report = directory.check()
     errors.extend(str(p) for p in report.errors)
+    errors.extend(_token_errors(config))
     listen_errors, listen_warnings = _listen_problems(config)
     errors.extend(listen_errors)
     if errors:
@@ -43,6 +44,24 @@ def check_config(path: str | None, stdout: TextIO, stderr: TextIO) -> int:
         print(f"warning: {text}", file=stderr)
     _summary(config, report.users, report.aliases, stdout)
     return 0
+
+
+def _token_errors(config: Config) -> list[str]:
+    """The API tokens file's bad lines (their tokens never work), and a file the server
+    could not read or that others can (api/tokens.py keeps it 0600)."""
+    from mailserver.api.tokens import TokensFile, tokens_path
+
+    tokens = TokensFile(tokens_path(config))
+    try:
+        errors = [str(p) for p in tokens.table().problems]
+        if tokens.read_error:
+            errors.append(f"api.tokens_file: {tokens.read_error}")
+        elif tokens.path.exists() and tokens.path.stat().st_mode & 0o007:
+            errors.append(f"api.tokens_file: {tokens.path} is readable by every user "
+                          "(chmod 600 it)")
+    except OSError as e:  # a directory on the way we may not enter
+        errors = [f"api.tokens_file: cannot read {tokens.path}: {e.strerror}"]
+    return errors
 
 
 def _postmaster_warnings(config: Config, directory: RecipientDirectory) -> list[str]:

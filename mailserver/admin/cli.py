@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     queue_sub.add_parser("delete", help="delete a queued message").add_argument(
         "id", metavar="ID")
 
+    add_token_arguments(top)
+
     top.add_parser("check-config", help="check the config, users and aliases files")
 
     reload = top.add_parser("reload", help="make the running server re-read its config, "
@@ -132,6 +134,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_token_arguments(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    token = top.add_parser("token", help="add, list, revoke the HTTP API's tokens")
+    token_sub = token.add_subparsers(dest="action", required=True, metavar="ACTION")
+    add = token_sub.add_parser("add", help="make a token for a user (printed once)")
+    add.add_argument("address", metavar="ADDRESS")
+    add.add_argument("--scope", choices=("send", "read", "all"), default="all",
+                     help="what the token may do (default: all)")
+    add.add_argument("--expires", type=int, metavar="DAYS", help="default: never")
+    add.add_argument("--name", default="", metavar="LABEL", help="what the token is for")
+    token_sub.add_parser("list", help="list tokens (never their secrets)").add_argument(
+        "address", metavar="ADDRESS", nargs="?")
+    token_sub.add_parser("del", help="revoke a token, or every token of an address"
+                         ).add_argument("which", metavar="ID|ADDRESS")
+
+
 def add_sendmail_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", dest="sender", metavar="SENDER",
                         help="envelope sender (default: your login@hostname; '' is <>)")
@@ -172,6 +189,15 @@ def _handler(args: argparse.Namespace) -> Callable[[Admin], None]:
                                             args.user is None, args.dry_run)
     if args.command in ("dns-records", "dkim"):
         return _senderauth_handler(args)
+    if args.command == "token":
+        from mailserver.admin import token_commands as t
+
+        if args.action == "add":
+            return lambda admin: t.token_add(admin, args.address, args.scope, args.expires,
+                                             args.name)
+        if args.action == "list":
+            return lambda admin: t.token_list(admin, args.address)
+        return lambda admin: t.token_del(admin, args.which)
     if args.command == "queue":
         from mailserver.admin import queue_commands as q
 

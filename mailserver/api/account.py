@@ -3,7 +3,7 @@ call, to check its token before it relies on it)."""
 
 from __future__ import annotations
 
-from mailserver.api.resource import ApiAnswer, ApiCall, Route, route
+from mailserver.api.resource import ANY_SCOPE, ApiAnswer, ApiCall, Route, route
 
 
 async def me(call: ApiCall) -> ApiAnswer:
@@ -12,4 +12,4 @@ async def me(call: ApiCall) -> ApiAnswer:
                            "scopes": sorted(principal.scopes)})
 
 
-ROUTES: list[Route] = [route("GET", r"me", "read", me)]
+ROUTES: list[Route] = [route("GET", r"me", ANY_SCOPE, me)]

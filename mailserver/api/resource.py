@@ -35,6 +35,9 @@ JSON_TYPE = b"application/json"
 
 #: Scopes a token may carry ("all" holds both).
 SCOPES = ("send", "read", "all")
+#: A route's scope for what every credential may ask (GET /me: a send-only token must
+#: be able to check itself too).
+ANY_SCOPE = ""
 
 
 class ApiError(Exception):
@@ -67,7 +70,8 @@ class Principal:
     credential: str
 
     def allows(self, scope: str) -> bool:
-        return "all" in self.scopes or scope in self.scopes
+        """`scope` "" (ANY_SCOPE) is allowed to every credential."""
+        return not scope or "all" in self.scopes or scope in self.scopes
 
 
 @dataclass
@@ -84,9 +88,14 @@ class ApiCall:
     query: dict[str, list[str]] = field(default_factory=dict)
 
     def json(self) -> Any:
-        """The body as JSON, or ApiError 400 (bad_json)."""
+        """The body as JSON: ApiError 415 unless the request says it is application/json
+        (RFC 9110 15.5.16; a form or text body is a client's mistake worth naming), 400
+        (bad_json) when it is not JSON after all."""
         from mailserver.api.jsonbody import parse_json
 
+        if not is_json_type(self.request.getHeader(b"content-type")):
+            raise ApiError(415, "unsupported_media_type", "send the body as "
+                           "Content-Type: application/json", smtp="5.6.0")
         return parse_json(self.body)
 
     def arg(self, name: str) -> str | None:
@@ -107,11 +116,28 @@ class ApiAnswer:
 Handler = Callable[[ApiCall], Awaitable[ApiAnswer]]
 
 
+def is_json_type(value: bytes | str | None) -> bool:
+    """application/json, any case, with or without parameters (`; charset=utf-8`)."""
+    if value is None:
+        return False
+    text = value.decode("latin-1") if isinstance(value, bytes) else value
+    return text.split(";", 1)[0].strip().lower() == "application/json"
+
+
+#: The refusals BoundedChannel (http/site.py) makes before a request reaches a resource,
+#: as the API words them (RFC 9110 15.5.9 408, 15.5.14 413; RFC 6585 5 431).
+CHANNEL_REFUSALS = {
+    408: ("request_timeout", "the request did not arrive in time", "4.4.2"),
+    413: ("too_large", "the request body is too large", "5.3.4"),
+    431: ("header_too_large", "a header line or the header is too large", "5.5.2"),
+}
+
+
 @dataclass(frozen=True)
 class Route:
     method: bytes
     pattern: re.Pattern[str]
-    #: "send" or "read": what the principal's scopes must allow.
+    #: "send" or "read": what the principal's scopes must allow; ANY_SCOPE: any.
     scope: str
     handler: Handler
 
@@ -149,20 +175,43 @@ class ApiResource(resource.Resource):
         self.routes = all_routes() if routes is None else routes
         #: The largest request body BoundedChannel lets through for this prefix.
         self.max_body = max_body
+        #: Requests of this process being worked on (api.concurrent_requests).
+        self.in_progress = 0
+
+    def refusal(self, status: int) -> bytes | None:
+        """The JSON body of a refusal the channel makes itself (408, 413, 431), so a
+        client of the API sees the API's error shape there too; None for others."""
+        known = CHANNEL_REFUSALS.get(status)
+        if known is None:
+            return None
+        code, message, smtp = known
+        if status == 413:
+            message = f"the request body is larger than {self.max_body} bytes"
+        return json.dumps(ApiError(status, code, message, smtp).body()).encode()
 
     def render(self, request: server.Request) -> int:  # type: ignore[override]
         request.setHeader(b"cache-control", b"no-store")
+        limit = self.context.config.api.concurrent_requests if self.context else 0
+        if limit and self.in_progress >= limit:
+            # RFC 9110 15.6.4 (503 with Retry-After), before anything else: the refusal
+            # must cost less than the work it sheds.
+            _refuse(request, ApiError(503, "busy", "the server is busy; try again shortly",
+                                      smtp="4.3.2", headers={"Retry-After": "1"}))
+            return server.NOT_DONE_YET
+        self.in_progress += 1
         d = ensureDeferred(self._answer(request))
         d.addErrback(self._crashed, request)
+        d.addBoth(self._done)
         return server.NOT_DONE_YET
+
+    def _done(self, _: object) -> None:
+        self.in_progress -= 1
 
     async def _answer(self, request: server.Request) -> None:
         try:
             answer = await self._dispatch(request)
         except ApiError as e:
-            for name, value in e.headers.items():
-                request.setHeader(name.encode(), value.encode())
-            finish_json(request, e.status, e.body())
+            _refuse(request, e)
             return
         for name, value in answer.headers.items():
             request.setHeader(name.encode(), value.encode())
@@ -195,7 +244,11 @@ class ApiResource(resource.Resource):
 
         params = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}
         content = getattr(request, "content", None)
-        body = content.read() if content is not None else b""
+        body = content.read(self.max_body + 1) if content is not None else b""
+        if len(body) > self.max_body:  # BoundedChannel cuts it earlier on the server
+            raise ApiError(413, "too_large",
+                           f"the request body is larger than {self.max_body} bytes",
+                           smtp="5.3.4")
         query = {k.decode("utf-8", "replace"): [v.decode("utf-8", "replace") for v in vs]
                  for k, vs in request.args.items()}
         return await found.handler(ApiCall(self.context, request, principal, params, body,
@@ -206,6 +259,12 @@ class ApiResource(resource.Resource):
         if not request.finished and not getattr(request, "_disconnected", False):
             finish_json(request, 500, {"error": {"status": 500, "code": "internal",
                                                  "message": "internal error"}})
+
+
+def _refuse(request: server.Request, error: ApiError) -> None:
+    for name, value in error.headers.items():
+        request.setHeader(name.encode(), value.encode())
+    finish_json(request, error.status, error.body())
 
 
 def finish_json(request: server.Request, status: int, body: Any) -> None:

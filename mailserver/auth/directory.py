@@ -98,6 +98,10 @@ class RecipientDirectory:
     def user_exists(self, address: str) -> bool:
         return address_key(address) in self._users()
 
+    def login_allowed(self, address: str) -> bool:
+        entry = self._users().get(address_key(address))
+        return entry is not None and not login_denied(entry.extra)
+
     # -- for submission (RFC 6409): who may use which envelope sender ----------------------
 
     def may_send_as(self, user: str, address: str) -> bool:

@@ -109,6 +109,15 @@ class MailSiteResource(resource.Resource):
             return self._metrics(request)
         return _plain(request, http.NOT_FOUND, "not found\n")
 
+    def refusal(self, path: bytes, status: int) -> tuple[bytes, bytes] | None:
+        """(content type, body) of a refusal the channel makes for `path` (408, 413,
+        431) when a mounted resource words it itself (the API: its JSON error)."""
+        for prefix, mounted in self.mounts.items():
+            if path.startswith(prefix) and hasattr(mounted, "refusal"):
+                body = mounted.refusal(status)
+                return None if body is None else (b"application/json", body)
+        return None
+
     def body_limit(self, path: bytes) -> int:
         """The largest body a request for `path` may carry (MAX_BODY, or more for a
         mounted resource that says so: the API's send takes a whole message)."""
@@ -274,6 +283,8 @@ class BoundedChannel(http.HTTPChannel):
         self._deadline: IDelayedCall | None = None
         self._body_bytes = 0
         self._limit = MAX_BODY
+        #: The path of the request whose body is arriving (for a refusal's wording).
+        self._body_path = b""
 
     def _arm(self) -> None:
         from twisted.internet import reactor
@@ -295,8 +306,15 @@ class BoundedChannel(http.HTTPChannel):
     def _refuse(self, status: bytes) -> None:
         if self.transport is None:
             return
-        self.transport.write(b"HTTP/1.1 " + status + b"\r\nConnection: close\r\n"
-                             b"Content-Length: 0\r\n\r\n")
+        head, body = b"", b""
+        root = getattr(self.factory, "root", None)
+        worded = root.refusal(self._refused_path(), int(status[:3])) if root else None
+        if worded is not None:
+            head = b"Content-Type: " + worded[0] + b"\r\n"
+            body = worded[1]
+        self.transport.write(b"HTTP/1.1 " + status + b"\r\nConnection: close\r\n" + head +
+                             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" +
+                             body)
         self.dataReceived = lambda data: None  # type: ignore[method-assign]
         self.transport.loseConnection()
 
@@ -314,9 +332,16 @@ class BoundedChannel(http.HTTPChannel):
         path = getattr(self, "_path", b"") or b""
         return root.body_limit(path) if root is not None else MAX_BODY
 
+    def _refused_path(self) -> bytes:
+        """The path of the request being refused: the one being received (known from
+        its request line on), else the one whose body is arriving."""
+        path = getattr(self, "_path", None) or self._body_path
+        return path.split(b"?", 1)[0]
+
     def allHeadersReceived(self) -> None:  # noqa: N802 - Twisted's name
         # The path is known until super() consumes it: the limit is fixed here.
         self._limit = self._body_limit()
+        self._body_path = getattr(self, "_path", b"") or b""
         if self.length is not None and self.length > self._limit:
             self._refuse(b"413 Content Too Large")
             return

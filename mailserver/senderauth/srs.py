@@ -135,6 +135,9 @@ class SRSDirectory:
     def user_exists(self, address: str) -> bool:
         return self.inner.user_exists(address)
 
+    def login_allowed(self, address: str) -> bool:
+        return self.inner.login_allowed(address)
+
     def unavailable(self) -> str | None:
         return self.inner.unavailable()
 
