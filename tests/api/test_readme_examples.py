@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import smtplib
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,14 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> RunningServer:
     root: Path = tmp_path_factory.mktemp("readme")
     running = make_server(root, listen=ALL_LISTENERS)
     running.add_user("alice@example.org", PASSWORD)
+    # The Sending examples write to them (local recipients: delivered at once).
+    running.add_user("bob@example.org", PASSWORD)
+    running.add_user("carol@example.org", PASSWORD)
+    # The Reading examples read alice's INBOX: one message there, as on a real server.
+    with smtplib.SMTP(*running.address("smtp"), timeout=10) as smtp:
+        smtp.sendmail("bob@example.org", ["alice@example.org"],
+                      b"From: Bob <bob@example.org>\r\nTo: alice@example.org\r\n"
+                      b"Subject: Hello\r\n\r\nHello Alice.\r\n")
     yield running
     running.stop()
 
