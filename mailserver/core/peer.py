@@ -1,0 +1,55 @@
+"""Who the TCP peer is when a proxy stands in front of us (cluster.trusted_proxies).
+
+app/proxyproto.py reads the PROXY header and marks its wrapper `from_trusted_proxy`;
+a session finds that mark down its chain of transports (LimitedFactory's wrapper,
+implicit TLS) with `from_trusted_proxy()`. Without the wrapper (unit tests on a
+StringTransport) the transport's own peer is checked against the networks.
+
+A session from a trusted proxy counts as on a secured link for the "no login in the
+clear" rule, as Dovecot's login_trusted_networks does: nginx's mail proxy speaks to its
+backends without TLS, having done TLS with the client itself.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import Any
+
+
+class Networks:
+    """A fixed set of networks (config strings, already checked by check-config)."""
+
+    def __init__(self, networks: Iterable[str] = ()) -> None:
+        self.networks = tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+
+    def __bool__(self) -> bool:
+        return bool(self.networks)
+
+    def contains(self, ip: str) -> bool:
+        """Whether `ip` (a textual address; an IPv4-mapped IPv6 one counts as its IPv4
+        address) lies in one of the networks; False for anything not an address."""
+        if not self.networks:
+            return False
+        try:
+            address = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+            address = address.ipv4_mapped
+        return any(address in net for net in self.networks)
+
+
+def from_trusted_proxy(transport: Any, networks: Networks) -> bool:
+    """Whether the TCP connection under `transport` comes from a trusted proxy."""
+    layer, depth = transport, 0
+    while layer is not None and depth < 8:
+        mark = getattr(layer, "from_trusted_proxy", None)  # ProtocolWrapper delegates down
+        if isinstance(mark, bool):
+            return mark
+        layer, depth = getattr(layer, "transport", None), depth + 1
+    peer = transport.getPeer() if transport is not None else None
+    return networks.contains(getattr(peer, "host", ""))
+
+
+__all__ = ["Networks", "from_trusted_proxy"]
