@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Any
+
+from mailserver.config import Config
 
 
 class Networks:
@@ -52,4 +55,28 @@ def from_trusted_proxy(transport: Any, networks: Networks) -> bool:
     return networks.contains(getattr(peer, "host", ""))
 
 
-__all__ = ["Networks", "from_trusted_proxy"]
+def count_as(transport: Any, ip: str) -> bool:
+    """Move this connection's place in the per-address connection limits to `ip` (the
+    client a trusted proxy's XCLIENT named): False if `ip` is over its limits. The
+    limits' wrapper (app/limits.py, found by its `limit_ip`) does the counting; without
+    one (unit tests) there is nothing to move."""
+    layer, depth = transport, 0
+    while layer is not None and depth < 8:
+        if "limit_ip" in getattr(layer, "__dict__", {}):
+            return bool(layer.factory.move(layer, ip))
+        layer, depth = getattr(layer, "__dict__", {}).get("transport"), depth + 1
+    return True
+
+
+@lru_cache(maxsize=8)
+def _networks(networks: tuple[str, ...]) -> Networks:
+    return Networks(networks)
+
+
+def trusted_link(transport: Any, config: Config) -> bool:
+    """Whether this session's TCP peer is one of cluster.trusted_proxies: such a link
+    counts as secured for logins in the clear (login_trusted_networks in Dovecot)."""
+    return from_trusted_proxy(transport, _networks(config.cluster.trusted_proxies))
+
+
+__all__ = ["Networks", "count_as", "from_trusted_proxy", "trusted_link"]

@@ -17,10 +17,14 @@ Rules, as Postfix has them:
   twice, or a value not of its kind: 501 5.5.4 and nothing changes;
 - on success the session starts over (HELO, the envelope and the login forgotten) and
   says the 220 greeting; the attributes given replace the client's: ADDR is the peer
-  address every check uses from then on (Received, SPF, DNSBL-free rate limits,
-  greylisting, iprev, the login throttle, the logs), HELO the HELO name, PROTO
-  whether it spoke ESMTP, LOGIN the authenticated user (so submission relays for them
-  and checks their sender, as after AUTH). Attributes not given keep their values.
+  address every check uses from then on (Received, SPF, iprev, the rate limits and
+  greylisting, the login throttle, the logs; on port 25 the DNS blocklists are asked
+  about it before the 220, and the per-address connection limit counts it instead of
+  the proxy: 421 if it is over), HELO the HELO name, PROTO whether it spoke ESMTP,
+  LOGIN the authenticated user (so submission relays for them and checks their sender,
+  as after AUTH). NAME, PORT, DESTADDR and DESTPORT go to the log only: iprev does its
+  own lookup. Attributes not given keep their values; ADDR=[UNAVAILABLE] keeps the
+  proxy's address, so the checks always have a real one.
 """
 
 from __future__ import annotations
@@ -29,7 +33,11 @@ import ipaddress
 import re
 from dataclasses import dataclass, field
 
-from mailserver.core.peer import Networks, from_trusted_proxy
+from twisted.internet.defer import Deferred
+
+from mailserver.abuse.control import event
+from mailserver.abuse.dnsbl import Score
+from mailserver.core.peer import count_as, trusted_link
 from mailserver.errors import ReplyError
 from mailserver.logs import logger
 from mailserver.reply import Reply
@@ -121,10 +129,9 @@ class XclientCommands(SessionState):
 
     def xclient_allowed(self) -> bool:
         """The TCP peer is one of cluster.trusted_proxies."""
-        return from_trusted_proxy(self.transport,
-                                  Networks(self.config.cluster.trusted_proxies))
+        return trusted_link(self.transport, self.config)
 
-    def do_XCLIENT(self, command: Xclient) -> None:  # noqa: N802 - the verb
+    def do_XCLIENT(self, command: Xclient) -> Deferred[None] | None:  # noqa: N802 - the verb
         if not self.xclient_allowed():
             log.warn("{session} XCLIENT refused from {peer}: not in "
                      "cluster.trusted_proxies", session=self.session_id, peer=self.peer_ip)
@@ -132,16 +139,21 @@ class XclientCommands(SessionState):
         if self.envelope is not None:
             raise ReplyError(503, "5.5.1", "Error: MAIL transaction in progress")
         given = command.attributes
-        proxy = self.peer_ip
+        proxy, client = self.peer_ip, given.get("ADDR")
+        if client and not count_as(self.transport, client):
+            # The per-address connection limit, now for the real client (app/limits.py).
+            self._send(Reply(421, "4.7.0", f"{self.config.hostname} Error: too many "
+                                           "connections from your address"))
+            self._close()
+            return None
         self._reset_envelope()
         self.helo, self.esmtp, self.user = None, False, None
-        if given.get("ADDR"):  # [UNAVAILABLE]: the checks keep a real address (ours)
-            self.peer_ip = given["ADDR"]  # type: ignore[assignment]
+        if client:  # [UNAVAILABLE]: the checks keep a real address (the proxy's)
+            self.peer_ip = client
         if "NAME" in given:
             self.client_name = given["NAME"]
         if given.get("HELO"):
-            self.helo = given["HELO"]
-            self.esmtp = True
+            self.helo, self.esmtp = given["HELO"], True
         if "PROTO" in given:
             self.esmtp = given["PROTO"] == "ESMTP"
         if given.get("LOGIN"):
@@ -151,9 +163,31 @@ class XclientCommands(SessionState):
                  name=self.client_name or "-", user=self.user or "-",
                  port=given.get("PORT"), destaddr=given.get("DESTADDR"),
                  destport=given.get("DESTPORT"))
-        # The session starts over, as Postfix's does: the greeting again (nginx takes
-        # 220 or 250, then repeats the client's HELO/EHLO).
-        self._send(Reply(220, None, f"{self.config.hostname} ESMTP mailserver"))
+        return self._greet_again()
+
+    def _greet_again(self) -> Deferred[None] | None:
+        """The session starts over, as Postfix's does: the 220 greeting again (nginx
+        takes 220 or 250, then repeats the client's HELO/EHLO). On port 25 the new
+        client is first looked up in the DNS blocklists, as at connect (postscreen
+        stands before Postfix's XCLIENT; our checks are in the session)."""
+        blocklists, abuse = self.factory.blocklists, self.factory.abuse
+        if (self.factory.policy.name != "smtp" or blocklists is None
+                or not blocklists.zones
+                or (abuse is not None and abuse.is_trusted(self.peer_ip))):
+            self._send(Reply(220, None, f"{self.config.hostname} ESMTP mailserver"))
+            return None
+
+        def answered(score: Score) -> None:
+            if not blocklists.blocked(score):
+                self._send(Reply(220, None, f"{self.config.hostname} ESMTP mailserver"))
+                return
+            zones = ",".join(zone for zone, _ in score.listed)
+            event("refused", "smtp", self.peer_ip, "dnsbl", score=score.total, zones=zones)
+            self._send(Reply(554, "5.7.1", f"{self.config.hostname} Error: your address "
+                                            f"is listed by {zones}"))
+            self._close()
+
+        return blocklists.score(self.peer_ip).addCallback(answered)
 
 
 __all__ = ["ATTRIBUTES", "Xclient", "XclientCommands", "parse_xclient"]

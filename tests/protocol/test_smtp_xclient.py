@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 from fakes import Events, FakeReactor, FakeTarget
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
+from mailserver.abuse.dnsbl import Blocklists, parse_zones
+from mailserver.app.limits import ConnectionCounter, LimitedFactory
 from mailserver.auth.checker import make_portal
 from mailserver.auth.directory import RecipientDirectory
 from mailserver.config import config_from_dict
@@ -26,7 +29,8 @@ XCLIENT_EHLO = "250 XCLIENT ADDR PORT NAME HELO PROTO LOGIN DESTADDR DESTPORT"
 
 class Session:
     def __init__(self, tmp_path: Path, policy: SessionPolicy = MX_POLICY,
-                 peer_ip: str = PROXY) -> None:
+                 peer_ip: str = PROXY, blocklists: Blocklists | None = None,
+                 counter: ConnectionCounter | None = None) -> None:
         config = config_from_dict({
             "hostname": "mx.test", "data_dir": str(tmp_path),
             "domains": {"local": ["example.org"]},
@@ -45,11 +49,17 @@ class Session:
             tls_options=object(),  # type: ignore[arg-type]
             policy=policy, portal=make_portal(config, directory, reactor=self.reactor,
                                               threadpool=self.reactor.pool),  # type: ignore[arg-type]
-            senders=directory, login_throttle=self.throttle)
+            senders=directory, login_throttle=self.throttle, blocklists=blocklists)
         peer = IPv4Address("TCP", peer_ip, 4000)
-        self.protocol = factory.buildProtocol(peer)
         self.transport = StringTransport(peerAddress=peer)
-        self.protocol.makeConnection(self.transport)
+        if counter is None:
+            self.protocol = factory.buildProtocol(peer)
+            self.protocol.makeConnection(self.transport)
+        else:  # behind the connection limits, as every listener is (app/limits.py)
+            wrapper = LimitedFactory(factory, counter, b"421 busy\r\n", "smtp"
+                                     ).buildProtocol(peer)
+            wrapper.makeConnection(self.transport)
+            self.protocol = wrapper.wrappedProtocol
         assert self.replies() == ["220 mx.test ESMTP mailserver"]
 
     def replies(self) -> list[str]:
@@ -209,3 +219,33 @@ def test_the_login_throttle_counts_the_forwarded_client(tmp_path: Path) -> None:
     assert s.replies() == ["535 5.7.8 Authentication credentials invalid"]
     assert len(s.throttle._failures["192.0.2.9"]) == 1
     assert PROXY not in s.throttle._failures
+
+
+def test_the_connection_limit_counts_the_forwarded_client(tmp_path: Path) -> None:
+    counter = ConnectionCounter(100, 1)
+    assert counter.admit("192.0.2.7")  # the client already has its one connection
+    s = Session(tmp_path / "a", counter=counter)
+    assert dict(counter.by_ip) == {"192.0.2.7": 1, PROXY: 1}
+    assert s.send("XCLIENT ADDR=192.0.2.8") == ["220 mx.test ESMTP mailserver"]
+    assert dict(counter.by_ip) == {"192.0.2.7": 1, "192.0.2.8": 1}, "moved off the proxy"
+    t = Session(tmp_path / "b", counter=counter)
+    assert t.send("XCLIENT ADDR=192.0.2.7") == [
+        "421 4.7.0 mx.test Error: too many connections from your address"]
+    assert t.transport.disconnecting
+    assert dict(counter.by_ip) == {"192.0.2.7": 1, "192.0.2.8": 1, PROXY: 1}
+
+
+def test_port_25_asks_the_blocklists_about_the_forwarded_client(tmp_path: Path) -> None:
+    asked: list[str] = []
+
+    def lookup(name: str) -> defer.Deferred[list[str]]:
+        asked.append(name)
+        return defer.succeed(["127.0.0.2"] if name.startswith("66.2.0.192.") else [])
+
+    blocklists = Blocklists(parse_zones(["bl.test"]), 1, lookup)
+    s = Session(tmp_path, blocklists=blocklists)
+    assert s.send("XCLIENT ADDR=192.0.2.7") == ["220 mx.test ESMTP mailserver"]
+    assert s.send("XCLIENT ADDR=192.0.2.66") == [
+        "554 5.7.1 mx.test Error: your address is listed by bl.test"]
+    assert s.transport.disconnecting
+    assert asked == ["7.2.0.192.bl.test", "66.2.0.192.bl.test"]
