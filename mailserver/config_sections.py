@@ -63,6 +63,11 @@ class ClusterConfig:
     health_service: str = doc("The listener whose port the health check connects to "
                               "(imap, submission, pop3, smtp or http); empty: the first "
                               "of these this node listens on.", default="")
+    proxy_protocol: tuple[str, ...] = doc(
+        "Listeners where a trusted proxy opens each connection with a PROXY protocol "
+        'header (v1 or v2; nginx: proxy_protocol on), e.g. ["imap", "pop3"]; from a '
+        "trusted proxy there it is required. nginx sends XCLIENT, not PROXY, to SMTP.",
+        default=())
 
 
 def check_sections(config: Config, problems: list[str]) -> None:
@@ -84,6 +89,7 @@ def check_sections(config: Config, problems: list[str]) -> None:
     if cluster.nodes and not cluster.node:
         problems.append("cluster.node: needed with cluster.nodes (this node's name)")
     _check_health(config, problems)
+    _check_proxy_protocol(cluster, problems)
 
 
 def _check_health(config: Config, problems: list[str]) -> None:
@@ -101,6 +107,18 @@ def _check_health(config: Config, problems: list[str]) -> None:
     elif cluster.nodes and getattr(config.listen, cluster.health_service) is None:
         problems.append(f"cluster.health_service: listen.{cluster.health_service} is not "
                         "configured: the health check would have no port")
+
+
+def _check_proxy_protocol(cluster: ClusterConfig, problems: list[str]) -> None:
+    from mailserver.config import SERVICES
+
+    for i, name in enumerate(cluster.proxy_protocol):
+        if name not in SERVICES:
+            problems.append(f"cluster.proxy_protocol[{i}]: no listener named {name!r} "
+                            f"(one of {', '.join(SERVICES)})")
+    if cluster.proxy_protocol and not cluster.trusted_proxies:
+        problems.append("cluster.proxy_protocol: needs cluster.trusted_proxies (who may "
+                        "send the header)")
 
 
 def _check_networks(key: str, networks: tuple[str, ...], problems: list[str]) -> None:
