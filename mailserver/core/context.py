@@ -26,7 +26,7 @@ from mailserver.core.connection import S, SessionFactory
 from mailserver.core.diskio import DiskExecutor
 from mailserver.core.dns import SharedResolver
 from mailserver.core.throttle import LoginThrottle
-from mailserver.events import IDeliveryEvents
+from mailserver.events import IDeliveryEvents, IWebhookRegistry
 from mailserver.interfaces import (
     IDeliveryRouter,
     IMailboxOpener,
@@ -75,6 +75,9 @@ class ServerContext:
     #: Where delivery outcomes and arrivals are published (events.IDeliveryEvents: the
     #: webhook spool, the API's message states); None: nobody listens.
     events: IDeliveryEvents | None = None
+    #: Users' webhook registrations, for the API's /webhooks routes (webhooks/registry.py);
+    #: None: no webhooks.
+    webhooks: IWebhookRegistry | None = None
 
 
 @dataclass
