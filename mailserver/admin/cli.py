@@ -78,6 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
     queue_sub.add_parser("delete", help="delete a queued message").add_argument(
         "id", metavar="ID")
 
+    webhook = top.add_parser("webhook", help="list, show and retry webhook events")
+    webhook_sub = webhook.add_subparsers(dest="action", required=True, metavar="ACTION")
+    which = webhook_sub.add_parser("list", help="pending and given-up events")
+    only = which.add_mutually_exclusive_group()
+    only.add_argument("--pending", dest="which", action="store_const", const="pending")
+    only.add_argument("--failed", dest="which", action="store_const", const="failed")
+    webhook_sub.add_parser("show", help="one event").add_argument("id", metavar="ID")
+    again = webhook_sub.add_parser("retry", help="send given-up events again")
+    target = again.add_mutually_exclusive_group(required=True)
+    target.add_argument("id", metavar="ID", nargs="?")
+    target.add_argument("--all-failed", action="store_true")
+
     top.add_parser("check-config", help="check the config, users and aliases files")
 
     reload = top.add_parser("reload", help="make the running server re-read its config, "
@@ -164,6 +176,14 @@ def _handler(args: argparse.Namespace) -> Callable[[Admin], None]:
                                             args.user is None, args.dry_run)
     if args.command in ("dns-records", "dkim"):
         return _senderauth_handler(args)
+    if args.command == "webhook":
+        from mailserver.admin import webhook_commands as w
+
+        if args.action == "list":
+            return lambda admin: w.webhook_list(admin, args.which)
+        if args.action == "show":
+            return lambda admin: w.webhook_show(admin, args.id)
+        return lambda admin: w.webhook_retry(admin, None if args.all_failed else args.id)
     if args.command == "queue":
         from mailserver.admin import queue_commands as q
 

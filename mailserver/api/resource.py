@@ -127,6 +127,8 @@ def all_routes() -> list[Route]:
 
     routes: list[Route] = []
     routes += account.ROUTES
+    from mailserver.api import webhooks  # noqa: I001 - one block per route module
+    routes += webhooks.ROUTES
     return routes
 
 

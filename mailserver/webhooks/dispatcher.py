@@ -65,7 +65,8 @@ def headers_for(record: Record, secret: str, body: bytes, now: float,
 class Dispatcher(Service):
     def __init__(self, config: Config, spool: WebhookSpool, hooks: HookStore,
                  disk: DiskExecutor, check: Checker, sender: Sender,
-                 clock: Any = None, poll: float = 1.0) -> None:
+                 clock: Any = None, poll: float = 1.0,
+                 in_thread: Callable[..., Deferred[Any]] = threads.deferToThread) -> None:
         self.config = config
         self.spool = spool
         self.hooks = hooks
@@ -74,6 +75,8 @@ class Dispatcher(Service):
         self.sender = sender
         self.clock: Any = clock or reactor
         self.poll = poll
+        #: Runs the URL check (DNS: blocking) off the reactor.
+        self.in_thread = in_thread
         self.concurrency = config.webhooks.concurrency
         #: key -> its records, oldest first (the head is the only one ever sent).
         self.queues: dict[str, list[Record]] = {}
@@ -225,7 +228,7 @@ class Dispatcher(Service):
                                 else "the webhook is inactive")
             return
         try:
-            target = await threads.deferToThread(self.check, hook.url)
+            target = await self.in_thread(self.check, hook.url)
         except Refused as e:
             await self._give_up(record, f"URL refused: {e}")
             return
@@ -260,7 +263,9 @@ class Dispatcher(Service):
             await self._give_up(record, f"gave up after {attempt} attempts: {error}")
             return
         hooks = self.config.webhooks
-        record.next_try = now + backoff(attempt, hooks.retry_initial, hooks.retry_max)
+        # The last try falls exactly at the end of the retry period (as the queue's).
+        record.next_try = min(now + backoff(attempt, hooks.retry_initial, hooks.retry_max),
+                              record.created + hooks.retry_for)
         log.info("webhooks: {id} {type} to {url}: {error}; retrying in {wait:.0f}s",
                  id=record.id, type=record.type, url=hook.url, error=error,
                  wait=record.next_try - now)

@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailserver.core.ownfiles import Owner, give_fd
+
 PENDING, FAILED = "pending", "failed"
 
 
@@ -80,6 +82,8 @@ def is_record_id(text: str) -> bool:
 @dataclass
 class WebhookSpool:
     root: Path
+    #: Whom files we create must belong to (the operator's command run as root).
+    owner: Owner | None = None
     dirs: dict[str, Path] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -103,6 +107,7 @@ class WebhookSpool:
         tmp = self.dirs["tmp"] / f"{record.id}.{os.getpid()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
+            give_fd(fd, self.owner)
             data = record.to_json()
             view = memoryview(data)
             while view:
