@@ -36,7 +36,7 @@ from zope.interface import implementer
 
 from mailserver.config import Config
 from mailserver.errors import ReplyError
-from mailserver.events import RECEIVED, DeliveryEvent, message_id_of
+from mailserver.events import DELIVERED, RECEIVED, DeliveryEvent, message_id_of
 from mailserver.interfaces import (
     DeliveryEnvelope,
     IDeliveryRouter,
@@ -63,6 +63,9 @@ SuccessReporter = Callable[[str, DeliveryEnvelope, list[tuple[RecipientDsn, str]
 #: Makes "received" events durable with their listeners, in a disk thread (app/ sets
 #: it to run events.IDeliveryEvents.publish there); fires when they are.
 Publisher = Callable[[Sequence[DeliveryEvent]], Deferred[None]]
+
+#: (head of the message, the local transaction, the queue id or None) -> published.
+Announcer = Callable[[bytes, ILocalTransaction, str | None], Deferred[None]]
 
 #: Bytes of the message kept for a success report: its header (RFC 3461 4.3: a report
 #: that tells of no failure returns the headers only).
@@ -164,27 +167,38 @@ class DeliveryRouter:
             transaction.on_commit(lambda head: reporter(hostname, envelope, reports, head))
         if self.publish is not None and local is not None:
             publish = self.publish
-            transaction.announce(lambda head, txn: publish(received_events(envelope, head,
-                                                                           txn)))
+            transaction.announce(lambda head, txn, queue_id: publish(
+                received_events(envelope, head, txn, queue_id)))
         transaction.write_local(return_path_header(envelope.sender))
         return transaction
 
 
-def received_events(envelope: DeliveryEnvelope, head: bytes,
-                    local: ILocalTransaction) -> list[DeliveryEvent]:
-    """One "received" per stored copy: the envelope, the user, where the file is."""
+def received_events(envelope: DeliveryEnvelope, head: bytes, local: ILocalTransaction,
+                    queue_id: str | None) -> list[DeliveryEvent]:
+    """One "received" per stored copy (the envelope, the user, where the file is) and,
+    for submitted mail, one "delivered" per local recipient, as the queue tells of its
+    remote ones (under the queue id when the message has a queued part too, so one
+    message's events share their key)."""
     by_mailbox = {m: rcpt.address for rcpt in envelope.dsn for m in rcpt.mailboxes}
     message_id = message_id_of(head)
     now = time.time()
     events = []
+    delivered: set[str] = set()
     stored: list[tuple[Any, str]] = getattr(local, "stored", [])  # store/delivery.py's
     for mailbox, path in stored:
         name = os.path.basename(path)
+        local_id = queue_id or name.split(",", 1)[0]
+        recipient = by_mailbox.get(mailbox, mailbox.address)
         events.append(DeliveryEvent(
-            RECEIVED, name.split(",", 1)[0], envelope.sender,
-            by_mailbox.get(mailbox, mailbox.address), now, message_id=message_id,
+            RECEIVED, local_id, envelope.sender, recipient, now, message_id=message_id,
             submitter=envelope.submitter, mailbox=mailbox.address, folder="",
             size=int(getattr(local, "size", 0)), stored_as=name, extra={"path": path}))
+        if envelope.submitter and recipient not in delivered:
+            delivered.add(recipient)
+            events.append(DeliveryEvent(
+                DELIVERED, local_id, envelope.sender, recipient, now, message_id=message_id,
+                submitter=envelope.submitter, status="2.0.0",
+                diagnostic="250 2.0.0 delivered to maildir", remote="local", attempts=1))
     return events
 
 
@@ -241,7 +255,7 @@ class RoutedTransaction:
         #: Called with the head of the message once every copy is committed.
         self._after_commit: Callable[[bytes], None] | None = None
         #: Publishes the local copies' "received" events, awaited before commit fires.
-        self._announce: Callable[[bytes, ILocalTransaction], Deferred[None]] | None = None
+        self._announce: Announcer | None = None
         self._head = bytearray()
 
     def write_local(self, data: bytes) -> None:
@@ -254,9 +268,10 @@ class RoutedTransaction:
         once every copy is committed: the success reports."""
         self._after_commit = callback
 
-    def announce(self, publish: Callable[[bytes, ILocalTransaction], Deferred[None]]) -> None:
-        """Call `publish` with the head of the message and the local transaction once the
-        local copies are committed, and wait for it before commit fires."""
+    def announce(self, publish: Announcer) -> None:
+        """Call `publish` with the head of the message, the local transaction and the
+        queue id (None: nothing queued) once the local copies are committed, and wait
+        for it before commit fires (so before the 250)."""
         self._announce = publish
 
     def write(self, data: bytes) -> None:
@@ -314,7 +329,7 @@ class RoutedTransaction:
                 log.failure("release of queued message {id} failed", id=queue_id)
         if self._announce is not None and self.local is not None:
             try:
-                yield self._announce(bytes(self._head), self.local)
+                yield self._announce(bytes(self._head), self.local, queue_id)
             except Exception:  # the copies are delivered; a listener's failure is logged
                 log.failure("cannot publish the received events")
         if self._after_commit is not None:

@@ -21,7 +21,14 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, w
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+from twisted.web.client import (
+    Agent,
+    FileBodyProducer,
+    HTTPConnectionPool,
+    RequestNotSent,
+    RequestTransmissionFailed,
+    ResponseNeverReceived,
+)
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
@@ -119,13 +126,34 @@ class Sender:
         (webhooks.timeout, over the whole exchange)."""
         return defer.ensureDeferred(self._post(target, headers, body))
 
-    async def _post(self, target: Target, headers: dict[str, str], body: bytes) -> int:
-        agent = self._agent(target)
+    async def _post(self, target: Target, headers: dict[str, str], body: bytes,
+                    fresh: bool = False) -> int:
+        """`fresh`: on a new connection. A kept-alive connection the receiver closed
+        meanwhile (an HTTP/1.0 server, which Twisted's pool still caches, or an idle
+        timeout) fails before any answer; that one is tried again at once on a new
+        connection (the receiver dedupes by webhook-id should it have seen it)."""
+        if fresh:
+            agent = Agent.usingEndpointFactory(
+                self.reactor, _Pinned(self.reactor, target, self.trust, self.timeout),
+                pool=HTTPConnectionPool(self.reactor, persistent=False))
+        else:
+            agent = self._agent(target)
+        try:
+            return await self._exchange(agent, target, headers, body)
+        except (RequestNotSent, RequestTransmissionFailed, ResponseNeverReceived) as e:
+            if fresh or isinstance(e, ResponseNeverReceived) and any(
+                    r.check(defer.CancelledError) for r in e.reasons):
+                raise
+            return await self._post(target, headers, body, fresh=True)
+
+    async def _exchange(self, agent: Agent, target: Target, headers: dict[str, str],
+                        body: bytes) -> int:
         raw = Headers({k.encode(): [v.encode()] for k, v in headers.items()})
         producer = FileBodyProducer(io.BytesIO(body))
         d = agent.request(b"POST", target.url.encode("ascii"), raw, producer)
         clock: IReactorTime = self.reactor
-        d.addTimeout(self.timeout, clock)
+        # Cancelled mid-request, the Agent fails with ResponseNeverReceived: say timeout.
+        d.addTimeout(self.timeout, clock, onTimeoutCancel=_timed_out)
         response = await d
         drain = _Drain()
         response.deliverBody(drain)
@@ -141,3 +169,7 @@ class Sender:
         pools = [pool for _, pool in self.agents.values()]
         self.agents.clear()
         return defer.gatherResults([p.closeCachedConnections() for p in pools])
+
+
+def _timed_out(result: object, timeout: float) -> Failure:
+    return Failure(defer.TimeoutError(f"no answer within {timeout:g}s"))

@@ -359,3 +359,17 @@ def test_message_id_of_the_header_only() -> None:
         "a.b@example.org"
     assert message_id_of(b"Message-Id:\n <folded@example.org>\n\n") == "folded@example.org"
     assert message_id_of(b"Subject: x\n\nMessage-ID: <in-body@example.org>\n") == ""
+
+
+def test_the_documents_examples_fit_their_schemas() -> None:
+    sys.path.insert(0, str(Path(__file__).parents[1] / "api"))
+    from openapi_check import check_schema, document
+
+    schemas = document()["components"]["schemas"]
+    for name in ("WebhookOutcomeEvent", "WebhookReceivedEvent"):
+        check_schema(name, schemas[name]["example"])
+        check_schema("WebhookEvent", schemas[name]["example"])
+    with pytest.raises(AssertionError, match="not valid under any"):
+        bad = dict(schemas["WebhookOutcomeEvent"]["example"])
+        bad["data"] = {k: v for k, v in bad["data"].items() if k != "status"}
+        check_schema("WebhookEvent", bad)
