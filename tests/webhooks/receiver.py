@@ -9,6 +9,7 @@ followed); /slow answers 200 after a second; /hang never answers (until stopped)
 from __future__ import annotations
 
 import json
+import ssl
 import threading
 import time
 from dataclasses import dataclass
@@ -40,7 +41,10 @@ class Received:
 
 
 class Receiver:
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", tls: ssl.SSLContext | None = None,
+                 name: str = "127.0.0.1") -> None:
+        #: https with `tls` (the URLs then name `name`, which the test DNS resolves).
+        self.scheme, self.name = ("https" if tls else "http"), name
         self.got: list[Received] = []
         #: Path -> the secret its hook was given.
         self.secrets: dict[str, str] = {}
@@ -61,11 +65,13 @@ class Receiver:
         self.server = ThreadingHTTPServer((host, 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+        return f"{self.scheme}://{self.name}:{self.port}{path}"
 
     def took(self, handler: BaseHTTPRequestHandler, path: str, headers: dict[str, str],
              body: bytes) -> None:

@@ -20,12 +20,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parents[1]))
 sys.path.insert(0, str(Path(__file__).parents[1] / "http"))
 sys.path.insert(0, str(Path(__file__).parents[1] / "api"))
+sys.path.insert(0, str(Path(__file__).parents[1] / "queue"))
 sys.path.insert(0, str(Path(__file__).parent))
 from dns_server import DNSServer  # noqa: E402
 from http_helpers import request  # noqa: E402
 from openapi_check import check_request, check_response, check_schema  # noqa: E402
 from receiver import Receiver  # noqa: E402
 from server_harness import PASSWORD, RunningServer, admin, make_server  # noqa: E402
+from tls_support import Cert, make_cert, server_context  # noqa: E402
 
 from mailserver.webhooks.signing import new_secret  # noqa: E402
 
@@ -65,7 +67,7 @@ def register(server: RunningServer, receiver: Receiver, user: str, path: str,
 
 
 def server_config(root: Path, dns: DNSServer, receiver: Receiver, relay_port: int,
-                  **webhooks: Any) -> RunningServer:
+                  ca_file: Path | None = None, **webhooks: Any) -> RunningServer:
     domain_secret = root / "example.net.secret"
     root.mkdir(parents=True, exist_ok=True)
     secret = new_secret()
@@ -75,7 +77,8 @@ def server_config(root: Path, dns: DNSServer, receiver: Receiver, relay_port: in
         root, start=False, listen=LISTEN,
         dns={"nameservers": [dns.nameserver], "timeout": 2},
         relay={"smarthost": f"127.0.0.1:{relay_port}", "retry_initial": 1, "retry_max": 1,
-               "connect_timeout": 2, "command_timeout": 5},
+               "connect_timeout": 2, "command_timeout": 5,
+               **({"ca_file": str(ca_file)} if ca_file else {})},
         webhooks={"allowed_networks": ["127.0.0.0/24"], "timeout": 2, "retry_initial": 1,
                   "retry_max": 1, **webhooks})
     # An array of tables, which the harness's TOML writer does not do.
@@ -91,6 +94,7 @@ def server_config(root: Path, dns: DNSServer, receiver: Receiver, relay_port: in
 @pytest.fixture(scope="module")
 def dns() -> Iterator[DNSServer]:
     server = DNSServer({"rebind.test": {"A": ["127.9.9.9"]},
+                        "hooks.test": {"A": ["127.0.0.1"]},
                         "self.test": {"A": ["127.0.0.1"]},
                         "private.test": {"A": ["10.20.30.40"]}}).start()
     yield server
@@ -118,10 +122,16 @@ def peer_port() -> int:
 
 
 @pytest.fixture(scope="module")
+def ca() -> Cert:
+    return make_cert(["Webhook Test CA"], ca=True)
+
+
+@pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, dns: DNSServer, receiver: Receiver,
-           peer_port: int) -> Iterator[RunningServer]:
+           peer_port: int, ca: Cert) -> Iterator[RunningServer]:
     root = tmp_path_factory.mktemp("webhooks")
-    running = server_config(root / "server", dns, receiver, peer_port).start()
+    ca_file, _ = ca.write(root / "ca", "ca")
+    running = server_config(root / "server", dns, receiver, peer_port, ca_file).start()
     yield running
     running.stop()
 
@@ -338,6 +348,29 @@ def test_bad_receivers_are_retried_and_hold_up_nobody(server: RunningServer,
     assert "(no answer within 2s)" in listed
     assert redirects[0].id in listed
     assert ok.json["data"]["recipient"] == "carol@example.net"
+
+
+def test_https_is_verified_against_the_trusted_roots(
+        tmp_path: Path, server: RunningServer, ca: Cert) -> None:
+    trusted = Receiver(tls=server_context(make_cert(["hooks.test"], ca), tmp_path, "good"),
+                       name="hooks.test")
+    forged = Receiver(tls=server_context(make_cert(["hooks.test"]), tmp_path, "self"),
+                      name="hooks.test")
+    try:
+        register(server, trusted, "bob@example.org", "/tls", events=["received"])
+        register(server, forged, "bob@example.org", "/forged", events=["received"])
+        send_in(server, "dave@example.com", "bob@example.org", "tls1")
+        [got] = trusted.wait_for("/tls")
+        assert got.verified and got.json["data"]["recipient"] == "bob@example.org"
+        deadline = time.monotonic() + 15
+        while "certificate verify failed" not in (listed := admin(
+                server.config_path, "webhook", "list", "--pending").stdout):
+            assert time.monotonic() < deadline, listed + hook_log(server)
+            time.sleep(0.3)
+        assert forged.got == [], "nothing was sent to a certificate nobody vouches for"
+    finally:
+        trusted.stop()
+        forged.stop()
 
 
 # -- a crash, the commands -----------------------------------------------------------

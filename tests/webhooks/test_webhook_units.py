@@ -373,3 +373,27 @@ def test_the_documents_examples_fit_their_schemas() -> None:
         bad = dict(schemas["WebhookOutcomeEvent"]["example"])
         bad["data"] = {k: v for k, v in bad["data"].items() if k != "status"}
         check_schema("WebhookEvent", bad)
+
+
+def test_domain_hooks_in_the_config_are_checked(tmp_path: Path) -> None:
+    from mailserver.config import render_example
+    from mailserver.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict({"data_dir": str(tmp_path), "domains": {"local": ["example.org"]},
+                          "webhooks": {"timeout": 0, "domain": [
+                              {"domain": "example.com", "url": "ftp://x", "events": ["sent"],
+                               "secret_file": str(tmp_path / "missing")},
+                              {"domain": "example.org", "url": "https://a.test/"}]}})
+    assert caught.value.problems == [
+        "webhooks.timeout: must be at least 1",
+        "webhooks.domain[0].domain: not one of domains.local: 'example.com'",
+        "webhooks.domain[0].url: expected an http(s):// URL, got 'ftp://x'",
+        "webhooks.domain[0].events: unknown event 'sent' (one of delivered, deferred, "
+        "failed, delay_warning, received)",
+        f"webhooks.domain[0].secret_file: cannot read {tmp_path / 'missing'}",
+        "webhooks.domain[1].secret_file: needed (the signing secret's file)"]
+    example = render_example()
+    assert "# [[webhooks.domain]]\n# domain = \"example.org\"\n" in example
+    import tomllib
+    assert tomllib.loads(example)["webhooks"]["retry_for"] == 86400
