@@ -41,6 +41,9 @@ log = logger(__name__)
 
 #: Records held in memory at most; older ones are loaded first, the rest wait on disk.
 MAX_LOADED = 20_000
+#: Seconds a URL's check (its addresses, pinned) is reused before it is made again: a
+#: thread hop and DNS per POST otherwise. A refusal is never cached.
+CHECK_TTL = 30.0
 USER_AGENT = "mailserver-webhooks/1"
 
 #: (url) -> the checked, pinned target; raises Refused. Blocking: run in a thread.
@@ -90,6 +93,15 @@ class Dispatcher(Service):
         self.rescan = False
         #: Sends finished (tests, the benchmark).
         self.sent = 0
+        #: hook id -> Hook, as read at the last look at the spool (a disk thread).
+        self.hooks_seen: dict[str, Hook] = {}
+        #: url -> (until, Target): recent checks that passed.
+        self.checked: dict[str, tuple[float, Target]] = {}
+        #: Delivered records whose files are still to be removed (one disk job a batch);
+        #: they stay `known` until then, so a look at the directory does not send them
+        #: again.
+        self.to_remove: list[str] = []
+        self.removing = False
 
     # -- the service ----------------------------------------------------------------
 
@@ -108,9 +120,15 @@ class Dispatcher(Service):
         self.timer = None
         return self.sender.close()
 
-    def wake_from_thread(self) -> None:
-        """The publisher of this process wrote records (called in its disk thread)."""
-        self.clock.callFromThread(self.wake)
+    def take_from_thread(self, records: list[Record]) -> None:
+        """The publisher of this process wrote these (called in its disk thread): taken
+        as they are, without a look at the directory (records of worker processes wait
+        for the next poll)."""
+        self.clock.callFromThread(self._take, records)
+
+    def _take(self, records: list[Record]) -> None:
+        if self.running and len(self.known) + len(records) <= MAX_LOADED:
+            self._loaded(records, self.hooks_seen)
 
     def wake(self) -> None:
         """Look at pending/ now (or right after the scan that is running)."""
@@ -121,7 +139,7 @@ class Dispatcher(Service):
             return
         self.scanning = True
         d = self.disk.run(self._load_new, set(self.known))
-        d.addCallback(self._loaded)
+        d.addCallback(lambda found: self._loaded(found[0], found[1]))
         d.addErrback(lambda f: log.failure("webhooks: cannot read the spool", f))
 
         def again(_: object) -> None:
@@ -132,9 +150,12 @@ class Dispatcher(Service):
 
         d.addBoth(again)
 
-    def _load_new(self, known: set[str]) -> list[Record]:
-        """Records in pending/ not loaded yet, oldest first, up to MAX_LOADED in all
-        (a disk thread)."""
+    def _load_new(self, known: set[str]) -> tuple[list[Record], dict[str, Hook]]:
+        """Records in pending/ not loaded yet, oldest first, up to MAX_LOADED in all,
+        and every hook as it is now (a disk thread)."""
+        hooks = {h.id: h for h in self.hooks.domain}
+        for mine in self.hooks.users().values():
+            hooks.update((h.id, h) for h in mine)
         room = MAX_LOADED - len(known)
         found = []
         for record_id in self.spool.ids():
@@ -150,9 +171,10 @@ class Dispatcher(Service):
                 log.error("webhooks: {id}: {e}; left in pending/", id=record_id, e=str(e))
                 continue
             room -= 1
-        return found
+        return found, hooks
 
-    def _loaded(self, records: list[Record]) -> None:
+    def _loaded(self, records: list[Record], hooks: dict[str, Hook]) -> None:
+        self.hooks_seen = hooks
         for record in records:
             if record.id in self.known:
                 continue
@@ -183,8 +205,8 @@ class Dispatcher(Service):
         self._arm()
 
     def _arm(self) -> None:
-        if not self.running or not self.ready:
-            return
+        if not self.running or not self.ready or len(self.inflight) >= self.concurrency:
+            return  # (full: the next send to end pumps again)
         delay = max(0.0, self.ready[0][0] - self.clock.seconds())
         if self.timer is not None and self.timer.active():
             if self.timer.getTime() <= self.ready[0][0]:
@@ -213,7 +235,8 @@ class Dispatcher(Service):
         if record.gave_up or record.next_try < 0:  # finished one way or the other
             if queue and queue[0] is record:
                 queue.pop(0)
-            self.known.discard(record.id)
+            if record.gave_up:
+                self.known.discard(record.id)  # (delivered: once its file is gone)
         if queue:
             heapq.heappush(self.ready, (queue[0].next_try, queue[0].id, record.key))
         else:
@@ -222,13 +245,15 @@ class Dispatcher(Service):
             self.pump()
 
     async def _send(self, record: Record) -> None:
-        hook: Hook | None = await self.disk.run(self.hooks.find, record.hook)
+        hook = self.hooks_seen.get(record.hook)
+        if hook is None:  # registered after the last look, or deleted
+            hook = await self.disk.run(self.hooks.find, record.hook)
         if hook is None or not hook.active:
             await self._give_up(record, "the webhook was deleted" if hook is None
                                 else "the webhook is inactive")
             return
         try:
-            target = await self.in_thread(self.check, hook.url)
+            target = await self._checked(hook.url)
         except Refused as e:
             await self._give_up(record, f"URL refused: {e}")
             return
@@ -253,10 +278,10 @@ class Dispatcher(Service):
         now = self.clock.seconds()
         record.attempts = attempt
         if not error:
-            log.info("webhooks: {id} {type} to {url}: delivered (attempt {n})",
+            log.debug("webhooks: {id} {type} to {url}: delivered (attempt {n})",
                      id=record.id, type=record.type, url=hook.url, n=attempt)
             record.next_try = -1.0  # finished
-            await self.disk.run(self.spool.done, record.id)
+            self._forget(record.id)
             return
         record.last_error = error
         if now - record.created >= self.config.webhooks.retry_for:
@@ -270,6 +295,36 @@ class Dispatcher(Service):
                  id=record.id, type=record.type, url=hook.url, error=error,
                  wait=record.next_try - now)
         await self.disk.run(self.spool.save, record)
+
+    def _forget(self, record_id: str) -> None:
+        """Remove a delivered record's file, with others in one disk job."""
+        self.to_remove.append(record_id)
+        if self.removing:
+            return
+        batch, self.to_remove = self.to_remove, []
+        self.removing = True
+        d = self.disk.run(self.spool.done, batch)
+        d.addErrback(lambda f: log.failure("webhooks: cannot remove delivered records", f))
+
+        def removed(_: object) -> None:
+            self.removing = False
+            self.known.difference_update(batch)
+            if self.to_remove:
+                self._forget(self.to_remove.pop())
+
+        d.addBoth(removed)
+
+    async def _checked(self, url: str) -> Target:
+        """The URL's pinned target, checked in a thread at most every CHECK_TTL s."""
+        now = self.clock.seconds()
+        cached = self.checked.get(url)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        target: Target = await self.in_thread(self.check, url)
+        if len(self.checked) > 10_000:
+            self.checked.clear()
+        self.checked[url] = (now + CHECK_TTL, target)
+        return target
 
     async def _give_up(self, record: Record, reason: str) -> None:
         log.warn("webhooks: {id} {type}: {reason}; kept in failed/", id=record.id,

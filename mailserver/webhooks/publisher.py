@@ -58,9 +58,9 @@ class WebhookPublisher:
         self.config = config
         self.hooks = hooks
         self.spool = spool
-        #: Called (in the disk thread) after records were written: the dispatcher of this
-        #: process, when there is one, looks at once instead of at its next poll.
-        self.written: Callable[[], None] | None = None
+        #: Called (in the disk thread) with the records once written: the dispatcher of
+        #: this process, when there is one, takes them at once instead of at its next poll.
+        self.written: Callable[[list[Record]], None] | None = None
 
     def publish(self, events: Sequence[DeliveryEvent]) -> None:
         records: list[Record] = []
@@ -74,7 +74,7 @@ class WebhookPublisher:
         if records:
             self.spool.write(records)
             if self.written is not None:
-                self.written()
+                self.written(records)
 
     def _record(self, event: DeliveryEvent, hook: Hook, raw: list[bytes | None]) -> Record:
         record_id = new_id()

@@ -60,8 +60,15 @@ class _Pinned:
         self.target = target
         self.trust = trust
         self.timeout = timeout
+        self.endpoint: Any = None
 
     def endpointForURI(self, uri: Any) -> Any:  # noqa: N802 - Twisted's name
+        """The same endpoint for every request (the Agent asks on each, pooled or not)."""
+        if self.endpoint is None:
+            self.endpoint = self._endpoint()
+        return self.endpoint
+
+    def _endpoint(self) -> Any:
         address = self.target.address
         kind = TCP6ClientEndpoint if ipaddress.ip_address(address).version == 6 \
             else TCP4ClientEndpoint

@@ -62,9 +62,9 @@ def open_webhooks(config: Config, disk: DiskExecutor, resolver: SharedResolver,
     dispatcher = None
     if instance == 0:
         sender = Sender(reactor, trust, float(config.webhooks.timeout),
-                        per_host=min(config.webhooks.concurrency, 8))
+                        per_host=config.webhooks.concurrency)
         dispatcher = Dispatcher(config, spool, store, disk, check, sender)
-        publisher.written = dispatcher.wake_from_thread
+        publisher.written = dispatcher.take_from_thread
     return Webhooks(publisher, Registry(store, check), dispatcher)
 
 

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailserver.core.diskio import DirSyncGroup
 from mailserver.core.ownfiles import Owner, give_fd
 
 PENDING, FAILED = "pending", "failed"
@@ -85,6 +86,9 @@ class WebhookSpool:
     #: Whom files we create must belong to (the operator's command run as root).
     owner: Owner | None = None
     dirs: dict[str, Path] = field(init=False)
+    #: Directory fsyncs of concurrent writers (a process's disk threads) grouped: one
+    #: fsync of pending/ covers every rename that came before it started.
+    syncs: DirSyncGroup = field(init=False, default_factory=DirSyncGroup)
 
     def __post_init__(self) -> None:
         self.dirs = {name: self.root / name for name in ("tmp", PENDING, FAILED)}
@@ -101,7 +105,7 @@ class WebhookSpool:
             return
         for record in records:
             self._put(record, PENDING)
-        _sync_dir(self.dirs[PENDING])
+        self.syncs.sync(self.dirs[PENDING])
 
     def _put(self, record: Record, where: str) -> None:
         tmp = self.dirs["tmp"] / f"{record.id}.{os.getpid()}"
@@ -141,11 +145,12 @@ class WebhookSpool:
         """Rewrite a pending record (its attempts, next try, last error)."""
         self._put(record, PENDING)
 
-    def done(self, record_id: str) -> None:
-        """Delivered: the record goes. Not fsync'd: should a crash undo the unlink, the
+    def done(self, record_ids: list[str]) -> None:
+        """Delivered: the records go. Not fsync'd: should a crash undo an unlink, the
         event is sent once more with the same webhook-id, which receivers dedupe."""
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.dirs[PENDING] / record_id)
+        for record_id in record_ids:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.dirs[PENDING] / record_id)
 
     def give_up(self, record: Record, reason: str) -> None:
         """Move to failed/, with the reason, kept for the operator."""

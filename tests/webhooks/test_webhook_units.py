@@ -133,7 +133,7 @@ def test_spool_write_load_give_up_and_retry(tmp_path: Path) -> None:
     again = spool.load(first.id)
     assert (again.gave_up, again.next_try, spool.ids(FAILED)) == ("", 1000.0, [])
     assert not spool.retry(first.id, 1000.0)
-    spool.done(first.id)
+    spool.done([first.id])
     assert spool.ids() == [second.id]
     assert list((tmp_path / "tmp").iterdir()) == []
 
