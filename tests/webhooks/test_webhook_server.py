@@ -9,6 +9,7 @@ import base64
 import json
 import smtplib
 import ssl
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -187,6 +188,26 @@ def test_register_list_change_delete(server: RunningServer, receiver: Receiver) 
     status, gone = api(server, "GET", f"/webhooks/{hook['id']}")
     assert (status, gone["error"]["code"]) == (404, "not_found")
     check_response("get", "/webhooks/{id}", 404, gone)
+
+
+def test_the_readmes_curl_example(server: RunningServer, receiver: Receiver) -> None:
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = text.index("```sh\n", text.index("### HTTP API: webhooks")) + 6
+    command = text[start:text.index("```", start)]
+    port = server.ports["https"]
+    command = (command.replace("curl ", f"curl -sk --resolve mail.example.org:{port}:"
+                                        "127.0.0.1 ", 1)
+               .replace("https://mail.example.org/", f"https://mail.example.org:{port}/")
+               .replace("PASSWORD", PASSWORD)
+               .replace("https://app.example.org/mail-events", receiver.url("/readme")))
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
+                          timeout=30)
+    hook = json.loads(done.stdout)
+    assert (hook["url"], hook["events"], hook["raw_limit"]) == (
+        receiver.url("/readme"), ["delivered", "failed", "received"], 65536)
+    assert hook["secret"].startswith("whsec_")
+    check_response("post", "/webhooks", 201, hook)
+    assert api(server, "DELETE", f"/webhooks/{hook['id']}") == (204, None)
 
 
 @pytest.mark.parametrize("url,reason", [

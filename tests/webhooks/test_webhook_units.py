@@ -397,3 +397,28 @@ def test_domain_hooks_in_the_config_are_checked(tmp_path: Path) -> None:
     assert "# [[webhooks.domain]]\n# domain = \"example.org\"\n" in example
     import tomllib
     assert tomllib.loads(example)["webhooks"]["retry_for"] == 86400
+
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_block(after: str, language: str) -> str:
+    """The first ```language block after the line containing `after` in README.md."""
+    text = README.read_text()
+    start = text.index(f"```{language}\n", text.index(after)) + len(language) + 4
+    return text[start:text.index("```", start)]
+
+
+def test_the_readmes_verification_snippet_accepts_ours_and_nothing_else() -> None:
+    namespace: dict[str, Any] = {}
+    exec(readme_block("Verifying it in Python:", "python"), namespace)  # noqa: S102
+    readme_verify = namespace["verify"]
+    secret, body, now = new_secret(), b'{"id":"msg_1","type":"received"}', int(time.time())
+    headers = {"webhook-id": "msg_1", "webhook-timestamp": str(now),
+               "webhook-signature": sign(secret, "msg_1", now, body)}
+    assert readme_verify(secret, headers, body)
+    assert not readme_verify(secret, headers, body + b" ")
+    assert not readme_verify(new_secret(), headers, body)
+    old = {**headers, "webhook-timestamp": str(now - 600),
+           "webhook-signature": sign(secret, "msg_1", now - 600, body)}
+    assert not readme_verify(secret, old, body), "a replay ten minutes later"
