@@ -28,6 +28,7 @@ from twisted.web.client import (
     RequestNotSent,
     RequestTransmissionFailed,
     ResponseNeverReceived,
+    _HTTP11ClientFactory,
 )
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
@@ -97,6 +98,19 @@ class _Drain(protocol.Protocol):
             self.done.callback(None)
 
 
+class _QuietFactory(_HTTP11ClientFactory):
+    """The pool's per-connection factory, without its "Starting factory" log line per
+    connection (a line per POST when receivers close connections)."""
+
+    noisy = False
+
+
+def _pool(reactor: Any, persistent: bool) -> HTTPConnectionPool:
+    pool = HTTPConnectionPool(reactor, persistent=persistent)
+    pool._factory = _QuietFactory  # noqa: SLF001 - treq quiets it the same way
+    return pool
+
+
 class Sender:
     """POSTs bodies; a pinned Agent (and its keep-alive pool) per (URL host, address)."""
 
@@ -116,7 +130,7 @@ class Sender:
         if found is not None:
             self.agents.move_to_end(key)
             return found[0]
-        pool = HTTPConnectionPool(self.reactor, persistent=True)
+        pool = _pool(self.reactor, persistent=True)
         pool.maxPersistentPerHost = self.per_host
         pool.cachedConnectionTimeout = 30
         agent = Agent.usingEndpointFactory(self.reactor, _Pinned(self.reactor, target,
@@ -142,7 +156,7 @@ class Sender:
         if fresh:
             agent = Agent.usingEndpointFactory(
                 self.reactor, _Pinned(self.reactor, target, self.trust, self.timeout),
-                pool=HTTPConnectionPool(self.reactor, persistent=False))
+                pool=_pool(self.reactor, persistent=False))
         else:
             agent = self._agent(target)
         try:

@@ -440,3 +440,27 @@ def test_sigkill_before_the_post_is_answered_then_sent_again(
         assert usage.returncode == 2
     finally:
         server.stop()
+
+
+def test_worker_processes_spool_and_the_first_process_sends(tmp_path: Path,
+                                                            dns: DNSServer) -> None:
+    own = Receiver()
+    server = server_config(tmp_path / "workers", dns, own, free_port())
+    text = server.config_path.read_text().replace("processes = 1", "processes = 2")
+    server.config_path.write_text(text)
+    server.start()
+    try:
+        for i in range(40):  # a connection each: both processes take some
+            send_in(server, "dave@example.com", "carol@example.net", f"worker{i}")
+        got = own.wait_for("/domain", 40, timeout=40)
+        time.sleep(1.5)  # a duplicate would come within a poll or two
+        assert len(own.posts("/domain")) == 40
+        assert all(g.verified for g in got)
+        assert sorted(g.json["data"]["stored_as"] for g in got) == sorted(
+            p.name for p in server.visible_files("carol@example.net"))
+        log = server.log_path.read_text(errors="replace")
+        assert "w1-smtp-" in log and "] smtp-" in log, "both processes took connections"
+        assert "_HTTP11ClientFactory" not in log, "no log line per POST"
+    finally:
+        server.stop()
+        own.stop()
