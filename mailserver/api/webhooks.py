@@ -117,6 +117,9 @@ async def get_hook(call: ApiCall) -> ApiAnswer:
 
 async def change_hook(call: ApiCall) -> ApiAnswer:
     body = _object(call, FIELDS_CHANGE)
+    if not body:
+        raise ApiError(400, "bad_request", "nothing to change: give url, events, "
+                       "raw_limit or active")
     changes: dict[str, object] = {}
     if "events" in body:
         changes["events"] = _events(body["events"])

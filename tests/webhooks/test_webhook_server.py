@@ -181,6 +181,13 @@ def test_register_list_change_delete(server: RunningServer, receiver: Receiver) 
     check_response("patch", "/webhooks/{id}", 200, changed)
     status, one = api(server, "GET", f"/webhooks/{hook['id']}")
     assert (status, one) == (200, changed)
+    for body, code in (({"url": "http://10.0.0.1/"}, "bad_url"), ({}, "bad_request"),
+                       ({"active": "no"}, "bad_request"), ({"secret": new_secret()},
+                                                           "bad_request")):
+        status, refused = api(server, "PATCH", f"/webhooks/{hook['id']}", body=body)
+        assert (status, refused["error"]["code"]) == (400, code), body
+        check_response("patch", "/webhooks/{id}", 400, refused)
+    assert api(server, "GET", f"/webhooks/{hook['id']}")[1] == changed, "unchanged"
     # Another user sees none of it.
     assert api(server, "GET", f"/webhooks/{hook['id']}", "bob@example.org")[0] == 404
     assert api(server, "DELETE", f"/webhooks/{hook['id']}", "bob@example.org")[0] == 404

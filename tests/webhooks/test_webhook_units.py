@@ -422,3 +422,19 @@ def test_the_readmes_verification_snippet_accepts_ours_and_nothing_else() -> Non
     old = {**headers, "webhook-timestamp": str(now - 600),
            "webhook-signature": sign(secret, "msg_1", now - 600, body)}
     assert not readme_verify(secret, old, body), "a replay ten minutes later"
+
+
+def test_a_user_may_register_max_per_user_hooks(tmp_path: Path) -> None:
+    store = HookStore(tmp_path, _config(tmp_path, max_per_user=2))
+    first = store.add("alice@example.org", "https://a.test/1", [], None, 0)
+    store.add("ALICE@example.org", "https://a.test/2", ["failed"], None, 0)
+    with pytest.raises(ValueError, match="at most 2 webhooks per user"):
+        store.add("alice@example.org", "https://a.test/3", [], None, 0)
+    assert store.add("bob@example.org", "https://b.test/", [], None, 0).owner == \
+        "bob@example.org"
+    assert store.delete("alice@example.org", first.id)
+    assert not store.delete("alice@example.org", first.id)
+    assert [h.url for h in store.users()["alice@example.org"]] == ["https://a.test/2"]
+    assert oct((tmp_path / "hooks.json").stat().st_mode & 0o777) == "0o600"
+    (tmp_path / "hooks.json").write_bytes(b"{damaged")
+    assert store.users() == {}, "a damaged file is no hooks, not a crash"
