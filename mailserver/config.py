@@ -830,6 +830,9 @@ def render_example() -> str:
                 out.append("")
                 continue
             out.append(f"# {f.metadata.get('doc', '')}")
+            if f.metadata.get("example"):  # an array of tables: shown, commented out
+                out.extend("# " + line for line in f.metadata["example"].splitlines())
+                continue
             out.append(f"{f.name} = {example.get(key) or _toml_default(f)}")
 
     emit(Config, "")

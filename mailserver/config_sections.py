@@ -8,6 +8,7 @@ semantic checks; every problem names its key path, as there.
 from __future__ import annotations
 
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -36,6 +37,31 @@ class APIConfig:
         "Point every node of a cluster at one shared file.", default=None)
 
 
+#: Webhook event types (events.KINDS, repeated here: config is a base module too).
+WEBHOOK_EVENTS = ("delivered", "deferred", "failed", "delay_warning", "received")
+
+_DOMAIN_EXAMPLE = """[[webhooks.domain]]
+domain = "example.org"
+url = "https://app.example.org/mail-events"
+events = ["delivered", "failed", "received"]
+secret_file = "/etc/mailserver/webhook-example.org.secret"
+raw_limit = 65536"""
+
+
+@dataclass(frozen=True)
+class WebhookDomain:
+    """One operator-defined hook: every user of `domain` (what they send, what they get)."""
+
+    domain: str = doc("The local domain whose users' events this hook gets.", default="")
+    url: str = doc("Where the events are POSTed (https://, or http:// to an allowed "
+                   "network).", default="")
+    events: tuple[str, ...] = doc("Event types wanted (empty: all).", default=())
+    secret_file: str = doc("File whose first line is the signing secret (whsec_...).",
+                           default="")
+    raw_limit: int = doc("received: the raw message is included up to this many bytes; "
+                         "larger ones get a fetch link.", default=0)
+
+
 @dataclass(frozen=True)
 class WebhooksConfig:
     """Webhooks: events POSTed as signed JSON to applications' URLs."""
@@ -43,6 +69,19 @@ class WebhooksConfig:
     allowed_networks: tuple[str, ...] = doc(
         "Private, loopback or link-local networks a webhook URL may point at (SSRF: "
         'by default only public addresses), e.g. ["10.1.0.0/16"].', default=())
+    timeout: int = doc("Seconds a receiver has to answer a POST; later is a failure, "
+                       "retried.", default=10)
+    retry_initial: int = doc("Seconds before the first retry; doubled after each failure "
+                             "up to retry_max.", default=10)
+    retry_max: int = doc("Longest wait between two tries, in seconds.", default=3600)
+    retry_for: int = doc("Seconds an event is retried before it is given up (kept in "
+                         "data_dir/webhooks/failed/ for `mailserver webhook retry`).",
+                         default=86400)
+    concurrency: int = doc("POSTs in flight at once (all hooks together).", default=16)
+    max_per_user: int = doc("Hooks one user may register through the API.", default=10)
+    domain: tuple[WebhookDomain, ...] = doc(
+        "Operator-defined hooks, one [[webhooks.domain]] table each.", default=(),
+        example=_DOMAIN_EXAMPLE)
 
 
 @dataclass(frozen=True)
@@ -77,6 +116,7 @@ def check_sections(config: Config, problems: list[str]) -> None:
     if config.api.concurrent_requests == 0:
         problems.append("api.concurrent_requests: must be at least 1")
     _check_networks("webhooks.allowed_networks", config.webhooks.allowed_networks, problems)
+    _check_webhooks(config, problems)
     cluster = config.cluster
     _check_networks("cluster.trusted_proxies", cluster.trusted_proxies, problems)
     for name, address in cluster.nodes.items():
@@ -121,6 +161,29 @@ def _check_proxy_protocol(cluster: ClusterConfig, problems: list[str]) -> None:
                         "send the header)")
 
 
+def _check_webhooks(config: Config, problems: list[str]) -> None:
+    """[webhooks]: positive timings, and each [[webhooks.domain]] complete and ours."""
+    hooks = config.webhooks
+    for key in ("timeout", "retry_initial", "retry_max", "retry_for", "concurrency"):
+        if getattr(hooks, key) == 0:
+            problems.append(f"webhooks.{key}: must be at least 1")
+    for i, hook in enumerate(hooks.domain):
+        where = f"webhooks.domain[{i}]"
+        if not config.is_local_domain(hook.domain):
+            problems.append(f"{where}.domain: not one of domains.local: {hook.domain!r}")
+        scheme = hook.url.partition("://")[0].lower()
+        if scheme not in ("http", "https") or not hook.url.partition("://")[2]:
+            problems.append(f"{where}.url: expected an http(s):// URL, got {hook.url!r}")
+        for kind in hook.events:
+            if kind not in WEBHOOK_EVENTS:
+                problems.append(f"{where}.events: unknown event {kind!r} (one of "
+                                f"{', '.join(WEBHOOK_EVENTS)})")
+        if not hook.secret_file:
+            problems.append(f"{where}.secret_file: needed (the signing secret's file)")
+        elif not os.access(hook.secret_file, os.R_OK):
+            problems.append(f"{where}.secret_file: cannot read {hook.secret_file}")
+
+
 def _check_networks(key: str, networks: tuple[str, ...], problems: list[str]) -> None:
     for i, net in enumerate(networks):
         try:
@@ -129,4 +192,4 @@ def _check_networks(key: str, networks: tuple[str, ...], problems: list[str]) ->
             problems.append(f"{key}[{i}]: not a network: {net!r}")
 
 
-__all__ = ["APIConfig", "ClusterConfig", "WebhooksConfig", "check_sections"]
+__all__ = ["APIConfig", "ClusterConfig", "WebhookDomain", "WebhooksConfig", "check_sections"]

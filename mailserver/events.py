@@ -11,10 +11,11 @@ and at worst told twice (a listener marks a redelivery).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from zope.interface import Interface
+from zope.interface import Interface, implementer
 
 #: Event kinds. delivered/deferred/failed/delayed: one recipient of a queued message
 #: (RFC 3464's actions: delivered, delayed = a temporary failure that will be retried,
@@ -61,3 +62,74 @@ class IDeliveryEvents(Interface):
 
     def publish(events: Sequence[DeliveryEvent]) -> None:
         """Called in a disk thread; return only once the events are durable."""
+
+
+@implementer(IDeliveryEvents)
+class EventFanout:
+    """Every listener gets every event (the webhook spool, the API's state recorder).
+
+    app/service.py builds one per process and puts it in ServerContext.events; adding a
+    listener is one `fanout.add(listener)` there. A listener that fails is logged and
+    the others still run: what was delivered stays delivered (a failing spool must not
+    make the queue send a message twice), and each listener keeps its own durability.
+    """
+
+    def __init__(self) -> None:
+        self.listeners: list[IDeliveryEvents] = []
+
+    def add(self, listener: IDeliveryEvents) -> None:
+        self.listeners.append(listener)
+
+    def publish(self, events: Sequence[DeliveryEvent]) -> None:
+        if not events:
+            return
+        for listener in self.listeners:
+            try:
+                listener.publish(events)
+            except Exception:
+                from mailserver.logs import logger
+
+                logger(__name__).failure("events: listener {name} failed",
+                                         name=type(listener).__name__)
+
+
+class IWebhookRegistry(Interface):
+    """Users' webhook registrations, as the API reaches them (api/ never imports
+    webhooks/; app/ puts the implementation in ServerContext.webhooks). Every method but
+    `check_url` blocks on disk: call it in a disk thread."""
+
+    def list_hooks(owner: str) -> list[dict[str, object]]:
+        """The owner's hooks, secrets left out."""
+
+    def get_hook(owner: str, hook_id: str) -> dict[str, object] | None:
+        """One of the owner's hooks (secret left out), or None."""
+
+    def add_hook(owner: str, url: str, events: Sequence[str], secret: str | None,
+                 raw_limit: int) -> dict[str, object]:
+        """Store a new hook; the answer holds the secret (the only time it is shown).
+        ValueError: the owner has too many hooks."""
+
+    def update_hook(owner: str, hook_id: str,
+                    changes: dict[str, object]) -> dict[str, object] | None:
+        """Change url, events, raw_limit or active; None if there is no such hook."""
+
+    def delete_hook(owner: str, hook_id: str) -> bool:
+        """Remove a hook; False if there was none."""
+
+    def check_url(url: str) -> object:
+        """A Deferred firing with None (the URL may be used) or the reason it may not
+        (scheme, host, an address in a refused network): resolved off the reactor."""
+
+
+_MESSAGE_ID = re.compile(rb"^message-id[ \t]*:[ \t]*(?:\r?\n[ \t]+)?<?([^\s<>]{1,500})>?",
+                         re.IGNORECASE | re.MULTILINE)
+
+
+def message_id_of(head: bytes) -> str:
+    """The Message-ID header's value without <> (RFC 5322 3.6.4), from the header
+    section at the start of `head`; "" when there is none."""
+    end = head.find(b"\n\n")
+    end2 = head.find(b"\r\n\r\n")
+    cut = min((e for e in (end, end2) if e >= 0), default=len(head))
+    found = _MESSAGE_ID.search(head, 0, cut)
+    return found.group(1).decode("utf-8", "replace") if found else ""

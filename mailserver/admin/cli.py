@@ -79,6 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
         "id", metavar="ID")
 
     add_token_arguments(top)
+    webhook = top.add_parser("webhook", help="list, show and retry webhook events")
+    webhook_sub = webhook.add_subparsers(dest="action", required=True, metavar="ACTION")
+    which = webhook_sub.add_parser("list", help="pending and given-up events")
+    only = which.add_mutually_exclusive_group()
+    only.add_argument("--pending", dest="which", action="store_const", const="pending")
+    only.add_argument("--failed", dest="which", action="store_const", const="failed")
+    webhook_sub.add_parser("show", help="one event").add_argument("id", metavar="ID")
+    again = webhook_sub.add_parser("retry", help="send given-up events again")
+    target = again.add_mutually_exclusive_group(required=True)
+    target.add_argument("id", metavar="ID", nargs="?")
+    target.add_argument("--all-failed", action="store_true")
 
     top.add_parser("check-config", help="check the config, users and aliases files")
 
@@ -198,6 +209,14 @@ def _handler(args: argparse.Namespace) -> Callable[[Admin], None]:
         if args.action == "list":
             return lambda admin: t.token_list(admin, args.address)
         return lambda admin: t.token_del(admin, args.which)
+    if args.command == "webhook":
+        from mailserver.admin import webhook_commands as w
+
+        if args.action == "list":
+            return lambda admin: w.webhook_list(admin, args.which)
+        if args.action == "show":
+            return lambda admin: w.webhook_show(admin, args.id)
+        return lambda admin: w.webhook_retry(admin, None if args.all_failed else args.id)
     if args.command == "queue":
         from mailserver.admin import queue_commands as q
 

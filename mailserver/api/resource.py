@@ -149,13 +149,13 @@ def route(method: str, pattern: str, scope: str, handler: Handler) -> Route:
 
 def all_routes() -> list[Route]:
     """Every route of the API (each module keeps its own list)."""
-    from mailserver.api import account, send
+    from mailserver.api import account, mailbox, send, webhooks
 
     routes: list[Route] = []
     routes += account.ROUTES
-    from mailserver.api import mailbox
     routes += mailbox.ROUTES
     routes += send.ROUTES
+    routes += webhooks.ROUTES
     return routes
 
 

@@ -14,7 +14,6 @@ from mailserver.abuse.control import AbuseControl, open_table, table_path
 from mailserver.api.sentdb import sent_db
 from mailserver.api.states import ApiStates
 from mailserver.app.balance import SessionBalancer, sessions_path
-from mailserver.app.events import with_listener
 from mailserver.app.gauges import QueueGauges
 from mailserver.app.limits import ConnectionCounter
 from mailserver.app.listeners import ListenerRegistry
@@ -36,6 +35,7 @@ from mailserver.core.dns import SharedResolver
 from mailserver.core.throttle import LoginThrottle
 from mailserver.delivery.router import DeliveryRouter
 from mailserver.errors import ConfigError
+from mailserver.events import EventFanout
 from mailserver.http import listener as http_listener
 from mailserver.imap import listener as imap_listener
 from mailserver.imap.urlauth import SubmitUrls
@@ -50,6 +50,7 @@ from mailserver.senderauth.srs import SRSDirectory, SRSQueue
 from mailserver.smtp import listener as smtp_listener
 from mailserver.store.delivery import MaildirDelivery
 from mailserver.store.opener import MaildirOpener
+from mailserver.webhooks.setup import Webhooks, open_webhooks
 
 log = logger(__name__)
 
@@ -106,8 +107,8 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     context.submit_urls = SubmitUrls(directory, context.mailboxes, disk.reads)  # BURL
     # The API's record of what became of the messages it sent (GET /api/v1/queue/ID).
     context.queue_states = SpoolStates(spool)
-    context.events = with_listener(context.events, ApiStates(sent_db(config.data_dir)))
     auth = _sender_auth(context, local, queue)
+    webhooks = _events(context, router)
     context.web_resources = web_resources(context)
     # Success reports of the copies the sessions deliver locally (RFC 3461 NOTIFY=SUCCESS).
     reports = LocalSuccessReports(queue, auth.signer.sign_dsn if auth.signer else None)
@@ -131,7 +132,10 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
         if auth.signer is not None:
             # Our DSNs and delay notices leave DKIM-signed (senderauth/signing.py).
             queue_service.scheduler.sign_dsn = auth.signer.sign_dsn
+        queue_service.scheduler.events = context.events  # delivered, deferred, failed...
         queue_service.setServiceParent(top)
+        if webhooks.dispatcher is not None:
+            webhooks.dispatcher.setServiceParent(top)
         QueueGauges(spool, disk).setServiceParent(top)
         # `mailserver sendmail`'s messages, DKIM-signed as submitted ones are.
         pickup = PickupService(config, router, auth.signing)
@@ -223,6 +227,29 @@ def _sender_auth(context: ServerContext, local: MaildirDelivery,
             config, SRSDirectory(context.directory, auth.srs), local,
             SRSQueue(queue, auth.srs))
     return auth
+
+
+def _events(context: ServerContext, router: DeliveryRouter) -> Webhooks:
+    """Where delivery events go (events.py): one fan-out per process, in
+    ServerContext.events, which the queue's scheduler and the routers' local deliveries
+    publish to. A listener is one `fanout.add(...)` line here."""
+    fanout = EventFanout()
+    webhooks = open_webhooks(context.config, context.disk, context.resolver or
+                             SharedResolver.from_config(context.config), context.instance)
+    fanout.add(webhooks.publisher)  # the webhook spool (webhooks/publisher.py)
+    # The API's record of what became of the messages it sent (GET /api/v1/queue/ID).
+    fanout.add(ApiStates(sent_db(context.config.data_dir)))
+    context.events = fanout
+    context.webhooks = webhooks.registry
+    disk = context.disk
+
+    def publish(events: object) -> Deferred[None]:
+        return disk.run(fanout.publish, events)
+
+    router.publish = publish
+    if isinstance(context.mx_target, DeliveryRouter):
+        context.mx_target.publish = publish
+    return webhooks
 
 
 class _ServerRoot(service.MultiService):

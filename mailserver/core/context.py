@@ -26,7 +26,7 @@ from mailserver.core.connection import S, SessionFactory
 from mailserver.core.diskio import DiskExecutor
 from mailserver.core.dns import SharedResolver
 from mailserver.core.throttle import LoginThrottle
-from mailserver.events import IDeliveryEvents
+from mailserver.events import IDeliveryEvents, IWebhookRegistry
 from mailserver.interfaces import (
     IDeliveryRouter,
     IMailboxOpener,
@@ -79,6 +79,9 @@ class ServerContext:
     #: The relay queue's per-recipient state of a message (GET /api/v1/queue/ID);
     #: None: no queue in this server.
     queue_states: IQueueStates | None = None
+    #: Users' webhook registrations, for the API's /webhooks routes (webhooks/registry.py);
+    #: None: no webhooks.
+    webhooks: IWebhookRegistry | None = None
 
 
 @dataclass

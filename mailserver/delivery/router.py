@@ -25,7 +25,9 @@ over a loss.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator
+import os
+import time
+from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 from twisted.internet import defer
@@ -34,6 +36,7 @@ from zope.interface import implementer
 
 from mailserver.config import Config
 from mailserver.errors import ReplyError
+from mailserver.events import DELIVERED, RECEIVED, DeliveryEvent, message_id_of
 from mailserver.interfaces import (
     DeliveryEnvelope,
     IDeliveryRouter,
@@ -56,6 +59,13 @@ log = logger(__name__)
 #: (queue/reports.py), set by app/. The router only decides who gets one.
 SuccessReporter = Callable[[str, DeliveryEnvelope, list[tuple[RecipientDsn, str]], bytes],
                            None]
+
+#: Makes "received" events durable with their listeners, in a disk thread (app/ sets
+#: it to run events.IDeliveryEvents.publish there); fires when they are.
+Publisher = Callable[[Sequence[DeliveryEvent]], Deferred[None]]
+
+#: (head of the message, the local transaction, the queue id or None) -> published.
+Announcer = Callable[[bytes, ILocalTransaction, str | None], Deferred[None]]
 
 #: Bytes of the message kept for a success report: its header (RFC 3461 4.3: a report
 #: that tells of no failure returns the headers only).
@@ -85,6 +95,9 @@ class DeliveryRouter:
         self.queue = queue
         #: Success reports of local copies; None: none are sent (no queue to send them).
         self.reporter: SuccessReporter | None = None
+        #: "received" events of the local copies, published before the commit fires
+        #: (so before the 250); None: nobody listens.
+        self.publish: Publisher | None = None
 
     def route(self, address: str, relay: bool) -> Resolution:
         domain = address.rpartition("@")[2]
@@ -152,8 +165,41 @@ class DeliveryRouter:
         if reports and self.reporter is not None:
             reporter, hostname = self.reporter, self.config.hostname
             transaction.on_commit(lambda head: reporter(hostname, envelope, reports, head))
+        if self.publish is not None and local is not None:
+            publish = self.publish
+            transaction.announce(lambda head, txn, queue_id: publish(
+                received_events(envelope, head, txn, queue_id)))
         transaction.write_local(return_path_header(envelope.sender))
         return transaction
+
+
+def received_events(envelope: DeliveryEnvelope, head: bytes, local: ILocalTransaction,
+                    queue_id: str | None) -> list[DeliveryEvent]:
+    """One "received" per stored copy (the envelope, the user, where the file is) and,
+    for submitted mail, one "delivered" per local recipient, as the queue tells of its
+    remote ones (under the queue id when the message has a queued part too, so one
+    message's events share their key)."""
+    by_mailbox = {m: rcpt.address for rcpt in envelope.dsn for m in rcpt.mailboxes}
+    message_id = message_id_of(head)
+    now = time.time()
+    events = []
+    delivered: set[str] = set()
+    stored: list[tuple[Any, str]] = getattr(local, "stored", [])  # store/delivery.py's
+    for mailbox, path in stored:
+        name = os.path.basename(path)
+        local_id = queue_id or name.split(",", 1)[0]
+        recipient = by_mailbox.get(mailbox, mailbox.address)
+        events.append(DeliveryEvent(
+            RECEIVED, local_id, envelope.sender, recipient, now, message_id=message_id,
+            submitter=envelope.submitter, mailbox=mailbox.address, folder="",
+            size=int(getattr(local, "size", 0)), stored_as=name, extra={"path": path}))
+        if envelope.submitter and recipient not in delivered:
+            delivered.add(recipient)
+            events.append(DeliveryEvent(
+                DELIVERED, local_id, envelope.sender, recipient, now, message_id=message_id,
+                submitter=envelope.submitter, status="2.0.0",
+                diagnostic="250 2.0.0 delivered to maildir", remote="local", attempts=1))
+    return events
 
 
 def _fans_out(rcpt: RecipientDsn) -> bool:
@@ -208,6 +254,8 @@ class RoutedTransaction:
         self._released = False
         #: Called with the head of the message once every copy is committed.
         self._after_commit: Callable[[bytes], None] | None = None
+        #: Publishes the local copies' "received" events, awaited before commit fires.
+        self._announce: Announcer | None = None
         self._head = bytearray()
 
     def write_local(self, data: bytes) -> None:
@@ -220,10 +268,17 @@ class RoutedTransaction:
         once every copy is committed: the success reports."""
         self._after_commit = callback
 
+    def announce(self, publish: Announcer) -> None:
+        """Call `publish` with the head of the message, the local transaction and the
+        queue id (None: nothing queued) once the local copies are committed, and wait
+        for it before commit fires (so before the 250)."""
+        self._announce = publish
+
     def write(self, data: bytes) -> None:
         if self.failed is not None:
             return
-        if self._after_commit is not None and len(self._head) < REPORT_HEAD:
+        if (self._after_commit is not None or self._announce is not None) and \
+                len(self._head) < REPORT_HEAD:
             self._head += data[:REPORT_HEAD - len(self._head)]
         if self.local is not None:
             self._guarded(self.local.write, data)
@@ -272,6 +327,11 @@ class RoutedTransaction:
             except Exception:
                 # Durable and committed: the queue picks it up when it next scans.
                 log.failure("release of queued message {id} failed", id=queue_id)
+        if self._announce is not None and self.local is not None:
+            try:
+                yield self._announce(bytes(self._head), self.local, queue_id)
+            except Exception:  # the copies are delivered; a listener's failure is logged
+                log.failure("cannot publish the received events")
         if self._after_commit is not None:
             try:
                 self._after_commit(bytes(self._head))

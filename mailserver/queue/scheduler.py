@@ -27,6 +27,15 @@ from twisted.python.failure import Failure
 from mailserver.address import domain_key
 from mailserver.core import metrics
 from mailserver.core.diskio import DiskExecutor
+from mailserver.events import DEFERRED as EVENT_DEFERRED
+from mailserver.events import (
+    DELAY_WARNING,
+    DeliveryEvent,
+    IDeliveryEvents,
+    message_id_of,
+)
+from mailserver.events import DELIVERED as EVENT_DELIVERED
+from mailserver.events import FAILED as EVENT_FAILED
 from mailserver.interfaces import OutboundEnvelope
 from mailserver.logs import logger
 from mailserver.queue.bounce import MAX_RETURNED, build_dsn, original_headers
@@ -113,6 +122,11 @@ class Scheduler:
         #: DKIM-signs the DSNs we write (senderauth's Signer.sign_dsn): bytes -> the
         #: DKIM-Signature fields to put on top; None: sent unsigned.
         self.sign_dsn: Callable[[bytes], Deferred[bytes]] | None = None
+        #: Told of every recipient's outcome, in a disk thread, before the envelope is
+        #: written or removed (events.py's contract); None: nobody listens.
+        self.events: IDeliveryEvents | None = None
+        #: queue id -> its Message-ID, while a round runs (the events carry it).
+        self._message_ids: dict[str, str] = {}
 
     # -- the heap -----------------------------------------------------------------
 
@@ -238,6 +252,10 @@ class Scheduler:
         if not all(self.is_local(domain) for domain in groups):
             optional = tls_optional(data if data is not None else await self.disk.run(
                 self.spool.read_head, queue_id))
+        if self.events is not None:
+            self._message_ids[queue_id] = message_id_of(
+                data if data is not None else await self.disk.run(self.spool.read_head,
+                                                                  queue_id))
         for domain, rcpts in groups.items():
             # Large bodies are streamed from the spool file: memory stays bounded.
             message = Message(entry.sender, [r.address for r in rcpts], data or b"",
@@ -259,10 +277,12 @@ class Scheduler:
             removed = any(await defer.gatherResults(waits, consumeErrors=True))
             await self._conclude(entry, lock)
         except (EntryGone, defer.FirstError) as e:
+            self._message_ids.pop(queue_id, None)
             if isinstance(e, defer.FirstError) and not e.subFailure.check(EntryGone):
                 raise
             log.info("queue {id}: deleted while being delivered", id=queue_id)
             return None
+        self._message_ids.pop(queue_id, None)
         if entry.finished:
             if not removed:  # finished by _conclude (its DSNs queued), not by _record
                 await lock.run(self.remover.remove, queue_id)
@@ -276,6 +296,7 @@ class Scheduler:
         if that finished the entry and removed it."""
         now = self.clock.seconds()
         by_address = {r.address: r for r in entry.recipients}
+        events: list[DeliveryEvent] = []
         for address, outcome in outcomes.items():
             rcpt = by_address.get(address)
             if rcpt is None or not outcome.attempted:
@@ -311,11 +332,29 @@ class Scheduler:
                      state={DELIVERED: "sent", FAILED: "bounced"}.get(rcpt.state,
                                                                      "deferred"))
             metrics.delivery({DELIVERED: "sent", FAILED: "bounced"}.get(rcpt.state, "deferred"))
+            if self.events is not None:
+                events.append(self._event(_EVENT_OF[rcpt.state], entry, rcpt, now))
+        if events:
+            # Durable with the listeners before the envelope forgets (events.py).
+            await lock.run(self.disk.run, self._publish, events)
         if entry.finished:  # all done: removing the envelope records it durably
             await lock.run(self.remover.remove, entry.id)
             return True
         await lock.run(self.disk.run, self.spool.save, entry)
         return False
+
+    def _event(self, kind: str, entry: QueueEntry, rcpt: RecipientState,
+               now: float) -> DeliveryEvent:
+        return DeliveryEvent(kind, entry.id, entry.sender, rcpt.address, now,
+                             message_id=self._message_ids.get(entry.id, ""),
+                             submitter=entry.submitter, status=rcpt.status,
+                             diagnostic=rcpt.last_error, remote=rcpt.remote,
+                             attempts=rcpt.attempts)
+
+    def _publish(self, events: list[DeliveryEvent]) -> None:
+        """In a disk thread; a listener's failure is the fan-out's to log."""
+        if self.events is not None:
+            self.events.publish(events)
 
     def _deliver_locally(self, sender: str, rcpts: list[str],
                          queue_id: str) -> Deferred[dict[str, Outcome]]:
@@ -356,6 +395,10 @@ class Scheduler:
                 r.bounced = True
             await lock.run(self.disk.run, self.spool.save, entry)
         if warn:
+            if self.events is not None:
+                now = self.clock.seconds()
+                await lock.run(self.disk.run, self._publish,
+                               [self._event(DELAY_WARNING, entry, r, now) for r in late])
             await self._send_dsn(entry, late, data, delayed=True)
             for r in late:
                 r.warned = True
@@ -397,6 +440,10 @@ def tls_optional(data: bytes) -> bool:
     that DANE and MTA-STS failures not stop the message; REQUIRETLS wins over it)."""
     head = data.split(b"\n\n", 1)[0].replace(b"\r", b"")
     return bool(_TLS_REQUIRED_NO.search(head))
+
+
+#: A recipient's state after an attempt -> the event told.
+_EVENT_OF = {DELIVERED: EVENT_DELIVERED, FAILED: EVENT_FAILED, PENDING: EVENT_DEFERRED}
 
 
 def _domain(address: str) -> str:

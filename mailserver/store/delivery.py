@@ -146,6 +146,14 @@ class MaildirTransaction:
         """Bytes written so far (LF line ends): the S= of the stored file."""
         return self._size
 
+    @property
+    def stored(self) -> list[tuple[MailboxId, str]]:
+        """After commit: each mailbox and the path of its copy in new/ (the "received"
+        event's stored_as and the raw message a webhook may carry)."""
+        if self._state != _DONE:
+            return []
+        return list(zip(self._file.mailboxes, self._file.visible, strict=False))
+
     # ------------------------------------------------------------------ write
 
     def write(self, data: bytes) -> None:

@@ -84,3 +84,11 @@ def check_request(method: str, path: str, body: Any,
     schema = content[media_type].get("schema")
     if schema is not None:
         _validate(schema, body, f"{method.upper()} {path} request")
+
+
+def check_schema(name: str, value: Any) -> None:
+    """`value` fits components.schemas[name] (bodies the server sends, not answers:
+    webhook payloads)."""
+    assert name in (document().get("components") or {}).get("schemas", {}), \
+        f"the OpenAPI document has no schema {name}"
+    _validate({"$ref": f"#/components/schemas/{name}"}, value, name)
