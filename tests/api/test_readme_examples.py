@@ -15,8 +15,11 @@ import os
 import re
 import shutil
 import smtplib
+import socketserver
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -53,7 +56,9 @@ def test_the_block_finder_sees_only_the_section() -> None:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> RunningServer:
     root: Path = tmp_path_factory.mktemp("readme")
-    running = make_server(root, listen=ALL_LISTENERS)
+    # The Webhooks example registers $HOOK_URL, a loopback port here (allowed for it).
+    running = make_server(root, listen=ALL_LISTENERS,
+                          webhooks={"allowed_networks": ["127.0.0.0/8"]})
     running.add_user("alice@example.org", PASSWORD)
     # The Sending examples write to them (local recipients: delivered at once).
     running.add_user("bob@example.org", PASSWORD)
@@ -67,7 +72,23 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> RunningServer:
     running.stop()
 
 
-def test_every_example_runs(server: RunningServer, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def hook_url() -> Iterator[str]:
+    """An application's webhook endpoint: a loopback port that accepts and answers 200."""
+    with socketserver.TCPServer(("127.0.0.1", 0), _Ok) as receiver:
+        thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{receiver.server_address[1]}/mail-events"
+        receiver.shutdown()
+
+
+class _Ok(socketserver.StreamRequestHandler):
+    def handle(self) -> None:
+        self.rfile.readline()
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+
+
+def test_every_example_runs(server: RunningServer, hook_url: str, tmp_path: Path) -> None:
     curl = shutil.which("curl")
     assert curl, "make tools installs curl"
     host = server.config["hostname"]
@@ -79,7 +100,7 @@ def test_every_example_runs(server: RunningServer, tmp_path: Path) -> None:
     token = admin(server.config_path, "token", "add", "alice@example.org",
                   "--name", "readme").stdout.strip()
     env = {**os.environ, "API": f"https://{host}:{server.ports['https']}/api/v1",
-           "TOKEN": token, "PASSWORD": PASSWORD, "CURL_HOME": str(tmp_path),
+           "TOKEN": token, "PASSWORD": PASSWORD, "HOOK_URL": hook_url, "CURL_HOME": str(tmp_path),
            "MAILSERVER_CONFIG": str(server.config_path),
            "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
     for number, block in enumerate(http_api_blocks(README.read_text(encoding="utf-8")), 1):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import smtplib
 import ssl
 import subprocess
@@ -199,16 +200,17 @@ def test_register_list_change_delete(server: RunningServer, receiver: Receiver) 
 
 def test_the_readmes_curl_example(server: RunningServer, receiver: Receiver) -> None:
     text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    start = text.index("```sh\n", text.index("### HTTP API: webhooks")) + 6
+    section = text.index("### Webhooks", text.index("## HTTP API"))
+    start = text.index("```sh\n", section) + 6
     command = text[start:text.index("```", start)]
     port = server.ports["https"]
-    command = (command.replace("curl ", f"curl -sk --resolve mail.example.org:{port}:"
-                                        "127.0.0.1 ", 1)
-               .replace("https://mail.example.org/", f"https://mail.example.org:{port}/")
-               .replace("PASSWORD", PASSWORD)
-               .replace("https://app.example.org/mail-events", receiver.url("/readme")))
-    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
-                          timeout=30)
+    token = admin(server.config_path, "token", "add", "alice@example.org").stdout.strip()
+    curlrc = Path(server.root) / ".curlrc"
+    curlrc.write_text(f'insecure\nresolve = "mail.example.org:{port}:127.0.0.1"\n')
+    env = {**os.environ, "API": f"https://mail.example.org:{port}/api/v1", "TOKEN": token,
+           "HOOK_URL": receiver.url("/readme"), "CURL_HOME": str(curlrc.parent)}
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", command], capture_output=True,
+                          text=True, timeout=30, env=env)
     hook = json.loads(done.stdout)
     assert (hook["url"], hook["events"], hook["raw_limit"]) == (
         receiver.url("/readme"), ["delivered", "failed", "received"], 65536)
