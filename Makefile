@@ -41,6 +41,8 @@ tools:
 	command -v fail2ban-regex >/dev/null || missing="$$missing fail2ban"; \
 	[ -x /usr/sbin/unbound ] || missing="$$missing unbound"; \
 	command -v ldns-signzone >/dev/null || missing="$$missing ldnsutils"; \
+	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
+	command -v sshfs >/dev/null || missing="$$missing sshfs"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
