@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 
 from mailserver.config import config_from_dict
-from mailserver.errors import ConfigError
-from mailserver.interfaces import MailboxId, MaildropInUse, QuotaUsage
+from mailserver.errors import ConfigError, ReplyError
+from mailserver.interfaces import MailboxId, MaildropInUse, QuotaLimits, QuotaUsage
 from mailserver.store import quota, sharedfs
+from mailserver.store.delivery import MaildirDelivery
 from mailserver.store.maildir import create_maildir, unique_name
 from mailserver.store.maildroplock import MaildropLock
 from mailserver.store.registry import drop_idle_states
@@ -313,3 +314,34 @@ def test_cluster_config_refuses(tmp_path: Path, cluster: dict[str, object],
         config_from_dict({"data_dir": str(tmp_path), "cluster": {
             "node": "n1", "nodes": {"n1": "10.0.0.1"}, **cluster}})
     assert e.value.problems == [problem]
+
+
+def test_rcpt_quota_check_leaves_the_shared_tree_to_the_commit(mail_dir: Path) -> None:
+    """RCPT's check reads the count on the reactor thread: on one node only. A stalled
+    NFS server must not stall the reactor; the commit checks again in a disk thread."""
+    root = create_maildir(mail_dir, ALICE)
+    quota.change(root, 0, 1)
+    quota.change(root, 100, 1)  # one message: full with a limit of one
+    delivery = MaildirDelivery(mail_dir, "mx.example.org", None,  # type: ignore[arg-type]
+                               limits_of=lambda m: QuotaLimits(messages=1))
+    delivery.check_quota([ALICE])  # cluster mode: no read of the shared count
+    sharedfs.configure(None)
+    with pytest.raises(ReplyError) as caught:
+        delivery.check_quota([ALICE])
+    assert str(caught.value) == "452 4.2.2 Error: mailbox full"
+
+
+def test_network_file_systems_are_recognised_by_the_longest_mount(tmp_path: Path) -> None:
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
+        "40 22 0:50 / /srv/mail rw - nfs4 nas:/mail rw,vers=4.2\n"
+        "41 40 0:51 / /srv/mail/local rw - ext4 /dev/vdb rw\n"
+        "42 22 0:52 / /mnt/my\\040share rw - fuse.sshfs root@nas:/x rw\n")
+    info = str(mountinfo)
+    assert sharedfs.network_fs(Path("/srv/mail/example.org"), info) == "nfs4"
+    assert sharedfs.network_fs(Path("/srv/mail"), info) == "nfs4"
+    assert sharedfs.network_fs(Path("/srv/mail/local/cache"), info) is None
+    assert sharedfs.network_fs(Path("/srv/mailbox"), info) is None
+    assert sharedfs.network_fs(Path("/mnt/my share/data"), info) == "fuse.sshfs"
+    assert sharedfs.network_fs(Path("/var/lib"), str(tmp_path / "none")) is None
