@@ -22,6 +22,7 @@ whose previous stat has not returned is skipped.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,7 @@ class _FolderWatch:
         self.rescan_seconds = rescan_seconds
         self._checking = False
         self._rescanned = False
+        self._racy = False
         self.callbacks: dict[int, Callable[[], None]] = {}
         self._pending: IDelayedCall | None = None
         self._watched: list[FilePath[str]] = []
@@ -139,9 +141,11 @@ class _FolderWatch:
                 return
             # The first result wakes the sessions once (they sync and find nothing, or
             # a change made between their last sync and this watch): none is missed.
-            if not self._rescanned or stamp != self._stamp:
+            # So does every tick while the last stamp was racy (see _is_racy).
+            if not self._rescanned or stamp != self._stamp or self._racy:
                 self.changed()
             self._rescanned, self._stamp = True, stamp
+            self._racy = _is_racy(stamp)
 
         def failed(_failure: object) -> None:
             self._checking = False
@@ -162,6 +166,22 @@ class _FolderWatch:
                 callback()
             except Exception:  # noqa: BLE001 - one session's bug must not starve others
                 log.failure("watch callback failed for {path}", path=str(self.path))
+
+
+#: A directory changed this recently may change again within its mtime's granularity.
+RACY_SECONDS = 3.0
+
+
+def _is_racy(stamp: tuple[int, ...] | None) -> bool:
+    """Whether a change could hide behind an equal stamp: sshfs reports whole-second
+    mtimes (SFTP v3) and a directory's inode and size rarely change, so a delivery in
+    the same second as the stamp leaves it as it was. Until the newer mtime is
+    RACY_SECONDS old (by our clock: node clocks must agree to a second, NTP), every
+    tick wakes the sessions, which sync and usually find nothing (git's "racy
+    index" rule)."""
+    if stamp is None:
+        return False
+    return time.time() - max(stamp[1], stamp[4]) / 1e9 < RACY_SECONDS
 
 
 class Notifier:
