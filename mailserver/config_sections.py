@@ -107,6 +107,17 @@ class ClusterConfig:
         'header (v1 or v2; nginx: proxy_protocol on), e.g. ["imap", "pop3"]; from a '
         "trusted proxy there it is required. nginx sends XCLIENT, not PROXY, to SMTP.",
         default=())
+    mail_dir: Path | None = doc(
+        "The Maildir tree every node shares (an NFS mount); default data_dir/mail. "
+        "data_dir itself (queue, run/, caches, logs) must be each node's own disk.",
+        default=None)
+    cache_dir: Path | None = doc(
+        "With node set: where this node keeps its SQLite caches (folder index, modseqs), "
+        "mirroring the Maildir tree; node-local disk only; default data_dir/cache.",
+        default=None)
+    lock_timeout: int = doc(
+        "With node set: seconds a dotlock may go unrefreshed (its holder's node died) "
+        "before another node takes it over.", default=30)
 
 
 def check_sections(config: Config, problems: list[str]) -> None:
@@ -130,6 +141,7 @@ def check_sections(config: Config, problems: list[str]) -> None:
         problems.append("cluster.node: needed with cluster.nodes (this node's name)")
     _check_health(config, problems)
     _check_proxy_protocol(cluster, problems)
+    _check_cluster_store(config, problems)
 
 
 def _check_health(config: Config, problems: list[str]) -> None:
@@ -182,6 +194,22 @@ def _check_webhooks(config: Config, problems: list[str]) -> None:
             problems.append(f"{where}.secret_file: needed (the signing secret's file)")
         elif not os.access(hook.secret_file, os.R_OK):
             problems.append(f"{where}.secret_file: cannot read {hook.secret_file}")
+
+
+def _check_cluster_store(config: Config, problems: list[str]) -> None:
+    """The shared tree and the node-local cache must be apart (decision 0039)."""
+    cluster = config.cluster
+    if cluster.node and cluster.lock_timeout < 3:
+        problems.append("cluster.lock_timeout: at least 3 seconds (it is refreshed every "
+                        "third of it)")
+    if any(c.isspace() or not c.isprintable() for c in cluster.node):
+        problems.append(f"cluster.node: no spaces or control characters (it goes into "
+                        f"Maildir file names and lock files): {cluster.node!r}")
+    cache = cluster.cache_dir or config.data_dir / "cache"
+    mail = config.mail_dir
+    if cluster.node and (cache == mail or mail in cache.parents or cache in mail.parents):
+        problems.append(f"cluster.cache_dir: {cache} must not be inside the shared "
+                        f"mail tree {mail} or contain it")
 
 
 def _check_networks(key: str, networks: tuple[str, ...], problems: list[str]) -> None:

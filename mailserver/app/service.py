@@ -48,6 +48,7 @@ from mailserver.queue.states import SpoolStates
 from mailserver.senderauth import service as senderauth
 from mailserver.senderauth.srs import SRSDirectory, SRSQueue
 from mailserver.smtp import listener as smtp_listener
+from mailserver.store import sharedfs
 from mailserver.store.delivery import MaildirDelivery
 from mailserver.store.opener import MaildirOpener
 from mailserver.webhooks.setup import Webhooks, open_webhooks
@@ -78,6 +79,10 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     worker processes; a worker (instance > 0) adopts the sockets in `inherited`.
     """
     _prepare_data_dir(config)
+    problems = sharedfs.check_local(config)
+    if problems:
+        raise ConfigError(problems)
+    sharedfs.configure_from(config)  # cluster mode: dotlocks, node-local caches (0039)
     # Before any metric is made: every process counts into run/metrics (core/metrics.py).
     metrics.configure(config.data_dir / "run" / "metrics", fresh=inherited is None)
     # An IMAP folder of 100k messages is 100k long-lived objects per index; with the

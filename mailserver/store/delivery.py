@@ -29,7 +29,7 @@ from mailserver.core.diskio import DiskExecutor
 from mailserver.errors import ReplyError
 from mailserver.interfaces import ILocalDelivery, ILocalTransaction, MailboxId, QuotaLimits
 from mailserver.logs import logger
-from mailserver.store import quota
+from mailserver.store import quota, sharedfs
 from mailserver.store.maildir import (
     FILE_MODE,
     create_maildir,
@@ -94,7 +94,13 @@ class MaildirDelivery:
     def check_quota(self, mailboxes: Sequence[MailboxId]) -> None:
         """At RCPT: ReplyError 452 4.2.2 (RFC 3463 "mailbox full", RFC 5321 4.2.2's
         452: try again later, the user may make room) for a mailbox already full. Reads
-        the count without lock or scan (store/quota.py), so it may run on the reactor."""
+        the count without lock or scan (store/quota.py), so it may run on the reactor.
+
+        Not in cluster mode (store/sharedfs.py): there the count is on the network file
+        system, whose stall must not stall the reactor; the commit checks the quota in
+        a disk thread instead (after DATA rather than at RCPT)."""
+        if sharedfs.shared() is not None:
+            return
         for mailbox in mailboxes:
             limits = self.limits_of(mailbox) if self.limits_of else QuotaLimits()
             usage = quota.peek(mailbox_path(self.mail_dir, mailbox))
