@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from twisted.internet import reactor
+from twisted.internet import defer, reactor, task
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.ssl import CertificateOptions
@@ -65,6 +65,7 @@ class ScriptedSMTP(Protocol):
         self.accepted = 0
 
     def connectionMade(self) -> None:  # noqa: N802
+        self.peer.open.append(self)
         self.peer.active += 1
         self.peer.max_active = max(self.peer.max_active, self.peer.active)
         self.transport.write(self.script.greeting)  # type: ignore[union-attr]
@@ -72,6 +73,8 @@ class ScriptedSMTP(Protocol):
     def connectionLost(self, reason: object = None) -> None:  # noqa: N802
         self.session.closed = True
         self.peer.active -= 1
+        if self in self.peer.open:
+            self.peer.open.remove(self)
 
     def dataReceived(self, data: bytes) -> None:  # noqa: N802
         self.session.chunks.append(data)
@@ -176,6 +179,7 @@ class ScriptedPeer:
         #: Connections open now, and the most ever open at once.
         self.active = 0
         self.max_active = 0
+        self.open: list[ScriptedSMTP] = []
         self.tls_options: CertificateOptions = server_tls_options(
             config_from_dict({"data_dir": str(tmp), "hostname": "peer.test"}))
         factory = Factory.forProtocol(lambda: ScriptedSMTP(self))  # type: ignore[arg-type]
@@ -188,7 +192,22 @@ class ScriptedPeer:
         return self.port.getHost().port  # type: ignore[attr-defined, no-any-return]
 
     def stop(self) -> object:
-        return self.port.stopListening()
+        """Stop listening and close every session still open, then give the client side
+        a few reactor turns to see the close (on a loaded machine a test's cleanup could
+        otherwise find the client's connections, and their timeouts, still pending)."""
+        stopped = defer.maybeDeferred(self.port.stopListening)
+        for protocol in list(self.open):
+            protocol.transport.abortConnection()  # type: ignore[union-attr]
+
+        async def settle() -> None:
+            await stopped
+            for _ in range(200):
+                if not self.open:
+                    break
+                await task.deferLater(reactor, 0.01, lambda: None)  # type: ignore[arg-type]
+            await task.deferLater(reactor, 0.05, lambda: None)  # type: ignore[arg-type]
+
+        return defer.ensureDeferred(settle())
 
 
 OnSession = Callable[[Session], None]
