@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: run test test-fast lint bench tools venv clean
+.PHONY: run test test-fast test-cluster lint bench tools venv clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@# Debian's python3 needs python3-venv (ensurepip) before it can make a venv.
@@ -41,6 +41,11 @@ tools:
 	command -v fail2ban-regex >/dev/null || missing="$$missing fail2ban"; \
 	[ -x /usr/sbin/unbound ] || missing="$$missing unbound"; \
 	command -v ldns-signzone >/dev/null || missing="$$missing ldnsutils"; \
+	command -v nginx >/dev/null || missing="$$missing nginx"; \
+	[ -f /usr/lib/nginx/modules/ngx_mail_module.so ] || missing="$$missing libnginx-mod-mail"; \
+	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
+	command -v sshfs >/dev/null || missing="$$missing sshfs"; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
@@ -55,7 +60,12 @@ run: $(STAMP)
 test: $(STAMP) tools
 	$(VENV)/bin/ruff check mailserver tests twisted bench
 	$(VENV)/bin/mypy mailserver
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest --ignore=tests/cluster
+	$(MAKE) test-cluster
+
+# The multi-node rig (tests/cluster: network namespaces, nginx, three nodes, sshfs); root.
+test-cluster: $(STAMP) tools
+	$(VENV)/bin/pytest tests/cluster
 
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -x -q
