@@ -48,6 +48,11 @@ class ClusterConfig:
     trusted_proxies: tuple[str, ...] = doc(
         "Networks XCLIENT and the PROXY protocol are accepted from; from any other "
         "address they are refused.", default=())
+    proxy_protocol: tuple[str, ...] = doc(
+        "Listeners where a trusted proxy opens each connection with a PROXY protocol "
+        'header (v1 or v2; nginx: proxy_protocol on), e.g. ["imap", "pop3"]; from a '
+        "trusted proxy there it is required. nginx sends XCLIENT, not PROXY, to SMTP.",
+        default=())
 
 
 def check_sections(config: Config, problems: list[str]) -> None:
@@ -68,6 +73,19 @@ def check_sections(config: Config, problems: list[str]) -> None:
         problems.append(f"cluster.node: {cluster.node!r} is not one of cluster.nodes")
     if cluster.nodes and not cluster.node:
         problems.append("cluster.node: needed with cluster.nodes (this node's name)")
+    _check_proxy_protocol(cluster, problems)
+
+
+def _check_proxy_protocol(cluster: ClusterConfig, problems: list[str]) -> None:
+    from mailserver.config import SERVICES
+
+    for i, name in enumerate(cluster.proxy_protocol):
+        if name not in SERVICES:
+            problems.append(f"cluster.proxy_protocol[{i}]: no listener named {name!r} "
+                            f"(one of {', '.join(SERVICES)})")
+    if cluster.proxy_protocol and not cluster.trusted_proxies:
+        problems.append("cluster.proxy_protocol: needs cluster.trusted_proxies (who may "
+                        "send the header)")
 
 
 def _check_networks(key: str, networks: tuple[str, ...], problems: list[str]) -> None:

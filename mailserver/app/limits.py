@@ -102,6 +102,20 @@ class LimitedFactory(WrappingFactory):
         metrics.connection_opened(self.service)
         return protocol
 
+    def move(self, protocol: ProtocolWrapper, ip: str) -> bool:
+        """A trusted proxy's XCLIENT named the real client (smtp/xclient.py): count the
+        connection against `ip` instead of the proxy. False, and the count unchanged,
+        if `ip`'s limits refuse it."""
+        old = protocol.limit_ip  # type: ignore[attr-defined]
+        if ip == old:
+            return True
+        if not self.counter.admit(ip, self.service):
+            metrics.connection_refused(self.service)
+            return False
+        self.counter.release(old)
+        protocol.limit_ip = ip  # type: ignore[attr-defined]
+        return True
+
     def unregisterProtocol(self, p: ProtocolWrapper) -> None:
         super().unregisterProtocol(p)
         self.counter.release(p.limit_ip)  # type: ignore[attr-defined]

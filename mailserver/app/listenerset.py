@@ -26,8 +26,10 @@ from mailserver.app.listeners import (
     ListenError,
     ListenerService,
 )
+from mailserver.app.proxyproto import ProxyProtocolFactory
 from mailserver.config import Config
 from mailserver.core.context import ListenerFactory
+from mailserver.core.peer import Networks
 from mailserver.errors import ConfigError
 from mailserver.logs import logger
 
@@ -52,6 +54,9 @@ class ListenerSet:
         #: What each listener's LimitedFactory hands connections to now ...
         self.current: dict[str, ListenerFactory] = {}
         self.limited: dict[str, LimitedFactory] = {}
+        #: The outermost factory of each listener: PROXY headers (app/proxyproto.py).
+        self.proxied: dict[str, ProxyProtocolFactory] = {}
+        self.config: Config | None = None
         #: ... and the factories a reload replaced that still have sessions.
         self.retired: dict[str, list[ListenerFactory]] = {}
 
@@ -70,6 +75,7 @@ class ListenerSet:
 
     def start_all(self, config: Config) -> None:
         """At start-up: every configured listener (the parent starts them)."""
+        self.config = config
         for name, description in config.listen.enabled().items():
             listener = self._make(name, description)
             if listener is not None:
@@ -80,23 +86,35 @@ class ListenerSet:
         if built is None:
             return None
         limited = LimitedFactory(built.factory, self.counter, built.refusal, service=name)
+        outer = ProxyProtocolFactory(limited, name, Networks(), expect_header=False)
+        self._proxy_policy(outer)
         on_stop = partial(self._say_goodbye, name)
         listener: service.Service
         if self.inherited is None:
             assert self.registry is not None
-            listener = ListenerService(name, description, limited, self.registry,
+            listener = ListenerService(name, description, outer, self.registry,
                                        on_stop=on_stop)
         elif name in self.inherited:
-            listener = AdoptedListenerService(name, self.inherited[name], limited,
+            listener = AdoptedListenerService(name, self.inherited[name], outer,
                                               on_stop=on_stop)
         else:
             return None
         self.by_name[name] = listener
         self.descriptions[name] = description
         self.limited[name] = limited
+        self.proxied[name] = outer
         self.current[name] = built
         self._wire(built)
         return listener
+
+    def _proxy_policy(self, outer: ProxyProtocolFactory) -> None:
+        """Who may send a PROXY header to this listener, and whether they must
+        (cluster.trusted_proxies, cluster.proxy_protocol); a reload applies it anew."""
+        if self.config is None:
+            return
+        cluster = self.config.cluster
+        outer.trusted = Networks(cluster.trusted_proxies)
+        outer.expect_header = outer.service in cluster.proxy_protocol
 
     def _wire(self, built: ListenerFactory) -> None:
         if "site" in built.extra:  # the web site (http/listener.py) lists our ports
@@ -114,6 +132,7 @@ class ListenerSet:
         factories made by `build` (the new config's) for the connections to come."""
         if build is not None:
             self.build = build
+        self.config = config
         self.counter.total_limit = config.limits.connections
         self.counter.per_ip_limit = config.limits.connections_per_ip
         wanted = config.listen.enabled()
@@ -144,6 +163,7 @@ class ListenerSet:
             old.factory.doStop()
         limited.wrappedFactory = built.factory
         limited.refusal = built.refusal
+        self._proxy_policy(self.proxied[name])
         self.current[name] = built
         self._wire(built)
         self.retired[name] = [b for b in [*self.retired.get(name, []), old]
@@ -163,6 +183,7 @@ class ListenerSet:
         self.descriptions.pop(name)
         self.current.pop(name)
         self.limited.pop(name)
+        self.proxied.pop(name)
         self.retired.pop(name, None)
         # Stop accepting, but leave the sessions alone: no on_stop, no goodbye.
         listener.on_stop = None  # type: ignore[attr-defined]
@@ -187,7 +208,7 @@ class ListenerSet:
             listener.on_stop = None  # type: ignore[attr-defined]
             listener.disownServiceParent()
             del self.by_name[name], self.descriptions[name]
-            del self.current[name], self.limited[name]
+            del self.current[name], self.limited[name], self.proxied[name]
             log.error("reload: {problem}", problem=str(e))
 
 

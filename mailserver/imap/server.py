@@ -27,6 +27,7 @@ from mailserver.core import metrics
 from mailserver.core.connection import Goodbyes, LineConnection
 from mailserver.core.context import MailboxFactory
 from mailserver.core.lines import IMAP_LINES, LineRefused
+from mailserver.core.peer import trusted_link
 from mailserver.imap import context, grammar, searchres
 from mailserver.imap.commands import (
     ANSWERED,
@@ -254,7 +255,8 @@ class IMAPSession(LineConnection):
 
     @property
     def plaintext_allowed(self) -> bool:
-        return self.tls_active or self.config.auth.allow_plaintext_without_tls
+        return (self.tls_active or self.config.auth.allow_plaintext_without_tls
+                or trusted_link(self.transport, self.config))  # nginx did TLS
 
     def capabilities(self) -> list[str]:
         caps = ["IMAP4rev1", "IMAP4rev2", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE"]

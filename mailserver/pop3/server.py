@@ -30,6 +30,7 @@ from mailserver.core import metrics
 from mailserver.core.connection import Goodbyes, LineConnection
 from mailserver.core.context import MailboxFactory
 from mailserver.core.lines import POP3_LINES, LineRefused
+from mailserver.core.peer import trusted_link
 from mailserver.interfaces import IMaildrop, MaildropInUse, MaildropMessage
 from mailserver.logs import logger
 from mailserver.pop3 import grammar, maildrop, readahead
@@ -280,8 +281,10 @@ class POP3Session(TransactionCommands, LineConnection):
     # -- AUTHORIZATION -------------------------------------------------------------------
 
     def plaintext_allowed(self) -> bool:
-        """RFC 2595 2.2 / RFC 8314: no passwords over a clear channel unless allowed."""
-        return self.tls_active or self.config.auth.allow_plaintext_without_tls
+        """RFC 2595 2.2 / RFC 8314: no passwords over a clear channel unless allowed
+        (or the channel is a trusted proxy's, which did TLS with the client)."""
+        return (self.tls_active or self.config.auth.allow_plaintext_without_tls
+                or trusted_link(self.transport, self.config))
 
     def capabilities(self) -> list[str]:
         """RFC 2449 6 (and RFC 2595 4 STLS, RFC 5034 SASL, RFC 3206 AUTH-RESP-CODE)."""

@@ -24,6 +24,7 @@ from mailserver.address import Address, domain_key
 from mailserver.errors import ReplyError
 from mailserver.smtp import dsn as dsn_params
 from mailserver.smtp.dsn import RcptDsn
+from mailserver.smtp.xclient import Xclient, parse_xclient
 
 # --------------------------------------------------------------------------- commands
 
@@ -148,7 +149,7 @@ class Auth:
 
 Command: TypeAlias = (
     Ehlo | Helo | Mail | Rcpt | Data | Bdat | Rset | Noop | Quit | Help | Vrfy | StartTls | Auth
-    | Burl
+    | Burl | Xclient
 )
 
 # --------------------------------------------------------------------------- lexical rules
@@ -632,6 +633,7 @@ _HANDLERS: dict[bytes, Callable[[str, bool], Command]] = {
     b"VRFY": _vrfy,
     b"STARTTLS": _no_argument("STARTTLS", StartTls()),
     b"AUTH": _auth,
+    b"XCLIENT": parse_xclient,  # Postfix's, from a trusted proxy only (smtp/xclient.py)
 }
 
 #: Commands defined by RFC 5321 (or its predecessors and well-known extensions) that we

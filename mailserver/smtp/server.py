@@ -50,6 +50,7 @@ from mailserver.smtp.burl import BurlCommands
 from mailserver.smtp.defences import SessionDefences
 from mailserver.smtp.reception import MessageReception
 from mailserver.smtp.submission import SubmissionCommands
+from mailserver.smtp.xclient import XclientCommands
 
 log = logger(__name__)
 
@@ -157,7 +158,7 @@ class SMTPServerFactory(SessionFactory["SMTPSession"]):
 
 
 class SMTPSession(SessionDefences, SubmissionCommands, BurlCommands, MessageReception,
-                  LineConnection):
+                  XclientCommands, LineConnection):
     """One ESMTP connection (the reading, waiting, error limit and timeouts are
     core/connection.py's, the framing rules core/lines.py's SMTP_LINES). Its attributes
     are declared, with their types, once for it and its mixins in state.py; __init__
@@ -287,6 +288,8 @@ class SMTPSession(SessionDefences, SubmissionCommands, BurlCommands, MessageRece
             keywords.append("AUTH " + " ".join(auth.MECHANISMS))  # RFC 4954
         if self.factory.burl is not None:
             keywords.append("BURL imap")                     # RFC 4468 3.1
+        if self.xclient_allowed():  # only to cluster.trusted_proxies (smtp/xclient.py)
+            keywords.append("XCLIENT ADDR PORT NAME HELO PROTO LOGIN DESTADDR DESTPORT")
         return keywords
 
     def do_EHLO(self, command: grammar.Ehlo) -> None:

@@ -33,7 +33,7 @@ Decisions, each as Postfix does it:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.cred.error import UnauthorizedLogin
 from twisted.internet.defer import Deferred
@@ -61,9 +61,14 @@ class SubmissionCommands(SessionState):
 
     def _auth_possible(self) -> bool:
         """AUTH is offered: a submission port, inside TLS unless the operator allowed
-        passwords in the clear (RFC 4954 4 and 14: not before TLS)."""
+        passwords in the clear (RFC 4954 4 and 14: not before TLS). A trusted proxy's
+        link counts as secured (it did TLS with the client: core/peer.py)."""
         return (self.factory.policy.offer_auth and self.factory.portal is not None
-                and (self.tls_active or self.config.auth.allow_plaintext_without_tls))
+                and (self.tls_active or self.config.auth.allow_plaintext_without_tls
+                     or self.xclient_allowed()))
+
+    if TYPE_CHECKING:
+        def xclient_allowed(self) -> bool: ...
 
     def do_AUTH(self, command: grammar.Auth) -> None:
         """RFC 4954 4: AUTH mechanism [initial-response]."""

@@ -29,7 +29,8 @@ class Sessions(Factory[Protocol]):
 def config(limit: int) -> Any:
     return SimpleNamespace(
         limits=SimpleNamespace(connections=limit, connections_per_ip=limit),
-        listen=SimpleNamespace(enabled=lambda: {"smtp": "tcp:25"}))
+        listen=SimpleNamespace(enabled=lambda: {"smtp": "tcp:25"}),
+        cluster=SimpleNamespace(trusted_proxies=(), proxy_protocol=()))
 
 
 def test_a_reload_replaces_the_factory_and_shutdown_reaches_both() -> None:
