@@ -41,7 +41,7 @@ tools:
 	command -v fail2ban-regex >/dev/null || missing="$$missing fail2ban"; \
 	[ -x /usr/sbin/unbound ] || missing="$$missing unbound"; \
 	command -v ldns-signzone >/dev/null || missing="$$missing ldnsutils"; \
-	command -v nginx >/dev/null || missing="$$missing nginx"; \
+	[ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	[ -f /usr/lib/nginx/modules/ngx_mail_module.so ] || missing="$$missing libnginx-mod-mail"; \
 	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
 	command -v sshfs >/dev/null || missing="$$missing sshfs"; \

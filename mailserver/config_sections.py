@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     from mailserver.config import Config
 
 
+#: Listeners the cluster's health check may connect to (cluster.health_service).
+HEALTH_SERVICES = ("imap", "submission", "pop3", "smtp", "http")
+
+
 @dataclass(frozen=True)
 class APIConfig:
     """The JSON API under /api/v1/ on the https listener (and http from loopback only)."""
@@ -53,6 +57,12 @@ class ClusterConfig:
         'header (v1 or v2; nginx: proxy_protocol on), e.g. ["imap", "pop3"]; from a '
         "trusted proxy there it is required. nginx sends XCLIENT, not PROXY, to SMTP.",
         default=())
+    health_interval: int = doc("Seconds between instance 0's health checks of every node "
+                               "(a TCP connect to its health_service port).", default=5)
+    health_failures: int = doc("Failed checks in a row after which a node is down (one "
+                               "success brings it back).", default=3)
+    health_service: str = doc("The listener whose port the health check connects to "
+                              "(imap, submission, pop3, smtp or http).", default="imap")
 
 
 def check_sections(config: Config, problems: list[str]) -> None:
@@ -74,6 +84,7 @@ def check_sections(config: Config, problems: list[str]) -> None:
     if cluster.nodes and not cluster.node:
         problems.append("cluster.node: needed with cluster.nodes (this node's name)")
     _check_proxy_protocol(cluster, problems)
+    _check_health(config, problems)
 
 
 def _check_proxy_protocol(cluster: ClusterConfig, problems: list[str]) -> None:
@@ -86,6 +97,21 @@ def _check_proxy_protocol(cluster: ClusterConfig, problems: list[str]) -> None:
     if cluster.proxy_protocol and not cluster.trusted_proxies:
         problems.append("cluster.proxy_protocol: needs cluster.trusted_proxies (who may "
                         "send the header)")
+
+
+def _check_health(config: Config, problems: list[str]) -> None:
+    """cluster.health_*: the health checks of the nginx auth endpoint (cluster/health.py)."""
+    cluster = config.cluster
+    if cluster.health_interval < 1:
+        problems.append("cluster.health_interval: must be at least 1 (seconds)")
+    if cluster.health_failures < 1:
+        problems.append("cluster.health_failures: must be at least 1")
+    if cluster.health_service not in HEALTH_SERVICES:
+        problems.append(f"cluster.health_service: {cluster.health_service!r} is not one of "
+                        f"{', '.join(HEALTH_SERVICES)}")
+    elif cluster.nodes and getattr(config.listen, cluster.health_service) is None:
+        problems.append(f"cluster.health_service: listen.{cluster.health_service} is not "
+                        "configured: the health check would have no port")
 
 
 def _check_networks(key: str, networks: tuple[str, ...], problems: list[str]) -> None:

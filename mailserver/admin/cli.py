@@ -85,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     reload.add_argument("--renew", action="store_true",
                         help="also renew the ACME certificate now")
     top.add_parser("status", help="what runs where, the queue, certificates, warnings")
+    cluster = top.add_parser("cluster", help="the cluster's nodes as nginx's auth endpoint "
+                             "sees them")
+    cluster.add_subparsers(dest="action", required=True, metavar="ACTION").add_parser(
+        "status", help="each node: address, up or down, since, last check")
 
     sendmail = top.add_parser(
         "sendmail", help="send the message on stdin (as Postfix's sendmail(1))",
@@ -155,6 +159,10 @@ def _handler(args: argparse.Namespace) -> Callable[[Admin], None]:
         from mailserver.admin import sendmail
 
         return lambda admin: sendmail.sendmail(admin, args)
+    if args.command == "cluster":
+        from mailserver.admin.cluster_commands import cluster_status
+
+        return cluster_status
     if args.command == "import":
         from pathlib import Path
 

@@ -24,6 +24,7 @@ from mailserver.app.workers import WorkerSupervisor
 from mailserver.auth.checker import make_portal
 from mailserver.auth.directory import RecipientDirectory
 from mailserver.auth.hashing import HashingPool
+from mailserver.cluster.health import HealthChecker
 from mailserver.config import Config
 from mailserver.core import metrics
 from mailserver.core.context import ListenerFactory, ServerContext
@@ -150,6 +151,8 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
                             apply_listeners=apply_listeners)
     Reloader(config, targets, record=instance == 0).setServiceParent(top)
     listeners.start_all(config)
+    if instance == 0 and config.cluster.nodes:  # after the listeners: their ports
+        HealthChecker(config, disk, listeners.listening_ports).setServiceParent(top)
     if instance == 0:
         from mailserver.app.acme import AcmeService
 

@@ -10,6 +10,8 @@ from typing import Any
 
 from mailserver.api.auth import authenticate
 from mailserver.api.resource import ApiResource
+from mailserver.cluster.nginx_auth import PATH as NGINX_AUTH_PATH
+from mailserver.cluster.nginx_auth import NginxAuthResource
 from mailserver.core.context import ServerContext
 
 #: Bytes of JSON around a message's base64 (names, headers, the structure itself).
@@ -24,4 +26,6 @@ def web_resources(context: ServerContext) -> dict[bytes, Any]:
         # A message travels as base64 in JSON: 4/3 of its size, plus the structure.
         max_body = config.limits.message_size * 4 // 3 + JSON_OVERHEAD
         mounts[b"/api/"] = ApiResource(context, authenticate, max_body=max_body)
+    if config.cluster.nodes:  # nginx's auth_http (issue 19): only in a cluster
+        mounts[NGINX_AUTH_PATH] = NginxAuthResource(context)
     return mounts

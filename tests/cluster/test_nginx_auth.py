@@ -1,0 +1,239 @@
+"""/nginx-auth's header handling, without a server: nginx's requests, hostile ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from fakes import FakeDisk, MailRealm
+from twisted.cred.checkers import InMemoryUsernamePasswordDatabaseDontUse
+from twisted.cred.portal import Portal
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.task import Clock
+from twisted.web.http_headers import Headers
+from twisted.web.test.requesthelper import DummyRequest
+
+from mailserver.cluster.health import HealthView, NodeHealth, write_state
+from mailserver.cluster.nginx_auth import NginxAuthResource, headers_of
+from mailserver.cluster.nodes import owner
+from mailserver.config import config_from_dict
+from mailserver.core.throttle import LoginThrottle
+
+NODES = {"n1": "10.0.0.1", "n2": "10.0.0.2", "n3": "10.0.0.3"}
+LISTEN = {"imap": "tcp:143", "pop3": "tcp:110", "submission": "tcp:587", "smtp": "tcp:25",
+          "http": "tcp:8080"}
+PORTS = {"imap": "143", "pop3": "110", "smtp": "587"}
+
+
+def make(tmp_path: Path, users: dict[str, bytes] | None = None,
+         ) -> tuple[NginxAuthResource, LoginThrottle, Path]:
+    config = config_from_dict({
+        "data_dir": str(tmp_path), "domains": {"local": ["example.org"]}, "listen": LISTEN,
+        "cluster": {"node": "n1", "nodes": NODES, "trusted_proxies": ["192.0.2.100/32"]}})
+    checker = InMemoryUsernamePasswordDatabaseDontUse(
+        **{k: v for k, v in (users or {"alice@example.org": b"wonderland"}).items()})
+    throttle = LoginThrottle(limit=3, clock=Clock())
+    context: Any = SimpleNamespace(config=config, portal=Portal(MailRealm(), [checker]),
+                                   login_throttle=throttle)
+    path = tmp_path / "health.json"
+    resource = NginxAuthResource(context, HealthView(path, FakeDisk(), clock=Clock()))  # type: ignore[arg-type]
+    resource.listening = dict
+    return resource, throttle, path
+
+
+def nginx(**overrides: str | None) -> Headers:
+    """The headers nginx sends for an IMAP LOGIN (ngx_mail_auth_http_module)."""
+    fields: dict[str, str | None] = {
+        "Auth-Method": "plain", "Auth-User": "alice@example.org", "Auth-Pass": "wonderland",
+        "Auth-Protocol": "imap", "Auth-Login-Attempt": "1", "Client-IP": "198.51.100.7",
+        "Client-Host": "[UNAVAILABLE]"}
+    fields.update(overrides)
+    headers = Headers()
+    for name, value in fields.items():
+        if value is not None:
+            headers.addRawHeader(name.encode(), value.encode("latin-1"))
+    return headers
+
+
+def ask(resource: NginxAuthResource, headers: Headers) -> dict[str, str]:
+    d = ensureDeferred(resource.answer(headers))
+    assert d.called
+    answer = d.result
+    out = {k.decode(): v.decode() for k, v in headers_of(answer)}
+    out["http"] = str(answer.http_code)
+    return out
+
+
+def test_the_right_password_gets_the_owning_nodes_address_and_port(tmp_path: Path) -> None:
+    resource, throttle, _ = make(tmp_path)
+    node = owner("alice@example.org", NODES)
+    assert node is not None
+    for protocol, port in PORTS.items():
+        assert ask(resource, nginx(**{"Auth-Protocol": protocol})) == {
+            "Auth-Status": "OK", "Auth-Server": NODES[node], "Auth-Port": port, "http": "200"}
+
+
+def test_the_owner_is_keyed_by_the_canonical_address(tmp_path: Path) -> None:
+    resource, _, _ = make(tmp_path)
+    node = owner("alice@example.org", NODES)
+    # nginx escapes the % it passes on; the user as typed, unescaped, is what logs in.
+    answer = ask(resource, nginx(**{"Auth-User": "alice%40example.org"}))
+    assert (answer["Auth-Status"], answer["Auth-Server"]) == ("OK", NODES[str(node)])
+
+
+def test_a_wrong_password_waits_and_counts_for_the_real_client(tmp_path: Path) -> None:
+    resource, throttle, _ = make(tmp_path)
+    assert ask(resource, nginx(**{"Auth-Pass": "guess"})) == {
+        "Auth-Status": "[AUTHENTICATIONFAILED] Invalid login or password", "Auth-Wait": "3",
+        "http": "200"}
+    assert ask(resource, nginx(**{"Auth-Pass": "guess", "Auth-Protocol": "pop3"})) == {
+        "Auth-Status": "[AUTH] Invalid login or password", "Auth-Wait": "3", "http": "200"}
+    assert ask(resource, nginx(**{"Auth-Pass": "guess", "Auth-Protocol": "smtp"})) == {
+        "Auth-Status": "Invalid login or password", "Auth-Error-Code": "535 5.7.8",
+        "Auth-Wait": "3", "http": "200"}
+    # Three failures from 198.51.100.7 (Client-IP), none from the proxy.
+    assert throttle.blocked("198.51.100.7") and not throttle.blocked("127.0.0.1")
+    # Locked out: refused before the password is looked at, the right one too.
+    assert ask(resource, nginx(**{"Auth-Protocol": "smtp"})) == {
+        "Auth-Status": "Too many failed logins from your address; try again later",
+        "Auth-Error-Code": "454 4.7.0", "http": "200"}
+    assert ask(resource, nginx())["Auth-Status"].startswith("[UNAVAILABLE] Too many")
+    # Another client is not affected.
+    assert ask(resource, nginx(**{"Client-IP": "198.51.100.8"}))["Auth-Status"] == "OK"
+
+
+def test_from_the_tenth_attempt_nginx_is_told_to_end_the_session(tmp_path: Path) -> None:
+    resource, _, _ = make(tmp_path)
+    answer = ask(resource, nginx(**{"Auth-Pass": "x", "Auth-Login-Attempt": "10"}))
+    assert "Auth-Wait" not in answer and answer["Auth-Status"].endswith("password")
+
+
+def test_smtp_without_a_login_goes_to_a_live_nodes_smtp_port(tmp_path: Path) -> None:
+    resource, throttle, _ = make(tmp_path)
+    headers = nginx(**{"Auth-Method": "none", "Auth-User": None, "Auth-Pass": None,
+                       "Auth-Protocol": "smtp"})
+    headers.addRawHeader(b"Auth-SMTP-Helo", b"mx.example.net")
+    headers.addRawHeader(b"Auth-SMTP-From", b"MAIL FROM:<a@example.net>")
+    headers.addRawHeader(b"Auth-SMTP-To", b"RCPT TO:<alice@example.org>")
+    node = owner("client:198.51.100.7", NODES)
+    assert ask(resource, headers) == {"Auth-Status": "OK", "Auth-Server": NODES[str(node)],
+                                      "Auth-Port": "25", "http": "200"}
+    assert not throttle.blocked("198.51.100.7")
+
+
+@pytest.mark.parametrize("method", ["apop", "cram-md5", "external"])
+def test_apop_and_cram_md5_are_refused_plainly(tmp_path: Path, method: str) -> None:
+    resource, throttle, _ = make(tmp_path)
+    answer = ask(resource, nginx(**{"Auth-Method": method, "Auth-Protocol": "smtp",
+                                    "Auth-Pass": None}))
+    assert answer == {"Auth-Status": "APOP, CRAM-MD5 and EXTERNAL are not supported; use "
+                      "PLAIN or LOGIN", "Auth-Error-Code": "504 5.5.4", "Auth-Wait": "3",
+                      "http": "200"}
+    assert not throttle._failures
+
+
+def test_a_node_marked_down_sends_its_users_to_their_next_node(tmp_path: Path) -> None:
+    resource, _, path = make(tmp_path)
+    first = owner("alice@example.org", NODES)
+    write_state(path, {n: NodeHealth(n, a, n != first, 0.0) for n, a in NODES.items()})
+    second = owner("alice@example.org", NODES, down={str(first)})
+    assert ask(resource, nginx())["Auth-Server"] == NODES[str(second)]
+    write_state(path, {n: NodeHealth(n, a, False, 0.0) for n, a in NODES.items()})
+    resource.view._read_at = None  # the view's second has passed
+    assert ask(resource, nginx()) == {
+        "Auth-Status": "[UNAVAILABLE] No mail server is available, try again later",
+        "Auth-Wait": "3", "http": "200"}
+
+
+@pytest.mark.parametrize("overrides", [
+    {"Auth-Method": None}, {"Auth-Method": "digest-md5"}, {"Auth-Protocol": None},
+    {"Auth-Protocol": "nntp"}, {"Client-IP": None}, {"Client-IP": "not-an-ip"},
+    {"Client-IP": "198.51.100.7\r\nAuth-Server: 203.0.113.9"}, {"Auth-User": None},
+    {"Auth-Login-Attempt": "one"}, {"Auth-Login-Attempt": "99999999999"},
+    {"Auth-Method": "none"},  # none is for SMTP only
+])
+def test_malformed_requests_are_400_and_echo_nothing(tmp_path: Path,
+                                                     overrides: dict[str, str | None]) -> None:
+    resource, throttle, _ = make(tmp_path)
+    assert ask(resource, nginx(**overrides)) == {"Auth-Status": "Invalid auth request",
+                                                  "http": "400"}
+    assert not throttle._failures
+
+
+def test_a_doubled_header_is_400(tmp_path: Path) -> None:
+    resource, _, _ = make(tmp_path)
+    headers = nginx()
+    headers.addRawHeader(b"Client-IP", b"127.0.0.1")  # a second, contradicting one
+    assert ask(resource, headers)["http"] == "400"
+
+
+def test_nothing_typed_reaches_the_answer(tmp_path: Path) -> None:
+    """A user name or password that tries to add Auth-Server to the answer, escaped as
+    nginx escapes CR LF, fails to log in and changes no header."""
+    resource, throttle, _ = make(tmp_path, {
+        "alice@example.org\r\nAuth-Server: 203.0.113.9": b"x"})
+    for i, (user, password) in enumerate([
+            ("alice@example.org%0D%0AAuth-Server:%20203.0.113.9", "wrong"),
+            ("alice@example.org", "wonderland%0D%0AAuth-Server:%20203.0.113.9"),
+            ("Auth-Server: 203.0.113.9", "x"), ("%00%FF%80", "x"), ("x" * 600, "x")]):
+        answer = ask(resource, nginx(**{"Auth-User": user, "Auth-Pass": password,
+                                        "Client-IP": f"198.51.100.{10 + i}"}))
+        assert answer["Auth-Status"].endswith("Invalid login or password"), user
+        assert set(answer) == {"Auth-Status", "Auth-Wait", "http"}
+    # The in-memory checker knows the CR LF name: logging in as it still names a
+    # node from cluster.nodes, never the text.
+    answer = ask(resource, nginx(**{"Auth-User": "alice@example.org%0D%0AAuth-Server:"
+                                    "%20203.0.113.9", "Auth-Pass": "x"}))
+    assert answer["Auth-Server"] in NODES.values()
+
+
+def test_extra_headers_from_the_request_do_not_change_the_answer(tmp_path: Path) -> None:
+    resource, _, _ = make(tmp_path)
+    headers = nginx()
+    headers.addRawHeader(b"Auth-Server", b"203.0.113.9")
+    headers.addRawHeader(b"Auth-Port", b"1")
+    headers.addRawHeader(b"Auth-Status", b"OK")
+    node = owner("alice@example.org", NODES)
+    assert ask(resource, headers) == {"Auth-Status": "OK", "Auth-Server": NODES[str(node)],
+                                      "Auth-Port": "143", "http": "200"}
+
+
+def render(resource: NginxAuthResource, peer: str, path: bytes = b"/nginx-auth",
+           method: bytes = b"GET") -> DummyRequest:
+    request = DummyRequest([])
+    request.path = path
+    request.method = method
+    request.client = IPv4Address("TCP", peer, 40000)
+    request.requestHeaders = nginx()
+    finished: Deferred[None] = request.notifyFinish()
+    result = resource.render(request)
+    if isinstance(result, bytes):
+        request.write(result)
+        request.finish()
+    assert finished.called
+    return request
+
+
+def test_only_trusted_proxies_and_loopback_may_ask(tmp_path: Path) -> None:
+    resource, throttle, _ = make(tmp_path)
+    for peer in ("127.0.0.1", "192.0.2.100"):  # this host; a trusted proxy
+        request = render(resource, peer)
+        assert request.responseCode in (None, 200)
+        assert request.responseHeaders.getRawHeaders(b"auth-status") == [b"OK"]
+    for peer in ("192.0.2.101", "127.0.0.2", "10.0.0.2"):  # the nodes are not proxies
+        request = render(resource, peer)
+        assert request.responseCode == 403
+        assert request.responseHeaders.getRawHeaders(b"auth-status") is None
+        assert b"".join(request.written) == b"forbidden: not a trusted proxy\n"
+
+
+def test_other_paths_and_methods(tmp_path: Path) -> None:
+    resource, _, _ = make(tmp_path)
+    assert render(resource, "127.0.0.1", path=b"/nginx-authz").responseCode == 404
+    assert render(resource, "127.0.0.1", path=b"/nginx-auth/x").responseCode == 404
+    request = render(resource, "127.0.0.1", method=b"POST")
+    assert request.responseCode == 405
+    assert request.responseHeaders.getRawHeaders(b"allow") == [b"GET"]

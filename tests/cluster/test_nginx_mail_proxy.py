@@ -1,0 +1,123 @@
+"""A real nginx mail proxy (Debian's libnginx-mod-mail) in front of one node: IMAP and
+POP3 clients log in through nginx, which asks our /nginx-auth and proxies the session
+to the node it names. Only the auth handshake is ours to prove here; the multi-node
+rig with its own nginx lives in the cluster rig's tests."""
+
+from __future__ import annotations
+
+import imaplib
+import poplib
+import shutil
+import smtplib
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from server_harness import RunningServer, make_server
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+MAIL_MODULE = Path("/usr/lib/nginx/modules/ngx_mail_module.so")
+LISTEN = {name: "tcp:0:interface=127.0.0.1" for name in ("smtp", "pop3", "imap", "http")}
+USER, PASSWORD = "alice@example.org", "wonderland"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def nginx_config(root: Path, http_port: int, imap: int, pop3: int) -> str:
+    return f"""
+load_module {MAIL_MODULE};
+daemon off;
+master_process off;
+pid {root}/nginx.pid;
+error_log {root}/nginx-error.log info;
+events {{ worker_connections 64; }}
+mail {{
+    auth_http 127.0.0.1:{http_port}/nginx-auth;
+    proxy_pass_error_message on;
+    server {{ listen 127.0.0.1:{imap}; protocol imap; imap_auth login plain; }}
+    server {{ listen 127.0.0.1:{pop3}; protocol pop3; pop3_auth plain; }}
+}}
+"""
+
+
+@pytest.fixture(scope="module")
+def proxied(tmp_path_factory: pytest.TempPathFactory,
+            ) -> Iterator[tuple[RunningServer, dict[str, int]]]:
+    root: Path = tmp_path_factory.mktemp("nginx-proxy")
+    server = make_server(root, start=False, listen=LISTEN,
+                         # nginx speaks to the node without TLS (it ended the client's).
+                         auth={"allow_plaintext_without_tls": True})
+    with server.config_path.open("a") as f:
+        f.write('\n[cluster]\nnode = "n1"\nnodes = { n1 = "127.0.0.1" }\n')
+    server.add_user(USER, PASSWORD)
+    server.start()
+    ports = {"imap": free_port(), "pop3": free_port()}
+    conf = root / "nginx.conf"
+    conf.write_text(nginx_config(root, server.ports["http"], ports["imap"], ports["pop3"]))
+    log = (root / "nginx.out").open("wb")
+    proc = subprocess.Popen([NGINX, "-p", str(root), "-c", str(conf), "-e",
+                             str(root / "nginx-error.log")], stdout=log, stderr=log)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", ports["imap"]), timeout=1).close()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("nginx did not start: "
+                                     + (root / "nginx.out").read_text()) from None
+            time.sleep(0.1)
+    # Something to read: a message delivered straight to the node.
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=10) as smtp:
+        smtp.sendmail("bob@example.net", [USER], b"Subject: through nginx\r\n\r\nhello\r\n")
+    yield server, ports
+    proc.terminate()
+    proc.wait(10)
+    log.close()
+    server.stop()
+
+
+def test_imap_login_through_nginx_reaches_the_users_mailbox(
+        proxied: tuple[RunningServer, dict[str, int]]) -> None:
+    _, ports = proxied
+    imap = imaplib.IMAP4("127.0.0.1", ports["imap"], timeout=15)
+    try:
+        assert imap.login(USER, PASSWORD)[0] == "OK"
+        assert imap.select("INBOX") == ("OK", [b"1"])
+        typ, data = imap.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+        assert typ == "OK" and data[0][1] == b"Subject: through nginx\r\n\r\n"  # type: ignore[index]
+    finally:
+        imap.logout()
+
+
+def test_a_wrong_imap_password_gets_our_text_after_auth_wait(
+        proxied: tuple[RunningServer, dict[str, int]]) -> None:
+    _, ports = proxied
+    imap = imaplib.IMAP4("127.0.0.1", ports["imap"], timeout=15)
+    started = time.monotonic()
+    with pytest.raises(imaplib.IMAP4.error) as failed:
+        imap.login(USER, "guess")
+    assert str(failed.value) == "b'[AUTHENTICATIONFAILED] Invalid login or password'"
+    assert time.monotonic() - started >= 3  # Auth-Wait: 3
+    # The session stays open: nginx lets the client try again (Auth-Wait given).
+    assert imap.login(USER, PASSWORD)[0] == "OK"
+    imap.logout()
+
+
+def test_pop3_through_nginx(proxied: tuple[RunningServer, dict[str, int]]) -> None:
+    _, ports = proxied
+    pop = poplib.POP3("127.0.0.1", ports["pop3"], timeout=15)
+    try:
+        pop.user(USER)
+        assert pop.pass_(PASSWORD).startswith(b"+OK")
+        assert pop.stat()[0] == 1
+        assert b"Subject: through nginx" in pop.retr(1)[1]
+    finally:
+        pop.quit()
