@@ -305,7 +305,7 @@ def test_idle_on_one_node_sees_a_delivery_through_another(rig: Rig) -> None:
         while not client.readline().startswith(b"i1 OK"):
             pass
     finally:
-        client.logout()
+        client.shutdown()
 
 
 # --- concurrency: 3 nodes x 10 clients on one folder ----------------------------------
@@ -557,7 +557,11 @@ def test_failover_sigkill_owner_mid_delivery(rig: Rig) -> None:
                 f"no login through nginx {limit}s after {owner} died:\n{rig.logs()}"
             time.sleep(0.2)
     waited = time.monotonic() - killed
-    assert rig.owner(user) in live
+    # Every node checks the others on its own clock: the one nginx asked already knew;
+    # within the health interval every node's /nginx-auth names a live node.
+    while rig.owner(user) not in live:
+        assert time.monotonic() - killed < limit, f"/nginx-auth still names {owner}"
+        time.sleep(0.2)
     after = uid_tokens(sel(client))
     assert after == uids_before, (uids_before, after)  # nothing lost, UIDs unchanged
     assert half_tok not in tokens_on_disk(rig, user)  # no half message visible
