@@ -368,7 +368,13 @@ class Rig:
         sh(*ns_exec("storage"), "/usr/sbin/sshd", "-f", str(storage / "sshd_config"),
            "-E", str(storage / "sshd.log"))
         wait_port(STORAGE_ADDR, 22)
-        self.sshd_pid = int((storage / "sshd.pid").read_text())
+        pid_file = storage / "sshd.pid"
+        deadline = time.monotonic() + 10
+        while not pid_file.exists() or not pid_file.read_text().strip().isdigit():
+            # sshd listens before it writes its pid file
+            assert time.monotonic() < deadline, f"{pid_file}: no pid"
+            time.sleep(0.05)
+        self.sshd_pid = int(pid_file.read_text())
 
     def _mount(self, node: str, mount: Path) -> None:
         mount.mkdir(parents=True)

@@ -212,9 +212,10 @@ def test_imap_login_through_nginx_lands_on_the_owner(rig: Rig) -> None:
         typ, _ = client.select("INBOX")
         assert typ == "OK"
         assert tok in uid_tokens(client).values()
-        # The session is on the owner: its node's log names the login from the client.
+        # On the owner, from the client's address (nginx's PROXY header), not nginx's.
         log = rig.nodes[owner].log()
-        assert "alice@example.org" in log, log
+        assert f"alice@example.org logged in from {CLIENT_ADDR}" in log, log
+        assert f"logged in from {PROXY_ADDR}" not in log, log
     finally:
         client.logout()
     with pytest.raises(imaplib.IMAP4.error):
@@ -225,10 +226,13 @@ def test_pop3_through_nginx(rig: Rig) -> None:
     tok = token()
     deliver_mx(NODES["n2"], tok, to="carol@example.org")
     find_message(rig, "carol@example.org", tok)
+    owner = rig.owner("carol@example.org")
     pop = poplib.POP3(PROXY_ADDR, 110, timeout=30)
     try:
         pop.user("carol@example.org")
         assert pop.pass_(PASSWORD).startswith(b"+OK")
+        log = rig.nodes[owner].log()
+        assert f"carol@example.org logged in from {CLIENT_ADDR}" in log, log
         count, _size = pop.stat()
         texts = [b"\r\n".join(pop.retr(i + 1)[1]) for i in range(count)]
         assert any(f"X-Token: {tok}".encode() in t for t in texts)
