@@ -55,6 +55,18 @@ def from_trusted_proxy(transport: Any, networks: Networks) -> bool:
     return networks.contains(getattr(peer, "host", ""))
 
 
+def proxy_header_honoured(transport: Any) -> bool:
+    """Whether this connection began with a PROXY header we honoured: the peer is then
+    the client itself (HAProxy in TCP mode passes the client's own commands through),
+    so XCLIENT is not for it (smtp/xclient.py)."""
+    layer, depth = transport, 0
+    while layer is not None and depth < 8:
+        if isinstance(getattr(layer, "from_trusted_proxy", None), bool):
+            return getattr(layer, "proxied_by", None) is not None
+        layer, depth = getattr(layer, "transport", None), depth + 1
+    return False
+
+
 def count_as(transport: Any, ip: str) -> bool:
     """Move this connection's place in the per-address connection limits to `ip` (the
     client a trusted proxy's XCLIENT named): False if `ip` is over its limits. The
@@ -79,4 +91,5 @@ def trusted_link(transport: Any, config: Config) -> bool:
     return from_trusted_proxy(transport, _networks(config.cluster.trusted_proxies))
 
 
-__all__ = ["Networks", "count_as", "from_trusted_proxy", "trusted_link"]
+__all__ = ["Networks", "count_as", "from_trusted_proxy", "proxy_header_honoured",
+           "trusted_link"]

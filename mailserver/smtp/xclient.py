@@ -7,8 +7,11 @@ EHLO it sends "XCLIENT ADDR=192.0.2.7 LOGIN=alice@example.org NAME=[UNAVAILABLE]
 through auth_http), reads our 220, then repeats the client's HELO/EHLO and goes on.
 
 Rules, as Postfix has them:
-- offered in EHLO and accepted only from cluster.trusted_proxies (the TCP peer, or the
-  proxy that sent a PROXY header); from anyone else 550 5.7.0 and not offered;
+- offered in EHLO and accepted only from cluster.trusted_proxies (the TCP peer);
+  from anyone else 550 5.7.0 and not offered. Not after a PROXY header either: the
+  session is then the client's own (HAProxy in TCP mode relays its commands), and
+  XCLIENT LOGIN= would let it log itself in. So nginx in front of SMTP sends XCLIENT
+  alone (its default): leave the SMTP listeners out of cluster.proxy_protocol;
 - not inside a mail transaction: 503 5.5.1; before HELO/EHLO and more than once it is
   allowed (each one starts the session anew);
 - syntax: XCLIENT SP attribute=value *( SP attribute=value ), names ADDR, PORT, NAME,
@@ -37,7 +40,7 @@ from twisted.internet.defer import Deferred
 
 from mailserver.abuse.control import event
 from mailserver.abuse.dnsbl import Score
-from mailserver.core.peer import count_as, trusted_link
+from mailserver.core.peer import count_as, proxy_header_honoured, trusted_link
 from mailserver.errors import ReplyError
 from mailserver.logs import logger
 from mailserver.reply import Reply
@@ -128,8 +131,11 @@ class XclientCommands(SessionState):
     client_name: str | None = None
 
     def xclient_allowed(self) -> bool:
-        """The TCP peer is one of cluster.trusted_proxies."""
-        return trusted_link(self.transport, self.config)
+        """The TCP peer is one of cluster.trusted_proxies, and speaks for itself: after
+        a PROXY header the peer is the client (a TCP proxy such as HAProxy passes its
+        commands through), and a client may not name itself, or log itself in."""
+        return (trusted_link(self.transport, self.config)
+                and not proxy_header_honoured(self.transport))
 
     def do_XCLIENT(self, command: Xclient) -> Deferred[None] | None:  # noqa: N802 - the verb
         if not self.xclient_allowed():

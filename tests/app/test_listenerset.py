@@ -77,3 +77,22 @@ def test_a_replaced_factory_without_sessions_is_let_go() -> None:
         listeners.apply(config(1))
     assert listeners.retired["smtp"] == [], "no sessions: nothing to keep for shutdown"
     assert len(made) == 4
+
+
+def test_a_reload_applies_new_trusted_proxies_to_kept_listeners() -> None:
+    def build(name: str) -> ListenerFactory:
+        factory = Sessions("x", [])
+        return ListenerFactory(factory, b"", on_stop=factory.shut_down)
+
+    listeners = ListenerSet(service.MultiService(), build, ConnectionCounter(1, 1), None,
+                            inherited={"smtp": -1})
+    listeners._make("smtp", "tcp:25")
+    outer = listeners.proxied["smtp"]
+    assert not outer.trusted.contains("10.0.0.100") and not outer.expect_header
+    new = config(1)
+    new.cluster = SimpleNamespace(trusted_proxies=("10.0.0.100/32",),
+                                  proxy_protocol=("smtp",))
+    listeners.apply(new)
+    assert listeners.proxied["smtp"] is outer, "the same port, the same outer factory"
+    assert outer.trusted.contains("10.0.0.100") and outer.expect_header
+    assert outer.wrappedFactory is listeners.limited["smtp"]
