@@ -62,7 +62,8 @@ class ClusterConfig:
     health_failures: int = doc("Failed checks in a row after which a node is down (one "
                                "success brings it back).", default=3)
     health_service: str = doc("The listener whose port the health check connects to "
-                              "(imap, submission, pop3, smtp or http).", default="imap")
+                              "(imap, submission, pop3, smtp or http); empty: the first "
+                              "of these this node listens on.", default="")
 
 
 def check_sections(config: Config, problems: list[str]) -> None:
@@ -106,6 +107,8 @@ def _check_health(config: Config, problems: list[str]) -> None:
         problems.append("cluster.health_interval: must be at least 1 (seconds)")
     if cluster.health_failures < 1:
         problems.append("cluster.health_failures: must be at least 1")
+    if not cluster.health_service:
+        return
     if cluster.health_service not in HEALTH_SERVICES:
         problems.append(f"cluster.health_service: {cluster.health_service!r} is not one of "
                         f"{', '.join(HEALTH_SERVICES)}")

@@ -152,7 +152,9 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     Reloader(config, targets, record=instance == 0).setServiceParent(top)
     listeners.start_all(config)
     if instance == 0 and config.cluster.nodes:  # after the listeners: their ports
-        HealthChecker(config, disk, listeners.listening_ports).setServiceParent(top)
+        checker = HealthChecker(config, disk, listeners.listening_ports)
+        checker.setServiceParent(top)
+        holders.append(checker)  # a reload's nodes and interval
     if instance == 0:
         from mailserver.app.acme import AcmeService
 

@@ -1,7 +1,7 @@
 """Node health: instance 0 checks every node; every process reads what it found.
 
 Instance 0 (the twistd process) connects to every node's `cluster.health_service`
-port every `cluster.health_interval` seconds, all nodes at once, each connect bounded
+port (by default IMAP's, else submission's, ...) every `cluster.health_interval` seconds, all nodes at once, each connect bounded
 by the interval (at most 5 s). A node is down after `cluster.health_failures` failed
 checks in a row and up again after one success: a node that flaps stays out until it
 answers, and a single lost SYN does not move its users. Every node starts up, so a
@@ -34,6 +34,7 @@ from twisted.internet.task import LoopingCall
 
 from mailserver.cluster.nodes import service_port
 from mailserver.config import Config
+from mailserver.config_sections import HEALTH_SERVICES
 from mailserver.core.diskio import DiskExecutor
 from mailserver.logs import logger
 
@@ -74,6 +75,15 @@ class NodeHealth:
         down = not self.up or failures >= threshold
         return replace(self, up=not down, since=now if self.up and down else self.since,
                        last_check=now, failures=failures, error=error[:200])
+
+
+def health_service(config: Config) -> str | None:
+    """The listener the checks connect to: cluster.health_service, or the first of
+    HEALTH_SERVICES this node listens on; None when it listens on none."""
+    if config.cluster.health_service:
+        return config.cluster.health_service
+    enabled = config.listen.enabled()
+    return next((name for name in HEALTH_SERVICES if name in enabled), None)
 
 
 def initial_state(config: Config, now: float) -> dict[str, NodeHealth]:
@@ -158,14 +168,37 @@ class HealthChecker(Service):
     def __init__(self, config: Config, disk: DiskExecutor,
                  listening: Callable[[], dict[str, int]],
                  connect: Connect = tcp_connect, clock: Any = None) -> None:
-        self.config = config
+        self.nodes: dict[str, NodeHealth] = {}
+        self._loop: LoopingCall | None = None
+        self._config = config
         self.disk = disk
         self.listening = listening
         self.connect = connect
         self._clock = clock
         self.path = state_path(config)
-        self.nodes: dict[str, NodeHealth] = {}
-        self._loop: LoopingCall | None = None
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @config.setter
+    def config(self, new: Config) -> None:
+        """A reload (app/reload.py sets `config` on its holders): nodes added start up,
+        nodes removed are forgotten, a node whose address changed starts afresh; a new
+        interval takes effect from the next round."""
+        old, self._config = self._config, new
+        fresh = initial_state(new, self._now())
+        self.nodes = {name: self.nodes[name] if name in self.nodes
+                      and self.nodes[name].address == node.address else node
+                      for name, node in fresh.items()}
+        interval = new.cluster.health_interval
+        if self._loop is not None and self._loop.running and \
+                interval != old.cluster.health_interval:
+            self._loop.stop()
+            self._loop = LoopingCall(self.check_all)
+            if self._clock is not None:
+                self._loop.clock = self._clock
+            self._loop.start(interval, now=False)
 
     def _now(self) -> float:
         return time.time() if self._clock is None else float(self._clock.seconds())
@@ -207,11 +240,12 @@ class HealthChecker(Service):
     async def _check_all(self) -> None:
         """One round: every node at once; then the file, in a disk thread."""
         cluster = self.config.cluster
-        port = service_port(cluster.health_service, self.config.listen.enabled(),
-                            self.listening())
+        name = health_service(self.config)
+        port = service_port(name, self.config.listen.enabled(), self.listening()) \
+            if name else None
         if port is None:
             log.warn("cluster.health_service: listen.{name} has no TCP port; no health "
-                     "checks", name=cluster.health_service)
+                     "checks, every node counts as up", name=name or "imap")
             return
         timeout = min(float(cluster.health_interval), MAX_CONNECT_TIMEOUT)
         nodes = list(self.nodes.values())
@@ -219,6 +253,8 @@ class HealthChecker(Service):
             [defer.ensureDeferred(self._check(n, port, timeout)) for n in nodes])
         now = self._now()
         for node, (ok, error) in zip(nodes, results, strict=True):
+            if self.nodes.get(node.name) != node:
+                continue  # a reload during the round removed or re-addressed it
             new = node.after(ok, error, now, cluster.health_failures)
             if new.up != node.up:
                 log.warn("cluster: node {name} ({address}) is {state}{why}", name=node.name,

@@ -95,7 +95,9 @@ class AuthRequest:
     client_ip: str
 
 
-# The fixed texts; per protocol where the protocol has a response code for it.
+# The fixed texts, with the response code of the protocol where it has one: IMAP's
+# RFC 5530 3 (AUTHENTICATIONFAILED, UNAVAILABLE), POP3's RFC 3206 4 (AUTH, SYS/TEMP);
+# SMTP's reply codes come in Auth-Error-Code (RFC 4954 6, RFC 3463).
 def _failure_text(protocol: str) -> str:
     prefix = {"imap": "[AUTHENTICATIONFAILED] ", "pop3": "[AUTH] "}.get(protocol, "")
     return prefix + "Invalid login or password"
@@ -112,6 +114,7 @@ def _code(protocol: str, code: str) -> str | None:
 
 
 def invalid_login(req: AuthRequest) -> Answer:
+    """RFC 4954 6: 535 5.7.8, authentication credentials invalid."""
     return Answer(_failure_text(req.protocol), error_code=_code(req.protocol, "535 5.7.8"),
                   wait=AUTH_WAIT if req.attempt < LAST_ATTEMPT else None)
 
@@ -141,7 +144,7 @@ def unsupported(req: AuthRequest) -> Answer:
                   wait=AUTH_WAIT if req.attempt < LAST_ATTEMPT else None)
 
 
-def bad_request(error: BadRequest) -> Answer:
+def bad_request() -> Answer:
     return Answer("Invalid auth request", http_code=http.BAD_REQUEST)
 
 
@@ -234,7 +237,7 @@ class NginxAuthResource(resource.Resource):
             req = parse_request(headers)
         except BadRequest as e:
             log.warn("nginx-auth: bad request: {why}", why=str(e))
-            return bad_request(e)
+            return bad_request()
         if req.method in ("apop", "cram-md5", "external"):
             return unsupported(req)
         if req.method == "none":
@@ -255,6 +258,10 @@ class NginxAuthResource(resource.Resource):
         except UnauthorizedLogin:
             throttle.failed(req.client_ip, service, account)
             return invalid_login(req)
+        except Exception:  # noqa: BLE001 - the users file, a hashing thread: our fault
+            log.failure("nginx-auth: the password check failed for {account}",
+                        account=account)
+            return temporary(req.protocol)
         address: str = result[1].address
         return await self._route(req, address, PROTOCOL_LISTENERS[req.protocol], request)
 

@@ -127,3 +127,26 @@ def test_the_view_reads_the_file_at_most_once_a_second(tmp_path: Path) -> None:
     assert Deferred.fromCoroutine(view.down()).result == {"n2"}
     clock.advance(0.5)
     assert Deferred.fromCoroutine(view.down()).result == frozenset()
+
+
+def test_a_reload_adds_drops_and_readdresses_nodes(tmp_path: Path) -> None:
+    health, network, clock = checker(tmp_path)
+    health.startService()
+    network.refusing.add("10.0.0.2")
+    for _ in range(3):
+        clock.advance(5)
+    assert not health.nodes["n2"].up
+    health.config = config_from_dict({
+        "data_dir": str(tmp_path), "domains": {"local": ["example.org"]},
+        "listen": {"imap": "tcp:0"},
+        "cluster": {"node": "n1", "nodes": {"n1": "10.0.0.1", "n2": "10.0.0.2",
+                                            "n4": "10.0.0.4"}, "health_interval": 2}})
+    assert list(health.nodes) == ["n1", "n2", "n4"]
+    assert not health.nodes["n2"].up and health.nodes["n4"].up  # n2 keeps its state
+    before = len(network.attempts)
+    clock.advance(2)  # the new interval
+    assert [a for a, _, _ in network.attempts[before:]] == ["10.0.0.1", "10.0.0.2",
+                                                             "10.0.0.4"]
+    state = read_state(health.path)
+    assert state is not None and sorted(state) == ["n1", "n2", "n4"]
+    health.stopService()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from mailserver.cluster.health import health_service
 from mailserver.cluster.nodes import description_port, owner, ranked, service_port, weight
 
 NODES = ("n1", "n2", "n3")
@@ -71,3 +72,29 @@ def test_the_live_port_wins_over_the_description_and_port_0_is_none() -> None:
     assert service_port("imap", listen, {"imap": 40143}) == 40143
     assert service_port("pop3", listen, {}) is None  # port 0 and not listening
     assert service_port("submission", listen, {}) is None
+
+
+def test_the_health_keys_are_checked_by_name() -> None:
+    from mailserver.config import config_from_dict
+    from mailserver.errors import ConfigError
+
+    base = {"domains": {"local": ["example.org"]}, "listen": {"submission": "tcp:587"}}
+    with pytest.raises(ConfigError) as refused:
+        config_from_dict({**base, "cluster": {
+            "node": "n1", "nodes": {"n1": "10.0.0.1"}, "health_interval": 0,
+            "health_failures": 0, "health_service": "imaps"}})
+    assert set(refused.value.problems) >= {
+        "cluster.health_interval: must be at least 1 (seconds)",
+        "cluster.health_failures: must be at least 1",
+        "cluster.health_service: 'imaps' is not one of imap, submission, pop3, smtp, http"}
+    with pytest.raises(ConfigError) as refused:
+        config_from_dict({**base, "cluster": {"node": "n1", "nodes": {"n1": "10.0.0.1"},
+                                              "health_service": "imap"}})
+    assert "cluster.health_service: listen.imap is not configured: the health check " \
+           "would have no port" in refused.value.problems
+    config = config_from_dict({**base, "cluster": {"node": "n1", "nodes": {"n1": "10.0.0.1"}}})
+    assert (config.cluster.health_interval, config.cluster.health_failures) == (5, 3)
+    assert health_service(config) == "submission"  # the default: imap's if listened
+    config = config_from_dict({**base, "listen": {"imap": "tcp:143", "smtp": "tcp:25"},
+                               "cluster": {"node": "n1", "nodes": {"n1": "10.0.0.1"}}})
+    assert health_service(config) == "imap"

@@ -237,3 +237,27 @@ def test_other_paths_and_methods(tmp_path: Path) -> None:
     request = render(resource, "127.0.0.1", method=b"POST")
     assert request.responseCode == 405
     assert request.responseHeaders.getRawHeaders(b"allow") == [b"GET"]
+
+
+def test_a_broken_password_check_is_a_temporary_failure(tmp_path: Path) -> None:
+    """The users file unreadable, say: nginx is told to wait, not that the password
+    was wrong, and nothing is counted against the client."""
+    resource, throttle, _ = make(tmp_path)
+
+    class Broken:
+        credentialInterfaces = InMemoryUsernamePasswordDatabaseDontUse.credentialInterfaces
+
+        def requestAvatarId(self, credentials: Any) -> Any:  # noqa: N802 - cred's name
+            raise OSError("users file unreadable")
+
+    resource.context.portal = Portal(MailRealm(), [Broken()])  # type: ignore[list-item]
+    request = render(resource, "127.0.0.1")
+    assert request.responseCode in (None, 200)
+    assert {k: v for k, v in request.responseHeaders.getAllRawHeaders()
+            if k.lower().startswith(b"auth-")} == {
+        b"Auth-Status": [b"[UNAVAILABLE] Temporary server problem, try again later"],
+        b"Auth-Wait": [b"3"]}
+    assert not throttle._failures
+    assert ask(resource, nginx(**{"Auth-Protocol": "smtp"})) == {
+        "Auth-Status": "Temporary server problem, try again later",
+        "Auth-Error-Code": "451 4.3.0", "Auth-Wait": "3", "http": "200"}

@@ -66,7 +66,8 @@ class FakeNode:
 def cluster(tmp_path_factory: pytest.TempPathFactory,
             ) -> Iterator[tuple[RunningServer, dict[str, FakeNode]]]:
     root: Path = tmp_path_factory.mktemp("nginx-auth")
-    server = make_server(root, start=False, listen=LISTEN,
+    # Two processes: the worker routes by the file instance 0's checks write.
+    server = make_server(root, start=False, listen=LISTEN, processes=2,
                          abuse={"login_failures": 3, "lockout": 600})
     nodes = ", ".join(f'{n} = "{a}"' for n, a in NODES.items())
     with server.config_path.open("a") as f:  # the harness's TOML has no inline tables
@@ -246,7 +247,8 @@ def test_cluster_status_and_a_health_flip(
     assert took <= FAILURES * INTERVAL + 2
     down = status_lines(server)["n3"]
     assert down.split()[1:3] == ["127.0.0.3", "down"] and "ConnectionRefusedError" in down
-    for user in users:  # each to its node among the live ones
+    time.sleep(1)  # the other process's copy of the file is at most a second old
+    for user in users * 3:  # each to its node among the live ones, in both processes
         assert auth(server, user)[1]["auth-server"] == NODES[str(owner(user, NODES,
                                                                       down={"n3"}))]
     for user in others:  # nobody else moves

@@ -20,7 +20,8 @@ from server_harness import RunningServer, make_server
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 MAIL_MODULE = Path("/usr/lib/nginx/modules/ngx_mail_module.so")
-LISTEN = {name: "tcp:0:interface=127.0.0.1" for name in ("smtp", "pop3", "imap", "http")}
+LISTEN = {name: "tcp:0:interface=127.0.0.1" for name in (
+    "smtp", "submission", "pop3", "imap", "http")}
 USER, PASSWORD = "alice@example.org", "wonderland"
 
 
@@ -30,7 +31,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def nginx_config(root: Path, http_port: int, imap: int, pop3: int) -> str:
+def nginx_config(root: Path, http_port: int, ports: dict[str, int]) -> str:
+    """IMAP and POP3; submission with nginx logging in to the node (proxy_smtp_auth:
+    XCLIENT LOGIN is the proxy engineers' part) and MX traffic without a login."""
     return f"""
 load_module {MAIL_MODULE};
 daemon off;
@@ -41,8 +44,12 @@ events {{ worker_connections 64; }}
 mail {{
     auth_http 127.0.0.1:{http_port}/nginx-auth;
     proxy_pass_error_message on;
-    server {{ listen 127.0.0.1:{imap}; protocol imap; imap_auth login plain; }}
-    server {{ listen 127.0.0.1:{pop3}; protocol pop3; pop3_auth plain; }}
+    server {{ listen 127.0.0.1:{ports["imap"]}; protocol imap; imap_auth login plain; }}
+    server {{ listen 127.0.0.1:{ports["pop3"]}; protocol pop3; pop3_auth plain; }}
+    server {{ listen 127.0.0.1:{ports["submission"]}; protocol smtp; smtp_auth login plain;
+             xclient off; proxy_smtp_auth on; }}
+    server {{ listen 127.0.0.1:{ports["smtp"]}; protocol smtp; smtp_auth none;
+             xclient off; }}
 }}
 """
 
@@ -58,9 +65,9 @@ def proxied(tmp_path_factory: pytest.TempPathFactory,
         f.write('\n[cluster]\nnode = "n1"\nnodes = { n1 = "127.0.0.1" }\n')
     server.add_user(USER, PASSWORD)
     server.start()
-    ports = {"imap": free_port(), "pop3": free_port()}
+    ports = {name: free_port() for name in ("imap", "pop3", "submission", "smtp")}
     conf = root / "nginx.conf"
-    conf.write_text(nginx_config(root, server.ports["http"], ports["imap"], ports["pop3"]))
+    conf.write_text(nginx_config(root, server.ports["http"], ports))
     log = (root / "nginx.out").open("wb")
     proc = subprocess.Popen([NGINX, "-p", str(root), "-c", str(conf), "-e",
                              str(root / "nginx-error.log")], stdout=log, stderr=log)
@@ -121,3 +128,34 @@ def test_pop3_through_nginx(proxied: tuple[RunningServer, dict[str, int]]) -> No
         assert b"Subject: through nginx" in pop.retr(1)[1]
     finally:
         pop.quit()
+
+
+def test_submission_through_nginx_with_a_login(
+        proxied: tuple[RunningServer, dict[str, int]]) -> None:
+    server, ports = proxied
+    with smtplib.SMTP("127.0.0.1", ports["submission"], timeout=15) as smtp:
+        smtp.ehlo("client.example.net")
+        with pytest.raises(smtplib.SMTPAuthenticationError) as failed:
+            smtp.login(USER, "guess")
+        assert (failed.value.smtp_code, failed.value.smtp_error) == (
+            535, b"5.7.8 Invalid login or password")
+        smtp.login(USER, PASSWORD)
+        smtp.sendmail(USER, [USER], b"Subject: submitted via nginx\r\n\r\nhi\r\n")
+    assert wait_for_message(server, USER, b"Subject: submitted via nginx")
+
+
+def test_mx_traffic_through_nginx_without_a_login(
+        proxied: tuple[RunningServer, dict[str, int]]) -> None:
+    server, ports = proxied
+    with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=15) as smtp:
+        smtp.sendmail("someone@example.net", [USER], b"Subject: mx via nginx\r\n\r\nhi\r\n")
+    assert wait_for_message(server, USER, b"Subject: mx via nginx")
+
+
+def wait_for_message(server: RunningServer, user: str, needle: bytes) -> bool:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if any(needle in m for m in server.messages(user)):
+            return True
+        time.sleep(0.1)
+    return False
