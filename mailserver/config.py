@@ -446,7 +446,7 @@ class Config:
 
     @property
     def mail_dir(self) -> Path:
-        return self.data_dir / "mail"
+        return self.cluster.mail_dir or self.data_dir / "mail"
 
     @property
     def queue_dir(self) -> Path:
@@ -807,6 +807,8 @@ def render_example() -> str:
         "acme.directory": '""',
         "acme.contact": '"mailto:postmaster@example.org"',
         "acme.names": '["mail.example.org", "mta-sts.example.org", "autoconfig.example.org"]',
+        "cluster.mail_dir": '"/var/lib/mailserver/mail"',
+        "cluster.cache_dir": '"/var/lib/mailserver/cache"',
     }
     out = ["# mailserver configuration (generated from mailserver/config.py: "
            "`python -m mailserver.config > etc/mailserver.toml`).",

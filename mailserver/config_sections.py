@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mailserver.configdoc import doc
@@ -64,6 +65,17 @@ class ClusterConfig:
     health_service: str = doc("The listener whose port the health check connects to "
                               "(imap, submission, pop3, smtp or http); empty: the first "
                               "of these this node listens on.", default="")
+    mail_dir: Path | None = doc(
+        "The Maildir tree every node shares (an NFS mount); default data_dir/mail. "
+        "data_dir itself (queue, run/, caches, logs) must be each node's own disk.",
+        default=None)
+    cache_dir: Path | None = doc(
+        "With node set: where this node keeps its SQLite caches (folder index, modseqs), "
+        "mirroring the Maildir tree; node-local disk only; default data_dir/cache.",
+        default=None)
+    lock_timeout: int = doc(
+        "With node set: seconds a dotlock may go unrefreshed (its holder's node died) "
+        "before another node takes it over.", default=30)
 
 
 def check_sections(config: Config, problems: list[str]) -> None:
@@ -86,6 +98,7 @@ def check_sections(config: Config, problems: list[str]) -> None:
         problems.append("cluster.node: needed with cluster.nodes (this node's name)")
     _check_proxy_protocol(cluster, problems)
     _check_health(config, problems)
+    _check_cluster_store(config, problems)
 
 
 def _check_proxy_protocol(cluster: ClusterConfig, problems: list[str]) -> None:
@@ -115,6 +128,22 @@ def _check_health(config: Config, problems: list[str]) -> None:
     elif cluster.nodes and getattr(config.listen, cluster.health_service) is None:
         problems.append(f"cluster.health_service: listen.{cluster.health_service} is not "
                         "configured: the health check would have no port")
+
+
+def _check_cluster_store(config: Config, problems: list[str]) -> None:
+    """The shared tree and the node-local cache must be apart (decision 0039)."""
+    cluster = config.cluster
+    if cluster.node and cluster.lock_timeout < 3:
+        problems.append("cluster.lock_timeout: at least 3 seconds (it is refreshed every "
+                        "third of it)")
+    if any(c.isspace() or not c.isprintable() for c in cluster.node):
+        problems.append(f"cluster.node: no spaces or control characters (it goes into "
+                        f"Maildir file names and lock files): {cluster.node!r}")
+    cache = cluster.cache_dir or config.data_dir / "cache"
+    mail = config.mail_dir
+    if cluster.node and (cache == mail or mail in cache.parents or cache in mail.parents):
+        problems.append(f"cluster.cache_dir: {cache} must not be inside the shared "
+                        f"mail tree {mail} or contain it")
 
 
 def _check_networks(key: str, networks: tuple[str, ...], problems: list[str]) -> None:

@@ -17,6 +17,7 @@ from mailserver.admin.commands import Admin, Refused
 from mailserver.config import load_config
 from mailserver.errors import ConfigError
 from mailserver.logs import logger
+from mailserver.store import sharedfs
 
 log = logger(__name__)
 
@@ -239,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "reload":
             print("reload: not sent; the running server keeps its config", file=sys.stderr)
         return 1
+    sharedfs.configure_from(config)  # the store's locks as the server takes them (0039)
     admin = Admin(config, sys.stdin, sys.stdout, sys.stderr)
     try:
         if args.command == "doctor":

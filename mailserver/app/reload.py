@@ -55,7 +55,10 @@ log = logger(__name__)
 #: [dns], [checks], [dkim] and [srs]: the resolver, checker, signer and SRS secret are
 #: built once per process (key generation, file reads: blocking work).
 RESTART_KEYS = ("data_dir", "processes", "auth.users_file", "auth.aliases_file", "relay",
-                "dns", "checks", "dkim", "srs", "log", "abuse.tracked_keys")
+                "dns", "checks", "dkim", "srs", "log", "abuse.tracked_keys",
+                # The store's mode (sharedfs.configure_from at start): decision 0039.
+                "cluster.node", "cluster.mail_dir", "cluster.cache_dir",
+                "cluster.lock_timeout")
 
 
 @dataclass

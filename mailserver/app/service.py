@@ -44,6 +44,7 @@ from mailserver.queue.service import QueueService, open_queue
 from mailserver.senderauth import service as senderauth
 from mailserver.senderauth.srs import SRSDirectory, SRSQueue
 from mailserver.smtp import listener as smtp_listener
+from mailserver.store import sharedfs
 from mailserver.store.delivery import MaildirDelivery
 from mailserver.store.opener import MaildirOpener
 
@@ -73,6 +74,7 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     worker processes; a worker (instance > 0) adopts the sockets in `inherited`.
     """
     _prepare_data_dir(config)
+    sharedfs.configure_from(config)  # cluster mode: dotlocks, node-local caches (0039)
     # Before any metric is made: every process counts into run/metrics (core/metrics.py).
     metrics.configure(config.data_dir / "run" / "metrics", fresh=inherited is None)
     # An IMAP folder of 100k messages is 100k long-lived objects per index; with the

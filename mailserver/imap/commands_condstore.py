@@ -48,11 +48,24 @@ def uid_ranges(sequence: SequenceSet, largest: int) -> Ranges:
     return out
 
 
+def offered(session: IMAPSession) -> bool:
+    """CONDSTORE and QRESYNC are off in cluster mode (cluster.node set; decision 0039):
+    each node keeps its own modseq database (SQLite stays off the shared file system),
+    and a client moving to another node could otherwise see its HIGHESTMODSEQ go back
+    or miss a change. Not advertised, so their commands are BAD (RFC 3501 7.1.5)."""
+    return not session.config.cluster.node
+
+
+_NOT_OFFERED = "CONDSTORE and QRESYNC are not offered by this server (RFC 7162)"
+
+
 async def ensure_condstore(session: IMAPSession) -> None:
     """A CONDSTORE-enabling command: enable it; with a mailbox selected, say its
     HIGHESTMODSEQ before the command's answer (RFC 7162 3.1)."""
     if session.condstore:
         return
+    if not offered(session):
+        raise bad(_NOT_OFFERED, "CLIENTBUG")
     session.condstore = True
     selected = session.selected
     if selected is not None:
@@ -64,7 +77,9 @@ async def ensure_condstore(session: IMAPSession) -> None:
 async def enable(session: IMAPSession, capabilities: Sequence[str]) -> list[str]:
     """ENABLE CONDSTORE / QRESYNC (RFC 5161, RFC 7162 3.2.3: QRESYNC implies
     CONDSTORE); the names this command enabled, for `* ENABLED`."""
-    enabled = []
+    enabled: list[str] = []
+    if not offered(session):
+        return enabled  # RFC 5161 3.1: what is not advertised is not enabled
     for capability in capabilities:
         if capability == "CONDSTORE" and "CONDSTORE" not in enabled:
             enabled.append("CONDSTORE")
@@ -130,6 +145,8 @@ async def select_lines(session: IMAPSession, view: IMailboxView,
 
 def check_select(session: IMAPSession, params: SelectParams) -> None:
     """RFC 7162 3.2.5: QRESYNC in SELECT without ENABLE QRESYNC first is BAD."""
+    if (params.condstore or params.qresync is not None) and not offered(session):
+        raise bad(_NOT_OFFERED, "CLIENTBUG")
     if params.qresync is not None and not session.qresync:
         raise bad("QRESYNC must be enabled first (ENABLE QRESYNC)", "CLIENTBUG")
 

@@ -301,6 +301,8 @@ class IMAPSession(LineConnection):
             "OBJECTID",
             f"APPENDLIMIT={self.config.limits.message_size}",
         ]
+        if self.config.cluster.node:  # per-node modseqs: commands_condstore.offered
+            caps = [c for c in caps if c not in ("CONDSTORE", "QRESYNC")]
         return caps
 
     # -- output --------------------------------------------------------------------------

@@ -14,6 +14,10 @@ index-writer thread (the FETCH or SEARCH that filled it answers meanwhile: on a 
 folder the writes were a fifth of a first FETCH's time), its rows served from memory
 until then; flush() and close() still write synchronously.
 
+In cluster mode (several nodes over one shared tree) the database is not beside the
+folder but under the node's cache_dir, at the folder's path (store/sharedfs.py):
+SQLite's locking does not work over sshfs and most NFS setups.
+
 The database records the UIDVALIDITY of the UID list it was filled under (table
 `validity`), and a FolderIndex is bound to the UIDVALIDITY its folder state numbers
 with: a database of an older UIDVALIDITY (the folder deleted and made again, a stale
@@ -45,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from mailserver.logs import logger
+from mailserver.store import sharedfs
 
 log = logger(__name__)
 
@@ -98,7 +103,9 @@ class FolderIndex:
     """The cache of one folder; thread-safe (its own lock), opened on first use."""
 
     def __init__(self, folder: Path) -> None:
-        self.path = folder / INDEX_FILE
+        self.folder = folder
+        #: Beside the folder; in cluster mode under the node's cache_dir (sharedfs.py).
+        self.path = sharedfs.cache_path(folder, INDEX_FILE)
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         self._broken = False
@@ -133,7 +140,7 @@ class FolderIndex:
             return self._db
         if not create and not self.path.exists():
             return None
-        if not self.path.parent.is_dir():
+        if not sharedfs.prepare_cache(self.folder, self.path):
             return None
         db = None
         try:

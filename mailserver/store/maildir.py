@@ -29,6 +29,7 @@ from mailserver.core.diskio import fsync_dir
 from mailserver.core.ownfiles import Owner, give, give_fd, open_nofollow, refuse_link
 from mailserver.interfaces import MailboxId
 from mailserver.logs import logger
+from mailserver.store import sharedfs
 from mailserver.store.names import MaildirName, parse_name, with_flags  # noqa: F401 - re-exported
 
 log = logger(__name__)
@@ -234,7 +235,8 @@ def unique_name(size: int | None = None, crlf_size: int | None = None,
 
     The Maildir spec makes a name unique by time, pid and a per-process counter
     (M, P, Q). R adds 64 random bits (os.urandom) because several processes on several
-    hosts may share the directory over NFS, where pids and clocks collide. S= is the
+    hosts may share the directory over NFS, where pids and clocks collide; in cluster
+    mode the host part starts with the node's name (sharedfs.node_host). S= is the
     stored size and W= the size with CRLF line ends (RFC 1939 and RFC 3501 report
     that one), so POP3 and IMAP can answer LIST / RFC822.SIZE without reading the file.
     """
@@ -243,7 +245,7 @@ def unique_name(size: int | None = None, crlf_size: int | None = None,
     with _counter_lock:
         count = next(_counter)
     name = (f"{secs}.M{usecs}P{_pid}Q{count}R{os.urandom(8).hex()}."
-            f"{encode_host(host or socket.gethostname())}")
+            f"{encode_host(sharedfs.node_host(host or socket.gethostname()))}")
     return name + size_fields(size, crlf_size)
 
 

@@ -24,18 +24,33 @@ import os
 from pathlib import Path
 
 from mailserver.interfaces import MaildropInUse
+from mailserver.store import sharedfs
 
 LOCK_NAME = "pop3.lock"
 
 
 class MaildropLock:
-    """An acquired lock; `release` (idempotent) gives it up. Blocking calls: disk thread."""
+    """An acquired lock; `release` (idempotent) gives it up. Blocking calls: disk thread.
 
-    def __init__(self, fd: int) -> None:
+    In cluster mode (store/sharedfs.py) it is a dotlock, `pop3.lock.dotlock`, refreshed
+    while the session lives: flock over NFS or sshfs may exclude only this machine's
+    sessions. A node that dies leaves it, and a login elsewhere gets [IN-USE] until the
+    lock is stale (cluster.lock_timeout seconds without a refresh, judged by its mtime).
+    """
+
+    def __init__(self, fd: int, dotlock: sharedfs.DotLock | None = None) -> None:
         self._fd: int | None = fd
+        self._dotlock = dotlock
 
     @classmethod
     def acquire(cls, maildir: Path) -> MaildropLock:
+        if sharedfs.shared() is not None:
+            dotlock = sharedfs.DotLock(sharedfs.dotlock_path(maildir / LOCK_NAME))
+            try:
+                dotlock.acquire(wait=False)
+            except sharedfs.LockBusy:
+                raise MaildropInUse(str(maildir)) from None
+            return cls(-1, dotlock)
         fd = os.open(maildir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -53,5 +68,7 @@ class MaildropLock:
 
     def release(self) -> None:
         fd, self._fd = self._fd, None
-        if fd is not None:
+        if self._dotlock is not None:
+            self._dotlock.release()
+        elif fd is not None:
             os.close(fd)  # closing the last descriptor drops the flock

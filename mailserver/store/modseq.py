@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mailserver.logs import logger
+from mailserver.store import sharedfs
 
 if TYPE_CHECKING:
     from mailserver.store.folderstate import FolderState
@@ -97,7 +98,9 @@ class FolderModseqs:
     state's lock held (FolderState.lock), so one connection serves all threads."""
 
     def __init__(self, folder: Path) -> None:
-        self.path = folder / MODSEQ_FILE
+        self.folder = folder
+        #: Beside the folder; in cluster mode under the node's cache_dir (sharedfs.py).
+        self.path = sharedfs.cache_path(folder, MODSEQ_FILE)
         self._db: sqlite3.Connection | None = None
         #: Recording runs in this process (a client used CONDSTORE on the folder).
         self.active = False
@@ -113,6 +116,11 @@ class FolderModseqs:
     def _connect(self) -> sqlite3.Connection:
         if self._db is not None:
             return self._db
+        try:
+            if not sharedfs.prepare_cache(self.folder, self.path):
+                raise ModseqUnavailable(f"{self.folder}: folder gone")
+        except OSError as e:
+            raise ModseqUnavailable(str(e)) from None
         try:
             db = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False,
                                  isolation_level=None)

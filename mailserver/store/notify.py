@@ -10,6 +10,13 @@ thread; they should only schedule work (the session then syncs in a disk thread)
 Linux has inotify (twisted.internet.inotify); elsewhere, or when the kernel refuses a
 watch (max_user_watches), the folder is polled once a second: two stat() calls, run on
 the reactor thread because they are cheap and only a timer tick apart.
+
+In cluster mode (store/sharedfs.py: several nodes over NFS) inotify sees only this
+machine's changes, so a watched folder is also polled every RESCAN_SECONDS, beside
+inotify: another node's delivery reaches IDLE within that (plus the network file
+system's attribute cache, which a cluster mount turns off). There the two stat() calls
+run in a thread: an NFS server that stalls must not stall the reactor, and a tick
+whose previous stat has not returned is skipped.
 """
 
 from __future__ import annotations
@@ -20,17 +27,21 @@ from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor as _reactor
+from twisted.internet import threads
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.python.filepath import FilePath
 
 from mailserver.logs import logger
+from mailserver.store import sharedfs
 
 log = logger(__name__)
 
 #: Delay between the first event of a burst and the callbacks.
 COALESCE_SECONDS = 0.005
 POLL_SECONDS = 1.0
+#: Cluster mode: the timed rescan beside inotify (IDLE sees another node's changes).
+RESCAN_SECONDS = 2.0
 
 try:  # pragma: no cover - platform dependent
     from twisted.internet import inotify as _inotify
@@ -45,10 +56,15 @@ except ImportError:  # pragma: no cover
 class _FolderWatch:
     """The callbacks of one folder and the one mechanism that triggers them."""
 
-    def __init__(self, path: Path, clock: IReactorTime, poll_seconds: float) -> None:
+    def __init__(self, path: Path, clock: IReactorTime, poll_seconds: float,
+                 rescan_seconds: float | None = None) -> None:
         self.path = path
         self.clock = clock
         self.poll_seconds = poll_seconds
+        #: Poll beside inotify this often, stat()ing in a thread (cluster mode).
+        self.rescan_seconds = rescan_seconds
+        self._checking = False
+        self._rescanned = False
         self.callbacks: dict[int, Callable[[], None]] = {}
         self._pending: IDelayedCall | None = None
         self._watched: list[FilePath[str]] = []
@@ -62,15 +78,22 @@ class _FolderWatch:
                     fp = FilePath(os.fspath(self.path / sub))
                     notifier.watch(fp, mask=_MASK, callbacks=[self._event])
                     self._watched.append(fp)
-                return
+                if self.rescan_seconds is None:
+                    return
             except Exception as e:  # noqa: BLE001 - ENOSPC (watch limit), ENOENT...
                 log.info("inotify unavailable for {path} ({error}): polling",
                          path=str(self.path), error=str(e))
                 self._unwatch(notifier)
-        self._stamp = self._dir_stamp()
-        self._poll = LoopingCall(self._check)
+        if self.rescan_seconds is not None:
+            self._poll = LoopingCall(self._check_in_thread)
+            interval = self.rescan_seconds if self._watched else min(
+                self.poll_seconds, self.rescan_seconds)
+        else:
+            self._stamp = self._dir_stamp()
+            self._poll = LoopingCall(self._check)
+            interval = self.poll_seconds
         self._poll.clock = self.clock
-        self._poll.start(self.poll_seconds, now=False)
+        self._poll.start(interval, now=self.rescan_seconds is not None)
 
     def stop(self, notifier: Any | None) -> None:
         self._unwatch(notifier)
@@ -104,6 +127,27 @@ class _FolderWatch:
             self._stamp = stamp
             self.changed()
 
+    def _check_in_thread(self) -> None:
+        if self._checking:
+            return  # the last stat has not come back (a stalled server): skip a tick
+        self._checking = True
+        d = threads.deferToThread(self._dir_stamp)
+
+        def done(stamp: tuple[int, ...] | None) -> None:
+            self._checking = False
+            if self._poll is None or not self._poll.running:
+                return
+            # The first result wakes the sessions once (they sync and find nothing, or
+            # a change made between their last sync and this watch): none is missed.
+            if not self._rescanned or stamp != self._stamp:
+                self.changed()
+            self._rescanned, self._stamp = True, stamp
+
+        def failed(_failure: object) -> None:
+            self._checking = False
+
+        d.addCallbacks(done, failed)
+
     def _event(self, _watch: object, _path: object, _mask: int) -> None:
         self.changed()
 
@@ -124,8 +168,11 @@ class Notifier:
     """The process's folder watches (one per folder) over one inotify descriptor."""
 
     def __init__(self, clock: IReactorTime | None = None, use_inotify: bool = True,
-                 poll_seconds: float = POLL_SECONDS) -> None:
+                 poll_seconds: float = POLL_SECONDS,
+                 rescan_seconds: float | None = None) -> None:
         self.poll_seconds = poll_seconds
+        #: The timed rescan beside inotify; None: RESCAN_SECONDS in cluster mode only.
+        self.rescan_seconds = rescan_seconds
         self.clock: IReactorTime = clock if clock is not None else _reactor  # type: ignore[assignment]
         self._use_inotify = use_inotify and _inotify is not None
         self._inotify: Any | None = None
@@ -149,7 +196,11 @@ class Notifier:
     def watch(self, path: Path, callback: Callable[[], None]) -> Callable[[], None]:
         watch = self._watches.get(path)
         if watch is None:
-            watch = self._watches[path] = _FolderWatch(path, self.clock, self.poll_seconds)
+            rescan = self.rescan_seconds
+            if rescan is None and sharedfs.shared() is not None:
+                rescan = RESCAN_SECONDS
+            watch = self._watches[path] = _FolderWatch(path, self.clock, self.poll_seconds,
+                                                       rescan)
             watch.start(self._notifier())
         self._next_id += 1
         key = self._next_id

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from mailserver.interfaces import QuotaLimits, QuotaUsage
 from mailserver.logs import logger
+from mailserver.store import sharedfs
 from mailserver.store.names import crlf_size_of
 
 log = logger(__name__)
@@ -201,11 +202,14 @@ def _write(fd: int, usage: QuotaUsage) -> None:
 
 @contextmanager
 def _locked(root: Path) -> Iterator[int]:
-    """The count file (made if missing, empty: no count), flock'ed exclusively."""
-    fd = os.open(root / QUOTA_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-                 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield fd
-    finally:
-        os.close(fd)
+    """The count file (made if missing, empty: no count), flock'ed exclusively; in
+    cluster mode opened under its dotlock instead (store/sharedfs.py)."""
+    with sharedfs.dotlocked_if_shared(root / QUOTA_FILE) as shared:
+        fd = os.open(root / QUOTA_FILE,
+                     os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            if not shared:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            yield fd
+        finally:
+            os.close(fd)

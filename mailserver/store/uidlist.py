@@ -42,6 +42,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from mailserver.logs import logger
+from mailserver.store import sharedfs
 from mailserver.store.dovecot import DOVECOT_UIDLIST, DovecotFormatError, read_uidlist
 
 log = logger(__name__)
@@ -57,13 +58,10 @@ MAX_UID = 2**32 - 1
 
 @contextlib.contextmanager
 def locked(path: Path) -> Iterator[None]:
-    """Hold an exclusive flock() on `path` (created if missing) for the block."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    """Hold an exclusive flock() on `path` (created if missing) for the block; in
+    cluster mode a dotlock beside it instead (store/sharedfs.py)."""
+    with sharedfs.exclusive(path):
         yield
-    finally:
-        os.close(fd)  # releases the lock
 
 
 def allocate_validity(root: Path, floor: int = 0) -> int:
@@ -73,9 +71,16 @@ def allocate_validity(root: Path, floor: int = 0) -> int:
     raised to it, so no later folder of the user gets it or one below; returns `floor`.
     """
     path = root / VALIDITY_FILE
+    with sharedfs.dotlocked_if_shared(path) as shared:
+        return _next_validity(path, floor, shared)
+
+
+def _next_validity(path: Path, floor: int, shared: bool) -> int:
+    """allocate_validity's read-raise-write, under the dotlock when `shared`."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if not shared:
+            fcntl.flock(fd, fcntl.LOCK_EX)
         raw = os.pread(fd, 32, 0).strip()
         last = int(raw) if raw.isdigit() else 0
         if floor:
@@ -239,7 +244,12 @@ class UidList:
     def _write_file(self, validity: int, next_uid: int,
                     records: Sequence[tuple[int, str]]) -> None:
         """Replace the file atomically (temp, fsync, rename); caller holds the lock."""
-        body = [b"%s V%d N%d\n" % (_MAGIC, validity, next_uid)]
+        header = b"%s V%d N%d" % (_MAGIC, validity, next_uid)
+        if sharedfs.shared() is not None:
+            # Each rewrite's header differs: readers on other nodes tell a rewritten
+            # file by it (refresh), where inode numbers are not the server's (sshfs).
+            header += b" C%s" % os.urandom(6).hex().encode()
+        body = [header + b"\n"]
         body.extend(b"%d %s\n" % (uid, base.encode("utf-8", "surrogateescape"))
                     for uid, base in records)
         tmp = self.folder / f"{UIDLIST_FILE}.tmp.{os.getpid()}"
@@ -270,12 +280,7 @@ class UidList:
                 for base in fresh:
                     lines.append(b"%d %s\n" % (uid, base.encode("utf-8", "surrogateescape")))
                     uid += 1
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-                try:
-                    os.write(fd, b"".join(lines))
-                    os.fdatasync(fd)  # not a cache: a lost UID could be given twice
-                finally:
-                    os.close(fd)
+                self._append(b"".join(lines))
                 self.refresh(holding_lock=True)
         return {b: self.by_base[b] for b in bases if b in self.by_base}
 
@@ -294,14 +299,27 @@ class UidList:
                 lines.append(b"%d %s\n" % (record_uid, base.encode("utf-8", "surrogateescape")))
                 uid = record_uid + 1
             if lines:
-                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-                try:
-                    os.write(fd, b"".join(lines))
-                    os.fdatasync(fd)
-                finally:
-                    os.close(fd)
+                self._append(b"".join(lines))
                 self.refresh(holding_lock=True)
         return len(lines)
+
+    def _append(self, data: bytes) -> None:
+        """Append records (caller holds the lock), fdatasync'd: not a cache, a lost UID
+        could be given twice. In cluster mode at the size fstat reports now, not with
+        O_APPEND: an NFS client appends at the end it has cached, and FUSE at the size
+        its kernel knows; the fstat under the lock asks the server."""
+        if sharedfs.shared() is None:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        else:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            if sharedfs.shared() is None:
+                os.write(fd, data)
+            else:
+                os.pwrite(fd, data, os.fstat(fd).st_size)
+            os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def compact(self, live: set[str]) -> None:
         """Rewrite without names that are gone, keeping UIDVALIDITY and the next UID."""

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from mailserver.core.ownfiles import open_nofollow, write_atomically
 from mailserver.interfaces import StoreError
+from mailserver.store import sharedfs
 
 KEY_FILE = "mailserver-urlauth-keys"
 LOCK_FILE = KEY_FILE + ".lock"
@@ -72,16 +73,26 @@ def _write(path: Path, data: dict[str, object]) -> None:
 
 
 class _Locked:
-    """flock of the lock file beside the key file (0600, never through a link)."""
+    """flock of the lock file beside the key file (0600, never through a link); in
+    cluster mode a dotlock beside that instead (store/sharedfs.py)."""
 
     def __init__(self, root: Path) -> None:
         self.path = root / LOCK_FILE
+        self.fd = -1
+        self.dotlock: sharedfs.DotLock | None = None
 
     def __enter__(self) -> None:
+        if sharedfs.shared() is not None:
+            self.dotlock = sharedfs.DotLock(sharedfs.dotlock_path(self.path))
+            self.dotlock.acquire()
+            return
         self.fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self.fd, fcntl.LOCK_EX)
 
     def __exit__(self, *exc: object) -> None:
+        if self.dotlock is not None:
+            self.dotlock.release()
+            return
         os.close(self.fd)  # closing releases the lock
 
 

@@ -4,12 +4,15 @@ without ENABLE, garbage known-uids, UNCHANGEDSINCE 0)."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
 import pytest
-from session_harness import Session
+from session_harness import Session, make_config
 from test_imap_session import append
+
+from mailserver.config_sections import ClusterConfig
 
 
 @pytest.fixture
@@ -271,3 +274,27 @@ def test_thread_with_modseq_enables_condstore(s: Session) -> None:
     lines = s.command(b"a THREAD REFERENCES UTF-8 MODSEQ 1")
     _highest(lines[:1])
     assert lines[1:] == [b"* THREAD (1)(2)(3)(4)", b"a OK Thread completed"]
+
+
+def test_cluster_mode_offers_neither_condstore_nor_qresync(tmp_path: Path) -> None:
+    """Decision 0039: each node keeps its own modseq database, so in cluster mode the
+    extensions are not advertised, not enabled, and their commands are BAD."""
+    config = dataclasses.replace(make_config(tmp_path), cluster=ClusterConfig(
+        node="n1", nodes={"n1": "127.0.0.1"}))
+    s = Session(tmp_path, config)
+    s.login()
+    append(s, 2)
+    caps = s.command(b"c CAPABILITY")[0].split()
+    assert b"CONDSTORE" not in caps and b"QRESYNC" not in caps and b"IDLE" in caps
+    assert s.command(b"e ENABLE CONDSTORE QRESYNC") == [b"* ENABLED", b"e OK Enable completed"]
+    refused = (b"BAD [CLIENTBUG] CONDSTORE and QRESYNC are not offered by this server "
+               b"(RFC 7162)")
+    assert s.command(b"s SELECT INBOX (CONDSTORE)") == [b"s " + refused]
+    s.command(b"t SELECT INBOX")
+    assert s.command(b"f FETCH 1:* (UID) (CHANGEDSINCE 1)") == [b"f " + refused]
+    assert s.command(b"m FETCH 1 MODSEQ") == [b"m " + refused]
+    assert s.command(b"u UID SEARCH MODSEQ 1") == [b"u " + refused]
+    assert s.command(b"x STORE 1 (UNCHANGEDSINCE 5) +FLAGS (\\Seen)") == [b"x " + refused]
+    assert s.command(b"y STATUS INBOX (HIGHESTMODSEQ)") == [b"y " + refused]
+    assert s.command(b"z STORE 1 +FLAGS (\\Seen)") == [
+        b"* 1 FETCH (FLAGS (\\Seen \\Recent))", b"z OK Store completed"]

@@ -1,0 +1,93 @@
+"""The timed rescan beside inotify (store/notify.py, cluster mode): inotify does not see
+another machine's changes on a shared file system, so IDLE must learn of them by a
+stat of new/ and cur/ every RESCAN_SECONDS. Here inotify is a watcher that never fires,
+as it behaves for a change made through another node's mount."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from imapstore_helpers import ALICE, deliver
+from twisted.internet import reactor, task
+from twisted.trial import unittest
+
+from mailserver.store import notify, sharedfs
+from mailserver.store.maildir import create_maildir
+from mailserver.store.notify import Notifier
+
+
+class _DeafInotify:
+    """Accepts watches and never reports (a change made on another machine)."""
+
+    def watch(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def ignore(self, *args: Any) -> None:
+        pass
+
+    def loseConnection(self) -> None:  # noqa: N802 - Twisted's name
+        pass
+
+
+class RescanCase(unittest.TestCase):
+    def setUp(self) -> None:
+        top = Path(tempfile.mkdtemp(prefix="rescan-"))
+        self.addCleanup(shutil.rmtree, top, ignore_errors=True)
+        self.root = create_maildir(top / "mail", ALICE)
+
+    def notifier(self, rescan: float | None) -> Notifier:
+        notifier = Notifier(rescan_seconds=rescan)
+        notifier._notifier = lambda: _DeafInotify()  # type: ignore[method-assign]
+        self.addCleanup(notifier.close)
+        return notifier
+
+    async def calls_after_delivery(self, notifier: Notifier, wait: float) -> tuple[int, int]:
+        calls: list[int] = []
+        stop = notifier.watch(self.root, lambda: calls.append(1))
+        self.addCleanup(stop)
+        await task.deferLater(reactor, 0.5, lambda: None)
+        settled = len(calls)  # the first rescan wakes the watchers once
+        deliver(self.root, "from another node")
+        await task.deferLater(reactor, wait, lambda: None)
+        return settled, len(calls) - settled
+
+    async def test_rescan_reports_a_change_inotify_missed(self) -> None:
+        settled, after = await self.calls_after_delivery(self.notifier(0.2), 0.6)
+        self.assertEqual((settled, after), (1, 1))
+
+    async def test_without_rescan_the_change_goes_unseen(self) -> None:
+        settled, after = await self.calls_after_delivery(self.notifier(None), 0.6)
+        self.assertEqual((settled, after), (0, 0))
+
+    async def test_cluster_mode_turns_the_rescan_on(self) -> None:
+        sharedfs.configure(sharedfs.SharedStore("n1", self.root.parent.parent,
+                                                self.root.parent.parent / "cache"))
+        self.addCleanup(sharedfs.configure, None)
+        self.patch(notify, "RESCAN_SECONDS", 0.2)
+        settled, after = await self.calls_after_delivery(self.notifier(None), 0.6)
+        self.assertEqual((settled, after), (1, 1))
+
+    async def test_a_stalled_stat_skips_ticks_instead_of_piling_up(self) -> None:
+        """A stat that does not come back (an NFS server stalling) is not stacked up
+        in threads: one in flight per folder."""
+        started: list[int] = []
+        release = __import__("threading").Event()
+        real_stat = os.stat
+
+        def slow_stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+            if str(path).startswith(str(self.root)):
+                started.append(1)
+                release.wait(5)
+            return real_stat(path, *args, **kwargs)
+
+        self.patch(os, "stat", slow_stat)
+        notifier = self.notifier(0.05)
+        stop = notifier.watch(self.root, lambda: None)
+        self.addCleanup(stop)
+        await task.deferLater(reactor, 0.5, lambda: None)
+        self.assertEqual(len(started), 1)  # ten ticks, one stat
+        release.set()
