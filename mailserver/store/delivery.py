@@ -29,7 +29,7 @@ from mailserver.core.diskio import DiskExecutor
 from mailserver.errors import ReplyError
 from mailserver.interfaces import ILocalDelivery, ILocalTransaction, MailboxId, QuotaLimits
 from mailserver.logs import logger
-from mailserver.store import quota
+from mailserver.store import quota, sharedfs
 from mailserver.store.maildir import (
     FILE_MODE,
     create_maildir,
@@ -37,6 +37,7 @@ from mailserver.store.maildir import (
     size_fields,
     unique_name,
 )
+from mailserver.store.quotapeek import QuotaPeeks
 
 log = logger(__name__)
 
@@ -88,16 +89,20 @@ class MaildirDelivery:
         self.hostname = hostname
         self.disk = disk
         self.spill_threshold = spill_threshold
+        self._peeks = QuotaPeeks(disk.reads.run)
         #: Each user's quota (the users file); None: no quotas (tests, tools).
         self.limits_of = limits_of
 
     def check_quota(self, mailboxes: Sequence[MailboxId]) -> None:
         """At RCPT: ReplyError 452 4.2.2 (RFC 3463 "mailbox full", RFC 5321 4.2.2's
         452: try again later, the user may make room) for a mailbox already full. Reads
-        the count without lock or scan (store/quota.py), so it may run on the reactor."""
+        the count without lock or scan (store/quota.py), so it may run on the reactor;
+        on shared storage the count last read in a thread (store/quotapeek.py)."""
         for mailbox in mailboxes:
             limits = self.limits_of(mailbox) if self.limits_of else QuotaLimits()
-            usage = quota.peek(mailbox_path(self.mail_dir, mailbox))
+            root = mailbox_path(self.mail_dir, mailbox)
+            usage = (self._peeks.peek(root) if sharedfs.shared() is not None
+                     else quota.peek(root))
             if usage is not None and quota.full(usage, limits):
                 raise ReplyError(452, "4.2.2", "Error: mailbox full")
 
