@@ -196,8 +196,7 @@ class DotLock:
             content = b"%s %d %d %s\n" % (self.node.encode(), os.getpid(), time.time_ns(),
                                           secrets.token_hex(8).encode())
             try:
-                fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                             0o600)
+                fd = _create_exclusive(self.path)
             except FileExistsError:
                 now = _look(self.path)
                 if now is None:
@@ -283,6 +282,18 @@ class DotLock:
                 log.error("dotlock {path} was taken over while held", path=str(self.path))
         except FileNotFoundError:
             log.error("dotlock {path} vanished while held", path=str(self.path))
+
+
+def _create_exclusive(path: Path) -> int:
+    """open(O_CREAT|O_EXCL), with sshfs's answer to a lost race made FileExistsError:
+    SFTP v3 has no "exists" status, so sshfs reports the server's refusal of an
+    exclusive create as EPERM (when the kernel's lookup just before saw no file)."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except PermissionError:
+        if os.path.lexists(path):
+            raise FileExistsError(path) from None
+        raise
 
 
 def _read(path: Path) -> bytes | None:
