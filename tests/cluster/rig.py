@@ -149,6 +149,10 @@ class Node:
         return self.root / "data"
 
     @property
+    def mail_dir(self) -> Path:
+        return self.root / "shared"
+
+    @property
     def log_path(self) -> Path:
         return self.root / "server.log"
 
@@ -171,6 +175,7 @@ class Node:
         nodes = ", ".join(f'{n} = "{a}"' for n, a in NODES.items())
         cluster = (f'\n[cluster]\nnode = "{self.name}"\nnodes = {{ {nodes} }}\n'
                    f'trusted_proxies = ["{PROXY_ADDR}/32"]\n'
+                   f"mail_dir = {json.dumps(str(self.mail_dir))}\n"
                    f"health_interval = {HEALTH_INTERVAL}\n"
                    f"health_failures = {HEALTH_FAILURES}\n"
                    f"proxy_protocol = {json.dumps(list(PROXY_PROTOCOL))}\n")
@@ -340,9 +345,9 @@ class Rig:
         (self.root / "aliases").touch()
         for name, addr in NODES.items():
             node = Node(name, addr, self.root / name)
-            # data_dir stays node-local; its mail/ is the mount point of the shared
-            # tree (as /var/lib/mailserver/mail would be an NFS mount).
-            self._mount(name, node.data_dir / "mail")
+            # data_dir stays node-local; cluster.mail_dir is this node's mount of the
+            # storage host's tree (an NFS mount in production).
+            self._mount(name, node.mail_dir)
             node.write_config(self.root)
             self.nodes[name] = node
         first = self.nodes["n1"]
