@@ -74,6 +74,9 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     worker processes; a worker (instance > 0) adopts the sockets in `inherited`.
     """
     _prepare_data_dir(config)
+    problems = sharedfs.check_local(config)
+    if problems:
+        raise ConfigError(problems)
     sharedfs.configure_from(config)  # cluster mode: dotlocks, node-local caches (0039)
     # Before any metric is made: every process counts into run/metrics (core/metrics.py).
     metrics.configure(config.data_dir / "run" / "metrics", fresh=inherited is None)

@@ -87,6 +87,49 @@ def shared() -> SharedStore | None:
     return _shared
 
 
+# --------------------------------------------------------------------------- node-local
+
+#: File system types whose files other machines share (/proc/self/mountinfo names).
+NETWORK_FS = frozenset({"nfs", "nfs4", "cifs", "smb3", "fuse.sshfs", "ceph", "glusterfs",
+                        "fuse.glusterfs", "9p", "afs", "lustre", "gpfs", "fuse.s3fs"})
+
+
+def network_fs(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The type of the network file system `path` lies on, or None (local, or unknown:
+    no /proc). The abuse table (an mmap), the queue and SQLite need a local one."""
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    best, best_type = "", ""
+    for line in lines:
+        before, _, after = line.partition(" - ")
+        fields, tail = before.split(), after.split()
+        if len(fields) < 5 or not tail:
+            continue
+        point = fields[4].replace("\\040", " ").replace("\\011", "\t")
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, best_type = point, tail[0]
+    return best_type if best_type in NETWORK_FS else None
+
+
+def check_local(config: Config) -> list[str]:
+    """In cluster mode, data_dir and cluster.cache_dir must be node-local disk."""
+    if not config.cluster.node:
+        return []
+    problems = []
+    cache = config.cluster.cache_dir or config.data_dir / "cache"
+    for key, path in (("data_dir", config.data_dir), ("cluster.cache_dir", cache)):
+        kind = network_fs(path)
+        if kind is not None:
+            problems.append(f"{key}: {path} is on a network file system ({kind}); each "
+                            f"node's own disk is needed (queue, abuse table, SQLite)")
+    return problems
+
+
 # --------------------------------------------------------------------------- caches
 
 

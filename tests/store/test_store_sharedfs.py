@@ -16,13 +16,17 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred
 
 from mailserver.config import config_from_dict
-from mailserver.errors import ConfigError
-from mailserver.interfaces import MailboxId, MaildropInUse, QuotaUsage
+from mailserver.errors import ConfigError, ReplyError
+from mailserver.interfaces import MailboxId, MaildropInUse, QuotaLimits, QuotaUsage
 from mailserver.store import quota, sharedfs
+from mailserver.store.delivery import MaildirDelivery
 from mailserver.store.maildir import create_maildir, unique_name
 from mailserver.store.maildroplock import MaildropLock
 from mailserver.store.registry import drop_idle_states
@@ -313,3 +317,50 @@ def test_cluster_config_refuses(tmp_path: Path, cluster: dict[str, object],
         config_from_dict({"data_dir": str(tmp_path), "cluster": {
             "node": "n1", "nodes": {"n1": "10.0.0.1"}, **cluster}})
     assert e.value.problems == [problem]
+
+
+def test_rcpt_quota_check_reads_the_shared_count_in_a_thread(mail_dir: Path) -> None:
+    """RCPT's check reads the count on the reactor thread on one node only. In cluster
+    mode a stalled NFS server must not stall the reactor: the count is read in a disk
+    thread (store/quotapeek.py) and RCPT answers from it, still with 452 (try later)
+    rather than leaving a full mailbox to the commit's 552 after DATA."""
+    root = create_maildir(mail_dir, ALICE)
+    quota.change(root, 0, 1)
+    quota.change(root, 100, 1)  # one message: full with a limit of one
+    jobs: list[tuple[Any, tuple[Any, ...], Deferred[Any]]] = []
+
+    def run(fn: Any, *args: Any) -> Deferred[Any]:
+        jobs.append((fn, args, Deferred()))
+        return jobs[-1][2]
+
+    disk = SimpleNamespace(reads=SimpleNamespace(run=run))
+    delivery = MaildirDelivery(mail_dir, "mx.example.org", disk,  # type: ignore[arg-type]
+                               limits_of=lambda m: QuotaLimits(messages=1))
+    delivery.check_quota([ALICE])  # cluster mode: nothing read here, one read handed over
+    assert [(fn, args) for fn, args, _ in jobs] == [(quota.peek, (root,))]
+    fn, args, d = jobs.pop()
+    d.callback(fn(*args))  # the disk thread's read
+    with pytest.raises(ReplyError) as caught:
+        delivery.check_quota([ALICE])
+    assert str(caught.value) == "452 4.2.2 Error: mailbox full"
+    assert jobs == []
+    sharedfs.configure(None)
+    with pytest.raises(ReplyError) as caught:
+        delivery.check_quota([ALICE])  # one node: read at once
+    assert str(caught.value) == "452 4.2.2 Error: mailbox full"
+
+
+def test_network_file_systems_are_recognised_by_the_longest_mount(tmp_path: Path) -> None:
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text(
+        "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
+        "40 22 0:50 / /srv/mail rw - nfs4 nas:/mail rw,vers=4.2\n"
+        "41 40 0:51 / /srv/mail/local rw - ext4 /dev/vdb rw\n"
+        "42 22 0:52 / /mnt/my\\040share rw - fuse.sshfs root@nas:/x rw\n")
+    info = str(mountinfo)
+    assert sharedfs.network_fs(Path("/srv/mail/example.org"), info) == "nfs4"
+    assert sharedfs.network_fs(Path("/srv/mail"), info) == "nfs4"
+    assert sharedfs.network_fs(Path("/srv/mail/local/cache"), info) is None
+    assert sharedfs.network_fs(Path("/srv/mailbox"), info) is None
+    assert sharedfs.network_fs(Path("/mnt/my share/data"), info) == "fuse.sshfs"
+    assert sharedfs.network_fs(Path("/var/lib"), str(tmp_path / "none")) is None
