@@ -135,16 +135,15 @@ def imap_direct(node: str, user: str) -> imaplib.IMAP4:
 
 
 def uid_tokens(client: imaplib.IMAP4) -> dict[int, str]:
-    """UID -> X-Token of every message in the selected folder."""
-    for _ in range(10):
-        typ, data = client.uid("FETCH", "1:*", "(UID BODY.PEEK[HEADER.FIELDS (X-TOKEN)])")
-        # RFC 5530 3: another session expunged some of them (here: on another node);
-        # a NOOP delivers the EXPUNGE responses, and the FETCH is asked again.
-        if typ == "NO" and b"[EXPUNGEISSUED]" in data[0]:
-            client.noop()
-            continue
-        break
-    assert typ == "OK", data
+    """UID -> X-Token of every message in the selected folder that still exists."""
+    typ, data = client.uid("FETCH", "1:*", "(UID BODY.PEEK[HEADER.FIELDS (X-TOKEN)])")
+    if typ == "NO" and b"[EXPUNGEISSUED]" in data[0]:
+        # RFC 5530 3: another session (here: on another node) expunged some of them;
+        # the answers for the others came before the NO (imaplib keeps them aside).
+        data = client.untagged_responses.pop("FETCH", [])
+        client.noop()  # the EXPUNGE responses, as a client does next
+    else:
+        assert typ == "OK", data
     out: dict[int, str] = {}
     for item in data:
         if not isinstance(item, tuple):
