@@ -22,6 +22,7 @@ whose previous stat has not returned is skipped.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,15 @@ except ImportError:  # pragma: no cover
     _MASK = 0
 
 
+def _coarse_and_recent(stamp: tuple[int, ...], wall: float) -> bool:
+    """Whether new/ or cur/ may change again without a new stamp: sshfs (SFTP v3) and
+    some NFS servers give whole-second times, so a delivery in the same second as the
+    stat leaves mtime, inode and (mostly) size as they were. Dovecot treats such a
+    directory as dirty too. Two seconds of slack for the storage server's clock."""
+    mtimes = (stamp[1], stamp[4])
+    return any(m % 1_000_000_000 == 0 and wall < m / 1e9 + 2 for m in mtimes)
+
+
 class _FolderWatch:
     """The callbacks of one folder and the one mechanism that triggers them."""
 
@@ -65,6 +75,8 @@ class _FolderWatch:
         self.rescan_seconds = rescan_seconds
         self._checking = False
         self._rescanned = False
+        #: The last stamp has whole-second times that were current when it was taken.
+        self._unsure = False
         self.callbacks: dict[int, Callable[[], None]] = {}
         self._pending: IDelayedCall | None = None
         self._watched: list[FilePath[str]] = []
@@ -121,6 +133,10 @@ class _FolderWatch:
             return None
         return (a.st_ino, a.st_mtime_ns, a.st_size, b.st_ino, b.st_mtime_ns, b.st_size)
 
+    def _timed_stamp(self) -> tuple[float, tuple[int, ...] | None]:
+        """The wall clock just before the stat, and the stamp (in a thread)."""
+        return time.time(), self._dir_stamp()
+
     def _check(self) -> None:
         stamp = self._dir_stamp()
         if stamp != self._stamp:
@@ -131,17 +147,20 @@ class _FolderWatch:
         if self._checking:
             return  # the last stat has not come back (a stalled server): skip a tick
         self._checking = True
-        d = threads.deferToThread(self._dir_stamp)
+        d = threads.deferToThread(self._timed_stamp)
 
-        def done(stamp: tuple[int, ...] | None) -> None:
+        def done(timed: tuple[float, tuple[int, ...] | None]) -> None:
             self._checking = False
             if self._poll is None or not self._poll.running:
                 return
+            wall, stamp = timed
             # The first result wakes the sessions once (they sync and find nothing, or
             # a change made between their last sync and this watch): none is missed.
-            if not self._rescanned or stamp != self._stamp:
+            # So does one that equals a stamp which could still change unseen.
+            if not self._rescanned or stamp != self._stamp or self._unsure:
                 self.changed()
             self._rescanned, self._stamp = True, stamp
+            self._unsure = stamp is not None and _coarse_and_recent(stamp, wall)
 
         def failed(_failure: object) -> None:
             self._checking = False

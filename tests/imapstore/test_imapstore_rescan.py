@@ -91,3 +91,21 @@ class RescanCase(unittest.TestCase):
         await task.deferLater(reactor, 0.5, lambda: None)
         self.assertEqual(len(started), 1)  # ten ticks, one stat
         release.set()
+
+    async def test_a_change_within_a_whole_second_is_seen(self) -> None:
+        """sshfs gives whole-second directory times: a delivery in the same second as
+        the last stat leaves the stamp as it was. A stamp taken in its own second is
+        not trusted: the next rescan wakes the watchers once more."""
+        second = int(__import__("time").time())
+        for sub in ("new", "cur"):
+            os.utime(self.root / sub, (second, second))
+        calls: list[int] = []
+        stop = self.notifier(0.2).watch(self.root, lambda: calls.append(1))
+        self.addCleanup(stop)
+        await task.deferLater(reactor, 0.1, lambda: None)
+        self.assertEqual(len(calls), 1)  # the first rescan
+        deliver(self.root, "from another node, in the same second")
+        for sub in ("new", "cur"):
+            os.utime(self.root / sub, (second, second))  # as sshfs shows it
+        await task.deferLater(reactor, 0.25, lambda: None)
+        self.assertEqual(len(calls), 2)
