@@ -240,6 +240,27 @@ def test_pop3_through_nginx(rig: Rig) -> None:
         pop.quit()
 
 
+def test_a_client_cannot_pose_as_the_proxy(rig: Rig) -> None:
+    """Straight to a node, past nginx: XCLIENT and a PROXY header from the client's
+    address (not in cluster.trusted_proxies) are refused in each protocol's words."""
+    with smtplib.SMTP(NODES["n2"], 25, timeout=30) as smtp:
+        smtp.ehlo("client")
+        assert "xclient" not in smtp.esmtp_features
+        code, text = smtp.docmd("XCLIENT", "ADDR=192.0.2.7 LOGIN=alice@example.org")
+        assert (code, text) == (550, b"5.7.0 Error: insufficient authorization")
+    header = f"PROXY TCP4 192.0.2.7 {NODES['n2']} 40000 143\r\n".encode()
+    with socket.create_connection((NODES["n2"], 143), timeout=10) as sock:
+        sock.sendall(header)
+        answer = b""
+        while chunk := sock.recv(1000):
+            answer += chunk
+    # The greeting may come first (an untrusted client gets it at once); the header is
+    # then refused and the connection closed, not taken as a command.
+    lines = answer.splitlines()
+    assert lines[-1] == b"* BYE PROXY protocol not accepted from this address", answer
+    assert len(lines) == 1 or (len(lines) == 2 and lines[0].startswith(b"* OK ")), answer
+
+
 def test_mbsync_through_the_proxy(rig: Rig, tmp_path: Path) -> None:
     user = "carol@example.org"
     sent = [token() for _ in range(3)]
