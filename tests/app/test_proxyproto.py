@@ -355,3 +355,24 @@ def test_networks_match_ipv4_mapped_and_refuse_garbage() -> None:
     assert nets.contains("2001:db8::1")
     assert not nets.contains("11.0.0.1") and not nets.contains("unknown")
     assert not Networks().contains("10.1.2.3")
+
+
+@pytest.mark.parametrize("partial", [V1[:30], v2()[:20], v2()[:10]])
+def test_truncated_header_then_gone_leaves_nothing(partial: bytes) -> None:
+    rig = Rig()
+    protocol, transport = rig.connect()
+    protocol.dataReceived(partial)
+    assert not transport.disconnecting, "still waiting for the rest"
+    protocol.connectionLost(None)  # type: ignore[arg-type]
+    assert rig.sessions == [] and rig.counter.total == 0
+    assert rig.clock.getDelayedCalls() == [], "no timer left behind"
+    assert rig.factory.protocols == {}
+
+
+def test_v2_header_whose_length_outruns_its_octets_times_out() -> None:
+    rig = Rig()
+    protocol, transport = rig.connect()
+    header = v2()
+    protocol.dataReceived(header[:14] + struct.pack("!H", 200) + header[16:])
+    rig.clock.advance(5)
+    assert transport.disconnecting and rig.sessions == []

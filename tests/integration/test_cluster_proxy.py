@@ -134,6 +134,15 @@ def test_imaps_header_comes_before_the_tls_handshake(server: RunningServer) -> N
     client.close()
 
 
+def test_imap_starttls_after_the_header(server: RunningServer) -> None:
+    client = connect(server, "imap", header=v1("192.0.2.14"))
+    client.line()
+    assert client.ask("s STARTTLS") == "s OK Begin TLS negotiation now"
+    tls(client)
+    assert client.ask(f'a LOGIN {ALICE} "{PASSWORD}"').startswith("a OK ")
+    client.close()
+
+
 def test_smtp_received_header_names_the_proxied_client(server: RunningServer) -> None:
     wire = connect(server, "smtp", header=v1("192.0.2.9"))
     lines = wire.greet("laptop.example")
