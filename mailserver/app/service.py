@@ -156,7 +156,7 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
                             apply_listeners=apply_listeners)
     Reloader(config, targets, record=instance == 0).setServiceParent(top)
     listeners.start_all(config)
-    if instance == 0 and config.cluster.nodes:  # after the listeners: their ports
+    if instance == 0:  # after the listeners (their ports); idle without [cluster]
         checker = HealthChecker(config, disk, listeners.listening_ports)
         checker.setServiceParent(top)
         holders.append(checker)  # a reload's nodes and interval

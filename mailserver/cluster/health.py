@@ -163,7 +163,8 @@ class _QuietFactory(protocol.Factory):
 
 
 class HealthChecker(Service):
-    """Instance 0's checks of every node (module docstring)."""
+    """Instance 0's checks of every node (module docstring). Always there in instance
+    0, idle while cluster.nodes is empty, so a reload that adds [cluster] starts it."""
 
     def __init__(self, config: Config, disk: DiskExecutor,
                  listening: Callable[[], dict[str, int]],
@@ -176,6 +177,8 @@ class HealthChecker(Service):
         self.connect = connect
         self._clock = clock
         self.path = state_path(config)
+        #: The listener the last round could not find a port for (warned once).
+        self._no_port: str | None = None
 
     @property
     def config(self) -> Config:
@@ -191,14 +194,16 @@ class HealthChecker(Service):
         self.nodes = {name: self.nodes[name] if name in self.nodes
                       and self.nodes[name].address == node.address else node
                       for name, node in fresh.items()}
-        interval = new.cluster.health_interval
         if self._loop is not None and self._loop.running and \
-                interval != old.cluster.health_interval:
+                new.cluster.health_interval != old.cluster.health_interval:
             self._loop.stop()
-            self._loop = LoopingCall(self.check_all)
-            if self._clock is not None:
-                self._loop.clock = self._clock
-            self._loop.start(interval, now=False)
+            self._new_loop().start(new.cluster.health_interval, now=False)
+
+    def _new_loop(self) -> LoopingCall:
+        self._loop = LoopingCall(self.check_all)
+        if self._clock is not None:
+            self._loop.clock = self._clock
+        return self._loop
 
     def _now(self) -> float:
         return time.time() if self._clock is None else float(self._clock.seconds())
@@ -206,9 +211,10 @@ class HealthChecker(Service):
     def startService(self) -> None:  # noqa: N802 - Twisted's name
         super().startService()
         self.nodes = initial_state(self.config, self._now())
-        self._loop = LoopingCall(self.check_all)
-        if self._clock is not None:
-            self._loop.clock = self._clock
+        self._new_loop()
+        if not self.nodes:
+            self._start_loop()  # idle rounds, until a reload brings nodes
+            return
         # A file left by the previous run must not outlive it: every node starts up,
         # written before the first round (disk jobs are not ordered among themselves).
         d = self.disk.run(write_state, self.path, dict(self.nodes))
@@ -240,13 +246,18 @@ class HealthChecker(Service):
     async def _check_all(self) -> None:
         """One round: every node at once; then the file, in a disk thread."""
         cluster = self.config.cluster
+        if not self.nodes:
+            return  # no [cluster] (yet)
         name = health_service(self.config)
         port = service_port(name, self.config.listen.enabled(), self.listening()) \
             if name else None
         if port is None:
-            log.warn("cluster.health_service: listen.{name} has no TCP port; no health "
-                     "checks, every node counts as up", name=name or "imap")
+            if self._no_port != name:
+                log.warn("cluster.health_service: listen.{name} has no TCP port; no "
+                         "health checks, every node counts as up", name=name or "imap")
+            self._no_port = name
             return
+        self._no_port = None
         timeout = min(float(cluster.health_interval), MAX_CONNECT_TIMEOUT)
         nodes = list(self.nodes.values())
         results = await defer.gatherResults(

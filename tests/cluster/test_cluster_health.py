@@ -9,6 +9,7 @@ from fakes import FakeDisk
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 
 from mailserver.cluster.health import HealthChecker, HealthView, NodeHealth, read_state
 from mailserver.config import config_from_dict
@@ -150,3 +151,42 @@ def test_a_reload_adds_drops_and_readdresses_nodes(tmp_path: Path) -> None:
     state = read_state(health.path)
     assert state is not None and sorted(state) == ["n1", "n2", "n4"]
     health.stopService()
+
+
+def test_without_nodes_it_idles_until_a_reload_brings_some(tmp_path: Path) -> None:
+    health, network, clock = checker(tmp_path)
+    cluster_less = config_from_dict({"data_dir": str(tmp_path),
+                                     "domains": {"local": ["example.org"]},
+                                     "listen": {"imap": "tcp:0"}})
+    health._config = cluster_less
+    health.startService()
+    clock.advance(30)
+    assert network.attempts == [] and not health.path.exists()
+    health.config = config_from_dict({
+        "data_dir": str(tmp_path), "domains": {"local": ["example.org"]},
+        "listen": {"imap": "tcp:0"}, "cluster": {"node": "n1", "nodes": NODES}})
+    clock.advance(5)
+    assert [a for a, _, _ in network.attempts] == list(NODES.values())
+    state = read_state(health.path)
+    assert state is not None and sorted(state) == ["n1", "n2", "n3"]
+    health.stopService()
+
+
+def test_no_port_to_check_is_said_once(tmp_path: Path) -> None:
+    health, network, clock = checker(tmp_path)
+    health.listening = dict  # imap is tcp:0 in this config and not listening
+    said: list[str] = []
+
+    def observe(event: dict[str, object]) -> None:
+        if "every node counts as up" in str(event.get("log_format", "")):
+            said.append(str(event.get("name")))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        health.startService()
+        clock.advance(5)
+        clock.advance(5)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        health.stopService()
+    assert network.attempts == [] and said == ["imap"]
