@@ -13,10 +13,13 @@ one node sees another's renames, appends and unlinks at once:
     sshfs -o dir_cache=no,attr_timeout=0,entry_timeout=0,negative_timeout=0,
              direct_io,sshfs_sync,...
 
-Reused by the multi-node rig (tests/integration/cluster/...): `SshfsServer(workdir)`,
-`.start()`, `.mount(remote_dir, mountpoint)` as often as needed, `.stop()` (unmounts
-all, stops sshd). In a network namespace, pass `host` (the sshd's address there) and
-start the sshd with `netns` (`ip netns exec NAME` is put in front).
+Reused by the multi-node rig: `SshfsServer(workdir)`, `.start()`, `.mount(remote_dir,
+mountpoint)` as often as needed, `.stop()` (unmounts all, stops sshd). With network
+namespaces: `SshfsServer(workdir, host=ADDRESS_IN_NS, netns="storage")` runs the sshd
+in that namespace, and `.mount(remote, mountpoint, netns="node1")` runs sshfs with the
+node's network. Both enter only the network namespace (`nsenter --net=`), not `ip netns
+exec`, which also makes a private mount namespace: a FUSE mount made there would be
+invisible to the node's server process.
 """
 
 from __future__ import annotations
@@ -49,6 +52,12 @@ def available() -> str | None:
     return None
 
 
+def in_netns(netns: str | None) -> list[str]:
+    """The command prefix that runs in network namespace `netns` (None: here), keeping
+    the mount namespace (mounts stay visible to every process)."""
+    return ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -69,10 +78,11 @@ class SshfsServer:
         self._sshd: subprocess.Popen[bytes] | None = None
 
     def _prefix(self) -> list[str]:
-        return ["ip", "netns", "exec", self.netns] if self.netns else []
+        return in_netns(self.netns)
 
     def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "sshd.pid").unlink(missing_ok=True)
         for name in ("host_key", "client_key"):
             key = self.workdir / name
             if not key.exists():
@@ -100,9 +110,13 @@ class SshfsServer:
             if self._sshd.poll() is not None:
                 raise RuntimeError("sshd exited: "
                                    + (self.workdir / "sshd.log").read_text()[-2000:])
+            if self.netns:  # sshd writes its pid file once it listens
+                if (self.workdir / "sshd.pid").exists():
+                    return
+                time.sleep(0.05)
+                continue
             try:
-                if not self.netns:
-                    socket.create_connection((self.host, self.port), 0.5).close()
+                socket.create_connection((self.host, self.port), 0.5).close()
                 return
             except OSError:
                 time.sleep(0.05)
@@ -114,7 +128,7 @@ class SshfsServer:
         mountpoint.mkdir(parents=True, exist_ok=True)
         options = [*MOUNT_OPTIONS, f"port={self.port}",
                    f"IdentityFile={self.workdir / 'client_key'}", *SSH_OPTIONS]
-        prefix = ["ip", "netns", "exec", netns] if netns else []
+        prefix = in_netns(netns)
         subprocess.run([*prefix, "sshfs", f"root@{self.host}:{remote_dir}", str(mountpoint),
                         "-o", ",".join(options)], check=True, timeout=30)
         self.mounts.append(mountpoint)

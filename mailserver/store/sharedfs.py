@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import os
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -285,19 +286,25 @@ class DotLock:
         except FileNotFoundError:
             return
         try:
-            moved = aside.read_bytes()
-            if moved != seen.content:
+            moved = _look(aside)
+            if moved is not None and moved.content != seen.content:
                 try:
                     os.link(aside, self.path)
-                except FileExistsError:
+                except OSError:
                     log.error("dotlock {path}: a live lock was broken by a takeover race",
                               path=str(self.path))
                 return
             log.warn("dotlock {path}: took over a stale lock ({holder})",
-                     path=str(self.path), holder=seen.content.decode(errors="replace").strip())
+                     path=str(self.path),
+                     holder=seen.content.decode(errors="replace").strip() or "unreadable")
         finally:
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 os.unlink(aside)
+            except FileNotFoundError:
+                pass
+            except OSError:  # not a file (a directory planted there): left aside
+                log.warn("dotlock {path}: left {aside} aside", path=str(self.path),
+                         aside=str(aside))
 
     def refresh(self) -> None:
         """Touch the lock (waiters see it alive); a lock found taken over is logged."""
@@ -359,12 +366,19 @@ def _read(path: Path) -> bytes | None:
 
 
 def _look(path: Path) -> _Seen | None:
+    """What is at the lock's path now; None if nothing. Anything but a file of ours
+    (garbage, an empty file, a directory) is a lock of nobody's: stale once silent."""
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            return _Seen(st.st_ino, st.st_mtime_ns, f.read(256))
+        st = os.stat(path)
     except FileNotFoundError:
         return None
+    content = b""
+    if stat.S_ISREG(st.st_mode):
+        try:
+            content = _read(path) or b""
+        except OSError:
+            pass
+    return _Seen(st.st_ino, st.st_mtime_ns, content)
 
 
 def _alive(pid: int) -> bool:

@@ -388,3 +388,23 @@ def test_sshfs_eperm_for_a_lock_released_meanwhile_is_tried_again(
     with pytest.raises(PermissionError):
         sharedfs._create_exclusive(path)
     assert refusals == [] and not path.exists()
+
+
+@pytest.mark.parametrize("planted", ["garbage", "empty", "directory"])
+def test_anything_else_at_the_lock_path_is_taken_over_once_silent(
+        mail_dir: Path, tmp_path: Path, planted: str) -> None:
+    lock = tmp_path / "x.dotlock"
+    if planted == "directory":
+        lock.mkdir()
+    else:
+        lock.write_bytes(b"\xff\x00 not a lock at all\n" * 20 if planted == "garbage" else b"")
+    start = time.monotonic()
+    mine = DotLock(lock)
+    mine.acquire()
+    assert 1.0 <= time.monotonic() - start < 3.0  # stale_seconds of silence
+    assert lock.read_bytes().startswith(b"n1 %d " % os.getpid())
+    mine.release()
+    assert not lock.exists()
+    left = [p.name for p in tmp_path.iterdir() if ".stale." in p.name]
+    assert left == (["x.dotlock.stale." + left[0].rpartition(".")[2]]
+                    if planted == "directory" else [])
