@@ -11,7 +11,7 @@ attribute, name or directory caching, no page cache (direct_io), synchronous wri
 one node sees another's renames, appends and unlinks at once:
 
     sshfs -o dir_cache=no,attr_timeout=0,entry_timeout=0,negative_timeout=0,
-             direct_io,sshfs_sync,...
+             direct_io,sshfs_sync,noforget,...
 
 Reused by the multi-node rig: `SshfsServer(workdir)`, `.start()`, `.mount(remote_dir,
 mountpoint)` as often as needed, `.stop()` (unmounts all, stops sshd). With network
@@ -32,8 +32,11 @@ import time
 from pathlib import Path
 
 #: The mount options: no caching anywhere (what NFS needs with `noac` / actimeo=0).
+#: noforget: FUSE invents inode numbers (SFTP has none) and, without it, may give a
+#: directory a new one after forgetting it, which the store takes for a folder deleted
+#: and made again (FolderState.refresh).
 MOUNT_OPTIONS = ("dir_cache=no", "attr_timeout=0", "entry_timeout=0", "negative_timeout=0",
-                 "direct_io", "sshfs_sync")
+                 "direct_io", "sshfs_sync", "noforget")
 SSH_OPTIONS = ("StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null",
                "LogLevel=ERROR", "BatchMode=yes", "ServerAliveInterval=5")
 

@@ -54,15 +54,6 @@ except ImportError:  # pragma: no cover
     _MASK = 0
 
 
-def _coarse_and_recent(stamp: tuple[int, ...], wall: float) -> bool:
-    """Whether new/ or cur/ may change again without a new stamp: sshfs (SFTP v3) and
-    some NFS servers give whole-second times, so a delivery in the same second as the
-    stat leaves mtime, inode and (mostly) size as they were. Dovecot treats such a
-    directory as dirty too. Two seconds of slack for the storage server's clock."""
-    mtimes = (stamp[1], stamp[4])
-    return any(m % 1_000_000_000 == 0 and wall < m / 1e9 + 2 for m in mtimes)
-
-
 class _FolderWatch:
     """The callbacks of one folder and the one mechanism that triggers them."""
 
@@ -75,8 +66,7 @@ class _FolderWatch:
         self.rescan_seconds = rescan_seconds
         self._checking = False
         self._rescanned = False
-        #: The last stamp has whole-second times that were current when it was taken.
-        self._unsure = False
+        self._racy = False
         self.callbacks: dict[int, Callable[[], None]] = {}
         self._pending: IDelayedCall | None = None
         self._watched: list[FilePath[str]] = []
@@ -133,10 +123,6 @@ class _FolderWatch:
             return None
         return (a.st_ino, a.st_mtime_ns, a.st_size, b.st_ino, b.st_mtime_ns, b.st_size)
 
-    def _timed_stamp(self) -> tuple[float, tuple[int, ...] | None]:
-        """The wall clock just before the stat, and the stamp (in a thread)."""
-        return time.time(), self._dir_stamp()
-
     def _check(self) -> None:
         stamp = self._dir_stamp()
         if stamp != self._stamp:
@@ -147,20 +133,19 @@ class _FolderWatch:
         if self._checking:
             return  # the last stat has not come back (a stalled server): skip a tick
         self._checking = True
-        d = threads.deferToThread(self._timed_stamp)
+        d = threads.deferToThread(self._dir_stamp)
 
-        def done(timed: tuple[float, tuple[int, ...] | None]) -> None:
+        def done(stamp: tuple[int, ...] | None) -> None:
             self._checking = False
             if self._poll is None or not self._poll.running:
                 return
-            wall, stamp = timed
             # The first result wakes the sessions once (they sync and find nothing, or
             # a change made between their last sync and this watch): none is missed.
-            # So does one that equals a stamp which could still change unseen.
-            if not self._rescanned or stamp != self._stamp or self._unsure:
+            # So does every tick while the last stamp was racy (see _is_racy).
+            if not self._rescanned or stamp != self._stamp or self._racy:
                 self.changed()
             self._rescanned, self._stamp = True, stamp
-            self._unsure = stamp is not None and _coarse_and_recent(stamp, wall)
+            self._racy = _is_racy(stamp)
 
         def failed(_failure: object) -> None:
             self._checking = False
@@ -181,6 +166,22 @@ class _FolderWatch:
                 callback()
             except Exception:  # noqa: BLE001 - one session's bug must not starve others
                 log.failure("watch callback failed for {path}", path=str(self.path))
+
+
+#: A directory changed this recently may change again within its mtime's granularity.
+RACY_SECONDS = 3.0
+
+
+def _is_racy(stamp: tuple[int, ...] | None) -> bool:
+    """Whether a change could hide behind an equal stamp: sshfs reports whole-second
+    mtimes (SFTP v3) and a directory's inode and size rarely change, so a delivery in
+    the same second as the stamp leaves it as it was. Until the newer mtime is
+    RACY_SECONDS old (by our clock: node clocks must agree to a second, NTP), every
+    tick wakes the sessions, which sync and usually find nothing (git's "racy
+    index" rule)."""
+    if stamp is None:
+        return False
+    return time.time() - max(stamp[1], stamp[4]) / 1e9 < RACY_SECONDS
 
 
 class Notifier:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import imaplib
 import os
+import poplib
 import re
 import signal
 import smtplib
@@ -55,7 +56,8 @@ class Cluster:
             server = make_server(
                 self.top / node, start=False,
                 listen={"smtp": "tcp:0:interface=127.0.0.1",
-                        "imap": "tcp:0:interface=127.0.0.1"},
+                        "imap": "tcp:0:interface=127.0.0.1",
+                        "pop3": "tcp:0:interface=127.0.0.1"},
                 auth={"allow_plaintext_without_tls": True})
             with open(server.config_path, "a") as f:
                 f.write(_cluster_section(node, mount))
@@ -277,3 +279,24 @@ def test_a_node_with_its_data_dir_on_the_share_refuses_to_start(cluster: Cluster
     assert (f"data_dir: {elsewhere / 'data'} is on a network file system "
             f"(fuse.sshfs); each node's own disk is needed (queue, abuse table, SQLite)"
             in server.log())
+
+
+def test_a_pop3_session_on_one_node_locks_the_maildrop_on_the_other(
+        cluster: Cluster) -> None:
+    """RFC 1939 8 / RFC 2449 8.1.1: one POP3 session per maildrop, across nodes too
+    (flock would let both in: each node's lock is local to its mount)."""
+    first = poplib.POP3(*cluster.nodes["n1"].address("pop3"), timeout=30)
+    first.user(USER)
+    assert first.pass_(PASSWORD).startswith(b"+OK")
+    second = poplib.POP3(*cluster.nodes["n2"].address("pop3"), timeout=30)
+    second.user(USER)
+    with pytest.raises(poplib.error_proto) as refused:
+        second.pass_(PASSWORD)
+    assert refused.value.args[0] == (b"-ERR [IN-USE] Mailbox is locked by another POP3 "
+                                     b"session.")
+    second.close()
+    first.quit()
+    again = poplib.POP3(*cluster.nodes["n2"].address("pop3"), timeout=30)
+    again.user(USER)
+    assert again.pass_(PASSWORD).startswith(b"+OK")
+    again.quit()
