@@ -57,9 +57,12 @@ PROXY_PROTOCOL = ("imap", "pop3")
 USERS = ("alice@example.org", "bob@example.org", "carol@example.org", "dave@example.org")
 
 #: sshfs options a shared Maildir needs, the ones an NFS mount would have (actimeo=0,
-#: lookupcache=none): no attribute, entry, negative-lookup or directory caching, so a
-#: file another node renamed or created is seen at once (docs/cluster.md).
-SSHFS_OPTIONS = ("cache=no,dir_cache=no,attr_timeout=0,entry_timeout=0,negative_timeout=0,"
+#: lookupcache=none): no attribute, entry, negative-lookup, directory or page caching,
+#: so a file another node renamed or created is seen at once (docs/cluster.md); writes
+#: synchronous; noforget, as tests/sshfs_mount.py explains (FUSE would renumber a
+#: forgotten directory, which the store takes for a folder made again).
+SSHFS_OPTIONS = ("dir_cache=no,attr_timeout=0,entry_timeout=0,negative_timeout=0,"
+                 "direct_io,sshfs_sync,noforget,"
                  "reconnect,ServerAliveInterval=15,ServerAliveCountMax=4")
 
 
