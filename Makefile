@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: run test test-fast lint bench tools venv clean
+.PHONY: run test test-fast test-cluster lint bench tools venv clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@# Debian's python3 needs python3-venv (ensurepip) before it can make a venv.
@@ -45,6 +45,7 @@ tools:
 	[ -f /usr/lib/nginx/modules/ngx_mail_module.so ] || missing="$$missing libnginx-mod-mail"; \
 	[ -x /usr/sbin/sshd ] || missing="$$missing openssh-server"; \
 	command -v sshfs >/dev/null || missing="$$missing sshfs"; \
+	command -v ip >/dev/null || missing="$$missing iproute2"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
@@ -61,8 +62,14 @@ test: $(STAMP) tools
 	$(VENV)/bin/mypy mailserver
 	@# Four workers, one test file each at a time (module fixtures stay shared): most
 	@# of the suite waits on real servers, throttle delays and timeouts, not the CPU
-	@# (serial 9 min 50 s, four workers 5 min 45 s on the 2-core CI machine).
-	$(VENV)/bin/pytest -n 4 --dist loadfile
+	@# (serial 9 min 50 s, four workers 5 min 45 s on the 2-core CI machine). The
+	@# multi-node rig runs after it, alone: its timings judge failover and IDLE.
+	$(VENV)/bin/pytest -n 4 --dist loadfile --ignore=tests/cluster
+	$(MAKE) test-cluster
+
+# The multi-node rig (tests/cluster: network namespaces, nginx, three nodes, sshfs); root.
+test-cluster: $(STAMP) tools
+	$(VENV)/bin/pytest tests/cluster
 
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -x -q

@@ -37,6 +37,7 @@ from mailserver.store.maildir import (
     size_fields,
     unique_name,
 )
+from mailserver.store.quotapeek import QuotaPeeks
 
 log = logger(__name__)
 
@@ -88,6 +89,7 @@ class MaildirDelivery:
         self.hostname = hostname
         self.disk = disk
         self.spill_threshold = spill_threshold
+        self._peeks: QuotaPeeks | None = None  # made at first use, in cluster mode
         #: Each user's quota (the users file); None: no quotas (tests, tools).
         self.limits_of = limits_of
 
@@ -96,16 +98,23 @@ class MaildirDelivery:
         452: try again later, the user may make room) for a mailbox already full. Reads
         the count without lock or scan (store/quota.py), so it may run on the reactor.
 
-        Not in cluster mode (store/sharedfs.py): there the count is on the network file
-        system, whose stall must not stall the reactor; the commit checks the quota in
-        a disk thread instead (after DATA rather than at RCPT)."""
-        if sharedfs.shared() is not None:
-            return
+        Not so in cluster mode (store/sharedfs.py): there the count is on the network
+        file system, whose stall must not stall the reactor, so RCPT answers from the
+        count last read in a disk thread (store/quotapeek.py; at most 2 s old). Skipping
+        the check would leave it to the commit, whose 552 5.2.2 after DATA senders take
+        as a permanent failure where RCPT's 452 has them retry."""
         for mailbox in mailboxes:
             limits = self.limits_of(mailbox) if self.limits_of else QuotaLimits()
-            usage = quota.peek(mailbox_path(self.mail_dir, mailbox))
+            root = mailbox_path(self.mail_dir, mailbox)
+            usage = (self._quota_peeks().peek(root) if sharedfs.shared() is not None
+                     else quota.peek(root))
             if usage is not None and quota.full(usage, limits):
                 raise ReplyError(452, "4.2.2", "Error: mailbox full")
+
+    def _quota_peeks(self) -> QuotaPeeks:
+        if self._peeks is None:
+            self._peeks = QuotaPeeks(self.disk.reads.run)
+        return self._peeks
 
     def begin(self, mailboxes: Sequence[MailboxId]) -> MaildirTransaction:
         """Start a transaction; one copy per distinct mailbox (duplicates collapse).

@@ -334,16 +334,27 @@ class DotLock:
             log.error("dotlock {path} vanished while held", path=str(self.path))
 
 
+#: Exclusive creates refused with EPERM while no file is there, before EPERM is believed.
+EPERM_TRIES = 10
+
+
 def _create_exclusive(path: Path) -> int:
     """open(O_CREAT|O_EXCL), with sshfs's answer to a lost race made FileExistsError:
     SFTP v3 has no "exists" status, so sshfs reports the server's refusal of an
-    exclusive create as EPERM (when the kernel's lookup just before saw no file)."""
-    try:
-        return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except PermissionError:
-        if os.path.lexists(path):
-            raise FileExistsError(path) from None
-        raise
+    exclusive create as EPERM (when the kernel's lookup just before saw no file).
+    The holder may release the lock between that refusal and our look (the rig's
+    3-node run saw it under load): no file then means try again; a real EPERM (no
+    permission) persists through EPERM_TRIES tries."""
+    for tries in range(1, EPERM_TRIES + 1):
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                           0o600)
+        except PermissionError:
+            if os.path.lexists(path):
+                raise FileExistsError(path) from None
+            if tries == EPERM_TRIES:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _read(path: Path) -> bytes | None:
