@@ -69,6 +69,20 @@ def parse(url: str) -> tuple[str, str, int]:
     return scheme, host, port or (443 if scheme == "https" else 80)
 
 
+def shown(url: str) -> str:
+    """The URL as a log line shows it: scheme, host and port, and "/..." for any path or
+    query. Receivers often take their credential in the URL itself (a secret path or a
+    ?token=); the log is read by more people than the hooks file, and the hook's id,
+    logged beside it, finds the whole URL (`mailserver webhook show`)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.netloc.rpartition("@")[2]
+    except ValueError:
+        return "(not a URL)"
+    rest = "/..." if parts.path.strip("/") or parts.query or parts.fragment else "/"
+    return f"{parts.scheme}://{host}{rest}"
+
+
 def refusal(address: IPAddress, port: int, allowed: Sequence[Network],
             own: Sequence[tuple[str, int]]) -> str | None:
     """Why `address` may not be connected to, or None."""
