@@ -104,6 +104,29 @@ def test_allowed_networks_open_loopback_but_never_our_own_listeners() -> None:
     assert _check("http://127.0.0.1:8444/", LOOPBACK, own).port == 8444
 
 
+def test_a_wildcard_listener_is_ours_on_every_address_of_the_machine() -> None:
+    """Listening on 0.0.0.0:443, the server answers on its public address too: a hook
+    URL naming that address and port is the server itself, allow-list or not."""
+    own = [("0.0.0.0", 443), ("::", 25)]
+    public = ipaddress.ip_address("203.0.113.5")
+    anywhere = [ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")]
+    ours = {public, ipaddress.ip_address("2001:db8::5")}
+    for address, port in ((public, 443), (ipaddress.ip_address("2001:db8::5"), 25)):
+        assert urlcheck.refusal(address, port, anywhere, own, ours.__contains__) == (
+            f"{address} port {port} is this server's own listener")
+    assert urlcheck.refusal(public, 8443, anywhere, own, ours.__contains__) is None
+    assert urlcheck.refusal(ipaddress.ip_address("203.0.113.6"), 443, anywhere, own,
+                            ours.__contains__) is None
+
+
+def test_the_machines_own_addresses_are_told_by_binding() -> None:
+    assert urlcheck.is_local(ipaddress.ip_address("127.0.0.1"))
+    assert urlcheck.is_local(ipaddress.ip_address("127.0.0.53"))  # all of 127/8 is local
+    # TEST-NET-2, on no interface here; nothing is sent anywhere (bind only).
+    assert not urlcheck.is_local(ipaddress.ip_address("198.51.100.77"))
+    assert not urlcheck.is_local(ipaddress.ip_address("2001:db8::77"))
+
+
 def test_a_public_name_is_pinned_to_its_checked_address() -> None:
     target = _check("https://hooks.example.com/in", answers={"hooks.example.com":
                                                              ["93.184.216.34"]})
