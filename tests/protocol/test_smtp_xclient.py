@@ -5,6 +5,7 @@ EHLO again) ending in a message relayed for the user the proxy logged in."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,17 @@ from mailserver.smtp.server import SessionPolicy, SMTPServerFactory
 
 PROXY = "127.0.0.2"
 XCLIENT_EHLO = "250 XCLIENT ADDR PORT NAME HELO PROTO LOGIN DESTADDR DESTPORT"
+#: Sessions of the running test: their idle timeouts are on the global reactor, where
+#: a trial test run after this module (tests/webhooks) would find them (dirty reactor).
+_OPEN: list[Session] = []
+
+
+@pytest.fixture(autouse=True)
+def _cancel_idle_timeouts() -> Iterator[None]:
+    yield
+    for session in _OPEN:
+        session.protocol.setTimeout(None)
+    _OPEN.clear()
 
 
 class Session:
@@ -60,6 +72,7 @@ class Session:
                                      ).buildProtocol(peer)
             wrapper.makeConnection(self.transport)
             self.protocol = wrapper.wrappedProtocol
+        _OPEN.append(self)
         assert self.replies() == ["220 mx.test ESMTP mailserver"]
 
     def replies(self) -> list[str]:
