@@ -40,7 +40,11 @@ def token_add(admin: Admin, address: str, scope: str, days: int | None, name: st
 
 
 def token_list(admin: Admin, address: str | None) -> None:
-    entries = tokens_file(admin.config).entries()
+    tokens = tokens_file(admin.config)
+    entries = tokens.entries()
+    if tokens.read_error is not None:
+        # Not an empty table: the server answers 503 to every token meanwhile.
+        raise Refused(tokens.read_error)
     if address is not None:
         key = address_key(address)
         entries = [e for e in entries if e.address == key]

@@ -230,6 +230,7 @@ def _extra_headers(value: Any) -> list[tuple[str, str]]:
         raise ApiError(400, "bad_request", f"headers: an object of at most "
                                            f"{MAX_EXTRA_HEADERS} name: value pairs")
     out = []
+    seen: set[str] = set()
     for name, text in value.items():
         no_injection(name, "headers")
         if not _FIELD_NAME.fullmatch(name):
@@ -238,6 +239,12 @@ def _extra_headers(value: Any) -> list[tuple[str, str]]:
         if name.lower() in FIXED_FIELDS:
             raise ApiError(400, "bad_request", f"headers: {name} is set by the request "
                                                "itself, not by extra headers")
+        if name.lower() in seen:
+            # JSON keys differ by case where field names do not (RFC 5322 1.2.2): two
+            # In-Reply-To or References fields (at most one each, RFC 5322 3.6).
+            raise ApiError(400, "bad_request", f"headers: {name} given twice (field "
+                                               "names are case-insensitive)")
+        seen.add(name.lower())
         if not isinstance(text, str):
             raise ApiError(400, "bad_request", f"headers.{name}: must be a string")
         out.append((name, no_injection(text, f"headers.{name}")))

@@ -91,5 +91,10 @@ def trusted_link(transport: Any, config: Config) -> bool:
     return from_trusted_proxy(transport, _networks(config.cluster.trusted_proxies))
 
 
+def trusted_address(ip: str, config: Config) -> bool:
+    """Whether `ip` (say, the client an XCLIENT named) is one of cluster.trusted_proxies."""
+    return _networks(config.cluster.trusted_proxies).contains(ip)
+
+
 __all__ = ["Networks", "count_as", "from_trusted_proxy", "proxy_header_honoured",
-           "trusted_link"]
+           "trusted_address", "trusted_link"]

@@ -248,14 +248,8 @@ class Scheduler:
             groups[_domain(rcpt.address)].append(rcpt)
         waits: list[Deferred[Any]] = []
         path = self.spool.messages / queue_id
-        optional = False
-        if not all(self.is_local(domain) for domain in groups):
-            optional = tls_optional(data if data is not None else await self.disk.run(
-                self.spool.read_head, queue_id))
-        if self.events is not None:
-            self._message_ids[queue_id] = message_id_of(
-                data if data is not None else await self.disk.run(self.spool.read_head,
-                                                                  queue_id))
+        optional = await self._read_head(queue_id, data,
+                                         not all(self.is_local(d) for d in groups))
         for domain, rcpts in groups.items():
             # Large bodies are streamed from the spool file: memory stays bounded.
             message = Message(entry.sender, [r.address for r in rcpts], data or b"",
@@ -289,6 +283,19 @@ class Scheduler:
             log.info("queue {id}: removed", id=queue_id)
             return None
         return entry.next_try()
+
+    async def _read_head(self, queue_id: str, data: bytes | None, remote: bool) -> bool:
+        """What the round needs of the message's header, read from the spool at most once
+        (`data` is the whole message when it was small enough to load): whether it asks
+        for TLS to be optional (RFC 8689 TLS-Required: No; only for remote domains), and
+        its Message-ID for the delivery events while the round runs."""
+        if not remote and self.events is None:
+            return False
+        head = data if data is not None else await self.disk.run(self.spool.read_head,
+                                                                 queue_id)
+        if self.events is not None:
+            self._message_ids[queue_id] = message_id_of(head)
+        return remote and tls_optional(head)
 
     async def _record(self, outcomes: dict[str, Outcome], entry: QueueEntry,
                       lock: DeferredLock, started: float) -> bool:

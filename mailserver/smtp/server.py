@@ -288,7 +288,7 @@ class SMTPSession(SessionDefences, SubmissionCommands, BurlCommands, MessageRece
             keywords.append("AUTH " + " ".join(auth.MECHANISMS))  # RFC 4954
         if self.factory.burl is not None:
             keywords.append("BURL imap")                     # RFC 4468 3.1
-        if self.xclient_allowed():  # only to cluster.trusted_proxies (smtp/xclient.py)
+        if self.xclient_usable():  # only to cluster.trusted_proxies (smtp/xclient.py)
             keywords.append("XCLIENT ADDR PORT NAME HELO PROTO LOGIN DESTADDR DESTPORT")
         return keywords
 

@@ -13,7 +13,12 @@ Rules, as Postfix has them:
   XCLIENT LOGIN= would let it log itself in. So nginx in front of SMTP sends XCLIENT
   alone (its default): leave the SMTP listeners out of cluster.proxy_protocol;
 - not inside a mail transaction: 503 5.5.1; before HELO/EHLO and more than once it is
-  allowed (each one starts the session anew);
+  allowed (each one starts the session anew), but only while the client the session
+  speaks for is itself a trusted proxy: once an XCLIENT named ADDR=<client>, the lines
+  that follow are that client's (nginx relays them unchanged after its handshake), so
+  an XCLIENT among them is refused with 550 5.7.0 and XCLIENT is no longer offered in
+  EHLO (Postfix likewise checks smtpd_authorized_xclient_hosts against the new client;
+  without this, a client behind nginx could send "XCLIENT LOGIN=someone-else");
 - syntax: XCLIENT SP attribute=value *( SP attribute=value ), names ADDR, PORT, NAME,
   HELO, PROTO, LOGIN, DESTADDR, DESTPORT (case-insensitive), values xtext (RFC 3461 4),
   "[UNAVAILABLE]" / "[TEMPUNAVAIL]" for an unknown value; anything else, an attribute
@@ -40,7 +45,12 @@ from twisted.internet.defer import Deferred
 
 from mailserver.abuse.control import event
 from mailserver.abuse.dnsbl import Score
-from mailserver.core.peer import count_as, proxy_header_honoured, trusted_link
+from mailserver.core.peer import (
+    count_as,
+    proxy_header_honoured,
+    trusted_address,
+    trusted_link,
+)
 from mailserver.errors import ReplyError
 from mailserver.logs import logger
 from mailserver.reply import Reply
@@ -129,6 +139,9 @@ class XclientCommands(SessionState):
 
     #: What XCLIENT said besides the address the session keeps in peer_ip (logs).
     client_name: str | None = None
+    #: An accepted XCLIENT named a client that is not itself a trusted proxy: the
+    #: commands are that client's from then on, and XCLIENT is not for it.
+    speaks_for_client: bool = False
 
     def xclient_allowed(self) -> bool:
         """The TCP peer is one of cluster.trusted_proxies, and speaks for itself: after
@@ -137,8 +150,14 @@ class XclientCommands(SessionState):
         return (trusted_link(self.transport, self.config)
                 and not proxy_header_honoured(self.transport))
 
+    def xclient_usable(self) -> bool:
+        """XCLIENT is offered and accepted now: from a trusted proxy's link (above),
+        and not after an XCLIENT that handed the session to a client (module docstring).
+        AUTH's "secured link" rule keeps asking xclient_allowed(): the link is the same."""
+        return self.xclient_allowed() and not self.speaks_for_client
+
     def do_XCLIENT(self, command: Xclient) -> Deferred[None] | None:  # noqa: N802 - the verb
-        if not self.xclient_allowed():
+        if not self.xclient_usable():
             log.warn("{session} XCLIENT refused from {peer}: not in "
                      "cluster.trusted_proxies", session=self.session_id, peer=self.peer_ip)
             raise ReplyError(550, "5.7.0", "Error: insufficient authorization")
@@ -156,6 +175,7 @@ class XclientCommands(SessionState):
         self.helo, self.esmtp, self.user = None, False, None
         if client:  # [UNAVAILABLE]: the checks keep a real address (the proxy's)
             self.peer_ip = client
+            self.speaks_for_client = not trusted_address(client, self.config)
         if "NAME" in given:
             self.client_name = given["NAME"]
         if given.get("HELO"):

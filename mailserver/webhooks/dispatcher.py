@@ -35,7 +35,7 @@ from mailserver.webhooks.hooks import Hook, HookStore
 from mailserver.webhooks.sender import Sender
 from mailserver.webhooks.signing import sign
 from mailserver.webhooks.spool import Record, WebhookSpool
-from mailserver.webhooks.urlcheck import Refused, Target
+from mailserver.webhooks.urlcheck import Refused, Target, shown
 
 log = logger(__name__)
 
@@ -278,8 +278,9 @@ class Dispatcher(Service):
         now = self.clock.seconds()
         record.attempts = attempt
         if not error:
-            log.debug("webhooks: {id} {type} to {url}: delivered (attempt {n})",
-                     id=record.id, type=record.type, url=hook.url, n=attempt)
+            log.debug("webhooks: {id} {type} to {hook} {url}: delivered (attempt {n})",
+                      id=record.id, type=record.type, hook=hook.id, url=shown(hook.url),
+                      n=attempt)
             record.next_try = -1.0  # finished
             self._forget(record.id)
             return
@@ -291,9 +292,9 @@ class Dispatcher(Service):
         # The last try falls exactly at the end of the retry period (as the queue's).
         record.next_try = min(now + backoff(attempt, hooks.retry_initial, hooks.retry_max),
                               record.created + hooks.retry_for)
-        log.info("webhooks: {id} {type} to {url}: {error}; retrying in {wait:.0f}s",
-                 id=record.id, type=record.type, url=hook.url, error=error,
-                 wait=record.next_try - now)
+        log.info("webhooks: {id} {type} to {hook} {url}: {error}; retrying in {wait:.0f}s",
+                 id=record.id, type=record.type, hook=hook.id, url=shown(hook.url),
+                 error=error, wait=record.next_try - now)
         await self.disk.run(self.spool.save, record)
 
     def _forget(self, record_id: str) -> None:

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailserver.core.diskio import DirSyncGroup
+from mailserver.core.diskio import DirSyncGroup, fsync_dir
 from mailserver.core.ownfiles import Owner, give_fd
 
 PENDING, FAILED = "pending", "failed"
@@ -158,7 +158,7 @@ class WebhookSpool:
         self._put(record, FAILED)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.dirs[PENDING] / record.id)
-        _sync_dir(self.dirs[FAILED])
+        fsync_dir(self.dirs[FAILED])
 
     def retry(self, record_id: str, now: float) -> bool:
         """Back from failed/ to pending/, due now, with a fresh day of retries; False if
@@ -171,15 +171,7 @@ class WebhookSpool:
         record.next_try = now
         record.created = now  # the retry period starts again
         self._put(record, PENDING)
-        _sync_dir(self.dirs[PENDING])
+        fsync_dir(self.dirs[PENDING])
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.dirs[FAILED] / record_id)
         return True
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,9 +70,39 @@ def parse(url: str) -> tuple[str, str, int]:
     return scheme, host, port or (443 if scheme == "https" else 80)
 
 
+def shown(url: str) -> str:
+    """The URL as a log line shows it: scheme, host and port, and "/..." for any path or
+    query. Receivers often take their credential in the URL itself (a secret path or a
+    ?token=); the log is read by more people than the hooks file, and the hook's id,
+    logged beside it, finds the whole URL (`mailserver webhook show`)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.netloc.rpartition("@")[2]
+    except ValueError:
+        return "(not a URL)"
+    rest = "/..." if parts.path.strip("/") or parts.query or parts.fragment else "/"
+    return f"{parts.scheme}://{host}{rest}"
+
+
+def is_local(address: IPAddress) -> bool:
+    """Whether `address` is one of this machine's own (a socket can be bound to it: the
+    kernel refuses an address of no local interface with EADDRNOTAVAIL). Blocking-free
+    but a system call: called where urlcheck runs, in a thread."""
+    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.bind((str(address), 0))
+    except OSError:
+        return False
+    return True
+
+
 def refusal(address: IPAddress, port: int, allowed: Sequence[Network],
-            own: Sequence[tuple[str, int]]) -> str | None:
-    """Why `address` may not be connected to, or None."""
+            own: Sequence[tuple[str, int]],
+            local: Callable[[IPAddress], bool] = is_local) -> str | None:
+    """Why `address` may not be connected to, or None. A listener on the wildcard
+    address answers on every address of the machine (its public one too): `local`
+    says which those are."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped  # ::ffff:127.0.0.1 is 127.0.0.1
     for host, listen_port in own:
@@ -81,8 +112,8 @@ def refusal(address: IPAddress, port: int, allowed: Sequence[Network],
             mine = ipaddress.ip_address(host)
         except ValueError:
             continue
-        if mine == address or (mine.is_unspecified and (address.is_loopback or
-                                                         address.is_unspecified)):
+        if mine == address or (mine.is_unspecified and (
+                address.is_loopback or address.is_unspecified or local(address))):
             return f"{address} port {port} is this server's own listener"
     if any(address in net for net in allowed):
         return None

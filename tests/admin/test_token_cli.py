@@ -110,6 +110,15 @@ def test_refusals_exit_1_and_usage_errors_exit_2(config_path: Path, capsys: Caps
         assert code == 2 and "usage: mailserver token" in err, args
 
 
+def test_list_of_an_unreadable_tokens_file_is_refused_not_empty(
+        tmp_path: Path, config_path: Path, capsys: Capsys,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "data" / "api-tokens"
+    path.mkdir(parents=True)  # (root reads any file: a directory cannot be read)
+    code, out, err = run(config_path, capsys, monkeypatch, "token", "list")
+    assert (code, out, err) == (1, "", f"token list: cannot read {path}: Is a directory\n")
+
+
 def test_check_config_names_a_bad_line_and_a_world_readable_file(
         tmp_path: Path, config_path: Path, capsys: Capsys,
         monkeypatch: pytest.MonkeyPatch) -> None:

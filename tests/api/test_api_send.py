@@ -387,6 +387,10 @@ def test_header_injection_is_400(server: RunningServer, api: requests.Session,
     (json.dumps({"to": ["x" * 65 + "@example.org"], "text": "x"}).encode(), "bad_address"),
     (json.dumps({"to": ["bob@example.org"], "text": "x",
                  "headers": {"Content-Type": "text/html"}}).encode(), "bad_request"),
+    # One field twice through keys that differ only by case (RFC 5322 3.6: at most one).
+    (json.dumps({"to": ["bob@example.org"], "text": "x", "headers": {
+        "In-Reply-To": "<a@example.org>", "in-reply-to": "<b@example.org>"}}).encode(),
+     "bad_request"),
     (json.dumps({"to": ["bob@example.org"], "text": "x", "attachments": [
         {"filename": "m.eml", "content_type": "message/rfc822", "content": "eA=="}]}
                 ).encode(), "bad_request"),

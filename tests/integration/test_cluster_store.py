@@ -216,13 +216,9 @@ def test_idle_on_one_node_sees_a_delivery_through_the_other(cluster: Cluster) ->
     tag = client._new_tag().decode()  # type: ignore[attr-defined]
     client.send(f"{tag} IDLE\r\n".encode())
     assert client.readline().startswith(b"+ ")
-    sent = time.monotonic()
     _send(cluster.nodes["n2"], "idle-probe")
-    client.sock.settimeout(5)
-    line = client.readline()
-    waited = time.monotonic() - sent
-    assert line == b"* %d EXISTS\r\n" % (exists + 1)
-    assert waited < 5
+    client.sock.settimeout(5)  # issue 19: seen within 5 s, else the read fails
+    assert client.readline() == b"* %d EXISTS\r\n" % (exists + 1)
     client.send(b"DONE\r\n")
     while not client.readline().startswith(tag.encode()):
         pass
@@ -254,14 +250,12 @@ def test_a_dotlock_left_by_a_killed_process_of_another_node_is_taken_over(
         holder.wait()
     assert (cluster.maildir() / lock.name).read_bytes().startswith(b"n2 ")
     _send(cluster.nodes["n1"], "after-kill")  # delivery takes no uidlist lock
-    start = time.monotonic()
     client = _imap(cluster.nodes["n1"])
     subjects = _subjects_by_uid(client)  # numbering the new message needs the lock
-    waited = time.monotonic() - start
     client.logout()
     assert "after-kill" in subjects.values()
-    # n1 cannot see n2's processes: it waits until the lock is LOCK_TIMEOUT s silent.
-    assert LOCK_TIMEOUT - 0.5 <= waited < LOCK_TIMEOUT + 5
+    # n1 cannot see n2's processes: it took the lock over once it was LOCK_TIMEOUT s
+    # silent (that it waits for the silence: test_store_sharedfs.py's LockBusy tests).
     assert not (cluster.maildir() / lock.name).exists()
     assert "took over a stale lock (n2 " in cluster.nodes["n1"].log()
 

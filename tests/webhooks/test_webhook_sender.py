@@ -102,5 +102,10 @@ class SenderTests(unittest.TestCase):
 
     @defer.inlineCallbacks
     def test_a_huge_answer_is_not_read_to_its_end(self) -> Any:
-        target = self.serve([status(200, body=b"x" * 4_000_000)])
-        self.assertEqual((yield self.sender().post(target, {}, b"{}")), 200)
+        target = self.serve([status(200, body=b"x" * 4_000_000), status(204)])
+        sender = self.sender()
+        self.assertEqual((yield sender.post(target, {}, b"{}")), 200)
+        # Read to its end, the connection would be kept for the next POST; cut off at
+        # BODY_LIMIT, it is dropped and the next POST opens another.
+        self.assertEqual((yield sender.post(target, {}, b"{}")), 204)
+        self.assertEqual(self.factory.connections, 2)

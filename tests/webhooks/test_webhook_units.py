@@ -15,6 +15,7 @@ import pytest
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import formatEvent, globalLogPublisher
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from fakes import FakeDisk  # noqa: E402
@@ -101,6 +102,29 @@ def test_allowed_networks_open_loopback_but_never_our_own_listeners() -> None:
     with pytest.raises(Refused, match="own listener"):
         _check("http://127.0.0.9:2525/", LOOPBACK, own)
     assert _check("http://127.0.0.1:8444/", LOOPBACK, own).port == 8444
+
+
+def test_a_wildcard_listener_is_ours_on_every_address_of_the_machine() -> None:
+    """Listening on 0.0.0.0:443, the server answers on its public address too: a hook
+    URL naming that address and port is the server itself, allow-list or not."""
+    own = [("0.0.0.0", 443), ("::", 25)]
+    public = ipaddress.ip_address("203.0.113.5")
+    anywhere = [ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")]
+    ours = {public, ipaddress.ip_address("2001:db8::5")}
+    for address, port in ((public, 443), (ipaddress.ip_address("2001:db8::5"), 25)):
+        assert urlcheck.refusal(address, port, anywhere, own, ours.__contains__) == (
+            f"{address} port {port} is this server's own listener")
+    assert urlcheck.refusal(public, 8443, anywhere, own, ours.__contains__) is None
+    assert urlcheck.refusal(ipaddress.ip_address("203.0.113.6"), 443, anywhere, own,
+                            ours.__contains__) is None
+
+
+def test_the_machines_own_addresses_are_told_by_binding() -> None:
+    assert urlcheck.is_local(ipaddress.ip_address("127.0.0.1"))
+    assert urlcheck.is_local(ipaddress.ip_address("127.0.0.53"))  # all of 127/8 is local
+    # TEST-NET-2, on no interface here; nothing is sent anywhere (bind only).
+    assert not urlcheck.is_local(ipaddress.ip_address("198.51.100.77"))
+    assert not urlcheck.is_local(ipaddress.ip_address("2001:db8::77"))
 
 
 def test_a_public_name_is_pinned_to_its_checked_address() -> None:
@@ -291,6 +315,46 @@ def test_a_refused_url_fails_at_once_and_a_timeout_is_retried(tmp_path: Path) ->
         "URL refused: 10.0.0.1 is a private address (not in webhooks.allowed_networks)")
     assert spool.load(r2.id).last_error == "no answer within 10s"
     dispatcher.stopService()
+
+
+def test_log_lines_show_the_hooks_id_and_origin_never_its_urls_secret(
+        tmp_path: Path) -> None:
+    """Receivers take credentials in the URL (a secret path, ?token=): the log names the
+    hook and its origin; `mailserver webhook show` has the rest."""
+    url = "https://hooks.test:8443/services/T0/s3cretpath?token=t0ps3cret"
+    dispatcher, spool, store, clock, sender = _dispatcher(tmp_path, {url: [500, 200]})
+    hook = store.add("alice@example.org", url, [], None, 0)
+    record = _record(f"{hook.id}/Q", "delivered", hook.id)
+    spool.write([record])
+    lines: list[str] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("log_namespace", "").startswith("mailserver.webhooks"):
+            lines.append(formatEvent(event))
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        dispatcher.startService()
+        clock.advance(10)
+    finally:
+        globalLogPublisher.removeObserver(observe)
+        dispatcher.stopService()
+    assert [u for u, _, _ in sender.posts] == [url, url]
+    assert lines == [
+        f"webhooks: {record.id} delivered to {hook.id} https://hooks.test:8443/...: "
+        "HTTP 500; retrying in 10s"]
+
+
+@pytest.mark.parametrize(("url", "logged"), [
+    ("https://hooks.test/", "https://hooks.test/"),
+    ("http://127.0.0.1:8080", "http://127.0.0.1:8080/"),
+    ("https://hooks.test/x", "https://hooks.test/..."),
+    ("https://hooks.test/?k=v", "https://hooks.test/..."),
+    ("https://user:pw@hooks.test/", "https://hooks.test/"),
+    ("http://[::1", "(not a URL)"),
+])
+def test_urls_as_logged(url: str, logged: str) -> None:
+    assert urlcheck.shown(url) == logged
 
 
 def test_concurrency_is_bounded(tmp_path: Path) -> None:
