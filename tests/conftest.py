@@ -52,3 +52,21 @@ def _reset_store_notifier() -> Iterator[None]:
     yield
     if "mailserver.store.notify" in sys.modules:
         sys.modules["mailserver.store.notify"].reset_default_notifier()
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_reactor_timers(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A plain pytest test never runs the reactor, so a timer it leaves behind (a
+    session's idle timeout on a StringTransport) could only fire, or be found by trial's
+    unclean-reactor check, inside some later trial test that happens to share this
+    process: with four workers by file, any of them. Cancel such leftovers at once."""
+    yield
+    from twisted.trial import unittest as trial_unittest
+
+    if isinstance(getattr(request, "instance", None), trial_unittest.TestCase):
+        return  # trial checks its own tests' timers
+    from twisted.internet import reactor
+
+    for call in reactor.getDelayedCalls():  # type: ignore[attr-defined]
+        if call.active():
+            call.cancel()
