@@ -256,9 +256,10 @@ ROUTES: list[Route] = [
     route("GET", r"folders", "read", list_folders),
     route("GET", _FOLDER + r"/messages", "read", list_messages),
     route("GET", _MESSAGE, "read", get_message),
-    route("PATCH", _MESSAGE, "read", change_flags),
-    route("POST", _MESSAGE, "read", change_flags),
-    route("DELETE", _MESSAGE, "read", delete_message),
-    route("POST", _MESSAGE + r"/move", "read", move_message),
+    # Changes need `all`: a `read` token (a dashboard, an archiver) never destroys mail.
+    route("PATCH", _MESSAGE, "all", change_flags),
+    route("POST", _MESSAGE, "all", change_flags),
+    route("DELETE", _MESSAGE, "all", delete_message),
+    route("POST", _MESSAGE + r"/move", "all", move_message),
     route("GET", _MESSAGE + r"/attachments/(?P<n>[^/]+)", "read", get_attachment),
 ]

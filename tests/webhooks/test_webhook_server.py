@@ -462,6 +462,12 @@ def test_worker_processes_spool_and_the_first_process_sends(tmp_path: Path,
     server.config_path.write_text(text)
     server.start()
     try:
+        # The worker takes connections once it has adopted the listening socket; before
+        # that every connection goes to the first process.
+        deadline = time.monotonic() + 30
+        while "smtp accepting on the inherited socket" not in server.log_path.read_text(
+                errors="replace") and time.monotonic() < deadline:
+            time.sleep(0.1)
         for i in range(40):  # a connection each: both processes take some
             send_in(server, "dave@example.com", "carol@example.net", f"worker{i}")
         got = own.wait_for("/domain", 40, timeout=40)
