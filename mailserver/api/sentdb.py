@@ -58,6 +58,10 @@ CREATE TABLE IF NOT EXISTS recipients (
 """
 
 
+#: (queue_id, user, message_id, [(recipient, state)]): one message record_sent keeps.
+SentRecord = tuple[str, str, str, list[tuple[str, str]]]
+
+
 @dataclass(frozen=True)
 class Claim:
     """What `claim` found: ours to send (answer None, mine True), a finished answer to
@@ -88,6 +92,13 @@ class SentDb:
         self.path = path
         self._local = threading.local()
         self._writes = 0
+        #: This process's writers take turns here before BEGIN IMMEDIATE. SQLite's own
+        #: busy handler sleeps 1, 2, 5, 10 ... ms between retries of a held lock, so
+        #: the disk threads of one process contending for it (10 API clients: 10 record
+        #: writes at once) each lost milliseconds asleep while the lock was already
+        #: free; a Python lock hands it over at once. Other processes still meet
+        #: SQLite's lock and its busy timeout, as before.
+        self._write_lock = threading.Lock()
 
     def _db(self, durable: bool = True) -> sqlite3.Connection:
         """This thread's connection: synchronous=FULL (`durable`) or NORMAL."""
@@ -109,7 +120,7 @@ class SentDb:
         """Take `key` for this request, atomically across processes."""
         now = time.time() if now is None else now
         db = self._db()
-        with _transaction(db):
+        with self._write_lock, _transaction(db):
             row = db.execute("SELECT digest, answer, created FROM idempotency WHERE "
                              "user = ? AND key = ?", (user, key)).fetchone()
             if row is not None and row[2] < now - KEY_LIFETIME:
@@ -134,14 +145,14 @@ class SentDb:
     def answered(self, user: str, key: str, answer: dict[str, Any]) -> None:
         """The answer to repeat for `key`; durable when this returns."""
         db = self._db()
-        with _transaction(db):
+        with self._write_lock, _transaction(db):
             db.execute("UPDATE idempotency SET answer = ? WHERE user = ? AND key = ?",
                        (json.dumps(answer), user, key))
 
     def release(self, user: str, key: str) -> None:
         """The request was refused: nothing was sent, the key may be used again."""
         db = self._db()
-        with _transaction(db):
+        with self._write_lock, _transaction(db):
             db.execute("DELETE FROM idempotency WHERE user = ? AND key = ? AND answer IS "
                        "NULL", (user, key))
 
@@ -150,22 +161,33 @@ class SentDb:
     def record_sent(self, queue_id: str, user: str, message_id: str,
                     recipients: list[tuple[str, str]], now: float | None = None) -> None:
         """A message the API submitted, with its recipients' first states."""
+        self.record_sent_many([(queue_id, user, message_id, recipients)], now)
+
+    def record_sent_many(self, sent: list[SentRecord], now: float | None = None) -> None:
+        """Several record_sent in one transaction (api/sentrecorder.py's group commit:
+        one WAL append for all the requests that finished meanwhile)."""
         now = time.time() if now is None else now
         db = self._db(durable=False)
-        with _transaction(db):
-            db.execute("INSERT OR REPLACE INTO sent VALUES (?, ?, ?, ?)",
-                       (queue_id, user, message_id, now))
+        with self._write_lock, _transaction(db):
+            db.executemany("INSERT OR REPLACE INTO sent VALUES (?, ?, ?, ?)",
+                           [(q, user, m, now) for q, user, m, _ in sent])
             db.executemany(
                 "INSERT OR IGNORE INTO recipients (queue_id, address, state, updated) "
-                "VALUES (?, ?, ?, ?)", [(queue_id, a, s, now) for a, s in recipients])
+                "VALUES (?, ?, ?, ?)",
+                [(q, a, s, now) for q, _, _, rcpts in sent for a, s in rcpts])
         self._maybe_purge(db, now)
 
     def record_states(self, rows: list[RecordedState], queue_ids: list[str]) -> None:
         """The latest state of recipients of messages the API sent (others ignored)."""
         db = self._db()
-        with _transaction(db):
-            known = {q for q in set(queue_ids) if db.execute(
-                "SELECT 1 FROM sent WHERE queue_id = ?", (q,)).fetchone()}
+        # Most events are of messages the API did not send (every SMTP submission's
+        # local "delivered"): a plain read (WAL: it never waits for a writer) finds
+        # that, and no write lock is taken for them. Known ones are looked up again
+        # under the lock, as before.
+        if not self._known(db, queue_ids):
+            return
+        with self._write_lock, _transaction(db):
+            known = self._known(db, queue_ids)
             db.executemany(
                 "INSERT INTO recipients (queue_id, address, state, status, diagnostic, "
                 "remote, attempts, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -175,6 +197,12 @@ class SentDb:
                 "updated = excluded.updated WHERE excluded.updated >= recipients.updated",
                 [(q, r.address, r.state, r.status, r.diagnostic, r.remote, r.attempts,
                   r.updated) for q, r in zip(queue_ids, rows, strict=True) if q in known])
+
+    @staticmethod
+    def _known(db: sqlite3.Connection, queue_ids: list[str]) -> set[str]:
+        """Those of `queue_ids` the API sent."""
+        return {q for q in set(queue_ids) if db.execute(
+            "SELECT 1 FROM sent WHERE queue_id = ?", (q,)).fetchone()}
 
     def sent_by(self, queue_id: str) -> tuple[str, str] | None:
         """(user, message_id) of a message the API sent, None if unknown."""
@@ -192,7 +220,7 @@ class SentDb:
         self._writes += 1
         if self._writes % PURGE_EVERY:
             return
-        with _transaction(db):
+        with self._write_lock, _transaction(db):
             db.execute("DELETE FROM idempotency WHERE created < ?", (now - KEY_LIFETIME,))
             old = now - STATE_LIFETIME
             db.execute("DELETE FROM recipients WHERE queue_id IN (SELECT queue_id FROM "
