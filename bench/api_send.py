@@ -182,10 +182,13 @@ class SmtpClient:
 class ApiClient:
     """HTTP/1.1 over one TLS connection, kept alive: a request, then its answer."""
 
-    def __init__(self, port: int, authorization: str, structured: bool) -> None:
+    def __init__(self, port: int, authorization: str, structured: bool,
+                 keyed: bool = False) -> None:
         self.port = port
         self.authorization = authorization
         self.structured = structured
+        #: Send an idempotency_key (unique per message): what careful applications do.
+        self.keyed = keyed
         self.io: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
     async def open(self) -> None:
@@ -199,6 +202,8 @@ class ApiClient:
         else:
             raw = MESSAGE.replace("{n}", str(n)).encode() + BODY.encode()
             request = {"raw": base64.b64encode(raw).decode(), "to": [ADDRESS]}
+        if self.keyed:
+            request["idempotency_key"] = f"bench-{os.getpid()}-{time.time_ns()}-{n}"
         return json.dumps(request).encode()
 
     async def send(self, n: int) -> None:
@@ -298,6 +303,8 @@ def main() -> int:
     parser.add_argument("--before", help="another source tree: its three paths too")
     parser.add_argument("--profile", default="",
                         help="PREFIX: py-spy raw stacks of each row's last run, PREFIX-ROW.txt")
+    parser.add_argument("--keyed", action="store_true",
+                        help="add rows: raw with an idempotency_key per message")
     parser.add_argument("--argon2", action="store_true",
                         help="keep the Argon2id password (HTTP Basic hashes per request)")
     args = parser.parse_args()
@@ -332,11 +339,18 @@ def main() -> int:
                 ("api structured (before)",
                  lambda: ApiClient(before.https, before_credential, True), before),
             ]
+            if args.keyed:
+                rows.append(("api raw keyed (before)",
+                             lambda: ApiClient(before.https, before_credential, False,
+                                               True), before))
         rows += [
             ("smtp submission", lambda: SmtpClient(after.port), after),
             ("api raw", lambda: ApiClient(after.https, credential, False), after),
             ("api structured", lambda: ApiClient(after.https, credential, True), after),
         ]
+        if args.keyed:
+            rows.append(("api raw keyed",
+                         lambda: ApiClient(after.https, credential, False, True), after))
         for round_ in range(args.repeat):
             for name, make, server in rows:
                 profile = (f"{args.profile}-{name.replace(' ', '_')}.txt"
@@ -375,8 +389,9 @@ def report(runs: dict[str, list[Result]], args: argparse.Namespace, how: str,
                    + (f" ({mid.first_error})" if mid.first_error else "") + " |")
     smtp = medians.get("smtp submission")
     if smtp:
-        for name in ("api raw", "api structured", "smtp submission (before)",
-                     "api raw (before)", "api structured (before)"):
+        for name in ("api raw", "api structured", "api raw keyed",
+                     "smtp submission (before)", "api raw (before)",
+                     "api structured (before)", "api raw keyed (before)"):
             if name in medians:
                 out.append(f"\n{name} / smtp submission = {medians[name] / smtp:.2f}")
     text = "\n".join(out) + "\n"

@@ -8,12 +8,17 @@ it exists" must be atomic across them; SQLite's primary keys and busy timeout gi
 with no daemon (the abuse table, decision 0012, chose the same for the same reason).
 
 Durability, per table (RFC-free, our own contract):
-- idempotency: a key is written (synchronous=FULL: the WAL is fsync'd at every commit)
-  before the message is submitted, and its answer before the client is answered. So a
-  key whose message was acknowledged is never sent again, even after a power loss. A
-  key whose request died between the two ("pending", older than STALE seconds) is taken
-  over by the next request with it: that client was never told its message went, so
-  sending it may at worst duplicate one the client could not know about.
+- idempotency: a key is claimed before the message is submitted, and its answer is
+  written with synchronous=FULL (the WAL is fsync'd at that commit, and with it every
+  earlier frame: the claim too) before the client is answered. So a key whose message
+  was acknowledged is never sent again, even after a power loss. A key whose request
+  died between the two ("pending", older than STALE seconds) is taken over by the next
+  request with it: that client was never told its message went, so sending it may at
+  worst duplicate one the client could not know about. The claim itself is committed
+  with synchronous=NORMAL (atomic across processes, kept through a process crash, not
+  fsync'd): a pending claim lost in a power loss ends as one that survived it would,
+  the next request with the key sends (at once instead of after STALE), and a keyed
+  send waits for one fsync instead of two.
 - sent and recipients: synchronous=NORMAL; a process crash loses nothing (SQLite's WAL
   is in the file system), a power loss may lose the last states, and GET
   /api/v1/queue/ID then answers what the queue's files still say. Kept 30 days.
@@ -117,9 +122,10 @@ class SentDb:
     # -- idempotency ----------------------------------------------------------------
 
     def claim(self, user: str, key: str, digest: str, now: float | None = None) -> Claim:
-        """Take `key` for this request, atomically across processes."""
+        """Take `key` for this request, atomically across processes (not fsync'd:
+        `answered` makes it durable, module docstring)."""
         now = time.time() if now is None else now
-        db = self._db()
+        db = self._db(durable=False)
         with self._write_lock, _transaction(db):
             row = db.execute("SELECT digest, answer, created FROM idempotency WHERE "
                              "user = ? AND key = ?", (user, key)).fetchone()

@@ -156,3 +156,28 @@ def test_a_failed_group_fails_each_of_its_requests_and_the_next_still_writes(
     assert outcomes == ["failed: disk I/O error", "ok"]
     assert db.sent_by("Q1") is None
     assert db.sent_by("Q2") == ("alice@example.org", "<Q2@x>")
+
+
+def test_a_claim_is_not_fsyncd_and_the_answer_that_covers_it_is(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # sentdb's durability: one fsync per keyed send, at the answer (which, in WAL,
+    # makes the claim durable too); release stays FULL (a lost one would hold the key).
+    db = SentDb(tmp_path / "sent.sqlite")
+    real = db._db
+    used: list[bool] = []
+
+    def spy(durable: bool = True) -> sqlite3.Connection:
+        used.append(durable)
+        return real(durable)
+
+    monkeypatch.setattr(db, "_db", spy)
+    assert db.claim("alice@example.org", "k", "d", now=1000) == Claim(mine=True)
+    assert used == [False]
+    assert real(False).execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+    db.answered("alice@example.org", "k", {"status": 200, "body": {}})
+    db.release("alice@example.org", "other")
+    assert used == [False, True, True]
+    assert real(True).execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    # The claim, written on the other connection, is what the answer updated.
+    assert db.claim("alice@example.org", "k", "d", now=1001) == Claim(
+        answer={"status": 200, "body": {}})
