@@ -99,7 +99,7 @@ async def send(call: ApiCall) -> ApiAnswer:
             user, composed, peer, bool(request.isSecure()))
     except BaseException:
         if key is not None:
-            await context.disk.run(db.release, user, key)
+            await recorder_for(db).call(db.release, user, key)
         raise
     answer = _answer(submitted)
     # Committed before the answer (api/sentrecorder.py: grouped, on its own thread).
@@ -108,15 +108,15 @@ async def send(call: ApiCall) -> ApiAnswer:
                                      if s == "delivered"),
                                    *((a, "queued") for a in submitted.remote)])
     if key is not None:
-        await context.disk.run(db.answered, user, key,
-                               {"status": answer.status, "body": answer.body})
+        await recorder_for(db).call(db.answered, user, key,
+                                    {"status": answer.status, "body": answer.body})
     return answer
 
 
 async def _claim(call: ApiCall, db: SentDb, user: str, key: str, digest: str) -> Claim:
     deadline = time.monotonic() + WAIT_FOR_FIRST
     while True:
-        claim: Claim = await call.context.disk.run(db.claim, user, key, digest)
+        claim: Claim = await recorder_for(db).call(db.claim, user, key, digest)
         if claim.conflict:
             raise ApiError(409, "idempotency_conflict", "this idempotency_key was used "
                            "with a different request in the last 24 hours")

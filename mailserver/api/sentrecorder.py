@@ -1,6 +1,6 @@
 """Group commit of what POST /api/v1/send records after each message (api/sentdb.py
 record_sent: the queue id, its user, its recipients' first states), on a thread of its
-own.
+own (and, through `call`, the idempotency keys' writes).
 
 Why: the record must be in SQLite before the answer goes out (the client may ask GET
 /api/v1/queue/ID at once, and a process crash must not lose it), so every send waited
@@ -44,6 +44,12 @@ class SentRecorder:
         if not self._writing:
             self._write()
         return d
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Another write of this SentDb (an idempotency key's claim, answer or release)
+        on the same thread: not queued behind the disk threads' fsyncs either. SQLite
+        takes one writer at a time anyway, so one thread loses no parallelism."""
+        return self._runner()(fn, *args)
 
     def _write(self) -> None:
         batch, self._pending = self._pending, []

@@ -181,3 +181,22 @@ def test_a_claim_is_not_fsyncd_and_the_answer_that_covers_it_is(
     # The claim, written on the other connection, is what the answer updated.
     assert db.claim("alice@example.org", "k", "d", now=1001) == Claim(
         answer={"status": 200, "body": {}})
+
+
+def test_key_writes_share_the_recorders_thread_in_order(tmp_path: Path) -> None:
+    # send.py's claim / answered / release go through SentRecorder.call: the same
+    # single writer as the sent records, first come first served.
+    db = SentDb(tmp_path / "sent.sqlite")
+    jobs = _Jobs()
+    recorder = SentRecorder(db, jobs)
+    got: list[object] = []
+    recorder.call(db.claim, "alice@example.org", "k", "d").addCallback(got.append)
+    recorder.record("Q1", "alice@example.org", "<a@x>", []).addCallback(got.append)
+    recorder.call(db.answered, "alice@example.org", "k", {"status": 200}).addCallback(
+        got.append)
+    assert [fn.__name__ for fn, _, _ in jobs.waiting] == ["claim", "record_sent_many",
+                                                        "answered"]
+    while jobs.waiting:
+        jobs.run_next()
+    assert got == [Claim(mine=True), None, None]
+    assert db.claim("alice@example.org", "k", "d").answer == {"status": 200}
