@@ -18,8 +18,8 @@ token add`, cheap to check) are what applications use, so the bench uses a token
 the tree has them and otherwise stores the user's password as {PLAIN} for both sides,
 so neither pays a hash per message (`--argon2` keeps Argon2id and shows the cost).
 
-`--before TREE` adds SMTP submission of an older checkout (PYTHONPATH=TREE) in the same
-rounds: the submission path was refactored to share its rules with the API.
+`--before TREE` adds the three paths of an older checkout (PYTHONPATH=TREE) in the same
+rounds: before/after of a change to either side, under the same load.
 Medians of `--repeat` (3) runs, interleaved per round so load hits all rows alike.
 
     .venv/bin/python bench/api_send.py [--messages 1000] [--before /tmp/old-tree]
@@ -81,7 +81,10 @@ class OursApi(OursInstance):
             f'[listen]\nsubmission = "tcp:{self.port}:interface={self.host}"\n'
             f'https = "tcp:{self.https}:interface={self.host}"\n\n'
             "[limits]\nconnections_per_ip = 1000\n\n"
-            "[abuse]\nmessages_per_hour = 0\nrecipients_per_day = 0\n")
+            "[abuse]\nmessages_per_hour = 0\nrecipients_per_day = 0\n\n"
+            # The per-token rate limit (default 600 a minute) would answer 429 long
+            # before 10 clients reach the server's speed: the bench measures the server.
+            "[api]\nrequests_per_minute = 1000000\n")
 
     def add_user(self) -> None:
         super().add_user()
@@ -179,10 +182,13 @@ class SmtpClient:
 class ApiClient:
     """HTTP/1.1 over one TLS connection, kept alive: a request, then its answer."""
 
-    def __init__(self, port: int, authorization: str, structured: bool) -> None:
+    def __init__(self, port: int, authorization: str, structured: bool,
+                 keyed: bool = False) -> None:
         self.port = port
         self.authorization = authorization
         self.structured = structured
+        #: Send an idempotency_key (unique per message): what careful applications do.
+        self.keyed = keyed
         self.io: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
     async def open(self) -> None:
@@ -196,6 +202,8 @@ class ApiClient:
         else:
             raw = MESSAGE.replace("{n}", str(n)).encode() + BODY.encode()
             request = {"raw": base64.b64encode(raw).decode(), "to": [ADDRESS]}
+        if self.keyed:
+            request["idempotency_key"] = f"bench-{os.getpid()}-{time.time_ns()}-{n}"
         return json.dumps(request).encode()
 
     async def send(self, n: int) -> None:
@@ -292,9 +300,11 @@ def main() -> int:
     parser.add_argument("--messages", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--before", help="another source tree: its SMTP submission too")
+    parser.add_argument("--before", help="another source tree: its three paths too")
     parser.add_argument("--profile", default="",
                         help="PREFIX: py-spy raw stacks of each row's last run, PREFIX-ROW.txt")
+    parser.add_argument("--keyed", action="store_true",
+                        help="add rows: raw with an idempotency_key per message")
     parser.add_argument("--argon2", action="store_true",
                         help="keep the Argon2id password (HTTP Basic hashes per request)")
     args = parser.parse_args()
@@ -320,13 +330,27 @@ def main() -> int:
             how = "HTTP Basic, " + ("Argon2id hash" if args.argon2 else "{PLAIN} password")
         rows: list[Row] = []
         if before is not None:
-            rows.append(("smtp submission (before)", lambda: SmtpClient(before.port),
-                         before))
+            # The older tree's three paths too: the API's before/after in one run.
+            before_credential = (f"Bearer {before.token}" if before.token else credential)
+            rows += [
+                ("smtp submission (before)", lambda: SmtpClient(before.port), before),
+                ("api raw (before)",
+                 lambda: ApiClient(before.https, before_credential, False), before),
+                ("api structured (before)",
+                 lambda: ApiClient(before.https, before_credential, True), before),
+            ]
+            if args.keyed:
+                rows.append(("api raw keyed (before)",
+                             lambda: ApiClient(before.https, before_credential, False,
+                                               True), before))
         rows += [
             ("smtp submission", lambda: SmtpClient(after.port), after),
             ("api raw", lambda: ApiClient(after.https, credential, False), after),
             ("api structured", lambda: ApiClient(after.https, credential, True), after),
         ]
+        if args.keyed:
+            rows.append(("api raw keyed",
+                         lambda: ApiClient(after.https, credential, False, True), after))
         for round_ in range(args.repeat):
             for name, make, server in rows:
                 profile = (f"{args.profile}-{name.replace(' ', '_')}.txt"
@@ -365,13 +389,19 @@ def report(runs: dict[str, list[Result]], args: argparse.Namespace, how: str,
                    + (f" ({mid.first_error})" if mid.first_error else "") + " |")
     smtp = medians.get("smtp submission")
     if smtp:
-        for name in ("api raw", "api structured", "smtp submission (before)"):
+        for name in ("api raw", "api structured", "api raw keyed",
+                     "smtp submission (before)", "api raw (before)",
+                     "api structured (before)", "api raw keyed (before)"):
             if name in medians:
                 out.append(f"\n{name} / smtp submission = {medians[name] / smtp:.2f}")
     text = "\n".join(out) + "\n"
     print("\n" + text)
+    # A new dated section after the earlier ones (they are the record of earlier trees).
     RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(text)
+    old = RESULTS.read_text() if RESULTS.exists() else "# HTTP API benchmarks\n"
+    RESULTS.write_text(old.rstrip("\n") + "\n\n## POST /api/v1/send vs SMTP submission, "
+                       + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+                       + " (bench/api_send.py)\n\n" + text)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from mailserver.api.compose import Composed, compose
 from mailserver.api.jsonbody import parse_json
 from mailserver.api.resource import ApiAnswer, ApiCall, ApiError, Route, route
 from mailserver.api.sentdb import Claim, SentDb, sent_db
+from mailserver.api.sentrecorder import recorder_for
 from mailserver.api.submit import Submitted, Submitter
 from mailserver.auth.sending_limits import SendingLimits
 from mailserver.config import Config
@@ -98,23 +99,24 @@ async def send(call: ApiCall) -> ApiAnswer:
             user, composed, peer, bool(request.isSecure()))
     except BaseException:
         if key is not None:
-            await context.disk.run(db.release, user, key)
+            await recorder_for(db).call(db.release, user, key)
         raise
     answer = _answer(submitted)
-    await context.disk.run(db.record_sent, submitted.queue_id, user, submitted.message_id,
-                           [*((a, "delivered") for a, s in submitted.recipients
-                              if s == "delivered"),
-                            *((a, "queued") for a in submitted.remote)])
+    # Committed before the answer (api/sentrecorder.py: grouped, on its own thread).
+    await recorder_for(db).record(submitted.queue_id, user, submitted.message_id,
+                                  [*((a, "delivered") for a, s in submitted.recipients
+                                     if s == "delivered"),
+                                   *((a, "queued") for a in submitted.remote)])
     if key is not None:
-        await context.disk.run(db.answered, user, key,
-                               {"status": answer.status, "body": answer.body})
+        await recorder_for(db).call(db.answered, user, key,
+                                    {"status": answer.status, "body": answer.body})
     return answer
 
 
 async def _claim(call: ApiCall, db: SentDb, user: str, key: str, digest: str) -> Claim:
     deadline = time.monotonic() + WAIT_FOR_FIRST
     while True:
-        claim: Claim = await call.context.disk.run(db.claim, user, key, digest)
+        claim: Claim = await recorder_for(db).call(db.claim, user, key, digest)
         if claim.conflict:
             raise ApiError(409, "idempotency_conflict", "this idempotency_key was used "
                            "with a different request in the last 24 hours")

@@ -8,12 +8,17 @@ it exists" must be atomic across them; SQLite's primary keys and busy timeout gi
 with no daemon (the abuse table, decision 0012, chose the same for the same reason).
 
 Durability, per table (RFC-free, our own contract):
-- idempotency: a key is written (synchronous=FULL: the WAL is fsync'd at every commit)
-  before the message is submitted, and its answer before the client is answered. So a
-  key whose message was acknowledged is never sent again, even after a power loss. A
-  key whose request died between the two ("pending", older than STALE seconds) is taken
-  over by the next request with it: that client was never told its message went, so
-  sending it may at worst duplicate one the client could not know about.
+- idempotency: a key is claimed before the message is submitted, and its answer is
+  written with synchronous=FULL (the WAL is fsync'd at that commit, and with it every
+  earlier frame: the claim too) before the client is answered. So a key whose message
+  was acknowledged is never sent again, even after a power loss. A key whose request
+  died between the two ("pending", older than STALE seconds) is taken over by the next
+  request with it: that client was never told its message went, so sending it may at
+  worst duplicate one the client could not know about. The claim itself is committed
+  with synchronous=NORMAL (atomic across processes, kept through a process crash, not
+  fsync'd): a pending claim lost in a power loss ends as one that survived it would,
+  the next request with the key sends (at once instead of after STALE), and a keyed
+  send waits for one fsync instead of two.
 - sent and recipients: synchronous=NORMAL; a process crash loses nothing (SQLite's WAL
   is in the file system), a power loss may lose the last states, and GET
   /api/v1/queue/ID then answers what the queue's files still say. Kept 30 days.
@@ -58,6 +63,10 @@ CREATE TABLE IF NOT EXISTS recipients (
 """
 
 
+#: (queue_id, user, message_id, [(recipient, state)]): one message record_sent keeps.
+SentRecord = tuple[str, str, str, list[tuple[str, str]]]
+
+
 @dataclass(frozen=True)
 class Claim:
     """What `claim` found: ours to send (answer None, mine True), a finished answer to
@@ -88,6 +97,13 @@ class SentDb:
         self.path = path
         self._local = threading.local()
         self._writes = 0
+        #: This process's writers take turns here before BEGIN IMMEDIATE. SQLite's own
+        #: busy handler sleeps 1, 2, 5, 10 ... ms between retries of a held lock, so
+        #: the disk threads of one process contending for it (10 API clients: 10 record
+        #: writes at once) each lost milliseconds asleep while the lock was already
+        #: free; a Python lock hands it over at once. Other processes still meet
+        #: SQLite's lock and its busy timeout, as before.
+        self._write_lock = threading.Lock()
 
     def _db(self, durable: bool = True) -> sqlite3.Connection:
         """This thread's connection: synchronous=FULL (`durable`) or NORMAL."""
@@ -106,10 +122,11 @@ class SentDb:
     # -- idempotency ----------------------------------------------------------------
 
     def claim(self, user: str, key: str, digest: str, now: float | None = None) -> Claim:
-        """Take `key` for this request, atomically across processes."""
+        """Take `key` for this request, atomically across processes (not fsync'd:
+        `answered` makes it durable, module docstring)."""
         now = time.time() if now is None else now
-        db = self._db()
-        with _transaction(db):
+        db = self._db(durable=False)
+        with self._write_lock, _transaction(db):
             row = db.execute("SELECT digest, answer, created FROM idempotency WHERE "
                              "user = ? AND key = ?", (user, key)).fetchone()
             if row is not None and row[2] < now - KEY_LIFETIME:
@@ -134,14 +151,14 @@ class SentDb:
     def answered(self, user: str, key: str, answer: dict[str, Any]) -> None:
         """The answer to repeat for `key`; durable when this returns."""
         db = self._db()
-        with _transaction(db):
+        with self._write_lock, _transaction(db):
             db.execute("UPDATE idempotency SET answer = ? WHERE user = ? AND key = ?",
                        (json.dumps(answer), user, key))
 
     def release(self, user: str, key: str) -> None:
         """The request was refused: nothing was sent, the key may be used again."""
         db = self._db()
-        with _transaction(db):
+        with self._write_lock, _transaction(db):
             db.execute("DELETE FROM idempotency WHERE user = ? AND key = ? AND answer IS "
                        "NULL", (user, key))
 
@@ -150,22 +167,33 @@ class SentDb:
     def record_sent(self, queue_id: str, user: str, message_id: str,
                     recipients: list[tuple[str, str]], now: float | None = None) -> None:
         """A message the API submitted, with its recipients' first states."""
+        self.record_sent_many([(queue_id, user, message_id, recipients)], now)
+
+    def record_sent_many(self, sent: list[SentRecord], now: float | None = None) -> None:
+        """Several record_sent in one transaction (api/sentrecorder.py's group commit:
+        one WAL append for all the requests that finished meanwhile)."""
         now = time.time() if now is None else now
         db = self._db(durable=False)
-        with _transaction(db):
-            db.execute("INSERT OR REPLACE INTO sent VALUES (?, ?, ?, ?)",
-                       (queue_id, user, message_id, now))
+        with self._write_lock, _transaction(db):
+            db.executemany("INSERT OR REPLACE INTO sent VALUES (?, ?, ?, ?)",
+                           [(q, user, m, now) for q, user, m, _ in sent])
             db.executemany(
                 "INSERT OR IGNORE INTO recipients (queue_id, address, state, updated) "
-                "VALUES (?, ?, ?, ?)", [(queue_id, a, s, now) for a, s in recipients])
+                "VALUES (?, ?, ?, ?)",
+                [(q, a, s, now) for q, _, _, rcpts in sent for a, s in rcpts])
         self._maybe_purge(db, now)
 
     def record_states(self, rows: list[RecordedState], queue_ids: list[str]) -> None:
         """The latest state of recipients of messages the API sent (others ignored)."""
         db = self._db()
-        with _transaction(db):
-            known = {q for q in set(queue_ids) if db.execute(
-                "SELECT 1 FROM sent WHERE queue_id = ?", (q,)).fetchone()}
+        # Most events are of messages the API did not send (every SMTP submission's
+        # local "delivered"): a plain read (WAL: it never waits for a writer) finds
+        # that, and no write lock is taken for them. Known ones are looked up again
+        # under the lock, as before.
+        if not self._known(db, queue_ids):
+            return
+        with self._write_lock, _transaction(db):
+            known = self._known(db, queue_ids)
             db.executemany(
                 "INSERT INTO recipients (queue_id, address, state, status, diagnostic, "
                 "remote, attempts, updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -175,6 +203,12 @@ class SentDb:
                 "updated = excluded.updated WHERE excluded.updated >= recipients.updated",
                 [(q, r.address, r.state, r.status, r.diagnostic, r.remote, r.attempts,
                   r.updated) for q, r in zip(queue_ids, rows, strict=True) if q in known])
+
+    @staticmethod
+    def _known(db: sqlite3.Connection, queue_ids: list[str]) -> set[str]:
+        """Those of `queue_ids` the API sent."""
+        return {q for q in set(queue_ids) if db.execute(
+            "SELECT 1 FROM sent WHERE queue_id = ?", (q,)).fetchone()}
 
     def sent_by(self, queue_id: str) -> tuple[str, str] | None:
         """(user, message_id) of a message the API sent, None if unknown."""
@@ -192,7 +226,7 @@ class SentDb:
         self._writes += 1
         if self._writes % PURGE_EVERY:
             return
-        with _transaction(db):
+        with self._write_lock, _transaction(db):
             db.execute("DELETE FROM idempotency WHERE created < ?", (now - KEY_LIFETIME,))
             old = now - STATE_LIFETIME
             db.execute("DELETE FROM recipients WHERE queue_id IN (SELECT queue_id FROM "

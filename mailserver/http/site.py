@@ -376,7 +376,10 @@ class MailSite(server.Site):
     protocol = BoundedChannel  # type: ignore[assignment]
 
     def __init__(self, root: MailSiteResource, request_timeout: int) -> None:
-        super().__init__(root, timeout=request_timeout)
+        # No endpoint takes an HTML form: Twisted would otherwise parse every POST
+        # body's Content-Type with the email package and a form or multipart body into
+        # request.args (the API's query), on the reactor, before the resource is asked.
+        super().__init__(root, timeout=request_timeout, parsePOSTFormSubmission=False)
         self.request_timeout = request_timeout
         self.root = root
 

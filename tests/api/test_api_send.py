@@ -410,6 +410,30 @@ def test_malformed_requests_are_400(server: RunningServer, api: requests.Session
     refused(server, api, None, 400, code, raw=raw)
 
 
+@pytest.mark.parametrize("content_type, data", [
+    # Not multipart at all: Twisted's form parser answered a bare 400 and hung up.
+    ("multipart/form-data; boundary=zz", b"not a multipart body"),
+    ("multipart/form-data; boundary=zz",
+     b"--zz\r\nContent-Disposition: form-data; name=\"to\"\r\n\r\nbob@example.org\r\n"
+     b"--zz--\r\n"),
+    ("application/x-www-form-urlencoded", b"to=bob%40example.org&text=x"),
+])
+def test_a_form_body_is_the_apis_json_400_and_never_parsed(
+        server: RunningServer, api: requests.Session, content_type: str,
+        data: bytes) -> None:
+    # The site does not parse HTML forms (http/site.py MailSite): the API's own JSON
+    # error, on a connection that stays usable, and nothing sent.
+    before = len(server.messages("bob@example.org"))
+    response = api.post(url(server, "/send"), data=data, timeout=20,
+                        headers={"Content-Type": content_type})
+    assert response.status_code == 400, response.text
+    error = response.json()
+    check_response("post", "/send", 400, error)
+    assert error["error"]["code"] == "bad_json", error
+    assert response.headers.get("Connection", "").lower() != "close"
+    assert len(server.messages("bob@example.org")) == before
+
+
 def as_user(server: RunningServer, user: str, body: dict[str, Any]) -> requests.Response:
     session = requests.Session()
     session.trust_env = False
