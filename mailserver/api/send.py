@@ -37,7 +37,7 @@ from twisted.internet.threads import deferToThread
 
 from mailserver.api.compose import Composed, compose
 from mailserver.api.jsonbody import parse_json
-from mailserver.api.resource import ApiAnswer, ApiCall, ApiError, Route, route
+from mailserver.api.resource import ApiAnswer, ApiCall, ApiError, Route, is_json_type, route
 from mailserver.api.sentdb import Claim, SentDb, sent_db
 from mailserver.api.sentrecorder import recorder_for
 from mailserver.api.submit import Submitted, Submitter
@@ -81,6 +81,10 @@ async def send(call: ApiCall) -> ApiAnswer:
     context = call.context
     user = call.principal.address
     limit = context.config.limits.recipients_per_message
+    if not is_json_type(call.request.getHeader(b"content-type")):
+        # As ApiCall.json() answers every other route (its parse runs in a thread here).
+        raise ApiError(415, "unsupported_media_type", "send the body as "
+                       "Content-Type: application/json", smtp="5.6.0")
     if len(call.body) > THREAD_ABOVE:
         composed, digest = await deferToThread(_compose, call.body, user, limit)
     else:

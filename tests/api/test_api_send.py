@@ -233,7 +233,8 @@ def test_idempotency_key_sends_once_and_answers_again(server: RunningServer,
     before = len(server.messages("bob@example.org"))
     first = send(server, api, body, 200)
     response = api.post(url(server, "/send"),
-                        data=json.dumps(dict(reversed(list(body.items())))), timeout=10)
+                        data=json.dumps(dict(reversed(list(body.items())))), timeout=10,
+                        headers={"Content-Type": "application/json"})
     assert response.status_code == 200
     assert response.headers["Idempotent-Replayed"] == "true"
     assert response.json() == first
@@ -418,18 +419,18 @@ def test_malformed_requests_are_400(server: RunningServer, api: requests.Session
      b"--zz--\r\n"),
     ("application/x-www-form-urlencoded", b"to=bob%40example.org&text=x"),
 ])
-def test_a_form_body_is_the_apis_json_400_and_never_parsed(
+def test_a_form_body_is_the_apis_json_415_and_never_parsed(
         server: RunningServer, api: requests.Session, content_type: str,
         data: bytes) -> None:
-    # The site does not parse HTML forms (http/site.py MailSite): the API's own JSON
-    # error, on a connection that stays usable, and nothing sent.
+    # The site does not parse HTML forms (http/site.py MailSite), and /send takes JSON
+    # only: the API's own JSON error, on a connection that stays usable, nothing sent.
     before = len(server.messages("bob@example.org"))
     response = api.post(url(server, "/send"), data=data, timeout=20,
                         headers={"Content-Type": content_type})
-    assert response.status_code == 400, response.text
+    assert response.status_code == 415, response.text
     error = response.json()
-    check_response("post", "/send", 400, error)
-    assert error["error"]["code"] == "bad_json", error
+    check_response("post", "/send", 415, error)
+    assert error["error"]["code"] == "unsupported_media_type", error
     assert response.headers.get("Connection", "").lower() != "close"
     assert len(server.messages("bob@example.org")) == before
 
@@ -485,3 +486,15 @@ def test_send_needs_the_send_scope_and_credentials(server: RunningServer) -> Non
     check_response("post", "/send", 401, response.json())
     wrong = requests.get(url(server, "/send"), auth=ALICE, verify=False, timeout=10)
     assert (wrong.status_code, wrong.headers["Allow"]) == (405, "POST")
+
+
+def test_a_body_not_sent_as_json_is_415_and_sends_nothing(server: RunningServer,
+                                                         api: requests.Session) -> None:
+    before = len(server.messages("bob@example.org"))
+    body = b'{"to": ["bob@example.org"], "text": "typed wrong"}'
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {"Content-Type": content_type} if content_type else {}
+        response = api.post(url(server, "/send"), data=body, headers=headers, timeout=20)
+        assert response.status_code == 415, (content_type, response.text)
+        assert response.json()["error"]["code"] == "unsupported_media_type"
+    assert len(server.messages("bob@example.org")) == before
