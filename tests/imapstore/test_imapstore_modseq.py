@@ -262,13 +262,15 @@ def test_a_lost_database_reports_as_vanished_what_went_while_it_was_gone(
     modseq 0, so VANISHED (EARLIER) named nothing, and the client kept the expunged
     messages for ever. Below its start, it now answers conservatively (every UID the
     client may know that is not in the folder), as a trimmed list does."""
-    for n in range(3):
-        deliver(root, f"m{n}", sub="cur", name=None)
+    names = [deliver(root, f"m{n}", sub="cur", name=None) for n in range(3)]
     view = _tracked(store)
     held = view.highest_modseq  # what a QRESYNC client keeps
     view.close()
     restart()
-    os.unlink(root / "cur" / files(root, "cur")[1])  # UID 2 expunged (POP3 DELE, mutt)
+    # UID 2 expunged (POP3 DELE, mutt): the second delivery's file, found by its base
+    # name (sorted names need not follow delivery order: M99 sorts after M100).
+    [second] = [f for f in files(root, "cur") if f.partition(":")[0] == names[1].partition(":")[0]]
+    os.unlink(root / "cur" / second)
     for suffix in ("", "-wal", "-shm"):
         path = Path(f"{root / MODSEQ_FILE}{suffix}")
         if path.exists():
