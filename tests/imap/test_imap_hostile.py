@@ -41,6 +41,9 @@ def test_thirty_wrong_passwords(imap_server: RunningServer) -> None:
 
     def guesser() -> None:
         client = Line(imap_server)
+        # Each failure waits the checker's delay, growing with the account's failures:
+        # on a loaded machine one answer may take longer than the usual 20 s.
+        client.sock.settimeout(120)
         lines = []
         for n in range(5):
             client.send(b"g%d LOGIN alice@example.org wrong%d\r\n" % (n, n))
@@ -53,7 +56,7 @@ def test_thirty_wrong_passwords(imap_server: RunningServer) -> None:
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
+        t.join(240)
     assert len(results) == 6
     for lines in results:
         assert lines[:4] == [b"g%d NO [AUTHENTICATIONFAILED] Authentication failed" % n

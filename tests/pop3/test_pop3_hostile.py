@@ -107,7 +107,7 @@ def test_thirty_wrong_passwords(pop_server: RunningServer) -> None:
     """10 connections x 3 wrong passwords (each connection closes after its 3rd)."""
 
     def guess() -> list[bytes]:
-        raw = RawPop3(pop_server.address("pop3s"), timeout=30)
+        raw = RawPop3(pop_server.address("pop3s"), timeout=120)  # failures wait a growing delay
         raw.sock = client_tls().wrap_socket(raw.sock, server_hostname="localhost")
         raw.line()
         raw.send(b"USER alice@example.org\r\nPASS wrong\r\n" * 3)
