@@ -7,7 +7,18 @@ looked up case-insensitively (as Postfix and Dovecot do), via `key`.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
+
+#: The address grammar SMTP (smtp/grammar.py) and the JSON API (api/addresses.py) both
+#: parse with. RFC 5321 4.1.2 atext (via RFC 5322 3.2.3), extended by RFC 6531 3.3
+#: (and RFC 6532 3.2) with UTF8-non-ascii.
+ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff"
+DOT_STRING = re.compile(rf"[{ATEXT}]+(?:\.[{ATEXT}]+)*")
+#: RFC 5321 4.1.2 sub-domain = Let-dig [Ldh-str] (+ U-label, RFC 6531 3.3).
+LET_DIG = r"[A-Za-z0-9\u0080-\U0010ffff]"
+LABEL = rf"{LET_DIG}(?:[A-Za-z0-9\u0080-\U0010ffff\-]*{LET_DIG})?"
+DOMAIN = re.compile(rf"{LABEL}(?:\.{LABEL})*")
 
 
 @dataclass(frozen=True)

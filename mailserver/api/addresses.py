@@ -22,17 +22,13 @@ from email.headerregistry import Address as HeaderAddress
 from email.headerregistry import AddressHeader, HeaderRegistry
 from typing import Any
 
-from mailserver.address import domain_key
+from mailserver.address import DOMAIN, DOT_STRING, domain_key
 from mailserver.api.resource import ApiError
 
-#: RFC 5322 3.2.3 atext, with RFC 6532 3.2's UTF-8 (as smtp/grammar.py _ATEXT).
-_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff"
-_DOT_STRING = re.compile(rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*")
-#: RFC 5321 4.1.2 Domain with RFC 6531 U-labels (as smtp/grammar.py _DOMAIN), or an
-#: address literal (RFC 5321 4.1.3).
-_LET_DIG = r"[A-Za-z0-9\u0080-\U0010ffff]"
-_LABEL = rf"{_LET_DIG}(?:[A-Za-z0-9\u0080-\U0010ffff\-]*{_LET_DIG})?"
-_DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*|\[[0-9A-Fa-f:.IPv]+\]")
+#: RFC 5321 4.1.2 Dot-string (address.py's, as SMTP parses it), and Domain with RFC 6531
+#: U-labels or an address literal (RFC 5321 4.1.3).
+_DOT_STRING = DOT_STRING
+_DOMAIN = re.compile(rf"{DOMAIN.pattern}|\[[0-9A-Fa-f:.IPv]+\]")
 #: Dot-string "@" Domain: an address no parser can read two ways (the fast path).
 _SIMPLE = re.compile(rf"({_DOT_STRING.pattern})@({_DOMAIN.pattern})")
 _QUOTED_LOCAL = re.compile(r'^"(?:[^"\\]|\\.)*"')

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from mailserver.address import Address, domain_key
+from mailserver.address import DOMAIN, DOT_STRING, Address, domain_key
 from mailserver.errors import ReplyError
 from mailserver.smtp import dsn as dsn_params
 from mailserver.smtp.dsn import RcptDsn
@@ -159,17 +159,13 @@ Command: TypeAlias = (
 #: a broken client or an attack on our logs and parsers.
 _CONTROL_BYTES = bytes(range(0x20)) + b"\x7f"
 
-#: RFC 5321 4.1.2 atext (via RFC 5322 3.2.3), extended by RFC 6531 3.3 with UTF8-non-ascii.
-_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u0080-\U0010ffff"
-_DOT_STRING = re.compile(rf"[{_ATEXT}]+(?:\.[{_ATEXT}]+)*")
+#: RFC 5321 4.1.2 Dot-string and Domain: mailserver/address.py (the API parses with them too).
+_DOT_STRING = DOT_STRING
 #: RFC 5321 4.1.2 Quoted-string: qtextSMTP = %d32-33 / %d35-91 / %d93-126 (+ UTF8-non-ascii,
 #: RFC 6531 3.3), quoted-pairSMTP = "\" %d32-126.
 _QUOTED_STRING = re.compile(r'"((?:[ !#-\[\]-~\u0080-\U0010ffff]|\\[ -~])*)"')
 _QUOTED_PAIR = re.compile(r"\\([ -~])")
-#: RFC 5321 4.1.2 sub-domain = Let-dig [Ldh-str] (+ U-label, RFC 6531 3.3).
-_LET_DIG = r"[A-Za-z0-9\u0080-\U0010ffff]"
-_LABEL = rf"{_LET_DIG}(?:[A-Za-z0-9\u0080-\U0010ffff\-]*{_LET_DIG})?"
-_DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+_DOMAIN = DOMAIN
 #: A Path up to its closing ">", where a quoted local part may itself hold "<" or ">".
 _PATH = re.compile(r'<(?:[^"<>]|"(?:[^"\\]|\\.)*")*>')
 #: RFC 5321 4.1.3 IPv4-address-literal: Snum 3("." Snum), Snum = 1*3DIGIT (0-255).
