@@ -47,6 +47,7 @@ from pathlib import Path
 
 import proctree
 from ours_instance import DOMAIN, USER, OursInstance, venv_bin
+from submission import expect  # the SMTP reply reader bench/submission.py times with
 
 HOST = "127.0.0.1"
 ADDRESS = f"{USER}@{DOMAIN}"
@@ -124,21 +125,6 @@ def tls() -> ssl.SSLContext:
 
 
 # -- SMTP submission -----------------------------------------------------------------------
-
-
-async def reply(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    while True:
-        line = await reader.readline()
-        if not line:
-            raise ConnectionError("closed by server")
-        if line[3:4] != b"-":
-            return int(line[:3]), line
-
-
-async def expect(reader: asyncio.StreamReader, code: int) -> None:
-    got, line = await reply(reader)
-    if got != code:
-        raise ConnectionError(f"expected {code}, got {line!r}")
 
 
 class SmtpClient:
