@@ -42,12 +42,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import proctree
+import submission  # its Result and SMTP reply reader, shared with the SMTP side
 from ours_instance import DOMAIN, USER, OursInstance, venv_bin
-from submission import expect  # the SMTP reply reader bench/submission.py times with
+from submission import expect
 
 HOST = "127.0.0.1"
 ADDRESS = f"{USER}@{DOMAIN}"
@@ -100,21 +101,10 @@ class OursApi(OursInstance):
 
 
 @dataclass
-class Result:
-    ok: int = 0
-    failed: int = 0
-    elapsed: float = 0.0
-    latencies: list[float] = field(default_factory=list)
-    first_error: str = ""
+class Result(submission.Result):
+    """bench/submission.py's result (rate, percentiles) and the server's CPU seconds."""
+
     cpu: float = 0.0
-
-    @property
-    def rate(self) -> float:
-        return self.ok / self.elapsed if self.elapsed else 0.0
-
-    def pct(self, p: float) -> float:
-        xs = sorted(self.latencies)
-        return xs[min(len(xs) - 1, int(p / 100 * len(xs)))] * 1000 if xs else float("nan")
 
 
 def tls() -> ssl.SSLContext:

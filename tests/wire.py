@@ -23,15 +23,24 @@ class Wire:
         self.buffer += chunk
         return True
 
+    def line(self) -> str:
+        """One CRLF-ended line, without its CRLF (POP3 and IMAP read one at a time)."""
+        while b"\r\n" not in self.buffer:
+            if not self._fill():
+                raise ConnectionError(f"closed; partial line {self.buffer!r}")
+        raw, self.buffer = self.buffer.split(b"\r\n", 1)
+        return raw.decode("utf-8", "replace")
+
+    def ask(self, line: str) -> str:
+        """Send one command line and read one line back."""
+        self.send(line.encode() + b"\r\n")
+        return self.line()
+
     def reply(self) -> tuple[int, list[str]]:
         """One (possibly multi-line) reply: its code and text lines (without the code)."""
         lines: list[str] = []
         while True:
-            while b"\r\n" not in self.buffer:
-                if not self._fill():
-                    raise ConnectionError(f"closed; partial reply {self.buffer!r}")
-            raw, self.buffer = self.buffer.split(b"\r\n", 1)
-            line = raw.decode("utf-8", "replace")
+            line = self.line()
             lines.append(line[4:])
             if len(line) < 4 or line[3] != "-":
                 return int(line[:3]), lines

@@ -51,17 +51,8 @@ def v2(client: str, port: int = 40000) -> bytes:
     return (b"\r\n\r\n\x00\r\nQUIT\n\x21\x11" + struct.pack("!H", len(body)) + body)
 
 
-class Lines(Wire):
-    def line(self) -> str:
-        while b"\r\n" not in self.buffer:
-            if not self._fill():
-                raise ConnectionError(f"closed; partial line {self.buffer!r}")
-        raw, self.buffer = self.buffer.split(b"\r\n", 1)
-        return raw.decode("utf-8", "replace")
-
-    def ask(self, line: str) -> str:
-        self.send(line.encode() + b"\r\n")
-        return self.line()
+#: A line-at-a-time client (tests/wire.py's line() and ask()).
+Lines = Wire
 
 
 def connect(server: RunningServer, service: str, source: str = PROXY,

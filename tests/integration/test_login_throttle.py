@@ -43,17 +43,6 @@ class Lines(Wire):
         super().__init__(address)
         self.sock = tls_context().wrap_socket(self.sock)
 
-    def line(self) -> str:
-        while b"\r\n" not in self.buffer:
-            if not self._fill():
-                raise ConnectionError(f"closed; partial line {self.buffer!r}")
-        raw, self.buffer = self.buffer.split(b"\r\n", 1)
-        return raw.decode("utf-8", "replace")
-
-    def ask(self, line: str) -> str:
-        self.send(line.encode() + b"\r\n")
-        return self.line()
-
 
 def imap(server: RunningServer) -> Lines:
     client = Lines(server.address("imaps"))
