@@ -44,6 +44,7 @@ from pathlib import Path
 
 import proctree
 from instance import ServerInstance
+from ports import free_port
 
 DOVECOT = "/usr/sbin/dovecot"
 
@@ -103,13 +104,6 @@ service {proto}-login {{
 
 class DovecotError(Exception):
     pass
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port nobody listens on right now (a tiny race with other processes remains)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class DovecotInstance(ServerInstance):

@@ -10,6 +10,9 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+# bench/ports.py allocates the ports of the programs tests start; bench/*_instance.py
+# start Postfix and Dovecot.
+sys.path.append(str(Path(__file__).parents[1] / "bench"))
 
 from server_harness import PASSWORD, USERS, RunningServer, make_server  # noqa: E402
 

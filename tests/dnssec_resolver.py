@@ -19,7 +19,6 @@ added. Needs `unbound` and `ldnsutils` (the Makefile's `tools` installs them).
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
@@ -28,14 +27,9 @@ from types import TracebackType
 
 import dns.flags
 import dns.resolver
+from ports import free_port as _free_udp_port
 
 UNBOUND = shutil.which("unbound") or "/usr/sbin/unbound"
-
-
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ValidatingResolver:

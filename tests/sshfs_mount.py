@@ -31,6 +31,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from ports import free_port
+
 #: The mount options: no caching anywhere (what NFS needs with `noac` / actimeo=0).
 #: noforget: FUSE invents inode numbers (SFTP has none) and, without it, may give a
 #: directory a new one after forgetting it, which the store takes for a folder deleted
@@ -59,13 +61,6 @@ def in_netns(netns: str | None) -> list[str]:
     """The command prefix that runs in network namespace `netns` (None: here), keeping
     the mount namespace (mounts stay visible to every process)."""
     return ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 class SshfsServer:

@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "queue"))
 sys.path.insert(0, str(Path(__file__).parents[1] / "senderauth"))
 from dns_server import DNSServer  # noqa: E402
 from openapi_check import check_response  # noqa: E402
+from ports import free_port  # noqa: E402
 from relay_support import (  # noqa: E402
     PASSWORD,
     SENDER_IP,
-    free_port,
     parse,
     receiver,
     sender,

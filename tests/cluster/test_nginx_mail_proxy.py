@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from ports import free_port
 from server_harness import RunningServer, make_server
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -23,12 +24,6 @@ MAIL_MODULE = Path("/usr/lib/nginx/modules/ngx_mail_module.so")
 LISTEN = {name: "tcp:0:interface=127.0.0.1" for name in (
     "smtp", "submission", "pop3", "imap", "http")}
 USER, PASSWORD = "alice@example.org", "wonderland"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def nginx_config(root: Path, http_port: int, ports: dict[str, int]) -> str:

@@ -26,16 +26,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from dns_server import DNSServer
+from ports import free_port
 from server_harness import RunningServer, admin
 from test_reload import LOOPBACK, tls_client
 
 NAMES = ["mail.acme.test", "mta-sts.acme.test"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_ca(directory: Path) -> tuple[Path, Path, Path]:

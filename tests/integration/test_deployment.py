@@ -187,12 +187,10 @@ def test_an_unreadable_users_file_defers_instead_of_bouncing(root: Path) -> None
 
 def test_check_config_beside_the_running_server_does_not_report_its_ports(
         tmp_path: Path) -> None:
+    from ports import free_port
     from server_harness import admin, make_server
 
-    probe = socket.socket()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()
+    port = free_port()
     server = make_server(tmp_path / "s", listen={"smtp": f"tcp:{port}:interface=127.0.0.1"})
     try:
         result = admin(server.config_path, "check-config", check=False)

@@ -21,11 +21,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "queue"))
 
+from ports import free_port  # noqa: E402
 from relay_support import (  # noqa: E402
     PASSWORD,
     RECEIVER_IP,
     DNSServer,
-    free_port,
     inject,
     message,
     parse,

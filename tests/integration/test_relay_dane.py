@@ -24,9 +24,10 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "queue"))
 sys.path.insert(0, str(Path(__file__).parents[1]))
 
 from dnssec_resolver import ValidatingResolver  # noqa: E402
+from ports import free_port_on  # noqa: E402
 from relay_support import inject, message, wait_for  # noqa: E402
 from server_harness import RunningServer, admin, make_server  # noqa: E402
-from tls_support import SMTPPeer, free_port_on, make_cert, server_context  # noqa: E402
+from tls_support import SMTPPeer, make_cert, server_context  # noqa: E402
 
 PEER, PLAIN = "127.0.0.8", "127.0.0.9"
 

@@ -24,13 +24,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "queue"))
 
+from ports import free_port  # noqa: E402
 from relay_support import (  # noqa: E402
     FAST_RELAY,
     PASSWORD,
     RECEIVER_IP,
     SENDER_IP,
     DNSServer,
-    free_port,
     parse,
     queue_entries,
     receiver,

@@ -27,13 +27,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "queue"))
 
+from ports import free_port_on  # noqa: E402
 from relay_support import DNSServer, inject, message, parse, wait_for  # noqa: E402
 from server_harness import RunningServer, admin, make_server  # noqa: E402
 from tls_support import (  # noqa: E402
     Cert,
     PolicyServer,
     SMTPPeer,
-    free_port_on,
     make_cert,
     server_context,
 )

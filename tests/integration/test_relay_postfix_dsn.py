@@ -21,9 +21,9 @@ ROOT = Path(__file__).parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "queue"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from ports import free_port  # noqa: E402
 from relay_support import (  # noqa: E402
     DNSServer,
-    free_port,
     message,
     queue_entries,
     sender,

@@ -11,23 +11,17 @@ from __future__ import annotations
 import json
 import re
 import smtplib
-import socket
 import ssl
 import time
 from collections.abc import Callable
 from typing import Any
 
+from ports import free_port as closed_port
 from server_harness import PASSWORD, RunningServer
 from wire import Wire
 
 LISTEN = {"smtp": "tcp:0:interface=127.0.0.1", "submissions": "tcp:0:interface=127.0.0.1"}
 MESSAGE = b"From: alice@example.org\r\nTo: friend@remote.test\r\nSubject: out\r\n\r\nHello.\r\n"
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 #: A smarthost that refuses connections: every remote recipient is deferred (RFC 5321

@@ -5,7 +5,6 @@ from __future__ import annotations
 import email
 import email.message
 import email.policy
-import socket
 import sys
 import time
 from collections.abc import Callable
@@ -27,13 +26,6 @@ RECEIVER_IP = "127.0.0.3"
 #: Fast retries for tests (seconds).
 FAST_RELAY = {"retry_initial": 1, "retry_max": 2, "connect_timeout": 5,
               "command_timeout": 10, "dns_timeout": 3}
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on at `host` right now (a small race remains)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def zone(receiver_ip: str = RECEIVER_IP, **extra: dict[str, Any]) -> dict[str, Any]:

@@ -195,22 +195,3 @@ class SMTPPeer:
         self.server.server_close()
 
 
-def free_port_on(addresses: list[str]) -> int:
-    """A TCP port free on every one of `addresses` (the relay uses one port for all)."""
-    for _ in range(50):
-        with socket.socket() as probe:
-            probe.bind((addresses[0], 0))
-            port = int(probe.getsockname()[1])
-        sockets = []
-        try:
-            for address in addresses:
-                s = socket.socket()
-                sockets.append(s)
-                s.bind((address, port))
-            return port
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no common free port")

@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "queue"))
 sys.path.insert(0, str(Path(__file__).parents[2] / "bench"))
 
 from dns_server import DNSServer  # noqa: E402
+from ports import free_port as _free_port  # noqa: E402
 from relay_support import PASSWORD, SENDER_IP, receiver, sender, zone  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
@@ -118,8 +119,3 @@ def test_signature_survives_postfix(tmp_path: Path) -> None:
     assert [r[2:] for r in results if r[2] == "rsa-sha256"] == [["rsa-sha256", "pass"]]
 
 
-def _free_port() -> int:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

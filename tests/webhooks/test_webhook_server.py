@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from dns_server import DNSServer  # noqa: E402
 from http_helpers import request  # noqa: E402
 from openapi_check import check_request, check_response, check_schema  # noqa: E402
+from ports import free_port  # noqa: E402
 from receiver import Receiver  # noqa: E402
 from server_harness import PASSWORD, RunningServer, admin, make_server  # noqa: E402
 from tls_support import Cert, make_cert, server_context  # noqa: E402
@@ -34,14 +35,6 @@ from tls_support import Cert, make_cert, server_context  # noqa: E402
 from mailserver.webhooks.signing import new_secret  # noqa: E402
 
 LISTEN = {name: "tcp:0:interface=127.0.0.1" for name in ("smtp", "submission", "https")}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def basic(user: str) -> dict[str, str]:
