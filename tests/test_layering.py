@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent / "mailserver"
 #: mime7bit: 8-bit MIME made 7-bit, for the relay (a peer without 8BITMIME) and for
 #: submission before DKIM signing: plain byte work that both layers need.
 BASE = frozenset({"address", "reply", "errors", "logs", "config", "configdoc",
-                  "config_checks", "config_sections", "interfaces", "events", "mime7bit"})
+                  "config_checks", "config_example", "config_sections", "interfaces", "events", "mime7bit"})
 PROTOCOLS = frozenset({"smtp", "pop3", "imap"})
 #: What each layer may import besides itself (a package always imports its own modules).
 ALLOWED: dict[str, frozenset[str]] = {
