@@ -44,6 +44,24 @@ def uidl_format_problem(text: str) -> str | None:
 
 
 def check_semantics(config: Config, problems: list[str]) -> None:
+    """Every semantic problem of `config`, appended to `problems` in the order operators
+    have always seen them (the steps below run in that order, which is why [relay] is
+    checked in four places)."""
+    _check_host_and_listeners(config, problems)
+    _check_acme(config, problems)
+    _check_log_pop3_and_limits(config, problems)
+    _check_relay_port_and_nameservers(config, problems)
+    _check_senderauth(config, problems)
+    _check_smarthost(config, problems)
+    _check_http(config, problems)
+    check_sections(config, problems)
+    _check_relay_limits(config, problems)
+    _check_abuse(config.abuse, problems)
+    _check_relay_files_and_reporting(config, problems)
+
+
+def _check_host_and_listeners(config: Config, problems: list[str]) -> None:
+    """hostname, domains.local, [listen] and [tls]."""
     if not config.hostname or any(c.isspace() for c in config.hostname):
         problems.append(f"hostname: not a host name: {config.hostname!r}")
     for i, d in enumerate(config.domains.local):
@@ -60,7 +78,10 @@ def check_semantics(config: Config, problems: list[str]) -> None:
         p = getattr(tls, key)
         if p is not None and not os.access(p, os.R_OK):
             problems.append(f"tls.{key}: cannot read {p}")
-    _check_acme(config, problems)
+
+
+def _check_log_pop3_and_limits(config: Config, problems: list[str]) -> None:
+    """log.format, pop3.uidl_format, [limits] and processes."""
     if config.log.format not in ("text", "json"):
         problems.append(f'log.format: expected "text" or "json", got "{config.log.format}"')
     error = uidl_format_problem(config.pop3.uidl_format)
@@ -73,20 +94,27 @@ def check_semantics(config: Config, problems: list[str]) -> None:
             problems.append(f"limits.{key}: must be at least 1")
     if config.processes > 64:
         problems.append(f"processes: at most 64, got {config.processes}")
+
+
+def _check_relay_port_and_nameservers(config: Config, problems: list[str]) -> None:
     if not 0 < config.relay.port < 65536:
         problems.append(f"relay.port: not a port number: {config.relay.port}")
     for i, ns in enumerate(config.relay.nameservers):
         host, _, port = ns.rpartition(":") if ns.count(":") == 1 else (ns, "", "53")
         if not host or not port.isdigit():
             problems.append(f"relay.nameservers[{i}]: expected \"address[:port]\", got {ns!r}")
-    _check_senderauth(config, problems)
+
+
+def _check_smarthost(config: Config, problems: list[str]) -> None:
     if config.relay.smarthost:
         host, sep, port = config.relay.smarthost.rpartition(":")
         if not sep or not host or not port.isdigit():
             problems.append(f"relay.smarthost: expected \"host:port\", got "
                             f"{config.relay.smarthost!r}")
-    _check_http(config, problems)
-    check_sections(config, problems)
+
+
+def _check_relay_limits(config: Config, problems: list[str]) -> None:
+    """[relay]'s counts and timeouts, the retry schedule and the source address."""
     relay = config.relay
     for key in ("retry_initial", "retry_max", "queue_lifetime", "connections_total",
                 "connections_per_destination", "connect_timeout", "command_timeout",
@@ -102,7 +130,11 @@ def check_semantics(config: Config, problems: list[str]) -> None:
         except ValueError:
             problems.append(f"relay.source_address: not an IP address: "
                             f"{relay.source_address!r}")
-    _check_abuse(config.abuse, problems)
+
+
+def _check_relay_files_and_reporting(config: Config, problems: list[str]) -> None:
+    """relay.ca_file, relay.https_port, [tls_reporting] and the smarthost password."""
+    relay = config.relay
     if relay.ca_file and not os.access(relay.ca_file, os.R_OK):
         problems.append(f"relay.ca_file: cannot read {relay.ca_file}")
     if not 0 < relay.https_port < 65536:
