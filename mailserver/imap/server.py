@@ -8,13 +8,14 @@ commands came (RFC 3501 5.5), which twisted.mail's server gets wrong (twisted#92
 Framing is ours too: a command is a line plus, for each `{n}` / `{n+}` literal at a
 line's end (RFC 3501 4.3, RFC 7888), n octets and another line. Lines and literals are
 bounded before anything is buffered, so neither a 1 GiB line nor `{4294967295}` costs
-memory. grammar.py parses the framed command; commands_*.py carry out each command.
+memory. grammar.py parses the framed command; commands_*.py carry out each command,
+as command_table.py assigns them.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -28,13 +29,17 @@ from mailserver.core.connection import Goodbyes, LineConnection
 from mailserver.core.context import MailboxFactory
 from mailserver.core.lines import IMAP_LINES, LineRefused
 from mailserver.core.peer import trusted_link
-from mailserver.imap import context, grammar, searchres
+from mailserver.imap import appendext, commands_mailbox, compress, context, grammar, searchres, utf8
+from mailserver.imap.command_table import (  # noqa: F401 - SELECTED_COMMANDS: kept importable
+    HANDLERS,
+    SELECTED_COMMANDS,
+    SYNC_AFTER,
+    SYNC_BEFORE,
+    Handler,
+    wrong_state,
+)
 from mailserver.imap.commands import (
     ANSWERED,
-    ANY,
-    AUTH,
-    NOT_AUTH,
-    SELECTED,
     Account,
     Refusal,
     Selected,
@@ -64,10 +69,6 @@ _LITERAL_ANNOUNCEMENT = re.compile(rb"\{\d+\+?\}\r\n$")
 MAX_AUTH_FAILURES = 5
 #: RFC 3501 5.4: an authenticated session's autologout timer is at least 30 minutes.
 AUTHENTICATED_TIMEOUT = 31 * 60
-
-#: A command handler of commands_*.py: `async def handler(session, command)`. The
-#: command is typed by each handler (grammar's dataclasses), hence Any here.
-Handler = Callable[["IMAPSession", Any], Awaitable[str | None]]
 
 
 @implementer(interfaces.IPushProducer)
@@ -556,7 +557,7 @@ class IMAPSession(LineConnection):
             return
         states, handler = entry
         if self.state not in states:
-            self.send(bad(_wrong_state(command.name, self.state)).line(command.tag))
+            self.send(bad(wrong_state(command.name, self.state)).line(command.tag))
             self._count_error()
             return
         d = metrics.timed_imap_command(command.name, ensureDeferred(self._run(command, handler)))
@@ -637,80 +638,3 @@ class IMAPSession(LineConnection):
             waiters, self.idle_waiters = self.idle_waiters, []
             for d in waiters:
                 d.callback(None)
-
-
-def _wrong_state(name: str, state: State) -> str:
-    if state is State.NOT_AUTHENTICATED:
-        return f"{name} needs authentication first"
-    if state is State.AUTHENTICATED:
-        return f"{name} needs a selected mailbox" if name in SELECTED_COMMANDS else (
-            f"{name} is only valid before authentication")
-    return f"{name} is not valid in the selected state"
-
-
-from mailserver.imap import (  # noqa: E402 - the handlers import this module's names
-    appendext,
-    commands_auth,
-    commands_mailbox,
-    commands_selected,
-    commands_sort,
-    compress,
-    listext,
-    quota,
-    urlauth,
-    utf8,
-)
-
-#: name -> (states where it is valid, handler). RFC 3501 6.1-6.4 and the extensions.
-HANDLERS: dict[str, tuple[frozenset[State], Handler]] = {
-    "CAPABILITY": (ANY, commands_auth.capability),
-    "NOOP": (ANY, commands_auth.noop),
-    "LOGOUT": (ANY, commands_auth.logout),
-    "ID": (ANY, commands_auth.id_command),
-    "STARTTLS": (NOT_AUTH, commands_auth.starttls),
-    "LOGIN": (NOT_AUTH, commands_auth.login),
-    "AUTHENTICATE": (NOT_AUTH, commands_auth.authenticate),
-    "ENABLE": (AUTH, commands_auth.enable),
-    "NAMESPACE": (AUTH, commands_auth.namespace),
-    "IDLE": (AUTH, commands_selected.idle),
-    "SELECT": (AUTH, commands_mailbox.select),
-    "EXAMINE": (AUTH, commands_mailbox.select),
-    "CREATE": (AUTH, commands_mailbox.create),
-    "DELETE": (AUTH, commands_mailbox.delete),
-    "RENAME": (AUTH, commands_mailbox.rename),
-    "SUBSCRIBE": (AUTH, commands_mailbox.subscribe),
-    "UNSUBSCRIBE": (AUTH, commands_mailbox.subscribe),
-    "LIST": (AUTH, listext.list_command),
-    "LSUB": (AUTH, commands_mailbox.list_command),
-    "STATUS": (AUTH, commands_mailbox.status),
-    "APPEND": (AUTH, appendext.append),
-    "GENURLAUTH": (AUTH, urlauth.genurlauth),
-    "RESETKEY": (AUTH, urlauth.resetkey),
-    "URLFETCH": (AUTH, urlauth.urlfetch),
-    "CHECK": (SELECTED, commands_selected.check),
-    "CLOSE": (SELECTED, commands_selected.close),
-    "UNSELECT": (SELECTED, commands_selected.unselect),
-    "EXPUNGE": (SELECTED, commands_selected.expunge),
-    "SEARCH": (SELECTED, commands_sort.search),
-    "SORT": (SELECTED, commands_sort.sort),
-    "THREAD": (SELECTED, commands_sort.thread),
-    "CANCELUPDATE": (SELECTED, commands_sort.cancel_update),
-    "FETCH": (SELECTED, commands_selected.fetch),
-    "STORE": (SELECTED, commands_selected.store),
-    "COPY": (SELECTED, commands_selected.copy),
-    "MOVE": (SELECTED, commands_selected.copy),
-    "COMPRESS": (AUTH, compress.compress),
-    "GETQUOTA": (AUTH, quota.getquota),
-    "GETQUOTAROOT": (AUTH, quota.getquotaroot),
-    "SETQUOTA": (AUTH, quota.setquota),
-}
-SELECTED_COMMANDS = frozenset(n for n, (states, _) in HANDLERS.items() if states == SELECTED)
-#: After these, report what changed meanwhile (RFC 3501 7: any command may get
-#: untagged updates; CLOSE/UNSELECT/SELECT leave no view, LOGOUT says BYE).
-#: FETCH, STORE, SEARCH sync before they run instead (and changes that arrive while
-#: they run are reported at the next command).
-SYNC_BEFORE = frozenset({"FETCH", "STORE", "SEARCH", "COPY", "MOVE", "SORT", "THREAD"})
-SYNC_AFTER = frozenset(HANDLERS) - {"LOGOUT", "CLOSE", "UNSELECT", "SELECT", "EXAMINE",
-                                    "IDLE", "STARTTLS", "LOGIN", "AUTHENTICATE",
-                                    "CAPABILITY", "ID", "FETCH", "STORE", "SEARCH",
-                                    "SORT", "THREAD"}
