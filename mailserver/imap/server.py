@@ -30,6 +30,7 @@ from mailserver.core.context import MailboxFactory
 from mailserver.core.lines import IMAP_LINES, LineRefused
 from mailserver.core.peer import trusted_link
 from mailserver.imap import appendext, commands_mailbox, compress, context, grammar, searchres, utf8
+from mailserver.imap.capabilities import capability_list
 from mailserver.imap.command_table import (  # noqa: F401 - SELECTED_COMMANDS: kept importable
     HANDLERS,
     SELECTED_COMMANDS,
@@ -260,51 +261,7 @@ class IMAPSession(LineConnection):
                 or trusted_link(self.transport, self.config))  # nginx did TLS
 
     def capabilities(self) -> list[str]:
-        caps = ["IMAP4rev1", "IMAP4rev2", "SASL-IR", "LITERAL+", "ID", "ENABLE", "IDLE"]
-        if self.state is State.NOT_AUTHENTICATED:
-            if not self.tls_active and self.factory.tls_options is not None:
-                caps.append("STARTTLS")                      # RFC 3501 6.2.1
-            # RFC 3501 6.2.3 / 7.2.1: LOGINDISABLED while passwords would go in clear.
-            caps.append("AUTH=PLAIN" if self.plaintext_allowed else "LOGINDISABLED")
-        # One extension per line: each is its own RFC and its own change.
-        caps += [
-            "NAMESPACE",
-            "UIDPLUS",
-            "MOVE",
-            "SPECIAL-USE",
-            "CHILDREN",
-            "UNSELECT",
-            "ESEARCH",
-            "SEARCHRES",
-            "SORT",
-            "SORT=DISPLAY",
-            "ESORT",
-            "CONTEXT=SEARCH",
-            "CONTEXT=SORT",
-            "THREAD=ORDEREDSUBJECT",
-            "THREAD=REFERENCES",
-            "CONDSTORE",
-            "QRESYNC",
-            "MULTIAPPEND",
-            "CATENATE",
-            "LIST-EXTENDED",
-            "LIST-STATUS",
-            "BINARY",
-            "STATUS=SIZE",
-            "CREATE-SPECIAL-USE",
-            "UTF8=ACCEPT",
-            "COMPRESS=DEFLATE",
-            "QUOTA",
-            "QUOTA=RES-STORAGE",
-            "QUOTA=RES-MESSAGE",
-            "URLAUTH",
-            "URLAUTH=BINARY",
-            "OBJECTID",
-            f"APPENDLIMIT={self.config.limits.message_size}",
-        ]
-        if self.config.cluster.node:  # per-node modseqs: commands_condstore.offered
-            caps = [c for c in caps if c not in ("CONDSTORE", "QRESYNC")]
-        return caps
+        return capability_list(self)
 
     # -- output --------------------------------------------------------------------------
 
