@@ -23,6 +23,8 @@ log = logger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The whole command line; each command group adds its own subcommands, in the
+    order `mailserver --help` lists them."""
     parser = argparse.ArgumentParser(
         prog="mailserver",
         description="Manage the users, aliases, queue and lock-outs of the mail server.",
@@ -31,7 +33,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", metavar="PATH", help="the TOML config file")
     top = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_user_commands(top)
+    _add_ban_commands(top)
+    _add_alias_commands(top)
+    _add_queue_commands(top)
+    add_token_arguments(top)
+    _add_webhook_commands(top)
+    _add_server_commands(top)
+    _add_sendmail_command(top)
+    _add_import_commands(top)
+    _add_doctor_command(top)
+    _add_senderauth_commands(top)
+    return parser
 
+
+def _add_user_commands(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """user add|del|passwd|list|quota."""
     user = top.add_parser("user", help="add, delete, list users; change passwords")
     user_sub = user.add_subparsers(dest="action", required=True, metavar="ACTION")
     for name, text in (("add", "add a user (password from stdin, or asked twice)"),
@@ -53,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     quota.add_argument("--messages", type=int, metavar="N",
                        help="most messages stored; 0: no limit")
 
+
+def _add_ban_commands(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """ban list|add|del: the lock-outs of client addresses."""
     ban = top.add_parser("ban", help="list, add, delete lock-outs of client addresses")
     ban_sub = ban.add_subparsers(dest="action", required=True, metavar="ACTION")
     ban_sub.add_parser("list", help="list locked-out addresses")
@@ -61,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     ban_add.add_argument("--seconds", type=int, help="default: abuse.lockout")
     ban_sub.add_parser("del", help="lift a lock-out").add_argument("ip", metavar="ADDRESS")
 
+
+def _add_alias_commands(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """alias add|del|list."""
     alias = top.add_parser("alias", help="add, delete, list aliases")
     alias_sub = alias.add_subparsers(dest="action", required=True, metavar="ACTION")
     add = alias_sub.add_parser("add", help="ADDRESS (or @DOMAIN for a catch-all) -> targets")
@@ -70,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                                       metavar="ADDRESS")
     alias_sub.add_parser("list", help="list the aliases")
 
+
+def _add_queue_commands(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """queue list|show|flush|delete: the relay queue."""
     queue = top.add_parser("queue", help="inspect and manage the relay queue")
     queue_sub = queue.add_subparsers(dest="action", required=True, metavar="ACTION")
     queue_sub.add_parser("list", help="list queued messages")
@@ -79,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     queue_sub.add_parser("delete", help="delete a queued message").add_argument(
         "id", metavar="ID")
 
-    add_token_arguments(top)
+
+def _add_webhook_commands(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """webhook list|show|retry: the webhook events."""
     webhook = top.add_parser("webhook", help="list, show and retry webhook events")
     webhook_sub = webhook.add_subparsers(dest="action", required=True, metavar="ACTION")
     which = webhook_sub.add_parser("list", help="pending and given-up events")
@@ -92,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("id", metavar="ID", nargs="?")
     target.add_argument("--all-failed", action="store_true")
 
+
+def _add_server_commands(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """check-config, reload, status and cluster status: the running server."""
     top.add_parser("check-config", help="check the config, users and aliases files")
 
     reload = top.add_parser("reload", help="make the running server re-read its config, "
@@ -104,12 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.add_subparsers(dest="action", required=True, metavar="ACTION").add_parser(
         "status", help="each node: address, up or down, since, last check")
 
+
+def _add_sendmail_command(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """sendmail: the message on stdin, as Postfix's sendmail(1)."""
     sendmail = top.add_parser(
         "sendmail", help="send the message on stdin (as Postfix's sendmail(1))",
         description="Read a message on stdin and queue it for delivery, as cron and "
                     "scripts expect from sendmail(1). The sender is the local user.")
     add_sendmail_arguments(sendmail)
 
+
+def _add_import_commands(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """import dovecot: mail from another server's Maildirs."""
     imp = top.add_parser("import", help="copy mail from another server's Maildirs")
     imp_sub = imp.add_subparsers(dest="action", required=True, metavar="SOURCE")
     dovecot = imp_sub.add_parser(
@@ -123,9 +160,15 @@ def build_parser() -> argparse.ArgumentParser:
     dovecot.add_argument("--dry-run", action="store_true",
                          help="say what would be imported, change nothing")
 
+
+def _add_doctor_command(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """doctor: the Maildirs against their UID lists."""
     doc = top.add_parser("doctor", help="check the Maildirs against their UID lists")
     doc.add_argument("--user", metavar="ADDRESS", help="only this user's Maildir")
 
+
+def _add_senderauth_commands(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """dns-records and dkim list|rotate|activate|forget."""
     records = top.add_parser("dns-records", help="print (or --check) the DNS records a "
                              "local domain needs: MX, SPF, DKIM, DMARC, PTR")
     records.add_argument("--check", action="store_true",
@@ -143,7 +186,6 @@ def build_parser() -> argparse.ArgumentParser:
     forget = dkim_sub.add_parser("forget", help="drop a retired selector")
     forget.add_argument("domain", metavar="DOMAIN")
     forget.add_argument("selector", metavar="SELECTOR")
-    return parser
 
 
 def add_token_arguments(top: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
