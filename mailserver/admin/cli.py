@@ -220,6 +220,8 @@ def add_sendmail_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _handler(args: argparse.Namespace) -> Callable[[Admin], None]:
+    """What carries out the parsed command: one handler per command group, each importing
+    the module of its commands when it runs."""
     if args.command in ("reload", "status"):
         from mailserver.admin import server_commands as s
 
@@ -244,41 +246,62 @@ def _handler(args: argparse.Namespace) -> Callable[[Admin], None]:
     if args.command in ("dns-records", "dkim"):
         return _senderauth_handler(args)
     if args.command == "token":
-        from mailserver.admin import token_commands as t
-
-        if args.action == "add":
-            return lambda admin: t.token_add(admin, args.address, args.scope, args.expires,
-                                             args.name)
-        if args.action == "list":
-            return lambda admin: t.token_list(admin, args.address)
-        return lambda admin: t.token_del(admin, args.which)
+        return _token_handler(args)
     if args.command == "webhook":
-        from mailserver.admin import webhook_commands as w
-
-        if args.action == "list":
-            return lambda admin: w.webhook_list(admin, args.which)
-        if args.action == "show":
-            return lambda admin: w.webhook_show(admin, args.id)
-        return lambda admin: w.webhook_retry(admin, None if args.all_failed else args.id)
+        return _webhook_handler(args)
     if args.command == "queue":
-        from mailserver.admin import queue_commands as q
-
-        if args.action in ("show", "delete"):
-            by_id = q.queue_show if args.action == "show" else q.queue_delete
-            return lambda admin: by_id(admin, args.id)
-        return q.queue_list if args.action == "list" else q.queue_flush
+        return _queue_handler(args)
     if args.command == "ban" or args.action == "quota":
-        from mailserver.admin import abuse_commands as a
+        return _abuse_handler(args)
+    return _user_or_alias_handler(args)
 
-        if args.action == "quota":
-            return lambda admin: a.user_quota(admin, args.address, args.messages_per_hour,
-                                              args.recipients_per_day, args.storage,
-                                              args.messages)
-        if args.action == "list":
-            return a.ban_list
-        if args.action == "add":
-            return lambda admin: a.ban_add(admin, args.ip, args.seconds)
-        return lambda admin: a.ban_del(admin, args.ip)
+
+def _token_handler(args: argparse.Namespace) -> Callable[[Admin], None]:
+    from mailserver.admin import token_commands as t
+
+    if args.action == "add":
+        return lambda admin: t.token_add(admin, args.address, args.scope, args.expires,
+                                         args.name)
+    if args.action == "list":
+        return lambda admin: t.token_list(admin, args.address)
+    return lambda admin: t.token_del(admin, args.which)
+
+
+def _webhook_handler(args: argparse.Namespace) -> Callable[[Admin], None]:
+    from mailserver.admin import webhook_commands as w
+
+    if args.action == "list":
+        return lambda admin: w.webhook_list(admin, args.which)
+    if args.action == "show":
+        return lambda admin: w.webhook_show(admin, args.id)
+    return lambda admin: w.webhook_retry(admin, None if args.all_failed else args.id)
+
+
+def _queue_handler(args: argparse.Namespace) -> Callable[[Admin], None]:
+    from mailserver.admin import queue_commands as q
+
+    if args.action in ("show", "delete"):
+        by_id = q.queue_show if args.action == "show" else q.queue_delete
+        return lambda admin: by_id(admin, args.id)
+    return q.queue_list if args.action == "list" else q.queue_flush
+
+
+def _abuse_handler(args: argparse.Namespace) -> Callable[[Admin], None]:
+    """ban list|add|del, and user quota (abuse_commands.py has both)."""
+    from mailserver.admin import abuse_commands as a
+
+    if args.action == "quota":
+        return lambda admin: a.user_quota(admin, args.address, args.messages_per_hour,
+                                          args.recipients_per_day, args.storage,
+                                          args.messages)
+    if args.action == "list":
+        return a.ban_list
+    if args.action == "add":
+        return lambda admin: a.ban_add(admin, args.ip, args.seconds)
+    return lambda admin: a.ban_del(admin, args.ip)
+
+
+def _user_or_alias_handler(args: argparse.Namespace) -> Callable[[Admin], None]:
     if args.command == "user":
         if args.action == "list":
             return commands.user_list
