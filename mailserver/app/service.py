@@ -44,6 +44,7 @@ from mailserver.pop3 import listener as pop3_listener
 from mailserver.queue.outbound import OutboundQueue
 from mailserver.queue.reports import LocalSuccessReports
 from mailserver.queue.service import QueueService, open_queue
+from mailserver.queue.spool import Spool
 from mailserver.queue.states import SpoolStates
 from mailserver.senderauth import service as senderauth
 from mailserver.senderauth.srs import SRSDirectory, SRSQueue
@@ -78,18 +79,7 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     The twistd process (instance 0) listens on the configured endpoints and starts the
     worker processes; a worker (instance > 0) adopts the sockets in `inherited`.
     """
-    _prepare_data_dir(config)
-    problems = sharedfs.check_local(config)
-    if problems:
-        raise ConfigError(problems)
-    sharedfs.configure_from(config)  # cluster mode: dotlocks, node-local caches (0039)
-    # Before any metric is made: every process counts into run/metrics (core/metrics.py).
-    metrics.configure(config.data_dir / "run" / "metrics", fresh=inherited is None)
-    # An IMAP folder of 100k messages is 100k long-lived objects per index; with the
-    # default thresholds every young collection walks them (FETCH 1:* over 100k took
-    # 106-195 ms instead of 13 ms). Collect less often; nothing here relies on cycles
-    # being freed promptly.
-    gc.set_threshold(20_000, 20, 100)
+    _prepare_process(config, inherited)
     disk = make_disk()
     top = _ServerRoot(disk)
     directory = RecipientDirectory(config)
@@ -109,6 +99,58 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
         tls=tls, mailboxes=_mailboxes(config, directory),
         instance=instance, login_throttle=LoginThrottle(control=abuse), abuse=abuse,
     )
+    auth, webhooks = _wire_context(context, spool, local, queue, router)
+    holders: list[object] = [context, router, directory]
+    if context.mx_target is not None:
+        holders.append(context.mx_target)  # port 25's router (SRS): new domains are local
+    if instance == 0:
+        _start_queue_side(top, context, spool, queue, router, auth, webhooks, holders)
+    listeners, balancer = _listeners(top, context, abuse, inherited)
+
+    def apply_listeners(new: Config) -> None:
+        abuse.reconfigure(new)
+        fresh = _fresh_context(context, directory, new)
+        listeners.apply(new, lambda name: _build_listener(fresh, name))
+        if balancer is not None:
+            balancer.sync_ports()
+
+    targets = ReloadTargets(tls=tls, holders=lambda: holders,
+                            apply_listeners=apply_listeners)
+    Reloader(config, targets, record=instance == 0).setServiceParent(top)
+    listeners.start_all(config)
+    if instance == 0:
+        _start_node_services(top, config, disk, listeners, targets, holders)
+    if inherited is None and config.process_count > 1:
+        _start_workers(top, config, listeners, balancer, targets, apply_listeners)
+    if instance == 0 and not config.users_file.exists():
+        _hint_first_user(config)
+    return top
+
+
+def _prepare_process(config: Config, inherited: dict[str, int] | None) -> None:
+    """What must hold before anything is built: data_dir and the mail store usable, the
+    shared-filesystem mode set, the metrics file open, the collector tuned."""
+    _prepare_data_dir(config)
+    problems = sharedfs.check_local(config)
+    if problems:
+        raise ConfigError(problems)
+    sharedfs.configure_from(config)  # cluster mode: dotlocks, node-local caches (0039)
+    # Before any metric is made: every process counts into run/metrics (core/metrics.py).
+    metrics.configure(config.data_dir / "run" / "metrics", fresh=inherited is None)
+    # An IMAP folder of 100k messages is 100k long-lived objects per index; with the
+    # default thresholds every young collection walks them (FETCH 1:* over 100k took
+    # 106-195 ms instead of 13 ms). Collect less often; nothing here relies on cycles
+    # being freed promptly.
+    gc.set_threshold(20_000, 20, 100)
+
+
+def _wire_context(context: ServerContext, spool: Spool, local: MaildirDelivery,
+                  queue: OutboundQueue, router: DeliveryRouter,
+                  ) -> tuple[senderauth.SenderAuth, Webhooks]:
+    """What the context gets beside its fields: BURL's URLs, the queue's states, sender
+    authentication and its hooks, the delivery events, the web resources, and the
+    success reports of local copies."""
+    directory, disk = context.directory, context.disk
     context.submit_urls = SubmitUrls(directory, context.mailboxes, disk.reads)  # BURL
     # The API's record of what became of the messages it sent (GET /api/v1/queue/ID).
     context.queue_states = SpoolStates(spool)
@@ -120,32 +162,25 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     router.reporter = reports
     if isinstance(context.mx_target, DeliveryRouter):
         context.mx_target.reporter = reports
+    return auth, webhooks
 
-    def fresh_context(new: Config) -> ServerContext:
-        """A reload's context: the new config and what is made from it alone; the
-        directory, portal, routers, disk threads, TLS, throttle, abuse table, resolver
-        and message hooks are the same objects (built once, some with blocking work)."""
-        fresh = dataclasses.replace(context, config=new, mailboxes=_mailboxes(new, directory))
-        fresh.web_resources = web_resources(fresh)
-        return fresh
 
-    holders: list[object] = [context, router, directory]
-    if context.mx_target is not None:
-        holders.append(context.mx_target)  # port 25's router (SRS): new domains are local
-    if instance == 0:
-        queue_service = QueueService(context, spool, queue)
-        if auth.signer is not None:
-            # Our DSNs and delay notices leave DKIM-signed (senderauth/signing.py).
-            queue_service.scheduler.sign_dsn = auth.signer.sign_dsn
-        queue_service.scheduler.events = context.events  # delivered, deferred, failed...
-        queue_service.setServiceParent(top)
-        if webhooks.dispatcher is not None:
-            webhooks.dispatcher.setServiceParent(top)
-        QueueGauges(spool, disk).setServiceParent(top)
-        # `mailserver sendmail`'s messages, DKIM-signed as submitted ones are.
-        pickup = PickupService(config, router, auth.signing)
-        pickup.setServiceParent(top)
-        holders.append(pickup)
+def _fresh_context(context: ServerContext, directory: RecipientDirectory,
+                   new: Config) -> ServerContext:
+    """A reload's context: the new config and what is made from it alone; the
+    directory, portal, routers, disk threads, TLS, throttle, abuse table, resolver
+    and message hooks are the same objects (built once, some with blocking work)."""
+    fresh = dataclasses.replace(context, config=new, mailboxes=_mailboxes(new, directory))
+    fresh.web_resources = web_resources(fresh)
+    return fresh
+
+
+def _listeners(top: service.MultiService, context: ServerContext, abuse: AbuseControl,
+               inherited: dict[str, int] | None,
+               ) -> tuple[ListenerSet, SessionBalancer | None]:
+    """The listeners under the connection limits (a worker adopts the sockets in
+    `inherited`) and, with worker processes, the balancer between them."""
+    config, instance = context.config, context.instance
     counter = ConnectionCounter(config.limits.connections, config.limits.connections_per_ip,
                                 control=abuse)
     registry = ListenerRegistry(config.data_dir / "run") if inherited is None else None
@@ -155,43 +190,67 @@ def make_service(config: Config, inherited: dict[str, int] | None = None,
     if balancer is not None:
         balancer.setServiceParent(top)
         counter.balancer = balancer
+    return listeners, balancer
 
-    def apply_listeners(new: Config) -> None:
-        abuse.reconfigure(new)
-        fresh = fresh_context(new)
-        listeners.apply(new, lambda name: _build_listener(fresh, name))
-        if balancer is not None:
-            balancer.sync_ports()
 
-    targets = ReloadTargets(tls=tls, holders=lambda: holders,
-                            apply_listeners=apply_listeners)
-    Reloader(config, targets, record=instance == 0).setServiceParent(top)
-    listeners.start_all(config)
-    if instance == 0:  # after the listeners (their ports); idle without [cluster]
-        checker = HealthChecker(config, disk, listeners.listening_ports)
-        checker.setServiceParent(top)
-        holders.append(checker)  # a reload's nodes and interval
-    if instance == 0:
-        from mailserver.app.acme import AcmeService
+def _start_queue_side(top: service.MultiService, context: ServerContext, spool: Spool,
+                      queue: OutboundQueue, router: DeliveryRouter,
+                      auth: senderauth.SenderAuth, webhooks: Webhooks,
+                      holders: list[object]) -> None:
+    """The twistd process's own services before the listeners: the relay queue, the
+    webhook sender, the queue gauges and the pickup of `mailserver sendmail`."""
+    config, disk = context.config, context.disk
+    queue_service = QueueService(context, spool, queue)
+    if auth.signer is not None:
+        # Our DSNs and delay notices leave DKIM-signed (senderauth/signing.py).
+        queue_service.scheduler.sign_dsn = auth.signer.sign_dsn
+    queue_service.scheduler.events = context.events  # delivered, deferred, failed...
+    queue_service.setServiceParent(top)
+    if webhooks.dispatcher is not None:
+        webhooks.dispatcher.setServiceParent(top)
+    QueueGauges(spool, disk).setServiceParent(top)
+    # `mailserver sendmail`'s messages, DKIM-signed as submitted ones are.
+    pickup = PickupService(config, router, auth.signing)
+    pickup.setServiceParent(top)
+    holders.append(pickup)
 
-        # Always there, idle without [acme]: a reload that adds [acme] starts it.
-        AcmeService(config, reload=targets).setServiceParent(top)
-    if inherited is None and config.process_count > 1:
-        # Added last, so it starts after the listeners and is stopped first.
-        supervisor = WorkerSupervisor(config, listeners.services, balancer)
-        supervisor.setServiceParent(top)
-        targets.forward = lambda: supervisor.signal_workers("HUP")
 
-        def apply_and_hand_over(new: Config) -> None:
-            apply_listeners(new)
-            supervisor.listeners = listeners.services  # what a restarted worker inherits
+def _start_node_services(top: service.MultiService, config: Config, disk: DiskExecutor,
+                         listeners: ListenerSet, targets: ReloadTargets,
+                         holders: list[object]) -> None:
+    """The twistd process's services after the listeners (the health checks need their
+    ports): the cluster's health checks, idle without [cluster], and ACME."""
+    checker = HealthChecker(config, disk, listeners.listening_ports)
+    checker.setServiceParent(top)
+    holders.append(checker)  # a reload's nodes and interval
+    from mailserver.app.acme import AcmeService
 
-        targets.apply_listeners = apply_and_hand_over
-    if instance == 0 and not config.users_file.exists():
-        log.info("no users yet: add one with `mailserver{cfg} user add alice@{domain}`",
-                 cfg=f" --config {config.source}" if config.source else "",
-                 domain=(config.domains.local or ("example.org",))[0])
-    return top
+    # Always there, idle without [acme]: a reload that adds [acme] starts it.
+    AcmeService(config, reload=targets).setServiceParent(top)
+
+
+def _start_workers(top: service.MultiService, config: Config, listeners: ListenerSet,
+                   balancer: SessionBalancer | None, targets: ReloadTargets,
+                   apply_listeners: Callable[[Config], None]) -> None:
+    """The worker processes' supervisor (the twistd process, with processes > 1); a
+    reload is forwarded to the workers and hands them the new listeners."""
+    # Added last, so it starts after the listeners and is stopped first.
+    supervisor = WorkerSupervisor(config, listeners.services, balancer)
+    supervisor.setServiceParent(top)
+    targets.forward = lambda: supervisor.signal_workers("HUP")
+
+    def apply_and_hand_over(new: Config) -> None:
+        apply_listeners(new)
+        supervisor.listeners = listeners.services  # what a restarted worker inherits
+
+    targets.apply_listeners = apply_and_hand_over
+
+
+def _hint_first_user(config: Config) -> None:
+    """A fresh install has no users: the log says how to add the first."""
+    log.info("no users yet: add one with `mailserver{cfg} user add alice@{domain}`",
+             cfg=f" --config {config.source}" if config.source else "",
+             domain=(config.domains.local or ("example.org",))[0])
 
 
 def _balancer(config: Config, instance: int, inherited: dict[str, int] | None,
