@@ -318,6 +318,7 @@ class SMTPConnection:
         return outcomes
 
     async def _transaction(self, message: Message, outcomes: dict[str, Outcome]) -> None:
+        """One message on this connection; each recipient's outcome lands in `outcomes`."""
         if message.body_8bit and "8BITMIME" not in self.extensions:
             converted = await self._downgraded(message)
             if isinstance(converted, Outcome):
@@ -330,6 +331,14 @@ class SMTPConnection:
             for rcpt in message.recipients:
                 outcomes[rcpt] = refused
             return
+        accepted = await self._mail_and_rcpts(message, outcomes)
+        if accepted is not None:
+            await self._data(message, accepted, outcomes)
+
+    async def _mail_and_rcpts(self, message: Message,
+                              outcomes: dict[str, Outcome]) -> list[str] | None:
+        """MAIL FROM and every RCPT TO (with DATA, when pipelined): the recipients the
+        peer accepted; None after a 421, when nothing more may be sent."""
         remote = str(self.hop)
         pipelining = "PIPELINING" in self.extensions
         mail = self._mail_command(message, message.wire_size())
@@ -365,7 +374,16 @@ class SMTPConnection:
                 outcomes.setdefault(rcpt, Outcome(
                     PENDING, "4.4.2", f"{remote} closed the session (421) before this "
                     "recipient was tried", remote))
-            return
+            return None
+        return accepted
+
+    async def _data(self, message: Message, accepted: list[str],
+                    outcomes: dict[str, Outcome]) -> None:
+        """DATA (its reply only, when pipelined), the body and the final reply, which
+        alone counts the accepted recipients delivered."""
+        remote = str(self.hop)
+        pipelining = "PIPELINING" in self.extensions
+        dsn = "DSN" in self.extensions
         self._stage = "sending DATA"
         if pipelining:
             data_reply = await self._reply()
