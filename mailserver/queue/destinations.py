@@ -26,7 +26,7 @@ from mailserver.queue.client import (
 )
 from mailserver.queue.envelope import DELIVERED, FAILED, PENDING
 from mailserver.queue.outtls import REQUIRETLS, TLS_OPTIONAL, OutboundTls, Plan, TlsRefused
-from mailserver.queue.routing import RouteError, Router
+from mailserver.queue.routing import Hop, RouteError, Router
 
 log = logger(__name__)
 
@@ -131,6 +131,21 @@ class Dispatcher:
             self._dispatch()
 
     async def _serve(self, dest: Destination) -> None:
+        """Route `dest`, open a connection to the first of its hops that takes one, and
+        send its jobs over it while it is usable."""
+        routed = await self._route(dest)
+        if routed is None:
+            return
+        hops, plan = routed
+        conn, last, tls = await self._open(dest, hops, plan)
+        if conn is None:
+            self._unconnected(dest, last)
+            return
+        await self._send_jobs(dest, conn, tls)
+
+    async def _route(self, dest: Destination) -> tuple[list[Hop], Plan | None] | None:
+        """The hops of `dest` and its TLS plan; None when routing refused (its jobs are
+        finished with the refusal)."""
         plan: Plan | None = None
         try:
             hops = await threads.deferToThread(self.router.route, dest.domain)
@@ -142,7 +157,13 @@ class Dispatcher:
             state = FAILED if e.permanent else PENDING
             for job in _take_all(dest):
                 job.finish_all(state, e.status, e.text)
-            return
+            return None
+        return hops, plan
+
+    async def _open(self, dest: Destination, hops: list[Hop], plan: Plan | None,
+                    ) -> tuple[SMTPConnection | None, SMTPClientError | None, str]:
+        """The first hop that answers and passes the TLS plan, with the TLS it got; or
+        None and the last hop's error."""
         conn: SMTPConnection | None = None
         last: SMTPClientError | None = None
         tls = ""
@@ -172,19 +193,25 @@ class Dispatcher:
                 last = e
                 candidate.abort()
                 self.connections.discard(candidate)
-        if conn is None:
-            for job in _take_all(dest):
-                if last is None or self.stopping:
-                    job.finish({r: Outcome(PENDING, "4.3.2", "server stopping",
-                                           attempted=False) for r in job.message.recipients})
-                elif last.status in ("4.7.5", "5.7.30"):  # TLS policy (outtls.py)
-                    job.finish_all(FAILED if last.status == "5.7.30" else PENDING,
-                                   last.status, last.text)
-                else:  # the greeting's own 4xx status when it gave one
-                    status = last.status if last.status.startswith("4.") and last.code \
-                        else "4.4.1"
-                    job.finish_all(PENDING, status, last.text)
-            return
+        return conn, last, tls
+
+    def _unconnected(self, dest: Destination, last: SMTPClientError | None) -> None:
+        """No hop took a connection: every job of `dest` is finished with why."""
+        for job in _take_all(dest):
+            if last is None or self.stopping:
+                job.finish({r: Outcome(PENDING, "4.3.2", "server stopping",
+                                       attempted=False) for r in job.message.recipients})
+            elif last.status in ("4.7.5", "5.7.30"):  # TLS policy (outtls.py)
+                job.finish_all(FAILED if last.status == "5.7.30" else PENDING,
+                               last.status, last.text)
+            else:  # the greeting's own 4xx status when it gave one
+                status = last.status if last.status.startswith("4.") and last.code \
+                    else "4.4.1"
+                job.finish_all(PENDING, status, last.text)
+
+    async def _send_jobs(self, dest: Destination, conn: SMTPConnection, tls: str) -> None:
+        """Send the jobs of `dest` over `conn`, one after another (lingering a while for
+        more), until it is unusable or the server stops; then close it."""
         try:
             while conn.usable and not self.stopping:
                 if not dest.jobs and not await self._linger(dest):
