@@ -142,12 +142,27 @@ def obtain_certificate(config: Config, challenges: ChallengeResponses,
     SwappableTLS table). Raises whatever the acme library or the network raise; the
     caller logs and retries.
     """
-    import josepy
-    from acme import challenges as acme_challenges
-    from acme import client, crypto_util, errors, messages
+    from acme import crypto_util
 
     acme_dir = config.data_dir / ACME_DIR
     acme_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    acme, jwk = _registered_client(config, acme_dir)
+    names = wanted_names(config)
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_pem = key.private_bytes(serialization.Encoding.PEM,
+                                serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    order = acme.new_order(crypto_util.make_csr(key_pem, list(names)))
+    order = _validate_and_finalize(config, acme, jwk, order, challenges, alpn)
+    return _store_chain(config, acme_dir, key_pem, order)
+
+
+def _registered_client(config: Config, acme_dir: Path) -> tuple[Any, Any]:
+    """The ACME client (acme.client.ClientV2) of our account, registered with the CA
+    (found again when the key already has an account), and the account's JWK."""
+    import josepy
+    from acme import client, errors, messages
+
     account_key = _account_key(acme_dir / ACCOUNT_KEY)
     jwk = josepy.JWKRSA(key=account_key)
     verify: Any = config.acme.directory_ca or True
@@ -163,13 +178,18 @@ def obtain_certificate(config: Config, challenges: ChallengeResponses,
     except errors.ConflictError as existing:  # this key has an account already
         found = messages.RegistrationResource(uri=existing.location, body=registration)
         acme.query_registration(found)
+    return acme, jwk
 
-    names = wanted_names(config)
-    key = ec.generate_private_key(ec.SECP256R1())
-    key_pem = key.private_bytes(serialization.Encoding.PEM,
-                                serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    order = acme.new_order(crypto_util.make_csr(key_pem, list(names)))
+
+def _validate_and_finalize(config: Config, acme: Any, jwk: Any, order: Any,
+                           challenges: ChallengeResponses,
+                           alpn: dict[str, tuple[x509.Certificate, Any]] | None) -> Any:
+    """Answer each authorization's challenge of the configured kind, then poll and
+    finalize the order (RFC 8555 7.5, 7.4); the answers are withdrawn whatever happens."""
+    import josepy
+    from acme import challenges as acme_challenges
+    from acme import messages
+
     kind = config.acme.challenge
     tokens: list[str] = []
     alpn_names: list[str] = []
@@ -204,6 +224,12 @@ def obtain_certificate(config: Config, challenges: ChallengeResponses,
         for name in alpn_names:
             if alpn is not None:
                 alpn.pop(name, None)
+    return order
+
+
+def _store_chain(config: Config, acme_dir: Path, key_pem: bytes, order: Any) -> Held:
+    """The new key and the CA's chain, stored (0600) where the TLS listeners load them
+    from, checked to load; the renewal flag goes."""
     chain = order.fullchain_pem.encode("ascii")
     write_atomically(acme_dir / ACME_CHAIN, key_pem + chain, 0o600)
     try:
