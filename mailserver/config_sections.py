@@ -30,8 +30,9 @@ class APIConfig:
     enabled: bool = doc("Serve /api/v1/ on the http/https listeners.", default=True)
     requests_per_minute: int = doc("Requests one token (or one user by password) may make "
                                    "a minute; more are answered 429.", default=600)
-    concurrent_requests: int = doc("Requests one process works on at once; more are "
-                                   "answered 503.", default=64)
+    concurrent_requests: int = doc("Authenticated requests one process works on at "
+                                   "once; more are answered 503 (requests still being "
+                                   "authenticated are not counted).", default=64)
     tokens_file: Path | None = doc(
         "API tokens (`mailserver token add`), stored hashed; default data_dir/api-tokens. "
         "Point every node of a cluster at one shared file.", default=None)
