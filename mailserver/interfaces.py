@@ -180,6 +180,19 @@ class IDeliveryTransaction(Interface):
         after a failed commit; after a successful commit it changes nothing."""
 
 
+class IQueueReleaseStep(Interface):
+    """A delivery transaction (the router's) that lets its producer do one step of its
+    own with the queue id before the queue may act on the message: the API records
+    which user sent which queue id there, so the queue's "delivered" event, published
+    as soon as the scheduler is done, finds the record (api/send.py)."""
+
+    def before_release(step: Callable[[str], Deferred[None]]) -> None:
+        """Call `step(queue_id)` once the queue copy is durable, before the local
+        copies are committed and the queue copy released, and wait for it. If it
+        fails, every copy is aborted and commit errbacks with 451 4.3.0 (nothing was
+        visible or sent). Never called for a message without a queue copy."""
+
+
 class IDeliveryTarget(Interface):
     """Somewhere a message can be delivered, in two phases (write, then commit)."""
 

@@ -172,7 +172,8 @@ class XclientCommands(SessionState):
         if self.envelope is not None:
             raise ReplyError(503, "5.5.1", "Error: MAIL transaction in progress")
         given = command.attributes
-        login = self._xclient_login(given["LOGIN"]) if given.get("LOGIN") else None
+        named = given.get("LOGIN")
+        login = self._xclient_login(named) if named else None
         if login == "":
             return None  # 421 sent, closing
         proxy, client = self.peer_ip, given.get("ADDR")
