@@ -88,6 +88,10 @@ class IRecipientDirectory(Interface):
         """True for a user who may log in: in the users file and not marked `nologin`
         or `deny` (Dovecot's fields). API tokens ask this on every use."""
 
+    def login_key(username: str) -> str:
+        """The address a login name stands for, as the password checker takes it (lower
+        case; a bare name in the first local domain). XCLIENT LOGIN= asks this too."""
+
     def unavailable() -> str | None:
         """Why the directory cannot answer for certain now (a users or aliases file that
         exists but cannot be read, and no earlier reading of it), else None. An empty

@@ -26,7 +26,6 @@ from mailserver.auth.names import (
     InvalidAddress,
     address_key,
     localpart_problem,
-    login_key,
     make_mailbox_id,
     split_key,
     strip_extension,
@@ -167,8 +166,11 @@ class RecipientDirectory:
     def login_key(self, username: str) -> str:
         """The address a login name stands for: lower case; a bare name gets the first
         local domain (`alice` -> `alice@example.org`), as users of one-domain servers
-        expect (auth/names.py login_key)."""
-        return login_key(username, self.config.domains.local)
+        expect."""
+        key = address_key(username)
+        if "@" not in key and self.config.domains.local:
+            key = f"{key}@{self.config.domains.local[0]}"
+        return key
 
     def password_hash(self, address: str) -> str | None:
         """The stored `{SCHEME}hash` of a hosted user, or None for no such user; ""

@@ -40,18 +40,6 @@ def address_key(text: str) -> str:
     return f"{local.lower()}@{domain_key(domain)}"
 
 
-def login_key(username: str, local_domains: Iterable[str]) -> str:
-    """The address a login name stands for: address_key's form; a bare name gets the
-    first local domain (`alice` -> `alice@example.org`), as users of one-domain servers
-    expect. One rule for every way in: the password checker (directory.login_key) and
-    a proxy's XCLIENT LOGIN= (smtp/xclient.py), which names the user as they typed it."""
-    key = address_key(username)
-    first = next(iter(local_domains), None)
-    if "@" not in key and first:
-        key = f"{key}@{first}"
-    return key
-
-
 def split_key(key: str) -> tuple[str, str]:
     """`local@domain` -> (local, domain), split at the last `@`."""
     local, _, domain = key.rpartition("@")

@@ -31,7 +31,7 @@ Rules, as Postfix has them:
   the proxy: 421 if it is over), HELO the HELO name, PROTO whether it spoke ESMTP,
   LOGIN the authenticated user (so submission relays for them and checks their sender,
   as after AUTH). LOGIN is taken as the password checker takes a login name (lower
-  case, a bare name in the first local domain: auth/names.py login_key), and only for
+  case, a bare name in the first local domain: the directory's login_key), and only for
   a user who may log in: an unknown user, or one marked nologin or deny, is 550 5.7.8
   and nothing changes (Postfix's XCLIENT answers 550 when the proxy may not do what it
   asks; X.7.8 is AUTH's "credentials invalid", RFC 4954 6). nginx checked the password
@@ -52,7 +52,6 @@ from twisted.internet.defer import Deferred
 
 from mailserver.abuse.control import event
 from mailserver.abuse.dnsbl import Score
-from mailserver.auth.names import login_key
 from mailserver.core.peer import (
     count_as,
     proxy_header_honoured,
@@ -206,8 +205,8 @@ class XclientCommands(SessionState):
     def _xclient_login(self, login: str) -> str:
         """LOGIN= as the directory's key of the user, or 550 5.7.8 if that user may not
         log in (module docstring); "" after a 421 for a directory that cannot answer."""
-        key = login_key(login, self.config.domains.local)
         senders = self.factory.senders
+        key = senders.login_key(login) if senders is not None else login
         if senders is not None and senders.login_allowed(key):
             return key
         if senders is not None and senders.unavailable():
