@@ -23,7 +23,8 @@ cluster.auth_secret_file set, sends its secret in X-Auth-Key (nginx's
 in constant time; wrong or missing: 403, no password checked); the real client
 (Client-IP) is not locked out by the shared login throttle; the password, through the
 portal, whose checker hashes in its own thread pool; every failure counts against
-Client-IP.
+Client-IP. Then the user's node: rendezvous hashing of the canonical address over the
+nodes that are up (nodes.py, health.py), and the port of the protocol's listener.
 
 Why the secret: the address check alone trusts anything on this host. An HTTP reverse
 proxy on it that forwards public requests (a web server's catch-all proxy_pass to our
@@ -34,8 +35,6 @@ applies, per account). With no secret configured, a request carrying a header th
 only an HTTP proxy adds (Forwarded, X-Forwarded-For, X-Real-IP; nginx's mail module
 sends none of them) is refused the same way, which closes the usual form of that
 mistake by default.
-Then the user's node: rendezvous hashing of the canonical address over the nodes that
-are up (nodes.py, health.py), and the port of the protocol's listener.
 
 Nothing a client typed ever reaches the answer: every Auth-Status is one of the fixed
 texts below, Auth-Server comes from cluster.nodes and Auth-Port is a number, so a user
