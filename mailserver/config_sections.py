@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -30,8 +31,9 @@ class APIConfig:
     enabled: bool = doc("Serve /api/v1/ on the http/https listeners.", default=True)
     requests_per_minute: int = doc("Requests one token (or one user by password) may make "
                                    "a minute; more are answered 429.", default=600)
-    concurrent_requests: int = doc("Requests one process works on at once; more are "
-                                   "answered 503.", default=64)
+    concurrent_requests: int = doc("Authenticated requests one process works on at "
+                                   "once; more are answered 503 (requests still being "
+                                   "authenticated are not counted).", default=64)
     tokens_file: Path | None = doc(
         "API tokens (`mailserver token add`), stored hashed; default data_dir/api-tokens. "
         "Point every node of a cluster at one shared file.", default=None)
@@ -118,6 +120,12 @@ class ClusterConfig:
     lock_timeout: int = doc(
         "With node set: seconds a dotlock may go unrefreshed (its holder's node died) "
         "before another node takes it over.", default=30)
+    auth_secret_file: Path | None = doc(
+        "File whose first line is a secret (at least 16 printable ASCII characters, no "
+        "spaces) every /nginx-auth request must carry in its X-Auth-Key header (nginx: "
+        "auth_http_header X-Auth-Key ...); unset: callers are trusted by address "
+        "alone (trusted_proxies, 127.0.0.1, ::1).", default=None,
+        example='auth_secret_file = "/etc/mailserver/nginx-auth.secret"')
 
 
 def check_sections(config: Config, problems: list[str]) -> None:
@@ -142,6 +150,7 @@ def check_sections(config: Config, problems: list[str]) -> None:
     _check_health(config, problems)
     _check_proxy_protocol(cluster, problems)
     _check_cluster_store(config, problems)
+    _check_auth_secret(cluster, problems)
 
 
 def _check_health(config: Config, problems: list[str]) -> None:
@@ -210,6 +219,35 @@ def _check_cluster_store(config: Config, problems: list[str]) -> None:
     if cluster.node and (cache == mail or mail in cache.parents or cache in mail.parents):
         problems.append(f"cluster.cache_dir: {cache} must not be inside the shared "
                         f"mail tree {mail} or contain it")
+
+
+#: What cluster.auth_secret_file's first line must be: a header value nginx sends as
+#: it is (no quoting needed), long enough not to be guessed through the endpoint.
+AUTH_SECRET = re.compile(r"[!-~]{16,256}")
+
+
+def read_auth_secret(path: Path) -> bytes:
+    """cluster.auth_secret_file's secret; ValueError (naming the key) if malformed,
+    OSError if unreadable."""
+    lines = path.read_text(encoding="ascii", errors="replace").splitlines()
+    secret = lines[0].strip() if lines else ""
+    if not AUTH_SECRET.fullmatch(secret):
+        raise ValueError(f"cluster.auth_secret_file: the first line of {path} must be 16 "
+                         "to 256 printable ASCII characters without spaces")
+    return secret.encode("ascii")
+
+
+def _check_auth_secret(cluster: ClusterConfig, problems: list[str]) -> None:
+    """cluster.auth_secret_file: readable, and a secret of the right form."""
+    if cluster.auth_secret_file is None:
+        return
+    try:
+        read_auth_secret(cluster.auth_secret_file)
+    except OSError as e:
+        problems.append(f"cluster.auth_secret_file: cannot read {cluster.auth_secret_file}: "
+                        f"{e.strerror or e}")
+    except ValueError as e:
+        problems.append(str(e))
 
 
 def _check_networks(key: str, networks: tuple[str, ...], problems: list[str]) -> None:

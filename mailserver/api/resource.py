@@ -175,7 +175,8 @@ class ApiResource(resource.Resource):
         self.routes = all_routes() if routes is None else routes
         #: The largest request body BoundedChannel lets through for this prefix.
         self.max_body = max_body
-        #: Requests of this process being worked on (api.concurrent_requests).
+        #: Authenticated requests of this process being worked on
+        #: (api.concurrent_requests; one still authenticating is not counted).
         self.in_progress = 0
 
     def refusal(self, status: int) -> bytes | None:
@@ -191,21 +192,9 @@ class ApiResource(resource.Resource):
 
     def render(self, request: server.Request) -> int:  # type: ignore[override]
         request.setHeader(b"cache-control", b"no-store")
-        limit = self.context.config.api.concurrent_requests if self.context else 0
-        if limit and self.in_progress >= limit:
-            # RFC 9110 15.6.4 (503 with Retry-After), before anything else: the refusal
-            # must cost less than the work it sheds.
-            _refuse(request, ApiError(503, "busy", "the server is busy; try again shortly",
-                                      smtp="4.3.2", headers={"Retry-After": "1"}))
-            return server.NOT_DONE_YET
-        self.in_progress += 1
         d = ensureDeferred(self._answer(request))
         d.addErrback(self._crashed, request)
-        d.addBoth(self._done)
         return server.NOT_DONE_YET
-
-    def _done(self, _: object) -> None:
-        self.in_progress -= 1
 
     async def _answer(self, request: server.Request) -> None:
         try:
@@ -240,6 +229,26 @@ class ApiResource(resource.Resource):
         principal = await self.authenticate(self.context, request)
         if not principal.allows(found.scope):
             raise ApiError(403, "forbidden", f"this credential lacks the {found.scope} scope")
+        limit = self.context.config.api.concurrent_requests if self.context else 0
+        if limit and self.in_progress >= limit:
+            # RFC 9110 15.6.4 (503 with Retry-After). Only now, after the credential
+            # checked out: a slot counted before it would let a flood of requests with
+            # no or wrong credentials make every real client's answer 503. Those are
+            # bounded otherwise: a Bearer check is a hash of 32 bytes on this thread,
+            # a password check goes to the hashing pool, and the login throttle ends
+            # both for an address after a few failures (429 before any check), the
+            # per-address connection limit how many it may have open (app/limits.py).
+            raise ApiError(503, "busy", "the server is busy; try again shortly",
+                           smtp="4.3.2", headers={"Retry-After": "1"})
+        self.in_progress += 1
+        try:
+            return await self._run(found, match, principal, request)
+        finally:
+            self.in_progress -= 1
+
+    async def _run(self, found: Route, match: re.Match[str], principal: Principal,
+                   request: server.Request) -> ApiAnswer:
+        """The route's handler, with the path's parameters, the body and the query."""
         from urllib.parse import unquote
 
         params = {k: unquote(v) for k, v in match.groupdict().items() if v is not None}

@@ -98,19 +98,24 @@ async def send(call: ApiCall) -> ApiAnswer:
                              headers={"Idempotent-Replayed": "true"})
     request = call.request
     peer = str(getattr(request.getClientAddress(), "host", ""))
+
+    async def record(submitted: Submitted) -> None:
+        # Committed before the queue may deliver the message, so its delivery events
+        # find the record, and so before the answer (api/sentrecorder.py: grouped, on
+        # its own thread; not fsync'd, as before: no fsync is added per message).
+        await recorder_for(db).record(submitted.queue_id, user, submitted.message_id,
+                                      [*((a, "delivered") for a, s in submitted.recipients
+                                         if s == "delivered"),
+                                       *((a, "queued") for a in submitted.remote)])
+
     try:
         submitted = await Submitter(context, _limits(context.config)).submit(
-            user, composed, peer, bool(request.isSecure()))
+            user, composed, peer, bool(request.isSecure()), record)
     except BaseException:
         if key is not None:
             await recorder_for(db).call(db.release, user, key)
         raise
     answer = _answer(submitted)
-    # Committed before the answer (api/sentrecorder.py: grouped, on its own thread).
-    await recorder_for(db).record(submitted.queue_id, user, submitted.message_id,
-                                  [*((a, "delivered") for a, s in submitted.recipients
-                                     if s == "delivered"),
-                                   *((a, "queued") for a in submitted.remote)])
     if key is not None:
         await recorder_for(db).call(db.answered, user, key,
                                     {"status": answer.status, "body": answer.body})

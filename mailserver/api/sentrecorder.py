@@ -10,6 +10,8 @@ the send path 12 % faster without it (bench/results/api.md, 2026-12-07). Here th
 records of all requests that finish while a write is running go in the next single
 transaction, written by one thread that does nothing else; each request's Deferred
 fires once its row is committed, so the ordering "recorded, then answered" holds.
+For a queued message the record is written before the router releases the queue copy
+(api/submit.py, interfaces.IQueueReleaseStep), so the queue's first event finds it.
 """
 
 from __future__ import annotations

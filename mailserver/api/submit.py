@@ -24,10 +24,11 @@ error's "smtp" field, so an application can act on the same reason a mail client
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, ensureDeferred
 
 from mailserver.abuse.control import event
 from mailserver.address import Address, address_literal
@@ -40,7 +41,7 @@ from mailserver.core.context import ServerContext
 from mailserver.core.headers import HeaderInspector
 from mailserver.core.trace import new_message_id, received_header
 from mailserver.errors import ReplyError
-from mailserver.interfaces import DeliveryEnvelope, MailboxId, RecipientDsn
+from mailserver.interfaces import DeliveryEnvelope, IQueueReleaseStep, MailboxId, RecipientDsn
 from mailserver.logs import logger
 from mailserver.reply import Reply
 
@@ -63,6 +64,29 @@ class Submitted:
     recipients: list[tuple[str, str]]
     #: The addresses the queue delivers to (aliases expanded), for the state records.
     remote: tuple[str, ...]
+
+
+#: What the caller keeps of a submitted message (api/send.py: its state record); run
+#: before the queue may act on the message (IQueueReleaseStep), or after the local
+#: delivery when nothing was queued.
+Recorder = Callable[[Submitted], Coroutine[Any, Any, None]]
+
+
+@dataclass
+class _RecordStep:
+    """The caller's record of a queued message as the router's step before the queue
+    copy's release (interfaces.IQueueReleaseStep), once the queue id is known."""
+
+    record: Recorder
+    message_id: str
+    states: list[tuple[str, str]]
+    remote: tuple[str, ...]
+    done: bool = False
+
+    def before_release(self, queue_id: str) -> Deferred[None]:
+        self.done = True
+        return ensureDeferred(self.record(Submitted(self.message_id, queue_id,
+                                                    self.states, self.remote)))
 
 
 @dataclass
@@ -118,7 +142,10 @@ class Submitter:
         self.limits = limits
 
     async def submit(self, user: str, composed: Composed, peer_ip: str,
-                     tls: bool) -> Submitted:
+                     tls: bool, record: Recorder | None = None) -> Submitted:
+        """Submit `composed` as `user`; `record` (if given) has run when this returns,
+        and for a queued message before the queue could deliver it (a "delivered"
+        event of a message the API has no record of yet would be lost)."""
         context = self.context
         config = context.config
         message = composed.message
@@ -160,14 +187,19 @@ class Submitter:
             sender=composed.sender, mailboxes=tuple(sorted(mailboxes)),
             remote=tuple(remote), smtputf8=composed.smtputf8,
             body_8bit=not content.isascii(), submitter=user, dsn=tuple(dsn))
+        step = None if record is None else _RecordStep(
+            record, headers.message_id_value, states, tuple(remote))
         queue_id = await self._deliver(envelope, session_id, peer_ip, tls, composed,
-                                       content)
+                                       content, step.before_release if step else None)
         log.info("api {id} from {sender} by {user} to {rcpts} local, {remote} queued "
                  "{queue_id} ({size} octets) stored", id=session_id,
                  sender=composed.sender, user=user, rcpts=len(mailboxes),
                  remote=len(remote), queue_id=queue_id or "-", size=len(content))
-        return Submitted(headers.message_id_value, queue_id or session_id, states,
-                         tuple(remote))
+        submitted = Submitted(headers.message_id_value, queue_id or session_id, states,
+                              tuple(remote))
+        if record is not None and not (step and step.done):  # nothing was queued
+            await record(submitted)
+        return submitted
 
     def _route(self, recipients: list[Mailbox]) -> list[tuple[Mailbox, Any]]:
         """Where each recipient goes (RFC 6409 3.3: authenticated, so relayed), or the
@@ -199,11 +231,17 @@ class Submitter:
                 raise http_status(refusal, status=429, code="sending_limit")
 
     async def _deliver(self, envelope: DeliveryEnvelope, session_id: str, peer_ip: str,
-                       tls: bool, composed: Composed, content: bytes) -> str | None:
+                       tls: bool, composed: Composed, content: bytes,
+                       before_release: Callable[[str], Deferred[None]] | None = None,
+                       ) -> str | None:
         """One transaction through the submission listener's hook, as
         smtp/reception.py _start_message and _finish_message do it."""
         context = self.context
         transaction = context.target.begin(envelope)
+        if before_release is not None:
+            if not IQueueReleaseStep.providedBy(transaction):
+                raise TypeError("the delivery target cannot hold the queue's release")
+            transaction.before_release(before_release)
         hook = context.message_hooks.get(LISTENER)
         recipients = [Address(*m.address.rsplit("@", 1)) for m in composed.recipients]
         session = ApiSession(session_id, peer_ip, None, _Envelope(recipients))

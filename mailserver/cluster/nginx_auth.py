@@ -17,11 +17,24 @@ failure carries the response code that protocol's own server would give (RFC 553
 [AUTHENTICATIONFAILED], RFC 3206 [AUTH], RFC 4954 535 5.7.8).
 
 What we check: the caller is a trusted proxy (cluster.trusted_proxies, 127.0.0.1, ::1;
-anyone else 403: the endpoint answers password guesses); the real client (Client-IP)
-is not locked out by the shared login throttle; the password, through the portal,
-whose checker hashes in its own thread pool; every failure counts against Client-IP.
-Then the user's node: rendezvous hashing of the canonical address over the nodes that
-are up (nodes.py, health.py), and the port of the protocol's listener.
+anyone else 403: the endpoint answers password guesses) and, with
+cluster.auth_secret_file set, sends its secret in X-Auth-Key (nginx's
+`auth_http_header X-Auth-Key ...`, the header nginx's own documentation shows; compared
+in constant time; wrong or missing: 403, no password checked); the real client
+(Client-IP) is not locked out by the shared login throttle; the password, through the
+portal, whose checker hashes in its own thread pool; every failure counts against
+Client-IP. Then the user's node: rendezvous hashing of the canonical address over the
+nodes that are up (nodes.py, health.py), and the port of the protocol's listener.
+
+Why the secret: the address check alone trusts anything on this host. An HTTP reverse
+proxy on it that forwards public requests (a web server's catch-all proxy_pass to our
+http listener) would hand the world a password oracle, and the login throttle would
+not stop it: it counts failures against Client-IP, a header the caller writes, so every
+guess could name a fresh address (the per-account delay of the password checker still
+applies, per account). With no secret configured, a request carrying a header that
+only an HTTP proxy adds (Forwarded, X-Forwarded-For, X-Real-IP; nginx's mail module
+sends none of them) is refused the same way, which closes the usual form of that
+mistake by default.
 
 Nothing a client typed ever reaches the answer: every Auth-Status is one of the fixed
 texts below, Auth-Server comes from cluster.nodes and Auth-Port is a number, so a user
@@ -30,6 +43,7 @@ name holding CR LF or "Auth-Server: ..." can only fail to log in.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -46,6 +60,7 @@ from mailserver.address import client_address
 from mailserver.auth.realm import IMailUser
 from mailserver.cluster.health import HealthView, state_path
 from mailserver.cluster.nodes import MX_LISTENER, PROTOCOL_LISTENERS, owner, service_port
+from mailserver.config_sections import read_auth_secret
 from mailserver.core.context import ServerContext
 from mailserver.logs import logger
 
@@ -65,6 +80,11 @@ METHODS = ("plain", "login", "none", "apop", "cram-md5", "external")
 SERVICES = {"imap": "imap", "pop3": "pop3", "smtp": "submission"}
 #: Callers trusted without being listed in cluster.trusted_proxies.
 SELF = (ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1"))
+#: The header carrying cluster.auth_secret_file's secret (nginx: auth_http_header).
+SECRET_HEADER = b"X-Auth-Key"
+#: Headers an HTTP proxy adds and nginx's mail module never sends (RFC 7239 Forwarded
+#: and the two older forms): a request carrying one came through an HTTP proxy.
+FORWARDED = (b"Forwarded", b"X-Forwarded-For", b"X-Real-IP")
 
 
 @dataclass(frozen=True)
@@ -203,6 +223,10 @@ class NginxAuthResource(resource.Resource):
         self.view = view or HealthView(state_path(config), context.disk.reads)
         self.trusted = [ipaddress.ip_network(n, strict=False)
                         for n in config.cluster.trusted_proxies]
+        #: cluster.auth_secret_file's secret (read once; the config check made sure it
+        #: reads), None: callers are trusted by address alone.
+        secret_file = config.cluster.auth_secret_file
+        self.secret = read_auth_secret(secret_file) if secret_file is not None else None
         #: Listener name -> port this process listens on; None: the site's (the
         #: http listener knows the bound ports; tests set it).
         self.listening: Callable[[], Mapping[str, int]] | None = None
@@ -214,6 +238,27 @@ class NginxAuthResource(resource.Resource):
         ip = client_address(str(getattr(request.getClientAddress(), "host", "")))
         return ip is not None and (ip in SELF or any(ip in n for n in self.trusted))
 
+    def _unproven(self, request: server.Request) -> bytes | None:
+        """Why a caller at a trusted address is still not taken to be our nginx (the
+        403's text), or None (module docstring: the secret, or no HTTP proxy's mark)."""
+        headers = request.requestHeaders
+        peer = str(getattr(request.getClientAddress(), "host", ""))
+        if self.secret is not None:
+            given = headers.getRawHeaders(SECRET_HEADER) or []
+            if len(given) == 1 and hmac.compare_digest(given[0].strip(), self.secret):
+                return None
+            log.warn("nginx-auth: refused {peer}: {header} missing or wrong "
+                     "(cluster.auth_secret_file)", peer=peer, header=SECRET_HEADER.decode())
+            return b"forbidden: " + SECRET_HEADER + b" missing or wrong\n"
+        forwarded = next((h for h in FORWARDED if headers.hasHeader(h)), None)
+        if forwarded is None:
+            return None
+        log.warn("nginx-auth: refused {peer}: the request carries {header}, so an HTTP "
+                 "proxy forwarded it; nginx's mail module sends none (set "
+                 "cluster.auth_secret_file to allow a proxy you run)", peer=peer,
+                 header=forwarded.decode())
+        return b"forbidden: forwarded by an HTTP proxy\n"
+
     def render(self, request: server.Request) -> bytes | int:  # type: ignore[override]
         if request.path != PATH:
             return _plain(request, http.NOT_FOUND, b"not found\n")
@@ -222,6 +267,9 @@ class NginxAuthResource(resource.Resource):
             return _plain(request, http.NOT_ALLOWED, b"use GET\n")
         if not self._trusted(request):
             return _plain(request, http.FORBIDDEN, b"forbidden: not a trusted proxy\n")
+        refusal = self._unproven(request)
+        if refusal is not None:
+            return _plain(request, http.FORBIDDEN, refusal)
         d = defer.ensureDeferred(self.answer(request.requestHeaders, request))
         d.addErrback(self._internal_error)
         d.addCallback(_write, request)

@@ -12,6 +12,9 @@ must not). The 250 may only be sent once every copy is durable, and a failure of
 half must leave nothing behind that the client will send again, so commit() goes:
 
 1. commit the queue copy: durable on disk, not yet scheduled (IQueueTransaction);
+   then the producer's own step with the queue id, if it gave one
+   (IQueueReleaseStep: the API's record of what it sent, which must exist before the
+   queue can report a delivery; its failure aborts everything, as 2's does);
 2. commit the local copies: visible in new/;
 3. release the queue copy to the scheduler.
 
@@ -44,6 +47,7 @@ from mailserver.interfaces import (
     ILocalDelivery,
     ILocalTransaction,
     IOutboundQueue,
+    IQueueReleaseStep,
     IQueueTransaction,
     IRecipientDirectory,
     OutboundEnvelope,
@@ -241,7 +245,7 @@ def queued_dsn(envelope: DeliveryEnvelope) -> tuple[RecipientDsn, ...]:
     return tuple(out.values())
 
 
-@implementer(IDeliveryTransaction)
+@implementer(IDeliveryTransaction, IQueueReleaseStep)
 class RoutedTransaction:
     """The delivery transaction of one message: local copies, a queue copy, or both."""
 
@@ -256,6 +260,8 @@ class RoutedTransaction:
         self._after_commit: Callable[[bytes], None] | None = None
         #: Publishes the local copies' "received" events, awaited before commit fires.
         self._announce: Announcer | None = None
+        #: The producer's step between the queue copy's commit and its release.
+        self._before_release: Callable[[str], Deferred[None]] | None = None
         self._head = bytearray()
 
     def write_local(self, data: bytes) -> None:
@@ -273,6 +279,11 @@ class RoutedTransaction:
         queue id (None: nothing queued) once the local copies are committed, and wait
         for it before commit fires (so before the 250)."""
         self._announce = publish
+
+    def before_release(self, step: Callable[[str], Deferred[None]]) -> None:
+        """IQueueReleaseStep: `step(queue_id)` after the queue copy's commit, before
+        anything is visible or released (commit's step 1b)."""
+        self._before_release = step
 
     def write(self, data: bytes) -> None:
         if self.failed is not None:
@@ -312,6 +323,14 @@ class RoutedTransaction:
             except Exception:
                 self.abort()
                 raise
+            if self._before_release is not None and queue_id is not None:
+                try:
+                    yield self._before_release(queue_id)
+                except Exception as e:
+                    log.failure("the step before releasing queued message {id} failed",
+                                id=queue_id)
+                    self.abort()
+                    raise local_failure() from e
         if self.local is not None:
             try:
                 yield self.local.commit()

@@ -8,7 +8,7 @@ every name here: import them from there.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +72,10 @@ class IRecipientDirectory(Interface):
     def login_allowed(address: str) -> bool:
         """True for a user who may log in: in the users file and not marked `nologin`
         or `deny` (Dovecot's fields). API tokens ask this on every use."""
+
+    def login_key(username: str) -> str:
+        """The address a login name stands for, as the password checker takes it (lower
+        case; a bare name in the first local domain). XCLIENT LOGIN= asks this too."""
 
     def unavailable() -> str | None:
         """Why the directory cannot answer for certain now (a users or aliases file that
@@ -163,6 +167,19 @@ class IDeliveryTransaction(Interface):
     def abort() -> None:
         """Drop the message; nothing becomes visible. Safe to call at any point, also
         after a failed commit; after a successful commit it changes nothing."""
+
+
+class IQueueReleaseStep(Interface):
+    """A delivery transaction (the router's) that lets its producer do one step of its
+    own with the queue id before the queue may act on the message: the API records
+    which user sent which queue id there, so the queue's "delivered" event, published
+    as soon as the scheduler is done, finds the record (api/send.py)."""
+
+    def before_release(step: Callable[[str], Deferred[None]]) -> None:
+        """Call `step(queue_id)` once the queue copy is durable, before the local
+        copies are committed and the queue copy released, and wait for it. If it
+        fails, every copy is aborted and commit errbacks with 451 4.3.0 (nothing was
+        visible or sent). Never called for a message without a queue copy."""
 
 
 class IDeliveryTarget(Interface):

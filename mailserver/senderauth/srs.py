@@ -138,6 +138,9 @@ class SRSDirectory:
     def login_allowed(self, address: str) -> bool:
         return self.inner.login_allowed(address)
 
+    def login_key(self, username: str) -> str:
+        return self.inner.login_key(username)
+
     def unavailable(self) -> str | None:
         return self.inner.unavailable()
 

@@ -30,7 +30,14 @@ Rules, as Postfix has them:
   about it before the 220, and the per-address connection limit counts it instead of
   the proxy: 421 if it is over), HELO the HELO name, PROTO whether it spoke ESMTP,
   LOGIN the authenticated user (so submission relays for them and checks their sender,
-  as after AUTH). NAME, PORT, DESTADDR and DESTPORT go to the log only: iprev does its
+  as after AUTH). LOGIN is taken as the password checker takes a login name (lower
+  case, a bare name in the first local domain: the directory's login_key), and only for
+  a user who may log in: an unknown user, or one marked nologin or deny, is 550 5.7.8
+  and nothing changes (Postfix's XCLIENT answers 550 when the proxy may not do what it
+  asks; X.7.8 is AUTH's "credentials invalid", RFC 4954 6). nginx checked the password
+  through /nginx-auth, which asks the same; this check holds against any other
+  trusted proxy, and against a user deleted or locked between the two. A users file
+  that cannot be read at all: 421 4.3.0 and the session ends. NAME, PORT, DESTADDR and DESTPORT go to the log only: iprev does its
   own lookup. Attributes not given keep their values; ADDR=[UNAVAILABLE] keeps the
   proxy's address, so the checks always have a real one.
 """
@@ -164,6 +171,10 @@ class XclientCommands(SessionState):
         if self.envelope is not None:
             raise ReplyError(503, "5.5.1", "Error: MAIL transaction in progress")
         given = command.attributes
+        named = given.get("LOGIN")
+        login = self._xclient_login(named) if named else None
+        if login == "":
+            return None  # 421 sent, closing
         proxy, client = self.peer_ip, given.get("ADDR")
         if client and not count_as(self.transport, client):
             # The per-address connection limit, now for the real client (app/limits.py).
@@ -182,14 +193,33 @@ class XclientCommands(SessionState):
             self.helo, self.esmtp = given["HELO"], True
         if "PROTO" in given:
             self.esmtp = given["PROTO"] == "ESMTP"
-        if given.get("LOGIN"):
-            self.user = given["LOGIN"]  # nginx checked the password (auth_http)
+        if login:
+            self.user = login  # nginx checked the password (auth_http)
         log.info("{session} XCLIENT from proxy {proxy}: client {peer} name {name} "
                  "login {user}", session=self.session_id, proxy=proxy, peer=self.peer_ip,
                  name=self.client_name or "-", user=self.user or "-",
                  port=given.get("PORT"), destaddr=given.get("DESTADDR"),
                  destport=given.get("DESTPORT"))
         return self._greet_again()
+
+    def _xclient_login(self, login: str) -> str:
+        """LOGIN= as the directory's key of the user, or 550 5.7.8 if that user may not
+        log in (module docstring); "" after a 421 for a directory that cannot answer."""
+        senders = self.factory.senders
+        key = senders.login_key(login) if senders is not None else login
+        if senders is not None and senders.login_allowed(key):
+            return key
+        if senders is not None and senders.unavailable():
+            log.error("{session} XCLIENT LOGIN refused: the users file cannot be read",
+                      session=self.session_id)
+            self._send(Reply(421, "4.3.0", f"{self.config.hostname} Error: the user "
+                                           "directory is unavailable; try again later"))
+            self._close()
+            return ""
+        log.warn("{session} XCLIENT from proxy {proxy}: LOGIN {user} refused: no such "
+                 "user, or nologin/deny", session=self.session_id, proxy=self.peer_ip,
+                 user=key)
+        raise ReplyError(550, "5.7.8", "Error: LOGIN names no user who may log in")
 
     def _greet_again(self) -> Deferred[None] | None:
         """The session starts over, as Postfix's does: the 220 greeting again (nginx

@@ -154,9 +154,12 @@ def test_requests_past_the_rate_are_429_per_token(server: RunningServer) -> None
     assert me(server, f"Bearer {other}")[0] == 200
 
 
-def test_requests_past_concurrent_requests_are_503(server: RunningServer) -> None:
+def test_a_request_still_authenticating_does_not_make_others_503(
+        server: RunningServer) -> None:
     """concurrent_requests is 1 here; a wrong password is answered after the checker's
-    delay (0.75 s), long enough to be the request in progress."""
+    delay (0.75 s), long enough to be in progress while a token's request comes: that
+    one is answered, as the slot is taken only once a credential checks out (the 503
+    itself: test_api_limits_unit.py, where a handler can be held)."""
     token = add_token(server)
     slow: list[int] = []
     import base64
@@ -166,12 +169,10 @@ def test_requests_past_concurrent_requests_are_503(server: RunningServer) -> Non
         me(server, wrong, source=next(_sources))[0]))
     thread.start()
     time.sleep(0.3)
-    status, headers, body = me(server, f"Bearer {token}")
+    status, _, body = me(server, f"Bearer {token}")
     thread.join()
     assert slow == [401]
-    assert (status, body["error"]["code"], headers["retry-after"]) == (503, "busy", "1")
-    check_response("get", "/me", 503, body)
-    assert me(server, f"Bearer {token}")[0] == 200
+    assert (status, body["address"]) == (200, "alice@example.org")
 
 
 def _refused(answer: bytes) -> dict[str, Any]:

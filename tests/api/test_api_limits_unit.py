@@ -3,6 +3,7 @@ single path, the throttle and rate limit, 503, 413, 415 and deep JSON."""
 
 from __future__ import annotations
 
+import base64
 import hmac
 import io
 import json
@@ -267,29 +268,94 @@ def test_a_body_over_max_body_is_413_json(tmp_path: Path) -> None:
     assert api.refusal(400) is None
 
 
-def test_requests_past_concurrent_requests_are_503(tmp_path: Path) -> None:
+def _held_route() -> tuple[list[Deferred[None]], Any]:
+    """A route whose handler waits until the test fires its Deferred."""
+    working: list[Deferred[None]] = []
+
+    async def slow(call: ApiCall) -> ApiAnswer:
+        d: Deferred[None] = Deferred()
+        working.append(d)
+        await d
+        return ApiAnswer(200, {"got": call.json()})
+
+    return working, route("POST", r"echo", "send", slow)
+
+
+def _from(api: ApiResource, body: bytes, authorization: str | None = None,
+          client: str = "192.0.2.9") -> DummyRequest:
+    """A POST /api/v1/echo over https from `client`."""
+    request = http_request(authorization, client, secure=True)
+    request.method, request.path = b"POST", b"/api/v1/echo"
+    request.content = io.BytesIO(body)
+    request.requestHeaders.setRawHeaders(b"content-type", [b"application/json"])
+    api.render(request)
+    return request
+
+
+def test_authenticated_requests_past_concurrent_requests_are_503(tmp_path: Path) -> None:
     context = make_context(tmp_path, concurrent_requests=2)
-    waiting: list[Deferred[Principal]] = []
-
-    async def slow(context: Any, request: Any) -> Principal:
-        d: Deferred[Principal] = Deferred()
-        waiting.append(d)
-        return await d
-
-    api = _resource(context, slow)
+    working, slow = _held_route()
+    api = ApiResource(context, _resource(context).authenticate, [slow])
     held = [_post(api, b"[1]"), _post(api, b"[2]")]
     assert not any(r.finished for r in held) and api.in_progress == 2
     refused = _post(api, b"[3]")
     code, body = _answer(refused)
     assert (code, body["error"]["code"], body["error"]["smtp"]) == (503, "busy", "4.3.2")
     assert refused.responseHeaders.getRawHeaders(b"retry-after") == [b"1"]
-    waiting[0].callback(Principal("alice@example.org", frozenset({"all"}), "token:t"))
+    assert len(working) == 2, "the refused request never reached its handler"
+    working[0].callback(None)
     assert _answer(held[0]) == (200, {"got": [1]}) and api.in_progress == 1
-    waiting[1].errback(ApiError(401, "unauthenticated", "no"))
-    assert _answer(held[1])[0] == 401 and api.in_progress == 0
-    _post(api, b"[4]")  # a slot is free again
-    waiting[2].callback(Principal("alice@example.org", frozenset({"all"}), "token:t"))
-    assert api.in_progress == 0
+    working[1].errback(ApiError(422, "refused", "no"))
+    assert _answer(held[1])[0] == 422 and api.in_progress == 0
+    fourth = _post(api, b"[4]")  # a slot is free again
+    working[2].callback(None)
+    assert _answer(fourth) == (200, {"got": [4]}) and api.in_progress == 0
+
+
+def test_requests_still_authenticating_take_no_slot(tmp_path: Path) -> None:
+    """A flood of requests whose credential is still being checked (a password in the
+    hashing pool) or never checks out leaves the slots to those that did."""
+    context = make_context(tmp_path, concurrent_requests=2)
+    checking: list[Deferred[Principal]] = []
+    alice = Principal("alice@example.org", frozenset({"all"}), "token:t")
+
+    async def authenticate(context: Any, request: Any) -> Principal:
+        if request.getHeader(b"authorization") == b"Bearer good":
+            return alice
+        d: Deferred[Principal] = Deferred()
+        checking.append(d)
+        return await d
+
+    api = ApiResource(context, authenticate, [route("POST", r"echo", "send", _echo)])
+    flood = [_from(api, b"[0]", "Basic Zm9vOmJhcg==") for _ in range(50)]
+    assert len(checking) == 50 and api.in_progress == 0
+    for n in range(5):
+        assert _answer(_from(api, f"[{n}]".encode(), "Bearer good")) == (200, {"got": [n]})
+    for d in checking[:49]:
+        d.errback(ApiError(401, "unauthenticated", "wrong address or password"))
+    assert {_answer(r)[0] for r in flood[:49]} == {401} and api.in_progress == 0
+    checking[49].callback(alice)  # the last one's password was right after all
+    assert _answer(flood[49]) == (200, {"got": [0]})
+
+
+def test_failing_credentials_meet_the_throttle_not_the_slot_limit(tmp_path: Path) -> None:
+    """With every slot busy, wrong passwords still get their own answers (401, then 429
+    from the login throttle before any check), never 503; real clients get 503 only
+    because of other real clients."""
+    context = make_context(tmp_path, concurrent_requests=1)
+    token = add_token(context)
+    working, slow = _held_route()
+    api = ApiResource(context, auth.authenticate, [slow])
+    held = _from(api, b"[1]", f"Bearer {token}", client="198.51.100.1")
+    assert api.in_progress == 1 and not held.finished
+    wrong = "Basic " + base64.b64encode(b"alice@example.org:guess").decode()
+    codes = [_answer(_from(api, b"[2]", wrong))[0] for _ in range(10)]
+    assert codes == [401] * 3 + [429] * 7
+    assert context.portal.logins == 3  # type: ignore[attr-defined]
+    code, body = _answer(_from(api, b"[3]", f"Bearer {token}", client="198.51.100.2"))
+    assert (code, body["error"]["code"]) == (503, "busy")
+    working[0].callback(None)
+    assert _answer(held) == (200, {"got": [1]}) and api.in_progress == 0
 
 
 def test_the_shared_error_responses_are_in_the_openapi_document(tmp_path: Path) -> None:

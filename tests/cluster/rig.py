@@ -47,6 +47,8 @@ NODES = {"n1": f"{SUBNET}.1", "n2": f"{SUBNET}.2", "n3": f"{SUBNET}.3"}
 PORTS = {"smtp": 25, "submission": 587, "pop3": 110, "imap": 143, "http": 80}
 #: nginx's own loopback HTTP server, which spreads auth_http over the nodes.
 AUTH_PORT = 9000
+#: cluster.auth_secret_file's secret, sent by nginx with every auth request.
+AUTH_SECRET = "rig-nginx-auth-7c1e93b05a"
 #: Seconds between health checks of the nodes (cluster.health_interval).
 HEALTH_INTERVAL = 1
 #: Failed checks in a row before a node is down (cluster.health_failures).
@@ -181,7 +183,9 @@ class Node:
                    f"mail_dir = {json.dumps(str(self.mail_dir))}\n"
                    f"health_interval = {HEALTH_INTERVAL}\n"
                    f"health_failures = {HEALTH_FAILURES}\n"
-                   f"proxy_protocol = {json.dumps(list(PROXY_PROTOCOL))}\n")
+                   f"proxy_protocol = {json.dumps(list(PROXY_PROTOCOL))}\n"
+                   # nginx proves itself to /nginx-auth (auth_http_header X-Auth-Key).
+                   f"auth_secret_file = {json.dumps(str(rig_root / 'auth.secret'))}\n")
         self.config_path.parent.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(toml_dumps(config) + cluster)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -272,6 +276,7 @@ http {{
 mail {{
     server_name proxy.cluster.test;
     auth_http 127.0.0.1:{auth_port}/nginx-auth;
+    auth_http_header X-Auth-Key {auth_secret};
     auth_http_timeout 30s;
     proxy_pass_error_message on;
     # SMTP backends learn the client (and, after AUTH, the user) by XCLIENT.
@@ -318,6 +323,7 @@ def nginx_conf(root: Path, proxy_protocol: tuple[str, ...] = ()) -> str:
         return "        proxy_protocol on;" if service in proxy_protocol else ""
 
     return NGINX_CONF.format(root=root, auth_servers=servers, auth_port=AUTH_PORT,
+                             auth_secret=AUTH_SECRET,
                              addr=PROXY_ADDR, imap_extra=extra("imap"),
                              pop3_extra=extra("pop3"))
 
@@ -346,6 +352,7 @@ class Rig:
         self._storage()
         (self.root / "users").touch()
         (self.root / "aliases").touch()
+        (self.root / "auth.secret").write_text(AUTH_SECRET + "\n")
         for name, addr in NODES.items():
             node = Node(name, addr, self.root / name)
             # data_dir stays node-local; cluster.mail_dir is this node's mount of the
@@ -421,6 +428,7 @@ class Rig:
                  "-H", "Auth-Method: plain", "-H", f"Auth-User: {user}",
                  "-H", f"Auth-Pass: {password}", "-H", f"Auth-Protocol: {protocol}",
                  "-H", "Auth-Login-Attempt: 1", "-H", f"Client-IP: {CLIENT_ADDR}",
+                 "-H", f"X-Auth-Key: {AUTH_SECRET}",
                  f"http://127.0.0.1:{AUTH_PORT}/nginx-auth")
         headers = {}
         for line in out.splitlines()[1:]:

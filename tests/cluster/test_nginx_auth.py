@@ -28,11 +28,12 @@ LISTEN = {"imap": "tcp:143", "pop3": "tcp:110", "submission": "tcp:587", "smtp":
 PORTS = {"imap": "143", "pop3": "110", "smtp": "587"}
 
 
-def make(tmp_path: Path, users: dict[str, bytes] | None = None,
+def make(tmp_path: Path, users: dict[str, bytes] | None = None, **cluster: Any,
          ) -> tuple[NginxAuthResource, LoginThrottle, Path]:
     config = config_from_dict({
         "data_dir": str(tmp_path), "domains": {"local": ["example.org"]}, "listen": LISTEN,
-        "cluster": {"node": "n1", "nodes": NODES, "trusted_proxies": ["192.0.2.100/32"]}})
+        "cluster": {"node": "n1", "nodes": NODES, "trusted_proxies": ["192.0.2.100/32"],
+                    **cluster}})
     checker = InMemoryUsernamePasswordDatabaseDontUse(
         **{k: v for k, v in (users or {"alice@example.org": b"wonderland"}).items()})
     throttle = LoginThrottle(limit=3, clock=Clock())
@@ -202,12 +203,14 @@ def test_extra_headers_from_the_request_do_not_change_the_answer(tmp_path: Path)
 
 
 def render(resource: NginxAuthResource, peer: str, path: bytes = b"/nginx-auth",
-           method: bytes = b"GET") -> DummyRequest:
+           method: bytes = b"GET", extra: list[tuple[str, str]] = ()) -> DummyRequest:  # type: ignore[assignment]
     request = DummyRequest([])
     request.path = path
     request.method = method
     request.client = IPv4Address("TCP", peer, 40000)
     request.requestHeaders = nginx()
+    for name, value in extra:
+        request.requestHeaders.addRawHeader(name.encode(), value.encode())
     finished: Deferred[None] = request.notifyFinish()
     result = resource.render(request)
     if isinstance(result, bytes):
@@ -228,6 +231,75 @@ def test_only_trusted_proxies_and_loopback_may_ask(tmp_path: Path) -> None:
         assert request.responseCode == 403
         assert request.responseHeaders.getRawHeaders(b"auth-status") is None
         assert b"".join(request.written) == b"forbidden: not a trusted proxy\n"
+
+
+def _auth_headers(request: DummyRequest) -> dict[bytes, list[bytes]]:
+    return {k: v for k, v in request.responseHeaders.getAllRawHeaders()
+            if k.lower().startswith(b"auth-")}
+
+
+@pytest.mark.parametrize("header", ["Forwarded", "X-Forwarded-For", "X-Real-IP"])
+def test_a_request_an_http_proxy_forwarded_is_403_without_a_secret(
+        tmp_path: Path, header: str) -> None:
+    """An HTTP reverse proxy on this host forwarding public requests would make the
+    endpoint a password oracle whose throttle the caller steers (Client-IP is theirs to
+    write): its mark is refused before any password is checked."""
+    resource, throttle, _ = make(tmp_path)
+    for peer in ("127.0.0.1", "192.0.2.100"):
+        request = render(resource, peer, extra=[(header, "203.0.113.5")])
+        assert request.responseCode == 403
+        assert b"".join(request.written) == b"forbidden: forwarded by an HTTP proxy\n"
+        assert _auth_headers(request) == {}
+    assert not throttle._failures
+
+
+def test_with_a_secret_every_caller_must_send_it(tmp_path: Path) -> None:
+    secret = "Zq8p2Lr7Wm4Xk9Tf3Hs6"
+    (tmp_path / "auth.secret").write_text(secret + "\n")
+    resource, throttle, _ = make(tmp_path, auth_secret_file=str(tmp_path / "auth.secret"))
+    for peer in ("127.0.0.1", "::1", "192.0.2.100"):
+        for extra in ([], [("X-Auth-Key", "Zq8p2Lr7Wm4Xk9Tf3Hs")],
+                      [("X-Auth-Key", secret + "x")], [("X-Auth-Key", secret.lower())],
+                      [("X-Auth-Key", secret), ("X-Auth-Key", secret)],
+                      [("X-Auth-Secret", secret)]):
+            request = render(resource, peer, extra=extra)
+            assert request.responseCode == 403, (peer, extra)
+            assert b"".join(request.written) == b"forbidden: X-Auth-Key missing or wrong\n"
+            assert _auth_headers(request) == {}
+        request = render(resource, peer, extra=[("X-Auth-Key", secret)])
+        assert request.responseCode in (None, 200)
+        assert request.responseHeaders.getRawHeaders(b"auth-status") == [b"OK"]
+        # Our own nginx, proven by the secret, may come through a proxy it runs.
+        request = render(resource, peer, extra=[("X-Auth-Key", secret),
+                                                ("X-Forwarded-For", "10.0.0.100")])
+        assert request.responseHeaders.getRawHeaders(b"auth-status") == [b"OK"]
+    # The secret does not widen who may ask.
+    request = render(resource, "192.0.2.101", extra=[("X-Auth-Key", secret)])
+    assert request.responseCode == 403
+    assert b"".join(request.written) == b"forbidden: not a trusted proxy\n"
+    assert not throttle._failures
+
+
+@pytest.mark.parametrize(("content", "problem"), [
+    (None, "cluster.auth_secret_file: cannot read {path}: No such file or directory"),
+    ("short\n", "cluster.auth_secret_file: the first line of {path} must be 16 to 256 "
+                "printable ASCII characters without spaces"),
+    ("with spaces in the secret\n", "cluster.auth_secret_file: the first line of {path} "
+     "must be 16 to 256 printable ASCII characters without spaces"),
+    ("", "cluster.auth_secret_file: the first line of {path} must be 16 to 256 printable "
+         "ASCII characters without spaces"),
+])
+def test_a_missing_or_malformed_secret_file_is_one_line_naming_the_key(
+        tmp_path: Path, content: str | None, problem: str) -> None:
+    from mailserver.config import ConfigError
+
+    path = tmp_path / "auth.secret"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ConfigError) as info:
+        config_from_dict({"data_dir": str(tmp_path), "cluster": {"auth_secret_file": str(path)}})
+    assert [p for p in info.value.problems if "auth_secret" in p] == [
+        problem.format(path=path)]
 
 
 def test_other_paths_and_methods(tmp_path: Path) -> None:

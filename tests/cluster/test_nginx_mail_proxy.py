@@ -24,6 +24,8 @@ MAIL_MODULE = Path("/usr/lib/nginx/modules/ngx_mail_module.so")
 LISTEN = {name: "tcp:0:interface=127.0.0.1" for name in (
     "smtp", "submission", "pop3", "imap", "http")}
 USER, PASSWORD = "alice@example.org", "wonderland"
+#: cluster.auth_secret_file's secret, which nginx sends with auth_http_header.
+SECRET = "nginx-auth-secret-2f9c41d7e8"
 
 
 def nginx_config(root: Path, http_port: int, ports: dict[str, int]) -> str:
@@ -38,6 +40,7 @@ error_log {root}/nginx-error.log info;
 events {{ worker_connections 64; }}
 mail {{
     auth_http 127.0.0.1:{http_port}/nginx-auth;
+    auth_http_header X-Auth-Key {SECRET};
     proxy_pass_error_message on;
     server {{ listen 127.0.0.1:{ports["imap"]}; protocol imap; imap_auth login plain; }}
     server {{ listen 127.0.0.1:{ports["pop3"]}; protocol pop3; pop3_auth plain; }}
@@ -57,7 +60,9 @@ def proxied(tmp_path_factory: pytest.TempPathFactory,
                          # nginx speaks to the node without TLS (it ended the client's).
                          auth={"allow_plaintext_without_tls": True})
     with server.config_path.open("a") as f:
-        f.write('\n[cluster]\nnode = "n1"\nnodes = { n1 = "127.0.0.1" }\n')
+        f.write('\n[cluster]\nnode = "n1"\nnodes = { n1 = "127.0.0.1" }\n'
+                f'auth_secret_file = "{root / "auth.secret"}"\n')
+    (root / "auth.secret").write_text(SECRET + "\n")
     server.add_user(USER, PASSWORD)
     server.start()
     ports = {name: free_port() for name in ("imap", "pop3", "submission", "smtp")}
@@ -145,6 +150,26 @@ def test_mx_traffic_through_nginx_without_a_login(
     with smtplib.SMTP("127.0.0.1", ports["smtp"], timeout=15) as smtp:
         smtp.sendmail("someone@example.net", [USER], b"Subject: mx via nginx\r\n\r\nhi\r\n")
     assert wait_for_message(server, USER, b"Subject: mx via nginx")
+
+
+def test_nginx_auth_without_the_secret_is_403_even_from_loopback(
+        proxied: tuple[RunningServer, dict[str, int]]) -> None:
+    """Every login above went through /nginx-auth with nginx's X-Auth-Key; a caller on
+    this host without it (a web server's proxy forwarding the public) gets 403 and no
+    password check, however right the password."""
+    server, _ = proxied
+    ask = ("GET /nginx-auth HTTP/1.0\r\nHost: localhost\r\nAuth-Method: plain\r\n"
+           f"Auth-User: {USER}\r\nAuth-Pass: {PASSWORD}\r\nAuth-Protocol: imap\r\n"
+           "Auth-Login-Attempt: 1\r\nClient-IP: 203.0.113.5\r\n{extra}\r\n")
+    for extra in ("", "X-Auth-Key: wrong-secret-0123456789\r\n"):
+        with socket.create_connection(("127.0.0.1", server.ports["http"]), timeout=10) as s:
+            s.sendall(ask.format(extra=extra).encode())
+            reply = b""
+            while chunk := s.recv(4096):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.0 403 "), reply
+        assert b"\r\nAuth-Status" not in reply
+        assert reply.endswith(b"\r\n\r\nforbidden: X-Auth-Key missing or wrong\n")
 
 
 def wait_for_message(server: RunningServer, user: str, needle: bytes) -> bool:

@@ -48,7 +48,9 @@ class Session:
             "domains": {"local": ["example.org"]},
             "cluster": {"trusted_proxies": [f"{PROXY}/32"]}})
         config.data_dir.mkdir(parents=True, exist_ok=True)
-        config.users_file.write_text("alice@example.org:{PLAIN}alicepw\n")
+        config.users_file.write_text("alice@example.org:{PLAIN}alicepw\n"
+                                     "moved@example.org:{PLAIN}pw::::::nologin\n"
+                                     "banned@example.org:{PLAIN}pw::::::deny=yes\n")
         config.aliases_file.write_text("")
         self.reactor = FakeReactor()
         directory = RecipientDirectory(config)
@@ -165,8 +167,48 @@ def test_each_attribute(mx: Session) -> None:
 
 
 def test_xtext_values_are_decoded(mx: Session) -> None:
-    mx.send("XCLIENT HELO=a+2Bb LOGIN=x+3Dy@example.org")
-    assert (mx.protocol.helo, mx.protocol.user) == ("a+b", "x=y@example.org")
+    mx.send("XCLIENT HELO=a+2Bb+3Dc LOGIN=al+69ce@example.org")
+    assert (mx.protocol.helo, mx.protocol.user) == ("a+b=c", "alice@example.org")
+
+
+@pytest.mark.parametrize(("given", "user"), [
+    ("Alice@Example.ORG", "alice@example.org"),
+    ("alice", "alice@example.org"),  # a bare name: the first local domain, as at AUTH
+    ("ALICE", "alice@example.org"),
+])
+def test_login_is_canonicalised_as_the_directory_does(tmp_path: Path, given: str,
+                                                      user: str) -> None:
+    s = Session(tmp_path, SUBMISSION_POLICY)
+    s.send("EHLO nginx.test")
+    assert s.send(f"XCLIENT ADDR=192.0.2.7 LOGIN={given}") == ["220 mx.test ESMTP mailserver"]
+    assert s.protocol.user == user
+    s.send("EHLO laptop.example")
+    assert s.send("MAIL FROM:<alice@example.org>") == ["250 2.1.0 Ok"]
+
+
+@pytest.mark.parametrize("login", ["nobody@example.org", "moved@example.org",
+                                   "banned@example.org", "alice@elsewhere.test"])
+def test_login_of_a_user_who_may_not_log_in_is_550_and_changes_nothing(
+        tmp_path: Path, login: str) -> None:
+    """Unknown, nologin, deny: never an authenticated session, whatever the proxy says."""
+    s = Session(tmp_path, SUBMISSION_POLICY)
+    s.send("EHLO nginx.test")
+    assert s.send(f"XCLIENT ADDR=192.0.2.7 LOGIN={login}") == [
+        "550 5.7.8 Error: LOGIN names no user who may log in"]
+    assert (s.protocol.peer_ip, s.protocol.user) == (PROXY, None)
+    assert XCLIENT_EHLO in s.send("EHLO nginx.test"), "still the proxy's session"
+    assert s.send("MAIL FROM:<alice@example.org>") == ["530 5.7.0 Authentication required"]
+
+
+def test_login_with_an_unreadable_users_file_is_421(tmp_path: Path) -> None:
+    s = Session(tmp_path, SUBMISSION_POLICY)
+    users = tmp_path / "users"
+    assert s.protocol.factory.senders.users_file.path == users
+    users.unlink()
+    users.mkdir()  # exists, cannot be read as a file, and was never read
+    assert s.send("XCLIENT ADDR=192.0.2.7 LOGIN=alice@example.org") == [
+        "421 4.3.0 mx.test Error: the user directory is unavailable; try again later"]
+    assert s.transport.disconnecting and s.protocol.user is None
 
 
 def test_unavailable_address_keeps_a_real_one(mx: Session) -> None:
