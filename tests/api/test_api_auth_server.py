@@ -140,7 +140,9 @@ def test_failures_lock_the_address_out_before_any_check(server: RunningServer) -
 
 
 def test_requests_past_the_rate_are_429_per_token(server: RunningServer) -> None:
-    if time.time() % 60 > 50:  # the count's window turns each minute: start a fresh one
+    # The count's window turns each minute: 31 requests and their refusal must fit in
+    # one, with room for a loaded machine (10 s was not always enough).
+    if time.time() % 60 > 30:
         time.sleep(61 - time.time() % 60)
     busy, other = add_token(server), add_token(server)
     for i in range(RATE):
@@ -155,17 +157,26 @@ def test_requests_past_the_rate_are_429_per_token(server: RunningServer) -> None
 
 
 def test_requests_past_concurrent_requests_are_503(server: RunningServer) -> None:
-    """concurrent_requests is 1 here; a wrong password is answered after the checker's
-    delay (0.75 s), long enough to be the request in progress."""
+    """concurrent_requests is 1 here. The request in progress is a wrong password, which
+    is answered late: an account's failures wait 0.75 s, 1.5 s, then 3 s. The second
+    request goes once the server has logged the third refusal, whose answer then waits
+    its 3 s (a fixed 0.3 s sleep against one 0.75 s delay raced on a loaded machine)."""
     token = add_token(server)
     slow: list[int] = []
     import base64
 
-    wrong = "Basic " + base64.b64encode(b"alice@example.org:nope").decode()
+    wrong = "Basic " + base64.b64encode(b"slow@example.org:nope").decode()
+    for _ in range(2):
+        assert me(server, wrong, source=next(_sources))[0] == 401
+    refused = "login refused for slow@example.org"
+    assert server.log_path.read_text().count(refused) == 2
     thread = threading.Thread(target=lambda: slow.append(
         me(server, wrong, source=next(_sources))[0]))
     thread.start()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 30
+    while server.log_path.read_text().count(refused) < 3:
+        assert time.monotonic() < deadline, "the third wrong password was never refused"
+        time.sleep(0.02)
     status, headers, body = me(server, f"Bearer {token}")
     thread.join()
     assert slow == [401]
