@@ -201,7 +201,7 @@ def test_delivery_appears_at_noop_and_during_idle(imap_server: RunningServer,
         client.idle()
         started = time.monotonic()
         deliver(imap_server, fresh, subject="idle")
-        responses = client.idle_check(timeout=10)
+        responses = client.idle_check(timeout=30)
         latency = time.monotonic() - started
         client.idle_done()
         assert (2, b"EXISTS") in responses
