@@ -338,7 +338,7 @@ def test_smtplib_submission_587_reaches_bob(
         submission_pair: tuple[RunningServer, RunningServer]) -> None:
     tx, rx = submission_pair
     host, port = listening(tx, "submission")
-    with smtplib.SMTP(host, port, timeout=10) as smtp:
+    with smtplib.SMTP(host, port, timeout=60) as smtp:
         smtp.starttls(context=_no_verify())
         smtp.login("alice@example.org", PASSWORD)
         smtp.sendmail("alice@example.org", ["bob@example.net"],
@@ -357,7 +357,7 @@ def test_smtplib_submissions_465_and_a_550_gives_alice_a_dsn(
         submission_pair: tuple[RunningServer, RunningServer]) -> None:
     tx, rx = submission_pair
     host, port = listening(tx, "submissions")
-    with smtplib.SMTP_SSL(host, port, timeout=10, context=_no_verify()) as smtp:
+    with smtplib.SMTP_SSL(host, port, timeout=60, context=_no_verify()) as smtp:
         smtp.login("alice@example.org", PASSWORD)
         smtp.sendmail("alice@example.org", ["nobody@example.net"],
                       b"From: alice@example.org\r\nTo: nobody@example.net\r\n"
@@ -400,7 +400,7 @@ def test_worker_processes_queue_and_process_zero_delivers(
     servers.append(tx)
     host, port = listening(tx, "submission")
     for i in range(8):
-        with smtplib.SMTP(host, port, timeout=10) as smtp:
+        with smtplib.SMTP(host, port, timeout=60) as smtp:
             smtp.starttls(context=_no_verify())
             smtp.login("alice@example.org", PASSWORD)
             smtp.sendmail("alice@example.org", ["bob@example.net"],

@@ -74,7 +74,7 @@ def gone(pid: int, timeout: float = 20) -> bool:
 def send_many(server: RunningServer, count: int, threads: int = 8) -> None:
     def work(n: int) -> None:
         for i in range(count // threads):
-            with smtplib.SMTP(*server.address(), timeout=20) as client:
+            with smtplib.SMTP(*server.address(), timeout=60) as client:
                 client.sendmail("alice@example.org", ["bob@example.org"],
                                 b"Subject: %d-%d\r\n\r\nbody\r\n" % (n, i))
 
@@ -175,7 +175,7 @@ def open_sessions(server: RunningServer, count: int) -> list[socket.socket]:
     """`count` SMTP sessions, each greeted (so some process has accepted it)."""
     opened = []
     for _ in range(count):
-        client = socket.create_connection(server.address(), timeout=10)
+        client = socket.create_connection(server.address(), timeout=60)
         assert client.recv(512).startswith(b"220 "), "greeted"
         opened.append(client)
     return opened

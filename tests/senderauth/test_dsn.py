@@ -34,7 +34,7 @@ def test_bounce_is_signed_and_verifies(tmp_path: Path) -> None:
         server.add_user("alice@example.org", PASSWORD)
         server.start()
         try:
-            with smtplib.SMTP(*server.address("submission"), timeout=20) as client:
+            with smtplib.SMTP(*server.address("submission"), timeout=60) as client:
                 context = ssl.create_default_context()
                 context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
                 client.starttls(context=context)

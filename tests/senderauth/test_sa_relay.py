@@ -44,7 +44,7 @@ def test_signed_submission_verifies_at_the_next_hop(tmp_path: Path) -> None:
         tx = sender(tmp_path / "tx", dns, rx.ports["smtp"], listen=listen,
                     dkim={"sign": True})
         try:
-            with smtplib.SMTP(SENDER_IP, tx.ports["submission"], timeout=20) as client:
+            with smtplib.SMTP(SENDER_IP, tx.ports["submission"], timeout=60) as client:
                 context = ssl.create_default_context()
                 context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
                 client.starttls(context=context)
@@ -69,7 +69,7 @@ def test_signed_submission_verifies_at_the_next_hop(tmp_path: Path) -> None:
 
 
 def _submit(tx: RunningServer, to: str, body: bytes) -> None:
-    with smtplib.SMTP(SENDER_IP, tx.ports["submission"], timeout=20) as client:
+    with smtplib.SMTP(SENDER_IP, tx.ports["submission"], timeout=60) as client:
         context = ssl.create_default_context()
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
         client.starttls(context=context)

@@ -134,7 +134,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, dns: DNSServer, receiver: R
 def submit(server: RunningServer, user: str, rcpts: list[str], subject: str) -> None:
     message = (f"From: <{user}>\r\nTo: <{rcpts[0]}>\r\nSubject: {subject}\r\n"
                f"Message-ID: <{subject}@example.org>\r\n\r\nHello.\r\n").encode()
-    with smtplib.SMTP(*server.address("submission"), timeout=20) as client:
+    with smtplib.SMTP(*server.address("submission"), timeout=60) as client:
         context = ssl.create_default_context()
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
         client.starttls(context=context)
@@ -146,7 +146,7 @@ def send_in(server: RunningServer, sender: str, rcpt: str, subject: str,
             body: str = "Hello.") -> bytes:
     message = (f"From: <{sender}>\r\nTo: <{rcpt}>\r\nSubject: {subject}\r\n"
                f"Message-ID: <{subject}@example.com>\r\n\r\n{body}\r\n").encode()
-    with smtplib.SMTP(*server.address("smtp"), timeout=20) as client:
+    with smtplib.SMTP(*server.address("smtp"), timeout=60) as client:
         client.sendmail(sender, [rcpt], message)
     return message
 
