@@ -26,7 +26,7 @@ def sendmail(server: RunningServer, *args: str, stdin: bytes,
 
 
 def wait_messages(server: RunningServer, address: str, count: int,
-                  timeout: float = 15) -> list[bytes]:
+                  timeout: float = 30) -> list[bytes]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = server.messages(address)
@@ -42,17 +42,25 @@ def test_json_log_lines_carry_the_session_and_no_secrets(server_factory) -> None
         "json", log={"format": "json"},
         listen={"smtp": LOOPBACK, "submission": LOOPBACK},
         auth={"allow_plaintext_without_tls": True})
-    with smtplib.SMTP("127.0.0.1", server.ports["submission"], timeout=10) as client:
+    with smtplib.SMTP("127.0.0.1", server.ports["submission"], timeout=60) as client:
         client.login("alice@example.org", PASSWORD)
         client.sendmail("alice@example.org", ["bob@example.org"],
                         b"Subject: json\r\n\r\nthe body is private\r\n")
-    with smtplib.SMTP("127.0.0.1", server.ports["submission"], timeout=10) as client:
+    with smtplib.SMTP("127.0.0.1", server.ports["submission"], timeout=60) as client:
         try:
             client.login("alice@example.org", "wrong guess 123")
         except smtplib.SMTPAuthenticationError:
             pass
-    time.sleep(0.5)
-    text = server.log_path.read_text()
+    # Until the failed login's line is written (a 0.5 s sleep was not always enough);
+    # whole lines only: the server may be writing the next one.
+    deadline = time.monotonic() + 30
+    while True:
+        text = server.log_path.read_text()
+        text = text[:text.rfind("\n") + 1]
+        if "AUTH PLAIN failed" in text or "AUTH LOGIN failed" in text:
+            break
+        assert time.monotonic() < deadline, text[-2000:]
+        time.sleep(0.05)
     assert PASSWORD not in text and "wrong guess 123" not in text
     assert "the body is private" not in text
     records = [json.loads(line) for line in text.splitlines()]  # every line is JSON
