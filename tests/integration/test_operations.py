@@ -146,7 +146,7 @@ def test_pickup_sets_aside_a_forged_maildrop_file(server_factory) -> None:
     (maildrop / ".f").rename(maildrop / "forged")
     (maildrop / ".g").write_bytes(b"no envelope here\n")
     (maildrop / ".g").rename(maildrop / "garbage")
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while len(list((maildrop / "refused").glob("*"))) < 2:
         assert time.monotonic() < deadline, server.log()
         time.sleep(0.1)
@@ -166,7 +166,7 @@ def test_sendmail_while_the_server_is_stopped_waits(server_factory) -> None:
     server.start()
     [stored] = wait_messages(server, "bob@example.org", 1)
     assert b"Subject: later" in stored
-    deadline = time.monotonic() + 5  # removed just after the commit
+    deadline = time.monotonic() + 60  # removed just after the commit
     while list((server.data_dir / "maildrop").iterdir()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert list((server.data_dir / "maildrop").iterdir()) == []

@@ -112,7 +112,7 @@ def queue_entries(server: RunningServer) -> list[QueueEntry]:
     return entries
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "",
+def wait_for(check: Callable[[], Any], timeout: float = 60.0, what: str = "",
              server: RunningServer | None = None) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -365,7 +365,7 @@ def test_bad_receivers_are_retried_and_hold_up_nobody(server: RunningServer,
     assert [r.attempt for r in redirects[:2]] == [1, 2]
     assert redirects[0].id not in {g.id for g in receiver.posts("/ok")}, \
         "a redirect is never followed"
-    hangs = receiver.wait_for("/hang", 2, timeout=20)
+    hangs = receiver.wait_for("/hang", 2, timeout=60)
     assert hangs[1].id == hangs[0].id and hangs[1].attempt == 2
     assert len(receiver.wait_for("/slow")) == 1
     assert server.is_running()
@@ -388,7 +388,7 @@ def test_https_is_verified_against_the_trusted_roots(
         send_in(server, "dave@example.com", "bob@example.org", "tls1")
         [got] = trusted.wait_for("/tls")
         assert got.verified and got.json["data"]["recipient"] == "bob@example.org"
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 60
         while "certificate verify failed" not in (listed := admin(
                 server.config_path, "webhook", "list", "--pending").stdout):
             assert time.monotonic() < deadline, listed + hook_log(server)
@@ -420,7 +420,7 @@ def test_sigkill_before_the_post_is_answered_then_sent_again(
         assert len(receiver.posts("/hang-once")) == 2, "answered: sent no more"
         # The redirecting hook's event: given up after webhooks.retry_for (4 s).
         redirect_id = receiver.wait_for("/redirect?crash")[0].id
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         while redirect_id not in (listed := admin(server.config_path, "webhook", "list",
                                                   "--failed").stdout):
             assert time.monotonic() < deadline, listed
