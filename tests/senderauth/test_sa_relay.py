@@ -40,7 +40,7 @@ def test_signed_submission_verifies_at_the_next_hop(tmp_path: Path) -> None:
     records["2.0.0.127.in-addr.arpa"] = {"PTR": ["mx.example.org"]}
     with DNSServer(zone(**records)) as dns:
         rx = receiver(tmp_path / "rx", checks={"trusted_networks": []},
-                      dns={"nameservers": [dns.nameserver], "timeout": 2})
+                      dns={"nameservers": [dns.nameserver], "timeout": 10})
         tx = sender(tmp_path / "tx", dns, rx.ports["smtp"], listen=listen,
                     dkim={"sign": True})
         try:

@@ -45,7 +45,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     })
     with DNSServer(zone) as dns:
         server = make_server(root, start=False, **settings,
-                             dns={"nameservers": [dns.nameserver], "timeout": 2})
+                             dns={"nameservers": [dns.nameserver], "timeout": 10})
         for user in USERS:
             server.add_user(user, PASSWORD)
         server.add_alias("fwd@example.org", "far@remote.test")

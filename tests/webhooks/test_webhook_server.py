@@ -70,7 +70,7 @@ def server_config(root: Path, dns: DNSServer, receiver: Receiver, relay_port: in
     receiver.secrets["/domain"] = secret
     server = make_server(
         root, start=False, listen=LISTEN,
-        dns={"nameservers": [dns.nameserver], "timeout": 2},
+        dns={"nameservers": [dns.nameserver], "timeout": 10},
         relay={"smarthost": f"127.0.0.1:{relay_port}", "retry_initial": 1, "retry_max": 1,
                "connect_timeout": 2, "command_timeout": 5,
                **({"ca_file": str(ca_file)} if ca_file else {})},
