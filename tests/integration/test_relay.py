@@ -172,7 +172,11 @@ def test_queue_delete_while_running(tmp_path: Path, dns: DNSServer,
     again = admin(tx.config_path, "queue", "delete", queue_id, check=False)
     assert again.returncode == 1
     admin(tx.config_path, "queue", "flush")
-    time.sleep(1.5)
+    # Once the server has taken the flush (its trigger file gone) and had a moment to
+    # run the round: a fixed 1.5 s could end before a loaded server even looked.
+    trigger = tx.data_dir / "queue" / "flush"
+    wait_for(lambda: not trigger.exists(), what="the server takes the flush", server=tx)
+    time.sleep(0.5)
     assert queue_is_empty(tx), "a deleted entry never comes back"
     assert tx.is_running()
 
