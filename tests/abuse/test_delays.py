@@ -9,7 +9,6 @@ checked by advancing to just before it (no answer) and just past it (the answer)
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +24,7 @@ from mailserver.abuse.control import AbuseControl, open_table
 from mailserver.auth.checker import PasswordChecker
 from mailserver.auth.directory import RecipientDirectory
 from mailserver.auth.schemes import hash_password
-from mailserver.config import Config, DomainsConfig, config_from_dict
+from mailserver.config import Config, config_from_dict
 from mailserver.delivery.router import DeliveryRouter
 from mailserver.interfaces import IRecipientDirectory, MailboxId, Resolution
 from mailserver.smtp.server import SMTPServerFactory
@@ -115,7 +114,6 @@ class Port25:
 
     def __init__(self, tmp_path: Path, **abuse: object) -> None:
         cfg = config(tmp_path, **abuse)
-        cfg = replace(cfg, domains=DomainsConfig(local=("example.org",)))
         self.reactor = FakeReactor()
         control = AbuseControl(cfg, open_table(cfg, clock=self.reactor))
         self.factory = SMTPServerFactory(
@@ -127,6 +125,8 @@ class Port25:
 
 
 class Client:
+    """One connection from `ip`: what the session wrote, as reply lines."""
+
     def __init__(self, port: Port25, ip: str) -> None:
         address = IPv4Address("TCP", ip, 40000)
         self.protocol = port.factory.buildProtocol(address)
