@@ -125,9 +125,21 @@ def _serve(zone_path: str) -> None:
 
     factory = server.DNSServerFactory(authorities=[ZoneResolver()])
     protocol = dns.DNSDatagramProtocol(factory)
-    tcp = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
-    port = reactor.listenUDP(tcp.getHost().port, protocol,  # type: ignore[attr-defined]
-                             interface="127.0.0.1")
+    from twisted.internet.error import CannotListenError
+
+    # TCP takes a free port; UDP must then bind the same number, which a UDP socket of
+    # some other program (any resolver's query, from the ephemeral range) may hold: try
+    # another port then, rather than fail the test that needed this server.
+    for _ in range(50):
+        tcp = reactor.listenTCP(0, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
+        try:
+            port = reactor.listenUDP(tcp.getHost().port, protocol,  # type: ignore[attr-defined]
+                                     interface="127.0.0.1")
+            break
+        except CannotListenError:
+            tcp.stopListening()
+    else:
+        raise SystemExit("no port free for both TCP and UDP")
     print(port.getHost().port, flush=True)
     reactor.run()  # type: ignore[attr-defined]
 

@@ -110,7 +110,7 @@ class ValidatingResolver:
         resolver.nameservers = ["127.0.0.1"]
         resolver.port = self.port
         resolver.lifetime = 1.0
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60
         zone = next(iter(self.zones["signed"] or self.zones["unsigned"]))
         while time.monotonic() < deadline:
             assert self.proc is not None

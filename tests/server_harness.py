@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from wire import REPLY_TIMEOUT
+
 BIN = Path(sys.executable).parent
 #: The users the shared fixtures create, and their password.
 USERS = ("alice@example.org", "bob@example.org", "carol@example.net")
@@ -87,7 +89,7 @@ class RunningServer:
     def log_path(self) -> Path:
         return self.root / "server.log"
 
-    def start(self, timeout: float = 30.0) -> RunningServer:
+    def start(self, timeout: float = 60.0) -> RunningServer:
         listeners = self.data_dir / "run" / "listeners.json"
         if listeners.exists():
             listeners.unlink()
@@ -143,7 +145,7 @@ class RunningServer:
     def address(self, service: str = "smtp") -> tuple[str, int]:
         return ("127.0.0.1", self.ports[service])
 
-    def connect(self, service: str = "smtp", timeout: float = 10) -> socket.socket:
+    def connect(self, service: str = "smtp", timeout: float = REPLY_TIMEOUT) -> socket.socket:
         return socket.create_connection(self.address(service), timeout=timeout)
 
     def add_user(self, address: str, password: str = "secret") -> None:

@@ -103,7 +103,7 @@ class SshfsServer:
         self._sshd = subprocess.Popen([*self._prefix(), "/usr/sbin/sshd", "-D", "-e", "-f",
                                        str(config)], stdout=log, stderr=log)
         log.close()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self._sshd.poll() is not None:
                 raise RuntimeError("sshd exited: "

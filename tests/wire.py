@@ -5,11 +5,17 @@ from __future__ import annotations
 import socket
 import ssl
 
+#: How long a test's client waits for one reply, or for a close, before failing. A
+#: passing test never waits it out, so it costs nothing there; it only has to outlast a
+#: loaded 2-core CI machine running four workers (a 20 s timeout once did not), where
+#: a reply may wait on an Argon2 hash, a disk thread or a process start.
+REPLY_TIMEOUT = 60.0
+
 
 class Wire:
     """Send bytes, read whole replies; nothing clever, so tests see what the server does."""
 
-    def __init__(self, address: tuple[str, int], timeout: float = 10.0) -> None:
+    def __init__(self, address: tuple[str, int], timeout: float = REPLY_TIMEOUT) -> None:
         self.sock: socket.socket | ssl.SSLSocket = socket.create_connection(address, timeout)
         self.buffer = b""
 
@@ -71,7 +77,7 @@ class Wire:
         context.verify_mode = ssl.CERT_NONE
         self.sock = context.wrap_socket(self.sock)
 
-    def closed(self, timeout: float = 5.0) -> bool:
+    def closed(self, timeout: float = REPLY_TIMEOUT) -> bool:
         """True once the server has closed the connection (after reading what is left)."""
         self.sock.settimeout(timeout)
         try:

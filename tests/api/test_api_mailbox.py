@@ -71,7 +71,7 @@ def get_json(server: RunningServer, path: str, user: str = ALICE) -> Any:
 
 def deliver(server: RunningServer, message: bytes, to: str = ALICE) -> None:
     options = ["BODY=8BITMIME"] if not message.isascii() else []
-    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=20) as smtp:
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=60) as smtp:
         smtp.sendmail("carol@example.com", [to], message, mail_options=options)
 
 
@@ -111,7 +111,7 @@ def maildir_file(server: RunningServer, subject: str, folder: str = "") -> Path:
 
 
 def imap(server: RunningServer, folder: str = "INBOX") -> imaplib.IMAP4:
-    client = imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=20)
+    client = imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=60)
     client.login(ALICE, PASSWORD)
     assert client.select(folder)[0] == "OK"
     return client
@@ -323,7 +323,7 @@ def test_an_idling_imap_session_is_told_of_the_flag_change(server: RunningServer
     """RFC 2177: a session in IDLE gets the FETCH FLAGS of a change made over the API
     without asking, as it would for another IMAP client's STORE."""
     uid, _ = fresh(server)
-    sock = socket.create_connection(("127.0.0.1", server.ports["imap"]), timeout=20)
+    sock = socket.create_connection(("127.0.0.1", server.ports["imap"]), timeout=60)
     lines = sock.makefile("rb")
     lines.readline()
 
@@ -397,7 +397,7 @@ def test_pop3_sees_what_the_api_left(server: RunningServer) -> None:
     uid, subject = fresh(server)
     api(server, "PATCH", f"folders/INBOX/messages/{uid}", {"add_flags": ["\\Seen"]})
     listed = get_json(server, "folders/INBOX/messages?limit=1000")["messages"]
-    pop = poplib.POP3("127.0.0.1", server.ports["pop3"], timeout=20)
+    pop = poplib.POP3("127.0.0.1", server.ports["pop3"], timeout=60)
     pop.user(ALICE)
     pop.pass_(PASSWORD)
     count, _ = pop.stat()
@@ -412,7 +412,7 @@ def test_a_pop3_session_open_during_an_api_delete(server: RunningServer) -> None
     """POP3's snapshot was taken at login (RFC 1939 8); a message the API expunges
     meanwhile is answered -ERR, the others as before, and QUIT still updates."""
     uid, subject = fresh(server)
-    pop = poplib.POP3("127.0.0.1", server.ports["pop3"], timeout=20)
+    pop = poplib.POP3("127.0.0.1", server.ports["pop3"], timeout=60)
     pop.user(ALICE)
     pop.pass_(PASSWORD)
     base = maildir_file(server, subject).name.split(":")[0].split(",")[0]

@@ -67,7 +67,7 @@ def url(server: RunningServer, path: str) -> str:
 def send(server: RunningServer, api: requests.Session, body: dict[str, Any],
          expect: int) -> dict[str, Any]:
     check_request("post", "/send", body)
-    response = api.post(url(server, "/send"), json=body, timeout=20)
+    response = api.post(url(server, "/send"), json=body, timeout=60)
     assert response.status_code == expect, response.text
     answer = response.json()
     check_response("post", "/send", expect, answer)
@@ -77,7 +77,7 @@ def send(server: RunningServer, api: requests.Session, body: dict[str, Any],
 def refused(server: RunningServer, api: requests.Session, body: Any, status: int,
             code: str, smtp: str | None = None, raw: bytes | None = None) -> dict[str, Any]:
     data = raw if raw is not None else json.dumps(body).encode()
-    response = api.post(url(server, "/send"), data=data, timeout=20,
+    response = api.post(url(server, "/send"), data=data, timeout=60,
                         headers={"Content-Type": "application/json"})
     assert response.status_code == status, response.text
     error = response.json()
@@ -206,7 +206,7 @@ def test_smtputf8_address_and_quoted_local_part(server: RunningServer,
 
 def test_get_queue_of_a_local_message(server: RunningServer, api: requests.Session) -> None:
     answer = send(server, api, {"to": ["bob@example.org"], "text": "x\n"}, 200)
-    response = api.get(url(server, f"/queue/{answer['queue_id']}"), timeout=10)
+    response = api.get(url(server, f"/queue/{answer['queue_id']}"), timeout=60)
     assert response.status_code == 200, response.text
     state = response.json()
     check_response("get", "/queue/{id}", 200, state)
@@ -214,13 +214,13 @@ def test_get_queue_of_a_local_message(server: RunningServer, api: requests.Sessi
                      "recipients": [{"address": "bob@example.org", "state": "delivered",
                                      "attempts": 0}]}
     other = requests.get(url(server, f"/queue/{answer['queue_id']}"),
-                         auth=("bob@example.org", "builder1"), verify=False, timeout=10)
+                         auth=("bob@example.org", "builder1"), verify=False, timeout=60)
     assert other.status_code == 404
     check_response("get", "/queue/{id}", 404, other.json())
-    unknown = api.get(url(server, "/queue/ABCDEF0123456789"), timeout=10)
+    unknown = api.get(url(server, "/queue/ABCDEF0123456789"), timeout=60)
     assert unknown.status_code == 404
     for bad in ("..%2F..%2Fetc", "a/b", "x" * 65):
-        assert api.get(url(server, f"/queue/{bad}"), timeout=10).status_code == 404
+        assert api.get(url(server, f"/queue/{bad}"), timeout=60).status_code == 404
 
 
 # -- idempotency --------------------------------------------------------------------------
@@ -245,7 +245,7 @@ def test_idempotency_key_sends_once_and_answers_again(server: RunningServer,
     assert len(server.messages("bob@example.org")) == before + 1
     # The key is the user's: bob's request with the same key is his own message.
     bob = requests.post(url(server, "/send"), json={**body, "to": ["alice@example.org"]},
-                        auth=("bob@example.org", "builder1"), verify=False, timeout=10)
+                        auth=("bob@example.org", "builder1"), verify=False, timeout=60)
     assert bob.status_code == 200, bob.text
 
 
@@ -284,12 +284,12 @@ def test_an_acknowledged_key_survives_a_crash(tmp_path: Path) -> None:
         running.add_user("bob@example.org", "builder1")
         body = {"to": ["bob@example.org"], "text": "durable\n", "idempotency_key": "k"}
         first = requests.post(url(running, "/send"), json=body, auth=ALICE, verify=False,
-                              timeout=20)
+                              timeout=60)
         assert first.status_code == 200
         running.kill()
         running.start()
         again = requests.post(url(running, "/send"), json=body, auth=ALICE, verify=False,
-                              timeout=20)
+                              timeout=60)
         assert again.status_code == 200 and again.json() == first.json()
         assert again.headers["Idempotent-Replayed"] == "true"
         assert len(running.messages("bob@example.org")) == 1
@@ -336,7 +336,7 @@ def test_a_body_past_the_site_cap_is_refused_early(server: RunningServer,
         pass  # the server may close before reading it all: refused either way
     else:
         assert response.status_code == 413
-    assert api.get(url(server, "/me"), timeout=10).status_code == 200  # still up
+    assert api.get(url(server, "/me"), timeout=60).status_code == 200  # still up
 
 
 @pytest.mark.parametrize("body, where", [
@@ -425,7 +425,7 @@ def test_a_form_body_is_the_apis_json_415_and_never_parsed(
     # The site does not parse HTML forms (http/site.py MailSite), and /send takes JSON
     # only: the API's own JSON error, on a connection that stays usable, nothing sent.
     before = len(server.messages("bob@example.org"))
-    response = api.post(url(server, "/send"), data=data, timeout=20,
+    response = api.post(url(server, "/send"), data=data, timeout=60,
                         headers={"Content-Type": content_type})
     assert response.status_code == 415, response.text
     error = response.json()
@@ -439,7 +439,7 @@ def as_user(server: RunningServer, user: str, body: dict[str, Any]) -> requests.
     session = requests.Session()
     session.trust_env = False
     return session.post(url(server, "/send"), json=body, auth=(user, "limited-pw"),
-                        verify=False, timeout=20)
+                        verify=False, timeout=60)
 
 
 def test_over_the_sending_limits_is_429_as_submission_says(server: RunningServer) -> None:
@@ -481,10 +481,10 @@ def test_too_many_recipients_is_400(server: RunningServer, api: requests.Session
 def test_send_needs_the_send_scope_and_credentials(server: RunningServer) -> None:
     response = requests.post(url(server, "/send"), json={"to": ["bob@example.org"],
                                                          "text": "x"}, verify=False,
-                             timeout=10)
+                             timeout=60)
     assert response.status_code == 401
     check_response("post", "/send", 401, response.json())
-    wrong = requests.get(url(server, "/send"), auth=ALICE, verify=False, timeout=10)
+    wrong = requests.get(url(server, "/send"), auth=ALICE, verify=False, timeout=60)
     assert (wrong.status_code, wrong.headers["Allow"]) == (405, "POST")
 
 
@@ -494,7 +494,7 @@ def test_a_body_not_sent_as_json_is_415_and_sends_nothing(server: RunningServer,
     body = b'{"to": ["bob@example.org"], "text": "typed wrong"}'
     for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
         headers = {"Content-Type": content_type} if content_type else {}
-        response = api.post(url(server, "/send"), data=body, headers=headers, timeout=20)
+        response = api.post(url(server, "/send"), data=body, headers=headers, timeout=60)
         assert response.status_code == 415, (content_type, response.text)
         assert response.json()["error"]["code"] == "unsupported_media_type"
     assert len(server.messages("bob@example.org")) == before

@@ -50,9 +50,9 @@ def post(server: RunningServer, path: str, body: dict[str, Any] | None = None,
     url = f"https://{SENDER_IP}:{server.ports['https']}/api/v1{path}"
     if body is None:
         return session.get(url, auth=("alice@example.org", PASSWORD), verify=False,
-                           timeout=20)
+                           timeout=60)
     return session.post(url, json=body, auth=("alice@example.org", PASSWORD),
-                        verify=False, timeout=20)
+                        verify=False, timeout=60)
 
 
 def test_sent_through_the_api_arrives_signed_at_the_next_hop(tmp_path: Path) -> None:
@@ -151,7 +151,7 @@ def test_queue_state_of_a_deferred_recipient(tmp_path: Path) -> None:
 
 def _submit_over_smtp(tx: RunningServer) -> str:
     """The queue id of a message alice submits on port 587 (from its 250 reply)."""
-    with smtplib.SMTP(SENDER_IP, tx.ports["submission"], timeout=20) as client:
+    with smtplib.SMTP(SENDER_IP, tx.ports["submission"], timeout=60) as client:
         context = ssl.create_default_context()
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
         client.starttls(context=context)

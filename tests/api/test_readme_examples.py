@@ -64,7 +64,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> RunningServer:
     running.add_user("bob@example.org", PASSWORD)
     running.add_user("carol@example.org", PASSWORD)
     # The Reading examples read alice's INBOX: one message there, as on a real server.
-    with smtplib.SMTP(*running.address("smtp"), timeout=10) as smtp:
+    with smtplib.SMTP(*running.address("smtp"), timeout=60) as smtp:
         smtp.sendmail("bob@example.org", ["alice@example.org"],
                       b"From: Bob <bob@example.org>\r\nTo: alice@example.org\r\n"
                       b"Subject: Hello\r\n\r\nHello Alice.\r\n")

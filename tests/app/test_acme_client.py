@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import socket
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -79,13 +78,13 @@ def test_a_ca_that_never_answers_times_out(tmp_path: Path,
     silent.listen()
     monkeypatch.setattr(acme, "NETWORK_TIMEOUT", 1)
     c = config(tmp_path, directory=f"https://127.0.0.1:{silent.getsockname()[1]}/dir")
-    started = time.monotonic()
     try:
-        with pytest.raises(Exception, match="(?i)timed out"):
+        with pytest.raises(Exception, match="(?i)timed out") as raised:
             acme.obtain_certificate(c, ChallengeResponses())
     finally:
         silent.close()
-    assert time.monotonic() - started < 10
+    # Cut by acme.NETWORK_TIMEOUT (the message names it), not an elapsed-time bound.
+    assert "(read timeout=1)" in str(raised.value)
     assert (tmp_path / "acme" / "account.pem").stat().st_mode & 0o777 == 0o600
     assert not (tmp_path / "acme" / "certificate.pem").exists()
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -45,20 +44,26 @@ class BoundedPoolTests(unittest.TestCase):
         checker = PasswordChecker(RecipientDirectory(make_config(tmp)),
                                   threadpool=hashing.pool, failure_delay=0)
         running = 0
+        started = 0
         most = 0
-        lock = threading.Lock()
+        together = threading.Condition()
         real = checker_module.verify_password
 
         def counting(password: Any, stored: str) -> bool:
-            nonlocal running, most
-            with lock:
+            nonlocal running, started, most
+            with together:
                 running += 1
+                started += 1
                 most = max(most, running)
-            time.sleep(0.02)  # long enough for the others to pile up
+                together.notify_all()
+                # Hold this hash until a second one runs beside it (or none is left to
+                # start): a pool that allowed more would show a third here. A fixed
+                # 0.02 s sleep let a loaded machine start the second thread too late.
+                together.wait_for(lambda: running >= 2 or started == 10, timeout=30)
             try:
                 return real(password, stored)
             finally:
-                with lock:
+                with together:
                     running -= 1
 
         self.patch(checker_module, "verify_password", counting)

@@ -8,6 +8,7 @@ import ssl
 from typing import Any
 
 from server_harness import RunningServer
+from wire import REPLY_TIMEOUT
 
 #: Every client-facing listener, so the documents have something to describe.
 ALL_LISTENERS = {name: "tcp:0:interface=127.0.0.1" for name in (
@@ -28,7 +29,7 @@ def request(server: RunningServer, method: str, path: str, *, host: str | None =
             ) -> tuple[int, dict[str, str], bytes]:
     """(status, lower-cased headers, body) of one request; the path is sent as given."""
     port = server.ports["https" if secure else "http"]
-    kwargs: dict[str, Any] = {"timeout": 10}
+    kwargs: dict[str, Any] = {"timeout": REPLY_TIMEOUT}
     if source is not None:
         kwargs["source_address"] = (source, 0)
     conn: http.client.HTTPConnection
@@ -51,7 +52,7 @@ def request(server: RunningServer, method: str, path: str, *, host: str | None =
         conn.close()
 
 
-def raw(server: RunningServer, data: bytes, timeout: float = 10) -> bytes:
+def raw(server: RunningServer, data: bytes, timeout: float = REPLY_TIMEOUT) -> bytes:
     """Send `data` on the http port and read until the server closes."""
     with socket.create_connection(("127.0.0.1", server.ports["http"]), timeout=timeout) as s:
         s.sendall(data)

@@ -77,7 +77,7 @@ def test_challenge_set_by_another_process_is_answered(server: RunningServer) -> 
 
 def test_metrics_count_what_happened(server: RunningServer) -> None:
     before = scrape(server)
-    with smtplib.SMTP(*server.address("smtp"), timeout=10) as client:
+    with smtplib.SMTP(*server.address("smtp"), timeout=60) as client:
         client.sendmail("someone@elsewhere.example", ["alice@example.org"],
                         b"Subject: counted\r\n\r\nbody\r\n")
         assert client.mail("x@elsewhere.example")[0] == 250
@@ -105,7 +105,7 @@ def test_metrics_count_what_happened(server: RunningServer) -> None:
     assert delta("mailserver_tls_handshakes_total", version="TLSv1.3") == 1
     assert after[("mailserver_sessions", (("service", "smtp"),))] == 0
     assert after[("mailserver_sessions", (("service", "http"),))] == 1  # this scrape
-    deadline = time.monotonic() + 10  # the IMAP logout's index write may still run
+    deadline = time.monotonic() + 30  # the IMAP logout's index write may still run
     while scrape(server)[("mailserver_disk_jobs", ())] != 0:
         assert time.monotonic() < deadline, "disk jobs never drain"
         time.sleep(0.1)
@@ -140,7 +140,7 @@ def test_metrics_add_up_across_worker_processes(
     # New connections spread over both processes (each accepts one per wake-up), once
     # the worker has started: batches of four at once until both have counted some.
     for _ in range(40):
-        clients = [smtplib.SMTP(*two.address("smtp"), timeout=20) for _ in range(4)]
+        clients = [smtplib.SMTP(*two.address("smtp"), timeout=60) for _ in range(4)]
         for client in clients:
             client.sendmail("x@elsewhere.example", ["bob@example.org"], b"Subject: n\r\n\r\nb\r\n")
             client.quit()
@@ -157,11 +157,12 @@ def test_metrics_add_up_across_worker_processes(
 def test_queue_metrics(server: RunningServer) -> None:
     """A message for a remote domain whose smarthost refuses: one deferred delivery,
     one message in the queue (sampled every 10 s), its age growing."""
-    with smtplib.SMTP(*server.address("submission"), timeout=10) as client:
+    sent = time.time()
+    with smtplib.SMTP(*server.address("submission"), timeout=30) as client:
         client.login("alice@example.org", PASSWORD)
         client.sendmail("alice@example.org", ["someone@remote.example"],
                         b"Subject: stays queued\r\n\r\nbody\r\n")
-    deadline = time.monotonic() + 25
+    deadline = time.monotonic() + 60
     while True:
         counted = scrape(server)
         if (counted.get(("mailserver_deliveries_total", (("result", "deferred"),))) == 1
@@ -169,7 +170,8 @@ def test_queue_metrics(server: RunningServer) -> None:
             break
         assert time.monotonic() < deadline, counted
         time.sleep(0.5)
-    assert 0 <= counted[("mailserver_queue_oldest_age_seconds", ())] < 30
+    # Its age, not a bound on how fast this machine is: never more than since we sent it.
+    assert 0 <= counted[("mailserver_queue_oldest_age_seconds", ())] <= time.time() - sent + 1
 
 
 # -- hostile clients ----------------------------------------------------------------------
@@ -202,7 +204,7 @@ def test_huge_body_is_refused_before_it_is_sent(server: RunningServer) -> None:
 
 
 def test_huge_chunked_body_is_cut_off(server: RunningServer) -> None:
-    with socket.create_connection(("127.0.0.1", server.ports["http"]), timeout=10) as s:
+    with socket.create_connection(("127.0.0.1", server.ports["http"]), timeout=60) as s:
         s.sendall(b"POST /autodiscover/autodiscover.xml HTTP/1.1\r\nHost: x\r\n"
                   b"Transfer-Encoding: chunked\r\n\r\n")
         chunk = b"4000\r\n" + b"<" * 0x4000 + b"\r\n"
@@ -216,17 +218,20 @@ def test_huge_chunked_body_is_cut_off(server: RunningServer) -> None:
 
 
 def test_slowloris_is_cut_off_and_the_server_serves_on(server: RunningServer) -> None:
-    """A byte a second resets twisted.web's idle timeout; our deadline (2 s here,
-    http.request_timeout) is for the whole request."""
-    started = time.monotonic()
-    with socket.create_connection(("127.0.0.1", server.ports["http"]), timeout=10) as s:
+    """A byte every 0.2 s resets twisted.web's idle timeout; our deadline (2 s here,
+    http.request_timeout) is for the whole request: the 408 comes while the request
+    (28 s of bytes) is still being sent. (Not a bound on the elapsed time: that failed
+    on a loaded machine.)"""
+    with socket.create_connection(("127.0.0.1", server.ports["http"]), timeout=30) as s:
         request_bytes = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
         answer = b""
+        sent = 0
         for byte in request_bytes:
             try:
                 s.sendall(bytes([byte]))
             except (BrokenPipeError, ConnectionResetError):
                 break
+            sent += 1
             time.sleep(0.2)
             s.setblocking(False)
             try:
@@ -238,20 +243,19 @@ def test_slowloris_is_cut_off_and_the_server_serves_on(server: RunningServer) ->
             if answer:
                 break
         answer += read_all(s)
-    elapsed = time.monotonic() - started
     assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
-    assert 1.5 < elapsed < 6
+    assert 0 < sent < len(request_bytes)
     assert request(server, "GET", "/metrics")[0] == 200
 
 
 def test_idle_keepalive_connection_is_closed(server: RunningServer) -> None:
-    with socket.create_connection(("127.0.0.1", server.ports["http"]), timeout=10) as s:
+    """read_all returns only when the server closes: a connection left open would end
+    in the socket timeout (30 s, far past the 2 s deadline) and fail the test."""
+    with socket.create_connection(("127.0.0.1", server.ports["http"]), timeout=30) as s:
         s.sendall(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
-        started = time.monotonic()
         answer = read_all(s)
     assert answer.startswith(b"HTTP/1.1 404 Not Found\r\n")
     assert b"408 Request Timeout" in answer  # the idle wait after it had its deadline too
-    assert time.monotonic() - started < 6
 
 
 def test_challenge_directory_is_where_the_acme_client_expects(tmp_path: Path) -> None:
@@ -263,14 +267,34 @@ def test_connection_limit_refusal_is_http(server_factory: Callable[..., RunningS
     not another protocol's greeting, and the refusal is counted."""
     limited = server_factory("limited", limits={"connections_per_ip": 1},
                              listen={"http": "tcp:0:interface=127.0.0.1"})
-    with socket.create_connection(("127.0.0.1", limited.ports["http"]), timeout=10) as first:
-        time.sleep(0.2)  # accepted and counted before the second arrives
+    with socket.create_connection(("127.0.0.1", limited.ports["http"]), timeout=30) as first:
+        # Answered, so accepted and counted, before the second arrives (a 0.2 s sleep
+        # was not always enough); it stays open (keep-alive).
+        first.sendall(b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert one_response(first).startswith(b"HTTP/1.1 404 Not Found\r\n")
         assert raw(limited, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n") == (
             b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\n"
             b"Content-Length: 0\r\n\r\n")
         first.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         counted = samples(read_all(first).split(b"\r\n\r\n", 1)[1].decode())
     assert counted[("mailserver_connections_refused_total", (("service", "http"),))] == 1
+
+
+def one_response(s: socket.socket) -> bytes:
+    """One response with a Content-Length, read without waiting for the close."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = s.recv(65536)
+        assert chunk, data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")))
+    while len(body) < length:
+        chunk = s.recv(65536)
+        assert chunk, data
+        body += chunk
+    return head + b"\r\n\r\n" + body
 
 
 def _server_side_owner(client: socket.socket, candidates: list[int]) -> int | None:
@@ -304,7 +328,7 @@ def test_a_killed_worker_leaves_no_open_sessions_behind(
     [worker] = workers_of(two)
     held = None
     for _ in range(40):  # until a connection lands in the worker
-        s = socket.create_connection(two.address("smtp"), timeout=10)
+        s = socket.create_connection(two.address("smtp"), timeout=60)
         assert s.recv(1024).startswith(b"220")
         if _server_side_owner(s, [worker]) == worker:
             held = s
@@ -313,7 +337,7 @@ def test_a_killed_worker_leaves_no_open_sessions_behind(
     assert held is not None, "no connection reached the worker"
     assert scrape(two)[("mailserver_sessions", (("service", "smtp"),))] == 1
     os.kill(worker, signal.SIGKILL)
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60
     # (The series is gone altogether when the dead worker was the only one with it.)
     while scrape(two).get(("mailserver_sessions", (("service", "smtp"),)), 0) != 0:
         assert time.monotonic() < deadline, "the dead worker's session is still counted"

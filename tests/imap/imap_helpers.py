@@ -12,6 +12,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent.parent))
 
 from server_harness import PASSWORD, USERS, RunningServer, make_server  # noqa: E402
+from wire import REPLY_TIMEOUT  # noqa: E402
 
 __all__ = ["PASSWORD", "USERS"]
 
@@ -42,7 +43,7 @@ def no_verify() -> ssl.SSLContext:
 
 def connect(server: RunningServer, user: str = "alice@example.org",
             password: str = PASSWORD) -> imaplib.IMAP4:
-    client = imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=20)
+    client = imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=REPLY_TIMEOUT)
     client.login(user, password)
     return client
 
@@ -53,7 +54,7 @@ def deliver(server: RunningServer, to: str, subject: str = "hello",
     message = (f"From: Bob <bob@example.com>\r\nTo: {to}\r\nSubject: {subject}\r\n"
                f"Date: Sun, 22 Nov 2026 10:00:00 +0000\r\nMessage-ID: <{subject}@test>\r\n"
                f"{extra}\r\n{body}")
-    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=20) as smtp:
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=REPLY_TIMEOUT) as smtp:
         smtp.sendmail("bob@example.com", [to], message)
 
 
@@ -62,7 +63,7 @@ class Line:
 
     def __init__(self, server: RunningServer, service: str = "imap") -> None:
         self.sock: socket.socket | ssl.SSLSocket = socket.create_connection(
-            ("127.0.0.1", server.ports[service]), timeout=20)
+            ("127.0.0.1", server.ports[service]), timeout=REPLY_TIMEOUT)
         if service == "imaps":
             self.sock = no_verify().wrap_socket(self.sock)
         self.file = self.sock.makefile("rb")

@@ -45,7 +45,7 @@ def maildir_files(server: RunningServer, user: str, folder: str = "") -> list:
 # -- sessions, TLS, capabilities -----------------------------------------------------------
 
 def test_greeting_capabilities_and_starttls(imap_server: RunningServer) -> None:
-    client = imaplib.IMAP4("127.0.0.1", imap_server.ports["imap"], timeout=20)
+    client = imaplib.IMAP4("127.0.0.1", imap_server.ports["imap"], timeout=60)
     before = set(client.capabilities)
     assert {"IMAP4REV1", "STARTTLS", "AUTH=PLAIN", "IDLE", "UIDPLUS", "MOVE", "LITERAL+",
             "NAMESPACE", "SPECIAL-USE", "CHILDREN", "UNSELECT", "ENABLE", "ID",
@@ -61,7 +61,7 @@ def test_greeting_capabilities_and_starttls(imap_server: RunningServer) -> None:
 
 def test_imaps_login_and_authenticate_plain(imap_server: RunningServer) -> None:
     client = imaplib.IMAP4_SSL("127.0.0.1", imap_server.ports["imaps"],
-                               ssl_context=no_verify(), timeout=20)
+                               ssl_context=no_verify(), timeout=60)
     assert "STARTTLS" not in client.capabilities
     ok(client.authenticate("PLAIN", lambda _: b"\0alice@example.org\0" + PASSWORD.encode()))
     assert client.state == "AUTH"
@@ -69,7 +69,7 @@ def test_imaps_login_and_authenticate_plain(imap_server: RunningServer) -> None:
 
 
 def test_wrong_password_is_authenticationfailed(imap_server: RunningServer) -> None:
-    client = imaplib.IMAP4("127.0.0.1", imap_server.ports["imap"], timeout=20)
+    client = imaplib.IMAP4("127.0.0.1", imap_server.ports["imap"], timeout=60)
     with pytest.raises(imaplib.IMAP4.error, match=r"\[AUTHENTICATIONFAILED\]"):
         client.login("alice@example.org", "wrong")
     ok(client.login("alice@example.org", PASSWORD))
@@ -195,13 +195,13 @@ def test_delivery_appears_at_noop_and_during_idle(imap_server: RunningServer,
     plain.logout()
 
     with IMAPClient("127.0.0.1", port=imap_server.ports["imap"], ssl=False,
-                    timeout=20) as client:
+                    timeout=60) as client:
         client.login(fresh, PASSWORD)
         client.select_folder("INBOX")
         client.idle()
         started = time.monotonic()
         deliver(imap_server, fresh, subject="idle")
-        responses = client.idle_check(timeout=10)
+        responses = client.idle_check(timeout=30)
         latency = time.monotonic() - started
         client.idle_done()
         assert (2, b"EXISTS") in responses
@@ -292,7 +292,7 @@ def test_imapclient_parses_everything(imap_server: RunningServer, fresh: str) ->
     deliver(imap_server, fresh, subject="=?utf-8?q?Gr=C3=BC=C3=9Fe?=", body=multipart[1],
             extra=multipart[0])
     with IMAPClient("127.0.0.1", port=imap_server.ports["imaps"], ssl=True,
-                    ssl_context=no_verify(), timeout=20) as client:
+                    ssl_context=no_verify(), timeout=60) as client:
         client.login(fresh, PASSWORD)
         folders = {name for _flags, _delim, name in client.list_folders()}
         assert {"INBOX", "Sent", "Drafts", "Trash", "Junk"} <= folders

@@ -40,7 +40,7 @@ class Deflating:
 
     def __init__(self, server: RunningServer, login: bool = True,
                  user: str = "alice@example.org", receive_buffer: int = 0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", server.ports["imap"]), timeout=20)
+        self.sock = socket.create_connection(("127.0.0.1", server.ports["imap"]), timeout=60)
         if receive_buffer:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         self.raw = b""
@@ -164,7 +164,7 @@ def test_compress_before_login_is_refused(imap_server: RunningServer) -> None:
 def test_compress_pipelined_behind_starttls_is_discarded(imap_server: RunningServer) -> None:
     """Before TLS is finished nothing the client pipelined in plain text runs (RFC
     3501 6.2.1), COMPRESS included: the session after the handshake is uncompressed."""
-    sock = socket.create_connection(("127.0.0.1", imap_server.ports["imap"]), timeout=20)
+    sock = socket.create_connection(("127.0.0.1", imap_server.ports["imap"]), timeout=60)
     file = sock.makefile("rb")
     file.readline()
     sock.sendall(b"s STARTTLS\r\nz COMPRESS DEFLATE\r\n")

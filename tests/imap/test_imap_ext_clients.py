@@ -19,7 +19,7 @@ def test_imapclient_multiappend_list_extended_and_binary(imap_server: RunningSer
     messages = [b"Subject: m%d\r\nContent-Transfer-Encoding: base64\r\n\r\naGk=\r\n" % i
                 for i in range(3)]
     with IMAPClient("127.0.0.1", port=imap_server.ports["imap"], ssl=False,
-                    timeout=20) as client:
+                    timeout=60) as client:
         client.login(user, PASSWORD)
         caps = client.capabilities()
         for cap in (b"MULTIAPPEND", b"CATENATE", b"LIST-EXTENDED", b"LIST-STATUS", b"BINARY",

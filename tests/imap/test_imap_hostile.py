@@ -222,7 +222,7 @@ def test_no_passwords_in_clear(tmp_path: Path) -> None:
     AUTHENTICATE; after STARTTLS the same login works."""
     server = start_imap_server(tmp_path / "strict", users=("alice@example.org",), auth={})
     try:
-        client = imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=20)
+        client = imaplib.IMAP4("127.0.0.1", server.ports["imap"], timeout=60)
         assert "LOGINDISABLED" in client.capabilities
         assert "AUTH=PLAIN" not in client.capabilities
         raw = Line(server)

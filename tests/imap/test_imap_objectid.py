@@ -164,7 +164,7 @@ def test_imaplib_over_the_real_server(imap_server: RunningServer) -> None:
     """What a client sees over TCP: the capability, the ids through MOVE and RENAME."""
     address = "objectid@example.org"
     imap_server.add_user(address, PASSWORD)
-    client = imaplib.IMAP4("127.0.0.1", imap_server.ports["imap"], timeout=20)
+    client = imaplib.IMAP4("127.0.0.1", imap_server.ports["imap"], timeout=60)
     try:
         assert "OBJECTID" in client.capabilities
         assert client.login(address, PASSWORD)[0] == "OK"

@@ -156,7 +156,7 @@ def test_append_larger_than_what_is_left(server: RunningServer) -> None:
 
 
 def smtp_result(server: RunningServer, to: str, body: bytes) -> tuple[int, bytes]:
-    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=20) as smtp:
+    with smtplib.SMTP("127.0.0.1", server.ports["smtp"], timeout=60) as smtp:
         smtp.ehlo()
         smtp.mail("bob@example.com")
         code, text = smtp.rcpt(to)
@@ -186,7 +186,7 @@ def test_smtp_452_at_rcpt_when_full_and_552_at_data_when_it_would_not_fit(
     client.logout()
     assert smtp_result(server, user, message(100)) == (452, b"4.2.2 Error: mailbox full")
     # POP3 DELE + QUIT gives room back, and mail is taken again.
-    pop = poplib.POP3("127.0.0.1", server.ports["pop3"], timeout=20)
+    pop = poplib.POP3("127.0.0.1", server.ports["pop3"], timeout=60)
     pop.user(user)
     pop.pass_(PASSWORD)
     pop.dele(1)

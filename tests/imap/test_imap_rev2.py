@@ -276,7 +276,7 @@ def test_imaplib_rev1_unchanged_and_rev2_by_raw_enable(imap_server: RunningServe
     ENABLEs rev2 its search() finds no SEARCH response (the ESEARCH is there instead)."""
     address = "rev2user@example.org"
     imap_server.add_user(address, PASSWORD)
-    client = imaplib.IMAP4("127.0.0.1", imap_server.ports["imap"], timeout=20)
+    client = imaplib.IMAP4("127.0.0.1", imap_server.ports["imap"], timeout=60)
     try:
         assert {"IMAP4REV1", "IMAP4REV2"} <= set(client.capabilities)
         assert client.login(address, PASSWORD)[0] == "OK"

@@ -41,11 +41,11 @@ def test_flag_change_raises_the_message_and_folder_modseq(store: UserStore, root
 
 def test_changes_by_another_process_and_by_pop3_are_noticed(store: UserStore,
                                                             root: Path) -> None:
-    for n in range(4):
-        deliver(root, f"m{n}", sub="cur", name=None)
+    # In delivery order, which is UID order; not files(): sorted names need not follow
+    # delivery order (M99 sorts after M100).
+    names = [deliver(root, f"m{n}", sub="cur", name=None) for n in range(4)]
     view = _tracked(store)
     start = view.highest_modseq
-    names = files(root, "cur")
     # Another process (or mutt) sets \Flagged on the first by renaming the file, and a
     # POP3 DELE removes the second: neither goes through this process's state.
     first = names[0]

@@ -44,7 +44,7 @@ class WatchCase(unittest.TestCase):
         txn.write(MESSAGE)
         await txn.commit()
 
-    async def wait_for(self, calls: list[str], count: int, timeout: float = 5.0) -> float:
+    async def wait_for(self, calls: list[str], count: int, timeout: float = 30.0) -> float:
         start = reactor.seconds()
         while len(calls) < count:
             if reactor.seconds() - start > timeout:

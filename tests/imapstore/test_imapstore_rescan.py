@@ -9,6 +9,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,23 +49,40 @@ class RescanCase(unittest.TestCase):
         self.addCleanup(notifier.close)
         return notifier
 
-    async def calls_after_delivery(self, notifier: Notifier, wait: float) -> tuple[int, int]:
+    async def until(self, condition: Callable[[], bool], what: str) -> None:
+        """Wait for `condition` (a loaded machine may run the rescan ticks late: a fixed
+        wait for them failed now and then)."""
+        deadline = reactor.seconds() + 30
+        while not condition():
+            if reactor.seconds() > deadline:
+                self.fail(f"never: {what}")
+            await task.deferLater(reactor, 0.01, lambda: None)
+
+    async def calls_after_delivery(self, notifier: Notifier,
+                                   rescans: bool = True) -> tuple[int, int]:
+        """(wake-ups before the delivery, wake-ups after it). With `rescans`, waits for
+        the first rescan (it wakes the watchers once) and then for one after the
+        delivery; then a few more ticks pass (0.5 s) in which nothing more may come."""
         calls: list[int] = []
         stop = notifier.watch(self.root, lambda: calls.append(1))
         self.addCleanup(stop)
+        if rescans:
+            await self.until(lambda: bool(calls), "the first rescan's wake-up")
         await task.deferLater(reactor, 0.5, lambda: None)
-        settled = len(calls)  # the first rescan wakes the watchers once
+        settled = len(calls)
         deliver(self.root, "from another node")
-        await task.deferLater(reactor, wait, lambda: None)
+        if rescans:
+            await self.until(lambda: len(calls) > settled, "a wake-up for the delivery")
+        await task.deferLater(reactor, 0.5, lambda: None)
         return settled, len(calls) - settled
 
     async def test_rescan_reports_a_change_inotify_missed(self) -> None:
-        settled, after = await self.calls_after_delivery(self.notifier(0.2), 0.6)
+        settled, after = await self.calls_after_delivery(self.notifier(0.2))
         self.assertEqual(settled, 1)
         self.assertGreaterEqual(after, 1)
 
     async def test_without_rescan_the_change_goes_unseen(self) -> None:
-        settled, after = await self.calls_after_delivery(self.notifier(None), 0.6)
+        settled, after = await self.calls_after_delivery(self.notifier(None), rescans=False)
         self.assertEqual((settled, after), (0, 0))
 
     async def test_cluster_mode_turns_the_rescan_on(self) -> None:
@@ -72,7 +90,7 @@ class RescanCase(unittest.TestCase):
                                                 self.root.parent.parent / "cache"))
         self.addCleanup(sharedfs.configure, None)
         self.patch(notify, "RESCAN_SECONDS", 0.2)
-        settled, after = await self.calls_after_delivery(self.notifier(None), 0.6)
+        settled, after = await self.calls_after_delivery(self.notifier(None))
         self.assertEqual(settled, 1)
         self.assertGreaterEqual(after, 1)
 
@@ -86,13 +104,14 @@ class RescanCase(unittest.TestCase):
         def slow_stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
             if str(path).startswith(str(self.root)):
                 started.append(1)
-                release.wait(5)
+                release.wait(60)  # released by the test; long past any load
             return real_stat(path, *args, **kwargs)
 
         self.patch(os, "stat", slow_stat)
         notifier = self.notifier(0.05)
         stop = notifier.watch(self.root, lambda: None)
         self.addCleanup(stop)
+        await self.until(lambda: bool(started), "the first stat")
         await task.deferLater(reactor, 0.5, lambda: None)
         self.assertEqual(len(started), 1)  # ten ticks, one stat
         release.set()
@@ -110,6 +129,6 @@ class RescanCase(unittest.TestCase):
             return (stamp[0], frozen, 4096, stamp[3], frozen, 4096)
 
         self.patch(notify._FolderWatch, "_dir_stamp", whole_seconds)
-        settled, after = await self.calls_after_delivery(self.notifier(0.2), 0.6)
+        settled, after = await self.calls_after_delivery(self.notifier(0.2))
         self.assertGreaterEqual(settled, 1)
         self.assertGreaterEqual(after, 1)

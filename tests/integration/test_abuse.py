@@ -59,10 +59,9 @@ def test_guesser_locked_out_across_processes_and_lifted_by_ban_del(server_factor
     # Every new connection, whichever process takes it; the right password too.
     for _ in range(4):
         assert auth(server, "127.0.0.7", PASSWORD) == locked
-    # Another address logs in at once: it pays nothing for 127.0.0.7's failures.
-    started = time.monotonic()
+    # Another address logs in: it pays nothing for 127.0.0.7's failures (a right
+    # password is never delayed: tests/abuse/test_delays.py, on a clock).
     assert auth(server, "127.0.0.8", PASSWORD) == "235 2.7.0 Authentication successful"
-    assert time.monotonic() - started < 0.7
     listed = admin(server.config_path, "ban", "list").stdout
     assert listed.startswith("127.0.0.7  until ")
     assert admin(server.config_path, "ban", "del", "127.0.0.7").returncode == 0
@@ -79,24 +78,26 @@ def test_guesser_locked_out_across_processes_and_lifted_by_ban_del(server_factor
                      r"account=bob@example\.org reason=login-failures failures=3 until=\d+$",
                      lockout[0])
     assert sum("reason=locked-out" in line for line in lines) == 5
+    assert not any("ip=127.0.0.8 " in line for line in lines)
     assert not any(PASSWORD in line or "guess" in line for line in lines)
 
 
-def test_account_delay_is_the_same_whether_the_account_exists(server_factory) -> None:
+def test_account_failures_answered_alike_whether_the_account_exists(server_factory) -> None:
+    """The same reply, and the same abuse line, for an account that exists and one that
+    does not. How long each waits (0.75 s, doubled per failure, capped) is asserted on a
+    clock in tests/abuse/test_delays.py: a wall-clock bound here failed under load."""
     server = server_factory("delay", listen=LISTEN, auth=PLAINTEXT,
                             abuse={"login_failures": 100, "login_delay_max": 2})
-    timings = {}
     for user in ("alice@example.org", "nobody@example.org"):
-        spent = []
         for i in range(3):  # each from another address: the delay is per account
-            started = time.monotonic()
-            assert auth(server, f"127.0.1.{i + 1}", "wrong", user).startswith("535 ")
-            spent.append(time.monotonic() - started)
-        timings[user] = spent
-    for spent in timings.values():
-        # 0.75 s, then 1.5 s, then 2 s (the cap), plus hashing.
-        assert 0.7 < spent[0] < 1.4 and 1.45 < spent[1] < 2.2 and 1.95 < spent[2] < 2.7
+            assert auth(server, f"127.0.1.{i + 1}", "wrong", user) == (
+                "535 5.7.8 Authentication credentials invalid")
     assert auth(server, "127.0.1.9", PASSWORD) == "235 2.7.0 Authentication successful"
+    lines = abuse_lines(server)
+    for user in ("alice@example.org", "nobody@example.org"):
+        assert [line.partition(" abuse: ")[2] for line in lines if f"account={user}" in line] \
+            == [f"refused service=submission ip=127.0.1.{i + 1} account={user} "
+                "reason=auth-failed" for i in range(3)]
 
 
 def test_concurrent_connections_per_ip_across_processes(server_factory) -> None:
@@ -112,12 +113,14 @@ def test_concurrent_connections_per_ip_across_processes(server_factory) -> None:
     assert other.code() == 220
     held[0].command("QUIT")
     held[0].close()
-    deadline = time.monotonic() + 5
+    # The freed place comes back once the server has seen the close (not at once).
+    deadline = time.monotonic() + 30
     while True:
         again = From(server.address(), "127.0.0.4")
-        if again.code() == 220 or time.monotonic() > deadline:
+        if again.code() == 220:
             break
         again.close()
+        assert time.monotonic() < deadline, "127.0.0.4 still refused after one closed"
         time.sleep(0.1)
     assert "reason=too-many-connections" in "\n".join(abuse_lines(server))
 
@@ -179,20 +182,21 @@ def test_sending_quota_across_sessions_and_processes(server_factory) -> None:
 
 
 def test_pregreet_client_refused_patient_and_trusted_ones_served(server_factory) -> None:
+    """The bot's 554 shows the banner was held; how long (pregreet_wait) is asserted on a
+    clock in tests/abuse/test_delays.py. A trusted client may talk first."""
     server = server_factory("pregreet", abuse={"pregreet_wait": 1,
                                                "trusted_networks": ["127.0.0.30/32"]})
     bot = From(server.address(), "127.0.0.31")
     bot.send(b"EHLO bot.example\r\nMAIL FROM:<a@b.example>\r\n")
     assert bot.text() == "554 5.7.1 mx.test.example Error: you talked before my greeting"
     assert bot.closed()
-    started = time.monotonic()
     patient = From(server.address(), "127.0.0.32")
     assert patient.text() == "220 mx.test.example ESMTP mailserver"
-    assert time.monotonic() - started >= 0.9
     assert patient.command("QUIT").startswith("221")
-    started = time.monotonic()
     trusted = From(server.address(), "127.0.0.30")
-    assert trusted.code() == 220 and time.monotonic() - started < 0.5
+    trusted.send(b"EHLO trusted.example\r\n")  # before the banner: no pregreet test
+    assert trusted.text() == "220 mx.test.example ESMTP mailserver"
+    assert trusted.code() == 250
     assert any("service=smtp ip=127.0.0.31 account=- reason=pregreet" in line
                for line in abuse_lines(server))
 
@@ -202,13 +206,11 @@ def test_directory_harvest_tarpit_then_421(server_factory) -> None:
     wire = From(server.address(), "127.0.0.40")
     wire.greet()
     assert wire.command("MAIL FROM:<x@spam.example>") == "250 2.1.0 Ok"
-    timings = []
+    # The third and fourth 550 come after tarpit_delay (asserted on a clock in
+    # tests/abuse/test_delays.py); the 421 comes from the same tarpit.
     for i in range(4):
-        started = time.monotonic()
         assert wire.command(f"RCPT TO:<guess{i}@example.org>") == (
             "550 5.1.1 Error: user unknown")
-        timings.append(time.monotonic() - started)
-    assert timings[0] < 0.5 and timings[1] < 0.5 and min(timings[2:]) >= 0.95
     assert wire.command("RCPT TO:<guess9@example.org>") == (
         "421 4.7.0 mx.test.example Error: too many unknown recipients; closing")
     assert wire.closed()
@@ -216,10 +218,8 @@ def test_directory_harvest_tarpit_then_421(server_factory) -> None:
     other = From(server.address(), "127.0.0.41")
     other.greet()
     other.command("MAIL FROM:<x@ok.example>")
-    started = time.monotonic()
     assert other.command("RCPT TO:<nobody@example.org>") == "550 5.1.1 Error: user unknown"
     assert other.command("RCPT TO:<bob@example.org>") == "250 2.1.5 Ok"
-    assert time.monotonic() - started < 0.5
 
 
 def test_port_25_message_rate_per_address(server_factory) -> None:
@@ -312,8 +312,14 @@ def test_dnsbl_before_the_banner(server_factory) -> None:
             "zones=bl.test")
 
 
+GREYLIST_DELAY = 5
+
+
 def test_greylisting_defers_then_accepts_the_retry(server_factory) -> None:
-    server = server_factory("grey", abuse={"greylist_delay": 1})
+    # The table counts whole seconds: with a 1 s delay a retry a few ms later but past
+    # the turn of a second already passed, so "too soon" failed now and then. 5 s leaves
+    # a loaded machine 4 s between the first attempt and the early retry.
+    server = server_factory("grey", abuse={"greylist_delay": GREYLIST_DELAY})
     wire = From(server.address(), "127.0.2.1")
     wire.greet()
     deferred = "450 4.7.1 Error: greylisted; please try again later"
@@ -321,7 +327,7 @@ def test_greylisting_defers_then_accepts_the_retry(server_factory) -> None:
     wire.command("RSET")
     assert send(wire, ["bob@example.org"]) == ["250 2.1.0 Ok", deferred]  # too soon
     wire.command("RSET")
-    time.sleep(1.2)
+    time.sleep(GREYLIST_DELAY + 0.2)  # real time must pass: the server's own clock
     assert send(wire, ["bob@example.org"])[-1].startswith("250 2.0.0 Ok: queued")
     # The client passed once: a new triplet from it is not deferred.
     answers = send(wire, ["alice@example.org"])
@@ -349,9 +355,8 @@ def test_spray_from_200_addresses_locks_none_and_spares_the_owner(server_factory
         answers = list(pool.map(lambda s: auth(server, s, "Summer2024!"), sources))
     assert answers == ["535 5.7.8 Authentication credentials invalid"] * 200
     assert admin(server.config_path, "ban", "list").stdout == "no address is locked out\n"
-    started = time.monotonic()
+    # Not delayed by the spray's failures: tests/abuse/test_delays.py, on a clock.
     assert auth(server, "127.0.200.1", PASSWORD) == "235 2.7.0 Authentication successful"
-    assert time.monotonic() - started < 0.7
     failed = {re.search(r"ip=(\S+)", line).group(1) for line in abuse_lines(server)
               if "reason=auth-failed" in line}
     assert failed == set(sources)

@@ -92,7 +92,7 @@ def run_pebble(tmp_path: Path, tls_port: int) -> Iterator[dict[str, object]]:
     log = open(tmp_path / "pebble.log", "wb")
     proc = subprocess.Popen(["pebble", "-config", str(config), "-dnsserver",
                              dns.nameserver], stdout=log, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 60
     while True:
         try:
             socket.create_connection(("127.0.0.1", port), 1).close()

@@ -59,7 +59,7 @@ def connect(server: RunningServer, service: str, source: str = PROXY,
             header: bytes = b"") -> Lines:
     """A connection from `source`, opened with `header` (a proxy's) if given."""
     client = Lines.__new__(Lines)
-    client.sock = socket.create_connection(server.address(service), timeout=10,
+    client.sock = socket.create_connection(server.address(service), timeout=60,
                                            source_address=(source, 0))
     client.buffer = b""
     if header:

@@ -269,7 +269,7 @@ def test_a_node_with_its_data_dir_on_the_share_refuses_to_start(cluster: Cluster
     with open(server.config_path, "a") as f:
         f.write(_cluster_section("n1", cluster.mounts["n1"]))
     with pytest.raises(AssertionError, match="server exited"):
-        server.start(timeout=20)
+        server.start(timeout=60)
     assert (f"data_dir: {elsewhere / 'data'} is on a network file system "
             f"(fuse.sshfs); each node's own disk is needed (queue, abuse table, SQLite)"
             in server.log())

@@ -14,7 +14,7 @@ def send_until_killed(server: RunningServer, worker: int, acked: list[bytes],
                       stop: threading.Event) -> None:
     n = 0
     try:
-        with smtplib.SMTP(*server.address(), timeout=10) as client:
+        with smtplib.SMTP(*server.address(), timeout=60) as client:
             while not stop.is_set():
                 marker = b"w%d-m%d" % (worker, n)
                 body = (b"Subject: " + marker + b"\r\n\r\n" + (b"x" * 70 + b"\r\n") * 200

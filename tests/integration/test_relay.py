@@ -172,7 +172,11 @@ def test_queue_delete_while_running(tmp_path: Path, dns: DNSServer,
     again = admin(tx.config_path, "queue", "delete", queue_id, check=False)
     assert again.returncode == 1
     admin(tx.config_path, "queue", "flush")
-    time.sleep(1.5)
+    # Once the server has taken the flush (its trigger file gone) and had a moment to
+    # run the round: a fixed 1.5 s could end before a loaded server even looked.
+    trigger = tx.data_dir / "queue" / "flush"
+    wait_for(lambda: not trigger.exists(), what="the server takes the flush", server=tx)
+    time.sleep(0.5)
     assert queue_is_empty(tx), "a deleted entry never comes back"
     assert tx.is_running()
 
@@ -338,7 +342,7 @@ def test_smtplib_submission_587_reaches_bob(
         submission_pair: tuple[RunningServer, RunningServer]) -> None:
     tx, rx = submission_pair
     host, port = listening(tx, "submission")
-    with smtplib.SMTP(host, port, timeout=10) as smtp:
+    with smtplib.SMTP(host, port, timeout=60) as smtp:
         smtp.starttls(context=_no_verify())
         smtp.login("alice@example.org", PASSWORD)
         smtp.sendmail("alice@example.org", ["bob@example.net"],
@@ -357,7 +361,7 @@ def test_smtplib_submissions_465_and_a_550_gives_alice_a_dsn(
         submission_pair: tuple[RunningServer, RunningServer]) -> None:
     tx, rx = submission_pair
     host, port = listening(tx, "submissions")
-    with smtplib.SMTP_SSL(host, port, timeout=10, context=_no_verify()) as smtp:
+    with smtplib.SMTP_SSL(host, port, timeout=60, context=_no_verify()) as smtp:
         smtp.login("alice@example.org", PASSWORD)
         smtp.sendmail("alice@example.org", ["nobody@example.net"],
                       b"From: alice@example.org\r\nTo: nobody@example.net\r\n"
@@ -400,7 +404,7 @@ def test_worker_processes_queue_and_process_zero_delivers(
     servers.append(tx)
     host, port = listening(tx, "submission")
     for i in range(8):
-        with smtplib.SMTP(host, port, timeout=10) as smtp:
+        with smtplib.SMTP(host, port, timeout=60) as smtp:
             smtp.starttls(context=_no_verify())
             smtp.login("alice@example.org", PASSWORD)
             smtp.sendmail("alice@example.org", ["bob@example.net"],

@@ -80,7 +80,7 @@ def submit(tx: RunningServer, mail_options: list[str],
            rcpts: list[tuple[str, list[str]]], data: bytes = MESSAGE) -> None:
     """One transaction on 587 after STARTTLS and AUTH, per-recipient RCPT options."""
     host, port = listening(tx, "submission")
-    with smtplib.SMTP(host, port, timeout=10) as smtp:
+    with smtplib.SMTP(host, port, timeout=60) as smtp:
         smtp.starttls(context=no_verify())
         smtp.login("alice@example.org", PASSWORD)
         assert smtp.has_extn("dsn")
@@ -193,7 +193,7 @@ def test_local_delivery_on_submission_reports_delivered(
 def test_smtplib_hostile_parameters_on_port_25(
         pair: tuple[RunningServer, RunningServer]) -> None:
     tx, _ = pair
-    with smtplib.SMTP(SENDER_IP, listening(tx, "smtp")[1], timeout=10) as smtp:
+    with smtplib.SMTP(SENDER_IP, listening(tx, "smtp")[1], timeout=60) as smtp:
         smtp.ehlo("client.test")
         assert smtp.has_extn("dsn") and not smtp.has_extn("requiretls")
         assert smtp.mail("x@remote.test", ["REQUIRETLS"]) == (

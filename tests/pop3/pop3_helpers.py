@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from server_harness import RunningServer, make_server
+from wire import REPLY_TIMEOUT
 
 from mailserver.interfaces import MaildropInUse
 from mailserver.store.maildir import crlf_size, unique_name
@@ -74,7 +75,7 @@ def wire_form(stored: bytes) -> bytes:
     return stored.replace(b"\n", b"\r\n")
 
 
-def wait_unlocked(maildir: Path, timeout: float = 10) -> None:
+def wait_unlocked(maildir: Path, timeout: float = 30) -> None:
     """Wait until no POP3 session holds the maildrop (the [IN-USE] lock is an flock, so
     the test process can test it too)."""
     if not maildir.is_dir():
@@ -94,7 +95,7 @@ def wait_unlocked(maildir: Path, timeout: float = 10) -> None:
 class RawPop3:
     """Exact bytes in, whole lines out: for hostile input, where poplib would refuse."""
 
-    def __init__(self, address: tuple[str, int], timeout: float = 10.0) -> None:
+    def __init__(self, address: tuple[str, int], timeout: float = REPLY_TIMEOUT) -> None:
         self.sock: socket.socket | ssl.SSLSocket = socket.create_connection(address, timeout)
         self.buffer = b""
 

@@ -31,7 +31,7 @@ def logged_in(server: RunningServer) -> RawPop3:
 
 
 def still_serving(server: RunningServer) -> None:
-    pop = poplib.POP3_SSL(*server.address("pop3s"), context=client_tls(), timeout=10)
+    pop = poplib.POP3_SSL(*server.address("pop3s"), context=client_tls(), timeout=60)
     pop.user(ALICE.decode())
     pop.pass_(PASSWORD)
     pop.quit()

@@ -25,7 +25,7 @@ RECEIVER_IP = "127.0.0.3"
 
 #: Fast retries for tests (seconds).
 FAST_RELAY = {"retry_initial": 1, "retry_max": 2, "connect_timeout": 5,
-              "command_timeout": 10, "dns_timeout": 3}
+              "command_timeout": 10, "dns_timeout": 10}
 
 
 def zone(receiver_ip: str = RECEIVER_IP, **extra: dict[str, Any]) -> dict[str, Any]:
@@ -112,7 +112,7 @@ def queue_entries(server: RunningServer) -> list[QueueEntry]:
     return entries
 
 
-def wait_for(check: Callable[[], Any], timeout: float = 20.0, what: str = "",
+def wait_for(check: Callable[[], Any], timeout: float = 60.0, what: str = "",
              server: RunningServer | None = None) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

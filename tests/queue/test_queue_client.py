@@ -543,7 +543,12 @@ class ClientTests(unittest.TestCase):
                                                                 RCPTS[:1], BODY)))
         self.assertEqual(outcomes[RCPTS[0]].state, DELIVERED)
         closing = defer.ensureDeferred(conn.close())
-        yield task.deferLater(reactor, 0.1, lambda: None)  # QUIT reaches the peer
+        # Until the QUIT reaches the peer (a fixed 0.1 s: a loaded machine could run
+        # the timer before the write, and the peer never saw the QUIT).
+        for _ in range(3000):
+            if peer.sessions[0].lines[-1:] == [b"QUIT"]:
+                break
+            yield task.deferLater(reactor, 0.01, lambda: None)
         self.assertNoResult(closing)
         clock.advance(QUIT_TIMEOUT + 1)
         self.successResultOf(closing)

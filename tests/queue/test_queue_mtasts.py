@@ -216,9 +216,9 @@ class FetchTests(unittest.TestCase):
         shared = SharedResolver([self.dns.nameserver], 5, 0)
         trust = ssl.Certificate.loadPEM(ca[0].public_bytes(serialization.Encoding.PEM))
         self.fetcher = PolicyFetcher(reactor, shared.resolver, trust,
-                                     port=self.port.getHost().port, timeout=10)
+                                     port=self.port.getHost().port, timeout=60)
         self.bad_fetcher = PolicyFetcher(reactor, shared.resolver, trust,
-                                         port=self.bad_port.getHost().port, timeout=10)
+                                         port=self.bad_port.getHost().port, timeout=60)
         self.resolver = shared.resolver
 
     @defer.inlineCallbacks

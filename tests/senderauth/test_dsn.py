@@ -30,11 +30,11 @@ def test_bounce_is_signed_and_verifies(tmp_path: Path) -> None:
     zone = zone_from_records(admin(draft.config_path, "dns-records", "example.org").stdout)
     with DNSServer(zone) as dns:  # nx.test is not in it: NXDOMAIN, a permanent failure
         server = make_server(tmp_path, start=False, **settings,
-                             dns={"nameservers": [dns.nameserver], "timeout": 2})
+                             dns={"nameservers": [dns.nameserver], "timeout": 10})
         server.add_user("alice@example.org", PASSWORD)
         server.start()
         try:
-            with smtplib.SMTP(*server.address("submission"), timeout=20) as client:
+            with smtplib.SMTP(*server.address("submission"), timeout=60) as client:
                 context = ssl.create_default_context()
                 context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
                 client.starttls(context=context)

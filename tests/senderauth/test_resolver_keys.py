@@ -62,6 +62,20 @@ def test_cache_keeps_answers_for_their_ttl_only() -> None:
         lookups.txt("short.test")
 
 
+def until_mtime_moves(path: Path, probe: Path) -> None:
+    """Wait until a file written now (`probe`, on the same file system) gets another
+    mtime than `path` has."""
+    deadline = time.monotonic() + 30
+    while True:
+        probe.write_bytes(b"")  # a new file each time
+        written = probe.stat().st_mtime_ns
+        probe.unlink()
+        if written != path.stat().st_mtime_ns:
+            return
+        assert time.monotonic() < deadline, "the file system's clock stands still"
+        time.sleep(0.001)
+
+
 def test_keys_are_made_once_private_and_rotated(tmp_path: Path) -> None:
     store = make_store(tmp_path, ("example.org",))
     directory = store.directory("example.org")
@@ -76,7 +90,9 @@ def test_keys_are_made_once_private_and_rotated(tmp_path: Path) -> None:
     made = store.rotate("example.org")
     assert made and not set(made) & set(active)
     assert {k.selector for k in signer.keys_for("example.org")} == set(active)
-    time.sleep(0.01)
+    # The signer notices a new `active` file by its mtime, which the kernel's coarse
+    # clock (one tick, up to 10 ms) may leave unchanged: a 0.01 s sleep was a guess.
+    until_mtime_moves(directory / "active", tmp_path / "probe")
     now, retired = store.activate("example.org")
     assert now == made and retired == active
     assert {k.selector for k in signer.keys_for("example.org")} == set(made)

@@ -40,11 +40,11 @@ def test_signed_submission_verifies_at_the_next_hop(tmp_path: Path) -> None:
     records["2.0.0.127.in-addr.arpa"] = {"PTR": ["mx.example.org"]}
     with DNSServer(zone(**records)) as dns:
         rx = receiver(tmp_path / "rx", checks={"trusted_networks": []},
-                      dns={"nameservers": [dns.nameserver], "timeout": 2})
+                      dns={"nameservers": [dns.nameserver], "timeout": 10})
         tx = sender(tmp_path / "tx", dns, rx.ports["smtp"], listen=listen,
                     dkim={"sign": True})
         try:
-            with smtplib.SMTP(SENDER_IP, tx.ports["submission"], timeout=20) as client:
+            with smtplib.SMTP(SENDER_IP, tx.ports["submission"], timeout=60) as client:
                 context = ssl.create_default_context()
                 context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
                 client.starttls(context=context)
@@ -69,7 +69,7 @@ def test_signed_submission_verifies_at_the_next_hop(tmp_path: Path) -> None:
 
 
 def _submit(tx: RunningServer, to: str, body: bytes) -> None:
-    with smtplib.SMTP(SENDER_IP, tx.ports["submission"], timeout=20) as client:
+    with smtplib.SMTP(SENDER_IP, tx.ports["submission"], timeout=60) as client:
         context = ssl.create_default_context()
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
         client.starttls(context=context)

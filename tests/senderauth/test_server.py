@@ -45,7 +45,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     })
     with DNSServer(zone) as dns:
         server = make_server(root, start=False, **settings,
-                             dns={"nameservers": [dns.nameserver], "timeout": 2})
+                             dns={"nameservers": [dns.nameserver], "timeout": 10})
         for user in USERS:
             server.add_user(user, PASSWORD)
         server.add_alias("fwd@example.org", "far@remote.test")
@@ -55,7 +55,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def submit(server: RunningServer, message: bytes, to: str = "bob@example.org") -> None:
-    with smtplib.SMTP(*server.address("submission"), timeout=20) as client:
+    with smtplib.SMTP(*server.address("submission"), timeout=60) as client:
         context = ssl.create_default_context()
         context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
         client.starttls(context=context)
@@ -188,7 +188,7 @@ def _queued_sender(server: RunningServer, recipient: str) -> str:
     disk thread has moved the entry from held/ to envelopes/ (the release follows the
     commit), so this waits for it a little."""
     import json
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while True:
         for path in (server.data_dir / "queue" / "envelopes").iterdir():
             try:
@@ -239,7 +239,7 @@ def _all_queued_senders(server: RunningServer) -> list[str]:
 def _eventually(probe: Callable[[], list[str]]) -> list[str]:
     """`probe()` once it finds something, within 10 s: the queue moves a committed
     entry into envelopes/ in a disk thread, possibly just after the 250."""
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while not (found := probe()) and time.monotonic() < deadline:
         time.sleep(0.05)
     return found

@@ -151,13 +151,15 @@ def test_a_held_lock_is_refreshed_and_not_taken_over(mail_dir: Path, tmp_path: P
     ready = FORK.Event()
     holder = FORK.Process(target=_hold_for, args=(str(lock), "n2", 3.5, ready))
     holder.start()
-    assert ready.wait(10)
+    assert ready.wait(60)
     mine = DotLock(lock)
     mine.acquire()  # waits for the release: 3.5 s, three times the stale time
+    # The holder writes what it found just after its release, which is when our acquire
+    # returns: read it once the holder has ended (reading at once raced the write).
+    holder.join(60)
+    assert holder.exitcode == 0
     assert (tmp_path / "released").read_bytes() == b"mine", \
         "the holder kept its lock to the end; we had it only after its release"
-    holder.join()
-    assert holder.exitcode == 0
     mine.release()
 
 

@@ -108,7 +108,7 @@ class Receiver:
         with self.lock:
             return [r for r in self.got if r.path == path]
 
-    def wait_for(self, path: str, count: int = 1, timeout: float = 20,
+    def wait_for(self, path: str, count: int = 1, timeout: float = 60,
                  kind: str | None = None) -> list[Received]:
         """The POSTs to `path` (of event type `kind`) once there are `count`."""
         deadline = time.monotonic() + timeout
