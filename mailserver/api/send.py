@@ -106,14 +106,14 @@ async def send(call: ApiCall) -> ApiAnswer:
             await recorder_for(db).call(db.release, user, key)
         raise
     answer = _answer(submitted)
-    # Committed before the answer (api/sentrecorder.py: grouped, on its own thread).
+    # Committed before the answer (api/sentrecorder.py: grouped, on its own thread),
+    # with a key's answer in the same commit, made durable (sentdb.py).
     await recorder_for(db).record(submitted.queue_id, user, submitted.message_id,
                                   [*((a, "delivered") for a, s in submitted.recipients
                                      if s == "delivered"),
-                                   *((a, "queued") for a in submitted.remote)])
-    if key is not None:
-        await recorder_for(db).call(db.answered, user, key,
-                                    {"status": answer.status, "body": answer.body})
+                                   *((a, "queued") for a in submitted.remote)],
+                                  None if key is None else (user, key, {
+                                      "status": answer.status, "body": answer.body}))
     return answer
 
 
