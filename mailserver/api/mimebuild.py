@@ -84,8 +84,8 @@ def _addresses(name: str, boxes: list[Mailbox]) -> str | None:
     for box in boxes:
         if not box.address.isascii() or box.address.startswith('"') or "[" in box.address:
             return None
-        if box.name and not _PLAIN_NAME.fullmatch(box.name):
-            return None
+        if box.name and (not _PLAIN_NAME.fullmatch(box.name) or "=?" in box.name):
+            return None  # quoted, or an encoded-word look-alike the package decodes
         written.append(f"{box.name} <{box.address}>" if box.name else box.address)
     line = f"{name}: {', '.join(written)}\n"
     return line if len(line) <= MAX_LINE + 1 else None

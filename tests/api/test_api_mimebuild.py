@@ -69,6 +69,9 @@ def both(author: Mailbox = ALICE, to: list[Mailbox] | None = None,
     {"author": Mailbox("alice@example.org", "Liddell, Alice"), "text": "x"},
     {"author": Mailbox("alice@example.org", "Alice \"the\" L."), "text": "x"},
     {"author": Mailbox("alice@example.org", "Jöran"), "text": "x"},
+    {"author": Mailbox("alice@example.org", "=?utf-8?q?x?="), "text": "x"},
+    {"author": Mailbox("alice@example.org", "Bob =?utf-8?b?QQ==?="), "text": "x"},
+    {"author": Mailbox("alice@example.org", "a=?b x?="), "text": "x"},
     {"author": Mailbox('"a b"@example.org'), "text": "x"},
     {"to": [BOB, Mailbox("carol@example.net", "Carol")], "cc": [ALICE],
      "reply_to": [Mailbox("sales@example.org")], "text": "x"},
@@ -101,6 +104,7 @@ def test_the_common_shapes_are_written_directly() -> None:
     {"subject": "=?utf-8?q?x?=", "text": "x"},
     {"subject": "long " * 20, "text": "x"},                 # folded
     {"author": Mailbox("alice@example.org", "Liddell, Alice"), "text": "x"},  # quoted
+    {"author": Mailbox("alice@example.org", "=?utf-8?q?x?="), "text": "x"},  # decoded
     {"to": [Mailbox('"a b"@example.org')], "text": "x"},
     {"extra": [("Date", "Mon, 7 Dec 2026 10:00:00 +0000")], "text": "x"},
 ])
@@ -119,7 +123,8 @@ _WORD = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=
        subject=st.one_of(st.none(), st.text(max_size=90),
                          st.lists(_WORD, min_size=1, max_size=8).map(" ".join)),
        name=st.one_of(st.just(""), st.text(max_size=20),
-                      st.from_regex(r"[A-Za-z]{1,8}( [A-Za-z]{1,8}){0,2}", fullmatch=True)))
+                      st.from_regex(r"[A-Za-z=?]{1,8}( [A-Za-z=?]{1,8}){0,2}",
+                                    fullmatch=True)))
 def test_same_bytes_for_any_text(text: str | None, html: str | None, subject: str | None,
                                  name: str) -> None:
     if text is None and html is None:
