@@ -82,7 +82,8 @@ def _addresses(name: str, boxes: list[Mailbox]) -> str | None:
         return ""
     written = []
     for box in boxes:
-        if not box.address.isascii() or box.address.startswith('"') or "[" in box.address:
+        if (not box.address.isascii() or box.address.startswith('"') or "[" in box.address
+                or "=?" in box.address):
             return None
         if box.name and (not _PLAIN_NAME.fullmatch(box.name) or "=?" in box.name):
             return None  # quoted, or an encoded-word look-alike the package decodes
