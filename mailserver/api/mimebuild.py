@@ -59,7 +59,9 @@ def build(author: Mailbox, to: list[Mailbox], cc: list[Mailbox], reply_to: list[
     if subject is not None:
         fields.append(_plain("Subject", subject))
     for name, value in extra:
-        fields.append(None if name.lower() in _PARSED_FIELDS else _plain(name, value))
+        # Content-* fields: set_content clears them (a Content-Language is dropped).
+        special = name.lower() in _PARSED_FIELDS or name.lower().startswith("content-")
+        fields.append(None if special else _plain(name, value))
     if None in fields:
         return None
     head = "".join(f for f in fields if f).encode("ascii")

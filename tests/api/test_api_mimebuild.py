@@ -86,6 +86,9 @@ def both(author: Mailbox = ALICE, to: list[Mailbox] | None = None,
     {"extra": [("Date", "Mon, 7 Dec 2026 10:00:00 +0000")], "text": "x"},
     {"extra": [("Message-ID", "<m@example.org>")], "text": "x"},
     {"extra": [("X-Long", "v " * 50)], "text": "x"},
+    {"extra": [("Content-Language", "de"), ("Content-ID", "<a@b>")], "text": "x"},
+    {"extra": [("Content-Description", "d"), ("Keywords", "k"), ("x-lower", "v")],
+     "text": "x", "html": "y"},
 ])
 def test_same_bytes_as_the_email_package(kwargs: dict[str, object]) -> None:
     direct, reference = both(**kwargs)  # type: ignore[arg-type]
@@ -113,6 +116,8 @@ def test_the_common_shapes_are_written_directly() -> None:
     # (To: x@example.org for =?utf-8?q?x?=@example.org): its bytes, not ours.
     {"to": [Mailbox("=?utf-8?q?x?=@example.org")], "text": "x"},
     {"extra": [("Date", "Mon, 7 Dec 2026 10:00:00 +0000")], "text": "x"},
+    # set_content clears Content-* fields: the email package drops this one.
+    {"extra": [("Content-Language", "de")], "text": "x"},
 ])
 def test_other_shapes_are_left_to_the_email_package(kwargs: dict[str, object]) -> None:
     direct, _ = both(**kwargs)  # type: ignore[arg-type]
