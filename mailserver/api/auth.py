@@ -11,7 +11,8 @@ In this order, each before the next is looked at:
 3. The credential. Every failure (a malformed header, a wrong, unknown, expired or
    revoked token, a token whose user was deleted, a wrong password) counts in the
    throttle as service "api"; a missing header does not (a client's first request
-   before it sees the challenge).
+   before it sees the challenge). A token that checked out less than a second ago is
+   taken as checked (RecentTokens: no HMAC, no stat on the reactor per request).
 4. The rate limit per credential (api.requests_per_minute), counted in the abuse table
    shared by every process: 429 with Retry-After.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.cred.credentials import UsernamePassword
@@ -29,7 +31,7 @@ from twisted.web import server
 
 from mailserver.address import client_address
 from mailserver.api.resource import ApiError, Principal
-from mailserver.api.tokens import tokens_file
+from mailserver.api.tokens import RECHECK, TokenEntry, tokens_file
 from mailserver.auth.realm import IMailUser
 from mailserver.core.context import ServerContext
 
@@ -89,7 +91,45 @@ async def authenticate(context: ServerContext, request: server.Request) -> Princ
     return principal
 
 
+class RecentTokens:
+    """Bearer tokens that checked out (right secret, not expired, user allowed to log
+    in) less than tokens.RECHECK seconds ago, so a client's next requests within that
+    time skip the HMAC and the users file's stat: a revoked token, or one whose user was
+    deleted or barred, stops working within RECHECK (README). Expiry is still checked on
+    every request. Bounded: forgotten wholesale past MAX entries."""
+
+    MAX = 4096
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        #: token -> (clock at its full check, its entry, the directory that allowed it).
+        self._seen: dict[str, tuple[float, TokenEntry, object]] = {}
+
+    def get(self, token: str, directory: object) -> TokenEntry | None:
+        found = self._seen.get(token)
+        if found is None:
+            return None
+        checked, entry, allowed_by = found
+        if allowed_by is not directory or not 0 <= self.clock() - checked < RECHECK:
+            del self._seen[token]
+            return None
+        return entry
+
+    def put(self, token: str, entry: TokenEntry, directory: object) -> None:
+        if len(self._seen) >= self.MAX:
+            self._seen.clear()
+        self._seen[token] = (self.clock(), entry, directory)
+
+
+_recent = RecentTokens()
+
+
 def _bearer(context: ServerContext, value: str) -> Principal:
+    entry = _recent.get(value, context.directory)
+    if entry is not None:
+        if entry.expired(time.time()):
+            raise _Failed("the token has expired", entry.address, bearer=True)
+        return Principal(entry.address, frozenset({entry.scope}), f"token:{entry.id}")
     tokens = tokens_file(context.config)
     try:
         entry = tokens.verify(value)
@@ -109,6 +149,7 @@ def _bearer(context: ServerContext, value: str) -> Principal:
     if not context.directory.login_allowed(entry.address):
         raise _Failed("the token's user no longer exists or may not log in", entry.address,
                       bearer=True)
+    _recent.put(value, entry, context.directory)
     return Principal(entry.address, frozenset({entry.scope}), f"token:{entry.id}")
 
 

@@ -102,11 +102,15 @@ async def send(call: ApiCall) -> ApiAnswer:
     async def record(submitted: Submitted) -> None:
         # Committed before the queue may deliver the message, so its delivery events
         # find the record, and so before the answer (api/sentrecorder.py: grouped, on
-        # its own thread; not fsync'd, as before: no fsync is added per message).
+        # its own thread; not fsync'd: no fsync is added per message), with a key's
+        # answer in the same commit, then made durable (sentdb.py): one write, not two.
+        answer = _answer(submitted)
         await recorder_for(db).record(submitted.queue_id, user, submitted.message_id,
                                       [*((a, "delivered") for a, s in submitted.recipients
                                          if s == "delivered"),
-                                       *((a, "queued") for a in submitted.remote)])
+                                       *((a, "queued") for a in submitted.remote)],
+                                      None if key is None else (user, key, {
+                                          "status": answer.status, "body": answer.body}))
 
     try:
         submitted = await Submitter(context, _limits(context.config)).submit(
@@ -115,11 +119,7 @@ async def send(call: ApiCall) -> ApiAnswer:
         if key is not None:
             await recorder_for(db).call(db.release, user, key)
         raise
-    answer = _answer(submitted)
-    if key is not None:
-        await recorder_for(db).call(db.answered, user, key,
-                                    {"status": answer.status, "body": answer.body})
-    return answer
+    return _answer(submitted)
 
 
 async def _claim(call: ApiCall, db: SentDb, user: str, key: str, digest: str) -> Claim:

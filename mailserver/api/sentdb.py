@@ -65,6 +65,8 @@ CREATE TABLE IF NOT EXISTS recipients (
 
 #: (queue_id, user, message_id, [(recipient, state)]): one message record_sent keeps.
 SentRecord = tuple[str, str, str, list[tuple[str, str]]]
+#: (user, idempotency key, the answer to repeat): what `answered` keeps.
+KeyAnswer = tuple[str, str, dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -169,11 +171,14 @@ class SentDb:
         """A message the API submitted, with its recipients' first states."""
         self.record_sent_many([(queue_id, user, message_id, recipients)], now)
 
-    def record_sent_many(self, sent: list[SentRecord], now: float | None = None) -> None:
+    def record_sent_many(self, sent: list[SentRecord], now: float | None = None,
+                         answers: list[KeyAnswer] | None = None) -> None:
         """Several record_sent in one transaction (api/sentrecorder.py's group commit:
-        one WAL append for all the requests that finished meanwhile)."""
+        one WAL append for all the requests that finished meanwhile), and with them the
+        `answered` of keyed requests: then the commit is durable (synchronous=FULL),
+        as `answered` alone is."""
         now = time.time() if now is None else now
-        db = self._db(durable=False)
+        db = self._db(durable=bool(answers))
         with self._write_lock, _transaction(db):
             db.executemany("INSERT OR REPLACE INTO sent VALUES (?, ?, ?, ?)",
                            [(q, user, m, now) for q, user, m, _ in sent])
@@ -181,6 +186,9 @@ class SentDb:
                 "INSERT OR IGNORE INTO recipients (queue_id, address, state, updated) "
                 "VALUES (?, ?, ?, ?)",
                 [(q, a, s, now) for q, _, _, rcpts in sent for a, s in rcpts])
+            db.executemany("UPDATE idempotency SET answer = ? WHERE user = ? AND key = ?",
+                           [(json.dumps(answer), user, key)
+                            for user, key, answer in answers or ()])
         self._maybe_purge(db, now)
 
     def record_states(self, rows: list[RecordedState], queue_ids: list[str]) -> None:

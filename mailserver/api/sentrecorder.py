@@ -22,7 +22,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
-from mailserver.api.sentdb import SentDb, SentRecord
+from mailserver.api.sentdb import KeyAnswer, SentDb, SentRecord
 from mailserver.core.jobthreads import JobThreads
 
 #: Runs a blocking function off the reactor: fn, *args -> Deferred of its result.
@@ -35,14 +35,17 @@ class SentRecorder:
     def __init__(self, db: SentDb, run: Runner | None = None) -> None:
         self.db = db
         self._run = run
-        self._pending: list[tuple[SentRecord, Deferred[None]]] = []
+        self._pending: list[tuple[SentRecord, KeyAnswer | None, Deferred[None]]] = []
         self._writing = False
 
     def record(self, queue_id: str, user: str, message_id: str,
-               recipients: list[tuple[str, str]]) -> Deferred[None]:
-        """Fires once the message's record is committed (errback: the write failed)."""
+               recipients: list[tuple[str, str]], answer: KeyAnswer | None = None
+               ) -> Deferred[None]:
+        """Fires once the message's record is committed (errback: the write failed);
+        with `answer`, a keyed request's answer too, in the same durable commit (one
+        write, not two, before the client hears anything)."""
         d: Deferred[None] = Deferred()
-        self._pending.append(((queue_id, user, message_id, recipients), d))
+        self._pending.append(((queue_id, user, message_id, recipients), answer, d))
         if not self._writing:
             self._write()
         return d
@@ -56,11 +59,12 @@ class SentRecorder:
     def _write(self) -> None:
         batch, self._pending = self._pending, []
         self._writing = True
-        written = self._runner()(self.db.record_sent_many, [r for r, _ in batch])
+        written = self._runner()(self.db.record_sent_many, [r for r, _, _ in batch], None,
+                                 [a for _, a, _ in batch if a is not None])
 
         def done(result: object) -> None:
             self._writing = False
-            for _, d in batch:
+            for _, _, d in batch:
                 if isinstance(result, Failure):
                     d.errback(result)
                 else:

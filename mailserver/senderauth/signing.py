@@ -12,7 +12,8 @@ here, with the GIL held throughout); `_rsa_sign` below does the same RSASSA-PKCS
 operation (RFC 8017 8.2.1) in OpenSSL through `cryptography` (0.23 ms), and is put in
 the place dkimpy calls. dkimpy offers no hook for it; the signature bytes are the same
 (PKCS#1 v1.5 signing is deterministic), and the independent verifiers of
-tests/senderauth check them (decision 0014).
+tests/senderauth check them (decision 0014). Its PEM parser is put in place the same way,
+with a cache: a key is parsed once, not once per message.
 """
 
 from __future__ import annotations
@@ -62,6 +63,26 @@ def _rsa_sign(digest: object, private_key: dict[str, int]) -> bytes:
 
 
 dkim.RSASSA_PKCS1_v1_5_sign = _rsa_sign  # type: ignore[attr-defined]
+
+#: dkimpy's parsed RSA private keys, by their PEM text (a few per domain).
+_PARSED_KEYS: dict[bytes, dict[str, int]] = {}
+_parse_pem_private_key = dkim.crypto.parse_pem_private_key
+
+
+def _parsed_private_key(data: bytes) -> dict[str, int]:
+    """dkim.crypto.parse_pem_private_key, once per key: dkimpy parses the PEM's ASN.1
+    in Python on every signature (0.18 ms with the GIL held, per message, in the
+    threads the reactor shares the GIL with); the parsed numbers are only read."""
+    key = _PARSED_KEYS.get(data)
+    if key is None:
+        key = _parse_pem_private_key(data)
+        if len(_PARSED_KEYS) >= 64:
+            _PARSED_KEYS.clear()
+        _PARSED_KEYS[data] = key
+    return key
+
+
+dkim.parse_pem_private_key = _parsed_private_key  # type: ignore[attr-defined]
 
 
 def _header_names(message: bytes) -> list[str]:

@@ -48,6 +48,14 @@ class Portal:
         return d
 
 
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def make_context(tmp_path: Path, abuse: bool = False, **api: Any) -> ServerContext:
     config = config_from_dict({"data_dir": str(tmp_path / "data"),
                                "domains": {"local": ["example.org"]}, "api": api})
@@ -120,8 +128,9 @@ def test_a_token_carries_its_scope_and_id(tmp_path: Path) -> None:
 
 def test_unknown_id_and_wrong_secret_take_the_same_path(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One HMAC and one compare_digest of 32 bytes each, whether the id exists or not
-    (the path is what is shown, not a timing, which a loaded machine would blur)."""
+    """The same HMACs and compare_digests of 32 bytes, whether the id exists or not
+    (the path is what is shown, not a timing, which a loaded machine would blur): one
+    against the recent reading of the file, one against the file as it is now."""
     context = make_context(tmp_path)
     token = add_token(context)
     _, token_id, secret = token.split("_")
@@ -144,7 +153,7 @@ def test_unknown_id_and_wrong_secret_take_the_same_path(
     for presented, used_id in ((wrong_secret, token_id), (unknown_id, "a" * 16)):
         calls.clear()
         assert reader.verify(presented) is None
-        assert calls == [("digest", used_id), ("compare", (32, 32))]
+        assert calls == [("digest", used_id), ("compare", (32, 32))] * 2
     calls.clear()
     assert reader.verify(token) is not None
     assert calls == [("digest", token_id), ("compare", (32, 32))]
@@ -392,9 +401,13 @@ def test_an_unreadable_token_store_is_503_not_a_failure(tmp_path: Path) -> None:
     assert not context.login_throttle._failures  # not counted against the client
 
 
-def test_a_user_marked_nologin_or_deny_cannot_use_a_token(tmp_path: Path) -> None:
+def test_a_user_marked_nologin_or_deny_cannot_use_a_token(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within tokens.RECHECK of the last full check (RecentTokens)."""
     from mailserver.auth.directory import RecipientDirectory
 
+    clock = Clock()
+    monkeypatch.setattr(auth, "_recent", auth.RecentTokens(clock))
     context = make_context(tmp_path)
     users = context.config.users_file
     users.parent.mkdir(parents=True, exist_ok=True)
@@ -404,6 +417,7 @@ def test_a_user_marked_nologin_or_deny_cannot_use_a_token(tmp_path: Path) -> Non
     assert isinstance(outcome(context, http_request(f"Bearer {token}")), Principal)
     for field in ("nologin", "deny=yes"):
         users.write_text(f"alice@example.org:{{PLAIN}}x::::::{field}\n")
+        clock.now += tokens.RECHECK
         error = outcome(context, http_request(f"Bearer {token}", "127.0.0.30"))
         assert isinstance(error, ApiError) and error.status == 401, field
     users.write_text("alice@example.org:{PLAIN}x::::::deny=no\n")
@@ -466,3 +480,48 @@ def test_any_scope_routes_take_every_token_and_others_check_theirs() -> None:
         True, True, False)
     everything = Principal("alice@example.org", frozenset({"all"}), "password")
     assert everything.allows("read") and everything.allows("send")
+
+
+def test_a_checked_token_is_taken_from_memory_for_a_second_only(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RecentTokens: a token whose user was deleted stops working within RECHECK; until
+    then no HMAC is computed for it again; expiry is still checked every time."""
+    clock = Clock()
+    monkeypatch.setattr(auth, "_recent", auth.RecentTokens(clock))
+    context = make_context(tmp_path)
+    token = add_token(context, days=1)
+    assert isinstance(outcome(context, http_request(f"Bearer {token}")), Principal)
+    hmacs: list[str] = []
+    real_digest = tokens.digest
+    monkeypatch.setattr(tokens, "digest",
+                        lambda i, s: hmacs.append(i) or real_digest(i, s))
+    context.directory.users.clear()  # type: ignore[attr-defined]  # the user is deleted
+    clock.now += tokens.RECHECK / 2
+    principal = outcome(context, http_request(f"Bearer {token}"))
+    assert isinstance(principal, Principal) and principal.address == "alice@example.org"
+    assert hmacs == []
+    real_time = time.time
+    monkeypatch.setattr(auth.time, "time", lambda: real_time() + 2 * 86_400)
+    error = outcome(context, http_request(f"Bearer {token}"))
+    assert isinstance(error, ApiError) and error.message == "the token has expired"
+    monkeypatch.setattr(auth.time, "time", real_time)
+    clock.now += tokens.RECHECK / 2
+    error = outcome(context, http_request(f"Bearer {token}"))
+    assert isinstance(error, ApiError) and (error.status, error.message) == (
+        401, "the token's user no longer exists or may not log in")
+    assert len(hmacs) == 1
+
+
+def test_recent_tokens_are_bounded_and_per_directory() -> None:
+    clock = Clock()
+    recent = auth.RecentTokens(clock)
+    _, entry = new_token("alice@example.org", "all", 1)
+    first, other = object(), object()
+    recent.put("t", entry, first)
+    assert recent.get("t", other) is None  # another server's directory: checked anew
+    recent.put("t", entry, first)
+    assert recent.get("t", first) == entry
+    for i in range(auth.RecentTokens.MAX):
+        recent.put(f"t{i}", entry, first)
+    assert recent.get("t", first) is None  # forgotten wholesale at MAX
+    assert len(recent._seen) <= auth.RecentTokens.MAX

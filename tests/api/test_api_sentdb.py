@@ -200,3 +200,35 @@ def test_key_writes_share_the_recorders_thread_in_order(tmp_path: Path) -> None:
         jobs.run_next()
     assert got == [Claim(mine=True), None, None]
     assert db.claim("alice@example.org", "k", "d").answer == {"status": 200}
+
+
+def test_a_keyed_sends_record_and_answer_are_one_durable_commit(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # send.py: the record and the key's answer in the same job and transaction, FULL
+    # (fsync'd) as `answered` is; a group of records without keys stays NORMAL.
+    db = SentDb(tmp_path / "sent.sqlite")
+    jobs = _Jobs()
+    recorder = SentRecorder(db, jobs)
+    real = db._db
+    used: list[bool] = []
+
+    def spy(durable: bool = True) -> sqlite3.Connection:
+        used.append(durable)
+        return real(durable)
+
+    assert db.claim("alice@example.org", "k", "d") == Claim(mine=True)
+    monkeypatch.setattr(db, "_db", spy)
+    fired: list[str] = []
+    recorder.record("Q1", "alice@example.org", "<Q1@x>", [("bob@example.org", "delivered")],
+                    ("alice@example.org", "k", {"status": 200, "body": {"queue_id": "Q1"}})
+                    ).addCallback(lambda _: fired.append("Q1"))
+    assert len(jobs.waiting) == 1
+    jobs.run_next()
+    assert fired == ["Q1"] and used == [True]
+    assert db.sent_by("Q1") == ("alice@example.org", "<Q1@x>")
+    assert db.claim("alice@example.org", "k", "d").answer == {"status": 200,
+                                                               "body": {"queue_id": "Q1"}}
+    used.clear()
+    recorder.record("Q2", "alice@example.org", "<Q2@x>", [])
+    jobs.run_next()
+    assert used == [False]

@@ -1,0 +1,103 @@
+"""The tokens file is looked at once per RECHECK seconds by requests that check out, at
+once by a request that does not: a new token works at once, a revoked one stops within
+RECHECK (README, HTTP API), and no stat per request on the reactor thread."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mailserver.api import tokens as tokens_module
+from mailserver.api.tokens import RECHECK, TokensFile, new_token
+from mailserver.auth import textfile
+
+
+def accepted(tokens: TokensFile, token: str) -> str | None:
+    """The id of the token `verify` accepts, None if refused."""
+    entry = tokens.verify(token)
+    return entry.id if entry is not None else None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture()
+def stats(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Every stat of a watched file, in order."""
+    seen: list[Path] = []
+    real = textfile._signature
+
+    def counted(path: Path) -> textfile.Signature | None:
+        seen.append(path)
+        return real(path)
+
+    monkeypatch.setattr(textfile, "_signature", counted)
+    return seen
+
+
+def test_a_revoked_token_stops_working_within_recheck(tmp_path: Path,
+                                                       stats: list[Path]) -> None:
+    path = tmp_path / "api-tokens"
+    clock = Clock()
+    server = TokensFile(path, clock)
+    cli = TokensFile(path)  # `mailserver token del` is another process
+    token, entry = new_token("alice@example.org", "send", 1)
+    cli.add(entry)
+    assert accepted(server, token) == entry.id
+    cli.remove(lambda e: e.id == entry.id)
+    clock.now += RECHECK / 2
+    assert accepted(server, token) == entry.id  # the reading of half a second ago
+    clock.now += RECHECK / 2
+    assert server.verify(token) is None   # RECHECK after that reading: refused
+
+
+def test_a_new_token_works_at_once_and_requests_share_one_stat(tmp_path: Path,
+                                                               stats: list[Path]) -> None:
+    path = tmp_path / "api-tokens"
+    clock = Clock()
+    server = TokensFile(path, clock)
+    cli = TokensFile(path)
+    first, first_entry = new_token("alice@example.org", "send", 1)
+    cli.add(first_entry)
+    assert accepted(server, first) == first_entry.id
+    second, second_entry = new_token("bob@example.org", "all", 2)
+    cli.add(second_entry)
+    assert accepted(server, second) == second_entry.id  # not in the recent reading: re-read
+    stats.clear()
+    for _ in range(100):
+        assert accepted(server, first) == first_entry.id
+        assert accepted(server, second) == second_entry.id
+    assert stats == []  # within RECHECK: no stat at all
+    clock.now += RECHECK
+    assert accepted(server, first) == first_entry.id
+    assert stats == [path]
+
+
+def test_an_unknown_id_and_a_wrong_secret_take_one_path(tmp_path: Path, stats: list[Path],
+                                                        monkeypatch: pytest.MonkeyPatch
+                                                        ) -> None:
+    """Both failures look at the file again and compute two HMACs: the time an answer
+    takes still does not tell a guesser which ids exist."""
+    path = tmp_path / "api-tokens"
+    server = TokensFile(path, Clock())
+    token, entry = new_token("alice@example.org", "send", 1)
+    TokensFile(path).add(entry)
+    assert accepted(server, token) == entry.id
+    hmacs: list[str] = []
+    real = tokens_module.digest
+    monkeypatch.setattr(tokens_module, "digest",
+                        lambda token_id, secret: hmacs.append(token_id) or real(token_id,
+                                                                                secret))
+    costs = []
+    for presented in (f"ms1_{entry.id}_{'a' * 52}", f"ms1_{'b' * 16}_{'a' * 52}"):
+        stats.clear()
+        hmacs.clear()
+        assert server.verify(presented) is None
+        costs.append((len(stats), len(hmacs)))
+    assert costs == [(1, 2), (1, 2)]
