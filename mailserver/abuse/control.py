@@ -16,7 +16,7 @@ fail2ban filter (etc/fail2ban/filter.d/mailserver.conf) matches:
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,14 @@ HOUR, DAY, MINUTE = 3600, 86_400, 60
 GREY_RETRY_WINDOW, GREY_ALLOW = 2 * DAY, 35 * DAY
 #: Seconds before a failed login is answered the first time (auth/checker.py's floor).
 BASE_DELAY = 0.75
+#: The JSON API's per-request shared-table work, batched per process (api_request,
+#: locked_until): a credential's admitted requests reach the table at most this many
+#: seconds, or requests, after they were made, and an address seen not locked out is
+#: taken as such for at most this many seconds (another process's lock-out applies
+#: within that time; this process's own failures and lock-outs at once).
+API_BATCH_SECONDS, API_BATCH_REQUESTS = 1.0, 60
+#: Credentials and addresses remembered so at most (each table is forgotten wholesale).
+API_TRACKED = 4096
 
 
 def table_path(config: Config) -> Path:
@@ -75,6 +83,18 @@ def event(action: str, service: str, ip: str, reason: str, account: str | None =
              account=account_text, reason=reason, tail=tail)
 
 
+@dataclass
+class _ApiCount:
+    """One credential's requests as this process knows them: the table's estimate at
+    the last exchange with it (table time `synced`), and the requests admitted since
+    that the table has not been told of."""
+
+    key: Key
+    synced: float
+    estimate: float
+    pending: int = 0
+
+
 @dataclass(frozen=True)
 class Verdict:
     """A refused step: why (the log's reason) and whether it is temporary."""
@@ -92,6 +112,13 @@ class AbuseControl:
         self.instance = instance
         self.trusted = _networks(config.abuse.trusted_networks)
         self.refused = _networks(config.abuse.refused_networks)
+        #: Schedules the flush of the API's pending counts (reactor.callLater in the
+        #: server); None: they are flushed by the credential's next request only.
+        self.call_later: Callable[[float, Callable[[], None]], object] | None = None
+        self._api: dict[str, _ApiCount] = {}
+        self._flush_due = False
+        #: Address -> table time at which it was last seen not locked out (the API's).
+        self._unlocked: dict[str, float] = {}
 
     def reconfigure(self, config: Config) -> None:
         """A reload (app/reload.py): the new [abuse] policies for what comes next; the
@@ -131,9 +158,22 @@ class AbuseControl:
 
     # -- logins --------------------------------------------------------------------------
 
-    def locked_until(self, ip: str) -> int:
-        """The end of `ip`'s lock-out, 0 if it may try a password."""
-        return self.table.until(ip_key(LOGIN_IP, ip))
+    def locked_until(self, ip: str, cached: bool = False) -> int:
+        """The end of `ip`'s lock-out, 0 if it may try a password. `cached` (the API's
+        every request): a "not locked" answer less than API_BATCH_SECONDS old is
+        reused. Only that answer: a lock-out is always looked up, and one this process
+        makes (login_failed, ban) forgets every remembered answer at once."""
+        now = self.table.now() if cached else 0.0
+        if cached:
+            seen = self._unlocked.get(ip)
+            if seen is not None and 0 <= now - seen < API_BATCH_SECONDS:
+                return 0
+        until = self.table.until(ip_key(LOGIN_IP, ip))
+        if cached and not until:
+            if len(self._unlocked) >= API_TRACKED:
+                self._unlocked.clear()
+            self._unlocked[ip] = now
+        return until
 
     def login_refused(self, service: str, ip: str, account: str | None = None) -> None:
         """Log a login turned away because `ip` is locked out."""
@@ -149,6 +189,7 @@ class AbuseControl:
         if failures >= s.login_failures and not self.locked_until(ip):
             until = int(self.table.now()) + s.lockout
             self.table.set_until(ip_key(LOGIN_IP, ip), until)
+            self._unlocked.clear()  # an IPv6 lock-out covers its /64's other addresses
             event("lockout", service, ip, "login-failures", account,
                   failures=int(failures), until=until)
 
@@ -169,6 +210,7 @@ class AbuseControl:
     def ban(self, ip: str, seconds: int) -> int:
         until = int(self.table.now()) + seconds
         self.table.set_until(ip_key(LOGIN_IP, ip), until)
+        self._unlocked.clear()
         event("lockout", "admin", ip, "admin-ban", until=until)
         return until
 
@@ -240,17 +282,59 @@ class AbuseControl:
     def api_request(self, credential: str, limit: int, ip: str, account: str) -> int:
         """Count one API request of `credential` ("token:ID", "password:ADDRESS") unless
         that passes `limit` a minute: 0 if counted, else the seconds to wait. Across
-        processes, like every count here.
+        processes, like every count here, in batches: a request that fits this
+        process's last view of the table (its estimate then, plus the requests admitted
+        here since) is admitted in memory, and told to the table with the others at the
+        latest API_BATCH_SECONDS later (call_later) or with the API_BATCH_REQUESTS'th.
+        Anything else, and every refusal, asks the table, so in one process the answers
+        are those of a lookup per request (the estimate only falls between lookups);
+        across processes each may admit up to one batch the others have not seen yet.
 
         The wait: the rest of this minute, then 60/limit seconds into the next, where
         the sliding estimate (this minute's count, at most `limit`, weighted by what of
         it still overlaps) has fallen by one request's worth.
         """
-        added, _ = self.table.hit(name_key(API_REQUESTS, credential), MINUTE, limit=limit)
+        now = self.table.now()
+        count = self._api.get(credential)
+        if count is not None and count.pending + 1 < API_BATCH_REQUESTS \
+                and 0 <= now - count.synced < API_BATCH_SECONDS \
+                and count.estimate + count.pending + 1 <= limit:
+            count.pending += 1
+            self._flush_later()
+            return 0
+        if count is None:
+            if len(self._api) >= API_TRACKED:
+                self.flush_api_counts()
+                self._api.clear()
+            count = self._api[credential] = _ApiCount(name_key(API_REQUESTS, credential),
+                                                      now, 0.0)
+        pending, count.pending = count.pending, 0
+        added, count.estimate = self.table.hit(count.key, MINUTE, amount=pending + 1,
+                                               limit=limit)
+        if not added and pending:  # those were admitted: they count all the same
+            _, count.estimate = self.table.hit(count.key, MINUTE, amount=pending)
+        count.synced = now
         if added:
             return 0
         event("refused", "api", ip, "request-rate", account)
-        return MINUTE - int(self.table.now()) % MINUTE + -(-MINUTE // limit)
+        return MINUTE - int(now) % MINUTE + -(-MINUTE // limit)
+
+    def _flush_later(self) -> None:
+        if self.call_later is not None and not self._flush_due:
+            self._flush_due = True
+            self.call_later(API_BATCH_SECONDS, self.flush_api_counts)
+
+    def flush_api_counts(self) -> None:
+        """Tell the table of every API request admitted in memory (api_request), and
+        forget credentials with nothing pending whose view of the table is stale."""
+        self._flush_due = False
+        now = self.table.now()
+        for credential, count in list(self._api.items()):
+            if count.pending:
+                _, count.estimate = self.table.hit(count.key, MINUTE, amount=count.pending)
+                count.pending, count.synced = 0, now
+            elif not 0 <= now - count.synced < API_BATCH_SECONDS:
+                del self._api[credential]
 
     # -- sending quotas ------------------------------------------------------------------
 

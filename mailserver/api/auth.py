@@ -7,14 +7,17 @@ In this order, each before the next is looked at:
    the API; anyone else gets 403 and no credential is read, so a password sent in the
    clear is not even checked (a client learns to use https, not whether it was right).
 2. The shared login throttle: an address locked out by failed logins over any service
-   (IMAP, POP3, SMTP AUTH, the API) gets 429 with Retry-After before any check.
+   (IMAP, POP3, SMTP AUTH, the API) gets 429 with Retry-After before any check. An
+   address found not locked is taken as such for up to a second (a lock-out made by
+   another process applies within that; one made by this process's failures at once).
 3. The credential. Every failure (a malformed header, a wrong, unknown, expired or
    revoked token, a token whose user was deleted, a wrong password) counts in the
    throttle as service "api"; a missing header does not (a client's first request
    before it sees the challenge). A token that checked out less than a second ago is
    taken as checked (RecentTokens: no HMAC, no stat on the reactor per request).
 4. The rate limit per credential (api.requests_per_minute), counted in the abuse table
-   shared by every process: 429 with Retry-After.
+   shared by every process, in batches of up to a second or 60 requests per process
+   (AbuseControl.api_request): 429 with Retry-After.
 """
 
 from __future__ import annotations
@@ -67,7 +70,7 @@ async def authenticate(context: ServerContext, request: server.Request) -> Princ
         # RFC 4954 6's rule for AUTH, in SMTP's words: 5.7.11.
         raise ApiError(403, "tls_required", "use https: over plain http the API answers "
                        "loopback clients only", smtp="5.7.11")
-    if context.login_throttle.blocked(peer, "api"):
+    if context.login_throttle.blocked(peer, "api", cached=True):
         # RFC 6585 4: 429 Too Many Requests; Retry-After: RFC 9110 10.2.3.
         raise ApiError(429, "too_many_failures", "too many failed logins from your address; "
                        "try again later", smtp="4.7.0",

@@ -366,7 +366,14 @@ def _open_abuse(config: Config, instance: int) -> AbuseControl:
         raise ConfigError([f"data_dir: cannot open {e.filename or table_path(config)}: "
                            f"{e.strerror}"]) from None
     table.reset_gauges(None if instance == 0 else instance)
-    return AbuseControl(config, table, instance)
+    control = AbuseControl(config, table, instance)
+    from twisted.internet import reactor
+
+    control.call_later = reactor.callLater  # type: ignore[attr-defined]
+    # The API's counts admitted in memory reach the table before the process ends.
+    reactor.addSystemEventTrigger(  # type: ignore[attr-defined]
+        "before", "shutdown", control.flush_api_counts)
+    return control
 
 
 def _prepare_data_dir(config: Config) -> None:

@@ -73,11 +73,13 @@ class LoginThrottle:
             return None
         return times
 
-    def blocked(self, ip: str, service: str = "login", account: str | None = None) -> bool:
+    def blocked(self, ip: str, service: str = "login", account: str | None = None,
+                cached: bool = False) -> bool:
         """True while `ip` is locked out (LIMIT or more failures in the window).
-        With a control, a True answer is logged as one refusal."""
+        With a control, a True answer is logged as one refusal; `cached`: see
+        AbuseControl.locked_until (the API's every request)."""
         if self.control is not None:
-            if not self.control.locked_until(ip):
+            if not self.control.locked_until(ip, cached):
                 return False
             self.control.login_refused(service, ip, account)
             return True
