@@ -23,7 +23,7 @@ from typing import Any
 
 from twisted.internet.defer import ensureDeferred
 from twisted.python.failure import Failure
-from twisted.web import resource, server
+from twisted.web import http, resource, server
 
 from mailserver.core.context import ServerContext
 from mailserver.logs import logger
@@ -288,5 +288,38 @@ def finish_raw(request: server.Request, status: int, data: bytes, content_type: 
     request.setHeader(b"content-type", content_type.encode())
     request.setHeader(b"content-length", str(len(data)).encode())
     if request.method != b"HEAD":
-        request.write(data)
+        _write_once(request, data)
     request.finish()
+
+
+class _Gather:
+    """Stands in for a channel's transport while twisted.web writes one answer."""
+
+    def __init__(self, parts: list[bytes]) -> None:
+        self.parts = parts
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(data)
+
+    def writeSequence(self, data: list[bytes]) -> None:  # noqa: N802 - Twisted's name
+        self.parts.extend(data)
+
+
+def _write_once(request: server.Request, data: bytes) -> None:
+    """The status line, headers and body in one write to the transport: twisted.web
+    writes the head and the body apart, which over TLS is two SSL_write calls and two
+    records; each call releases the GIL, and under load getting it back is what costs
+    the reactor most (bench/results/api.md). The bytes are twisted.web's own."""
+    channel = getattr(request, "channel", None)
+    transport = getattr(channel, "transport", None)
+    if not isinstance(request, http.Request) or transport is None or request.startedWriting:
+        request.write(data)
+        return
+    parts: list[bytes] = []
+    channel.transport = _Gather(parts)  # type: ignore[union-attr]
+    try:
+        request.write(data)
+    finally:
+        channel.transport = transport  # type: ignore[union-attr]
+    if parts:
+        transport.write(b"".join(parts))
