@@ -45,6 +45,7 @@ from typing import TextIO
 
 from mailserver.admin.commands import Admin, Refused
 from mailserver.auth.names import InvalidAddress
+from mailserver.core.diskio import fsync_dir
 from mailserver.core.ownfiles import Owner, give, give_fd, open_nofollow, refuse_link
 from mailserver.interfaces import MailboxId
 from mailserver.store.dovecot import (
@@ -328,7 +329,7 @@ def _import_folder(work: Work, owner: Owner | None, progress: Progress,
         totals.bytes += size
         progress.step(size)
     for sub in ("new", "cur"):
-        _fsync_dir(work.dest / sub)
+        fsync_dir(work.dest / sub)
     # Our list now (the takeover), owned like the rest: the server must rewrite it.
     uidlist = UidList(work.dest, mailbox_root(work))
     uidlist.refresh()
@@ -446,10 +447,3 @@ def _import_subscriptions(source_root: Path, dest_root: Path, owner: Owner | Non
             os.close(fd)
         os.rename(tmp, path)
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from mailserver.admin.commands import Admin, Refused
+from mailserver.core.diskio import write_all
 from mailserver.core.ownfiles import Owner, give_fd
 from mailserver.core.running import running_server
 
@@ -160,10 +161,7 @@ def drop(folder: Path, envelope: dict[str, object], message: bytes,
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         give_fd(fd, owner)
-        data = json.dumps(envelope).encode("utf-8") + b"\n" + message
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, json.dumps(envelope).encode("utf-8") + b"\n" + message)
         os.fsync(fd)
     finally:
         os.close(fd)

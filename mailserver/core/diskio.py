@@ -71,6 +71,14 @@ def fsync_dir(path: Path | str) -> None:
         os.close(fd)
 
 
+def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    """os.write until every byte is written: it may write fewer than asked (a signal,
+    a full pipe, some file systems), and a short write unnoticed is a truncated message."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 class DiskExecutor(Service):
     """A twistd service owning a dedicated thread pool for blocking disk work.
 

@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailserver.core.diskio import DiskExecutor
+from mailserver.core.diskio import DiskExecutor, write_all
 from mailserver.interfaces import IOutboundQueue, IQueueTransaction, OutboundEnvelope
 from mailserver.logs import logger
 from mailserver.queue.envelope import QueueEntry, RecipientState, new_queue_id
@@ -181,9 +181,7 @@ class QueueTransaction:
 def _append(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data)
     finally:
         os.close(fd)
 

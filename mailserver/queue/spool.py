@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from mailserver.core.diskio import DirSyncGroup
+from mailserver.core.diskio import DirSyncGroup, write_all
 from mailserver.core.ownfiles import Owner, give_fd, open_nofollow
 from mailserver.logs import logger
 from mailserver.queue.envelope import QueueEntry, is_queue_id
@@ -354,9 +354,7 @@ def _write_file(path: Path, data: bytes) -> None:
         os.unlink(path)  # a leftover of our own failed attempt (the name has our pid)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data)
         os.fsync(fd)
     except BaseException:
         os.close(fd)

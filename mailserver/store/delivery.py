@@ -25,7 +25,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mailserver.core.diskio import DiskExecutor
+from mailserver.core.diskio import DiskExecutor, write_all
 from mailserver.errors import ReplyError
 from mailserver.interfaces import ILocalDelivery, ILocalTransaction, MailboxId, QuotaLimits
 from mailserver.logs import logger
@@ -366,7 +366,7 @@ class _MessageFile:
         return self.fd
 
     def append(self, data: bytes) -> None:
-        _write_all(self._open(), data)
+        write_all(self._open(), data)
 
     def stage(self, chunks: list[bytes], size: int, crlf_size: int) -> list[str]:
         """Write, fsync, link into every new/; return the new/ directories to fsync.
@@ -428,7 +428,7 @@ class _MessageFile:
         try:
             with open(self.temp, "rb") as src:
                 while block := src.read(1 << 20):
-                    _write_all(out, block)
+                    write_all(out, block)
             os.fsync(out)
         finally:
             os.close(out)
@@ -453,14 +453,6 @@ class _MessageFile:
         self.visible.clear()
         self.copy_temps.clear()
         self.temp = None
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """os.write until every byte is written (it may write less than asked)."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 def _write_chunks(fd: int, chunks: list[bytes]) -> None:

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mailserver.core.diskio import DirSyncGroup, fsync_dir
+from mailserver.core.diskio import DirSyncGroup, fsync_dir, write_all
 from mailserver.core.ownfiles import Owner, give_fd
 
 PENDING, FAILED = "pending", "failed"
@@ -112,10 +112,7 @@ class WebhookSpool:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             give_fd(fd, self.owner)
-            data = record.to_json()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, record.to_json())
             os.fsync(fd)
         finally:
             os.close(fd)
