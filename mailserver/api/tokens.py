@@ -16,10 +16,9 @@ The file is a TableFile (auth/textfile.py), like the users file: a running serve
 re-reads it after a change (its mtime, size or inode), so a `token add` or `token del`
 takes effect without a restart; edits are atomic (tmp, fsync, rename) under a lock;
 its mode is 0600 (it holds the hashes). A cluster points every node at one file.
-A request's token is checked against a reading of the file at most RECHECK seconds
-old (one stat a second, not one per request, on the reactor thread); a token that does
-not check out against it is checked again against the file as it is now. So a new
-token works at once, and a revoked one stops working within RECHECK (README says so).
+`verify` reads the file as it is now (one stat); the API looks here only once per
+RECHECK seconds for a token that checked out (api/auth.py RecentTokens, the one cache:
+a revoked token stops working within RECHECK, README says so).
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ import hashlib
 import hmac
 import re
 import secrets
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,8 +47,8 @@ TOKENS_FILE_MODE = 0o600
 HEADER = "# API tokens (mailserver token add): id:address:scope:created:expires:hmac:name\n"
 #: Longest label; no colon (the field separator) and no control characters.
 MAX_NAME = 64
-#: Seconds a reading of the tokens file serves requests before the file is looked at
-#: again (module docstring): how long a revoked token may still be accepted.
+#: Seconds a token that checked out is taken as checked (api/auth.py RecentTokens):
+#: how long a revoked token may still be accepted.
 RECHECK = 1.0
 #: Compared with when no token has the presented id, so an unknown id costs what a
 #: wrong secret does (one HMAC, one constant-time comparison).
@@ -161,21 +159,6 @@ class TokensFile(TableFile[TokensTable]):
     kind = "API tokens"
     mode = TOKENS_FILE_MODE
 
-    def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic) -> None:
-        super().__init__(path)
-        self._clock = clock
-        #: (clock reading, table) of the last look at the file by `verify`.
-        self._recent: tuple[float, TokensTable] | None = None
-
-    def recent_table(self) -> TokensTable:
-        """The table as read at most RECHECK seconds ago (no stat within that time)."""
-        now = self._clock()
-        if self._recent is not None and 0 <= now - self._recent[0] < RECHECK:
-            return self._recent[1]
-        table = self.table()
-        self._recent = (now, table)
-        return table
-
     def parse(self, text: str) -> TokensTable:
         return parse_tokens(text, self.path)
 
@@ -197,25 +180,10 @@ class TokensFile(TableFile[TokensTable]):
         if match is None:
             return None
         token_id, secret = match.groups()
-        found = self._check(self.recent_table(), token_id, secret)
-        if found is None:
-            # Not in the recent reading (or a wrong secret, which takes this path too, so
-            # both failures cost one stat and two HMACs): the file as it is now, so a
-            # token added within the last RECHECK seconds works at once.
-            self._recent = None
-            found = self._check(self.recent_table(), token_id, secret)
-        return found
-
-    @staticmethod
-    def _check(table: TokensTable, token_id: str, secret: str) -> TokenEntry | None:
-        entry = table.tokens.get(token_id)
+        entry = self.table().tokens.get(token_id)
         stored = entry.digest if entry is not None else _NO_DIGEST
         same = hmac.compare_digest(digest(token_id, secret), stored)
         return entry if same and entry is not None else None
-
-    def _edit(self, transform: Callable[[str], str]) -> None:
-        super()._edit(transform)
-        self._recent = None
 
     def add(self, entry: TokenEntry) -> None:
         self._edit(lambda text: ensure_newline(text or HEADER) + format_line(entry))
