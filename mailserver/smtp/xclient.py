@@ -37,9 +37,10 @@ Rules, as Postfix has them:
   asks; X.7.8 is AUTH's "credentials invalid", RFC 4954 6). nginx checked the password
   through /nginx-auth, which asks the same; this check holds against any other
   trusted proxy, and against a user deleted or locked between the two. A users file
-  that cannot be read at all: 421 4.3.0 and the session ends. NAME, PORT, DESTADDR and DESTPORT go to the log only: iprev does its
-  own lookup. Attributes not given keep their values; ADDR=[UNAVAILABLE] keeps the
-  proxy's address, so the checks always have a real one.
+  that cannot be read at all: 421 4.3.0 and the session ends. NAME, PORT, DESTADDR and
+  DESTPORT go to the log only: iprev does its own lookup. Attributes not given keep
+  their values; ADDR=[UNAVAILABLE] keeps the proxy's address, so the checks always have
+  a real one.
 """
 
 from __future__ import annotations
