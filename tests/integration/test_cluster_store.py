@@ -171,7 +171,12 @@ def test_two_nodes_delivering_and_expunging_one_folder(cluster: Cluster) -> None
     stop.set()
     for t in expungers:
         t.join(120)
-    assert errors == []
+    # A NO [SERVERBUG] says only that a command failed: the servers' logged failures say
+    # why (the CI output keeps no server log).
+    assert errors == [], [line for node in cluster.nodes.values()
+                          for line in node.log_path.read_text(errors="replace").splitlines()
+                          if "failed" in line or "Error" in line or line.startswith(
+                              ("Traceback", "  File", "\t"))][-60:]
 
     kept = {f"{n}-{i}" for n in ("n1", "n2") for i in range(per_node) if i % 2 == 0}
     # Every acknowledged message not expunged is there once, whole; no half message.
